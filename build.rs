@@ -1,0 +1,24 @@
+//! Compiles `proto/` with protox (pure Rust, so no system `protoc`) and
+//! generates the tonic client and server from the resulting descriptors.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message as _;
+
+const PROTOS: &[&str] = &["stackstate/servicetoken/v1/service_token.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+
+    // The encoded set is served by gRPC reflection; it includes the imported
+    // well-known types so `grpcurl describe` resolves Timestamp too.
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    fs::write(
+        out_dir.join("service_token_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `sts-server`: the token-server daemon (`serve`) and the first-admin-token
+//! tool (`bootstrap`). Parses arguments, sets up logging, calls the library.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sts::{
+    clock::SystemClock,
+    config::{Config, DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN},
+    model::{NewToken, Role, Roles, TokenName},
+    server,
+    service::TokenService,
+    store::SledStore,
+};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// Name of the token `bootstrap` creates unless told otherwise.
+const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
+
+#[derive(Parser)]
+#[command(name = "sts-server", version, about = "Service-token server")]
+struct Cli {
+    /// Log line format (levels via RUST_LOG, default info).
+    #[arg(long, env = "STS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the TokenService API (plus health and reflection) over gRPC.
+    Serve(ServeArgs),
+    /// Create an admin token in the data directory and print it once on stdout.
+    /// Run it while the server is stopped: the server holds the store.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// The sled data directory (created with mode 0700 if missing).
+    #[arg(long, env = "STS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// The role a token needs to create, list and delete tokens.
+    #[arg(long, env = "STS_ADMIN_ROLE", default_value = DEFAULT_ADMIN_ROLE, value_parser = parse_role)]
+    admin_role: Role,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STS_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct BootstrapArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Name of the new token.
+    #[arg(long, short = 'n', default_value = DEFAULT_BOOTSTRAP_NAME)]
+    name: String,
+    /// Roles of the new token, comma-separated (default: the admin role).
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+}
+
+fn parse_role(role: &str) -> Result<Role, String> {
+    Role::parse(role).map_err(|e| e.problem)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Bootstrap(args) => bootstrap(args).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn service(store: &StoreArgs) -> anyhow::Result<Arc<TokenService>> {
+    let sled = SledStore::open(&store.data_dir)?;
+    let config = Config {
+        admin_role: store.admin_role.clone(),
+        ..Config::default()
+    };
+    Ok(Arc::new(TokenService::new(
+        Arc::new(sled),
+        Arc::new(SystemClock),
+        config,
+    )))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let service = service(&args.store)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        data_dir = %args.store.data_dir.display(),
+        "serving"
+    );
+    server::run(listener, service, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
+    let roles = if args.roles.is_empty() {
+        vec![args.store.admin_role.to_string()]
+    } else {
+        args.roles
+    };
+    let new = NewToken {
+        name: TokenName::parse(&args.name)?,
+        roles: Roles::parse(&roles)?,
+        expiration: None,
+    };
+    let service = service(&args.store)?;
+    let (token, created) = service.bootstrap(new).await?;
+    eprintln!(
+        "Created service token {} ({}). It is printed below and will not be shown again.",
+        created.id, created.name
+    );
+    println!("{}", token.expose_secret());
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,38 @@
+//! Server settings as plain data, with their defaults as named constants.
+//! Command-line parsing lives in the binaries.
+
+use crate::model::Role;
+
+/// Where `sts-server serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// The sled data directory unless told otherwise, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "sts-data";
+/// The role a caller's token needs for Create, List and Delete (StackState's admin role).
+pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
+/// List page size when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest List page; larger requests are served this many.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Largest gRPC request message accepted. Every valid request is far smaller;
+/// a bigger one is refused instead of buffered.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// How the service behaves, independent of where it listens or stores.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin_role: Role,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+    pub max_request_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            admin_role: Role::parse(DEFAULT_ADMIN_ROLE).expect("the default admin role is valid"),
+            default_page_size: DEFAULT_PAGE_SIZE,
+            max_page_size: MAX_PAGE_SIZE,
+            max_request_bytes: MAX_REQUEST_BYTES,
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The domain values the service works with, each built by a `parse` that
+//! says which field is wrong and why, so handlers only ever see valid values.
+
+use std::{fmt, time::SystemTime};
+
+use rand::Rng;
+
+/// Longest name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest role accepted, in characters.
+pub const MAX_ROLE_CHARS: usize = 64;
+/// Most roles one token may carry.
+pub const MAX_ROLES: usize = 32;
+/// Ids stay below 2^53 so they survive JSON numbers (JavaScript, jq).
+pub const MAX_ID: u64 = (1 << 53) - 1;
+
+/// A request field that is not acceptable, and why. The message never echoes
+/// a secret: token fields only report their shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A service token's id: positive, at most [`MAX_ID`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenId(u64);
+
+impl TokenId {
+    pub fn parse(id: u64) -> Result<TokenId, FieldError> {
+        match id {
+            0 => Err(FieldError::new("id", "is required (ids are positive)")),
+            1..=MAX_ID => Ok(TokenId(id)),
+            _ => Err(FieldError::new(
+                "id",
+                format!("{id} is out of range (ids are at most {MAX_ID})"),
+            )),
+        }
+    }
+
+    /// A fresh id, uniformly drawn: unguessable, and unique across replicas
+    /// with overwhelming probability (the store still checks).
+    pub fn random() -> TokenId {
+        TokenId(rand::rng().random_range(1..=MAX_ID))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A token's human-readable name: trimmed, non-empty, bounded, printable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenName(String);
+
+impl TokenName {
+    pub fn parse(name: &str) -> Result<TokenName, FieldError> {
+        let name = name.trim();
+        let chars = name.chars().count();
+        if chars == 0 {
+            return Err(FieldError::new("name", "is required"));
+        }
+        if chars > MAX_NAME_CHARS {
+            return Err(FieldError::new(
+                "name",
+                format!("is {chars} characters long, at most {MAX_NAME_CHARS} are allowed"),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "name",
+                "must not contain control characters",
+            ));
+        }
+        Ok(TokenName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TokenName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A role name: 1 to [`MAX_ROLE_CHARS`] characters of `A-Z a-z 0-9 . _ : -`.
+/// No spaces or commas, so a role list survives a comma-separated header and
+/// the CLI's `[a b]` rendering unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Role(String);
+
+impl Role {
+    pub fn parse(role: &str) -> Result<Role, FieldError> {
+        Self::parse_field(role, "role")
+    }
+
+    fn parse_field(role: &str, field: &str) -> Result<Role, FieldError> {
+        if role.is_empty() {
+            return Err(FieldError::new(field, "must not be empty"));
+        }
+        if role.len() > MAX_ROLE_CHARS {
+            return Err(FieldError::new(
+                field,
+                format!("must be at most {MAX_ROLE_CHARS} characters"),
+            ));
+        }
+        if let Some(bad) = role
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+        {
+            return Err(FieldError::new(
+                field,
+                format!("contains {bad:?}; roles use only A-Z a-z 0-9 . _ : -"),
+            ));
+        }
+        Ok(Role(role.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// At least one role, at most [`MAX_ROLES`], without duplicates, in the order
+/// first given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles(Vec<Role>);
+
+impl Roles {
+    pub fn parse<S: AsRef<str>>(roles: &[S]) -> Result<Roles, FieldError> {
+        if roles.is_empty() {
+            return Err(FieldError::new("roles", "at least one role is required"));
+        }
+        let mut parsed: Vec<Role> = Vec::with_capacity(roles.len());
+        for (i, role) in roles.iter().enumerate() {
+            let role = Role::parse_field(role.as_ref(), &format!("roles[{i}]"))?;
+            if !parsed.contains(&role) {
+                parsed.push(role);
+            }
+        }
+        if parsed.len() > MAX_ROLES {
+            return Err(FieldError::new(
+                "roles",
+                format!("{} roles given, at most {MAX_ROLES} are allowed", parsed.len()),
+            ));
+        }
+        Ok(Roles(parsed))
+    }
+
+    pub fn contains(&self, role: &Role) -> bool {
+        self.0.contains(role)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Role> {
+        self.0.iter()
+    }
+}
+
+/// What a token is, minus its secret: what `List` shows and `Validate` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceToken {
+    pub id: TokenId,
+    pub name: TokenName,
+    pub roles: Roles,
+    /// `None` never expires.
+    pub expiration: Option<SystemTime>,
+    pub created_at: SystemTime,
+}
+
+impl ServiceToken {
+    /// Expired from the expiration instant on.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        self.expiration.is_some_and(|expiration| now >= expiration)
+    }
+}
+
+/// A valid request for a new token. Whether `expiration` lies in the future
+/// depends on the clock, so the service checks that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub name: TokenName,
+    pub roles: Roles,
+    pub expiration: Option<SystemTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_positive_and_json_safe() {
+        assert_eq!(TokenId::parse(0).unwrap_err().field, "id");
+        assert!(TokenId::parse(MAX_ID + 1).is_err());
+        assert_eq!(TokenId::parse(MAX_ID).unwrap().get(), MAX_ID);
+        for _ in 0..1000 {
+            let id = TokenId::random().get();
+            assert!((1..=MAX_ID).contains(&id));
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(TokenName::parse("  ci  ").unwrap().as_str(), "ci");
+        assert_eq!(TokenName::parse(" \t ").unwrap_err().problem, "is required");
+        assert!(TokenName::parse(&"é".repeat(MAX_NAME_CHARS)).is_ok());
+        assert!(TokenName::parse(&"é".repeat(MAX_NAME_CHARS + 1)).is_err());
+        assert!(TokenName::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn roles_need_one_and_a_sane_alphabet() {
+        assert_eq!(
+            Roles::parse::<&str>(&[]).unwrap_err().field,
+            "roles".to_owned()
+        );
+        let err = Roles::parse(&["ok", "has space"]).unwrap_err();
+        assert_eq!(err.field, "roles[1]");
+        assert!(err.problem.contains("' '"), "{err}");
+        assert_eq!(Roles::parse(&["a", ""]).unwrap_err().field, "roles[1]");
+        assert!(Roles::parse(&["a,b"]).is_err());
+        assert!(Roles::parse(&["x".repeat(MAX_ROLE_CHARS + 1)]).is_err());
+        let too_many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
+        assert!(Roles::parse(&too_many).is_err());
+    }
+
+    #[test]
+    fn duplicate_roles_collapse_in_order() {
+        let roles = Roles::parse(&["b", "a", "b"]).unwrap();
+        let names: Vec<&str> = roles.iter().map(Role::as_str).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert!(roles.contains(&Role::parse("a").unwrap()));
+    }
+}

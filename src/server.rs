@@ -1,0 +1,72 @@
+//! Serving: binds the gRPC services (TokenService, health, reflection) to a
+//! listener and runs them until `shutdown` resolves, then drains and flushes.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::{
+    error::Error,
+    grpc::GrpcTokenService,
+    proto::{self, token_service_server::TokenServiceServer},
+    service::TokenService,
+};
+
+/// The gRPC name health checks use for our service.
+pub const SERVICE_NAME: &str = "stackstate.servicetoken.v1.TokenService";
+
+/// Serves until `shutdown` resolves. Health reports `SERVING` (overall and for
+/// [`SERVICE_NAME`]) from the start, since the store is already open, and
+/// `NOT_SERVING` as soon as shutdown begins; in-flight calls then finish and
+/// the store is flushed before this returns.
+pub async fn run(
+    listener: TcpListener,
+    service: Arc<TokenService>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let max_request_bytes = service.config().max_request_bytes;
+    let tokens = TokenServiceServer::new(GrpcTokenService::new(service.clone()))
+        .max_decoding_message_size(max_request_bytes);
+
+    let draining = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
+            for name in ["", SERVICE_NAME] {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    };
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(tokens)
+        .serve_with_incoming_shutdown(incoming, draining)
+        .await?;
+
+    service.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The token service itself, independent of any transport: validation,
+//! admin authorization, and the management operations. gRPC (and any other
+//! front end) translates into these calls; none re-implements them.
+
+use std::sync::Arc;
+
+use crate::{
+    clock::Clock,
+    config::Config,
+    credential::AuthError,
+    error::Error,
+    model::{FieldError, NewToken, ServiceToken, TokenId},
+    page::{PageRequest, encode_cursor},
+    store::Store,
+    token::{MalformedToken, Token},
+};
+
+/// The answer to "is this token valid?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validation {
+    Valid(ServiceToken),
+    Invalid(InvalidReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    Malformed(MalformedToken),
+    NotFound,
+    Expired,
+}
+
+impl From<InvalidReason> for AuthError {
+    fn from(reason: InvalidReason) -> AuthError {
+        match reason {
+            InvalidReason::Malformed(why) => AuthError::Malformed(why),
+            InvalidReason::NotFound => AuthError::NotFound,
+            InvalidReason::Expired => AuthError::Expired,
+        }
+    }
+}
+
+/// Proof that the caller holds the admin role: only
+/// [`TokenService::authorize_admin`] makes one, and every management call
+/// takes one, so no front end can forget the check.
+#[derive(Debug, Clone)]
+pub struct Admin(ServiceToken);
+
+impl Admin {
+    pub fn token(&self) -> &ServiceToken {
+        &self.0
+    }
+}
+
+/// One page of `list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub tokens: Vec<ServiceToken>,
+    /// `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub struct TokenService {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+}
+
+impl TokenService {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> TokenService {
+        TokenService {
+            store,
+            clock,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The one validation path: parse (checksum, no store access), hash, one
+    /// lookup, expiry. An invalid token is an answer; only a store failure is
+    /// an error, so a token that cannot be checked is never called valid.
+    pub async fn validate(&self, presented: &str) -> Result<Validation, Error> {
+        let token = match Token::parse(presented) {
+            Ok(token) => token,
+            Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),
+        };
+        let Some(stored) = self.store.find_by_hash(&token.hash()).await? else {
+            return Ok(Validation::Invalid(InvalidReason::NotFound));
+        };
+        if stored.token.is_expired_at(self.clock.now()) {
+            return Ok(Validation::Invalid(InvalidReason::Expired));
+        }
+        Ok(Validation::Valid(stored.token))
+    }
+
+    /// The caller's token, if the presented credential is a valid one.
+    pub async fn authenticate(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<ServiceToken, Error> {
+        match self.validate(presented?).await? {
+            Validation::Valid(token) => Ok(token),
+            Validation::Invalid(reason) => Err(AuthError::from(reason).into()),
+        }
+    }
+
+    /// The caller as an [`Admin`], if its credential is valid and holds the admin role.
+    pub async fn authorize_admin(&self, presented: Result<&str, AuthError>) -> Result<Admin, Error> {
+        let caller = self.authenticate(presented).await?;
+        if !caller.roles.contains(&self.config.admin_role) {
+            tracing::warn!(
+                caller.id = %caller.id,
+                caller.name = %caller.name,
+                "management call refused: caller lacks the admin role"
+            );
+            return Err(Error::PermissionDenied(self.config.admin_role.clone()));
+        }
+        Ok(Admin(caller))
+    }
+
+    pub async fn create(
+        &self,
+        admin: &Admin,
+        new: NewToken,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let (token, created) = self.insert(new).await?;
+        tracing::info!(
+            caller.id = %admin.0.id,
+            caller.name = %admin.0.name,
+            token.id = %created.id,
+            token.name = %created.name,
+            "service token created"
+        );
+        Ok((token, created))
+    }
+
+    /// Creates a token with no caller: the first admin token of a fresh
+    /// install. Only reachable by whoever can open the data directory.
+    pub async fn bootstrap(&self, new: NewToken) -> Result<(Token, ServiceToken), Error> {
+        let (token, created) = self.insert(new).await?;
+        tracing::info!(token.id = %created.id, token.name = %created.name, "bootstrap token created");
+        Ok((token, created))
+    }
+
+    async fn insert(&self, new: NewToken) -> Result<(Token, ServiceToken), Error> {
+        let now = self.clock.now();
+        if new.expiration.is_some_and(|expiration| expiration <= now) {
+            return Err(FieldError::new("expiration", "must be in the future").into());
+        }
+        let token = Token::generate();
+        let created = self.store.insert(token.hash(), &new, now).await?;
+        Ok((token, created))
+    }
+
+    pub async fn list(&self, _admin: &Admin, page: PageRequest) -> Result<Page, Error> {
+        // One extra row tells whether another page follows without a second query.
+        let mut tokens = self.store.list(page.after, page.size + 1).await?;
+        let next_cursor = if tokens.len() > page.size {
+            tokens.truncate(page.size);
+            tokens.last().map(|last| encode_cursor(last.id))
+        } else {
+            None
+        };
+        Ok(Page {
+            tokens,
+            next_cursor,
+        })
+    }
+
+    pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
+        if !self.store.delete(id).await? {
+            return Err(Error::NotFound(id));
+        }
+        tracing::info!(
+            caller.id = %admin.0.id,
+            caller.name = %admin.0.name,
+            token.id = %id,
+            "service token deleted"
+        );
+        Ok(())
+    }
+
+    /// Flushes the store; called once no request is in flight any more.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.store.flush().await?;
+        Ok(())
+    }
+}

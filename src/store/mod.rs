@@ -1,0 +1,68 @@
+//! The storage interface the service is written against, and its backends.
+//!
+//! Every backend keeps the same promises: only [`TokenHash`]es at rest, never
+//! a token; a write returns only once it is durable; ids are unique; `list`
+//! walks ids in ascending order so a cursor stays valid while tokens come and
+//! go between pages.
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::{
+    model::{NewToken, ServiceToken, TokenId},
+    token::TokenHash,
+};
+
+pub mod sled;
+
+pub use self::sled::SledStore;
+
+/// A token as the store holds it: its description and the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub token: ServiceToken,
+    pub hash: TokenHash,
+}
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the data directory {path} is in use by another process (is sts-server already running on it?)"
+    )]
+    Locked { path: String },
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store holds a corrupt record: {0}")]
+    Corrupt(String),
+    #[error("could not allocate a unique token id; try again")]
+    IdExhausted,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new token under a fresh unique id and returns it once durable.
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+    ) -> Result<ServiceToken, StoreError>;
+
+    /// The token whose secret hashes to `hash`, if any. A lookup, not a scan.
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError>;
+
+    /// Up to `limit` tokens with ids greater than `after`, in ascending id order.
+    async fn list(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<ServiceToken>, StoreError>;
+
+    /// Removes a token; `false` when there was none. Durable once it returns.
+    async fn delete(&self, id: TokenId) -> Result<bool, StoreError>;
+
+    /// Writes anything still buffered to stable storage (used at shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+}

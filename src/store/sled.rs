@@ -1,0 +1,261 @@
+//! The embedded default store, on sled 0.34: one data directory, one process.
+//!
+//! Layout: tree `tokens` maps the id (8 bytes, big-endian, so key order is id
+//! order) to a protobuf-encoded [`Record`]; tree `by_hash` maps the 32-byte
+//! token hash to the id. Both change in one transaction, and every write is
+//! followed by a flush (fsync) before it is acknowledged. The background flush
+//! timer is off: nothing is ever written without a caller waiting on it.
+
+use std::{fs, path::Path, time::SystemTime};
+
+use async_trait::async_trait;
+use prost::Message;
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
+
+use super::{Store, StoreError, StoredToken};
+use crate::{
+    model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
+    token::TokenHash,
+};
+
+/// Attempts at drawing an id that is not taken. With 2^53 ids a second
+/// attempt is already vanishingly rare.
+const ID_ATTEMPTS: usize = 8;
+
+/// The on-disk form of one token. Tags are a storage format: never reuse one.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Record {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(string, tag = "2")]
+    name: String,
+    #[prost(string, repeated, tag = "3")]
+    roles: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    expiration: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "5")]
+    created_at: Option<prost_types::Timestamp>,
+    #[prost(bytes = "vec", tag = "6")]
+    token_hash: Vec<u8>,
+}
+
+impl Record {
+    fn new(id: TokenId, hash: &TokenHash, new: &NewToken, created_at: SystemTime) -> Record {
+        Record {
+            id: id.get(),
+            name: new.name.as_str().to_owned(),
+            roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            expiration: new.expiration.map(Into::into),
+            created_at: Some(created_at.into()),
+            token_hash: hash.as_bytes().to_vec(),
+        }
+    }
+
+    /// Re-parses everything, so a damaged record is reported, never served.
+    fn decode_stored(bytes: &[u8]) -> Result<StoredToken, StoreError> {
+        let record =
+            Record::decode(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable: {e}")))?;
+        let corrupt = |what: String| StoreError::Corrupt(format!("token {}: {what}", record.id));
+        let time = |ts: prost_types::Timestamp| {
+            SystemTime::try_from(ts).map_err(|e| corrupt(format!("bad timestamp: {e}")))
+        };
+        let token = ServiceToken {
+            id: TokenId::parse(record.id).map_err(|e| corrupt(e.to_string()))?,
+            name: TokenName::parse(&record.name).map_err(|e| corrupt(e.to_string()))?,
+            roles: Roles::parse(&record.roles).map_err(|e| corrupt(e.to_string()))?,
+            expiration: record.expiration.map(time).transpose()?,
+            created_at: time(record.created_at.ok_or_else(|| corrupt("no created_at".into()))?)?,
+        };
+        let hash = TokenHash::from_bytes(&record.token_hash)
+            .ok_or_else(|| corrupt("bad token hash".into()))?;
+        Ok(StoredToken { token, hash })
+    }
+}
+
+/// Why an insert transaction gave up.
+enum InsertAbort {
+    IdTaken,
+    HashTaken,
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    tokens: sled::Tree,
+    by_hash: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (creating if needed, with mode 0700) the data directory. Fails
+    /// with [`StoreError::Locked`] while another process has it open.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        create_private_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let tokens = db.open_tree("tokens").map_err(unavailable)?;
+        let by_hash = db.open_tree("by_hash").map_err(unavailable)?;
+        Ok(SledStore {
+            db,
+            tokens,
+            by_hash,
+        })
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+    ) -> Result<ServiceToken, StoreError> {
+        for _ in 0..ID_ATTEMPTS {
+            let id = TokenId::random();
+            let record = Record::new(id, &hash, new, created_at);
+            let key = id.get().to_be_bytes();
+            let outcome = (&self.tokens, &self.by_hash).transaction(|(tokens, by_hash)| {
+                if tokens.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(InsertAbort::IdTaken));
+                }
+                if by_hash.get(hash.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(InsertAbort::HashTaken));
+                }
+                tokens.insert(&key, record.encode_to_vec())?;
+                by_hash.insert(hash.as_bytes(), &key)?;
+                Ok(())
+            });
+            match outcome {
+                Ok(()) => {
+                    self.sync().await?;
+                    return Ok(ServiceToken {
+                        id,
+                        name: new.name.clone(),
+                        roles: new.roles.clone(),
+                        expiration: new.expiration,
+                        created_at,
+                    });
+                }
+                Err(TransactionError::Abort(InsertAbort::IdTaken)) => continue,
+                // Two 256-bit secrets colliding means the generator is broken;
+                // refuse rather than let one token stand for two.
+                Err(TransactionError::Abort(InsertAbort::HashTaken)) => {
+                    return Err(StoreError::Corrupt(
+                        "a token with this hash already exists".into(),
+                    ));
+                }
+                Err(TransactionError::Storage(e)) => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::IdExhausted)
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+        let Some(key) = self.by_hash.get(hash.as_bytes()).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.tokens.get(&key).map_err(unavailable)? else {
+            // A delete removes both entries in one transaction, so this is an
+            // index pointing nowhere: treat the token as gone.
+            tracing::warn!("hash index entry without a token record; treating as not found");
+            return Ok(None);
+        };
+        let stored = Record::decode_stored(&bytes)?;
+        if !stored.hash.ct_eq(hash) {
+            return Err(StoreError::Corrupt(format!(
+                "token {}: index and record disagree on the hash",
+                stored.token.id
+            )));
+        }
+        Ok(Some(stored))
+    }
+
+    async fn list(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<ServiceToken>, StoreError> {
+        let start = after.map_or(0, |id| id.get() + 1).to_be_bytes();
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for entry in self.tokens.range(start..) {
+            if page.len() == limit {
+                break;
+            }
+            let (_, bytes) = entry.map_err(unavailable)?;
+            match Record::decode_stored(&bytes) {
+                Ok(stored) => page.push(stored.token),
+                // One damaged record must not hide every other token.
+                Err(e) => tracing::error!(error = %e, "skipping a corrupt token record"),
+            }
+        }
+        Ok(page)
+    }
+
+    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
+        let key = id.get().to_be_bytes();
+        let outcome = (&self.tokens, &self.by_hash).transaction(|(tokens, by_hash)| {
+            let Some(bytes) = tokens.remove(&key)? else {
+                return Ok(false);
+            };
+            // The hash is needed to drop the index entry; an undecodable record
+            // is still removed, its index entry then points nowhere (harmless).
+            if let Ok(record) = Record::decode(&*bytes) {
+                by_hash.remove(record.token_hash)?;
+            }
+            Ok(true)
+        });
+        let deleted = outcome.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Abort(()) => StoreError::Unavailable("delete aborted".into()),
+            TransactionError::Storage(e) => unavailable(e),
+        })?;
+        if deleted {
+            self.sync().await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.sync().await
+    }
+}
+
+fn unavailable(e: sled::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> StoreError {
+    // sled reports a held lock only as text.
+    match &e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: dir.display().to_string(),
+            }
+        }
+        _ => StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())),
+    }
+}
+
+/// The data directory holds token hashes and metadata: keep it to its owner.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let fail = |e: std::io::Error| {
+        StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display()))
+    };
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(fail)
+}

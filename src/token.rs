@@ -1,0 +1,222 @@
+//! Service-token secrets: generation, parsing (prefix, alphabet, checksum) and
+//! the SHA-256 hash that is all the store ever keeps of them.
+//!
+//! A token is `svctok-` + 43 base62 characters from the OS-seeded CSPRNG
+//! (256 bits) + a 6-character base62 CRC-32 of everything before it. The
+//! checksum lets `parse` reject typos and truncations without a store lookup
+//! and lets secret scanners recognise a token with few false positives.
+
+use std::fmt;
+
+use rand::{Rng, distr::Alphanumeric};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What every token starts with.
+pub const PREFIX: &str = "svctok-";
+/// 62^43 > 2^256: the random body carries 256 bits.
+const BODY_LEN: usize = 43;
+/// 62^6 > 2^32: room for a CRC-32.
+const CHECKSUM_LEN: usize = 6;
+/// The exact length of every well-formed token.
+pub const TOKEN_LEN: usize = PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A service-token secret. Its `Debug` output is redacted; the only way to the
+/// characters is [`Token::expose_secret`], so every place that shows one is
+/// easy to find.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+/// Why a string is not a well-formed token. Never carries the string itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedToken {
+    #[error("the token is empty")]
+    Empty,
+    #[error("the token does not start with `{PREFIX}`")]
+    Prefix,
+    #[error("the token has {0} characters, a service token has {TOKEN_LEN}")]
+    Length(usize),
+    #[error("the token contains a character outside A-Z, a-z, 0-9")]
+    Alphabet,
+    #[error("the token's checksum does not match (mistyped or truncated?)")]
+    Checksum,
+}
+
+impl Token {
+    /// Draws a new token from the thread-local CSPRNG (ChaCha, seeded from the OS).
+    pub fn generate() -> Token {
+        let mut token = String::with_capacity(TOKEN_LEN);
+        token.push_str(PREFIX);
+        token.extend(
+            rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(BODY_LEN)
+                .map(char::from),
+        );
+        let checksum = checksum(&token);
+        token.push_str(&checksum);
+        Token(token)
+    }
+
+    /// Checks shape and checksum; touches no store.
+    pub fn parse(presented: &str) -> Result<Token, MalformedToken> {
+        if presented.is_empty() {
+            return Err(MalformedToken::Empty);
+        }
+        let Some(rest) = presented.strip_prefix(PREFIX) else {
+            return Err(MalformedToken::Prefix);
+        };
+        if presented.len() != TOKEN_LEN {
+            return Err(MalformedToken::Length(presented.chars().count()));
+        }
+        if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(MalformedToken::Alphabet);
+        }
+        let (payload, given) = presented.split_at(TOKEN_LEN - CHECKSUM_LEN);
+        // The checksum is a public function of the token, so an early-exit
+        // compare here leaks nothing that is not already public.
+        if checksum(payload) != given {
+            return Err(MalformedToken::Checksum);
+        }
+        Ok(Token(presented.to_owned()))
+    }
+
+    /// The secret itself, for the one response that hands it out.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The at-rest form of this token.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+fn checksum(payload: &str) -> String {
+    let mut crc = u64::from(crc32fast::hash(payload.as_bytes()));
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    digits.iter().map(|&b| char::from(b)).collect()
+}
+
+/// SHA-256 of a token: the key the store finds a token by. A token carries
+/// 256 random bits, so a fast unsalted hash is enough (no password stretching
+/// needed) and keeps validation a single lookup.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub const LEN: usize = 32;
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<TokenHash> {
+        bytes.try_into().ok().map(TokenHash)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Compares in constant time: use this, not `==`, wherever a hash found
+    /// through an index is checked against the presented one.
+    pub fn ct_eq(&self, other: &TokenHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash(")?;
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_back() {
+        for _ in 0..100 {
+            let token = Token::generate();
+            assert_eq!(token.expose_secret().len(), TOKEN_LEN);
+            assert!(token.expose_secret().starts_with(PREFIX));
+            assert_eq!(Token::parse(token.expose_secret()), Ok(token));
+        }
+    }
+
+    #[test]
+    fn generated_tokens_differ() {
+        assert_ne!(Token::generate(), Token::generate());
+    }
+
+    #[test]
+    fn every_single_character_typo_is_caught() {
+        let token = Token::generate();
+        let original = token.expose_secret().as_bytes().to_vec();
+        for i in PREFIX.len()..original.len() {
+            for &replacement in BASE62 {
+                if replacement == original[i] {
+                    continue;
+                }
+                let mut typo = original.clone();
+                typo[i] = replacement;
+                let typo = String::from_utf8(typo).unwrap();
+                assert_eq!(Token::parse(&typo), Err(MalformedToken::Checksum), "{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_say_why() {
+        let token = Token::generate();
+        let s = token.expose_secret();
+        assert_eq!(Token::parse(""), Err(MalformedToken::Empty));
+        assert_eq!(Token::parse(&s[1..]), Err(MalformedToken::Prefix));
+        assert_eq!(
+            Token::parse(&s[..s.len() - 1]),
+            Err(MalformedToken::Length(TOKEN_LEN - 1))
+        );
+        assert_eq!(
+            Token::parse(&format!("{s}x")),
+            Err(MalformedToken::Length(TOKEN_LEN + 1))
+        );
+        let mut with_dash = s.to_owned();
+        with_dash.replace_range(10..11, "-");
+        assert_eq!(Token::parse(&with_dash), Err(MalformedToken::Alphabet));
+        // Multi-byte characters must not panic on the byte-index split.
+        let mut with_umlaut = s[..TOKEN_LEN - 2].to_owned();
+        with_umlaut.push('é');
+        assert_eq!(Token::parse(&with_umlaut), Err(MalformedToken::Alphabet));
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let token = Token::generate();
+        let shown = format!("{token:?} {:?}", token.hash());
+        assert!(!shown.contains(&token.expose_secret()[PREFIX.len()..]));
+        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn hash_is_sha256_of_the_whole_token() {
+        let token = Token::generate();
+        let expected: [u8; 32] = Sha256::digest(token.expose_secret()).into();
+        assert_eq!(token.hash().as_bytes(), &expected);
+        assert!(token.hash().ct_eq(&token.hash()));
+        assert!(!token.hash().ct_eq(&Token::generate().hash()));
+    }
+}
