@@ -1,6 +1,8 @@
 //! Server settings as plain data, with their defaults as named constants.
 //! Command-line parsing lives in the binaries.
 
+use std::time::Duration;
+
 use crate::model::Role;
 
 /// Where `sts-server serve` listens unless told otherwise.
@@ -17,6 +19,10 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// a bigger one is refused instead of buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// How long shutdown waits for in-flight calls before closing anyway; below
+/// Kubernetes' default 30 s termination grace so the store flush still runs.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
 /// How the service behaves, independent of where it listens or stores.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,6 +30,7 @@ pub struct Config {
     pub default_page_size: usize,
     pub max_page_size: usize,
     pub max_request_bytes: usize,
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -33,6 +40,7 @@ impl Default for Config {
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
             max_request_bytes: MAX_REQUEST_BYTES,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

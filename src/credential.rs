@@ -16,9 +16,7 @@ const SCHEME: &str = "ApiKey";
 /// Why a request is not authenticated. Messages never include the credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error(
-        "no credential: send `authorization: ApiKey <token>` or `x-api-key: <token>`"
-    )]
+    #[error("no credential: send `authorization: ApiKey <token>` or `x-api-key: <token>`")]
     Missing,
     #[error("the authorization header must use the ApiKey scheme: `authorization: ApiKey <token>`")]
     UnsupportedScheme,
@@ -95,12 +93,24 @@ mod tests {
 
     #[test]
     fn both_documented_forms_are_read() {
-        assert_eq!(presented(&headers(&[("authorization", "ApiKey t")])), Ok("t"));
-        assert_eq!(presented(&headers(&[("authorization", "apikey t")])), Ok("t"));
-        assert_eq!(presented(&headers(&[("authorization", "APIKEY  t ")])), Ok("t"));
+        assert_eq!(
+            presented(&headers(&[("authorization", "ApiKey t")])),
+            Ok("t")
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "apikey t")])),
+            Ok("t")
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "APIKEY  t ")])),
+            Ok("t")
+        );
         assert_eq!(presented(&headers(&[("x-api-key", "t")])), Ok("t"));
         assert_eq!(
-            presented(&headers(&[("x-api-key", "t"), ("authorization", "ApiKey t")])),
+            presented(&headers(&[
+                ("x-api-key", "t"),
+                ("authorization", "ApiKey t")
+            ])),
             Ok("t")
         );
     }
@@ -108,7 +118,10 @@ mod tests {
     #[test]
     fn missing_ambiguous_and_foreign_credentials_are_refused() {
         assert_eq!(presented(&HeaderMap::new()), Err(AuthError::Missing));
-        assert_eq!(presented(&headers(&[("x-api-key", "")])), Err(AuthError::Missing));
+        assert_eq!(
+            presented(&headers(&[("x-api-key", "")])),
+            Err(AuthError::Missing)
+        );
         assert_eq!(
             presented(&headers(&[("authorization", "ApiKey ")])),
             Err(AuthError::Missing)
@@ -122,7 +135,10 @@ mod tests {
             Err(AuthError::UnsupportedScheme)
         );
         assert_eq!(
-            presented(&headers(&[("x-api-key", "a"), ("authorization", "ApiKey b")])),
+            presented(&headers(&[
+                ("x-api-key", "a"),
+                ("authorization", "ApiKey b")
+            ])),
             Err(AuthError::Ambiguous)
         );
         assert_eq!(
@@ -130,7 +146,10 @@ mod tests {
             Err(AuthError::Ambiguous)
         );
         assert_eq!(
-            presented(&headers(&[("x-api-key", &"a".repeat(MAX_CREDENTIAL_BYTES + 1))])),
+            presented(&headers(&[(
+                "x-api-key",
+                &"a".repeat(MAX_CREDENTIAL_BYTES + 1)
+            )])),
             Err(AuthError::TooLong)
         );
     }

@@ -93,12 +93,28 @@ fn new_token(request: proto::CreateRequest) -> Result<NewToken, FieldError> {
         roles: Roles::parse(&request.roles)?,
         expiration: request
             .expiration
-            .map(|ts| {
-                SystemTime::try_from(ts)
-                    .map_err(|_| FieldError::new("expiration", "is not a representable time"))
-            })
+            .map(|ts| timestamp("expiration", ts))
             .transpose()?,
     })
+}
+
+/// protobuf's Timestamp range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A Timestamp as protobuf defines it valid; anything else is refused rather
+/// than normalized, so a client bug is seen instead of silently reinterpreted.
+fn timestamp(field: &str, ts: prost_types::Timestamp) -> Result<SystemTime, FieldError> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(FieldError::new(field, "nanos must be within 0..1000000000"));
+    }
+    if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&ts.seconds) {
+        return Err(FieldError::new(
+            field,
+            "must lie between the years 1 and 9999",
+        ));
+    }
+    SystemTime::try_from(ts).map_err(|_| FieldError::new(field, "is not a representable time"))
 }
 
 impl From<ServiceToken> for proto::ServiceToken {

@@ -166,7 +166,10 @@ impl Roles {
         if parsed.len() > MAX_ROLES {
             return Err(FieldError::new(
                 "roles",
-                format!("{} roles given, at most {MAX_ROLES} are allowed", parsed.len()),
+                format!(
+                    "{} roles given, at most {MAX_ROLES} are allowed",
+                    parsed.len()
+                ),
             ));
         }
         Ok(Roles(parsed))

@@ -73,19 +73,34 @@ mod tests {
     fn cursors_round_trip() {
         let id = TokenId::parse(107_484_341_630_693).unwrap();
         let page = PageRequest::parse(5, &encode_cursor(id), 100, 1000).unwrap();
-        assert_eq!(page, PageRequest { after: Some(id), size: 5 });
+        assert_eq!(
+            page,
+            PageRequest {
+                after: Some(id),
+                size: 5
+            }
+        );
     }
 
     #[test]
     fn sizes_default_and_clamp() {
         assert_eq!(PageRequest::parse(0, "", 100, 1000).unwrap().size, 100);
         assert_eq!(PageRequest::parse(5000, "", 100, 1000).unwrap().size, 1000);
-        assert_eq!(PageRequest::parse(-1, "", 100, 1000).unwrap_err().field, "page_size");
+        assert_eq!(
+            PageRequest::parse(-1, "", 100, 1000).unwrap_err().field,
+            "page_size"
+        );
     }
 
     #[test]
     fn foreign_cursors_are_refused() {
-        for bad in ["x", "AAAA", "!!", &URL_SAFE_NO_PAD.encode([2u8; 9]), &URL_SAFE_NO_PAD.encode([1u8, 0, 0, 0, 0, 0, 0, 0, 0])] {
+        for bad in [
+            "x",
+            "AAAA",
+            "!!",
+            &URL_SAFE_NO_PAD.encode([2u8; 9]),
+            &URL_SAFE_NO_PAD.encode([1u8, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ] {
             assert_eq!(
                 PageRequest::parse(0, bad, 100, 1000).unwrap_err().field,
                 "page_token",

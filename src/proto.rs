@@ -6,4 +6,5 @@
 tonic::include_proto!("stackstate.servicetoken.v1");
 
 /// The encoded descriptors of our API and the types it imports, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("service_token_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("service_token_descriptor");

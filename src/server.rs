@@ -3,7 +3,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
@@ -19,8 +19,8 @@ pub const SERVICE_NAME: &str = "stackstate.servicetoken.v1.TokenService";
 
 /// Serves until `shutdown` resolves. Health reports `SERVING` (overall and for
 /// [`SERVICE_NAME`]) from the start, since the store is already open, and
-/// `NOT_SERVING` as soon as shutdown begins; in-flight calls then finish and
-/// the store is flushed before this returns.
+/// `NOT_SERVING` as soon as shutdown begins; in-flight calls then get up to
+/// `shutdown_grace` to finish, and the store is flushed before this returns.
 pub async fn run(
     listener: TcpListener,
     service: Arc<TokenService>,
@@ -43,8 +43,9 @@ pub async fn run(
     let tokens = TokenServiceServer::new(GrpcTokenService::new(service.clone()))
         .max_decoding_message_size(max_request_bytes);
 
+    let (drain_started, drain_started_rx) = oneshot::channel();
     let draining = {
-        let health = health.clone();
+        let mut health = health.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
@@ -52,19 +53,33 @@ pub async fn run(
                 health
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
+                // Dropping the status ends open Watch streams (after they see
+                // NOT_SERVING); a watcher would otherwise hold shutdown forever.
+                health.clear_service_status(name).await;
             }
+            let _ = drain_started.send(());
         }
+    };
+    let grace = service.config().shutdown_grace;
+    let grace_expired = async move {
+        if drain_started_rx.await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(grace).await;
     };
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(tokens)
-        .serve_with_incoming_shutdown(incoming, draining)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, draining);
+    tokio::select! {
+        served = serving => served?,
+        () = grace_expired => tracing::warn!(?grace, "in-flight calls outlasted the shutdown grace; closing anyway"),
+    }
 
     service.shutdown().await?;
     tracing::info!("stopped");

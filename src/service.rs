@@ -107,7 +107,10 @@ impl TokenService {
     }
 
     /// The caller as an [`Admin`], if its credential is valid and holds the admin role.
-    pub async fn authorize_admin(&self, presented: Result<&str, AuthError>) -> Result<Admin, Error> {
+    pub async fn authorize_admin(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<Admin, Error> {
         let caller = self.authenticate(presented).await?;
         if !caller.roles.contains(&self.config.admin_role) {
             tracing::warn!(

@@ -67,7 +67,11 @@ impl Record {
             name: TokenName::parse(&record.name).map_err(|e| corrupt(e.to_string()))?,
             roles: Roles::parse(&record.roles).map_err(|e| corrupt(e.to_string()))?,
             expiration: record.expiration.map(time).transpose()?,
-            created_at: time(record.created_at.ok_or_else(|| corrupt("no created_at".into()))?)?,
+            created_at: time(
+                record
+                    .created_at
+                    .ok_or_else(|| corrupt("no created_at".into()))?,
+            )?,
         };
         let hash = TokenHash::from_bytes(&record.token_hash)
             .ok_or_else(|| corrupt("bad token hash".into()))?;
@@ -248,7 +252,10 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 /// The data directory holds token hashes and metadata: keep it to its owner.
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     let fail = |e: std::io::Error| {
-        StoreError::Unavailable(format!("cannot create data directory {}: {e}", dir.display()))
+        StoreError::Unavailable(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
     };
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);

@@ -1,0 +1,160 @@
+//! Create: the token it hands out, the record it keeps, and what it refuses.
+
+use std::time::{Duration, SystemTime};
+
+use sts::clock::Clock;
+
+use sts::{model::MAX_ID, proto::CreateRequest, token};
+use tonic::Code;
+
+use crate::helpers::{assert_code, create_request, spawn_app};
+
+#[tokio::test]
+async fn create_returns_a_well_formed_secret_and_the_record() {
+    let app = spawn_app().await;
+    let expiration = SystemTime::now() + Duration::from_secs(86_400);
+    let (secret, created) = app
+        .create_with(CreateRequest {
+            name: "  my-service-token ".into(),
+            roles: vec![
+                "stackstate-k8s-troubleshooter".into(),
+                "b".into(),
+                "stackstate-k8s-troubleshooter".into(),
+            ],
+            expiration: Some(expiration.into()),
+        })
+        .await;
+
+    assert!(secret.starts_with("svctok-"), "{secret}");
+    assert_eq!(secret.len(), token::TOKEN_LEN);
+    assert!(
+        secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    );
+    assert!(token::Token::parse(&secret).is_ok());
+
+    assert!((1..=MAX_ID).contains(&created.id));
+    assert_eq!(created.name, "my-service-token", "names are trimmed");
+    assert_eq!(
+        created.roles,
+        ["stackstate-k8s-troubleshooter", "b"],
+        "duplicates dropped"
+    );
+    assert_eq!(created.expiration, Some(expiration.into()));
+    let created_at = SystemTime::try_from(created.created_at.unwrap()).unwrap();
+    assert!(created_at <= SystemTime::now());
+
+    let validation = app.validate(&secret).await;
+    assert!(validation.valid);
+    assert_eq!(validation.service_token, Some(created));
+}
+
+#[tokio::test]
+async fn every_token_and_id_is_new() {
+    let app = spawn_app().await;
+    let mut secrets = std::collections::HashSet::new();
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..20 {
+        let (secret, created) = app.create(&format!("t{i}"), &["r"]).await;
+        assert!(secrets.insert(secret));
+        assert!(ids.insert(created.id));
+    }
+}
+
+#[tokio::test]
+async fn bad_arguments_name_the_field_and_change_nothing() {
+    let app = spawn_app().await;
+    let before = app.list_all().await;
+    let past = SystemTime::now() - Duration::from_secs(1);
+    let cases = [
+        (create_request("", &["r"]), "name: is required"),
+        (create_request("   ", &["r"]), "name: is required"),
+        (
+            create_request(&"n".repeat(129), &["r"]),
+            "name: is 129 characters long",
+        ),
+        (
+            create_request("a\u{7}b", &["r"]),
+            "name: must not contain control characters",
+        ),
+        (
+            create_request("n", &[]),
+            "roles: at least one role is required",
+        ),
+        (
+            create_request("n", &["ok", ""]),
+            "roles[1]: must not be empty",
+        ),
+        (create_request("n", &["a b"]), "roles[0]: contains ' '"),
+        (create_request("n", &["a,b"]), "roles[0]: contains ','"),
+        (
+            create_request("n", &[&"r".repeat(65)]),
+            "roles[0]: must be at most 64 characters",
+        ),
+        (
+            CreateRequest {
+                expiration: Some(past.into()),
+                ..create_request("n", &["r"])
+            },
+            "expiration: must be in the future",
+        ),
+        (
+            CreateRequest {
+                expiration: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800,
+                    nanos: 0,
+                }),
+                ..create_request("n", &["r"])
+            },
+            "expiration: must lie between the years 1 and 9999",
+        ),
+        (
+            CreateRequest {
+                expiration: Some(prost_types::Timestamp {
+                    seconds: 4_000_000_000,
+                    nanos: -1,
+                }),
+                ..create_request("n", &["r"])
+            },
+            "expiration: nanos must be within 0..1000000000",
+        ),
+        (
+            CreateRequest {
+                expiration: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..create_request("n", &["r"])
+            },
+            "expiration: must lie between the years 1 and 9999",
+        ),
+    ];
+    for (request, expected) in cases {
+        let status = assert_code(
+            app.client.clone().create(app.admin(request)).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            status.message().contains(expected),
+            "{:?} should contain {expected:?}",
+            status.message()
+        );
+    }
+    assert_eq!(app.list_all().await, before);
+}
+
+#[tokio::test]
+async fn expiration_must_lie_in_the_future_of_the_server_clock() {
+    let app = spawn_app().await;
+    let expiration = app.clock.now() + Duration::from_secs(60);
+    app.clock.advance(Duration::from_secs(60));
+    let request = CreateRequest {
+        expiration: Some(expiration.into()),
+        ..create_request("n", &["r"])
+    };
+    assert_code(
+        app.client.clone().create(app.admin(request)).await,
+        Code::InvalidArgument,
+    );
+}

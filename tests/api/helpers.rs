@@ -1,0 +1,235 @@
+//! `spawn_app()` and friends: a running server, an admin token, a client, and
+//! a clock the test can move.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use sts::{
+    clock::Clock,
+    config::Config,
+    model::{NewToken, Roles, TokenName},
+    proto::{
+        CreateRequest, CreateResponse, ServiceToken, ValidateRequest, ValidateResponse,
+        token_service_client::TokenServiceClient,
+    },
+    server,
+    service::TokenService,
+    store::{SledStore, Store},
+};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
+
+pub const ADMIN_ROLE: &str = "stackstate-admin";
+
+/// A wall clock the test moves by hand; starts at the real now.
+pub struct ManualClock(Mutex<SystemTime>);
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: TokenServiceClient<Channel>,
+    /// A token holding the admin role, made by bootstrap before serving.
+    pub admin_token: String,
+    pub clock: Arc<ManualClock>,
+    pub data_dir: TempDir,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), sts::Error>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Config::default()).await
+}
+
+pub async fn spawn_app_with(config: Config) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    spawn_app_on(data_dir, store, config).await
+}
+
+/// Starts a server over `store` (which lives in `data_dir`), after
+/// bootstrapping an admin token into it.
+pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Config) -> TestApp {
+    let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
+    let admin_role = config.admin_role.clone();
+    let service = Arc::new(TokenService::new(store, clock.clone(), config));
+    let (admin_token, _) = service
+        .bootstrap(NewToken {
+            name: TokenName::parse("test-admin").unwrap(),
+            roles: Roles::parse(&[admin_role.as_str()]).unwrap(),
+            expiration: None,
+        })
+        .await
+        .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, service, async {
+        let _ = shutdown_rx.await;
+    }));
+    TestApp {
+        addr,
+        client: TokenServiceClient::new(channel(addr).await),
+        admin_token: admin_token.expose_secret().to_owned(),
+        clock,
+        data_dir,
+        shutdown,
+        server,
+    }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A request carrying `token` as `x-api-key`.
+pub fn with_key<T>(token: &str, message: T) -> Request<T> {
+    with_header("x-api-key", token, message)
+}
+
+pub fn with_header<T>(name: &'static str, value: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(name, MetadataValue::try_from(value).unwrap());
+    request
+}
+
+pub fn create_request(name: &str, roles: &[&str]) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        expiration: None,
+    }
+}
+
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = result.expect_err("expected an error status");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}
+
+impl TestApp {
+    pub fn admin<T>(&self, message: T) -> Request<T> {
+        with_key(&self.admin_token, message)
+    }
+
+    /// Creates a token as admin; returns (secret, description).
+    pub async fn create(&self, name: &str, roles: &[&str]) -> (String, ServiceToken) {
+        self.create_with(create_request(name, roles)).await
+    }
+
+    pub async fn create_with(&self, request: CreateRequest) -> (String, ServiceToken) {
+        let CreateResponse {
+            token,
+            service_token,
+        } = self
+            .client
+            .clone()
+            .create(self.admin(request))
+            .await
+            .unwrap()
+            .into_inner();
+        (token, service_token.unwrap())
+    }
+
+    pub async fn validate(&self, token: &str) -> ValidateResponse {
+        self.client
+            .clone()
+            .validate(ValidateRequest {
+                token: token.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Every token, walking all pages.
+    pub async fn list_all(&self) -> Vec<ServiceToken> {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list(self.admin(sts::proto::ListRequest {
+                    page_size: 0,
+                    page_token,
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.service_tokens);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Graceful shutdown; hands back the data dir for a restart.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.send(()).unwrap();
+        self.server.await.unwrap().unwrap();
+        self.data_dir
+    }
+
+    /// Starts the shutdown without waiting for it.
+    pub fn begin_shutdown(self) -> (JoinHandle<Result<(), sts::Error>>, TempDir) {
+        self.shutdown.send(()).unwrap();
+        (self.server, self.data_dir)
+    }
+}
+
+/// Restarts on a data dir a stopped app handed back.
+pub async fn restart(data_dir: TempDir) -> TestApp {
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    spawn_app_on(data_dir, store, Config::default()).await
+}
+
+/// Every file under `dir`, recursively, as bytes.
+pub fn read_all_files(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(read_all_files(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

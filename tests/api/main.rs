@@ -1,0 +1,13 @@
+//! The integration suite: every test starts the real server in-process on
+//! 127.0.0.1:0 with a temporary data dir and talks to it over gRPC.
+
+mod helpers;
+
+mod auth;
+mod create;
+mod delete;
+mod durability;
+mod health;
+mod list;
+mod reflection;
+mod validate;
