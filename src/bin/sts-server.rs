@@ -1,7 +1,7 @@
 //! `sts-server`: the token-server daemon (`serve`) and the first-admin-token
 //! tool (`bootstrap`). Parses arguments, sets up logging, calls the library.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -80,18 +80,26 @@ fn parse_role(role: &str) -> Result<Role, String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    let outcome = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bootstrap(args) => bootstrap(args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sts-server: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn init_logging(format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod binary;
 mod create;
 mod delete;
 mod durability;

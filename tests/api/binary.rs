@@ -1,0 +1,143 @@
+//! The `sts-server` binary itself: bootstrap's output and refusals, and a
+//! served process that stops cleanly on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+};
+
+use sts::{proto::InvalidReason, server::SERVICE_NAME, store::SledStore};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::helpers::{ADMIN_ROLE, channel, restart, spawn_app};
+
+fn sts_server() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sts-server"));
+    command.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    command
+}
+
+#[tokio::test]
+async fn bootstrap_prints_a_working_admin_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = sts_server()
+        .args(["bootstrap", "--name", "first-admin", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let token = stdout.strip_suffix('\n').unwrap();
+    assert!(
+        !token.contains('\n'),
+        "stdout is the token alone: {stdout:?}"
+    );
+    assert!(
+        !stderr.contains(&token[7..]),
+        "the secret is on stdout only"
+    );
+
+    let app = restart(dir).await;
+    let response = app.validate(token).await;
+    assert!(response.valid, "{response:?}");
+    let identity = response.service_token.unwrap();
+    assert_eq!(identity.name, "first-admin");
+    assert_eq!(identity.roles, [ADMIN_ROLE]);
+}
+
+#[tokio::test]
+async fn bootstrap_refuses_a_data_dir_the_server_holds() {
+    let app = spawn_app().await;
+    let output = sts_server()
+        .arg("bootstrap")
+        .arg("--data-dir")
+        .arg(app.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert_eq!(app.list_all().await.len(), 1, "nothing was written");
+}
+
+#[tokio::test]
+async fn bootstrap_rejects_bad_roles_before_touching_the_disk() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let output = sts_server()
+        .args(["bootstrap", "--roles", "a b", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("roles[0]"));
+    assert!(!dir.exists());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = sts_server()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (addr, rest) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let at = line.find("address=")? + "address=".len();
+                line[at..]
+                    .split_whitespace()
+                    .next()?
+                    .parse::<SocketAddr>()
+                    .ok()
+            })
+            .expect("the server logs the address it listens on");
+        (addr, lines)
+    })
+    .await
+    .unwrap();
+
+    let mut health = HealthClient::new(channel(addr).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status(), ServingStatus::Serving);
+    let validation = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await)
+        .validate(sts::proto::ValidateRequest {
+            token: "nope".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(validation.reason(), InvalidReason::Malformed);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let log: Vec<String> = rest.map_while(Result::ok).collect();
+    assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
+    // The lock is released: the data dir opens again.
+    SledStore::open(dir.path()).unwrap();
+}
