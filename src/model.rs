@@ -110,26 +110,24 @@ pub struct Role(String);
 
 impl Role {
     pub fn parse(role: &str) -> Result<Role, FieldError> {
-        Self::parse_field(role, "role")
+        Self::check(role).map_err(|problem| FieldError::new("role", problem))
     }
 
-    fn parse_field(role: &str, field: &str) -> Result<Role, FieldError> {
+    /// The problem with `role`, if any; the caller names the field, so the
+    /// success path (every Validate re-reads stored roles) allocates nothing extra.
+    fn check(role: &str) -> Result<Role, String> {
         if role.is_empty() {
-            return Err(FieldError::new(field, "must not be empty"));
+            return Err("must not be empty".into());
         }
         if role.len() > MAX_ROLE_CHARS {
-            return Err(FieldError::new(
-                field,
-                format!("must be at most {MAX_ROLE_CHARS} characters"),
-            ));
+            return Err(format!("must be at most {MAX_ROLE_CHARS} characters"));
         }
         if let Some(bad) = role
             .chars()
             .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
         {
-            return Err(FieldError::new(
-                field,
-                format!("contains {bad:?}; roles use only A-Z a-z 0-9 . _ : -"),
+            return Err(format!(
+                "contains {bad:?}; roles use only A-Z a-z 0-9 . _ : -"
             ));
         }
         Ok(Role(role.to_owned()))
@@ -158,7 +156,8 @@ impl Roles {
         }
         let mut parsed: Vec<Role> = Vec::with_capacity(roles.len());
         for (i, role) in roles.iter().enumerate() {
-            let role = Role::parse_field(role.as_ref(), &format!("roles[{i}]"))?;
+            let role = Role::check(role.as_ref())
+                .map_err(|problem| FieldError::new(format!("roles[{i}]"), problem))?;
             if !parsed.contains(&role) {
                 parsed.push(role);
             }

@@ -158,3 +158,18 @@ async fn expiration_must_lie_in_the_future_of_the_server_clock() {
         Code::InvalidArgument,
     );
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_unread() {
+    let app = spawn_app().await;
+    let huge = create_request(&"n".repeat(10 * 1024 * 1024), &["r"]);
+    let status = app
+        .client
+        .clone()
+        .create(app.admin(huge))
+        .await
+        .expect_err("a 10 MB request is refused");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // The server keeps serving.
+    app.create("after", &["r"]).await;
+}
