@@ -6,6 +6,10 @@ use std::{env, fs, path::PathBuf};
 use prost::Message as _;
 
 const PROTOS: &[&str] = &["stackstate/servicetoken/v1/service_token.proto"];
+const SECRET_MESSAGES: [&str; 2] = [
+    ".stackstate.servicetoken.v1.CreateResponse",
+    ".stackstate.servicetoken.v1.ValidateRequest",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -19,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
 
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Messages that carry a token secret get a hand-written, redacted Debug
+    // (src/proto.rs) instead of the derived one.
+    tonic_prost_build::configure()
+        .skip_debug(SECRET_MESSAGES)
+        .compile_fds(descriptors)?;
     Ok(())
 }

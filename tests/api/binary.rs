@@ -141,3 +141,21 @@ async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
     // The lock is released: the data dir opens again.
     SledStore::open(dir.path()).unwrap();
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = sts_server()
+        .args(["--log-format", "json", "bootstrap", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let event = stderr
+        .lines()
+        .find(|line| line.contains("bootstrap token created"))
+        .expect("the bootstrap is logged");
+    assert!(event.starts_with('{') && event.ends_with('}'), "{event}");
+    assert!(event.contains(r#""level":"INFO""#), "{event}");
+}

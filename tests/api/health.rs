@@ -1,22 +1,14 @@
 //! gRPC health: SERVING while up, NOT_SERVING from the start of shutdown;
 //! shutdown lets in-flight calls finish and flushes the store.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::{Arc, atomic::Ordering};
 
-use async_trait::async_trait;
-use sts::{
-    config::Config,
-    model::{NewToken, ServiceToken, TokenId},
-    server::SERVICE_NAME,
-    store::{SledStore, Store, StoreError, StoredToken},
-    token::TokenHash,
-};
-use tokio::sync::Semaphore;
+use sts::{config::Config, server::SERVICE_NAME};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{channel, create_request, restart, spawn_app, spawn_app_on};
+use crate::helpers::{FaultyStore, channel, create_request, restart, spawn_app, spawn_app_on};
 
 fn check(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
@@ -54,60 +46,17 @@ async fn watchers_see_not_serving_when_shutdown_begins() {
     server.await.unwrap().unwrap();
 }
 
-/// A sled store whose inserts wait at a gate, to hold a Create in flight.
-struct GatedStore {
-    inner: SledStore,
-    /// One permit per insert that reached the gate.
-    entered: Semaphore,
-    gate: Semaphore,
-}
-
-#[async_trait]
-impl Store for GatedStore {
-    async fn insert(
-        &self,
-        hash: TokenHash,
-        new: &NewToken,
-        created_at: SystemTime,
-    ) -> Result<ServiceToken, StoreError> {
-        self.entered.add_permits(1);
-        self.gate.acquire().await.unwrap().forget();
-        self.inner.insert(hash, new, created_at).await
-    }
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
-        self.inner.find_by_hash(hash).await
-    }
-    async fn list(
-        &self,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<ServiceToken>, StoreError> {
-        self.inner.list(after, limit).await
-    }
-    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
-        self.inner.delete(id).await
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush().await
-    }
-}
-
 #[tokio::test]
 async fn shutdown_finishes_in_flight_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(GatedStore {
-        inner: SledStore::open(dir.path()).unwrap(),
-        entered: Semaphore::new(0),
-        // One permit for the bootstrap admin token spawn_app_on creates.
-        gate: Semaphore::new(1),
-    });
+    let store = Arc::new(FaultyStore::open(dir.path()));
     let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+    store.gated.store(true, Ordering::SeqCst);
 
     let mut client = app.client.clone();
     let request = app.admin(create_request("in-flight", &["r"]));
     let in_flight = tokio::spawn(async move { client.create(request).await });
-    // The bootstrap insert, then the Create's.
-    store.entered.acquire_many(2).await.unwrap().forget();
+    store.entered.acquire().await.unwrap().forget();
 
     let (server, dir) = app.begin_shutdown();
     store.gate.add_permits(1);

@@ -4,24 +4,34 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
+
+use async_trait::async_trait;
 
 use sts::{
     clock::Clock,
     config::Config,
-    model::{NewToken, Roles, TokenName},
+    model::{NewToken, Roles, ServiceToken as Described, TokenId, TokenName},
     proto::{
         CreateRequest, CreateResponse, ServiceToken, ValidateRequest, ValidateResponse,
         token_service_client::TokenServiceClient,
     },
     server,
     service::TokenService,
-    store::{SledStore, Store},
+    store::{SledStore, Store, StoreError, StoredToken},
+    token::TokenHash,
 };
 use tempfile::TempDir;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, oneshot},
+    task::JoinHandle,
+};
 use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
 
 pub const ADMIN_ROLE: &str = "stackstate-admin";
@@ -231,5 +241,76 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+/// A sled store with faults on demand: every call fails while `failing` is
+/// set, and while `gated` is set each insert announces itself on `entered`
+/// and then waits for a permit on `gate`.
+pub struct FaultyStore {
+    inner: SledStore,
+    pub failing: AtomicBool,
+    pub gated: AtomicBool,
+    pub entered: Semaphore,
+    pub gate: Semaphore,
+}
+
+impl FaultyStore {
+    pub fn open(dir: &Path) -> FaultyStore {
+        FaultyStore {
+            inner: SledStore::open(dir).unwrap(),
+            failing: AtomicBool::new(false),
+            gated: AtomicBool::new(false),
+            entered: Semaphore::new(0),
+            gate: Semaphore::new(0),
+        }
+    }
+
+    fn fault(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected fault".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+    ) -> Result<Described, StoreError> {
+        self.fault()?;
+        if self.gated.load(Ordering::SeqCst) {
+            self.entered.add_permits(1);
+            self.gate.acquire().await.unwrap().forget();
+        }
+        self.inner.insert(hash, new, created_at).await
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+        self.fault()?;
+        self.inner.find_by_hash(hash).await
+    }
+
+    async fn list(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<Described>, StoreError> {
+        self.fault()?;
+        self.inner.list(after, limit).await
+    }
+
+    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
+        self.fault()?;
+        self.inner.delete(id).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.flush().await
     }
 }

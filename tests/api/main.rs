@@ -11,4 +11,5 @@ mod durability;
 mod health;
 mod list;
 mod reflection;
+mod store_faults;
 mod validate;
