@@ -1,4 +1,5 @@
-//! The library's error type and its one conversion to a gRPC status.
+//! The library's error type, the transport-neutral kind every front end maps
+//! from, and the one conversion to a gRPC status.
 
 use crate::{
     credential::AuthError,
@@ -25,21 +26,75 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// What kind of failure an [`Error`] is, independent of transport: gRPC and
+/// HTTP each map these, and metrics label by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    PermissionDenied,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The gRPC status-code name, also used as the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::Unauthenticated => "UNAUTHENTICATED",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::Store(StoreError::Locked { .. } | StoreError::Unavailable(_)) => {
+                ErrorKind::Unavailable
+            }
+            Error::Store(StoreError::Corrupt(_) | StoreError::IdExhausted)
+            | Error::Transport(_)
+            | Error::Reflection(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl Error {
+    /// Logs failures that are the server's, not the caller's; the transports'
+    /// conversions call this so operators see store trouble whichever way it
+    /// surfaced. Caller mistakes are not logged here (they are answered).
+    pub fn report(&self) {
+        match self.kind() {
+            ErrorKind::Unavailable => {
+                tracing::warn!(error = %self, "request failed: store unavailable")
+            }
+            ErrorKind::Internal => tracing::error!(error = %self, "request failed"),
+            _ => {}
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> tonic::Status {
-        let message = error.to_string();
-        match error {
-            Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            Error::NotFound(_) => tonic::Status::not_found(message),
-            Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
-            Error::PermissionDenied(_) => tonic::Status::permission_denied(message),
-            Error::Store(StoreError::Locked { .. } | StoreError::Unavailable(_)) => {
-                tonic::Status::unavailable(message)
-            }
-            Error::Store(StoreError::Corrupt(_) | StoreError::IdExhausted) => {
-                tonic::Status::internal(message)
-            }
-            Error::Transport(_) | Error::Reflection(_) => tonic::Status::internal(message),
-        }
+        error.report();
+        let code = match error.kind() {
+            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Internal => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, error.to_string())
     }
 }

@@ -1,14 +1,15 @@
 //! The gRPC front end: turns protobuf requests into domain values, calls the
 //! [`TokenService`], and turns the answers back. No rules live here.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::{
     credential,
     error::Error,
-    model::{FieldError, NewToken, Roles, ServiceToken, TokenId, TokenName},
+    metrics::Rpc,
+    model::{NewToken, Roles, ServiceToken, TokenId, TokenName, parse_time},
     page::PageRequest,
     proto,
     service::{Admin, InvalidReason, TokenService, Validation},
@@ -38,9 +39,12 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
-        let admin = self.admin(&request).await?;
-        let new = new_token(request.into_inner()).map_err(Error::from)?;
-        let (token, created) = self.service.create(&admin, new).await?;
+        let call = async {
+            let admin = self.admin(&request).await?;
+            let new = new_token(request.into_inner())?;
+            self.service.create(&admin, new).await
+        };
+        let (token, created) = self.service.observe(Rpc::Create, call).await?;
         Ok(Response::new(proto::CreateResponse {
             token: token.expose_secret().to_owned(),
             service_token: Some(created.into()),
@@ -51,17 +55,19 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let admin = self.admin(&request).await?;
-        let request = request.into_inner();
-        let config = self.service.config();
-        let page = PageRequest::parse(
-            request.page_size,
-            &request.page_token,
-            config.default_page_size,
-            config.max_page_size,
-        )
-        .map_err(Error::from)?;
-        let page = self.service.list(&admin, page).await?;
+        let call = async {
+            let admin = self.admin(&request).await?;
+            let request = request.into_inner();
+            let config = self.service.config();
+            let page = PageRequest::parse(
+                request.page_size,
+                &request.page_token,
+                config.default_page_size,
+                config.max_page_size,
+            )?;
+            self.service.list(&admin, page).await
+        };
+        let page = self.service.observe(Rpc::List, call).await?;
         Ok(Response::new(proto::ListResponse {
             service_tokens: page.tokens.into_iter().map(Into::into).collect(),
             next_page_token: page.next_cursor.unwrap_or_default(),
@@ -72,9 +78,12 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let admin = self.admin(&request).await?;
-        let id = TokenId::parse(request.into_inner().id).map_err(Error::from)?;
-        self.service.delete(&admin, id).await?;
+        let call = async {
+            let admin = self.admin(&request).await?;
+            let id = TokenId::parse(request.into_inner().id)?;
+            self.service.delete(&admin, id).await
+        };
+        self.service.observe(Rpc::Delete, call).await?;
         Ok(Response::new(proto::DeleteResponse {}))
     }
 
@@ -87,34 +96,15 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
     }
 }
 
-fn new_token(request: proto::CreateRequest) -> Result<NewToken, FieldError> {
+fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
     Ok(NewToken {
         name: TokenName::parse(&request.name)?,
         roles: Roles::parse(&request.roles)?,
         expiration: request
             .expiration
-            .map(|ts| timestamp("expiration", ts))
+            .map(|ts| parse_time("expiration", ts.seconds, ts.nanos))
             .transpose()?,
     })
-}
-
-/// protobuf's Timestamp range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
-const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
-const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
-
-/// A Timestamp as protobuf defines it valid; anything else is refused rather
-/// than normalized, so a client bug is seen instead of silently reinterpreted.
-fn timestamp(field: &str, ts: prost_types::Timestamp) -> Result<SystemTime, FieldError> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(FieldError::new(field, "nanos must be within 0..1000000000"));
-    }
-    if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&ts.seconds) {
-        return Err(FieldError::new(
-            field,
-            "must lie between the years 1 and 9999",
-        ));
-    }
-    SystemTime::try_from(ts).map_err(|_| FieldError::new(field, "is not a representable time"))
 }
 
 impl From<ServiceToken> for proto::ServiceToken {

@@ -7,6 +7,8 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod grpc;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod page;
 pub mod proto;

@@ -183,6 +183,32 @@ impl Roles {
     }
 }
 
+/// The range protobuf's Timestamp allows: 0001-01-01 to 9999-12-31 (UTC).
+const MIN_UNIX_SECONDS: i64 = -62_135_596_800;
+const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
+
+/// A point in time given as seconds and nanoseconds since the Unix epoch,
+/// refused (not normalized) when out of protobuf's Timestamp range, so a
+/// client bug is seen instead of silently reinterpreted.
+pub fn parse_time(field: &str, seconds: i64, nanos: i32) -> Result<SystemTime, FieldError> {
+    if !(0..1_000_000_000).contains(&nanos) {
+        return Err(FieldError::new(field, "nanos must be within 0..1000000000"));
+    }
+    if !(MIN_UNIX_SECONDS..=MAX_UNIX_SECONDS).contains(&seconds) {
+        return Err(FieldError::new(
+            field,
+            "must lie between the years 1 and 9999",
+        ));
+    }
+    let since_epoch = std::time::Duration::new(seconds.unsigned_abs(), nanos as u32);
+    let time = if seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(since_epoch)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(since_epoch)
+    };
+    time.ok_or_else(|| FieldError::new(field, "is not a representable time"))
+}
+
 /// What a token is, minus its secret: what `List` shows and `Validate` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceToken {

@@ -1,15 +1,24 @@
-//! Serving: binds the gRPC services (TokenService, health, reflection) to a
-//! listener and runs them until `shutdown` resolves, then drains and flushes.
+//! Serving: one listener for everything. gRPC (TokenService, health,
+//! reflection) and the HTTP routes share a tonic server that accepts HTTP/1.1
+//! and HTTP/2; requests are routed by path, and every one passes the latency
+//! middleware. Runs until `shutdown` resolves, then drains and flushes.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::transport::server::TcpIncoming;
+use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
     error::Error,
     grpc::GrpcTokenService,
+    http::{self, HttpState},
     proto::{self, token_service_server::TokenServiceServer},
     service::TokenService,
 };
@@ -18,9 +27,10 @@ use crate::{
 pub const SERVICE_NAME: &str = "stackstate.servicetoken.v1.TokenService";
 
 /// Serves until `shutdown` resolves. Health reports `SERVING` (overall and for
-/// [`SERVICE_NAME`]) from the start, since the store is already open, and
-/// `NOT_SERVING` as soon as shutdown begins; in-flight calls then get up to
-/// `shutdown_grace` to finish, and the store is flushed before this returns.
+/// [`SERVICE_NAME`]) and `/readyz` ready from the start, since the store is
+/// already open; both turn not-ready as soon as shutdown begins. In-flight
+/// calls then get up to `shutdown_grace` to finish, and the store is flushed
+/// before this returns.
 pub async fn run(
     listener: TcpListener,
     service: Arc<TokenService>,
@@ -30,18 +40,27 @@ pub async fn run(
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
+    let ready = Arc::new(AtomicBool::new(true));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
     let max_request_bytes = service.config().max_request_bytes;
     let tokens = TokenServiceServer::new(GrpcTokenService::new(service.clone()))
         .max_decoding_message_size(max_request_bytes);
+
+    let routes = Routes::from(http::router(HttpState::new(service.clone(), ready.clone())))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(tokens)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            http::observe_latency,
+        ));
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let draining = {
@@ -49,6 +68,7 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
+            ready.store(false, Ordering::SeqCst);
             for name in ["", SERVICE_NAME] {
                 health
                     .set_service_status(name, ServingStatus::NotServing)
@@ -70,11 +90,11 @@ pub async fn run(
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serving = tonic::transport::Server::builder()
-        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(tokens)
+        .accept_http1(true)
+        .trace_fn(|request| {
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        })
+        .add_routes(Routes::from(routes))
         .serve_with_incoming_shutdown(incoming, draining);
     tokio::select! {
         served = serving => served?,

@@ -2,13 +2,14 @@
 //! admin authorization, and the management operations. gRPC (and any other
 //! front end) translates into these calls; none re-implements them.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use crate::{
     clock::Clock,
     config::Config,
     credential::AuthError,
     error::Error,
+    metrics::{Metrics, Rpc},
     model::{FieldError, NewToken, ServiceToken, TokenId},
     page::{PageRequest, encode_cursor},
     store::Store,
@@ -63,6 +64,7 @@ pub struct TokenService {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: Config,
+    metrics: Metrics,
 }
 
 impl TokenService {
@@ -71,6 +73,7 @@ impl TokenService {
             store,
             clock,
             config,
+            metrics: Metrics::new(),
         }
     }
 
@@ -78,10 +81,37 @@ impl TokenService {
         &self.config
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics exposition, with the current token count.
+    pub async fn render_metrics(&self) -> Result<String, Error> {
+        Ok(self.metrics.render(self.store.count().await?))
+    }
+
+    /// Runs one whole management call (credential check included) and counts
+    /// its outcome; every transport wraps its Create, List and Delete in this.
+    pub async fn observe<T>(
+        &self,
+        rpc: Rpc,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let result = call.await;
+        self.metrics.management_call(rpc, &result);
+        result
+    }
+
     /// The one validation path: parse (checksum, no store access), hash, one
     /// lookup, expiry. An invalid token is an answer; only a store failure is
     /// an error, so a token that cannot be checked is never called valid.
     pub async fn validate(&self, presented: &str) -> Result<Validation, Error> {
+        let validation = self.check(presented).await;
+        self.metrics.validation(&validation);
+        validation
+    }
+
+    async fn check(&self, presented: &str) -> Result<Validation, Error> {
         let token = match Token::parse(presented) {
             Ok(token) => token,
             Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),

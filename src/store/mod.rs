@@ -63,6 +63,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a token; `false` when there was none. Durable once it returns.
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError>;
 
+    /// How many tokens are stored; cheap enough for every metrics scrape.
+    async fn count(&self) -> Result<u64, StoreError>;
+
     /// Writes anything still buffered to stable storage (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 }

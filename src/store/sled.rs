@@ -6,7 +6,12 @@
 //! followed by a flush (fsync) before it is acknowledged. The background flush
 //! timer is off: nothing is ever written without a caller waiting on it.
 
-use std::{fs, path::Path, time::SystemTime};
+use std::{
+    fs,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+    time::SystemTime,
+};
 
 use async_trait::async_trait;
 use prost::Message;
@@ -89,6 +94,9 @@ pub struct SledStore {
     db: sled::Db,
     tokens: sled::Tree,
     by_hash: sled::Tree,
+    /// Exact, because only this process writes the directory (sled's lock);
+    /// counted once at open since sled's own `len` is a full scan.
+    count: AtomicU64,
 }
 
 impl SledStore {
@@ -103,10 +111,12 @@ impl SledStore {
             .map_err(|e| open_error(dir, e))?;
         let tokens = db.open_tree("tokens").map_err(unavailable)?;
         let by_hash = db.open_tree("by_hash").map_err(unavailable)?;
+        let count = AtomicU64::new(tokens.len() as u64);
         Ok(SledStore {
             db,
             tokens,
             by_hash,
+            count,
         })
     }
 
@@ -141,6 +151,7 @@ impl Store for SledStore {
             });
             match outcome {
                 Ok(()) => {
+                    self.count.fetch_add(1, Ordering::Relaxed);
                     self.sync().await?;
                     return Ok(ServiceToken {
                         id,
@@ -223,9 +234,14 @@ impl Store for SledStore {
             TransactionError::Storage(e) => unavailable(e),
         })?;
         if deleted {
+            self.count.fetch_sub(1, Ordering::Relaxed);
             self.sync().await?;
         }
         Ok(deleted)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.count.load(Ordering::Relaxed))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -309,6 +309,11 @@ impl Store for FaultyStore {
         self.inner.delete(id).await
     }
 
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.fault()?;
+        self.inner.count().await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.fault()?;
         self.inner.flush().await

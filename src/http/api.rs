@@ -1,0 +1,130 @@
+//! `/api/server/status`, `/api/server/info` and the forward-auth endpoint
+//! `/api/auth` for reverse proxies.
+
+use std::time::SystemTime;
+
+use axum::{
+    Json,
+    extract::{Query, State, rejection::QueryRejection},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{Caller, HttpState};
+use crate::{
+    error::Error,
+    model::{FieldError, Role, ServiceToken},
+};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Identity headers `/api/auth` answers with, for proxies to pass on.
+pub const ID_HEADER: &str = "x-service-token-id";
+pub const NAME_HEADER: &str = "x-service-token-name";
+pub const ROLES_HEADER: &str = "x-service-token-roles";
+
+/// A token as StackState's API shows it: expiration in epoch milliseconds.
+#[derive(Debug, Serialize)]
+pub struct TokenJson {
+    pub id: u64,
+    pub name: String,
+    pub roles: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<i64>,
+}
+
+impl From<&ServiceToken> for TokenJson {
+    fn from(token: &ServiceToken) -> TokenJson {
+        TokenJson {
+            id: token.id.get(),
+            name: token.name.as_str().to_owned(),
+            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            expiration: token.expiration.map(epoch_millis),
+        }
+    }
+}
+
+pub fn epoch_millis(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusJson {
+    version: &'static str,
+    uptime_seconds: u64,
+    service_token: TokenJson,
+}
+
+pub async fn status(State(state): State<HttpState>, Caller(caller): Caller) -> Json<StatusJson> {
+    Json(StatusJson {
+        version: VERSION,
+        uptime_seconds: state.started.elapsed().as_secs(),
+        service_token: TokenJson::from(&caller),
+    })
+}
+
+#[derive(Serialize)]
+pub struct InfoJson {
+    version: VersionJson,
+}
+
+#[derive(Serialize)]
+pub struct VersionJson {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    diff: &'static str,
+}
+
+pub async fn info(Caller(_): Caller) -> Json<InfoJson> {
+    let number = |s: &str| s.parse().unwrap_or(0);
+    let (core, diff) = VERSION.split_once('-').unwrap_or((VERSION, ""));
+    let mut parts = core.split('.');
+    Json(InfoJson {
+        version: VersionJson {
+            major: parts.next().map_or(0, number),
+            minor: parts.next().map_or(0, number),
+            patch: parts.next().map_or(0, number),
+            diff,
+        },
+    })
+}
+
+#[derive(Deserialize)]
+pub struct AuthQuery {
+    role: Option<String>,
+}
+
+/// 200 with the identity in headers, 401 without a valid credential, 403
+/// when `?role=` names a role the token lacks. Any method, so a proxy can
+/// forward the original one.
+pub async fn forward_auth(
+    Caller(caller): Caller,
+    query: Result<Query<AuthQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
+    if let Some(role) = query.role {
+        let role = Role::parse(&role)?;
+        if !caller.roles.contains(&role) {
+            return Err(Error::PermissionDenied(role));
+        }
+    }
+    let roles: Vec<&str> = caller.roles.iter().map(Role::as_str).collect();
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        (ID_HEADER, caller.id.to_string()),
+        // Names may hold non-ASCII text; it is sent as UTF-8 bytes.
+        (NAME_HEADER, caller.name.to_string()),
+        (ROLES_HEADER, roles.join(",")),
+    ] {
+        let value = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| FieldError::new("name", "cannot be sent as a header"))?;
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    Ok((StatusCode::OK, headers).into_response())
+}

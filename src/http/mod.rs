@@ -1,0 +1,171 @@
+//! The HTTP side, served on the same port as gRPC: the documented
+//! `/api/server/status`, proxy forward-auth, StackState-compatible REST for
+//! tokens, probes and metrics. A thin translation layer: every credential
+//! check and every operation goes through [`TokenService`], as gRPC's do.
+
+mod api;
+mod caller;
+mod probes;
+mod tokens;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::{any, delete, get},
+};
+use serde::Serialize;
+
+use crate::{
+    error::{Error, ErrorKind},
+    service::TokenService,
+};
+
+pub use caller::Caller;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    service: Arc<TokenService>,
+    ready: Arc<AtomicBool>,
+    started: Instant,
+}
+
+impl HttpState {
+    /// `ready` is what `/readyz` reports; the server clears it when draining.
+    pub fn new(service: Arc<TokenService>, ready: Arc<AtomicBool>) -> HttpState {
+        HttpState {
+            service,
+            ready,
+            started: Instant::now(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Every HTTP route. gRPC services are added beside these by `server::run`.
+pub fn router(state: HttpState) -> Router {
+    let max_body = state.service.config().max_request_bytes;
+    Router::new()
+        .route("/api/server/status", get(api::status))
+        .route("/api/server/info", get(api::info))
+        .route("/api/auth", any(api::forward_auth))
+        .route(
+            "/api/security/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route("/api/security/tokens/{id}", delete(tokens::delete))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The JSON body of every HTTP error.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+fn error_response(status: StatusCode, error: &str, message: String) -> Response {
+    (status, Json(ErrorBody { error, message })).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.report();
+        let kind = self.kind();
+        let status = match kind {
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response = error_response(status, kind.as_str(), self.to_string());
+        if kind == ErrorKind::Unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+        }
+        response
+    }
+}
+
+fn is_grpc(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Unknown paths: gRPC clients get gRPC's UNIMPLEMENTED, others a JSON 404.
+async fn not_found(request: Request) -> Response {
+    if is_grpc(&request) {
+        return tonic::Status::unimplemented("no such service or method").into_http();
+    }
+    error_response(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on this path"),
+    )
+}
+
+/// gRPC methods we label individually in latency metrics; any other path
+/// under a gRPC service is labelled by its route template, which keeps label
+/// values bounded whatever paths clients send.
+const TOKEN_SERVICE_METHODS: [&str; 4] = [
+    "/stackstate.servicetoken.v1.TokenService/Create",
+    "/stackstate.servicetoken.v1.TokenService/List",
+    "/stackstate.servicetoken.v1.TokenService/Delete",
+    "/stackstate.servicetoken.v1.TokenService/Validate",
+];
+
+/// Middleware over every route, HTTP and gRPC: request latency by route.
+pub async fn observe_latency(
+    State(service): State<Arc<TokenService>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let protocol = if is_grpc(&request) { "grpc" } else { "http" };
+    let path = request.uri().path();
+    let route = if let Some(known) = TOKEN_SERVICE_METHODS.iter().find(|m| **m == path) {
+        (*known).to_owned()
+    } else if let Some(matched) = request.extensions().get::<MatchedPath>() {
+        matched.as_str().to_owned()
+    } else {
+        "unmatched".to_owned()
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    service
+        .metrics()
+        .request(protocol, route, started.elapsed().as_secs_f64());
+    response
+}

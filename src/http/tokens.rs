@@ -1,0 +1,132 @@
+//! StackState-compatible REST for tokens: `GET`/`POST /api/security/tokens`
+//! and `DELETE /api/security/tokens/{id}`, over the same service calls (and
+//! the same admin rule) as gRPC.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{HttpState, api::TokenJson, api::epoch_millis, error_response};
+use crate::{
+    credential,
+    error::Error,
+    metrics::Rpc,
+    model::{FieldError, NewToken, Roles, TokenId, TokenName, parse_time},
+    page::PageRequest,
+};
+
+/// Every token, in id order, fetched from the service one maximal page at a time.
+pub async fn list(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TokenJson>>, Error> {
+    let service = &state.service;
+    let call = async {
+        let admin = service
+            .authorize_admin(credential::presented(&headers))
+            .await?;
+        let mut tokens = Vec::new();
+        let mut after = None;
+        loop {
+            let request = PageRequest {
+                after,
+                size: service.config().max_page_size,
+            };
+            let page = service.list(&admin, request).await?;
+            tokens.extend(page.tokens.iter().map(TokenJson::from));
+            match (page.next_cursor, page.tokens.last()) {
+                (Some(_), Some(last)) => after = Some(last.id),
+                _ => return Ok(tokens),
+            }
+        }
+    };
+    service.observe(Rpc::List, call).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateJson {
+    name: String,
+    roles: Vec<String>,
+    /// Epoch milliseconds.
+    expiry_date: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct CreatedJson {
+    id: u64,
+    name: String,
+    token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration: Option<i64>,
+}
+
+pub async fn create(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return Ok(error_response(
+                rejection.status(),
+                "INVALID_ARGUMENT",
+                rejection.body_text(),
+            ));
+        }
+    };
+    let service = &state.service;
+    let call = async {
+        let admin = service
+            .authorize_admin(credential::presented(&headers))
+            .await?;
+        let request: CreateJson = serde_json::from_slice(&body)
+            .map_err(|e| FieldError::new("body", format!("is not a token request: {e}")))?;
+        let new = NewToken {
+            name: TokenName::parse(&request.name)?,
+            roles: Roles::parse(&request.roles)?,
+            expiration: request
+                .expiry_date
+                .map(|ms| {
+                    // rem_euclid keeps the sub-second part in 0..1000.
+                    let nanos = (ms.rem_euclid(1000) * 1_000_000) as i32;
+                    parse_time("expiryDate", ms.div_euclid(1000), nanos)
+                })
+                .transpose()?,
+        };
+        service.create(&admin, new).await
+    };
+    let (token, created) = service.observe(Rpc::Create, call).await?;
+    Ok(Json(CreatedJson {
+        id: created.id.get(),
+        name: created.name.to_string(),
+        token: token.expose_secret().to_owned(),
+        expiration: created.expiration.map(epoch_millis),
+    })
+    .into_response())
+}
+
+pub async fn delete(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    let service = &state.service;
+    let call = async {
+        let admin = service
+            .authorize_admin(credential::presented(&headers))
+            .await?;
+        let id = id
+            .parse::<u64>()
+            .map_err(|_| FieldError::new("id", format!("{id:?} is not a token id")))?;
+        service.delete(&admin, TokenId::parse(id)?).await
+    };
+    service.observe(Rpc::Delete, call).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
