@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use sts::{
     clock::Clock,
     config::Config,
+    http::HttpState,
     model::{NewToken, Roles, ServiceToken as Described, TokenId, TokenName},
     proto::{
         CreateRequest, CreateResponse, ServiceToken, ValidateRequest, ValidateResponse,
@@ -72,9 +73,11 @@ pub async fn spawn_app_with(config: Config) -> TestApp {
     spawn_app_on(data_dir, store, config).await
 }
 
-/// Starts a server over `store` (which lives in `data_dir`), after
-/// bootstrapping an admin token into it.
-pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Config) -> TestApp {
+/// A service over `store` with a manual clock and a bootstrapped admin token.
+pub async fn build_service(
+    store: Arc<dyn Store>,
+    config: Config,
+) -> (Arc<TokenService>, Arc<ManualClock>, String) {
     let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
     let admin_role = config.admin_role.clone();
     let service = Arc::new(TokenService::new(store, clock.clone(), config));
@@ -86,7 +89,13 @@ pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Conf
         })
         .await
         .unwrap();
+    (service, clock, admin_token.expose_secret().to_owned())
+}
 
+/// Starts a server over `store` (which lives in `data_dir`), after
+/// bootstrapping an admin token into it.
+pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Config) -> TestApp {
+    let (service, clock, admin_token) = build_service(store, config).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -96,11 +105,130 @@ pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Conf
     TestApp {
         addr,
         client: TokenServiceClient::new(channel(addr).await),
-        admin_token: admin_token.expose_secret().to_owned(),
+        admin_token,
         clock,
         data_dir,
         shutdown,
         server,
+    }
+}
+
+/// The HTTP router alone, for tests that send requests without a socket.
+pub struct TestRouter {
+    pub router: axum::Router,
+    pub service: Arc<TokenService>,
+    pub admin_token: String,
+    pub clock: Arc<ManualClock>,
+    pub ready: Arc<AtomicBool>,
+    _data_dir: TempDir,
+}
+
+/// A response, its body read.
+pub struct TestResponse {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// 401 with the challenge header and a JSON message.
+    pub fn assert_unauthorized(&self) {
+        assert_eq!(
+            self.status,
+            http::StatusCode::UNAUTHORIZED,
+            "{:?}",
+            self.json()
+        );
+        assert_eq!(self.header("www-authenticate"), Some("ApiKey"));
+        assert!(self.json()["message"].is_string());
+    }
+}
+
+pub async fn spawn_router() -> TestRouter {
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    let (service, clock, admin_token) = build_service(store, Config::default()).await;
+    let ready = Arc::new(AtomicBool::new(true));
+    TestRouter {
+        router: sts::http::router(HttpState::new(service.clone(), ready.clone())),
+        service,
+        admin_token,
+        clock,
+        ready,
+        _data_dir: data_dir,
+    }
+}
+
+impl TestRouter {
+    pub async fn send(&self, request: http::Request<axum::body::Body>) -> TestResponse {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes().to_vec(),
+        }
+    }
+
+    /// `method path` with the given headers and an optional body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &str,
+    ) -> TestResponse {
+        let mut request = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, http::HeaderValue::from_bytes(value).unwrap());
+        }
+        self.send(
+            request
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// `method path` as the admin.
+    pub async fn admin(&self, method: &str, path: &str, body: &str) -> TestResponse {
+        let key = self.admin_token.clone();
+        self.call(method, path, &[("x-api-key", key.as_bytes())], body)
+            .await
+    }
+
+    /// Creates a token through the service directly; returns (secret, id).
+    pub async fn create(&self, name: &str, roles: &[&str]) -> (String, u64) {
+        self.create_expiring(name, roles, None).await
+    }
+
+    pub async fn create_expiring(
+        &self,
+        name: &str,
+        roles: &[&str],
+        expiration: Option<SystemTime>,
+    ) -> (String, u64) {
+        let (token, created) = self
+            .service
+            .bootstrap(NewToken {
+                name: TokenName::parse(name).unwrap(),
+                roles: Roles::parse(roles).unwrap(),
+                expiration,
+            })
+            .await
+            .unwrap();
+        (token.expose_secret().to_owned(), created.id.get())
     }
 }
 

@@ -1,0 +1,222 @@
+//! HTTP credentials at router level: the documented header forms on
+//! `/api/server/status`, and 401 + `WWW-Authenticate: ApiKey` for every way a
+//! credential can be missing or wrong.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use sts::{clock::Clock, token::Token};
+
+use crate::helpers::{ADMIN_ROLE, spawn_router};
+
+const STATUS: &str = "/api/server/status";
+
+/// Request headers as (name, raw value) pairs.
+type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+
+#[tokio::test]
+async fn status_answers_who_the_caller_is_for_both_header_forms() {
+    let app = spawn_router().await;
+    let (token, id) = app.create("ci", &["stackstate-k8s-troubleshooter"]).await;
+    let authorization = format!("ApiKey {token}");
+    let lower = format!("apikey {token}");
+    for headers in [
+        vec![("authorization", authorization.as_bytes())],
+        vec![("authorization", lower.as_bytes())],
+        vec![("x-api-key", token.as_bytes())],
+        vec![
+            ("x-api-key", token.as_bytes()),
+            ("authorization", authorization.as_bytes()),
+        ],
+    ] {
+        let response = app.call("GET", STATUS, &headers, "").await;
+        assert_eq!(response.status, 200);
+        let body = response.json();
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert!(body["uptimeSeconds"].is_u64());
+        assert_eq!(body["serviceToken"]["id"], id);
+        assert_eq!(body["serviceToken"]["name"], "ci");
+        assert_eq!(
+            body["serviceToken"]["roles"],
+            serde_json::json!(["stackstate-k8s-troubleshooter"])
+        );
+    }
+}
+
+#[tokio::test]
+async fn unusable_credentials_are_401_with_a_challenge() {
+    let app = spawn_router().await;
+    let (token, _) = app.create("ci", &["r"]).await;
+    let unknown = Token::generate().expose_secret().to_owned();
+    let bearer = format!("Bearer {token}");
+    let conflicting = format!("ApiKey {unknown}");
+    let long = "a".repeat(5000);
+    let cases: Vec<(&str, Headers)> = vec![
+        ("none", vec![]),
+        ("empty", vec![("x-api-key", b"")]),
+        ("malformed", vec![("x-api-key", b"svctok-nope")]),
+        ("unknown", vec![("x-api-key", unknown.as_bytes())]),
+        ("bearer", vec![("authorization", bearer.as_bytes())]),
+        ("scheme only", vec![("authorization", b"ApiKey")]),
+        ("non-utf-8", vec![("x-api-key", b"svctok-\xff\xfe")]),
+        ("over-long", vec![("x-api-key", long.as_bytes())]),
+        (
+            "conflicting",
+            vec![
+                ("x-api-key", token.as_bytes()),
+                ("authorization", conflicting.as_bytes()),
+            ],
+        ),
+    ];
+    for (case, headers) in cases {
+        let response = app.call("GET", STATUS, &headers, "").await;
+        response.assert_unauthorized();
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        assert!(!text.contains(&token[7..]), "{case}: secret in {text}");
+        assert!(!text.contains(&unknown[7..]), "{case}: secret in {text}");
+    }
+}
+
+#[tokio::test]
+async fn expiry_and_deletion_take_effect_at_once() {
+    let app = spawn_router().await;
+    let soon = app.clock.now() + Duration::from_secs(30);
+    let (expiring, _) = app.create_expiring("expiring", &["r"], Some(soon)).await;
+    let (deleted, deleted_id) = app.create("deleted", &["r"]).await;
+    for token in [&expiring, &deleted] {
+        let response = app
+            .call("GET", STATUS, &[("x-api-key", token.as_bytes())], "")
+            .await;
+        assert_eq!(response.status, 200);
+    }
+
+    app.clock.advance(Duration::from_secs(30));
+    let response = app
+        .call("GET", STATUS, &[("x-api-key", expiring.as_bytes())], "")
+        .await;
+    response.assert_unauthorized();
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    let response = app
+        .admin("DELETE", &format!("/api/security/tokens/{deleted_id}"), "")
+        .await;
+    assert_eq!(response.status, 204);
+    app.call("GET", STATUS, &[("x-api-key", deleted.as_bytes())], "")
+        .await
+        .assert_unauthorized();
+}
+
+#[tokio::test]
+async fn info_needs_a_credential_and_answers_the_version() {
+    let app = spawn_router().await;
+    app.call("GET", "/api/server/info", &[], "")
+        .await
+        .assert_unauthorized();
+    let response = app.admin("GET", "/api/server/info", "").await;
+    assert_eq!(response.status, 200);
+    let version = &response.json()["version"];
+    let expected: Vec<u64> = env!("CARGO_PKG_VERSION")
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        [
+            version["major"].as_u64().unwrap(),
+            version["minor"].as_u64().unwrap(),
+            version["patch"].as_u64().unwrap()
+        ],
+        expected[..]
+    );
+}
+
+#[tokio::test]
+async fn forward_auth_passes_the_identity_in_headers() {
+    let app = spawn_router().await;
+    let (token, id) = app.create("grafana proxy é", &["viewer", "editor"]).await;
+    for method in ["GET", "POST", "HEAD", "DELETE"] {
+        let response = app
+            .call(method, "/api/auth", &[("x-api-key", token.as_bytes())], "")
+            .await;
+        assert_eq!(response.status, 200, "{method}");
+        assert_eq!(
+            response.header("x-service-token-id"),
+            Some(id.to_string().as_str())
+        );
+        assert_eq!(
+            response.headers["x-service-token-name"].as_bytes(),
+            "grafana proxy é".as_bytes()
+        );
+        assert_eq!(
+            response.header("x-service-token-roles"),
+            Some("viewer,editor")
+        );
+    }
+    let response = app.call("GET", "/api/auth", &[], "").await;
+    response.assert_unauthorized();
+    assert!(response.headers.get("x-service-token-id").is_none());
+}
+
+#[tokio::test]
+async fn forward_auth_checks_a_required_role() {
+    let app = spawn_router().await;
+    let (token, _) = app.create("ci", &["viewer"]).await;
+    let key = [("x-api-key", token.as_bytes())];
+    assert_eq!(
+        app.call("GET", "/api/auth?role=viewer", &key, "")
+            .await
+            .status,
+        200
+    );
+    let denied = app.call("GET", "/api/auth?role=admin", &key, "").await;
+    assert_eq!(denied.status, 403);
+    assert!(denied.json()["message"].as_str().unwrap().contains("admin"));
+    let bad = app.call("GET", "/api/auth?role=a%20b", &key, "").await;
+    assert_eq!(bad.status, 400);
+    // Without a credential the role is never looked at.
+    app.call("GET", "/api/auth?role=viewer", &[], "")
+        .await
+        .assert_unauthorized();
+    assert_eq!(
+        app.call(
+            "GET",
+            &format!("/api/auth?role={ADMIN_ROLE}"),
+            &[("x-api-key", app.admin_token.as_bytes())],
+            ""
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn probes_report_liveness_and_readiness() {
+    let app = spawn_router().await;
+    let live = app.call("GET", "/healthz", &[], "").await;
+    assert_eq!(live.status, 200);
+    let ready = app.call("GET", "/readyz", &[], "").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "ready");
+
+    app.ready.store(false, Ordering::SeqCst);
+    let draining = app.call("GET", "/readyz", &[], "").await;
+    assert_eq!(draining.status, 503);
+    assert_eq!(app.call("GET", "/healthz", &[], "").await.status, 200);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_answer_json() {
+    let app = spawn_router().await;
+    let missing = app.call("GET", "/api/nothing-here", &[], "").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["message"].is_string());
+    let wrong = app.call("PUT", STATUS, &[], "").await;
+    assert_eq!(wrong.status, 405);
+    assert!(wrong.json()["message"].as_str().unwrap().contains("PUT"));
+    let wrong = app.call("PATCH", "/api/security/tokens", &[], "").await;
+    assert_eq!(wrong.status, 405);
+}

@@ -1,0 +1,193 @@
+//! StackState-compatible REST for tokens, at router level: the same rules,
+//! the same admin check and the same errors as gRPC, in JSON.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sts::clock::Clock;
+
+use crate::helpers::{TestRouter, spawn_router};
+
+const TOKENS: &str = "/api/security/tokens";
+
+async fn validate(app: &TestRouter, token: &str) -> bool {
+    matches!(
+        app.service.validate(token).await.unwrap(),
+        sts::service::Validation::Valid(_)
+    )
+}
+
+#[tokio::test]
+async fn create_answers_the_secret_once_and_it_works() {
+    let app = spawn_router().await;
+    let expiry = app.clock.now() + Duration::from_secs(86_400);
+    let expiry_ms = expiry.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let body = format!(
+        r#"{{"name": " my-service-token ", "roles": ["stackstate-k8s-troubleshooter"], "expiryDate": {expiry_ms}}}"#
+    );
+    let response = app.admin("POST", TOKENS, &body).await;
+    assert_eq!(response.status, 200, "{:?}", response.json());
+    let created = response.json();
+    assert_eq!(created["name"], "my-service-token");
+    assert_eq!(created["expiration"], expiry_ms);
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("svctok-"));
+    assert!(validate(&app, token).await);
+
+    let listed = app.admin("GET", TOKENS, "").await.json();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == created["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entry,
+        serde_json::json!({
+            "id": created["id"],
+            "name": "my-service-token",
+            "roles": ["stackstate-k8s-troubleshooter"],
+            "expiration": expiry_ms,
+        })
+    );
+    assert!(entry.get("token").is_none(), "list never shows a secret");
+}
+
+#[tokio::test]
+async fn create_without_expiry_never_expires_and_accepts_any_content_type() {
+    let app = spawn_router().await;
+    // curl -d sends application/x-www-form-urlencoded unless told otherwise.
+    let key = app.admin_token.clone();
+    let response = app
+        .call(
+            "POST",
+            TOKENS,
+            &[
+                ("x-api-key", key.as_bytes()),
+                ("content-type", b"application/x-www-form-urlencoded"),
+            ],
+            r#"{"name": "ci", "roles": ["r"]}"#,
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    let created = response.json();
+    assert!(created.get("expiration").is_none());
+    app.clock.advance(Duration::from_secs(100 * 365 * 86_400));
+    assert!(validate(&app, created["token"].as_str().unwrap()).await);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_and_change_nothing() {
+    let app = spawn_router().await;
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 1000;
+    let cases = [
+        ("", "body"),
+        ("{not json", "body"),
+        ("[]", "body"),
+        (r#"{"roles": ["r"]}"#, "body"),
+        (r#"{"name": "n"}"#, "body"),
+        (r#"{"name": "n", "roles": "r"}"#, "body"),
+        (r#"{"name": "", "roles": ["r"]}"#, "name"),
+        (r#"{"name": "n", "roles": []}"#, "roles"),
+        (r#"{"name": "n", "roles": ["a b"]}"#, "roles[0]"),
+        (
+            r#"{"name": "n", "roles": ["r"], "expiryDate": "soon"}"#,
+            "body",
+        ),
+        (
+            &format!(r#"{{"name": "n", "roles": ["r"], "expiryDate": {past}}}"#),
+            "must be in the future",
+        ),
+        (
+            r#"{"name": "n", "roles": ["r"], "expiryDate": 9223372036854775807}"#,
+            "expiryDate",
+        ),
+    ];
+    for (body, field) in cases {
+        let response = app.admin("POST", TOKENS, body).await;
+        assert_eq!(response.status, 400, "{body}");
+        let error = response.json();
+        assert_eq!(error["error"], "INVALID_ARGUMENT");
+        assert!(
+            error["message"].as_str().unwrap().contains(field),
+            "{body}: {error}"
+        );
+    }
+    let listed = app.admin("GET", TOKENS, "").await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "only the admin token");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused() {
+    let app = spawn_router().await;
+    let body = format!(
+        r#"{{"name": "{}", "roles": ["r"]}}"#,
+        "n".repeat(1024 * 1024)
+    );
+    let response = app.admin("POST", TOKENS, &body).await;
+    assert_eq!(response.status, 413);
+    assert!(response.json()["message"].is_string());
+}
+
+#[tokio::test]
+async fn management_needs_the_admin_role() {
+    let app = spawn_router().await;
+    let (viewer, viewer_id) = app.create("viewer", &["viewer"]).await;
+    let key = [("x-api-key", viewer.as_bytes())];
+    let delete = format!("{TOKENS}/{viewer_id}");
+    for (method, path, body) in [
+        ("GET", TOKENS, ""),
+        ("POST", TOKENS, r#"{"name": "x", "roles": ["r"]}"#),
+        ("DELETE", delete.as_str(), ""),
+    ] {
+        let denied = app.call(method, path, &key, body).await;
+        assert_eq!(denied.status, 403, "{method} {path}");
+        assert_eq!(denied.json()["error"], "PERMISSION_DENIED");
+        app.call(method, path, &[], body)
+            .await
+            .assert_unauthorized();
+    }
+    assert!(validate(&app, &viewer).await, "nothing was deleted");
+}
+
+#[tokio::test]
+async fn delete_is_204_then_404() {
+    let app = spawn_router().await;
+    let (token, id) = app.create("ci", &["r"]).await;
+    let path = format!("{TOKENS}/{id}");
+    assert_eq!(app.admin("DELETE", &path, "").await.status, 204);
+    assert!(!validate(&app, &token).await);
+    let again = app.admin("DELETE", &path, "").await;
+    assert_eq!(again.status, 404);
+    assert_eq!(again.json()["error"], "NOT_FOUND");
+    for bad in ["abc", "0", "-1", "9007199254740992", "1.5"] {
+        let response = app.admin("DELETE", &format!("{TOKENS}/{bad}"), "").await;
+        assert_eq!(response.status, 400, "{bad}");
+        assert!(response.json()["message"].as_str().unwrap().contains("id"));
+    }
+}
+
+#[tokio::test]
+async fn list_walks_past_one_page() {
+    let app = spawn_router().await;
+    let max = app.service.config().max_page_size;
+    for i in 0..max + 5 {
+        app.create(&format!("t{i}"), &["r"]).await;
+    }
+    let listed = app.admin("GET", TOKENS, "").await.json();
+    let ids: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), max + 6);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "id order, no duplicates"
+    );
+}
