@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod binary;
+mod cli;
 mod create;
 mod delete;
 mod durability;

@@ -1,0 +1,244 @@
+//! `sts`: the StackState CLI's service-token and context commands, as a gRPC
+//! client of `sts-server`. Parses arguments and maps them onto `sts::cli`.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use sts::cli::{
+    CliError,
+    commands::{self, Globals},
+    error::exit,
+    output::{Format, Printer},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sts",
+    version,
+    about = "StackState CLI: service tokens and contexts"
+)]
+struct Cli {
+    /// Server URL, e.g. http://localhost:7070 (overrides the context).
+    #[arg(long, env = "STS_CLI_URL", global = true)]
+    url: Option<String>,
+    /// Service token to authenticate with (overrides the context).
+    #[arg(
+        long,
+        env = "STS_CLI_SERVICE_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    service_token: Option<String>,
+    /// Context to use instead of the current one.
+    #[arg(short = 'c', long, env = "STS_CLI_CONTEXT", global = true)]
+    context: Option<String>,
+    /// Config file (default: $XDG_CONFIG_HOME/stackstate-cli/config.yaml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    output: OutputFormat,
+    /// No colour or symbols, even on a terminal.
+    #[arg(long, global = true)]
+    no_color: bool,
+    /// Log what the CLI does to stderr (-vv for more).
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(about = "Manage service tokens.")]
+    ServiceToken {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    #[command(
+        about = "Manage connection contexts.",
+        args_conflicts_with_subcommands = true
+    )]
+    Context(ContextArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    #[command(about = "Create a service token")]
+    Create {
+        /// Name of the token.
+        #[arg(short = 'n', long)]
+        name: String,
+        /// Roles, comma-separated and/or repeated.
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1)]
+        roles: Vec<String>,
+        /// Expiration date, yyyy-MM-dd (midnight UTC at its start).
+        #[arg(long)]
+        expiration: Option<String>,
+    },
+    #[command(about = "Delete a service token")]
+    Delete {
+        /// The token's id.
+        #[arg(value_name = "ID", required_unless_present = "id")]
+        positional_id: Option<u64>,
+        /// The token's id.
+        #[arg(short = 'i', long = "id", conflicts_with = "positional_id")]
+        id: Option<u64>,
+    },
+    #[command(about = "List service tokens")]
+    List,
+}
+
+#[derive(Args)]
+struct ContextArgs {
+    #[command(subcommand)]
+    command: Option<ContextCommand>,
+    /// The short form `sts context --name NAME --url URL --service-token TOKEN` saves a context.
+    #[command(flatten)]
+    save: SaveArgs,
+}
+
+#[derive(Args)]
+struct SaveArgs {
+    /// Name of the context.
+    #[arg(short = 'n', long)]
+    name: Option<String>,
+    /// Save without checking the token against the server.
+    #[arg(long)]
+    skip_validate: bool,
+}
+
+#[derive(Subcommand)]
+enum ContextCommand {
+    #[command(about = "Save a context (with --url and --service-token) and make it current")]
+    Save(SaveArgs),
+    #[command(about = "List contexts")]
+    List,
+    #[command(about = "Make a context current")]
+    Set {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    #[command(about = "Show the current context")]
+    Show,
+    #[command(about = "Delete a context (not the current one)")]
+    Delete {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    #[command(about = "Check that the server answers and the token is valid")]
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    init_logging(cli.verbose);
+    let colour = !cli.no_color && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let printer = Printer {
+        format: match cli.output {
+            OutputFormat::Text => Format::Text,
+            OutputFormat::Json => Format::Json,
+        },
+        decorate: colour && std::io::stdout().is_terminal(),
+        decorate_errors: colour && std::io::stderr().is_terminal(),
+    };
+    let globals = Globals {
+        url: cli.url,
+        service_token: cli.service_token,
+        context: cli.context,
+        config: cli.config,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            printer.error(&CliError::Config(format!("cannot start: {e}")));
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    match runtime.block_on(run(cli.command, &globals, &printer)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            printer.error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(), CliError> {
+    match command {
+        Command::ServiceToken { command } => match command {
+            TokenCommand::Create {
+                name,
+                roles,
+                expiration,
+            } => commands::create_token(globals, printer, name, roles, expiration).await,
+            TokenCommand::Delete { positional_id, id } => {
+                let id = id
+                    .or(positional_id)
+                    .ok_or_else(|| CliError::Usage("give the id of the token to delete".into()))?;
+                commands::delete_token(globals, printer, id).await
+            }
+            TokenCommand::List => commands::list_tokens(globals, printer).await,
+        },
+        Command::Context(ContextArgs { command, save }) => match command {
+            None | Some(ContextCommand::Save(_)) => {
+                let save = match command {
+                    Some(ContextCommand::Save(args)) => args,
+                    _ => save,
+                };
+                let name = save.name.ok_or_else(|| {
+                    CliError::Usage(
+                        "--name is required: sts context save --name NAME --url URL --service-token TOKEN".into(),
+                    )
+                })?;
+                commands::save_context(globals, printer, name, save.skip_validate).await
+            }
+            Some(ContextCommand::List) => commands::list_contexts(globals, printer),
+            Some(ContextCommand::Set { name }) => commands::set_context(globals, printer, &name),
+            Some(ContextCommand::Show) => commands::show_context(globals, printer),
+            Some(ContextCommand::Delete { name }) => {
+                commands::delete_context(globals, printer, &name)
+            }
+            Some(ContextCommand::Validate) => commands::validate_context(globals, printer).await,
+        },
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => return,
+        1 => "sts=debug",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

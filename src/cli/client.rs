@@ -1,0 +1,209 @@
+//! Connecting to `sts-server` from a context URL, and the calls the
+//! commands make, each turning an RPC failure into a [`CliError`].
+
+use std::time::Duration;
+
+use tonic::{
+    Request,
+    metadata::MetadataValue,
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use super::{CliError, error::with_causes};
+use crate::proto::{
+    CreateRequest, DeleteRequest, InvalidReason, ListRequest, ServiceToken, ValidateRequest,
+    token_service_client::TokenServiceClient,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest page `List` serves; fewer round trips for big token sets.
+const LIST_PAGE_SIZE: i32 = 1000;
+
+/// A connection to one server, with the credential management calls use.
+pub struct Session {
+    client: TokenServiceClient<Channel>,
+    url: String,
+    token: Option<String>,
+}
+
+/// `scheme://host[:port]` of a context URL. gRPC lives at the root, so a path
+/// (`https://host/api`) or a trailing slash is dropped.
+pub fn origin(url: &str) -> Result<(String, bool), CliError> {
+    let invalid = |why: &str| CliError::Usage(format!("invalid URL '{url}': {why}"));
+    let uri: http::Uri = url.trim().parse().map_err(|_| invalid("not a URL"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(other) => return Err(invalid(&format!("scheme '{other}' is not http or https"))),
+        None => return Err(invalid("it needs http:// or https://")),
+    };
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid("user info in the URL is not supported"));
+    }
+    let scheme = if tls { "https" } else { "http" };
+    Ok((format!("{scheme}://{authority}"), tls))
+}
+
+impl Session {
+    pub async fn connect(url: &str, token: Option<String>) -> Result<Session, CliError> {
+        let (origin, tls) = origin(url)?;
+        let connect_error = |e: tonic::transport::Error| CliError::Connect {
+            url: url.to_owned(),
+            reason: with_causes(&e),
+        };
+        let mut endpoint = Endpoint::from_shared(origin)
+            .map_err(connect_error)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        if tls {
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().with_enabled_roots())
+                .map_err(connect_error)?;
+        }
+        let channel = endpoint.connect().await.map_err(connect_error)?;
+        Ok(Session {
+            client: TokenServiceClient::new(channel),
+            url: url.to_owned(),
+            token,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn token(&self) -> Result<&str, CliError> {
+        self.token.as_deref().ok_or_else(|| {
+            CliError::Config(
+                "no service token: pass --service-token, set STS_CLI_SERVICE_TOKEN, or save a context with `sts context save`".into(),
+            )
+        })
+    }
+
+    fn authorized<T>(&self, message: T) -> Result<Request<T>, CliError> {
+        let token = self.token()?;
+        let value = MetadataValue::try_from(token).map_err(|_| {
+            CliError::Usage("the service token contains characters a token never has".into())
+        })?;
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("x-api-key", value);
+        Ok(request)
+    }
+
+    fn failed(&self, status: tonic::Status) -> CliError {
+        CliError::from_status(&status, &self.url)
+    }
+
+    /// Creates a token; returns the secret and its description.
+    pub async fn create(
+        &mut self,
+        request: CreateRequest,
+    ) -> Result<(String, ServiceToken), CliError> {
+        let request = self.authorized(request)?;
+        let response = self
+            .client
+            .create(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
+        let created = response
+            .service_token
+            .ok_or_else(|| CliError::Usage("the server's answer lacks the created token".into()))?;
+        Ok((response.token, created))
+    }
+
+    /// Every token, following `next_page_token` to the end.
+    pub async fn list_all(&mut self) -> Result<Vec<ServiceToken>, CliError> {
+        let mut tokens = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = self.authorized(ListRequest {
+                page_size: LIST_PAGE_SIZE,
+                page_token,
+            })?;
+            let page = self
+                .client
+                .list(request)
+                .await
+                .map_err(|s| self.failed(s))?
+                .into_inner();
+            tokens.extend(page.service_tokens);
+            if page.next_page_token.is_empty() {
+                return Ok(tokens);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    pub async fn delete(&mut self, id: u64) -> Result<(), CliError> {
+        let request = self.authorized(DeleteRequest { id })?;
+        self.client
+            .delete(request)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => {
+                    CliError::NotFound(format!("service token {id} not found"))
+                }
+                _ => self.failed(s),
+            })?;
+        Ok(())
+    }
+
+    /// Checks this session's own token with `Validate`.
+    pub async fn validate_own_token(&mut self) -> Result<ServiceToken, CliError> {
+        let token = self.token()?.to_owned();
+        let response = self
+            .client
+            .validate(ValidateRequest { token })
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
+        match response.service_token {
+            Some(identity) if response.valid => Ok(identity),
+            _ => Err(CliError::Auth {
+                url: self.url.clone(),
+                reason: format!(
+                    "the service token is not valid ({})",
+                    match response.reason() {
+                        InvalidReason::Malformed => "malformed",
+                        InvalidReason::NotFound => "unknown or deleted",
+                        InvalidReason::Expired => "expired",
+                        InvalidReason::Unspecified => "no reason given",
+                    }
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_drop_paths_and_trailing_slashes() {
+        assert_eq!(
+            origin("http://localhost:7070").unwrap(),
+            ("http://localhost:7070".into(), false)
+        );
+        assert_eq!(
+            origin("http://localhost:7070/").unwrap(),
+            ("http://localhost:7070".into(), false)
+        );
+        assert_eq!(
+            origin("https://x.example/api/").unwrap(),
+            ("https://x.example".into(), true)
+        );
+        for bad in [
+            "localhost:7070",
+            "ftp://x",
+            "http://",
+            "not a url",
+            "http://u:p@x",
+        ] {
+            assert!(matches!(origin(bad), Err(CliError::Usage(_))), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The `sts` command-line client: StackState's `sts service-token` and
+//! `sts context` commands over the gRPC API. Argument parsing lives in
+//! `src/bin/sts.rs`; this module holds what the commands do.
+
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod output;
+
+pub use error::CliError;

@@ -1,0 +1,200 @@
+//! What `sts` prints: StackState's text (✅/❌ and colour only on a terminal
+//! without `NO_COLOR`), borderless tables, and stable JSON for scripts.
+
+use std::io::Write as _;
+
+use anstyle::{AnsiColor, Style};
+use comfy_table::{ContentLineStyle, Table, TableStyle};
+use serde_json::{Value, json};
+
+use super::CliError;
+use crate::proto::ServiceToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Where and how results and errors are shown.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub format: Format,
+    /// Symbols and colour on stdout: only on a terminal, without `NO_COLOR` or `--no-color`.
+    pub decorate: bool,
+    /// The same for stderr, which may be a terminal while stdout is piped.
+    pub decorate_errors: bool,
+}
+
+const OK: Style = AnsiColor::Green.on_default();
+const FAILED: Style = AnsiColor::Red.on_default();
+
+impl Printer {
+    /// A finished action: `✅ text` (decorated) or `text`, or the JSON value.
+    pub fn success(&self, text: &str, value: Value) {
+        match self.format {
+            Format::Json => self.json(&value),
+            Format::Text if self.decorate => println!("{OK}✅ {text}{OK:#}"),
+            Format::Text => println!("{text}"),
+        }
+    }
+
+    /// A table (text) or the JSON value.
+    pub fn table(&self, table: Option<String>, empty: &str, value: Value) {
+        match (self.format, table) {
+            (Format::Json, _) => self.json(&value),
+            (Format::Text, Some(table)) => println!("{table}"),
+            (Format::Text, None) => println!("{empty}"),
+        }
+    }
+
+    fn json(&self, value: &Value) {
+        let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into());
+        println!("{text}");
+    }
+
+    /// Errors go to stderr: `❌ message` on a terminal, `error: message`
+    /// piped, or `{"error": true, "error-message": ...}` with `-o json`.
+    pub fn error(&self, error: &CliError) {
+        let text = match self.format {
+            Format::Json => {
+                json!({ "error": true, "error-message": error.to_string() }).to_string()
+            }
+            Format::Text if self.decorate_errors => format!("{FAILED}❌ {error}{FAILED:#}"),
+            Format::Text => format!("error: {error}"),
+        };
+        let _ = writeln!(std::io::stderr(), "{text}");
+    }
+}
+
+/// StackState's table: upper-case header, ` | ` between padded columns, no
+/// borders, no trailing spaces. `None` for no rows.
+pub fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> Option<String> {
+    if rows.is_empty() {
+        return None;
+    }
+    let mut table = Table::new();
+    table
+        .load_style(
+            TableStyle::new()
+                .header_lines(ContentLineStyle::none().junction('|'))
+                .content_lines(ContentLineStyle::none().junction('|')),
+        )
+        .force_no_tty()
+        .set_header(header.to_vec())
+        .add_rows(rows);
+    let last = header.len() - 1;
+    for (i, column) in table.column_iter_mut().enumerate() {
+        let left = u16::from(i > 0);
+        let right = u16::from(i < last);
+        column.set_padding((left, right));
+    }
+    Some(table.trim_fmt())
+}
+
+/// `yyyy-MM-dd` (UTC) of a timestamp.
+pub fn date(timestamp: &prost_types::Timestamp) -> String {
+    jiff::Timestamp::new(timestamp.seconds, timestamp.nanos)
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                .date()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Epoch milliseconds, as StackState's JSON carries times.
+pub fn epoch_millis(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(timestamp.nanos / 1_000_000))
+}
+
+/// `[a b]`, as StackState's CLI shows a role list.
+pub fn roles(roles: &[String]) -> String {
+    format!("[{}]", roles.join(" "))
+}
+
+/// The `service-token list` table, rows sorted by name (then id).
+pub fn token_table(tokens: &mut [ServiceToken]) -> Option<String> {
+    tokens.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.name.clone(),
+                t.expiration.as_ref().map(date).unwrap_or_default(),
+                roles(&t.roles),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "NAME", "EXPIRATION", "ROLES"], rows)
+}
+
+/// A token in the CLI's JSON output.
+pub fn token_json(token: &ServiceToken) -> Value {
+    let mut value = json!({ "id": token.id, "name": token.name, "roles": token.roles });
+    if let Some(expiration) = &token.expiration {
+        value["expiration"] = json!(epoch_millis(expiration));
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: u64, name: &str, roles: &[&str], expiration: Option<i64>) -> ServiceToken {
+        ServiceToken {
+            id,
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            expiration: expiration.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn the_list_table_matches_the_documentation() {
+        let mut tokens = vec![token(
+            107484341630693,
+            "my-service-token",
+            &["stackstate-k8s-troubleshooter"],
+            None,
+        )];
+        assert_eq!(
+            token_table(&mut tokens).unwrap(),
+            "ID              | NAME             | EXPIRATION | ROLES\n\
+             107484341630693 | my-service-token |            | [stackstate-k8s-troubleshooter]"
+        );
+    }
+
+    #[test]
+    fn rows_sort_by_name_and_show_dates_and_role_lists() {
+        let mut tokens = vec![
+            token(2, "zeta", &["a"], None),
+            token(1, "alpha", &["a", "b"], Some(1_782_777_600)),
+        ];
+        let table = token_table(&mut tokens).unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[1], "1  | alpha | 2026-06-30 | [a b]");
+        assert_eq!(lines[2], "2  | zeta  |            | [a]");
+        assert!(token_table(&mut []).is_none());
+    }
+
+    #[test]
+    fn json_carries_expiration_in_epoch_millis() {
+        let value = token_json(&token(7, "ci", &["r"], Some(1_782_777_600)));
+        assert_eq!(
+            value,
+            json!({"id": 7, "name": "ci", "roles": ["r"], "expiration": 1_782_777_600_000i64})
+        );
+        assert!(
+            token_json(&token(7, "ci", &["r"], None))
+                .get("expiration")
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,730 @@
+//! The real `sts` binary against a real server: the documentation's session,
+//! contexts and their file, JSON output, and every exit code.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use sts::proto::InvalidReason;
+use tempfile::TempDir;
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// A user's environment: an empty home and config dir, no `STS_CLI_*`.
+struct Terminal {
+    home: TempDir,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Terminal {
+    fn new() -> Terminal {
+        Terminal {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.home.path().join("xdg/stackstate-cli/config.yaml")
+    }
+
+    async fn sts(&self, args: &[&str]) -> Run {
+        self.sts_with_env(args, &[]).await
+    }
+
+    async fn sts_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sts"));
+        command
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join("xdg"))
+            .env_remove("NO_COLOR");
+        for name in ["STS_CLI_URL", "STS_CLI_SERVICE_TOKEN", "STS_CLI_CONTEXT"] {
+            command.env_remove(name);
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        // The server runs on this test's runtime: wait for the child off it.
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        Run {
+            code: status.code().unwrap(),
+            stdout: String::from_utf8(stdout).unwrap(),
+            stderr: String::from_utf8(stderr).unwrap(),
+        }
+    }
+
+    /// Saves and selects a context for `app` with its admin token.
+    async fn log_in(&self, app: &TestApp) {
+        let url = format!("http://{}", app.addr);
+        let run = self
+            .sts(&[
+                "context",
+                "save",
+                "--name",
+                "local",
+                "--url",
+                &url,
+                "--service-token",
+                &app.admin_token,
+            ])
+            .await;
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+}
+
+impl Run {
+    fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+#[tokio::test]
+async fn the_documented_session_works_verbatim() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    let url = format!("http://{}", app.addr);
+
+    // sts context --name <name> --service-token <TOKEN> --url <url>
+    let saved = terminal
+        .sts(&[
+            "context",
+            "--name",
+            "my-context",
+            "--service-token",
+            &app.admin_token,
+            "--url",
+            &url,
+        ])
+        .await
+        .ok();
+    assert_eq!(saved.stdout, "Saved context: 'my-context'\n");
+
+    let help = terminal.sts(&["service-token", "--help"]).await.ok();
+    assert!(
+        help.stdout.starts_with("Manage service tokens.\n"),
+        "{}",
+        help.stdout
+    );
+    for line in [
+        "create  Create a service token",
+        "delete  Delete a service token",
+        "list    List service tokens",
+    ] {
+        assert!(help.stdout.contains(line), "{line} in {}", help.stdout);
+    }
+
+    let created = terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "my-service-token",
+            "--roles",
+            "stackstate-k8s-troubleshooter",
+        ])
+        .await
+        .ok();
+    let token = created
+        .stdout
+        .strip_prefix("Service token created: ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("{:?}", created.stdout));
+    let identity = app.validate(token).await.service_token.unwrap();
+    assert_eq!(identity.name, "my-service-token");
+
+    let listed = terminal.sts(&["service-token", "list"]).await.ok();
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    let id = identity.id.to_string();
+    let admin_id = app
+        .list_all()
+        .await
+        .iter()
+        .find(|t| t.name == "test-admin")
+        .unwrap()
+        .id
+        .to_string();
+    let width = id.len().max(admin_id.len());
+    assert_eq!(
+        lines,
+        [
+            format!("{:width$} | NAME             | EXPIRATION | ROLES", "ID"),
+            format!(
+                "{id:width$} | my-service-token |            | [stackstate-k8s-troubleshooter]"
+            ),
+            format!("{admin_id:width$} | test-admin       |            | [stackstate-admin]"),
+        ]
+    );
+
+    let deleted = terminal.sts(&["service-token", "delete", &id]).await.ok();
+    assert_eq!(deleted.stdout, format!("Service token deleted: {id}\n"));
+    assert_eq!(app.validate(token).await.reason(), InvalidReason::NotFound);
+    let listed = terminal.sts(&["service-token", "list"]).await.ok();
+    assert!(!listed.stdout.contains("my-service-token"));
+}
+
+#[tokio::test]
+async fn create_takes_roles_in_both_forms_and_an_expiration_date() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let created = terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "-n",
+            "ci",
+            "--roles",
+            "a,b",
+            "--roles",
+            "c",
+            "--expiration",
+            "2099-12-31",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let token = &created["service-token"];
+    assert_eq!(token["name"], "ci");
+    assert_eq!(
+        token["expiration"], 4_102_358_400_000i64,
+        "midnight UTC, epoch ms"
+    );
+    let identity = app
+        .validate(token["token"].as_str().unwrap())
+        .await
+        .service_token
+        .unwrap();
+    assert_eq!(identity.roles, ["a", "b", "c"]);
+    assert_eq!(identity.expiration.unwrap().seconds, 4_102_358_400);
+
+    let listed = terminal.sts(&["service-token", "list"]).await.ok();
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.contains(" ci "))
+        .unwrap()
+        .to_owned();
+    assert!(row.ends_with("| 2099-12-31 | [a b c]"), "{row}");
+
+    for bad in ["2000-01-01", "31-12-2099", "soon"] {
+        let run = terminal
+            .sts(&[
+                "service-token",
+                "create",
+                "-n",
+                "x",
+                "--roles",
+                "r",
+                "--expiration",
+                bad,
+            ])
+            .await;
+        assert_eq!(run.code, 3, "{bad}: {}", run.stderr);
+        assert!(run.stderr.contains("expiration"), "{}", run.stderr);
+    }
+}
+
+#[tokio::test]
+async fn json_output_is_stable_for_scripts() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let created = terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "ci",
+            "--roles",
+            "r",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let token = &created["service-token"];
+    assert!(token["token"].as_str().unwrap().starts_with("svctok-"));
+    assert!(token.get("expiration").is_none());
+    let id = token["id"].as_u64().unwrap();
+
+    let listed = terminal
+        .sts(&["service-token", "list", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let entry = listed["service-tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        entry,
+        serde_json::json!({"id": id, "name": "ci", "roles": ["r"]})
+    );
+
+    let deleted = terminal
+        .sts(&[
+            "service-token",
+            "delete",
+            "--id",
+            &id.to_string(),
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(deleted, serde_json::json!({"deleted-service-token": id}));
+
+    let failed = terminal
+        .sts(&[
+            "service-token",
+            "delete",
+            "-i",
+            &id.to_string(),
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(failed.code, 8);
+    assert!(failed.stdout.is_empty());
+    let error: serde_json::Value = serde_json::from_str(failed.stderr.trim()).unwrap();
+    assert_eq!(error["error"], true);
+    assert!(
+        error["error-message"]
+            .as_str()
+            .unwrap()
+            .contains("not found")
+    );
+}
+
+#[tokio::test]
+async fn contexts_can_be_listed_switched_shown_and_deleted() {
+    let app = spawn_app().await;
+    let other = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let other_url = format!("http://{}/", other.addr);
+    terminal
+        .sts(&[
+            "context",
+            "save",
+            "--name",
+            "other",
+            "--url",
+            &other_url,
+            "--service-token",
+            &other.admin_token,
+        ])
+        .await
+        .ok();
+
+    let listed = terminal.sts(&["context", "list"]).await.ok();
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(
+        lines[0].split('|').map(str::trim).collect::<Vec<_>>(),
+        ["NAME", "URL"]
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("local ") && l.ends_with(&format!("http://{}", app.addr)))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("other ") && l.ends_with(&other_url))
+    );
+
+    // The last saved context is current: the trailing slash URL works.
+    let shown = terminal
+        .sts(&["context", "show", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(shown["context"]["name"], "other");
+    assert!(
+        !terminal
+            .sts(&["context", "show"])
+            .await
+            .ok()
+            .stdout
+            .contains("svctok-")
+    );
+    let validated = terminal.sts(&["context", "validate"]).await.ok();
+    assert!(
+        validated.stdout.contains("test-admin"),
+        "{}",
+        validated.stdout
+    );
+
+    let refused = terminal
+        .sts(&["context", "delete", "--name", "other"])
+        .await;
+    assert_eq!(refused.code, 3, "the current context cannot be deleted");
+    terminal
+        .sts(&["context", "set", "--name", "local"])
+        .await
+        .ok();
+    assert_eq!(
+        terminal
+            .sts(&["context", "show", "-o", "json"])
+            .await
+            .ok()
+            .json()["context"]["name"],
+        "local"
+    );
+    terminal
+        .sts(&["context", "delete", "--name", "other"])
+        .await
+        .ok();
+    assert_eq!(
+        terminal
+            .sts(&["context", "set", "--name", "other"])
+            .await
+            .code,
+        8
+    );
+    assert_eq!(
+        terminal
+            .sts(&["context", "delete", "--name", "nope"])
+            .await
+            .code,
+        8
+    );
+
+    // -c picks a context for one command.
+    terminal
+        .sts(&[
+            "context",
+            "save",
+            "--name",
+            "other",
+            "--url",
+            &other_url,
+            "--service-token",
+            &other.admin_token,
+        ])
+        .await
+        .ok();
+    terminal
+        .sts(&["context", "set", "--name", "local"])
+        .await
+        .ok();
+    let made = terminal
+        .sts(&[
+            "-c",
+            "other",
+            "service-token",
+            "create",
+            "-n",
+            "on-other",
+            "--roles",
+            "r",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let secret = made["service-token"]["token"].as_str().unwrap();
+    assert!(other.validate(secret).await.valid);
+    assert!(!app.validate(secret).await.valid);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_config_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let file = terminal.config_file();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(file.parent().unwrap()), 0o700);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("current-context: local"), "{text}");
+    assert!(text.contains(&format!("service-token: {}", app.admin_token)));
+}
+
+#[tokio::test]
+async fn saving_checks_the_token_unless_told_not_to() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    let url = format!("http://{}", app.addr);
+    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let run = terminal
+        .sts(&[
+            "context",
+            "save",
+            "--name",
+            "bad",
+            "--url",
+            &url,
+            "--service-token",
+            &unknown,
+        ])
+        .await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&url) && run.stderr.contains("not valid"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(&unknown[7..]), "no secret in errors");
+    assert!(!terminal.config_file().exists(), "nothing saved");
+
+    terminal
+        .sts(&[
+            "context",
+            "save",
+            "--name",
+            "bad",
+            "--url",
+            &url,
+            "--service-token",
+            &unknown,
+            "--skip-validate",
+        ])
+        .await
+        .ok();
+    assert!(terminal.config_file().exists());
+    let run = terminal.sts(&["context", "validate"]).await;
+    assert_eq!(run.code, 4);
+}
+
+#[tokio::test]
+async fn flags_and_environment_need_no_config_file_and_take_precedence() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    let url = format!("http://{}", app.addr);
+    let listed = terminal
+        .sts_with_env(
+            &["service-token", "list", "-o", "json"],
+            &[
+                ("STS_CLI_URL", &url),
+                ("STS_CLI_SERVICE_TOKEN", &app.admin_token),
+            ],
+        )
+        .await
+        .ok()
+        .json();
+    assert_eq!(listed["service-tokens"].as_array().unwrap().len(), 1);
+    assert!(!terminal.config_file().exists());
+
+    // A context pointing nowhere is overridden by the environment, which a flag overrides in turn.
+    terminal
+        .sts(&[
+            "context",
+            "save",
+            "--name",
+            "dead",
+            "--url",
+            "http://127.0.0.1:9",
+            "--service-token",
+            "svctok-x",
+            "--skip-validate",
+        ])
+        .await
+        .ok();
+    terminal
+        .sts_with_env(
+            &["service-token", "list"],
+            &[
+                ("STS_CLI_URL", &url),
+                ("STS_CLI_SERVICE_TOKEN", &app.admin_token),
+            ],
+        )
+        .await
+        .ok();
+    terminal
+        .sts_with_env(
+            &[
+                "service-token",
+                "list",
+                "--url",
+                &url,
+                "--service-token",
+                &app.admin_token,
+            ],
+            &[
+                ("STS_CLI_URL", "http://127.0.0.1:9"),
+                ("STS_CLI_SERVICE_TOKEN", "svctok-x"),
+            ],
+        )
+        .await
+        .ok();
+    // A context's token is never sent to another URL.
+    let run = terminal
+        .sts(&["service-token", "list", "--url", &url])
+        .await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("no service token"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn exit_codes_follow_stackstate() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    let url = format!("http://{}", app.addr);
+
+    // 1: no context at all; an unreadable config file.
+    let run = terminal.sts(&["service-token", "list"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("sts context save"), "{}", run.stderr);
+    std::fs::create_dir_all(terminal.config_file().parent().unwrap()).unwrap();
+    std::fs::write(terminal.config_file(), "contexts: [ {{{ not yaml").unwrap();
+    assert_eq!(terminal.sts(&["service-token", "list"]).await.code, 1);
+    std::fs::remove_file(terminal.config_file()).unwrap();
+
+    // 3: bad arguments, and error answers from the server.
+    assert_eq!(
+        terminal
+            .sts(&["service-token", "create", "--name", "x"])
+            .await
+            .code,
+        3
+    );
+    assert_eq!(
+        terminal.sts(&["service-token", "delete", "abc"]).await.code,
+        3
+    );
+    assert_eq!(terminal.sts(&["no-such-command"]).await.code, 3);
+    terminal.log_in(&app).await;
+    let run = terminal
+        .sts(&["service-token", "create", "--name", "x", "--roles", "a b"])
+        .await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("roles[0]"), "{}", run.stderr);
+
+    // 4: cannot connect (saying where), authentication and permission failures.
+    let run = terminal
+        .sts(&[
+            "service-token",
+            "list",
+            "--url",
+            "http://127.0.0.1:9",
+            "--service-token",
+            &app.admin_token,
+        ])
+        .await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stderr.contains("http://127.0.0.1:9"), "{}", run.stderr);
+    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let run = terminal
+        .sts(&[
+            "service-token",
+            "list",
+            "--url",
+            &url,
+            "--service-token",
+            &unknown,
+        ])
+        .await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("authentication failed"),
+        "{}",
+        run.stderr
+    );
+    let (viewer, _) = app.create("viewer", &["viewer"]).await;
+    let run = terminal
+        .sts(&[
+            "service-token",
+            "list",
+            "--url",
+            &url,
+            "--service-token",
+            &viewer,
+        ])
+        .await;
+    assert_eq!(run.code, 4, "{}", run.stderr);
+
+    // 8: not found.
+    let run = terminal.sts(&["service-token", "delete", "42"]).await;
+    assert_eq!(run.code, 8, "{}", run.stderr);
+    assert_eq!(run.stderr, "error: service token 42 not found\n");
+}
+
+/// Runs `sts` under a pseudo-terminal (util-linux `script`), as a person would.
+async fn on_terminal(terminal: &Terminal, args: &[&str], env: &[(&str, &str)]) -> String {
+    let command_line = std::iter::once(env!("CARGO_BIN_EXE_sts"))
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = Command::new("script");
+    command
+        .args(["-qec", &command_line, "/dev/null"])
+        .env("HOME", terminal.home.path())
+        .env("XDG_CONFIG_HOME", terminal.home.path().join("xdg"))
+        .env_remove("NO_COLOR");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn symbols_and_colour_only_on_a_terminal_without_no_color() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let create = ["service-token", "create", "-n", "ci", "--roles", "r"];
+
+    let shown = on_terminal(&terminal, &create, &[]).await;
+    assert!(
+        shown.contains("✅ Service token created: svctok-"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("\x1b["), "coloured: {shown:?}");
+    let failed = on_terminal(&terminal, &["service-token", "delete", "42"], &[]).await;
+    assert!(
+        failed.contains("❌ service token 42 not found"),
+        "{failed:?}"
+    );
+
+    for (args, env) in [
+        (&create[..], &[("NO_COLOR", "1")][..]),
+        (&[&create[..], &["--no-color"]].concat()[..], &[][..]),
+    ] {
+        let plain = on_terminal(&terminal, args, env).await;
+        assert!(
+            plain.starts_with("Service token created: svctok-"),
+            "{plain:?}"
+        );
+        assert!(!plain.contains("\x1b["), "{plain:?}");
+    }
+    // Piped, as every other test here runs it: plain text.
+    let piped = terminal.sts(&create).await.ok();
+    assert!(piped.stdout.starts_with("Service token created: "));
+}
