@@ -23,6 +23,19 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Kubernetes' default 30 s termination grace so the store flush still runs.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
+/// A PEM certificate chain and private key to serve TLS with.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity(<redacted>)")
+    }
+}
+
 /// How the service behaves, independent of where it listens or stores.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -31,6 +44,8 @@ pub struct Config {
     pub max_page_size: usize,
     pub max_request_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Serve gRPC and HTTP over TLS (rustls) on the same port; `None` is plaintext.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for Config {
@@ -41,6 +56,7 @@ impl Default for Config {
             max_page_size: MAX_PAGE_SIZE,
             max_request_bytes: MAX_REQUEST_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls: None,
         }
     }
 }

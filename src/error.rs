@@ -21,6 +21,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("invalid TLS certificate or key: {}", with_causes(.0))]
+    Tls(tonic::transport::Error),
     /// Only our own embedded descriptors go in, so this is a build defect.
     #[error("embedded protobuf descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -64,6 +66,7 @@ impl Error {
             }
             Error::Store(StoreError::Corrupt(_) | StoreError::IdExhausted)
             | Error::Transport(_)
+            | Error::Tls(_)
             | Error::Reflection(_) => ErrorKind::Internal,
         }
     }
@@ -97,4 +100,18 @@ impl From<Error> for tonic::Status {
         };
         tonic::Status::new(code, error.to_string())
     }
+}
+
+/// An error and its chain of causes on one line, each cause once.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }

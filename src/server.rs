@@ -12,7 +12,10 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{service::Routes, transport::server::TcpIncoming};
+use tonic::{
+    service::Routes,
+    transport::{Identity, ServerTlsConfig, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -88,9 +91,26 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
 
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = tonic::transport::Server::builder()
-        .accept_http1(true)
+    let mut builder = tonic::transport::Server::builder().accept_http1(true);
+    if let Some(tls) = &service.config().tls {
+        // ALPN offers h2; clients without ALPN (HTTP/1.1 included) still work.
+        builder = builder
+            .tls_config(
+                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
+            )
+            .map_err(Error::Tls)?;
+    }
+    tracing::info!(
+        %address,
+        scheme = if service.config().tls.is_some() { "https" } else { "http" },
+        "serving"
+    );
+    let serving = builder
         .trace_fn(|request| {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
         })

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     clock::SystemClock,
-    config::{Config, DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN},
+    config::{Config, DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, TlsIdentity},
     model::{NewToken, Role, Roles, TokenName},
     server,
     service::TokenService,
@@ -61,6 +61,12 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     store: StoreArgs,
+    /// PEM certificate chain: serve gRPC and HTTP over TLS on the same port.
+    #[arg(long, env = "STS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "STS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,10 +113,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn service(store: &StoreArgs) -> anyhow::Result<Arc<TokenService>> {
+fn service(store: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
     let sled = SledStore::open(&store.data_dir)?;
     let config = Config {
         admin_role: store.admin_role.clone(),
+        tls,
         ..Config::default()
     };
     Ok(Arc::new(TokenService::new(
@@ -120,16 +127,26 @@ fn service(store: &StoreArgs) -> anyhow::Result<Arc<TokenService>> {
     )))
 }
 
+fn read_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Option<TlsIdentity>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    Ok(Some(TlsIdentity {
+        cert_pem: read(&cert)?,
+        key_pem: read(&key)?,
+    }))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let service = service(&args.store)?;
+    let tls = read_tls(args.tls_cert, args.tls_key)?;
+    let service = service(&args.store, tls)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(
-        address = %listener.local_addr()?,
-        data_dir = %args.store.data_dir.display(),
-        "serving"
-    );
+    tracing::info!(data_dir = %args.store.data_dir.display(), "store open");
     server::run(listener, service, shutdown_signal()).await?;
     Ok(())
 }
@@ -145,7 +162,7 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         roles: Roles::parse(&roles)?,
         expiration: None,
     };
-    let service = service(&args.store)?;
+    let service = service(&args.store, None)?;
     let (token, created) = service.bootstrap(new).await?;
     eprintln!(
         "Created service token {} ({}). It is printed below and will not be shown again.",

@@ -9,7 +9,8 @@ use tonic::{
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
-use super::{CliError, error::with_causes};
+use super::CliError;
+use crate::error::with_causes;
 use crate::proto::{
     CreateRequest, DeleteRequest, InvalidReason, ListRequest, ServiceToken, ValidateRequest,
     token_service_client::TokenServiceClient,

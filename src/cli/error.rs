@@ -2,6 +2,8 @@
 
 use tonic::Code;
 
+use crate::error::with_causes;
+
 /// What went wrong, grouped the way StackState's CLI reports it. Messages
 /// never contain a token.
 #[derive(Debug, thiserror::Error)]
@@ -56,18 +58,4 @@ impl CliError {
             _ => CliError::Usage(format!("the server answered {:?}: {reason}", status.code())),
         }
     }
-}
-
-/// An error and its chain of causes on one line.
-pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -159,3 +159,42 @@ async fn json_logs_are_one_object_per_line() {
     assert!(event.starts_with('{') && event.ends_with('}'), "{event}");
     assert!(event.contains(r#""level":"INFO""#), "{event}");
 }
+
+#[tokio::test]
+async fn tls_flags_come_in_pairs_and_bad_files_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let serve = |extra: &[&std::path::Path]| {
+        let mut command = sts_server();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"));
+        for (flag, path) in ["--tls-cert", "--tls-key"].iter().zip(extra) {
+            command.arg(flag).arg(path);
+        }
+        command.output().unwrap()
+    };
+
+    let half = serve(&[&cert]);
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--tls-key"));
+
+    let missing = serve(&[&cert, &key]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let garbage = serve(&[&cert, &key]);
+    assert!(!garbage.status.success(), "{garbage:?}");
+    let stderr = String::from_utf8_lossy(&garbage.stderr);
+    assert!(
+        stderr.contains("invalid TLS certificate or key"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("serving"),
+        "refused before serving: {stderr}"
+    );
+}

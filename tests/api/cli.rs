@@ -728,3 +728,78 @@ async fn symbols_and_colour_only_on_a_terminal_without_no_color() {
     let piped = terminal.sts(&create).await.ok();
     assert!(piped.stdout.starts_with("Service token created: "));
 }
+
+#[tokio::test]
+async fn https_urls_work_with_a_trusted_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use sts::config::{Config, TlsIdentity};
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(sts::store::SledStore::open(dir.path()).unwrap());
+    let config = Config {
+        tls: Some(TlsIdentity {
+            cert_pem: leaf.pem().into_bytes(),
+            key_pem: leaf_key.serialize_pem().into_bytes(),
+        }),
+        ..Config::default()
+    };
+    let (service, _clock, admin) = crate::helpers::build_service(store, config).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sts::server::run(listener, service, async {
+        let _ = stopped.await;
+    }));
+
+    let terminal = Terminal::new();
+    let ca_file = terminal.home.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let url = format!("https://localhost:{port}/");
+    let args = [
+        "service-token",
+        "list",
+        "-o",
+        "json",
+        "--url",
+        &url,
+        "--service-token",
+        &admin,
+    ];
+
+    let trusted = terminal
+        .sts_with_env(&args, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())])
+        .await
+        .ok()
+        .json();
+    assert_eq!(trusted["service-tokens"][0]["name"], "test-admin");
+
+    // Without the CA the certificate is refused: a connection failure naming the URL.
+    let untrusted = terminal.sts(&args).await;
+    assert_eq!(untrusted.code, 4, "{}", untrusted.stderr);
+    assert!(untrusted.stderr.contains(&url), "{}", untrusted.stderr);
+    // And plain http to a TLS port is no connection either.
+    let plain = terminal
+        .sts(&[
+            "service-token",
+            "list",
+            "--url",
+            &format!("http://localhost:{port}"),
+            "--service-token",
+            &admin,
+        ])
+        .await;
+    assert_eq!(plain.code, 4, "{}", plain.stderr);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
