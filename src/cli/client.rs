@@ -54,6 +54,7 @@ impl Session {
             url: url.to_owned(),
             reason: with_causes(&e),
         };
+        let origin_text = origin.clone();
         let mut endpoint = Endpoint::from_shared(origin)
             .map_err(connect_error)?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -63,7 +64,9 @@ impl Session {
                 .tls_config(ClientTlsConfig::new().with_enabled_roots())
                 .map_err(connect_error)?;
         }
+        tracing::debug!(%origin_text, tls, "connecting");
         let channel = endpoint.connect().await.map_err(connect_error)?;
+        tracing::debug!(%origin_text, "connected");
         Ok(Session {
             client: TokenServiceClient::new(channel),
             url: url.to_owned(),
@@ -130,6 +133,7 @@ impl Session {
                 .await
                 .map_err(|s| self.failed(s))?
                 .into_inner();
+            tracing::debug!(tokens = page.service_tokens.len(), "list page");
             tokens.extend(page.service_tokens);
             if page.next_page_token.is_empty() {
                 return Ok(tokens);

@@ -803,3 +803,79 @@ async fn https_urls_work_with_a_trusted_certificate() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn list_pages_through_everything_with_a_config_path_context_env_and_url_path() {
+    let app = crate::helpers::spawn_app_with(sts::config::Config {
+        max_page_size: 2,
+        ..sts::config::Config::default()
+    })
+    .await;
+    for i in 0..5 {
+        app.create(&format!("t{i}"), &["r"]).await;
+    }
+    let terminal = Terminal::new();
+    let config = terminal.home.path().join("elsewhere.yaml");
+    let config = config.to_str().unwrap();
+    let url = format!("http://{}/api/", app.addr);
+    terminal
+        .sts(&[
+            "--config",
+            config,
+            "context",
+            "save",
+            "--name",
+            "paged",
+            "--url",
+            &url,
+            "--service-token",
+            &app.admin_token,
+        ])
+        .await
+        .ok();
+    terminal
+        .sts(&[
+            "--config",
+            config,
+            "context",
+            "save",
+            "--name",
+            "dead",
+            "--url",
+            "http://127.0.0.1:9",
+            "--service-token",
+            "svctok-x",
+            "--skip-validate",
+        ])
+        .await
+        .ok();
+    assert!(
+        !terminal.config_file().exists(),
+        "--config replaces the default path"
+    );
+
+    let run = terminal
+        .sts_with_env(
+            &["--config", config, "service-token", "list", "-v"],
+            &[("STS_CLI_CONTEXT", "paged")],
+        )
+        .await
+        .ok();
+    let names: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split('|').nth(1).unwrap().trim())
+        .collect();
+    assert_eq!(
+        names,
+        ["t0", "t1", "t2", "t3", "t4", "test-admin"],
+        "all pages, sorted by name"
+    );
+    assert_eq!(run.stderr.matches("list page").count(), 3, "{}", run.stderr);
+    assert!(run.stderr.contains("connecting"), "-v logs: {}", run.stderr);
+    assert!(
+        !run.stderr.contains(&app.admin_token[7..]),
+        "no secret in logs"
+    );
+}
