@@ -65,20 +65,27 @@ impl Terminal {
         }
     }
 
+    /// `sts context save` (plus `extra` arguments).
+    async fn save_context(&self, name: &str, url: &str, token: &str, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "context",
+            "save",
+            "--name",
+            name,
+            "--url",
+            url,
+            "--service-token",
+            token,
+        ];
+        args.extend_from_slice(extra);
+        self.sts(&args).await
+    }
+
     /// Saves and selects a context for `app` with its admin token.
     async fn log_in(&self, app: &TestApp) {
         let url = format!("http://{}", app.addr);
         let run = self
-            .sts(&[
-                "context",
-                "save",
-                "--name",
-                "local",
-                "--url",
-                &url,
-                "--service-token",
-                &app.admin_token,
-            ])
+            .save_context("local", &url, &app.admin_token, &[])
             .await;
         assert_eq!(run.code, 0, "{}", run.stderr);
     }
@@ -332,16 +339,7 @@ async fn contexts_can_be_listed_switched_shown_and_deleted() {
     terminal.log_in(&app).await;
     let other_url = format!("http://{}/", other.addr);
     terminal
-        .sts(&[
-            "context",
-            "save",
-            "--name",
-            "other",
-            "--url",
-            &other_url,
-            "--service-token",
-            &other.admin_token,
-        ])
+        .save_context("other", &other_url, &other.admin_token, &[])
         .await
         .ok();
 
@@ -421,16 +419,7 @@ async fn contexts_can_be_listed_switched_shown_and_deleted() {
 
     // -c picks a context for one command.
     terminal
-        .sts(&[
-            "context",
-            "save",
-            "--name",
-            "other",
-            "--url",
-            &other_url,
-            "--service-token",
-            &other.admin_token,
-        ])
+        .save_context("other", &other_url, &other.admin_token, &[])
         .await
         .ok();
     terminal
@@ -480,18 +469,7 @@ async fn saving_checks_the_token_unless_told_not_to() {
     let terminal = Terminal::new();
     let url = format!("http://{}", app.addr);
     let unknown = sts::token::Token::generate().expose_secret().to_owned();
-    let run = terminal
-        .sts(&[
-            "context",
-            "save",
-            "--name",
-            "bad",
-            "--url",
-            &url,
-            "--service-token",
-            &unknown,
-        ])
-        .await;
+    let run = terminal.save_context("bad", &url, &unknown, &[]).await;
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
         run.stderr.contains(&url) && run.stderr.contains("not valid"),
@@ -502,17 +480,7 @@ async fn saving_checks_the_token_unless_told_not_to() {
     assert!(!terminal.config_file().exists(), "nothing saved");
 
     terminal
-        .sts(&[
-            "context",
-            "save",
-            "--name",
-            "bad",
-            "--url",
-            &url,
-            "--service-token",
-            &unknown,
-            "--skip-validate",
-        ])
+        .save_context("bad", &url, &unknown, &["--skip-validate"])
         .await
         .ok();
     assert!(terminal.config_file().exists());
@@ -541,17 +509,12 @@ async fn flags_and_environment_need_no_config_file_and_take_precedence() {
 
     // A context pointing nowhere is overridden by the environment, which a flag overrides in turn.
     terminal
-        .sts(&[
-            "context",
-            "save",
-            "--name",
+        .save_context(
             "dead",
-            "--url",
             "http://127.0.0.1:9",
-            "--service-token",
             "svctok-x",
-            "--skip-validate",
-        ])
+            &["--skip-validate"],
+        )
         .await
         .ok();
     terminal
@@ -819,34 +782,16 @@ async fn list_pages_through_everything_with_a_config_path_context_env_and_url_pa
     let config = config.to_str().unwrap();
     let url = format!("http://{}/api/", app.addr);
     terminal
-        .sts(&[
-            "--config",
-            config,
-            "context",
-            "save",
-            "--name",
-            "paged",
-            "--url",
-            &url,
-            "--service-token",
-            &app.admin_token,
-        ])
+        .save_context("paged", &url, &app.admin_token, &["--config", config])
         .await
         .ok();
     terminal
-        .sts(&[
-            "--config",
-            config,
-            "context",
-            "save",
-            "--name",
+        .save_context(
             "dead",
-            "--url",
             "http://127.0.0.1:9",
-            "--service-token",
             "svctok-x",
-            "--skip-validate",
-        ])
+            &["--skip-validate", "--config", config],
+        )
         .await
         .ok();
     assert!(
