@@ -156,6 +156,10 @@ impl TestResponse {
 pub async fn spawn_router() -> TestRouter {
     let data_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    spawn_router_on(data_dir, store).await
+}
+
+pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRouter {
     let (service, clock, admin_token) = build_service(store, Config::default()).await;
     let ready = Arc::new(AtomicBool::new(true));
     TestRouter {

@@ -83,3 +83,26 @@ async fn a_corrupt_record_is_skipped_in_lists_and_internal_on_lookup() {
     let unknown = app.validate(Token::generate().expose_secret()).await;
     assert_eq!(unknown.reason(), InvalidReason::NotFound);
 }
+
+#[tokio::test]
+async fn http_answers_503_when_the_store_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::open(dir.path()));
+    let app = crate::helpers::spawn_router_on(dir, store.clone()).await;
+    let key = app.admin_token.clone();
+    store.failing.store(true, Ordering::SeqCst);
+    for (method, path) in [
+        ("GET", "/api/server/status"),
+        ("GET", "/api/auth"),
+        ("GET", "/api/security/tokens"),
+        ("GET", "/metrics"),
+    ] {
+        let response = app
+            .call(method, path, &[("x-api-key", key.as_bytes())], "")
+            .await;
+        assert_eq!(response.status, 503, "{method} {path}");
+        assert_eq!(response.json()["error"], "UNAVAILABLE");
+    }
+    store.failing.store(false, Ordering::SeqCst);
+    assert_eq!(app.admin("GET", "/api/server/status", "").await.status, 200);
+}
