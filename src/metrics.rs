@@ -47,7 +47,7 @@ struct CallLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     protocol: &'static str,
-    route: String,
+    route: &'static str,
 }
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
@@ -131,8 +131,8 @@ impl Metrics {
             .inc();
     }
 
-    /// `route` must come from a bounded set (route templates, known methods).
-    pub fn request(&self, protocol: &'static str, route: String, seconds: f64) {
+    /// `route` comes from a fixed set (route templates, known methods).
+    pub fn request(&self, protocol: &'static str, route: &'static str, seconds: f64) {
         self.request_duration
             .get_or_create(&RouteLabels { protocol, route })
             .observe(seconds);

@@ -13,7 +13,7 @@ use crate::{
     model::{FieldError, NewToken, ServiceToken, TokenId},
     page::{PageRequest, encode_cursor},
     store::Store,
-    token::{MalformedToken, Token},
+    token::{MalformedToken, Token, TokenHash},
 };
 
 /// The answer to "is this token valid?".
@@ -112,11 +112,11 @@ impl TokenService {
     }
 
     async fn check(&self, presented: &str) -> Result<Validation, Error> {
-        let token = match Token::parse(presented) {
-            Ok(token) => token,
+        let hash = match TokenHash::of_presented(presented) {
+            Ok(hash) => hash,
             Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),
         };
-        let Some(stored) = self.store.find_by_hash(&token.hash()).await? else {
+        let Some(stored) = self.store.find_by_hash(&hash).await? else {
             return Ok(Validation::Invalid(InvalidReason::NotFound));
         };
         if stored.token.is_expired_at(self.clock.now()) {

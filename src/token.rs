@@ -62,24 +62,7 @@ impl Token {
 
     /// Checks shape and checksum; touches no store.
     pub fn parse(presented: &str) -> Result<Token, MalformedToken> {
-        if presented.is_empty() {
-            return Err(MalformedToken::Empty);
-        }
-        let Some(rest) = presented.strip_prefix(PREFIX) else {
-            return Err(MalformedToken::Prefix);
-        };
-        if presented.len() != TOKEN_LEN {
-            return Err(MalformedToken::Length(presented.chars().count()));
-        }
-        if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(MalformedToken::Alphabet);
-        }
-        let (payload, given) = presented.split_at(TOKEN_LEN - CHECKSUM_LEN);
-        // The checksum is a public function of the token, so an early-exit
-        // compare here leaks nothing that is not already public.
-        if checksum(payload) != given {
-            return Err(MalformedToken::Checksum);
-        }
+        check(presented)?;
         Ok(Token(presented.to_owned()))
     }
 
@@ -90,8 +73,31 @@ impl Token {
 
     /// The at-rest form of this token.
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        TokenHash::digest(&self.0)
     }
+}
+
+/// Prefix, length, alphabet and checksum of a presented token.
+fn check(presented: &str) -> Result<(), MalformedToken> {
+    if presented.is_empty() {
+        return Err(MalformedToken::Empty);
+    }
+    let Some(rest) = presented.strip_prefix(PREFIX) else {
+        return Err(MalformedToken::Prefix);
+    };
+    if presented.len() != TOKEN_LEN {
+        return Err(MalformedToken::Length(presented.chars().count()));
+    }
+    if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(MalformedToken::Alphabet);
+    }
+    let (payload, given) = presented.split_at(TOKEN_LEN - CHECKSUM_LEN);
+    // The checksum is a public function of the token, so an early-exit
+    // compare here leaks nothing that is not already public.
+    if checksum(payload) != given {
+        return Err(MalformedToken::Checksum);
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Token {
@@ -118,6 +124,17 @@ pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
     pub const LEN: usize = 32;
+
+    /// The hash of a presented token, if it is well-formed. What validation
+    /// uses: it checks and hashes without copying the secret.
+    pub fn of_presented(presented: &str) -> Result<TokenHash, MalformedToken> {
+        check(presented)?;
+        Ok(TokenHash::digest(presented))
+    }
+
+    fn digest(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<TokenHash> {
         bytes.try_into().ok().map(TokenHash)
@@ -209,6 +226,19 @@ mod tests {
         let shown = format!("{token:?} {:?}", token.hash());
         assert!(!shown.contains(&token.expose_secret()[PREFIX.len()..]));
         assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn presented_tokens_hash_like_parsed_ones_and_malformed_ones_do_not() {
+        let token = Token::generate();
+        assert_eq!(
+            TokenHash::of_presented(token.expose_secret()),
+            Ok(token.hash())
+        );
+        assert_eq!(
+            TokenHash::of_presented("svctok-x"),
+            Err(MalformedToken::Length(8))
+        );
     }
 
     #[test]

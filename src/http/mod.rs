@@ -137,15 +137,39 @@ async fn method_not_allowed(method: Method) -> Response {
     )
 }
 
-/// gRPC methods we label individually in latency metrics; any other path
-/// under a gRPC service is labelled by its route template, which keeps label
-/// values bounded whatever paths clients send.
-const TOKEN_SERVICE_METHODS: [&str; 4] = [
+/// Route labels for latency metrics: every route and gRPC method we serve,
+/// as static strings, so labelling a request allocates nothing and label
+/// values stay bounded whatever paths clients send.
+const ROUTES: &[&str] = &[
+    "/stackstate.servicetoken.v1.TokenService/Validate",
     "/stackstate.servicetoken.v1.TokenService/Create",
     "/stackstate.servicetoken.v1.TokenService/List",
     "/stackstate.servicetoken.v1.TokenService/Delete",
-    "/stackstate.servicetoken.v1.TokenService/Validate",
+    "/api/server/status",
+    "/api/server/info",
+    "/api/auth",
+    "/api/security/tokens",
+    "/api/security/tokens/{id}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/grpc.health.v1.Health/{*rest}",
+    "/grpc.reflection.v1.ServerReflection/{*rest}",
+    "/grpc.reflection.v1alpha.ServerReflection/{*rest}",
 ];
+
+fn route_label(request: &Request) -> &'static str {
+    let path = request.uri().path();
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    ROUTES
+        .iter()
+        .find(|route| **route == path || Some(**route) == matched)
+        .copied()
+        .unwrap_or("other")
+}
 
 /// Middleware over every route, HTTP and gRPC: request latency by route.
 pub async fn observe_latency(
@@ -154,14 +178,7 @@ pub async fn observe_latency(
     next: Next,
 ) -> Response {
     let protocol = if is_grpc(&request) { "grpc" } else { "http" };
-    let path = request.uri().path();
-    let route = if let Some(known) = TOKEN_SERVICE_METHODS.iter().find(|m| **m == path) {
-        (*known).to_owned()
-    } else if let Some(matched) = request.extensions().get::<MatchedPath>() {
-        matched.as_str().to_owned()
-    } else {
-        "unmatched".to_owned()
-    };
+    let route = route_label(&request);
     let started = Instant::now();
     let response = next.run(request).await;
     service

@@ -120,15 +120,23 @@ impl SledStore {
         })
     }
 
-    async fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(unavailable)?;
-        Ok(())
+    /// Inserts many tokens and syncs once at the end: for bulk loads (benchmark
+    /// pre-fill, imports), where nothing is acknowledged until all is durable.
+    pub async fn insert_many(
+        &self,
+        tokens: impl IntoIterator<Item = (TokenHash, NewToken)>,
+        created_at: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for (hash, new) in tokens {
+            self.insert_unsynced(hash, &new, created_at)?;
+            count += 1;
+        }
+        self.sync().await?;
+        Ok(count)
     }
-}
 
-#[async_trait]
-impl Store for SledStore {
-    async fn insert(
+    fn insert_unsynced(
         &self,
         hash: TokenHash,
         new: &NewToken,
@@ -152,7 +160,6 @@ impl Store for SledStore {
             match outcome {
                 Ok(()) => {
                     self.count.fetch_add(1, Ordering::Relaxed);
-                    self.sync().await?;
                     return Ok(ServiceToken {
                         id,
                         name: new.name.clone(),
@@ -173,6 +180,25 @@ impl Store for SledStore {
             }
         }
         Err(StoreError::IdExhausted)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+    ) -> Result<ServiceToken, StoreError> {
+        let created = self.insert_unsynced(hash, new, created_at)?;
+        self.sync().await?;
+        Ok(created)
     }
 
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {

@@ -1,0 +1,70 @@
+//! Micro-benchmarks of the validate path without the network: token parse
+//! and checksum, hash, store lookup, and the whole `TokenService::validate`.
+
+use std::{hint::black_box, sync::Arc, time::SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sts::{
+    clock::SystemClock,
+    config::Config,
+    model::{NewToken, Roles, TokenName},
+    service::TokenService,
+    store::{SledStore, Store},
+    token::Token,
+};
+
+fn validate_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let token = Token::generate();
+    let new = |i: u64| NewToken {
+        name: TokenName::parse(&format!("bench-{i}")).unwrap(),
+        roles: Roles::parse(&["bench-reader"]).unwrap(),
+        expiration: None,
+    };
+    runtime
+        .block_on(store.insert_many(
+            (0..10_000u64).map(|i| {
+                let t = if i == 5_000 {
+                    token.clone()
+                } else {
+                    Token::generate()
+                };
+                (t.hash(), new(i))
+            }),
+            SystemTime::now(),
+        ))
+        .unwrap();
+    let service = TokenService::new(store.clone(), Arc::new(SystemClock), Config::default());
+    let secret = token.expose_secret().to_owned();
+    let hash = token.hash();
+    let unknown = Token::generate().expose_secret().to_owned();
+
+    c.bench_function("parse+checksum", |b| {
+        b.iter(|| Token::parse(black_box(&secret)))
+    });
+    c.bench_function("sha256", |b| b.iter(|| black_box(&token).hash()));
+    c.bench_function("store lookup (10k tokens)", |b| {
+        b.to_async(&runtime)
+            .iter(|| store.find_by_hash(black_box(&hash)))
+    });
+    c.bench_function("validate valid (10k tokens)", |b| {
+        b.to_async(&runtime)
+            .iter(|| service.validate(black_box(&secret)))
+    });
+    c.bench_function("validate unknown", |b| {
+        b.to_async(&runtime)
+            .iter(|| service.validate(black_box(&unknown)))
+    });
+    c.bench_function("validate malformed", |b| {
+        b.to_async(&runtime)
+            .iter(|| service.validate(black_box("svctok-not-a-token")))
+    });
+}
+
+criterion_group!(benches, validate_path);
+criterion_main!(benches);

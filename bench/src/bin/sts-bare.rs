@@ -1,0 +1,85 @@
+//! `sts-bare`: the baseline. The same stack and runtime settings as
+//! sts-server (tonic with `accept_http1`, axum routes beside gRPC, one port,
+//! TCP_NODELAY) but no work: `Validate` answers a constant, and
+//! `/api/server/status` a constant 200. Ours / bare is what our work costs.
+
+use std::net::SocketAddr;
+
+use axum::{Router, routing::get};
+use clap::Parser;
+use sts::proto::{
+    CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, ListRequest, ListResponse,
+    ServiceToken, ValidateRequest, ValidateResponse,
+    token_service_server::{TokenService, TokenServiceServer},
+};
+use tonic::{Request, Response, Status, service::Routes, transport::server::TcpIncoming};
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    listen: SocketAddr,
+}
+
+struct Bare;
+
+#[tonic::async_trait]
+impl TokenService for Bare {
+    async fn create(&self, _: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn validate(
+        &self,
+        _: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        // The same shape of answer ours gives for a valid token.
+        Ok(Response::new(ValidateResponse {
+            valid: true,
+            reason: 0,
+            service_token: Some(ServiceToken {
+                id: 107_484_341_630_693,
+                name: "bench-0".into(),
+                roles: vec!["bench-reader".into()],
+                expiration: None,
+                created_at: Some(prost_types::Timestamp {
+                    seconds: 1_800_000_000,
+                    nanos: 0,
+                }),
+            }),
+        }))
+    }
+}
+
+const STATUS: &str = r#"{"version":"0.1.0","uptimeSeconds":1,"serviceToken":{"id":107484341630693,"name":"bench-0","roles":["bench-reader"]}}"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let http = Router::new().route(
+        "/api/server/status",
+        get(|| async { ([("content-type", "application/json")], STATUS) }),
+    );
+    // Health only so the suite can wait for SERVING; it is not on the measured path.
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    let routes = Routes::from(http)
+        .add_service(health_service)
+        .add_service(TokenServiceServer::new(Bare));
+    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+    eprintln!("bare server on {}", listener.local_addr()?);
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! `sts-bench`: load generator for sts-server (and the bare baseline), plus
+//! the helpers `bench/run` needs: store pre-fill and time-to-SERVING.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use sts::{
+    model::{NewToken, Roles, TokenName},
+    proto::{ValidateRequest, token_service_client::TokenServiceClient},
+    store::SledStore,
+    token::Token,
+};
+use sts_bench::{Plan, run};
+use tonic::transport::Endpoint;
+
+#[derive(Parser)]
+#[command(
+    name = "sts-bench",
+    about = "Load generator and helpers for benchmarking sts-server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Copy)]
+struct PlanArgs {
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Fixed rate in requests/s (default: closed loop, as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+impl From<PlanArgs> for Plan {
+    fn from(args: PlanArgs) -> Plan {
+        Plan {
+            concurrency: args.concurrency,
+            warmup: Duration::from_secs_f64(args.warmup),
+            duration: Duration::from_secs_f64(args.duration),
+            rate: args.rate,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// gRPC Validate of one token, over N HTTP/2 connections.
+    GrpcValidate {
+        #[arg(long)]
+        target: String,
+        /// The token to validate (valid, malformed or unknown: the scenario decides).
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value = "grpc-validate")]
+        scenario: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
+    /// `GET /api/server/status` with `X-API-Key`, one HTTP/1.1 keep-alive connection per worker.
+    HttpStatus {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "http-status")]
+        scenario: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
+    /// Fill a sled data dir with COUNT tokens through the store (not RPCs);
+    /// writes the secret of one of them, plus an admin token, to files.
+    Prefill {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        count: u64,
+        /// Where to write one valid (non-admin) token.
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+    /// Poll gRPC health until SERVING; print milliseconds since --since-ms (epoch ms).
+    WaitServing {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        since_ms: u128,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::GrpcValidate {
+            target,
+            token,
+            connections,
+            scenario,
+            plan,
+        } => {
+            let mut channels = Vec::with_capacity(connections);
+            for _ in 0..connections.max(1) {
+                channels.push(
+                    Endpoint::from_shared(target.clone())?
+                        .tcp_nodelay(true)
+                        .connect()
+                        .await
+                        .with_context(|| format!("cannot connect to {target}"))?,
+                );
+            }
+            let outcome = run(plan.into(), |i| {
+                let client = TokenServiceClient::new(channels[i % channels.len()].clone());
+                let token = token.clone();
+                move || {
+                    let mut client = client.clone();
+                    let token = token.clone();
+                    async move { client.validate(ValidateRequest { token }).await.is_ok() }
+                }
+            })
+            .await;
+            println!("{}", outcome.to_json(&scenario));
+        }
+        Command::HttpStatus {
+            target,
+            token,
+            scenario,
+            plan,
+        } => {
+            let plan: Plan = plan.into();
+            let mut senders = Vec::with_capacity(plan.concurrency);
+            for _ in 0..plan.concurrency {
+                senders.push(http1_connection(target).await?);
+            }
+            let senders = std::sync::Mutex::new(senders);
+            let outcome = run(plan, |_| {
+                let sender = senders
+                    .lock()
+                    .unwrap()
+                    .pop()
+                    .expect("one connection per worker");
+                let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
+                let token = token.clone();
+                move || {
+                    let sender = sender.clone();
+                    let request = http::Request::get("/api/server/status")
+                        .header("host", target.to_string())
+                        .header("x-api-key", &token)
+                        .body(Empty::<bytes::Bytes>::new())
+                        .expect("a valid request");
+                    async move {
+                        let mut sender = sender.lock().await;
+                        match sender.send_request(request).await {
+                            Ok(response) => {
+                                let ok = response.status() == 200;
+                                ok && response.into_body().collect().await.is_ok()
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                }
+            })
+            .await;
+            println!("{}", outcome.to_json(&scenario));
+        }
+        Command::Prefill {
+            data_dir,
+            count,
+            token_file,
+        } => {
+            let store = SledStore::open(&data_dir)?;
+            let roles = Roles::parse(&["bench-reader"])?;
+            let now = SystemTime::now();
+            let kept = Token::generate();
+            let tokens = (0..count).map(|i| {
+                let token = if i == count / 2 {
+                    kept.clone()
+                } else {
+                    Token::generate()
+                };
+                (
+                    token.hash(),
+                    NewToken {
+                        name: TokenName::parse(&format!("bench-{i}")).expect("valid name"),
+                        roles: roles.clone(),
+                        expiration: None,
+                    },
+                )
+            });
+            let started = Instant::now();
+            let inserted = store.insert_many(tokens, now).await?;
+            std::fs::write(&token_file, kept.expose_secret())?;
+            eprintln!(
+                "prefilled {inserted} tokens in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::WaitServing { target, since_ms } => {
+            use tonic_health::pb::{
+                HealthCheckRequest, health_check_response::ServingStatus,
+                health_client::HealthClient,
+            };
+            loop {
+                if let Ok(channel) = Endpoint::from_shared(target.clone())?.connect().await {
+                    let mut health = HealthClient::new(channel);
+                    if let Ok(response) = health.check(HealthCheckRequest::default()).await
+                        && response.into_inner().status() == ServingStatus::Serving
+                    {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)?
+                .as_millis();
+            println!("{}", now_ms.saturating_sub(since_ms));
+        }
+    }
+    Ok(())
+}
+
+async fn http1_connection(
+    target: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(target)
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
