@@ -2,16 +2,12 @@
 //!
 //! Layout: tree `tokens` maps the id (8 bytes, big-endian, so key order is id
 //! order) to a protobuf-encoded [`Record`]; tree `by_hash` maps the 32-byte
-//! token hash to the id. Both change in one transaction, and every write is
-//! followed by a flush (fsync) before it is acknowledged. The background flush
+//! token hash to the id; tree `meta` keeps the token count. All three change
+//! in one transaction, and every write is followed by a flush (fsync) before
+//! it is acknowledged. The background flush
 //! timer is off: nothing is ever written without a caller waiting on it.
 
-use std::{
-    fs,
-    path::Path,
-    sync::atomic::{AtomicU64, Ordering},
-    time::SystemTime,
-};
+use std::{fs, path::Path, time::SystemTime};
 
 use async_trait::async_trait;
 use prost::Message;
@@ -90,13 +86,21 @@ enum InsertAbort {
     HashTaken,
 }
 
+/// Key in the `meta` tree of the number of tokens, kept in the same
+/// transactions that add and remove them (sled's own `len` is a full scan).
+const COUNT_KEY: &[u8] = b"token_count";
+
 pub struct SledStore {
     db: sled::Db,
     tokens: sled::Tree,
     by_hash: sled::Tree,
-    /// Exact, because only this process writes the directory (sled's lock);
-    /// counted once at open since sled's own `len` is a full scan.
-    count: AtomicU64,
+    meta: sled::Tree,
+}
+
+fn decode_count(bytes: Option<sled::IVec>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(&*b).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 impl SledStore {
@@ -111,12 +115,19 @@ impl SledStore {
             .map_err(|e| open_error(dir, e))?;
         let tokens = db.open_tree("tokens").map_err(unavailable)?;
         let by_hash = db.open_tree("by_hash").map_err(unavailable)?;
-        let count = AtomicU64::new(tokens.len() as u64);
+        let meta = db.open_tree("meta").map_err(unavailable)?;
+        if meta.get(COUNT_KEY).map_err(unavailable)?.is_none() {
+            // A store written before the count was kept: count once.
+            let count = tokens.len() as u64;
+            meta.insert(COUNT_KEY, &count.to_be_bytes())
+                .map_err(unavailable)?;
+            db.flush().map_err(unavailable)?;
+        }
         Ok(SledStore {
             db,
             tokens,
             by_hash,
-            count,
+            meta,
         })
     }
 
@@ -146,7 +157,8 @@ impl SledStore {
             let id = TokenId::random();
             let record = Record::new(id, &hash, new, created_at);
             let key = id.get().to_be_bytes();
-            let outcome = (&self.tokens, &self.by_hash).transaction(|(tokens, by_hash)| {
+            let trees = (&self.tokens, &self.by_hash, &self.meta);
+            let outcome = trees.transaction(|(tokens, by_hash, meta)| {
                 if tokens.get(key)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(InsertAbort::IdTaken));
                 }
@@ -155,11 +167,12 @@ impl SledStore {
                 }
                 tokens.insert(&key, record.encode_to_vec())?;
                 by_hash.insert(hash.as_bytes(), &key)?;
+                let count = decode_count(meta.get(COUNT_KEY)?) + 1;
+                meta.insert(COUNT_KEY, &count.to_be_bytes())?;
                 Ok(())
             });
             match outcome {
                 Ok(()) => {
-                    self.count.fetch_add(1, Ordering::Relaxed);
                     return Ok(ServiceToken {
                         id,
                         name: new.name.clone(),
@@ -244,10 +257,13 @@ impl Store for SledStore {
 
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
         let key = id.get().to_be_bytes();
-        let outcome = (&self.tokens, &self.by_hash).transaction(|(tokens, by_hash)| {
+        let trees = (&self.tokens, &self.by_hash, &self.meta);
+        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
             let Some(bytes) = tokens.remove(&key)? else {
                 return Ok(false);
             };
+            let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
+            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
             // The hash is needed to drop the index entry; an undecodable record
             // is still removed, its index entry then points nowhere (harmless).
             if let Ok(record) = Record::decode(&*bytes) {
@@ -260,14 +276,13 @@ impl Store for SledStore {
             TransactionError::Storage(e) => unavailable(e),
         })?;
         if deleted {
-            self.count.fetch_sub(1, Ordering::Relaxed);
             self.sync().await?;
         }
         Ok(deleted)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.count.load(Ordering::Relaxed))
+        Ok(decode_count(self.meta.get(COUNT_KEY).map_err(unavailable)?))
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -106,3 +106,40 @@ async fn a_new_data_dir_is_private_to_its_owner() {
     assert_eq!(mode & 0o777, 0o700);
     drop(store);
 }
+
+#[tokio::test]
+async fn the_token_count_is_kept_across_restarts_without_a_scan() {
+    use std::time::SystemTime;
+    use sts::model::{NewToken, Roles, TokenName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let new = |i: u32| {
+        (
+            Token::generate().hash(),
+            NewToken {
+                name: TokenName::parse(&format!("t{i}")).unwrap(),
+                roles: Roles::parse(&["r"]).unwrap(),
+                expiration: None,
+            },
+        )
+    };
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .insert_many((0..5).map(new), SystemTime::now())
+                .await
+                .unwrap(),
+            5
+        );
+        let first = store.list(None, 1).await.unwrap()[0].id;
+        assert!(store.delete(first).await.unwrap());
+        assert!(
+            !store.delete(first).await.unwrap(),
+            "a second delete changes nothing"
+        );
+        assert_eq!(store.count().await.unwrap(), 4);
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.count().await.unwrap(), 4);
+}
