@@ -4,7 +4,9 @@ import platform
 import subprocess
 import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1])]
+everything = [json.loads(line) for line in open(sys.argv[1])]
+rows = [r for r in everything if "rps" in r]
+lists = [r for r in everything if "pages" in r]
 by = {r["scenario"]: r for r in rows}
 
 
@@ -37,6 +39,7 @@ ratio("gRPC Validate ours / bare", "ours grpc validate", "bare grpc validate", "
 ratio("HTTP status ours / bare", "ours http status", "bare http status", ">= 0.85")
 ratio("Validate malformed / valid", "ours validate malformed", "ours grpc validate", ">= 1.00")
 ratio("Validate unknown / valid", "ours validate unknown", "ours grpc validate", ">= 1.00")
+ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")
 half = by.get("ours grpc validate @ half")
 if half:
     print(f"| p99 at half the bare maximum | {half['p99_us']:.0f} µs | < 1000 µs |")
@@ -48,3 +51,10 @@ if curve:
     for r in curve:
         print(f"| {r['tokens']:,} | {r['rps']:,.0f} | {r['p99_us']:.0f} | {r['startup_ms']} | "
               f"{r['server_rss_mib']} | {r['data_dir_mib']} |")
+
+if lists:
+    print("\n| List through every token | tokens | pages | seconds | server RSS before / after MiB | server peak RSS MiB (whole life) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in lists:
+        print(f"| {r['scenario']} | {r['tokens']:,} | {r['pages']:,} | {r['seconds']:.1f} | "
+              f"{r['rss_before_mib']} / {r['rss_after_mib']} | {r['peak_rss_mib']} |")

@@ -195,8 +195,17 @@ impl SledStore {
         Err(StoreError::IdExhausted)
     }
 
+    /// Makes every write so far durable. Concurrent callers share one fsync
+    /// (sled waits for the stable log position, it does not flush twice).
+    /// sled 0.34's own `flush_async` deadlocks under concurrent calls (sled
+    /// issues #1241 and #1308, fixed only after the last release), so the
+    /// blocking `flush` runs on tokio's blocking pool instead.
     async fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(unavailable)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("flush task failed: {e}")))?
+            .map_err(unavailable)?;
         Ok(())
     }
 }

@@ -143,3 +143,41 @@ async fn the_token_count_is_kept_across_restarts_without_a_scan() {
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.count().await.unwrap(), 4);
 }
+
+/// sled 0.34's `flush_async` deadlocks under concurrent calls; many creates
+/// at once must all be acknowledged (bounded, so a hang fails the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_creates_all_complete_and_are_durable() {
+    let app = spawn_app().await;
+    let creates = (0..64).map(|i| {
+        let mut client = app.client.clone();
+        let request = app.admin(sts::proto::CreateRequest {
+            name: format!("c{i}"),
+            roles: vec!["r".into()],
+            expiration: None,
+        });
+        tokio::spawn(async move { client.create(request).await })
+    });
+    let all = futures_join(creates.collect());
+    let created = tokio::time::timeout(std::time::Duration::from_secs(60), all)
+        .await
+        .expect("every create completes");
+    let secrets: Vec<String> = created
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().into_inner().token)
+        .collect();
+    let app = restart(app.stop().await).await;
+    for secret in &secrets {
+        assert!(app.validate(secret).await.valid);
+    }
+}
+
+async fn futures_join<T>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await);
+    }
+    out
+}

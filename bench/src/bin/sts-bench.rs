@@ -13,12 +13,14 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use sts::{
     model::{NewToken, Roles, TokenName},
-    proto::{ValidateRequest, token_service_client::TokenServiceClient},
+    proto::{
+        CreateRequest, ListRequest, ValidateRequest, token_service_client::TokenServiceClient,
+    },
     store::SledStore,
     token::Token,
 };
 use sts_bench::{Plan, run};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +75,32 @@ enum Command {
         #[command(flatten)]
         plan: PlanArgs,
     },
+    /// gRPC Create (each durable before its answer) as an admin.
+    GrpcCreate {
+        #[arg(long)]
+        target: String,
+        /// A token with the admin role.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value = "grpc-create")]
+        scenario: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
+    /// Page through every token with gRPC List; report time and counts.
+    ListAll {
+        #[arg(long)]
+        target: String,
+        /// A token with the admin role.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 1000)]
+        page_size: i32,
+        #[arg(long, default_value = "grpc-list-all")]
+        scenario: String,
+    },
     /// `GET /api/server/status` with `X-API-Key`, one HTTP/1.1 keep-alive connection per worker.
     HttpStatus {
         #[arg(long)]
@@ -114,16 +142,7 @@ async fn main() -> anyhow::Result<()> {
             scenario,
             plan,
         } => {
-            let mut channels = Vec::with_capacity(connections);
-            for _ in 0..connections.max(1) {
-                channels.push(
-                    Endpoint::from_shared(target.clone())?
-                        .tcp_nodelay(true)
-                        .connect()
-                        .await
-                        .with_context(|| format!("cannot connect to {target}"))?,
-                );
-            }
+            let channels = connect(&target, connections).await?;
             let outcome = run(plan.into(), |i| {
                 let client = TokenServiceClient::new(channels[i % channels.len()].clone());
                 let token = token.clone();
@@ -135,6 +154,73 @@ async fn main() -> anyhow::Result<()> {
             })
             .await;
             println!("{}", outcome.to_json(&scenario));
+        }
+        Command::GrpcCreate {
+            target,
+            token,
+            connections,
+            scenario,
+            plan,
+        } => {
+            let channels = connect(&target, connections).await?;
+            let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let outcome = run(plan.into(), |i| {
+                let client = TokenServiceClient::new(channels[i % channels.len()].clone());
+                let token = token.clone();
+                let counter = counter.clone();
+                move || {
+                    let mut client = client.clone();
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let request = admin_request(
+                        &token,
+                        CreateRequest {
+                            name: format!("bench-create-{n}"),
+                            roles: vec!["bench-reader".into()],
+                            expiration: None,
+                        },
+                    );
+                    async move { client.create(request).await.is_ok() }
+                }
+            })
+            .await;
+            println!("{}", outcome.to_json(&scenario));
+        }
+        Command::ListAll {
+            target,
+            token,
+            page_size,
+            scenario,
+        } => {
+            let mut client = TokenServiceClient::new(connect(&target, 1).await?.remove(0));
+            let started = Instant::now();
+            let (mut tokens, mut pages, mut page_token) = (0u64, 0u64, String::new());
+            loop {
+                let page = client
+                    .list(admin_request(
+                        &token,
+                        ListRequest {
+                            page_size,
+                            page_token,
+                        },
+                    ))
+                    .await?
+                    .into_inner();
+                tokens += page.service_tokens.len() as u64;
+                pages += 1;
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": scenario,
+                    "tokens": tokens,
+                    "pages": pages,
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            );
         }
         Command::HttpStatus {
             target,
@@ -233,6 +319,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `count` (at least one) HTTP/2 connections to `target`.
+async fn connect(target: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        channels.push(
+            Endpoint::from_shared(target.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {target}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+fn admin_request<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = token.parse() {
+        request.metadata_mut().insert("x-api-key", value);
+    }
+    request
 }
 
 async fn http1_connection(
