@@ -123,8 +123,6 @@ fn checksum(payload: &str) -> String {
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
-    pub const LEN: usize = 32;
-
     /// The hash of a presented token, if it is well-formed. What validation
     /// uses: it checks and hashes without copying the secret.
     pub fn of_presented(presented: &str) -> Result<TokenHash, MalformedToken> {

@@ -59,17 +59,25 @@ impl From<PlanArgs> for Plan {
     }
 }
 
+/// Where to send gRPC requests and as whom.
+#[derive(Args)]
+struct GrpcTarget {
+    #[arg(long)]
+    target: String,
+    /// The token the requests carry (for Create and List: one with the admin role).
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// gRPC Validate of one token, over N HTTP/2 connections.
+    /// The token validated may be valid, malformed or unknown: the scenario decides.
     GrpcValidate {
-        #[arg(long)]
-        target: String,
-        /// The token to validate (valid, malformed or unknown: the scenario decides).
-        #[arg(long)]
-        token: String,
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
+        #[command(flatten)]
+        grpc: GrpcTarget,
         #[arg(long, default_value = "grpc-validate")]
         scenario: String,
         #[command(flatten)]
@@ -77,13 +85,8 @@ enum Command {
     },
     /// gRPC Create (each durable before its answer) as an admin.
     GrpcCreate {
-        #[arg(long)]
-        target: String,
-        /// A token with the admin role.
-        #[arg(long)]
-        token: String,
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
+        #[command(flatten)]
+        grpc: GrpcTarget,
         #[arg(long, default_value = "grpc-create")]
         scenario: String,
         #[command(flatten)]
@@ -136,9 +139,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::GrpcValidate {
-            target,
-            token,
-            connections,
+            grpc:
+                GrpcTarget {
+                    target,
+                    token,
+                    connections,
+                },
             scenario,
             plan,
         } => {
@@ -156,9 +162,12 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", outcome.to_json(&scenario));
         }
         Command::GrpcCreate {
-            target,
-            token,
-            connections,
+            grpc:
+                GrpcTarget {
+                    target,
+                    token,
+                    connections,
+                },
             scenario,
             plan,
         } => {
