@@ -67,6 +67,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The service's metrics, plus those `extra` registers (the store's own).
+    pub fn with(extra: impl FnOnce(&mut Registry)) -> Metrics {
+        let mut metrics = Metrics::new();
+        extra(&mut metrics.registry);
+        metrics
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sts");
         let validations = Family::default();

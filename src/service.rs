@@ -70,10 +70,10 @@ pub struct TokenService {
 impl TokenService {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> TokenService {
         TokenService {
+            metrics: Metrics::with(|registry| store.register_metrics(registry)),
             store,
             clock,
             config,
-            metrics: Metrics::new(),
         }
     }
 

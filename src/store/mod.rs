@@ -14,6 +14,7 @@ use crate::{
     token::TokenHash,
 };
 
+mod group_commit;
 pub mod sled;
 
 pub use self::sled::SledStore;
@@ -68,4 +69,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes anything still buffered to stable storage (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Adds the backend's own metrics (how its writes reach the disk) to the
+    /// service's registry.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

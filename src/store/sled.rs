@@ -4,19 +4,21 @@
 //! order) to a protobuf-encoded [`Record`]; tree `by_hash` maps the 32-byte
 //! token hash to the id; tree `meta` keeps the token count. All three change
 //! in one transaction, and every write is followed by a flush (fsync) before
-//! it is acknowledged. The background flush
-//! timer is off: nothing is ever written without a caller waiting on it.
+//! it is acknowledged. The background flush timer is off: nothing is ever
+//! written without a caller waiting on it.
+//! Concurrent writers share flushes ([`GroupCommit`]).
 
 use std::{fs, path::Path, time::SystemTime};
 
 use async_trait::async_trait;
+use prometheus_client::registry::Registry;
 use prost::Message;
 use sled::{
     Transactional,
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{Store, StoreError, StoredToken};
+use super::{Store, StoreError, StoredToken, group_commit::GroupCommit};
 use crate::{
     model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
     token::TokenHash,
@@ -90,11 +92,14 @@ enum InsertAbort {
 /// transactions that add and remove them (sled's own `len` is a full scan).
 const COUNT_KEY: &[u8] = b"token_count";
 
+/// The file in the data directory that holds sled's log.
+const SLED_LOG_FILE: &str = "db";
+
 pub struct SledStore {
-    db: sled::Db,
     tokens: sled::Tree,
     by_hash: sled::Tree,
     meta: sled::Tree,
+    flusher: GroupCommit,
 }
 
 fn decode_count(bytes: Option<sled::IVec>) -> u64 {
@@ -124,7 +129,7 @@ impl SledStore {
             db.flush().map_err(unavailable)?;
         }
         Ok(SledStore {
-            db,
+            flusher: start_flusher(db, dir)?,
             tokens,
             by_hash,
             meta,
@@ -195,18 +200,9 @@ impl SledStore {
         Err(StoreError::IdExhausted)
     }
 
-    /// Makes every write so far durable. Concurrent callers share one fsync
-    /// (sled waits for the stable log position, it does not flush twice).
-    /// sled 0.34's own `flush_async` deadlocks under concurrent calls (sled
-    /// issues #1241 and #1308, fixed only after the last release), so the
-    /// blocking `flush` runs on tokio's blocking pool instead.
+    /// Makes every write so far durable; concurrent callers share one flush.
     async fn sync(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("flush task failed: {e}")))?
-            .map_err(unavailable)?;
-        Ok(())
+        self.flusher.sync().await
     }
 }
 
@@ -297,6 +293,27 @@ impl Store for SledStore {
     async fn flush(&self) -> Result<(), StoreError> {
         self.sync().await
     }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.flusher.register_metrics(registry);
+    }
+}
+
+/// The group-commit flusher of `db`. sled 0.34's own `flush_async` deadlocks
+/// under concurrent calls (sled issues #1241 and #1308), so its blocking
+/// `flush` runs on the flusher's thread.
+fn start_flusher(db: sled::Db, dir: &Path) -> Result<GroupCommit, StoreError> {
+    // sled 0.34 makes its log stable with `sync_file_range` on Linux, which
+    // neither flushes the drive's write cache nor records the file's growth,
+    // so a power cut could lose an acknowledged write. An `fdatasync` of the
+    // same file after each flush closes that gap.
+    let log = fs::File::open(dir.join(SLED_LOG_FILE)).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open the store log for syncing: {e}"))
+    })?;
+    GroupCommit::start(move || {
+        db.flush().map_err(|e| e.to_string())?;
+        log.sync_data().map_err(|e| e.to_string())
+    })
 }
 
 fn unavailable(e: sled::Error) -> StoreError {

@@ -218,6 +218,9 @@ async fn metrics_count_validations_calls_and_tokens() {
         1.0
     );
     assert_eq!(value("sts_tokens_stored"), 3.0);
+    // The admin token and two creates, one after another: a flush each.
+    assert_eq!(value("sts_store_flushed_writes_total"), 3.0);
+    assert_eq!(value("sts_store_flushes_total"), 3.0);
     assert_eq!(
         value(
             r#"sts_request_duration_seconds_count{protocol="grpc",route="/stackstate.servicetoken.v1.TokenService/Validate"}"#

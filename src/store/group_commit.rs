@@ -1,0 +1,211 @@
+//! Group commit: one flusher thread makes the writes of every writer waiting
+//! at that moment durable with one flush, instead of one flush each.
+//!
+//! A writer commits its change in memory, then calls [`GroupCommit::sync`].
+//! The flusher takes the first waiter and every other already queued, runs
+//! the flush once, and answers them all with its result. Every write queued
+//! before a flush began is covered by it, because a writer queues only after
+//! its change is committed; writers that queue during a flush wait for the
+//! next one. So concurrent writers share flushes, and each is still durable
+//! when it is acknowledged.
+
+use std::{
+    sync::mpsc,
+    thread::{self, JoinHandle},
+};
+
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+
+/// How many times the flusher yields its CPU, when writers come together,
+/// before it starts a flush: those already running get to finish their
+/// change and join it. A lone writer never waits.
+const JOIN_YIELDS: usize = 4;
+
+/// What one flush tells each writer waiting on it.
+type FlushResult = Result<(), String>;
+
+/// How writes share flushes: writes per flush is the batch size.
+#[derive(Clone, Default)]
+struct Stats {
+    flushes: Counter,
+    writes: Counter,
+}
+
+pub struct GroupCommit {
+    stats: Stats,
+    waiters: Option<mpsc::Sender<oneshot::Sender<FlushResult>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    /// Starts the flusher thread; `flush` makes every write so far durable.
+    pub fn start(
+        mut flush: impl FnMut() -> FlushResult + Send + 'static,
+    ) -> Result<GroupCommit, StoreError> {
+        let (waiters, queue) = mpsc::channel::<oneshot::Sender<FlushResult>>();
+        let stats = Stats::default();
+        let counted = stats.clone();
+        let thread = thread::Builder::new()
+            .name("sts-flusher".into())
+            .spawn(move || {
+                let mut concurrent = false;
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(queue.try_iter());
+                    if concurrent || batch.len() > 1 {
+                        for _ in 0..JOIN_YIELDS {
+                            thread::yield_now();
+                            batch.extend(queue.try_iter());
+                        }
+                    }
+                    concurrent = batch.len() > 1;
+                    let result = flush();
+                    counted.flushes.inc();
+                    counted.writes.inc_by(batch.len() as u64);
+                    for waiter in batch {
+                        // A writer that stopped waiting (cancelled) needs no answer.
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the flusher: {e}")))?;
+        Ok(GroupCommit {
+            stats,
+            waiters: Some(waiters),
+            thread: Some(thread),
+        })
+    }
+
+    /// Returns once every write committed before the call is durable.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.enqueue()?
+            .await
+            .map_err(|_| closing())?
+            .map_err(StoreError::Unavailable)
+    }
+
+    /// Joins the queue for the next flush (the synchronous half of `sync`).
+    fn enqueue(&self) -> Result<oneshot::Receiver<FlushResult>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.waiters
+            .as_ref()
+            .ok_or_else(closing)?
+            .send(reply)
+            .map_err(|_| closing())?;
+        Ok(answer)
+    }
+
+    /// Registers `sts_store_flushes_total` and `sts_store_flushed_writes_total`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "store_flushes",
+            "Flushes of the store to stable storage, each shared by every write waiting on it",
+            self.stats.flushes.clone(),
+        );
+        registry.register(
+            "store_flushed_writes",
+            "Writes made durable by those flushes (over sts_store_flushes_total: the group-commit batch size)",
+            self.stats.writes.clone(),
+        );
+    }
+}
+
+fn closing() -> StoreError {
+    StoreError::Unavailable("the store is closing".into())
+}
+
+impl Drop for GroupCommit {
+    /// Closes the queue and waits for the thread, so whatever the flush
+    /// closure owns (the database, its lock on the data directory) is
+    /// released when the store is.
+    fn drop(&mut self) {
+        self.waiters.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A flush that counts its calls; the first one reports that it started
+    /// and finishes only when let go.
+    fn gated_flush(
+        result: FlushResult,
+    ) -> (
+        impl FnMut() -> FlushResult + Send + 'static,
+        mpsc::Receiver<()>,
+        mpsc::Sender<()>,
+        Arc<Mutex<usize>>,
+    ) {
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let calls = Arc::new(Mutex::new(0));
+        let counted = calls.clone();
+        let flush = move || {
+            let mut calls = counted.lock().unwrap();
+            *calls += 1;
+            if *calls == 1 {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            }
+            result.clone()
+        };
+        (flush, started, release, calls)
+    }
+
+    #[tokio::test]
+    async fn writers_queued_during_a_flush_share_the_next_one() {
+        let (flush, started, release, calls) = gated_flush(Ok(()));
+        let commit = GroupCommit::start(flush).unwrap();
+
+        let first = commit.enqueue().unwrap();
+        started.recv().unwrap();
+        // The first flush is running: these ten wait for the next one.
+        let rest: Vec<_> = (0..10).map(|_| commit.enqueue().unwrap()).collect();
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), Ok(()));
+        for answer in rest {
+            assert_eq!(answer.await.unwrap(), Ok(()));
+        }
+        assert_eq!(*calls.lock().unwrap(), 2, "eleven writes, two flushes");
+        assert_eq!(commit.stats.flushes.get(), 2);
+        assert_eq!(commit.stats.writes.get(), 11);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_every_write_waiting_on_it() {
+        let (flush, started, release, _) = gated_flush(Err("disk on fire".into()));
+        let commit = GroupCommit::start(flush).unwrap();
+        let first = commit.enqueue().unwrap();
+        started.recv().unwrap();
+        let second = commit.enqueue().unwrap();
+        release.send(()).unwrap();
+        for answer in [first, second] {
+            assert_eq!(answer.await.unwrap(), Err("disk on fire".to_string()));
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_returns_after_the_flush_and_drop_stops_the_thread() {
+        let flushed = Arc::new(Mutex::new(0));
+        let counted = flushed.clone();
+        let commit = GroupCommit::start(move || {
+            *counted.lock().unwrap() += 1;
+            Ok(())
+        })
+        .unwrap();
+        commit.sync().await.unwrap();
+        assert_eq!(*flushed.lock().unwrap(), 1);
+        drop(commit);
+        // The thread has ended, so the closure (and its clone of the count) is gone.
+        assert_eq!(Arc::strong_count(&flushed), 1);
+    }
+}
