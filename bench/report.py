@@ -1,13 +1,26 @@
-"""Turns bench/run's JSON lines into the Markdown tables of BENCHMARKS.md."""
+"""Turns bench/run's JSON lines into the Markdown tables of BENCHMARKS.md.
+
+Each scenario ran several times (repetitions), ours and bare taking turns.
+Tables give the median of each column over the repetitions; ratios are taken
+within each repetition and reported as the median with the range.
+"""
 import json
 import platform
+import statistics
 import subprocess
 import sys
+from collections import defaultdict
 
 everything = [json.loads(line) for line in open(sys.argv[1])]
 rows = [r for r in everything if "rps" in r]
 lists = [r for r in everything if "pages" in r]
-by = {r["scenario"]: r for r in rows}
+runs = defaultdict(list)  # scenario -> rows, in repetition order
+for r in rows:
+    runs[r["scenario"]].append(r)
+
+
+def median(scenario, key):
+    return statistics.median(r[key] for r in runs[scenario])
 
 
 def cpu_model():
@@ -17,40 +30,60 @@ def cpu_model():
     return platform.processor()
 
 
-def fmt(r):
-    return (f"| {r['scenario']} | {r['rps']:,.0f} | {r['p50_us']:.0f} | {r['p90_us']:.0f} | "
-            f"{r['p99_us']:.0f} | {r['p999_us']:.0f} | {r['errors']} | "
-            f"{r['server_cpu']:.2f} | {r['client_cpu_seconds'] / r['seconds']:.2f} |")
-
-
+reps = max((len(v) for v in runs.values()), default=0)
 print(f"Machine: {cpu_model()}, {subprocess.check_output(['nproc']).decode().strip()} cores; "
-      f"server pinned to CPU 0, load generator to CPU 1.\n")
-print("| scenario | req/s | p50 µs | p90 µs | p99 µs | p99.9 µs | errors | server CPU | client CPU |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-for r in rows:
-    print(fmt(r))
+      f"server pinned to CPU 0, load generator to CPU 1. {reps} repetitions per scenario; "
+      f"medians over them.\n")
+print("| scenario | req/s (median) | req/s (min – max) | p50 µs | p90 µs | p99 µs | p99.9 µs | errors | server CPU | client CPU |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for scenario, rs in runs.items():
+    lo, hi = min(r["rps"] for r in rs), max(r["rps"] for r in rs)
+    client = statistics.median(r["client_cpu_seconds"] / r["seconds"] for r in rs)
+    print(f"| {scenario} | {median(scenario, 'rps'):,.0f} | {lo:,.0f} – {hi:,.0f} | "
+          f"{median(scenario, 'p50_us'):.0f} | {median(scenario, 'p90_us'):.0f} | "
+          f"{median(scenario, 'p99_us'):.0f} | {median(scenario, 'p999_us'):.0f} | "
+          f"{sum(r['errors'] for r in rs)} | {median(scenario, 'server_cpu'):.2f} | {client:.2f} |")
 
-print("\n| ratio (same run) | value | target |")
-print("|---|---:|---|")
-def ratio(name, ours, bare, target):
-    if ours in by and bare in by:
-        print(f"| {name} | {by[ours]['rps'] / by[bare]['rps']:.2f} | {target} |")
+print("\n| ratio (per repetition, same run) | median | min – max | target |")
+print("|---|---:|---:|---|")
+
+
+def ratio(name, ours, base, target, key="rps"):
+    pairs = [(a[key], b[key]) for a, b in zip(runs.get(ours, []), runs.get(base, []))]
+    if pairs:
+        values = [a / b for a, b in pairs]
+        print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} – {max(values):.2f} | {target} |")
+
+
 ratio("gRPC Validate ours / bare", "ours grpc validate", "bare grpc validate", ">= 0.90")
 ratio("HTTP status ours / bare", "ours http status", "bare http status", ">= 0.85")
 ratio("Validate malformed / valid", "ours validate malformed", "ours grpc validate", ">= 1.00")
 ratio("Validate unknown / valid", "ours validate unknown", "ours grpc validate", ">= 1.00")
 ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")
-half = by.get("ours grpc validate @ half")
-if half:
-    print(f"| p99 at half the bare maximum | {half['p99_us']:.0f} µs | < 1000 µs |")
+for scenario in ("bare grpc validate @ half", "ours grpc validate @ half"):
+    if scenario in runs:
+        print(f"| p99, {scenario} | {median(scenario, 'p99_us'):.0f} µs | "
+              f"{min(r['p99_us'] for r in runs[scenario]):.0f} – {max(r['p99_us'] for r in runs[scenario]):.0f} µs | < 1000 µs |")
+for scenario in ("ours create, 1 client", "ours create, 32 clients"):
+    if scenario in runs and "writes_per_flush" in runs[scenario][0]:
+        print(f"| writes per flush, {scenario} | {median(scenario, 'writes_per_flush'):.1f} | "
+              f"{min(r['writes_per_flush'] for r in runs[scenario]):.1f} – "
+              f"{max(r['writes_per_flush'] for r in runs[scenario]):.1f} | group commit |")
 
-curve = [r for r in rows if "tokens" in r]
+curve = [s for s, rs in runs.items() if "tokens" in rs[0]]
 if curve:
-    print("\n| tokens | req/s | p99 µs | startup to SERVING ms | RSS MiB | data dir MiB |")
+    print("\n| tokens | req/s (median) | p99 µs | start-up to SERVING ms (min – max) | RSS MiB | data dir MiB |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for r in curve:
-        print(f"| {r['tokens']:,} | {r['rps']:,.0f} | {r['p99_us']:.0f} | {r['startup_ms']} | "
-              f"{r['server_rss_mib']} | {r['data_dir_mib']} |")
+    for s in curve:
+        rs = runs[s]
+        starts = [r["startup_ms"] for r in rs]
+        print(f"| {rs[0]['tokens']:,} | {median(s, 'rps'):,.0f} | {median(s, 'p99_us'):.0f} | "
+              f"{statistics.median(starts):.0f} ({min(starts)} – {max(starts)}) | "
+              f"{median(s, 'server_rss_mib')} | {rs[0]['data_dir_mib']} |")
+    first, last = runs[curve[0]], runs[curve[-1]]
+    print(f"\n{last[0]['tokens']:,} vs {first[0]['tokens']:,} tokens: throughput "
+          f"{median(curve[-1], 'rps') / median(curve[0], 'rps'):.2f}×, p99 "
+          f"{median(curve[-1], 'p99_us') / median(curve[0], 'p99_us'):.2f}× (target: within 10 %).")
 
 if lists:
     print("\n| List through every token | tokens | pages | seconds | server RSS before / after MiB | server peak RSS MiB (whole life) |")

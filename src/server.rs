@@ -60,10 +60,7 @@ pub async fn run(
         .add_service(reflection().build_v1alpha()?)
         .add_service(tokens)
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(
-            service.clone(),
-            http::observe_latency,
-        ));
+        .layer(http::ObserveLatencyLayer::new(service.clone()));
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let draining = {

@@ -13,12 +13,14 @@ use serde_json::{Value, json};
 /// How to drive the load.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Requests in flight at once (one worker each).
+    /// Closed loop: requests in flight at once (one worker each). Open loop:
+    /// workers building requests in turn (connections are shared by them).
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    /// `Some(rps)`: fixed rate, latency measured from the intended send time
-    /// (no coordinated omission); `None`: closed loop, as fast as answers come.
+    /// `Some(rps)`: open loop at a fixed rate, latency measured from each
+    /// request's due time (no coordinated omission); `None`: closed loop, as
+    /// fast as answers come.
     pub rate: Option<f64>,
 }
 
@@ -70,76 +72,167 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
 pub async fn run<F, Fut>(plan: Plan, make_worker: impl Fn(usize) -> F) -> Outcome
 where
     F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = bool> + Send,
+    Fut: Future<Output = bool> + Send + 'static,
 {
     let start = Instant::now();
-    let measure_from = start + plan.warmup;
-    let end = measure_from + plan.duration;
-    let interval = plan
-        .rate
-        .map(|rps| Duration::from_secs_f64(plan.concurrency as f64 / rps));
-    let cpu_before = Arc::new(std::sync::Mutex::new(None::<f64>));
-
-    let mut workers = Vec::with_capacity(plan.concurrency);
-    for i in 0..plan.concurrency {
-        let mut request = make_worker(i);
-        workers.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-            let (mut requests, mut errors) = (0u64, 0u64);
-            // Fixed rate: stagger workers across one interval.
-            let mut next =
-                interval.map(|every| start + every.mul_f64(i as f64 / plan.concurrency as f64));
-            loop {
-                let intended = match (next, interval) {
-                    (Some(at), Some(every)) => {
-                        tokio::time::sleep_until(at.into()).await;
-                        next = Some(at + every);
-                        at
-                    }
-                    _ => Instant::now(),
-                };
-                if intended >= end {
-                    break;
-                }
-                let ok = request().await;
-                let done = Instant::now();
-                if intended >= measure_from && done <= end {
-                    requests += 1;
-                    if !ok {
-                        errors += 1;
-                    }
-                    let nanos = done.duration_since(intended).as_nanos() as u64;
-                    let _ = latency.record(nanos.max(1));
-                }
-            }
-            (latency, requests, errors)
-        }));
-    }
+    let window = Window {
+        from: start + plan.warmup,
+        to: start + plan.warmup + plan.duration,
+    };
     let me = std::process::id().to_string();
-    let sampler = {
-        let cpu_before = cpu_before.clone();
+    let cpu_before = {
         let me = me.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(measure_from.into()).await;
-            *cpu_before.lock().unwrap() = cpu_seconds(&me);
+            tokio::time::sleep_until(window.from.into()).await;
+            cpu_seconds(&me)
         })
     };
-
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-    let (mut requests, mut errors) = (0, 0);
-    for worker in workers {
-        let (h, r, e) = worker.await.expect("worker panicked");
-        latency.add(h).unwrap();
-        requests += r;
-        errors += e;
-    }
-    let _ = sampler.await;
-    let before = cpu_before.lock().unwrap().unwrap_or(0.0);
+    let tally = match plan.rate {
+        None => closed_loop(plan.concurrency, window, make_worker).await,
+        Some(rps) => open_loop(plan.concurrency, rps, start, window, make_worker).await,
+    };
+    let before = cpu_before.await.ok().flatten().unwrap_or(0.0);
     Outcome {
-        requests,
-        errors,
+        requests: tally.requests,
+        errors: tally.errors,
         seconds: plan.duration.as_secs_f64(),
-        latency,
+        latency: tally.latency,
         client_cpu_seconds: cpu_seconds(&me).unwrap_or(0.0) - before,
     }
+}
+
+/// The measured part of a run: requests sent from `from` and answered by `to`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    from: Instant,
+    to: Instant,
+}
+
+/// Latencies and counts of the requests inside the window.
+struct Tally {
+    latency: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            requests: 0,
+            errors: 0,
+        }
+    }
+
+    fn record(&mut self, window: Window, sent: Instant, done: Instant, ok: bool) {
+        if sent >= window.from && done <= window.to {
+            self.requests += 1;
+            self.errors += u64::from(!ok);
+            let nanos = done.duration_since(sent).as_nanos() as u64;
+            let _ = self.latency.record(nanos.max(1));
+        }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.latency.add(other.latency).expect("same bounds");
+        self.requests += other.requests;
+        self.errors += other.errors;
+    }
+}
+
+/// Each worker sends its next request as soon as the last is answered.
+async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    window: Window,
+    make_worker: impl Fn(usize) -> F,
+) -> Tally
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let mut request = make_worker(i);
+            tokio::spawn(async move {
+                let mut tally = Tally::new();
+                loop {
+                    let sent = Instant::now();
+                    if sent >= window.to {
+                        break tally;
+                    }
+                    let ok = request().await;
+                    tally.record(window, sent, Instant::now(), ok);
+                }
+            })
+        })
+        .collect();
+    let mut tally = Tally::new();
+    for worker in workers {
+        tally.add(worker.await.expect("worker panicked"));
+    }
+    tally
+}
+
+/// Requests go out on a fixed schedule, `rps` a second, whether or not
+/// earlier ones were answered (workers take turns building them), and each
+/// latency runs from when its request was due, so a slow answer cannot hide
+/// the requests it would have delayed (no coordinated omission).
+///
+/// tokio's timer has millisecond ticks: sleeping on it to each due time would
+/// send requests in bursts, one burst per tick, and measure the client's own
+/// queueing. The schedule is kept by a plain thread instead, whose sleeps are
+/// precise to tens of microseconds, and handed to the runtime over a channel.
+async fn open_loop<F, Fut>(
+    concurrency: usize,
+    rps: f64,
+    start: Instant,
+    window: Window,
+    make_worker: impl Fn(usize) -> F,
+) -> Tally
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let mut workers: Vec<F> = (0..concurrency.max(1)).map(make_worker).collect();
+    let every = Duration::from_secs_f64(1.0 / rps);
+    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pacer = std::thread::spawn(move || {
+        for n in 0u32.. {
+            let due = start + every * n;
+            if due >= window.to {
+                break;
+            }
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if due_tx.send(due).is_err() {
+                break;
+            }
+        }
+    });
+    let tally = Arc::new(std::sync::Mutex::new(Tally::new()));
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut turn = 0;
+    while let Some(due) = due_rx.recv().await {
+        let request = (workers[turn])();
+        turn = (turn + 1) % workers.len();
+        let tally = tally.clone();
+        in_flight.spawn(async move {
+            let ok = request.await;
+            let done = Instant::now();
+            tally
+                .lock()
+                .expect("no panics while held")
+                .record(window, due, done, ok);
+        });
+        // Reap finished tasks so the set does not grow for the whole run.
+        while in_flight.try_join_next().is_some() {}
+    }
+    pacer.join().expect("pacer panicked");
+    while in_flight.join_next().await.is_some() {}
+    Arc::try_unwrap(tally)
+        .ok()
+        .expect("every request task has finished")
+        .into_inner()
+        .expect("no panics while held")
 }

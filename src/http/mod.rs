@@ -5,6 +5,7 @@
 
 mod api;
 mod caller;
+mod latency;
 mod probes;
 mod tokens;
 
@@ -18,9 +19,8 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{DefaultBodyLimit, Request},
     http::{HeaderValue, Method, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
     routing::{any, delete, get},
 };
@@ -32,6 +32,7 @@ use crate::{
 };
 
 pub use caller::Caller;
+pub use latency::ObserveLatencyLayer;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -110,16 +111,15 @@ impl IntoResponse for Error {
     }
 }
 
-fn is_grpc(request: &Request) -> bool {
-    request
-        .headers()
+fn is_grpc(headers: &header::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Unknown paths: gRPC clients get gRPC's UNIMPLEMENTED, others a JSON 404.
 async fn not_found(request: Request) -> Response {
-    if is_grpc(&request) {
+    if is_grpc(request.headers()) {
         return tonic::Status::unimplemented("no such service or method").into_http();
     }
     error_response(
@@ -135,54 +135,4 @@ async fn method_not_allowed(method: Method) -> Response {
         "METHOD_NOT_ALLOWED",
         format!("{method} is not allowed on this path"),
     )
-}
-
-/// Route labels for latency metrics: every route and gRPC method we serve,
-/// as static strings, so labelling a request allocates nothing and label
-/// values stay bounded whatever paths clients send.
-const ROUTES: &[&str] = &[
-    "/stackstate.servicetoken.v1.TokenService/Validate",
-    "/stackstate.servicetoken.v1.TokenService/Create",
-    "/stackstate.servicetoken.v1.TokenService/List",
-    "/stackstate.servicetoken.v1.TokenService/Delete",
-    "/api/server/status",
-    "/api/server/info",
-    "/api/auth",
-    "/api/security/tokens",
-    "/api/security/tokens/{id}",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/grpc.health.v1.Health/{*rest}",
-    "/grpc.reflection.v1.ServerReflection/{*rest}",
-    "/grpc.reflection.v1alpha.ServerReflection/{*rest}",
-];
-
-fn route_label(request: &Request) -> &'static str {
-    let path = request.uri().path();
-    let matched = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str);
-    ROUTES
-        .iter()
-        .find(|route| **route == path || Some(**route) == matched)
-        .copied()
-        .unwrap_or("other")
-}
-
-/// Middleware over every route, HTTP and gRPC: request latency by route.
-pub async fn observe_latency(
-    State(service): State<Arc<TokenService>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let protocol = if is_grpc(&request) { "grpc" } else { "http" };
-    let route = route_label(&request);
-    let started = Instant::now();
-    let response = next.run(request).await;
-    service
-        .metrics()
-        .request(protocol, route, started.elapsed().as_secs_f64());
-    response
 }

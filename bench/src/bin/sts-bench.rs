@@ -73,8 +73,9 @@ struct GrpcTarget {
 
 #[derive(Subcommand)]
 enum Command {
-    /// gRPC Validate of one token, over N HTTP/2 connections.
-    /// The token validated may be valid, malformed or unknown: the scenario decides.
+    /// gRPC Validate of one token, over N HTTP/2 connections. The request is
+    /// encoded once and sent with raw h2, so the client spends little per
+    /// call. The token may be valid, malformed or unknown: the scenario decides.
     GrpcValidate {
         #[command(flatten)]
         grpc: GrpcTarget,
@@ -148,15 +149,16 @@ async fn main() -> anyhow::Result<()> {
             scenario,
             plan,
         } => {
-            let channels = connect(&target, connections).await?;
+            let mut connections_ = Vec::with_capacity(connections.max(1));
+            for _ in 0..connections.max(1) {
+                connections_.push(h2_connection(&target).await?);
+            }
+            let uri: http::Uri = format!("{target}{VALIDATE_PATH}").parse()?;
+            let body = grpc_frame(&ValidateRequest { token });
             let outcome = run(plan.into(), |i| {
-                let client = TokenServiceClient::new(channels[i % channels.len()].clone());
-                let token = token.clone();
-                move || {
-                    let mut client = client.clone();
-                    let token = token.clone();
-                    async move { client.validate(ValidateRequest { token }).await.is_ok() }
-                }
+                let sender = connections_[i % connections_.len()].clone();
+                let (uri, body) = (uri.clone(), body.clone());
+                move || grpc_unary(sender.clone(), uri.clone(), body.clone())
             })
             .await;
             println!("{}", outcome.to_json(&scenario));
@@ -172,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             plan,
         } => {
             let channels = connect(&target, connections).await?;
+            let (flushes_before, writes_before) = flush_counters(&target).await?;
             let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let outcome = run(plan.into(), |i| {
                 let client = TokenServiceClient::new(channels[i % channels.len()].clone());
@@ -192,7 +195,11 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
             .await;
-            println!("{}", outcome.to_json(&scenario));
+            let (flushes, writes) = flush_counters(&target).await?;
+            let mut report = outcome.to_json(&scenario);
+            report["writes_per_flush"] =
+                serde_json::json!((writes - writes_before) / (flushes - flushes_before).max(1.0));
+            println!("{report}");
         }
         Command::ListAll {
             target,
@@ -328,6 +335,104 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+const VALIDATE_PATH: &str = "/stackstate.servicetoken.v1.TokenService/Validate";
+
+/// A raw HTTP/2 connection to `target` (`http://host:port`).
+async fn h2_connection(target: &str) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
+    let authority = target.strip_prefix("http://").unwrap_or(target);
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = h2::client::handshake(stream).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// A message as one gRPC length-prefixed frame (uncompressed).
+fn grpc_frame(message: &impl prost::Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + encoded.len());
+    frame.push(0);
+    frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&encoded);
+    frame.into()
+}
+
+/// One unary gRPC call; true when it ends with `grpc-status: 0`.
+async fn grpc_unary(
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    uri: http::Uri,
+    body: bytes::Bytes,
+) -> bool {
+    let request = http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("a valid request");
+    let Ok(mut sender) = sender.ready().await else {
+        return false;
+    };
+    let Ok((response, mut stream)) = sender.send_request(request, false) else {
+        return false;
+    };
+    if stream.send_data(body, true).is_err() {
+        return false;
+    }
+    let Ok(response) = response.await else {
+        return false;
+    };
+    let ok = |headers: &http::HeaderMap| headers.get("grpc-status").is_some_and(|s| s == "0");
+    if response.status() != 200 {
+        return false;
+    }
+    if response.headers().contains_key("grpc-status") {
+        return ok(response.headers()); // trailers-only answer
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return false;
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    matches!(body.trailers().await, Ok(Some(trailers)) if ok(&trailers))
+}
+
+/// The server's `sts_store_flushes_total` and `sts_store_flushed_writes_total`,
+/// from `/metrics` on the same port as gRPC.
+async fn flush_counters(target: &str) -> anyhow::Result<(f64, f64)> {
+    let address: SocketAddr = target
+        .strip_prefix("http://")
+        .unwrap_or(target)
+        .parse()
+        .context("the target must be http://IP:PORT")?;
+    let mut sender = http1_connection(address).await?;
+    let request = http::Request::get("/metrics")
+        .header("host", address.to_string())
+        .body(Empty::<bytes::Bytes>::new())?;
+    let body = sender
+        .send_request(request)
+        .await?
+        .into_body()
+        .collect()
+        .await?;
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let value = |name: &str| -> anyhow::Result<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .with_context(|| format!("{name} missing from /metrics"))?
+            .parse()
+            .with_context(|| format!("{name} is not a number"))
+    };
+    Ok((
+        value("sts_store_flushes_total")?,
+        value("sts_store_flushed_writes_total")?,
+    ))
 }
 
 /// `count` (at least one) HTTP/2 connections to `target`.
