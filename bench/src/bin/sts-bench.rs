@@ -380,6 +380,18 @@ async fn grpc_unary(
     let Ok((response, mut stream)) = sender.send_request(request, false) else {
         return false;
     };
+    // Send the body as one final DATA frame: split into small pieces as
+    // flow-control credit trickles in, it trips h2's guard against floods
+    // of small frames (GOAWAY "too_many_data_frames") when the server lags.
+    stream.reserve_capacity(body.len());
+    while stream.capacity() < body.len() {
+        if !matches!(
+            std::future::poll_fn(|cx| stream.poll_capacity(cx)).await,
+            Some(Ok(_))
+        ) {
+            return false;
+        }
+    }
     if stream.send_data(body, true).is_err() {
         return false;
     }
