@@ -1,24 +1,15 @@
 //! The `sts-server` binary itself: bootstrap's output and refusals, and a
 //! served process that stops cleanly on SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-};
-
 use sts::{proto::InvalidReason, server::SERVICE_NAME, store::SledStore};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{ADMIN_ROLE, channel, restart, spawn_app};
-
-fn sts_server() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sts-server"));
-    command.env_remove("RUST_LOG").env("NO_COLOR", "1");
-    command
-}
+use crate::{
+    helpers::{ADMIN_ROLE, channel, restart, spawn_app},
+    process::{ServerProcess, sts_server},
+};
 
 #[tokio::test]
 async fn bootstrap_prints_a_working_admin_token_once() {
@@ -83,31 +74,8 @@ async fn bootstrap_rejects_bad_roles_before_touching_the_disk() {
 #[tokio::test]
 async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = sts_server()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (addr, rest) = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                let at = line.find("address=")? + "address=".len();
-                line[at..]
-                    .split_whitespace()
-                    .next()?
-                    .parse::<SocketAddr>()
-                    .ok()
-            })
-            .expect("the server logs the address it listens on");
-        (addr, lines)
-    })
-    .await
-    .unwrap();
+    let server = ServerProcess::start(dir.path()).await;
+    let addr = server.addr;
 
     let mut health = HealthClient::new(channel(addr).await);
     let status = health
@@ -126,17 +94,8 @@ async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
         .into_inner();
     assert_eq!(validation.reason(), InvalidReason::Malformed);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (exit, log) = server.terminate().await;
     assert!(exit.success(), "{exit:?}");
-    let log: Vec<String> = rest.map_while(Result::ok).collect();
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
     // The lock is released: the data dir opens again.
     SledStore::open(dir.path()).unwrap();

@@ -2,10 +2,12 @@
 //! 127.0.0.1:0 with a temporary data dir and talks to it over gRPC.
 
 mod helpers;
+mod process;
 
 mod auth;
 mod binary;
 mod cli;
+mod crash;
 mod create;
 mod delete;
 mod durability;

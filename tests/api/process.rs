@@ -1,0 +1,125 @@
+//! The real `sts-server` binary as a child process: started on 127.0.0.1:0,
+//! its address read from its log, its stderr drained (a full pipe would stall
+//! it) and kept for the test's messages.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+};
+
+/// `sts-server` with a plain, colourless log.
+pub fn sts_server() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sts-server"));
+    command.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    command
+}
+
+/// Runs `sts-server bootstrap` on `data_dir`; returns the admin token.
+pub fn bootstrap(data_dir: &Path) -> String {
+    let output = sts_server()
+        .arg("bootstrap")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+pub struct ServerProcess {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: Option<JoinHandle<Vec<String>>>,
+}
+
+impl Drop for ServerProcess {
+    /// A test that fails half-way must not leave a server running.
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl ServerProcess {
+    /// Starts `sts-server serve` on `data_dir` and waits until it listens.
+    /// Panics, with the process's log, if it exits first.
+    pub async fn start(data_dir: &Path) -> ServerProcess {
+        let mut child = sts_server()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (address_tx, address_rx) = mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = served_address(&line) {
+                    let _ = address_tx.send(addr);
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        match tokio::task::spawn_blocking(move || address_rx.recv())
+            .await
+            .unwrap()
+        {
+            Ok(addr) => ServerProcess {
+                addr,
+                child: Some(child),
+                log: Some(log),
+            },
+            Err(_) => {
+                let status = child.wait().unwrap();
+                panic!(
+                    "sts-server exited ({status}) before serving:\n{}",
+                    log.join().unwrap().join("\n")
+                );
+            }
+        }
+    }
+
+    /// SIGKILL, sent before this returns: no shutdown, no flush, nothing in
+    /// flight finishes. The task waits for the exit and yields the log.
+    pub fn kill(mut self) -> tokio::task::JoinHandle<Vec<String>> {
+        let (mut child, log) = self.take();
+        child.kill().unwrap();
+        tokio::task::spawn_blocking(move || {
+            child.wait().unwrap();
+            log.join().unwrap()
+        })
+    }
+
+    /// SIGTERM, then waits for the exit. Returns the status and the log.
+    pub async fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let (mut child, log) = self.take();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
+            .await
+            .unwrap()
+    }
+}
+
+impl ServerProcess {
+    fn take(&mut self) -> (Child, JoinHandle<Vec<String>>) {
+        (self.child.take().unwrap(), self.log.take().unwrap())
+    }
+}
+
+/// The address in the server's `serving address=…` line.
+fn served_address(line: &str) -> Option<SocketAddr> {
+    let at = line.find("address=")? + "address=".len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
