@@ -1,5 +1,6 @@
-//! The integration suite: every test starts the real server in-process on
-//! 127.0.0.1:0 with a temporary data dir and talks to it over gRPC.
+//! The integration suite, one binary: tests start the real server on
+//! 127.0.0.1:0 with a temporary data dir, in-process (`helpers`) or as the
+//! `sts-server` binary (`process`), and talk to it over gRPC and HTTP.
 
 mod helpers;
 mod process;
@@ -15,7 +16,9 @@ mod health;
 mod http_auth;
 mod http_tokens;
 mod list;
+mod properties;
 mod reflection;
 mod same_port;
+mod secrets;
 mod store_faults;
 mod validate;

@@ -50,9 +50,15 @@ impl ServerProcess {
     /// Starts `sts-server serve` on `data_dir` and waits until it listens.
     /// Panics, with the process's log, if it exits first.
     pub async fn start(data_dir: &Path) -> ServerProcess {
+        ServerProcess::start_with(data_dir, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with extra environment variables.
+    pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
         let mut child = sts_server()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -191,7 +191,12 @@ async fn main() -> anyhow::Result<()> {
                             expiration: None,
                         },
                     );
-                    async move { client.create(request).await.is_ok() }
+                    async move {
+                        match client.create(request).await {
+                            Ok(_) => true,
+                            Err(status) => failed(status),
+                        }
+                    }
                 }
             })
             .await;
@@ -268,11 +273,14 @@ async fn main() -> anyhow::Result<()> {
                     async move {
                         let mut sender = sender.lock().await;
                         match sender.send_request(request).await {
-                            Ok(response) => {
-                                let ok = response.status() == 200;
-                                ok && response.into_body().collect().await.is_ok()
+                            Ok(response) if response.status() == 200 => {
+                                match response.into_body().collect().await {
+                                    Ok(_) => true,
+                                    Err(e) => failed(e),
+                                }
                             }
-                            Err(_) => false,
+                            Ok(response) => failed(format!("HTTP {}", response.status())),
+                            Err(e) => failed(e),
                         }
                     }
                 }
@@ -369,50 +377,64 @@ async fn grpc_unary(
     uri: http::Uri,
     body: bytes::Bytes,
 ) -> bool {
+    match try_grpc_unary(sender, uri, body).await {
+        Ok(ok) => ok,
+        Err(e) => failed(e),
+    }
+}
+
+async fn try_grpc_unary(
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    uri: http::Uri,
+    body: bytes::Bytes,
+) -> Result<bool, h2::Error> {
     let request = http::Request::post(uri)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
         .expect("a valid request");
-    let Ok(mut sender) = sender.ready().await else {
-        return false;
-    };
-    let Ok((response, mut stream)) = sender.send_request(request, false) else {
-        return false;
-    };
+    let mut sender = sender.ready().await?;
+    let (response, mut stream) = sender.send_request(request, false)?;
     // Send the body as one final DATA frame: split into small pieces as
     // flow-control credit trickles in, it trips h2's guard against floods
     // of small frames (GOAWAY "too_many_data_frames") when the server lags.
     stream.reserve_capacity(body.len());
     while stream.capacity() < body.len() {
-        if !matches!(
-            std::future::poll_fn(|cx| stream.poll_capacity(cx)).await,
-            Some(Ok(_))
-        ) {
-            return false;
+        if std::future::poll_fn(|cx| stream.poll_capacity(cx))
+            .await
+            .transpose()?
+            .is_none()
+        {
+            return Ok(false);
         }
     }
-    if stream.send_data(body, true).is_err() {
-        return false;
-    }
-    let Ok(response) = response.await else {
-        return false;
-    };
+    stream.send_data(body, true)?;
+    let response = response.await?;
     let ok = |headers: &http::HeaderMap| headers.get("grpc-status").is_some_and(|s| s == "0");
     if response.status() != 200 {
-        return false;
+        return Ok(false);
     }
     if response.headers().contains_key("grpc-status") {
-        return ok(response.headers()); // trailers-only answer
+        return Ok(ok(response.headers())); // trailers-only answer
     }
     let mut body = response.into_body();
     while let Some(chunk) = body.data().await {
-        let Ok(chunk) = chunk else {
-            return false;
-        };
-        let _ = body.flow_control().release_capacity(chunk.len());
+        let _ = body.flow_control().release_capacity(chunk?.len());
     }
-    matches!(body.trailers().await, Ok(Some(trailers)) if ok(&trailers))
+    Ok(body.trailers().await?.is_some_and(|trailers| ok(&trailers)))
+}
+
+/// Counts as an error; the first of each kind is printed to stderr, so a
+/// run with errors says what they were.
+fn failed(why: impl std::fmt::Display) -> bool {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let why = why.to_string();
+    let mut seen = SEEN.lock().expect("no panics while held");
+    if !seen.contains(&why) {
+        eprintln!("sts-bench: request failed: {why}");
+        seen.push(why);
+    }
+    false
 }
 
 /// The server's `sts_store_flushes_total` and `sts_store_flushed_writes_total`,

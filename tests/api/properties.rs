@@ -1,0 +1,187 @@
+//! Property tests of everything that parses untrusted input: the token
+//! parser, the credential headers, and every request field validator. For
+//! any input: no panic, only the documented errors, and what is accepted
+//! keeps the type's invariants. Errors never echo a secret.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use proptest::prelude::*;
+use sts::{
+    credential::{self, AuthError, MAX_CREDENTIAL_BYTES},
+    model::{
+        MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, Role, Roles, TokenId, TokenName, parse_time,
+    },
+    page::{PageRequest, encode_cursor},
+    token::{MalformedToken, PREFIX, TOKEN_LEN, Token, TokenHash},
+};
+
+/// Strings near the token shape as well as anything at all.
+fn token_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "svctok-[A-Za-z0-9]{0,60}",
+        "svctok-[A-Za-z0-9]{49}",
+        "[ -~]{0,80}",
+        Just(Token::generate().expose_secret().to_owned()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_token_parser_takes_any_string(input in token_like()) {
+        let parsed = Token::parse(&input);
+        // The hot path's check-and-hash agrees with the parser exactly.
+        prop_assert_eq!(parsed.is_ok(), TokenHash::of_presented(&input).is_ok());
+        match parsed {
+            Ok(token) => {
+                prop_assert_eq!(token.expose_secret(), input.as_str());
+                prop_assert_eq!(input.len(), TOKEN_LEN);
+                prop_assert!(input.starts_with(PREFIX));
+                prop_assert_eq!(token.hash(), TokenHash::of_presented(&input).unwrap());
+                prop_assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+            }
+            Err(why) => {
+                if input.len() > 8 {
+                    prop_assert!(!why.to_string().contains(&input));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_one_character_change_to_a_token_is_caught(
+        position in PREFIX.len()..TOKEN_LEN,
+        replacement in proptest::char::range('0', 'z'),
+    ) {
+        let token = Token::generate();
+        let original = token.expose_secret();
+        let mut changed: Vec<char> = original.chars().collect();
+        prop_assume!(changed[position] != replacement);
+        changed[position] = replacement;
+        let changed: String = changed.into_iter().collect();
+        let error = Token::parse(&changed).unwrap_err();
+        prop_assert!(
+            matches!(error, MalformedToken::Checksum | MalformedToken::Alphabet),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn the_credential_headers_take_any_values(
+        headers in proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just("authorization"),
+                    Just("x-api-key"),
+                    Just("x-other"),
+                ],
+                proptest::collection::vec(any::<u8>(), 0..1100),
+            ),
+            0..4,
+        ),
+        words in prop_oneof![
+            Just(None),
+            token_like().prop_map(|t| Some(format!("ApiKey {t}"))),
+            token_like().prop_map(|t| Some(format!("Bearer {t}"))),
+        ],
+    ) {
+        let mut map = HeaderMap::new();
+        for (name, value) in &headers {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                map.append(HeaderName::from_static(name), value);
+            }
+        }
+        if let Some(value) = words.as_deref().and_then(|w| HeaderValue::from_str(w).ok()) {
+            map.append("authorization", value);
+        }
+        match credential::presented(&map) {
+            Ok(token) => {
+                prop_assert!(!token.is_empty());
+                prop_assert!(token.len() <= MAX_CREDENTIAL_BYTES);
+                let from_a_header = ["authorization", "x-api-key"].iter().any(|name| {
+                    map.get_all(*name)
+                        .iter()
+                        .any(|v| v.to_str().is_ok_and(|v| v.contains(token)))
+                });
+                prop_assert!(from_a_header);
+            }
+            Err(why) => {
+                let message = why.to_string();
+                for value in map.values() {
+                    if let Ok(value) = value.to_str()
+                        && value.len() > 8
+                    {
+                        prop_assert!(!message.contains(value), "{message}");
+                    }
+                }
+                prop_assert!(!matches!(why, AuthError::NotFound | AuthError::Expired));
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_checked_whatever_they_hold(input in any::<String>()) {
+        if let Ok(name) = TokenName::parse(&input) {
+            let name = name.as_str();
+            prop_assert_eq!(name, input.trim());
+            prop_assert!(!name.is_empty());
+            prop_assert!(name.chars().count() <= MAX_NAME_CHARS);
+            prop_assert!(!name.chars().any(char::is_control));
+        }
+    }
+
+    #[test]
+    fn roles_are_checked_whatever_they_hold(
+        input in proptest::collection::vec(
+            prop_oneof![any::<String>(), "[a-z:._-]{1,10}", "[a-z]{60,70}"],
+            0..40,
+        ),
+    ) {
+        let parsed = Roles::parse(&input);
+        for role in &input {
+            if let Ok(role) = Role::parse(role) {
+                let role = role.as_str();
+                prop_assert!(!role.is_empty() && role.len() <= MAX_ROLE_CHARS);
+                prop_assert!(role.chars().all(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c)));
+            }
+        }
+        match parsed {
+            Ok(roles) => {
+                let roles: Vec<&str> = roles.iter().map(Role::as_str).collect();
+                prop_assert!(!roles.is_empty() && roles.len() <= MAX_ROLES);
+                let mut unique = roles.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                prop_assert_eq!(unique.len(), roles.len(), "no duplicates");
+                prop_assert!(input.iter().all(|r| Role::parse(r).is_ok()));
+            }
+            Err(_) => prop_assert!(
+                input.is_empty() || input.iter().any(|r| Role::parse(r).is_err())
+                    || input.len() > MAX_ROLES
+            ),
+        }
+    }
+
+    #[test]
+    fn times_are_checked_for_any_seconds_and_nanos(seconds in any::<i64>(), nanos in any::<i32>()) {
+        let in_range = (0..1_000_000_000).contains(&nanos)
+            && (-62_135_596_800..=253_402_300_799).contains(&seconds);
+        prop_assert_eq!(parse_time("expiration", seconds, nanos).is_ok(), in_range);
+    }
+
+    #[test]
+    fn page_requests_take_any_size_and_token(
+        size in any::<i32>(),
+        token in prop_oneof![any::<String>(), "[A-Za-z0-9_-]{0,20}"],
+        id in 1..=sts::model::MAX_ID,
+    ) {
+        if let Ok(page) = PageRequest::parse(size, &token, 100, 1000) {
+            prop_assert!((1..=1000).contains(&page.size));
+            prop_assert!(size >= 0);
+        }
+        let id = TokenId::parse(id).unwrap();
+        let page = PageRequest::parse(size.max(0), &encode_cursor(id), 100, 1000).unwrap();
+        prop_assert_eq!(page.after, Some(id));
+    }
+}

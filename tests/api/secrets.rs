@@ -1,0 +1,177 @@
+//! No secret in the logs: a whole session against the real binary at the
+//! most verbose level (`RUST_LOG=trace`, every crate: ours, tonic, hyper, h2,
+//! sled), every RPC, every HTTP path, every kind of error, and not one token
+//! (nor a piece of one) in anything it printed.
+
+use serde_json::json;
+use sts::{
+    proto::{
+        DeleteRequest, ListRequest, ValidateRequest, token_service_client::TokenServiceClient,
+    },
+    token::{PREFIX, Token},
+};
+
+use crate::{
+    helpers::{channel, create_request, with_header, with_key},
+    process::{ServerProcess, sts_server},
+};
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = sts_server()
+        .env("RUST_LOG", "trace")
+        .arg("bootstrap")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(bootstrap.status.success(), "{bootstrap:?}");
+    let admin = String::from_utf8(bootstrap.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut log = String::from_utf8(bootstrap.stderr).unwrap();
+
+    let server = ServerProcess::start_with(dir.path(), &[("RUST_LOG", "trace")]).await;
+    let mut grpc = TokenServiceClient::new(channel(server.addr).await);
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+
+    // gRPC: create, refusals of every kind, validate, list, delete.
+    let reader = grpc
+        .create(with_key(&admin, create_request("reader", &["reader"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let unknown = Token::generate().expose_secret().to_owned();
+    let mistyped = {
+        let mut t = Token::generate().expose_secret().to_owned();
+        let last = if t.ends_with('a') { "b" } else { "a" };
+        t.replace_range(t.len() - 1.., last);
+        t
+    };
+    grpc.create(with_key(&admin, create_request("bad", &["a b"])))
+        .await
+        .unwrap_err();
+    grpc.create(with_key(&reader, create_request("x", &["r"])))
+        .await
+        .unwrap_err();
+    for caller in [&unknown, &mistyped] {
+        grpc.create(with_key(caller, create_request("x", &["r"])))
+            .await
+            .unwrap_err();
+        grpc.list(with_header(
+            "authorization",
+            &format!("ApiKey {caller}"),
+            ListRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    }
+    for token in [&admin, &reader, &unknown, &mistyped] {
+        grpc.validate(ValidateRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    grpc.list(with_key(&admin, ListRequest::default()))
+        .await
+        .unwrap();
+
+    // HTTP: every path, both header forms, a foreign scheme, REST management.
+    for token in [&reader, &unknown, &mistyped] {
+        for (name, value) in [
+            ("x-api-key", token.clone()),
+            ("authorization", format!("ApiKey {token}")),
+            ("authorization", format!("Bearer {token}")),
+        ] {
+            for path in [
+                "/api/server/status",
+                "/api/server/info",
+                "/api/auth?role=reader",
+            ] {
+                http.get(url(path))
+                    .header(name, &value)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            http.get(url("/api/security/tokens"))
+                .header(name, &value)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let created: serde_json::Value = http
+        .post(url("/api/security/tokens"))
+        .header("x-api-key", &admin)
+        .json(&json!({"name": "rest", "roles": ["reader"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rest = created["token"].as_str().unwrap().to_owned();
+    let rest_id = created["id"].as_u64().unwrap();
+    http.post(url("/api/security/tokens"))
+        .header("x-api-key", &admin)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    http.delete(url(&format!("/api/security/tokens/{rest_id}")))
+        .header("x-api-key", &rest)
+        .send()
+        .await
+        .unwrap();
+    http.delete(url(&format!("/api/security/tokens/{rest_id}")))
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .unwrap();
+    for path in ["/healthz", "/readyz", "/metrics", "/nowhere"] {
+        http.get(url(path)).send().await.unwrap();
+    }
+    let reader_id = grpc
+        .validate(ValidateRequest {
+            token: reader.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_token
+        .unwrap()
+        .id;
+    grpc.delete(with_key(&admin, DeleteRequest { id: reader_id }))
+        .await
+        .unwrap();
+    grpc.validate(ValidateRequest {
+        token: reader.clone(),
+    })
+    .await
+    .unwrap();
+
+    let (exit, lines) = server.terminate().await;
+    assert!(exit.success(), "{exit:?}");
+    log.push_str(&lines.join("\n"));
+    // Trace level really was on: the transport's frame-level events are here.
+    assert!(log.contains("TRACE"), "the log was not at trace level");
+
+    for secret in [&admin, &reader, &unknown, &mistyped, &rest] {
+        // Any 16-character run of the random part counts as a leak.
+        let body = &secret[PREFIX.len()..];
+        for start in (0..=body.len() - 16).step_by(8) {
+            let piece = &body[start..start + 16];
+            assert!(
+                !log.contains(piece),
+                "a piece of a token secret is in the log ({} bytes of it)",
+                log.len()
+            );
+        }
+    }
+}
