@@ -345,6 +345,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
 const VALIDATE_PATH: &str = "/stackstate.servicetoken.v1.TokenService/Validate";
 
 /// A raw HTTP/2 connection to `target` (`http://host:port`).
@@ -354,7 +357,14 @@ async fn h2_connection(target: &str) -> anyhow::Result<h2::client::SendRequest<b
         .await
         .with_context(|| format!("cannot connect to {target}"))?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = h2::client::handshake(stream).await?;
+    // Windows as hyper's client sets them (tonic's channels): with h2's
+    // 64 KiB defaults, answers buffered during a client stall exhaust h2's
+    // budget for small DATA frames and the client drops the connection.
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(stream)
+        .await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
