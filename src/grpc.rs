@@ -12,7 +12,7 @@ use crate::{
     model::{NewToken, Roles, ServiceToken, TokenId, TokenName, parse_time},
     page::PageRequest,
     proto,
-    service::{Admin, InvalidReason, TokenService, Validation},
+    service::{InvalidReason, TokenService, Validation},
 };
 
 /// `proto::token_service_server::TokenService` over the domain service.
@@ -25,12 +25,6 @@ impl GrpcTokenService {
     pub fn new(service: Arc<TokenService>) -> GrpcTokenService {
         GrpcTokenService { service }
     }
-
-    async fn admin<T>(&self, request: &Request<T>) -> Result<Admin, Error> {
-        self.service
-            .authorize_admin(credential::presented(request.metadata().as_ref()))
-            .await
-    }
 }
 
 #[tonic::async_trait]
@@ -39,12 +33,14 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
-        let call = async {
-            let admin = self.admin(&request).await?;
-            let new = new_token(request.into_inner())?;
-            self.service.create(&admin, new).await
-        };
-        let (token, created) = self.service.observe(Rpc::Create, call).await?;
+        let (metadata, _, message) = request.into_parts();
+        let presented = credential::presented(metadata.as_ref());
+        let (token, created) = self
+            .service
+            .manage(Rpc::Create, presented, |admin| async move {
+                self.service.create(&admin, new_token(message)?).await
+            })
+            .await?;
         Ok(Response::new(proto::CreateResponse {
             token: token.expose_secret().to_owned(),
             service_token: Some(created.into()),
@@ -55,19 +51,21 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let call = async {
-            let admin = self.admin(&request).await?;
-            let request = request.into_inner();
-            let config = self.service.config();
-            let page = PageRequest::parse(
-                request.page_size,
-                &request.page_token,
-                config.default_page_size,
-                config.max_page_size,
-            )?;
-            self.service.list(&admin, page).await
-        };
-        let page = self.service.observe(Rpc::List, call).await?;
+        let (metadata, _, request) = request.into_parts();
+        let presented = credential::presented(metadata.as_ref());
+        let page = self
+            .service
+            .manage(Rpc::List, presented, |admin| async move {
+                let config = self.service.config();
+                let page = PageRequest::parse(
+                    request.page_size,
+                    &request.page_token,
+                    config.default_page_size,
+                    config.max_page_size,
+                )?;
+                self.service.list(&admin, page).await
+            })
+            .await?;
         Ok(Response::new(proto::ListResponse {
             service_tokens: page.tokens.into_iter().map(Into::into).collect(),
             next_page_token: page.next_cursor.unwrap_or_default(),
@@ -78,12 +76,15 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let call = async {
-            let admin = self.admin(&request).await?;
-            let id = TokenId::parse(request.into_inner().id)?;
-            self.service.delete(&admin, id).await
-        };
-        self.service.observe(Rpc::Delete, call).await?;
+        let (metadata, _, message) = request.into_parts();
+        let presented = credential::presented(metadata.as_ref());
+        self.service
+            .manage(Rpc::Delete, presented, |admin| async move {
+                self.service
+                    .delete(&admin, TokenId::parse(message.id)?)
+                    .await
+            })
+            .await?;
         Ok(Response::new(proto::DeleteResponse {}))
     }
 

@@ -24,7 +24,7 @@ pub enum Rpc {
 }
 
 impl Rpc {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Rpc::Create => "Create",
             Rpc::List => "List",

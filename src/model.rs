@@ -183,6 +183,19 @@ impl Roles {
     }
 }
 
+impl fmt::Display for Roles {
+    /// Comma-separated: roles hold no commas, so this reads back unambiguously.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, role) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(role.as_str())?;
+        }
+        Ok(())
+    }
+}
+
 /// The range protobuf's Timestamp allows: 0001-01-01 to 9999-12-31 (UTC).
 const MIN_UNIX_SECONDS: i64 = -62_135_596_800;
 const MAX_UNIX_SECONDS: i64 = 253_402_300_799;

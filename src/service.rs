@@ -16,6 +16,10 @@ use crate::{
     token::{MalformedToken, Token, TokenHash},
 };
 
+/// The tracing target of audit events: every Create and Delete, and every
+/// refused or failed management call, with who made it. Never a secret.
+pub const AUDIT: &str = "sts::audit";
+
 /// The answer to "is this token valid?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Validation {
@@ -90,14 +94,39 @@ impl TokenService {
         Ok(self.metrics.render(self.store.count().await?))
     }
 
-    /// Runs one whole management call (credential check included) and counts
-    /// its outcome; every transport wraps its Create, List and Delete in this.
-    pub async fn observe<T>(
+    /// Runs one whole management call: checks that the caller holds the
+    /// admin role, runs `call` with the proof, counts the outcome, and writes
+    /// the audit event of a refused or failed call. Every transport runs its
+    /// Create, List and Delete through this; successes are audited by
+    /// `create` and `delete`, which know what they changed.
+    pub async fn manage<T, Fut>(
         &self,
         rpc: Rpc,
-        call: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        let result = call.await;
+        presented: Result<&str, AuthError>,
+        call: impl FnOnce(Admin) -> Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let (caller, result) = match self.authorize_admin(presented).await {
+            Ok(admin) => {
+                let caller = admin.token().clone();
+                (Some(caller), call(admin).await)
+            }
+            Err((caller, refused)) => (caller, Err(refused)),
+        };
+        if let Err(error) = &result {
+            let caller = caller.as_ref();
+            tracing::warn!(
+                target: AUDIT,
+                rpc = rpc.as_str(),
+                outcome = error.kind().as_str(),
+                caller.id = caller.map(|c| c.id.get()),
+                caller.name = caller.map(|c| c.name.as_str()),
+                reason = %error,
+                "management call refused"
+            );
+        }
         self.metrics.management_call(rpc, &result);
         result
     }
@@ -136,19 +165,16 @@ impl TokenService {
         }
     }
 
-    /// The caller as an [`Admin`], if its credential is valid and holds the admin role.
-    pub async fn authorize_admin(
+    /// The caller as an [`Admin`], if its credential is valid and holds the
+    /// admin role; otherwise the refusal, with the caller when it is known.
+    async fn authorize_admin(
         &self,
         presented: Result<&str, AuthError>,
-    ) -> Result<Admin, Error> {
-        let caller = self.authenticate(presented).await?;
+    ) -> Result<Admin, (Option<ServiceToken>, Error)> {
+        let caller = self.authenticate(presented).await.map_err(|e| (None, e))?;
         if !caller.roles.contains(&self.config.admin_role) {
-            tracing::warn!(
-                caller.id = %caller.id,
-                caller.name = %caller.name,
-                "management call refused: caller lacks the admin role"
-            );
-            return Err(Error::PermissionDenied(self.config.admin_role.clone()));
+            let refused = Error::PermissionDenied(self.config.admin_role.clone());
+            return Err((Some(caller), refused));
         }
         Ok(Admin(caller))
     }
@@ -160,10 +186,14 @@ impl TokenService {
     ) -> Result<(Token, ServiceToken), Error> {
         let (token, created) = self.insert(new).await?;
         tracing::info!(
-            caller.id = %admin.0.id,
-            caller.name = %admin.0.name,
-            token.id = %created.id,
-            token.name = %created.name,
+            target: AUDIT,
+            rpc = Rpc::Create.as_str(),
+            outcome = "OK",
+            caller.id = admin.0.id.get(),
+            caller.name = admin.0.name.as_str(),
+            token.id = created.id.get(),
+            token.name = created.name.as_str(),
+            token.roles = %created.roles,
             "service token created"
         );
         Ok((token, created))
@@ -173,7 +203,15 @@ impl TokenService {
     /// install. Only reachable by whoever can open the data directory.
     pub async fn bootstrap(&self, new: NewToken) -> Result<(Token, ServiceToken), Error> {
         let (token, created) = self.insert(new).await?;
-        tracing::info!(token.id = %created.id, token.name = %created.name, "bootstrap token created");
+        tracing::info!(
+            target: AUDIT,
+            rpc = "bootstrap",
+            outcome = "OK",
+            token.id = created.id.get(),
+            token.name = created.name.as_str(),
+            token.roles = %created.roles,
+            "bootstrap token created"
+        );
         Ok((token, created))
     }
 
@@ -207,9 +245,12 @@ impl TokenService {
             return Err(Error::NotFound(id));
         }
         tracing::info!(
-            caller.id = %admin.0.id,
-            caller.name = %admin.0.name,
-            token.id = %id,
+            target: AUDIT,
+            rpc = Rpc::Delete.as_str(),
+            outcome = "OK",
+            caller.id = admin.0.id.get(),
+            caller.name = admin.0.name.as_str(),
+            token.id = id.get(),
             "service token deleted"
         );
         Ok(())

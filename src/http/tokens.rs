@@ -26,10 +26,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Vec<TokenJson>>, Error> {
     let service = &state.service;
-    let call = async {
-        let admin = service
-            .authorize_admin(credential::presented(&headers))
-            .await?;
+    let call = |admin| async move {
         let mut tokens = Vec::new();
         let mut after = None;
         loop {
@@ -45,7 +42,10 @@ pub async fn list(
             }
         }
     };
-    service.observe(Rpc::List, call).await.map(Json)
+    service
+        .manage(Rpc::List, credential::presented(&headers), call)
+        .await
+        .map(Json)
 }
 
 #[derive(Deserialize)]
@@ -82,10 +82,7 @@ pub async fn create(
         }
     };
     let service = &state.service;
-    let call = async {
-        let admin = service
-            .authorize_admin(credential::presented(&headers))
-            .await?;
+    let call = |admin| async move {
         let request: CreateJson = serde_json::from_slice(&body)
             .map_err(|e| FieldError::new("body", format!("is not a token request: {e}")))?;
         let new = NewToken {
@@ -102,7 +99,9 @@ pub async fn create(
         };
         service.create(&admin, new).await
     };
-    let (token, created) = service.observe(Rpc::Create, call).await?;
+    let (token, created) = service
+        .manage(Rpc::Create, credential::presented(&headers), call)
+        .await?;
     Ok(Json(CreatedJson {
         id: created.id.get(),
         name: created.name.to_string(),
@@ -118,15 +117,14 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     let service = &state.service;
-    let call = async {
-        let admin = service
-            .authorize_admin(credential::presented(&headers))
-            .await?;
+    let call = |admin| async move {
         let id = id
             .parse::<u64>()
             .map_err(|_| FieldError::new("id", format!("{id:?} is not a token id")))?;
         service.delete(&admin, TokenId::parse(id)?).await
     };
-    service.observe(Rpc::Delete, call).await?;
+    service
+        .manage(Rpc::Delete, credential::presented(&headers), call)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@
 mod helpers;
 mod process;
 
+mod audit;
 mod auth;
 mod binary;
 mod cli;

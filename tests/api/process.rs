@@ -74,19 +74,19 @@ impl ServerProcess {
             }
             lines
         });
-        match tokio::task::spawn_blocking(move || address_rx.recv())
-            .await
-            .unwrap()
-        {
+        // A server that never logs its address fails the test, not hangs it.
+        let waited = move || address_rx.recv_timeout(std::time::Duration::from_secs(30));
+        match tokio::task::spawn_blocking(waited).await.unwrap() {
             Ok(addr) => ServerProcess {
                 addr,
                 child: Some(child),
                 log: Some(log),
             },
             Err(_) => {
+                let _ = child.kill();
                 let status = child.wait().unwrap();
                 panic!(
-                    "sts-server exited ({status}) before serving:\n{}",
+                    "sts-server ended ({status}) without serving:\n{}",
                     log.join().unwrap().join("\n")
                 );
             }
@@ -124,8 +124,14 @@ impl ServerProcess {
     }
 }
 
-/// The address in the server's `serving address=…` line.
+/// The address in the server's `serving` line, text (`address=…`) or JSON
+/// (`"address":"…"`).
 fn served_address(line: &str) -> Option<SocketAddr> {
-    let at = line.find("address=")? + "address=".len();
-    line[at..].split_whitespace().next()?.parse().ok()
+    let (marker, end) = if line.starts_with('{') {
+        ("\"address\":\"", '"')
+    } else {
+        ("address=", ' ')
+    };
+    let at = line.find(marker)? + marker.len();
+    line[at..].split(end).next()?.parse().ok()
 }
