@@ -15,14 +15,14 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sts::proto::{
-    CreateResponse, DeleteRequest, InvalidReason, ListRequest, ValidateRequest,
+    CreateResponse, DeleteRequest, InvalidReason, ValidateRequest,
     token_service_client::TokenServiceClient,
 };
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{channel, create_request, with_key},
+    helpers::{channel, create_request, list_all, with_key},
     process::{ServerProcess, bootstrap},
 };
 
@@ -326,31 +326,4 @@ async fn verify(client: &TokenServiceClient<Channel>, admin: &str, ledger: &Ledg
         }
     }
     *ledger.lock().unwrap() = entries;
-}
-
-async fn list_all(
-    client: &TokenServiceClient<Channel>,
-    admin: &str,
-) -> Vec<sts::proto::ServiceToken> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .clone()
-            .list(with_key(
-                admin,
-                ListRequest {
-                    page_size: 0,
-                    page_token,
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.service_tokens);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
 }

@@ -308,25 +308,7 @@ impl TestApp {
 
     /// Every token, walking all pages.
     pub async fn list_all(&self) -> Vec<ServiceToken> {
-        let mut all = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .client
-                .clone()
-                .list(self.admin(sts::proto::ListRequest {
-                    page_size: 0,
-                    page_token,
-                }))
-                .await
-                .unwrap()
-                .into_inner();
-            all.extend(page.service_tokens);
-            if page.next_page_token.is_empty() {
-                return all;
-            }
-            page_token = page.next_page_token;
-        }
+        list_all(&self.client, &self.admin_token).await
     }
 
     /// Graceful shutdown; hands back the data dir for a restart.
@@ -340,6 +322,31 @@ impl TestApp {
     pub fn begin_shutdown(self) -> (JoinHandle<Result<(), sts::Error>>, TempDir) {
         self.shutdown.send(()).unwrap();
         (self.server, self.data_dir)
+    }
+}
+
+/// Every token `client`'s server holds, walking all pages as `admin`.
+pub async fn list_all(client: &TokenServiceClient<Channel>, admin: &str) -> Vec<ServiceToken> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .clone()
+            .list(with_key(
+                admin,
+                sts::proto::ListRequest {
+                    page_size: 0,
+                    page_token,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.service_tokens);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
     }
 }
 
