@@ -23,6 +23,17 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Kubernetes' default 30 s termination grace so the store flush still runs.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
+/// How long a new connection may stay silent before it is closed. Clients
+/// speak first in HTTP and TLS, so only a stuck or hostile peer waits longer.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take once started.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive: a PING after this much silence on a connection, which
+/// is closed if the answer takes longer than [`HTTP2_KEEPALIVE_TIMEOUT`].
+/// Finds peers that vanished without closing (a crashed node, a cut cable).
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A PEM certificate chain and private key to serve TLS with.
 #[derive(Clone)]
 pub struct TlsIdentity {
@@ -46,6 +57,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Serve gRPC and HTTP over TLS (rustls) on the same port; `None` is plaintext.
     pub tls: Option<TlsIdentity>,
+    pub first_byte_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +70,8 @@ impl Default for Config {
             max_request_bytes: MAX_REQUEST_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             tls: None,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         }
     }
 }

@@ -21,8 +21,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("invalid TLS certificate or key: {}", with_causes(.0))]
-    Tls(tonic::transport::Error),
+    #[error("invalid TLS certificate or key: {0}")]
+    Tls(String),
     /// Only our own embedded descriptors go in, so this is a build defect.
     #[error("embedded protobuf descriptors are invalid: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),

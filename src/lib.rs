@@ -9,6 +9,7 @@ pub mod credential;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod page;

@@ -12,16 +12,15 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{
-    service::Routes,
-    transport::{Identity, ServerTlsConfig, server::TcpIncoming},
-};
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::{
+    config::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT},
     error::Error,
     grpc::GrpcTokenService,
     http::{self, HttpState},
+    listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
     service::TokenService,
 };
@@ -92,16 +91,17 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder().accept_http1(true);
-    if let Some(tls) = &service.config().tls {
-        // ALPN offers h2; clients without ALPN (HTTP/1.1 included) still work.
-        builder = builder
-            .tls_config(
-                ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
-            )
-            .map_err(Error::Tls)?;
-    }
+    let config = service.config();
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let limits = Limits {
+        first_byte_timeout: config.first_byte_timeout,
+        tls_handshake_timeout: config.tls_handshake_timeout,
+    };
+    let incoming = Incoming::new(listener, limits, tls);
+    let builder = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
     tracing::info!(
         %address,
         scheme = if service.config().tls.is_some() { "https" } else { "http" },

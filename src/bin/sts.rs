@@ -35,6 +35,13 @@ struct Cli {
     /// Config file (default: $XDG_CONFIG_HOME/stackstate-cli/config.yaml).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file for https:// URLs.
+    #[arg(long, env = "STS_CLI_CA_CERT_PATH", global = true)]
+    ca_cert_path: Option<PathBuf>,
+    /// Do not verify the server's TLS certificate (encrypted, not
+    /// authenticated: for tests only).
+    #[arg(long, env = "STS_CLI_SKIP_SSL", global = true)]
+    skip_ssl: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text, global = true)]
     output: OutputFormat,
@@ -170,6 +177,8 @@ fn main() -> ExitCode {
         service_token: cli.service_token,
         context: cli.context,
         config: cli.config,
+        ca_cert_path: cli.ca_cert_path,
+        skip_ssl: cli.skip_ssl,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,12 +1,12 @@
 //! Connecting to `sts-server` from a context URL, and the calls the
 //! commands make, each turning an RPC failure into a [`CliError`].
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use tonic::{
     Request,
     metadata::MetadataValue,
-    transport::{Channel, ClientTlsConfig, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 use super::CliError;
@@ -20,6 +20,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest page `List` serves; fewer round trips for big token sets.
 const LIST_PAGE_SIZE: i32 = 1000;
+
+/// How an `https://` server's certificate is checked. Plain `http://` URLs
+/// ignore both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// A PEM file of CA certificates to trust besides the system's.
+    pub ca_cert_path: Option<PathBuf>,
+    /// Accept any certificate: encrypted but unauthenticated, for tests.
+    pub skip_ssl: bool,
+}
+
+impl TlsOptions {
+    fn client_config(&self) -> Result<ClientTlsConfig, CliError> {
+        let config = ClientTlsConfig::new().with_enabled_roots();
+        let Some(path) = &self.ca_cert_path else {
+            return Ok(config);
+        };
+        let unusable = |why: String| {
+            CliError::Config(format!(
+                "cannot use the CA certificate {}: {why}",
+                path.display()
+            ))
+        };
+        let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+        // tonic skips what does not parse; a file with no certificate in it
+        // would silently trust nothing extra, so say so instead.
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(unusable("it holds no PEM certificate".into()));
+        }
+        Ok(config.ca_certificate(Certificate::from_pem(pem)))
+    }
+}
 
 /// A connection to one server, with the credential management calls use.
 pub struct Session {
@@ -48,24 +80,43 @@ pub fn origin(url: &str) -> Result<(String, bool), CliError> {
 }
 
 impl Session {
-    pub async fn connect(url: &str, token: Option<String>) -> Result<Session, CliError> {
-        let (origin, tls) = origin(url)?;
+    pub async fn connect(
+        url: &str,
+        token: Option<String>,
+        tls: &TlsOptions,
+    ) -> Result<Session, CliError> {
+        let (origin, https) = origin(url)?;
         let connect_error = |e: tonic::transport::Error| CliError::Connect {
             url: url.to_owned(),
             reason: with_causes(&e),
         };
         let origin_text = origin.clone();
+        let insecure = https && tls.skip_ssl;
+        // tonic refuses an https URI without its own TLS; with --skip-ssl the
+        // connector does TLS (and defaults the port to 443) instead.
+        let origin = if insecure {
+            origin.replacen("https://", "http://", 1)
+        } else {
+            origin
+        };
         let mut endpoint = Endpoint::from_shared(origin)
             .map_err(connect_error)?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
-        if tls {
-            endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_enabled_roots())
-                .map_err(connect_error)?;
+        tracing::debug!(%origin_text, https, skip_ssl = tls.skip_ssl, "connecting");
+        let channel = if insecure {
+            endpoint
+                .connect_with_connector(super::insecure::connector())
+                .await
+        } else {
+            if https {
+                endpoint = endpoint
+                    .tls_config(tls.client_config()?)
+                    .map_err(connect_error)?;
+            }
+            endpoint.connect().await
         }
-        tracing::debug!(%origin_text, tls, "connecting");
-        let channel = endpoint.connect().await.map_err(connect_error)?;
+        .map_err(connect_error)?;
         tracing::debug!(%origin_text, "connected");
         Ok(Session {
             client: TokenServiceClient::new(channel),

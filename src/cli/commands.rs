@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     CliError,
-    client::Session,
+    client::{Session, TlsOptions},
     config::{Config, Context, default_path},
     output::{Printer, date, epoch_millis, render_table, token_json, token_table},
 };
@@ -24,6 +24,8 @@ pub struct Globals {
     pub service_token: Option<String>,
     pub context: Option<String>,
     pub config: Option<PathBuf>,
+    pub ca_cert_path: Option<PathBuf>,
+    pub skip_ssl: bool,
 }
 
 impl Globals {
@@ -64,25 +66,38 @@ impl Globals {
         Ok((name, context))
     }
 
-    /// The server and credential to use.
+    /// The server, credential and TLS settings to use. A context supplies
+    /// whatever the flags leave out, but only for its own server.
     async fn session(&self) -> Result<Session, CliError> {
-        let (url, token) = match (&self.url, &self.service_token) {
-            (Some(url), Some(token)) => (url.clone(), Some(token.clone())),
-            (Some(url), None) => {
-                // Only borrow a context's token for that context's own URL.
-                let token = self
+        let (url, context) = match &self.url {
+            Some(url) => {
+                let context = self
                     .selected_context()
                     .ok()
-                    .filter(|(_, c)| same_server(&c.url, url))
-                    .map(|(_, c)| c.service_token);
-                (url.clone(), token)
+                    .map(|(_, c)| c)
+                    .filter(|c| same_server(&c.url, url));
+                (url.clone(), context)
             }
-            (None, token) => {
+            None => {
                 let (_, context) = self.selected_context()?;
-                (context.url, token.clone().or(Some(context.service_token)))
+                (context.url.clone(), Some(context))
             }
         };
-        Session::connect(&url, token).await
+        let token = self
+            .service_token
+            .clone()
+            .or_else(|| context.as_ref().map(|c| c.service_token.clone()));
+        Session::connect(&url, token, &self.tls(context.as_ref())).await
+    }
+
+    fn tls(&self, context: Option<&Context>) -> TlsOptions {
+        TlsOptions {
+            ca_cert_path: self
+                .ca_cert_path
+                .clone()
+                .or_else(|| context.and_then(|c| c.ca_cert_path.clone())),
+            skip_ssl: self.skip_ssl || context.is_some_and(|c| c.skip_ssl),
+        }
     }
 }
 
@@ -185,8 +200,19 @@ pub async fn save_context(
         .clone()
         .ok_or_else(|| CliError::Usage("--service-token is required to save a context".into()))?;
     super::client::origin(&url)?;
+    // Saved absolute, so the context works from any directory.
+    let ca_cert_path = globals
+        .ca_cert_path
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("invalid --ca-cert-path: {e}")))?;
+    let tls = TlsOptions {
+        ca_cert_path,
+        skip_ssl: globals.skip_ssl,
+    };
     if !skip_validate {
-        Session::connect(&url, Some(token.clone()))
+        Session::connect(&url, Some(token.clone()), &tls)
             .await?
             .validate_own_token()
             .await?;
@@ -197,6 +223,8 @@ pub async fn save_context(
         Context {
             url: url.clone(),
             service_token: token,
+            ca_cert_path: tls.ca_cert_path,
+            skip_ssl: tls.skip_ssl,
         },
     );
     config.save(&path)?;

@@ -6,6 +6,8 @@
 //!   context:
 //!     url: https://tenant.app.stackstate.io
 //!     service-token: svctok-...
+//!     ca-cert-path: /etc/ssl/my-ca.pem   # optional
+//!     skip-ssl: false                    # optional
 //! current-context: default
 //! ```
 //!
@@ -45,6 +47,10 @@ pub struct NamedContext {
 pub struct Context {
     pub url: String,
     pub service_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_ssl: bool,
 }
 
 impl fmt::Debug for Context {
@@ -52,6 +58,8 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("url", &self.url)
             .field("service_token", &"<redacted>")
+            .field("ca_cert_path", &self.ca_cert_path)
+            .field("skip_ssl", &self.skip_ssl)
             .finish()
     }
 }
@@ -189,6 +197,31 @@ mod tests {
         assert_eq!(config.get("default").unwrap().service_token, "svctok-abc");
         let back: Config = yaml_serde::from_str(&yaml_serde::to_string(&config).unwrap()).unwrap();
         assert_eq!(back, config);
+        assert!(!back.get("default").unwrap().skip_ssl);
+    }
+
+    #[test]
+    fn tls_settings_are_saved_only_when_set() {
+        let mut config = Config::default();
+        config.upsert(
+            "tls",
+            Context {
+                url: "https://x".into(),
+                service_token: "t".into(),
+                ca_cert_path: Some("/ca.pem".into()),
+                skip_ssl: true,
+            },
+        );
+        let text = yaml_serde::to_string(&config).unwrap();
+        assert!(text.contains("ca-cert-path: /ca.pem"), "{text}");
+        assert!(text.contains("skip-ssl: true"), "{text}");
+        config.contexts[0].context.ca_cert_path = None;
+        config.contexts[0].context.skip_ssl = false;
+        let text = yaml_serde::to_string(&config).unwrap();
+        assert!(
+            !text.contains("ca-cert") && !text.contains("skip-ssl"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -197,6 +230,8 @@ mod tests {
         let context = |url: &str| Context {
             url: url.into(),
             service_token: "t".into(),
+            ca_cert_path: None,
+            skip_ssl: false,
         };
         config.upsert("a", context("http://a"));
         config.upsert("b", context("http://b"));

@@ -6,6 +6,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+mod insecure;
 pub mod output;
 
 pub use error::CliError;

@@ -693,78 +693,117 @@ async fn symbols_and_colour_only_on_a_terminal_without_no_color() {
 }
 
 #[tokio::test]
-async fn https_urls_work_with_a_trusted_certificate() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    use sts::config::{Config, TlsIdentity};
-
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
-        .unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(sts::store::SledStore::open(dir.path()).unwrap());
-    let config = Config {
-        tls: Some(TlsIdentity {
-            cert_pem: leaf.pem().into_bytes(),
-            key_pem: leaf_key.serialize_pem().into_bytes(),
-        }),
-        ..Config::default()
-    };
-    let (service, _clock, admin) = crate::helpers::build_service(store, config).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sts::server::run(listener, service, async {
-        let _ = stopped.await;
-    }));
-
+async fn https_urls_work_with_a_trusted_ca_a_ca_file_or_skip_ssl() {
+    let app = crate::helpers::spawn_tls_app().await;
     let terminal = Terminal::new();
     let ca_file = terminal.home.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    let url = format!("https://localhost:{port}/");
-    let args = [
-        "service-token",
-        "list",
-        "-o",
-        "json",
-        "--url",
-        &url,
-        "--service-token",
-        &admin,
-    ];
+    std::fs::write(&ca_file, &crate::helpers::TestCertificate::shared().ca_pem).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let url = format!("https://localhost:{}/", app.addr.port());
+    let list = |extra: &[&'static str]| {
+        let mut args = vec![
+            "service-token",
+            "list",
+            "-o",
+            "json",
+            "--url",
+            &url,
+            "--service-token",
+            &app.admin_token,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, env: Vec<(&'static str, String)>| {
+        let terminal = &terminal;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            terminal.sts_with_env(&args, &env).await
+        }
+    };
+    let listed = |run: Run| {
+        let json = run.ok().json();
+        assert_eq!(json["service-tokens"][0]["name"], "test-admin");
+    };
 
-    let trusted = terminal
-        .sts_with_env(&args, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())])
-        .await
-        .ok()
-        .json();
-    assert_eq!(trusted["service-tokens"][0]["name"], "test-admin");
+    // Trusted through the system store, through --ca-cert-path, or its env var.
+    listed(run(list(&[]), vec![("SSL_CERT_FILE", ca_file.to_owned())]).await);
+    let mut with_ca = list(&[]);
+    with_ca.extend(["--ca-cert-path".to_owned(), ca_file.to_owned()]);
+    listed(run(with_ca, vec![]).await);
+    listed(
+        run(
+            list(&[]),
+            vec![("STS_CLI_CA_CERT_PATH", ca_file.to_owned())],
+        )
+        .await,
+    );
+    // --skip-ssl: no verification at all.
+    listed(run(list(&["--skip-ssl"]), vec![]).await);
 
-    // Without the CA the certificate is refused: a connection failure naming the URL.
-    let untrusted = terminal.sts(&args).await;
+    // Untrusted: a connection failure naming the URL, exit code 4.
+    let untrusted = run(list(&[]), vec![]).await;
     assert_eq!(untrusted.code, 4, "{}", untrusted.stderr);
     assert!(untrusted.stderr.contains(&url), "{}", untrusted.stderr);
-    // And plain http to a TLS port is no connection either.
+    // A CA file that is missing or holds no certificate is a clear config error.
+    let mut missing = list(&[]);
+    missing.extend([
+        "--ca-cert-path".to_owned(),
+        "/nonexistent/ca.pem".to_owned(),
+    ]);
+    let missing = run(missing, vec![]).await;
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent/ca.pem"),
+        "{}",
+        missing.stderr
+    );
+    let garbage = terminal.home.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let mut garbage_ca = list(&[]);
+    garbage_ca.extend([
+        "--ca-cert-path".to_owned(),
+        garbage.to_str().unwrap().to_owned(),
+    ]);
+    let garbage_ca = run(garbage_ca, vec![]).await;
+    assert_eq!(garbage_ca.code, 1, "{}", garbage_ca.stderr);
+    assert!(
+        garbage_ca.stderr.contains("no PEM certificate"),
+        "{}",
+        garbage_ca.stderr
+    );
+    // Plain http to a TLS port is no connection either.
     let plain = terminal
         .sts(&[
             "service-token",
             "list",
             "--url",
-            &format!("http://localhost:{port}"),
+            &format!("http://localhost:{}", app.addr.port()),
             "--service-token",
-            &admin,
+            &app.admin_token,
         ])
         .await;
     assert_eq!(plain.code, 4, "{}", plain.stderr);
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    // A context remembers its CA file (as an absolute path) and --skip-ssl.
+    for (name, flags) in [
+        ("with-ca", vec!["--ca-cert-path", ca_file]),
+        ("insecure", vec!["--skip-ssl"]),
+    ] {
+        let mut args = vec!["context", "save", "--name", name, "--url", &url];
+        args.extend(["--service-token", &app.admin_token]);
+        args.extend(flags);
+        terminal.sts(&args).await.ok();
+        let used = terminal.sts(&["service-token", "list", "-o", "json"]).await;
+        listed(used);
+    }
+    let saved = std::fs::read_to_string(terminal.config_file()).unwrap();
+    assert!(
+        saved.contains(&format!("ca-cert-path: {ca_file}")),
+        "{saved}"
+    );
+    assert!(saved.contains("skip-ssl: true"), "{saved}");
 }
 
 #[tokio::test]

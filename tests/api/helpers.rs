@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 use sts::{
     clock::Clock,
-    config::Config,
+    config::{Config, TlsIdentity},
     http::HttpState,
     model::{NewToken, Roles, ServiceToken as Described, TokenId, TokenName},
     proto::{
@@ -33,7 +33,11 @@ use tokio::{
     sync::{Semaphore, oneshot},
     task::JoinHandle,
 };
-use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{
+    Code, Request, Status,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 pub const ADMIN_ROLE: &str = "stackstate-admin";
 
@@ -95,6 +99,7 @@ pub async fn build_service(
 /// Starts a server over `store` (which lives in `data_dir`), after
 /// bootstrapping an admin token into it.
 pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Config) -> TestApp {
+    let tls = config.tls.is_some();
     let (service, clock, admin_token) = build_service(store, config).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -102,9 +107,14 @@ pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Conf
     let server = tokio::spawn(server::run(listener, service, async {
         let _ = shutdown_rx.await;
     }));
+    let channel = if tls {
+        tls_channel(addr, &TestCertificate::shared().ca_pem).await
+    } else {
+        channel(addr).await
+    };
     TestApp {
         addr,
-        client: TokenServiceClient::new(channel(addr).await),
+        client: TokenServiceClient::new(channel),
         admin_token,
         clock,
         data_dir,
@@ -242,6 +252,60 @@ pub async fn channel(addr: SocketAddr) -> Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// A gRPC channel over TLS to `https://localhost:PORT`, trusting `ca_pem`.
+pub async fn tls_channel(addr: SocketAddr, ca_pem: &str) -> Channel {
+    Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A test CA and a certificate it signed for `localhost` and `127.0.0.1`.
+pub struct TestCertificate {
+    pub ca_pem: String,
+    pub identity: TlsIdentity,
+}
+
+impl TestCertificate {
+    pub fn generate() -> TestCertificate {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &Issuer::new(ca_params, ca_key))
+            .unwrap();
+        TestCertificate {
+            ca_pem: ca_cert.pem(),
+            identity: TlsIdentity {
+                cert_pem: leaf.pem().into_bytes(),
+                key_pem: leaf_key.serialize_pem().into_bytes(),
+            },
+        }
+    }
+
+    /// One certificate for the whole suite: key generation is not free.
+    pub fn shared() -> &'static TestCertificate {
+        static SHARED: std::sync::OnceLock<TestCertificate> = std::sync::OnceLock::new();
+        SHARED.get_or_init(TestCertificate::generate)
+    }
+}
+
+/// A server serving TLS with [`TestCertificate::shared`]; its client trusts it.
+pub async fn spawn_tls_app() -> TestApp {
+    spawn_app_with(Config {
+        tls: Some(TestCertificate::shared().identity.clone()),
+        ..Config::default()
+    })
+    .await
 }
 
 /// A request carrying `token` as `x-api-key`.

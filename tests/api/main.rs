@@ -22,4 +22,5 @@ mod reflection;
 mod same_port;
 mod secrets;
 mod store_faults;
+mod tls;
 mod validate;

@@ -1,0 +1,361 @@
+//! Accepting connections so that hostile or broken peers cost little: TLS
+//! handshakes run concurrently and under a deadline, a new connection must
+//! send its first byte (of application data, with TLS) within a deadline,
+//! and running out of file descriptors pauses accepting instead of spinning.
+//!
+//! Why by hand: tonic's `TcpIncoming` hands accept errors to a loop that
+//! retries at once, so `EMFILE` (every descriptor held, perhaps by idle
+//! peers) would burn a core until one frees up; neither tonic nor hyper
+//! closes a connection that never says anything (hyper's automatic HTTP/1 vs
+//! HTTP/2 detection waits for the first bytes with no timer); and tonic's
+//! TLS offers only `h2` in ALPN, so an HTTP/1.1 client that offers
+//! `http/1.1` (Python's, curl's with `--http1.1`) fails the handshake.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+    time::{Instant, Sleep},
+};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        ServerConfig,
+        crypto::ring,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
+    server::TlsStream,
+};
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::{config::TlsIdentity, error::Error};
+
+/// How long accepting pauses after the process ran out of descriptors.
+const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
+
+/// A rustls acceptor for `identity` offering HTTP/2 and HTTP/1.1.
+pub fn tls_acceptor(identity: &TlsIdentity) -> Result<TlsAcceptor, Error> {
+    let invalid = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+    let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&e))?;
+    if chain.is_empty() {
+        return Err(Error::Tls(
+            "no PEM certificate in the certificate file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&identity.key_pem).map_err(|e| invalid(&e))?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How new connections are vetted; see the module docs.
+#[derive(Clone)]
+pub struct Limits {
+    pub first_byte_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+}
+
+/// The listener as a stream of connections for tonic.
+pub struct Incoming {
+    listener: TcpListener,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
+    handshakes: JoinSet<io::Result<Connection>>,
+    paused: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    pub fn new(listener: TcpListener, limits: Limits, tls: Option<TlsAcceptor>) -> Incoming {
+        Incoming {
+            listener,
+            limits,
+            tls,
+            handshakes: JoinSet::new(),
+            paused: None,
+        }
+    }
+
+    /// Starts a handshake on its own task, so a slow one holds up no one.
+    fn handshake(&mut self, acceptor: TlsAcceptor, stream: TcpStream) {
+        let limits = self.limits.clone();
+        self.handshakes.spawn(async move {
+            let tls = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(Connection::new(
+                Io::Tls(Box::new(tls)),
+                limits.first_byte_timeout,
+            ))
+        });
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Connection>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Ok(connection)))) => return Poll::Ready(Some(Ok(connection))),
+                Poll::Ready(Some(Ok(Err(e)))) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "TLS handshake task failed");
+                    continue;
+                }
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+            if let Some(pause) = &mut self.paused {
+                ready!(pause.as_mut().poll(cx));
+                self.paused = None;
+            }
+            match ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, _)) => {
+                    // Small request/response messages: do not wait to fill segments.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    match self.tls.clone() {
+                        Some(acceptor) => self.handshake(acceptor, stream),
+                        None => {
+                            let connection =
+                                Connection::new(Io::Plain(stream), self.limits.first_byte_timeout);
+                            return Poll::Ready(Some(Ok(connection)));
+                        }
+                    }
+                }
+                Err(e) if out_of_descriptors(&e) => {
+                    tracing::warn!(error = %e, pause = ?OUT_OF_DESCRIPTORS_PAUSE, "cannot accept connections: out of file descriptors");
+                    self.paused = Some(Box::pin(tokio::time::sleep(OUT_OF_DESCRIPTORS_PAUSE)));
+                }
+                // A peer that gave up between SYN and accept, and the like:
+                // that connection's problem, not the listener's.
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
+            }
+        }
+    }
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    // EMFILE (process limit) and ENFILE (system limit) on Linux and the BSDs.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// An accepted connection, plain or TLS, that fails its first read if the
+/// peer has sent nothing by the deadline; after the first byte it is a plain
+/// byte stream.
+pub struct Connection {
+    stream: Io,
+    first_byte: Option<Pin<Box<Sleep>>>,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection {
+    fn new(stream: Io, first_byte_timeout: Duration) -> Connection {
+        let deadline = Instant::now() + first_byte_timeout;
+        Connection {
+            stream,
+            first_byte: Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+}
+
+/// Forwards one `AsyncRead`/`AsyncWrite` method call to whichever stream `$io` is.
+macro_rules! forward {
+    ($io:expr, $stream:ident => $call:expr) => {
+        match $io {
+            Io::Plain($stream) => $call,
+            Io::Tls($stream) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        forward!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.first_byte = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = self
+                    .first_byte
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing after connecting",
+                    )));
+                }
+                Poll::Pending
+            }
+            failed => failed,
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Connection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match &self.stream {
+            Io::Plain(stream) => stream.connect_info(),
+            Io::Tls(stream) => stream.get_ref().0.connect_info(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    async fn accept_one(timeout: Duration) -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits {
+            first_byte_timeout: timeout,
+            tls_handshake_timeout: timeout,
+        };
+        let mut incoming = Incoming::new(listener, limits, None);
+        let client = TcpStream::connect(address).await.unwrap();
+        let connection = incoming.next().await.unwrap().unwrap();
+        (connection, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_fails_its_first_read_at_the_deadline() {
+        let (mut connection, _client) = accept_one(Duration::from_secs(10)).await;
+        let started = Instant::now();
+        let error = connection.read(&mut [0; 8]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_first_byte_the_deadline_is_gone() {
+        let (mut connection, mut client) = accept_one(Duration::from_secs(10)).await;
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(connection.read(&mut [0; 8]).await.unwrap(), 1);
+        // Idle far past the deadline, then talk again: still open.
+        let late = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            client.write_all(b"y").await.unwrap();
+        };
+        let mut buffer = [0; 8];
+        let (read, ()) = tokio::join!(connection.read(&mut buffer), late);
+        assert_eq!(read.unwrap(), 1);
+        assert_eq!(&buffer[..1], b"y");
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_recognised() {
+        assert!(out_of_descriptors(&io::Error::from_raw_os_error(24)));
+        assert!(out_of_descriptors(&io::Error::from_raw_os_error(23)));
+        assert!(!out_of_descriptors(&io::Error::from_raw_os_error(104)));
+    }
+}
