@@ -78,6 +78,9 @@ pub struct Incoming {
     tls: Option<TlsAcceptor>,
     handshakes: JoinSet<io::Result<Connection>>,
     paused: Option<Pin<Box<Sleep>>>,
+    /// Out of descriptors since the last accept that worked: warn once per
+    /// episode, not once per attempt.
+    starved: bool,
 }
 
 impl Incoming {
@@ -88,6 +91,7 @@ impl Incoming {
             tls,
             handshakes: JoinSet::new(),
             paused: None,
+            starved: false,
         }
     }
 
@@ -131,6 +135,10 @@ impl Stream for Incoming {
             }
             match ready!(self.listener.poll_accept(cx)) {
                 Ok((stream, _)) => {
+                    if self.starved {
+                        self.starved = false;
+                        tracing::info!("accepting connections again");
+                    }
                     // Small request/response messages: do not wait to fill segments.
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -145,7 +153,11 @@ impl Stream for Incoming {
                     }
                 }
                 Err(e) if out_of_descriptors(&e) => {
-                    tracing::warn!(error = %e, pause = ?OUT_OF_DESCRIPTORS_PAUSE, "cannot accept connections: out of file descriptors");
+                    if !self.starved {
+                        self.starved = true;
+                        tracing::warn!(error = %e, "cannot accept connections: out of file descriptors; retrying every {OUT_OF_DESCRIPTORS_PAUSE:?}");
+                    }
+                    tracing::debug!("accept paused: out of file descriptors");
                     self.paused = Some(Box::pin(tokio::time::sleep(OUT_OF_DESCRIPTORS_PAUSE)));
                 }
                 // A peer that gave up between SYN and accept, and the like:

@@ -13,6 +13,7 @@ mod crash;
 mod create;
 mod delete;
 mod durability;
+mod edges;
 mod health;
 mod http_auth;
 mod http_tokens;

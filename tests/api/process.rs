@@ -55,10 +55,17 @@ impl ServerProcess {
 
     /// As [`ServerProcess::start`], with extra environment variables.
     pub async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let mut child = sts_server()
+        let mut command = sts_server();
+        command.envs(env.iter().copied());
+        ServerProcess::start_command(command, data_dir).await
+    }
+
+    /// Runs `command` with `serve` arguments for `data_dir` appended: an
+    /// `sts-server` command, or a wrapper that ends up exec-ing one.
+    pub async fn start_command(mut command: Command, data_dir: &Path) -> ServerProcess {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -1,0 +1,315 @@
+//! Requests at the edges: deadlines, idle and silent connections, slow
+//! writers and readers, half-closed and abandoned sockets. Whatever one
+//! client does, the others keep being served.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use sts::{config::Config, proto::ValidateRequest};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{FaultyStore, TestApp, create_request, spawn_app_on, spawn_app_with};
+
+/// A Validate on a fresh connection: the server is serving others.
+async fn serves_others(app: &TestApp) {
+    let mut client = sts::proto::token_service_client::TokenServiceClient::new(
+        crate::helpers::channel(app.addr).await,
+    );
+    let answer = client
+        .validate(ValidateRequest {
+            token: app.admin_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.valid);
+}
+
+/// Sends one HTTP/1.1 request on `stream` and reads its answer; returns the
+/// status code. The answer's body length comes from Content-Length.
+async fn http1_exchange(stream: &mut TcpStream, request: &[u8]) -> u16 {
+    stream.write_all(request).await.unwrap();
+    read_http1_answer(stream).await
+}
+
+async fn read_http1_answer(stream: &mut TcpStream) -> u16 {
+    let mut received = Vec::new();
+    let mut byte = [0u8; 1];
+    while !received.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.push(byte[0]);
+    }
+    let head = String::from_utf8(received).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head[9..12].parse().unwrap()
+}
+
+fn status_request(app: &TestApp) -> Vec<u8> {
+    format!(
+        "GET /api/server/status HTTP/1.1\r\nHost: sts\r\nX-API-Key: {}\r\n\r\n",
+        app.admin_token
+    )
+    .into_bytes()
+}
+
+/// Waits until the server closes `stream`: a read sees the end or a reset.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 256];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn the_server_enforces_a_call_deadline_and_abandons_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::open(dir.path()));
+    let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+
+    // The Create reaches the store and is held there past its deadline.
+    // tonic's client enforces grpc-timeout itself, so this sends the call
+    // by hand: the answer can only come from the server.
+    store.gated.store(true, Ordering::SeqCst);
+    let message = prost::Message::encode_to_vec(&create_request("too-late", &["r"]));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    let call = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://{}/stackstate.servicetoken.v1.TokenService/Create",
+            app.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .header("x-api-key", &app.admin_token)
+        .body(frame)
+        .send();
+    let (answer, entered) = tokio::join!(call, store.entered.acquire());
+    entered.unwrap().forget();
+    let answer = answer.unwrap();
+    // tonic's server answers an expired deadline with CANCELLED (1).
+    let header = |name: &str| answer.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("grpc-status"), "1", "{answer:?}");
+    assert!(header("grpc-message").contains("Timeout"), "{answer:?}");
+
+    // The abandoned call writes nothing even once the store moves again.
+    store.gated.store(false, Ordering::SeqCst);
+    store.gate.add_permits(1);
+    serves_others(&app).await;
+    let (_, created) = app.create("in-time", &["r"]).await;
+    let names: Vec<String> = app.list_all().await.into_iter().map(|t| t.name).collect();
+    assert!(names.contains(&created.name), "{names:?}");
+    assert!(!names.contains(&"too-late".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_served() {
+    let app = spawn_app_with(Config {
+        first_byte_timeout: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+
+    // Many connections that never say a word.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    // Keep-alive connections that made one request and then went quiet.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        assert_eq!(
+            http1_exchange(&mut stream, &status_request(&app)).await,
+            200
+        );
+        idle.push(stream);
+    }
+    // gRPC channels, used once, then idle.
+    let mut channels = Vec::new();
+    for _ in 0..20 {
+        let mut client = sts::proto::token_service_client::TokenServiceClient::new(
+            crate::helpers::channel(app.addr).await,
+        );
+        let request = ValidateRequest {
+            token: app.admin_token.clone(),
+        };
+        assert!(client.validate(request).await.unwrap().into_inner().valid);
+        channels.push(client);
+    }
+    serves_others(&app).await;
+
+    // The silent ones are closed by the server once the deadline passes.
+    for stream in &mut silent {
+        assert!(
+            closed_by_server(stream).await,
+            "a silent connection was kept"
+        );
+    }
+    // By now every idle connection has been quiet past the deadline too,
+    // but they spoke first: the same sockets still answer.
+    for stream in &mut idle {
+        assert_eq!(http1_exchange(stream, &status_request(&app)).await, 200);
+    }
+    for client in &mut channels {
+        let request = ValidateRequest {
+            token: app.admin_token.clone(),
+        };
+        assert!(client.validate(request).await.unwrap().into_inner().valid);
+    }
+    serves_others(&app).await;
+}
+
+#[tokio::test]
+async fn slow_writers_and_readers_hold_up_no_one() {
+    let app = spawn_app_with(Config::default()).await;
+
+    // A writer that sends its request a few bytes at a time.
+    let request = status_request(&app);
+    let slow_writer = tokio::spawn({
+        let addr = app.addr;
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            for chunk in request.chunks(4) {
+                stream.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            read_http1_answer(&mut stream).await
+        }
+    });
+
+    // A reader that pipelines requests and never reads an answer: its
+    // answers fill the socket buffers and its connection stalls.
+    let mut slow_reader = TcpStream::connect(app.addr).await.unwrap();
+    let metrics = b"GET /metrics HTTP/1.1\r\nHost: sts\r\n\r\n".repeat(2_000);
+    let write_all = slow_reader.write_all(&metrics);
+    // It may never finish writing; what matters is the others.
+    let _ = tokio::time::timeout(Duration::from_millis(500), write_all).await;
+
+    for _ in 0..20 {
+        serves_others(&app).await;
+    }
+    // The slow writer is slow, not wrong: it gets its answer.
+    assert_eq!(slow_writer.await.unwrap(), 200);
+    drop(slow_reader);
+    serves_others(&app).await;
+}
+
+#[tokio::test]
+async fn half_closed_and_abandoned_sockets_are_handled() {
+    let app = spawn_app_with(Config::default()).await;
+
+    // A client that sends its request and shuts down its sending side: the
+    // server closes the connection (hyper treats an HTTP/1 half-close as the
+    // client leaving, and tonic does not expose its `half_close` switch)
+    // instead of holding it open.
+    let mut half_closed = TcpStream::connect(app.addr).await.unwrap();
+    half_closed.write_all(&status_request(&app)).await.unwrap();
+    half_closed.shutdown().await.unwrap();
+    assert!(closed_by_server(&mut half_closed).await);
+    // Half-closed before saying anything at all: closed too.
+    let mut mute = TcpStream::connect(app.addr).await.unwrap();
+    mute.shutdown().await.unwrap();
+    assert!(closed_by_server(&mut mute).await);
+
+    // A client that promises a body and hangs up half-way.
+    let mut abandoned = TcpStream::connect(app.addr).await.unwrap();
+    let body = r#"{"name": "half", "roles": ["r"]}"#;
+    abandoned
+        .write_all(
+            format!(
+                "POST /api/security/tokens HTTP/1.1\r\nHost: sts\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                app.admin_token,
+                body.len() * 2,
+                body
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    drop(abandoned);
+
+    // An HTTP/2 client that sends its preface and vanishes.
+    let mut cut = TcpStream::connect(app.addr).await.unwrap();
+    cut.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    drop(cut);
+
+    serves_others(&app).await;
+    let names: Vec<String> = app.list_all().await.into_iter().map(|t| t.name).collect();
+    assert!(!names.contains(&"half".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_pauses_accepting_and_then_recovers() {
+    use crate::process::{ServerProcess, bootstrap};
+    let dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap(dir.path());
+    // The real binary with a descriptor limit a few dozen connections
+    // exhaust.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_sts-server"))
+        .env("RUST_LOG", "sts=debug")
+        .env("NO_COLOR", "1");
+    let server = ServerProcess::start_command(command, dir.path()).await;
+
+    let mut hogs = Vec::new();
+    for _ in 0..100 {
+        hogs.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Hold every descriptor for a while: this is the window whose accept
+    // attempts are counted below, not a wait for anything.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(hogs);
+
+    // Once the hogs are gone (the server sees them close), it serves again.
+    let mut client = sts::proto::token_service_client::TokenServiceClient::new(
+        crate::helpers::channel(server.addr).await,
+    );
+    let answer = client
+        .validate(ValidateRequest { token: admin })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.valid);
+
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let count = |needle: &str| log.iter().filter(|line| line.contains(needle)).count();
+    assert_eq!(count("out of file descriptors; retrying"), 1, "{log:#?}");
+    assert_eq!(count("accepting connections again"), 1, "{log:#?}");
+    // Retried at the pause interval, not in a loop: about ten a second.
+    let attempts = count("accept paused");
+    assert!((1..=60).contains(&attempts), "{attempts} accept attempts");
+}
