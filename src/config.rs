@@ -9,6 +9,9 @@ use crate::model::Role;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// The sled data directory unless told otherwise, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "sts-data";
+/// Free space kept on the data directory's disk for deletes and sled's own
+/// upkeep; creates are refused below it. See `SledStore::with_reserve`.
+pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 /// The role a caller's token needs for Create, List and Delete (StackState's admin role).
 pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
 /// List page size when the request leaves it at 0.

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     clock::SystemClock,
-    config::{Config, DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, TlsIdentity},
+    config::{
+        Config, DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_DISK_RESERVE, DEFAULT_LISTEN,
+        TlsIdentity,
+    },
     model::{NewToken, Role, Roles, TokenName},
     server,
     service::TokenService,
@@ -18,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Name of the token `bootstrap` creates unless told otherwise.
 const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
+const MIB: u64 = 1024 * 1024;
 
 #[derive(Parser)]
 #[command(name = "sts-server", version, about = "Service-token server")]
@@ -49,6 +53,10 @@ struct StoreArgs {
     /// The sled data directory (created with mode 0700 if missing).
     #[arg(long, env = "STS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Free space (MiB) kept on the data directory's disk: creates are
+    /// refused below it, so deletes and reads still work on a filling disk.
+    #[arg(long, env = "STS_DISK_RESERVE_MIB", default_value_t = DEFAULT_DISK_RESERVE / MIB)]
+    disk_reserve_mib: u64,
     /// The role a token needs to create, list and delete tokens.
     #[arg(long, env = "STS_ADMIN_ROLE", default_value = DEFAULT_ADMIN_ROLE, value_parser = parse_role)]
     admin_role: Role,
@@ -114,7 +122,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn service(store: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
-    let sled = SledStore::open(&store.data_dir)?;
+    let sled =
+        SledStore::open(&store.data_dir)?.with_reserve(store.disk_reserve_mib.saturating_mul(MIB));
     let config = Config {
         admin_role: store.admin_role.clone(),
         tls,

@@ -8,7 +8,11 @@
 //! written without a caller waiting on it.
 //! Concurrent writers share flushes ([`GroupCommit`]).
 
-use std::{fs, path::Path, time::SystemTime};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
@@ -100,6 +104,8 @@ pub struct SledStore {
     by_hash: sled::Tree,
     meta: sled::Tree,
     flusher: GroupCommit,
+    dir: PathBuf,
+    reserve: u64,
 }
 
 fn decode_count(bytes: Option<sled::IVec>) -> u64 {
@@ -133,7 +139,38 @@ impl SledStore {
             tokens,
             by_hash,
             meta,
+            dir: dir.to_owned(),
+            reserve: crate::config::DEFAULT_DISK_RESERVE,
         })
+    }
+
+    /// Refuse inserts while the data dir's file system has less than
+    /// `bytes` free. The reserve is what keeps deletes possible on a filling
+    /// disk (revoking must never depend on free space someone else took),
+    /// and reads too: sled may write while reading, to consolidate pages.
+    pub fn with_reserve(mut self, bytes: u64) -> SledStore {
+        self.reserve = bytes;
+        self
+    }
+
+    fn check_space(&self) -> Result<(), StoreError> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        let stats = rustix::fs::statvfs(&self.dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot read the free space of the data directory: {e}"
+            ))
+        })?;
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if free < self.reserve {
+            return Err(StoreError::Unavailable(format!(
+                "the data directory's disk is nearly full: {} KiB free, below the {} KiB kept for deletes",
+                free / 1024,
+                self.reserve / 1024
+            )));
+        }
+        Ok(())
     }
 
     /// Inserts many tokens and syncs once at the end: for bulk loads (benchmark
@@ -143,6 +180,7 @@ impl SledStore {
         tokens: impl IntoIterator<Item = (TokenHash, NewToken)>,
         created_at: SystemTime,
     ) -> Result<u64, StoreError> {
+        self.check_space()?;
         let mut count = 0;
         for (hash, new) in tokens {
             self.insert_unsynced(hash, &new, created_at)?;
@@ -214,6 +252,7 @@ impl Store for SledStore {
         new: &NewToken,
         created_at: SystemTime,
     ) -> Result<ServiceToken, StoreError> {
+        self.check_space()?;
         let created = self.insert_unsynced(hash, new, created_at)?;
         self.sync().await?;
         Ok(created)
@@ -250,11 +289,14 @@ impl Store for SledStore {
             if page.len() == limit {
                 break;
             }
-            let (_, bytes) = entry.map_err(unavailable)?;
+            let (key, bytes) = entry.map_err(unavailable)?;
             match Record::decode_stored(&bytes) {
                 Ok(stored) => page.push(stored.token),
                 // One damaged record must not hide every other token.
-                Err(e) => tracing::error!(error = %e, "skipping a corrupt token record"),
+                Err(e) => {
+                    let key = <[u8; 8]>::try_from(&*key).map(u64::from_be_bytes);
+                    tracing::error!(error = %e, key = ?key, "skipping a corrupt token record");
+                }
             }
         }
         Ok(page)
@@ -328,24 +370,46 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
                 path: dir.display().to_string(),
             }
         }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            StoreError::Unavailable(format!(
+                "cannot open the data directory {}: permission denied (it must be readable and writable by this user)",
+                dir.display()
+            ))
+        }
         _ => StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())),
     }
 }
 
 /// The data directory holds token hashes and metadata: keep it to its owner.
+/// Only the last component is created: a missing parent more likely means a
+/// volume that is not mounted than a tree to make, and tokens written to the
+/// wrong disk would vanish with it.
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let fail = |e: std::io::Error| {
+    let fail = |why: String| {
         StoreError::Unavailable(format!(
-            "cannot create data directory {}: {e}",
+            "cannot create the data directory {}: {why}",
             dir.display()
         ))
     };
     let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(fail)
+    match builder.create(dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Err(fail(format!(
+                "its parent {} does not exist (is the volume mounted?)",
+                parent.display()
+            )))
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
 }

@@ -157,3 +157,73 @@ async fn tls_flags_come_in_pairs_and_bad_files_are_refused_clearly() {
         "refused before serving: {stderr}"
     );
 }
+
+/// `sts-server` as a user for whom `dir` (made read-only here) cannot be
+/// written. Root ignores permissions, so as root the server runs as
+/// `nobody` instead of relying on the mode.
+#[cfg(unix)]
+fn read_only_for_the_server(dir: &std::path::Path) -> std::process::Command {
+    use std::os::unix::{fs::MetadataExt, fs::PermissionsExt, process::CommandExt};
+    // Everyone may pass through and read; no one but root may write.
+    for path in [dir.parent().unwrap(), dir] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let mut command = sts_server();
+    if std::fs::metadata(dir).unwrap().uid() == 0 {
+        command.uid(65534).gid(65534);
+    }
+    command
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_missing_or_read_only_data_dir_is_a_clear_error_at_start() {
+    let run = |mut command: std::process::Command, args: &[&str], dir: &std::path::Path| {
+        let output = command
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !stderr.contains("serving"),
+            "refused before serving: {stderr}"
+        );
+        stderr
+    };
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+
+    // A data dir whose parent is missing: likely an unmounted volume.
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("not-mounted/data");
+    for args in [&serve[..], &["bootstrap"]] {
+        let stderr = run(sts_server(), args, &missing);
+        assert!(
+            stderr.contains("does not exist (is the volume mounted?)"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+        assert!(!missing.parent().unwrap().exists(), "nothing was created");
+    }
+
+    // Empty and read-only; and read-only holding a store.
+    let empty = tempfile::tempdir().unwrap();
+    let empty_dir = empty.path().join("data");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let stocked = tempfile::tempdir().unwrap();
+    let stocked_dir = stocked.path().join("data");
+    crate::process::bootstrap(&stocked_dir);
+    for dir in [&empty_dir, &stocked_dir] {
+        let stderr = run(read_only_for_the_server(dir), &serve, dir);
+        assert!(stderr.contains("permission denied"), "{stderr}");
+        assert!(stderr.contains(&dir.display().to_string()), "{stderr}");
+        // Writable again, so the temporary directories can be removed.
+        use std::os::unix::fs::PermissionsExt;
+        for path in [dir.parent().unwrap(), dir.as_path()] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    }
+}

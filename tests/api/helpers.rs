@@ -448,11 +448,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A sled store with faults on demand: every call fails while `failing` is
-/// set, and while `gated` is set each insert announces itself on `entered`
-/// and then waits for a permit on `gate`.
+/// set, every write (insert, delete, flush) while `writes_failing` is, and
+/// while `gated` is set each insert announces itself on `entered` and then
+/// waits for a permit on `gate`.
 pub struct FaultyStore {
     inner: SledStore,
     pub failing: AtomicBool,
+    pub writes_failing: AtomicBool,
     pub gated: AtomicBool,
     pub entered: Semaphore,
     pub gate: Semaphore,
@@ -463,6 +465,7 @@ impl FaultyStore {
         FaultyStore {
             inner: SledStore::open(dir).unwrap(),
             failing: AtomicBool::new(false),
+            writes_failing: AtomicBool::new(false),
             gated: AtomicBool::new(false),
             entered: Semaphore::new(0),
             gate: Semaphore::new(0),
@@ -472,6 +475,14 @@ impl FaultyStore {
     fn fault(&self) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected fault".into()));
+        }
+        Ok(())
+    }
+
+    fn write_fault(&self) -> Result<(), StoreError> {
+        self.fault()?;
+        if self.writes_failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected write fault".into()));
         }
         Ok(())
     }
@@ -485,7 +496,7 @@ impl Store for FaultyStore {
         new: &NewToken,
         created_at: SystemTime,
     ) -> Result<Described, StoreError> {
-        self.fault()?;
+        self.write_fault()?;
         if self.gated.load(Ordering::SeqCst) {
             self.entered.add_permits(1);
             self.gate.acquire().await.unwrap().forget();
@@ -508,7 +519,7 @@ impl Store for FaultyStore {
     }
 
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
-        self.fault()?;
+        self.write_fault()?;
         self.inner.delete(id).await
     }
 
@@ -518,7 +529,7 @@ impl Store for FaultyStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.fault()?;
+        self.write_fault()?;
         self.inner.flush().await
     }
 }

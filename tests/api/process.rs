@@ -20,7 +20,13 @@ pub fn sts_server() -> Command {
 
 /// Runs `sts-server bootstrap` on `data_dir`; returns the admin token.
 pub fn bootstrap(data_dir: &Path) -> String {
+    bootstrap_with(data_dir, &[])
+}
+
+/// As [`bootstrap`], with extra environment variables.
+pub fn bootstrap_with(data_dir: &Path, env: &[(&str, &str)]) -> String {
     let output = sts_server()
+        .envs(env.iter().copied())
         .arg("bootstrap")
         .arg("--data-dir")
         .arg(data_dir)

@@ -1,4 +1,5 @@
-//! When the store fails: clear UNAVAILABLE / INTERNAL statuses, never a
+//! When the store fails (injected faults, a corrupt record, a real full
+//! disk): clear UNAVAILABLE / INTERNAL statuses, never a
 //! wrong "valid", never a panic, and service resumes when the store does.
 
 use std::sync::{Arc, atomic::Ordering};
@@ -10,7 +11,7 @@ use sts::{
 };
 use tonic::Code;
 
-use crate::helpers::{FaultyStore, assert_code, create_request, restart, spawn_app, spawn_app_on};
+use crate::helpers::{FaultyStore, assert_code, create_request, spawn_app, spawn_app_on};
 
 #[tokio::test]
 async fn a_failing_store_is_unavailable_not_a_wrong_answer() {
@@ -48,10 +49,47 @@ async fn a_failing_store_is_unavailable_not_a_wrong_answer() {
 }
 
 #[tokio::test]
-async fn a_corrupt_record_is_skipped_in_lists_and_internal_on_lookup() {
+async fn when_writes_fail_creates_and_deletes_are_unavailable_and_validation_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::open(dir.path()));
+    let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+    let (secret, created) = app.create("ci", &["r"]).await;
+
+    store.writes_failing.store(true, Ordering::SeqCst);
+    let mut client = app.client.clone();
+    let status = assert_code(
+        client.create(app.admin(create_request("x", &["r"]))).await,
+        Code::Unavailable,
+    );
+    assert!(!status.message().contains("svctok-"), "{status:?}");
+    assert_code(
+        client
+            .delete(app.admin(DeleteRequest { id: created.id }))
+            .await,
+        Code::Unavailable,
+    );
+    // Reads go on: the token validates, the admin lists, nothing changed.
+    assert!(app.validate(&secret).await.valid);
+    let names: Vec<String> = app.list_all().await.into_iter().map(|t| t.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(!names.contains(&"x".to_owned()), "{names:?}");
+
+    store.writes_failing.store(false, Ordering::SeqCst);
+    app.create("x", &["r"]).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
+    use crate::{
+        helpers::{channel, list_all},
+        process::ServerProcess,
+    };
+    use sts::proto::token_service_client::TokenServiceClient;
+
     let app = spawn_app().await;
     let (damaged, damaged_record) = app.create("damaged", &["r"]).await;
     let (intact, _) = app.create("intact", &["r"]).await;
+    let admin = app.admin_token.clone();
     let dir = app.stop().await;
 
     {
@@ -66,22 +104,41 @@ async fn a_corrupt_record_is_skipped_in_lists_and_internal_on_lookup() {
         db.flush().unwrap();
     }
 
-    let app = restart(dir).await;
-    let names: Vec<String> = app.list_all().await.into_iter().map(|t| t.name).collect();
+    // The real binary, for its log.
+    let server = ServerProcess::start(dir.path()).await;
+    let client = TokenServiceClient::new(channel(server.addr).await);
+    let names: Vec<String> = list_all(&client, &admin)
+        .await
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert!(names.contains(&"intact".to_owned()), "{names:?}");
     assert!(!names.contains(&"damaged".to_owned()), "{names:?}");
-    assert!(app.validate(&intact).await.valid);
-    let status = assert_code(
-        app.client
-            .clone()
-            .validate(ValidateRequest { token: damaged })
-            .await,
-        Code::Internal,
-    );
+    let validate = |token: String| {
+        let mut client = client.clone();
+        async move { client.validate(ValidateRequest { token }).await }
+    };
+    assert!(validate(intact).await.unwrap().into_inner().valid);
+    let status = assert_code(validate(damaged).await, Code::Internal);
     assert!(status.message().contains("corrupt"), "{status:?}");
+    assert!(!status.message().contains("svctok-"), "{status:?}");
     // Unknown tokens still answer normally.
-    let unknown = app.validate(Token::generate().expose_secret()).await;
-    assert_eq!(unknown.reason(), InvalidReason::NotFound);
+    let unknown = validate(Token::generate().expose_secret().to_owned()).await;
+    assert_eq!(
+        unknown.unwrap().into_inner().reason(),
+        InvalidReason::NotFound
+    );
+
+    let (_, log) = server.terminate().await;
+    let skipped = log
+        .iter()
+        .find(|line| line.contains("skipping a corrupt token record"))
+        .unwrap_or_else(|| panic!("the skip is logged: {log:#?}"));
+    assert!(skipped.contains("ERROR"), "{skipped}");
+    assert!(
+        skipped.contains(&damaged_record.id.to_string()),
+        "names the record: {skipped}"
+    );
 }
 
 #[tokio::test]
@@ -105,4 +162,185 @@ async fn http_answers_503_when_the_store_fails() {
     }
     store.failing.store(false, Ordering::SeqCst);
     assert_eq!(app.admin("GET", "/api/server/status", "").await.status, 200);
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` where this process may not mount (not root, no CAP_SYS_ADMIN).
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir(at).unwrap();
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            eprintln!(
+                "skipping the disk-full test: cannot mount a tmpfs here ({}); it runs as root",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Writes `path` until the disk is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut filler = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    while filler.write_all(&[1u8; 64 * 1024]).is_ok() {}
+}
+
+/// The real binary on a disk that fills up. Below the reserve, creates are
+/// refused while validation and deletes go on; with the disk completely
+/// full (the reserve taken by someone else), writes fail UNAVAILABLE and no
+/// answer is ever wrong; after a restart with space, every acknowledged
+/// change is there.
+#[tokio::test]
+async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
+    use crate::{
+        helpers::{channel, with_key},
+        process::{ServerProcess, bootstrap_with},
+    };
+    use sts::proto::token_service_client::TokenServiceClient;
+
+    let root = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "8m") else {
+        return;
+    };
+    let data = disk.0.join("data");
+    let filler = disk.0.join("filler");
+    let reserve = [("STS_DISK_RESERVE_MIB", "2")];
+    let admin = bootstrap_with(&data, &reserve);
+    let server = ServerProcess::start_with(&data, &reserve).await;
+    let mut client = TokenServiceClient::new(channel(server.addr).await);
+    let create = |name: &str| with_key(&admin, create_request(name, &["r"]));
+
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        let answer = client.create(create(&format!("before-{i}"))).await.unwrap();
+        kept.push(answer.into_inner());
+    }
+    let mut deleted = Vec::new();
+
+    // Below the reserve: 1 MiB left of the 2 kept.
+    fill(&filler);
+    let size = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(size - 1024 * 1024)
+        .unwrap();
+    let refused = client.create(create("refused")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("nearly full"), "{refused:?}");
+    for token in &kept {
+        assert!(valid(&mut client, &token.token).await.unwrap());
+    }
+    // Revoking still works, durably.
+    let revoked = kept.pop().unwrap();
+    let id = revoked.service_token.as_ref().unwrap().id;
+    client
+        .delete(with_key(&admin, DeleteRequest { id }))
+        .await
+        .unwrap();
+    deleted.push(revoked.token);
+    // Space again: creates resume without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    kept.push(
+        client
+            .create(create("after-space"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
+    // Completely full, no reserve (someone else took it): sled's own writes
+    // fail.
+    let (_, log) = server.terminate().await;
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+    let server = ServerProcess::start_with(&data, &[("STS_DISK_RESERVE_MIB", "0")]).await;
+    let mut client = TokenServiceClient::new(channel(server.addr).await);
+    fill(&filler);
+    // Big records, so sled's already-allocated log space runs out soon.
+    let roles: Vec<String> = (0..20)
+        .map(|i| format!("role-{i:02}-{}", "x".repeat(50)))
+        .collect();
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let mut write_failed = None;
+    for i in 0..5000 {
+        let request = with_key(&admin, create_request(&format!("full-{i}"), &roles));
+        match client.create(request).await {
+            Ok(answer) => kept.push(answer.into_inner()),
+            Err(status) => {
+                write_failed = Some(status);
+                break;
+            }
+        }
+    }
+    let write_failed = write_failed.expect("a Create on a full disk fails");
+    assert_eq!(write_failed.code(), Code::Unavailable, "{write_failed:?}");
+    let victim = kept[0].service_token.as_ref().unwrap().id;
+    match client
+        .delete(with_key(&admin, DeleteRequest { id: victim }))
+        .await
+    {
+        Ok(_) => deleted.push(kept.remove(0).token),
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+    }
+    // No answer is wrong: a kept token validates or is UNAVAILABLE (sled may
+    // need to write to read), a deleted one never validates.
+    for token in &kept {
+        match valid(&mut client, &token.token).await {
+            Ok(valid) => assert!(valid),
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+    }
+    for token in &deleted {
+        if let Ok(valid) = valid(&mut client, token).await {
+            assert!(!valid);
+        }
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    let (_, log) = server.terminate().await;
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+    let server = ServerProcess::start_with(&data, &reserve).await;
+    let mut client = TokenServiceClient::new(channel(server.addr).await);
+    for token in &kept {
+        assert!(valid(&mut client, &token.token).await.unwrap());
+    }
+    for token in &deleted {
+        assert!(!valid(&mut client, token).await.unwrap());
+    }
+    client.create(create("after-restart")).await.unwrap();
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
+}
+
+async fn valid(
+    client: &mut sts::proto::token_service_client::TokenServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> Result<bool, tonic::Status> {
+    let request = ValidateRequest {
+        token: token.to_owned(),
+    };
+    Ok(client.validate(request).await?.into_inner().valid)
 }
