@@ -22,6 +22,7 @@ mod properties;
 mod reflection;
 mod same_port;
 mod secrets;
+mod soak;
 mod store_faults;
 mod tls;
 mod validate;

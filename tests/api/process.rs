@@ -132,6 +132,10 @@ impl ServerProcess {
 }
 
 impl ServerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     fn take(&mut self) -> (Child, JoinHandle<Vec<String>>) {
         (self.child.take().unwrap(), self.log.take().unwrap())
     }
