@@ -83,10 +83,10 @@ impl Soak {
     /// was acknowledged. `true` means it must be valid.
     fn pick(&self, rng: &mut StdRng) -> Option<(u64, String, Option<Vec<String>>)> {
         let ledger = self.ledger.lock().unwrap();
-        if rng.random_bool(0.2) {
-            if let Some((id, secret)) = ledger.deleted.iter().choose(rng) {
-                return Some((*id, secret.clone(), None));
-            }
+        if rng.random_bool(0.2)
+            && let Some((id, secret)) = ledger.deleted.iter().choose(rng)
+        {
+            return Some((*id, secret.clone(), None));
         }
         let (id, live) = ledger
             .live
