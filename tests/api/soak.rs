@@ -98,23 +98,21 @@ impl Soak {
 
     /// Judges an answer about token `id`: `valid` with `roles`, or not.
     fn judge(&self, id: u64, expected: &Option<Vec<String>>, valid: bool, roles: &[String]) {
-        match expected {
-            Some(expected) if valid => {
-                if roles != expected.as_slice() {
-                    self.problem(format!(
-                        "token {id} validated with roles {roles:?}, not {expected:?}"
-                    ));
-                }
+        match (expected, valid) {
+            (Some(expected), true) if roles != expected.as_slice() => {
+                self.problem(format!(
+                    "token {id} validated with roles {roles:?}, not {expected:?}"
+                ));
             }
-            Some(_) => {
+            (Some(_), true) | (None, false) => {}
+            (Some(_), false) => {
                 // Only a delete that started meanwhile may explain it.
                 let ledger = self.ledger.lock().unwrap();
                 if !ledger.deleting.contains(&id) && !ledger.deleted.contains_key(&id) {
                     self.problem(format!("live token {id} was refused"));
                 }
             }
-            None if valid => self.problem(format!("deleted token {id} validated")),
-            None => {}
+            (None, true) => self.problem(format!("deleted token {id} validated")),
         }
     }
 }
