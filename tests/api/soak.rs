@@ -187,9 +187,9 @@ async fn writer(
         n += 1;
         let over = soak.ledger.lock().unwrap().live.len() >= LIVE_TARGET;
         if over || rng.random_bool(0.3) {
-            delete_one(&soak, &client, &http, &mut rng, n % 2 == 0).await;
+            delete_one(&soak, &client, &http, &mut rng, n.is_multiple_of(2)).await;
         } else {
-            create_one(&soak, &client, &http, seed, n, n % 2 == 0).await;
+            create_one(&soak, &client, &http, seed, n, n.is_multiple_of(2)).await;
         }
         soak.count(WRITES);
     }
