@@ -100,7 +100,7 @@ async fn a_second_process_cannot_open_a_data_dir_in_use() {
 async fn a_new_data_dir_is_private_to_its_owner() {
     use std::os::unix::fs::PermissionsExt;
     let parent = tempfile::tempdir().unwrap();
-    let dir = parent.path().join("nested").join("sts-data");
+    let dir = parent.path().join("sts-data");
     let store = Arc::new(SledStore::open(&dir).unwrap());
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
