@@ -227,3 +227,34 @@ async fn a_missing_or_read_only_data_dir_is_a_clear_error_at_start() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = crate::process::bootstrap(dir.path());
+    let first = ServerProcess::start(dir.path()).await;
+
+    let second = sts_server()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let answer =
+        sts::proto::token_service_client::TokenServiceClient::new(channel(first.addr).await)
+            .validate(sts::proto::ValidateRequest { token: admin })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(answer.valid);
+    let (status, _) = first.terminate().await;
+    assert!(status.success());
+}
