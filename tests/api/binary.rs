@@ -248,12 +248,9 @@ async fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_serves_on
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let answer =
-        sts::proto::token_service_client::TokenServiceClient::new(channel(first.addr).await)
-            .validate(sts::proto::ValidateRequest { token: admin })
-            .await
-            .unwrap()
-            .into_inner();
+    let client =
+        sts::proto::token_service_client::TokenServiceClient::new(channel(first.addr).await);
+    let answer = crate::helpers::validate_on(&client, &admin).await.unwrap();
     assert!(answer.valid);
     let (status, _) = first.terminate().await;
     assert!(status.success());

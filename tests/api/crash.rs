@@ -15,14 +15,13 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sts::proto::{
-    CreateResponse, DeleteRequest, InvalidReason, ValidateRequest,
-    token_service_client::TokenServiceClient,
+    CreateResponse, DeleteRequest, InvalidReason, token_service_client::TokenServiceClient,
 };
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{channel, create_request, list_all, with_key},
+    helpers::{channel, create_request, list_all, validate_on, with_key},
     process::{ServerProcess, bootstrap},
 };
 
@@ -302,14 +301,7 @@ async fn verify(client: &TokenServiceClient<Channel>, admin: &str, ledger: &Ledg
             }
         }
         if let Some(secret) = &entry.secret {
-            let answer = client
-                .clone()
-                .validate(ValidateRequest {
-                    token: secret.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let answer = validate_on(client, secret).await.unwrap();
             if entry.state == State::Live {
                 assert!(
                     answer.valid,

@@ -4,27 +4,21 @@
 
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
-use sts::{config::Config, proto::ValidateRequest};
+use sts::{config::Config, proto::token_service_client::TokenServiceClient};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-use crate::helpers::{FaultyStore, TestApp, create_request, spawn_app_on, spawn_app_with};
+use crate::helpers::{
+    FaultyStore, TestApp, closed_by_server, create_request, spawn_app_on, spawn_app_with,
+    validate_on,
+};
 
 /// A Validate on a fresh connection: the server is serving others.
 async fn serves_others(app: &TestApp) {
-    let mut client = sts::proto::token_service_client::TokenServiceClient::new(
-        crate::helpers::channel(app.addr).await,
-    );
-    let answer = client
-        .validate(ValidateRequest {
-            token: app.admin_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answer.valid);
+    let client = TokenServiceClient::new(crate::helpers::channel(app.addr).await);
+    assert!(validate_on(&client, &app.admin_token).await.unwrap().valid);
 }
 
 /// Sends one HTTP/1.1 request on `stream` and reads its answer; returns the
@@ -67,21 +61,6 @@ fn status_request(app: &TestApp) -> Vec<u8> {
         app.admin_token
     )
     .into_bytes()
-}
-
-/// Waits until the server closes `stream`: a read sees the end or a reset.
-async fn closed_by_server(stream: &mut TcpStream) -> bool {
-    let mut buffer = [0u8; 256];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await
-    .is_ok()
 }
 
 #[tokio::test]
@@ -156,13 +135,8 @@ async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_serve
     // gRPC channels, used once, then idle.
     let mut channels = Vec::new();
     for _ in 0..20 {
-        let mut client = sts::proto::token_service_client::TokenServiceClient::new(
-            crate::helpers::channel(app.addr).await,
-        );
-        let request = ValidateRequest {
-            token: app.admin_token.clone(),
-        };
-        assert!(client.validate(request).await.unwrap().into_inner().valid);
+        let client = TokenServiceClient::new(crate::helpers::channel(app.addr).await);
+        assert!(validate_on(&client, &app.admin_token).await.unwrap().valid);
         channels.push(client);
     }
     serves_others(&app).await;
@@ -179,11 +153,8 @@ async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_serve
     for stream in &mut idle {
         assert_eq!(http1_exchange(stream, &status_request(&app)).await, 200);
     }
-    for client in &mut channels {
-        let request = ValidateRequest {
-            token: app.admin_token.clone(),
-        };
-        assert!(client.validate(request).await.unwrap().into_inner().valid);
+    for client in &channels {
+        assert!(validate_on(client, &app.admin_token).await.unwrap().valid);
     }
     serves_others(&app).await;
 }
@@ -294,15 +265,8 @@ async fn running_out_of_file_descriptors_pauses_accepting_and_then_recovers() {
     drop(hogs);
 
     // Once the hogs are gone (the server sees them close), it serves again.
-    let mut client = sts::proto::token_service_client::TokenServiceClient::new(
-        crate::helpers::channel(server.addr).await,
-    );
-    let answer = client
-        .validate(ValidateRequest { token: admin })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answer.valid);
+    let client = TokenServiceClient::new(crate::helpers::channel(server.addr).await);
+    assert!(validate_on(&client, &admin).await.unwrap().valid);
 
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status:?}");

@@ -308,6 +308,34 @@ pub async fn spawn_tls_app() -> TestApp {
     .await
 }
 
+/// `Validate` of `token` through `client`.
+pub async fn validate_on(
+    client: &TokenServiceClient<Channel>,
+    token: &str,
+) -> Result<ValidateResponse, Status> {
+    let request = ValidateRequest {
+        token: token.to_owned(),
+    };
+    Ok(client.clone().validate(request).await?.into_inner())
+}
+
+/// Waits (up to 20 s) until the server closes `stream`: a read sees the end
+/// or a reset. `false` if it is still open by then.
+pub async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 256];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// A request carrying `token` as `x-api-key`.
 pub fn with_key<T>(token: &str, message: T) -> Request<T> {
     with_header("x-api-key", token, message)
@@ -360,14 +388,7 @@ impl TestApp {
     }
 
     pub async fn validate(&self, token: &str) -> ValidateResponse {
-        self.client
-            .clone()
-            .validate(ValidateRequest {
-                token: token.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        validate_on(&self.client, token).await.unwrap()
     }
 
     /// Every token, walking all pages.

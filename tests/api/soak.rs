@@ -19,14 +19,14 @@ use std::{
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IteratorRandom};
 use serde_json::json;
 use sts::proto::{
-    CreateRequest, DeleteRequest, InvalidReason, ListRequest, ValidateRequest,
+    CreateRequest, DeleteRequest, InvalidReason, ListRequest,
     token_service_client::TokenServiceClient,
 };
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{channel, list_all, with_key},
+    helpers::{channel, list_all, validate_on, with_key},
     process::{ServerProcess, bootstrap},
 };
 
@@ -124,10 +124,8 @@ async fn grpc_validator(soak: Arc<Soak>, client: TokenServiceClient<Channel>, se
             tokio::task::yield_now().await;
             continue;
         };
-        let request = ValidateRequest { token: secret };
-        match client.clone().validate(request).await {
+        match validate_on(&client, &secret).await {
             Ok(answer) => {
-                let answer = answer.into_inner();
                 if !answer.valid && answer.reason() != InvalidReason::NotFound {
                     soak.problem(format!("token {id}: invalid for {:?}", answer.reason()));
                 }
@@ -467,12 +465,9 @@ async fn mixed_load_for_a_while_leaves_exactly_what_was_acknowledged() {
     let ledger = std::mem::take(&mut *soak.ledger.lock().unwrap());
     let listed = list_all(&grpc, &admin).await;
     let listed_ids: HashSet<u64> = listed.iter().map(|t| t.id).collect();
-    let admin_id = grpc
-        .clone()
-        .validate(ValidateRequest { token: admin })
+    let admin_id = validate_on(&grpc, &admin)
         .await
         .unwrap()
-        .into_inner()
         .service_token
         .unwrap()
         .id;
@@ -480,26 +475,12 @@ async fn mixed_load_for_a_while_leaves_exactly_what_was_acknowledged() {
     expected.insert(admin_id);
     assert_eq!(listed_ids, expected);
     for (id, live) in &ledger.live {
-        let answer = grpc
-            .clone()
-            .validate(ValidateRequest {
-                token: live.secret.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let answer = validate_on(&grpc, &live.secret).await.unwrap();
         assert!(answer.valid, "live token {id}");
         assert_eq!(answer.service_token.unwrap().roles, live.roles);
     }
     for (id, secret) in &ledger.deleted {
-        let answer = grpc
-            .clone()
-            .validate(ValidateRequest {
-                token: secret.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let answer = validate_on(&grpc, secret).await.unwrap();
         assert_eq!(
             answer.reason(),
             InvalidReason::NotFound,
