@@ -1,5 +1,7 @@
 //! Compiles `proto/` with protox (pure Rust, so no system `protoc`) and
 //! generates the tonic client and server from the resulting descriptors.
+//! Also tells cargo that `migrations/` (embedded by `sqlx::migrate!`) is an
+//! input.
 
 use std::{env, fs, path::PathBuf};
 
@@ -13,6 +15,7 @@ const SECRET_MESSAGES: [&str; 2] = [
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=migrations");
     let descriptors = protox::compile(PROTOS, ["proto"])?;
 
     // The encoded set is served by gRPC reflection; it includes the imported

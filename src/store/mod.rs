@@ -15,9 +15,10 @@ use crate::{
 };
 
 mod group_commit;
+pub mod postgres;
 pub mod sled;
 
-pub use self::sled::SledStore;
+pub use self::{postgres::PostgresStore, sled::SledStore};
 
 /// A token as the store holds it: its description and the hash of its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]

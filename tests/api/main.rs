@@ -3,12 +3,14 @@
 //! `sts-server` binary (`process`), and talk to it over gRPC and HTTP.
 
 mod helpers;
+mod pg;
 mod process;
 
 mod audit;
 mod auth;
 mod binary;
 mod cli;
+mod conformance;
 mod crash;
 mod create;
 mod delete;
