@@ -2,6 +2,7 @@
 //! optional expiration; secret shown once, only its hash kept) served over
 //! gRPC, stored in sled. See ARCHITECTURE.md for the map.
 
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;

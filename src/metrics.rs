@@ -58,6 +58,8 @@ pub struct Metrics {
     management_calls: Family<CallLabels, Counter>,
     request_duration: HistogramFamily,
     tokens_stored: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
 }
 
 impl Default for Metrics {
@@ -102,12 +104,26 @@ impl Metrics {
             "Service tokens in the store",
             tokens_stored.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "validation_cache_hits",
+            "Token lookups answered by the Validate cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "validation_cache_misses",
+            "Token lookups that went to the store",
+            cache_misses.clone(),
+        );
         Metrics {
             registry,
             validations,
             management_calls,
             request_duration,
             tokens_stored,
+            cache_hits,
+            cache_misses,
         }
     }
 
@@ -123,6 +139,14 @@ impl Metrics {
         self.validations
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    pub fn cache_lookup(&self, hit: bool) {
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
+        }
     }
 
     pub fn management_call<T>(&self, rpc: Rpc, result: &Result<T, Error>) {

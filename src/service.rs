@@ -5,6 +5,7 @@
 use std::{future::Future, sync::Arc};
 
 use crate::{
+    cache::ValidationCache,
     clock::Clock,
     config::Config,
     credential::AuthError,
@@ -12,7 +13,7 @@ use crate::{
     metrics::{Metrics, Rpc},
     model::{FieldError, NewToken, ServiceToken, TokenId},
     page::{PageRequest, encode_cursor},
-    store::Store,
+    store::{Store, StoredToken},
     token::{MalformedToken, Token, TokenHash},
 };
 
@@ -66,6 +67,7 @@ pub struct Page {
 
 pub struct TokenService {
     store: Arc<dyn Store>,
+    cache: Arc<ValidationCache>,
     clock: Arc<dyn Clock>,
     config: Config,
     metrics: Metrics,
@@ -75,6 +77,7 @@ impl TokenService {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> TokenService {
         TokenService {
             metrics: Metrics::with(|registry| store.register_metrics(registry)),
+            cache: store.validation_cache(),
             store,
             clock,
             config,
@@ -145,13 +148,29 @@ impl TokenService {
             Ok(hash) => hash,
             Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),
         };
-        let Some(stored) = self.store.find_by_hash(&hash).await? else {
+        let Some(stored) = self.lookup(&hash).await? else {
             return Ok(Validation::Invalid(InvalidReason::NotFound));
         };
         if stored.token.is_expired_at(self.clock.now()) {
             return Ok(Validation::Invalid(InvalidReason::Expired));
         }
         Ok(Validation::Valid(stored.token))
+    }
+
+    /// The token stored under `hash`: from the cache, else from the store
+    /// (and then cached, unless a delete raced the lookup).
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<StoredToken>, Error> {
+        if let Some(stored) = self.cache.get(hash) {
+            self.metrics.cache_lookup(true);
+            return Ok(Some(stored));
+        }
+        self.metrics.cache_lookup(false);
+        let ticket = self.cache.ticket();
+        let found = self.store.find_by_hash(hash).await?;
+        if let Some(stored) = &found {
+            self.cache.fill(ticket, stored);
+        }
+        Ok(found)
     }
 
     /// The caller's token, if the presented credential is a valid one.
@@ -241,7 +260,10 @@ impl TokenService {
     }
 
     pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
-        if !self.store.delete(id).await? {
+        let deleted = self.store.delete(id).await;
+        // Before the answer: once acknowledged, no lookup may find it.
+        self.cache.invalidate(id);
+        if !deleted? {
             return Err(Error::NotFound(id));
         }
         tracing::info!(

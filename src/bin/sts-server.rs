@@ -14,7 +14,7 @@ use sts::{
     model::{NewToken, Role, Roles, TokenName},
     server,
     service::TokenService,
-    store::SledStore,
+    store::{PostgresStore, SledStore, Store},
 };
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -53,6 +53,10 @@ struct StoreArgs {
     /// The sled data directory (created with mode 0700 if missing).
     #[arg(long, env = "STS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Keep tokens in PostgreSQL instead of sled, for several replicas:
+    /// a URL such as postgres://user:password@host:5432/database.
+    #[arg(long, env = "STS_STORE", hide_env_values = true, value_parser = parse_store_url)]
+    store: Option<String>,
     /// Free space (MiB) kept on the data directory's disk: creates are
     /// refused below it, so deletes and reads still work on a filling disk.
     #[arg(long, env = "STS_DISK_RESERVE_MIB", default_value_t = DEFAULT_DISK_RESERVE / MIB)]
@@ -89,6 +93,14 @@ struct BootstrapArgs {
     roles: Vec<String>,
 }
 
+fn parse_store_url(url: &str) -> Result<String, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url.to_owned())
+    } else {
+        Err("expected a postgres:// URL (the sled store is chosen with --data-dir)".into())
+    }
+}
+
 fn parse_role(role: &str) -> Result<Role, String> {
     Role::parse(role).map_err(|e| e.problem)
 }
@@ -121,16 +133,27 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn service(store: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
-    let sled =
-        SledStore::open(&store.data_dir)?.with_reserve(store.disk_reserve_mib.saturating_mul(MIB));
+async fn service(args: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
+    let store: Arc<dyn Store> = match &args.store {
+        Some(url) => {
+            let store = PostgresStore::connect(url).await?;
+            tracing::info!(store = "postgres", "store open");
+            Arc::new(store)
+        }
+        None => {
+            let store = SledStore::open(&args.data_dir)?
+                .with_reserve(args.disk_reserve_mib.saturating_mul(MIB));
+            tracing::info!(store = "sled", data_dir = %args.data_dir.display(), "store open");
+            Arc::new(store)
+        }
+    };
     let config = Config {
-        admin_role: store.admin_role.clone(),
+        admin_role: args.admin_role.clone(),
         tls,
         ..Config::default()
     };
     Ok(Arc::new(TokenService::new(
-        Arc::new(sled),
+        store,
         Arc::new(SystemClock),
         config,
     )))
@@ -151,11 +174,10 @@ fn read_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Optio
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = read_tls(args.tls_cert, args.tls_key)?;
-    let service = service(&args.store, tls)?;
+    let service = service(&args.store, tls).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(data_dir = %args.store.data_dir.display(), "store open");
     server::run(listener, service, shutdown_signal()).await?;
     Ok(())
 }
@@ -171,7 +193,7 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         roles: Roles::parse(&roles)?,
         expiration: None,
     };
-    let service = service(&args.store, None)?;
+    let service = service(&args.store, None).await?;
     let (token, created) = service.bootstrap(new).await?;
     eprintln!(
         "Created service token {} ({}). It is printed below and will not be shown again.",

@@ -5,11 +5,12 @@
 //! walks ids in ascending order so a cursor stays valid while tokens come and
 //! go between pages.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 
 use crate::{
+    cache::ValidationCache,
     model::{NewToken, ServiceToken, TokenId},
     token::TokenHash,
 };
@@ -70,6 +71,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes anything still buffered to stable storage (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// The Validate cache to use over this store. A store only this process
+    /// writes can trust a local cache; one others write too returns a cache
+    /// it keeps informed of their deletes (and starts doing so now).
+    fn validation_cache(&self) -> Arc<ValidationCache> {
+        Arc::new(ValidationCache::local())
+    }
 
     /// Adds the backend's own metrics (how its writes reach the disk) to the
     /// service's registry.

@@ -101,7 +101,8 @@ fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         expiration: expires_at.map(SystemTime::from),
         created_at: SystemTime::from(created_at),
     };
-    let hash = TokenHash::from_bytes(&hash).ok_or_else(|| corrupt_field("bad token hash".into()))?;
+    let hash =
+        TokenHash::from_bytes(&hash).ok_or_else(|| corrupt_field("bad token hash".into()))?;
     Ok(StoredToken { token, hash })
 }
 

@@ -56,9 +56,9 @@ impl Backend {
     async fn replica(&self) -> Option<Arc<dyn Store>> {
         match &self.data {
             Data::Sled(_) => None,
-            Data::Postgres(database) => {
-                Some(Arc::new(PostgresStore::connect(&database.url).await.unwrap()))
-            }
+            Data::Postgres(database) => Some(Arc::new(
+                PostgresStore::connect(&database.url).await.unwrap(),
+            )),
         }
     }
 
@@ -68,7 +68,9 @@ impl Backend {
         self.store = None;
         self.store = Some(match &self.data {
             Data::Sled(dir) => Arc::new(SledStore::open(dir.path()).unwrap()),
-            Data::Postgres(database) => Arc::new(PostgresStore::connect(&database.url).await.unwrap()),
+            Data::Postgres(database) => {
+                Arc::new(PostgresStore::connect(&database.url).await.unwrap())
+            }
         });
     }
 
@@ -110,7 +112,11 @@ fn new_token(name: &str, roles: &[&str], expiration: Option<SystemTime>) -> NewT
 async fn insert(store: &dyn Store, name: &str) -> (Token, ServiceToken) {
     let token = Token::generate();
     let stored = store
-        .insert(token.hash(), &new_token(name, &["r"], None), SystemTime::now())
+        .insert(
+            token.hash(),
+            &new_token(name, &["r"], None),
+            SystemTime::now(),
+        )
         .await
         .unwrap();
     (token, stored)
@@ -141,7 +147,11 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
     let inserted = store
         .insert(
             token.hash(),
-            &new_token("Ünïcode name ✓", &["zeta", "alpha", "mid"], Some(expiration)),
+            &new_token(
+                "Ünïcode name ✓",
+                &["zeta", "alpha", "mid"],
+                Some(expiration),
+            ),
             SystemTime::now(),
         )
         .await
@@ -150,7 +160,9 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
     // but the insert says what a read will say.
     let roles: Vec<&str> = inserted.roles.iter().map(|r| r.as_str()).collect();
     assert_eq!(roles, ["zeta", "alpha", "mid"]);
-    let error = expiration.duration_since(inserted.expiration.unwrap()).unwrap();
+    let error = expiration
+        .duration_since(inserted.expiration.unwrap())
+        .unwrap();
     assert!(error < Duration::from_micros(1), "{error:?}");
     let found = store.find_by_hash(&token.hash()).await.unwrap().unwrap();
     assert_eq!(found.token, inserted);
@@ -162,7 +174,15 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
     drop(store);
     backend.restart().await;
     let store = backend.store();
-    assert_eq!(store.find_by_hash(&token.hash()).await.unwrap().unwrap().token, inserted);
+    assert_eq!(
+        store
+            .find_by_hash(&token.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
+        inserted
+    );
     let unknown = Token::generate().hash();
     assert!(store.find_by_hash(&unknown).await.unwrap().is_none());
 }
@@ -231,7 +251,11 @@ async fn a_cursor_holds_while_tokens_come_and_go(backend: &mut Backend) {
         after = Some(last.id);
         seen.extend(page.iter().map(|t| t.id));
     }
-    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len(), "no duplicates");
+    assert_eq!(
+        seen.iter().collect::<HashSet<_>>().len(),
+        seen.len(),
+        "no duplicates"
+    );
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "ascending");
     assert!(!seen[10..].contains(&gone));
     for token in &kept {
@@ -250,12 +274,23 @@ async fn a_delete_removes_everything_once(backend: &mut Backend) {
     assert!(!store.delete(stored.id).await.unwrap());
     assert!(store.find_by_hash(&token.hash()).await.unwrap().is_none());
     assert_eq!(store.count().await.unwrap(), 1);
-    assert!(!list_all(&*store, 10).await.iter().any(|t| t.id == stored.id));
+    assert!(
+        !list_all(&*store, 10)
+            .await
+            .iter()
+            .any(|t| t.id == stored.id)
+    );
     drop(store);
     backend.restart().await;
     let store = backend.store();
     assert!(store.find_by_hash(&token.hash()).await.unwrap().is_none());
-    assert!(store.find_by_hash(&survivor.hash()).await.unwrap().is_some());
+    assert!(
+        store
+            .find_by_hash(&survivor.hash())
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(store.count().await.unwrap(), 1);
     let never = TokenId::parse(12345).unwrap();
     assert!(!store.delete(never).await.unwrap());
@@ -265,7 +300,10 @@ async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
     let store = backend.store();
     let token = Token::generate();
     let new = new_token("one", &["r"], None);
-    store.insert(token.hash(), &new, SystemTime::now()).await.unwrap();
+    store
+        .insert(token.hash(), &new, SystemTime::now())
+        .await
+        .unwrap();
     let twice = store.insert(token.hash(), &new, SystemTime::now()).await;
     assert!(matches!(twice, Err(StoreError::Corrupt(_))), "{twice:?}");
     assert_eq!(store.count().await.unwrap(), 1);
@@ -276,7 +314,11 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
     let store = backend.store();
     // Concurrent inserts through both: no id is given twice.
     let inserts = (0..60).map(|i| {
-        let store = if i % 2 == 0 { store.clone() } else { other.clone() };
+        let store = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other.clone()
+        };
         tokio::spawn(async move { insert(&*store, &format!("t{i}")).await })
     });
     let mut tokens = Vec::new();
@@ -289,7 +331,12 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
     for (i, (token, stored)) in tokens.iter().enumerate() {
         let reader = if i % 2 == 0 { &other } else { &store };
         assert_eq!(
-            reader.find_by_hash(&token.hash()).await.unwrap().unwrap().token,
+            reader
+                .find_by_hash(&token.hash())
+                .await
+                .unwrap()
+                .unwrap()
+                .token,
             *stored
         );
     }
@@ -298,9 +345,19 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
     assert!(store.find_by_hash(&doomed.hash()).await.unwrap().is_none());
     // A cursor from one replica continues on the other.
     let first = store.list(None, 25).await.unwrap();
-    let rest = other.list(Some(first.last().unwrap().id), 100).await.unwrap();
+    let rest = other
+        .list(Some(first.last().unwrap().id), 100)
+        .await
+        .unwrap();
     let listed: Vec<TokenId> = first.iter().chain(&rest).map(|t| t.id).collect();
-    assert_eq!(listed, list_all(&*store, 1000).await.iter().map(|t| t.id).collect::<Vec<_>>());
+    assert_eq!(
+        listed,
+        list_all(&*store, 1000)
+            .await
+            .iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(listed.len(), 59);
 }
 
