@@ -167,7 +167,10 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
     let found = store.find_by_hash(&token.hash()).await.unwrap().unwrap();
     assert_eq!(found.token, inserted);
     assert!(found.hash.ct_eq(&token.hash()));
-    assert_eq!(store.list(None, 10).await.unwrap(), [inserted.clone()]);
+    assert_eq!(
+        store.list(None, 10).await.unwrap(),
+        std::slice::from_ref(&inserted)
+    );
 
     let (_, forever) = insert(&*store, "forever").await;
     assert_eq!(forever.expiration, None);
