@@ -3,23 +3,17 @@
 //! and HTTP/2; requests are routed by path, and every one passes the latency
 //! middleware. Runs until `shutdown` resolves, then drains and flushes.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::service::Routes;
-use tonic_health::ServingStatus;
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT},
     error::Error,
     grpc::GrpcTokenService,
-    http::{self, HttpState},
+    http::{self, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
     service::TokenService,
@@ -27,6 +21,50 @@ use crate::{
 
 /// The gRPC name health checks use for our service.
 pub const SERVICE_NAME: &str = "stackstate.servicetoken.v1.TokenService";
+
+/// How often readiness asks the store whether it can serve, and how long
+/// an answer may take before it counts as no.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps readiness and gRPC health in step with the store (a database that
+/// goes away and comes back), until shutdown stops it.
+async fn watch_store(
+    service: Arc<TokenService>,
+    health: HealthReporter,
+    readiness: Arc<Readiness>,
+) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(STORE_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let check = tokio::time::timeout(STORE_CHECK_TIMEOUT, service.store_ready()).await;
+        let ok = matches!(check, Ok(Ok(())));
+        readiness.set_store_ok(ok);
+        if ok == serving {
+            continue;
+        }
+        serving = ok;
+        if ok {
+            tracing::info!("the store is reachable again: ready");
+        } else {
+            let reason = match check {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {STORE_CHECK_TIMEOUT:?}"),
+            };
+            tracing::warn!(%reason, "the store is unreachable: not ready");
+        }
+        let status = if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in ["", SERVICE_NAME] {
+            health.set_service_status(name, status).await;
+        }
+    }
+}
 
 /// Serves until `shutdown` resolves. Health reports `SERVING` (overall and for
 /// [`SERVICE_NAME`]) and `/readyz` ready from the start, since the store is
@@ -42,7 +80,12 @@ pub async fn run(
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
-    let ready = Arc::new(AtomicBool::new(true));
+    let readiness = Arc::new(Readiness::default());
+    let watcher = tokio::spawn(watch_store(
+        service.clone(),
+        health.clone(),
+        readiness.clone(),
+    ));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -53,13 +96,16 @@ pub async fn run(
     let tokens = TokenServiceServer::new(GrpcTokenService::new(service.clone()))
         .max_decoding_message_size(max_request_bytes);
 
-    let routes = Routes::from(http::router(HttpState::new(service.clone(), ready.clone())))
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .add_service(tokens)
-        .into_axum_router()
-        .layer(http::ObserveLatencyLayer::new(service.clone()));
+    let routes = Routes::from(http::router(HttpState::new(
+        service.clone(),
+        readiness.clone(),
+    )))
+    .add_service(health_service)
+    .add_service(reflection().build_v1()?)
+    .add_service(reflection().build_v1alpha()?)
+    .add_service(tokens)
+    .into_axum_router()
+    .layer(http::ObserveLatencyLayer::new(service.clone()));
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let draining = {
@@ -67,7 +113,10 @@ pub async fn run(
         async move {
             shutdown.await;
             tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
-            ready.store(false, Ordering::SeqCst);
+            // Stopped for good before the statuses go, so it cannot bring one back.
+            watcher.abort();
+            let _ = watcher.await;
+            readiness.drain();
             for name in ["", SERVICE_NAME] {
                 health
                     .set_service_status(name, ServingStatus::NotServing)

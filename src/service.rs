@@ -278,6 +278,11 @@ impl TokenService {
         Ok(())
     }
 
+    /// Whether the store can serve now; readiness follows it.
+    pub async fn store_ready(&self) -> Result<(), Error> {
+        Ok(self.store.ready().await?)
+    }
+
     /// Flushes the store; called once no request is in flight any more.
     pub async fn shutdown(&self) -> Result<(), Error> {
         self.store.flush().await?;

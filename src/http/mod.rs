@@ -9,13 +9,7 @@ mod latency;
 mod probes;
 mod tokens;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -33,27 +27,28 @@ use crate::{
 
 pub use caller::Caller;
 pub use latency::ObserveLatencyLayer;
+pub use probes::Readiness;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
     service: Arc<TokenService>,
-    ready: Arc<AtomicBool>,
+    readiness: Arc<Readiness>,
     started: Instant,
 }
 
 impl HttpState {
-    /// `ready` is what `/readyz` reports; the server clears it when draining.
-    pub fn new(service: Arc<TokenService>, ready: Arc<AtomicBool>) -> HttpState {
+    /// `readiness` is what `/readyz` reports; the server keeps it current.
+    pub fn new(service: Arc<TokenService>, readiness: Arc<Readiness>) -> HttpState {
         HttpState {
             service,
-            ready,
+            readiness,
             started: Instant::now(),
         }
     }
 
-    fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+    fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 }
 

@@ -9,6 +9,8 @@ use axum::{
 };
 use serde_json::json;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::HttpState;
 use crate::error::Error;
 
@@ -17,14 +19,56 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: the store is open and the server is not shutting down.
+/// Whether to take traffic: not while shutting down, nor while the store
+/// is unreachable (a database away). Shared by `/readyz` and gRPC health.
+#[derive(Debug)]
+pub struct Readiness {
+    draining: AtomicBool,
+    store_ok: AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness {
+            draining: AtomicBool::new(false),
+            store_ok: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && self.store_ok.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown began; never ready again.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn set_store_ok(&self, ok: bool) {
+        self.store_ok.store(ok, Ordering::SeqCst);
+    }
+}
+
+/// Readiness: the store answers and the server is not shutting down.
 pub async fn readyz(State(state): State<HttpState>) -> Response {
-    if state.is_ready() {
+    let readiness = state.readiness();
+    if readiness.is_ready() {
         (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
     } else {
+        let status = if readiness.is_draining() {
+            "shutting down"
+        } else {
+            "store unavailable"
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "shutting down" })),
+            Json(json!({ "status": status })),
         )
             .into_response()
     }

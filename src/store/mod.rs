@@ -72,6 +72,12 @@ pub trait Store: Send + Sync + 'static {
     /// Writes anything still buffered to stable storage (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
+    /// Whether the store can serve now (a database reachable); readiness
+    /// probes follow it.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The Validate cache to use over this store. A store only this process
     /// writes can trust a local cache; one others write too returns a cache
     /// it keeps informed of their deletes (and starts doing so now).

@@ -5,30 +5,51 @@
 //! take turns. A commit is the durability point (PostgreSQL's default
 //! `synchronous_commit = on`). Ids are random like sled's, and unique by
 //! primary key across replicas; `list` pages by id, so a cursor from one
-//! replica is good on any other. A delete announces the deleted hash with
-//! `NOTIFY` in its own transaction, so replicas that cache validations hear
-//! of it on commit.
+//! replica is good on any other.
+//!
+//! Replicas cache validations (`crate::cache`), so deletes must reach them:
+//! a delete `NOTIFY`s its id in its own transaction (delivered on commit,
+//! never for a rollback), and each replica's feed task `LISTEN`s. The same
+//! feed sends itself a heartbeat every [`HEARTBEAT_INTERVAL`]: PostgreSQL
+//! delivers notifications in commit order, so receiving a heartbeat sent at
+//! time `s` proves every delete committed before `s` has arrived, and the
+//! cache is trusted until `s +` [`STALENESS_BOUND`]. A lost or silent feed
+//! therefore stops the cache within the bound, and a lost connection clears
+//! it.
 //!
 //! Times are kept to the microsecond (PostgreSQL's precision); inserts return
 //! what a later read returns.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use async_trait::async_trait;
 use sqlx::{
     PgPool, Row,
-    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
 };
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use super::{Store, StoreError, StoredToken};
 use crate::{
+    cache::ValidationCache,
     model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
     token::TokenHash,
 };
 
-/// The channel deletes are announced on; the payload is the hex hash.
-pub const DELETED_CHANNEL: &str = "sts_token_deleted";
+/// The channel deletes (`d:<id>`) and heartbeats (`h:<replica>:<n>`) travel.
+pub const CHANNEL: &str = "sts_tokens";
+/// Longest a replica's cache may answer for a token deleted elsewhere:
+/// below the promised 100 ms, leaving room for the lookup itself.
+pub const STALENESS_BOUND: Duration = Duration::from_millis(80);
+/// How often each replica's feed proves itself live.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(25);
+/// Pause before listening again after the feed failed.
+const FEED_RETRY: Duration = Duration::from_millis(500);
 
 /// How long a call waits for a connection before the store counts as
 /// unavailable: a Validate must not hang while the database is away.
@@ -40,6 +61,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Feed tasks started for caches over this store; stopped with it.
+    feeds: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for feed in self
+            .feeds
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            feed.abort();
+        }
+    }
 }
 
 impl PostgresStore {
@@ -59,12 +95,130 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot migrate the schema: {e}")))?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            feeds: std::sync::Mutex::default(),
+        })
     }
+}
 
-    /// The connection pool, for listeners of [`DELETED_CHANNEL`].
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+/// Keeps `cache` informed of deletes made anywhere, and vouches for it while
+/// the channel provably works. Runs until the store drops it.
+async fn feed(pool: PgPool, cache: Arc<ValidationCache>) {
+    let replica: u64 = rand::random();
+    let sent = Arc::new(Mutex::new(VecDeque::<(u64, Instant)>::new()));
+    let heartbeats = tokio::spawn(heartbeat(pool.clone(), replica, sent.clone()));
+    let _stop_heartbeats = AbortOnDrop(heartbeats.abort_handle());
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for deletes; the validation cache stays off");
+                tokio::time::sleep(FEED_RETRY).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "cannot listen for deletes; the validation cache stays off");
+            tokio::time::sleep(FEED_RETRY).await;
+            continue;
+        }
+        // Heartbeats sent before this instant may vouch for a time when
+        // nobody was listening: they do not count.
+        let mut listening_since = Instant::now();
+        tracing::info!("listening for deletes made by any replica");
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    receive(
+                        &cache,
+                        &sent,
+                        replica,
+                        listening_since,
+                        notification.payload(),
+                    );
+                }
+                Ok(None) => {
+                    // Lost and re-established (sqlx reconnects before
+                    // returning): deletes in between were missed.
+                    cache.distrust();
+                    listening_since = Instant::now();
+                    tracing::warn!(
+                        "the delete feed's connection was lost; validation cache cleared"
+                    );
+                }
+                Err(e) => {
+                    cache.distrust();
+                    tracing::warn!(error = %e, "the delete feed failed; validation cache cleared");
+                    tokio::time::sleep(FEED_RETRY).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn receive(
+    cache: &ValidationCache,
+    sent: &Mutex<VecDeque<(u64, Instant)>>,
+    replica: u64,
+    listening_since: Instant,
+    payload: &str,
+) {
+    if let Some(id) = payload.strip_prefix("d:") {
+        match id.parse().ok().and_then(|id| TokenId::parse(id).ok()) {
+            Some(id) => cache.invalidate(id),
+            // Unreadable: assume the worst.
+            None => cache.clear(),
+        }
+    } else if let Some(beat) = payload.strip_prefix(&format!("h:{replica}:")) {
+        let Ok(n) = beat.parse::<u64>() else { return };
+        let mut sent = sent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sent_at = None;
+        while let Some(&(m, at)) = sent.front() {
+            if m > n {
+                break;
+            }
+            sent.pop_front();
+            if m == n {
+                sent_at = Some(at);
+            }
+        }
+        if let Some(at) = sent_at.filter(|at| *at >= listening_since) {
+            cache.confirm_until(at + STALENESS_BOUND);
+        }
+    }
+}
+
+/// Sends this replica's numbered heartbeats, noting when each was sent.
+async fn heartbeat(pool: PgPool, replica: u64, sent: Arc<Mutex<VecDeque<(u64, Instant)>>>) {
+    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 1u64.. {
+        ticks.tick().await;
+        {
+            let mut sent = sent.lock().unwrap_or_else(|e| e.into_inner());
+            // Beats that never came back (the database was away) go.
+            while sent.len() >= 1024 {
+                sent.pop_front();
+            }
+            sent.push_back((n, Instant::now()));
+        }
+        let beat = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(format!("h:{replica}:{n}"))
+            .execute(&pool);
+        if let Err(e) = beat.await {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -215,11 +369,11 @@ impl Store for PostgresStore {
         // The NOTIFY is part of the deleting transaction: delivered exactly
         // when the delete commits, never for one that rolled back.
         let deleted = sqlx::query(
-            "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 RETURNING token_hash) \
-             SELECT pg_notify($2, encode(token_hash, 'hex')) FROM gone",
+            "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 RETURNING id) \
+             SELECT pg_notify($2, 'd:' || id::text) FROM gone",
         )
         .bind(db_id(id))
-        .bind(DELETED_CHANNEL)
+        .bind(CHANNEL)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -237,5 +391,23 @@ impl Store for PostgresStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every acknowledged write was a commit already.
         Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn validation_cache(&self) -> Arc<ValidationCache> {
+        let cache = Arc::new(ValidationCache::confirmed());
+        let task = tokio::spawn(feed(self.pool.clone(), cache.clone()));
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task.abort_handle());
+        cache
     }
 }

@@ -129,7 +129,7 @@ pub struct TestRouter {
     pub service: Arc<TokenService>,
     pub admin_token: String,
     pub clock: Arc<ManualClock>,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Arc<sts::http::Readiness>,
     _data_dir: TempDir,
 }
 
@@ -171,7 +171,7 @@ pub async fn spawn_router() -> TestRouter {
 
 pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRouter {
     let (service, clock, admin_token) = build_service(store, Config::default()).await;
-    let ready = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(sts::http::Readiness::default());
     TestRouter {
         router: sts::http::router(HttpState::new(service.clone(), ready.clone())),
         service,

@@ -2,7 +2,7 @@
 //! `/api/server/status`, and 401 + `WWW-Authenticate: ApiKey` for every way a
 //! credential can be missing or wrong.
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use sts::{clock::Clock, token::Token};
 
@@ -202,7 +202,7 @@ async fn probes_report_liveness_and_readiness() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["status"], "ready");
 
-    app.ready.store(false, Ordering::SeqCst);
+    app.ready.drain();
     let draining = app.call("GET", "/readyz", &[], "").await;
     assert_eq!(draining.status, 503);
     assert_eq!(app.call("GET", "/healthz", &[], "").await.status, 200);
