@@ -22,6 +22,7 @@ mod http_tokens;
 mod list;
 mod properties;
 mod reflection;
+mod replicas;
 mod same_port;
 mod secrets;
 mod soak;

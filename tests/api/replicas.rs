@@ -1,0 +1,399 @@
+//! Two real `sts-server` replicas on one PostgreSQL behave as one service:
+//! a token created on one validates on the other at once, a delete on one
+//! is refused by the other within 100 ms even where it had the token cached,
+//! creates on both never collide, and a database outage mid-traffic gives
+//! UNAVAILABLE (never a wrong answer) and not-ready until the replicas
+//! reconnect by themselves.
+//!
+//! The outage is made by a TCP proxy between the replicas and PostgreSQL
+//! that cuts every connection and refuses new ones: the machine's database
+//! is shared with every other test, so it is not restarted.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sts::proto::{
+    CreateRequest, DeleteRequest, InvalidReason, token_service_client::TokenServiceClient,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::AbortHandle,
+    time::Instant,
+};
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    helpers::{channel, list_all, validate_on, with_key},
+    pg::TestDatabase,
+    process::{ServerProcess, bootstrap_with},
+};
+
+/// A replica: the real binary on the shared database.
+struct Replica {
+    server: ServerProcess,
+    client: TokenServiceClient<Channel>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Replica {
+    async fn start(store_url: &str) -> Replica {
+        // --data-dir is unused with --store; a private one keeps it tidy.
+        let data_dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start_with(data_dir.path(), &[("STS_STORE", store_url)]).await;
+        let client = TokenServiceClient::new(channel(server.addr).await);
+        Replica {
+            server,
+            client,
+            _data_dir: data_dir,
+        }
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.server.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn ready(&self) -> bool {
+        reqwest::get(format!("http://{}/readyz", self.server.addr))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+}
+
+fn create(admin: &str, name: &str) -> tonic::Request<CreateRequest> {
+    with_key(
+        admin,
+        CreateRequest {
+            name: name.into(),
+            roles: vec!["reader".into(), "writer".into()],
+            expiration: None,
+        },
+    )
+}
+
+/// Two replicas on a fresh schema, and the admin token bootstrapped there.
+async fn two_replicas(
+    test: &str,
+    via: Option<&str>,
+) -> Option<(TestDatabase, String, Replica, Replica)> {
+    let database = TestDatabase::create(test).await?;
+    let url = via.map_or_else(|| database.url.clone(), str::to_owned);
+    let scratch = tempfile::tempdir().unwrap();
+    let admin = bootstrap_with(scratch.path(), &[("STS_STORE", &url)]);
+    let a = Replica::start(&url).await;
+    let b = Replica::start(&url).await;
+    Some((database, admin, a, b))
+}
+
+#[tokio::test]
+async fn a_token_made_on_one_replica_works_on_the_other_and_a_delete_reaches_it_within_100_ms() {
+    let Some((database, admin, a, b)) = two_replicas("replicas_one_service", None).await else {
+        return;
+    };
+    let mut delays = Vec::new();
+    for i in 0..20 {
+        let created = a
+            .client
+            .clone()
+            .create(create(&admin, &format!("t{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        // At once on the other replica, with its roles; over HTTP too.
+        let on_b = validate_on(&b.client, &created.token).await.unwrap();
+        assert!(on_b.valid, "created on A, refused by B");
+        assert_eq!(on_b.service_token.unwrap().roles, ["reader", "writer"]);
+        let http = reqwest::Client::new()
+            .get(format!("http://{}/api/auth", b.server.addr))
+            .header("x-api-key", &created.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(http.status(), 200);
+        // B now has it cached; the delete goes through A.
+        for _ in 0..3 {
+            assert!(validate_on(&b.client, &created.token).await.unwrap().valid);
+        }
+        let id = created.service_token.unwrap().id;
+        a.client
+            .clone()
+            .delete(with_key(&admin, DeleteRequest { id }))
+            .await
+            .unwrap();
+        let acknowledged = Instant::now();
+        // Measured: how long B still said valid.
+        loop {
+            let answer = validate_on(&b.client, &created.token).await.unwrap();
+            if !answer.valid {
+                assert_eq!(answer.reason(), InvalidReason::NotFound);
+                break;
+            }
+            assert!(acknowledged.elapsed() < Duration::from_secs(1));
+        }
+        delays.push(acknowledged.elapsed());
+        // The promise: from 100 ms after the acknowledgement, refused. (Not
+        // a timing guess: past the bound a replica cannot answer from cache.)
+        tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+        assert!(!validate_on(&b.client, &created.token).await.unwrap().valid);
+        assert!(!validate_on(&a.client, &created.token).await.unwrap().valid);
+    }
+    delays.sort();
+    eprintln!(
+        "delete on A to refused on B: median {:?}, max {:?}",
+        delays[delays.len() / 2],
+        delays.last().unwrap()
+    );
+    assert!(
+        b.metric("sts_validation_cache_hits_total").await > 0.0,
+        "B's cache was in play"
+    );
+    drop((a, b));
+    database.drop().await;
+}
+
+#[tokio::test]
+async fn creates_on_both_replicas_at_once_never_collide() {
+    let Some((database, admin, a, b)) = two_replicas("replicas_concurrent_creates", None).await
+    else {
+        return;
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let mut client = if i % 2 == 0 {
+            a.client.clone()
+        } else {
+            b.client.clone()
+        };
+        let request = create(&admin, &format!("t{i}"));
+        calls.spawn(async move { client.create(request).await.unwrap().into_inner() });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(created) = calls.join_next().await {
+        assert!(ids.insert(created.unwrap().service_token.unwrap().id));
+    }
+    assert_eq!(ids.len(), 60);
+    let on_a: Vec<u64> = list_all(&a.client, &admin)
+        .await
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let on_b: Vec<u64> = list_all(&b.client, &admin)
+        .await
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a.len(), 61, "60 and the admin");
+    drop((a, b));
+    database.drop().await;
+}
+
+/// A TCP proxy to PostgreSQL that can cut every connection and refuse new
+/// ones, as a database restart looks from the replicas.
+struct Proxy {
+    addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: AbortHandle,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    down: bool,
+    links: Vec<AbortHandle>,
+}
+
+impl Proxy {
+    async fn to(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let accept = tokio::spawn({
+            let state = state.clone();
+            async move {
+                loop {
+                    let (mut client, _) = listener.accept().await.unwrap();
+                    let mut state_now = state.lock().unwrap();
+                    if state_now.down {
+                        continue; // dropped: connection refused, in effect
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    state_now.links.push(link.abort_handle());
+                }
+            }
+        })
+        .abort_handle();
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn down(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.down = true;
+        for link in state.links.drain(..) {
+            link.abort();
+        }
+    }
+
+    fn up(&self) {
+        self.state.lock().unwrap().down = false;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.down();
+    }
+}
+
+/// Waits (up to 20 s) for `condition`, checking every 50 ms.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// The proxy runs on this test's runtime, beside blocking process calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_reconnect() {
+    let Some(database) = TestDatabase::create("replicas_outage").await else {
+        return;
+    };
+    let direct: sqlx::postgres::PgConnectOptions = database.url.parse().unwrap();
+    let upstream: SocketAddr = format!("{}:{}", direct.get_host(), direct.get_port())
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], direct.get_port())));
+    let proxy = Proxy::to(upstream).await;
+    let via_proxy = database.url.replacen(
+        &format!("{}:{}", direct.get_host(), direct.get_port()),
+        &proxy.addr.to_string(),
+        1,
+    );
+    assert_ne!(via_proxy, database.url, "the URL names host:port");
+    let admin = tokio::task::spawn_blocking({
+        let via_proxy = via_proxy.clone();
+        move || {
+            let scratch = tempfile::tempdir().unwrap();
+            bootstrap_with(scratch.path(), &[("STS_STORE", &via_proxy)])
+        }
+    })
+    .await
+    .unwrap();
+    let a = Replica::start(&via_proxy).await;
+    let b = Replica::start(&via_proxy).await;
+    let kept = a
+        .client
+        .clone()
+        .create(create(&admin, "kept"))
+        .await
+        .unwrap()
+        .into_inner();
+    let doomed = a
+        .client
+        .clone()
+        .create(create(&admin, "doomed"))
+        .await
+        .unwrap()
+        .into_inner();
+    for replica in [&a, &b] {
+        assert!(
+            validate_on(&replica.client, &kept.token)
+                .await
+                .unwrap()
+                .valid
+        );
+        assert!(
+            validate_on(&replica.client, &doomed.token)
+                .await
+                .unwrap()
+                .valid
+        );
+        assert!(replica.ready().await);
+    }
+
+    proxy.down();
+    // Every answer now is UNAVAILABLE or a correct "valid" (never a refusal
+    // that is wrong, never a "valid" for something else) until the caches
+    // are dropped; then only UNAVAILABLE.
+    for replica in [&a, &b] {
+        eventually("UNAVAILABLE for a token that cannot be checked", || async {
+            match validate_on(&replica.client, &kept.token).await {
+                Err(status) => status.code() == Code::Unavailable,
+                Ok(answer) => {
+                    assert!(answer.valid, "a kept token refused during the outage");
+                    false
+                }
+            }
+        })
+        .await;
+        eventually("not ready", || async { !replica.ready().await }).await;
+        let create = replica
+            .client
+            .clone()
+            .create(create(&admin, "during"))
+            .await;
+        assert_eq!(create.unwrap_err().code(), Code::Unavailable);
+    }
+
+    proxy.up();
+    for replica in [&a, &b] {
+        eventually("ready again", || async { replica.ready().await }).await;
+        eventually("valid again", || async {
+            validate_on(&replica.client, &kept.token)
+                .await
+                .is_ok_and(|answer| answer.valid)
+        })
+        .await;
+    }
+    // And the delete feed is back: B caches again, and a delete on A
+    // reaches B's cache.
+    let hits = b.metric("sts_validation_cache_hits_total").await;
+    eventually("B's cache in use again", || async {
+        assert!(validate_on(&b.client, &doomed.token).await.unwrap().valid);
+        b.metric("sts_validation_cache_hits_total").await > hits
+    })
+    .await;
+    let id = doomed.service_token.unwrap().id;
+    a.client
+        .clone()
+        .delete(with_key(&admin, DeleteRequest { id }))
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    assert!(!validate_on(&b.client, &doomed.token).await.unwrap().valid);
+
+    for replica in [a, b] {
+        let (status, log) = replica.server.terminate().await;
+        assert!(status.success(), "{status:?}");
+        assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+    }
+    drop(proxy);
+    database.drop().await;
+}
