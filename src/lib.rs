@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod error;
+pub mod export;
 pub mod grpc;
 pub mod http;
 pub mod listener;

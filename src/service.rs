@@ -2,7 +2,11 @@
 //! admin authorization, and the management operations. gRPC (and any other
 //! front end) translates into these calls; none re-implements them.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use crate::{
     cache::ValidationCache,
@@ -20,6 +24,15 @@ use crate::{
 /// The tracing target of audit events: every Create and Delete, and every
 /// refused or failed management call, with who made it. Never a secret.
 pub const AUDIT: &str = "sts::audit";
+
+/// `time` with the sub-microsecond part dropped.
+fn to_micros(time: SystemTime) -> SystemTime {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64),
+        // Before 1970: never a token's time (creation is now, expiry ahead).
+        Err(_) => time,
+    }
+}
 
 /// The answer to "is this token valid?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,8 +247,11 @@ impl TokenService {
         Ok((token, created))
     }
 
-    async fn insert(&self, new: NewToken) -> Result<(Token, ServiceToken), Error> {
-        let now = self.clock.now();
+    async fn insert(&self, mut new: NewToken) -> Result<(Token, ServiceToken), Error> {
+        // Microseconds, the precision every backend keeps: a token reads
+        // the same from any store and survives a move between them exactly.
+        let now = to_micros(self.clock.now());
+        new.expiration = new.expiration.map(to_micros);
         if new.expiration.is_some_and(|expiration| expiration <= now) {
             return Err(FieldError::new("expiration", "must be in the future").into());
         }

@@ -46,6 +46,28 @@ enum Command {
     /// Create an admin token in the data directory and print it once on stdout.
     /// Run it while the server is stopped: the server holds the store.
     Bootstrap(BootstrapArgs),
+    /// Write every token (ids and hashes, never secrets) as JSON lines to
+    /// stdout. A sled store must not be in use by a running server.
+    Export(StoreOnlyArgs),
+    /// Add tokens from an export (JSON lines on stdin, or --file) to the
+    /// store, keeping their ids and hashes. Tokens already there are left
+    /// alone, so it can be run again.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct StoreOnlyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Read the export from this file instead of stdin.
+    #[arg(long)]
+    file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -112,6 +134,8 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bootstrap(args) => bootstrap(args).await,
+        Command::Export(args) => export(args).await,
+        Command::Import(args) => import(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,8 +157,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn service(args: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
-    let store: Arc<dyn Store> = match &args.store {
+async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &args.store {
         Some(url) => {
             let store = PostgresStore::connect(url).await?;
             tracing::info!(store = "postgres", "store open");
@@ -146,7 +170,11 @@ async fn service(args: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<A
             tracing::info!(store = "sled", data_dir = %args.data_dir.display(), "store open");
             Arc::new(store)
         }
-    };
+    })
+}
+
+async fn service(args: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
+    let store = open_store(args).await?;
     let config = Config {
         admin_role: args.admin_role.clone(),
         tls,
@@ -200,6 +228,40 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         created.id, created.name
     );
     println!("{}", token.expose_secret());
+    Ok(())
+}
+
+async fn export(args: StoreOnlyArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.store).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = sts::export::export(&*store, &mut out).await?;
+    eprintln!("Exported {written} service tokens.");
+    Ok(())
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.store).await?;
+    let summary = match &args.file {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            sts::export::import(&*store, std::io::BufReader::new(file)).await?
+        }
+        None => sts::export::import(&*store, std::io::stdin().lock()).await?,
+    };
+    store.flush().await?;
+    eprintln!(
+        "Imported service tokens: {} added, {} already there, {} in conflict.",
+        summary.added,
+        summary.already_there,
+        summary.conflicts.len()
+    );
+    for conflict in &summary.conflicts {
+        eprintln!("  not imported: {conflict}");
+    }
+    if !summary.conflicts.is_empty() {
+        anyhow::bail!("some tokens conflict with tokens already in the store");
+    }
     Ok(())
 }
 

@@ -28,6 +28,15 @@ pub struct StoredToken {
     pub hash: TokenHash,
 }
 
+/// What [`Store::import`] did with one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imported {
+    Added,
+    AlreadyThere,
+    /// Its id or hash belongs to a different token here; nothing changed.
+    Conflict(String),
+}
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,12 +65,28 @@ pub trait Store: Send + Sync + 'static {
     /// The token whose secret hashes to `hash`, if any. A lookup, not a scan.
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError>;
 
-    /// Up to `limit` tokens with ids greater than `after`, in ascending id order.
+    /// Up to `limit` tokens with ids greater than `after`, in ascending id
+    /// order, with their hashes (for export).
+    async fn list_stored(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// As [`Store::list_stored`], descriptions only.
     async fn list(
         &self,
         after: Option<TokenId>,
         limit: usize,
-    ) -> Result<Vec<ServiceToken>, StoreError>;
+    ) -> Result<Vec<ServiceToken>, StoreError> {
+        let page = self.list_stored(after, limit).await?;
+        Ok(page.into_iter().map(|stored| stored.token).collect())
+    }
+
+    /// Adds exported tokens under their own ids and hashes; durable once it
+    /// returns. A token already there (same id, same hash) is left as is, so
+    /// importing twice changes nothing.
+    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError>;
 
     /// Removes a token; `false` when there was none. Durable once it returns.
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError>;

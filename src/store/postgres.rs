@@ -34,7 +34,7 @@ use sqlx::{
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{Store, StoreError, StoredToken};
+use super::{Imported, Store, StoreError, StoredToken};
 use crate::{
     cache::ValidationCache,
     model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
@@ -339,11 +339,11 @@ impl Store for PostgresStore {
         Ok(Some(stored))
     }
 
-    async fn list(
+    async fn list_stored(
         &self,
         after: Option<TokenId>,
         limit: usize,
-    ) -> Result<Vec<ServiceToken>, StoreError> {
+    ) -> Result<Vec<StoredToken>, StoreError> {
         let after = after.map_or(0, db_id);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = sqlx::query(&format!(
@@ -357,12 +357,55 @@ impl Store for PostgresStore {
         let mut page = Vec::with_capacity(rows.len());
         for row in &rows {
             match decode(row) {
-                Ok(stored) => page.push(stored.token),
+                Ok(stored) => page.push(stored),
                 // One damaged row must not hide every other token.
                 Err(e) => tracing::error!(error = %e, "skipping a corrupt token row"),
             }
         }
         Ok(page)
+    }
+
+    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
+        // One transaction: the batch is durable, or absent, as a whole.
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        let mut outcomes = Vec::with_capacity(tokens.len());
+        for stored in tokens {
+            let token = &stored.token;
+            let roles: Vec<&str> = token.roles.iter().map(|r| r.as_str()).collect();
+            let inserted = sqlx::query(
+                "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(db_id(token.id))
+            .bind(&stored.hash.as_bytes()[..])
+            .bind(token.name.as_str())
+            .bind(&roles)
+            .bind(to_db_time(token.created_at))
+            .bind(token.expiration.map(to_db_time))
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+            if inserted.rows_affected() == 1 {
+                outcomes.push(Imported::Added);
+                continue;
+            }
+            let existing: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT token_hash FROM sts_tokens WHERE id = $1")
+                    .bind(db_id(token.id))
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+            outcomes.push(match existing {
+                Some(hash) if hash == stored.hash.as_bytes() => Imported::AlreadyThere,
+                Some(_) => Imported::Conflict(format!("id {} holds another token", token.id)),
+                None => Imported::Conflict(format!(
+                    "the hash of token {} belongs to another id",
+                    token.id
+                )),
+            });
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
     }
 
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {

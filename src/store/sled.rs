@@ -22,7 +22,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{Store, StoreError, StoredToken, group_commit::GroupCommit};
+use super::{Imported, Store, StoreError, StoredToken, group_commit::GroupCommit};
 use crate::{
     model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
     token::TokenHash,
@@ -239,6 +239,45 @@ impl SledStore {
     }
 
     /// Makes every write so far durable; concurrent callers share one flush.
+    fn import_unsynced(&self, stored: &StoredToken) -> Result<Imported, StoreError> {
+        let token = &stored.token;
+        let key = token.id.get().to_be_bytes();
+        let new = NewToken {
+            name: token.name.clone(),
+            roles: token.roles.clone(),
+            expiration: token.expiration,
+        };
+        let record = Record::new(token.id, &stored.hash, &new, token.created_at).encode_to_vec();
+        let hash = stored.hash.as_bytes();
+        let trees = (&self.tokens, &self.by_hash, &self.meta);
+        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
+            let held_by = by_hash.get(hash)?;
+            if let Some(existing) = tokens.get(key)? {
+                let same = Record::decode(&*existing).is_ok_and(|r| r.token_hash == hash);
+                return Ok(if same {
+                    Imported::AlreadyThere
+                } else {
+                    Imported::Conflict(format!("id {} holds another token", token.id))
+                });
+            }
+            if held_by.is_some() {
+                return Ok(Imported::Conflict(format!(
+                    "the hash of token {} belongs to another id",
+                    token.id
+                )));
+            }
+            tokens.insert(&key, record.clone())?;
+            by_hash.insert(hash, &key)?;
+            let count = decode_count(meta.get(COUNT_KEY)?) + 1;
+            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+            Ok(Imported::Added)
+        });
+        outcome.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Abort(()) => StoreError::Unavailable("import aborted".into()),
+            TransactionError::Storage(e) => unavailable(e),
+        })
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         self.flusher.sync().await
     }
@@ -278,11 +317,11 @@ impl Store for SledStore {
         Ok(Some(stored))
     }
 
-    async fn list(
+    async fn list_stored(
         &self,
         after: Option<TokenId>,
         limit: usize,
-    ) -> Result<Vec<ServiceToken>, StoreError> {
+    ) -> Result<Vec<StoredToken>, StoreError> {
         let start = after.map_or(0, |id| id.get() + 1).to_be_bytes();
         let mut page = Vec::with_capacity(limit.min(1024));
         for entry in self.tokens.range(start..) {
@@ -291,7 +330,7 @@ impl Store for SledStore {
             }
             let (key, bytes) = entry.map_err(unavailable)?;
             match Record::decode_stored(&bytes) {
-                Ok(stored) => page.push(stored.token),
+                Ok(stored) => page.push(stored),
                 // One damaged record must not hide every other token.
                 Err(e) => {
                     let key = <[u8; 8]>::try_from(&*key).map(u64::from_be_bytes);
@@ -300,6 +339,18 @@ impl Store for SledStore {
             }
         }
         Ok(page)
+    }
+
+    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
+        self.check_space()?;
+        let mut outcomes = Vec::with_capacity(tokens.len());
+        for stored in tokens {
+            outcomes.push(self.import_unsynced(stored)?);
+        }
+        if outcomes.contains(&Imported::Added) {
+            self.sync().await?;
+        }
+        Ok(outcomes)
     }
 
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {

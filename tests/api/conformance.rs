@@ -10,7 +10,7 @@ use std::{
 
 use sts::{
     model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
-    store::{PostgresStore, SledStore, Store, StoreError},
+    store::{Imported, PostgresStore, SledStore, Store, StoreError},
     token::Token,
 };
 use tempfile::TempDir;
@@ -312,6 +312,75 @@ async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
     assert_eq!(store.count().await.unwrap(), 1);
 }
 
+async fn an_import_keeps_ids_and_hashes_and_can_be_repeated(backend: &mut Backend) {
+    // An export from another store of the same kind (another instance's data).
+    let source = Backend::sled().await;
+    let mut secrets = Vec::new();
+    for i in 0..5 {
+        let token = Token::generate();
+        let expiration = (i % 2 == 0).then(|| SystemTime::now() + Duration::from_secs(3600));
+        source
+            .store()
+            .insert(
+                token.hash(),
+                &new_token(&format!("t{i}"), &["a", "b"], expiration),
+                SystemTime::now(),
+            )
+            .await
+            .unwrap();
+        secrets.push(token);
+    }
+    let exported = source.store().list_stored(None, 100).await.unwrap();
+    source.finish().await;
+
+    let store = backend.store();
+    let (local, local_stored) = insert(&*store, "already-here").await;
+    let first = store.import(&exported).await.unwrap();
+    assert!(first.iter().all(|o| *o == Imported::Added), "{first:?}");
+    let again = store.import(&exported).await.unwrap();
+    assert!(
+        again.iter().all(|o| *o == Imported::AlreadyThere),
+        "{again:?}"
+    );
+    // Another token's id, or another id for a hash already here: refused.
+    let mut same_id = exported[0].clone();
+    same_id.token.id = local_stored.id;
+    let mut same_hash = exported[1].clone();
+    same_hash.hash = local.hash();
+    same_hash.token.id = TokenId::parse(42).unwrap();
+    let conflicts = store.import(&[same_id, same_hash]).await.unwrap();
+    assert!(
+        conflicts.iter().all(|o| matches!(o, Imported::Conflict(_))),
+        "{conflicts:?}"
+    );
+    assert_eq!(store.count().await.unwrap(), 6);
+
+    drop(store);
+    backend.restart().await;
+    let store = backend.store();
+    for token in &secrets {
+        let original = exported
+            .iter()
+            .find(|e| e.hash.ct_eq(&token.hash()))
+            .unwrap();
+        let found = store.find_by_hash(&token.hash()).await.unwrap().unwrap();
+        assert_eq!(found.token.id, original.token.id);
+        assert_eq!(found.token.roles, original.token.roles);
+        let drift = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
+            (Some(a), Some(b)) => {
+                a.duration_since(b).or(b.duration_since(a)).unwrap() < Duration::from_micros(1)
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        assert!(drift(found.token.expiration, original.token.expiration));
+        assert!(drift(
+            Some(found.token.created_at),
+            Some(original.token.created_at)
+        ));
+    }
+}
+
 async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
     let other = backend.replica().await.expect("a backend with replicas");
     let store = backend.store();
@@ -411,6 +480,7 @@ conformance!(
         a_cursor_holds_while_tokens_come_and_go,
         a_delete_removes_everything_once,
         a_second_token_with_the_same_hash_is_refused,
+        an_import_keeps_ids_and_hashes_and_can_be_repeated,
     ],
     replicated: [replicas_see_each_others_writes_at_once],
 );

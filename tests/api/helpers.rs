@@ -24,7 +24,7 @@ use sts::{
     },
     server,
     service::TokenService,
-    store::{SledStore, Store, StoreError, StoredToken},
+    store::{Imported, SledStore, Store, StoreError, StoredToken},
     token::TokenHash,
 };
 use tempfile::TempDir;
@@ -530,13 +530,18 @@ impl Store for FaultyStore {
         self.inner.find_by_hash(hash).await
     }
 
-    async fn list(
+    async fn list_stored(
         &self,
         after: Option<TokenId>,
         limit: usize,
-    ) -> Result<Vec<Described>, StoreError> {
+    ) -> Result<Vec<StoredToken>, StoreError> {
         self.fault()?;
-        self.inner.list(after, limit).await
+        self.inner.list_stored(after, limit).await
+    }
+
+    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
+        self.write_fault()?;
+        self.inner.import(tokens).await
     }
 
     async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {

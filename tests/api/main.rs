@@ -20,6 +20,7 @@ mod health;
 mod http_auth;
 mod http_tokens;
 mod list;
+mod migrate;
 mod properties;
 mod reflection;
 mod replicas;

@@ -1,0 +1,171 @@
+//! Moving tokens between stores (sled to PostgreSQL, a backup and back) as
+//! JSON lines: one token per line with its id, the hash of its secret (never
+//! the secret, which no store has) and its description.
+//!
+//! ```json
+//! {"id":4503599627370495,"token_hash":"9f86…","name":"ci","roles":["deployer"],"created_at":"2026-11-28T10:00:00.123456Z","expiration":"2027-01-01T00:00:00Z"}
+//! ```
+//!
+//! Importing keeps ids and hashes, so every exported token keeps working;
+//! a token already there is left alone, so an import can be repeated.
+
+use std::{
+    io::{BufRead, Write},
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    model::{FieldError, Roles, ServiceToken, TokenId, TokenName},
+    store::{Imported, Store, StoreError, StoredToken},
+    token::TokenHash,
+};
+
+/// Tokens per store call, both ways.
+const BATCH: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the export: {0}")]
+    Write(std::io::Error),
+    #[error("cannot read the import: {0}")]
+    Read(std::io::Error),
+    #[error("line {line}: {problem}")]
+    Line { line: usize, problem: String },
+}
+
+/// One line of an export.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    id: u64,
+    token_hash: String,
+    name: String,
+    roles: Vec<String>,
+    created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time).map_or_else(|_| String::from("invalid"), |t| t.to_string())
+}
+
+fn parse_time(field: &str, text: &str) -> Result<SystemTime, FieldError> {
+    let time = text.parse::<jiff::Timestamp>().map_err(|_| {
+        FieldError::new(field, "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z")
+    })?;
+    crate::model::parse_time(field, time.as_second(), time.subsec_nanosecond())
+}
+
+impl Line {
+    fn of(stored: &StoredToken) -> Line {
+        let token = &stored.token;
+        Line {
+            id: token.id.get(),
+            token_hash: hex::encode(stored.hash.as_bytes()),
+            name: token.name.as_str().to_owned(),
+            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            created_at: rfc3339(token.created_at),
+            expiration: token.expiration.map(rfc3339),
+        }
+    }
+
+    /// Parse, don't trust: an import is untrusted input like any request.
+    fn parse(self) -> Result<StoredToken, FieldError> {
+        let hash = hex::decode(&self.token_hash)
+            .ok()
+            .and_then(|bytes| TokenHash::from_bytes(&bytes))
+            .ok_or_else(|| FieldError::new("token_hash", "must be 64 hex digits"))?;
+        Ok(StoredToken {
+            token: ServiceToken {
+                id: TokenId::parse(self.id)?,
+                name: TokenName::parse(&self.name)?,
+                roles: Roles::parse(&self.roles)?,
+                created_at: parse_time("created_at", &self.created_at)?,
+                expiration: self
+                    .expiration
+                    .map(|e| parse_time("expiration", &e))
+                    .transpose()?,
+            },
+            hash,
+        })
+    }
+}
+
+/// Writes every token in `store`, in id order; returns how many.
+pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<u64, ExportError> {
+    let mut after = None;
+    let mut written = 0;
+    loop {
+        let page = store.list_stored(after, BATCH).await?;
+        for stored in &page {
+            let line = serde_json::to_string(&Line::of(stored)).expect("a Line serializes");
+            writeln!(out, "{line}").map_err(ExportError::Write)?;
+            written += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == BATCH => after = Some(last.token.id),
+            _ => break,
+        }
+    }
+    out.flush().map_err(ExportError::Write)?;
+    Ok(written)
+}
+
+/// What an import did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub added: u64,
+    pub already_there: u64,
+    /// Tokens left out because their id or hash is another token's here.
+    pub conflicts: Vec<String>,
+}
+
+/// Reads an export and adds its tokens to `store`, a batch at a time, each
+/// batch durable before the next is read. Stops at the first line that is
+/// not a valid token, naming it; the batches before it stay imported, and
+/// since importing is idempotent, running the fixed file again finishes it.
+pub async fn import(store: &dyn Store, input: impl BufRead) -> Result<ImportSummary, ExportError> {
+    let mut summary = ImportSummary::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    for (index, line) in input.lines().enumerate() {
+        let text = line.map_err(ExportError::Read)?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let bad = |problem: String| ExportError::Line {
+            line: index + 1,
+            problem,
+        };
+        let parsed: Line = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        batch.push(parsed.parse().map_err(|e| bad(e.to_string()))?);
+        if batch.len() == BATCH {
+            import_batch(store, &mut batch, &mut summary).await?;
+        }
+    }
+    import_batch(store, &mut batch, &mut summary).await?;
+    Ok(summary)
+}
+
+async fn import_batch(
+    store: &dyn Store,
+    batch: &mut Vec<StoredToken>,
+    summary: &mut ImportSummary,
+) -> Result<(), ExportError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    for outcome in store.import(batch).await? {
+        match outcome {
+            Imported::Added => summary.added += 1,
+            Imported::AlreadyThere => summary.already_there += 1,
+            Imported::Conflict(why) => summary.conflicts.push(why),
+        }
+    }
+    batch.clear();
+    Ok(())
+}
