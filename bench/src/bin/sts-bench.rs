@@ -127,6 +127,22 @@ enum Command {
         #[arg(long)]
         token_file: PathBuf,
     },
+    /// Delete-to-rejected time between two replicas: create a token on A,
+    /// validate it on B until B has it cached, delete it on A, then validate
+    /// on B until refused. Reports percentiles over the trials.
+    Propagation {
+        /// The replica deletes go to.
+        #[arg(long)]
+        a: String,
+        /// The replica that must stop accepting.
+        #[arg(long)]
+        b: String,
+        /// A token with the admin role.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+    },
     /// Poll gRPC health until SERVING; print milliseconds since --since-ms (epoch ms).
     WaitServing {
         #[arg(long)]
@@ -205,6 +221,51 @@ async fn main() -> anyhow::Result<()> {
             report["writes_per_flush"] =
                 serde_json::json!((writes - writes_before) / (flushes - flushes_before).max(1.0));
             println!("{report}");
+        }
+        Command::Propagation {
+            a,
+            b,
+            token,
+            trials,
+        } => {
+            let mut on_a = TokenServiceClient::new(connect(&a, 1).await?.remove(0));
+            let mut on_b = TokenServiceClient::new(connect(&b, 1).await?.remove(0));
+            let mut delays = Vec::with_capacity(trials);
+            for n in 0..trials {
+                let request = CreateRequest {
+                    name: format!("bench-propagation-{n}"),
+                    roles: vec!["bench-reader".into()],
+                    expiration: None,
+                };
+                let created = on_a
+                    .create(admin_request(&token, request))
+                    .await?
+                    .into_inner();
+                let validate = || ValidateRequest {
+                    token: created.token.clone(),
+                };
+                for _ in 0..3 {
+                    anyhow::ensure!(on_b.validate(validate()).await?.into_inner().valid);
+                }
+                let id = created.service_token.context("no token in the answer")?.id;
+                on_a.delete(admin_request(&token, sts::proto::DeleteRequest { id }))
+                    .await?;
+                let deleted = Instant::now();
+                while on_b.validate(validate()).await?.into_inner().valid {}
+                delays.push(deleted.elapsed().as_secs_f64() * 1000.0);
+            }
+            delays.sort_by(f64::total_cmp);
+            let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": "delete propagation",
+                    "trials": trials,
+                    "p50_ms": at(0.5),
+                    "p99_ms": at(0.99),
+                    "max_ms": at(1.0),
+                })
+            );
         }
         Command::ListAll {
             target,
