@@ -28,7 +28,7 @@ use std::{
 
 use async_trait::async_trait;
 use sqlx::{
-    PgPool, Row,
+    ConnectOptions, PgPool, Row,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
 };
 use time::OffsetDateTime;
@@ -85,6 +85,13 @@ impl PostgresStore {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        // One connection first, for its error: the pool would only say it
+        // timed out waiting.
+        let first = options
+            .connect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let _ = sqlx::Connection::close(first).await;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -162,6 +162,36 @@ async fn a_token_made_on_one_replica_works_on_the_other_and_a_delete_reaches_it_
 }
 
 #[tokio::test]
+async fn replicas_starting_together_on_an_empty_database_both_come_up() {
+    let Some(database) = TestDatabase::create("replicas_start_together").await else {
+        return;
+    };
+    // Both migrate the empty schema at the same moment.
+    let (a, b) = tokio::join!(Replica::start(&database.url), Replica::start(&database.url));
+    let scratch = tempfile::tempdir().unwrap();
+    let url = database.url.clone();
+    let admin =
+        tokio::task::spawn_blocking(move || bootstrap_with(scratch.path(), &[("STS_STORE", &url)]))
+            .await
+            .unwrap();
+    for replica in [&a, &b] {
+        assert!(validate_on(&replica.client, &admin).await.unwrap().valid);
+        assert!(replica.ready().await);
+    }
+    use sqlx::Row;
+    let migrations = database
+        .query("SELECT count(*) AS n FROM _sqlx_migrations")
+        .await;
+    assert_eq!(
+        migrations[0].get::<i64, _>("n"),
+        1,
+        "the migration ran once"
+    );
+    drop((a, b));
+    database.drop().await;
+}
+
+#[tokio::test]
 async fn creates_on_both_replicas_at_once_never_collide() {
     let Some((database, admin, a, b)) = two_replicas("replicas_concurrent_creates", None).await
     else {
