@@ -28,6 +28,21 @@ pub struct StoredToken {
     pub hash: TokenHash,
 }
 
+impl StoredToken {
+    /// `self`, if its hash is `hash` (compared in constant time). A lookup by
+    /// hash that lands on another token's record is corruption, never a match.
+    pub fn verified(self, hash: &TokenHash) -> Result<StoredToken, StoreError> {
+        if self.hash.ct_eq(hash) {
+            Ok(self)
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "token {}: the hash index points at another token's record",
+                self.token.id
+            )))
+        }
+    }
+}
+
 /// What [`Store::import`] did with one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Imported {
@@ -113,4 +128,34 @@ pub trait Store: Send + Sync + 'static {
     /// Adds the backend's own metrics (how its writes reach the disk) to the
     /// service's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Roles, TokenName},
+        token::Token,
+    };
+
+    #[test]
+    fn a_record_verifies_only_against_its_own_hash() {
+        let token = Token::generate();
+        let stored = StoredToken {
+            token: ServiceToken {
+                id: TokenId::random(),
+                name: TokenName::parse("t").unwrap(),
+                roles: Roles::parse(&["r"]).unwrap(),
+                expiration: None,
+                created_at: SystemTime::now(),
+            },
+            hash: token.hash(),
+        };
+        assert_eq!(stored.clone().verified(&token.hash()).unwrap(), stored);
+        let other = Token::generate().hash();
+        assert!(matches!(
+            stored.verified(&other),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

@@ -335,15 +335,7 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let stored = decode(&row)?;
-        // The index found it; the record must agree (constant time, as for sled).
-        if !stored.hash.ct_eq(hash) {
-            return Err(StoreError::Corrupt(format!(
-                "token {}: hash does not match its index",
-                stored.token.id
-            )));
-        }
-        Ok(Some(stored))
+        Ok(Some(decode(&row)?.verified(hash)?))
     }
 
     async fn list_stored(

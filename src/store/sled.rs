@@ -307,14 +307,7 @@ impl Store for SledStore {
             tracing::warn!("hash index entry without a token record; treating as not found");
             return Ok(None);
         };
-        let stored = Record::decode_stored(&bytes)?;
-        if !stored.hash.ct_eq(hash) {
-            return Err(StoreError::Corrupt(format!(
-                "token {}: index and record disagree on the hash",
-                stored.token.id
-            )));
-        }
-        Ok(Some(stored))
+        Ok(Some(Record::decode_stored(&bytes)?.verified(hash)?))
     }
 
     async fn list_stored(

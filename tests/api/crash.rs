@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{channel, create_request, list_all, validate_on, with_key},
-    process::{ServerProcess, bootstrap},
+    process::{ServerProcess, bootstrap_with},
 };
 
 /// Kill/restart cycles in the default run; `STS_CRASH_CYCLES` asks for more.
@@ -69,16 +69,33 @@ type Ledger = Arc<Mutex<BTreeMap<String, Entry>>>;
 
 #[tokio::test]
 async fn acknowledged_writes_survive_sigkill_and_nothing_half_written_appears() {
+    crash_cycles(&[], DEFAULT_CYCLES).await;
+}
+
+/// The same against PostgreSQL: what the server acknowledged is committed,
+/// whatever happens to the server.
+#[tokio::test]
+async fn on_postgres_acknowledged_writes_survive_sigkill_of_the_server() {
+    let Some(database) = crate::pg::TestDatabase::create("crash_postgres").await else {
+        return;
+    };
+    crash_cycles(&[("STS_STORE", &database.url)], DEFAULT_CYCLES / 2).await;
+    database.drop().await;
+}
+
+/// Kill/restart cycles of the real binary with `env` (which store), checked
+/// against a ledger of acknowledged writes.
+async fn crash_cycles(env: &[(&str, &str)], default_cycles: usize) {
     let cycles = std::env::var("STS_CRASH_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(DEFAULT_CYCLES);
+        .unwrap_or(default_cycles);
     let seed: u64 = rand::rng().random();
     println!("crash test seed {seed} (cycles: {cycles})");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = tempfile::tempdir().unwrap();
-    let admin = bootstrap(dir.path());
+    let admin = bootstrap_with(dir.path(), env);
     let ledger: Ledger = Ledger::default();
 
     for cycle in 0..cycles {
@@ -92,6 +109,7 @@ async fn acknowledged_writes_survive_sigkill_and_nothing_half_written_appears() 
         };
         let cycle_run = kill_while_writing(
             dir.path(),
+            env,
             &admin,
             &ledger,
             cycle,
@@ -104,7 +122,7 @@ async fn acknowledged_writes_survive_sigkill_and_nothing_half_written_appears() 
             .unwrap_or_else(|_| panic!("cycle {cycle} ({mix:?}), seed {seed}: no progress"));
     }
 
-    let server = ServerProcess::start(dir.path()).await;
+    let server = ServerProcess::start_with(dir.path(), env).await;
     let client = TokenServiceClient::new(channel(server.addr).await);
     verify(&client, &admin, &ledger, cycles).await;
     let (exit, log) = server.terminate().await;
@@ -125,8 +143,10 @@ fn count(ledger: &Ledger, state: State) -> usize {
 /// One cycle: start the server, check it against the ledger, write until
 /// `kill_after` writes were acknowledged, then SIGKILL it while the other
 /// writers still have calls in flight.
+#[allow(clippy::too_many_arguments)]
 async fn kill_while_writing(
     dir: &std::path::Path,
+    env: &[(&str, &str)],
     admin: &str,
     ledger: &Ledger,
     cycle: usize,
@@ -134,7 +154,7 @@ async fn kill_while_writing(
     kill_after: usize,
     seed: u64,
 ) {
-    let server = ServerProcess::start(dir).await;
+    let server = ServerProcess::start_with(dir, env).await;
     let client = TokenServiceClient::new(channel(server.addr).await);
     verify(&client, admin, ledger, cycle).await;
 

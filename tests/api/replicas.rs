@@ -16,7 +16,8 @@ use std::{
 };
 
 use sts::proto::{
-    CreateRequest, DeleteRequest, InvalidReason, token_service_client::TokenServiceClient,
+    CreateRequest, CreateResponse, DeleteRequest, InvalidReason,
+    token_service_client::TokenServiceClient,
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -61,6 +62,17 @@ impl Replica {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Deletes `created` through this replica; returns when it was acknowledged.
+    async fn delete(&self, admin: &str, created: &CreateResponse) -> Instant {
+        let id = created.service_token.as_ref().unwrap().id;
+        self.client
+            .clone()
+            .delete(with_key(admin, DeleteRequest { id }))
+            .await
+            .unwrap();
+        Instant::now()
     }
 
     async fn ready(&self) -> bool {
@@ -124,13 +136,7 @@ async fn a_token_made_on_one_replica_works_on_the_other_and_a_delete_reaches_it_
         for _ in 0..3 {
             assert!(validate_on(&b.client, &created.token).await.unwrap().valid);
         }
-        let id = created.service_token.unwrap().id;
-        a.client
-            .clone()
-            .delete(with_key(&admin, DeleteRequest { id }))
-            .await
-            .unwrap();
-        let acknowledged = Instant::now();
+        let acknowledged = a.delete(&admin, &created).await;
         // Measured: how long B still said valid.
         loop {
             let answer = validate_on(&b.client, &created.token).await.unwrap();
@@ -409,13 +415,7 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
         b.metric("sts_validation_cache_hits_total").await > hits
     })
     .await;
-    let id = doomed.service_token.unwrap().id;
-    a.client
-        .clone()
-        .delete(with_key(&admin, DeleteRequest { id }))
-        .await
-        .unwrap();
-    let acknowledged = Instant::now();
+    let acknowledged = a.delete(&admin, &doomed).await;
     tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
     assert!(!validate_on(&b.client, &doomed.token).await.unwrap().valid);
 
