@@ -5,9 +5,10 @@
 //! UNAVAILABLE (never a wrong answer) and not-ready until the replicas
 //! reconnect by themselves.
 //!
-//! The outage is made by a TCP proxy between the replicas and PostgreSQL
-//! that cuts every connection and refuses new ones: the machine's database
-//! is shared with every other test, so it is not restarted.
+//! Outages: a TCP proxy between the replicas and the shared database cuts
+//! every connection and refuses new ones for as long as the test says; and
+//! a private cluster (initdb, pg_ctl) is restarted for real mid-traffic,
+//! since the machine's own database is shared with every other test.
 
 use std::{
     net::SocketAddr,
@@ -426,4 +427,214 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
     }
     drop(proxy);
     database.drop().await;
+}
+
+/// A private PostgreSQL cluster (initdb + pg_ctl) this test may restart.
+struct PrivateCluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivateCluster {
+    /// `None`, saying why, where PostgreSQL's server programs are missing.
+    async fn start() -> Option<PrivateCluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|bin| bin.join("initdb").exists());
+        let Some(bin) = bin else {
+            eprintln!(
+                "skipping the real restart: no PostgreSQL server programs under /usr/lib/postgresql"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // initdb refuses to run as root: then the cluster runs as `postgres`.
+        use std::os::unix::fs::MetadataExt;
+        let as_postgres = std::fs::metadata(dir.path()).unwrap().uid() == 0;
+        if as_postgres {
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = PrivateCluster {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        let data = cluster.dir.path().join("data");
+        cluster
+            .run(
+                "initdb",
+                &[
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-D",
+                    data.to_str().unwrap(),
+                ],
+            )
+            .await;
+        cluster.pg_ctl("start").await;
+        Some(cluster)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                action,
+            ],
+        )
+        .await;
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) {
+        let mut command = if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join(program));
+            command
+        } else {
+            std::process::Command::new(self.bin.join(program))
+        };
+        command.args(args).current_dir(self.dir.path());
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{program} {args:?}: {output:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_itself() {
+    // Runs where the PostgreSQL tests run, on a cluster of its own.
+    if std::env::var(crate::pg::DATABASE_URL_VAR).is_err() {
+        eprintln!(
+            "skipping the real restart: {} is not set",
+            crate::pg::DATABASE_URL_VAR
+        );
+        return;
+    }
+    let Some(cluster) = PrivateCluster::start().await else {
+        return;
+    };
+    let url = cluster.url();
+    let admin = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let scratch = tempfile::tempdir().unwrap();
+            bootstrap_with(scratch.path(), &[("STS_STORE", &url)])
+        })
+        .await
+        .unwrap()
+    };
+    let a = Replica::start(&url).await;
+    let b = Replica::start(&url).await;
+    let kept = a
+        .client
+        .clone()
+        .create(create(&admin, "kept"))
+        .await
+        .unwrap()
+        .into_inner();
+    let doomed = a
+        .client
+        .clone()
+        .create(create(&admin, "doomed"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Traffic on both replicas all through the restart: every answer is a
+    // correct "valid" or UNAVAILABLE.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut traffic = tokio::task::JoinSet::new();
+    for client in [a.client.clone(), b.client.clone()] {
+        let (stop, token) = (stop.clone(), kept.token.clone());
+        traffic.spawn(async move {
+            let (mut valid, mut unavailable) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match validate_on(&client, &token).await {
+                    Ok(answer) => {
+                        assert!(answer.valid, "a kept token refused: {answer:?}");
+                        valid += 1;
+                    }
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                        unavailable += 1;
+                    }
+                }
+            }
+            (valid, unavailable)
+        });
+    }
+    cluster.pg_ctl("restart").await;
+    for replica in [&a, &b] {
+        eventually("ready after the restart", || async {
+            replica.ready().await
+        })
+        .await;
+    }
+    // The delete feed came back too: B caches again, and hears A's delete.
+    let hits = b.metric("sts_validation_cache_hits_total").await;
+    eventually("B's cache in use again", || async {
+        assert!(validate_on(&b.client, &doomed.token).await.unwrap().valid);
+        b.metric("sts_validation_cache_hits_total").await > hits
+    })
+    .await;
+    let acknowledged = a.delete(&admin, &doomed).await;
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    assert!(!validate_on(&b.client, &doomed.token).await.unwrap().valid);
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    while let Some(counts) = traffic.join_next().await {
+        let (valid, unavailable) = counts.unwrap();
+        eprintln!("through the restart: {valid} valid, {unavailable} UNAVAILABLE");
+        assert!(valid > 0);
+    }
+    for replica in [a, b] {
+        let (status, log) = replica.server.terminate().await;
+        assert!(status.success(), "{status:?}");
+        assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+        // The restart was seen: the feed lost its connection and dropped the cache.
+        assert!(
+            log.iter().any(|l| l.contains("validation cache cleared")),
+            "{log:#?}"
+        );
+    }
+    cluster.pg_ctl("stop").await;
 }
