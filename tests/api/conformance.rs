@@ -67,7 +67,7 @@ impl Backend {
     async fn restart(&mut self) {
         self.store = None;
         self.store = Some(match &self.data {
-            Data::Sled(dir) => Arc::new(SledStore::open(dir.path()).unwrap()),
+            Data::Sled(dir) => Arc::new(crate::helpers::reopen(dir.path()).await),
             Data::Postgres(database) => {
                 Arc::new(PostgresStore::connect(&database.url).await.unwrap())
             }

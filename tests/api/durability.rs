@@ -140,7 +140,7 @@ async fn the_token_count_is_kept_across_restarts_without_a_scan() {
         );
         assert_eq!(store.count().await.unwrap(), 4);
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = crate::helpers::reopen(dir.path()).await;
     assert_eq!(store.count().await.unwrap(), 4);
 }
 

@@ -437,8 +437,23 @@ pub async fn list_all(client: &TokenServiceClient<Channel>, admin: &str) -> Vec<
 
 /// Restarts on a data dir a stopped app handed back.
 pub async fn restart(data_dir: TempDir) -> TestApp {
-    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    let store = Arc::new(reopen(data_dir.path()).await);
     spawn_app_on(data_dir, store, Config::default()).await
+}
+
+/// Opens a sled store this process has just closed. sled's own I/O threads
+/// may hold the directory's lock for a moment after the last handle is
+/// dropped (a new process never sees this: the lock goes with the old one).
+pub async fn reopen(dir: &Path) -> SledStore {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            opened => return opened.unwrap(),
+        }
+    }
 }
 
 /// Every file under `dir`, recursively, as bytes.
