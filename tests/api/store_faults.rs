@@ -93,7 +93,21 @@ async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
     let dir = app.stop().await;
 
     {
-        let db = sled::open(dir.path()).unwrap();
+        // The store was just closed in this process: wait for its lock
+        // (see `helpers::reopen`).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let tokens = db.open_tree("tokens").unwrap();
         tokens
             .insert(
