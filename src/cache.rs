@@ -15,7 +15,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex, RwLock,
+        RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -45,8 +45,9 @@ enum Freshness {
     /// Every delete goes through this process.
     Local,
     /// Deletes may happen elsewhere: usable until the instant the feed last
-    /// vouched for (none yet: not usable).
-    Confirmed(Mutex<Option<Instant>>),
+    /// vouched for, kept as nanoseconds after `since` (0: not usable). An
+    /// atomic, because every lookup reads it.
+    Confirmed { since: Instant, until: AtomicU64 },
 }
 
 /// The generation a lookup started in; a fill with an older one is dropped.
@@ -61,7 +62,10 @@ impl ValidationCache {
 
     /// For a store others write too; unusable until a first confirmation.
     pub fn confirmed() -> ValidationCache {
-        ValidationCache::new(Freshness::Confirmed(Mutex::new(None)))
+        ValidationCache::new(Freshness::Confirmed {
+            since: Instant::now(),
+            until: AtomicU64::new(0),
+        })
     }
 
     fn new(freshness: Freshness) -> ValidationCache {
@@ -76,9 +80,9 @@ impl ValidationCache {
     fn usable(&self) -> bool {
         match &self.freshness {
             Freshness::Local => true,
-            Freshness::Confirmed(until) => {
-                let until = *until.lock().unwrap_or_else(|e| e.into_inner());
-                until.is_some_and(|until| Instant::now() < until)
+            Freshness::Confirmed { since, until } => {
+                let until = until.load(Ordering::Acquire);
+                until != 0 && since.elapsed().as_nanos() < u128::from(until)
             }
         }
     }
@@ -133,19 +137,24 @@ impl ValidationCache {
     /// was sent has been applied: trust the cache until `until` (that send
     /// time plus the staleness bound).
     pub fn confirm_until(&self, until: Instant) {
-        if let Freshness::Confirmed(current) = &self.freshness {
-            let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
-            if current.is_none_or(|c| c < until) {
-                *current = Some(until);
-            }
+        if let Freshness::Confirmed {
+            since,
+            until: current,
+        } = &self.freshness
+        {
+            let nanos = until.saturating_duration_since(*since).as_nanos();
+            current.fetch_max(
+                u64::try_from(nanos).unwrap_or(u64::MAX).max(1),
+                Ordering::AcqRel,
+            );
         }
     }
 
     /// The feed is gone: forget everything and trust nothing until it
     /// vouches again.
     pub fn distrust(&self) {
-        if let Freshness::Confirmed(current) = &self.freshness {
-            *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Freshness::Confirmed { until, .. } = &self.freshness {
+            until.store(0, Ordering::Release);
         }
         self.clear();
     }
@@ -165,26 +174,12 @@ impl ValidationCache {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
-    use crate::{
-        model::{Roles, ServiceToken, TokenName},
-        token::Token,
-    };
 
     fn stored() -> StoredToken {
-        let token = Token::generate();
-        StoredToken {
-            token: ServiceToken {
-                id: TokenId::random(),
-                name: TokenName::parse("t").unwrap(),
-                roles: Roles::parse(&["r"]).unwrap(),
-                expiration: None,
-                created_at: SystemTime::now(),
-            },
-            hash: token.hash(),
-        }
+        StoredToken::sample().1
     }
 
     #[test]

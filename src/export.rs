@@ -50,8 +50,12 @@ struct Line {
     expiration: Option<String>,
 }
 
-fn rfc3339(time: SystemTime) -> String {
-    jiff::Timestamp::try_from(time).map_or_else(|_| String::from("invalid"), |t| t.to_string())
+/// Every time a store holds came through `parse_time` (years 1..=9999), so
+/// jiff can write it; a time it cannot is reported, never written garbled.
+fn rfc3339(time: SystemTime) -> Result<String, StoreError> {
+    jiff::Timestamp::try_from(time)
+        .map(|t| t.to_string())
+        .map_err(|e| StoreError::Corrupt(format!("a time out of range: {e}")))
 }
 
 fn parse_time(field: &str, text: &str) -> Result<SystemTime, FieldError> {
@@ -62,16 +66,16 @@ fn parse_time(field: &str, text: &str) -> Result<SystemTime, FieldError> {
 }
 
 impl Line {
-    fn of(stored: &StoredToken) -> Line {
+    fn of(stored: &StoredToken) -> Result<Line, StoreError> {
         let token = &stored.token;
-        Line {
+        Ok(Line {
             id: token.id.get(),
             token_hash: hex::encode(stored.hash.as_bytes()),
             name: token.name.as_str().to_owned(),
             roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            created_at: rfc3339(token.created_at),
-            expiration: token.expiration.map(rfc3339),
-        }
+            created_at: rfc3339(token.created_at)?,
+            expiration: token.expiration.map(rfc3339).transpose()?,
+        })
     }
 
     /// Parse, don't trust: an import is untrusted input like any request.
@@ -103,7 +107,7 @@ pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<u64, Expo
     loop {
         let page = store.list_stored(after, BATCH).await?;
         for stored in &page {
-            let line = serde_json::to_string(&Line::of(stored)).expect("a Line serializes");
+            let line = serde_json::to_string(&Line::of(stored)?).expect("a Line serializes");
             writeln!(out, "{line}").map_err(ExportError::Write)?;
             written += 1;
         }

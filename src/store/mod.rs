@@ -43,6 +43,26 @@ impl StoredToken {
     }
 }
 
+#[cfg(test)]
+impl StoredToken {
+    /// A fresh token and its record, for unit tests.
+    pub(crate) fn sample() -> (crate::token::Token, StoredToken) {
+        use crate::model::{Roles, TokenName};
+        let token = crate::token::Token::generate();
+        let stored = StoredToken {
+            token: ServiceToken {
+                id: TokenId::random(),
+                name: TokenName::parse("t").unwrap(),
+                roles: Roles::parse(&["r"]).unwrap(),
+                expiration: None,
+                created_at: SystemTime::now(),
+            },
+            hash: token.hash(),
+        };
+        (token, stored)
+    }
+}
+
 /// What [`Store::import`] did with one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Imported {
@@ -133,24 +153,11 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::{Roles, TokenName},
-        token::Token,
-    };
+    use crate::token::Token;
 
     #[test]
     fn a_record_verifies_only_against_its_own_hash() {
-        let token = Token::generate();
-        let stored = StoredToken {
-            token: ServiceToken {
-                id: TokenId::random(),
-                name: TokenName::parse("t").unwrap(),
-                roles: Roles::parse(&["r"]).unwrap(),
-                expiration: None,
-                created_at: SystemTime::now(),
-            },
-            hash: token.hash(),
-        };
+        let (token, stored) = StoredToken::sample();
         assert_eq!(stored.clone().verified(&token.hash()).unwrap(), stored);
         let other = Token::generate().hash();
         assert!(matches!(

@@ -65,6 +65,11 @@ impl Replica {
             .unwrap_or(0.0)
     }
 
+    async fn create(&self, admin: &str, name: &str) -> CreateResponse {
+        let answer = self.client.clone().create(create(admin, name)).await;
+        answer.unwrap().into_inner()
+    }
+
     /// Deletes `created` through this replica; returns when it was acknowledged.
     async fn delete(&self, admin: &str, created: &CreateResponse) -> Instant {
         let id = created.service_token.as_ref().unwrap().id;
@@ -76,10 +81,31 @@ impl Replica {
         Instant::now()
     }
 
+    /// `/readyz` answers 200 and gRPC health says SERVING.
     async fn ready(&self) -> bool {
-        reqwest::get(format!("http://{}/readyz", self.server.addr))
+        self.readiness().await == (true, true)
+    }
+
+    /// Both `/readyz` and gRPC health say not ready.
+    async fn unready(&self) -> bool {
+        self.readiness().await == (false, false)
+    }
+
+    async fn readiness(&self) -> (bool, bool) {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let http = reqwest::get(format!("http://{}/readyz", self.server.addr))
             .await
-            .is_ok_and(|r| r.status() == 200)
+            .is_ok_and(|r| r.status() == 200);
+        let request = HealthCheckRequest {
+            service: sts::server::SERVICE_NAME.into(),
+        };
+        let grpc = HealthClient::new(channel(self.server.addr).await)
+            .check(request)
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving);
+        (http, grpc)
     }
 }
 
@@ -94,34 +120,36 @@ fn create(admin: &str, name: &str) -> tonic::Request<CreateRequest> {
     )
 }
 
+/// The admin token bootstrapped into the store at `url`, and two replicas on it.
+async fn replicas_on(url: &str) -> (String, Replica, Replica) {
+    let admin = {
+        let url = url.to_owned();
+        // Off the runtime: a test's proxy may run on it.
+        tokio::task::spawn_blocking(move || {
+            let scratch = tempfile::tempdir().unwrap();
+            bootstrap_with(scratch.path(), &[("STS_STORE", &url)])
+        })
+        .await
+        .unwrap()
+    };
+    (admin, Replica::start(url).await, Replica::start(url).await)
+}
+
 /// Two replicas on a fresh schema, and the admin token bootstrapped there.
-async fn two_replicas(
-    test: &str,
-    via: Option<&str>,
-) -> Option<(TestDatabase, String, Replica, Replica)> {
+async fn two_replicas(test: &str) -> Option<(TestDatabase, String, Replica, Replica)> {
     let database = TestDatabase::create(test).await?;
-    let url = via.map_or_else(|| database.url.clone(), str::to_owned);
-    let scratch = tempfile::tempdir().unwrap();
-    let admin = bootstrap_with(scratch.path(), &[("STS_STORE", &url)]);
-    let a = Replica::start(&url).await;
-    let b = Replica::start(&url).await;
+    let (admin, a, b) = replicas_on(&database.url).await;
     Some((database, admin, a, b))
 }
 
 #[tokio::test]
 async fn a_token_made_on_one_replica_works_on_the_other_and_a_delete_reaches_it_within_100_ms() {
-    let Some((database, admin, a, b)) = two_replicas("replicas_one_service", None).await else {
+    let Some((database, admin, a, b)) = two_replicas("replicas_one_service").await else {
         return;
     };
     let mut delays = Vec::new();
     for i in 0..20 {
-        let created = a
-            .client
-            .clone()
-            .create(create(&admin, &format!("t{i}")))
-            .await
-            .unwrap()
-            .into_inner();
+        let created = a.create(&admin, &format!("t{i}")).await;
         // At once on the other replica, with its roles; over HTTP too.
         let on_b = validate_on(&b.client, &created.token).await.unwrap();
         assert!(on_b.valid, "created on A, refused by B");
@@ -200,8 +228,7 @@ async fn replicas_starting_together_on_an_empty_database_both_come_up() {
 
 #[tokio::test]
 async fn creates_on_both_replicas_at_once_never_collide() {
-    let Some((database, admin, a, b)) = two_replicas("replicas_concurrent_creates", None).await
-    else {
+    let Some((database, admin, a, b)) = two_replicas("replicas_concurrent_creates").await else {
         return;
     };
     let mut calls = tokio::task::JoinSet::new();
@@ -333,31 +360,9 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
         1,
     );
     assert_ne!(via_proxy, database.url, "the URL names host:port");
-    let admin = tokio::task::spawn_blocking({
-        let via_proxy = via_proxy.clone();
-        move || {
-            let scratch = tempfile::tempdir().unwrap();
-            bootstrap_with(scratch.path(), &[("STS_STORE", &via_proxy)])
-        }
-    })
-    .await
-    .unwrap();
-    let a = Replica::start(&via_proxy).await;
-    let b = Replica::start(&via_proxy).await;
-    let kept = a
-        .client
-        .clone()
-        .create(create(&admin, "kept"))
-        .await
-        .unwrap()
-        .into_inner();
-    let doomed = a
-        .client
-        .clone()
-        .create(create(&admin, "doomed"))
-        .await
-        .unwrap()
-        .into_inner();
+    let (admin, a, b) = replicas_on(&via_proxy).await;
+    let kept = a.create(&admin, "kept").await;
+    let doomed = a.create(&admin, "doomed").await;
     for replica in [&a, &b] {
         assert!(
             validate_on(&replica.client, &kept.token)
@@ -389,7 +394,10 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
             }
         })
         .await;
-        eventually("not ready", || async { !replica.ready().await }).await;
+        eventually("not ready (HTTP and gRPC health)", || async {
+            replica.unready().await
+        })
+        .await;
         let create = replica
             .client
             .clone()
@@ -552,32 +560,9 @@ async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_its
     let Some(cluster) = PrivateCluster::start().await else {
         return;
     };
-    let url = cluster.url();
-    let admin = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            let scratch = tempfile::tempdir().unwrap();
-            bootstrap_with(scratch.path(), &[("STS_STORE", &url)])
-        })
-        .await
-        .unwrap()
-    };
-    let a = Replica::start(&url).await;
-    let b = Replica::start(&url).await;
-    let kept = a
-        .client
-        .clone()
-        .create(create(&admin, "kept"))
-        .await
-        .unwrap()
-        .into_inner();
-    let doomed = a
-        .client
-        .clone()
-        .create(create(&admin, "doomed"))
-        .await
-        .unwrap()
-        .into_inner();
+    let (admin, a, b) = replicas_on(&cluster.url()).await;
+    let kept = a.create(&admin, "kept").await;
+    let doomed = a.create(&admin, "doomed").await;
 
     // Traffic on both replicas all through the restart: every answer is a
     // correct "valid" or UNAVAILABLE.
