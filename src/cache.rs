@@ -22,7 +22,10 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::{model::TokenId, store::StoredToken, token::TokenHash};
+use crate::{
+    model::{StoredToken, TokenId},
+    token::TokenHash,
+};
 
 /// Entries kept at most; past it the cache starts over (cheap, and rare:
 /// that many distinct live tokens validating).
@@ -159,7 +162,8 @@ impl ValidationCache {
         self.clear();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -167,7 +171,8 @@ impl ValidationCache {
             .len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -1,7 +1,10 @@
-//! Server settings as plain data, with their defaults as named constants.
-//! Command-line parsing lives in the binaries.
+//! Settings as plain data, with their defaults as named constants, one type
+//! per layer: [`ServiceConfig`] for the rules `TokenService` applies,
+//! [`ServerConfig`] for how `server::run` serves (TLS, timeouts, limits),
+//! [`StoreConfig`] for where tokens are kept. Command-line parsing lives in
+//! the binaries.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use crate::model::Role;
 
@@ -9,17 +12,14 @@ use crate::model::Role;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// The sled data directory unless told otherwise, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "sts-data";
-/// Free space kept on the data directory's disk for deletes and sled's own
-/// upkeep; creates are refused below it. See `SledStore::with_reserve`.
-pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 /// The role a caller's token needs for Create, List and Delete (StackState's admin role).
 pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
 /// List page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest List page; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
-/// Largest gRPC request message accepted. Every valid request is far smaller;
-/// a bigger one is refused instead of buffered.
+/// Largest request accepted (a gRPC message, an HTTP body). Every valid
+/// request is far smaller; a bigger one is refused instead of buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// How long shutdown waits for in-flight calls before closing anyway; below
@@ -37,6 +37,33 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The service's rules: who may manage tokens, how lists are paged.
+/// Nothing here knows how or where the service is reached.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub admin_role: Role,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+}
+
+impl ServiceConfig {
+    /// The defaults, with `admin_role` as the role management calls need.
+    pub fn with_admin_role(admin_role: Role) -> ServiceConfig {
+        ServiceConfig {
+            admin_role,
+            default_page_size: DEFAULT_PAGE_SIZE,
+            max_page_size: MAX_PAGE_SIZE,
+        }
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> ServiceConfig {
+        let role = Role::parse(DEFAULT_ADMIN_ROLE).expect("the default admin role is valid");
+        ServiceConfig::with_admin_role(role)
+    }
+}
+
 /// A PEM certificate chain and private key to serve TLS with.
 #[derive(Clone)]
 pub struct TlsIdentity {
@@ -50,31 +77,81 @@ impl std::fmt::Debug for TlsIdentity {
     }
 }
 
-/// How the service behaves, independent of where it listens or stores.
+/// How the server takes connections and requests: TLS, timeouts, limits,
+/// shutdown. Nothing here changes what an answer is.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub admin_role: Role,
-    pub default_page_size: usize,
-    pub max_page_size: usize,
-    pub max_request_bytes: usize,
-    pub shutdown_grace: Duration,
+pub struct ServerConfig {
     /// Serve gRPC and HTTP over TLS (rustls) on the same port; `None` is plaintext.
     pub tls: Option<TlsIdentity>,
+    pub max_request_bytes: usize,
+    pub shutdown_grace: Duration,
     pub first_byte_timeout: Duration,
     pub tls_handshake_timeout: Duration,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            admin_role: Role::parse(DEFAULT_ADMIN_ROLE).expect("the default admin role is valid"),
-            default_page_size: DEFAULT_PAGE_SIZE,
-            max_page_size: MAX_PAGE_SIZE,
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            tls: None,
             max_request_bytes: MAX_REQUEST_BYTES,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            tls: None,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
+            http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
         }
+    }
+}
+
+/// Where tokens are kept.
+#[derive(Clone)]
+pub enum StoreConfig {
+    /// The embedded sled store in `data_dir`; creates are refused while its
+    /// disk has less than `disk_reserve` bytes free.
+    Sled {
+        data_dir: PathBuf,
+        disk_reserve: u64,
+    },
+    /// PostgreSQL at a libpq-style URL, shared by any number of replicas.
+    Postgres { url: String },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    /// The URL may hold a password: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sled {
+                data_dir,
+                disk_reserve,
+            } => f
+                .debug_struct("Sled")
+                .field("data_dir", data_dir)
+                .field("disk_reserve", disk_reserve)
+                .finish(),
+            StoreConfig::Postgres { .. } => f.write_str("Postgres { url: <redacted> }"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_admin_role_is_a_valid_role() {
+        assert_eq!(
+            ServiceConfig::default().admin_role.as_str(),
+            DEFAULT_ADMIN_ROLE
+        );
+    }
+
+    #[test]
+    fn a_store_url_is_never_shown() {
+        let config = StoreConfig::Postgres {
+            url: "postgres://u:s3cretpw@db/x".into(),
+        };
+        assert!(!format!("{config:?}").contains("s3cretpw"));
     }
 }

@@ -1,12 +1,16 @@
-//! The library's error type, the transport-neutral kind every front end maps
-//! from, and the one conversion to a gRPC status.
+//! The library's errors: [`Error`] for requests, with its transport-neutral
+//! [`ErrorKind`], what a client is told of it ([`Error::answer`]) and the one
+//! conversion to a gRPC status; [`ServeError`] for failing to start serving.
+
+use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     credential::AuthError,
     model::{FieldError, Role, TokenId},
-    store::StoreError,
+    store::{Cause, StoreError},
 };
 
+/// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {0}")]
@@ -17,15 +21,10 @@ pub enum Error {
     Unauthenticated(#[from] AuthError),
     #[error("permission denied: the caller's service token lacks the `{0}` role")]
     PermissionDenied(Role),
+    #[error("the request is larger than the {limit} bytes allowed")]
+    TooLarge { limit: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("transport error: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("invalid TLS certificate or key: {0}")]
-    Tls(String),
-    /// Only our own embedded descriptors go in, so this is a build defect.
-    #[error("embedded protobuf descriptors are invalid: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// What kind of failure an [`Error`] is, independent of transport: gRPC and
@@ -36,6 +35,7 @@ pub enum ErrorKind {
     NotFound,
     Unauthenticated,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
     Internal,
 }
@@ -48,58 +48,131 @@ impl ErrorKind {
             ErrorKind::NotFound => "NOT_FOUND",
             ErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Internal => "INTERNAL",
         }
     }
 }
 
+/// What a client is told of an [`Error`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
 impl Error {
+    /// The one exhaustive match over variants.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
-            Error::Store(StoreError::Locked { .. } | StoreError::Unavailable(_)) => {
-                ErrorKind::Unavailable
+            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::Store(
+                StoreError::Locked { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::DiskReserve { .. },
+            ) => ErrorKind::Unavailable,
+            Error::Store(StoreError::Corrupt { .. } | StoreError::IdExhausted) => {
+                ErrorKind::Internal
             }
-            Error::Store(StoreError::Corrupt(_) | StoreError::IdExhausted)
-            | Error::Transport(_)
-            | Error::Tls(_)
-            | Error::Reflection(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// What the client is told; both transports answer with it. A caller's
+    /// mistake is explained. A failure of the server's own (every store
+    /// error) is logged here, whole (every cause: driver text, paths, record
+    /// ids), under a fresh incident id, and the client gets a fixed text and
+    /// that id, which it can quote to whoever reads the log. Nothing internal
+    /// reaches a client; `Validate` answers callers who need no credential.
+    pub fn answer(&self) -> Answer {
+        let kind = self.kind();
+        let message = match self {
+            Error::Store(failure) => {
+                let incident = incident_id();
+                let error = with_causes(failure);
+                if kind == ErrorKind::Unavailable {
+                    tracing::warn!(%incident, %error, "request failed: store unavailable");
+                } else {
+                    tracing::error!(%incident, %error, "request failed");
+                }
+                format!(
+                    "{} (incident {incident}; the server's log has the details)",
+                    fixed_text(failure)
+                )
+            }
+            _ => self.to_string(),
+        };
+        Answer { kind, message }
+    }
+}
+
+/// The client's text for a store failure: fixed per cause, saying what the
+/// client can do about it.
+fn fixed_text(failure: &StoreError) -> &'static str {
+    match failure {
+        StoreError::DiskReserve { .. } => {
+            "the server's disk is nearly full: new tokens are refused until space is freed (deletes still work)"
+        }
+        StoreError::Corrupt { .. } => {
+            "the token store holds a corrupt record; an operator must repair it"
+        }
+        StoreError::IdExhausted => "could not allocate a unique token id; try again",
+        StoreError::Locked { .. } | StoreError::Unavailable { .. } => {
+            "the token store is unavailable; try again later"
         }
     }
 }
 
-impl Error {
-    /// Logs failures that are the server's, not the caller's; the transports'
-    /// conversions call this so operators see store trouble whichever way it
-    /// surfaced. Caller mistakes are not logged here (they are answered).
-    pub fn report(&self) {
-        match self.kind() {
-            ErrorKind::Unavailable => {
-                tracing::warn!(error = %self, "request failed: store unavailable")
-            }
-            ErrorKind::Internal => tracing::error!(error = %self, "request failed"),
-            _ => {}
-        }
-    }
+/// 16 hex digits, random: unique enough to find one line in a log.
+fn incident_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> tonic::Status {
-        error.report();
-        let code = match error.kind() {
+        let answer = error.answer();
+        let code = match answer.kind {
             ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         };
-        tonic::Status::new(code, error.to_string())
+        tonic::Status::new(code, answer.message)
     }
+}
+
+/// Why the server could not start (or stop) serving. Only the operator sees
+/// these, so they carry every cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TLS certificate or key")]
+    Tls(#[source] Cause),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("transport error")]
+    Transport(#[from] tonic::transport::Error),
+    /// Only our own embedded descriptors go in, so this is a build defect.
+    #[error("embedded protobuf descriptors are invalid")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// An error and its chain of causes on one line, each cause once.
@@ -114,4 +187,47 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_own_failures_reach_clients_as_fixed_texts_with_an_incident_id() {
+        let driver = std::io::Error::other("password authentication failed for user \"sts\"");
+        let error = Error::Store(StoreError::unavailable("PostgreSQL failed", driver));
+        let answer = error.answer();
+        assert_eq!(answer.kind, ErrorKind::Unavailable);
+        assert!(
+            answer
+                .message
+                .starts_with("the token store is unavailable; try again later (incident "),
+            "{answer:?}"
+        );
+        assert!(!answer.message.contains("password"), "{answer:?}");
+        assert!(!answer.message.contains("PostgreSQL"), "{answer:?}");
+        assert_ne!(error.answer().message, answer.message, "a new id each time");
+    }
+
+    #[test]
+    fn caller_mistakes_are_explained() {
+        let error = Error::from(FieldError::new("name", "is required"));
+        assert_eq!(
+            error.answer(),
+            Answer {
+                kind: ErrorKind::InvalidArgument,
+                message: "invalid argument: name: is required".into()
+            }
+        );
+    }
+
+    #[test]
+    fn causes_are_listed_once_each() {
+        let error = StoreError::unavailable("sled failed", std::io::Error::other("disk gone"));
+        assert_eq!(
+            with_causes(&error),
+            "the store is unavailable: sled failed: disk gone"
+        );
+    }
 }

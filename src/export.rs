@@ -17,9 +17,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{FieldError, Roles, ServiceToken, TokenId, TokenName},
-    store::{Imported, Store, StoreError, StoredToken},
-    token::TokenHash,
+    model::{FieldError, StoredParts, StoredToken, parse_time},
+    store::{Imported, Store, StoreError},
 };
 
 /// Tokens per store call, both ways.
@@ -55,14 +54,14 @@ struct Line {
 fn rfc3339(time: SystemTime) -> Result<String, StoreError> {
     jiff::Timestamp::try_from(time)
         .map(|t| t.to_string())
-        .map_err(|e| StoreError::Corrupt(format!("a time out of range: {e}")))
+        .map_err(|e| StoreError::corrupt("a time out of range", e))
 }
 
-fn parse_time(field: &str, text: &str) -> Result<SystemTime, FieldError> {
+fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, FieldError> {
     let time = text.parse::<jiff::Timestamp>().map_err(|_| {
         FieldError::new(field, "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z")
     })?;
-    crate::model::parse_time(field, time.as_second(), time.subsec_nanosecond())
+    parse_time(field, time.as_second(), time.subsec_nanosecond())
 }
 
 impl Line {
@@ -79,23 +78,22 @@ impl Line {
     }
 
     /// Parse, don't trust: an import is untrusted input like any request.
-    fn parse(self) -> Result<StoredToken, FieldError> {
+    fn parse(&self) -> Result<StoredToken, FieldError> {
         let hash = hex::decode(&self.token_hash)
             .ok()
-            .and_then(|bytes| TokenHash::from_bytes(&bytes))
+            .filter(|bytes| bytes.len() == 32)
             .ok_or_else(|| FieldError::new("token_hash", "must be 64 hex digits"))?;
-        Ok(StoredToken {
-            token: ServiceToken {
-                id: TokenId::parse(self.id)?,
-                name: TokenName::parse(&self.name)?,
-                roles: Roles::parse(&self.roles)?,
-                created_at: parse_time("created_at", &self.created_at)?,
-                expiration: self
-                    .expiration
-                    .map(|e| parse_time("expiration", &e))
-                    .transpose()?,
-            },
-            hash,
+        StoredToken::from_parts(StoredParts {
+            id: self.id,
+            hash: &hash,
+            name: &self.name,
+            roles: &self.roles,
+            expiration: self
+                .expiration
+                .as_deref()
+                .map(|e| parse_rfc3339("expiration", e))
+                .transpose()?,
+            created_at: parse_rfc3339("created_at", &self.created_at)?,
         })
     }
 }

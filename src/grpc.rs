@@ -8,11 +8,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     credential,
     error::Error,
-    metrics::Rpc,
-    model::{NewToken, Roles, ServiceToken, TokenId, TokenName, parse_time},
+    model::{NewToken, ServiceToken, TokenId, parse_time},
     page::PageRequest,
     proto,
-    service::{InvalidReason, TokenService, Validation},
+    service::{InvalidReason, Rpc, TokenService, Validation},
 };
 
 /// `proto::token_service_server::TokenService` over the domain service.
@@ -98,14 +97,11 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
 }
 
 fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
-    Ok(NewToken {
-        name: TokenName::parse(&request.name)?,
-        roles: Roles::parse(&request.roles)?,
-        expiration: request
-            .expiration
-            .map(|ts| parse_time("expiration", ts.seconds, ts.nanos))
-            .transpose()?,
-    })
+    let expiration = request
+        .expiration
+        .map(|ts| parse_time("expiration", ts.seconds, ts.nanos))
+        .transpose()?;
+    Ok(NewToken::parse(&request.name, &request.roles, expiration)?)
 }
 
 impl From<ServiceToken> for proto::ServiceToken {

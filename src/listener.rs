@@ -37,29 +37,29 @@ use tokio_rustls::{
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::{config::TlsIdentity, error::Error};
+use crate::{config::TlsIdentity, error::ServeError};
 
 /// How long accepting pauses after the process ran out of descriptors.
 const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
 
 /// A rustls acceptor for `identity` offering HTTP/2 and HTTP/1.1.
-pub fn tls_acceptor(identity: &TlsIdentity) -> Result<TlsAcceptor, Error> {
-    let invalid = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+pub fn tls_acceptor(identity: &TlsIdentity) -> Result<TlsAcceptor, ServeError> {
     let chain = CertificateDer::pem_slice_iter(&identity.cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(&e))?;
+        .map_err(|e| ServeError::Tls(e.into()))?;
     if chain.is_empty() {
-        return Err(Error::Tls(
+        return Err(ServeError::Tls(
             "no PEM certificate in the certificate file".into(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(&identity.key_pem).map_err(|e| invalid(&e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&identity.key_pem).map_err(|e| ServeError::Tls(e.into()))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(&e))?
+        .map_err(|e| ServeError::Tls(e.into()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| invalid(&e))?;
+        .map_err(|e| ServeError::Tls(e.into()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -169,8 +169,9 @@ impl Stream for Incoming {
 }
 
 fn out_of_descriptors(e: &io::Error) -> bool {
-    // EMFILE (process limit) and ENFILE (system limit) on Linux and the BSDs.
-    matches!(e.raw_os_error(), Some(23 | 24))
+    use rustix::io::Errno;
+    // The process's limit and the system's.
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// An accepted connection, plain or TLS, that fails its first read if the
@@ -366,8 +367,11 @@ mod tests {
 
     #[test]
     fn descriptor_exhaustion_is_recognised() {
-        assert!(out_of_descriptors(&io::Error::from_raw_os_error(24)));
-        assert!(out_of_descriptors(&io::Error::from_raw_os_error(23)));
-        assert!(!out_of_descriptors(&io::Error::from_raw_os_error(104)));
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE] {
+            assert!(out_of_descriptors(&errno.into()));
+        }
+        assert!(!out_of_descriptors(&Errno::CONNRESET.into()));
+        assert!(!out_of_descriptors(&io::Error::other("not an OS error")));
     }
 }

@@ -1,6 +1,10 @@
 //! Prometheus metrics (OpenMetrics text via `prometheus-client`): validations
-//! by outcome, management calls by RPC and status, request latency by route,
-//! and the number of tokens stored.
+//! by outcome, management calls by RPC and status, role checks, request
+//! latency by route, and the number of tokens stored.
+//!
+//! A leaf: callers pass plain labels, each from a fixed set of `&'static str`
+//! (so label values stay bounded and recording allocates nothing), and this
+//! module knows nothing of the service's types.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -12,26 +16,6 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-
-use crate::{error::Error, service::Validation};
-
-/// The management RPCs, as every transport names them in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rpc {
-    Create,
-    List,
-    Delete,
-}
-
-impl Rpc {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rpc::Create => "Create",
-            Rpc::List => "List",
-            Rpc::Delete => "Delete",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -56,16 +40,11 @@ pub struct Metrics {
     registry: Registry,
     validations: Family<OutcomeLabels, Counter>,
     management_calls: Family<CallLabels, Counter>,
+    role_checks: Family<OutcomeLabels, Counter>,
     request_duration: HistogramFamily,
     tokens_stored: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
-}
-
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
 }
 
 impl Metrics {
@@ -76,7 +55,7 @@ impl Metrics {
         metrics
     }
 
-    pub fn new() -> Metrics {
+    fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sts");
         let validations = Family::default();
         registry.register(
@@ -89,6 +68,12 @@ impl Metrics {
             "management_calls",
             "Create, List and Delete calls (gRPC and REST) by RPC and status",
             management_calls.clone(),
+        );
+        let role_checks = Family::default();
+        registry.register(
+            "role_checks",
+            "Checks that an authenticated token holds a required role (forward-auth ?role=), by outcome",
+            role_checks.clone(),
         );
         // 50 µs to ~1.6 s: the validate path is expected in the sub-millisecond range.
         let request_duration: HistogramFamily =
@@ -120,6 +105,7 @@ impl Metrics {
             registry,
             validations,
             management_calls,
+            role_checks,
             request_duration,
             tokens_stored,
             cache_hits,
@@ -127,15 +113,8 @@ impl Metrics {
         }
     }
 
-    pub fn validation(&self, outcome: &Result<Validation, Error>) {
-        use crate::service::InvalidReason::*;
-        let outcome = match outcome {
-            Ok(Validation::Valid(_)) => "valid",
-            Ok(Validation::Invalid(Malformed(_))) => "malformed",
-            Ok(Validation::Invalid(NotFound)) => "not_found",
-            Ok(Validation::Invalid(Expired)) => "expired",
-            Err(_) => "error",
-        };
+    /// One validation: `valid`, why it was invalid, or `error`.
+    pub fn validation(&self, outcome: &'static str) {
         self.validations
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
@@ -149,16 +128,17 @@ impl Metrics {
         }
     }
 
-    pub fn management_call<T>(&self, rpc: Rpc, result: &Result<T, Error>) {
-        let status = match result {
-            Ok(_) => "OK",
-            Err(e) => e.kind().as_str(),
-        };
+    /// One management call: the RPC's name and its gRPC status name.
+    pub fn management_call(&self, rpc: &'static str, status: &'static str) {
         self.management_calls
-            .get_or_create(&CallLabels {
-                rpc: rpc.as_str(),
-                status,
-            })
+            .get_or_create(&CallLabels { rpc, status })
+            .inc();
+    }
+
+    /// One required-role check: `granted` or `refused`.
+    pub fn role_check(&self, outcome: &'static str) {
+        self.role_checks
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

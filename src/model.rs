@@ -5,6 +5,8 @@ use std::{fmt, time::SystemTime};
 
 use rand::Rng;
 
+use crate::token::TokenHash;
+
 /// Longest name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Longest role accepted, in characters.
@@ -213,13 +215,25 @@ pub fn parse_time(field: &str, seconds: i64, nanos: i32) -> Result<SystemTime, F
             "must lie between the years 1 and 9999",
         ));
     }
-    let since_epoch = std::time::Duration::new(seconds.unsigned_abs(), nanos as u32);
-    let time = if seconds >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(since_epoch)
+    let whole = std::time::Duration::from_secs(seconds.unsigned_abs());
+    let second = if seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(whole)
     } else {
-        SystemTime::UNIX_EPOCH.checked_sub(since_epoch)
+        SystemTime::UNIX_EPOCH.checked_sub(whole)
     };
-    time.ok_or_else(|| FieldError::new(field, "is not a representable time"))
+    // Nanos count forward from the second, before 1970 too (-1.5 s is
+    // seconds -2, nanos 500000000), as in protobuf's Timestamp.
+    second
+        .and_then(|second| second.checked_add(std::time::Duration::from_nanos(nanos as u64)))
+        .ok_or_else(|| FieldError::new(field, "is not a representable time"))
+}
+
+/// A point in time given as milliseconds since the Unix epoch (StackState's
+/// JSON), with the same range as [`parse_time`].
+pub fn parse_epoch_millis(field: &str, millis: i64) -> Result<SystemTime, FieldError> {
+    // rem_euclid keeps the sub-second part in 0..1000 for times before 1970.
+    let nanos = (millis.rem_euclid(1000) * 1_000_000) as i32;
+    parse_time(field, millis.div_euclid(1000), nanos)
 }
 
 /// What a token is, minus its secret: what `List` shows and `Validate` answers.
@@ -234,6 +248,17 @@ pub struct ServiceToken {
 }
 
 impl ServiceToken {
+    /// The token `new` becomes once stored under `id`.
+    pub fn new(id: TokenId, new: &NewToken, created_at: SystemTime) -> ServiceToken {
+        ServiceToken {
+            id,
+            name: new.name.clone(),
+            roles: new.roles.clone(),
+            expiration: new.expiration,
+            created_at,
+        }
+    }
+
     /// Expired from the expiration instant on.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.expiration.is_some_and(|expiration| now >= expiration)
@@ -247,6 +272,81 @@ pub struct NewToken {
     pub name: TokenName,
     pub roles: Roles,
     pub expiration: Option<SystemTime>,
+}
+
+impl NewToken {
+    /// What every transport (and `bootstrap`) makes of a request's fields.
+    /// Times come already parsed: each transport has its own time format.
+    pub fn parse<S: AsRef<str>>(
+        name: &str,
+        roles: &[S],
+        expiration: Option<SystemTime>,
+    ) -> Result<NewToken, FieldError> {
+        Ok(NewToken {
+            name: TokenName::parse(name)?,
+            roles: Roles::parse(roles)?,
+            expiration,
+        })
+    }
+}
+
+/// A token as a store holds it: its description and the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub token: ServiceToken,
+    pub hash: TokenHash,
+}
+
+/// A stored token's fields as a backend or an export reads them back, not
+/// yet checked. Times come already converted: each format has its own.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredParts<'a> {
+    pub id: u64,
+    pub hash: &'a [u8],
+    pub name: &'a str,
+    pub roles: &'a [String],
+    pub expiration: Option<SystemTime>,
+    pub created_at: SystemTime,
+}
+
+impl StoredToken {
+    /// The one way back from storage: every field re-parsed, so a damaged
+    /// record is refused (and reported) alike by every backend and by import.
+    pub fn from_parts(parts: StoredParts<'_>) -> Result<StoredToken, FieldError> {
+        let hash = TokenHash::from_bytes(parts.hash)
+            .ok_or_else(|| FieldError::new("token_hash", "is not a SHA-256 hash (32 bytes)"))?;
+        Ok(StoredToken {
+            token: ServiceToken {
+                id: TokenId::parse(parts.id)?,
+                name: TokenName::parse(parts.name)?,
+                roles: Roles::parse(parts.roles)?,
+                expiration: parts.expiration,
+                created_at: parts.created_at,
+            },
+            hash,
+        })
+    }
+
+    /// `self`, if its hash is `hash` (compared in constant time). A lookup by
+    /// hash that lands on another token's record is corruption, never a
+    /// match: the store reports `None` as such.
+    pub fn verified(self, hash: &TokenHash) -> Option<StoredToken> {
+        self.hash.ct_eq(hash).then_some(self)
+    }
+}
+
+#[cfg(test)]
+impl StoredToken {
+    /// A fresh token and its record, for unit tests.
+    pub(crate) fn sample() -> (crate::token::Token, StoredToken) {
+        let token = crate::token::Token::generate();
+        let new = NewToken::parse("t", &["r"], None).unwrap();
+        let stored = StoredToken {
+            token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
+            hash: token.hash(),
+        };
+        (token, stored)
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +387,50 @@ mod tests {
         assert!(Roles::parse(&["x".repeat(MAX_ROLE_CHARS + 1)]).is_err());
         let too_many: Vec<String> = (0..=MAX_ROLES).map(|i| format!("r{i}")).collect();
         assert!(Roles::parse(&too_many).is_err());
+    }
+
+    #[test]
+    fn a_record_verifies_only_against_its_own_hash() {
+        let (token, stored) = StoredToken::sample();
+        assert_eq!(stored.clone().verified(&token.hash()), Some(stored.clone()));
+        let other = crate::token::Token::generate().hash();
+        assert_eq!(stored.verified(&other), None);
+    }
+
+    #[test]
+    fn stored_parts_are_parsed_like_requests() {
+        let (_, stored) = StoredToken::sample();
+        let roles = vec!["r".to_owned()];
+        let parts = StoredParts {
+            id: stored.token.id.get(),
+            hash: stored.hash.as_bytes(),
+            name: "t",
+            roles: &roles,
+            expiration: None,
+            created_at: stored.token.created_at,
+        };
+        assert_eq!(StoredToken::from_parts(parts).unwrap(), stored);
+        let short = StoredParts {
+            hash: &[0; 31],
+            ..parts
+        };
+        assert_eq!(
+            StoredToken::from_parts(short).unwrap_err().field,
+            "token_hash"
+        );
+        let unnamed = StoredParts { name: " ", ..parts };
+        assert_eq!(StoredToken::from_parts(unnamed).unwrap_err().field, "name");
+        let no_id = StoredParts { id: 0, ..parts };
+        assert_eq!(StoredToken::from_parts(no_id).unwrap_err().field, "id");
+    }
+
+    #[test]
+    fn epoch_millis_keep_their_sub_second_part_either_side_of_1970() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(parse_epoch_millis("t", 1_500).unwrap(), epoch + ms(1_500));
+        assert_eq!(parse_epoch_millis("t", -1_500).unwrap(), epoch - ms(1_500));
+        assert!(parse_epoch_millis("t", i64::MAX).is_err());
     }
 
     #[test]

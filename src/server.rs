@@ -10,8 +10,8 @@ use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT},
-    error::Error,
+    config::ServerConfig,
+    error::{ServeError, with_causes},
     grpc::GrpcTokenService,
     http::{self, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The gRPC name health checks use for our service.
-pub const SERVICE_NAME: &str = "stackstate.servicetoken.v1.TokenService";
+pub const SERVICE_NAME: &str = proto::token_service_server::SERVICE_NAME;
 
 /// How often readiness asks the store whether it can serve, and how long
 /// an answer may take before it counts as no.
@@ -50,7 +50,7 @@ async fn watch_store(
             tracing::info!("the store is reachable again: ready");
         } else {
             let reason = match check {
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => with_causes(&e),
                 _ => format!("no answer within {STORE_CHECK_TIMEOUT:?}"),
             };
             tracing::warn!(%reason, "the store is unreachable: not ready");
@@ -69,13 +69,14 @@ async fn watch_store(
 /// Serves until `shutdown` resolves. Health reports `SERVING` (overall and for
 /// [`SERVICE_NAME`]) and `/readyz` ready from the start, since the store is
 /// already open; both turn not-ready as soon as shutdown begins. In-flight
-/// calls then get up to `shutdown_grace` to finish, and the store is flushed
-/// before this returns.
+/// calls then get up to `config.shutdown_grace` to finish, and the store is
+/// flushed before this returns.
 pub async fn run(
     listener: TcpListener,
     service: Arc<TokenService>,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
@@ -92,20 +93,20 @@ pub async fn run(
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let max_request_bytes = service.config().max_request_bytes;
     let tokens = TokenServiceServer::new(GrpcTokenService::new(service.clone()))
-        .max_decoding_message_size(max_request_bytes);
+        .max_decoding_message_size(config.max_request_bytes);
 
     let routes = Routes::from(http::router(HttpState::new(
         service.clone(),
         readiness.clone(),
+        config.max_request_bytes,
     )))
     .add_service(health_service)
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)
     .add_service(tokens)
     .into_axum_router()
-    .layer(http::ObserveLatencyLayer::new(service.clone()));
+    .layer(http::ObserveLatencyLayer::new(service.metrics().clone()));
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let draining = {
@@ -128,7 +129,7 @@ pub async fn run(
             let _ = drain_started.send(());
         }
     };
-    let grace = service.config().shutdown_grace;
+    let grace = config.shutdown_grace;
     let grace_expired = async move {
         if drain_started_rx.await.is_err() {
             return std::future::pending().await;
@@ -140,22 +141,18 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let config = service.config();
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let limits = Limits {
         first_byte_timeout: config.first_byte_timeout,
         tls_handshake_timeout: config.tls_handshake_timeout,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let incoming = Incoming::new(listener, limits, tls);
     let builder = tonic::transport::Server::builder()
         .accept_http1(true)
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
-    tracing::info!(
-        %address,
-        scheme = if service.config().tls.is_some() { "https" } else { "http" },
-        "serving"
-    );
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
+    tracing::info!(%address, scheme, "serving");
     let serving = builder
         // Debug level: at the default info level the span is disabled and
         // costs nothing on the hot path; events inside still log.

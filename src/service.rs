@@ -1,6 +1,9 @@
 //! The token service itself, independent of any transport: validation,
-//! admin authorization, and the management operations. gRPC (and any other
-//! front end) translates into these calls; none re-implements them.
+//! authorization (the admin role, a required role), and the management
+//! operations. gRPC and HTTP translate into these calls; none re-implements
+//! them. Tokens are minted in two places only: [`TokenService::create`],
+//! which takes an [`Admin`] proof, and [`bootstrap`], which takes the store
+//! itself, which no transport holds.
 
 use std::{
     future::Future,
@@ -11,19 +14,39 @@ use std::{
 use crate::{
     cache::ValidationCache,
     clock::Clock,
-    config::Config,
+    config::ServiceConfig,
     credential::AuthError,
     error::Error,
-    metrics::{Metrics, Rpc},
-    model::{FieldError, NewToken, ServiceToken, TokenId},
+    metrics::Metrics,
+    model::{FieldError, NewToken, Role, ServiceToken, StoredToken, TokenId},
     page::{PageRequest, encode_cursor},
-    store::{Store, StoredToken},
+    store::{Store, StoreError},
     token::{MalformedToken, Token, TokenHash},
 };
 
-/// The tracing target of audit events: every Create and Delete, and every
-/// refused or failed management call, with who made it. Never a secret.
+/// The tracing target of audit events: every Create and Delete, every
+/// refused or failed management call, and every refused role check, with
+/// who made it. Never a secret.
 pub const AUDIT: &str = "sts::audit";
+
+/// The management RPCs, as every transport names them in metrics and audit
+/// events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Create,
+    List,
+    Delete,
+}
+
+impl Rpc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rpc::Create => "Create",
+            Rpc::List => "List",
+            Rpc::Delete => "Delete",
+        }
+    }
+}
 
 /// `time` with the sub-microsecond part dropped.
 fn to_micros(time: SystemTime) -> SystemTime {
@@ -39,6 +62,18 @@ fn to_micros(time: SystemTime) -> SystemTime {
 pub enum Validation {
     Valid(ServiceToken),
     Invalid(InvalidReason),
+}
+
+impl Validation {
+    /// The metrics label of this answer.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Validation::Valid(_) => "valid",
+            Validation::Invalid(InvalidReason::Malformed(_)) => "malformed",
+            Validation::Invalid(InvalidReason::NotFound) => "not_found",
+            Validation::Invalid(InvalidReason::Expired) => "expired",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +117,18 @@ pub struct TokenService {
     store: Arc<dyn Store>,
     cache: Arc<ValidationCache>,
     clock: Arc<dyn Clock>,
-    config: Config,
-    metrics: Metrics,
+    config: ServiceConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenService {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> TokenService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+    ) -> TokenService {
         TokenService {
-            metrics: Metrics::with(|registry| store.register_metrics(registry)),
+            metrics: Arc::new(Metrics::with(|registry| store.register_metrics(registry))),
             cache: store.validation_cache(),
             store,
             clock,
@@ -97,11 +136,12 @@ impl TokenService {
         }
     }
 
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    /// The registry every layer records into (the HTTP latency layer too).
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -143,7 +183,8 @@ impl TokenService {
                 "management call refused"
             );
         }
-        self.metrics.management_call(rpc, &result);
+        let status = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "OK");
+        self.metrics.management_call(rpc.as_str(), status);
         result
     }
 
@@ -152,7 +193,8 @@ impl TokenService {
     /// an error, so a token that cannot be checked is never called valid.
     pub async fn validate(&self, presented: &str) -> Result<Validation, Error> {
         let validation = self.check(presented).await;
-        self.metrics.validation(&validation);
+        let outcome = validation.as_ref().map_or("error", Validation::outcome);
+        self.metrics.validation(outcome);
         validation
     }
 
@@ -197,6 +239,29 @@ impl TokenService {
         }
     }
 
+    /// Whether `caller` (already authenticated) holds `required`: how
+    /// forward-auth's `?role=` is decided. Counted either way; a refusal is
+    /// audited, naming the caller and the role.
+    pub fn require_role(&self, caller: &ServiceToken, required: &Role) -> Result<(), Error> {
+        if caller.roles.contains(required) {
+            self.metrics.role_check("granted");
+            return Ok(());
+        }
+        self.metrics.role_check("refused");
+        let refused = Error::PermissionDenied(required.clone());
+        tracing::warn!(
+            target: AUDIT,
+            rpc = "RoleCheck",
+            outcome = refused.kind().as_str(),
+            caller.id = caller.id.get(),
+            caller.name = caller.name.as_str(),
+            role = required.as_str(),
+            reason = %refused,
+            "role check refused"
+        );
+        Err(refused)
+    }
+
     /// The caller as an [`Admin`], if its credential is valid and holds the
     /// admin role; otherwise the refusal, with the caller when it is known.
     async fn authorize_admin(
@@ -216,47 +281,8 @@ impl TokenService {
         admin: &Admin,
         new: NewToken,
     ) -> Result<(Token, ServiceToken), Error> {
-        let (token, created) = self.insert(new).await?;
-        tracing::info!(
-            target: AUDIT,
-            rpc = Rpc::Create.as_str(),
-            outcome = "OK",
-            caller.id = admin.0.id.get(),
-            caller.name = admin.0.name.as_str(),
-            token.id = created.id.get(),
-            token.name = created.name.as_str(),
-            token.roles = %created.roles,
-            "service token created"
-        );
-        Ok((token, created))
-    }
-
-    /// Creates a token with no caller: the first admin token of a fresh
-    /// install. Only reachable by whoever can open the data directory.
-    pub async fn bootstrap(&self, new: NewToken) -> Result<(Token, ServiceToken), Error> {
-        let (token, created) = self.insert(new).await?;
-        tracing::info!(
-            target: AUDIT,
-            rpc = "bootstrap",
-            outcome = "OK",
-            token.id = created.id.get(),
-            token.name = created.name.as_str(),
-            token.roles = %created.roles,
-            "bootstrap token created"
-        );
-        Ok((token, created))
-    }
-
-    async fn insert(&self, mut new: NewToken) -> Result<(Token, ServiceToken), Error> {
-        // Microseconds, the precision every backend keeps: a token reads
-        // the same from any store and survives a move between them exactly.
-        let now = to_micros(self.clock.now());
-        new.expiration = new.expiration.map(to_micros);
-        if new.expiration.is_some_and(|expiration| expiration <= now) {
-            return Err(FieldError::new("expiration", "must be in the future").into());
-        }
-        let token = Token::generate();
-        let created = self.store.insert(token.hash(), &new, now).await?;
+        let (token, created) = issue(&*self.store, &*self.clock, new).await?;
+        audit_created(Rpc::Create.as_str(), Some(admin.token()), &created);
         Ok((token, created))
     }
 
@@ -286,8 +312,8 @@ impl TokenService {
             target: AUDIT,
             rpc = Rpc::Delete.as_str(),
             outcome = "OK",
-            caller.id = admin.0.id.get(),
-            caller.name = admin.0.name.as_str(),
+            caller.id = admin.token().id.get(),
+            caller.name = admin.token().name.as_str(),
             token.id = id.get(),
             "service token deleted"
         );
@@ -295,13 +321,63 @@ impl TokenService {
     }
 
     /// Whether the store can serve now; readiness follows it.
-    pub async fn store_ready(&self) -> Result<(), Error> {
-        Ok(self.store.ready().await?)
+    pub async fn store_ready(&self) -> Result<(), StoreError> {
+        self.store.ready().await
     }
 
     /// Flushes the store; called once no request is in flight any more.
-    pub async fn shutdown(&self) -> Result<(), Error> {
-        self.store.flush().await?;
-        Ok(())
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.store.flush().await
     }
+}
+
+/// Creates a token with no caller: the first admin token of a fresh install.
+/// Takes the store itself, not a [`TokenService`]: only whoever opens the
+/// store (the `bootstrap` command, tests) can call it, never a transport.
+pub async fn bootstrap(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    new: NewToken,
+) -> Result<(Token, ServiceToken), Error> {
+    let (token, created) = issue(store, clock, new).await?;
+    audit_created("bootstrap", None, &created);
+    Ok((token, created))
+}
+
+/// Mints a secret for `new` and stores its hash: what `create` and
+/// `bootstrap` share.
+async fn issue(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    mut new: NewToken,
+) -> Result<(Token, ServiceToken), Error> {
+    // Microseconds, the precision every backend keeps: a token reads the
+    // same from any store and survives a move between them exactly.
+    let now = to_micros(clock.now());
+    new.expiration = new.expiration.map(to_micros);
+    if new.expiration.is_some_and(|expiration| expiration <= now) {
+        return Err(FieldError::new("expiration", "must be in the future").into());
+    }
+    let token = Token::generate();
+    let created = store.insert(token.hash(), &new, now).await?;
+    Ok((token, created))
+}
+
+/// The audit event of a new token; `caller` is `None` for a bootstrap.
+fn audit_created(rpc: &str, caller: Option<&ServiceToken>, created: &ServiceToken) {
+    let message = match caller {
+        Some(_) => "service token created",
+        None => "bootstrap token created",
+    };
+    tracing::info!(
+        target: AUDIT,
+        rpc,
+        outcome = "OK",
+        caller.id = caller.map(|c| c.id.get()),
+        caller.name = caller.map(|c| c.name.as_str()),
+        token.id = created.id.get(),
+        token.name = created.name.as_str(),
+        token.roles = %created.roles,
+        "{message}"
+    );
 }

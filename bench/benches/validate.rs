@@ -6,7 +6,7 @@ use std::{hint::black_box, sync::Arc, time::SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sts::{
     clock::SystemClock,
-    config::Config,
+    config::ServiceConfig,
     model::{NewToken, Roles, TokenName},
     service::TokenService,
     store::{SledStore, Store},
@@ -39,7 +39,11 @@ fn validate_path(c: &mut Criterion) {
             SystemTime::now(),
         ))
         .unwrap();
-    let service = TokenService::new(store.clone(), Arc::new(SystemClock), Config::default());
+    let service = TokenService::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        ServiceConfig::default(),
+    );
     let secret = token.expose_secret().to_owned();
     let hash = token.hash();
     let unknown = Token::generate().expose_secret().to_owned();

@@ -1,22 +1,20 @@
-//! `sts-server`: the token-server daemon (`serve`) and the first-admin-token
-//! tool (`bootstrap`). Parses arguments, sets up logging, calls the library.
+//! `sts-server`: the daemon (`serve`), the first-admin-token tool
+//! (`bootstrap`) and moving tokens between stores (`export`, `import`).
+//! Parses arguments, sets up logging, calls `sts::daemon`.
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
-    clock::SystemClock,
     config::{
-        Config, DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_DISK_RESERVE, DEFAULT_LISTEN,
-        TlsIdentity,
+        DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServerConfig, ServiceConfig,
+        StoreConfig,
     },
-    model::{NewToken, Role, Roles, TokenName},
-    server,
-    service::TokenService,
-    store::{PostgresStore, SledStore, Store},
+    daemon,
+    model::{NewToken, Role},
+    store::sled::DEFAULT_DISK_RESERVE,
 };
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Name of the token `bootstrap` creates unless told otherwise.
@@ -41,7 +39,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the TokenService API (plus health and reflection) over gRPC.
+    /// Serve the TokenService gRPC API (with health and reflection) and the
+    /// HTTP side (status, forward-auth, REST, probes, metrics) on one port.
     Serve(ServeArgs),
     /// Create an admin token in the data directory and print it once on stdout.
     /// Run it while the server is stopped: the server holds the store.
@@ -127,6 +126,18 @@ fn parse_role(role: &str) -> Result<Role, String> {
     Role::parse(role).map_err(|e| e.problem)
 }
 
+impl StoreArgs {
+    fn config(&self) -> StoreConfig {
+        match &self.store {
+            Some(url) => StoreConfig::Postgres { url: url.clone() },
+            None => StoreConfig::Sled {
+                data_dir: self.data_dir.clone(),
+                disk_reserve: self.disk_reserve_mib.saturating_mul(MIB),
+            },
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -157,56 +168,25 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &args.store {
-        Some(url) => {
-            let store = PostgresStore::connect(url).await?;
-            tracing::info!(store = "postgres", "store open");
-            Arc::new(store)
-        }
-        None => {
-            let store = SledStore::open(&args.data_dir)?
-                .with_reserve(args.disk_reserve_mib.saturating_mul(MIB));
-            tracing::info!(store = "sled", data_dir = %args.data_dir.display(), "store open");
-            Arc::new(store)
-        }
-    })
-}
-
-async fn service(args: &StoreArgs, tls: Option<TlsIdentity>) -> anyhow::Result<Arc<TokenService>> {
-    let store = open_store(args).await?;
-    let config = Config {
-        admin_role: args.admin_role.clone(),
-        tls,
-        ..Config::default()
-    };
-    Ok(Arc::new(TokenService::new(
-        store,
-        Arc::new(SystemClock),
-        config,
-    )))
-}
-
-fn read_tls(cert: Option<PathBuf>, key: Option<PathBuf>) -> anyhow::Result<Option<TlsIdentity>> {
-    let (Some(cert), Some(key)) = (cert, key) else {
-        return Ok(None);
-    };
-    let read = |path: &PathBuf| {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    Ok(Some(TlsIdentity {
-        cert_pem: read(&cert)?,
-        key_pem: read(&key)?,
-    }))
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let tls = read_tls(args.tls_cert, args.tls_key)?;
-    let service = service(&args.store, tls).await?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    server::run(listener, service, shutdown_signal()).await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(daemon::read_tls(cert, key)?),
+        _ => None,
+    };
+    let server = ServerConfig {
+        tls,
+        ..ServerConfig::default()
+    };
+    let service = ServiceConfig::with_admin_role(args.store.admin_role.clone());
+    let store = args.store.config();
+    daemon::serve(
+        args.listen,
+        &store,
+        service,
+        server,
+        daemon::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -216,13 +196,8 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     } else {
         args.roles
     };
-    let new = NewToken {
-        name: TokenName::parse(&args.name)?,
-        roles: Roles::parse(&roles)?,
-        expiration: None,
-    };
-    let service = service(&args.store, None).await?;
-    let (token, created) = service.bootstrap(new).await?;
+    let new = NewToken::parse(&args.name, &roles, None)?;
+    let (token, created) = daemon::bootstrap(&args.store.config(), new).await?;
     eprintln!(
         "Created service token {} ({}). It is printed below and will not be shown again.",
         created.id, created.name
@@ -232,24 +207,22 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
 }
 
 async fn export(args: StoreOnlyArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.store).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = sts::export::export(&*store, &mut out).await?;
+    let written = daemon::export(&args.store.config(), &mut out).await?;
     eprintln!("Exported {written} service tokens.");
     Ok(())
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.store).await?;
+    let store = args.store.config();
     let summary = match &args.file {
         Some(path) => {
             let file = std::fs::File::open(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            sts::export::import(&*store, std::io::BufReader::new(file)).await?
+            daemon::import(&store, std::io::BufReader::new(file)).await?
         }
-        None => sts::export::import(&*store, std::io::stdin().lock()).await?,
+        None => daemon::import(&store, std::io::stdin().lock()).await?,
     };
-    store.flush().await?;
     eprintln!(
         "Imported service tokens: {} added, {} already there, {} in conflict.",
         summary.added,
@@ -263,32 +236,4 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         anyhow::bail!("some tokens conflict with tokens already in the store");
     }
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }

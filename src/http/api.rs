@@ -19,6 +19,18 @@ use crate::{
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A version component cargo gives as decimal digits, as a number.
+const fn number(digits: &str) -> u64 {
+    let digits = digits.as_bytes();
+    let mut value = 0;
+    let mut i = 0;
+    while i < digits.len() {
+        value = value * 10 + (digits[i] - b'0') as u64;
+        i += 1;
+    }
+    value
+}
+
 /// Identity headers `/api/auth` answers with, for proxies to pass on.
 pub const ID_HEADER: &str = "x-service-token-id";
 pub const NAME_HEADER: &str = "x-service-token-name";
@@ -82,15 +94,12 @@ pub struct VersionJson {
 }
 
 pub async fn info(Caller(_): Caller) -> Json<InfoJson> {
-    let number = |s: &str| s.parse().unwrap_or(0);
-    let (core, diff) = VERSION.split_once('-').unwrap_or((VERSION, ""));
-    let mut parts = core.split('.');
     Json(InfoJson {
         version: VersionJson {
-            major: parts.next().map_or(0, number),
-            minor: parts.next().map_or(0, number),
-            patch: parts.next().map_or(0, number),
-            diff,
+            major: const { number(env!("CARGO_PKG_VERSION_MAJOR")) },
+            minor: const { number(env!("CARGO_PKG_VERSION_MINOR")) },
+            patch: const { number(env!("CARGO_PKG_VERSION_PATCH")) },
+            diff: env!("CARGO_PKG_VERSION_PRE"),
         },
     })
 }
@@ -101,18 +110,16 @@ pub struct AuthQuery {
 }
 
 /// 200 with the identity in headers, 401 without a valid credential, 403
-/// when `?role=` names a role the token lacks. Any method, so a proxy can
-/// forward the original one.
+/// when `?role=` names a role the token lacks (the service decides, counts
+/// and audits that). Any method, so a proxy can forward the original one.
 pub async fn forward_auth(
+    State(state): State<HttpState>,
     Caller(caller): Caller,
     query: Result<Query<AuthQuery>, QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
     if let Some(role) = query.role {
-        let role = Role::parse(&role)?;
-        if !caller.roles.contains(&role) {
-            return Err(Error::PermissionDenied(role));
-        }
+        state.service.require_role(&caller, &Role::parse(&role)?)?;
     }
     let roles: Vec<&str> = caller.roles.iter().map(Role::as_str).collect();
     let mut headers = HeaderMap::new();

@@ -17,7 +17,7 @@ use axum::extract::MatchedPath;
 use http::Request;
 use tower::{Layer, Service};
 
-use crate::service::TokenService;
+use crate::metrics::Metrics;
 
 /// Route labels: every route and gRPC method we serve, as static strings, so
 /// labelling a request allocates nothing and label values stay bounded
@@ -56,12 +56,12 @@ fn route_label<B>(request: &Request<B>) -> &'static str {
 /// Observes the time to the response head of every request.
 #[derive(Clone)]
 pub struct ObserveLatencyLayer {
-    service: Arc<TokenService>,
+    metrics: Arc<Metrics>,
 }
 
 impl ObserveLatencyLayer {
-    pub fn new(service: Arc<TokenService>) -> ObserveLatencyLayer {
-        ObserveLatencyLayer { service }
+    pub fn new(metrics: Arc<Metrics>) -> ObserveLatencyLayer {
+        ObserveLatencyLayer { metrics }
     }
 }
 
@@ -71,7 +71,7 @@ impl<S> Layer<S> for ObserveLatencyLayer {
     fn layer(&self, inner: S) -> ObserveLatency<S> {
         ObserveLatency {
             inner,
-            service: self.service.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -79,7 +79,7 @@ impl<S> Layer<S> for ObserveLatencyLayer {
 #[derive(Clone)]
 pub struct ObserveLatency<S> {
     inner: S,
-    service: Arc<TokenService>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B> Service<Request<B>> for ObserveLatency<S>
@@ -103,7 +103,7 @@ where
         let route = route_label(&request);
         Observed {
             inner: self.inner.call(request),
-            service: self.service.clone(),
+            metrics: self.metrics.clone(),
             protocol,
             route,
             started: Instant::now(),
@@ -116,7 +116,7 @@ pin_project_lite::pin_project! {
     pub struct Observed<F> {
         #[pin]
         inner: F,
-        service: Arc<TokenService>,
+        metrics: Arc<Metrics>,
         protocol: &'static str,
         route: &'static str,
         started: Instant,
@@ -129,7 +129,7 @@ impl<F: Future> Future for Observed<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let output = std::task::ready!(this.inner.poll(cx));
-        this.service.metrics().request(
+        this.metrics.request(
             this.protocol,
             this.route,
             this.started.elapsed().as_secs_f64(),

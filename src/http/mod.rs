@@ -21,7 +21,7 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
-    error::{Error, ErrorKind},
+    error::{Answer, Error, ErrorKind},
     service::TokenService,
 };
 
@@ -35,15 +35,22 @@ pub struct HttpState {
     service: Arc<TokenService>,
     readiness: Arc<Readiness>,
     started: Instant,
+    max_body: usize,
 }
 
 impl HttpState {
     /// `readiness` is what `/readyz` reports; the server keeps it current.
-    pub fn new(service: Arc<TokenService>, readiness: Arc<Readiness>) -> HttpState {
+    /// Request bodies over `max_body` bytes are refused (413).
+    pub fn new(
+        service: Arc<TokenService>,
+        readiness: Arc<Readiness>,
+        max_body: usize,
+    ) -> HttpState {
         HttpState {
             service,
             readiness,
             started: Instant::now(),
+            max_body,
         }
     }
 
@@ -54,7 +61,7 @@ impl HttpState {
 
 /// Every HTTP route. gRPC services are added beside these by `server::run`.
 pub fn router(state: HttpState) -> Router {
-    let max_body = state.service.config().max_request_bytes;
+    let max_body = state.max_body;
     Router::new()
         .route("/api/server/status", get(api::status))
         .route("/api/server/info", get(api::info))
@@ -86,17 +93,17 @@ fn error_response(status: StatusCode, error: &str, message: String) -> Response 
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        self.report();
-        let kind = self.kind();
+        let Answer { kind, message } = self.answer();
         let status = match kind {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut response = error_response(status, kind.as_str(), self.to_string());
+        let mut response = error_response(status, kind.as_str(), message);
         if kind == ErrorKind::Unauthenticated {
             response
                 .headers_mut()

@@ -11,13 +11,13 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{HttpState, api::TokenJson, api::epoch_millis, error_response};
+use super::{HttpState, api::TokenJson, api::epoch_millis};
 use crate::{
     credential,
     error::Error,
-    metrics::Rpc,
-    model::{FieldError, NewToken, Roles, TokenId, TokenName, parse_time},
+    model::{FieldError, NewToken, TokenId, parse_epoch_millis},
     page::PageRequest,
+    service::Rpc,
 };
 
 /// Every token, in id order, fetched from the service one maximal page at a time.
@@ -66,37 +66,30 @@ struct CreatedJson {
     expiration: Option<i64>,
 }
 
+/// A body axum could not read: too large (413), or cut short.
+fn unreadable(rejection: BytesRejection, limit: usize) -> Error {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::TooLarge { limit }
+    } else {
+        FieldError::new("body", rejection.body_text()).into()
+    }
+}
+
 pub async fn create(
     State(state): State<HttpState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return Ok(error_response(
-                rejection.status(),
-                "INVALID_ARGUMENT",
-                rejection.body_text(),
-            ));
-        }
-    };
     let service = &state.service;
     let call = |admin| async move {
+        let body = body.map_err(|rejection| unreadable(rejection, state.max_body))?;
         let request: CreateJson = serde_json::from_slice(&body)
             .map_err(|e| FieldError::new("body", format!("is not a token request: {e}")))?;
-        let new = NewToken {
-            name: TokenName::parse(&request.name)?,
-            roles: Roles::parse(&request.roles)?,
-            expiration: request
-                .expiry_date
-                .map(|ms| {
-                    // rem_euclid keeps the sub-second part in 0..1000.
-                    let nanos = (ms.rem_euclid(1000) * 1_000_000) as i32;
-                    parse_time("expiryDate", ms.div_euclid(1000), nanos)
-                })
-                .transpose()?,
-        };
+        let expiration = request
+            .expiry_date
+            .map(|ms| parse_epoch_millis("expiryDate", ms))
+            .transpose()?;
+        let new = NewToken::parse(&request.name, &request.roles, expiration)?;
         service.create(&admin, new).await
     };
     let (token, created) = service

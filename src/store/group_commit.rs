@@ -10,7 +10,7 @@
 //! when it is acknowledged.
 
 use std::{
-    sync::mpsc,
+    sync::{Arc, mpsc},
     thread::{self, JoinHandle},
 };
 
@@ -24,8 +24,11 @@ use super::StoreError;
 /// change and join it. A lone writer never waits.
 const JOIN_YIELDS: usize = 4;
 
+/// Why a flush failed: shared by every writer waiting on that flush.
+pub type FlushError = Arc<dyn std::error::Error + Send + Sync>;
+
 /// What one flush tells each writer waiting on it.
-type FlushResult = Result<(), String>;
+type FlushResult = Result<(), FlushError>;
 
 /// How writes share flushes: writes per flush is the batch size.
 #[derive(Clone, Default)]
@@ -71,7 +74,7 @@ impl GroupCommit {
                     }
                 }
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the flusher: {e}")))?;
+            .map_err(|e| StoreError::unavailable("cannot start the flusher thread", e))?;
         Ok(GroupCommit {
             stats,
             waiters: Some(waiters),
@@ -84,7 +87,7 @@ impl GroupCommit {
         self.enqueue()?
             .await
             .map_err(|_| closing())?
-            .map_err(StoreError::Unavailable)
+            .map_err(|e| StoreError::unavailable("cannot make the write durable", e))
     }
 
     /// Joins the queue for the next flush (the synchronous half of `sync`).
@@ -114,7 +117,10 @@ impl GroupCommit {
 }
 
 fn closing() -> StoreError {
-    StoreError::Unavailable("the store is closing".into())
+    StoreError::Unavailable {
+        context: "the store is closing".into(),
+        source: None,
+    }
 }
 
 impl Drop for GroupCommit {
@@ -171,9 +177,9 @@ mod tests {
         // The first flush is running: these ten wait for the next one.
         let rest: Vec<_> = (0..10).map(|_| commit.enqueue().unwrap()).collect();
         release.send(()).unwrap();
-        assert_eq!(first.await.unwrap(), Ok(()));
+        assert!(first.await.unwrap().is_ok());
         for answer in rest {
-            assert_eq!(answer.await.unwrap(), Ok(()));
+            assert!(answer.await.unwrap().is_ok());
         }
         assert_eq!(*calls.lock().unwrap(), 2, "eleven writes, two flushes");
         assert_eq!(commit.stats.flushes.get(), 2);
@@ -182,14 +188,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_flush_fails_every_write_waiting_on_it() {
-        let (flush, started, release, _) = gated_flush(Err("disk on fire".into()));
+        let failure: FlushError = Arc::new(std::io::Error::other("disk on fire"));
+        let (flush, started, release, _) = gated_flush(Err(failure));
         let commit = GroupCommit::start(flush).unwrap();
         let first = commit.enqueue().unwrap();
         started.recv().unwrap();
         let second = commit.enqueue().unwrap();
         release.send(()).unwrap();
         for answer in [first, second] {
-            assert_eq!(answer.await.unwrap(), Err("disk on fire".to_string()));
+            let error = answer.await.unwrap().unwrap_err();
+            assert_eq!(error.to_string(), "disk on fire");
         }
     }
 

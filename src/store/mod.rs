@@ -5,13 +5,13 @@
 //! walks ids in ascending order so a cursor stays valid while tokens come and
 //! go between pages.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 
 use crate::{
     cache::ValidationCache,
-    model::{NewToken, ServiceToken, TokenId},
+    model::{NewToken, ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
 
@@ -20,48 +20,6 @@ pub mod postgres;
 pub mod sled;
 
 pub use self::{postgres::PostgresStore, sled::SledStore};
-
-/// A token as the store holds it: its description and the hash of its secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredToken {
-    pub token: ServiceToken,
-    pub hash: TokenHash,
-}
-
-impl StoredToken {
-    /// `self`, if its hash is `hash` (compared in constant time). A lookup by
-    /// hash that lands on another token's record is corruption, never a match.
-    pub fn verified(self, hash: &TokenHash) -> Result<StoredToken, StoreError> {
-        if self.hash.ct_eq(hash) {
-            Ok(self)
-        } else {
-            Err(StoreError::Corrupt(format!(
-                "token {}: the hash index points at another token's record",
-                self.token.id
-            )))
-        }
-    }
-}
-
-#[cfg(test)]
-impl StoredToken {
-    /// A fresh token and its record, for unit tests.
-    pub(crate) fn sample() -> (crate::token::Token, StoredToken) {
-        use crate::model::{Roles, TokenName};
-        let token = crate::token::Token::generate();
-        let stored = StoredToken {
-            token: ServiceToken {
-                id: TokenId::random(),
-                name: TokenName::parse("t").unwrap(),
-                roles: Roles::parse(&["r"]).unwrap(),
-                expiration: None,
-                created_at: SystemTime::now(),
-            },
-            hash: token.hash(),
-        };
-        (token, stored)
-    }
-}
 
 /// What [`Store::import`] did with one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,19 +30,73 @@ pub enum Imported {
     Conflict(String),
 }
 
+/// The error a backend's failure came with: a driver's, the operating
+/// system's, a decoder's. Kept as the source of a [`StoreError`], so the log
+/// shows the whole chain while clients see none of it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the data directory {path} is in use by another process (is sts-server already running on it?)"
+        "the data directory {} is in use by another process (is sts-server already running on it?)",
+        path.display()
     )]
-    Locked { path: String },
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the store holds a corrupt record: {0}")]
-    Corrupt(String),
+    Locked { path: PathBuf },
+    /// Not now (a database away, a write that failed): trying again may work.
+    #[error("the store is unavailable: {context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// Creates are paused: the data directory's disk has less free space
+    /// than the reserve kept so that deletes always have room.
+    #[error(
+        "the data directory's disk is nearly full: {free_kib} KiB free, below the {reserve_kib} KiB kept for deletes"
+    )]
+    DiskReserve { free_kib: u64, reserve_kib: u64 },
+    #[error("the store holds a corrupt record: {context}")]
+    Corrupt {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("could not allocate a unique token id; try again")]
     IdExhausted,
+}
+
+impl StoreError {
+    pub fn unavailable(context: impl Into<String>, source: impl Into<Cause>) -> StoreError {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn corrupt(context: impl Into<String>, source: impl Into<Cause>) -> StoreError {
+        StoreError::Corrupt {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A lookup by hash landed on another token's record.
+    pub fn misindexed(id: TokenId) -> StoreError {
+        StoreError::Corrupt {
+            context: format!("token {id}: the hash index points at another token's record"),
+            source: None,
+        }
+    }
+
+    /// Two 256-bit secrets colliding means the generator is broken; refuse
+    /// rather than let one token stand for two.
+    pub fn duplicate_hash() -> StoreError {
+        StoreError::Corrupt {
+            context: "a token with this hash already exists".into(),
+            source: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -148,21 +160,4 @@ pub trait Store: Send + Sync + 'static {
     /// Adds the backend's own metrics (how its writes reach the disk) to the
     /// service's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::token::Token;
-
-    #[test]
-    fn a_record_verifies_only_against_its_own_hash() {
-        let (token, stored) = StoredToken::sample();
-        assert_eq!(stored.clone().verified(&token.hash()).unwrap(), stored);
-        let other = Token::generate().hash();
-        assert!(matches!(
-            stored.verified(&other),
-            Err(StoreError::Corrupt(_))
-        ));
-    }
 }

@@ -28,16 +28,16 @@ use std::{
 
 use async_trait::async_trait;
 use sqlx::{
-    ConnectOptions, PgPool, Row,
+    ConnectOptions, PgExecutor, PgPool, Row,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
 };
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{Imported, Store, StoreError, StoredToken};
+use super::{Imported, Store, StoreError};
 use crate::{
     cache::ValidationCache,
-    model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
+    model::{NewToken, ServiceToken, StoredParts, StoredToken, TokenId},
     token::TokenHash,
 };
 
@@ -84,24 +84,22 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
         let options: PgConnectOptions = url
             .parse()
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::unavailable("invalid PostgreSQL URL", e))?;
+        let cannot_connect = |e| StoreError::unavailable("cannot connect to PostgreSQL", e);
         // One connection first, for its error: the pool would only say it
         // timed out waiting.
-        let first = options
-            .connect()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+        let first = options.connect().await.map_err(cannot_connect)?;
         let _ = sqlx::Connection::close(first).await;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")))?;
+            .map_err(cannot_connect)?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot migrate the schema: {e}")))?;
+            .map_err(|e| StoreError::unavailable("cannot migrate the schema", e))?;
         Ok(PostgresStore {
             pool,
             feeds: std::sync::Mutex::default(),
@@ -230,7 +228,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable("PostgreSQL failed", e)
 }
 
 /// Truncated to the microsecond, as PostgreSQL keeps it.
@@ -242,29 +240,48 @@ fn to_db_time(time: SystemTime) -> OffsetDateTime {
 
 const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at";
 
+/// The one INSERT: a new token and an imported one are the same row.
+const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+/// Adds `stored`'s row unless its id or hash is taken; whether it did.
+async fn insert_row<'e>(
+    executor: impl PgExecutor<'e>,
+    stored: &StoredToken,
+) -> Result<bool, StoreError> {
+    let token = &stored.token;
+    let roles: Vec<&str> = token.roles.iter().map(|r| r.as_str()).collect();
+    let inserted = sqlx::query(INSERT)
+        .bind(db_id(token.id))
+        .bind(&stored.hash.as_bytes()[..])
+        .bind(token.name.as_str())
+        .bind(&roles)
+        .bind(to_db_time(token.created_at))
+        .bind(token.expiration.map(to_db_time))
+        .execute(executor)
+        .await
+        .map_err(unavailable)?;
+    Ok(inserted.rows_affected() == 1)
+}
+
 /// Re-parses every column, so a damaged row is reported, never served.
 fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(what);
     let id: i64 = row.try_get("id").map_err(unavailable)?;
-    let corrupt_field = |what: String| corrupt(format!("token {id}: {what}"));
     let hash: Vec<u8> = row.try_get("token_hash").map_err(unavailable)?;
     let name: String = row.try_get("name").map_err(unavailable)?;
     let roles: Vec<String> = row.try_get("roles").map_err(unavailable)?;
     let created_at: OffsetDateTime = row.try_get("created_at").map_err(unavailable)?;
     let expires_at: Option<OffsetDateTime> = row.try_get("expires_at").map_err(unavailable)?;
-    let id = u64::try_from(id)
-        .map_err(|_| corrupt_field("negative id".into()))
-        .and_then(|id| TokenId::parse(id).map_err(|e| corrupt_field(e.to_string())))?;
-    let token = ServiceToken {
-        id,
-        name: TokenName::parse(&name).map_err(|e| corrupt_field(e.to_string()))?,
-        roles: Roles::parse(&roles).map_err(|e| corrupt_field(e.to_string()))?,
+    let corrupt = |e| StoreError::corrupt(format!("token {id}"), e);
+    StoredToken::from_parts(StoredParts {
+        id: u64::try_from(id).map_err(corrupt)?,
+        hash: &hash,
+        name: &name,
+        roles: &roles,
         expiration: expires_at.map(SystemTime::from),
         created_at: SystemTime::from(created_at),
-    };
-    let hash =
-        TokenHash::from_bytes(&hash).ok_or_else(|| corrupt_field("bad token hash".into()))?;
-    Ok(StoredToken { token, hash })
+    })
+    .map_err(|e| StoreError::corrupt(format!("token {id}"), e))
 }
 
 /// The id as the `BIGINT` column holds it; ids are below 2^53.
@@ -280,32 +297,17 @@ impl Store for PostgresStore {
         new: &NewToken,
         created_at: SystemTime,
     ) -> Result<ServiceToken, StoreError> {
-        let created_at = to_db_time(created_at);
-        let expires_at = new.expiration.map(to_db_time);
-        let roles: Vec<&str> = new.roles.iter().map(|r| r.as_str()).collect();
+        // Returned as a later read returns it: to the microsecond.
+        let mut new = new.clone();
+        new.expiration = new.expiration.map(|t| to_db_time(t).into());
+        let created_at = to_db_time(created_at).into();
         for _ in 0..ID_ATTEMPTS {
-            let id = TokenId::random();
-            let inserted = sqlx::query(
-                "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(db_id(id))
-            .bind(&hash.as_bytes()[..])
-            .bind(new.name.as_str())
-            .bind(&roles)
-            .bind(created_at)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            if inserted.rows_affected() == 1 {
-                return Ok(ServiceToken {
-                    id,
-                    name: new.name.clone(),
-                    roles: new.roles.clone(),
-                    expiration: expires_at.map(SystemTime::from),
-                    created_at: SystemTime::from(created_at),
-                });
+            let stored = StoredToken {
+                token: ServiceToken::new(TokenId::random(), &new, created_at),
+                hash,
+            };
+            if insert_row(&self.pool, &stored).await? {
+                return Ok(stored.token);
             }
             let hash_taken = sqlx::query("SELECT 1 FROM sts_tokens WHERE token_hash = $1")
                 .bind(&hash.as_bytes()[..])
@@ -313,12 +315,8 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?
                 .is_some();
-            // Two 256-bit secrets colliding means the generator is broken;
-            // refuse rather than let one token stand for two.
             if hash_taken {
-                return Err(StoreError::Corrupt(
-                    "a token with this hash already exists".into(),
-                ));
+                return Err(StoreError::duplicate_hash());
             }
         }
         Err(StoreError::IdExhausted)
@@ -335,7 +333,12 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        Ok(Some(decode(&row)?.verified(hash)?))
+        let stored = decode(&row)?;
+        let id = stored.token.id;
+        stored
+            .verified(hash)
+            .map(Some)
+            .ok_or_else(|| StoreError::misindexed(id))
     }
 
     async fn list_stored(
@@ -370,21 +373,7 @@ impl Store for PostgresStore {
         let mut outcomes = Vec::with_capacity(tokens.len());
         for stored in tokens {
             let token = &stored.token;
-            let roles: Vec<&str> = token.roles.iter().map(|r| r.as_str()).collect();
-            let inserted = sqlx::query(
-                "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(db_id(token.id))
-            .bind(&stored.hash.as_bytes()[..])
-            .bind(token.name.as_str())
-            .bind(&roles)
-            .bind(to_db_time(token.created_at))
-            .bind(token.expiration.map(to_db_time))
-            .execute(&mut *transaction)
-            .await
-            .map_err(unavailable)?;
-            if inserted.rows_affected() == 1 {
+            if insert_row(&mut *transaction, stored).await? {
                 outcomes.push(Imported::Added);
                 continue;
             }

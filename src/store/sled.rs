@@ -11,6 +11,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -22,11 +23,19 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use super::{Imported, Store, StoreError, StoredToken, group_commit::GroupCommit};
+use super::{
+    Cause, Imported, Store, StoreError,
+    group_commit::{FlushError, GroupCommit},
+};
 use crate::{
-    model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
+    model::{NewToken, ServiceToken, StoredParts, StoredToken, TokenId},
     token::TokenHash,
 };
+
+/// Free space kept on the data directory's disk for deletes and sled's own
+/// upkeep unless told otherwise; creates are refused below it. See
+/// [`SledStore::with_reserve`].
+pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
 /// Attempts at drawing an id that is not taken. With 2^53 ids a second
 /// attempt is already vanishingly rare.
@@ -50,39 +59,37 @@ struct Record {
 }
 
 impl Record {
-    fn new(id: TokenId, hash: &TokenHash, new: &NewToken, created_at: SystemTime) -> Record {
+    fn of(stored: &StoredToken) -> Record {
+        let token = &stored.token;
         Record {
-            id: id.get(),
-            name: new.name.as_str().to_owned(),
-            roles: new.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            expiration: new.expiration.map(Into::into),
-            created_at: Some(created_at.into()),
-            token_hash: hash.as_bytes().to_vec(),
+            id: token.id.get(),
+            name: token.name.as_str().to_owned(),
+            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            expiration: token.expiration.map(Into::into),
+            created_at: Some(token.created_at.into()),
+            token_hash: stored.hash.as_bytes().to_vec(),
         }
     }
 
     /// Re-parses everything, so a damaged record is reported, never served.
     fn decode_stored(bytes: &[u8]) -> Result<StoredToken, StoreError> {
-        let record =
-            Record::decode(bytes).map_err(|e| StoreError::Corrupt(format!("undecodable: {e}")))?;
-        let corrupt = |what: String| StoreError::Corrupt(format!("token {}: {what}", record.id));
-        let time = |ts: prost_types::Timestamp| {
-            SystemTime::try_from(ts).map_err(|e| corrupt(format!("bad timestamp: {e}")))
-        };
-        let token = ServiceToken {
-            id: TokenId::parse(record.id).map_err(|e| corrupt(e.to_string()))?,
-            name: TokenName::parse(&record.name).map_err(|e| corrupt(e.to_string()))?,
-            roles: Roles::parse(&record.roles).map_err(|e| corrupt(e.to_string()))?,
+        let record = Record::decode(bytes)
+            .map_err(|e| StoreError::corrupt("a token record is undecodable", e))?;
+        let corrupt = |e: Cause| StoreError::corrupt(format!("token {}", record.id), e);
+        let time =
+            |ts: prost_types::Timestamp| SystemTime::try_from(ts).map_err(|e| corrupt(e.into()));
+        let created_at = record
+            .created_at
+            .ok_or_else(|| corrupt("the record has no created_at".into()))?;
+        StoredToken::from_parts(StoredParts {
+            id: record.id,
+            hash: &record.token_hash,
+            name: &record.name,
+            roles: &record.roles,
             expiration: record.expiration.map(time).transpose()?,
-            created_at: time(
-                record
-                    .created_at
-                    .ok_or_else(|| corrupt("no created_at".into()))?,
-            )?,
-        };
-        let hash = TokenHash::from_bytes(&record.token_hash)
-            .ok_or_else(|| corrupt("bad token hash".into()))?;
-        Ok(StoredToken { token, hash })
+            created_at: time(created_at)?,
+        })
+        .map_err(|e| corrupt(e.into()))
     }
 }
 
@@ -140,7 +147,7 @@ impl SledStore {
             by_hash,
             meta,
             dir: dir.to_owned(),
-            reserve: crate::config::DEFAULT_DISK_RESERVE,
+            reserve: DEFAULT_DISK_RESERVE,
         })
     }
 
@@ -158,17 +165,14 @@ impl SledStore {
             return Ok(());
         }
         let stats = rustix::fs::statvfs(&self.dir).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot read the free space of the data directory: {e}"
-            ))
+            StoreError::unavailable("cannot read the free space of the data directory", e)
         })?;
         let free = stats.f_bavail.saturating_mul(stats.f_frsize);
         if free < self.reserve {
-            return Err(StoreError::Unavailable(format!(
-                "the data directory's disk is nearly full: {} KiB free, below the {} KiB kept for deletes",
-                free / 1024,
-                self.reserve / 1024
-            )));
+            return Err(StoreError::DiskReserve {
+                free_kib: free / 1024,
+                reserve_kib: self.reserve / 1024,
+            });
         }
         Ok(())
     }
@@ -197,9 +201,12 @@ impl SledStore {
         created_at: SystemTime,
     ) -> Result<ServiceToken, StoreError> {
         for _ in 0..ID_ATTEMPTS {
-            let id = TokenId::random();
-            let record = Record::new(id, &hash, new, created_at);
-            let key = id.get().to_be_bytes();
+            let stored = StoredToken {
+                token: ServiceToken::new(TokenId::random(), new, created_at),
+                hash,
+            };
+            let record = Record::of(&stored);
+            let key = stored.token.id.get().to_be_bytes();
             let trees = (&self.tokens, &self.by_hash, &self.meta);
             let outcome = trees.transaction(|(tokens, by_hash, meta)| {
                 if tokens.get(key)?.is_some() {
@@ -215,22 +222,10 @@ impl SledStore {
                 Ok(())
             });
             match outcome {
-                Ok(()) => {
-                    return Ok(ServiceToken {
-                        id,
-                        name: new.name.clone(),
-                        roles: new.roles.clone(),
-                        expiration: new.expiration,
-                        created_at,
-                    });
-                }
+                Ok(()) => return Ok(stored.token),
                 Err(TransactionError::Abort(InsertAbort::IdTaken)) => continue,
-                // Two 256-bit secrets colliding means the generator is broken;
-                // refuse rather than let one token stand for two.
                 Err(TransactionError::Abort(InsertAbort::HashTaken)) => {
-                    return Err(StoreError::Corrupt(
-                        "a token with this hash already exists".into(),
-                    ));
+                    return Err(StoreError::duplicate_hash());
                 }
                 Err(TransactionError::Storage(e)) => return Err(unavailable(e)),
             }
@@ -238,16 +233,10 @@ impl SledStore {
         Err(StoreError::IdExhausted)
     }
 
-    /// Makes every write so far durable; concurrent callers share one flush.
     fn import_unsynced(&self, stored: &StoredToken) -> Result<Imported, StoreError> {
         let token = &stored.token;
         let key = token.id.get().to_be_bytes();
-        let new = NewToken {
-            name: token.name.clone(),
-            roles: token.roles.clone(),
-            expiration: token.expiration,
-        };
-        let record = Record::new(token.id, &stored.hash, &new, token.created_at).encode_to_vec();
+        let record = Record::of(stored).encode_to_vec();
         let hash = stored.hash.as_bytes();
         let trees = (&self.tokens, &self.by_hash, &self.meta);
         let outcome = trees.transaction(|(tokens, by_hash, meta)| {
@@ -272,12 +261,10 @@ impl SledStore {
             meta.insert(COUNT_KEY, &count.to_be_bytes())?;
             Ok(Imported::Added)
         });
-        outcome.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Abort(()) => StoreError::Unavailable("import aborted".into()),
-            TransactionError::Storage(e) => unavailable(e),
-        })
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("import", e))
     }
 
+    /// Makes every write so far durable; concurrent callers share one flush.
     async fn sync(&self) -> Result<(), StoreError> {
         self.flusher.sync().await
     }
@@ -307,7 +294,12 @@ impl Store for SledStore {
             tracing::warn!("hash index entry without a token record; treating as not found");
             return Ok(None);
         };
-        Ok(Some(Record::decode_stored(&bytes)?.verified(hash)?))
+        let stored = Record::decode_stored(&bytes)?;
+        let id = stored.token.id;
+        stored
+            .verified(hash)
+            .map(Some)
+            .ok_or_else(|| StoreError::misindexed(id))
     }
 
     async fn list_stored(
@@ -362,10 +354,7 @@ impl Store for SledStore {
             }
             Ok(true)
         });
-        let deleted = outcome.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Abort(()) => StoreError::Unavailable("delete aborted".into()),
-            TransactionError::Storage(e) => unavailable(e),
-        })?;
+        let deleted = outcome.map_err(|e: TransactionError<()>| transaction_failed("delete", e))?;
         if deleted {
             self.sync().await?;
         }
@@ -393,17 +382,26 @@ fn start_flusher(db: sled::Db, dir: &Path) -> Result<GroupCommit, StoreError> {
     // neither flushes the drive's write cache nor records the file's growth,
     // so a power cut could lose an acknowledged write. An `fdatasync` of the
     // same file after each flush closes that gap.
-    let log = fs::File::open(dir.join(SLED_LOG_FILE)).map_err(|e| {
-        StoreError::Unavailable(format!("cannot open the store log for syncing: {e}"))
-    })?;
+    let log = fs::File::open(dir.join(SLED_LOG_FILE))
+        .map_err(|e| StoreError::unavailable("cannot open the store log for syncing", e))?;
     GroupCommit::start(move || {
-        db.flush().map_err(|e| e.to_string())?;
-        log.sync_data().map_err(|e| e.to_string())
+        db.flush().map_err(|e| -> FlushError { Arc::new(e) })?;
+        log.sync_data().map_err(|e| -> FlushError { Arc::new(e) })
     })
 }
 
 fn unavailable(e: sled::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::unavailable("sled failed", e)
+}
+
+fn transaction_failed(what: &str, e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Abort(()) => StoreError::Unavailable {
+            context: format!("the {what} transaction was aborted"),
+            source: None,
+        },
+        TransactionError::Storage(e) => unavailable(e),
+    }
 }
 
 fn open_error(dir: &Path, e: sled::Error) -> StoreError {
@@ -411,16 +409,19 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
     match &e {
         sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
             StoreError::Locked {
-                path: dir.display().to_string(),
+                path: dir.to_owned(),
             }
         }
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
-            StoreError::Unavailable(format!(
-                "cannot open the data directory {}: permission denied (it must be readable and writable by this user)",
-                dir.display()
-            ))
+            StoreError::unavailable(
+                format!(
+                    "cannot open the data directory {}: permission denied (it must be readable and writable by this user)",
+                    dir.display()
+                ),
+                e,
+            )
         }
-        _ => StoreError::Unavailable(format!("cannot open {}: {e}", dir.display())),
+        _ => StoreError::unavailable(format!("cannot open {}", dir.display()), e),
     }
 }
 
@@ -429,11 +430,11 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 /// volume that is not mounted than a tree to make, and tokens written to the
 /// wrong disk would vanish with it.
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let fail = |why: String| {
-        StoreError::Unavailable(format!(
-            "cannot create the data directory {}: {why}",
-            dir.display()
-        ))
+    let fail = |why: String, e: std::io::Error| {
+        StoreError::unavailable(
+            format!("cannot create the data directory {}{why}", dir.display()),
+            e,
+        )
     };
     let mut builder = fs::DirBuilder::new();
     #[cfg(unix)]
@@ -449,11 +450,14 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            Err(fail(format!(
-                "its parent {} does not exist (is the volume mounted?)",
-                parent.display()
-            )))
+            Err(fail(
+                format!(
+                    ": its parent {} does not exist (is the volume mounted?)",
+                    parent.display()
+                ),
+                e,
+            ))
         }
-        Err(e) => Err(fail(e.to_string())),
+        Err(e) => Err(fail(String::new(), e)),
     }
 }

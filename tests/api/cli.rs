@@ -808,11 +808,11 @@ async fn https_urls_work_with_a_trusted_ca_a_ca_file_or_skip_ssl() {
 
 #[tokio::test]
 async fn list_pages_through_everything_with_a_config_path_context_env_and_url_path() {
-    let app = crate::helpers::spawn_app_with(sts::config::Config {
+    let service = sts::config::ServiceConfig {
         max_page_size: 2,
-        ..sts::config::Config::default()
-    })
-    .await;
+        ..sts::config::ServiceConfig::default()
+    };
+    let app = crate::helpers::spawn_app_with(service, sts::config::ServerConfig::default()).await;
     for i in 0..5 {
         app.create(&format!("t{i}"), &["r"]).await;
     }

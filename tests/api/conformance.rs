@@ -9,7 +9,7 @@ use std::{
 };
 
 use sts::{
-    model::{NewToken, Roles, ServiceToken, TokenId, TokenName},
+    model::{NewToken, ServiceToken, TokenId},
     store::{Imported, PostgresStore, SledStore, Store, StoreError},
     token::Token,
 };
@@ -102,11 +102,7 @@ impl Backend {
 }
 
 fn new_token(name: &str, roles: &[&str], expiration: Option<SystemTime>) -> NewToken {
-    NewToken {
-        name: TokenName::parse(name).unwrap(),
-        roles: Roles::parse(roles).unwrap(),
-        expiration,
-    }
+    NewToken::parse(name, roles, expiration).unwrap()
 }
 
 async fn insert(store: &dyn Store, name: &str) -> (Token, ServiceToken) {
@@ -308,7 +304,10 @@ async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
         .await
         .unwrap();
     let twice = store.insert(token.hash(), &new, SystemTime::now()).await;
-    assert!(matches!(twice, Err(StoreError::Corrupt(_))), "{twice:?}");
+    assert!(
+        matches!(twice, Err(StoreError::Corrupt { .. })),
+        "{twice:?}"
+    );
     assert_eq!(store.count().await.unwrap(), 1);
 }
 

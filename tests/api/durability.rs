@@ -110,17 +110,13 @@ async fn a_new_data_dir_is_private_to_its_owner() {
 #[tokio::test]
 async fn the_token_count_is_kept_across_restarts_without_a_scan() {
     use std::time::SystemTime;
-    use sts::model::{NewToken, Roles, TokenName};
+    use sts::model::NewToken;
 
     let dir = tempfile::tempdir().unwrap();
     let new = |i: u32| {
         (
             Token::generate().hash(),
-            NewToken {
-                name: TokenName::parse(&format!("t{i}")).unwrap(),
-                roles: Roles::parse(&["r"]).unwrap(),
-                expiration: None,
-            },
+            NewToken::parse(&format!("t{i}"), &["r"], None).unwrap(),
         )
     };
     {

@@ -4,15 +4,18 @@
 
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
-use sts::{config::Config, proto::token_service_client::TokenServiceClient};
+use sts::{
+    config::{ServerConfig, ServiceConfig},
+    proto::token_service_client::TokenServiceClient,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
 use crate::helpers::{
-    FaultyStore, TestApp, closed_by_server, create_request, spawn_app_on, spawn_app_with,
-    validate_on,
+    FaultyStore, TestApp, closed_by_server, create_request, spawn_app, spawn_app_on,
+    spawn_app_with, validate_on,
 };
 
 /// A Validate on a fresh connection: the server is serving others.
@@ -67,7 +70,7 @@ fn status_request(app: &TestApp) -> Vec<u8> {
 async fn the_server_enforces_a_call_deadline_and_abandons_the_call() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(dir.path()));
-    let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+    let app = spawn_app_on(dir, store.clone()).await;
 
     // The Create reaches the store and is held there past its deadline.
     // tonic's client enforces grpc-timeout itself, so this sends the call
@@ -111,11 +114,11 @@ async fn the_server_enforces_a_call_deadline_and_abandons_the_call() {
 
 #[tokio::test]
 async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_served() {
-    let app = spawn_app_with(Config {
+    let server = ServerConfig {
         first_byte_timeout: Duration::from_millis(500),
-        ..Config::default()
-    })
-    .await;
+        ..ServerConfig::default()
+    };
+    let app = spawn_app_with(ServiceConfig::default(), server).await;
 
     // Many connections that never say a word.
     let mut silent = Vec::new();
@@ -161,7 +164,7 @@ async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_serve
 
 #[tokio::test]
 async fn slow_writers_and_readers_hold_up_no_one() {
-    let app = spawn_app_with(Config::default()).await;
+    let app = spawn_app().await;
 
     // A writer that sends its request a few bytes at a time.
     let request = status_request(&app);
@@ -196,7 +199,7 @@ async fn slow_writers_and_readers_hold_up_no_one() {
 
 #[tokio::test]
 async fn half_closed_and_abandoned_sockets_are_handled() {
-    let app = spawn_app_with(Config::default()).await;
+    let app = spawn_app().await;
 
     // A client that sends its request and shuts down its sending side: the
     // server closes the connection (hyper treats an HTTP/1 half-close as the

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use sts::{config::Config, server::SERVICE_NAME};
+use sts::server::SERVICE_NAME;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -50,7 +50,7 @@ async fn watchers_see_not_serving_when_shutdown_begins() {
 async fn shutdown_finishes_in_flight_calls() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(dir.path()));
-    let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+    let app = spawn_app_on(dir, store.clone()).await;
     store.gated.store(true, Ordering::SeqCst);
 
     let mut client = app.client.clone();

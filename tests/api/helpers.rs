@@ -15,16 +15,17 @@ use async_trait::async_trait;
 
 use sts::{
     clock::Clock,
-    config::{Config, TlsIdentity},
+    config::{MAX_REQUEST_BYTES, ServerConfig, ServiceConfig, TlsIdentity},
+    error::ServeError,
     http::HttpState,
-    model::{NewToken, Roles, ServiceToken as Described, TokenId, TokenName},
+    model::{NewToken, ServiceToken as Described, StoredToken, TokenId},
     proto::{
         CreateRequest, CreateResponse, ServiceToken, ValidateRequest, ValidateResponse,
         token_service_client::TokenServiceClient,
     },
     server,
-    service::TokenService,
-    store::{Imported, SledStore, Store, StoreError, StoredToken},
+    service::{self, TokenService},
+    store::{Imported, SledStore, Store, StoreError},
     token::TokenHash,
 };
 use tempfile::TempDir;
@@ -64,47 +65,55 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub data_dir: TempDir,
     shutdown: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), sts::Error>>,
+    server: JoinHandle<Result<(), ServeError>>,
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Config::default()).await
+    spawn_app_with(ServiceConfig::default(), ServerConfig::default()).await
 }
 
-pub async fn spawn_app_with(config: Config) -> TestApp {
+pub async fn spawn_app_with(service: ServiceConfig, server: ServerConfig) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
-    spawn_app_on(data_dir, store, config).await
+    start_app(data_dir, store, service, server).await
 }
 
 /// A service over `store` with a manual clock and a bootstrapped admin token.
 pub async fn build_service(
     store: Arc<dyn Store>,
-    config: Config,
+    config: ServiceConfig,
 ) -> (Arc<TokenService>, Arc<ManualClock>, String) {
     let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
-    let admin_role = config.admin_role.clone();
+    let new = NewToken::parse("test-admin", &[config.admin_role.as_str()], None).unwrap();
+    let (admin_token, _) = service::bootstrap(&*store, &*clock, new).await.unwrap();
     let service = Arc::new(TokenService::new(store, clock.clone(), config));
-    let (admin_token, _) = service
-        .bootstrap(NewToken {
-            name: TokenName::parse("test-admin").unwrap(),
-            roles: Roles::parse(&[admin_role.as_str()]).unwrap(),
-            expiration: None,
-        })
-        .await
-        .unwrap();
     (service, clock, admin_token.expose_secret().to_owned())
 }
 
 /// Starts a server over `store` (which lives in `data_dir`), after
 /// bootstrapping an admin token into it.
-pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Config) -> TestApp {
-    let tls = config.tls.is_some();
-    let (service, clock, admin_token) = build_service(store, config).await;
+pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestApp {
+    start_app(
+        data_dir,
+        store,
+        ServiceConfig::default(),
+        ServerConfig::default(),
+    )
+    .await
+}
+
+async fn start_app(
+    data_dir: TempDir,
+    store: Arc<dyn Store>,
+    service: ServiceConfig,
+    server: ServerConfig,
+) -> TestApp {
+    let tls = server.tls.is_some();
+    let (service, clock, admin_token) = build_service(store, service).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, service, async {
+    let server = tokio::spawn(server::run(listener, service, server, async {
         let _ = shutdown_rx.await;
     }));
     let channel = if tls {
@@ -127,6 +136,7 @@ pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>, config: Conf
 pub struct TestRouter {
     pub router: axum::Router,
     pub service: Arc<TokenService>,
+    pub store: Arc<dyn Store>,
     pub admin_token: String,
     pub clock: Arc<ManualClock>,
     pub ready: Arc<sts::http::Readiness>,
@@ -170,11 +180,14 @@ pub async fn spawn_router() -> TestRouter {
 }
 
 pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRouter {
-    let (service, clock, admin_token) = build_service(store, Config::default()).await;
+    let (service, clock, admin_token) =
+        build_service(store.clone(), ServiceConfig::default()).await;
     let ready = Arc::new(sts::http::Readiness::default());
+    let state = HttpState::new(service.clone(), ready.clone(), MAX_REQUEST_BYTES);
     TestRouter {
-        router: sts::http::router(HttpState::new(service.clone(), ready.clone())),
+        router: sts::http::router(state),
         service,
+        store,
         admin_token,
         clock,
         ready,
@@ -233,13 +246,8 @@ impl TestRouter {
         roles: &[&str],
         expiration: Option<SystemTime>,
     ) -> (String, u64) {
-        let (token, created) = self
-            .service
-            .bootstrap(NewToken {
-                name: TokenName::parse(name).unwrap(),
-                roles: Roles::parse(roles).unwrap(),
-                expiration,
-            })
+        let new = NewToken::parse(name, roles, expiration).unwrap();
+        let (token, created) = service::bootstrap(&*self.store, &*self.clock, new)
             .await
             .unwrap();
         (token.expose_secret().to_owned(), created.id.get())
@@ -301,11 +309,11 @@ impl TestCertificate {
 
 /// A server serving TLS with [`TestCertificate::shared`]; its client trusts it.
 pub async fn spawn_tls_app() -> TestApp {
-    spawn_app_with(Config {
+    let server = ServerConfig {
         tls: Some(TestCertificate::shared().identity.clone()),
-        ..Config::default()
-    })
-    .await
+        ..ServerConfig::default()
+    };
+    spawn_app_with(ServiceConfig::default(), server).await
 }
 
 /// `Validate` of `token` through `client`.
@@ -404,7 +412,7 @@ impl TestApp {
     }
 
     /// Starts the shutdown without waiting for it.
-    pub fn begin_shutdown(self) -> (JoinHandle<Result<(), sts::Error>>, TempDir) {
+    pub fn begin_shutdown(self) -> (JoinHandle<Result<(), ServeError>>, TempDir) {
         self.shutdown.send(()).unwrap();
         (self.server, self.data_dir)
     }
@@ -438,22 +446,60 @@ pub async fn list_all(client: &TokenServiceClient<Channel>, admin: &str) -> Vec<
 /// Restarts on a data dir a stopped app handed back.
 pub async fn restart(data_dir: TempDir) -> TestApp {
     let store = Arc::new(reopen(data_dir.path()).await);
-    spawn_app_on(data_dir, store, Config::default()).await
+    spawn_app_on(data_dir, store).await
+}
+
+/// How long [`eventually`] waits before it gives up.
+const EVENTUALLY_WITHIN: Duration = Duration::from_secs(20);
+/// How often it asks.
+const EVENTUALLY_EVERY: Duration = Duration::from_millis(10);
+
+/// Asks `attempt` every 10 ms until it gives a value, for up to 20 s; fails
+/// the test naming `what` if it never does. The one bounded poll, for what
+/// a test cannot be told about: another process's state (a replica's
+/// readiness, its descriptors), a lock sled's own threads release.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY_WITHIN;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {EVENTUALLY_WITHIN:?}"
+        );
+        tokio::time::sleep(EVENTUALLY_EVERY).await;
+    }
+}
+
+/// [`eventually_some`] for a condition.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_some(what, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
 }
 
 /// Opens a sled store this process has just closed. sled's own I/O threads
 /// may hold the directory's lock for a moment after the last handle is
 /// dropped (a new process never sees this: the lock goes with the old one).
 pub async fn reopen(dir: &Path) -> SledStore {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually_some("the data dir's lock released", || async {
         match SledStore::open(dir) {
-            Err(StoreError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            opened => return opened.unwrap(),
+            Err(StoreError::Locked { .. }) => None,
+            opened => Some(opened.unwrap()),
         }
-    }
+    })
+    .await
 }
 
 /// Every file under `dir`, recursively, as bytes.
@@ -483,14 +529,25 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// What a failing [`FaultyStore`] says, as a database driver would: text
+/// that must reach the log and never a client.
+pub const INJECTED_CAUSE: &str =
+    "injected: FATAL: password authentication failed for user \"sts\" (10.0.0.7:5432)";
+
+fn injected_fault() -> StoreError {
+    StoreError::unavailable("injected fault", std::io::Error::other(INJECTED_CAUSE))
+}
+
 /// A sled store with faults on demand: every call fails while `failing` is
-/// set, every write (insert, delete, flush) while `writes_failing` is, and
+/// set, every write (insert, delete, flush) while `writes_failing` is,
+/// every lookup finds a corrupt record while `corrupt` is, and
 /// while `gated` is set each insert announces itself on `entered` and then
 /// waits for a permit on `gate`.
 pub struct FaultyStore {
     inner: SledStore,
     pub failing: AtomicBool,
     pub writes_failing: AtomicBool,
+    pub corrupt: AtomicBool,
     pub gated: AtomicBool,
     pub entered: Semaphore,
     pub gate: Semaphore,
@@ -502,6 +559,7 @@ impl FaultyStore {
             inner: SledStore::open(dir).unwrap(),
             failing: AtomicBool::new(false),
             writes_failing: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
             gated: AtomicBool::new(false),
             entered: Semaphore::new(0),
             gate: Semaphore::new(0),
@@ -510,7 +568,7 @@ impl FaultyStore {
 
     fn fault(&self) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected fault".into()));
+            return Err(injected_fault());
         }
         Ok(())
     }
@@ -518,7 +576,7 @@ impl FaultyStore {
     fn write_fault(&self) -> Result<(), StoreError> {
         self.fault()?;
         if self.writes_failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected write fault".into()));
+            return Err(injected_fault());
         }
         Ok(())
     }
@@ -542,6 +600,10 @@ impl Store for FaultyStore {
 
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
         self.fault()?;
+        if self.corrupt.load(Ordering::SeqCst) {
+            let cause = std::io::Error::other(INJECTED_CAUSE);
+            return Err(StoreError::corrupt("token 42 (injected)", cause));
+        }
         self.inner.find_by_hash(hash).await
     }
 
@@ -573,4 +635,51 @@ impl Store for FaultyStore {
         self.write_fault()?;
         self.inner.flush().await
     }
+}
+
+/// Log events of the current thread, as JSON objects: what a test's
+/// in-process server logs while [`capture_logs`]'s guard lives (a
+/// `#[tokio::test]` runs the server on the test's own thread).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The events of tracing target `target`.
+    pub fn target(&self, target: &str) -> Vec<serde_json::Value> {
+        let mut events = self.events();
+        events.retain(|event| event["target"] == target);
+        events
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every event (all levels) of this thread until the guard drops.
+pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, CapturedLogs) {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), logs)
 }

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use sts::{clock::Clock, token::Token};
+use sts::{clock::Clock, service::AUDIT, token::Token};
 
-use crate::helpers::{ADMIN_ROLE, spawn_router};
+use crate::helpers::{ADMIN_ROLE, capture_logs, spawn_router};
 
 const STATUS: &str = "/api/server/status";
 
@@ -191,6 +191,37 @@ async fn forward_auth_checks_a_required_role() {
         .status,
         200
     );
+}
+
+#[tokio::test]
+async fn role_checks_are_counted_and_a_refusal_is_audited() {
+    let (_logging, logs) = capture_logs();
+    let app = spawn_router().await;
+    let (token, id) = app.create("ci", &["viewer"]).await;
+    let key = [("x-api-key", token.as_bytes())];
+    let granted = app.call("GET", "/api/auth?role=viewer", &key, "").await;
+    assert_eq!(granted.status, 200);
+    let refused = app.call("GET", "/api/auth?role=admin", &key, "").await;
+    assert_eq!(refused.status, 403);
+
+    let metrics = app.call("GET", "/metrics", &[], "").await;
+    let metrics = String::from_utf8(metrics.body).unwrap();
+    for outcome in ["granted", "refused"] {
+        let line = format!(r#"sts_role_checks_total{{outcome="{outcome}"}} 1"#);
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+    let audited: Vec<_> = logs
+        .target(AUDIT)
+        .into_iter()
+        .filter(|event| event["fields"]["rpc"] == "RoleCheck")
+        .collect();
+    assert_eq!(audited.len(), 1, "{audited:#?}");
+    let fields = &audited[0]["fields"];
+    assert_eq!(fields["outcome"], "PERMISSION_DENIED", "{fields}");
+    assert_eq!(fields["caller.id"], id, "{fields}");
+    assert_eq!(fields["caller.name"], "ci", "{fields}");
+    assert_eq!(fields["role"], "admin", "{fields}");
+    assert_eq!(audited[0]["level"], "WARN");
 }
 
 #[tokio::test]

@@ -134,6 +134,34 @@ async fn an_oversized_body_is_refused() {
 }
 
 #[tokio::test]
+async fn a_rejected_body_is_answered_and_counted_like_any_error() {
+    let app = spawn_router().await;
+    let oversized = format!(r#"{{"name": "{}", "roles": ["r"]}}"#, "n".repeat(100_000));
+    let too_large = app.admin("POST", TOKENS, &oversized).await;
+    assert_eq!(too_large.status, 413);
+    let error = too_large.json();
+    assert_eq!(error["error"], "RESOURCE_EXHAUSTED", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("65536"),
+        "{error}"
+    );
+    let not_json = app.admin("POST", TOKENS, "{not json").await;
+    assert_eq!(not_json.status, 400);
+    assert_eq!(not_json.json()["error"], "INVALID_ARGUMENT");
+    // The credential is checked first, whatever the body.
+    app.call("POST", TOKENS, &[], &oversized)
+        .await
+        .assert_unauthorized();
+
+    let metrics = app.call("GET", "/metrics", &[], "").await;
+    let metrics = String::from_utf8(metrics.body).unwrap();
+    for status in ["RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "UNAUTHENTICATED"] {
+        let line = format!(r#"sts_management_calls_total{{rpc="Create",status="{status}"}} 1"#);
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+}
+
+#[tokio::test]
 async fn management_needs_the_admin_role() {
     let app = spawn_router().await;
     let (viewer, viewer_id) = app.create("viewer", &["viewer"]).await;

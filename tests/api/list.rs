@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use sts::{
-    config::Config,
+    config::{ServerConfig, ServiceConfig},
     proto::{DeleteRequest, ListRequest, ListResponse},
 };
 use tonic::Code;
@@ -61,12 +61,12 @@ async fn an_exact_last_page_has_no_next_token() {
 
 #[tokio::test]
 async fn page_size_defaults_and_is_capped() {
-    let app = spawn_app_with(Config {
+    let service = ServiceConfig {
         default_page_size: 3,
         max_page_size: 5,
-        ..Config::default()
-    })
-    .await;
+        ..ServiceConfig::default()
+    };
+    let app = spawn_app_with(service, ServerConfig::default()).await;
     for i in 0..9 {
         app.create(&format!("t{i}"), &["r"]).await;
     }

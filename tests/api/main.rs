@@ -2,10 +2,15 @@
 //! 127.0.0.1:0 with a temporary data dir, in-process (`helpers`) or as the
 //! `sts-server` binary (`process`), and talk to it over gRPC and HTTP.
 
+// All of this crate is tests: `unwrap` is fine here (Cargo.toml's [lints]
+// deny it in what ships).
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 mod pg;
 mod process;
 
+mod architecture;
 mod audit;
 mod auth;
 mod binary;
@@ -14,6 +19,7 @@ mod conformance;
 mod crash;
 mod create;
 mod delete;
+mod disclosure;
 mod durability;
 mod edges;
 mod health;

@@ -1,8 +1,19 @@
 //! PostgreSQL for tests: each test gets its own schema in the database
-//! `STS_TEST_DATABASE_URL` names, dropped when the test ends. Without the
-//! variable the PostgreSQL tests say so and pass without running.
+//! `STS_TEST_DATABASE_URL` names, dropped when the test ends (passed or
+//! panicked). Without the variable the PostgreSQL tests say so and pass
+//! without running. [`Proxy`] stands between a server and the database to
+//! cut every connection, as an outage looks from the server.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use sqlx::{Executor, PgPool};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::AbortHandle,
+};
 
 pub const DATABASE_URL_VAR: &str = "STS_TEST_DATABASE_URL";
 
@@ -10,7 +21,9 @@ pub const DATABASE_URL_VAR: &str = "STS_TEST_DATABASE_URL";
 pub struct TestDatabase {
     pub url: String,
     pub schema: String,
+    base: String,
     admin: PgPool,
+    dropped: bool,
 }
 
 impl TestDatabase {
@@ -32,7 +45,13 @@ impl TestDatabase {
             .unwrap();
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
-        Some(TestDatabase { url, schema, admin })
+        Some(TestDatabase {
+            url,
+            schema,
+            base,
+            admin,
+            dropped: false,
+        })
     }
 
     /// Runs `sql` in this test's schema.
@@ -47,10 +66,151 @@ impl TestDatabase {
         rows
     }
 
-    pub async fn drop(self) {
+    /// Drops the schema (what `Drop` also does, blocking, if a test ends
+    /// without calling this: a panic on the way).
+    pub async fn drop(mut self) {
         self.admin
-            .execute(format!("DROP SCHEMA {} CASCADE", self.schema).as_str())
+            .execute(drop_schema(&self.schema).as_str())
             .await
             .unwrap();
+        self.dropped = true;
     }
+
+    /// `url` with its host and port replaced by `proxy`'s.
+    pub fn url_through(&self, proxy: &Proxy) -> String {
+        let (host, port) = self.host_port();
+        let through = self
+            .url
+            .replacen(&format!("{host}:{port}"), &proxy.addr.to_string(), 1);
+        assert_ne!(through, self.url, "the URL names host:port");
+        through
+    }
+
+    /// The server's address, for a [`Proxy`] to lead to.
+    pub fn server_addr(&self) -> SocketAddr {
+        let (host, port) = self.host_port();
+        format!("{host}:{port}")
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    fn host_port(&self) -> (String, u16) {
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse().unwrap();
+        (options.get_host().to_owned(), options.get_port())
+    }
+}
+
+fn drop_schema(schema: &str) -> String {
+    format!("DROP SCHEMA IF EXISTS {schema} CASCADE")
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // This may run on the test's runtime, which cannot be blocked on:
+        // a thread of its own with a runtime of its own.
+        let (base, sql) = (self.base.clone(), drop_schema(&self.schema));
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let pool = PgPool::connect(&base).await.unwrap();
+                pool.execute(sql.as_str()).await.unwrap();
+            });
+        })
+        .join();
+        if dropped.is_err() {
+            eprintln!("could not drop test schema {}", self.schema);
+        }
+    }
+}
+
+/// A TCP proxy to PostgreSQL that can cut every connection and refuse new
+/// ones, as a database restart looks from the servers behind it.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept: AbortHandle,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    down: bool,
+    links: Vec<AbortHandle>,
+}
+
+impl Proxy {
+    pub async fn to(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let accept = tokio::spawn({
+            let state = state.clone();
+            async move {
+                loop {
+                    let (mut client, _) = listener.accept().await.unwrap();
+                    let mut state_now = state.lock().unwrap();
+                    if state_now.down {
+                        continue; // dropped: connection refused, in effect
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    state_now.links.push(link.abort_handle());
+                }
+            }
+        })
+        .abort_handle();
+        Proxy {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    pub fn down(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.down = true;
+        for link in state.links.drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.state.lock().unwrap().down = false;
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.down();
+    }
+}
+
+#[tokio::test]
+async fn a_test_schema_is_dropped_even_when_the_test_panics() {
+    let Some(database) = TestDatabase::create("schema_cleanup").await else {
+        return;
+    };
+    let (schema, base) = (database.schema.clone(), database.base.clone());
+    let panicked = tokio::spawn(async move {
+        let _database = database;
+        panic!("deliberate: the schema must be dropped all the same");
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    let left: Option<(String,)> =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname = $1")
+            .bind(&schema)
+            .fetch_optional(&PgPool::connect(&base).await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(left, None, "schema {schema} left behind");
 }

@@ -36,6 +36,19 @@ pub fn bootstrap_with(data_dir: &Path, env: &[(&str, &str)]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
+/// Runs `sts-server bootstrap` on the PostgreSQL store at `url` from a
+/// blocking thread (a test's own proxy may be running on its runtime);
+/// returns the admin token.
+pub async fn bootstrap_store(url: &str) -> String {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let scratch = tempfile::tempdir().unwrap();
+        bootstrap_with(scratch.path(), &[("STS_STORE", &url)])
+    })
+    .await
+    .unwrap()
+}
+
 pub struct ServerProcess {
     pub addr: SocketAddr,
     child: Option<Child>,

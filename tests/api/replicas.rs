@@ -10,27 +10,19 @@
 //! a private cluster (initdb, pg_ctl) is restarted for real mid-traffic,
 //! since the machine's own database is shared with every other test.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use sts::proto::{
     CreateRequest, CreateResponse, DeleteRequest, InvalidReason,
     token_service_client::TokenServiceClient,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    task::AbortHandle,
-    time::Instant,
-};
+use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    helpers::{channel, list_all, validate_on, with_key},
-    pg::TestDatabase,
-    process::{ServerProcess, bootstrap_with},
+    helpers::{channel, eventually, list_all, validate_on, with_key},
+    pg::{Proxy, TestDatabase},
+    process::{ServerProcess, bootstrap_store},
 };
 
 /// A replica: the real binary on the shared database.
@@ -122,17 +114,23 @@ fn create(admin: &str, name: &str) -> tonic::Request<CreateRequest> {
 
 /// The admin token bootstrapped into the store at `url`, and two replicas on it.
 async fn replicas_on(url: &str) -> (String, Replica, Replica) {
-    let admin = {
-        let url = url.to_owned();
-        // Off the runtime: a test's proxy may run on it.
-        tokio::task::spawn_blocking(move || {
-            let scratch = tempfile::tempdir().unwrap();
-            bootstrap_with(scratch.path(), &[("STS_STORE", &url)])
-        })
-        .await
-        .unwrap()
-    };
+    let admin = bootstrap_store(url).await;
     (admin, Replica::start(url).await, Replica::start(url).await)
+}
+
+/// After an outage, B caches again (its feed vouches for it), and a delete
+/// of `doomed` on A reaches B's cache within the promised 100 ms.
+async fn the_delete_feed_is_back(a: &Replica, b: &Replica, admin: &str, doomed: &CreateResponse) {
+    let hits = b.metric("sts_validation_cache_hits_total").await;
+    eventually("B's cache in use again", || async {
+        assert!(validate_on(&b.client, &doomed.token).await.unwrap().valid);
+        b.metric("sts_validation_cache_hits_total").await > hits
+    })
+    .await;
+    let acknowledged = a.delete(admin, doomed).await;
+    // The promised window, not a wait for anything.
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    assert!(!validate_on(&b.client, &doomed.token).await.unwrap().valid);
 }
 
 /// Two replicas on a fresh schema, and the admin token bootstrapped there.
@@ -203,12 +201,7 @@ async fn replicas_starting_together_on_an_empty_database_both_come_up() {
     };
     // Both migrate the empty schema at the same moment.
     let (a, b) = tokio::join!(Replica::start(&database.url), Replica::start(&database.url));
-    let scratch = tempfile::tempdir().unwrap();
-    let url = database.url.clone();
-    let admin =
-        tokio::task::spawn_blocking(move || bootstrap_with(scratch.path(), &[("STS_STORE", &url)]))
-            .await
-            .unwrap();
+    let admin = bootstrap_store(&database.url).await;
     for replica in [&a, &b] {
         assert!(validate_on(&replica.client, &admin).await.unwrap().valid);
         assert!(replica.ready().await);
@@ -262,105 +255,14 @@ async fn creates_on_both_replicas_at_once_never_collide() {
     database.drop().await;
 }
 
-/// A TCP proxy to PostgreSQL that can cut every connection and refuse new
-/// ones, as a database restart looks from the replicas.
-struct Proxy {
-    addr: SocketAddr,
-    state: Arc<Mutex<ProxyState>>,
-    accept: AbortHandle,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    down: bool,
-    links: Vec<AbortHandle>,
-}
-
-impl Proxy {
-    async fn to(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(ProxyState::default()));
-        let accept = tokio::spawn({
-            let state = state.clone();
-            async move {
-                loop {
-                    let (mut client, _) = listener.accept().await.unwrap();
-                    let mut state_now = state.lock().unwrap();
-                    if state_now.down {
-                        continue; // dropped: connection refused, in effect
-                    }
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                    state_now.links.push(link.abort_handle());
-                }
-            }
-        })
-        .abort_handle();
-        Proxy {
-            addr,
-            state,
-            accept,
-        }
-    }
-
-    fn down(&self) {
-        let mut state = self.state.lock().unwrap();
-        state.down = true;
-        for link in state.links.drain(..) {
-            link.abort();
-        }
-    }
-
-    fn up(&self) {
-        self.state.lock().unwrap().down = false;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.down();
-    }
-}
-
-/// Waits (up to 20 s) for `condition`, checking every 50 ms.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // The proxy runs on this test's runtime, beside blocking process calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_reconnect() {
     let Some(database) = TestDatabase::create("replicas_outage").await else {
         return;
     };
-    let direct: sqlx::postgres::PgConnectOptions = database.url.parse().unwrap();
-    let upstream: SocketAddr = format!("{}:{}", direct.get_host(), direct.get_port())
-        .parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], direct.get_port())));
-    let proxy = Proxy::to(upstream).await;
-    let via_proxy = database.url.replacen(
-        &format!("{}:{}", direct.get_host(), direct.get_port()),
-        &proxy.addr.to_string(),
-        1,
-    );
-    assert_ne!(via_proxy, database.url, "the URL names host:port");
-    let (admin, a, b) = replicas_on(&via_proxy).await;
+    let proxy = Proxy::to(database.server_addr()).await;
+    let (admin, a, b) = replicas_on(&database.url_through(&proxy)).await;
     let kept = a.create(&admin, "kept").await;
     let doomed = a.create(&admin, "doomed").await;
     for replica in [&a, &b] {
@@ -416,17 +318,8 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
         })
         .await;
     }
-    // And the delete feed is back: B caches again, and a delete on A
-    // reaches B's cache.
-    let hits = b.metric("sts_validation_cache_hits_total").await;
-    eventually("B's cache in use again", || async {
-        assert!(validate_on(&b.client, &doomed.token).await.unwrap().valid);
-        b.metric("sts_validation_cache_hits_total").await > hits
-    })
-    .await;
-    let acknowledged = a.delete(&admin, &doomed).await;
-    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
-    assert!(!validate_on(&b.client, &doomed.token).await.unwrap().valid);
+    // And the delete feed is back.
+    the_delete_feed_is_back(&a, &b, &admin, &doomed).await;
 
     for replica in [a, b] {
         let (status, log) = replica.server.terminate().await;
@@ -594,16 +487,8 @@ async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_its
         })
         .await;
     }
-    // The delete feed came back too: B caches again, and hears A's delete.
-    let hits = b.metric("sts_validation_cache_hits_total").await;
-    eventually("B's cache in use again", || async {
-        assert!(validate_on(&b.client, &doomed.token).await.unwrap().valid);
-        b.metric("sts_validation_cache_hits_total").await > hits
-    })
-    .await;
-    let acknowledged = a.delete(&admin, &doomed).await;
-    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
-    assert!(!validate_on(&b.client, &doomed.token).await.unwrap().valid);
+    // The delete feed came back too.
+    the_delete_feed_is_back(&a, &b, &admin, &doomed).await;
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     while let Some(counts) = traffic.join_next().await {

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{channel, list_all, validate_on, with_key},
+    helpers::{channel, eventually, list_all, validate_on, with_key},
     process::{ServerProcess, bootstrap},
 };
 
@@ -490,18 +490,11 @@ async fn mixed_load_for_a_while_leaves_exactly_what_was_acknowledged() {
 
     // Once the clients are gone, the server's descriptors return to idle.
     drop((grpc, http, soak));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, fds) = usage(pid);
-        if fds <= idle_fds + 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{fds} descriptors open after the clients left; {idle_fds} when idle"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "descriptors back to idle after the clients left",
+        || async { usage(pid).1 <= idle_fds + 2 },
+    )
+    .await;
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{status:?}");
     assert!(!log.iter().any(|l| l.contains("ERROR")), "{log:#?}");

@@ -5,7 +5,6 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use sts::{
-    config::Config,
     proto::{DeleteRequest, InvalidReason, ListRequest, ValidateRequest},
     token::Token,
 };
@@ -17,7 +16,7 @@ use crate::helpers::{FaultyStore, assert_code, create_request, spawn_app, spawn_
 async fn a_failing_store_is_unavailable_not_a_wrong_answer() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(dir.path()));
-    let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+    let app = spawn_app_on(dir, store.clone()).await;
     let (secret, created) = app.create("ci", &["r"]).await;
 
     store.failing.store(true, Ordering::SeqCst);
@@ -52,7 +51,7 @@ async fn a_failing_store_is_unavailable_not_a_wrong_answer() {
 async fn when_writes_fail_creates_and_deletes_are_unavailable_and_validation_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(dir.path()));
-    let app = spawn_app_on(dir, store.clone(), Config::default()).await;
+    let app = spawn_app_on(dir, store.clone()).await;
     let (secret, created) = app.create("ci", &["r"]).await;
 
     store.writes_failing.store(true, Ordering::SeqCst);
@@ -95,19 +94,14 @@ async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
     {
         // The store was just closed in this process: wait for its lock
         // (see `helpers::reopen`).
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        let db = loop {
+        let db = crate::helpers::eventually_some("the data dir's lock released", || async {
             match sled::open(dir.path()) {
-                Ok(db) => break db,
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
+                Ok(db) => Some(db),
+                Err(e) if e.to_string().contains("could not acquire lock") => None,
                 Err(e) => panic!("{e}"),
             }
-        };
+        })
+        .await;
         let tokens = db.open_tree("tokens").unwrap();
         tokens
             .insert(

@@ -87,12 +87,12 @@ async fn plaintext_and_untrusted_clients_are_refused_and_others_still_served() {
 
 #[tokio::test]
 async fn a_stalled_handshake_is_dropped_while_others_are_served() {
-    let app = crate::helpers::spawn_app_with(sts::config::Config {
+    let server = sts::config::ServerConfig {
         tls: Some(TestCertificate::shared().identity.clone()),
         tls_handshake_timeout: Duration::from_millis(300),
-        ..sts::config::Config::default()
-    })
-    .await;
+        ..sts::config::ServerConfig::default()
+    };
+    let app = crate::helpers::spawn_app_with(sts::config::ServiceConfig::default(), server).await;
     let port = app.addr.port();
 
     // One client opens a connection and says nothing; another sends the

@@ -1,0 +1,128 @@
+//! What `sts-server`'s commands do, as library functions: open the
+//! configured store, serve, bootstrap the first admin token, export and
+//! import, and wait for the shutdown signal. The binary parses flags, sets up
+//! logging and calls these; tests call them too.
+
+use std::{
+    future::Future,
+    io::{BufRead, Write},
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    clock::SystemClock,
+    config::{ServerConfig, ServiceConfig, StoreConfig, TlsIdentity},
+    error::{Error, ServeError},
+    export::{self, ExportError, ImportSummary},
+    model::{NewToken, ServiceToken},
+    server,
+    service::{self, TokenService},
+    store::{PostgresStore, SledStore, Store, StoreError},
+    token::Token,
+};
+
+/// Opens the store `config` names: a sled data directory (created 0700 if
+/// missing) or a PostgreSQL database (its schema migrated).
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Postgres { url } => {
+            let store = PostgresStore::connect(url).await?;
+            tracing::info!(store = "postgres", "store open");
+            Arc::new(store)
+        }
+        StoreConfig::Sled {
+            data_dir,
+            disk_reserve,
+        } => {
+            let store = SledStore::open(data_dir)?.with_reserve(*disk_reserve);
+            tracing::info!(store = "sled", data_dir = %data_dir.display(), "store open");
+            Arc::new(store)
+        }
+    })
+}
+
+/// Reads a PEM certificate chain and its private key.
+pub fn read_tls(cert: &Path, key: &Path) -> Result<TlsIdentity, ServeError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| ServeError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    Ok(TlsIdentity {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+    })
+}
+
+/// `sts-server serve`: opens the store, binds `address`, and serves until
+/// `shutdown` resolves (then drains and flushes; see [`server::run`]).
+pub async fn serve(
+    address: SocketAddr,
+    store: &StoreConfig,
+    service: ServiceConfig,
+    server: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let store = open_store(store).await?;
+    let service = Arc::new(TokenService::new(store, Arc::new(SystemClock), service));
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    server::run(listener, service, server, shutdown).await
+}
+
+/// `sts-server bootstrap`: creates `new` in the store with no caller and
+/// returns its secret, the only copy there will be.
+pub async fn bootstrap(store: &StoreConfig, new: NewToken) -> Result<(Token, ServiceToken), Error> {
+    let store = open_store(store).await?;
+    service::bootstrap(&*store, &SystemClock, new).await
+}
+
+/// `sts-server export`: every token of the store to `out`; how many.
+pub async fn export(store: &StoreConfig, out: &mut impl Write) -> Result<u64, ExportError> {
+    let store = open_store(store).await?;
+    export::export(&*store, out).await
+}
+
+/// `sts-server import`: the tokens of an export into the store, each batch
+/// durable before the next is read.
+pub async fn import(
+    store: &StoreConfig,
+    input: impl BufRead,
+) -> Result<ImportSummary, ExportError> {
+    let store = open_store(store).await?;
+    export::import(&*store, input).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
