@@ -44,6 +44,17 @@ pub enum MalformedToken {
     Checksum,
 }
 
+impl MalformedToken {
+    /// The reasons whose text is fixed: every reason but `Length`, which
+    /// names a number. None ever carries the presented string.
+    pub const FIXED: [MalformedToken; 4] = [
+        MalformedToken::Empty,
+        MalformedToken::Prefix,
+        MalformedToken::Alphabet,
+        MalformedToken::Checksum,
+    ];
+}
+
 impl Token {
     /// Draws a new token from the thread-local CSPRNG (ChaCha, seeded from the OS).
     pub fn generate() -> Token {

@@ -21,7 +21,8 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{channel, create_request, list_all, validate_on, with_key},
+    helpers::{channel, create_request, eventually, list_all, validate_on, with_key},
+    pg::TestDatabase,
     process::{ServerProcess, bootstrap_with},
 };
 
@@ -67,25 +68,85 @@ enum State {
 
 type Ledger = Arc<Mutex<BTreeMap<String, Entry>>>;
 
+/// One kill/restart cycle, as its writers share it.
+#[derive(Clone)]
+struct Cycle {
+    number: usize,
+    mix: Mix,
+    admin: String,
+    ledger: Ledger,
+    /// The kill comes once this many writes were acknowledged.
+    kill_after: usize,
+    acknowledged: Arc<AtomicUsize>,
+    /// Told when `acknowledged` reaches `kill_after`.
+    enough: Arc<Notify>,
+}
+
+impl Cycle {
+    /// A writer's write was acknowledged.
+    fn acked(&self) {
+        if self.acknowledged.fetch_add(1, Ordering::SeqCst) + 1 >= self.kill_after {
+            self.enough.notify_one();
+        }
+    }
+}
+
 #[tokio::test]
 async fn acknowledged_writes_survive_sigkill_and_nothing_half_written_appears() {
-    crash_cycles(&[], DEFAULT_CYCLES).await;
+    crash_cycles(&[], DEFAULT_CYCLES, None).await;
 }
 
 /// The same against PostgreSQL: what the server acknowledged is committed,
 /// whatever happens to the server.
 #[tokio::test]
 async fn on_postgres_acknowledged_writes_survive_sigkill_of_the_server() {
-    let Some(database) = crate::pg::TestDatabase::create("crash_postgres").await else {
+    let Some(database) = TestDatabase::create("crash_postgres").await else {
         return;
     };
-    crash_cycles(&[("STS_STORE", &database.url)], DEFAULT_CYCLES / 2).await;
+    let sessions = SessionsOf {
+        database: &database,
+        application_name: format!("sts-crash-{}", database.schema),
+    };
+    let url = format!(
+        "{}&application_name={}",
+        database.url, sessions.application_name
+    );
+    crash_cycles(&[("STS_STORE", &url)], DEFAULT_CYCLES / 2, Some(&sessions)).await;
     database.drop().await;
 }
 
+/// The database sessions of the server under test, told apart by their
+/// application name.
+struct SessionsOf<'a> {
+    database: &'a TestDatabase,
+    application_name: String,
+}
+
+impl SessionsOf<'_> {
+    /// Waits until every session of the killed server has ended. The
+    /// database outlives the server: a statement it sent before the kill
+    /// still commits (or aborts) after it, and a check made before then
+    /// would take a create that lands late for one that never happened.
+    async fn ended(&self) {
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = '{}'",
+            self.application_name
+        );
+        eventually("the killed server's database sessions end", || async {
+            self.database.query(&sql).await.is_empty()
+        })
+        .await;
+    }
+}
+
 /// Kill/restart cycles of the real binary with `env` (which store), checked
-/// against a ledger of acknowledged writes.
-async fn crash_cycles(env: &[(&str, &str)], default_cycles: usize) {
+/// against a ledger of acknowledged writes. With a database, each check
+/// waits for the killed server's `sessions` to end.
+async fn crash_cycles(
+    env: &[(&str, &str)],
+    default_cycles: usize,
+    sessions: Option<&SessionsOf<'_>>,
+) {
     let cycles = std::env::var("STS_CRASH_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -107,19 +168,22 @@ async fn crash_cycles(env: &[(&str, &str)], default_cycles: usize) {
             2 if live >= 10 => (Mix::DeletesOnly, rng.random_range(1..=live / 2)),
             _ => (Mix::Both, rng.random_range(1..=40)),
         };
-        let cycle_run = kill_while_writing(
-            dir.path(),
-            env,
-            &admin,
-            &ledger,
-            cycle,
+        let plan = Cycle {
+            number: cycle,
             mix,
+            admin: admin.clone(),
+            ledger: ledger.clone(),
             kill_after,
-            rng.random(),
-        );
+            acknowledged: Arc::default(),
+            enough: Arc::default(),
+        };
+        let cycle_run = kill_while_writing(dir.path(), env, plan, rng.random());
         tokio::time::timeout(CYCLE_LIMIT, cycle_run)
             .await
             .unwrap_or_else(|_| panic!("cycle {cycle} ({mix:?}), seed {seed}: no progress"));
+        if let Some(sessions) = sessions {
+            sessions.ended().await;
+        }
     }
 
     let server = ServerProcess::start_with(dir.path(), env).await;
@@ -143,41 +207,27 @@ fn count(ledger: &Ledger, state: State) -> usize {
 /// One cycle: start the server, check it against the ledger, write until
 /// `kill_after` writes were acknowledged, then SIGKILL it while the other
 /// writers still have calls in flight.
-#[allow(clippy::too_many_arguments)]
-async fn kill_while_writing(
-    dir: &std::path::Path,
-    env: &[(&str, &str)],
-    admin: &str,
-    ledger: &Ledger,
-    cycle: usize,
-    mix: Mix,
-    kill_after: usize,
-    seed: u64,
-) {
+async fn kill_while_writing(dir: &std::path::Path, env: &[(&str, &str)], plan: Cycle, seed: u64) {
+    let cycle = plan.number;
     let server = ServerProcess::start_with(dir, env).await;
     let client = TokenServiceClient::new(channel(server.addr).await);
-    verify(&client, admin, ledger, cycle).await;
+    verify(&client, &plan.admin, &plan.ledger, cycle).await;
 
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(Notify::new());
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
+            let prefix = format!("c{cycle}-w{writer}");
+            let seed = seed.wrapping_add(writer as u64);
             tokio::spawn(write_until_killed(
                 client.clone(),
-                admin.to_owned(),
-                ledger.clone(),
-                format!("c{cycle}-w{writer}"),
-                mix,
-                seed.wrapping_add(writer as u64),
-                acknowledged.clone(),
-                enough.clone(),
-                kill_after,
+                plan.clone(),
+                prefix,
+                seed,
             ))
         })
         .collect();
-    while acknowledged.load(Ordering::SeqCst) < kill_after {
-        let notified = enough.notified();
-        if acknowledged.load(Ordering::SeqCst) >= kill_after {
+    while plan.acknowledged.load(Ordering::SeqCst) < plan.kill_after {
+        let notified = plan.enough.notified();
+        if plan.acknowledged.load(Ordering::SeqCst) >= plan.kill_after {
             break;
         }
         notified.await;
@@ -194,26 +244,20 @@ async fn kill_while_writing(
     );
 }
 
-/// One client: creates and deletes (as `mix` says; deletes take any live
-/// token), writing down what was acknowledged, until the task is aborted.
-#[allow(clippy::too_many_arguments)]
+/// One client: creates and deletes (as the cycle's mix says; deletes take
+/// any live token), writing down what was acknowledged, until the task is
+/// aborted.
 async fn write_until_killed(
     mut client: TokenServiceClient<Channel>,
-    admin: String,
-    ledger: Ledger,
+    plan: Cycle,
     prefix: String,
-    mix: Mix,
     seed: u64,
-    acknowledged: Arc<AtomicUsize>,
-    enough: Arc<Notify>,
-    kill_after: usize,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let acked = || {
-        if acknowledged.fetch_add(1, Ordering::SeqCst) + 1 >= kill_after {
-            enough.notify_one();
-        }
-    };
+    let Cycle {
+        mix, admin, ledger, ..
+    } = &plan;
+    let mix = *mix;
     for n in 0.. {
         let delete = match mix {
             Mix::Both => rng.random_bool(0.3),
@@ -221,7 +265,7 @@ async fn write_until_killed(
             Mix::DeletesOnly => true,
         };
         let victim = if delete {
-            claim_for_delete(&ledger)
+            claim_for_delete(ledger)
         } else {
             None
         };
@@ -229,10 +273,10 @@ async fn write_until_killed(
             return;
         }
         if let Some((name, id)) = victim {
-            let deleted = client.delete(with_key(&admin, DeleteRequest { id })).await;
+            let deleted = client.delete(with_key(admin, DeleteRequest { id })).await;
             if deleted.is_ok() {
                 ledger.lock().unwrap().get_mut(&name).unwrap().state = State::Gone;
-                acked();
+                plan.acked();
             }
             continue;
         }
@@ -249,7 +293,7 @@ async fn write_until_killed(
         );
         let role_refs: Vec<&str> = roles.iter().map(String::as_str).collect();
         let created = client
-            .create(with_key(&admin, create_request(&name, &role_refs)))
+            .create(with_key(admin, create_request(&name, &role_refs)))
             .await;
         if let Ok(response) = created {
             let CreateResponse {
@@ -262,7 +306,7 @@ async fn write_until_killed(
             entry.secret = Some(token);
             entry.state = State::Live;
             drop(entries);
-            acked();
+            plan.acked();
         }
     }
 }

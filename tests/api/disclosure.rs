@@ -9,10 +9,9 @@ use sts::proto::{DeleteRequest, ListRequest, token_service_client::TokenServiceC
 use tonic::Code;
 
 use crate::{
-    helpers::{
-        FaultyStore, INJECTED_CAUSE, capture_logs, channel, create_request, eventually_some,
-        spawn_app_on, validate_on, with_key,
-    },
+    faults::{FaultyStore, INJECTED_CAUSE},
+    helpers::{channel, create_request, eventually_some, spawn_app_on, validate_on, with_key},
+    logs::capture_logs,
     pg::{Proxy, TestDatabase},
     process::{ServerProcess, bootstrap_store},
 };

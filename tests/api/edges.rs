@@ -13,9 +13,9 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::faults::FaultyStore;
 use crate::helpers::{
-    FaultyStore, TestApp, closed_by_server, create_request, spawn_app, spawn_app_on,
-    spawn_app_with, validate_on,
+    TestApp, closed_by_server, create_request, spawn_app, spawn_app_on, spawn_app_with, validate_on,
 };
 
 /// A Validate on a fresh connection: the server is serving others.

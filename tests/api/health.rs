@@ -8,7 +8,10 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{FaultyStore, channel, create_request, restart, spawn_app, spawn_app_on};
+use crate::{
+    faults::FaultyStore,
+    helpers::{channel, create_request, restart, spawn_app, spawn_app_on},
+};
 
 fn check(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {

@@ -4,36 +4,26 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
-
-use async_trait::async_trait;
 
 use sts::{
     clock::Clock,
     config::{MAX_REQUEST_BYTES, ServerConfig, ServiceConfig, TlsIdentity},
     error::ServeError,
     http::HttpState,
-    model::{NewToken, ServiceToken as Described, StoredToken, TokenId},
+    model::NewToken,
     proto::{
         CreateRequest, CreateResponse, ServiceToken, ValidateRequest, ValidateResponse,
         token_service_client::TokenServiceClient,
     },
     server,
     service::{self, TokenService},
-    store::{Imported, SledStore, Store, StoreError},
-    token::TokenHash,
+    store::{SledStore, Store, StoreError},
 };
 use tempfile::TempDir;
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, oneshot},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     Code, Request, Status,
     metadata::MetadataValue,
@@ -527,159 +517,4 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
-}
-
-/// What a failing [`FaultyStore`] says, as a database driver would: text
-/// that must reach the log and never a client.
-pub const INJECTED_CAUSE: &str =
-    "injected: FATAL: password authentication failed for user \"sts\" (10.0.0.7:5432)";
-
-fn injected_fault() -> StoreError {
-    StoreError::unavailable("injected fault", std::io::Error::other(INJECTED_CAUSE))
-}
-
-/// A sled store with faults on demand: every call fails while `failing` is
-/// set, every write (insert, delete, flush) while `writes_failing` is,
-/// every lookup finds a corrupt record while `corrupt` is, and
-/// while `gated` is set each insert announces itself on `entered` and then
-/// waits for a permit on `gate`.
-pub struct FaultyStore {
-    inner: SledStore,
-    pub failing: AtomicBool,
-    pub writes_failing: AtomicBool,
-    pub corrupt: AtomicBool,
-    pub gated: AtomicBool,
-    pub entered: Semaphore,
-    pub gate: Semaphore,
-}
-
-impl FaultyStore {
-    pub fn open(dir: &Path) -> FaultyStore {
-        FaultyStore {
-            inner: SledStore::open(dir).unwrap(),
-            failing: AtomicBool::new(false),
-            writes_failing: AtomicBool::new(false),
-            corrupt: AtomicBool::new(false),
-            gated: AtomicBool::new(false),
-            entered: Semaphore::new(0),
-            gate: Semaphore::new(0),
-        }
-    }
-
-    fn fault(&self) -> Result<(), StoreError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(injected_fault());
-        }
-        Ok(())
-    }
-
-    fn write_fault(&self) -> Result<(), StoreError> {
-        self.fault()?;
-        if self.writes_failing.load(Ordering::SeqCst) {
-            return Err(injected_fault());
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for FaultyStore {
-    async fn insert(
-        &self,
-        hash: TokenHash,
-        new: &NewToken,
-        created_at: SystemTime,
-    ) -> Result<Described, StoreError> {
-        self.write_fault()?;
-        if self.gated.load(Ordering::SeqCst) {
-            self.entered.add_permits(1);
-            self.gate.acquire().await.unwrap().forget();
-        }
-        self.inner.insert(hash, new, created_at).await
-    }
-
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
-        self.fault()?;
-        if self.corrupt.load(Ordering::SeqCst) {
-            let cause = std::io::Error::other(INJECTED_CAUSE);
-            return Err(StoreError::corrupt("token 42 (injected)", cause));
-        }
-        self.inner.find_by_hash(hash).await
-    }
-
-    async fn list_stored(
-        &self,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<StoredToken>, StoreError> {
-        self.fault()?;
-        self.inner.list_stored(after, limit).await
-    }
-
-    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
-        self.write_fault()?;
-        self.inner.import(tokens).await
-    }
-
-    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
-        self.write_fault()?;
-        self.inner.delete(id).await
-    }
-
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.fault()?;
-        self.inner.count().await
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.write_fault()?;
-        self.inner.flush().await
-    }
-}
-
-/// Log events of the current thread, as JSON objects: what a test's
-/// in-process server logs while [`capture_logs`]'s guard lives (a
-/// `#[tokio::test]` runs the server on the test's own thread).
-#[derive(Clone, Default)]
-pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    pub fn events(&self) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-
-    /// The events of tracing target `target`.
-    pub fn target(&self, target: &str) -> Vec<serde_json::Value> {
-        let mut events = self.events();
-        events.retain(|event| event["target"] == target);
-        events
-    }
-}
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures every event (all levels) of this thread until the guard drops.
-pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, CapturedLogs) {
-    let logs = CapturedLogs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(subscriber), logs)
 }

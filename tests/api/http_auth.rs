@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use sts::{clock::Clock, service::AUDIT, token::Token};
 
-use crate::helpers::{ADMIN_ROLE, capture_logs, spawn_router};
+use crate::{
+    helpers::{ADMIN_ROLE, spawn_router},
+    logs::capture_logs,
+};
 
 const STATUS: &str = "/api/server/status";
 

@@ -6,7 +6,9 @@
 // deny it in what ships).
 #![allow(clippy::unwrap_used)]
 
+mod faults;
 mod helpers;
+mod logs;
 mod pg;
 mod process;
 

@@ -44,13 +44,7 @@ proptest! {
             // Never an echo of the input: a fixed text, or the length.
             Err(MalformedToken::Length(n)) => prop_assert_eq!(n, input.chars().count()),
             Err(why) => {
-                let fixed = [
-                    MalformedToken::Empty,
-                    MalformedToken::Prefix,
-                    MalformedToken::Alphabet,
-                    MalformedToken::Checksum,
-                ]
-                .map(|e| e.to_string());
+                let fixed = MalformedToken::FIXED.map(|e| e.to_string());
                 prop_assert!(fixed.contains(&why.to_string()), "{}", why);
             }
         }

@@ -10,7 +10,10 @@ use sts::{
 };
 use tonic::Code;
 
-use crate::helpers::{FaultyStore, assert_code, create_request, spawn_app, spawn_app_on};
+use crate::{
+    faults::FaultyStore,
+    helpers::{assert_code, create_request, spawn_app, spawn_app_on},
+};
 
 #[tokio::test]
 async fn a_failing_store_is_unavailable_not_a_wrong_answer() {

@@ -1,0 +1,125 @@
+//! `FaultyStore`: a sled store that fails, finds corrupt records or holds
+//! its inserts on demand, for tests of what the server does when its store
+//! misbehaves.
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::SystemTime,
+};
+
+use async_trait::async_trait;
+use sts::{
+    model::{NewToken, ServiceToken, StoredToken, TokenId},
+    store::{Imported, SledStore, Store, StoreError},
+    token::TokenHash,
+};
+use tokio::sync::Semaphore;
+
+/// What a failing [`FaultyStore`] says, as a database driver would: text
+/// that must reach the log and never a client.
+pub const INJECTED_CAUSE: &str =
+    "injected: FATAL: password authentication failed for user \"sts\" (10.0.0.7:5432)";
+
+fn injected_fault() -> StoreError {
+    StoreError::unavailable("injected fault", std::io::Error::other(INJECTED_CAUSE))
+}
+
+/// A sled store with faults on demand: every call fails while `failing` is
+/// set, every write (insert, delete, flush) while `writes_failing` is,
+/// every lookup finds a corrupt record while `corrupt` is, and
+/// while `gated` is set each insert announces itself on `entered` and then
+/// waits for a permit on `gate`.
+pub struct FaultyStore {
+    inner: SledStore,
+    pub failing: AtomicBool,
+    pub writes_failing: AtomicBool,
+    pub corrupt: AtomicBool,
+    pub gated: AtomicBool,
+    pub entered: Semaphore,
+    pub gate: Semaphore,
+}
+
+impl FaultyStore {
+    pub fn open(dir: &Path) -> FaultyStore {
+        FaultyStore {
+            inner: SledStore::open(dir).unwrap(),
+            failing: AtomicBool::new(false),
+            writes_failing: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
+            gated: AtomicBool::new(false),
+            entered: Semaphore::new(0),
+            gate: Semaphore::new(0),
+        }
+    }
+
+    fn fault(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(injected_fault());
+        }
+        Ok(())
+    }
+
+    fn write_fault(&self) -> Result<(), StoreError> {
+        self.fault()?;
+        if self.writes_failing.load(Ordering::SeqCst) {
+            return Err(injected_fault());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+    ) -> Result<ServiceToken, StoreError> {
+        self.write_fault()?;
+        if self.gated.load(Ordering::SeqCst) {
+            self.entered.add_permits(1);
+            self.gate.acquire().await.unwrap().forget();
+        }
+        self.inner.insert(hash, new, created_at).await
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+        self.fault()?;
+        if self.corrupt.load(Ordering::SeqCst) {
+            let cause = std::io::Error::other(INJECTED_CAUSE);
+            return Err(StoreError::corrupt("token 42 (injected)", cause));
+        }
+        self.inner.find_by_hash(hash).await
+    }
+
+    async fn list_stored(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        self.fault()?;
+        self.inner.list_stored(after, limit).await
+    }
+
+    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
+        self.write_fault()?;
+        self.inner.import(tokens).await
+    }
+
+    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
+        self.write_fault()?;
+        self.inner.delete(id).await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.fault()?;
+        self.inner.count().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.write_fault()?;
+        self.inner.flush().await
+    }
+}
