@@ -34,7 +34,7 @@ use sqlx::{
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{Imported, Store, StoreError};
+use super::{Cause, Imported, Store, StoreError};
 use crate::{
     cache::ValidationCache,
     model::{NewToken, ServiceToken, StoredParts, StoredToken, TokenId},
@@ -272,16 +272,16 @@ fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
     let roles: Vec<String> = row.try_get("roles").map_err(unavailable)?;
     let created_at: OffsetDateTime = row.try_get("created_at").map_err(unavailable)?;
     let expires_at: Option<OffsetDateTime> = row.try_get("expires_at").map_err(unavailable)?;
-    let corrupt = |e| StoreError::corrupt(format!("token {id}"), e);
+    let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
     StoredToken::from_parts(StoredParts {
-        id: u64::try_from(id).map_err(corrupt)?,
+        id: u64::try_from(id).map_err(|e| corrupt(e.into()))?,
         hash: &hash,
         name: &name,
         roles: &roles,
         expiration: expires_at.map(SystemTime::from),
         created_at: SystemTime::from(created_at),
     })
-    .map_err(|e| StoreError::corrupt(format!("token {id}"), e))
+    .map_err(|e| corrupt(e.into()))
 }
 
 /// The id as the `BIGINT` column holds it; ids are below 2^53.
