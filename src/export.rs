@@ -15,6 +15,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     model::{FieldError, StoredParts, StoredToken, parse_time},
@@ -50,18 +51,27 @@ struct Line {
 }
 
 /// Every time a store holds came through `parse_time` (years 1..=9999), so
-/// jiff can write it; a time it cannot is reported, never written garbled.
+/// RFC 3339 can write it; a time it cannot is reported, never written garbled.
 fn rfc3339(time: SystemTime) -> Result<String, StoreError> {
-    jiff::Timestamp::try_from(time)
-        .map(|t| t.to_string())
-        .map_err(|e| StoreError::corrupt("a time out of range", e))
+    let nanos = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()),
+        Err(before) => i128::try_from(before.duration().as_nanos()).map(|n| -n),
+    };
+    let out_of_range =
+        |e: &dyn std::fmt::Display| StoreError::corrupt("a time out of range", e.to_string());
+    let at = nanos.map_err(|e| out_of_range(&e))?;
+    OffsetDateTime::from_unix_timestamp_nanos(at)
+        .map_err(|e| out_of_range(&e))?
+        .format(&Rfc3339)
+        .map_err(|e| out_of_range(&e))
 }
 
 fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, FieldError> {
-    let time = text.parse::<jiff::Timestamp>().map_err(|_| {
+    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
         FieldError::new(field, "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z")
     })?;
-    parse_time(field, time.as_second(), time.subsec_nanosecond())
+    let nanos = i32::try_from(time.nanosecond()).expect("nanoseconds fit an i32");
+    parse_time(field, time.unix_timestamp(), nanos)
 }
 
 impl Line {

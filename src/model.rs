@@ -4,6 +4,7 @@
 use std::{fmt, time::SystemTime};
 
 use rand::Rng;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::token::TokenHash;
 
@@ -67,12 +68,45 @@ impl fmt::Display for TokenId {
     }
 }
 
+/// Whether `c` is a Unicode format character (general category Cf), the
+/// class that holds every bidi control and zero-width character.
+pub fn is_format(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
+}
+
 /// A token's human-readable name: trimmed, non-empty, bounded, printable.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TokenName(String);
 
 impl TokenName {
+    /// A name for a new (or renamed) token. Besides the rules every stored
+    /// name obeys, it must not hold Unicode format characters (general
+    /// category Cf: bidi overrides and isolates, zero-width spaces and
+    /// joiners, the BOM...): they make a name read on screen as another one,
+    /// or as nothing at all.
     pub fn parse(name: &str) -> Result<TokenName, FieldError> {
+        let name = TokenName::read_back(name)?;
+        if name.0.chars().any(is_format) {
+            let visible = name
+                .0
+                .chars()
+                .filter(|&c| !is_format(c))
+                .collect::<String>();
+            let problem = if visible.trim().is_empty() {
+                "is empty once its invisible format characters are removed"
+            } else {
+                "must not contain invisible Unicode format characters (bidi controls, zero-width characters)"
+            };
+            return Err(FieldError::new("name", problem));
+        }
+        Ok(name)
+    }
+
+    /// A name as earlier releases accepted it: trimmed, 1 to
+    /// [`MAX_NAME_CHARS`] characters, no control characters. Tokens stored
+    /// before format characters were refused keep working; the CLI escapes
+    /// those characters when it prints such a name.
+    pub fn read_back(name: &str) -> Result<TokenName, FieldError> {
         let name = name.trim();
         let chars = name.chars().count();
         if chars == 0 {
@@ -290,6 +324,26 @@ impl NewToken {
     }
 }
 
+impl NewToken {
+    /// The first admin token: it always carries `admin_role`, whatever
+    /// `extra_roles` says (that is the whole point of it), and never expires.
+    pub fn bootstrap<S: AsRef<str>>(
+        name: &str,
+        admin_role: &Role,
+        extra_roles: &[S],
+    ) -> Result<NewToken, FieldError> {
+        // The extra roles are checked as given, so an error names the
+        // position the operator typed.
+        if !extra_roles.is_empty() {
+            Roles::parse(extra_roles)?;
+        }
+        let roles: Vec<&str> = std::iter::once(admin_role.as_str())
+            .chain(extra_roles.iter().map(AsRef::as_ref))
+            .collect();
+        NewToken::parse(name, &roles, None)
+    }
+}
+
 /// A token as a store holds it: its description and the hash of its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredToken {
@@ -318,7 +372,7 @@ impl StoredToken {
         Ok(StoredToken {
             token: ServiceToken {
                 id: TokenId::parse(parts.id)?,
-                name: TokenName::parse(parts.name)?,
+                name: TokenName::read_back(parts.name)?,
                 roles: Roles::parse(parts.roles)?,
                 expiration: parts.expiration,
                 created_at: parts.created_at,
@@ -371,6 +425,44 @@ mod tests {
         assert!(TokenName::parse(&"é".repeat(MAX_NAME_CHARS)).is_ok());
         assert!(TokenName::parse(&"é".repeat(MAX_NAME_CHARS + 1)).is_err());
         assert!(TokenName::parse("a\nb").is_err());
+        for spoof in [
+            "evil\u{202e}gnp.exe",
+            "a\u{200b}b",
+            "\u{2066}x\u{2069}",
+            "\u{feff}ci",
+        ] {
+            assert_eq!(
+                TokenName::parse(spoof).unwrap_err().problem,
+                "must not contain invisible Unicode format characters (bidi controls, zero-width characters)",
+                "{spoof:?}"
+            );
+            // Stored by an earlier release: still read back.
+            assert!(TokenName::read_back(spoof).is_ok());
+        }
+        for invisible in ["\u{200b}", " \u{200b}\u{200d} ", "\u{202e}"] {
+            assert_eq!(
+                TokenName::parse(invisible).unwrap_err().problem,
+                "is empty once its invisible format characters are removed"
+            );
+        }
+        assert!(TokenName::parse("caf\u{e9} \u{1f600}").is_ok());
+    }
+
+    #[test]
+    fn a_bootstrap_token_always_carries_the_admin_role() {
+        let admin = Role::parse("admin").unwrap();
+        let roles = |extra: &[&str]| {
+            let new = NewToken::bootstrap("b", &admin, extra).unwrap();
+            new.roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(roles(&[]), ["admin"]);
+        assert_eq!(roles(&["reader"]), ["admin", "reader"]);
+        assert_eq!(roles(&["reader", "admin"]), ["admin", "reader"]);
+        let error = NewToken::bootstrap("b", &admin, &["a b"]).unwrap_err();
+        assert_eq!(error.field, "roles[0]");
     }
 
     #[test]

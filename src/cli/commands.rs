@@ -13,7 +13,7 @@ use super::{
     CliError,
     client::{Session, TlsOptions},
     config::{Config, Context, default_path},
-    output::{Printer, date, epoch_millis, render_table, token_json, token_table},
+    output::{DATE, Printer, date, epoch_millis, render_table, token_json, token_table},
 };
 use crate::proto::CreateRequest;
 
@@ -143,18 +143,15 @@ pub fn parse_expiration(text: &str) -> Result<prost_types::Timestamp, CliError> 
             "invalid expiration '{text}': use a date as yyyy-MM-dd, e.g. 2030-12-31"
         ))
     };
-    let day = jiff::civil::Date::strptime("%Y-%m-%d", text).map_err(|_| invalid())?;
-    let start = day
-        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
-        .map_err(|_| invalid())?
-        .timestamp();
-    if start <= jiff::Timestamp::now() {
+    let day = time::Date::parse(text, DATE).map_err(|_| invalid())?;
+    let start = day.midnight().assume_utc().unix_timestamp();
+    if start <= time::OffsetDateTime::now_utc().unix_timestamp() {
         return Err(CliError::Usage(format!(
             "invalid expiration '{text}': the date must be in the future"
         )));
     }
     Ok(prost_types::Timestamp {
-        seconds: start.as_second(),
+        seconds: start,
         nanos: 0,
     })
 }
@@ -325,7 +322,19 @@ mod tests {
         let ts = parse_expiration("2099-12-31").unwrap();
         assert_eq!(ts.seconds, 4_102_358_400);
         assert_eq!(ts.nanos, 0);
-        for bad in ["2000-01-01", "31-12-2099", "2099-13-01", "tomorrow", ""] {
+        // The last day the server accepts is a day the CLI accepts too.
+        assert_eq!(
+            parse_expiration("9999-12-31").unwrap().seconds,
+            253_402_214_400
+        );
+        for bad in [
+            "10000-01-01",
+            "2000-01-01",
+            "31-12-2099",
+            "2099-13-01",
+            "tomorrow",
+            "",
+        ] {
             assert!(
                 matches!(parse_expiration(bad), Err(CliError::Usage(_))),
                 "{bad}"

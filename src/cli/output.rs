@@ -6,6 +6,7 @@ use std::io::Write as _;
 use anstyle::{AnsiColor, Style};
 use comfy_table::{ContentLineStyle, Table, TableStyle};
 use serde_json::{Value, json};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use super::CliError;
 use crate::proto::ServiceToken;
@@ -92,15 +93,18 @@ pub fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> Option<String> {
     Some(table.trim_fmt())
 }
 
+/// `yyyy-MM-dd`, as StackState's CLI reads and shows dates.
+pub const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
 /// `yyyy-MM-dd` (UTC) of a timestamp.
 pub fn date(timestamp: &prost_types::Timestamp) -> String {
-    jiff::Timestamp::new(timestamp.seconds, timestamp.nanos)
-        .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::UTC)
-                .date()
-                .to_string()
-        })
-        .unwrap_or_default()
+    // The whole protobuf range (years 1 to 9999) has a date; anything
+    // beyond it is shown as what it is rather than as "never expires".
+    time::OffsetDateTime::from_unix_timestamp(timestamp.seconds)
+        .ok()
+        .and_then(|t| t.date().format(DATE).ok())
+        .unwrap_or_else(|| format!("{}s after the epoch", timestamp.seconds))
 }
 
 /// Epoch milliseconds, as StackState's JSON carries times.
@@ -116,6 +120,22 @@ pub fn roles(roles: &[String]) -> String {
     format!("[{}]", roles.join(" "))
 }
 
+/// `name` as a terminal may show it: Unicode format characters (bidi
+/// controls, zero-width characters: general category Cf), which the server
+/// refuses in new names but tokens from earlier releases may hold, are
+/// written as `\u{...}` so no name can read as another one or as nothing.
+pub fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.general_category() == GeneralCategory::Format {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The `service-token list` table, rows sorted by name (then id).
 pub fn token_table(tokens: &mut [ServiceToken]) -> Option<String> {
     tokens.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -124,7 +144,7 @@ pub fn token_table(tokens: &mut [ServiceToken]) -> Option<String> {
         .map(|t| {
             vec![
                 t.id.to_string(),
-                t.name.clone(),
+                shown(&t.name),
                 t.expiration.as_ref().map(date).unwrap_or_default(),
                 roles(&t.roles),
             ]
@@ -182,6 +202,22 @@ mod tests {
         assert_eq!(lines[1], "1  | alpha | 2026-06-30 | [a b]");
         assert_eq!(lines[2], "2  | zeta  |            | [a]");
         assert!(token_table(&mut []).is_none());
+    }
+
+    #[test]
+    fn the_last_day_of_year_9999_is_a_date_not_never() {
+        let mut tokens = vec![token(1, "far", &["a"], Some(253_402_214_400))];
+        let table = token_table(&mut tokens).unwrap();
+        assert_eq!(table.lines().nth(1), Some("1  | far  | 9999-12-31 | [a]"));
+    }
+
+    #[test]
+    fn format_characters_in_stored_names_are_shown_escaped() {
+        assert_eq!(shown("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+        assert_eq!(shown("\u{200b}"), "\\u{200b}");
+        assert_eq!(shown("café ✓"), "café ✓");
+        let mut tokens = vec![token(1, "a\u{2066}b", &["r"], None)];
+        assert!(token_table(&mut tokens).unwrap().contains("a\\u{2066}b"));
     }
 
     #[test]
