@@ -22,9 +22,14 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// request is far smaller; a bigger one is refused instead of buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// How long shutdown waits for in-flight calls before closing anyway; below
-/// Kubernetes' default 30 s termination grace so the store flush still runs.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// How long, after SIGTERM, the server keeps accepting while it reports
+/// not-ready: time for Kubernetes to take the pod out of its Services'
+/// endpoints (and for proxies to notice) before connections are refused.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// How long shutdown then waits for in-flight calls before closing anyway.
+/// With [`DEFAULT_SHUTDOWN_DELAY`] it stays below Kubernetes' default 30 s
+/// termination grace, so the store flush still runs before SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// How long a new connection may stay silent before it is closed. Clients
 /// speak first in HTTP and TLS, so only a stuck or hostile peer waits longer.
@@ -84,6 +89,8 @@ pub struct ServerConfig {
     /// Serve gRPC and HTTP over TLS (rustls) on the same port; `None` is plaintext.
     pub tls: Option<TlsIdentity>,
     pub max_request_bytes: usize,
+    /// Not ready but still serving, from the shutdown signal until this passes.
+    pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub first_byte_timeout: Duration,
     pub tls_handshake_timeout: Duration,
@@ -96,6 +103,7 @@ impl Default for ServerConfig {
         ServerConfig {
             tls: None,
             max_request_bytes: MAX_REQUEST_BYTES,
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
@@ -115,7 +123,100 @@ pub enum StoreConfig {
         disk_reserve: u64,
     },
     /// PostgreSQL at a libpq-style URL, shared by any number of replicas.
-    Postgres { url: String },
+    Postgres { url: StoreUrl },
+}
+
+/// A `postgres://` URL. It usually comes from a Secret and may hold a
+/// password, so it shows itself (`Display`, `Debug`) with the password
+/// replaced, and every error about it says what is wrong without echoing it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    url: String,
+    /// The password as written and percent-decoded: what a driver's message
+    /// might quote, so both are scrubbed from error text.
+    passwords: Vec<String>,
+}
+
+/// Why a `--store` value is refused. Never holds the value itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreUrlError {
+    #[error("expected a postgres:// URL, got {shown} (the sled store is chosen with --data-dir)")]
+    Scheme { shown: String },
+    #[error("not a valid URL ({reason}); it is not shown because it may hold a password")]
+    Unparsable { reason: String },
+}
+
+/// What replaces a password wherever a URL is shown.
+const HIDDEN: &str = "***";
+
+impl StoreUrl {
+    pub fn parse(text: &str) -> Result<StoreUrl, StoreUrlError> {
+        let parsed = url::Url::parse(text).map_err(|e| StoreUrlError::Unparsable {
+            reason: e.to_string(),
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(StoreUrlError::Scheme {
+                shown: redacted(parsed),
+            });
+        }
+        let passwords = parsed
+            .password()
+            .filter(|p| !p.is_empty())
+            .map(|raw| {
+                let decoded = url::form_urlencoded::parse(format!("p={raw}").as_bytes())
+                    .next()
+                    .map(|(_, p)| p.into_owned())
+                    .unwrap_or_default();
+                let mut passwords = vec![raw.to_owned(), decoded];
+                passwords.retain(|p| !p.is_empty());
+                passwords.dedup();
+                passwords
+            })
+            .unwrap_or_default();
+        Ok(StoreUrl {
+            url: text.to_owned(),
+            passwords,
+        })
+    }
+
+    /// The URL with its password, for the driver alone.
+    pub fn with_password(&self) -> &str {
+        &self.url
+    }
+
+    /// `text` with this URL's password replaced: for a driver's error
+    /// message before it is logged or printed.
+    pub fn scrub(&self, text: &str) -> String {
+        self.passwords
+            .iter()
+            .fold(text.to_owned(), |text, password| {
+                text.replace(password, HIDDEN)
+            })
+    }
+}
+
+/// `url` with its password (if any) replaced by [`HIDDEN`].
+fn redacted(mut url: url::Url) -> String {
+    if url.password().is_some() {
+        // Only URLs that cannot hold a password refuse one, and this one does.
+        let _ = url.set_password(Some(HIDDEN));
+    }
+    url.to_string()
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match url::Url::parse(&self.url) {
+            Ok(url) => f.write_str(&redacted(url)),
+            Err(_) => f.write_str("<unparsable URL>"),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -130,7 +231,7 @@ impl std::fmt::Debug for StoreConfig {
                 .field("data_dir", data_dir)
                 .field("disk_reserve", disk_reserve)
                 .finish(),
-            StoreConfig::Postgres { .. } => f.write_str("Postgres { url: <redacted> }"),
+            StoreConfig::Postgres { url } => f.debug_struct("Postgres").field("url", url).finish(),
         }
     }
 }
@@ -149,9 +250,35 @@ mod tests {
 
     #[test]
     fn a_store_url_is_never_shown() {
-        let config = StoreConfig::Postgres {
-            url: "postgres://u:s3cretpw@db/x".into(),
-        };
-        assert!(!format!("{config:?}").contains("s3cretpw"));
+        let url = StoreUrl::parse("postgres://u:s3cret%40pw@db:5432/x").unwrap();
+        let config = StoreConfig::Postgres { url: url.clone() };
+        assert_eq!(
+            format!("{config:?}"),
+            "Postgres { url: StoreUrl(postgres://u:***@db:5432/x) }"
+        );
+        assert_eq!(url.to_string(), "postgres://u:***@db:5432/x");
+        assert_eq!(
+            url.scrub("auth failed: s3cret@pw / s3cret%40pw"),
+            "auth failed: *** / ***"
+        );
+        assert_eq!(url.with_password(), "postgres://u:s3cret%40pw@db:5432/x");
+    }
+
+    #[test]
+    fn a_refused_store_url_is_never_echoed() {
+        let wrong = StoreUrl::parse("mysql://u:s3cretpw@127.0.0.1/x").unwrap_err();
+        assert_eq!(
+            wrong.to_string(),
+            "expected a postgres:// URL, got mysql://u:***@127.0.0.1/x (the sled store is chosen with --data-dir)"
+        );
+        for bad in [
+            "postgres://u:s3cretpw@[::1/x",
+            "s3cretpw",
+            "postgres://u:s3cretpw@h:99999/x",
+        ] {
+            let error = StoreUrl::parse(bad).unwrap_err().to_string();
+            assert!(!error.contains("s3cretpw"), "{error}");
+        }
+        assert!(StoreUrl::parse("postgresql://h/x").is_ok());
     }
 }

@@ -31,7 +31,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
     Ok(match config {
         StoreConfig::Postgres { url } => {
             let store = PostgresStore::connect(url).await?;
-            tracing::info!(store = "postgres", "store open");
+            tracing::info!(store = "postgres", %url, "store open");
             Arc::new(store)
         }
         StoreConfig::Sled {
@@ -59,21 +59,68 @@ pub fn read_tls(cert: &Path, key: &Path) -> Result<TlsIdentity, ServeError> {
     })
 }
 
-/// `sts-server serve`: opens the store, binds `address`, and serves until
-/// `shutdown` resolves (then drains and flushes; see [`server::run`]).
+/// `sts-server serve`: opens the store, binds `address` (`host:port`; a
+/// host name is bound on every address it resolves to), and serves until
+/// `shutdown` resolves (then drains and flushes; see [`server::run_on`]).
 pub async fn serve(
-    address: SocketAddr,
+    address: &str,
     store: &StoreConfig,
     service: ServiceConfig,
     server: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let listeners = bind(address).await?;
     let store = open_store(store).await?;
     let service = Arc::new(TokenService::new(store, Arc::new(SystemClock), service));
-    let listener = TcpListener::bind(address)
+    server::run_on(listeners, service, server, shutdown).await
+}
+
+/// A listener on every address `address` resolves to, as servers do with
+/// `localhost` (127.0.0.1 and ::1). An address this host cannot bind (::1
+/// where IPv6 is off) is skipped with a warning as long as another one
+/// works; any other failure stops start-up. With port 0 the first address
+/// picks the port and the others share it.
+pub async fn bind(address: &str) -> Result<Vec<TcpListener>, ServeError> {
+    let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(address)
         .await
-        .map_err(|source| ServeError::Bind { address, source })?;
-    server::run(listener, service, server, shutdown).await
+        .map_err(|source| ServeError::Resolve {
+            address: address.to_owned(),
+            source,
+        })?
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    addresses.retain(|a| seen.insert(*a));
+    let mut listeners: Vec<TcpListener> = Vec::new();
+    let mut unavailable = Vec::new();
+    for mut at in addresses {
+        if let Some(first) = listeners.first().and_then(|l| l.local_addr().ok()) {
+            at.set_port(first.port());
+        }
+        match TcpListener::bind(at).await {
+            Ok(listener) => listeners.push(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                unavailable.push((at, e));
+            }
+            Err(source) => {
+                return Err(ServeError::Bind {
+                    address: at,
+                    source,
+                });
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return match unavailable.into_iter().next() {
+            Some((address, source)) => Err(ServeError::Bind { address, source }),
+            None => Err(ServeError::Unresolved {
+                address: address.to_owned(),
+            }),
+        };
+    }
+    for (at, e) in unavailable {
+        tracing::warn!(address = %at, error = %e, "cannot listen on one of the addresses; serving on the others");
+    }
+    Ok(listeners)
 }
 
 /// `sts-server bootstrap`: creates `new` in the store with no caller and

@@ -152,6 +152,16 @@ impl From<Error> for tonic::Status {
 /// these, so they carry every cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("cannot resolve the listen address {address}")]
+    Resolve {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the listen address {address} resolves to no address")]
+    Unresolved { address: String },
+    #[error("nothing to listen on")]
+    NoAddress,
     #[error("cannot listen on {address}")]
     Bind {
         address: SocketAddr,
@@ -175,19 +185,7 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// An error and its chain of causes on one line, each cause once.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use crate::store::with_causes;
 
 #[cfg(test)]
 mod tests {

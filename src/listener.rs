@@ -71,9 +71,12 @@ pub struct Limits {
     pub tls_handshake_timeout: Duration,
 }
 
-/// The listener as a stream of connections for tonic.
+/// The listeners (one per bound address) as one stream of connections for
+/// tonic.
 pub struct Incoming {
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
+    /// Where the next accept starts, so no listener starves the others.
+    next: usize,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     handshakes: JoinSet<io::Result<Connection>>,
@@ -84,15 +87,29 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(listener: TcpListener, limits: Limits, tls: Option<TlsAcceptor>) -> Incoming {
+    pub fn new(listeners: Vec<TcpListener>, limits: Limits, tls: Option<TlsAcceptor>) -> Incoming {
         Incoming {
-            listener,
+            listeners,
+            next: 0,
             limits,
             tls,
             handshakes: JoinSet::new(),
             paused: None,
             starved: false,
         }
+    }
+
+    /// The first connection any listener has ready, trying them in turn.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
+        let count = self.listeners.len();
+        for offset in 0..count {
+            let at = (self.next + offset) % count;
+            if let Poll::Ready(accepted) = self.listeners[at].poll_accept(cx) {
+                self.next = (at + 1) % count;
+                return Poll::Ready(accepted.map(|(stream, _)| stream));
+            }
+        }
+        Poll::Pending
     }
 
     /// Starts a handshake on its own task, so a slow one holds up no one.
@@ -133,8 +150,8 @@ impl Stream for Incoming {
                 ready!(pause.as_mut().poll(cx));
                 self.paused = None;
             }
-            match ready!(self.listener.poll_accept(cx)) {
-                Ok((stream, _)) => {
+            match ready!(self.poll_accept(cx)) {
+                Ok(stream) => {
                     if self.starved {
                         self.starved = false;
                         tracing::info!("accepting connections again");
@@ -334,7 +351,7 @@ mod tests {
             first_byte_timeout: timeout,
             tls_handshake_timeout: timeout,
         };
-        let mut incoming = Incoming::new(listener, limits, None);
+        let mut incoming = Incoming::new(vec![listener], limits, None);
         let client = TcpStream::connect(address).await.unwrap();
         let connection = incoming.next().await.unwrap().unwrap();
         (connection, client)

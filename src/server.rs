@@ -66,17 +66,34 @@ async fn watch_store(
     }
 }
 
-/// Serves until `shutdown` resolves. Health reports `SERVING` (overall and for
-/// [`SERVICE_NAME`]) and `/readyz` ready from the start, since the store is
-/// already open; both turn not-ready as soon as shutdown begins. In-flight
-/// calls then get up to `config.shutdown_grace` to finish, and the store is
-/// flushed before this returns.
+/// Serves on `listener` until `shutdown` resolves; see [`run_on`].
 pub async fn run(
     listener: TcpListener,
     service: Arc<TokenService>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    run_on(vec![listener], service, config, shutdown).await
+}
+
+/// Serves on every one of `listeners` (one per address a host name resolved
+/// to) until `shutdown` resolves. Health reports `SERVING` (overall and for
+/// [`SERVICE_NAME`]) and `/readyz` ready from the start, since the store is
+/// already open. When shutdown begins both turn not-ready at once, while
+/// connections are still accepted and served for `config.shutdown_delay`
+/// (so load balancers stop sending before anything is refused); then new
+/// connections are refused, in-flight calls get up to
+/// `config.shutdown_grace` to finish, and the store is flushed before this
+/// returns.
+pub async fn run_on(
+    listeners: Vec<TcpListener>,
+    service: Arc<TokenService>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if listeners.is_empty() {
+        return Err(ServeError::NoAddress);
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
@@ -109,11 +126,11 @@ pub async fn run(
     .layer(http::ObserveLatencyLayer::new(service.metrics().clone()));
 
     let (drain_started, drain_started_rx) = oneshot::channel();
+    let delay = config.shutdown_delay;
     let draining = {
         let mut health = health.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
             // Stopped for good before the statuses go, so it cannot bring one back.
             watcher.abort();
             let _ = watcher.await;
@@ -122,7 +139,17 @@ pub async fn run(
                 health
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
-                // Dropping the status ends open Watch streams (after they see
+            }
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutting down: not ready, still serving while load balancers catch up"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
+            for name in ["", SERVICE_NAME] {
+                // Dropping the status ends open Watch streams (after they saw
                 // NOT_SERVING); a watcher would otherwise hold shutdown forever.
                 health.clear_service_status(name).await;
             }
@@ -137,22 +164,24 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
 
-    let address = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addresses: Vec<_> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let limits = Limits {
         first_byte_timeout: config.first_byte_timeout,
         tls_handshake_timeout: config.tls_handshake_timeout,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let incoming = Incoming::new(listener, limits, tls);
+    let incoming = Incoming::new(listeners, limits, tls);
     let builder = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(config.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
-    tracing::info!(%address, scheme, "serving");
+    for address in addresses {
+        tracing::info!(%address, scheme, "serving");
+    }
     let serving = builder
         // Debug level: at the default info level the span is disabled and
         // costs nothing on the hot path; events inside still log.

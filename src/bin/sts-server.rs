@@ -2,14 +2,14 @@
 //! (`bootstrap`) and moving tokens between stores (`export`, `import`).
 //! Parses arguments, sets up logging, calls `sts::daemon`.
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
         DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServerConfig, ServiceConfig,
-        StoreConfig,
+        StoreConfig, StoreUrl,
     },
     daemon,
     model::{NewToken, Role},
@@ -20,6 +20,8 @@ use tracing_subscriber::EnvFilter;
 /// Name of the token `bootstrap` creates unless told otherwise.
 const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
 const MIB: u64 = 1024 * 1024;
+/// What is logged when RUST_LOG is unset (or unusable).
+const DEFAULT_LOG_FILTER: &str = "info";
 
 #[derive(Parser)]
 #[command(name = "sts-server", version, about = "Service-token server")]
@@ -64,24 +66,39 @@ struct StoreOnlyArgs {
 struct ImportArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    reserve: ReserveArgs,
     /// Read the export from this file instead of stdin.
     #[arg(long)]
     file: Option<PathBuf>,
 }
 
+/// Which store: every command has these.
 #[derive(Args)]
 struct StoreArgs {
-    /// The sled data directory (created with mode 0700 if missing).
+    /// The sled data directory (created with mode 0700 if missing; refused
+    /// if group or others may write it, or another user owns it).
     #[arg(long, env = "STS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// Keep tokens in PostgreSQL instead of sled, for several replicas:
-    /// a URL such as postgres://user:password@host:5432/database.
-    #[arg(long, env = "STS_STORE", hide_env_values = true, value_parser = parse_store_url)]
+    /// a URL such as postgres://user:password@host:5432/database. Never
+    /// echoed with its password.
+    #[arg(long, env = "STS_STORE", hide_env_values = true)]
     store: Option<String>,
+}
+
+/// For the commands that write tokens.
+#[derive(Args)]
+struct ReserveArgs {
     /// Free space (MiB) kept on the data directory's disk: creates are
     /// refused below it, so deletes and reads still work on a filling disk.
     #[arg(long, env = "STS_DISK_RESERVE_MIB", default_value_t = DEFAULT_DISK_RESERVE / MIB)]
     disk_reserve_mib: u64,
+}
+
+/// For the commands that need to know who is an admin.
+#[derive(Args)]
+struct AdminArgs {
     /// The role a token needs to create, list and delete tokens.
     #[arg(long, env = "STS_ADMIN_ROLE", default_value = DEFAULT_ADMIN_ROLE, value_parser = parse_role)]
     admin_role: Role,
@@ -89,37 +106,44 @@ struct StoreArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
+    /// Address (host:port) to serve gRPC and HTTP on; a host name is served
+    /// on every address it resolves to.
     #[arg(long, env = "STS_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
+    listen: String,
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    reserve: ReserveArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// PEM certificate chain: serve gRPC and HTTP over TLS on the same port.
     #[arg(long, env = "STS_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
     #[arg(long, env = "STS_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// On SIGTERM, report not-ready but keep serving this long (e.g. 5s,
+    /// 500ms, 0s) so load balancers stop sending first; then refuse new
+    /// connections and finish in-flight calls.
+    #[arg(long, env = "STS_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
 }
 
 #[derive(Args)]
 struct BootstrapArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    reserve: ReserveArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Name of the new token.
     #[arg(long, short = 'n', default_value = DEFAULT_BOOTSTRAP_NAME)]
     name: String,
-    /// Roles of the new token, comma-separated (default: the admin role).
+    /// Roles to give the token besides the admin role, which it always has
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     roles: Vec<String>,
-}
-
-fn parse_store_url(url: &str) -> Result<String, String> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(url.to_owned())
-    } else {
-        Err("expected a postgres:// URL (the sled store is chosen with --data-dir)".into())
-    }
 }
 
 fn parse_role(role: &str) -> Result<Role, String> {
@@ -127,14 +151,19 @@ fn parse_role(role: &str) -> Result<Role, String> {
 }
 
 impl StoreArgs {
-    fn config(&self) -> StoreConfig {
-        match &self.store {
-            Some(url) => StoreConfig::Postgres { url: url.clone() },
+    fn config(&self, reserve: Option<&ReserveArgs>) -> anyhow::Result<StoreConfig> {
+        Ok(match &self.store {
+            // The parse error never holds the URL: it may hold a password.
+            Some(url) => StoreConfig::Postgres {
+                url: StoreUrl::parse(url).context("invalid --store")?,
+            },
             None => StoreConfig::Sled {
                 data_dir: self.data_dir.clone(),
-                disk_reserve: self.disk_reserve_mib.saturating_mul(MIB),
+                disk_reserve: reserve.map_or(DEFAULT_DISK_RESERVE, |r| {
+                    r.disk_reserve_mib.saturating_mul(MIB)
+                }),
             },
-        }
+        })
     }
 }
 
@@ -158,13 +187,26 @@ async fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // An unusable RUST_LOG is said out loud (once logging works), not
+    // silently replaced: an operator who asked for debug logs must know
+    // they are not getting them.
+    let (filter, refused) = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG_FILTER), Some(e)),
+        },
+        _ => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
+    };
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
+    }
+    if let Some(e) = refused {
+        tracing::warn!(error = %e, "RUST_LOG is not a valid log filter; logging at {DEFAULT_LOG_FILTER} instead");
     }
 }
 
@@ -175,12 +217,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = ServerConfig {
         tls,
+        shutdown_delay: args.shutdown_delay,
         ..ServerConfig::default()
     };
-    let service = ServiceConfig::with_admin_role(args.store.admin_role.clone());
-    let store = args.store.config();
+    let service = ServiceConfig::with_admin_role(args.admin.admin_role.clone());
+    let store = args.store.config(Some(&args.reserve))?;
     daemon::serve(
-        args.listen,
+        &args.listen,
         &store,
         service,
         server,
@@ -191,13 +234,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
-    let roles = if args.roles.is_empty() {
-        vec![args.store.admin_role.to_string()]
-    } else {
-        args.roles
-    };
-    let new = NewToken::parse(&args.name, &roles, None)?;
-    let (token, created) = daemon::bootstrap(&args.store.config(), new).await?;
+    let new = NewToken::bootstrap(&args.name, &args.admin.admin_role, &args.roles)?;
+    let store = args.store.config(Some(&args.reserve))?;
+    let (token, created) = daemon::bootstrap(&store, new).await?;
     eprintln!(
         "Created service token {} ({}). It is printed below and will not be shown again.",
         created.id, created.name
@@ -208,13 +247,13 @@ async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
 
 async fn export(args: StoreOnlyArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let written = daemon::export(&args.store.config(), &mut out).await?;
+    let written = daemon::export(&args.store.config(None)?, &mut out).await?;
     eprintln!("Exported {written} service tokens.");
     Ok(())
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let store = args.store.config();
+    let store = args.store.config(Some(&args.reserve))?;
     let summary = match &args.file {
         Some(path) => {
             let file = std::fs::File::open(path)

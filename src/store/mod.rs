@@ -35,6 +35,20 @@ pub enum Imported {
 /// shows the whole chain while clients see none of it.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
+/// An error and its chain of causes on one line, each cause once.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

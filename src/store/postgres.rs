@@ -34,9 +34,10 @@ use sqlx::{
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{Cause, Imported, Store, StoreError};
+use super::{Cause, Imported, Store, StoreError, with_causes};
 use crate::{
     cache::ValidationCache,
+    config::StoreUrl,
     model::{NewToken, ServiceToken, StoredParts, StoredToken, TokenId},
     token::TokenHash,
 };
@@ -81,11 +82,17 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Connects to `url` (a libpq-style URL: `postgres://user@host/db?...`)
     /// and brings the schema up to date.
-    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+    pub async fn connect(url: &StoreUrl) -> Result<PostgresStore, StoreError> {
+        // A driver's message may quote parts of the URL: each one is
+        // flattened to text and scrubbed of the password before it goes on.
+        let scrubbed = |context: &str, e: &dyn std::error::Error| {
+            StoreError::unavailable(format!("{context} at {url}"), url.scrub(&with_causes(e)))
+        };
         let options: PgConnectOptions = url
+            .with_password()
             .parse()
-            .map_err(|e| StoreError::unavailable("invalid PostgreSQL URL", e))?;
-        let cannot_connect = |e| StoreError::unavailable("cannot connect to PostgreSQL", e);
+            .map_err(|e| scrubbed("invalid PostgreSQL URL", &e))?;
+        let cannot_connect = |e: sqlx::Error| scrubbed("cannot connect to PostgreSQL", &e);
         // One connection first, for its error: the pool would only say it
         // timed out waiting.
         let first = options.connect().await.map_err(cannot_connect)?;
@@ -99,7 +106,7 @@ impl PostgresStore {
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| StoreError::unavailable("cannot migrate the schema", e))?;
+            .map_err(|e| scrubbed("cannot migrate the schema", &e))?;
         Ok(PostgresStore {
             pool,
             feeds: std::sync::Mutex::default(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sts::{
     clock::Clock,
-    config::{ServerConfig, ServiceConfig},
+    config::ServiceConfig,
     model::Role,
     proto::{CreateRequest, DeleteRequest, ListRequest},
     token::Token,
@@ -185,7 +185,7 @@ async fn a_valid_token_without_the_admin_role_is_permission_denied() {
 #[tokio::test]
 async fn the_admin_role_is_configurable() {
     let service = ServiceConfig::with_admin_role(Role::parse("token-admins").unwrap());
-    let app = spawn_app_with(service, ServerConfig::default()).await;
+    let app = spawn_app_with(service, crate::helpers::server_config()).await;
     // The bootstrap token carries the configured role.
     assert_eq!(
         codes(&management_calls(&app, &key(&app.admin_token)).await),

@@ -94,9 +94,18 @@ async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
         .into_inner();
     assert_eq!(validation.reason(), InvalidReason::Malformed);
 
+    let asked = std::time::Instant::now();
     let (exit, log) = server.terminate().await;
     assert!(exit.success(), "{exit:?}");
     assert!(log.iter().any(|l| l.contains("stopped")), "{log:?}");
+    // Idle, with no shutdown delay: nothing to wait for. (A bound a
+    // hundred times what it takes, to catch a lingering runtime or store
+    // thread, not to measure speed.)
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "exited {took:?} after SIGTERM"
+    );
     // The lock is released: the data dir opens again.
     SledStore::open(dir.path()).unwrap();
 }
@@ -254,4 +263,224 @@ async fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_serves_on
     assert!(answer.valid);
     let (status, _) = first.terminate().await;
     assert!(status.success());
+}
+
+#[tokio::test]
+async fn bootstrap_always_carries_the_admin_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = crate::process::bootstrap_with_args(dir.path(), &["--roles", "reader"]);
+    let app = restart(dir).await;
+    let identity = app.validate(&token).await.service_token.unwrap();
+    assert_eq!(identity.roles, [ADMIN_ROLE, "reader"]);
+}
+
+/// The password every refused `--store` below carries; it must never be
+/// printed.
+const PASSWORD: &str = "s3cretpw";
+
+/// `sts-server serve --store url`, expected to fail: its stderr.
+async fn refused_store(url: String, via_env: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = sts_server();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path());
+    if via_env {
+        command.env("STS_STORE", &url);
+    } else {
+        command.arg("--store").arg(&url);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success(), "{url} was accepted: {stderr}");
+    assert!(
+        !stderr.contains(PASSWORD) && !String::from_utf8_lossy(&output.stdout).contains(PASSWORD),
+        "the password reached the terminal: {stderr}"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn a_store_url_is_never_echoed_with_its_password_on_any_rejection() {
+    for via_env in [false, true] {
+        let stderr = refused_store(format!("mysql://u:{PASSWORD}@127.0.0.1/x"), via_env).await;
+        assert!(
+            stderr.contains("expected a postgres:// URL, got mysql://u:***@127.0.0.1/x"),
+            "{stderr}"
+        );
+        let stderr = refused_store(format!("postgres://u:{PASSWORD}@[::1/x"), via_env).await;
+        assert!(stderr.contains("not a valid URL"), "{stderr}");
+    }
+    // Nothing listens on port 1.
+    let stderr = refused_store(format!("postgres://u:{PASSWORD}@127.0.0.1:1/x"), false).await;
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at postgres://u:***@127.0.0.1:1/x"),
+        "{stderr}"
+    );
+    // A database that checks passwords, and this one is wrong.
+    if std::env::var(crate::pg::DATABASE_URL_VAR).is_err() {
+        eprintln!(
+            "skipping the wrong-password case: {} is not set",
+            crate::pg::DATABASE_URL_VAR
+        );
+        return;
+    }
+    let Some(cluster) = crate::pg::PrivateCluster::start(Some("the-right-one")).await else {
+        return;
+    };
+    let url = cluster
+        .url()
+        .replace("postgres@", &format!("postgres:{PASSWORD}@"));
+    let stderr = refused_store(url, true).await;
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    // The right password works: the refusal above was the password's.
+    let right = cluster
+        .url()
+        .replace("postgres@", "postgres:the-right-one@");
+    crate::process::bootstrap_store(&right).await;
+}
+
+#[tokio::test]
+async fn an_invalid_rust_log_is_said_out_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &[("RUST_LOG", "sts=[")]).await;
+    let (_, log) = server.terminate().await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("RUST_LOG is not a valid log filter; logging at info instead")),
+        "{log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_name_is_served_on_every_address_it_resolves_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_on(sts_server(), dir.path(), "localhost:0").await;
+    let port = server.addr.port();
+    // Every address localhost has here that a socket can use.
+    let mut reached = 0;
+    for address in std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port)).unwrap() {
+        if std::net::TcpListener::bind((address.ip(), 0)).is_err() {
+            continue;
+        }
+        let mut client =
+            sts::proto::token_service_client::TokenServiceClient::new(channel(address).await);
+        let answer = client
+            .validate(sts::proto::ValidateRequest { token: "x".into() })
+            .await
+            .unwrap();
+        assert!(!answer.into_inner().valid);
+        reached += 1;
+    }
+    assert!(reached >= 1);
+    let (status, log) = server.terminate().await;
+    assert!(status.success());
+    assert_eq!(
+        log.iter().filter(|l| l.contains("serving")).count(),
+        reached,
+        "{log:#?}"
+    );
+    let refused = sts_server()
+        .args([
+            "serve",
+            "--listen",
+            "no-such-host.invalid:7070",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("cannot resolve the listen address no-such-host.invalid:7070"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_sigterm_readiness_turns_first_while_calls_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), &[("STS_SHUTDOWN_DELAY", "3s")]).await;
+    let addr = server.addr;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0) // a fresh connection for every request
+        .build()
+        .unwrap();
+    let readyz = format!("http://{addr}/readyz");
+    assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
+    let exited = server.terminate_in_background();
+    crate::helpers::eventually("/readyz answers 503 after SIGTERM", || async {
+        http.get(&readyz).send().await.unwrap().status() == 503
+    })
+    .await;
+    // Still serving, over a new connection: a load balancer that has not
+    // caught up yet loses nothing.
+    let mut client = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await);
+    let answer = client
+        .validate(sts::proto::ValidateRequest { token: "x".into() })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().reason(), InvalidReason::Malformed);
+    let mut health = HealthClient::new(channel(addr).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status(), ServingStatus::NotServing);
+    assert!(!exited.is_finished(), "the delay was not waited");
+
+    let (status, log) = exited.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let said = |text: &str| {
+        log.iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("{text}: {log:#?}"))
+    };
+    assert!(said("still serving while load balancers catch up") < said("refusing new connections"));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn one_server_serves_every_address_it_was_given() {
+    // What a host name with several addresses (localhost: 127.0.0.1 and
+    // ::1) becomes, on two loopback addresses every Linux host has.
+    let listeners = vec![
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap(),
+    ];
+    let addresses: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+    let (service, _, _) = crate::helpers::build_service(store, Default::default()).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sts::server::run_on(
+        listeners,
+        service,
+        crate::helpers::server_config(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    for address in addresses {
+        let mut client =
+            sts::proto::token_service_client::TokenServiceClient::new(channel(address).await);
+        let answer = client
+            .validate(sts::proto::ValidateRequest { token: "x".into() })
+            .await
+            .unwrap();
+        assert_eq!(answer.into_inner().reason(), InvalidReason::Malformed);
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -812,7 +812,7 @@ async fn list_pages_through_everything_with_a_config_path_context_env_and_url_pa
         max_page_size: 2,
         ..sts::config::ServiceConfig::default()
     };
-    let app = crate::helpers::spawn_app_with(service, sts::config::ServerConfig::default()).await;
+    let app = crate::helpers::spawn_app_with(service, crate::helpers::server_config()).await;
     for i in 0..5 {
         app.create(&format!("t{i}"), &["r"]).await;
     }

@@ -40,7 +40,11 @@ impl Backend {
 
     async fn postgres(test: &str) -> Option<Backend> {
         let database = TestDatabase::create(test).await?;
-        let store = Arc::new(PostgresStore::connect(&database.url).await.unwrap());
+        let store = Arc::new(
+            PostgresStore::connect(&sts::config::StoreUrl::parse(&database.url).unwrap())
+                .await
+                .unwrap(),
+        );
         Some(Backend {
             data: Data::Postgres(database),
             store: Some(store),
@@ -57,7 +61,9 @@ impl Backend {
         match &self.data {
             Data::Sled(_) => None,
             Data::Postgres(database) => Some(Arc::new(
-                PostgresStore::connect(&database.url).await.unwrap(),
+                PostgresStore::connect(&sts::config::StoreUrl::parse(&database.url).unwrap())
+                    .await
+                    .unwrap(),
             )),
         }
     }
@@ -68,9 +74,11 @@ impl Backend {
         self.store = None;
         self.store = Some(match &self.data {
             Data::Sled(dir) => Arc::new(crate::helpers::reopen(dir.path()).await),
-            Data::Postgres(database) => {
-                Arc::new(PostgresStore::connect(&database.url).await.unwrap())
-            }
+            Data::Postgres(database) => Arc::new(
+                PostgresStore::connect(&sts::config::StoreUrl::parse(&database.url).unwrap())
+                    .await
+                    .unwrap(),
+            ),
         });
     }
 

@@ -116,7 +116,7 @@ async fn the_server_enforces_a_call_deadline_and_abandons_the_call() {
 async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_served() {
     let server = ServerConfig {
         first_byte_timeout: Duration::from_millis(500),
-        ..ServerConfig::default()
+        ..crate::helpers::server_config()
     };
     let app = spawn_app_with(ServiceConfig::default(), server).await;
 

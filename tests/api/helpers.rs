@@ -58,8 +58,17 @@ pub struct TestApp {
     server: JoinHandle<Result<(), ServeError>>,
 }
 
+/// The server's defaults, except that shutdown does not wait for load
+/// balancers that tests do not have.
+pub fn server_config() -> ServerConfig {
+    ServerConfig {
+        shutdown_delay: Duration::ZERO,
+        ..ServerConfig::default()
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(ServiceConfig::default(), ServerConfig::default()).await
+    spawn_app_with(ServiceConfig::default(), server_config()).await
 }
 
 pub async fn spawn_app_with(service: ServiceConfig, server: ServerConfig) -> TestApp {
@@ -83,13 +92,7 @@ pub async fn build_service(
 /// Starts a server over `store` (which lives in `data_dir`), after
 /// bootstrapping an admin token into it.
 pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestApp {
-    start_app(
-        data_dir,
-        store,
-        ServiceConfig::default(),
-        ServerConfig::default(),
-    )
-    .await
+    start_app(data_dir, store, ServiceConfig::default(), server_config()).await
 }
 
 async fn start_app(
@@ -301,7 +304,7 @@ impl TestCertificate {
 pub async fn spawn_tls_app() -> TestApp {
     let server = ServerConfig {
         tls: Some(TestCertificate::shared().identity.clone()),
-        ..ServerConfig::default()
+        ..server_config()
     };
     spawn_app_with(ServiceConfig::default(), server).await
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use sts::{
-    config::{ServerConfig, ServiceConfig},
+    config::ServiceConfig,
     proto::{DeleteRequest, ListRequest, ListResponse},
 };
 use tonic::Code;
@@ -66,7 +66,7 @@ async fn page_size_defaults_and_is_capped() {
         max_page_size: 5,
         ..ServiceConfig::default()
     };
-    let app = spawn_app_with(service, ServerConfig::default()).await;
+    let app = spawn_app_with(service, crate::helpers::server_config()).await;
     for i in 0..9 {
         app.create(&format!("t{i}"), &["r"]).await;
     }

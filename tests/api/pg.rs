@@ -214,3 +214,150 @@ async fn a_test_schema_is_dropped_even_when_the_test_panics() {
             .unwrap();
     assert_eq!(left, None, "schema {schema} left behind");
 }
+
+/// A private PostgreSQL cluster (initdb + pg_ctl) a test may restart, or
+/// start with password authentication. Stopped when dropped.
+pub struct PrivateCluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivateCluster {
+    /// `None`, saying why, where PostgreSQL's server programs are missing.
+    /// With `password`, the `postgres` user has it and every connection
+    /// must give it (scram-sha-256); without, trust.
+    pub async fn start(password: Option<&str>) -> Option<PrivateCluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|bin| bin.join("initdb").exists());
+        let Some(bin) = bin else {
+            eprintln!(
+                "skipping the real restart: no PostgreSQL server programs under /usr/lib/postgresql"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // initdb refuses to run as root: then the cluster runs as `postgres`.
+        use std::os::unix::fs::MetadataExt;
+        let as_postgres = std::fs::metadata(dir.path()).unwrap().uid() == 0;
+        if as_postgres {
+            let chown = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = PrivateCluster {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        let data = cluster.dir.path().join("data");
+        let data = data.to_str().unwrap();
+        let mut initdb = vec!["-U", "postgres", "-D", data];
+        let pwfile = cluster.dir.path().join("pwfile");
+        let pwfile_arg = format!("--pwfile={}", pwfile.display());
+        match password {
+            Some(password) => {
+                std::fs::write(&pwfile, password).unwrap();
+                if as_postgres {
+                    std::os::unix::fs::chown(&pwfile, Some(postgres_uid()), None).unwrap();
+                }
+                initdb.extend(["-A", "scram-sha-256", &pwfile_arg]);
+            }
+            None => initdb.extend(["-A", "trust"]),
+        }
+        cluster.run("initdb", &initdb).await;
+        cluster.pg_ctl("start").await;
+        Some(cluster)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub async fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                action,
+            ],
+        )
+        .await;
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Command {
+        let mut command = if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join(program));
+            command
+        } else {
+            std::process::Command::new(self.bin.join(program))
+        };
+        command.args(args).current_dir(self.dir.path());
+        command
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) {
+        let mut command = self.command(program, args);
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        assert!(output.status.success(), "{program} {args:?}: {output:?}");
+    }
+}
+
+impl Drop for PrivateCluster {
+    /// Whatever the test did: no server outlives it (an already stopped
+    /// one makes this a no-op).
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command(
+                "pg_ctl",
+                &["-D", data.to_str().unwrap(), "-m", "immediate", "stop"],
+            )
+            .output();
+    }
+}
+
+/// The `postgres` user, who runs private clusters when the tests run as root.
+fn postgres_uid() -> u32 {
+    let id = std::process::Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
+    String::from_utf8(id.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -11,10 +11,14 @@ use std::{
     thread::JoinHandle,
 };
 
-/// `sts-server` with a plain, colourless log.
+/// `sts-server` with a plain, colourless log, and no shutdown delay (tests
+/// have no load balancer to wait for; the drain test sets its own).
 pub fn sts_server() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sts-server"));
-    command.env_remove("RUST_LOG").env("NO_COLOR", "1");
+    command
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("STS_SHUTDOWN_DELAY", "0s");
     command
 }
 
@@ -25,9 +29,19 @@ pub fn bootstrap(data_dir: &Path) -> String {
 
 /// As [`bootstrap`], with extra environment variables.
 pub fn bootstrap_with(data_dir: &Path, env: &[(&str, &str)]) -> String {
+    bootstrap_command(data_dir, env, &[])
+}
+
+/// As [`bootstrap`], with extra arguments.
+pub fn bootstrap_with_args(data_dir: &Path, args: &[&str]) -> String {
+    bootstrap_command(data_dir, &[], args)
+}
+
+fn bootstrap_command(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let output = sts_server()
         .envs(env.iter().copied())
         .arg("bootstrap")
+        .args(args)
         .arg("--data-dir")
         .arg(data_dir)
         .output()
@@ -81,9 +95,15 @@ impl ServerProcess {
 
     /// Runs `command` with `serve` arguments for `data_dir` appended: an
     /// `sts-server` command, or a wrapper that ends up exec-ing one.
-    pub async fn start_command(mut command: Command, data_dir: &Path) -> ServerProcess {
+    pub async fn start_command(command: Command, data_dir: &Path) -> ServerProcess {
+        ServerProcess::start_on(command, data_dir, "127.0.0.1:0").await
+    }
+
+    /// As [`ServerProcess::start_command`], listening on `listen`;
+    /// [`ServerProcess::addr`] is the first address served.
+    pub async fn start_on(mut command: Command, data_dir: &Path, listen: &str) -> ServerProcess {
         let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .stderr(Stdio::piped())
             .spawn()
@@ -131,7 +151,13 @@ impl ServerProcess {
     }
 
     /// SIGTERM, then waits for the exit. Returns the status and the log.
-    pub async fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+    pub async fn terminate(self) -> (ExitStatus, Vec<String>) {
+        self.terminate_in_background().await.unwrap()
+    }
+
+    /// SIGTERM, sent before this returns; the task waits for the exit and
+    /// yields the status and the log.
+    pub fn terminate_in_background(mut self) -> tokio::task::JoinHandle<(ExitStatus, Vec<String>)> {
         let (mut child, log) = self.take();
         let killed = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -139,8 +165,6 @@ impl ServerProcess {
             .unwrap();
         assert!(killed.success());
         tokio::task::spawn_blocking(move || (child.wait().unwrap(), log.join().unwrap()))
-            .await
-            .unwrap()
     }
 }
 

@@ -21,6 +21,7 @@ use tonic::{Code, transport::Channel};
 
 use crate::{
     helpers::{channel, eventually, list_all, validate_on, with_key},
+    pg::PrivateCluster,
     pg::{Proxy, TestDatabase},
     process::{ServerProcess, bootstrap_store},
 };
@@ -330,116 +331,6 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
     database.drop().await;
 }
 
-/// A private PostgreSQL cluster (initdb + pg_ctl) this test may restart.
-struct PrivateCluster {
-    bin: std::path::PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl PrivateCluster {
-    /// `None`, saying why, where PostgreSQL's server programs are missing.
-    async fn start() -> Option<PrivateCluster> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .find(|bin| bin.join("initdb").exists());
-        let Some(bin) = bin else {
-            eprintln!(
-                "skipping the real restart: no PostgreSQL server programs under /usr/lib/postgresql"
-            );
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        // initdb refuses to run as root: then the cluster runs as `postgres`.
-        use std::os::unix::fs::MetadataExt;
-        let as_postgres = std::fs::metadata(dir.path()).unwrap().uid() == 0;
-        if as_postgres {
-            let chown = std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(chown.success());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cluster = PrivateCluster {
-            bin,
-            dir,
-            port,
-            as_postgres,
-        };
-        let data = cluster.dir.path().join("data");
-        cluster
-            .run(
-                "initdb",
-                &[
-                    "-A",
-                    "trust",
-                    "-U",
-                    "postgres",
-                    "-D",
-                    data.to_str().unwrap(),
-                ],
-            )
-            .await;
-        cluster.pg_ctl("start").await;
-        Some(cluster)
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    async fn pg_ctl(&self, action: &str) {
-        let data = self.dir.path().join("data");
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("log");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                action,
-            ],
-        )
-        .await;
-    }
-
-    async fn run(&self, program: &str, args: &[&str]) {
-        let mut command = if self.as_postgres {
-            let mut command = std::process::Command::new("runuser");
-            command
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join(program));
-            command
-        } else {
-            std::process::Command::new(self.bin.join(program))
-        };
-        command.args(args).current_dir(self.dir.path());
-        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
-            .await
-            .unwrap();
-        assert!(output.status.success(), "{program} {args:?}: {output:?}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_itself() {
     // Runs where the PostgreSQL tests run, on a cluster of its own.
@@ -450,7 +341,7 @@ async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_its
         );
         return;
     }
-    let Some(cluster) = PrivateCluster::start().await else {
+    let Some(cluster) = PrivateCluster::start(None).await else {
         return;
     };
     let (admin, a, b) = replicas_on(&cluster.url()).await;

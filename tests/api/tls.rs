@@ -90,7 +90,7 @@ async fn a_stalled_handshake_is_dropped_while_others_are_served() {
     let server = sts::config::ServerConfig {
         tls: Some(TestCertificate::shared().identity.clone()),
         tls_handshake_timeout: Duration::from_millis(300),
-        ..sts::config::ServerConfig::default()
+        ..crate::helpers::server_config()
     };
     let app = crate::helpers::spawn_app_with(sts::config::ServiceConfig::default(), server).await;
     let port = app.addr.port();
