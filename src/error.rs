@@ -73,6 +73,7 @@ impl Error {
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Store(
                 StoreError::Locked { .. }
+                | StoreError::Exposed { .. }
                 | StoreError::Unavailable { .. }
                 | StoreError::DiskReserve { .. },
             ) => ErrorKind::Unavailable,
@@ -121,7 +122,7 @@ fn fixed_text(failure: &StoreError) -> &'static str {
             "the token store holds a corrupt record; an operator must repair it"
         }
         StoreError::IdExhausted => "could not allocate a unique token id; try again",
-        StoreError::Locked { .. } | StoreError::Unavailable { .. } => {
+        StoreError::Locked { .. } | StoreError::Exposed { .. } | StoreError::Unavailable { .. } => {
             "the token store is unavailable; try again later"
         }
     }

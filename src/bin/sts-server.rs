@@ -169,6 +169,9 @@ impl StoreArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Whatever this process creates (store files, snapshots) is its own
+    // alone, whatever umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let outcome = match cli.command {

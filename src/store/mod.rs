@@ -57,6 +57,11 @@ pub enum StoreError {
         path.display()
     )]
     Locked { path: PathBuf },
+    /// Like ssh with a loose key file: a data directory (or a file in it)
+    /// that someone else could write is refused, since whoever can write
+    /// it can plant a token hash of their own.
+    #[error("{}: {problem}", path.display())]
+    Exposed { path: PathBuf, problem: String },
     /// Not now (a database away, a write that failed): trying again may work.
     #[error("the store is unavailable: {context}")]
     Unavailable {

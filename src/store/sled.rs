@@ -126,11 +126,15 @@ impl SledStore {
     /// with [`StoreError::Locked`] while another process has it open.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         create_private_dir(dir)?;
+        refuse_exposed(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(dir, e))?;
+        // The files sled just made got the process's umask: made private
+        // here whatever it was (the server also sets umask 077 itself).
+        make_files_private(dir)?;
         let tokens = db.open_tree("tokens").map_err(unavailable)?;
         let by_hash = db.open_tree("by_hash").map_err(unavailable)?;
         let meta = db.open_tree("meta").map_err(unavailable)?;
@@ -429,6 +433,89 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 /// Only the last component is created: a missing parent more likely means a
 /// volume that is not mounted than a tree to make, and tokens written to the
 /// wrong disk would vanish with it.
+/// Refuses `dir` if it, or anything in it, belongs to another user or is
+/// writable by group or others, saying how to fix it.
+#[cfg(unix)]
+fn refuse_exposed(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let metadata = fs::symlink_metadata(&path).map_err(|e| {
+            StoreError::unavailable(format!("cannot inspect {}", path.display()), e)
+        })?;
+        let exposed = |problem: String| StoreError::Exposed {
+            path: path.clone(),
+            problem,
+        };
+        if metadata.uid() != me {
+            return Err(exposed(format!(
+                "owned by uid {}, not by the user running sts-server (uid {me}): another user could replace the token store; run sts-server as that user, or `chown -R {me} {}`",
+                metadata.uid(),
+                dir.display()
+            )));
+        }
+        let mode = metadata.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            let who = if mode & 0o002 != 0 {
+                "anyone"
+            } else {
+                "its group"
+            };
+            return Err(exposed(format!(
+                "writable by {who} (mode {mode:04o}): they could replace the token store; run `chmod -R go-w {}` (sts-server creates it 0700)",
+                dir.display()
+            )));
+        }
+        if metadata.is_dir() {
+            for entry in fs::read_dir(&path).map_err(|e| {
+                StoreError::unavailable(format!("cannot list {}", path.display()), e)
+            })? {
+                let entry = entry.map_err(|e| {
+                    StoreError::unavailable(format!("cannot list {}", path.display()), e)
+                })?;
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_exposed(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Every file under `dir` readable and writable by its owner alone.
+#[cfg(unix)]
+fn make_files_private(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let fail =
+            |e| StoreError::unavailable(format!("cannot make {} private", path.display()), e);
+        for entry in fs::read_dir(&path).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            let kind = entry.file_type().map_err(fail)?;
+            let mode = if kind.is_dir() {
+                pending.push(entry.path());
+                0o700
+            } else if kind.is_file() {
+                0o600
+            } else {
+                continue;
+            };
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode)).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_files_private(_dir: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     let fail = |why: String, e: std::io::Error| {
         StoreError::unavailable(

@@ -173,14 +173,32 @@ async fn tls_flags_come_in_pairs_and_bad_files_are_refused_clearly() {
 #[cfg(unix)]
 fn read_only_for_the_server(dir: &std::path::Path) -> std::process::Command {
     use std::os::unix::{fs::MetadataExt, fs::PermissionsExt, process::CommandExt};
-    // Everyone may pass through and read; no one but root may write.
-    for path in [dir.parent().unwrap(), dir] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).unwrap();
-    }
     let mut command = sts_server();
-    if std::fs::metadata(dir).unwrap().uid() == 0 {
+    // Root writes anywhere: then the server runs as nobody, who owns the
+    // directory (so it is not refused as someone else's) but may not write.
+    let as_nobody = std::fs::metadata(dir).unwrap().uid() == 0;
+    if as_nobody {
         command.uid(65534).gid(65534);
     }
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        if as_nobody {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        }
+        let mode = if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            0o555
+        } else {
+            0o400
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // Everyone may pass through and read the parent; no one but root may write.
+    std::fs::set_permissions(
+        dir.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o555),
+    )
+    .unwrap();
     command
 }
 

@@ -177,3 +177,51 @@ async fn oversized_requests_are_refused_unread() {
     // The server keeps serving.
     app.create("after", &["r"]).await;
 }
+
+#[tokio::test]
+async fn names_that_lie_on_screen_are_refused_over_every_transport() {
+    let spoofs = [
+        (
+            "evil\u{202e}gnp.exe",
+            "must not contain invisible Unicode format characters",
+        ),
+        (
+            "\u{200b}",
+            "is empty once its invisible format characters are removed",
+        ),
+    ];
+    let app = spawn_app().await;
+    let router = crate::helpers::spawn_router().await;
+    for (name, problem) in spoofs {
+        let status = assert_code(
+            app.client
+                .clone()
+                .create(app.admin(create_request(name, &["r"])))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert!(status.message().contains(problem), "{status:?}");
+
+        let body = serde_json::json!({"name": name, "roles": ["r"]}).to_string();
+        let response = router.admin("POST", "/api/security/tokens", &body).await;
+        assert_eq!(response.status, 400);
+        assert!(
+            response.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains(problem),
+            "{:?}",
+            response.json()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let output = crate::process::sts_server()
+            .args(["bootstrap", "--name", name, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains(problem));
+    }
+    assert_eq!(app.list_all().await.len(), 1, "only the admin token");
+}

@@ -105,6 +105,102 @@ async fn a_new_data_dir_is_private_to_its_owner() {
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
     drop(store);
+
+    // The real binary, started with a permissive umask: every file it
+    // makes is 0600, every directory 0700.
+    let dir = parent.path().join("by-the-binary");
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec {} bootstrap --data-dir {}",
+            env!("CARGO_BIN_EXE_sts-server"),
+            dir.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mut pending = vec![dir];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        if path.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files > 0);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_data_dir_others_could_write_or_own_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let serve = |dir: &std::path::Path| {
+        let output = crate::process::sts_server()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{dir:?} was used: {output:?}");
+        String::from_utf8(output.stderr).unwrap()
+    };
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let parent = tempfile::tempdir().unwrap();
+
+    let world = parent.path().join("world");
+    std::fs::create_dir(&world).unwrap();
+    chmod(&world, 0o777);
+    let said = serve(&world);
+    assert!(said.contains("writable by anyone (mode 0777)"), "{said}");
+    assert!(
+        said.contains(&format!("chmod -R go-w {}", world.display())),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&world).unwrap().count(),
+        0,
+        "nothing was written"
+    );
+
+    let group = parent.path().join("group");
+    std::fs::create_dir(&group).unwrap();
+    chmod(&group, 0o770);
+    assert!(serve(&group).contains("writable by its group (mode 0770)"));
+
+    // A store made properly, then one of its files loosened.
+    let made = parent.path().join("made");
+    crate::process::bootstrap(&made);
+    let conf = made.join("conf");
+    chmod(&conf, 0o666);
+    let said = serve(&made);
+    assert!(
+        said.contains(&conf.display().to_string()) && said.contains("writable by anyone"),
+        "{said}"
+    );
+    chmod(&conf, 0o644);
+    // Readable by others is not writable: a data dir from an earlier
+    // release (0644 files) still opens.
+    let server = crate::process::ServerProcess::start(&made).await;
+    assert!(server.terminate().await.0.success());
+
+    if rustix::process::geteuid().is_root() {
+        let theirs = parent.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chmod(&theirs, 0o700);
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let said = serve(&theirs);
+        assert!(
+            said.contains("owned by uid 65534, not by the user running sts-server (uid 0)"),
+            "{said}"
+        );
+    } else {
+        eprintln!("skipping the other-owner case: changing a directory's owner needs root");
+    }
 }
 
 #[tokio::test]
