@@ -18,6 +18,8 @@ pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest List page; larger requests are served this many.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Refusals of unauthenticated management calls are summarized this often.
+pub const DEFAULT_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest request accepted (a gRPC message, an HTTP body). Every valid
 /// request is far smaller; a bigger one is refused instead of buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -49,6 +51,9 @@ pub struct ServiceConfig {
     pub admin_role: Role,
     pub default_page_size: usize,
     pub max_page_size: usize,
+    /// How often refusals of unauthenticated management calls are written
+    /// to the audit log as counts (see `refusals`).
+    pub refusal_summary_interval: Duration,
 }
 
 impl ServiceConfig {
@@ -58,6 +63,7 @@ impl ServiceConfig {
             admin_role,
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
+            refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
         }
     }
 }

@@ -32,6 +32,21 @@ pub enum AuthError {
     Expired,
 }
 
+impl AuthError {
+    /// A short, fixed label for metrics and aggregated audit events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::UnsupportedScheme => "unsupported_scheme",
+            AuthError::Ambiguous => "ambiguous",
+            AuthError::TooLong => "too_long",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::NotFound => "not_found",
+            AuthError::Expired => "expired",
+        }
+    }
+}
+
 /// The token the caller presents, not yet checked against the store.
 pub fn presented(headers: &HeaderMap) -> Result<&str, AuthError> {
     let from_authorization = single(headers, AUTHORIZATION)?

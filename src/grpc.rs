@@ -32,11 +32,12 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip());
         let (metadata, _, message) = request.into_parts();
         let presented = credential::presented(metadata.as_ref());
         let (token, created) = self
             .service
-            .manage(Rpc::Create, presented, |admin| async move {
+            .manage(Rpc::Create, presented, source, |admin| async move {
                 self.service.create(&admin, new_token(message)?).await
             })
             .await?;
@@ -50,11 +51,12 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip());
         let (metadata, _, request) = request.into_parts();
         let presented = credential::presented(metadata.as_ref());
         let page = self
             .service
-            .manage(Rpc::List, presented, |admin| async move {
+            .manage(Rpc::List, presented, source, |admin| async move {
                 let config = self.service.config();
                 let page = PageRequest::parse(
                     request.page_size,
@@ -75,10 +77,11 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip());
         let (metadata, _, message) = request.into_parts();
         let presented = credential::presented(metadata.as_ref());
         self.service
-            .manage(Rpc::Delete, presented, |admin| async move {
+            .manage(Rpc::Delete, presented, source, |admin| async move {
                 self.service
                     .delete(&admin, TokenId::parse(message.id)?)
                     .await

@@ -7,6 +7,7 @@
 // build checks every line of it, so unit tests may use it.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -7,11 +7,13 @@
 
 use std::{
     future::Future,
+    net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
+    audit::{Refusal, Refusals},
     cache::ValidationCache,
     clock::Clock,
     config::ServiceConfig,
@@ -24,10 +26,7 @@ use crate::{
     token::{MalformedToken, Token, TokenHash},
 };
 
-/// The tracing target of audit events: every Create and Delete, every
-/// refused or failed management call, and every refused role check, with
-/// who made it. Never a secret.
-pub const AUDIT: &str = "sts::audit";
+pub use crate::audit::AUDIT;
 
 /// The management RPCs, as every transport names them in metrics and audit
 /// events.
@@ -119,6 +118,7 @@ pub struct TokenService {
     clock: Arc<dyn Clock>,
     config: ServiceConfig,
     metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
 }
 
 impl TokenService {
@@ -130,6 +130,7 @@ impl TokenService {
         TokenService {
             metrics: Arc::new(Metrics::with(|registry| store.register_metrics(registry))),
             cache: store.validation_cache(),
+            refusals: Refusals::new(config.refusal_summary_interval),
             store,
             clock,
             config,
@@ -152,13 +153,17 @@ impl TokenService {
 
     /// Runs one whole management call: checks that the caller holds the
     /// admin role, runs `call` with the proof, counts the outcome, and writes
-    /// the audit event of a refused or failed call. Every transport runs its
-    /// Create, List and Delete through this; successes are audited by
+    /// the audit event of a refused or failed call: individually for an
+    /// authenticated caller, aggregated (see `refusals`) for one without a
+    /// valid credential, who could otherwise flood the log. `source` is the
+    /// peer's address, where the transport knows it. Every transport runs
+    /// its Create, List and Delete through this; successes are audited by
     /// `create` and `delete`, which know what they changed.
     pub async fn manage<T, Fut>(
         &self,
         rpc: Rpc,
         presented: Result<&str, AuthError>,
+        source: Option<IpAddr>,
         call: impl FnOnce(Admin) -> Fut,
     ) -> Result<T, Error>
     where
@@ -171,17 +176,29 @@ impl TokenService {
             }
             Err((caller, refused)) => (caller, Err(refused)),
         };
-        if let Err(error) = &result {
-            let caller = caller.as_ref();
-            tracing::warn!(
+        match (&result, &caller) {
+            (Err(error), Some(caller)) => tracing::warn!(
                 target: AUDIT,
                 rpc = rpc.as_str(),
                 outcome = error.kind().as_str(),
-                caller.id = caller.map(|c| c.id.get()),
-                caller.name = caller.map(|c| c.name.as_str()),
+                caller.id = caller.id.get(),
+                caller.name = caller.name.as_str(),
+                source = source.map(tracing::field::display),
                 reason = %error,
                 "management call refused"
-            );
+            ),
+            (Err(error), None) => self.refusals.record(Refusal {
+                rpc: rpc.as_str(),
+                source,
+                reason: match error {
+                    Error::Unauthenticated(why) => why.as_str(),
+                    Error::Store(_) => "store_error",
+                    _ => "other",
+                },
+                outcome: error.kind().as_str(),
+                detail: error,
+            }),
+            (Ok(_), _) => {}
         }
         let status = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "OK");
         self.metrics.management_call(rpc.as_str(), status);
@@ -325,8 +342,10 @@ impl TokenService {
         self.store.ready().await
     }
 
-    /// Flushes the store; called once no request is in flight any more.
+    /// Writes the last summary of refusals and flushes the store; called
+    /// once no request is in flight any more.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.refusals.flush();
         self.store.flush().await
     }
 }

@@ -1,6 +1,10 @@
-//! The `Caller` extractor: the authenticated service token behind a request.
+//! The `Caller` extractor (the authenticated service token behind a
+//! request) and `Peer` (the address it came from).
+
+use std::{convert::Infallible, net::IpAddr};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
+use tonic::transport::server::TcpConnectInfo;
 
 use super::HttpState;
 use crate::{credential, error::Error, model::ServiceToken};
@@ -19,5 +23,21 @@ impl FromRequestParts<HttpState> for Caller {
             .authenticate(credential::presented(&parts.headers))
             .await
             .map(Caller)
+    }
+}
+
+/// The peer's address, as the listener recorded it; `None` for a request
+/// that did not come over a socket (the router driven directly, in tests).
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Infallible> {
+        let address = parts
+            .extensions
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        Ok(Peer(address.map(|a| a.ip())))
     }
 }

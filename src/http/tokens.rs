@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{HttpState, api::TokenJson, api::epoch_millis};
+use super::{HttpState, api::TokenJson, api::epoch_millis, caller::Peer};
 use crate::{
     credential,
     error::Error,
@@ -23,6 +23,7 @@ use crate::{
 /// Every token, in id order, fetched from the service one maximal page at a time.
 pub async fn list(
     State(state): State<HttpState>,
+    Peer(source): Peer,
     headers: HeaderMap,
 ) -> Result<Json<Vec<TokenJson>>, Error> {
     let service = &state.service;
@@ -43,7 +44,7 @@ pub async fn list(
         }
     };
     service
-        .manage(Rpc::List, credential::presented(&headers), call)
+        .manage(Rpc::List, credential::presented(&headers), source, call)
         .await
         .map(Json)
 }
@@ -77,6 +78,7 @@ fn unreadable(rejection: BytesRejection, limit: usize) -> Error {
 
 pub async fn create(
     State(state): State<HttpState>,
+    Peer(source): Peer,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
@@ -93,7 +95,7 @@ pub async fn create(
         service.create(&admin, new).await
     };
     let (token, created) = service
-        .manage(Rpc::Create, credential::presented(&headers), call)
+        .manage(Rpc::Create, credential::presented(&headers), source, call)
         .await?;
     Ok(Json(CreatedJson {
         id: created.id.get(),
@@ -106,6 +108,7 @@ pub async fn create(
 
 pub async fn delete(
     State(state): State<HttpState>,
+    Peer(source): Peer,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
@@ -117,7 +120,7 @@ pub async fn delete(
         service.delete(&admin, TokenId::parse(id)?).await
     };
     service
-        .manage(Rpc::Delete, credential::presented(&headers), call)
+        .manage(Rpc::Delete, credential::presented(&headers), source, call)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -91,3 +91,135 @@ async fn every_management_call_leaves_an_audit_event_naming_the_caller() {
     assert_eq!(events[0]["fields"]["token.roles"], "reader");
     assert_eq!(events[4]["fields"]["token.id"], reader_id);
 }
+
+/// Refused calls in the burst below, and what the whole log may grow by
+/// meanwhile: a few events, where each call used to be a line of its own.
+const BURST: usize = 1500;
+const LOG_BUDGET_BYTES: usize = 8 * 1024;
+
+#[tokio::test]
+async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap(dir.path());
+    let server = ServerProcess::start_with(dir.path(), &[("STS_LOG_FORMAT", "json")]).await;
+    let addr = server.addr;
+    let http = reqwest::Client::new();
+    let mut grpc = TokenServiceClient::new(channel(addr).await);
+    let url = format!("http://{addr}/api/security/tokens");
+
+    // Two-thirds REST without a credential, one third gRPC with an unknown
+    // (well-formed) token, a few at a time.
+    let unknown = sts::token::Token::generate();
+    for round in 0..BURST / 3 {
+        let (a, b) = tokio::join!(http.get(&url).send(), http.get(&url).send());
+        assert_eq!(a.unwrap().status(), 401);
+        assert_eq!(b.unwrap().status(), 401);
+        let refused = grpc
+            .list(with_key(unknown.expose_secret(), ListRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{round}");
+    }
+    // An authenticated caller's refusal is still an event of its own.
+    grpc.create(with_key(&admin, create_request("x", &["a b"])))
+        .await
+        .unwrap_err();
+
+    let metrics = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = |line: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        counted(r#"sts_management_calls_total{rpc="List",status="UNAUTHENTICATED"}"#),
+        BURST,
+        "every refusal is counted: {metrics}"
+    );
+
+    let (exit, log) = server.terminate().await;
+    assert!(exit.success());
+    let bytes: usize = log.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        bytes <= LOG_BUDGET_BYTES,
+        "{BURST} refusals grew the log by {bytes} bytes: {log:#?}"
+    );
+    let events: Vec<Value> = log
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["target"] == AUDIT)
+        .collect();
+    // The first one in full, then counts by RPC, source and reason.
+    let first = &events[0]["fields"];
+    assert_eq!(first["outcome"], "UNAUTHENTICATED", "{events:#?}");
+    assert_eq!(first["source"], "127.0.0.1", "{events:#?}");
+    let summaries: Vec<&Value> = events
+        .iter()
+        .map(|e| &e["fields"])
+        .filter(|f| f["count"].is_u64())
+        .collect();
+    let total: u64 = summaries.iter().map(|f| f["count"].as_u64().unwrap()).sum();
+    assert_eq!(total as usize, BURST - 1, "{summaries:#?}");
+    for summary in &summaries {
+        assert_eq!(summary["source"], "127.0.0.1", "{summary:#}");
+        assert!(
+            matches!(
+                (summary["rpc"].as_str(), summary["reason"].as_str()),
+                (Some("List"), Some("missing" | "not_found"))
+            ),
+            "{summary:#}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["outcome"] == "INVALID_ARGUMENT"
+                && e["fields"]["caller.name"] == "bootstrap-admin"),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test]
+async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdown() {
+    let (_guard, logs) = crate::logs::capture_logs();
+    let service = sts::config::ServiceConfig {
+        refusal_summary_interval: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    let app = crate::helpers::spawn_app_with(service, crate::helpers::server_config()).await;
+    for _ in 0..5 {
+        app.client
+            .clone()
+            .list(ListRequest::default())
+            .await
+            .unwrap_err();
+    }
+    crate::helpers::eventually("a summary of the four further refusals", || async {
+        logs.target(AUDIT)
+            .iter()
+            .any(|e| e["fields"]["count"] == 4 && e["fields"]["reason"] == "missing")
+    })
+    .await;
+    // A new interval: its first refusal is written in full again.
+    app.client
+        .clone()
+        .list(ListRequest::default())
+        .await
+        .unwrap_err();
+    let full = logs
+        .target(AUDIT)
+        .iter()
+        .filter(|e| e["fields"]["outcome"] == "UNAUTHENTICATED" && e["fields"]["count"].is_null())
+        .count();
+    assert_eq!(full, 2);
+}
