@@ -5,6 +5,7 @@
 
 mod api;
 mod caller;
+mod host;
 mod latency;
 mod probes;
 mod tokens;
@@ -77,6 +78,7 @@ pub fn router(state: HttpState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(host::RequireHostLayer)
         .with_state(state)
 }
 

@@ -189,9 +189,17 @@ pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRo
 }
 
 impl TestRouter {
-    pub async fn send(&self, request: http::Request<axum::body::Body>) -> TestResponse {
+    /// Sends `request` as a client would: an HTTP/1.1 request without a
+    /// `Host` gets one (hyper's client adds it too).
+    pub async fn send(&self, mut request: http::Request<axum::body::Body>) -> TestResponse {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
+        if !request.headers().contains_key(http::header::HOST) {
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("sts.test"),
+            );
+        }
         let response = self.router.clone().oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
         TestResponse {

@@ -290,3 +290,28 @@ async fn huge_headers_are_refused_and_others_are_served() {
     }
     still_serving(&app).await;
 }
+
+#[tokio::test]
+async fn an_http11_request_needs_exactly_one_host_header() {
+    let app = spawn_app().await;
+    let ask = |request: &'static str| async move {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let missing = ask("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(missing.starts_with("HTTP/1.1 400"), "{missing}");
+    assert!(missing.contains("exactly one Host header"), "{missing}");
+    let twice =
+        ask("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    assert!(twice.starts_with("HTTP/1.1 400"), "{twice}");
+    let unknown_path = ask("GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(unknown_path.starts_with("HTTP/1.1 400"), "{unknown_path}");
+    let good = ask("GET /healthz HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n\r\n").await;
+    assert!(good.starts_with("HTTP/1.1 200"), "{good}");
+    // HTTP/1.0 has no such rule.
+    let old = ask("GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert!(old.starts_with("HTTP/1.0 200"), "{old}");
+}
