@@ -28,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Messages that carry a token secret get a hand-written, redacted Debug
     // (src/proto.rs) instead of the derived one.
+    // Our codec: tonic-prost's, with decode failures in a text of our own
+    // (src/proto.rs).
     tonic_prost_build::configure()
+        .codec_path("crate::proto::codec::ProstCodec")
         .skip_debug(SECRET_MESSAGES)
         .compile_fds(descriptors)?;
     Ok(())

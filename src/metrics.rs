@@ -29,6 +29,11 @@ struct CallLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     protocol: &'static str,
     route: &'static str,
@@ -41,6 +46,7 @@ pub struct Metrics {
     validations: Family<OutcomeLabels, Counter>,
     management_calls: Family<CallLabels, Counter>,
     role_checks: Family<OutcomeLabels, Counter>,
+    undecodable: Family<RpcLabels, Counter>,
     request_duration: HistogramFamily,
     tokens_stored: Gauge,
     cache_hits: Counter,
@@ -75,6 +81,12 @@ impl Metrics {
             "Checks that an authenticated token holds a required role (forward-auth ?role=), by outcome",
             role_checks.clone(),
         );
+        let undecodable = Family::default();
+        registry.register(
+            "undecodable_requests",
+            "TokenService calls whose request bytes are not a valid protobuf message, by RPC",
+            undecodable.clone(),
+        );
         // 50 µs to ~1.6 s: the validate path is expected in the sub-millisecond range.
         let request_duration: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00005, 2.0, 16)));
@@ -106,6 +118,7 @@ impl Metrics {
             validations,
             management_calls,
             role_checks,
+            undecodable,
             request_duration,
             tokens_stored,
             cache_hits,
@@ -140,6 +153,12 @@ impl Metrics {
         self.role_checks
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+
+    /// One TokenService call refused before it began: its bytes did not
+    /// decode.
+    pub fn undecodable(&self, rpc: &'static str) {
+        self.undecodable.get_or_create(&RpcLabels { rpc }).inc();
     }
 
     /// `route` comes from a fixed set (route templates, known methods).

@@ -11,6 +11,66 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 const REDACTED: &str = "<redacted>";
 
+/// The protobuf codec the generated client and server use (`build.rs` names
+/// it): tonic-prost's, with decode failures answered in a text of our own.
+/// The code stays `INTERNAL`, as the gRPC specification has servers answer
+/// an unparsable request; the fixed opening lets the gRPC layer tell this
+/// refusal from the server's own faults (`grpc::undecodable`).
+pub mod codec {
+    use tonic::{
+        Status,
+        codec::{BufferSettings, Codec, DecodeBuf, Decoder},
+    };
+    use tonic_prost::{ProstDecoder, ProstEncoder};
+
+    /// How every decode failure's message begins.
+    pub const UNDECODABLE: &str = "not a valid protobuf message of the expected type";
+
+    pub struct ProstCodec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+    impl<T, U> Default for ProstCodec<T, U> {
+        fn default() -> Self {
+            ProstCodec(tonic_prost::ProstCodec::default())
+        }
+    }
+
+    impl<T, U> Codec for ProstCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = OurDecoder<U>;
+
+        fn encoder(&mut self) -> ProstEncoder<T> {
+            self.0.encoder()
+        }
+
+        fn decoder(&mut self) -> OurDecoder<U> {
+            OurDecoder(self.0.decoder())
+        }
+    }
+
+    pub struct OurDecoder<U>(ProstDecoder<U>);
+
+    impl<U: prost::Message + Default> Decoder for OurDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            self.0
+                .decode(buf)
+                .map_err(|e| Status::internal(format!("{UNDECODABLE}: {}", e.message())))
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            self.0.buffer_settings()
+        }
+    }
+}
+
 impl std::fmt::Debug for CreateResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CreateResponse")

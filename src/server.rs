@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::ServerConfig,
     error::{ServeError, with_causes},
-    grpc::GrpcTokenService,
+    grpc::{GrpcTokenService, UndecodableLayer},
     http::{self, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
@@ -110,8 +110,12 @@ pub async fn run_on(
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let tokens = TokenServiceServer::new(GrpcTokenService::new(service.clone()))
-        .max_decoding_message_size(config.max_request_bytes);
+    let tokens = tower::ServiceBuilder::new()
+        .layer(UndecodableLayer::new(service.clone()))
+        .service(
+            TokenServiceServer::new(GrpcTokenService::new(service.clone()))
+                .max_decoding_message_size(config.max_request_bytes),
+        );
 
     let routes = Routes::from(http::router(HttpState::new(
         service.clone(),

@@ -205,6 +205,43 @@ impl TokenService {
         result
     }
 
+    /// A TokenService call refused before it began because its bytes are
+    /// not a valid protobuf message (the transport already answered it).
+    /// Counted; for a management call, audited like any refusal: in full
+    /// for an authenticated caller, aggregated for anyone else.
+    pub async fn refused_undecodable(
+        &self,
+        rpc: &'static str,
+        management: bool,
+        presented: Result<&str, AuthError>,
+        source: Option<IpAddr>,
+    ) {
+        self.metrics.undecodable(rpc);
+        if !management {
+            return;
+        }
+        const REASON: &str = "the request is not a valid protobuf message";
+        match self.authenticate(presented).await {
+            Ok(caller) => tracing::warn!(
+                target: AUDIT,
+                rpc,
+                outcome = "INTERNAL",
+                caller.id = caller.id.get(),
+                caller.name = caller.name.as_str(),
+                source = source.map(tracing::field::display),
+                reason = REASON,
+                "management call refused"
+            ),
+            Err(_) => self.refusals.record(Refusal {
+                rpc,
+                source,
+                reason: "undecodable",
+                outcome: "INTERNAL",
+                detail: &REASON,
+            }),
+        }
+    }
+
     /// The one validation path: parse (checksum, no store access), hash, one
     /// lookup, expiry. An invalid token is an answer; only a store failure is
     /// an error, so a token that cannot be checked is never called valid.

@@ -223,3 +223,79 @@ async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdo
         .count();
     assert_eq!(full, 2);
 }
+
+#[tokio::test]
+async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
+    let (_guard, logs) = crate::logs::capture_logs();
+    let app = crate::helpers::spawn_app().await;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // A gRPC frame whose payload is no protobuf message (a truncated varint).
+    let frame = [0u8, 0, 0, 0, 3, 0x08, 0xff, 0xff];
+    let call = |method: &str, key: Option<&str>| {
+        let mut request = http
+            .post(format!(
+                "http://{}/stackstate.servicetoken.v1.TokenService/{method}",
+                app.addr
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(frame.to_vec());
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    for (method, key) in [
+        ("List", Some(app.admin_token.as_str())),
+        ("Create", None),
+        ("Validate", None),
+    ] {
+        let answer = call(method, key).await.unwrap();
+        let headers = answer.headers();
+        assert_eq!(headers["grpc-status"], "13", "{method}: {headers:?}");
+        let message = headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .replace("%20", " ");
+        assert!(
+            message.starts_with("not a valid protobuf message of the expected type"),
+            "{message}"
+        );
+    }
+    let metrics = || async {
+        reqwest::get(format!("http://{}/metrics", app.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    crate::helpers::eventually("each undecodable call counted", || async {
+        let metrics = metrics().await;
+        ["List", "Create", "Validate"].iter().all(|rpc| {
+            metrics.contains(&format!(
+                "sts_undecodable_requests_total{{rpc=\"{rpc}\"}} 1"
+            ))
+        })
+    })
+    .await;
+    // The admin's List in full, naming the admin; the anonymous Create as
+    // the first unauthenticated refusal of its interval.
+    let refused: Vec<Value> = crate::helpers::eventually_some("both audit events", || async {
+        let refused: Vec<Value> = logs
+            .target(AUDIT)
+            .into_iter()
+            .map(|e| e["fields"].clone())
+            .filter(|f| f["outcome"] == "INTERNAL")
+            .collect();
+        (refused.len() == 2).then_some(refused)
+    })
+    .await;
+    assert_eq!(refused[0]["rpc"], "List");
+    assert_eq!(refused[0]["caller.name"], "test-admin");
+    assert_eq!(refused[1]["rpc"], "Create");
+    assert!(refused[1]["caller.name"].is_null());
+}

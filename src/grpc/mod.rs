@@ -1,6 +1,8 @@
 //! The gRPC front end: turns protobuf requests into domain values, calls the
 //! [`TokenService`], and turns the answers back. No rules live here.
 
+mod undecodable;
+
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -13,6 +15,8 @@ use crate::{
     proto,
     service::{InvalidReason, Rpc, TokenService, Validation},
 };
+
+pub use undecodable::UndecodableLayer;
 
 /// `proto::token_service_server::TokenService` over the domain service.
 #[derive(Clone)]
