@@ -20,6 +20,10 @@ pub enum AuthError {
     Missing,
     #[error("the authorization header must use the ApiKey scheme: `authorization: ApiKey <token>`")]
     UnsupportedScheme,
+    #[error("the authorization header names the ApiKey scheme but holds no token")]
+    NoToken,
+    #[error("the {0} header is sent more than once: send it once")]
+    Repeated(&'static str),
     #[error("the credential headers disagree: send one token, once")]
     Ambiguous,
     #[error("the credential header is longer than {MAX_CREDENTIAL_BYTES} bytes")]
@@ -38,6 +42,8 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing",
             AuthError::UnsupportedScheme => "unsupported_scheme",
+            AuthError::NoToken => "no_token",
+            AuthError::Repeated(_) => "repeated",
             AuthError::Ambiguous => "ambiguous",
             AuthError::TooLong => "too_long",
             AuthError::Malformed(_) => "malformed",
@@ -51,13 +57,14 @@ impl AuthError {
 pub fn presented(headers: &HeaderMap) -> Result<&str, AuthError> {
     let from_authorization = single(headers, AUTHORIZATION)?
         .map(|value| {
-            let (scheme, token) = value.split_once(' ').ok_or(AuthError::UnsupportedScheme)?;
+            let value = value.trim_matches(' ');
+            let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
             if !scheme.eq_ignore_ascii_case(SCHEME) {
                 return Err(AuthError::UnsupportedScheme);
             }
             let token = token.trim_matches(' ');
             if token.is_empty() {
-                return Err(AuthError::Missing);
+                return Err(AuthError::NoToken);
             }
             Ok(token)
         })
@@ -73,14 +80,15 @@ pub fn presented(headers: &HeaderMap) -> Result<&str, AuthError> {
     }
 }
 
-/// The one value of header `name`; a repeated header is ambiguous.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AuthError> {
+/// The one value of header `name`; a repeated header is refused, even
+/// with equal values (a proxy may have appended one).
+fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, AuthError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(AuthError::Ambiguous);
+        return Err(AuthError::Repeated(name));
     }
     if value.len() > MAX_CREDENTIAL_BYTES {
         return Err(AuthError::TooLong);
@@ -139,14 +147,18 @@ mod tests {
         );
         assert_eq!(
             presented(&headers(&[("authorization", "ApiKey ")])),
-            Err(AuthError::Missing)
+            Err(AuthError::NoToken)
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "ApiKey")])),
+            Err(AuthError::NoToken)
         );
         assert_eq!(
             presented(&headers(&[("authorization", "Bearer t")])),
             Err(AuthError::UnsupportedScheme)
         );
         assert_eq!(
-            presented(&headers(&[("authorization", "ApiKey")])),
+            presented(&headers(&[("authorization", "Basic")])),
             Err(AuthError::UnsupportedScheme)
         );
         assert_eq!(
@@ -158,7 +170,11 @@ mod tests {
         );
         assert_eq!(
             presented(&headers(&[("x-api-key", "a"), ("x-api-key", "a")])),
-            Err(AuthError::Ambiguous)
+            Err(AuthError::Repeated("x-api-key"))
+        );
+        assert_eq!(
+            AuthError::Repeated("x-api-key").to_string(),
+            "the x-api-key header is sent more than once: send it once"
         );
         assert_eq!(
             presented(&headers(&[(

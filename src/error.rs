@@ -63,6 +63,18 @@ pub struct Answer {
 }
 
 impl Error {
+    /// The same error, with field `from` called `to`: for a transport whose
+    /// requests name a field differently (REST's `expiryDate` is the API's
+    /// `expiration`), so a message names the field the caller sent.
+    pub fn naming_field(self, from: &str, to: &str) -> Error {
+        match self {
+            Error::InvalidArgument(FieldError { field, problem }) if field == from => {
+                Error::InvalidArgument(FieldError::new(to, problem))
+            }
+            other => other,
+        }
+    }
+
     /// The one exhaustive match over variants.
     pub fn kind(&self) -> ErrorKind {
         match self {

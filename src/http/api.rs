@@ -5,11 +5,11 @@ use std::time::SystemTime;
 
 use axum::{
     Json,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::{RawQuery, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Caller, HttpState};
 use crate::{
@@ -104,9 +104,21 @@ pub async fn info(Caller(_): Caller) -> Json<InfoJson> {
     })
 }
 
-#[derive(Deserialize)]
-pub struct AuthQuery {
-    role: Option<String>,
+/// The roles `?role=` names: repeated (`?role=a&role=b`) or
+/// comma-separated (`?role=a,b`), every one of them required. Other
+/// parameters are ignored (a proxy may add its own).
+fn required_roles(query: Option<&str>) -> Result<Vec<Role>, FieldError> {
+    let mut roles = Vec::new();
+    let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    for (_, value) in pairs.filter(|(name, _)| name == "role") {
+        for role in value.split(',') {
+            let role = Role::parse(role).map_err(|e| FieldError::new("role", e.problem))?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+    }
+    Ok(roles)
 }
 
 /// 200 with the identity in headers, 401 without a valid credential, 403
@@ -115,11 +127,10 @@ pub struct AuthQuery {
 pub async fn forward_auth(
     State(state): State<HttpState>,
     Caller(caller): Caller,
-    query: Result<Query<AuthQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
-    let Query(query) = query.map_err(|e| FieldError::new("query", e.body_text()))?;
-    if let Some(role) = query.role {
-        state.service.require_role(&caller, &Role::parse(&role)?)?;
+    for role in required_roles(query.as_deref())? {
+        state.service.require_role(&caller, &role)?;
     }
     let roles: Vec<&str> = caller.roles.iter().map(Role::as_str).collect();
     let mut headers = HeaderMap::new();

@@ -67,6 +67,9 @@ struct CreatedJson {
     expiration: Option<i64>,
 }
 
+/// What StackState's REST calls a new token's expiration.
+const EXPIRY_DATE: &str = "expiryDate";
+
 /// A body axum could not read: too large (413), or cut short.
 fn unreadable(rejection: BytesRejection, limit: usize) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -89,10 +92,11 @@ pub async fn create(
             .map_err(|e| FieldError::new("body", format!("is not a token request: {e}")))?;
         let expiration = request
             .expiry_date
-            .map(|ms| parse_epoch_millis("expiryDate", ms))
+            .map(|ms| parse_epoch_millis(EXPIRY_DATE, ms))
             .transpose()?;
         let new = NewToken::parse(&request.name, &request.roles, expiration)?;
-        service.create(&admin, new).await
+        let created = service.create(&admin, new).await;
+        created.map_err(|e| e.naming_field("expiration", EXPIRY_DATE))
     };
     let (token, created) = service
         .manage(Rpc::Create, credential::presented(&headers), source, call)

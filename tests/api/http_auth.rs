@@ -53,29 +53,69 @@ async fn unusable_credentials_are_401_with_a_challenge() {
     let bearer = format!("Bearer {token}");
     let conflicting = format!("ApiKey {unknown}");
     let long = "a".repeat(5000);
-    let cases: Vec<(&str, Headers)> = vec![
-        ("none", vec![]),
-        ("empty", vec![("x-api-key", b"")]),
-        ("malformed", vec![("x-api-key", b"svctok-nope")]),
-        ("unknown", vec![("x-api-key", unknown.as_bytes())]),
-        ("bearer", vec![("authorization", bearer.as_bytes())]),
-        ("scheme only", vec![("authorization", b"ApiKey")]),
-        ("non-utf-8", vec![("x-api-key", b"svctok-\xff\xfe")]),
-        ("over-long", vec![("x-api-key", long.as_bytes())]),
+    // Each case, and what its answer says.
+    let cases: Vec<(&str, Headers, &str)> = vec![
+        ("none", vec![], "no credential"),
+        ("empty", vec![("x-api-key", b"")], "no credential"),
+        (
+            "malformed",
+            vec![("x-api-key", b"svctok-nope")],
+            "not a service token",
+        ),
+        (
+            "unknown",
+            vec![("x-api-key", unknown.as_bytes())],
+            "unknown or has been deleted",
+        ),
+        (
+            "bearer",
+            vec![("authorization", bearer.as_bytes())],
+            "must use the ApiKey scheme",
+        ),
+        (
+            "scheme only",
+            vec![("authorization", b"ApiKey")],
+            "names the ApiKey scheme but holds no token",
+        ),
+        (
+            "scheme and a space",
+            vec![("authorization", b"ApiKey ")],
+            "names the ApiKey scheme but holds no token",
+        ),
+        (
+            "non-utf-8",
+            vec![("x-api-key", b"svctok-\xff\xfe")],
+            "not a service token",
+        ),
+        (
+            "over-long",
+            vec![("x-api-key", long.as_bytes())],
+            "longer than 1024 bytes",
+        ),
         (
             "conflicting",
             vec![
                 ("x-api-key", token.as_bytes()),
                 ("authorization", conflicting.as_bytes()),
             ],
+            "the credential headers disagree",
+        ),
+        (
+            "the same header twice",
+            vec![
+                ("x-api-key", token.as_bytes()),
+                ("x-api-key", token.as_bytes()),
+            ],
+            "the x-api-key header is sent more than once",
         ),
     ];
-    for (case, headers) in cases {
+    for (case, headers, says) in cases {
         let response = app.call("GET", STATUS, &headers, "").await;
         response.assert_unauthorized();
         let text = String::from_utf8_lossy(&response.body).into_owned();
         assert!(!text.contains(&token[7..]), "{case}: secret in {text}");
         assert!(!text.contains(&unknown[7..]), "{case}: secret in {text}");
+        assert!(text.contains(says), "{case}: {text}");
     }
 }
 
@@ -179,6 +219,35 @@ async fn forward_auth_checks_a_required_role() {
     assert!(denied.json()["message"].as_str().unwrap().contains("admin"));
     let bad = app.call("GET", "/api/auth?role=a%20b", &key, "").await;
     assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid argument: role:")
+    );
+    // Several roles, repeated or comma-separated: every one is required.
+    let (both, _) = app.create("both", &["viewer", "editor"]).await;
+    let both = [("x-api-key", both.as_bytes())];
+    for query in [
+        "role=viewer&role=editor",
+        "role=viewer,editor",
+        "role=editor&other=x",
+    ] {
+        let path = format!("/api/auth?{query}");
+        assert_eq!(
+            app.call("GET", &path, &both, "").await.status,
+            200,
+            "{query}"
+        );
+    }
+    for query in ["role=viewer&role=editor", "role=editor,viewer"] {
+        let path = format!("/api/auth?{query}");
+        assert_eq!(
+            app.call("GET", &path, &key, "").await.status,
+            403,
+            "{query}"
+        );
+    }
     // Without a credential the role is never looked at.
     app.call("GET", "/api/auth?role=viewer", &[], "")
         .await

@@ -100,7 +100,7 @@ async fn bad_bodies_are_400_and_change_nothing() {
         ),
         (
             &format!(r#"{{"name": "n", "roles": ["r"], "expiryDate": {past}}}"#),
-            "must be in the future",
+            "expiryDate: must be in the future",
         ),
         (
             r#"{"name": "n", "roles": ["r"], "expiryDate": 9223372036854775807}"#,
