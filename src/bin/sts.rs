@@ -129,6 +129,7 @@ enum ContextCommand {
     List,
     #[command(about = "Make a context current")]
     Set {
+        /// Name of the context to make current.
         #[arg(short = 'n', long)]
         name: String,
     },
@@ -136,6 +137,7 @@ enum ContextCommand {
     Show,
     #[command(about = "Delete a context (not the current one)")]
     Delete {
+        /// Name of the context to delete.
         #[arg(short = 'n', long)]
         name: String,
     },
@@ -143,22 +145,42 @@ enum ContextCommand {
     Validate,
 }
 
+/// Whether the raw arguments ask for JSON output (`-o json`, `-ojson`,
+/// `-o=json`, `--output json`, `--output=json`): what argument errors are
+/// printed as when clap could not finish parsing.
+fn json_requested(args: &[String]) -> bool {
+    args.iter().enumerate().any(|(i, arg)| {
+        let next_is_json = || args.get(i + 1).is_some_and(|next| next == "json");
+        match arg.as_str() {
+            "-o" | "--output" => next_is_json(),
+            "-ojson" | "-o=json" | "--output=json" => true,
+            _ => false,
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // Everything else did nothing it was asked to, `sts service-token`
+        // alone (clap shows the help) included: a usage error.
         Err(e) => {
-            let _ = e.print();
+            let args: Vec<String> = std::env::args().collect();
+            if json_requested(&args) {
+                let printer = Printer {
+                    format: Format::Json,
+                    decorate: false,
+                    decorate_errors: false,
+                };
+                let message = e.render().to_string();
+                printer.error(&CliError::Usage(message.trim().to_owned()));
+            } else {
+                let _ = e.print();
+            }
             return ExitCode::from(exit::USAGE);
         }
     };

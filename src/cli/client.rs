@@ -9,7 +9,10 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
-use super::CliError;
+use super::{
+    CliError,
+    error::{TransportProblem, transport_problem},
+};
 use crate::error::with_causes;
 use crate::proto::{
     CreateRequest, DeleteRequest, InvalidReason, ListRequest, ServiceToken, ValidateRequest,
@@ -57,7 +60,22 @@ impl TlsOptions {
 pub struct Session {
     client: TokenServiceClient<Channel>,
     url: String,
+    https: bool,
     token: Option<String>,
+}
+
+/// A failed connection in one line that says what is most likely wrong;
+/// when plaintext got no gRPC answer, a TLS handshake tells whether the
+/// server wants https://.
+async fn explain(url: &str, https: bool, error: &dyn std::error::Error) -> CliError {
+    let problem = transport_problem(error, https);
+    let tls = matches!(problem, TransportProblem::NotGrpc | TransportProblem::Other)
+        && !https
+        && match origin(url) {
+            Ok((origin, _)) => super::insecure::speaks_tls(&origin).await,
+            Err(_) => false,
+        };
+    problem.explain(url, error, tls)
 }
 
 /// `scheme://host[:port]` of a context URL. gRPC lives at the root, so a path
@@ -90,6 +108,7 @@ impl Session {
             url: url.to_owned(),
             reason: with_causes(&e),
         };
+
         let origin_text = origin.clone();
         let insecure = https && tls.skip_ssl;
         // tonic refuses an https URI without its own TLS; with --skip-ssl the
@@ -115,12 +134,16 @@ impl Session {
                     .map_err(connect_error)?;
             }
             endpoint.connect().await
-        }
-        .map_err(connect_error)?;
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(e) => return Err(explain(url, https, &e).await),
+        };
         tracing::debug!(%origin_text, "connected");
         Ok(Session {
             client: TokenServiceClient::new(channel),
             url: url.to_owned(),
+            https,
             token,
         })
     }
@@ -147,8 +170,12 @@ impl Session {
         Ok(request)
     }
 
-    fn failed(&self, status: tonic::Status) -> CliError {
-        CliError::from_status(&status, &self.url)
+    async fn failed(&self, status: tonic::Status) -> CliError {
+        if let Some(answered) = CliError::from_status(&status, &self.url) {
+            return answered;
+        }
+        let cause: &dyn std::error::Error = std::error::Error::source(&status).unwrap_or(&status);
+        explain(&self.url, self.https, cause).await
     }
 
     /// Creates a token; returns the secret and its description.
@@ -157,12 +184,10 @@ impl Session {
         request: CreateRequest,
     ) -> Result<(String, ServiceToken), CliError> {
         let request = self.authorized(request)?;
-        let response = self
-            .client
-            .create(request)
-            .await
-            .map_err(|s| self.failed(s))?
-            .into_inner();
+        let response = match self.client.create(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
         let created = response
             .service_token
             .ok_or_else(|| CliError::Usage("the server's answer lacks the created token".into()))?;
@@ -178,12 +203,10 @@ impl Session {
                 page_size: LIST_PAGE_SIZE,
                 page_token,
             })?;
-            let page = self
-                .client
-                .list(request)
-                .await
-                .map_err(|s| self.failed(s))?
-                .into_inner();
+            let page = match self.client.list(request).await {
+                Ok(page) => page.into_inner(),
+                Err(status) => return Err(self.failed(status).await),
+            };
             tracing::debug!(tokens = page.service_tokens.len(), "list page");
             tokens.extend(page.service_tokens);
             if page.next_page_token.is_empty() {
@@ -195,27 +218,22 @@ impl Session {
 
     pub async fn delete(&mut self, id: u64) -> Result<(), CliError> {
         let request = self.authorized(DeleteRequest { id })?;
-        self.client
-            .delete(request)
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::NotFound => {
-                    CliError::NotFound(format!("service token {id} not found"))
-                }
-                _ => self.failed(s),
-            })?;
-        Ok(())
+        match self.client.delete(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Err(CliError::NotFound(format!("service token {id} not found")))
+            }
+            Err(status) => Err(self.failed(status).await),
+        }
     }
 
     /// Checks this session's own token with `Validate`.
     pub async fn validate_own_token(&mut self) -> Result<ServiceToken, CliError> {
         let token = self.token()?.to_owned();
-        let response = self
-            .client
-            .validate(ValidateRequest { token })
-            .await
-            .map_err(|s| self.failed(s))?
-            .into_inner();
+        let response = match self.client.validate(ValidateRequest { token }).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
         match response.service_token {
             Some(identity) if response.valid => Ok(identity),
             _ => Err(CliError::Auth {

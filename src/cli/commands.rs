@@ -235,20 +235,24 @@ pub async fn save_context(
 /// `sts context list`.
 pub fn list_contexts(globals: &Globals, printer: &Printer) -> Result<(), CliError> {
     let (config, _) = globals.load_config()?;
+    let current = |name: &str| config.current_context.as_deref() == Some(name);
     let rows = config
         .contexts
         .iter()
-        .map(|c| vec![c.name.clone(), c.context.url.clone()])
+        .map(|c| {
+            let marker = if current(&c.name) { "*" } else { "" };
+            vec![marker.to_owned(), c.name.clone(), c.context.url.clone()]
+        })
         .collect();
     let value = json!({
         "contexts": config.contexts.iter().map(|c| json!({
             "name": c.name,
             "url": c.context.url,
-            "current": config.current_context.as_deref() == Some(c.name.as_str()),
+            "current": current(&c.name),
         })).collect::<Vec<_>>(),
     });
     printer.table(
-        render_table(&["NAME", "URL"], rows),
+        render_table(&["CURRENT", "NAME", "URL"], rows),
         "No contexts found.",
         value,
     );

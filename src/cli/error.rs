@@ -16,8 +16,14 @@ pub enum CliError {
     Usage(String),
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// Something answers at the URL, but not an sts-server as addressed.
+    #[error("{0}")]
+    WrongServer(String),
     #[error("authentication failed at {url}: {reason}")]
     Auth { url: String, reason: String },
+    /// Authenticated, but the token may not do this.
+    #[error("{reason} (at {url})")]
+    Denied { url: String, reason: String },
     #[error("{0}")]
     NotFound(String),
 }
@@ -35,27 +41,101 @@ impl CliError {
         match self {
             CliError::Config(_) => exit::CONFIG,
             CliError::Usage(_) => exit::USAGE,
-            CliError::Connect { .. } | CliError::Auth { .. } => exit::CONNECT,
+            CliError::Connect { .. }
+            | CliError::WrongServer(_)
+            | CliError::Auth { .. }
+            | CliError::Denied { .. } => exit::CONNECT,
             CliError::NotFound(_) => exit::NOT_FOUND,
         }
     }
 
-    /// Classifies an RPC failure against the server at `url`.
-    pub fn from_status(status: &tonic::Status, url: &str) -> CliError {
-        let url = url.to_owned();
-        // tonic reports a failed connection as a status with a transport
-        // error as its source; a status the server sent has none.
+    /// Classifies an RPC failure against the server at `url`. A failure
+    /// of the connection itself (tonic gives it a transport error as its
+    /// source; a status the server sent has none) is `None`: the caller
+    /// explains it with [`transport_problem`], which may need to probe.
+    pub fn from_status(status: &tonic::Status, url: &str) -> Option<CliError> {
         if std::error::Error::source(status).is_some() {
-            return CliError::Connect {
-                url,
-                reason: with_causes(status),
-            };
+            return None;
         }
+        let url = url.to_owned();
         let reason = status.message().to_owned();
-        match status.code() {
-            Code::Unauthenticated | Code::PermissionDenied => CliError::Auth { url, reason },
+        Some(match status.code() {
+            Code::Unauthenticated => CliError::Auth { url, reason },
+            Code::PermissionDenied => CliError::Denied { url, reason },
             Code::NotFound => CliError::NotFound(reason),
             _ => CliError::Usage(format!("the server answered {:?}: {reason}", status.code())),
+        })
+    }
+}
+
+/// What a failed connection most likely means, from its chain of causes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportProblem {
+    /// https:// to a server that answered in plaintext.
+    NotTls,
+    /// Something answered, but not with gRPC over HTTP/2 (a plain HTTP
+    /// server, another protocol, or a TLS server spoken to in plaintext).
+    NotGrpc,
+    /// Nothing listens there.
+    Refused,
+    Other,
+}
+
+pub fn transport_problem(error: &dyn std::error::Error, https: bool) -> TransportProblem {
+    let text = with_causes(error);
+    let any = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    if https
+        && any(&[
+            "InvalidContentType",
+            "corrupt message",
+            "WrongVersion",
+            "InvalidMessage",
+        ])
+    {
+        TransportProblem::NotTls
+    } else if any(&["Connection refused", "os error 111"]) {
+        TransportProblem::Refused
+    } else if any(&[
+        "h2 protocol error",
+        "http2 error",
+        "frame with invalid size",
+        "invalid HTTP",
+        "GoAway",
+        "connection closed before message completed",
+        "unexpected end of file",
+        "Connection reset",
+        "broken pipe",
+        "stream closed",
+    ]) {
+        TransportProblem::NotGrpc
+    } else {
+        TransportProblem::Other
+    }
+}
+
+impl TransportProblem {
+    /// The one line the user reads; `tls` says whether a TLS handshake
+    /// succeeded where plaintext failed.
+    pub fn explain(self, url: &str, error: &dyn std::error::Error, tls: bool) -> CliError {
+        let wrong = |text: String| CliError::WrongServer(text);
+        match self {
+            TransportProblem::NotTls => wrong(format!(
+                "the server at {url} does not speak TLS: use http://"
+            )),
+            TransportProblem::NotGrpc | TransportProblem::Other if tls => {
+                wrong(format!("the server at {url} expects TLS: use https://"))
+            }
+            TransportProblem::NotGrpc => wrong(format!(
+                "the server at {url} does not speak gRPC over HTTP/2: is this the right port?"
+            )),
+            TransportProblem::Refused => CliError::Connect {
+                url: url.to_owned(),
+                reason: "nothing is listening there (connection refused): is sts-server running, and is this the right port?".into(),
+            },
+            TransportProblem::Other => CliError::Connect {
+                url: url.to_owned(),
+                reason: with_causes(error),
+            },
         }
     }
 }

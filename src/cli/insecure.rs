@@ -56,6 +56,21 @@ pub fn connector()
     })
 }
 
+/// Whether a TLS server answers at `origin` (`http://host:port`): a
+/// handshake that completes within a few seconds, certificate unchecked
+/// (this only tells the user which scheme to use; nothing is sent).
+pub async fn speaks_tls(origin: &str) -> bool {
+    use tower::ServiceExt as _;
+    let Ok(uri) = origin.parse::<Uri>() else {
+        return false;
+    };
+    let handshake = connector().oneshot(uri);
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), handshake).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Accepts every certificate; verifies handshake signatures with `0`.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);

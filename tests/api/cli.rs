@@ -236,7 +236,25 @@ async fn create_takes_roles_in_both_forms_and_an_expiration_date() {
         .to_owned();
     assert!(row.ends_with("| 2099-12-31 | [a b c]"), "{row}");
 
-    for bad in ["2000-01-01", "31-12-2099", "soon"] {
+    // The last day the server accepts: a date, not "never expires".
+    terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "-n",
+            "far",
+            "--roles",
+            "r",
+            "--expiration",
+            "9999-12-31",
+        ])
+        .await
+        .ok();
+    let listed = terminal.sts(&["service-token", "list"]).await.ok();
+    let row = listed.stdout.lines().find(|l| l.contains(" far ")).unwrap();
+    assert!(row.ends_with("| 9999-12-31 | [r]"), "{row}");
+
+    for bad in ["2000-01-01", "31-12-2099", "soon", "10000-01-01"] {
         let run = terminal
             .sts(&[
                 "service-token",
@@ -345,19 +363,20 @@ async fn contexts_can_be_listed_switched_shown_and_deleted() {
 
     let listed = terminal.sts(&["context", "list"]).await.ok();
     let lines: Vec<&str> = listed.stdout.lines().collect();
-    assert_eq!(
-        lines[0].split('|').map(str::trim).collect::<Vec<_>>(),
-        ["NAME", "URL"]
+    let rows: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows[0], ["CURRENT", "NAME", "URL"]);
+    // The last saved context is current, and marked.
+    let local_url = format!("http://{}", app.addr);
+    assert!(
+        rows.contains(&vec!["", "local", local_url.as_str()]),
+        "{rows:?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("local ") && l.ends_with(&format!("http://{}", app.addr)))
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("other ") && l.ends_with(&other_url))
+        rows.contains(&vec!["*", "other", other_url.as_str()]),
+        "{rows:?}"
     );
 
     // The last saved context is current: the trailing slash URL works.
@@ -580,6 +599,37 @@ async fn exit_codes_follow_stackstate() {
         3
     );
     assert_eq!(terminal.sts(&["no-such-command"]).await.code, 3);
+    // A group without its subcommand did nothing: not a success.
+    let run = terminal.sts(&["service-token"]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("Usage"), "{}", run.stderr);
+    // In JSON mode an argument error is JSON too, wherever -o comes.
+    for args in [
+        &["-o", "json", "service-token", "create", "--name", "x"][..],
+        &["service-token", "create", "--name", "x", "--output=json"][..],
+        &["service-token", "delete", "abc", "-ojson"][..],
+    ] {
+        let run = terminal.sts(args).await;
+        assert_eq!(run.code, 3, "{args:?}");
+        let error: serde_json::Value = serde_json::from_str(&run.stderr)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", run.stderr));
+        assert_eq!(error["error"], true);
+        assert!(
+            error["error-message"].as_str().unwrap().contains("error:"),
+            "{error}"
+        );
+    }
+    for command in [
+        &["context", "set", "--help"][..],
+        &["context", "delete", "--help"][..],
+    ] {
+        let help = terminal.sts(command).await.ok().stdout;
+        let name = help
+            .lines()
+            .find(|l| l.contains("-n, --name <NAME>"))
+            .unwrap();
+        assert!(name.contains("Name of the context"), "{help}");
+    }
     terminal.log_in(&app).await;
     let run = terminal
         .sts(&["service-token", "create", "--name", "x", "--roles", "a b"])
@@ -629,6 +679,17 @@ async fn exit_codes_follow_stackstate() {
         ])
         .await;
     assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the caller's service token lacks the `stackstate-admin` role"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("authentication failed"),
+        "{}",
+        run.stderr
+    );
 
     // 8: not found.
     let run = terminal.sts(&["service-token", "delete", "42"]).await;
@@ -862,4 +923,64 @@ async fn list_pages_through_everything_with_a_config_path_context_env_and_url_pa
         !run.stderr.contains(&app.admin_token[7..]),
         "no secret in logs"
     );
+}
+
+#[tokio::test]
+async fn a_url_that_is_not_an_sts_server_is_explained_in_one_line() {
+    // A plain HTTP/1.1 server, as any web server on the wrong port.
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = web.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let plain = spawn_app().await;
+    let tls = crate::helpers::spawn_tls_app().await;
+    let terminal = Terminal::new();
+    let cases = [
+        (
+            format!("http://{web_addr}"),
+            "does not speak gRPC over HTTP/2: is this the right port?",
+        ),
+        (
+            format!("https://{}", plain.addr),
+            "does not speak TLS: use http://",
+        ),
+        (
+            format!("http://localhost:{}", tls.addr.port()),
+            "expects TLS: use https://",
+        ),
+    ];
+    for (url, says) in cases {
+        for output in [&[][..], &["-o", "json"][..]] {
+            let mut args = vec![
+                "service-token",
+                "list",
+                "--url",
+                &url,
+                "--service-token",
+                &plain.admin_token,
+            ];
+            args.extend_from_slice(output);
+            let run = terminal.sts(&args).await;
+            assert_eq!(run.code, 4, "{url}: {}", run.stderr);
+            assert!(run.stderr.contains(says), "{url}: {}", run.stderr);
+            assert!(run.stderr.contains(&url), "{url}: {}", run.stderr);
+            assert_eq!(
+                run.stderr.trim_end().lines().count(),
+                1,
+                "{url}: {}",
+                run.stderr
+            );
+            assert!(!run.stderr.contains("tonic"), "{url}: {}", run.stderr);
+        }
+    }
 }
