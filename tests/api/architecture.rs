@@ -312,3 +312,13 @@ fn every_file_says_what_it_holds_and_the_code_map_names_it() {
         }
     }
 }
+
+#[test]
+fn the_license_cargo_toml_declares_ships_with_the_source() {
+    let manifest = std::fs::read_to_string(Path::new(ROOT).join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("license = \"Apache-2.0\""));
+    let license = std::fs::read_to_string(Path::new(ROOT).join("LICENSE")).unwrap();
+    assert!(license.trim_start().starts_with("Apache License"));
+    assert!(license.contains("Version 2.0, January 2004"));
+    assert!(license.contains("END OF TERMS AND CONDITIONS"));
+}
