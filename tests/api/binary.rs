@@ -502,3 +502,24 @@ async fn one_server_serves_every_address_it_was_given() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[test]
+fn each_command_lists_only_the_flags_it_uses() {
+    let help = |command: &str| {
+        let output = sts_server().args([command, "--help"]).output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap()
+    };
+    for command in ["export", "import"] {
+        let text = help(command);
+        assert!(!text.contains("--admin-role"), "{command}: {text}");
+        assert!(
+            text.contains("--store") && text.contains("--data-dir"),
+            "{command}: {text}"
+        );
+    }
+    assert!(!help("export").contains("--disk-reserve-mib"));
+    let serve = help("serve");
+    assert!(serve.contains("gRPC and HTTP"), "{serve}");
+    assert!(serve.contains("--shutdown-delay"), "{serve}");
+}
