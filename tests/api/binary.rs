@@ -11,6 +11,17 @@ use crate::{
     process::{ServerProcess, sts_server},
 };
 
+/// A `Validate` over a new connection to `addr` gets its answer.
+async fn answers_validate(addr: std::net::SocketAddr) {
+    let answer = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await)
+        .validate(sts::proto::ValidateRequest {
+            token: "nope".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().reason(), InvalidReason::Malformed);
+}
+
 #[tokio::test]
 async fn bootstrap_prints_a_working_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,14 +96,7 @@ async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(status.into_inner().status(), ServingStatus::Serving);
-    let validation = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await)
-        .validate(sts::proto::ValidateRequest {
-            token: "nope".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(validation.reason(), InvalidReason::Malformed);
+    answers_validate(addr).await;
 
     let asked = std::time::Instant::now();
     let (exit, log) = server.terminate().await;
@@ -386,13 +390,7 @@ async fn a_host_name_is_served_on_every_address_it_resolves_to() {
         if std::net::TcpListener::bind((address.ip(), 0)).is_err() {
             continue;
         }
-        let mut client =
-            sts::proto::token_service_client::TokenServiceClient::new(channel(address).await);
-        let answer = client
-            .validate(sts::proto::ValidateRequest { token: "x".into() })
-            .await
-            .unwrap();
-        assert!(!answer.into_inner().valid);
+        answers_validate(address).await;
         reached += 1;
     }
     assert!(reached >= 1);
@@ -439,12 +437,7 @@ async fn on_sigterm_readiness_turns_first_while_calls_are_still_served() {
     .await;
     // Still serving, over a new connection: a load balancer that has not
     // caught up yet loses nothing.
-    let mut client = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await);
-    let answer = client
-        .validate(sts::proto::ValidateRequest { token: "x".into() })
-        .await
-        .unwrap();
-    assert_eq!(answer.into_inner().reason(), InvalidReason::Malformed);
+    answers_validate(addr).await;
     let mut health = HealthClient::new(channel(addr).await);
     let status = health
         .check(HealthCheckRequest {
@@ -491,13 +484,7 @@ async fn one_server_serves_every_address_it_was_given() {
         },
     ));
     for address in addresses {
-        let mut client =
-            sts::proto::token_service_client::TokenServiceClient::new(channel(address).await);
-        let answer = client
-            .validate(sts::proto::ValidateRequest { token: "x".into() })
-            .await
-            .unwrap();
-        assert_eq!(answer.into_inner().reason(), InvalidReason::Malformed);
+        answers_validate(address).await;
     }
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
