@@ -165,20 +165,29 @@ impl StoreUrl {
                 shown: redacted(parsed),
             });
         }
-        let passwords = parsed
-            .password()
-            .filter(|p| !p.is_empty())
-            .map(|raw| {
-                let decoded = url::form_urlencoded::parse(format!("p={raw}").as_bytes())
-                    .next()
-                    .map(|(_, p)| p.into_owned())
-                    .unwrap_or_default();
-                let mut passwords = vec![raw.to_owned(), decoded];
-                passwords.retain(|p| !p.is_empty());
-                passwords.dedup();
-                passwords
-            })
-            .unwrap_or_default();
+        // The password may sit in the user info or (sqlx reads it there
+        // too) in a `password` query parameter; each is kept as written
+        // and percent-decoded.
+        let mut passwords: Vec<String> = Vec::new();
+        let mut keep = |raw: &str| {
+            let decoded = percent_encoding::percent_decode_str(raw)
+                .decode_utf8_lossy()
+                .into_owned();
+            for password in [raw.to_owned(), decoded] {
+                if !password.is_empty() && !passwords.contains(&password) {
+                    passwords.push(password);
+                }
+            }
+        };
+        if let Some(password) = parsed.password() {
+            keep(password);
+        }
+        for pair in parsed.query().unwrap_or_default().split('&') {
+            if let Some(raw) = pair.strip_prefix("password=") {
+                keep(raw);
+                keep(&raw.replace('+', " "));
+            }
+        }
         Ok(StoreUrl {
             url: text.to_owned(),
             passwords,
@@ -206,6 +215,20 @@ fn redacted(mut url: url::Url) -> String {
     if url.password().is_some() {
         // Only URLs that cannot hold a password refuse one, and this one does.
         let _ = url.set_password(Some(HIDDEN));
+    }
+    if url.query_pairs().any(|(name, _)| name == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if name == "password" {
+                    HIDDEN.into()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
 }
@@ -268,6 +291,12 @@ mod tests {
             "auth failed: *** / ***"
         );
         assert_eq!(url.with_password(), "postgres://u:s3cret%40pw@db:5432/x");
+
+        // sqlx also takes the password as a query parameter.
+        let url = StoreUrl::parse("postgres://u@db/x?sslmode=disable&password=q%2Bw+e").unwrap();
+        assert!(!url.to_string().contains("q%2Bw"), "{url}");
+        assert!(url.to_string().contains("password=***"), "{url}");
+        assert_eq!(url.scrub("said q+w e and q%2Bw+e"), "said *** and ***");
     }
 
     #[test]
