@@ -67,6 +67,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     child: Option<Child>,
     log: Option<JoinHandle<Vec<String>>>,
+    /// When the line saying the server stopped was read.
+    pub stopped_at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
 }
 
 impl Drop for ServerProcess {
@@ -110,11 +112,16 @@ impl ServerProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (address_tx, address_rx) = mpsc::channel();
+        let stopped_at = std::sync::Arc::new(std::sync::OnceLock::new());
+        let seen_stopping = stopped_at.clone();
         let log = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = served_address(&line) {
                     let _ = address_tx.send(addr);
+                }
+                if line.contains("stopped") {
+                    let _ = seen_stopping.set(std::time::Instant::now());
                 }
                 lines.push(line);
             }
@@ -127,6 +134,7 @@ impl ServerProcess {
                 addr,
                 child: Some(child),
                 log: Some(log),
+                stopped_at,
             },
             Err(_) => {
                 let _ = child.kill();
