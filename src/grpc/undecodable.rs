@@ -96,17 +96,24 @@ where
 
     fn call(&mut self, request: Request<B>) -> Watched<S::Future> {
         let (rpc, management) = method(&request);
-        let headers = request.headers();
+        // Who asked matters only for the audit of a management call;
+        // `Validate`, the hot path, keeps nothing but its name.
+        let header = |name| {
+            management
+                .then(|| request.headers().get(name).cloned())
+                .flatten()
+        };
         let call = Call {
             rpc,
             management,
-            authorization: headers.get(http::header::AUTHORIZATION).cloned(),
-            x_api_key: headers.get("x-api-key").cloned(),
+            authorization: header(http::header::AUTHORIZATION.as_str()),
+            x_api_key: header("x-api-key"),
             source: request
                 .extensions()
                 .get::<TcpConnectInfo>()
                 .and_then(TcpConnectInfo::remote_addr)
-                .map(|a| a.ip()),
+                .map(|a| a.ip())
+                .filter(|_| management),
         };
         Watched {
             inner: self.inner.call(request),

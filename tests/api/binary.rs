@@ -11,6 +11,18 @@ use crate::{
     process::{ServerProcess, sts_server},
 };
 
+/// The TokenService's gRPC health at `addr`, over a new connection.
+async fn health_of(addr: std::net::SocketAddr) -> ServingStatus {
+    let mut health = HealthClient::new(channel(addr).await);
+    let answer = health
+        .check(HealthCheckRequest {
+            service: SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap();
+    answer.into_inner().status()
+}
+
 /// A `Validate` over a new connection to `addr` gets its answer.
 async fn answers_validate(addr: std::net::SocketAddr) {
     let answer = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await)
@@ -88,14 +100,7 @@ async fn serve_reports_serving_and_stops_cleanly_on_sigterm() {
     let server = ServerProcess::start(dir.path()).await;
     let addr = server.addr;
 
-    let mut health = HealthClient::new(channel(addr).await);
-    let status = health
-        .check(HealthCheckRequest {
-            service: SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(status.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(health_of(addr).await, ServingStatus::Serving);
     answers_validate(addr).await;
 
     let stopped_at = server.stopped_at.clone();
@@ -439,14 +444,7 @@ async fn on_sigterm_readiness_turns_first_while_calls_are_still_served() {
     // Still serving, over a new connection: a load balancer that has not
     // caught up yet loses nothing.
     answers_validate(addr).await;
-    let mut health = HealthClient::new(channel(addr).await);
-    let status = health
-        .check(HealthCheckRequest {
-            service: SERVICE_NAME.into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(status.into_inner().status(), ServingStatus::NotServing);
+    assert_eq!(health_of(addr).await, ServingStatus::NotServing);
     assert!(!exited.is_finished(), "the delay was not waited");
 
     let (status, log) = exited.await.unwrap();
