@@ -30,6 +30,7 @@ mod http_tokens;
 mod list;
 mod migrate;
 mod properties;
+mod proxies;
 mod reflection;
 mod replicas;
 mod same_port;

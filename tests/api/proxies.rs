@@ -1,0 +1,276 @@
+//! Real reverse proxies in front of a real server, running the
+//! configuration files we ship (`examples/`): what a request through them
+//! gets, and what the service behind them sees.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::helpers::spawn_app;
+
+/// Set (by `.ci/run`) to make a missing proxy program a failure, not a skip.
+const REQUIRE_VAR: &str = "STS_TEST_REQUIRE_PROXIES";
+
+/// The program `name` on the PATH or in /usr/sbin; `None` (saying so)
+/// where it is missing and not required.
+fn program(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os(REQUIRE_VAR).is_none(),
+            "{name} is missing and {REQUIRE_VAR} is set"
+        );
+        eprintln!("skipping: {name} is not installed (Debian package {name})");
+    }
+    found
+}
+
+/// A service behind the proxy: answers every request 200 with the request
+/// head it received as the body, so a test can see what the proxy sent.
+async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.write_all(&head).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A free port on 127.0.0.1 for a program that binds its own.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx running `examples/nginx.conf` (addresses changed to this test's)
+/// in a directory of its own; stopped when dropped.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nginx {
+    async fn start(nginx: &Path, sts: SocketAddr, backend: SocketAddr) -> Nginx {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx.conf"),
+        )
+        .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let site = [
+            ("server 127.0.0.1:7070;", format!("server {sts};")),
+            ("server 127.0.0.1:8080;", format!("server {backend};")),
+            ("listen 127.0.0.1:8000;", format!("listen {addr};")),
+        ]
+        .iter()
+        .fold(example, |text, (from, to)| {
+            assert!(
+                text.contains(from),
+                "examples/nginx.conf no longer has {from}"
+            );
+            text.replace(from, to)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("site.conf"), site).unwrap();
+        // The least a main configuration needs to run unprivileged files in
+        // a directory of its own, with the example included as shipped.
+        let user = if rustix::process::geteuid().is_root() {
+            "user root root;"
+        } else {
+            ""
+        };
+        let main = format!(
+            "{user}
+daemon off;
+master_process off;
+pid {pid};
+error_log {error} info;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    include {site};
+}}
+",
+            pid = path("nginx.pid"),
+            error = path("error.log"),
+            temp = dir.path().display(),
+            site = path("site.conf"),
+        );
+        std::fs::write(path("nginx.conf"), main).unwrap();
+        let child = Command::new(nginx)
+            .args([
+                "-p",
+                &dir.path().display().to_string(),
+                "-c",
+                &path("nginx.conf"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = path("error.log");
+        let child = std::sync::Mutex::new(child);
+        crate::helpers::eventually("nginx listens", || async {
+            if let Ok(Some(status)) = child.lock().unwrap().try_wait() {
+                panic!(
+                    "nginx exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        Nginx {
+            child: child.into_inner().unwrap(),
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_the_secret() {
+    let Some(nginx) = program("nginx") else {
+        return;
+    };
+    let app = spawn_app().await;
+    let backend = echo_backend().await;
+    let proxy = Nginx::start(&nginx, app.addr, backend).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = http.get(format!("http://{}{path}", proxy.addr));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+
+    // No credential, a malformed or an unknown one: refused, and the
+    // backend never sees the request.
+    let unknown = sts::token::Token::generate();
+    for headers in [
+        &[][..],
+        &[("x-api-key", "svctok-nope")][..],
+        &[("x-api-key", unknown.expose_secret())][..],
+    ] {
+        let answer = get("/anything", headers).await.unwrap();
+        assert_eq!(answer.status(), 401, "{headers:?}");
+    }
+
+    // A valid token, in either header form: through, with the identity
+    // sts-server vouched for and without the secret.
+    let (secret, created) = app.create("ci-runner", &["builder"]).await;
+    let authorization = format!("ApiKey {secret}");
+    for credential in [
+        ("x-api-key", secret.as_str()),
+        ("authorization", authorization.as_str()),
+    ] {
+        let answer = get(
+            "/builds/42",
+            &[
+                credential,
+                // A client trying to pass itself off as someone else.
+                ("x-service-token-name", "root"),
+                ("x-service-token-roles", "admin"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status(), 200);
+        let seen = answer.text().await.unwrap().to_ascii_lowercase();
+        assert!(seen.starts_with("get /builds/42 "), "{seen}");
+        assert!(
+            seen.contains(&format!("x-service-token-id: {}\r\n", created.id)),
+            "{seen}"
+        );
+        assert!(
+            seen.contains("x-service-token-name: ci-runner\r\n"),
+            "{seen}"
+        );
+        assert!(
+            seen.contains("x-service-token-roles: builder\r\n"),
+            "{seen}"
+        );
+        assert!(!seen.contains("root") && !seen.contains("admin"), "{seen}");
+        assert!(
+            !seen.contains(&secret[7..].to_ascii_lowercase()),
+            "the secret reached the backend: {seen}"
+        );
+        assert!(
+            !seen.contains("x-api-key") && !seen.contains("authorization"),
+            "{seen}"
+        );
+    }
+
+    // A location that needs a role: 403 without it, 200 with it.
+    let answer = get("/reports/q3", &[("x-api-key", &secret)]).await.unwrap();
+    assert_eq!(answer.status(), 403);
+    let (reader, _) = app.create("reader", &["reports-reader"]).await;
+    let answer = get("/reports/q3", &[("x-api-key", &reader)]).await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // Deleting the token shuts the door at once.
+    app.client
+        .clone()
+        .delete(app.admin(sts::proto::DeleteRequest { id: created.id }))
+        .await
+        .unwrap();
+    let answer = get("/builds/42", &[("x-api-key", &secret)]).await.unwrap();
+    assert_eq!(answer.status(), 401);
+}
+
+#[test]
+fn the_readme_shows_the_shipped_nginx_example_as_it_is() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("examples/nginx.conf")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```nginx\n{example}```")),
+        "README.md's nginx block differs from examples/nginx.conf"
+    );
+}
