@@ -138,6 +138,8 @@ pub enum StoreConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreUrl {
     url: String,
+    /// The URL with its password replaced: all that is ever shown.
+    shown: String,
     /// The password as written and percent-decoded: what a driver's message
     /// might quote, so both are scrubbed from error text.
     passwords: Vec<String>,
@@ -190,6 +192,7 @@ impl StoreUrl {
         }
         Ok(StoreUrl {
             url: text.to_owned(),
+            shown: redacted(parsed),
             passwords,
         })
     }
@@ -235,10 +238,7 @@ fn redacted(mut url: url::Url) -> String {
 
 impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match url::Url::parse(&self.url) {
-            Ok(url) => f.write_str(&redacted(url)),
-            Err(_) => f.write_str("<unparsable URL>"),
-        }
+        f.write_str(&self.shown)
     }
 }
 

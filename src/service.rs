@@ -176,18 +176,8 @@ impl TokenService {
             }
             Err((caller, refused)) => (caller, Err(refused)),
         };
-        match (&result, &caller) {
-            (Err(error), Some(caller)) => tracing::warn!(
-                target: AUDIT,
-                rpc = rpc.as_str(),
-                outcome = error.kind().as_str(),
-                caller.id = caller.id.get(),
-                caller.name = caller.name.as_str(),
-                source = source.map(tracing::field::display),
-                reason = %error,
-                "management call refused"
-            ),
-            (Err(error), None) => self.refusals.record(Refusal {
+        if let Err(error) = &result {
+            let refusal = Refusal {
                 rpc: rpc.as_str(),
                 source,
                 reason: match error {
@@ -197,8 +187,8 @@ impl TokenService {
                 },
                 outcome: error.kind().as_str(),
                 detail: error,
-            }),
-            (Ok(_), _) => {}
+            };
+            self.audit_refusal(refusal, caller.as_ref());
         }
         let status = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "OK");
         self.metrics.management_call(rpc.as_str(), status);
@@ -221,25 +211,34 @@ impl TokenService {
             return;
         }
         const REASON: &str = "the request is not a valid protobuf message";
-        match self.authenticate(presented).await {
-            Ok(caller) => tracing::warn!(
-                target: AUDIT,
-                rpc,
-                outcome = "INTERNAL",
-                caller.id = caller.id.get(),
-                caller.name = caller.name.as_str(),
-                source = source.map(tracing::field::display),
-                reason = REASON,
-                "management call refused"
-            ),
-            Err(_) => self.refusals.record(Refusal {
-                rpc,
-                source,
-                reason: "undecodable",
-                outcome: "INTERNAL",
-                detail: &REASON,
-            }),
-        }
+        let caller = self.authenticate(presented).await.ok();
+        let refusal = Refusal {
+            rpc,
+            source,
+            reason: "undecodable",
+            outcome: "INTERNAL",
+            detail: &REASON,
+        };
+        self.audit_refusal(refusal, caller.as_ref());
+    }
+
+    /// The audit event of a refused management call: its own event when
+    /// the caller is known (they cannot multiply themselves at will),
+    /// aggregated with the others' otherwise.
+    fn audit_refusal(&self, refusal: Refusal<'_>, caller: Option<&ServiceToken>) {
+        let Some(caller) = caller else {
+            return self.refusals.record(refusal);
+        };
+        tracing::warn!(
+            target: AUDIT,
+            rpc = refusal.rpc,
+            outcome = refusal.outcome,
+            caller.id = caller.id.get(),
+            caller.name = caller.name.as_str(),
+            source = refusal.source.map(tracing::field::display),
+            reason = %refusal.detail,
+            "management call refused"
+        );
     }
 
     /// The one validation path: parse (checksum, no store access), hash, one

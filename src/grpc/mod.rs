@@ -3,9 +3,9 @@
 
 mod undecodable;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     credential,
@@ -36,8 +36,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
-        let source = request.remote_addr().map(|a| a.ip());
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, source, message) = parts(request);
         let presented = credential::presented(metadata.as_ref());
         let (token, created) = self
             .service
@@ -55,8 +54,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let source = request.remote_addr().map(|a| a.ip());
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, source, request) = parts(request);
         let presented = credential::presented(metadata.as_ref());
         let page = self
             .service
@@ -81,8 +79,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let source = request.remote_addr().map(|a| a.ip());
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, source, message) = parts(request);
         let presented = credential::presented(metadata.as_ref());
         self.service
             .manage(Rpc::Delete, presented, source, |admin| async move {
@@ -101,6 +98,14 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         let validation = self.service.validate(&request.get_ref().token).await?;
         Ok(Response::new(validation.into()))
     }
+}
+
+/// What a management call needs of its request: the metadata (where the
+/// credential is), the peer's address (for the audit) and the message.
+fn parts<T>(request: Request<T>) -> (MetadataMap, Option<IpAddr>, T) {
+    let source = request.remote_addr().map(|a| a.ip());
+    let (metadata, _, message) = request.into_parts();
+    (metadata, source, message)
 }
 
 fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
