@@ -8,8 +8,9 @@ use std::{env, fs, path::PathBuf};
 use prost::Message as _;
 
 const PROTOS: &[&str] = &["stackstate/servicetoken/v1/service_token.proto"];
-const SECRET_MESSAGES: [&str; 2] = [
+const SECRET_MESSAGES: [&str; 3] = [
     ".stackstate.servicetoken.v1.CreateResponse",
+    ".stackstate.servicetoken.v1.RotateResponse",
     ".stackstate.servicetoken.v1.ValidateRequest",
 ];
 
@@ -33,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .codec_path("crate::proto::codec::ProstCodec")
         .skip_debug(SECRET_MESSAGES)
+        // Labels print and compare in key order.
+        .btree_map(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! The Validate cache: found tokens by hash, so a hot token costs no store
-//! lookup. Only positive answers are kept (a token created on another
+//! The Validate cache: found tokens by hash (the current secret's, or the
+//! previous one's during a rotation's grace period), so a hot token costs no
+//! store lookup. Only positive answers are kept (a token created on another
 //! replica must validate at once), and an entry never outlives a delete:
 //!
-//! - Deletes through this process invalidate before they are acknowledged;
+//! - Deletes and changes through this process invalidate (every hash of
+//!   the token) before they are acknowledged;
 //!   a generation counter stops a lookup that raced a delete from putting
 //!   the deleted token back.
 //! - Deletes through other processes (a shared database) arrive through the
@@ -41,7 +43,8 @@ pub struct ValidationCache {
 #[derive(Default)]
 struct Entries {
     by_hash: HashMap<[u8; 32], StoredToken>,
-    by_id: HashMap<u64, [u8; 32]>,
+    /// The hashes each token is cached under: one per secret looked up.
+    by_id: HashMap<u64, Vec<[u8; 32]>>,
 }
 
 enum Freshness {
@@ -103,9 +106,9 @@ impl ValidationCache {
         entries.by_hash.get(hash.as_bytes()).cloned()
     }
 
-    /// Keeps what a store lookup found, unless anything was invalidated
-    /// since `ticket` was taken.
-    pub fn fill(&self, ticket: Ticket, stored: &StoredToken) {
+    /// Keeps what a store lookup by `hash` found, unless anything was
+    /// invalidated since `ticket` was taken.
+    pub fn fill(&self, ticket: Ticket, hash: &TokenHash, stored: &StoredToken) {
         if !self.usable() {
             return;
         }
@@ -117,15 +120,18 @@ impl ValidationCache {
         if entries.by_hash.len() >= self.capacity {
             *entries = Entries::default();
         }
-        let hash = *stored.hash.as_bytes();
-        entries.by_id.insert(stored.token.id.get(), hash);
+        let hash = *hash.as_bytes();
+        let hashes = entries.by_id.entry(stored.token.id.get()).or_default();
+        if !hashes.contains(&hash) {
+            hashes.push(hash);
+        }
         entries.by_hash.insert(hash, stored.clone());
     }
 
     pub fn invalidate(&self, id: TokenId) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
-        if let Some(hash) = entries.by_id.remove(&id.get()) {
+        for hash in entries.by_id.remove(&id.get()).unwrap_or_default() {
             entries.by_hash.remove(&hash);
         }
     }
@@ -194,9 +200,9 @@ mod tests {
         let ticket = cache.ticket();
         // The delete lands between the store lookup and the fill.
         cache.invalidate(entry.token.id);
-        cache.fill(ticket, &entry);
+        cache.fill(ticket, &entry.hash, &entry);
         assert!(cache.get(&entry.hash).is_none());
-        cache.fill(cache.ticket(), &entry);
+        cache.fill(cache.ticket(), &entry.hash, &entry);
         assert_eq!(cache.get(&entry.hash), Some(entry.clone()));
         cache.invalidate(entry.token.id);
         assert!(cache.get(&entry.hash).is_none());
@@ -206,10 +212,10 @@ mod tests {
     async fn a_confirmed_cache_is_trusted_only_until_its_confirmation_runs_out() {
         let cache = ValidationCache::confirmed();
         let entry = stored();
-        cache.fill(cache.ticket(), &entry);
+        cache.fill(cache.ticket(), &entry.hash, &entry);
         assert!(cache.is_empty(), "no confirmation yet: nothing kept");
         cache.confirm_until(Instant::now() + Duration::from_millis(100));
-        cache.fill(cache.ticket(), &entry);
+        cache.fill(cache.ticket(), &entry.hash, &entry);
         assert!(cache.get(&entry.hash).is_some());
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(cache.get(&entry.hash).is_none(), "stale: not trusted");
@@ -221,12 +227,27 @@ mod tests {
     }
 
     #[test]
+    fn invalidating_a_token_drops_it_under_every_hash() {
+        let cache = ValidationCache::local();
+        let mut entry = stored();
+        let previous = crate::token::Token::generate().hash();
+        entry.previous_hash = Some(previous);
+        cache.fill(cache.ticket(), &entry.hash, &entry);
+        cache.fill(cache.ticket(), &previous, &entry);
+        assert!(cache.get(&previous).is_some());
+        cache.invalidate(entry.token.id);
+        assert!(cache.get(&entry.hash).is_none());
+        assert!(cache.get(&previous).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
     fn a_full_cache_starts_over() {
         let mut cache = ValidationCache::local();
         cache.capacity = 2;
         let entries: Vec<StoredToken> = (0..3).map(|_| stored()).collect();
         for entry in &entries {
-            cache.fill(cache.ticket(), entry);
+            cache.fill(cache.ticket(), &entry.hash, entry);
         }
         assert_eq!(cache.len(), 1);
         assert!(cache.get(&entries[2].hash).is_some());

@@ -20,6 +20,9 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Refusals of unauthenticated management calls are summarized this often.
 pub const DEFAULT_REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// How precisely last-used times are kept: at most one store write per
+/// token per this long (zero turns tracking off).
+pub const DEFAULT_LAST_USED_RESOLUTION: Duration = Duration::from_secs(60);
 /// Largest request accepted (a gRPC message, an HTTP body). Every valid
 /// request is far smaller; a bigger one is refused instead of buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -54,6 +57,9 @@ pub struct ServiceConfig {
     /// How often refusals of unauthenticated management calls are written
     /// to the audit log as counts (see `refusals`).
     pub refusal_summary_interval: Duration,
+    /// Last-used times are written at most once per token per this long;
+    /// zero turns tracking off.
+    pub last_used_resolution: Duration,
 }
 
 impl ServiceConfig {
@@ -64,6 +70,7 @@ impl ServiceConfig {
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
+            last_used_resolution: DEFAULT_LAST_USED_RESOLUTION,
         }
     }
 }

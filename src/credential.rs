@@ -34,6 +34,8 @@ pub enum AuthError {
     NotFound,
     #[error("the service token has expired")]
     Expired,
+    #[error("the service token is disabled")]
+    Disabled,
 }
 
 impl AuthError {
@@ -49,6 +51,7 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed",
             AuthError::NotFound => "not_found",
             AuthError::Expired => "expired",
+            AuthError::Disabled => "disabled",
         }
     }
 }

@@ -23,6 +23,15 @@ pub enum Error {
     PermissionDenied(Role),
     #[error("the request is larger than the {limit} bytes allowed")]
     TooLarge { limit: usize },
+    /// The lockout rule: no change may leave nobody able to manage tokens.
+    #[error(
+        "refused: {what} service token {id} would leave no enabled, unexpired token with the `{role}` role, and nobody could manage tokens any more; create another admin token first"
+    )]
+    Lockout {
+        what: &'static str,
+        id: TokenId,
+        role: Role,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -35,6 +44,7 @@ pub enum ErrorKind {
     NotFound,
     Unauthenticated,
     PermissionDenied,
+    FailedPrecondition,
     ResourceExhausted,
     Unavailable,
     Internal,
@@ -48,6 +58,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "NOT_FOUND",
             ErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
             ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Internal => "INTERNAL",
@@ -83,6 +94,7 @@ impl Error {
             Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::Lockout { .. } => ErrorKind::FailedPrecondition,
             Error::Store(
                 StoreError::Locked { .. }
                 | StoreError::Exposed { .. }
@@ -153,6 +165,7 @@ impl From<Error> for tonic::Status {
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,

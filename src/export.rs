@@ -1,15 +1,19 @@
 //! Moving tokens between stores (sled to PostgreSQL, a backup and back) as
 //! JSON lines: one token per line with its id, the hash of its secret (never
-//! the secret, which no store has) and its description.
+//! the secret, which no store has; during a rotation's grace period the
+//! previous secret's hash too) and every other field. Fields at their
+//! default (no description, no labels, enabled, never used...) are left
+//! out, so an export of the first release imports as it is.
 //!
 //! ```json
-//! {"id":4503599627370495,"token_hash":"9f86…","name":"ci","roles":["deployer"],"created_at":"2026-11-28T10:00:00.123456Z","expiration":"2027-01-01T00:00:00Z"}
+//! {"id":4503599627370495,"token_hash":"9f86…","name":"ci","roles":["deployer"],"created_at":"2026-11-28T10:00:00.123456Z","expiration":"2027-01-01T00:00:00Z","labels":{"team":"ci"},"created_by":"bootstrap","updated_at":"2026-11-28T10:00:00.123456Z"}
 //! ```
 //!
 //! Importing keeps ids and hashes, so every exported token keeps working;
 //! a token already there is left alone, so an import can be repeated.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead, Write},
     time::SystemTime,
 };
@@ -48,6 +52,28 @@ struct Line {
     created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expiration: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_used_at: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    updated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_expiration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_last_used_at: Option<String>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// Every time a store holds came through `parse_time` (years 1..=9999), so
@@ -77,33 +103,62 @@ fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, FieldError> {
 impl Line {
     fn of(stored: &StoredToken) -> Result<Line, StoreError> {
         let token = &stored.token;
+        let previous = token.previous_secret;
+        let time = |t: Option<SystemTime>| t.map(rfc3339).transpose();
         Ok(Line {
             id: token.id.get(),
             token_hash: hex::encode(stored.hash.as_bytes()),
             name: token.name.as_str().to_owned(),
             roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
             created_at: rfc3339(token.created_at)?,
-            expiration: token.expiration.map(rfc3339).transpose()?,
+            expiration: time(token.expiration)?,
+            description: token.description.as_str().to_owned(),
+            labels: token.labels.as_map().clone(),
+            disabled: token.disabled,
+            last_used_at: time(token.last_used_at)?,
+            created_by: token.created_by.clone(),
+            updated_at: Some(rfc3339(token.updated_at)?),
+            previous_hash: stored.previous_hash.map(|h| hex::encode(h.as_bytes())),
+            previous_expiration: time(previous.map(|p| p.expiration))?,
+            previous_last_used_at: time(previous.and_then(|p| p.last_used_at))?,
         })
     }
 
     /// Parse, don't trust: an import is untrusted input like any request.
     fn parse(&self) -> Result<StoredToken, FieldError> {
-        let hash = hex::decode(&self.token_hash)
-            .ok()
-            .filter(|bytes| bytes.len() == 32)
-            .ok_or_else(|| FieldError::new("token_hash", "must be 64 hex digits"))?;
+        let hash = |field: &str, text: &str| {
+            hex::decode(text)
+                .ok()
+                .filter(|bytes| bytes.len() == 32)
+                .ok_or_else(|| FieldError::new(field, "must be 64 hex digits"))
+        };
+        let time = |field: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|text| parse_rfc3339(field, text))
+                .transpose()
+        };
+        let token_hash = hash("token_hash", &self.token_hash)?;
+        let previous_hash = self
+            .previous_hash
+            .as_deref()
+            .map(|text| hash("previous_hash", text))
+            .transpose()?;
         StoredToken::from_parts(StoredParts {
             id: self.id,
-            hash: &hash,
+            hash: &token_hash,
             name: &self.name,
             roles: &self.roles,
-            expiration: self
-                .expiration
-                .as_deref()
-                .map(|e| parse_rfc3339("expiration", e))
-                .transpose()?,
+            expiration: time("expiration", &self.expiration)?,
             created_at: parse_rfc3339("created_at", &self.created_at)?,
+            description: &self.description,
+            labels: &self.labels,
+            disabled: self.disabled,
+            last_used_at: time("last_used_at", &self.last_used_at)?,
+            created_by: &self.created_by,
+            updated_at: time("updated_at", &self.updated_at)?,
+            previous_hash: previous_hash.as_deref(),
+            previous_expiration: time("previous_expiration", &self.previous_expiration)?,
+            previous_last_used_at: time("previous_last_used_at", &self.previous_last_used_at)?,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod grpc;
 pub mod http;
+pub mod last_used;
 pub mod listener;
 pub mod metrics;
 pub mod model;

@@ -51,6 +51,8 @@ pub struct Metrics {
     tokens_stored: Gauge,
     cache_hits: Counter,
     cache_misses: Counter,
+    last_used_written: Counter,
+    last_used_failed: Counter,
 }
 
 impl Metrics {
@@ -72,7 +74,7 @@ impl Metrics {
         let management_calls = Family::default();
         registry.register(
             "management_calls",
-            "Create, List and Delete calls (gRPC and REST) by RPC and status",
+            "Management calls (gRPC and REST) by RPC and status",
             management_calls.clone(),
         );
         let role_checks = Family::default();
@@ -113,8 +115,22 @@ impl Metrics {
             "Token lookups that went to the store",
             cache_misses.clone(),
         );
+        let last_used_written = Counter::default();
+        registry.register(
+            "last_used_writes",
+            "Last-used times written to the store (at most one per token per resolution)",
+            last_used_written.clone(),
+        );
+        let last_used_failed = Counter::default();
+        registry.register(
+            "last_used_write_failures",
+            "Batches of last-used times the store refused (kept for the next attempt)",
+            last_used_failed.clone(),
+        );
         Metrics {
             registry,
+            last_used_written,
+            last_used_failed,
             validations,
             management_calls,
             role_checks,
@@ -123,6 +139,15 @@ impl Metrics {
             tokens_stored,
             cache_hits,
             cache_misses,
+        }
+    }
+
+    /// A batch of `tokens` last-used times written, or not.
+    pub fn last_used_batch(&self, tokens: u64, written: bool) {
+        if written {
+            self.last_used_written.inc_by(tokens);
+        } else {
+            self.last_used_failed.inc();
         }
     }
 

@@ -1,7 +1,7 @@
 //! The domain values the service works with, each built by a `parse` that
 //! says which field is wrong and why, so handlers only ever see valid values.
 
-use std::{fmt, time::SystemTime};
+use std::{collections::BTreeMap, fmt, time::SystemTime};
 
 use rand::Rng;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -16,6 +16,17 @@ pub const MAX_ROLE_CHARS: usize = 64;
 pub const MAX_ROLES: usize = 32;
 /// Ids stay below 2^53 so they survive JSON numbers (JavaScript, jq).
 pub const MAX_ID: u64 = (1 << 53) - 1;
+/// Longest description accepted, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// Most labels one token may carry.
+pub const MAX_LABELS: usize = 32;
+/// Longest label value accepted, in characters.
+pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+/// Kubernetes' limits on a label key's name and prefix.
+const MAX_LABEL_NAME: usize = 63;
+const MAX_LABEL_PREFIX: usize = 253;
+/// Longest `created_by` read back (an id, a name, punctuation).
+const MAX_CREATED_BY_CHARS: usize = MAX_NAME_CHARS + 24;
 
 /// A request field that is not acceptable, and why. The message never echoes
 /// a secret: token fields only report their shape.
@@ -232,6 +243,156 @@ impl fmt::Display for Roles {
     }
 }
 
+/// Free text about a token: at most [`MAX_DESCRIPTION_CHARS`] characters,
+/// no control or format characters (it is shown in tables and logs). Empty
+/// is no description.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(text: &str) -> Result<Description, FieldError> {
+        check_text(text, MAX_DESCRIPTION_CHARS)
+            .map_err(|problem| FieldError::new("description", problem))?;
+        Ok(Description(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The problem with a piece of displayed text, if any.
+fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(format!(
+            "is {chars} characters long, at most {max_chars} are allowed"
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if text.chars().any(is_format) {
+        return Err(
+            "must not contain invisible Unicode format characters (bidi controls, zero-width characters)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Key-value labels: at most [`MAX_LABELS`], keys in Kubernetes label-key
+/// syntax (`[prefix/]name`), values up to [`MAX_LABEL_VALUE_CHARS`]
+/// characters of displayable text. Kept in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    pub fn parse<K: AsRef<str>, V: AsRef<str>>(
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Labels, FieldError> {
+        let mut parsed = BTreeMap::new();
+        for (key, value) in labels {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let field = || format!("labels[{key:?}]");
+            check_label_key(key).map_err(|problem| {
+                FieldError::new(
+                    if key.chars().any(|c| c.is_control() || is_format(c)) {
+                        "labels".to_owned()
+                    } else {
+                        field()
+                    },
+                    format!("key {problem}"),
+                )
+            })?;
+            check_text(value, MAX_LABEL_VALUE_CHARS)
+                .map_err(|problem| FieldError::new(field(), format!("value {problem}")))?;
+            parsed.insert(key.to_owned(), value.to_owned());
+        }
+        if parsed.len() > MAX_LABELS {
+            return Err(FieldError::new(
+                "labels",
+                format!(
+                    "{} labels given, at most {MAX_LABELS} are allowed",
+                    parsed.len()
+                ),
+            ));
+        }
+        Ok(Labels(parsed))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Labels {
+    /// `k=v,k=v`: keys hold no `=` or `,`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (key, value)) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{key}={value}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Kubernetes' label-key syntax: an optional DNS-subdomain prefix and `/`,
+/// then a name of 1 to 63 characters of `A-Z a-z 0-9 - _ .` that starts and
+/// ends alphanumeric.
+fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let subdomain = !prefix.is_empty()
+            && prefix.len() <= MAX_LABEL_PREFIX
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !subdomain {
+            return Err(format!(
+                "prefix {prefix:?} is not a DNS subdomain (lower-case a-z 0-9 - and dots, at most {MAX_LABEL_PREFIX} characters)"
+            ));
+        }
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let valid = !name.is_empty()
+        && name.len() <= MAX_LABEL_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last());
+    if !valid {
+        return Err(format!(
+            "must be a Kubernetes label key: [prefix/]name, the name 1 to {MAX_LABEL_NAME} characters of A-Z a-z 0-9 - _ . starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 /// The range protobuf's Timestamp allows: 0001-01-01 to 9999-12-31 (UTC).
 const MIN_UNIX_SECONDS: i64 = -62_135_596_800;
 const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
@@ -279,6 +440,34 @@ pub struct ServiceToken {
     /// `None` never expires.
     pub expiration: Option<SystemTime>,
     pub created_at: SystemTime,
+    pub description: Description,
+    pub labels: Labels,
+    pub disabled: bool,
+    /// The last recorded use of either secret; `None`: none since tracking began.
+    pub last_used_at: Option<SystemTime>,
+    /// `"<id> (<name>)"` of the creating admin token, `"bootstrap"`, or empty
+    /// for tokens made before it was recorded.
+    pub created_by: String,
+    /// The last change by an update or a rotation; `created_at` until then.
+    pub updated_at: SystemTime,
+    /// A secret rotated out and still (or lately) in its grace period.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// The secret a rotation replaced, while it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// It works until then (never past the token's own expiration).
+    pub expiration: SystemTime,
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// Which of a token's secrets was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret {
+    Current,
+    /// The one a rotation replaced, in its grace period.
+    Previous,
 }
 
 impl ServiceToken {
@@ -290,12 +479,272 @@ impl ServiceToken {
             roles: new.roles.clone(),
             expiration: new.expiration,
             created_at,
+            description: new.description.clone(),
+            labels: new.labels.clone(),
+            disabled: false,
+            last_used_at: None,
+            created_by: new.created_by.clone(),
+            updated_at: created_at,
+            previous_secret: None,
         }
     }
 
     /// Expired from the expiration instant on.
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         self.expiration.is_some_and(|expiration| now >= expiration)
+    }
+
+    /// Whether this token lets its holder manage tokens at `now`.
+    pub fn is_admin_at(&self, admin_role: &Role, now: SystemTime) -> bool {
+        !self.disabled && self.roles.contains(admin_role) && !self.is_expired_at(now)
+    }
+
+    /// As shown at `now`: a previous secret whose grace period is over is
+    /// no longer mentioned.
+    pub fn seen_at(mut self, now: SystemTime) -> ServiceToken {
+        if self.previous_secret.is_some_and(|p| now >= p.expiration) {
+            self.previous_secret = None;
+        }
+        self
+    }
+}
+
+/// What a change does to the last admin token: refused if the token changed
+/// is the only one that lets anyone manage tokens now. `after` is `None` for
+/// a delete. Names what the change would have done, for the refusal.
+pub fn takes_admin_away(
+    before: &ServiceToken,
+    after: Option<&ServiceToken>,
+    admin_role: &Role,
+    now: SystemTime,
+) -> Option<&'static str> {
+    if !before.is_admin_at(admin_role, now) {
+        return None;
+    }
+    let Some(after) = after else {
+        return Some("deleting");
+    };
+    if after.disabled {
+        return Some("disabling");
+    }
+    if !after.roles.contains(admin_role) {
+        return Some("removing the admin role from");
+    }
+    // An earlier end (None never ends) lets it expire: a lockout deferred.
+    let shortened = match (before.expiration, after.expiration) {
+        (None, Some(_)) => true,
+        (Some(old), Some(new)) => new < old,
+        _ => false,
+    };
+    shortened.then_some("letting expire")
+}
+
+/// A change to a token's fields (an update): `None` leaves a field alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edit {
+    pub name: Option<TokenName>,
+    pub roles: Option<Roles>,
+    /// `Some(None)` removes the expiration.
+    pub expiration: Option<Option<SystemTime>>,
+    pub description: Option<Description>,
+    pub labels: Option<Labels>,
+    pub disabled: Option<bool>,
+}
+
+/// One field an edit changed, with its old and new values as shown in the
+/// audit log (no field holds a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    pub field: &'static str,
+    pub old: String,
+    pub new: String,
+}
+
+impl Edit {
+    pub fn is_empty(&self) -> bool {
+        *self == Edit::default()
+    }
+
+    /// `token` with this edit applied at `at`.
+    pub fn apply(&self, token: &ServiceToken, at: SystemTime) -> ServiceToken {
+        let mut edited = token.clone();
+        if let Some(name) = &self.name {
+            edited.name = name.clone();
+        }
+        if let Some(roles) = &self.roles {
+            edited.roles = roles.clone();
+        }
+        if let Some(expiration) = self.expiration {
+            edited.expiration = expiration;
+        }
+        if let Some(description) = &self.description {
+            edited.description = description.clone();
+        }
+        if let Some(labels) = &self.labels {
+            edited.labels = labels.clone();
+        }
+        if let Some(disabled) = self.disabled {
+            edited.disabled = disabled;
+        }
+        edited.updated_at = at;
+        edited
+    }
+
+    /// The fields that differ between `before` and `after`, in a fixed order.
+    pub fn changes(before: &ServiceToken, after: &ServiceToken) -> Vec<FieldChange> {
+        let time = |t: Option<SystemTime>| {
+            t.map_or_else(
+                || "never".to_owned(),
+                |t| humantime::format_rfc3339_micros(t).to_string(),
+            )
+        };
+        let candidates = [
+            ("name", before.name.to_string(), after.name.to_string()),
+            ("roles", before.roles.to_string(), after.roles.to_string()),
+            (
+                "expiration",
+                time(before.expiration),
+                time(after.expiration),
+            ),
+            (
+                "description",
+                before.description.as_str().to_owned(),
+                after.description.as_str().to_owned(),
+            ),
+            (
+                "labels",
+                before.labels.to_string(),
+                after.labels.to_string(),
+            ),
+            (
+                "disabled",
+                before.disabled.to_string(),
+                after.disabled.to_string(),
+            ),
+        ];
+        candidates
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(field, old, new)| FieldChange { field, old, new })
+            .collect()
+    }
+}
+
+/// A change a store applies to one token, under the lockout rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Edit(Edit),
+    /// A new secret; the current one becomes the previous secret until
+    /// `previous_until` (capped at the token's expiration), or ends now
+    /// when that is not later than the change.
+    Rotate {
+        hash: TokenHash,
+        previous_until: SystemTime,
+    },
+}
+
+impl Change {
+    /// `stored` with this change applied at `at`.
+    pub fn apply(&self, stored: &StoredToken, at: SystemTime) -> StoredToken {
+        match self {
+            Change::Edit(edit) => StoredToken {
+                token: edit.apply(&stored.token, at),
+                hash: stored.hash,
+                previous_hash: stored.previous_hash,
+            },
+            Change::Rotate {
+                hash,
+                previous_until,
+            } => {
+                let mut token = stored.token.clone();
+                token.updated_at = at;
+                let until = match token.expiration {
+                    Some(expiration) => (*previous_until).min(expiration),
+                    None => *previous_until,
+                };
+                let (previous_hash, previous_secret) = if until > at {
+                    let previous = PreviousSecret {
+                        expiration: until,
+                        last_used_at: None,
+                    };
+                    (Some(stored.hash), Some(previous))
+                } else {
+                    (None, None)
+                };
+                token.previous_secret = previous_secret;
+                StoredToken {
+                    token,
+                    hash: *hash,
+                    previous_hash,
+                }
+            }
+        }
+    }
+}
+
+/// What `list` shows: every filter set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub name_prefix: Option<String>,
+    pub role: Option<Role>,
+    /// Not used since then (never used included).
+    pub unused_since: Option<SystemTime>,
+    /// Expiring before then (expired included).
+    pub expiring_before: Option<SystemTime>,
+    pub disabled: Option<bool>,
+}
+
+impl ListFilter {
+    /// From a request's fields: empty text means no filter.
+    pub fn parse(
+        name_prefix: &str,
+        role: &str,
+        unused_since: Option<SystemTime>,
+        expiring_before: Option<SystemTime>,
+        disabled: Option<bool>,
+    ) -> Result<ListFilter, FieldError> {
+        if name_prefix.chars().count() > MAX_NAME_CHARS {
+            return Err(FieldError::new(
+                "name_prefix",
+                format!("is longer than a name can be ({MAX_NAME_CHARS} characters)"),
+            ));
+        }
+        let role = match role {
+            "" => None,
+            role => Some(Role::parse(role)?),
+        };
+        Ok(ListFilter {
+            name_prefix: (!name_prefix.is_empty()).then(|| name_prefix.to_owned()),
+            role,
+            unused_since,
+            expiring_before,
+            disabled,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ListFilter::default()
+    }
+
+    pub fn matches(&self, token: &ServiceToken) -> bool {
+        self.name_prefix
+            .as_deref()
+            .is_none_or(|prefix| token.name.as_str().starts_with(prefix))
+            && self
+                .role
+                .as_ref()
+                .is_none_or(|role| token.roles.contains(role))
+            && self
+                .unused_since
+                .is_none_or(|since| token.last_used_at.is_none_or(|used| used < since))
+            && self.expiring_before.is_none_or(|before| {
+                token
+                    .expiration
+                    .is_some_and(|expiration| expiration < before)
+            })
+            && self
+                .disabled
+                .is_none_or(|disabled| token.disabled == disabled)
     }
 }
 
@@ -306,6 +755,10 @@ pub struct NewToken {
     pub name: TokenName,
     pub roles: Roles,
     pub expiration: Option<SystemTime>,
+    pub description: Description,
+    pub labels: Labels,
+    /// Set by the service, which knows the caller.
+    pub created_by: String,
 }
 
 impl NewToken {
@@ -320,7 +773,17 @@ impl NewToken {
             name: TokenName::parse(name)?,
             roles: Roles::parse(roles)?,
             expiration,
+            description: Description::default(),
+            labels: Labels::default(),
+            created_by: String::new(),
         })
+    }
+
+    /// With a description and labels (the optional fields of a create).
+    pub fn described(mut self, description: Description, labels: Labels) -> NewToken {
+        self.description = description;
+        self.labels = labels;
+        self
     }
 }
 
@@ -344,11 +807,14 @@ impl NewToken {
     }
 }
 
-/// A token as a store holds it: its description and the hash of its secret.
+/// A token as a store holds it: its description and the hash of its secret
+/// (and of the secret a rotation replaced, while that one is kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredToken {
     pub token: ServiceToken,
     pub hash: TokenHash,
+    /// Set exactly when `token.previous_secret` is.
+    pub previous_hash: Option<TokenHash>,
 }
 
 /// A stored token's fields as a backend or an export reads them back, not
@@ -361,14 +827,79 @@ pub struct StoredParts<'a> {
     pub roles: &'a [String],
     pub expiration: Option<SystemTime>,
     pub created_at: SystemTime,
+    pub description: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub disabled: bool,
+    pub last_used_at: Option<SystemTime>,
+    pub created_by: &'a str,
+    /// `None` in records written before updates existed: `created_at`.
+    pub updated_at: Option<SystemTime>,
+    pub previous_hash: Option<&'a [u8]>,
+    pub previous_expiration: Option<SystemTime>,
+    pub previous_last_used_at: Option<SystemTime>,
+}
+
+impl<'a> StoredParts<'a> {
+    /// The fields of a record written before the token lifecycle: no
+    /// description, labels, last use, creator, update or previous secret.
+    pub fn first_release(
+        id: u64,
+        hash: &'a [u8],
+        name: &'a str,
+        roles: &'a [String],
+        expiration: Option<SystemTime>,
+        created_at: SystemTime,
+    ) -> StoredParts<'a> {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        StoredParts {
+            id,
+            hash,
+            name,
+            roles,
+            expiration,
+            created_at,
+            description: "",
+            labels: &NO_LABELS,
+            disabled: false,
+            last_used_at: None,
+            created_by: "",
+            updated_at: None,
+            previous_hash: None,
+            previous_expiration: None,
+            previous_last_used_at: None,
+        }
+    }
+}
+
+fn parse_hash(field: &str, bytes: &[u8]) -> Result<TokenHash, FieldError> {
+    TokenHash::from_bytes(bytes)
+        .ok_or_else(|| FieldError::new(field, "is not a SHA-256 hash (32 bytes)"))
 }
 
 impl StoredToken {
     /// The one way back from storage: every field re-parsed, so a damaged
     /// record is refused (and reported) alike by every backend and by import.
     pub fn from_parts(parts: StoredParts<'_>) -> Result<StoredToken, FieldError> {
-        let hash = TokenHash::from_bytes(parts.hash)
-            .ok_or_else(|| FieldError::new("token_hash", "is not a SHA-256 hash (32 bytes)"))?;
+        let hash = parse_hash("token_hash", parts.hash)?;
+        let (previous_hash, previous_secret) =
+            match (parts.previous_hash, parts.previous_expiration) {
+                (None, None) => (None, None),
+                (Some(bytes), Some(expiration)) => {
+                    let previous = PreviousSecret {
+                        expiration,
+                        last_used_at: parts.previous_last_used_at,
+                    };
+                    (Some(parse_hash("previous_hash", bytes)?), Some(previous))
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        "previous_hash",
+                        "and previous_expiration must be set together",
+                    ));
+                }
+            };
+        check_text(parts.created_by, MAX_CREATED_BY_CHARS)
+            .map_err(|problem| FieldError::new("created_by", problem))?;
         Ok(StoredToken {
             token: ServiceToken {
                 id: TokenId::parse(parts.id)?,
@@ -376,16 +907,43 @@ impl StoredToken {
                 roles: Roles::parse(parts.roles)?,
                 expiration: parts.expiration,
                 created_at: parts.created_at,
+                description: Description::parse(parts.description)?,
+                labels: Labels::parse(parts.labels)?,
+                disabled: parts.disabled,
+                last_used_at: parts.last_used_at,
+                created_by: parts.created_by.to_owned(),
+                updated_at: parts.updated_at.unwrap_or(parts.created_at),
+                previous_secret,
             },
             hash,
+            previous_hash,
         })
     }
 
-    /// `self`, if its hash is `hash` (compared in constant time). A lookup by
-    /// hash that lands on another token's record is corruption, never a
-    /// match: the store reports `None` as such.
+    /// Which of this token's secrets hashes to `hash` (compared in constant
+    /// time), if either.
+    pub fn secret_for(&self, hash: &TokenHash) -> Option<Secret> {
+        let current = self.hash.ct_eq(hash);
+        let previous = self.previous_hash.is_some_and(|p| p.ct_eq(hash));
+        if current {
+            Some(Secret::Current)
+        } else if previous {
+            Some(Secret::Previous)
+        } else {
+            None
+        }
+    }
+
+    /// `self`, if one of its secrets hashes to `hash`. A lookup by hash that
+    /// lands on another token's record is corruption, never a match: the
+    /// store reports `None` as such.
     pub fn verified(self, hash: &TokenHash) -> Option<StoredToken> {
-        self.hash.ct_eq(hash).then_some(self)
+        self.secret_for(hash).is_some().then_some(self)
+    }
+
+    /// Every hash that finds this token: the current one and the previous.
+    pub fn hashes(&self) -> impl Iterator<Item = &TokenHash> {
+        std::iter::once(&self.hash).chain(self.previous_hash.as_ref())
     }
 }
 
@@ -398,6 +956,7 @@ impl StoredToken {
         let stored = StoredToken {
             token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
             hash: token.hash(),
+            previous_hash: None,
         };
         (token, stored)
     }
@@ -493,14 +1052,14 @@ mod tests {
     fn stored_parts_are_parsed_like_requests() {
         let (_, stored) = StoredToken::sample();
         let roles = vec!["r".to_owned()];
-        let parts = StoredParts {
-            id: stored.token.id.get(),
-            hash: stored.hash.as_bytes(),
-            name: "t",
-            roles: &roles,
-            expiration: None,
-            created_at: stored.token.created_at,
-        };
+        let parts = StoredParts::first_release(
+            stored.token.id.get(),
+            stored.hash.as_bytes(),
+            "t",
+            &roles,
+            None,
+            stored.token.created_at,
+        );
         assert_eq!(StoredToken::from_parts(parts).unwrap(), stored);
         let short = StoredParts {
             hash: &[0; 31],
@@ -523,6 +1082,179 @@ mod tests {
         assert_eq!(parse_epoch_millis("t", 1_500).unwrap(), epoch + ms(1_500));
         assert_eq!(parse_epoch_millis("t", -1_500).unwrap(), epoch - ms(1_500));
         assert!(parse_epoch_millis("t", i64::MAX).is_err());
+    }
+
+    #[test]
+    fn label_keys_follow_kubernetes_and_values_are_displayable() {
+        for key in ["team", "a", "app.kubernetes.io/name", "x/y-z_1.2", "A9"] {
+            assert!(Labels::parse([(key, "v")]).is_ok(), "{key}");
+        }
+        for key in [
+            "",
+            "-a",
+            "a-",
+            "a b",
+            "UPPER.example/x",
+            "/name",
+            "prefix/",
+            "a/b/c",
+            &"n".repeat(64),
+        ] {
+            let error = Labels::parse([(key, "v")]).unwrap_err();
+            assert!(error.problem.starts_with("key "), "{key}: {error}");
+        }
+        assert!(Labels::parse([("k", "x".repeat(MAX_LABEL_VALUE_CHARS))]).is_ok());
+        assert!(Labels::parse([("k", "x".repeat(MAX_LABEL_VALUE_CHARS + 1))]).is_err());
+        assert!(Labels::parse([("k", "a\nb")]).is_err());
+        assert!(Labels::parse([("k", "a\u{202e}b")]).is_err());
+        let too_many: Vec<(String, &str)> =
+            (0..=MAX_LABELS).map(|i| (format!("k{i}"), "")).collect();
+        assert_eq!(Labels::parse(too_many).unwrap_err().field, "labels");
+        let labels = Labels::parse([("b", "2"), ("a", "1")]).unwrap();
+        assert_eq!(labels.to_string(), "a=1,b=2");
+    }
+
+    #[test]
+    fn descriptions_are_bounded_displayable_text() {
+        assert!(Description::parse("").unwrap().is_empty());
+        assert!(Description::parse(&"é".repeat(MAX_DESCRIPTION_CHARS)).is_ok());
+        let long = Description::parse(&"é".repeat(MAX_DESCRIPTION_CHARS + 1)).unwrap_err();
+        assert_eq!(long.field, "description");
+        assert!(Description::parse("two\nlines").is_err());
+        assert!(Description::parse("a\u{200b}b").is_err());
+    }
+
+    fn admin_token(roles: &[&str], expiration: Option<SystemTime>) -> ServiceToken {
+        let new = NewToken::parse("admin", roles, expiration).unwrap();
+        ServiceToken::new(TokenId::random(), &new, SystemTime::now())
+    }
+
+    #[test]
+    fn only_changes_that_take_admin_access_away_are_named() {
+        let role = Role::parse("admin").unwrap();
+        let now = SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let before = admin_token(&["admin"], None);
+        let after = |edit: Edit| edit.apply(&before, now);
+        let cases = [
+            (None, Some("deleting")),
+            (
+                Some(after(Edit {
+                    disabled: Some(true),
+                    ..Edit::default()
+                })),
+                Some("disabling"),
+            ),
+            (
+                Some(after(Edit {
+                    roles: Some(Roles::parse(&["reader"]).unwrap()),
+                    ..Edit::default()
+                })),
+                Some("removing the admin role from"),
+            ),
+            (
+                Some(after(Edit {
+                    expiration: Some(Some(now + hour)),
+                    ..Edit::default()
+                })),
+                Some("letting expire"),
+            ),
+            (
+                Some(after(Edit {
+                    name: Some(TokenName::parse("x").unwrap()),
+                    roles: Some(Roles::parse(&["admin", "reader"]).unwrap()),
+                    ..Edit::default()
+                })),
+                None,
+            ),
+        ];
+        for (after, expected) in cases {
+            assert_eq!(
+                takes_admin_away(&before, after.as_ref(), &role, now),
+                expected
+            );
+        }
+        // A later expiration gives time; an earlier one takes it.
+        let expiring = admin_token(&["admin"], Some(now + hour));
+        let later = Edit {
+            expiration: Some(Some(now + hour * 2)),
+            ..Edit::default()
+        };
+        assert_eq!(
+            takes_admin_away(&expiring, Some(&later.apply(&expiring, now)), &role, now),
+            None
+        );
+        let never = Edit {
+            expiration: Some(None),
+            ..Edit::default()
+        };
+        assert_eq!(
+            takes_admin_away(&expiring, Some(&never.apply(&expiring, now)), &role, now),
+            None
+        );
+        // Not an admin token: nothing to take away.
+        let reader = admin_token(&["reader"], None);
+        assert_eq!(takes_admin_away(&reader, None, &role, now), None);
+    }
+
+    #[test]
+    fn an_edit_names_exactly_the_fields_it_changed() {
+        let before = admin_token(&["a"], None);
+        let edit = Edit {
+            name: Some(TokenName::parse("admin").unwrap()),
+            roles: Some(Roles::parse(&["a", "b"]).unwrap()),
+            disabled: Some(true),
+            labels: Some(Labels::parse([("team", "ci")]).unwrap()),
+            ..Edit::default()
+        };
+        let after = edit.apply(&before, SystemTime::now());
+        let changes = Edit::changes(&before, &after);
+        let fields: Vec<&str> = changes.iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            ["roles", "labels", "disabled"],
+            "the name did not change"
+        );
+        assert_eq!(
+            (changes[0].old.as_str(), changes[0].new.as_str()),
+            ("a", "a,b")
+        );
+        assert!(Edit::default().is_empty());
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_secret_only_inside_the_token_s_life() {
+        let (_, stored) = StoredToken::sample();
+        let now = SystemTime::now();
+        let minute = std::time::Duration::from_secs(60);
+        let new = crate::token::Token::generate().hash();
+        let rotate = |until| Change::Rotate {
+            hash: new,
+            previous_until: until,
+        };
+        let rotated = rotate(now + minute).apply(&stored, now);
+        assert_eq!(rotated.hash, new);
+        assert_eq!(rotated.previous_hash, Some(stored.hash));
+        assert_eq!(
+            rotated.token.previous_secret.unwrap().expiration,
+            now + minute
+        );
+        assert_eq!(rotated.token.id, stored.token.id);
+        let ended = rotate(now).apply(&stored, now);
+        assert_eq!(
+            (ended.previous_hash, ended.token.previous_secret),
+            (None, None)
+        );
+        // Rotating again drops the first secret.
+        let again = Change::Rotate {
+            hash: crate::token::Token::generate().hash(),
+            previous_until: now + minute,
+        }
+        .apply(&rotated, now);
+        assert_eq!(again.previous_hash, Some(new));
+        // Shown without it once its grace period is over.
+        let seen = rotated.token.clone().seen_at(now + minute);
+        assert_eq!(seen.previous_secret, None);
     }
 
     #[test]

@@ -80,6 +80,15 @@ impl std::fmt::Debug for CreateResponse {
     }
 }
 
+impl std::fmt::Debug for RotateResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateResponse")
+            .field("token", &REDACTED)
+            .field("service_token", &self.service_token)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for ValidateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ValidateRequest")
@@ -102,7 +111,15 @@ mod tests {
         let validate = ValidateRequest {
             token: secret.into(),
         };
-        for shown in [format!("{create:?}"), format!("{validate:?}")] {
+        let rotate = RotateResponse {
+            token: secret.into(),
+            service_token: None,
+        };
+        for shown in [
+            format!("{create:?}"),
+            format!("{validate:?}"),
+            format!("{rotate:?}"),
+        ] {
             assert!(!shown.contains("secretsecret"), "{shown}");
             assert!(shown.contains(REDACTED), "{shown}");
         }

@@ -19,10 +19,14 @@ use crate::{
     config::ServiceConfig,
     credential::AuthError,
     error::Error,
+    last_used::LastUsed,
     metrics::Metrics,
-    model::{FieldError, NewToken, Role, ServiceToken, StoredToken, TokenId},
+    model::{
+        Change, Edit, FieldError, ListFilter, NewToken, Role, Secret, ServiceToken, StoredToken,
+        TokenId,
+    },
     page::{PageRequest, encode_cursor},
-    store::{Store, StoreError},
+    store::{KeepAdmin, Outcome, Store, StoreError},
     token::{MalformedToken, Token, TokenHash},
 };
 
@@ -35,6 +39,9 @@ pub enum Rpc {
     Create,
     List,
     Delete,
+    Get,
+    Update,
+    Rotate,
 }
 
 impl Rpc {
@@ -43,6 +50,9 @@ impl Rpc {
             Rpc::Create => "Create",
             Rpc::List => "List",
             Rpc::Delete => "Delete",
+            Rpc::Get => "Get",
+            Rpc::Update => "Update",
+            Rpc::Rotate => "Rotate",
         }
     }
 }
@@ -57,9 +67,14 @@ fn to_micros(time: SystemTime) -> SystemTime {
 }
 
 /// The answer to "is this token valid?".
+// Valid is the common answer on the hot path: boxing it to shrink the rare
+// Invalid would cost an allocation per validation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Validation {
-    Valid(ServiceToken),
+    /// Valid, through its current secret or (during a rotation's grace
+    /// period) its previous one.
+    Valid(ServiceToken, Secret),
     Invalid(InvalidReason),
 }
 
@@ -67,19 +82,30 @@ impl Validation {
     /// The metrics label of this answer.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Validation::Valid(_) => "valid",
+            Validation::Valid(_, Secret::Current) => "valid",
+            Validation::Valid(_, Secret::Previous) => "previous_secret",
             Validation::Invalid(InvalidReason::Malformed(_)) => "malformed",
             Validation::Invalid(InvalidReason::NotFound) => "not_found",
             Validation::Invalid(InvalidReason::Expired) => "expired",
+            Validation::Invalid(InvalidReason::Disabled) => "disabled",
         }
     }
+}
+
+/// A valid caller: its token, and which secret it presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub token: ServiceToken,
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidReason {
     Malformed(MalformedToken),
+    /// Never created, deleted, or a rotated-out secret past its grace period.
     NotFound,
     Expired,
+    Disabled,
 }
 
 impl From<InvalidReason> for AuthError {
@@ -88,6 +114,7 @@ impl From<InvalidReason> for AuthError {
             InvalidReason::Malformed(why) => AuthError::Malformed(why),
             InvalidReason::NotFound => AuthError::NotFound,
             InvalidReason::Expired => AuthError::Expired,
+            InvalidReason::Disabled => AuthError::Disabled,
         }
     }
 }
@@ -119,6 +146,8 @@ pub struct TokenService {
     config: ServiceConfig,
     metrics: Arc<Metrics>,
     refusals: Arc<Refusals>,
+    /// `None`: last-used tracking is off.
+    last_used: Option<Arc<LastUsed>>,
 }
 
 impl TokenService {
@@ -127,8 +156,15 @@ impl TokenService {
         clock: Arc<dyn Clock>,
         config: ServiceConfig,
     ) -> TokenService {
+        let metrics = Arc::new(Metrics::with(|registry| store.register_metrics(registry)));
         TokenService {
-            metrics: Arc::new(Metrics::with(|registry| store.register_metrics(registry))),
+            last_used: LastUsed::new(
+                config.last_used_resolution,
+                store.clone(),
+                clock.clone(),
+                metrics.clone(),
+            ),
+            metrics,
             cache: store.validation_cache(),
             refusals: Refusals::new(config.refusal_summary_interval),
             store,
@@ -242,8 +278,9 @@ impl TokenService {
     }
 
     /// The one validation path: parse (checksum, no store access), hash, one
-    /// lookup, expiry. An invalid token is an answer; only a store failure is
-    /// an error, so a token that cannot be checked is never called valid.
+    /// lookup, which secret, expiry, disabled. An invalid token is an
+    /// answer; only a store failure is an error, so a token that cannot be
+    /// checked is never called valid. A valid one has its use noted.
     pub async fn validate(&self, presented: &str) -> Result<Validation, Error> {
         let validation = self.check(presented).await;
         let outcome = validation.as_ref().map_or("error", Validation::outcome);
@@ -259,10 +296,31 @@ impl TokenService {
         let Some(stored) = self.lookup(&hash).await? else {
             return Ok(Validation::Invalid(InvalidReason::NotFound));
         };
-        if stored.token.is_expired_at(self.clock.now()) {
+        let now = self.clock.now();
+        let secret = match stored.secret_for(&hash) {
+            Some(Secret::Current) => Secret::Current,
+            // A rotated-out secret past its grace period is as gone as a
+            // deleted token's.
+            Some(Secret::Previous)
+                if stored
+                    .token
+                    .previous_secret
+                    .is_some_and(|previous| now < previous.expiration) =>
+            {
+                Secret::Previous
+            }
+            _ => return Ok(Validation::Invalid(InvalidReason::NotFound)),
+        };
+        if stored.token.is_expired_at(now) {
             return Ok(Validation::Invalid(InvalidReason::Expired));
         }
-        Ok(Validation::Valid(stored.token))
+        if stored.token.disabled {
+            return Ok(Validation::Invalid(InvalidReason::Disabled));
+        }
+        if let Some(last_used) = &self.last_used {
+            last_used.note(stored.token.id, secret, now);
+        }
+        Ok(Validation::Valid(stored.token.seen_at(now), secret))
     }
 
     /// The token stored under `hash`: from the cache, else from the store
@@ -276,7 +334,7 @@ impl TokenService {
         let ticket = self.cache.ticket();
         let found = self.store.find_by_hash(hash).await?;
         if let Some(stored) = &found {
-            self.cache.fill(ticket, stored);
+            self.cache.fill(ticket, hash, stored);
         }
         Ok(found)
     }
@@ -286,8 +344,17 @@ impl TokenService {
         &self,
         presented: Result<&str, AuthError>,
     ) -> Result<ServiceToken, Error> {
+        Ok(self.authenticate_secret(presented).await?.token)
+    }
+
+    /// As [`TokenService::authenticate`], saying which secret was used
+    /// (forward-auth tells the proxy when it was a rotated-out one).
+    pub async fn authenticate_secret(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<Authenticated, Error> {
         match self.validate(presented?).await? {
-            Validation::Valid(token) => Ok(token),
+            Validation::Valid(token, secret) => Ok(Authenticated { token, secret }),
             Validation::Invalid(reason) => Err(AuthError::from(reason).into()),
         }
     }
@@ -332,16 +399,38 @@ impl TokenService {
     pub async fn create(
         &self,
         admin: &Admin,
-        new: NewToken,
+        mut new: NewToken,
     ) -> Result<(Token, ServiceToken), Error> {
+        let caller = admin.token();
+        new.created_by = format!("{} ({})", caller.id, caller.name);
         let (token, created) = issue(&*self.store, &*self.clock, new).await?;
-        audit_created(Rpc::Create.as_str(), Some(admin.token()), &created);
+        audit_created(Rpc::Create.as_str(), Some(caller), &created);
         Ok((token, created))
     }
 
-    pub async fn list(&self, _admin: &Admin, page: PageRequest) -> Result<Page, Error> {
+    pub async fn get(&self, _admin: &Admin, id: TokenId) -> Result<ServiceToken, Error> {
+        match self.store.get(id).await? {
+            Some(stored) => Ok(stored.token.seen_at(self.clock.now())),
+            None => Err(Error::NotFound(id)),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        _admin: &Admin,
+        page: PageRequest,
+        filter: &ListFilter,
+    ) -> Result<Page, Error> {
         // One extra row tells whether another page follows without a second query.
-        let mut tokens = self.store.list(page.after, page.size + 1).await?;
+        let stored = self
+            .store
+            .list_matching(page.after, page.size + 1, filter)
+            .await?;
+        let now = self.clock.now();
+        let mut tokens: Vec<ServiceToken> = stored
+            .into_iter()
+            .map(|stored| stored.token.seen_at(now))
+            .collect();
         let next_cursor = if tokens.len() > page.size {
             tokens.truncate(page.size);
             tokens.last().map(|last| encode_cursor(last.id))
@@ -354,13 +443,132 @@ impl TokenService {
         })
     }
 
+    /// Applies `edit` (not empty; a new expiration ahead) to token `id`.
+    /// Anything it takes away (disabled, a role, time) holds from the
+    /// answer on, here and on every replica within the cache's bound.
+    pub async fn update(
+        &self,
+        admin: &Admin,
+        id: TokenId,
+        edit: Edit,
+    ) -> Result<ServiceToken, Error> {
+        if edit.is_empty() {
+            return Err(FieldError::new("update_mask", "names no field to change").into());
+        }
+        let now = to_micros(self.clock.now());
+        let mut edit = edit;
+        if let Some(Some(expiration)) = edit.expiration {
+            let expiration = to_micros(expiration);
+            if expiration <= now {
+                return Err(FieldError::new("expiration", "must be in the future").into());
+            }
+            edit.expiration = Some(Some(expiration));
+        }
+        let (before, after) = self.change(admin, id, &Change::Edit(edit), now).await?;
+        let changes = Edit::changes(&before, &after);
+        let rpc = match (before.disabled, after.disabled) {
+            (false, true) => "Disable",
+            (true, false) => "Enable",
+            _ => Rpc::Update.as_str(),
+        };
+        let caller = admin.token();
+        tracing::info!(
+            target: AUDIT,
+            rpc,
+            outcome = "OK",
+            caller.id = caller.id.get(),
+            caller.name = caller.name.as_str(),
+            token.id = id.get(),
+            token.name = after.name.as_str(),
+            changed = %changes
+                .iter()
+                .map(|c| format!("{}: {:?} -> {:?}", c.field, c.old, c.new))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "service token updated"
+        );
+        Ok(after.seen_at(now))
+    }
+
+    /// A new secret for token `id`; the current one keeps working for
+    /// `grace` (capped at the token's expiration; zero ends it now), and a
+    /// previous one still in its grace period ends now.
+    pub async fn rotate(
+        &self,
+        admin: &Admin,
+        id: TokenId,
+        grace: Duration,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let now = to_micros(self.clock.now());
+        let previous_until = now
+            .checked_add(grace)
+            .map(to_micros)
+            .ok_or_else(|| FieldError::new("grace_period", "is too long"))?;
+        let token = Token::generate();
+        let change = Change::Rotate {
+            hash: token.hash(),
+            previous_until,
+        };
+        let (_, rotated) = self.change(admin, id, &change, now).await?;
+        let caller = admin.token();
+        tracing::info!(
+            target: AUDIT,
+            rpc = Rpc::Rotate.as_str(),
+            outcome = "OK",
+            caller.id = caller.id.get(),
+            caller.name = caller.name.as_str(),
+            token.id = id.get(),
+            token.name = rotated.name.as_str(),
+            grace_period = ?grace,
+            previous_secret_expiration = rotated
+                .previous_secret
+                .map(|p| humantime::format_rfc3339_micros(p.expiration).to_string()),
+            "service token rotated"
+        );
+        Ok((token, rotated))
+    }
+
+    /// Runs one change through the store under the lockout rule, and makes
+    /// sure no cached validation outlives it.
+    async fn change(
+        &self,
+        _admin: &Admin,
+        id: TokenId,
+        change: &Change,
+        now: SystemTime,
+    ) -> Result<(ServiceToken, ServiceToken), Error> {
+        let outcome = self.store.change(id, change, &self.keep_admin(now)).await;
+        // Before the answer, whatever it is: the change may have committed
+        // even if the answer is an error.
+        self.cache.invalidate(id);
+        self.outcome(id, outcome?)
+    }
+
+    fn keep_admin(&self, now: SystemTime) -> KeepAdmin {
+        KeepAdmin {
+            role: self.config.admin_role.clone(),
+            now,
+        }
+    }
+
+    fn outcome<T>(&self, id: TokenId, outcome: Outcome<T>) -> Result<T, Error> {
+        match outcome {
+            Outcome::Done(done) => Ok(done),
+            Outcome::NotFound => Err(Error::NotFound(id)),
+            Outcome::Lockout(what) => Err(Error::Lockout {
+                what,
+                id,
+                role: self.config.admin_role.clone(),
+            }),
+        }
+    }
+
     pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
-        let deleted = self.store.delete(id).await;
+        let now = self.clock.now();
+        let deleted = self.store.delete(id, &self.keep_admin(now)).await;
         // Before the answer: once acknowledged, no lookup may find it.
         self.cache.invalidate(id);
-        if !deleted? {
-            return Err(Error::NotFound(id));
-        }
+        self.outcome(id, deleted?)?;
         tracing::info!(
             target: AUDIT,
             rpc = Rpc::Delete.as_str(),
@@ -382,7 +590,18 @@ impl TokenService {
     /// once no request is in flight any more.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.refusals.flush();
+        if let Some(last_used) = &self.last_used {
+            last_used.write().await;
+        }
         self.store.flush().await
+    }
+
+    /// Writes the last-used times noted so far now, instead of at the end
+    /// of the resolution window.
+    pub async fn write_last_used(&self) {
+        if let Some(last_used) = &self.last_used {
+            last_used.write().await;
+        }
     }
 }
 
@@ -392,8 +611,9 @@ impl TokenService {
 pub async fn bootstrap(
     store: &dyn Store,
     clock: &dyn Clock,
-    new: NewToken,
+    mut new: NewToken,
 ) -> Result<(Token, ServiceToken), Error> {
+    new.created_by = "bootstrap".to_owned();
     let (token, created) = issue(store, clock, new).await?;
     audit_created("bootstrap", None, &created);
     Ok((token, created))

@@ -194,14 +194,16 @@ impl Session {
         Ok((response.token, created))
     }
 
-    /// Every token, following `next_page_token` to the end.
-    pub async fn list_all(&mut self) -> Result<Vec<ServiceToken>, CliError> {
+    /// Every token `filter` (a ListRequest's filters) matches, following
+    /// `next_page_token` to the end.
+    pub async fn list_all(&mut self, filter: ListRequest) -> Result<Vec<ServiceToken>, CliError> {
         let mut tokens = Vec::new();
         let mut page_token = String::new();
         loop {
             let request = self.authorized(ListRequest {
                 page_size: LIST_PAGE_SIZE,
                 page_token,
+                ..filter.clone()
             })?;
             let page = match self.client.list(request).await {
                 Ok(page) => page.into_inner(),
@@ -244,6 +246,7 @@ impl Session {
                         InvalidReason::Malformed => "malformed",
                         InvalidReason::NotFound => "unknown or deleted",
                         InvalidReason::Expired => "expired",
+                        InvalidReason::Disabled => "disabled",
                         InvalidReason::Unspecified => "no reason given",
                     }
                 ),

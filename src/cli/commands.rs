@@ -15,7 +15,7 @@ use super::{
     config::{Config, Context, default_path},
     output::{DATE, Printer, date, epoch_millis, render_table, token_json, token_table},
 };
-use crate::proto::CreateRequest;
+use crate::proto::{CreateRequest, ListRequest};
 
 /// The options every command shares.
 #[derive(Debug, Clone, Default)]
@@ -120,6 +120,8 @@ pub async fn create_token(
     let mut session = globals.session().await?;
     let (token, created) = session
         .create(CreateRequest {
+            description: String::new(),
+            labels: Default::default(),
             name,
             roles,
             expiration,
@@ -159,7 +161,7 @@ pub fn parse_expiration(text: &str) -> Result<prost_types::Timestamp, CliError> 
 /// `sts service-token list`.
 pub async fn list_tokens(globals: &Globals, printer: &Printer) -> Result<(), CliError> {
     let mut session = globals.session().await?;
-    let mut tokens = session.list_all().await?;
+    let mut tokens = session.list_all(ListRequest::default()).await?;
     let table = token_table(&mut tokens);
     let value = json!({ "service-tokens": tokens.iter().map(token_json).collect::<Vec<_>>() });
     printer.table(table, "No service tokens found.", value);

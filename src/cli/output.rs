@@ -172,7 +172,7 @@ mod tests {
             name: name.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             expiration: expiration.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
-            created_at: None,
+            ..ServiceToken::default()
         }
     }
 

@@ -3,14 +3,17 @@
 
 mod undecodable;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     credential,
     error::Error,
-    model::{NewToken, ServiceToken, TokenId, parse_time},
+    model::{
+        Description, Edit, FieldError, Labels, ListFilter, NewToken, Roles, Secret, ServiceToken,
+        TokenId, TokenName, parse_time,
+    },
     page::PageRequest,
     proto,
     service::{InvalidReason, Rpc, TokenService, Validation},
@@ -66,7 +69,14 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                     config.default_page_size,
                     config.max_page_size,
                 )?;
-                self.service.list(&admin, page).await
+                let filter = ListFilter::parse(
+                    &request.name_prefix,
+                    &request.role,
+                    time("unused_since", request.unused_since)?,
+                    time("expiring_before", request.expiring_before)?,
+                    request.disabled,
+                )?;
+                self.service.list(&admin, page, &filter).await
             })
             .await?;
         Ok(Response::new(proto::ListResponse {
@@ -98,6 +108,127 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         let validation = self.service.validate(&request.get_ref().token).await?;
         Ok(Response::new(validation.into()))
     }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let (metadata, source, message) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        let token = self
+            .service
+            .manage(Rpc::Get, presented, source, |admin| async move {
+                self.service.get(&admin, TokenId::parse(message.id)?).await
+            })
+            .await?;
+        Ok(Response::new(proto::GetResponse {
+            service_token: Some(token.into()),
+        }))
+    }
+
+    async fn update(
+        &self,
+        request: Request<proto::UpdateRequest>,
+    ) -> Result<Response<proto::UpdateResponse>, Status> {
+        let (metadata, source, message) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        let token = self
+            .service
+            .manage(Rpc::Update, presented, source, |admin| async move {
+                let (id, edit) = edit(message)?;
+                self.service.update(&admin, id, edit).await
+            })
+            .await?;
+        Ok(Response::new(proto::UpdateResponse {
+            service_token: Some(token.into()),
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<proto::RotateRequest>,
+    ) -> Result<Response<proto::RotateResponse>, Status> {
+        let (metadata, source, message) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        let (token, rotated) = self
+            .service
+            .manage(Rpc::Rotate, presented, source, |admin| async move {
+                let id = TokenId::parse(message.id)?;
+                let grace = grace_period(message.grace_period)?;
+                self.service.rotate(&admin, id, grace).await
+            })
+            .await?;
+        Ok(Response::new(proto::RotateResponse {
+            token: token.expose_secret().to_owned(),
+            service_token: Some(rotated.into()),
+        }))
+    }
+}
+
+fn time(
+    field: &str,
+    at: Option<prost_types::Timestamp>,
+) -> Result<Option<std::time::SystemTime>, FieldError> {
+    at.map(|ts| parse_time(field, ts.seconds, ts.nanos))
+        .transpose()
+}
+
+/// Unset is zero: the old secret ends now.
+fn grace_period(grace: Option<prost_types::Duration>) -> Result<Duration, FieldError> {
+    let Some(grace) = grace else {
+        return Ok(Duration::ZERO);
+    };
+    let invalid = || {
+        FieldError::new(
+            "grace_period",
+            "must be zero or positive, with nanos within 0..1000000000",
+        )
+    };
+    if grace.seconds < 0 || !(0..1_000_000_000).contains(&grace.nanos) {
+        return Err(invalid());
+    }
+    Ok(Duration::new(grace.seconds as u64, grace.nanos as u32))
+}
+
+/// The mask paths of an update, as AIP-134 names them.
+const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, disabled";
+
+/// An UpdateRequest as the token it names and the fields its mask sets.
+fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
+    let token = request
+        .service_token
+        .ok_or_else(|| FieldError::new("service_token", "is required (its id names the token)"))?;
+    let id = TokenId::parse(token.id)?;
+    let paths = request
+        .update_mask
+        .map(|mask| mask.paths)
+        .unwrap_or_default();
+    if paths.is_empty() {
+        return Err(FieldError::new(
+            "update_mask",
+            format!("is required: name the fields to change ({UPDATE_PATHS})"),
+        )
+        .into());
+    }
+    let mut edit = Edit::default();
+    for path in &paths {
+        match path.as_str() {
+            "name" => edit.name = Some(TokenName::parse(&token.name)?),
+            "roles" => edit.roles = Some(Roles::parse(&token.roles)?),
+            "expiration" => edit.expiration = Some(time("expiration", token.expiration)?),
+            "description" => edit.description = Some(Description::parse(&token.description)?),
+            "labels" => edit.labels = Some(Labels::parse(&token.labels)?),
+            "disabled" => edit.disabled = Some(token.disabled),
+            other => {
+                return Err(FieldError::new(
+                    "update_mask",
+                    format!("{other:?} is not a field that can be updated ({UPDATE_PATHS})"),
+                )
+                .into());
+            }
+        }
+    }
+    Ok((id, edit))
 }
 
 /// What a management call needs of its request: the metadata (where the
@@ -109,21 +240,31 @@ fn parts<T>(request: Request<T>) -> (MetadataMap, Option<IpAddr>, T) {
 }
 
 fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
-    let expiration = request
-        .expiration
-        .map(|ts| parse_time("expiration", ts.seconds, ts.nanos))
-        .transpose()?;
-    Ok(NewToken::parse(&request.name, &request.roles, expiration)?)
+    let expiration = time("expiration", request.expiration)?;
+    let new = NewToken::parse(&request.name, &request.roles, expiration)?;
+    Ok(new.described(
+        Description::parse(&request.description)?,
+        Labels::parse(&request.labels)?,
+    ))
 }
 
 impl From<ServiceToken> for proto::ServiceToken {
     fn from(token: ServiceToken) -> proto::ServiceToken {
+        let previous = token.previous_secret;
         proto::ServiceToken {
             id: token.id.get(),
             name: token.name.as_str().to_owned(),
             roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
             expiration: token.expiration.map(Into::into),
             created_at: Some(token.created_at.into()),
+            description: token.description.as_str().to_owned(),
+            labels: token.labels.as_map().clone(),
+            disabled: token.disabled,
+            last_used_at: token.last_used_at.map(Into::into),
+            created_by: token.created_by,
+            updated_at: Some(token.updated_at.into()),
+            previous_secret_expiration: previous.map(|p| p.expiration.into()),
+            previous_secret_last_used_at: previous.and_then(|p| p.last_used_at).map(Into::into),
         }
     }
 }
@@ -131,15 +272,17 @@ impl From<ServiceToken> for proto::ServiceToken {
 impl From<Validation> for proto::ValidateResponse {
     fn from(validation: Validation) -> proto::ValidateResponse {
         match validation {
-            Validation::Valid(token) => proto::ValidateResponse {
+            Validation::Valid(token, secret) => proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
                 service_token: Some(token.into()),
+                previous_secret: secret == Secret::Previous,
             },
             Validation::Invalid(reason) => proto::ValidateResponse {
                 valid: false,
                 reason: proto::InvalidReason::from(reason).into(),
                 service_token: None,
+                previous_secret: false,
             },
         }
     }
@@ -151,6 +294,7 @@ impl From<InvalidReason> for proto::InvalidReason {
             InvalidReason::Malformed(_) => proto::InvalidReason::Malformed,
             InvalidReason::NotFound => proto::InvalidReason::NotFound,
             InvalidReason::Expired => proto::InvalidReason::Expired,
+            InvalidReason::Disabled => proto::InvalidReason::Disabled,
         }
     }
 }

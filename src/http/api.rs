@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{Caller, HttpState};
 use crate::{
     error::Error,
-    model::{FieldError, Role, ServiceToken},
+    model::{FieldError, Role, Secret, ServiceToken},
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -35,24 +35,52 @@ const fn number(digits: &str) -> u64 {
 pub const ID_HEADER: &str = "x-service-token-id";
 pub const NAME_HEADER: &str = "x-service-token-name";
 pub const ROLES_HEADER: &str = "x-service-token-roles";
+/// Sent (`true`) when the caller used a secret rotated out by Rotate, in its
+/// grace period, so whoever reads it can warn the client to switch.
+pub const PREVIOUS_SECRET_HEADER: &str = "x-service-token-previous-secret";
 
-/// A token as StackState's API shows it: expiration in epoch milliseconds.
+/// A token as StackState's API shows it: its fields (`id`, `name`, `roles`,
+/// `expiration`) first and as StackState has them, times in epoch
+/// milliseconds; the lifecycle fields after them.
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TokenJson {
     pub id: u64,
     pub name: String,
     pub roles: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration: Option<i64>,
+    pub description: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub disabled: bool,
+    pub created_at: i64,
+    pub created_by: String,
+    pub updated_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expiration: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_last_used_at: Option<i64>,
 }
 
 impl From<&ServiceToken> for TokenJson {
     fn from(token: &ServiceToken) -> TokenJson {
+        let previous = token.previous_secret;
         TokenJson {
             id: token.id.get(),
             name: token.name.as_str().to_owned(),
             roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
             expiration: token.expiration.map(epoch_millis),
+            description: token.description.as_str().to_owned(),
+            labels: token.labels.as_map().clone(),
+            disabled: token.disabled,
+            created_at: epoch_millis(token.created_at),
+            created_by: token.created_by.clone(),
+            updated_at: epoch_millis(token.updated_at),
+            last_used_at: token.last_used_at.map(epoch_millis),
+            previous_secret_expiration: previous.map(|p| epoch_millis(p.expiration)),
+            previous_secret_last_used_at: previous.and_then(|p| p.last_used_at).map(epoch_millis),
         }
     }
 }
@@ -76,7 +104,7 @@ pub async fn status(State(state): State<HttpState>, Caller(caller): Caller) -> J
     Json(StatusJson {
         version: VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
-        service_token: TokenJson::from(&caller),
+        service_token: TokenJson::from(&caller.token),
     })
 }
 
@@ -129,11 +157,18 @@ pub async fn forward_auth(
     Caller(caller): Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Error> {
+    let (caller, secret) = (caller.token, caller.secret);
     for role in required_roles(query.as_deref())? {
         state.service.require_role(&caller, &role)?;
     }
     let roles: Vec<&str> = caller.roles.iter().map(Role::as_str).collect();
     let mut headers = HeaderMap::new();
+    if secret == Secret::Previous {
+        headers.insert(
+            HeaderName::from_static(PREVIOUS_SECRET_HEADER),
+            HeaderValue::from_static("true"),
+        );
+    }
     for (name, value) in [
         (ID_HEADER, caller.id.to_string()),
         // Names may hold non-ASCII text; it is sent as UTF-8 bytes.

@@ -7,12 +7,13 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use tonic::transport::server::TcpConnectInfo;
 
 use super::HttpState;
-use crate::{credential, error::Error, model::ServiceToken};
+use crate::{credential, error::Error, service::Authenticated};
 
-/// The caller's valid service token, read from `Authorization: ApiKey …` or
-/// `X-API-Key` through the same validation as gRPC's `Validate`. Rejects
-/// with 401 and `WWW-Authenticate: ApiKey`.
-pub struct Caller(pub ServiceToken);
+/// The caller's valid service token (and which of its secrets it sent),
+/// read from `Authorization: ApiKey …` or `X-API-Key` through the same
+/// validation as gRPC's `Validate`. Rejects with 401 and
+/// `WWW-Authenticate: ApiKey`.
+pub struct Caller(pub Authenticated);
 
 impl FromRequestParts<HttpState> for Caller {
     type Rejection = Error;
@@ -20,7 +21,7 @@ impl FromRequestParts<HttpState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Caller, Error> {
         state
             .service
-            .authenticate(credential::presented(&parts.headers))
+            .authenticate_secret(credential::presented(&parts.headers))
             .await
             .map(Caller)
     }

@@ -17,7 +17,7 @@ use axum::{
     extract::{DefaultBodyLimit, Request},
     http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{any, delete, get},
+    routing::{any, get, post},
 };
 use serde::Serialize;
 
@@ -71,7 +71,11 @@ pub fn router(state: HttpState) -> Router {
             "/api/security/tokens",
             get(tokens::list).post(tokens::create),
         )
-        .route("/api/security/tokens/{id}", delete(tokens::delete))
+        .route(
+            "/api/security/tokens/{id}",
+            get(tokens::get).patch(tokens::patch).delete(tokens::delete),
+        )
+        .route("/api/security/tokens/{id}/rotate", post(tokens::rotate))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))
@@ -101,6 +105,7 @@ impl IntoResponse for Error {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,52 +1,197 @@
-//! StackState-compatible REST for tokens: `GET`/`POST /api/security/tokens`
-//! and `DELETE /api/security/tokens/{id}`, over the same service calls (and
+//! StackState-compatible REST for tokens: `GET`/`POST /api/security/tokens`,
+//! `GET`/`PATCH`/`DELETE /api/security/tokens/{id}` and
+//! `POST /api/security/tokens/{id}/rotate`, over the same service calls (and
 //! the same admin rule) as gRPC.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode},
+    body::{Body, Bytes},
+    extract::{Path, Query, State, rejection::BytesRejection, rejection::QueryRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{HttpState, api::TokenJson, api::epoch_millis, caller::Peer};
 use crate::{
     credential,
     error::Error,
-    model::{FieldError, NewToken, TokenId, parse_epoch_millis},
+    model::{
+        Description, Edit, FieldError, Labels, ListFilter, NewToken, Roles, TokenId, TokenName,
+        parse_epoch_millis,
+    },
     page::PageRequest,
-    service::Rpc,
+    service::{Admin, Rpc, TokenService},
 };
 
-/// Every token, in id order, fetched from the service one maximal page at a time.
+/// The query parameters of the list: the gRPC filters, camel-cased, times
+/// in epoch milliseconds; `limit` and `pageToken` page it.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    limit: Option<i32>,
+    page_token: Option<String>,
+    name_prefix: Option<String>,
+    role: Option<String>,
+    unused_since: Option<i64>,
+    expiring_before: Option<i64>,
+    disabled: Option<bool>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<ListFilter, FieldError> {
+        let time = |field, ms: Option<i64>| ms.map(|ms| parse_epoch_millis(field, ms)).transpose();
+        ListFilter::parse(
+            self.name_prefix.as_deref().unwrap_or_default(),
+            self.role.as_deref().unwrap_or_default(),
+            time("unusedSince", self.unused_since)?,
+            time("expiringBefore", self.expiring_before)?,
+            self.disabled,
+        )
+    }
+}
+
+/// What a list answers: one page (with `limit`), or every token.
+enum Listed {
+    Page {
+        tokens: Vec<TokenJson>,
+        next: Option<String>,
+    },
+    All(Body),
+}
+
+/// Tokens in id order as one JSON array, StackState's shape. With `limit`
+/// (or `pageToken`) one page, the next one linked in a `Link: <…>;
+/// rel="next"` header; without, every token, streamed a page at a time so
+/// the server never holds them all.
 pub async fn list(
     State(state): State<HttpState>,
     Peer(source): Peer,
     headers: HeaderMap,
-) -> Result<Json<Vec<TokenJson>>, Error> {
-    let service = &state.service;
-    let call = |admin| async move {
-        let mut tokens = Vec::new();
-        let mut after = None;
-        loop {
+    query: Result<Query<ListQuery>, QueryRejection>,
+    uri: axum::http::Uri,
+) -> Result<Response, Error> {
+    let service = state.service.clone();
+    let call = |admin: Admin| async move {
+        let Query(query) =
+            query.map_err(|rejection| FieldError::new("query", rejection.body_text()))?;
+        let filter = query.filter()?;
+        let config = service.config();
+        if query.limit.is_none() && query.page_token.is_none() {
+            // The first page now, so a store failure is still an error answer.
             let request = PageRequest {
-                after,
+                after: None,
+                size: config.max_page_size,
+            };
+            let first = service.list(&admin, request, &filter).await?;
+            return Ok(Listed::All(stream_all(
+                service.clone(),
+                admin,
+                filter,
+                first,
+            )));
+        }
+        let page = PageRequest::parse(
+            query.limit.unwrap_or(0),
+            query.page_token.as_deref().unwrap_or_default(),
+            config.default_page_size,
+            config.max_page_size,
+        )
+        .map_err(|e| match e.field.as_str() {
+            "page_size" => FieldError::new("limit", e.problem),
+            "page_token" => FieldError::new("pageToken", e.problem),
+            _ => e,
+        })?;
+        let page = service.list(&admin, page, &filter).await?;
+        Ok(Listed::Page {
+            tokens: page.tokens.iter().map(TokenJson::from).collect(),
+            next: page.next_cursor,
+        })
+    };
+    let listed = state
+        .service
+        .manage(Rpc::List, credential::presented(&headers), source, call)
+        .await?;
+    Ok(match listed {
+        Listed::All(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Listed::Page { tokens, next } => {
+            let mut response = Json(tokens).into_response();
+            if let Some(link) = next.and_then(|cursor| next_link(&uri, &cursor)) {
+                response.headers_mut().insert(header::LINK, link);
+            }
+            response
+        }
+    })
+}
+
+/// The `Link` to the page after `cursor`: this request's path and query,
+/// `pageToken` replaced.
+fn next_link(uri: &axum::http::Uri, cursor: &str) -> Option<HeaderValue> {
+    let kept = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .filter(|(name, _)| name != "pageToken")
+        .collect::<Vec<_>>();
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs(kept);
+    query.append_pair("pageToken", cursor);
+    HeaderValue::from_str(&format!(
+        "<{}?{}>; rel=\"next\"",
+        uri.path(),
+        query.finish()
+    ))
+    .ok()
+}
+
+/// Every token as one JSON array, page after page, starting with `first`.
+/// A store failure after the first page ends the body early: the client
+/// sees a broken response, never a short list that looks whole.
+fn stream_all(
+    service: Arc<TokenService>,
+    admin: Admin,
+    filter: ListFilter,
+    first: crate::service::Page,
+) -> Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(2);
+    tokio::spawn(async move {
+        let mut page = first;
+        let mut opened = false;
+        loop {
+            let mut chunk = Vec::new();
+            for token in &page.tokens {
+                chunk.push(if opened { b',' } else { b'[' });
+                opened = true;
+                serde_json::to_writer(&mut chunk, &TokenJson::from(token))
+                    .expect("a token serializes");
+            }
+            let after = match (&page.next_cursor, page.tokens.last()) {
+                (Some(_), Some(last)) => Some(last.id),
+                _ => None,
+            };
+            if after.is_none() {
+                chunk.extend_from_slice(if opened { b"]" } else { b"[]" });
+            }
+            if sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            let Some(after) = after else {
+                return;
+            };
+            let request = PageRequest {
+                after: Some(after),
                 size: service.config().max_page_size,
             };
-            let page = service.list(&admin, request).await?;
-            tokens.extend(page.tokens.iter().map(TokenJson::from));
-            match (page.next_cursor, page.tokens.last()) {
-                (Some(_), Some(last)) => after = Some(last.id),
-                _ => return Ok(tokens),
+            match service.list(&admin, request, &filter).await {
+                Ok(next) => page = next,
+                Err(e) => {
+                    let _ = sender.send(Err(e)).await;
+                    return;
+                }
             }
         }
-    };
-    service
-        .manage(Rpc::List, credential::presented(&headers), source, call)
-        .await
-        .map(Json)
+    });
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
 #[derive(Deserialize)]
@@ -56,6 +201,10 @@ struct CreateJson {
     roles: Vec<String>,
     /// Epoch milliseconds.
     expiry_date: Option<i64>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +228,24 @@ fn unreadable(rejection: BytesRejection, limit: usize) -> Error {
     }
 }
 
+/// A JSON body, or the error that says why it is not one.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    what: &str,
+) -> Result<T, Error> {
+    let body = body.map_err(|rejection| unreadable(rejection, limit))?;
+    Ok(serde_json::from_slice(&body)
+        .map_err(|e| FieldError::new("body", format!("is not {what}: {e}")))?)
+}
+
+fn path_id(id: &str) -> Result<TokenId, Error> {
+    let number = id
+        .parse::<u64>()
+        .map_err(|_| FieldError::new("id", format!("{id:?} is not a token id")))?;
+    Ok(TokenId::parse(number)?)
+}
+
 pub async fn create(
     State(state): State<HttpState>,
     Peer(source): Peer,
@@ -87,14 +254,15 @@ pub async fn create(
 ) -> Result<Response, Error> {
     let service = &state.service;
     let call = |admin| async move {
-        let body = body.map_err(|rejection| unreadable(rejection, state.max_body))?;
-        let request: CreateJson = serde_json::from_slice(&body)
-            .map_err(|e| FieldError::new("body", format!("is not a token request: {e}")))?;
+        let request: CreateJson = json_body(body, state.max_body, "a token request")?;
         let expiration = request
             .expiry_date
             .map(|ms| parse_epoch_millis(EXPIRY_DATE, ms))
             .transpose()?;
-        let new = NewToken::parse(&request.name, &request.roles, expiration)?;
+        let new = NewToken::parse(&request.name, &request.roles, expiration)?.described(
+            Description::parse(&request.description)?,
+            Labels::parse(&request.labels)?,
+        );
         let created = service.create(&admin, new).await;
         created.map_err(|e| e.naming_field("expiration", EXPIRY_DATE))
     };
@@ -110,6 +278,172 @@ pub async fn create(
     .into_response())
 }
 
+pub async fn get(
+    State(state): State<HttpState>,
+    Peer(source): Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<TokenJson>, Error> {
+    let service = &state.service;
+    let call = |admin| async move { service.get(&admin, path_id(&id)?).await };
+    let token = service
+        .manage(Rpc::Get, credential::presented(&headers), source, call)
+        .await?;
+    Ok(Json(TokenJson::from(&token)))
+}
+
+/// A JSON merge patch (RFC 7396) of `name`, `roles`, `expiryDate`,
+/// `description`, `labels` and `disabled`: a member present is changed,
+/// `null` removes what can be removed (`expiryDate`: never expires;
+/// `description`; `labels`, or one label within it).
+fn patch_edit(patch: &Value, current: &Labels) -> Result<Edit, FieldError> {
+    let Some(members) = patch.as_object() else {
+        return Err(FieldError::new(
+            "body",
+            "must be a JSON object (a merge patch)",
+        ));
+    };
+    let mut edit = Edit::default();
+    let text = |field: &str, value: &Value| -> Result<String, FieldError> {
+        value
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| FieldError::new(field, "must be a string"))
+    };
+    for (field, value) in members {
+        match (field.as_str(), value) {
+            ("name" | "roles" | "disabled", Value::Null) => {
+                return Err(FieldError::new(field.as_str(), "cannot be removed"));
+            }
+            ("name", value) => edit.name = Some(TokenName::parse(&text("name", value)?)?),
+            ("roles", value) => {
+                let roles: Vec<String> = serde_json::from_value(value.clone())
+                    .map_err(|_| FieldError::new("roles", "must be an array of strings"))?;
+                edit.roles = Some(Roles::parse(&roles)?);
+            }
+            (EXPIRY_DATE, Value::Null) => edit.expiration = Some(None),
+            (EXPIRY_DATE, value) => {
+                let ms = value
+                    .as_i64()
+                    .ok_or_else(|| FieldError::new(EXPIRY_DATE, "must be epoch milliseconds"))?;
+                edit.expiration = Some(Some(parse_epoch_millis(EXPIRY_DATE, ms)?));
+            }
+            ("description", Value::Null) => edit.description = Some(Description::default()),
+            ("description", value) => {
+                edit.description = Some(Description::parse(&text("description", value)?)?);
+            }
+            ("labels", Value::Null) => edit.labels = Some(Labels::default()),
+            ("labels", Value::Object(changes)) => {
+                let mut labels: BTreeMap<String, String> = current.as_map().clone();
+                for (key, value) in changes {
+                    match value {
+                        Value::Null => {
+                            labels.remove(key);
+                        }
+                        Value::String(value) => {
+                            labels.insert(key.clone(), value.clone());
+                        }
+                        _ => {
+                            return Err(FieldError::new(
+                                format!("labels[{key:?}]"),
+                                "must be a string, or null to remove it",
+                            ));
+                        }
+                    }
+                }
+                edit.labels = Some(Labels::parse(&labels)?);
+            }
+            ("labels", _) => {
+                return Err(FieldError::new("labels", "must be an object, or null"));
+            }
+            ("disabled", value) => {
+                edit.disabled = Some(
+                    value
+                        .as_bool()
+                        .ok_or_else(|| FieldError::new("disabled", "must be true or false"))?,
+                );
+            }
+            (other, _) => {
+                return Err(FieldError::new(
+                    other,
+                    "cannot be changed (name, roles, expiryDate, description, labels, disabled can)",
+                ));
+            }
+        }
+    }
+    Ok(edit)
+}
+
+pub async fn patch(
+    State(state): State<HttpState>,
+    Peer(source): Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenJson>, Error> {
+    let service = &state.service;
+    let call = |admin| async move {
+        let id = path_id(&id)?;
+        let patch: Value = json_body(body, state.max_body, "a JSON merge patch")?;
+        // A labels patch merges into the labels the token has now.
+        let current = match patch.get("labels") {
+            Some(Value::Object(_)) => service.get(&admin, id).await?.labels,
+            _ => Labels::default(),
+        };
+        let edit = patch_edit(&patch, &current)?;
+        let updated = service.update(&admin, id, edit).await;
+        updated.map_err(|e| {
+            e.naming_field("expiration", EXPIRY_DATE)
+                .naming_field("update_mask", "body")
+        })
+    };
+    let token = service
+        .manage(Rpc::Update, credential::presented(&headers), source, call)
+        .await?;
+    Ok(Json(TokenJson::from(&token)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RotateJson {
+    #[serde(default)]
+    grace_period_seconds: u64,
+}
+
+pub async fn rotate(
+    State(state): State<HttpState>,
+    Peer(source): Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let service = &state.service;
+    let call = |admin| async move {
+        let id = path_id(&id)?;
+        let empty = body
+            .as_ref()
+            .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
+        let request: RotateJson = if empty {
+            RotateJson::default()
+        } else {
+            json_body(body, state.max_body, "a rotation request")?
+        };
+        let grace = Duration::from_secs(request.grace_period_seconds);
+        let rotated = service.rotate(&admin, id, grace).await;
+        rotated.map_err(|e| e.naming_field("grace_period", "gracePeriodSeconds"))
+    };
+    let (token, rotated) = service
+        .manage(Rpc::Rotate, credential::presented(&headers), source, call)
+        .await?;
+    Ok(Json(CreatedJson {
+        id: rotated.id.get(),
+        name: rotated.name.to_string(),
+        token: token.expose_secret().to_owned(),
+        expiration: rotated.expiration.map(epoch_millis),
+    })
+    .into_response())
+}
+
 pub async fn delete(
     State(state): State<HttpState>,
     Peer(source): Peer,
@@ -117,12 +451,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     let service = &state.service;
-    let call = |admin| async move {
-        let id = id
-            .parse::<u64>()
-            .map_err(|_| FieldError::new("id", format!("{id:?} is not a token id")))?;
-        service.delete(&admin, TokenId::parse(id)?).await
-    };
+    let call = |admin| async move { service.delete(&admin, path_id(&id)?).await };
     service
         .manage(Rpc::Delete, credential::presented(&headers), source, call)
         .await?;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::{
     cache::ValidationCache,
-    model::{NewToken, ServiceToken, StoredToken, TokenId},
+    model::{Change, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
 
@@ -28,6 +28,36 @@ pub enum Imported {
     AlreadyThere,
     /// Its id or hash belongs to a different token here; nothing changed.
     Conflict(String),
+}
+
+/// What a change or delete of one token came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T> {
+    Done(T),
+    NotFound,
+    /// Refused: the token is the last one that lets anyone manage tokens,
+    /// and the change would take that away. Says what the change would
+    /// have done ("disabling", ...).
+    Lockout(&'static str),
+}
+
+/// The rule every change and delete is held to: some token must keep the
+/// admin role, enabled and unexpired, at `now` (see
+/// [`crate::model::takes_admin_away`]). A store checks it atomically with the
+/// change, so two admins cannot remove each other's access at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepAdmin {
+    pub role: Role,
+    pub now: SystemTime,
+}
+
+/// A token was used (checked successfully): last at `at`, and through its
+/// previous secret (in its grace period) last at `previous_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    pub id: TokenId,
+    pub at: SystemTime,
+    pub previous_at: Option<SystemTime>,
 }
 
 /// The error a backend's failure came with: a driver's, the operating
@@ -131,13 +161,27 @@ pub trait Store: Send + Sync + 'static {
     /// The token whose secret hashes to `hash`, if any. A lookup, not a scan.
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError>;
 
-    /// Up to `limit` tokens with ids greater than `after`, in ascending id
-    /// order, with their hashes (for export).
+    /// The token with this id, if any.
+    async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError>;
+
+    /// Up to `limit` tokens with ids greater than `after` that `filter`
+    /// matches, in ascending id order, with their hashes (for export).
+    async fn list_matching(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// [`Store::list_matching`] without a filter.
     async fn list_stored(
         &self,
         after: Option<TokenId>,
         limit: usize,
-    ) -> Result<Vec<StoredToken>, StoreError>;
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        self.list_matching(after, limit, &ListFilter::default())
+            .await
+    }
 
     /// As [`Store::list_stored`], descriptions only.
     async fn list(
@@ -149,13 +193,30 @@ pub trait Store: Send + Sync + 'static {
         Ok(page.into_iter().map(|stored| stored.token).collect())
     }
 
+    /// Applies `change` to a token at `keep.now` unless that would break
+    /// `keep`; returns the token before and after. Durable once it returns,
+    /// and, like a delete, seen by every replica's cache within its bound.
+    async fn change(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError>;
+
+    /// Records when tokens were last used: each time only moves forward
+    /// (the latest wins, whichever replica wrote it), and a token gone in
+    /// the meantime is skipped. One flush for the batch; never a cache
+    /// invalidation (a use changes nothing a validation depends on).
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError>;
+
     /// Adds exported tokens under their own ids and hashes; durable once it
     /// returns. A token already there (same id, same hash) is left as is, so
     /// importing twice changes nothing.
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError>;
 
-    /// Removes a token; `false` when there was none. Durable once it returns.
-    async fn delete(&self, id: TokenId) -> Result<bool, StoreError>;
+    /// Removes a token unless that would break `keep`. Durable once it
+    /// returns.
+    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError>;
 
     /// How many tokens are stored; cheap enough for every metrics scrape.
     async fn count(&self) -> Result<u64, StoreError>;

@@ -7,8 +7,8 @@
 //! primary key across replicas; `list` pages by id, so a cursor from one
 //! replica is good on any other.
 //!
-//! Replicas cache validations (`crate::cache`), so deletes must reach them:
-//! a delete `NOTIFY`s its id in its own transaction (delivered on commit,
+//! Replicas cache validations (`crate::cache`), so deletes and changes must
+//! reach them: a delete or change `NOTIFY`s its id in its own transaction (delivered on commit,
 //! never for a rollback), and each replica's feed task `LISTEN`s. The same
 //! feed sends itself a heartbeat every [`HEARTBEAT_INTERVAL`]: PostgreSQL
 //! delivers notifications in commit order, so receiving a heartbeat sent at
@@ -19,6 +19,11 @@
 //!
 //! Times are kept to the microsecond (PostgreSQL's precision); inserts return
 //! what a later read returns.
+//!
+//! The lockout rule (some admin token must remain) is checked under a
+//! transaction-scoped advisory lock ([`ADMIN_LOCK`]) by every change that
+//! would take a token's admin access away, so two replicas cannot each
+//! remove one of the last two admins. Other changes take no such lock.
 
 use std::{
     collections::VecDeque,
@@ -26,19 +31,25 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use sqlx::{
-    ConnectOptions, PgExecutor, PgPool, Row,
+    ConnectOptions, PgConnection, PgExecutor, PgPool, Row,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
+    types::Json,
 };
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{Cause, Imported, Store, StoreError, with_causes};
+use super::{Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use, with_causes};
 use crate::{
     cache::ValidationCache,
     config::StoreUrl,
-    model::{NewToken, ServiceToken, StoredParts, StoredToken, TokenId},
+    model::{
+        Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
+        takes_admin_away,
+    },
     token::TokenHash,
 };
 
@@ -58,7 +69,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: u32 = 16;
 const ID_ATTEMPTS: usize = 8;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The advisory lock key of the lockout rule ("sts-admin" in ASCII).
+const ADMIN_LOCK: i64 = 0x7374_732d_6164_6d69;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -103,7 +115,12 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(cannot_connect)?;
-        MIGRATOR
+        // A migration this release does not know is a later release's,
+        // applied while replicas are upgraded one by one (or before a
+        // rollback): its columns all have defaults, so this one can run.
+        let mut migrator = sqlx::migrate!();
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&pool)
             .await
             .map_err(|e| scrubbed("cannot migrate the schema", &e))?;
@@ -245,11 +262,32 @@ fn to_db_time(time: SystemTime) -> OffsetDateTime {
         .expect("a whole number of microseconds is a valid nanosecond")
 }
 
-const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at";
+const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
+     disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
+     previous_last_used_at";
 
 /// The one INSERT: a new token and an imported one are the same row.
-const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at) \
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
+     description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
+     previous_expires_at, previous_last_used_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING";
+
+/// Everything a change may set (never the last uses: those only move
+/// forward, through `record_uses`), and the NOTIFY that tells every replica.
+const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
+     description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
+     previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12 \
+     WHERE id = $1 RETURNING id) \
+     SELECT pg_notify($13, 'd:' || id::text) FROM changed";
+
+/// The admin condition of `ServiceToken::is_admin_at`, in SQL: role `$2`,
+/// at time `$3`.
+const IS_ADMIN: &str =
+    "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3))";
+
+fn roles_of(token: &ServiceToken) -> Vec<&str> {
+    token.roles.iter().map(|r| r.as_str()).collect()
+}
 
 /// Adds `stored`'s row unless its id or hash is taken; whether it did.
 async fn insert_row<'e>(
@@ -257,14 +295,23 @@ async fn insert_row<'e>(
     stored: &StoredToken,
 ) -> Result<bool, StoreError> {
     let token = &stored.token;
-    let roles: Vec<&str> = token.roles.iter().map(|r| r.as_str()).collect();
+    let previous = token.previous_secret;
     let inserted = sqlx::query(INSERT)
         .bind(db_id(token.id))
         .bind(&stored.hash.as_bytes()[..])
         .bind(token.name.as_str())
-        .bind(&roles)
+        .bind(roles_of(token))
         .bind(to_db_time(token.created_at))
         .bind(token.expiration.map(to_db_time))
+        .bind(token.description.as_str())
+        .bind(Json(token.labels.as_map()))
+        .bind(token.disabled)
+        .bind(token.last_used_at.map(to_db_time))
+        .bind(&token.created_by)
+        .bind(to_db_time(token.updated_at))
+        .bind(stored.previous_hash.map(|h| h.as_bytes().to_vec()))
+        .bind(previous.map(|p| to_db_time(p.expiration)))
+        .bind(previous.and_then(|p| p.last_used_at).map(to_db_time))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -277,18 +324,96 @@ fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
     let hash: Vec<u8> = row.try_get("token_hash").map_err(unavailable)?;
     let name: String = row.try_get("name").map_err(unavailable)?;
     let roles: Vec<String> = row.try_get("roles").map_err(unavailable)?;
+    let time = |column: &str| -> Result<Option<SystemTime>, StoreError> {
+        let at: Option<OffsetDateTime> = row.try_get(column).map_err(unavailable)?;
+        Ok(at.map(SystemTime::from))
+    };
     let created_at: OffsetDateTime = row.try_get("created_at").map_err(unavailable)?;
-    let expires_at: Option<OffsetDateTime> = row.try_get("expires_at").map_err(unavailable)?;
+    let description: String = row.try_get("description").map_err(unavailable)?;
     let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
+    let Json(labels): Json<BTreeMap<String, String>> =
+        row.try_get("labels").map_err(|e| corrupt(Box::new(e)))?;
+    let created_by: String = row.try_get("created_by").map_err(unavailable)?;
+    let previous_hash: Option<Vec<u8>> = row.try_get("previous_hash").map_err(unavailable)?;
     StoredToken::from_parts(StoredParts {
         id: u64::try_from(id).map_err(|e| corrupt(e.into()))?,
         hash: &hash,
         name: &name,
         roles: &roles,
-        expiration: expires_at.map(SystemTime::from),
+        expiration: time("expires_at")?,
         created_at: SystemTime::from(created_at),
+        description: &description,
+        labels: &labels,
+        disabled: row.try_get("disabled").map_err(unavailable)?,
+        last_used_at: time("last_used_at")?,
+        created_by: &created_by,
+        updated_at: time("updated_at")?,
+        previous_hash: previous_hash.as_deref(),
+        previous_expiration: time("previous_expires_at")?,
+        previous_last_used_at: time("previous_last_used_at")?,
     })
     .map_err(|e| corrupt(e.into()))
+}
+
+/// The row of `id`, locked until the transaction ends.
+async fn lock_row(
+    connection: &mut PgConnection,
+    id: TokenId,
+) -> Result<Option<StoredToken>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sts_tokens WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(db_id(id))
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(unavailable)?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// The lockout rule inside a transaction that holds `before`'s row: what
+/// the change would do, when no other token keeps admin access. Takes the
+/// advisory lock first, so such checks run one at a time and each sees the
+/// ones committed before it.
+async fn lockout(
+    connection: &mut PgConnection,
+    before: &ServiceToken,
+    after: Option<&ServiceToken>,
+    keep: &KeepAdmin,
+) -> Result<Option<&'static str>, StoreError> {
+    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now) else {
+        return Ok(None);
+    };
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ADMIN_LOCK)
+        .execute(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+    let another = sqlx::query(&format!(
+        "SELECT 1 FROM sts_tokens WHERE id <> $1 AND {IS_ADMIN} LIMIT 1"
+    ))
+    .bind(db_id(before.id))
+    .bind(keep.role.as_str())
+    .bind(to_db_time(keep.now))
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(another.is_none().then_some(what))
+}
+
+/// Deletes `id`'s row and tells every replica; whether there was one.
+async fn delete_row<'e>(executor: impl PgExecutor<'e>, id: TokenId) -> Result<bool, StoreError> {
+    // The NOTIFY is part of the deleting transaction: delivered exactly
+    // when the delete commits, never for one that rolled back.
+    let deleted = sqlx::query(
+        "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 RETURNING id) \
+         SELECT pg_notify($2, 'd:' || id::text) FROM gone",
+    )
+    .bind(db_id(id))
+    .bind(CHANNEL)
+    .fetch_optional(executor)
+    .await
+    .map_err(unavailable)?;
+    Ok(deleted.is_some())
 }
 
 /// The id as the `BIGINT` column holds it; ids are below 2^53.
@@ -312,6 +437,7 @@ impl Store for PostgresStore {
             let stored = StoredToken {
                 token: ServiceToken::new(TokenId::random(), &new, created_at),
                 hash,
+                previous_hash: None,
             };
             if insert_row(&self.pool, &stored).await? {
                 return Ok(stored.token);
@@ -331,7 +457,7 @@ impl Store for PostgresStore {
 
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM sts_tokens WHERE token_hash = $1"
+            "SELECT {COLUMNS} FROM sts_tokens WHERE token_hash = $1 OR previous_hash = $1"
         ))
         .bind(&hash.as_bytes()[..])
         .fetch_optional(&self.pool)
@@ -348,18 +474,41 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::misindexed(id))
     }
 
-    async fn list_stored(
+    async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM sts_tokens WHERE id = $1"))
+            .bind(db_id(id))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn list_matching(
         &self,
         after: Option<TokenId>,
         limit: usize,
+        filter: &ListFilter,
     ) -> Result<Vec<StoredToken>, StoreError> {
         let after = after.map_or(0, db_id);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Each filter is off when its parameter is NULL: what
+        // `ListFilter::matches` says, in SQL.
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 ORDER BY id LIMIT $2"
+            "SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 \
+             AND ($3::text IS NULL OR left(name, length($3)) = $3) \
+             AND ($4::text IS NULL OR $4 = ANY(roles)) \
+             AND ($5::timestamptz IS NULL OR last_used_at IS NULL OR last_used_at < $5) \
+             AND ($6::timestamptz IS NULL OR expires_at < $6) \
+             AND ($7::boolean IS NULL OR disabled = $7) \
+             ORDER BY id LIMIT $2"
         ))
         .bind(after)
         .bind(limit)
+        .bind(filter.name_prefix.as_deref())
+        .bind(filter.role.as_ref().map(|r| r.as_str()))
+        .bind(filter.unused_since.map(to_db_time))
+        .bind(filter.expiring_before.map(to_db_time))
+        .bind(filter.disabled)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -372,6 +521,75 @@ impl Store for PostgresStore {
             }
         }
         Ok(page)
+    }
+
+    async fn change(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        let Some(before) = lock_row(&mut transaction, id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        // Times as the row will keep them, so the answer reads like a Get.
+        let mut after = change.apply(&before, to_db_time(keep.now).into());
+        after.token.expiration = after.token.expiration.map(|t| to_db_time(t).into());
+        if let Some(previous) = &mut after.token.previous_secret {
+            previous.expiration = to_db_time(previous.expiration).into();
+        }
+        if let Some(what) =
+            lockout(&mut transaction, &before.token, Some(&after.token), keep).await?
+        {
+            return Ok(Outcome::Lockout(what));
+        }
+        let token = &after.token;
+        let previous = token.previous_secret;
+        sqlx::query(UPDATE)
+            .bind(db_id(id))
+            .bind(token.name.as_str())
+            .bind(roles_of(token))
+            .bind(token.expiration.map(to_db_time))
+            .bind(token.description.as_str())
+            .bind(Json(token.labels.as_map()))
+            .bind(token.disabled)
+            .bind(to_db_time(token.updated_at))
+            .bind(&after.hash.as_bytes()[..])
+            .bind(after.previous_hash.map(|h| h.as_bytes().to_vec()))
+            .bind(previous.map(|p| to_db_time(p.expiration)))
+            .bind(previous.and_then(|p| p.last_used_at).map(to_db_time))
+            .bind(CHANNEL)
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(Outcome::Done((before.token, after.token)))
+    }
+
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = uses.iter().map(|u| db_id(u.id)).collect();
+        let at: Vec<OffsetDateTime> = uses.iter().map(|u| to_db_time(u.at)).collect();
+        let previous_at: Vec<Option<OffsetDateTime>> =
+            uses.iter().map(|u| u.previous_at.map(to_db_time)).collect();
+        // GREATEST ignores NULLs: the latest use wins, whoever wrote it.
+        sqlx::query(
+            "UPDATE sts_tokens AS t SET last_used_at = GREATEST(t.last_used_at, u.at), \
+             previous_last_used_at = CASE WHEN t.previous_hash IS NULL THEN NULL \
+             ELSE GREATEST(t.previous_last_used_at, u.previous_at) END \
+             FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS u(id, at, previous_at) \
+             WHERE t.id = u.id",
+        )
+        .bind(ids)
+        .bind(at)
+        .bind(previous_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
@@ -403,19 +621,37 @@ impl Store for PostgresStore {
         Ok(outcomes)
     }
 
-    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
-        // The NOTIFY is part of the deleting transaction: delivered exactly
-        // when the delete commits, never for one that rolled back.
-        let deleted = sqlx::query(
-            "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 RETURNING id) \
-             SELECT pg_notify($2, 'd:' || id::text) FROM gone",
-        )
+    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
+        // Most tokens give no admin access: one statement deletes them.
+        let plain = sqlx::query(&format!(
+            "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 AND NOT {IS_ADMIN} RETURNING id) \
+             SELECT pg_notify($4, 'd:' || id::text) FROM gone"
+        ))
         .bind(db_id(id))
+        .bind(keep.role.as_str())
+        .bind(to_db_time(keep.now))
         .bind(CHANNEL)
         .fetch_optional(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(deleted.is_some())
+        if plain.is_some() {
+            return Ok(Outcome::Done(()));
+        }
+        // An admin token, or none: under the lockout rule.
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        let Some(before) = lock_row(&mut transaction, id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if let Some(what) = lockout(&mut transaction, &before.token, None, keep).await? {
+            return Ok(Outcome::Lockout(what));
+        }
+        let deleted = delete_row(&mut *transaction, id).await?;
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(if deleted {
+            Outcome::Done(())
+        } else {
+            Outcome::NotFound
+        })
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

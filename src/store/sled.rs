@@ -1,17 +1,19 @@
 //! The embedded default store, on sled 0.34: one data directory, one process.
 //!
 //! Layout: tree `tokens` maps the id (8 bytes, big-endian, so key order is id
-//! order) to a protobuf-encoded [`Record`]; tree `by_hash` maps the 32-byte
-//! token hash to the id; tree `meta` keeps the token count. All three change
-//! in one transaction, and every write is followed by a flush (fsync) before
+//! order) to a protobuf-encoded [`Record`] (versioned: [`RECORD_FORMAT`]);
+//! tree `by_hash` maps the 32-byte hash of each of a token's secrets (the
+//! current one, and the previous one while a rotation keeps it) to the id;
+//! tree `meta` keeps the token count. All three change in one transaction, and every write is followed by a flush (fsync) before
 //! it is acknowledged. The background flush timer is off: nothing is ever
 //! written without a caller waiting on it.
 //! Concurrent writers share flushes ([`GroupCommit`]).
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
@@ -24,11 +26,14 @@ use sled::{
 };
 
 use super::{
-    Cause, Imported, Store, StoreError,
+    Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use,
     group_commit::{FlushError, GroupCommit},
 };
 use crate::{
-    model::{NewToken, ServiceToken, StoredParts, StoredToken, TokenId},
+    model::{
+        Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
+        takes_admin_away,
+    },
     token::TokenHash,
 };
 
@@ -40,6 +45,11 @@ pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 /// Attempts at drawing an id that is not taken. With 2^53 ids a second
 /// attempt is already vanishingly rare.
 const ID_ATTEMPTS: usize = 8;
+
+/// The record format this release writes. Records of the first release
+/// carry no format (read as 0) and none of the fields from tag 7 on; a
+/// record from a later release than this one is refused, not misread.
+const RECORD_FORMAT: u32 = 2;
 
 /// The on-disk form of one token. Tags are a storage format: never reuse one.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -56,11 +66,32 @@ struct Record {
     created_at: Option<prost_types::Timestamp>,
     #[prost(bytes = "vec", tag = "6")]
     token_hash: Vec<u8>,
+    #[prost(string, tag = "7")]
+    description: String,
+    #[prost(btree_map = "string, string", tag = "8")]
+    labels: BTreeMap<String, String>,
+    #[prost(bool, tag = "9")]
+    disabled: bool,
+    #[prost(message, optional, tag = "10")]
+    last_used_at: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "11")]
+    created_by: String,
+    #[prost(message, optional, tag = "12")]
+    updated_at: Option<prost_types::Timestamp>,
+    #[prost(bytes = "vec", optional, tag = "13")]
+    previous_hash: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "14")]
+    previous_expiration: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "15")]
+    previous_last_used_at: Option<prost_types::Timestamp>,
+    #[prost(uint32, tag = "16")]
+    format: u32,
 }
 
 impl Record {
     fn of(stored: &StoredToken) -> Record {
         let token = &stored.token;
+        let previous = token.previous_secret;
         Record {
             id: token.id.get(),
             name: token.name.as_str().to_owned(),
@@ -68,13 +99,37 @@ impl Record {
             expiration: token.expiration.map(Into::into),
             created_at: Some(token.created_at.into()),
             token_hash: stored.hash.as_bytes().to_vec(),
+            description: token.description.as_str().to_owned(),
+            labels: token.labels.as_map().clone(),
+            disabled: token.disabled,
+            last_used_at: token.last_used_at.map(Into::into),
+            created_by: token.created_by.clone(),
+            updated_at: Some(token.updated_at.into()),
+            previous_hash: stored.previous_hash.map(|h| h.as_bytes().to_vec()),
+            previous_expiration: previous.map(|p| p.expiration.into()),
+            previous_last_used_at: previous.and_then(|p| p.last_used_at).map(Into::into),
+            format: RECORD_FORMAT,
         }
+    }
+
+    fn decode_checked(bytes: &[u8]) -> Result<Record, StoreError> {
+        let record = Record::decode(bytes)
+            .map_err(|e| StoreError::corrupt("a token record is undecodable", e))?;
+        if record.format > RECORD_FORMAT {
+            return Err(StoreError::Corrupt {
+                context: format!(
+                    "token {}: its record has format {}, written by a later release (this one reads formats up to {RECORD_FORMAT})",
+                    record.id, record.format
+                ),
+                source: None,
+            });
+        }
+        Ok(record)
     }
 
     /// Re-parses everything, so a damaged record is reported, never served.
     fn decode_stored(bytes: &[u8]) -> Result<StoredToken, StoreError> {
-        let record = Record::decode(bytes)
-            .map_err(|e| StoreError::corrupt("a token record is undecodable", e))?;
+        let record = Record::decode_checked(bytes)?;
         let corrupt = |e: Cause| StoreError::corrupt(format!("token {}", record.id), e);
         let time =
             |ts: prost_types::Timestamp| SystemTime::try_from(ts).map_err(|e| corrupt(e.into()));
@@ -88,8 +143,26 @@ impl Record {
             roles: &record.roles,
             expiration: record.expiration.map(time).transpose()?,
             created_at: time(created_at)?,
+            description: &record.description,
+            labels: &record.labels,
+            disabled: record.disabled,
+            last_used_at: record.last_used_at.map(time).transpose()?,
+            created_by: &record.created_by,
+            updated_at: record.updated_at.map(time).transpose()?,
+            previous_hash: record.previous_hash.as_deref(),
+            previous_expiration: record.previous_expiration.map(time).transpose()?,
+            previous_last_used_at: record.previous_last_used_at.map(time).transpose()?,
         })
         .map_err(|e| corrupt(e.into()))
+    }
+}
+
+/// The later of two optional times, as a record keeps it.
+fn latest(kept: Option<prost_types::Timestamp>, at: SystemTime) -> Option<prost_types::Timestamp> {
+    let kept_time = kept.and_then(|ts| SystemTime::try_from(ts).ok());
+    match kept_time {
+        Some(kept_time) if kept_time >= at => kept,
+        _ => Some(at.into()),
     }
 }
 
@@ -107,6 +180,9 @@ const COUNT_KEY: &[u8] = b"token_count";
 const SLED_LOG_FILE: &str = "db";
 
 pub struct SledStore {
+    /// Held by every change and delete, so the lockout rule's check (a
+    /// scan) and the change it allows are one step.
+    changes: Mutex<()>,
     tokens: sled::Tree,
     by_hash: sled::Tree,
     meta: sled::Tree,
@@ -146,6 +222,7 @@ impl SledStore {
             db.flush().map_err(unavailable)?;
         }
         Ok(SledStore {
+            changes: Mutex::new(()),
             flusher: start_flusher(db, dir)?,
             tokens,
             by_hash,
@@ -208,6 +285,7 @@ impl SledStore {
             let stored = StoredToken {
                 token: ServiceToken::new(TokenId::random(), new, created_at),
                 hash,
+                previous_hash: None,
             };
             let record = Record::of(&stored);
             let key = stored.token.id.get().to_be_bytes();
@@ -244,7 +322,6 @@ impl SledStore {
         let hash = stored.hash.as_bytes();
         let trees = (&self.tokens, &self.by_hash, &self.meta);
         let outcome = trees.transaction(|(tokens, by_hash, meta)| {
-            let held_by = by_hash.get(hash)?;
             if let Some(existing) = tokens.get(key)? {
                 let same = Record::decode(&*existing).is_ok_and(|r| r.token_hash == hash);
                 return Ok(if same {
@@ -253,14 +330,18 @@ impl SledStore {
                     Imported::Conflict(format!("id {} holds another token", token.id))
                 });
             }
-            if held_by.is_some() {
-                return Ok(Imported::Conflict(format!(
-                    "the hash of token {} belongs to another id",
-                    token.id
-                )));
+            for hash in stored.hashes() {
+                if by_hash.get(hash.as_bytes())?.is_some() {
+                    return Ok(Imported::Conflict(format!(
+                        "a hash of token {} belongs to another id",
+                        token.id
+                    )));
+                }
             }
             tokens.insert(&key, record.clone())?;
-            by_hash.insert(hash, &key)?;
+            for hash in stored.hashes() {
+                by_hash.insert(hash.as_bytes(), &key)?;
+            }
             let count = decode_count(meta.get(COUNT_KEY)?) + 1;
             meta.insert(COUNT_KEY, &count.to_be_bytes())?;
             Ok(Imported::Added)
@@ -271,6 +352,144 @@ impl SledStore {
     /// Makes every write so far durable; concurrent callers share one flush.
     async fn sync(&self) -> Result<(), StoreError> {
         self.flusher.sync().await
+    }
+
+    /// Whether a token other than `id` lets anyone manage tokens at
+    /// `keep.now`. A scan, paid only by changes that would take that away
+    /// from `id`.
+    fn another_admin(&self, id: TokenId, keep: &KeepAdmin) -> Result<bool, StoreError> {
+        for entry in self.tokens.iter() {
+            let (_, bytes) = entry.map_err(unavailable)?;
+            let Ok(stored) = Record::decode_stored(&bytes) else {
+                continue;
+            };
+            if stored.token.id != id && stored.token.is_admin_at(&keep.role, keep.now) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The lockout rule for changing `before` into `after` (`None`: deleting
+    /// it): what the change would do, when nothing else keeps admin access.
+    fn lockout(
+        &self,
+        before: &ServiceToken,
+        after: Option<&ServiceToken>,
+        keep: &KeepAdmin,
+    ) -> Result<Option<&'static str>, StoreError> {
+        match takes_admin_away(before, after, &keep.role, keep.now) {
+            Some(what) if !self.another_admin(before.id, keep)? => Ok(Some(what)),
+            _ => Ok(None),
+        }
+    }
+
+    fn change_unsynced(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = id.get().to_be_bytes();
+        let Some(bytes) = self.tokens.get(key).map_err(unavailable)? else {
+            return Ok(Outcome::NotFound);
+        };
+        let before = Record::decode_stored(&bytes)?;
+        let after = change.apply(&before, keep.now);
+        if let Some(what) = self.lockout(&before.token, Some(&after.token), keep)? {
+            return Ok(Outcome::Lockout(what));
+        }
+        // Applied again to the record as the transaction reads it: a last
+        // use recorded since is kept (only uses change a record outside
+        // `changes`, and they touch nothing the check above looked at).
+        let trees = (&self.tokens, &self.by_hash);
+        let outcome = trees.transaction(|(tokens, by_hash)| {
+            let Some(bytes) = tokens.get(key)? else {
+                return Ok(None);
+            };
+            let current =
+                Record::decode_stored(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            let after = change.apply(&current, keep.now);
+            for gone in current
+                .hashes()
+                .filter(|h| !after.hashes().any(|a| a == *h))
+            {
+                by_hash.remove(gone.as_bytes())?;
+            }
+            for added in after.hashes() {
+                by_hash.insert(added.as_bytes(), &key)?;
+            }
+            tokens.insert(&key, Record::of(&after).encode_to_vec())?;
+            Ok(Some((current.token, after.token)))
+        });
+        match outcome {
+            Ok(Some(changed)) => Ok(Outcome::Done(changed)),
+            Ok(None) => Ok(Outcome::NotFound),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(unavailable(e)),
+        }
+    }
+
+    fn delete_unsynced(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
+        let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = id.get().to_be_bytes();
+        let Some(bytes) = self.tokens.get(key).map_err(unavailable)? else {
+            return Ok(Outcome::NotFound);
+        };
+        // An undecodable record can hold no admin access anyone uses: it
+        // may always go.
+        if let Ok(before) = Record::decode_stored(&bytes)
+            && let Some(what) = self.lockout(&before.token, None, keep)?
+        {
+            return Ok(Outcome::Lockout(what));
+        }
+        let trees = (&self.tokens, &self.by_hash, &self.meta);
+        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
+            let Some(bytes) = tokens.remove(&key)? else {
+                return Ok(false);
+            };
+            let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
+            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+            // The hashes are needed to drop the index entries; an
+            // undecodable record is still removed, its entries then point
+            // nowhere (harmless).
+            if let Ok(record) = Record::decode(&*bytes) {
+                by_hash.remove(record.token_hash)?;
+                if let Some(previous) = record.previous_hash {
+                    by_hash.remove(previous)?;
+                }
+            }
+            Ok(true)
+        });
+        let deleted = outcome.map_err(|e: TransactionError<()>| transaction_failed("delete", e))?;
+        Ok(if deleted {
+            Outcome::Done(())
+        } else {
+            Outcome::NotFound
+        })
+    }
+
+    fn record_use(&self, used: &Use) -> Result<(), StoreError> {
+        let key = used.id.get().to_be_bytes();
+        let outcome = self.tokens.transaction(|tokens| {
+            let Some(bytes) = tokens.get(key)? else {
+                return Ok(());
+            };
+            // A record this release cannot read is left as it is.
+            let Ok(mut record) = Record::decode_checked(&bytes) else {
+                return Ok(());
+            };
+            record.last_used_at = latest(record.last_used_at, used.at);
+            if let Some(at) = used.previous_at
+                && record.previous_hash.is_some()
+            {
+                record.previous_last_used_at = latest(record.previous_last_used_at, at);
+            }
+            tokens.insert(&key, record.encode_to_vec())?;
+            Ok(())
+        });
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("last-used", e))
     }
 }
 
@@ -306,10 +525,19 @@ impl Store for SledStore {
             .ok_or_else(|| StoreError::misindexed(id))
     }
 
-    async fn list_stored(
+    async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
+        let key = id.get().to_be_bytes();
+        match self.tokens.get(key).map_err(unavailable)? {
+            Some(bytes) => Ok(Some(Record::decode_stored(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_matching(
         &self,
         after: Option<TokenId>,
         limit: usize,
+        filter: &ListFilter,
     ) -> Result<Vec<StoredToken>, StoreError> {
         let start = after.map_or(0, |id| id.get() + 1).to_be_bytes();
         let mut page = Vec::with_capacity(limit.min(1024));
@@ -319,7 +547,8 @@ impl Store for SledStore {
             }
             let (key, bytes) = entry.map_err(unavailable)?;
             match Record::decode_stored(&bytes) {
-                Ok(stored) => page.push(stored),
+                Ok(stored) if filter.matches(&stored.token) => page.push(stored),
+                Ok(_) => {}
                 // One damaged record must not hide every other token.
                 Err(e) => {
                     let key = <[u8; 8]>::try_from(&*key).map(u64::from_be_bytes);
@@ -342,27 +571,35 @@ impl Store for SledStore {
         Ok(outcomes)
     }
 
-    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
-        let key = id.get().to_be_bytes();
-        let trees = (&self.tokens, &self.by_hash, &self.meta);
-        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
-            let Some(bytes) = tokens.remove(&key)? else {
-                return Ok(false);
-            };
-            let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
-            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
-            // The hash is needed to drop the index entry; an undecodable record
-            // is still removed, its index entry then points nowhere (harmless).
-            if let Ok(record) = Record::decode(&*bytes) {
-                by_hash.remove(record.token_hash)?;
-            }
-            Ok(true)
-        });
-        let deleted = outcome.map_err(|e: TransactionError<()>| transaction_failed("delete", e))?;
-        if deleted {
+    async fn change(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        let outcome = self.change_unsynced(id, change, keep)?;
+        if let Outcome::Done(_) = outcome {
             self.sync().await?;
         }
-        Ok(deleted)
+        Ok(outcome)
+    }
+
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        for used in uses {
+            self.record_use(used)?;
+        }
+        if !uses.is_empty() {
+            self.sync().await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
+        let outcome = self.delete_unsynced(id, keep)?;
+        if let Outcome::Done(()) = outcome {
+            self.sync().await?;
+        }
+        Ok(outcome)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

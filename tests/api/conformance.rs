@@ -9,8 +9,11 @@ use std::{
 };
 
 use sts::{
-    model::{NewToken, ServiceToken, TokenId},
-    store::{Imported, PostgresStore, SledStore, Store, StoreError},
+    model::{
+        Change, Description, Edit, Labels, ListFilter, NewToken, Role, Roles, Secret, ServiceToken,
+        TokenId, TokenName,
+    },
+    store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Token,
 };
 use tempfile::TempDir;
@@ -245,8 +248,8 @@ async fn a_cursor_holds_while_tokens_come_and_go(backend: &mut Backend) {
     // cursor's own token goes.
     let cursor = first.last().unwrap().id;
     let gone = kept.iter().find(|t| t.id > cursor).unwrap().id;
-    assert!(store.delete(gone).await.unwrap());
-    assert!(store.delete(cursor).await.unwrap());
+    assert!(crate::helpers::deleted(&*store, gone).await);
+    assert!(crate::helpers::deleted(&*store, cursor).await);
     for i in 0..10 {
         insert(&*store, &format!("new{i}")).await;
     }
@@ -277,8 +280,8 @@ async fn a_delete_removes_everything_once(backend: &mut Backend) {
     let (token, stored) = insert(&*store, "doomed").await;
     let (survivor, _) = insert(&*store, "survivor").await;
     assert_eq!(store.count().await.unwrap(), 2);
-    assert!(store.delete(stored.id).await.unwrap());
-    assert!(!store.delete(stored.id).await.unwrap());
+    assert!(crate::helpers::deleted(&*store, stored.id).await);
+    assert!(!crate::helpers::deleted(&*store, stored.id).await);
     assert!(store.find_by_hash(&token.hash()).await.unwrap().is_none());
     assert_eq!(store.count().await.unwrap(), 1);
     assert!(
@@ -300,7 +303,7 @@ async fn a_delete_removes_everything_once(backend: &mut Backend) {
     );
     assert_eq!(store.count().await.unwrap(), 1);
     let never = TokenId::parse(12345).unwrap();
-    assert!(!store.delete(never).await.unwrap());
+    assert!(!crate::helpers::deleted(&*store, never).await);
 }
 
 async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
@@ -420,7 +423,7 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
         );
     }
     let (doomed, doomed_stored) = &tokens[0];
-    assert!(other.delete(doomed_stored.id).await.unwrap());
+    assert!(crate::helpers::deleted(&*other, doomed_stored.id).await);
     assert!(store.find_by_hash(&doomed.hash()).await.unwrap().is_none());
     // A cursor from one replica continues on the other.
     let first = store.list(None, 25).await.unwrap();
@@ -438,6 +441,429 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
             .collect::<Vec<_>>()
     );
     assert_eq!(listed.len(), 59);
+}
+
+/// Now, to the microsecond every backend keeps.
+fn now_micros() -> SystemTime {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
+}
+
+fn keep_at(now: SystemTime) -> KeepAdmin {
+    KeepAdmin {
+        role: Role::parse(ADMIN).unwrap(),
+        now,
+    }
+}
+
+const ADMIN: &str = "stackstate-admin";
+
+async fn change(
+    store: &dyn Store,
+    id: TokenId,
+    change: Change,
+    now: SystemTime,
+) -> Outcome<(ServiceToken, ServiceToken)> {
+    store.change(id, &change, &keep_at(now)).await.unwrap()
+}
+
+fn lockout<T: std::fmt::Debug>(outcome: Outcome<T>) -> &'static str {
+    match outcome {
+        Outcome::Lockout(what) => what,
+        other => panic!("expected a lockout refusal: {other:?}"),
+    }
+}
+
+fn done<T: std::fmt::Debug>(outcome: Outcome<T>) -> T {
+    match outcome {
+        Outcome::Done(done) => done,
+        other => panic!("expected the change to be made: {other:?}"),
+    }
+}
+
+async fn a_change_reads_back_everywhere_and_survives_a_restart(backend: &mut Backend) {
+    let store = backend.store();
+    let (token, inserted) = insert(&*store, "before").await;
+    let now = now_micros();
+    let expiration = now + Duration::from_secs(3600);
+    let edit = Edit {
+        name: Some(TokenName::parse("after").unwrap()),
+        roles: Some(Roles::parse(&["a", "b"]).unwrap()),
+        expiration: Some(Some(expiration)),
+        description: Some(Description::parse("for CI ✓").unwrap()),
+        labels: Some(Labels::parse([("team", "ci"), ("example.com/tier", "1")]).unwrap()),
+        disabled: Some(true),
+    };
+    let (before, after) = done(change(&*store, inserted.id, Change::Edit(edit), now).await);
+    assert_eq!(before, inserted);
+    assert_eq!(after.name.as_str(), "after");
+    assert_eq!(after.expiration, Some(expiration));
+    assert!(after.disabled);
+    assert_eq!(after.updated_at, now);
+    assert_eq!(after.created_at, inserted.created_at);
+    assert_eq!(after.labels.to_string(), "example.com/tier=1,team=ci");
+    assert_eq!(store.get(inserted.id).await.unwrap().unwrap().token, after);
+    let found = store.find_by_hash(&token.hash()).await.unwrap().unwrap();
+    assert_eq!(found.token, after);
+    // Clearing the expiration and enabling again.
+    let edit = Edit {
+        expiration: Some(None),
+        disabled: Some(false),
+        ..Edit::default()
+    };
+    let (_, enabled) = done(change(&*store, inserted.id, Change::Edit(edit), now).await);
+    assert_eq!(enabled.expiration, None);
+    assert!(!enabled.disabled);
+    assert_eq!(enabled.name.as_str(), "after", "fields not named stay");
+    drop(store);
+    backend.restart().await;
+    let store = backend.store();
+    assert_eq!(
+        store.get(inserted.id).await.unwrap().unwrap().token,
+        enabled
+    );
+    let missing = TokenId::parse(1).unwrap();
+    let edit = Change::Edit(Edit {
+        disabled: Some(true),
+        ..Edit::default()
+    });
+    assert_eq!(change(&*store, missing, edit, now).await, Outcome::NotFound);
+    assert_eq!(store.get(missing).await.unwrap(), None);
+}
+
+async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut Backend) {
+    let store = backend.store();
+    let (first, inserted) = insert(&*store, "rotated").await;
+    let now = now_micros();
+    let second = Token::generate();
+    let until = now + Duration::from_secs(60);
+    let rotate = |hash: &Token, until| Change::Rotate {
+        hash: hash.hash(),
+        previous_until: until,
+    };
+    let (_, rotated) = done(change(&*store, inserted.id, rotate(&second, until), now).await);
+    assert_eq!(rotated.id, inserted.id);
+    assert_eq!(rotated.name, inserted.name);
+    assert_eq!(rotated.previous_secret.unwrap().expiration, until);
+    let by_first = store.find_by_hash(&first.hash()).await.unwrap().unwrap();
+    assert_eq!(by_first.secret_for(&first.hash()), Some(Secret::Previous));
+    let by_second = store.find_by_hash(&second.hash()).await.unwrap().unwrap();
+    assert_eq!(by_second.secret_for(&second.hash()), Some(Secret::Current));
+    assert_eq!(by_second.token, rotated);
+
+    // Again: the first secret is gone at once, the second is the previous.
+    let third = Token::generate();
+    done(change(&*store, inserted.id, rotate(&third, until), now).await);
+    assert!(store.find_by_hash(&first.hash()).await.unwrap().is_none());
+    let by_second = store.find_by_hash(&second.hash()).await.unwrap().unwrap();
+    assert_eq!(by_second.secret_for(&second.hash()), Some(Secret::Previous));
+
+    // No grace: only the new secret remains.
+    let fourth = Token::generate();
+    let (_, last) = done(change(&*store, inserted.id, rotate(&fourth, now), now).await);
+    assert_eq!(last.previous_secret, None);
+    for gone in [&first, &second, &third] {
+        assert!(store.find_by_hash(&gone.hash()).await.unwrap().is_none());
+    }
+    assert!(store.find_by_hash(&fourth.hash()).await.unwrap().is_some());
+
+    // The grace period never outlives the token.
+    let expiration = now + Duration::from_secs(10);
+    let edit = Edit {
+        expiration: Some(Some(expiration)),
+        ..Edit::default()
+    };
+    done(change(&*store, inserted.id, Change::Edit(edit), now).await);
+    let fifth = Token::generate();
+    let (_, capped) = done(change(&*store, inserted.id, rotate(&fifth, until), now).await);
+    assert_eq!(capped.previous_secret.unwrap().expiration, expiration);
+
+    // A delete takes every secret with it.
+    assert!(crate::helpers::deleted(&*store, inserted.id).await);
+    for gone in [&fourth, &fifth] {
+        assert!(store.find_by_hash(&gone.hash()).await.unwrap().is_none());
+    }
+}
+
+async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
+    let store = backend.store();
+    let now = now_micros();
+    let admin = |name: &str| new_token(name, &[ADMIN], None);
+    let first = store
+        .insert(Token::generate().hash(), &admin("first"), now)
+        .await
+        .unwrap();
+    let edit = |edit: Edit| Change::Edit(edit);
+    let disable = edit(Edit {
+        disabled: Some(true),
+        ..Edit::default()
+    });
+    let unrole = edit(Edit {
+        roles: Some(Roles::parse(&["reader"]).unwrap()),
+        ..Edit::default()
+    });
+    let expire = edit(Edit {
+        expiration: Some(Some(now + Duration::from_secs(3600))),
+        ..Edit::default()
+    });
+    let keep = keep_at(now);
+    assert_eq!(
+        lockout(store.delete(first.id, &keep).await.unwrap()),
+        "deleting"
+    );
+    for (change_, what) in [
+        (&disable, "disabling"),
+        (&unrole, "removing the admin role from"),
+        (&expire, "letting expire"),
+    ] {
+        assert_eq!(
+            lockout(change(&*store, first.id, change_.clone(), now).await),
+            what
+        );
+    }
+    // Changes that keep its access are fine.
+    let rename = edit(Edit {
+        name: Some(TokenName::parse("renamed").unwrap()),
+        ..Edit::default()
+    });
+    done(change(&*store, first.id, rename, now).await);
+    assert!(
+        store
+            .get(first.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .is_admin_at(&keep.role, now)
+    );
+
+    // A disabled or expired admin token keeps nobody in.
+    let spare = store
+        .insert(Token::generate().hash(), &admin("spare"), now)
+        .await
+        .unwrap();
+    done(change(&*store, spare.id, disable.clone(), now).await);
+    assert_eq!(
+        lockout(change(&*store, first.id, disable.clone(), now).await),
+        "disabling"
+    );
+    let soon = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("soon", &[ADMIN], Some(now + Duration::from_secs(1))),
+            now,
+        )
+        .await
+        .unwrap();
+    let later = now + Duration::from_secs(2);
+    assert_eq!(
+        lockout(store.delete(first.id, &keep_at(later)).await.unwrap()),
+        "deleting"
+    );
+    // With another enabled admin token, the first may go.
+    assert_eq!(
+        store.delete(first.id, &keep).await.unwrap(),
+        Outcome::Done(())
+    );
+    assert_eq!(
+        lockout(store.delete(soon.id, &keep).await.unwrap()),
+        "deleting"
+    );
+    // Not an admin token (any more): no rule.
+    assert_eq!(
+        store.delete(spare.id, &keep).await.unwrap(),
+        Outcome::Done(())
+    );
+}
+
+async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend) {
+    let store = backend.store();
+    // On a shared database, through two replicas.
+    let other = backend.replica().await.unwrap_or_else(|| store.clone());
+    // Each round with its own admin role, so earlier rounds' tokens do not count.
+    for round in 0..5 {
+        let role = format!("admin-{round}");
+        let now = now_micros();
+        let keep = KeepAdmin {
+            role: Role::parse(&role).unwrap(),
+            now,
+        };
+        let admin = new_token("admin", &[role.as_str()], None);
+        let a = store
+            .insert(Token::generate().hash(), &admin, now)
+            .await
+            .unwrap();
+        let b = store
+            .insert(Token::generate().hash(), &admin, now)
+            .await
+            .unwrap();
+        let disable = Change::Edit(Edit {
+            disabled: Some(true),
+            ..Edit::default()
+        });
+        let (one, two) = tokio::join!(
+            store.change(a.id, &disable, &keep),
+            other.delete(b.id, &keep),
+        );
+        let (one, two) = (one.unwrap(), two.unwrap());
+        let made =
+            matches!(one, Outcome::Done(_)) as usize + matches!(two, Outcome::Done(_)) as usize;
+        assert_eq!(made, 1, "exactly one of the two may go: {one:?}, {two:?}");
+        let a_left = store.get(a.id).await.unwrap().unwrap().token;
+        let b_left = store.get(b.id).await.unwrap();
+        let enabled = !a_left.disabled as usize + b_left.is_some() as usize;
+        assert_eq!(enabled, 1);
+    }
+}
+
+async fn uses_only_move_forward(backend: &mut Backend) {
+    let store = backend.store();
+    let (_, token) = insert(&*store, "used").await;
+    let t1 = now_micros();
+    let t2 = t1 + Duration::from_secs(5);
+    let used = |at, previous_at| Use {
+        id: token.id,
+        at,
+        previous_at,
+    };
+    store.record_uses(&[used(t2, None)]).await.unwrap();
+    store.record_uses(&[used(t1, None)]).await.unwrap();
+    let read = store.get(token.id).await.unwrap().unwrap().token;
+    assert_eq!(read.last_used_at, Some(t2), "the latest use wins");
+    assert_eq!(read.updated_at, token.updated_at, "a use is not an update");
+    // A previous secret's use is kept only while there is one.
+    store.record_uses(&[used(t2, Some(t2))]).await.unwrap();
+    assert_eq!(
+        store
+            .get(token.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .previous_secret,
+        None
+    );
+    let rotate = Change::Rotate {
+        hash: Token::generate().hash(),
+        previous_until: t2 + Duration::from_secs(60),
+    };
+    done(change(&*store, token.id, rotate, t1).await);
+    let t3 = t2 + Duration::from_secs(1);
+    // Unknown tokens in a batch are skipped.
+    let gone = Use {
+        id: TokenId::parse(1).unwrap(),
+        at: t3,
+        previous_at: None,
+    };
+    store
+        .record_uses(&[gone, used(t3, Some(t3))])
+        .await
+        .unwrap();
+    let read = store.get(token.id).await.unwrap().unwrap().token;
+    assert_eq!(read.last_used_at, Some(t3));
+    assert_eq!(read.previous_secret.unwrap().last_used_at, Some(t3));
+    drop(store);
+    backend.restart().await;
+    let read = backend.store().get(token.id).await.unwrap().unwrap().token;
+    assert_eq!(read.last_used_at, Some(t3), "durable");
+}
+
+async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) {
+    let store = backend.store();
+    let now = now_micros();
+    let hour = Duration::from_secs(3600);
+    let mut tokens = Vec::new();
+    for i in 0..12 {
+        let expiration = (i % 3 != 0).then(|| now + hour * i);
+        let roles: &[&str] = if i % 2 == 0 {
+            &["even", "all"]
+        } else {
+            &["all"]
+        };
+        let name = format!("{}-{i}", if i < 6 { "ci" } else { "ops" });
+        let token = store
+            .insert(
+                Token::generate().hash(),
+                &new_token(&name, roles, expiration),
+                now,
+            )
+            .await
+            .unwrap();
+        if i % 4 == 0 {
+            let disable = Change::Edit(Edit {
+                disabled: Some(true),
+                ..Edit::default()
+            });
+            done(change(&*store, token.id, disable, now).await);
+        }
+        if i % 5 == 0 {
+            let at = now + Duration::from_secs(i as u64);
+            store
+                .record_uses(&[Use {
+                    id: token.id,
+                    at,
+                    previous_at: None,
+                }])
+                .await
+                .unwrap();
+        }
+        tokens.push(token.id);
+    }
+    let all: Vec<ServiceToken> = list_all(&*store, 100).await;
+    let filters = [
+        ListFilter {
+            name_prefix: Some("ci-".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            role: Some(Role::parse("even").unwrap()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            unused_since: Some(now + Duration::from_secs(5)),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            expiring_before: Some(now + hour * 5),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            disabled: Some(true),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            disabled: Some(false),
+            name_prefix: Some("ops".into()),
+            role: Some(Role::parse("all").unwrap()),
+            ..ListFilter::default()
+        },
+    ];
+    for filter in filters {
+        let expected: Vec<TokenId> = all
+            .iter()
+            .filter(|t| filter.matches(t))
+            .map(|t| t.id)
+            .collect();
+        assert!(
+            !expected.is_empty() && expected.len() < all.len(),
+            "{filter:?}"
+        );
+        // Page by 2, the cursor being the last id shown.
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list_matching(after, 2, &filter).await.unwrap();
+            listed.extend(page.iter().map(|s| s.token.id));
+            match page.last() {
+                Some(last) if page.len() == 2 => after = Some(last.token.id),
+                _ => break,
+            }
+        }
+        assert_eq!(listed, expected, "{filter:?}");
+    }
+    assert_eq!(tokens.len(), 12);
 }
 
 /// Expands to one `#[tokio::test]` per backend for each test in `every`,
@@ -488,6 +914,12 @@ conformance!(
         a_delete_removes_everything_once,
         a_second_token_with_the_same_hash_is_refused,
         an_import_keeps_ids_and_hashes_and_can_be_repeated,
+        a_change_reads_back_everywhere_and_survives_a_restart,
+        a_rotation_keeps_one_previous_secret_for_its_grace_period,
+        the_last_admin_token_cannot_be_taken_away,
+        two_admins_removing_each_other_at_once_leave_one,
+        uses_only_move_forward,
+        filters_select_the_same_tokens_on_every_backend,
     ],
     replicated: [replicas_see_each_others_writes_at_once],
 );

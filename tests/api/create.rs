@@ -22,6 +22,7 @@ async fn create_returns_a_well_formed_secret_and_the_record() {
                 "stackstate-k8s-troubleshooter".into(),
             ],
             expiration: Some(expiration.into()),
+            ..Default::default()
         })
         .await;
 

@@ -10,8 +10,8 @@ use std::{
 
 use async_trait::async_trait;
 use sts::{
-    model::{NewToken, ServiceToken, StoredToken, TokenId},
-    store::{Imported, SledStore, Store, StoreError},
+    model::{Change, ListFilter, NewToken, ServiceToken, StoredToken, TokenId},
+    store::{Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use},
     token::TokenHash,
 };
 use tokio::sync::Semaphore;
@@ -94,13 +94,34 @@ impl Store for FaultyStore {
         self.inner.find_by_hash(hash).await
     }
 
-    async fn list_stored(
+    async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
+        self.fault()?;
+        self.inner.get(id).await
+    }
+
+    async fn list_matching(
         &self,
         after: Option<TokenId>,
         limit: usize,
+        filter: &ListFilter,
     ) -> Result<Vec<StoredToken>, StoreError> {
         self.fault()?;
-        self.inner.list_stored(after, limit).await
+        self.inner.list_matching(after, limit, filter).await
+    }
+
+    async fn change(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        self.write_fault()?;
+        self.inner.change(id, change, keep).await
+    }
+
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        self.write_fault()?;
+        self.inner.record_uses(uses).await
     }
 
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
@@ -108,9 +129,9 @@ impl Store for FaultyStore {
         self.inner.import(tokens).await
     }
 
-    async fn delete(&self, id: TokenId) -> Result<bool, StoreError> {
+    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
         self.write_fault()?;
-        self.inner.delete(id).await
+        self.inner.delete(id, keep).await
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

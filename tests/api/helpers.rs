@@ -363,6 +363,7 @@ pub fn create_request(name: &str, roles: &[&str]) -> CreateRequest {
         name: name.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         expiration: None,
+        ..Default::default()
     }
 }
 
@@ -431,6 +432,7 @@ pub async fn list_all(client: &TokenServiceClient<Channel>, admin: &str) -> Vec<
                 sts::proto::ListRequest {
                     page_size: 0,
                     page_token,
+                    ..Default::default()
                 },
             ))
             .await
@@ -528,4 +530,33 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The lockout rule as the server applies it (default admin role, now).
+pub fn keep_admin() -> sts::store::KeepAdmin {
+    sts::store::KeepAdmin {
+        role: sts::model::Role::parse(sts::config::DEFAULT_ADMIN_ROLE).unwrap(),
+        now: SystemTime::now(),
+    }
+}
+
+/// Deletes through the store, under the lockout rule; whether it did.
+pub async fn deleted(store: &dyn Store, id: sts::model::TokenId) -> bool {
+    match store.delete(id, &keep_admin()).await.unwrap() {
+        sts::store::Outcome::Done(()) => true,
+        sts::store::Outcome::NotFound => false,
+        sts::store::Outcome::Lockout(what) => panic!("lockout: {what}"),
+    }
+}
+
+/// `tokens` with their last-used times cleared: what stays the same while
+/// tokens are used.
+pub fn without_last_use(tokens: Vec<ServiceToken>) -> Vec<ServiceToken> {
+    tokens
+        .into_iter()
+        .map(|token| ServiceToken {
+            last_used_at: None,
+            ..token
+        })
+        .collect()
 }

@@ -12,7 +12,7 @@ const TOKENS: &str = "/api/security/tokens";
 async fn validate(app: &TestRouter, token: &str) -> bool {
     matches!(
         app.service.validate(token).await.unwrap(),
-        sts::service::Validation::Valid(_)
+        sts::service::Validation::Valid(..)
     )
 }
 
@@ -41,6 +41,20 @@ async fn create_answers_the_secret_once_and_it_works() {
         .find(|t| t["id"] == created["id"])
         .unwrap()
         .clone();
+    // StackState's fields first, as StackState has them; then the
+    // lifecycle's, camel-cased like them.
+    let keys: Vec<&str> = entry
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys[..4],
+        ["id", "name", "roles", "expiration"],
+        "StackState's fields, in its order"
+    );
+    let created_at = entry["createdAt"].as_i64().unwrap();
     assert_eq!(
         entry,
         serde_json::json!({
@@ -48,7 +62,19 @@ async fn create_answers_the_secret_once_and_it_works() {
             "name": "my-service-token",
             "roles": ["stackstate-k8s-troubleshooter"],
             "expiration": expiry_ms,
+            "description": "",
+            "labels": {},
+            "disabled": false,
+            "createdAt": created_at,
+            "createdBy": entry["createdBy"],
+            "updatedAt": created_at,
         })
+    );
+    assert!(
+        entry["createdBy"]
+            .as_str()
+            .unwrap()
+            .ends_with(" (test-admin)")
     );
     assert!(entry.get("token").is_none(), "list never shows a secret");
 }

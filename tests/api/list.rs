@@ -17,6 +17,7 @@ async fn page(app: &TestApp, page_size: i32, page_token: &str) -> ListResponse {
         .list(app.admin(ListRequest {
             page_size,
             page_token: page_token.into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -134,6 +135,7 @@ async fn bad_page_arguments_are_invalid() {
             ListRequest {
                 page_size: -1,
                 page_token: String::new(),
+                ..Default::default()
             },
             "page_size",
         ),
@@ -141,6 +143,7 @@ async fn bad_page_arguments_are_invalid() {
             ListRequest {
                 page_size: 0,
                 page_token: "not-a-cursor".into(),
+                ..Default::default()
             },
             "page_token",
         ),
@@ -148,6 +151,7 @@ async fn bad_page_arguments_are_invalid() {
             ListRequest {
                 page_size: 0,
                 page_token: "AQAAAAAAAAAA".into(),
+                ..Default::default()
             },
             "page_token",
         ),

@@ -59,7 +59,12 @@ async fn v1_lists_and_describes_the_service() {
     let file = FileDescriptorProto::decode(&*files.file_descriptor_proto[0]).unwrap();
     assert_eq!(file.package(), "stackstate.servicetoken.v1");
     let methods: Vec<&str> = file.service[0].method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["Create", "List", "Delete", "Validate"]);
+    assert_eq!(
+        methods,
+        [
+            "Create", "List", "Delete", "Validate", "Get", "Update", "Rotate"
+        ]
+    );
 
     let Some(MessageResponse::FileDescriptorResponse(files)) =
         responses.next().await.unwrap().unwrap().message_response

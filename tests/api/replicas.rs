@@ -109,6 +109,7 @@ fn create(admin: &str, name: &str) -> tonic::Request<CreateRequest> {
             name: name.into(),
             roles: vec!["reader".into(), "writer".into()],
             expiration: None,
+            ..Default::default()
         },
     )
 }
@@ -213,8 +214,8 @@ async fn replicas_starting_together_on_an_empty_database_both_come_up() {
         .await;
     assert_eq!(
         migrations[0].get::<i64, _>("n"),
-        1,
-        "the migration ran once"
+        2,
+        "each migration ran once"
     );
     drop((a, b));
     database.drop().await;

@@ -208,6 +208,7 @@ async fn create_one(
             name,
             roles: roles.clone(),
             expiration: None,
+            ..Default::default()
         };
         match client.clone().create(with_key(&soak.admin, request)).await {
             Ok(answer) => {
@@ -328,6 +329,7 @@ async fn lister(soak: Arc<Soak>, client: TokenServiceClient<Channel>, http: reqw
             let request = ListRequest {
                 page_size: 50,
                 page_token: page_token.clone(),
+                ..Default::default()
             };
             match client.clone().list(with_key(&soak.admin, request)).await {
                 Ok(page) => {

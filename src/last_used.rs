@@ -1,0 +1,191 @@
+//! Last-used times: noted on every successful check of a token, written to
+//! the store at most once per token per resolution, in batches off the
+//! request path.
+//!
+//! The request path pays a read lock and an atomic load while a token's
+//! use is already noted for the current window; the first use in a new
+//! window queues it. A task writes the queue once per resolution, so a use
+//! reaches the store within two resolutions (one for the window, one for
+//! the batch) and a crash loses at most the queue: one resolution's worth.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock, RwLock, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    clock::Clock,
+    metrics::Metrics,
+    model::{Secret, TokenId},
+    store::{Store, Use},
+};
+
+pub struct LastUsed {
+    resolution: Duration,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    /// When each recently used token's use was last queued, per secret.
+    noted: RwLock<HashMap<u64, Noted>>,
+    /// What the next batch writes: one entry per token.
+    pending: Mutex<HashMap<u64, Use>>,
+    writer: OnceLock<()>,
+}
+
+/// Microseconds since the epoch of the last queued use (0: none).
+#[derive(Default)]
+struct Noted {
+    current: AtomicU64,
+    previous: AtomicU64,
+}
+
+impl Noted {
+    fn slot(&self, secret: Secret) -> &AtomicU64 {
+        match secret {
+            Secret::Current => &self.current,
+            Secret::Previous => &self.previous,
+        }
+    }
+}
+
+fn micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+    })
+}
+
+impl LastUsed {
+    /// Tracking at `resolution`; `None` when it is zero (tracking off).
+    pub fn new(
+        resolution: Duration,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Option<Arc<LastUsed>> {
+        (!resolution.is_zero()).then(|| {
+            Arc::new(LastUsed {
+                resolution,
+                store,
+                clock,
+                metrics,
+                noted: RwLock::default(),
+                pending: Mutex::default(),
+                writer: OnceLock::new(),
+            })
+        })
+    }
+
+    fn window(&self) -> u64 {
+        u64::try_from(self.resolution.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// `id` was checked successfully through `secret` at `at`.
+    pub fn note(self: &Arc<Self>, id: TokenId, secret: Secret, at: SystemTime) {
+        let now = micros(at);
+        let window = self.window();
+        // Within the window of the last queued use (or before it: a clock
+        // that stepped back): nothing to do.
+        let due = |last: u64| last == 0 || now.saturating_sub(last) >= window;
+        {
+            let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = noted.get(&id.get()) {
+                let slot = entry.slot(secret);
+                let last = slot.load(Ordering::Relaxed);
+                // Whoever moves the slot queues the use; the others are
+                // inside the new window already.
+                if !due(last)
+                    || slot
+                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                {
+                    return;
+                }
+                drop(noted);
+                return self.queue(id, secret, at);
+            }
+        }
+        {
+            let mut noted = self.noted.write().unwrap_or_else(|e| e.into_inner());
+            let slot = noted.entry(id.get()).or_default().slot(secret);
+            if !due(slot.load(Ordering::Relaxed)) {
+                return;
+            }
+            slot.store(now, Ordering::Relaxed);
+        }
+        self.queue(id, secret, at);
+    }
+
+    fn queue(self: &Arc<Self>, id: TokenId, secret: Secret, at: SystemTime) {
+        self.writer.get_or_init(|| {
+            tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
+        });
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = pending.entry(id.get()).or_insert(Use {
+            id,
+            at,
+            previous_at: None,
+        });
+        entry.at = entry.at.max(at);
+        if secret == Secret::Previous {
+            entry.previous_at = Some(entry.previous_at.map_or(at, |p| p.max(at)));
+        }
+    }
+
+    /// Writes the queue as one batch. A batch the store refuses goes back
+    /// into the queue (newer uses win), so an outage delays last-used times
+    /// instead of losing them.
+    pub async fn write(&self) {
+        let batch: Vec<Use> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.drain().map(|(_, used)| used).collect()
+        };
+        self.forget_old();
+        if batch.is_empty() {
+            return;
+        }
+        match self.store.record_uses(&batch).await {
+            Ok(()) => self.metrics.last_used_batch(batch.len() as u64, true),
+            Err(e) => {
+                self.metrics.last_used_batch(batch.len() as u64, false);
+                tracing::warn!(error = %e, tokens = batch.len(), "could not record last-used times; will retry");
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                for used in batch {
+                    pending.entry(used.id.get()).or_insert(used);
+                }
+            }
+        }
+    }
+
+    /// Drops the notes of tokens not used for a whole window: their next
+    /// use is due anyway. Keeps memory to the tokens in use.
+    fn forget_old(&self) {
+        let now = micros(self.clock.now());
+        let window = self.window();
+        let mut noted = self.noted.write().unwrap_or_else(|e| e.into_inner());
+        noted.retain(|_, entry| {
+            let last = entry
+                .current
+                .load(Ordering::Relaxed)
+                .max(entry.previous.load(Ordering::Relaxed));
+            now.saturating_sub(last) < window
+        });
+    }
+}
+
+/// Writes the queue once per resolution while the tracker lives.
+async fn write_every(tracker: Weak<LastUsed>, resolution: Duration) {
+    let mut ticks = tokio::time::interval(resolution);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(tracker) = tracker.upgrade() else {
+            return;
+        };
+        tracker.write().await;
+    }
+}
