@@ -120,6 +120,8 @@ impl LastUsed {
     }
 
     fn queue(self: &Arc<Self>, id: TokenId, secret: Secret, at: SystemTime) {
+        // Kept to the microsecond, as every store keeps times.
+        let at = UNIX_EPOCH + Duration::from_micros(micros(at));
         self.writer.get_or_init(|| {
             tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
         });

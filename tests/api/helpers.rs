@@ -39,6 +39,14 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         *self.0.lock().unwrap() += by;
     }
+
+    /// Now, in epoch milliseconds (REST's times).
+    pub fn now_millis(&self) -> i64 {
+        let now = *self.0.lock().unwrap();
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
 }
 
 impl Clock for ManualClock {
@@ -172,9 +180,23 @@ pub async fn spawn_router() -> TestRouter {
     spawn_router_on(data_dir, store).await
 }
 
+/// The router over a service with `config`.
+pub async fn spawn_router_with(config: ServiceConfig) -> TestRouter {
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    router_over(data_dir, store, config).await
+}
+
 pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRouter {
-    let (service, clock, admin_token) =
-        build_service(store.clone(), ServiceConfig::default()).await;
+    router_over(data_dir, store, ServiceConfig::default()).await
+}
+
+async fn router_over(
+    data_dir: TempDir,
+    store: Arc<dyn Store>,
+    config: ServiceConfig,
+) -> TestRouter {
+    let (service, clock, admin_token) = build_service(store.clone(), config).await;
     let ready = Arc::new(sts::http::Readiness::default());
     let state = HttpState::new(service.clone(), ready.clone(), MAX_REQUEST_BYTES);
     TestRouter {
@@ -189,6 +211,16 @@ pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRo
 }
 
 impl TestRouter {
+    /// The value of metric `name` (a full series name, labels included).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.call("GET", "/metrics", &[], "").await.body;
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Sends `request` as a client would: an HTTP/1.1 request without a
     /// `Host` gets one (hyper's client adds it too).
     pub async fn send(&self, mut request: http::Request<axum::body::Body>) -> TestResponse {

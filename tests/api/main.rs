@@ -27,6 +27,8 @@ mod edges;
 mod health;
 mod http_auth;
 mod http_tokens;
+mod last_used;
+mod lifecycle;
 mod list;
 mod migrate;
 mod properties;

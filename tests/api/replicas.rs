@@ -1,6 +1,8 @@
 //! Two real `sts-server` replicas on one PostgreSQL behave as one service:
 //! a token created on one validates on the other at once, a delete on one
-//! is refused by the other within 100 ms even where it had the token cached,
+//! is refused by the other within 100 ms even where it had the token cached
+//! (and so is a change that takes access away: a disable, a removed role, a
+//! shortened expiration, a rotation that ends the old secret),
 //! creates on both never collide, and a database outage mid-traffic gives
 //! UNAVAILABLE (never a wrong answer) and not-ready until the replicas
 //! reconnect by themselves.
@@ -13,8 +15,8 @@
 use std::{sync::Arc, time::Duration};
 
 use sts::proto::{
-    CreateRequest, CreateResponse, DeleteRequest, InvalidReason,
-    token_service_client::TokenServiceClient,
+    CreateRequest, CreateResponse, DeleteRequest, InvalidReason, RotateRequest, ServiceToken,
+    UpdateRequest, token_service_client::TokenServiceClient,
 };
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
@@ -188,6 +190,121 @@ async fn a_token_made_on_one_replica_works_on_the_other_and_a_delete_reaches_it_
         delays[delays.len() / 2],
         delays.last().unwrap()
     );
+    assert!(
+        b.metric("sts_validation_cache_hits_total").await > 0.0,
+        "B's cache was in play"
+    );
+    drop((a, b));
+    database.drop().await;
+}
+
+/// `token` is valid on `replica` (and so now in its cache).
+async fn cached_on(replica: &Replica, token: &str) {
+    for _ in 0..3 {
+        assert!(validate_on(&replica.client, token).await.unwrap().valid);
+    }
+}
+
+#[tokio::test]
+async fn a_change_that_takes_access_away_reaches_the_other_replica_within_100_ms() {
+    let Some((database, admin, a, b)) = two_replicas("replicas_changes").await else {
+        return;
+    };
+    let update = |token: ServiceToken, paths: &[&str]| {
+        with_key(
+            &admin,
+            UpdateRequest {
+                service_token: Some(token),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| p.to_string()).collect(),
+                }),
+            },
+        )
+    };
+    // Disabled on A: refused by B (which had it cached) within the bound.
+    let created = a.create(&admin, "disabled").await;
+    let token = created.service_token.clone().unwrap();
+    cached_on(&b, &created.token).await;
+    let disabled = ServiceToken {
+        disabled: true,
+        ..token.clone()
+    };
+    a.client
+        .clone()
+        .update(update(disabled, &["disabled"]))
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    let answer = validate_on(&b.client, &created.token).await.unwrap();
+    assert_eq!(answer.reason(), InvalidReason::Disabled);
+
+    // A role removed on A: B's answer lacks it, and forward-auth refuses it.
+    let created = a.create(&admin, "demoted").await;
+    cached_on(&b, &created.token).await;
+    let demoted = ServiceToken {
+        roles: vec!["reader".into()],
+        ..created.service_token.clone().unwrap()
+    };
+    a.client
+        .clone()
+        .update(update(demoted, &["roles"]))
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    let answer = validate_on(&b.client, &created.token).await.unwrap();
+    assert_eq!(answer.service_token.unwrap().roles, ["reader"]);
+    let gated = reqwest::Client::new()
+        .get(format!("http://{}/api/auth?role=writer", b.server.addr))
+        .header("x-api-key", &created.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gated.status(), 403);
+
+    // An expiration brought forward on A: B refuses from then on.
+    let created = a.create(&admin, "shortened").await;
+    cached_on(&b, &created.token).await;
+    let soon = std::time::SystemTime::now() + Duration::from_millis(300);
+    let shortened = ServiceToken {
+        expiration: Some(soon.into()),
+        ..created.service_token.clone().unwrap()
+    };
+    a.client
+        .clone()
+        .update(update(shortened, &["expiration"]))
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(400);
+    tokio::time::sleep_until(until).await;
+    let answer = validate_on(&b.client, &created.token).await.unwrap();
+    assert_eq!(answer.reason(), InvalidReason::Expired);
+
+    // Rotated on A without grace: the old secret is refused by B.
+    let created = a.create(&admin, "rotated").await;
+    cached_on(&b, &created.token).await;
+    let id = created.service_token.as_ref().unwrap().id;
+    let rotated = a
+        .client
+        .clone()
+        .rotate(with_key(
+            &admin,
+            RotateRequest {
+                id,
+                grace_period: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let acknowledged = Instant::now();
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    let old = validate_on(&b.client, &created.token).await.unwrap();
+    assert_eq!(old.reason(), InvalidReason::NotFound);
+    let new = validate_on(&b.client, &rotated.token).await.unwrap();
+    assert!(new.valid);
+    assert_eq!(new.service_token.unwrap().id, id, "the same token");
     assert!(
         b.metric("sts_validation_cache_hits_total").await > 0.0,
         "B's cache was in play"
