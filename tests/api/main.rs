@@ -26,6 +26,7 @@ mod durability;
 mod edges;
 mod health;
 mod http_auth;
+mod http_lifecycle;
 mod http_tokens;
 mod last_used;
 mod lifecycle;
