@@ -99,7 +99,75 @@ enum TokenCommand {
         id: Option<u64>,
     },
     #[command(about = "List service tokens")]
-    List,
+    List {
+        /// Only tokens whose name starts with this.
+        #[arg(long)]
+        name_prefix: Option<String>,
+        /// Only tokens holding this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only tokens not used for this long (never used included), e.g. 90d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        unused_for: Option<std::time::Duration>,
+        /// Only tokens expiring within this long (expired included), e.g. 30d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiring_within: Option<std::time::Duration>,
+        /// Only disabled tokens.
+        #[arg(long)]
+        disabled: bool,
+        /// Also show status, last use, creator and description.
+        #[arg(long)]
+        wide: bool,
+    },
+    #[command(about = "Show every field of a service token")]
+    Describe {
+        /// The token's id.
+        id: u64,
+    },
+    #[command(about = "Change a service token's name, roles, expiration, description or labels")]
+    Update {
+        /// The token's id.
+        id: u64,
+        /// New name.
+        #[arg(short = 'n', long)]
+        name: Option<String>,
+        /// New roles (replacing the old ones), comma-separated and/or repeated.
+        #[arg(long, value_delimiter = ',', num_args = 1)]
+        roles: Option<Vec<String>>,
+        /// New expiration date, yyyy-MM-dd (midnight UTC at its start).
+        #[arg(long, conflicts_with = "no_expiration")]
+        expiration: Option<String>,
+        /// Never expire.
+        #[arg(long)]
+        no_expiration: bool,
+        /// New description ("" removes it).
+        #[arg(long)]
+        description: Option<String>,
+        /// A label to set, key=value (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// A label to remove (repeatable).
+        #[arg(long = "remove-label", value_name = "KEY")]
+        remove_labels: Vec<String>,
+    },
+    #[command(about = "Disable a service token: refused until enabled again")]
+    Disable {
+        /// The token's id.
+        id: u64,
+    },
+    #[command(about = "Enable a disabled service token")]
+    Enable {
+        /// The token's id.
+        id: u64,
+    },
+    #[command(about = "Give a service token a new secret; the old one works for the grace period")]
+    Rotate {
+        /// The token's id.
+        id: u64,
+        /// How long the old secret keeps working, e.g. 24h (0 ends it now).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        grace: std::time::Duration,
+    },
 }
 
 #[derive(Args)]
@@ -235,7 +303,55 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                     .ok_or_else(|| CliError::Usage("give the id of the token to delete".into()))?;
                 commands::delete_token(globals, printer, id).await
             }
-            TokenCommand::List => commands::list_tokens(globals, printer).await,
+            TokenCommand::List {
+                name_prefix,
+                role,
+                unused_for,
+                expiring_within,
+                disabled,
+                wide,
+            } => {
+                let options = commands::ListOptions {
+                    name_prefix,
+                    role,
+                    unused_for,
+                    expiring_within,
+                    disabled,
+                    wide,
+                };
+                commands::list_tokens(globals, printer, options).await
+            }
+            TokenCommand::Describe { id } => commands::describe_token(globals, printer, id).await,
+            TokenCommand::Update {
+                id,
+                name,
+                roles,
+                expiration,
+                no_expiration,
+                description,
+                labels,
+                remove_labels,
+            } => {
+                let changes = commands::TokenChanges {
+                    name,
+                    roles,
+                    expiration,
+                    no_expiration,
+                    description,
+                    labels,
+                    remove_labels,
+                };
+                commands::update_token(globals, printer, id, changes).await
+            }
+            TokenCommand::Disable { id } => {
+                commands::set_disabled(globals, printer, id, true).await
+            }
+            TokenCommand::Enable { id } => {
+                commands::set_disabled(globals, printer, id, false).await
+            }
+            TokenCommand::Rotate { id, grace } => {
+                commands::rotate_token(globals, printer, id, grace).await
+            }
         },
         Command::Context(ContextArgs { command, save }) => match command {
             None | Some(ContextCommand::Save(_)) => {

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::error::with_causes;
 use crate::proto::{
-    CreateRequest, DeleteRequest, InvalidReason, ListRequest, ServiceToken, ValidateRequest,
-    token_service_client::TokenServiceClient,
+    CreateRequest, DeleteRequest, GetRequest, InvalidReason, ListRequest, RotateRequest,
+    ServiceToken, UpdateRequest, ValidateRequest, token_service_client::TokenServiceClient,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,6 +192,62 @@ impl Session {
             .service_token
             .ok_or_else(|| CliError::Usage("the server's answer lacks the created token".into()))?;
         Ok((response.token, created))
+    }
+
+    /// One token by id.
+    pub async fn get(&mut self, id: u64) -> Result<ServiceToken, CliError> {
+        let request = self.authorized(GetRequest { id })?;
+        let response = match self.client.get(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
+        response
+            .service_token
+            .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))
+    }
+
+    /// Sets the fields of `token` that `paths` name; returns the result.
+    pub async fn update(
+        &mut self,
+        token: ServiceToken,
+        paths: Vec<String>,
+    ) -> Result<ServiceToken, CliError> {
+        let request = self.authorized(UpdateRequest {
+            service_token: Some(token),
+            update_mask: Some(prost_types::FieldMask { paths }),
+        })?;
+        let response = match self.client.update(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
+        response
+            .service_token
+            .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))
+    }
+
+    /// A new secret for token `id`; returns it and the token.
+    pub async fn rotate(
+        &mut self,
+        id: u64,
+        grace: Duration,
+    ) -> Result<(String, ServiceToken), CliError> {
+        let grace_period = prost_types::Duration {
+            seconds: i64::try_from(grace.as_secs())
+                .map_err(|_| CliError::Usage("--grace is too long".into()))?,
+            nanos: grace.subsec_nanos() as i32,
+        };
+        let request = self.authorized(RotateRequest {
+            id,
+            grace_period: Some(grace_period),
+        })?;
+        let response = match self.client.rotate(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
+        let token = response
+            .service_token
+            .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))?;
+        Ok((response.token, token))
     }
 
     /// Every token `filter` (a ListRequest's filters) matches, following

@@ -5,7 +5,10 @@
 //! config file's context (`--context`, else `current-context`). A context's
 //! token is only ever sent to that context's URL.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use serde_json::json;
 
@@ -13,7 +16,10 @@ use super::{
     CliError,
     client::{Session, TlsOptions},
     config::{Config, Context, default_path},
-    output::{DATE, Printer, date, epoch_millis, render_table, token_json, token_table},
+    output::{
+        DATE, Printer, date, describe_table, epoch_millis, render_table, token_json, token_table,
+        wide_token_table,
+    },
 };
 use crate::proto::{CreateRequest, ListRequest};
 
@@ -158,13 +164,202 @@ pub fn parse_expiration(text: &str) -> Result<prost_types::Timestamp, CliError> 
     })
 }
 
+/// `sts service-token list`'s filters and columns.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub name_prefix: Option<String>,
+    pub role: Option<String>,
+    /// Not used for this long (never used included).
+    pub unused_for: Option<Duration>,
+    /// Expiring within this long (expired included).
+    pub expiring_within: Option<Duration>,
+    /// Only disabled tokens.
+    pub disabled: bool,
+    /// Status, last use, creator and description too.
+    pub wide: bool,
+}
+
+fn timestamp(at: SystemTime) -> prost_types::Timestamp {
+    at.into()
+}
+
+fn now_seconds() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 /// `sts service-token list`.
-pub async fn list_tokens(globals: &Globals, printer: &Printer) -> Result<(), CliError> {
+pub async fn list_tokens(
+    globals: &Globals,
+    printer: &Printer,
+    options: ListOptions,
+) -> Result<(), CliError> {
+    let now = SystemTime::now();
+    let too_long = |flag: &str| CliError::Usage(format!("{flag} is too long"));
+    let unused_since = options
+        .unused_for
+        .map(|d| now.checked_sub(d).ok_or_else(|| too_long("--unused-for")))
+        .transpose()?;
+    let expiring_before = options
+        .expiring_within
+        .map(|d| {
+            now.checked_add(d)
+                .ok_or_else(|| too_long("--expiring-within"))
+        })
+        .transpose()?;
+    let filter = ListRequest {
+        name_prefix: options.name_prefix.unwrap_or_default(),
+        role: options.role.unwrap_or_default(),
+        unused_since: unused_since.map(timestamp),
+        expiring_before: expiring_before.map(timestamp),
+        disabled: options.disabled.then_some(true),
+        ..ListRequest::default()
+    };
     let mut session = globals.session().await?;
-    let mut tokens = session.list_all(ListRequest::default()).await?;
-    let table = token_table(&mut tokens);
+    let mut tokens = session.list_all(filter).await?;
+    let table = if options.wide {
+        wide_token_table(&mut tokens, now_seconds())
+    } else {
+        token_table(&mut tokens)
+    };
     let value = json!({ "service-tokens": tokens.iter().map(token_json).collect::<Vec<_>>() });
     printer.table(table, "No service tokens found.", value);
+    Ok(())
+}
+
+/// `sts service-token describe`.
+pub async fn describe_token(globals: &Globals, printer: &Printer, id: u64) -> Result<(), CliError> {
+    let mut session = globals.session().await?;
+    let token = session.get(id).await?;
+    let table = describe_table(&token, now_seconds());
+    printer.table(table, "", json!({ "service-token": token_json(&token) }));
+    Ok(())
+}
+
+/// What `sts service-token update` changes; `None`/empty leaves a field.
+#[derive(Debug, Clone, Default)]
+pub struct TokenChanges {
+    pub name: Option<String>,
+    pub roles: Option<Vec<String>>,
+    /// `yyyy-MM-dd`.
+    pub expiration: Option<String>,
+    pub no_expiration: bool,
+    pub description: Option<String>,
+    /// `key=value`, set or replaced.
+    pub labels: Vec<String>,
+    pub remove_labels: Vec<String>,
+}
+
+/// `sts service-token update`: the named fields only (one Update with a
+/// field mask); labels are merged into the token's current ones.
+pub async fn update_token(
+    globals: &Globals,
+    printer: &Printer,
+    id: u64,
+    changes: TokenChanges,
+) -> Result<(), CliError> {
+    let mut token = crate::proto::ServiceToken {
+        id,
+        ..Default::default()
+    };
+    let mut paths = Vec::new();
+    if let Some(name) = changes.name {
+        token.name = name;
+        paths.push("name");
+    }
+    if let Some(roles) = changes.roles {
+        token.roles = roles;
+        paths.push("roles");
+    }
+    if let Some(expiration) = &changes.expiration {
+        token.expiration = Some(parse_expiration(expiration)?);
+        paths.push("expiration");
+    }
+    if changes.no_expiration {
+        paths.push("expiration");
+    }
+    if let Some(description) = changes.description {
+        token.description = description;
+        paths.push("description");
+    }
+    let mut session = globals.session().await?;
+    if !changes.labels.is_empty() || !changes.remove_labels.is_empty() {
+        let mut labels = session.get(id).await?.labels;
+        for label in &changes.labels {
+            let (key, value) = label.split_once('=').ok_or_else(|| {
+                CliError::Usage(format!("invalid --label '{label}': use key=value"))
+            })?;
+            labels.insert(key.to_owned(), value.to_owned());
+        }
+        for key in &changes.remove_labels {
+            labels.remove(key);
+        }
+        token.labels = labels;
+        paths.push("labels");
+    }
+    if paths.is_empty() {
+        return Err(CliError::Usage(
+            "nothing to change: give --name, --roles, --expiration, --no-expiration, --description, --label or --remove-label".into(),
+        ));
+    }
+    let paths = paths.into_iter().map(str::to_owned).collect();
+    let updated = session.update(token, paths).await?;
+    printer.success(
+        &format!("Service token updated: {id}"),
+        json!({ "service-token": token_json(&updated) }),
+    );
+    Ok(())
+}
+
+/// `sts service-token disable` / `enable`.
+pub async fn set_disabled(
+    globals: &Globals,
+    printer: &Printer,
+    id: u64,
+    disabled: bool,
+) -> Result<(), CliError> {
+    let mut session = globals.session().await?;
+    let token = crate::proto::ServiceToken {
+        id,
+        disabled,
+        ..Default::default()
+    };
+    let updated = session.update(token, vec!["disabled".into()]).await?;
+    let done = if disabled { "disabled" } else { "enabled" };
+    printer.success(
+        &format!("Service token {done}: {id}"),
+        json!({ "service-token": token_json(&updated) }),
+    );
+    Ok(())
+}
+
+/// `sts service-token rotate`: the new secret, printed as `create` prints
+/// a new token's.
+pub async fn rotate_token(
+    globals: &Globals,
+    printer: &Printer,
+    id: u64,
+    grace: Duration,
+) -> Result<(), CliError> {
+    let mut session = globals.session().await?;
+    let (token, rotated) = session.rotate(id, grace).await?;
+    let mut value = json!({ "id": rotated.id, "name": rotated.name, "token": token });
+    if let Some(expiration) = &rotated.expiration {
+        value["expiration"] = json!(epoch_millis(expiration));
+    }
+    let until = rotated
+        .previous_secret_expiration
+        .as_ref()
+        .map(|t| {
+            format!(
+                " (the previous secret works until {} UTC)",
+                super::output::date_time(t)
+            )
+        })
+        .unwrap_or_default();
+    printer.success(
+        &format!("Service token rotated: {token}{until}"),
+        json!({ "service-token": value }),
+    );
     Ok(())
 }
 

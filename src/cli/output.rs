@@ -153,11 +153,138 @@ pub fn token_table(tokens: &mut [ServiceToken]) -> Option<String> {
     render_table(&["ID", "NAME", "EXPIRATION", "ROLES"], rows)
 }
 
-/// A token in the CLI's JSON output.
+/// `yyyy-MM-dd HH:MM` (UTC): a last use, to its resolution.
+pub fn date_time(timestamp: &prost_types::Timestamp) -> String {
+    const MINUTE: &[time::format_description::BorrowedFormatItem<'static>] =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    time::OffsetDateTime::from_unix_timestamp(timestamp.seconds)
+        .ok()
+        .and_then(|t| t.format(MINUTE).ok())
+        .unwrap_or_else(|| format!("{}s after the epoch", timestamp.seconds))
+}
+
+/// `active`, `disabled` or `expired` (at `now`, epoch seconds).
+pub fn status(token: &ServiceToken, now: i64) -> &'static str {
+    if token.expiration.as_ref().is_some_and(|e| e.seconds <= now) {
+        "expired"
+    } else if token.disabled {
+        "disabled"
+    } else {
+        "active"
+    }
+}
+
+/// The `service-token list --wide` table: StackState's four columns, then
+/// status, last use, creator and description.
+pub fn wide_token_table(tokens: &mut [ServiceToken], now: i64) -> Option<String> {
+    tokens.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                shown(&t.name),
+                t.expiration.as_ref().map(date).unwrap_or_default(),
+                roles(&t.roles),
+                status(t, now).to_owned(),
+                t.last_used_at
+                    .as_ref()
+                    .map_or_else(|| "never".to_owned(), date_time),
+                shown(&t.created_by),
+                shown(&t.description),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "NAME",
+            "EXPIRATION",
+            "ROLES",
+            "STATUS",
+            "LAST USED",
+            "CREATED BY",
+            "DESCRIPTION",
+        ],
+        rows,
+    )
+}
+
+/// `service-token describe`: one field per row.
+pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
+    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(date_time).unwrap_or_default();
+    let labels = token
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", shown(v)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows = [
+        ("ID", token.id.to_string()),
+        ("NAME", shown(&token.name)),
+        ("ROLES", roles(&token.roles)),
+        (
+            "EXPIRATION",
+            token.expiration.as_ref().map(date).unwrap_or_default(),
+        ),
+        ("STATUS", status(token, now).to_owned()),
+        ("DESCRIPTION", shown(&token.description)),
+        ("LABELS", labels),
+        ("CREATED", time(&token.created_at)),
+        ("CREATED BY", shown(&token.created_by)),
+        ("UPDATED", time(&token.updated_at)),
+        (
+            "LAST USED",
+            token
+                .last_used_at
+                .as_ref()
+                .map_or_else(|| "never".to_owned(), date_time),
+        ),
+        (
+            "PREVIOUS SECRET UNTIL",
+            time(&token.previous_secret_expiration),
+        ),
+        (
+            "PREVIOUS SECRET LAST USED",
+            time(&token.previous_secret_last_used_at),
+        ),
+    ];
+    let rows = rows
+        .into_iter()
+        .map(|(field, value)| vec![field.to_owned(), value])
+        .collect();
+    render_table(&["FIELD", "VALUE"], rows)
+}
+
+/// A token in the CLI's JSON output: StackState's fields (times in epoch
+/// milliseconds), then every lifecycle field, named as the REST API names
+/// them.
 pub fn token_json(token: &ServiceToken) -> Value {
     let mut value = json!({ "id": token.id, "name": token.name, "roles": token.roles });
+    let millis = |t: &Option<prost_types::Timestamp>| t.as_ref().map(epoch_millis);
     if let Some(expiration) = &token.expiration {
         value["expiration"] = json!(epoch_millis(expiration));
+    }
+    value["description"] = json!(token.description);
+    value["labels"] = json!(token.labels);
+    value["disabled"] = json!(token.disabled);
+    value["createdBy"] = json!(token.created_by);
+    for (key, time) in [
+        ("createdAt", millis(&token.created_at)),
+        ("updatedAt", millis(&token.updated_at)),
+        ("lastUsedAt", millis(&token.last_used_at)),
+        (
+            "previousSecretExpiration",
+            millis(&token.previous_secret_expiration),
+        ),
+        (
+            "previousSecretLastUsedAt",
+            millis(&token.previous_secret_last_used_at),
+        ),
+    ] {
+        if let Some(time) = time {
+            value[key] = json!(time);
+        }
     }
     value
 }
@@ -225,7 +352,10 @@ mod tests {
         let value = token_json(&token(7, "ci", &["r"], Some(1_782_777_600)));
         assert_eq!(
             value,
-            json!({"id": 7, "name": "ci", "roles": ["r"], "expiration": 1_782_777_600_000i64})
+            json!({
+                "id": 7, "name": "ci", "roles": ["r"], "expiration": 1_782_777_600_000i64,
+                "description": "", "labels": {}, "disabled": false, "createdBy": "",
+            })
         );
         assert!(
             token_json(&token(7, "ci", &["r"], None))

@@ -17,6 +17,7 @@ mod audit;
 mod auth;
 mod binary;
 mod cli;
+mod cli_lifecycle;
 mod conformance;
 mod crash;
 mod create;

@@ -1,0 +1,277 @@
+//! The lifecycle commands of the real `sts` binary: describe, update,
+//! disable, enable, rotate, and the list's filters and `--wide` columns.
+
+use sts::proto::InvalidReason;
+
+use crate::{cli::Terminal, helpers::spawn_app};
+
+#[tokio::test]
+async fn describe_update_disable_enable_and_rotate() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let (secret, created) = app.create("ci", &["reader"]).await;
+    let id = created.id.to_string();
+
+    let updated = terminal
+        .sts(&[
+            "service-token",
+            "update",
+            &id,
+            "--name",
+            "ci-2",
+            "--roles",
+            "reader,deployer",
+            "--expiration",
+            "2099-01-01",
+            "--description",
+            "nightly build",
+            "--label",
+            "team=ci",
+            "--label",
+            "tier=1",
+        ])
+        .await
+        .ok();
+    assert_eq!(
+        updated.stdout.trim(),
+        format!("Service token updated: {id}")
+    );
+    let labels = terminal
+        .sts(&[
+            "service-token",
+            "update",
+            &id,
+            "--remove-label",
+            "tier",
+            "--label",
+            "owner=build",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        labels["service-token"]["labels"],
+        serde_json::json!({"owner": "build", "team": "ci"})
+    );
+
+    let described = terminal.sts(&["service-token", "describe", &id]).await.ok();
+    for row in [
+        "NAME                      | ci-2".to_owned(),
+        "ROLES                     | [reader deployer]".to_owned(),
+        "EXPIRATION                | 2099-01-01".to_owned(),
+        "STATUS                    | active".to_owned(),
+        "DESCRIPTION               | nightly build".to_owned(),
+        "LABELS                    | owner=build,team=ci".to_owned(),
+        format!("CREATED BY                | {}", created.created_by),
+        "LAST USED                 | never".to_owned(),
+    ] {
+        assert!(
+            described.stdout.lines().any(|l| l == row),
+            "{row:?} not in\n{}",
+            described.stdout
+        );
+    }
+    let json = terminal
+        .sts(&["service-token", "describe", &id, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(json["service-token"]["name"], "ci-2");
+    assert_eq!(json["service-token"]["description"], "nightly build");
+    assert!(
+        json["service-token"]["updatedAt"].as_i64() > json["service-token"]["createdAt"].as_i64()
+            || json["service-token"]["updatedAt"] == json["service-token"]["createdAt"]
+    );
+
+    let never = terminal
+        .sts(&[
+            "service-token",
+            "update",
+            &id,
+            "--no-expiration",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert!(never["service-token"].get("expiration").is_none());
+
+    let disabled = terminal.sts(&["service-token", "disable", &id]).await.ok();
+    assert_eq!(
+        disabled.stdout.trim(),
+        format!("Service token disabled: {id}")
+    );
+    assert_eq!(
+        app.validate(&secret).await.reason(),
+        InvalidReason::Disabled
+    );
+    let listed = terminal
+        .sts(&["service-token", "list", "--disabled", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let ids: Vec<u64> = listed["service-tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [created.id]);
+    terminal.sts(&["service-token", "enable", &id]).await.ok();
+    assert!(app.validate(&secret).await.valid);
+
+    // Rotate prints the new secret as create does; the old one works for the grace.
+    let rotated = terminal
+        .sts(&[
+            "service-token",
+            "rotate",
+            &id,
+            "--grace",
+            "24h",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let token = &rotated["service-token"];
+    assert_eq!(token["id"], created.id);
+    assert_eq!(token["name"], "ci-2");
+    let new = token["token"].as_str().unwrap();
+    assert!(app.validate(new).await.valid);
+    assert!(app.validate(&secret).await.previous_secret);
+    let text = terminal.sts(&["service-token", "rotate", &id]).await.ok();
+    let newest = text
+        .stdout
+        .trim()
+        .strip_prefix("Service token rotated: ")
+        .unwrap();
+    assert!(app.validate(newest).await.valid);
+    assert_eq!(
+        app.validate(new).await.reason(),
+        InvalidReason::NotFound,
+        "no grace given: ended"
+    );
+
+    // Mistakes are refused, naming the problem.
+    let nothing = terminal.sts(&["service-token", "update", &id]).await;
+    assert_ne!(nothing.code, 0);
+    assert!(
+        nothing.stderr.contains("nothing to change"),
+        "{}",
+        nothing.stderr
+    );
+    let bad_label = terminal
+        .sts(&["service-token", "update", &id, "--label", "novalue"])
+        .await;
+    assert!(
+        bad_label.stderr.contains("key=value"),
+        "{}",
+        bad_label.stderr
+    );
+    let missing = terminal.sts(&["service-token", "describe", "1"]).await;
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+}
+
+/// The sorted names `sts` lists with `args`.
+async fn names(terminal: &Terminal, args: &[&str]) -> Vec<String> {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    let listed = terminal.sts(&args).await.ok().json();
+    let mut names: Vec<String> = listed["service-tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn the_list_keeps_stackstate_s_columns_and_widens_on_request() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let (used, _) = app.create("ci-used", &["reader"]).await;
+    app.create("ci-idle", &["reader"]).await;
+    app.create("ops", &["admin-ish"]).await;
+    assert!(app.validate(&used).await.valid);
+
+    let plain = terminal.sts(&["service-token", "list"]).await.ok();
+    let header = plain.stdout.lines().next().unwrap();
+    assert_eq!(header, "ID               | NAME       | EXPIRATION | ROLES");
+
+    let wide = terminal
+        .sts(&["service-token", "list", "--wide"])
+        .await
+        .ok();
+    let header = wide.stdout.lines().next().unwrap();
+    let columns: Vec<&str> = header.split('|').map(str::trim).collect();
+    assert_eq!(
+        columns,
+        [
+            "ID",
+            "NAME",
+            "EXPIRATION",
+            "ROLES",
+            "STATUS",
+            "LAST USED",
+            "CREATED BY",
+            "DESCRIPTION"
+        ]
+    );
+    assert!(
+        wide.stdout
+            .lines()
+            .any(|l| l.contains("ci-idle") && l.contains("| active ") && l.contains("| never ")),
+        "{}",
+        wide.stdout
+    );
+
+    assert_eq!(
+        names(
+            &terminal,
+            &["service-token", "list", "--name-prefix", "ci-"]
+        )
+        .await,
+        ["ci-idle", "ci-used"]
+    );
+    assert_eq!(
+        names(&terminal, &["service-token", "list", "--role", "admin-ish"]).await,
+        ["ops"]
+    );
+    // Nothing used yet is in the store (a 60 s resolution): all unused.
+    assert_eq!(
+        names(
+            &terminal,
+            &[
+                "service-token",
+                "list",
+                "--unused-for",
+                "90d",
+                "--name-prefix",
+                "ci-"
+            ]
+        )
+        .await,
+        ["ci-idle", "ci-used"]
+    );
+    assert!(
+        names(
+            &terminal,
+            &["service-token", "list", "--expiring-within", "30d"]
+        )
+        .await
+        .is_empty()
+    );
+    let bad = terminal
+        .sts(&["service-token", "list", "--unused-for", "soon"])
+        .await;
+    assert_ne!(bad.code, 0);
+}
