@@ -127,6 +127,11 @@ struct ServeArgs {
     /// connections and finish in-flight calls.
     #[arg(long, env = "STS_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_delay: Duration,
+    /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
+    /// one store write per token per this long, and what a crash may lose.
+    /// 0s turns last-used tracking off.
+    #[arg(long, env = "STS_LAST_USED_RESOLUTION", default_value = "60s", value_parser = humantime::parse_duration)]
+    last_used_resolution: Duration,
 }
 
 #[derive(Args)]
@@ -223,7 +228,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_delay: args.shutdown_delay,
         ..ServerConfig::default()
     };
-    let service = ServiceConfig::with_admin_role(args.admin.admin_role.clone());
+    let service = ServiceConfig {
+        last_used_resolution: args.last_used_resolution,
+        ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
+    };
     let store = args.store.config(Some(&args.reserve))?;
     daemon::serve(
         &args.listen,

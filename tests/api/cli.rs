@@ -145,7 +145,11 @@ async fn the_documented_session_works_verbatim() {
         "delete Delete a service token",
         "list List service tokens",
     ] {
-        assert!(listed.iter().any(|l| l == line), "{line} in {}", help.stdout);
+        assert!(
+            listed.iter().any(|l| l == line),
+            "{line} in {}",
+            help.stdout
+        );
     }
 
     let created = terminal

@@ -150,3 +150,57 @@ async fn a_graceful_stop_writes_what_is_pending() {
     let token = tokens.iter().find(|t| t.id == created.id).unwrap();
     assert!(token.last_used_at.is_some(), "written at shutdown");
 }
+
+/// The real binary with `STS_LAST_USED_RESOLUTION=1s`: a use is in `Get`
+/// within 2 s, and once it is there a `kill -9` does not take it away (a
+/// crash loses at most the window not yet written).
+#[tokio::test]
+async fn the_server_flag_sets_the_resolution_and_a_written_use_survives_a_crash() {
+    use sts::proto::token_service_client::TokenServiceClient;
+
+    use crate::{
+        helpers::{channel, create_request, validate_on, with_key},
+        process::{ServerProcess, bootstrap},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap(dir.path());
+    let env = [("STS_LAST_USED_RESOLUTION", "1s")];
+    let server = ServerProcess::start_with(dir.path(), &env).await;
+    let client = TokenServiceClient::new(channel(server.addr).await);
+    let created = client
+        .clone()
+        .create(with_key(&admin, create_request("ci", &["r"])))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = created.service_token.unwrap().id;
+    let used = Instant::now();
+    assert!(validate_on(&client, &created.token).await.unwrap().valid);
+    let get = |client: TokenServiceClient<tonic::transport::Channel>| {
+        let request = with_key(&admin, GetRequest { id });
+        async move {
+            let mut client = client;
+            client
+                .get(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .service_token
+                .unwrap()
+        }
+    };
+    let last_used = loop {
+        if let Some(at) = get(client.clone()).await.last_used_at {
+            break at;
+        }
+        assert!(
+            used.elapsed() < Duration::from_secs(2),
+            "not recorded within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.kill().await.unwrap();
+    let server = ServerProcess::start_with(dir.path(), &env).await;
+    let client = TokenServiceClient::new(channel(server.addr).await);
+    assert_eq!(get(client).await.last_used_at, Some(last_used));
+}

@@ -42,4 +42,5 @@ mod secrets;
 mod soak;
 mod store_faults;
 mod tls;
+mod upgrade;
 mod validate;

@@ -66,6 +66,17 @@ impl TestDatabase {
         rows
     }
 
+    /// Runs a script of several statements in this test's schema.
+    pub async fn run_script(&self, script: &str) {
+        let mut connection = self.admin.acquire().await.unwrap();
+        connection
+            .execute(format!("SET search_path TO {}", self.schema).as_str())
+            .await
+            .unwrap();
+        connection.execute(script).await.unwrap();
+        connection.execute("RESET search_path").await.unwrap();
+    }
+
     /// Drops the schema (what `Drop` also does, blocking, if a test ends
     /// without calling this: a panic on the way).
     pub async fn drop(mut self) {
