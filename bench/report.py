@@ -57,6 +57,7 @@ def ratio(name, ours, base, target, key="rps"):
 
 ratio("gRPC Validate ours / bare", "ours grpc validate", "bare grpc validate", ">= 0.90")
 ratio("HTTP status ours / bare", "ours http status", "bare http status", ">= 0.85")
+ratio("Validate last-used tracking on / off", "ours grpc validate", "ours grpc validate, last-used off", ">= 0.95")
 ratio("Validate malformed / valid", "ours validate malformed", "ours grpc validate", ">= 1.00")
 ratio("Validate unknown / valid", "ours validate unknown", "ours grpc validate", ">= 1.00")
 ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")

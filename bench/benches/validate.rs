@@ -25,6 +25,9 @@ fn validate_path(c: &mut Criterion) {
         name: TokenName::parse(&format!("bench-{i}")).unwrap(),
         roles: Roles::parse(&["bench-reader"]).unwrap(),
         expiration: None,
+        description: Default::default(),
+        labels: Default::default(),
+        created_by: String::new(),
     };
     runtime
         .block_on(store.insert_many(

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use axum::{Router, routing::get};
 use clap::Parser;
 use sts::proto::{
-    CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, ListRequest, ListResponse,
-    ServiceToken, ValidateRequest, ValidateResponse,
+    CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
+    ListRequest, ListResponse, RotateRequest, RotateResponse, ServiceToken, UpdateRequest,
+    UpdateResponse, ValidateRequest, ValidateResponse,
     token_service_server::{TokenService, TokenServiceServer},
 };
 use tonic::{Request, Response, Status, service::Routes, transport::server::TcpIncoming};
@@ -33,11 +34,25 @@ impl TokenService for Bare {
     async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
+    async fn get(&self, _: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn update(&self, _: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn rotate(&self, _: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
     async fn validate(
         &self,
         _: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
-        // The same shape of answer ours gives for a valid token.
+        // The same shape of answer ours gives for a valid token (a
+        // prefilled one: no description, labels or creator).
+        let created = prost_types::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        };
         Ok(Response::new(ValidateResponse {
             valid: true,
             reason: 0,
@@ -46,16 +61,16 @@ impl TokenService for Bare {
                 name: "bench-0".into(),
                 roles: vec!["bench-reader".into()],
                 expiration: None,
-                created_at: Some(prost_types::Timestamp {
-                    seconds: 1_800_000_000,
-                    nanos: 0,
-                }),
+                created_at: Some(created),
+                updated_at: Some(created),
+                ..ServiceToken::default()
             }),
+            previous_secret: false,
         }))
     }
 }
 
-const STATUS: &str = r#"{"version":"0.1.0","uptimeSeconds":1,"serviceToken":{"id":107484341630693,"name":"bench-0","roles":["bench-reader"]}}"#;
+const STATUS: &str = r#"{"version":"0.1.0","uptimeSeconds":1,"serviceToken":{"id":107484341630693,"name":"bench-0","roles":["bench-reader"],"description":"","labels":{},"disabled":false,"createdAt":1800000000000,"createdBy":"","updatedAt":1800000000000}}"#;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

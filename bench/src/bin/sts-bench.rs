@@ -205,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
                             name: format!("bench-create-{n}"),
                             roles: vec!["bench-reader".into()],
                             expiration: None,
+                            ..Default::default()
                         },
                     );
                     async move {
@@ -236,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
                     name: format!("bench-propagation-{n}"),
                     roles: vec!["bench-reader".into()],
                     expiration: None,
+                    ..Default::default()
                 };
                 let created = on_a
                     .create(admin_request(&token, request))
@@ -283,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
                         ListRequest {
                             page_size,
                             page_token,
+                            ..Default::default()
                         },
                     ))
                     .await?
@@ -370,6 +373,9 @@ async fn main() -> anyhow::Result<()> {
                         name: TokenName::parse(&format!("bench-{i}")).expect("valid name"),
                         roles: roles.clone(),
                         expiration: None,
+                        description: Default::default(),
+                        labels: Default::default(),
+                        created_by: String::new(),
                     },
                 )
             });
