@@ -930,6 +930,28 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
     }
 }
 
+/// Two replicas record uses of one token in either order: the latest wins.
+async fn uses_recorded_by_two_replicas_keep_the_latest(backend: &mut Backend) {
+    let store = backend.store();
+    let other = backend.replica().await.unwrap();
+    let (_, token) = insert(&*store, "shared").await;
+    let t1 = now_micros();
+    let t2 = t1 + Duration::from_secs(30);
+    let used = |at| Use {
+        id: token.id,
+        at,
+        previous_at: None,
+    };
+    let (later, earlier) = ([used(t2)], [used(t1)]);
+    let (a, b) = tokio::join!(store.record_uses(&later), other.record_uses(&earlier));
+    a.unwrap();
+    b.unwrap();
+    for reader in [&store, &other] {
+        let read = reader.get(token.id).await.unwrap().unwrap().token;
+        assert_eq!(read.last_used_at, Some(t2));
+    }
+}
+
 /// Expands to one `#[tokio::test]` per backend for each test in `every`,
 /// and one for the replicated backends for each in `replicated`.
 macro_rules! conformance {
@@ -986,5 +1008,8 @@ conformance!(
         filters_select_the_same_tokens_on_every_backend,
         an_export_carries_every_lifecycle_field,
     ],
-    replicated: [replicas_see_each_others_writes_at_once],
+    replicated: [
+        replicas_see_each_others_writes_at_once,
+        uses_recorded_by_two_replicas_keep_the_latest,
+    ],
 );

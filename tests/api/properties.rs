@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use sts::{
     credential::{self, AuthError, MAX_CREDENTIAL_BYTES},
     model::{
+        Description, Labels, MAX_DESCRIPTION_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS,
         MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, Role, Roles, TokenId, TokenName, parse_time,
     },
     page::{PageRequest, encode_cursor},
@@ -184,5 +185,45 @@ proptest! {
         let id = TokenId::parse(id).unwrap();
         let page = PageRequest::parse(size.max(0), &encode_cursor(id), 100, 1000).unwrap();
         prop_assert_eq!(page.after, Some(id));
+    }
+
+    #[test]
+    fn descriptions_are_displayable_and_bounded(input in any::<String>()) {
+        match Description::parse(&input) {
+            Ok(description) => {
+                prop_assert_eq!(description.as_str(), input.as_str());
+                prop_assert!(input.chars().count() <= MAX_DESCRIPTION_CHARS);
+                prop_assert!(!input.chars().any(|c| c.is_control() || sts::model::is_format(c)));
+            }
+            Err(e) => prop_assert_eq!(e.field, "description"),
+        }
+    }
+
+    #[test]
+    fn labels_keep_kubernetes_keys_and_displayable_values(
+        labels in proptest::collection::vec(
+            (
+                prop_oneof![any::<String>(), "[a-z0-9.-]{0,12}/[A-Za-z0-9._-]{0,65}", "[A-Za-z0-9._-]{0,65}"],
+                prop_oneof![any::<String>(), "[ -~]{0,300}"],
+            ),
+            0..40,
+        )
+    ) {
+        match Labels::parse(labels.clone()) {
+            Ok(parsed) => {
+                prop_assert!(parsed.iter().count() <= MAX_LABELS);
+                for (key, value) in parsed.iter() {
+                    let name = key.rsplit('/').next().unwrap();
+                    prop_assert!(!name.is_empty() && name.len() <= 63);
+                    prop_assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)));
+                    prop_assert!(value.chars().count() <= MAX_LABEL_VALUE_CHARS);
+                    prop_assert!(!value.chars().any(|c| c.is_control() || sts::model::is_format(c)));
+                }
+                // Read back, they parse to themselves.
+                let again = Labels::parse(parsed.iter()).unwrap();
+                prop_assert_eq!(again, parsed);
+            }
+            Err(e) => prop_assert!(e.field.starts_with("labels"), "{}", e),
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! No secret in the logs: a whole session against the real binary at the
 //! most verbose level (`RUST_LOG=trace`, every crate: ours, tonic, hyper, h2,
-//! sled), every RPC, every HTTP path, every kind of error, and not one token
+//! sled), every RPC (rotations included), every HTTP path, every kind of
+//! error, and not one token
 //! (nor a piece of one) in anything it printed.
 
 use serde_json::json;
 use sts::{
     proto::{
-        DeleteRequest, ListRequest, ValidateRequest, token_service_client::TokenServiceClient,
+        DeleteRequest, ListRequest, RotateRequest, UpdateRequest, ValidateRequest,
+        token_service_client::TokenServiceClient,
     },
     token::{PREFIX, Token},
 };
@@ -147,6 +149,62 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         .service_token
         .unwrap()
         .id;
+    // The lifecycle: a rotation (its new secret, the old one in its grace
+    // period through gRPC and forward-auth), a rotation over REST, an update.
+    let rotated = grpc
+        .rotate(with_key(
+            &admin,
+            RotateRequest {
+                id: reader_id,
+                grace_period: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    for token in [&reader, &rotated] {
+        grpc.validate(ValidateRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap();
+        http.get(url("/api/auth"))
+            .header("x-api-key", token)
+            .send()
+            .await
+            .unwrap();
+    }
+    let rest_rotated: serde_json::Value = http
+        .post(url(&format!("/api/security/tokens/{reader_id}/rotate")))
+        .header("x-api-key", &admin)
+        .body(r#"{"gracePeriodSeconds": 60}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rest_rotated = rest_rotated["token"].as_str().unwrap().to_owned();
+    let disable = UpdateRequest {
+        service_token: Some(sts::proto::ServiceToken {
+            id: reader_id,
+            disabled: true,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["disabled".into()],
+        }),
+    };
+    grpc.update(with_key(&admin, disable)).await.unwrap();
+    grpc.validate(ValidateRequest {
+        token: rest_rotated.clone(),
+    })
+    .await
+    .unwrap();
     grpc.delete(with_key(&admin, DeleteRequest { id: reader_id }))
         .await
         .unwrap();
@@ -162,7 +220,15 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     // Trace level really was on: the transport's frame-level events are here.
     assert!(log.contains("TRACE"), "the log was not at trace level");
 
-    for secret in [&admin, &reader, &unknown, &mistyped, &rest] {
+    for secret in [
+        &admin,
+        &reader,
+        &unknown,
+        &mistyped,
+        &rest,
+        &rotated,
+        &rest_rotated,
+    ] {
         // Any 16-character run of the random part counts as a leak.
         let body = &secret[PREFIX.len()..];
         for start in (0..=body.len() - 16).step_by(8) {
