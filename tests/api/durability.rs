@@ -188,7 +188,8 @@ async fn a_data_dir_others_could_write_or_own_is_refused_with_the_fix() {
     // Readable by others is not writable: a data dir from an earlier
     // release (0644 files) still opens.
     let server = crate::process::ServerProcess::start(&made).await;
-    assert!(server.terminate().await.0.success());
+    let (exit, log) = server.terminate().await;
+    assert!(exit.success(), "{exit:?}: {log:#?}");
 
     if rustix::process::geteuid().is_root() {
         let theirs = parent.path().join("theirs");
