@@ -136,20 +136,20 @@ pub fn shown(name: &str) -> String {
         .collect()
 }
 
+/// StackState's four columns of a token.
+fn token_row(token: &ServiceToken) -> Vec<String> {
+    vec![
+        token.id.to_string(),
+        shown(&token.name),
+        token.expiration.as_ref().map(date).unwrap_or_default(),
+        roles(&token.roles),
+    ]
+}
+
 /// The `service-token list` table, rows sorted by name (then id).
 pub fn token_table(tokens: &mut [ServiceToken]) -> Option<String> {
     tokens.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-    let rows = tokens
-        .iter()
-        .map(|t| {
-            vec![
-                t.id.to_string(),
-                shown(&t.name),
-                t.expiration.as_ref().map(date).unwrap_or_default(),
-                roles(&t.roles),
-            ]
-        })
-        .collect();
+    let rows = tokens.iter().map(token_row).collect();
     render_table(&["ID", "NAME", "EXPIRATION", "ROLES"], rows)
 }
 
@@ -181,18 +181,16 @@ pub fn wide_token_table(tokens: &mut [ServiceToken], now: i64) -> Option<String>
     let rows = tokens
         .iter()
         .map(|t| {
-            vec![
-                t.id.to_string(),
-                shown(&t.name),
-                t.expiration.as_ref().map(date).unwrap_or_default(),
-                roles(&t.roles),
+            let mut row = token_row(t);
+            row.extend([
                 status(t, now).to_owned(),
                 t.last_used_at
                     .as_ref()
                     .map_or_else(|| "never".to_owned(), date_time),
                 shown(&t.created_by),
                 shown(&t.description),
-            ]
+            ]);
+            row
         })
         .collect();
     render_table(
