@@ -1,6 +1,6 @@
 //! The source of "now" for expiry decisions, injectable so tests can move time.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> SystemTime;
@@ -13,5 +13,15 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+}
+
+/// `time` with the sub-microsecond part dropped: the precision every store
+/// keeps, so a time reads the same from any of them.
+pub fn to_micros(time: SystemTime) -> SystemTime {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64),
+        // Before 1970: never a token's time (creation is now, expiry ahead).
+        Err(_) => time,
     }
 }

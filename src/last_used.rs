@@ -18,7 +18,7 @@ use std::{
 };
 
 use crate::{
-    clock::Clock,
+    clock::{Clock, to_micros},
     metrics::Metrics,
     model::{Secret, TokenId},
     store::{Store, Use},
@@ -120,8 +120,7 @@ impl LastUsed {
     }
 
     fn queue(self: &Arc<Self>, id: TokenId, secret: Secret, at: SystemTime) {
-        // Kept to the microsecond, as every store keeps times.
-        let at = UNIX_EPOCH + Duration::from_micros(micros(at));
+        let at = to_micros(at);
         self.writer.get_or_init(|| {
             tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
         });

@@ -259,10 +259,6 @@ impl Description {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// The problem with a piece of displayed text, if any.
@@ -331,10 +327,6 @@ impl Labels {
 
     pub fn as_map(&self) -> &BTreeMap<String, String> {
         &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -720,10 +712,6 @@ impl ListFilter {
             expiring_before,
             disabled,
         })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == ListFilter::default()
     }
 
     pub fn matches(&self, token: &ServiceToken) -> bool {
@@ -1116,7 +1104,7 @@ mod tests {
 
     #[test]
     fn descriptions_are_bounded_displayable_text() {
-        assert!(Description::parse("").unwrap().is_empty());
+        assert_eq!(Description::parse("").unwrap(), Description::default());
         assert!(Description::parse(&"é".repeat(MAX_DESCRIPTION_CHARS)).is_ok());
         let long = Description::parse(&"é".repeat(MAX_DESCRIPTION_CHARS + 1)).unwrap_err();
         assert_eq!(long.field, "description");

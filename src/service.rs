@@ -9,13 +9,13 @@ use std::{
     future::Future,
     net::IpAddr,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use crate::{
     audit::{Refusal, Refusals},
     cache::ValidationCache,
-    clock::Clock,
+    clock::{Clock, to_micros},
     config::ServiceConfig,
     credential::AuthError,
     error::Error,
@@ -54,15 +54,6 @@ impl Rpc {
             Rpc::Update => "Update",
             Rpc::Rotate => "Rotate",
         }
-    }
-}
-
-/// `time` with the sub-microsecond part dropped.
-fn to_micros(time: SystemTime) -> SystemTime {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(since) => UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64),
-        // Before 1970: never a token's time (creation is now, expiry ahead).
-        Err(_) => time,
     }
 }
 
