@@ -14,6 +14,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "sts-data";
 /// The role a caller's token needs for Create, List and Delete (StackState's admin role).
 pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
+/// The role a caller's token needs to ask about other tokens (Kubernetes
+/// TokenReview, OAuth 2.0 introspection).
+pub const DEFAULT_REVIEWER_ROLE: &str = "token-reviewer";
+/// What Kubernetes user and group names made from a token start with.
+pub const DEFAULT_KUBERNETES_PREFIX: &str = "sts:";
 /// List page size when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest List page; larger requests are served this many.
@@ -26,6 +31,10 @@ pub const DEFAULT_LAST_USED_RESOLUTION: Duration = Duration::from_secs(60);
 /// Largest request accepted (a gRPC message, an HTTP body). Every valid
 /// request is far smaller; a bigger one is refused instead of buffered.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest Envoy ext_authz `Check` accepted: Envoy forwards every request
+/// header (up to 60 KiB by its defaults) and, where configured, part of
+/// the body.
+pub const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// How long, after SIGTERM, the server keeps accepting while it reports
 /// not-ready: time for Kubernetes to take the pod out of its Services'
@@ -52,6 +61,8 @@ pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub admin_role: Role,
+    /// Who may review other tokens (TokenReview, introspection).
+    pub reviewer_role: Role,
     pub default_page_size: usize,
     pub max_page_size: usize,
     /// How often refusals of unauthenticated management calls are written
@@ -67,6 +78,8 @@ impl ServiceConfig {
     pub fn with_admin_role(admin_role: Role) -> ServiceConfig {
         ServiceConfig {
             admin_role,
+            reviewer_role: Role::parse(DEFAULT_REVIEWER_ROLE)
+                .expect("the default reviewer role is valid"),
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
@@ -95,8 +108,58 @@ impl std::fmt::Debug for TlsIdentity {
     }
 }
 
+/// How answers are shaped for the platforms that check tokens through us.
+/// Nothing here decides whether a token is valid.
+#[derive(Debug, Clone)]
+pub struct IntegrationConfig {
+    /// Let the credential headers through to the service behind a proxy
+    /// (ext_authz's `headers_to_remove`, `x-envoy-auth-headers-to-remove`);
+    /// off by default, since a service that needs no secret should not
+    /// receive one.
+    pub forward_credential: bool,
+    pub kubernetes_prefix: KubernetesPrefix,
+}
+
+impl Default for IntegrationConfig {
+    fn default() -> IntegrationConfig {
+        IntegrationConfig {
+            forward_credential: false,
+            kubernetes_prefix: KubernetesPrefix::parse(DEFAULT_KUBERNETES_PREFIX)
+                .expect("the default Kubernetes prefix is valid"),
+        }
+    }
+}
+
+/// The prefix of the Kubernetes user and group names of a token. Never
+/// empty, and never in Kubernetes' own `system:` namespace: without it, a
+/// token holding a role named `system:masters` would be a cluster admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesPrefix(String);
+
+impl KubernetesPrefix {
+    pub fn parse(prefix: &str) -> Result<KubernetesPrefix, String> {
+        if prefix.is_empty() {
+            return Err("must not be empty: without a prefix, a role named `system:masters` would make a token a cluster admin".into());
+        }
+        if prefix.starts_with("system:") {
+            return Err(
+                "must not start with `system:`, which Kubernetes reserves for itself".into(),
+            );
+        }
+        if let Some(bad) = prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("must not contain {bad:?}"));
+        }
+        Ok(KubernetesPrefix(prefix.to_owned()))
+    }
+
+    /// `name` with the prefix.
+    pub fn apply(&self, name: &str) -> String {
+        format!("{}{name}", self.0)
+    }
+}
+
 /// How the server takes connections and requests: TLS, timeouts, limits,
-/// shutdown. Nothing here changes what an answer is.
+/// shutdown, and how integrations' answers are shaped.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Serve gRPC and HTTP over TLS (rustls) on the same port; `None` is plaintext.
@@ -109,6 +172,7 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    pub integrations: IntegrationConfig,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +186,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+            integrations: IntegrationConfig::default(),
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Reading the caller's credential from request headers, the two forms the
-//! StackState API documents: `Authorization: ApiKey <token>` and
-//! `X-API-Key: <token>`. Shared by every transport so they cannot disagree.
+//! Reading the caller's credential from request headers: the two forms the
+//! StackState API documents, `Authorization: ApiKey <token>` and
+//! `X-API-Key: <token>`, and `Authorization: Bearer <token>`, what
+//! Kubernetes, Envoy and OAuth 2.0 clients send. Shared by every transport
+//! (and by ext_authz for the headers Envoy forwards) so they cannot disagree.
+
+use std::borrow::Cow;
 
 use http::HeaderMap;
 
@@ -11,16 +15,22 @@ pub const MAX_CREDENTIAL_BYTES: usize = 1024;
 
 const AUTHORIZATION: &str = "authorization";
 const X_API_KEY: &str = "x-api-key";
-const SCHEME: &str = "ApiKey";
+/// Schemes of `Authorization` that carry a service token as it is.
+const SCHEMES: [&str; 2] = ["ApiKey", "Bearer"];
+const BASIC: &str = "Basic";
 
 /// Why a request is not authenticated. Messages never include the credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no credential: send `authorization: ApiKey <token>` or `x-api-key: <token>`")]
+    #[error(
+        "no credential: send `authorization: ApiKey <token>`, `authorization: Bearer <token>` or `x-api-key: <token>`"
+    )]
     Missing,
-    #[error("the authorization header must use the ApiKey scheme: `authorization: ApiKey <token>`")]
+    #[error(
+        "the authorization header must use the ApiKey or Bearer scheme: `authorization: ApiKey <token>`"
+    )]
     UnsupportedScheme,
-    #[error("the authorization header names the ApiKey scheme but holds no token")]
+    #[error("the authorization header names its scheme but holds no token")]
     NoToken,
     #[error("the {0} header is sent more than once: send it once")]
     Repeated(&'static str),
@@ -56,30 +66,94 @@ impl AuthError {
     }
 }
 
+/// The headers a credential may arrive in, lower-case: what a proxy
+/// removes before the request goes on.
+pub const HEADERS: [&str; 2] = [AUTHORIZATION, X_API_KEY];
+
 /// The token the caller presents, not yet checked against the store.
 pub fn presented(headers: &HeaderMap) -> Result<&str, AuthError> {
     let from_authorization = single(headers, AUTHORIZATION)?
         .map(|value| {
-            let value = value.trim_matches(' ');
-            let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-            if !scheme.eq_ignore_ascii_case(SCHEME) {
-                return Err(AuthError::UnsupportedScheme);
-            }
-            let token = token.trim_matches(' ');
-            if token.is_empty() {
-                return Err(AuthError::NoToken);
-            }
-            Ok(token)
+            let (scheme, token) = split_authorization(value);
+            token_scheme(scheme, token)
         })
         .transpose()?;
-    let from_x_api_key = single(headers, X_API_KEY)?.map(|value| value.trim_matches(' '));
-    match (from_authorization, from_x_api_key) {
+    one_of(from_authorization, single(headers, X_API_KEY)?, |t| t)
+}
+
+/// As [`presented`], also taking HTTP Basic with the token as the password
+/// (the user name is ignored): how OAuth 2.0 clients authenticate to
+/// introspection (RFC 7662 section 2.1, RFC 6749 section 2.3.1). Basic's
+/// password is decoded, hence the `Cow`.
+pub fn presented_or_basic(headers: &HeaderMap) -> Result<Cow<'_, str>, AuthError> {
+    let from_authorization = single(headers, AUTHORIZATION)?
+        .map(|value| match split_authorization(value) {
+            (scheme, token) if scheme.eq_ignore_ascii_case(BASIC) => {
+                basic_password(token).map(Cow::Owned)
+            }
+            (scheme, token) => token_scheme(scheme, token).map(Cow::Borrowed),
+        })
+        .transpose()?;
+    one_of(
+        from_authorization,
+        single(headers, X_API_KEY)?,
+        Cow::Borrowed,
+    )
+}
+
+/// The token of the two headers' that the caller sent.
+fn one_of<'h, T: AsRef<str>>(
+    from_authorization: Option<T>,
+    from_x_api_key: Option<&'h str>,
+    wrap: impl FnOnce(&'h str) -> T,
+) -> Result<T, AuthError> {
+    match (
+        from_authorization,
+        from_x_api_key.map(|v| v.trim_matches(' ')),
+    ) {
         (None, None) | (None, Some("")) => Err(AuthError::Missing),
-        (Some(token), None) | (None, Some(token)) => Ok(token),
+        (Some(token), None) => Ok(token),
+        (None, Some(token)) => Ok(wrap(token)),
         // Both are public-form credentials supplied by the same caller, so a
         // plain compare reveals nothing the caller does not already hold.
-        (Some(a), Some(b)) if a == b => Ok(a),
+        (Some(a), Some(b)) if a.as_ref() == b => Ok(a),
         (Some(_), Some(_)) => Err(AuthError::Ambiguous),
+    }
+}
+
+/// `<scheme> <credentials>`, spaces around either trimmed.
+fn split_authorization(value: &str) -> (&str, &str) {
+    let value = value.trim_matches(' ');
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    (scheme, rest.trim_matches(' '))
+}
+
+/// The token of `ApiKey <token>` or `Bearer <token>`.
+fn token_scheme<'h>(scheme: &str, token: &'h str) -> Result<&'h str, AuthError> {
+    if !SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+        return Err(AuthError::UnsupportedScheme);
+    }
+    if token.is_empty() {
+        return Err(AuthError::NoToken);
+    }
+    Ok(token)
+}
+
+/// The password of Basic's `base64(user ":" password)`; what does not
+/// decode cannot hold a token.
+fn basic_password(encoded: &str) -> Result<String, AuthError> {
+    use base64::Engine as _;
+    if encoded.is_empty() {
+        return Err(AuthError::NoToken);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or(AuthError::Malformed(MalformedToken::Alphabet))?;
+    match decoded.split_once(':') {
+        Some((_, password)) if !password.is_empty() => Ok(password.to_owned()),
+        _ => Err(AuthError::NoToken),
     }
 }
 
@@ -133,6 +207,17 @@ mod tests {
         );
         assert_eq!(presented(&headers(&[("x-api-key", "t")])), Ok("t"));
         assert_eq!(
+            presented(&headers(&[("authorization", "Bearer t")])),
+            Ok("t")
+        );
+        assert_eq!(
+            presented(&headers(&[
+                ("authorization", "bearer t"),
+                ("x-api-key", "t")
+            ])),
+            Ok("t")
+        );
+        assert_eq!(
             presented(&headers(&[
                 ("x-api-key", "t"),
                 ("authorization", "ApiKey t")
@@ -157,7 +242,11 @@ mod tests {
             Err(AuthError::NoToken)
         );
         assert_eq!(
-            presented(&headers(&[("authorization", "Bearer t")])),
+            presented(&headers(&[("authorization", "Token t")])),
+            Err(AuthError::UnsupportedScheme)
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "Basic dTp0")])),
             Err(AuthError::UnsupportedScheme)
         );
         assert_eq!(
@@ -185,6 +274,39 @@ mod tests {
                 &"a".repeat(MAX_CREDENTIAL_BYTES + 1)
             )])),
             Err(AuthError::TooLong)
+        );
+    }
+
+    #[test]
+    fn basic_carries_the_token_as_its_password_where_it_is_allowed() {
+        // base64("introspector:t"): the user name is ignored.
+        assert_eq!(
+            presented_or_basic(&headers(&[("authorization", "Basic aW50cm9zcGVjdG9yOnQ=")]))
+                .as_deref(),
+            Ok("t")
+        );
+        assert_eq!(
+            presented_or_basic(&headers(&[
+                ("authorization", "Basic aW50cm9zcGVjdG9yOnQ="),
+                ("x-api-key", "u")
+            ])),
+            Err(AuthError::Ambiguous)
+        );
+        // base64("user") has no colon; base64("user:") an empty password.
+        for empty in ["Basic dXNlcg==", "Basic dXNlcjo=", "Basic"] {
+            assert_eq!(
+                presented_or_basic(&headers(&[("authorization", empty)])),
+                Err(AuthError::NoToken),
+                "{empty}"
+            );
+        }
+        assert_eq!(
+            presented_or_basic(&headers(&[("authorization", "Basic !!!")])),
+            Err(AuthError::Malformed(MalformedToken::Alphabet))
+        );
+        assert_eq!(
+            presented_or_basic(&headers(&[("authorization", "Bearer t")])).as_deref(),
+            Ok("t")
         );
     }
 

@@ -157,10 +157,11 @@ fn incident_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-impl From<Error> for tonic::Status {
-    fn from(error: Error) -> tonic::Status {
-        let answer = error.answer();
-        let code = match answer.kind {
+impl ErrorKind {
+    /// The gRPC code of this kind: statuses, and the codes in Envoy
+    /// ext_authz's `CheckResponse` (which answers denials, never errors).
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
             ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
@@ -169,8 +170,14 @@ impl From<Error> for tonic::Status {
             ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
-        };
-        tonic::Status::new(code, answer.message)
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> tonic::Status {
+        let answer = error.answer();
+        tonic::Status::new(answer.kind.grpc_code(), answer.message)
     }
 }
 

@@ -191,6 +191,26 @@ impl fmt::Display for Role {
     }
 }
 
+/// The roles a route requires, from comma-separated lists (`a,b`, spaces
+/// around items ignored), every one of them required, each once. A bad item
+/// is an error naming `field`: a misconfigured route fails closed.
+pub fn required_roles<'a>(
+    field: &str,
+    lists: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Role>, FieldError> {
+    let mut roles = Vec::new();
+    for list in lists {
+        for role in list.split(',') {
+            let role = Role::parse(role.trim_matches(' '))
+                .map_err(|e| FieldError::new(field, e.problem))?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
+    }
+    Ok(roles)
+}
+
 /// At least one role, at most [`MAX_ROLES`], without duplicates, in the order
 /// first given.
 #[derive(Debug, Clone, PartialEq, Eq)]

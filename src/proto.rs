@@ -9,6 +9,15 @@ tonic::include_proto!("stackstate.servicetoken.v1");
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("service_token_descriptor");
 
+/// The encoded descriptors of Envoy's `envoy.service.auth.v3` (ext_authz)
+/// and what it imports, for gRPC reflection. Compiled from the protos the
+/// `envoy-types` crate ships, whose generated types we serve; committed
+/// because a build script cannot find another crate's files, and kept in
+/// step with the crate by a test (`tests/api/ext_authz.rs`), which also
+/// writes it anew when `STS_WRITE_DESCRIPTORS` is set.
+pub const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+    include_bytes!("../proto/envoy/ext_authz_v3.binpb");
+
 const REDACTED: &str = "<redacted>";
 
 /// The protobuf codec the generated client and server use (`build.rs` names

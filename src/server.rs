@@ -5,14 +5,15 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::ServerConfig,
+    config::{MAX_CHECK_REQUEST_BYTES, ServerConfig},
     error::{ServeError, with_causes},
-    grpc::{GrpcTokenService, UndecodableLayer},
+    grpc::{ExtAuthz, GrpcTokenService, UndecodableLayer},
     http::{self, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
@@ -109,6 +110,7 @@ pub async fn run_on(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
     };
     let tokens = tower::ServiceBuilder::new()
         .layer(UndecodableLayer::new(service.clone()))
@@ -121,11 +123,16 @@ pub async fn run_on(
         service.clone(),
         readiness.clone(),
         config.max_request_bytes,
+        config.integrations.clone(),
     )))
     .add_service(health_service)
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)
     .add_service(tokens)
+    .add_service(
+        AuthorizationServer::new(ExtAuthz::new(service.clone(), config.integrations.clone()))
+            .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES),
+    )
     .into_axum_router()
     .layer(http::ObserveLatencyLayer::new(service.metrics().clone()));
 

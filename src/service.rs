@@ -373,6 +373,34 @@ impl TokenService {
         Err(refused)
     }
 
+    /// The caller, if its credential is valid and its token holds every one
+    /// of `required`: the decision of every authorizer in front of a
+    /// service (forward-auth, Envoy's ext_authz).
+    pub async fn authorize(
+        &self,
+        presented: Result<&str, AuthError>,
+        required: &[Role],
+    ) -> Result<Authenticated, Error> {
+        let caller = self.authenticate_secret(presented).await?;
+        for role in required {
+            self.require_role(&caller.token, role)?;
+        }
+        Ok(caller)
+    }
+
+    /// The caller, if its credential is valid and holds the reviewer role:
+    /// who may ask about other tokens (Kubernetes TokenReview, OAuth 2.0
+    /// introspection). Requiring a credential keeps those endpoints from
+    /// being an oracle for anyone scanning for tokens.
+    pub async fn authorize_reviewer(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<ServiceToken, Error> {
+        let caller = self.authenticate(presented).await?;
+        self.require_role(&caller, &self.config.reviewer_role)?;
+        Ok(caller)
+    }
+
     /// The caller as an [`Admin`], if its credential is valid and holds the
     /// admin role; otherwise the refusal, with the caller when it is known.
     async fn authorize_admin(

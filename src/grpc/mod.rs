@@ -1,6 +1,7 @@
 //! The gRPC front end: turns protobuf requests into domain values, calls the
 //! [`TokenService`], and turns the answers back. No rules live here.
 
+mod ext_authz;
 mod undecodable;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -19,6 +20,7 @@ use crate::{
     service::{InvalidReason, Rpc, TokenService, Validation},
 };
 
+pub use ext_authz::{ExtAuthz, REQUIRED_ROLES};
 pub use undecodable::UndecodableLayer;
 
 /// `proto::token_service_server::TokenService` over the domain service.

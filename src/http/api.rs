@@ -13,8 +13,10 @@ use serde::Serialize;
 
 use super::{Caller, HttpState};
 use crate::{
+    credential,
     error::Error,
-    model::{FieldError, Role, Secret, ServiceToken},
+    model::{FieldError, Role, Secret, ServiceToken, required_roles},
+    service::Authenticated,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -132,52 +134,68 @@ pub async fn info(Caller(_): Caller) -> Json<InfoJson> {
     })
 }
 
-/// The roles `?role=` names: repeated (`?role=a&role=b`) or
-/// comma-separated (`?role=a,b`), every one of them required. Other
-/// parameters are ignored (a proxy may add its own).
-fn required_roles(query: Option<&str>) -> Result<Vec<Role>, FieldError> {
-    let mut roles = Vec::new();
-    let pairs = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes());
-    for (_, value) in pairs.filter(|(name, _)| name == "role") {
-        for role in value.split(',') {
-            let role = Role::parse(role).map_err(|e| FieldError::new("role", e.problem))?;
-            if !roles.contains(&role) {
-                roles.push(role);
-            }
-        }
-    }
-    Ok(roles)
-}
-
 /// 200 with the identity in headers, 401 without a valid credential, 403
-/// when `?role=` names a role the token lacks (the service decides, counts
-/// and audits that). Any method, so a proxy can forward the original one.
+/// when `?role=` names a role the token lacks (repeated, `?role=a&role=b`,
+/// or comma-separated, `?role=a,b`: every one is required; other
+/// parameters are ignored, a proxy may add its own). Any method, so a proxy
+/// can forward the original one, and any path below `/api/auth`, which is
+/// how Envoy's HTTP ext_authz (`path_prefix`) asks. The service decides,
+/// counts and audits.
 pub async fn forward_auth(
     State(state): State<HttpState>,
-    Caller(caller): Caller,
     RawQuery(query): RawQuery,
+    request: HeaderMap,
 ) -> Result<Response, Error> {
-    let (caller, secret) = (caller.token, caller.secret);
-    for role in required_roles(query.as_deref())? {
-        state.service.require_role(&caller, &role)?;
+    let pairs = url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes());
+    let lists: Vec<_> = pairs
+        .filter(|(name, _)| name == "role")
+        .map(|(_, v)| v)
+        .collect();
+    let required = required_roles("role", lists.iter().map(|v| v.as_ref()))?;
+    let caller = state
+        .service
+        .authorize(credential::presented(&request), &required)
+        .await?;
+    let mut headers = identity_headers(&caller)?;
+    // Envoy's HTTP ext_authz removes what this names before the request
+    // goes on; other proxies ignore it (they are told in their own config).
+    let present: Vec<&str> = credential::HEADERS
+        .into_iter()
+        .filter(|name| request.contains_key(*name))
+        .collect();
+    if !state.integrations.forward_credential && !present.is_empty() {
+        headers.insert(
+            HeaderName::from_static(ENVOY_HEADERS_TO_REMOVE),
+            HeaderValue::from_str(&present.join(",")).expect("header names are header values"),
+        );
     }
-    let roles: Vec<&str> = caller.roles.iter().map(Role::as_str).collect();
+    Ok((StatusCode::OK, headers).into_response())
+}
+
+/// The header through which Envoy's HTTP ext_authz service names request
+/// headers to remove.
+const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
+/// The identity headers of a valid caller, as every authorizer sends them.
+pub fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
+    let token = &caller.token;
+    let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
     let mut headers = HeaderMap::new();
-    if secret == Secret::Previous {
+    if caller.secret == Secret::Previous {
         headers.insert(
             HeaderName::from_static(PREVIOUS_SECRET_HEADER),
             HeaderValue::from_static("true"),
         );
     }
     for (name, value) in [
-        (ID_HEADER, caller.id.to_string()),
+        (ID_HEADER, token.id.to_string()),
         // Names may hold non-ASCII text; it is sent as UTF-8 bytes.
-        (NAME_HEADER, caller.name.to_string()),
+        (NAME_HEADER, token.name.to_string()),
         (ROLES_HEADER, roles.join(",")),
     ] {
         let value = HeaderValue::from_bytes(value.as_bytes())
             .map_err(|_| FieldError::new("name", "cannot be sent as a header"))?;
         headers.insert(HeaderName::from_static(name), value);
     }
-    Ok((StatusCode::OK, headers).into_response())
+    Ok(headers)
 }

@@ -22,10 +22,12 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
+    config::IntegrationConfig,
     error::{Answer, Error, ErrorKind},
     service::TokenService,
 };
 
+pub use api::{PREVIOUS_SECRET_HEADER, identity_headers};
 pub use caller::Caller;
 pub use latency::ObserveLatencyLayer;
 pub use probes::Readiness;
@@ -37,6 +39,7 @@ pub struct HttpState {
     readiness: Arc<Readiness>,
     started: Instant,
     max_body: usize,
+    integrations: IntegrationConfig,
 }
 
 impl HttpState {
@@ -46,12 +49,14 @@ impl HttpState {
         service: Arc<TokenService>,
         readiness: Arc<Readiness>,
         max_body: usize,
+        integrations: IntegrationConfig,
     ) -> HttpState {
         HttpState {
             service,
             readiness,
             started: Instant::now(),
             max_body,
+            integrations,
         }
     }
 
@@ -67,6 +72,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/server/status", get(api::status))
         .route("/api/server/info", get(api::info))
         .route("/api/auth", any(api::forward_auth))
+        .route("/api/auth/", any(api::forward_auth))
+        .route("/api/auth/{*path}", any(api::forward_auth))
         .route(
             "/api/security/tokens",
             get(tokens::list).post(tokens::create),
@@ -97,9 +104,21 @@ fn error_response(status: StatusCode, error: &str, message: String) -> Response 
     (status, Json(ErrorBody { error, message })).into_response()
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let Answer { kind, message } = self.answer();
+/// An error as the HTTP side answers it: status, whether it challenges
+/// for a credential, and the JSON body. The one mapping of [`ErrorKind`] to
+/// HTTP: `IntoResponse` answers with it, and Envoy's ext_authz denials
+/// carry it, so a client behind Envoy reads what a direct caller reads.
+pub struct HttpError {
+    pub status: StatusCode,
+    pub challenge: bool,
+    pub body: String,
+}
+
+/// The `WWW-Authenticate` challenge of a 401.
+pub const CHALLENGE: &str = "ApiKey";
+
+impl From<&Answer> for HttpError {
+    fn from(Answer { kind, message }: &Answer) -> HttpError {
         let status = match kind {
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -110,11 +129,39 @@ impl IntoResponse for Error {
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut response = error_response(status, kind.as_str(), message);
-        if kind == ErrorKind::Unauthenticated {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));
+        let body = ErrorBody {
+            error: kind.as_str(),
+            message: message.clone(),
+        };
+        HttpError {
+            status,
+            challenge: *kind == ErrorKind::Unauthenticated,
+            body: serde_json::to_string(&body).expect("an error body serializes"),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let HttpError {
+            status,
+            challenge,
+            body,
+        } = HttpError::from(&self.answer());
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        if challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
         }
         response
     }

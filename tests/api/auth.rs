@@ -73,13 +73,14 @@ fn authorized() -> Vec<Code> {
 }
 
 #[tokio::test]
-async fn both_documented_credential_forms_are_accepted() {
+async fn every_credential_form_is_accepted() {
     let app = spawn_app().await;
     let token = app.admin_token.clone();
     for credential in [
         key(&token),
         vec![("authorization", format!("ApiKey {token}"))],
         vec![("authorization", format!("apikey {token}"))],
+        vec![("authorization", format!("Bearer {token}"))],
         vec![
             ("x-api-key", token.clone()),
             ("authorization", format!("ApiKey {token}")),
@@ -100,7 +101,7 @@ async fn missing_or_unusable_credentials_are_unauthenticated() {
         ("empty key", key("")),
         ("malformed", key("not-a-token")),
         ("unknown", key(&unknown)),
-        ("bearer", vec![("authorization", format!("Bearer {admin}"))]),
+        ("basic", vec![("authorization", format!("Basic {admin}"))]),
         ("no scheme", vec![("authorization", admin.clone())]),
         ("too long", key(&"a".repeat(2000))),
         (

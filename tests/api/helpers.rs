@@ -10,7 +10,7 @@ use std::{
 
 use sts::{
     clock::Clock,
-    config::{MAX_REQUEST_BYTES, ServerConfig, ServiceConfig, TlsIdentity},
+    config::{IntegrationConfig, MAX_REQUEST_BYTES, ServerConfig, ServiceConfig, TlsIdentity},
     error::ServeError,
     http::HttpState,
     model::NewToken,
@@ -191,14 +191,35 @@ pub async fn spawn_router_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestRo
     router_over(data_dir, store, ServiceConfig::default()).await
 }
 
+/// The router with `integrations` instead of the defaults.
+pub async fn spawn_router_integrations(integrations: IntegrationConfig) -> TestRouter {
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    router_with(data_dir, store, ServiceConfig::default(), integrations).await
+}
+
 async fn router_over(
     data_dir: TempDir,
     store: Arc<dyn Store>,
     config: ServiceConfig,
 ) -> TestRouter {
+    router_with(data_dir, store, config, IntegrationConfig::default()).await
+}
+
+async fn router_with(
+    data_dir: TempDir,
+    store: Arc<dyn Store>,
+    config: ServiceConfig,
+    integrations: IntegrationConfig,
+) -> TestRouter {
     let (service, clock, admin_token) = build_service(store.clone(), config).await;
     let ready = Arc::new(sts::http::Readiness::default());
-    let state = HttpState::new(service.clone(), ready.clone(), MAX_REQUEST_BYTES);
+    let state = HttpState::new(
+        service.clone(),
+        ready.clone(),
+        MAX_REQUEST_BYTES,
+        integrations,
+    );
     TestRouter {
         router: sts::http::router(state),
         service,

@@ -22,7 +22,9 @@ async fn status_answers_who_the_caller_is_for_both_header_forms() {
     let (token, id) = app.create("ci", &["stackstate-k8s-troubleshooter"]).await;
     let authorization = format!("ApiKey {token}");
     let lower = format!("apikey {token}");
+    let bearer = format!("Bearer {token}");
     for headers in [
+        vec![("authorization", bearer.as_bytes())],
         vec![("authorization", authorization.as_bytes())],
         vec![("authorization", lower.as_bytes())],
         vec![("x-api-key", token.as_bytes())],
@@ -50,7 +52,7 @@ async fn unusable_credentials_are_401_with_a_challenge() {
     let app = spawn_router().await;
     let (token, _) = app.create("ci", &["r"]).await;
     let unknown = Token::generate().expose_secret().to_owned();
-    let bearer = format!("Bearer {token}");
+    let basic = format!("Basic {token}");
     let conflicting = format!("ApiKey {unknown}");
     let long = "a".repeat(5000);
     // Each case, and what its answer says.
@@ -68,19 +70,19 @@ async fn unusable_credentials_are_401_with_a_challenge() {
             "unknown or has been deleted",
         ),
         (
-            "bearer",
-            vec![("authorization", bearer.as_bytes())],
-            "must use the ApiKey scheme",
+            "basic",
+            vec![("authorization", basic.as_bytes())],
+            "must use the ApiKey or Bearer scheme",
         ),
         (
             "scheme only",
             vec![("authorization", b"ApiKey")],
-            "names the ApiKey scheme but holds no token",
+            "names its scheme but holds no token",
         ),
         (
             "scheme and a space",
             vec![("authorization", b"ApiKey ")],
-            "names the ApiKey scheme but holds no token",
+            "names its scheme but holds no token",
         ),
         (
             "non-utf-8",
@@ -322,4 +324,77 @@ async fn unknown_paths_and_wrong_methods_answer_json() {
     assert!(wrong.json()["message"].as_str().unwrap().contains("PUT"));
     let wrong = app.call("PATCH", "/api/security/tokens", &[], "").await;
     assert_eq!(wrong.status, 405);
+}
+
+#[tokio::test]
+async fn forward_auth_answers_below_its_path_as_envoys_http_ext_authz_asks() {
+    let app = spawn_router().await;
+    let (token, id) = app.create("ci", &["viewer"]).await;
+    let key = [("x-api-key", token.as_bytes())];
+    let bearer = format!("Bearer {token}");
+    // Envoy's `path_prefix` puts the original path (and query) after ours.
+    for (method, path) in [
+        ("GET", "/api/auth/"),
+        ("GET", "/api/auth/builds/42"),
+        ("POST", "/api/auth/deep/er/path?x=1"),
+        ("DELETE", "/api/auth/builds/42?role=viewer"),
+    ] {
+        let response = app.call(method, path, &key, "").await;
+        assert_eq!(response.status, 200, "{method} {path}");
+        assert_eq!(
+            response.header("x-service-token-id"),
+            Some(id.to_string().as_str())
+        );
+        // The credential is named for Envoy to remove before it goes on.
+        assert_eq!(
+            response.header("x-envoy-auth-headers-to-remove"),
+            Some("x-api-key"),
+            "{path}"
+        );
+    }
+    let both = [
+        ("x-api-key", token.as_bytes()),
+        ("authorization", bearer.as_bytes()),
+    ];
+    let response = app.call("GET", "/api/auth/builds", &both, "").await;
+    assert_eq!(
+        response.header("x-envoy-auth-headers-to-remove"),
+        Some("authorization,x-api-key")
+    );
+    // The same refusals as /api/auth.
+    app.call("GET", "/api/auth/builds/42", &[], "")
+        .await
+        .assert_unauthorized();
+    let denied = app
+        .call("GET", "/api/auth/builds?role=admin", &key, "")
+        .await;
+    assert_eq!(denied.status, 403);
+    assert!(
+        denied
+            .headers
+            .get("x-envoy-auth-headers-to-remove")
+            .is_none()
+    );
+    // Nothing else starts with the prefix by accident.
+    assert_eq!(app.call("GET", "/api/authx", &key, "").await.status, 404);
+}
+
+#[tokio::test]
+async fn with_forward_credential_envoy_is_not_told_to_remove_it() {
+    let app = crate::helpers::spawn_router_integrations(sts::config::IntegrationConfig {
+        forward_credential: true,
+        ..Default::default()
+    })
+    .await;
+    let (token, _) = app.create("ci", &["viewer"]).await;
+    let response = app
+        .call("GET", "/api/auth/x", &[("x-api-key", token.as_bytes())], "")
+        .await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .headers
+            .get("x-envoy-auth-headers-to-remove")
+            .is_none()
+    );
 }

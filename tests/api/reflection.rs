@@ -44,6 +44,7 @@ async fn v1_lists_and_describes_the_service() {
         SERVICE,
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
+        "envoy.service.auth.v3.Authorization",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
