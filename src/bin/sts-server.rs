@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
-        DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, ServerConfig, ServiceConfig,
+        DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
+        DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix, ServerConfig, ServiceConfig,
         StoreConfig, StoreUrl,
     },
     daemon,
@@ -132,6 +133,19 @@ struct ServeArgs {
     /// 0s turns last-used tracking off.
     #[arg(long, env = "STS_LAST_USED_RESOLUTION", default_value = "60s", value_parser = humantime::parse_duration)]
     last_used_resolution: Duration,
+    /// The role a token needs to review other tokens: Kubernetes
+    /// TokenReview and OAuth 2.0 introspection callers.
+    #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = parse_role)]
+    reviewer_role: Role,
+    /// What the Kubernetes user and group names of a token start with
+    /// (`<prefix><name>`, `<prefix><role>`). Required: without it a role
+    /// named system:masters would make a token a cluster admin.
+    #[arg(long, env = "STS_KUBERNETES_PREFIX", default_value = DEFAULT_KUBERNETES_PREFIX, value_parser = KubernetesPrefix::parse)]
+    kubernetes_prefix: KubernetesPrefix,
+    /// Let the credential headers through to the service behind Envoy
+    /// (ext_authz); by default Envoy is told to remove them.
+    #[arg(long, env = "STS_FORWARD_CREDENTIAL")]
+    forward_credential: bool,
 }
 
 #[derive(Args)]
@@ -226,10 +240,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = ServerConfig {
         tls,
         shutdown_delay: args.shutdown_delay,
+        integrations: IntegrationConfig {
+            forward_credential: args.forward_credential,
+            kubernetes_prefix: args.kubernetes_prefix,
+        },
         ..ServerConfig::default()
     };
     let service = ServiceConfig {
         last_used_resolution: args.last_used_resolution,
+        reviewer_role: args.reviewer_role,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;

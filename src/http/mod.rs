@@ -6,7 +6,9 @@
 mod api;
 mod caller;
 mod host;
+mod kubernetes;
 mod latency;
+mod oauth2;
 mod probes;
 mod tokens;
 
@@ -83,6 +85,11 @@ pub fn router(state: HttpState) -> Router {
             get(tokens::get).patch(tokens::patch).delete(tokens::delete),
         )
         .route("/api/security/tokens/{id}/rotate", post(tokens::rotate))
+        .route(
+            "/api/kubernetes/tokenreview",
+            post(kubernetes::token_review),
+        )
+        .route("/oauth2/introspect", post(oauth2::introspect))
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(probes::metrics))

@@ -509,3 +509,70 @@ fn each_command_lists_only_the_flags_it_uses() {
     assert!(serve.contains("gRPC and HTTP"), "{serve}");
     assert!(serve.contains("--shutdown-delay"), "{serve}");
 }
+
+#[tokio::test]
+async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let refused = sts_server()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubernetes-prefix",
+            "",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("system:masters"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let token = crate::process::bootstrap_with_args(&data, &["--roles", "kube"]);
+    let server = crate::process::ServerProcess::start_with(
+        &data,
+        &[
+            ("STS_KUBERNETES_PREFIX", "k8s/"),
+            ("STS_REVIEWER_ROLE", "kube"),
+            ("STS_FORWARD_CREDENTIAL", "true"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let review = serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token},
+    });
+    let answer: serde_json::Value = http
+        .post(format!("http://{}/api/kubernetes/tokenreview", server.addr))
+        .bearer_auth(&token)
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["status"]["user"]["username"], "k8s/bootstrap-admin",
+        "{answer}"
+    );
+    let auth = http
+        .get(format!("http://{}/api/auth/anything", server.addr))
+        .header("x-api-key", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(auth.status(), 200);
+    assert!(
+        auth.headers()
+            .get("x-envoy-auth-headers-to-remove")
+            .is_none()
+    );
+}

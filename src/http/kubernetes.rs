@@ -1,0 +1,106 @@
+//! Kubernetes webhook token authentication: `POST
+//! /api/kubernetes/tokenreview` answers kube-apiserver's `TokenReview`
+//! (`authentication.k8s.io/v1`, and `v1beta1`, kube-apiserver's default for
+//! webhooks, whose shape is the same) in the version it was asked in.
+
+use axum::{Json, body::Bytes, extract::State, http::HeaderMap};
+use k8s_openapi::{
+    api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde_json::Value;
+
+use super::HttpState;
+use crate::{
+    credential::{self, AuthError},
+    error::Error,
+    model::{FieldError, Role},
+    service::Validation,
+};
+
+const V1: &str = "authentication.k8s.io/v1";
+const V1BETA1: &str = "authentication.k8s.io/v1beta1";
+/// The `extra` key carrying the token's id (Kubernetes keeps it in audit
+/// logs and passes it to authorization webhooks).
+pub const TOKEN_ID_EXTRA: &str = "sts.token-id";
+
+/// Reviews the token in the `TokenReview`: 200 with `status` filled in
+/// either way (an invalid token is an answer, `authenticated: false` with
+/// the reason), 400 for a body that is not a TokenReview, 401/403 for a
+/// caller without a valid token holding the reviewer role, 503 when the
+/// store cannot say.
+pub async fn token_review(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, Error> {
+    state
+        .service
+        .authorize_reviewer(credential::presented(&headers))
+        .await?;
+    let (version, review) = parse(&body)?;
+    let spec = review.spec;
+    let status = match state.service.validate(&spec.token).await? {
+        Validation::Valid(token, _) => {
+            let prefix = &state.integrations.kubernetes_prefix;
+            TokenReviewStatus {
+                authenticated: Some(true),
+                user: Some(UserInfo {
+                    username: Some(prefix.apply(token.name.as_str())),
+                    uid: Some(token.id.to_string()),
+                    groups: Some(
+                        token
+                            .roles
+                            .iter()
+                            .map(|r| prefix.apply(Role::as_str(r)))
+                            .collect(),
+                    ),
+                    extra: Some([(TOKEN_ID_EXTRA.to_owned(), vec![token.id.to_string()])].into()),
+                }),
+                // A token is valid for every audience until tokens carry
+                // audiences: the intersection is what was asked.
+                audiences: spec.audiences.filter(|a| !a.is_empty()),
+                error: None,
+            }
+        }
+        Validation::Invalid(reason) => TokenReviewStatus {
+            authenticated: Some(false),
+            error: Some(AuthError::from(reason).to_string()),
+            ..TokenReviewStatus::default()
+        },
+    };
+    let answer = TokenReview {
+        metadata: ObjectMeta::default(),
+        // Never echoed: it holds the reviewed secret.
+        spec: TokenReviewSpec::default(),
+        status: Some(status),
+    };
+    let mut answer = serde_json::to_value(answer).expect("a TokenReview serializes");
+    answer["apiVersion"] = Value::from(version);
+    Ok(Json(answer))
+}
+
+const NO_TOKEN: &str = "is not a TokenReview: it needs `spec.token`, a string";
+
+/// The review and the version it was sent in. v1beta1 is read as v1: the
+/// two have the same fields.
+fn parse(body: &[u8]) -> Result<(&'static str, TokenReview), Error> {
+    let invalid = |problem: String| Error::from(FieldError::new("TokenReview", problem));
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let version = match value.get("apiVersion").and_then(Value::as_str) {
+        Some(V1) => V1,
+        Some(V1BETA1) => V1BETA1,
+        _ => {
+            return Err(invalid(format!("apiVersion must be {V1} or {V1BETA1}")));
+        }
+    };
+    if !value.pointer("/spec/token").is_some_and(Value::is_string) {
+        return Err(invalid(NO_TOKEN.into()));
+    }
+    value["apiVersion"] = Value::from(V1);
+    // A fixed text: serde's would quote the offending value, which may
+    // be the secret.
+    let review = serde_json::from_value(value).map_err(|_| invalid(NO_TOKEN.into()))?;
+    Ok((version, review))
+}

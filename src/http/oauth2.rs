@@ -1,0 +1,107 @@
+//! OAuth 2.0 token introspection (RFC 7662), `POST /oauth2/introspect`:
+//! how API gateways (Kong, APISIX, Ory Oathkeeper, Authorino) and MCP
+//! servers ask whether a token is active.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use super::{HttpState, api::epoch_millis};
+use crate::{
+    credential,
+    error::Error,
+    model::{FieldError, Role},
+    service::Validation,
+};
+
+/// RFC 7662 section 2.2's answer. Inactive is `{"active": false}` and
+/// nothing more, whatever the reason (the spec's advice: say no more to a
+/// caller than whether it may use the token).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Introspection {
+    Active {
+        active: bool,
+        token_type: &'static str,
+        sub: String,
+        client_id: String,
+        username: String,
+        /// The roles, space-separated (RFC 6749 section 3.3).
+        scope: String,
+        iat: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exp: Option<i64>,
+    },
+    Inactive {
+        active: bool,
+    },
+}
+
+/// The `token_type` of an active answer.
+const TOKEN_TYPE: &str = "service_token";
+
+/// Introspects the form's `token` (`token_type_hint` is ignored: there is
+/// one kind). The caller must hold the reviewer role, sent as a token in
+/// any header form or as HTTP Basic's password (RFC 7662 section 2.1:
+/// without it, the endpoint would let anyone scan for tokens).
+pub async fn introspect(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let presented = credential::presented_or_basic(&headers);
+    state
+        .service
+        .authorize_reviewer(presented.as_deref().map_err(|e| *e))
+        .await?;
+    let token = form_token(&body)?;
+    let answer = match state.service.validate(&token).await? {
+        Validation::Valid(token, _) => Introspection::Active {
+            active: true,
+            token_type: TOKEN_TYPE,
+            sub: token.id.to_string(),
+            client_id: token.id.to_string(),
+            username: token.name.to_string(),
+            scope: token
+                .roles
+                .iter()
+                .map(Role::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            iat: seconds(token.created_at),
+            exp: token.expiration.map(seconds),
+        },
+        Validation::Invalid(_) => Introspection::Inactive { active: false },
+    };
+    let mut response = Json(answer).into_response();
+    // The answer is about a secret: no cache may keep it (RFC 7662 sec. 4).
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Seconds since the epoch, as JWT's NumericDate.
+fn seconds(time: std::time::SystemTime) -> i64 {
+    epoch_millis(time).div_euclid(1000)
+}
+
+/// The one `token` parameter of the form (RFC 6749: a parameter must not
+/// be sent twice).
+fn form_token(body: &[u8]) -> Result<String, Error> {
+    let mut tokens = url::form_urlencoded::parse(body).filter(|(name, _)| name == "token");
+    let Some((_, token)) = tokens.next() else {
+        return Err(
+            FieldError::new("token", "is missing: send it form-encoded, `token=<token>`").into(),
+        );
+    };
+    if tokens.next().is_some() {
+        return Err(FieldError::new("token", "is sent more than once").into());
+    }
+    Ok(token.into_owned())
+}
