@@ -23,6 +23,11 @@ use crate::{
 /// The gRPC name health checks use for our service.
 pub const SERVICE_NAME: &str = proto::token_service_server::SERVICE_NAME;
 
+/// The gRPC health name a liveness probe asks: SERVING as long as the
+/// process serves, whatever the store does (a database outage must make
+/// replicas unready, not restart them all).
+pub const LIVENESS: &str = "liveness";
+
 /// How often readiness asks the store whether it can serve, and how long
 /// an answer may take before it counts as no.
 const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -96,9 +101,11 @@ pub async fn run_on(
         return Err(ServeError::NoAddress);
     }
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-        .await;
+    for name in [SERVICE_NAME, LIVENESS] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
     let readiness = Arc::new(Readiness::default());
     let watcher = tokio::spawn(watch_store(
         service.clone(),
@@ -159,7 +166,7 @@ pub async fn run_on(
                 tokio::time::sleep(delay).await;
             }
             tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
-            for name in ["", SERVICE_NAME] {
+            for name in ["", SERVICE_NAME, LIVENESS] {
                 // Dropping the status ends open Watch streams (after they saw
                 // NOT_SERVING); a watcher would otherwise hold shutdown forever.
                 health.clear_service_status(name).await;

@@ -99,6 +99,10 @@ impl Store for FaultyStore {
         self.inner.get(id).await
     }
 
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.fault()
+    }
+
     async fn list_matching(
         &self,
         after: Option<TokenId>,

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use sts::server::SERVICE_NAME;
+use sts::server::{LIVENESS, SERVICE_NAME};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -23,10 +23,34 @@ fn check(service: &str) -> HealthCheckRequest {
 async fn overall_and_service_health_are_serving() {
     let app = spawn_app().await;
     let mut health = HealthClient::new(channel(app.addr).await);
-    for service in ["", SERVICE_NAME] {
+    for service in ["", SERVICE_NAME, LIVENESS] {
         let response = health.check(check(service)).await.unwrap().into_inner();
         assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
     }
+}
+
+#[tokio::test]
+async fn liveness_stays_serving_while_the_store_is_away_and_readiness_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::open(dir.path()));
+    let app = spawn_app_on(dir, store.clone()).await;
+    let mut health = HealthClient::new(channel(app.addr).await);
+    store.failing.store(true, Ordering::SeqCst);
+    crate::helpers::eventually("not ready while the store fails", || {
+        let mut health = health.clone();
+        async move {
+            let answer = health
+                .check(check(SERVICE_NAME))
+                .await
+                .unwrap()
+                .into_inner();
+            answer.status() == ServingStatus::NotServing
+        }
+    })
+    .await;
+    let answer = health.check(check(LIVENESS)).await.unwrap().into_inner();
+    assert_eq!(answer.status(), ServingStatus::Serving);
+    store.failing.store(false, Ordering::SeqCst);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! Real reverse proxies in front of a real server, running the
-//! configuration files we ship (`examples/`): what a request through them
-//! gets, and what the service behind them sees.
+//! Real reverse proxies (nginx's `auth_request`, Caddy's `forward_auth`) in
+//! front of a real server, running the configuration files we ship
+//! (`examples/`): what a request through them gets, and what the service
+//! behind them sees.
 
 use std::{
     net::SocketAddr,
@@ -13,7 +14,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app};
 
 /// Set (by `.ci/run`) to make a missing proxy program a failure, not a skip.
 const REQUIRE_VAR: &str = "STS_TEST_REQUIRE_PROXIES";
@@ -74,41 +75,46 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// nginx running `examples/nginx.conf` (addresses changed to this test's)
+/// A proxy running one of `examples/` (addresses changed to this test's)
 /// in a directory of its own; stopped when dropped.
-struct Nginx {
+struct Proxy {
     child: Child,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Nginx {
+impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Nginx {
-    async fn start(nginx: &Path, sts: SocketAddr, backend: SocketAddr) -> Nginx {
-        let example = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx.conf"),
-        )
-        .unwrap();
+/// `examples/<name>` with each of `changes` made (each must be there).
+fn example_with(name: &str, changes: &[(&str, String)]) -> String {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+    )
+    .unwrap();
+    changes.iter().fold(example, |text, (from, to)| {
+        assert!(text.contains(from), "examples/{name} no longer has {from}");
+        text.replace(from, to)
+    })
+}
+
+impl Proxy {
+    async fn nginx(nginx: &Path, sts: SocketAddr, backend: SocketAddr) -> Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let site = [
-            ("server 127.0.0.1:7070;", format!("server {sts};")),
-            ("server 127.0.0.1:8080;", format!("server {backend};")),
-            ("listen 127.0.0.1:8000;", format!("listen {addr};")),
-        ]
-        .iter()
-        .fold(example, |text, (from, to)| {
-            assert!(
-                text.contains(from),
-                "examples/nginx.conf no longer has {from}"
-            );
-            text.replace(from, to)
-        });
+        let site = example_with(
+            "nginx.conf",
+            &[
+                ("server 127.0.0.1:7070;", format!("server {sts};")),
+                ("server 127.0.0.1:8080;", format!("server {backend};")),
+                ("listen 127.0.0.1:8000;", format!("listen {addr};")),
+            ],
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).display().to_string();
         std::fs::write(path("site.conf"), site).unwrap();
@@ -142,30 +148,73 @@ http {{
             site = path("site.conf"),
         );
         std::fs::write(path("nginx.conf"), main).unwrap();
-        let child = Command::new(nginx)
-            .args([
-                "-p",
-                &dir.path().display().to_string(),
-                "-c",
-                &path("nginx.conf"),
-            ])
+        let mut command = Command::new(nginx);
+        command.args([
+            "-p",
+            &dir.path().display().to_string(),
+            "-c",
+            &path("nginx.conf"),
+        ]);
+        let log = path("error.log");
+        Proxy::run("nginx", command, addr, dir, log).await
+    }
+
+    async fn caddy(caddy: &Path, sts: SocketAddr, backend: SocketAddr) -> Proxy {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let caddyfile = example_with(
+            "Caddyfile",
+            &[
+                ("forward_auth 127.0.0.1:7070", format!("forward_auth {sts}")),
+                (
+                    "reverse_proxy 127.0.0.1:8080",
+                    format!("reverse_proxy {backend}"),
+                ),
+                ("http://127.0.0.1:8000", format!("http://{addr}")),
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Caddyfile");
+        std::fs::write(&path, caddyfile).unwrap();
+        let mut command = Command::new(caddy);
+        command
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            // Caddy's own state (autosave, certificates) stays in the test's directory.
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_DATA_HOME", dir.path().join("data"));
+        let log = dir.path().join("caddy.log").display().to_string();
+        Proxy::run("caddy", command, addr, dir, log).await
+    }
+
+    /// Starts `command` and waits until it listens on `addr`; if it exits
+    /// first, fails with what it wrote to `log`.
+    async fn run(
+        name: &str,
+        mut command: Command,
+        addr: SocketAddr,
+        dir: tempfile::TempDir,
+        log: String,
+    ) -> Proxy {
+        let output = std::fs::File::create(format!("{log}.out")).unwrap();
+        let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(output)
             .spawn()
             .unwrap();
-        let log = path("error.log");
         let child = std::sync::Mutex::new(child);
-        crate::helpers::eventually("nginx listens", || async {
+        crate::helpers::eventually(&format!("{name} listens"), || async {
             if let Ok(Some(status)) = child.lock().unwrap().try_wait() {
                 panic!(
-                    "nginx exited ({status}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    "{name} exited ({status}): {}{}",
+                    std::fs::read_to_string(&log).unwrap_or_default(),
+                    std::fs::read_to_string(format!("{log}.out")).unwrap_or_default()
                 );
             }
             tokio::net::TcpStream::connect(addr).await.is_ok()
         })
         .await;
-        Nginx {
+        Proxy {
             child: child.into_inner().unwrap(),
             addr,
             _dir: dir,
@@ -173,14 +222,8 @@ http {{
     }
 }
 
-#[tokio::test]
-async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_the_secret() {
-    let Some(nginx) = program("nginx") else {
-        return;
-    };
-    let app = spawn_app().await;
-    let backend = echo_backend().await;
-    let proxy = Nginx::start(&nginx, app.addr, backend).await;
+/// What every proxy in front of us must do, driven through `proxy`.
+async fn a_proxy_checks_every_request_and_never_forwards_the_secret(app: &TestApp, proxy: &Proxy) {
     let http = reqwest::Client::new();
     let get = |path: &str, headers: &[(&str, &str)]| {
         let mut request = http.get(format!("http://{}{path}", proxy.addr));
@@ -190,25 +233,15 @@ async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_
         request.send()
     };
 
-    // No credential, a malformed or an unknown one: refused, and the
-    // backend never sees the request.
-    let unknown = sts::token::Token::generate();
-    for headers in [
-        &[][..],
-        &[("x-api-key", "svctok-nope")][..],
-        &[("x-api-key", unknown.expose_secret())][..],
-    ] {
-        let answer = get("/anything", headers).await.unwrap();
-        assert_eq!(answer.status(), 401, "{headers:?}");
-    }
-
-    // A valid token, in either header form: through, with the identity
+    // A valid token, in every header form: through, with the identity
     // sts-server vouched for and without the secret.
     let (secret, created) = app.create("ci-runner", &["builder"]).await;
-    let authorization = format!("ApiKey {secret}");
+    let api_key = format!("ApiKey {secret}");
+    let bearer = format!("Bearer {secret}");
     for credential in [
         ("x-api-key", secret.as_str()),
-        ("authorization", authorization.as_str()),
+        ("authorization", api_key.as_str()),
+        ("authorization", bearer.as_str()),
     ] {
         let answer = get(
             "/builds/42",
@@ -217,11 +250,12 @@ async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_
                 // A client trying to pass itself off as someone else.
                 ("x-service-token-name", "root"),
                 ("x-service-token-roles", "admin"),
+                ("x-service-token-previous-secret", "true"),
             ],
         )
         .await
         .unwrap();
-        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.status(), 200, "{credential:?}");
         let seen = answer.text().await.unwrap().to_ascii_lowercase();
         assert!(seen.starts_with("get /builds/42 "), "{seen}");
         assert!(
@@ -237,6 +271,7 @@ async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_
             "{seen}"
         );
         assert!(!seen.contains("root") && !seen.contains("admin"), "{seen}");
+        assert!(!seen.contains("previous-secret"), "{seen}");
         assert!(
             !seen.contains(&secret[7..].to_ascii_lowercase()),
             "the secret reached the backend: {seen}"
@@ -247,14 +282,53 @@ async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_
         );
     }
 
+    // No credential, a malformed, an unknown or an expired one: refused
+    // with 401 and the challenge, and the backend never sees the request.
+    let unknown = sts::token::Token::generate();
+    let (expiring, _) = app
+        .create_with(sts::proto::CreateRequest {
+            expiration: Some(prost_types::Timestamp {
+                seconds: app.clock.now_millis() / 1000 + 60,
+                nanos: 0,
+            }),
+            ..crate::helpers::create_request("expiring", &["builder"])
+        })
+        .await;
+    assert_eq!(
+        get("/builds/42", &[("x-api-key", &expiring)])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.clock.advance(std::time::Duration::from_secs(61));
+    for headers in [
+        &[][..],
+        &[("x-api-key", "svctok-nope")][..],
+        &[("x-api-key", unknown.expose_secret())][..],
+        &[("x-api-key", expiring.as_str())][..],
+    ] {
+        let answer = get("/anything", headers).await.unwrap();
+        assert_eq!(answer.status(), 401, "{headers:?}");
+        assert_eq!(
+            answer
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.as_bytes()),
+            Some(&b"ApiKey"[..]),
+            "{headers:?}"
+        );
+    }
+
     // A location that needs a role: 403 without it, 200 with it.
     let answer = get("/reports/q3", &[("x-api-key", &secret)]).await.unwrap();
     assert_eq!(answer.status(), 403);
     let (reader, _) = app.create("reader", &["reports-reader"]).await;
     let answer = get("/reports/q3", &[("x-api-key", &reader)]).await.unwrap();
     assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().starts_with("GET /reports/q3 "));
 
-    // Deleting the token shuts the door at once.
+    // Deleting the token shuts the door on the next request.
     app.client
         .clone()
         .delete(app.admin(sts::proto::DeleteRequest { id: created.id }))
@@ -264,13 +338,35 @@ async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_
     assert_eq!(answer.status(), 401);
 }
 
+#[tokio::test]
+async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_the_secret() {
+    let Some(nginx) = program("nginx") else {
+        return;
+    };
+    let app = spawn_app().await;
+    let proxy = Proxy::nginx(&nginx, app.addr, echo_backend().await).await;
+    a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy).await;
+}
+
+#[tokio::test]
+async fn caddy_with_the_shipped_example_checks_every_request_and_never_forwards_the_secret() {
+    let Some(caddy) = program("caddy") else {
+        return;
+    };
+    let app = spawn_app().await;
+    let proxy = Proxy::caddy(&caddy, app.addr, echo_backend().await).await;
+    a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy).await;
+}
+
 #[test]
-fn the_readme_shows_the_shipped_nginx_example_as_it_is() {
+fn the_readme_shows_the_shipped_nginx_and_caddy_examples_as_they_are() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let example = std::fs::read_to_string(root.join("examples/nginx.conf")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    assert!(
-        readme.contains(&format!("```nginx\n{example}```")),
-        "README.md's nginx block differs from examples/nginx.conf"
-    );
+    for (file, fence) in [("nginx.conf", "nginx"), ("Caddyfile", "caddyfile")] {
+        let example = std::fs::read_to_string(root.join("examples").join(file)).unwrap();
+        assert!(
+            readme.contains(&format!("```{fence}\n{example}```")),
+            "README.md's {fence} block differs from examples/{file}"
+        );
+    }
 }

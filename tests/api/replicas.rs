@@ -86,6 +86,20 @@ impl Replica {
         self.readiness().await == (false, false)
     }
 
+    /// gRPC health says the process is alive (what a liveness probe asks).
+    async fn alive(&self) -> bool {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let request = HealthCheckRequest {
+            service: sts::server::LIVENESS.into(),
+        };
+        HealthClient::new(channel(self.server.addr).await)
+            .check(request)
+            .await
+            .is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving)
+    }
+
     async fn readiness(&self) -> (bool, bool) {
         use tonic_health::pb::{
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -419,6 +433,9 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
             replica.unready().await
         })
         .await;
+        // Alive all the same: a liveness probe must not restart every
+        // replica because the database is away.
+        assert!(replica.alive().await);
         let create = replica
             .client
             .clone()
