@@ -25,6 +25,7 @@ mod delete;
 mod disclosure;
 mod durability;
 mod edges;
+mod examples;
 mod ext_authz;
 mod health;
 mod http_auth;

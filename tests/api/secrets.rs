@@ -205,6 +205,69 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     })
     .await
     .unwrap();
+    // The integrations: Envoy's Check (allowed, denied), TokenReview and
+    // introspection (valid, invalid, unauthorized caller).
+    let reviewer = {
+        use envoy_types::pb::envoy::service::auth::v3::{
+            AttributeContext, CheckRequest, attribute_context,
+            authorization_client::AuthorizationClient,
+        };
+        let mut envoy = AuthorizationClient::new(channel(server.addr).await);
+        for token in [&rest_rotated, &unknown, &mistyped] {
+            let headers = [("authorization".to_string(), format!("Bearer {token}"))];
+            let request = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(attribute_context::Request {
+                        http: Some(attribute_context::HttpRequest {
+                            headers: headers.into_iter().collect(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    context_extensions: [("sts.required_roles".to_string(), "reader".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+            };
+            envoy.check(request).await.unwrap();
+        }
+        let reviewer = grpc
+            .create(with_key(
+                &admin,
+                create_request("reviewer", &["token-reviewer"]),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        for (caller, token) in [
+            (&reviewer, &rest_rotated),
+            (&reviewer, &unknown),
+            (&reviewer, &mistyped),
+            (&admin, &reviewer),
+            (&unknown, &admin),
+        ] {
+            let review = json!({
+                "apiVersion": "authentication.k8s.io/v1beta1",
+                "kind": "TokenReview",
+                "spec": {"token": token},
+            });
+            http.post(url("/api/kubernetes/tokenreview"))
+                .bearer_auth(caller)
+                .json(&review)
+                .send()
+                .await
+                .unwrap();
+            http.post(url("/oauth2/introspect"))
+                .basic_auth("gateway", Some(caller))
+                .form(&[("token", token)])
+                .send()
+                .await
+                .unwrap();
+        }
+        reviewer
+    };
     grpc.delete(with_key(&admin, DeleteRequest { id: reader_id }))
         .await
         .unwrap();
@@ -221,6 +284,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     assert!(log.contains("TRACE"), "the log was not at trace level");
 
     for secret in [
+        &reviewer,
         &admin,
         &reader,
         &unknown,
