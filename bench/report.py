@@ -60,6 +60,8 @@ ratio("HTTP status ours / bare", "ours http status", "bare http status", ">= 0.8
 ratio("Validate last-used tracking on / off", "ours grpc validate", "ours grpc validate, last-used off", ">= 0.95")
 ratio("Validate malformed / valid", "ours validate malformed", "ours grpc validate", ">= 1.00")
 ratio("Validate unknown / valid", "ours validate unknown", "ours grpc validate", ">= 1.00")
+ratio("ext_authz Check / Validate (gRPC)", "ours grpc ext_authz check", "ours grpc validate, beside check", ">= 0.90")
+ratio("Envoy HTTP path / forward-auth", "ours http ext_authz path", "ours http forward-auth", ">= 0.90")
 ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")
 for scenario in ("bare grpc validate @ half", "ours grpc validate @ half"):
     if scenario in runs:

@@ -71,7 +71,7 @@ impl AuthError {
 pub const HEADERS: [&str; 2] = [AUTHORIZATION, X_API_KEY];
 
 /// The token the caller presents, not yet checked against the store.
-pub fn presented(headers: &HeaderMap) -> Result<&str, AuthError> {
+pub fn presented<H: Headers + ?Sized>(headers: &H) -> Result<&str, AuthError> {
     let from_authorization = single(headers, AUTHORIZATION)?
         .map(|value| {
             let (scheme, token) = split_authorization(value);
@@ -85,7 +85,7 @@ pub fn presented(headers: &HeaderMap) -> Result<&str, AuthError> {
 /// (the user name is ignored): how OAuth 2.0 clients authenticate to
 /// introspection (RFC 7662 section 2.1, RFC 6749 section 2.3.1). Basic's
 /// password is decoded, hence the `Cow`.
-pub fn presented_or_basic(headers: &HeaderMap) -> Result<Cow<'_, str>, AuthError> {
+pub fn presented_or_basic<H: Headers + ?Sized>(headers: &H) -> Result<Cow<'_, str>, AuthError> {
     let from_authorization = single(headers, AUTHORIZATION)?
         .map(|value| match split_authorization(value) {
             (scheme, token) if scheme.eq_ignore_ascii_case(BASIC) => {
@@ -159,8 +159,11 @@ fn basic_password(encoded: &str) -> Result<String, AuthError> {
 
 /// The one value of header `name`; a repeated header is refused, even
 /// with equal values (a proxy may have appended one).
-fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, AuthError> {
-    let mut values = headers.get_all(name).iter();
+fn single<'h, H: Headers + ?Sized>(
+    headers: &'h H,
+    name: &'static str,
+) -> Result<Option<&'h str>, AuthError> {
+    let mut values = headers.values(name);
     let Some(value) = values.next() else {
         return Ok(None);
     };
@@ -170,11 +173,31 @@ fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h s
     if value.len() > MAX_CREDENTIAL_BYTES {
         return Err(AuthError::TooLong);
     }
-    // Tokens are ASCII; anything else cannot be one.
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Malformed(MalformedToken::Alphabet))?;
+    // Tokens are ASCII; anything else cannot be one (the rule of
+    // `HeaderValue::to_str`: visible ASCII, spaces and tabs).
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(AuthError::Malformed(MalformedToken::Alphabet));
+    }
+    let value =
+        std::str::from_utf8(value).map_err(|_| AuthError::Malformed(MalformedToken::Alphabet))?;
     Ok(Some(value))
+}
+
+/// Where credential headers are read from: an HTTP request's or gRPC
+/// call's headers, or the headers Envoy forwards in an ext_authz `Check`
+/// (read in place, without building a `HeaderMap` per check).
+pub trait Headers {
+    /// Every value of header `name` (given lower-case), in order.
+    fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h;
+}
+
+impl Headers for HeaderMap {
+    fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
+        self.get_all(name).iter().map(|v| v.as_bytes())
+    }
 }
 
 #[cfg(test)]

@@ -68,10 +68,26 @@ pub mod codec {
         type Item = U;
         type Error = Status;
 
+        /// Decodes from the message's bytes as one slice when they are
+        /// contiguous (always, from tonic's buffer): prost reads a slice
+        /// with plain pointer arithmetic, where through `DecodeBuf` every
+        /// varint and skipped field goes through its bounds bookkeeping.
         fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-            self.0
-                .decode(buf)
-                .map_err(|e| Status::internal(format!("{UNDECODABLE}: {}", e.message())))
+            use bytes::Buf as _;
+            let whole = buf.chunk();
+            let decoded = if whole.len() == buf.remaining() {
+                let len = whole.len();
+                let decoded = U::decode(whole).map(Some);
+                buf.advance(len);
+                decoded
+            } else {
+                return self
+                    .0
+                    .decode(buf)
+                    .map_err(|e| Status::internal(format!("{UNDECODABLE}: {}", e.message())));
+            };
+            // The same text as through tonic-prost's decoder below.
+            decoded.map_err(|e| Status::internal(format!("{UNDECODABLE}: {e}")))
         }
 
         fn buffer_settings(&self) -> BufferSettings {

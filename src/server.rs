@@ -5,7 +5,6 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -13,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::{MAX_CHECK_REQUEST_BYTES, ServerConfig},
     error::{ServeError, with_causes},
-    grpc::{ExtAuthz, GrpcTokenService, UndecodableLayer},
+    grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
     http::{self, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
@@ -136,10 +135,10 @@ pub async fn run_on(
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)
     .add_service(tokens)
-    .add_service(
-        AuthorizationServer::new(ExtAuthz::new(service.clone(), config.integrations.clone()))
-            .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES),
-    )
+    .add_service(AuthorizationService::new(
+        ExtAuthz::new(service.clone(), config.integrations.clone()),
+        MAX_CHECK_REQUEST_BYTES,
+    ))
     .into_axum_router()
     .layer(http::ObserveLatencyLayer::new(service.metrics().clone()));
 

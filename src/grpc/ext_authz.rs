@@ -7,25 +7,41 @@
 //! A denial is always a `CheckResponse`, never an RPC error: Envoy treats a
 //! failed RPC as the authorizer failing, and with `failure_mode_allow` lets
 //! the request through.
+//!
+//! The answer is `envoy-types`' `CheckResponse`. The request is decoded
+//! into [`CheckRequestView`], the few fields of Envoy's `CheckRequest` we
+//! read, with header names and values as slices of the received bytes:
+//! Envoy sends every request header, the peers, the path and more, and
+//! decoding all of that into owned maps and strings made a `Check` cost
+//! most of a `Validate` again (BENCHMARKS.md).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
+use bytes::Bytes;
 use envoy_types::{
     ext_authz::v3::pb::{
-        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-        HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+        CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpResponse, HttpStatus, OkHttpResponse,
     },
     pb::google::rpc,
 };
-use http::HeaderMap;
-use tonic::{Request, Response, Status};
+use prost::{
+    DecodeError,
+    encoding::{DecodeContext, WireType, message},
+};
+use tonic::{Request, Response, Status, body::Body, server::NamedService};
 
 use crate::{
     config::IntegrationConfig,
     credential,
     error::{Answer, Error},
-    http::{CHALLENGE, HttpError, PREVIOUS_SECRET_HEADER, identity_headers},
-    model::required_roles,
+    http::{CHALLENGE, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER},
+    model::{FieldError, Role, Secret, required_roles},
+    proto::codec::ProstCodec,
     service::{Authenticated, TokenService},
 };
 
@@ -48,51 +64,55 @@ impl ExtAuthz {
         }
     }
 
-    async fn decide(&self, request: &CheckRequest) -> Result<(Authenticated, HeaderMap), Error> {
+    async fn decide(&self, request: &CheckRequestView) -> Result<CheckResponse, Error> {
         let attributes = request.attributes.as_ref();
-        let extensions = attributes.map(|a| &a.context_extensions);
-        let required = required_roles(
-            REQUIRED_ROLES,
-            extensions
-                .and_then(|e| e.get(REQUIRED_ROLES))
-                .map(String::as_str),
-        )?;
-        let http = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let headers = credential_headers(
-            http.map(|h| &h.headers),
-            http.and_then(|h| h.header_map.as_ref())
-                .map(|m| m.headers.as_slice())
-                .unwrap_or_default(),
-        );
+        // A map's last entry for a key wins, as in protobuf's own decoding.
+        let lists = attributes
+            .and_then(|a| {
+                a.context_extensions
+                    .iter()
+                    .rfind(|e| e.key == REQUIRED_ROLES.as_bytes())
+            })
+            .map(|e| {
+                std::str::from_utf8(&e.value)
+                    .map_err(|_| FieldError::new(REQUIRED_ROLES, "is not UTF-8"))
+            })
+            .transpose()?;
+        let required = required_roles(REQUIRED_ROLES, lists)?;
+        let forwarded = Forwarded::of(request);
         let caller = self
             .service
-            .authorize(credential::presented(&headers), &required)
+            .authorize(credential::presented(&forwarded), &required)
             .await?;
-        Ok((caller, headers))
+        Ok(self.allow(&caller, &forwarded))
     }
 
-    fn allow(&self, caller: &Authenticated, presented: &HeaderMap) -> Result<CheckResponse, Error> {
-        let identity = identity_headers(caller)?;
-        let headers = identity
-            .iter()
-            .map(|(name, value)| header(name.as_str(), &String::from_utf8_lossy(value.as_bytes())))
-            .collect();
+    /// The allow: the identity set on the request (overwriting whatever
+    /// the client sent under those names), the credential and a client's
+    /// own previous-secret flag removed.
+    fn allow(&self, caller: &Authenticated, forwarded: &Forwarded<'_>) -> CheckResponse {
+        let token = &caller.token;
+        let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
+        let mut headers = vec![
+            header(ID_HEADER, token.id.to_string()),
+            header(NAME_HEADER, token.name.to_string()),
+            header(ROLES_HEADER, roles.join(",")),
+        ];
         let mut headers_to_remove = Vec::new();
+        if caller.secret == Secret::Previous {
+            headers.push(header(PREVIOUS_SECRET_HEADER, "true".into()));
+        } else {
+            headers_to_remove.push(PREVIOUS_SECRET_HEADER.to_owned());
+        }
         if !self.integrations.forward_credential {
             headers_to_remove.extend(
                 credential::HEADERS
                     .into_iter()
-                    .filter(|name| presented.contains_key(*name))
+                    .filter(|name| forwarded.contains(name))
                     .map(str::to_owned),
             );
         }
-        // Only this server says a previous secret was used.
-        if !identity.contains_key(PREVIOUS_SECRET_HEADER) {
-            headers_to_remove.push(PREVIOUS_SECRET_HEADER.to_owned());
-        }
-        Ok(CheckResponse {
+        CheckResponse {
             status: Some(rpc::Status {
                 code: tonic::Code::Ok.into(),
                 ..rpc::Status::default()
@@ -103,7 +123,7 @@ impl ExtAuthz {
                 ..OkHttpResponse::default()
             })),
             ..CheckResponse::default()
-        })
+        }
     }
 }
 
@@ -112,9 +132,9 @@ impl ExtAuthz {
 fn deny(error: &Error) -> CheckResponse {
     let answer: Answer = error.answer();
     let http = HttpError::from(&answer);
-    let mut headers = vec![header("content-type", "application/json")];
+    let mut headers = vec![header("content-type", "application/json".into())];
     if http.challenge {
-        headers.push(header("www-authenticate", CHALLENGE));
+        headers.push(header("www-authenticate", CHALLENGE.into()));
     }
     CheckResponse {
         status: Some(rpc::Status {
@@ -135,11 +155,11 @@ fn deny(error: &Error) -> CheckResponse {
 
 /// A header Envoy sets, overwriting what the client sent under its name
 /// (never what the service reads as our answer).
-fn header(key: &str, value: &str) -> HeaderValueOption {
+fn header(key: &str, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
-            value: value.to_owned(),
+            value,
             raw_value: Vec::new(),
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
@@ -147,48 +167,482 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-/// The credential headers of the client's request, in the form the HTTP
-/// side reads them: from `headers` (Envoy's default, keys lower-cased,
-/// repeats joined with commas) or `header_map` (with `encode_raw_headers`,
-/// repeats kept apart, values as bytes).
-fn credential_headers(headers: Option<&HashMap<String, String>>, raw: &[HeaderValue]) -> HeaderMap {
-    let mut found = HeaderMap::new();
-    for name in credential::HEADERS {
-        if let Some(value) = headers.and_then(|h| h.get(name)) {
-            append(&mut found, name, value.as_bytes());
-        }
-        for entry in raw.iter().filter(|h| h.key.eq_ignore_ascii_case(name)) {
-            let value = if entry.raw_value.is_empty() {
-                entry.value.as_bytes()
-            } else {
-                &entry.raw_value
-            };
-            append(&mut found, name, value);
+/// The headers of the client's request as Envoy forwards them: `headers`
+/// (its default; keys lower-cased, repeats joined with commas) or
+/// `header_map` (with `encode_raw_headers`: repeats kept apart, values as
+/// bytes). Read in place.
+struct Forwarded<'r> {
+    headers: &'r [Entry],
+    raw: &'r [RawHeader],
+}
+
+impl<'r> Forwarded<'r> {
+    fn of(request: &'r CheckRequestView) -> Forwarded<'r> {
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        Forwarded {
+            headers: http.map(|h| h.headers.as_slice()).unwrap_or_default(),
+            raw: http
+                .and_then(|h| h.header_map.as_ref())
+                .map(|m| m.headers.as_slice())
+                .unwrap_or_default(),
         }
     }
-    found
+
+    fn contains(&self, name: &'static str) -> bool {
+        credential::Headers::values(self, name).next().is_some()
+    }
 }
 
-/// Adds a header. A value that cannot be one (a control character) is
-/// kept as `!`, which no credential parse accepts (Envoy itself puts `!`
-/// for what is not UTF-8), so it is refused rather than read as missing.
-fn append(map: &mut HeaderMap, name: &'static str, value: &[u8]) {
-    let value = http::HeaderValue::from_bytes(value)
-        .unwrap_or_else(|_| http::HeaderValue::from_static("!"));
-    map.append(name, value);
+impl credential::Headers for Forwarded<'_> {
+    fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
+        // A map: the last entry for a key is its value.
+        let mapped = self
+            .headers
+            .iter()
+            .rfind(|h| h.key.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|h| &h.value[..]);
+        let raw = self
+            .raw
+            .iter()
+            .filter(move |h| h.key.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|h| {
+                if h.raw_value.is_empty() {
+                    &h.value[..]
+                } else {
+                    &h.raw_value[..]
+                }
+            });
+        mapped.into_iter().chain(raw)
+    }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthz {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let request = request.into_inner();
-        let answer = match self.decide(&request).await {
-            Ok((caller, presented)) => self.allow(&caller, &presented).unwrap_or_else(|e| deny(&e)),
-            Err(error) => deny(&error),
+/// What we read of `envoy.service.auth.v3.CheckRequest`: the same field
+/// numbers, everything else skipped unread. Strings are read as bytes (the
+/// same wire type), sliced from the received buffer without a copy.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckRequestView {
+    #[prost(message, optional, tag = "1")]
+    attributes: Option<AttributesView>,
+}
+
+/// `envoy.service.auth.v3.AttributeContext`: `request`, and of
+/// `context_extensions` (a map, on the wire a repeated key/value entry)
+/// only [`REQUIRED_ROLES`].
+#[derive(Clone, PartialEq, Default, Debug)]
+struct AttributesView {
+    request: Option<RequestView>,
+    context_extensions: Vec<Entry>,
+}
+
+impl prost::Message for AttributesView {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        if let Some(request) = &self.request {
+            message::encode(4, request, buf);
+        }
+        message::encode_repeated(10, &self.context_extensions, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            4 => message::merge(
+                wire_type,
+                self.request.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            10 => merge_kept(
+                wire_type,
+                buf,
+                ctx,
+                &mut self.context_extensions,
+                |e: &Entry| e.key == REQUIRED_ROLES.as_bytes(),
+            ),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.request
+            .as_ref()
+            .map_or(0, |r| message::encoded_len(4, r))
+            + message::encoded_len_repeated(10, &self.context_extensions)
+    }
+
+    fn clear(&mut self) {
+        *self = AttributesView::default();
+    }
+}
+
+/// `AttributeContext.Request`: `http`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RequestView {
+    #[prost(message, optional, tag = "2")]
+    http: Option<HttpRequestView>,
+}
+
+/// `AttributeContext.HttpRequest`: of `headers` (a map) and `header_map`,
+/// only the credential headers. Envoy sends every request header; the
+/// others are skipped as they arrive, so nothing is kept for them.
+#[derive(Clone, PartialEq, Default, Debug)]
+struct HttpRequestView {
+    headers: Vec<Entry>,
+    header_map: Option<HeaderMapView>,
+}
+
+/// Whether a header is one a credential may arrive in.
+fn is_credential(key: &[u8]) -> bool {
+    credential::HEADERS
+        .iter()
+        .any(|name| key.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+impl prost::Message for HttpRequestView {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        message::encode_repeated(3, &self.headers, buf);
+        if let Some(map) = &self.header_map {
+            message::encode(13, map, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            3 => merge_header(wire_type, buf, ctx, &mut self.headers, |[key, value, _]| {
+                Entry {
+                    key: Bytes::copy_from_slice(key),
+                    value: Bytes::copy_from_slice(value),
+                }
+            }),
+            13 => message::merge(
+                wire_type,
+                self.header_map.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        message::encoded_len_repeated(3, &self.headers)
+            + self
+                .header_map
+                .as_ref()
+                .map_or(0, |m| message::encoded_len(13, m))
+    }
+
+    fn clear(&mut self) {
+        *self = HttpRequestView::default();
+    }
+}
+
+/// One header of a repeated header field (a map entry, or a
+/// `HeaderValue`), kept in `into` only if it is a credential header. The
+/// common case reads it where it lies and copies nothing: Envoy sends
+/// every request header, and only one or two are ever kept.
+fn merge_header<M: HasKey>(
+    wire_type: WireType,
+    buf: &mut impl bytes::Buf,
+    ctx: DecodeContext,
+    into: &mut Vec<M>,
+    make: impl FnOnce([&[u8]; 3]) -> M,
+) -> Result<(), DecodeError> {
+    if wire_type == WireType::LengthDelimited {
+        let chunk = buf.chunk();
+        let mut rest = chunk;
+        if let Ok(len) = prost::encoding::decode_varint(&mut rest)
+            && let Ok(len) = usize::try_from(len)
+            && len <= rest.len()
+            && let Some(fields) = string_fields(&rest[..len])
+        {
+            if is_credential(fields[0]) {
+                into.push(make(fields));
+            }
+            let consumed = chunk.len() - rest.len() + len;
+            buf.advance(consumed);
+            return Ok(());
+        }
+    }
+    // Split across chunks, or malformed: prost's own decoding, which says
+    // what is wrong.
+    merge_kept(wire_type, buf, ctx, into, |m: &M| is_credential(m.key()))
+}
+
+/// Fields 1 to 3 of a message whose fields 1 to 3 are strings or bytes, as
+/// slices of its encoding (empty when absent; the last occurrence wins);
+/// other fields skipped. `None` for anything that does not decode.
+fn string_fields(mut bytes: &[u8]) -> Option<[&[u8]; 3]> {
+    let mut fields: [&[u8]; 3] = [&[], &[], &[]];
+    while !bytes.is_empty() {
+        let (tag, wire_type) = prost::encoding::decode_key(&mut bytes).ok()?;
+        match (tag, wire_type) {
+            (1..=3, WireType::LengthDelimited) => {
+                let len = usize::try_from(prost::encoding::decode_varint(&mut bytes).ok()?).ok()?;
+                let field = bytes.get(..len)?;
+                fields[tag as usize - 1] = field;
+                bytes = &bytes[len..];
+            }
+            _ => prost::encoding::skip_field(wire_type, tag, &mut bytes, DecodeContext::default())
+                .ok()?,
+        }
+    }
+    Some(fields)
+}
+
+/// A header message's name.
+trait HasKey: prost::Message + Default {
+    fn key(&self) -> &[u8];
+}
+
+impl HasKey for Entry {
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl HasKey for RawHeader {
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+/// Decodes one entry of a repeated message field into `into` if `keep`
+/// says so.
+fn merge_kept<M: prost::Message + Default>(
+    wire_type: WireType,
+    buf: &mut impl bytes::Buf,
+    ctx: DecodeContext,
+    into: &mut Vec<M>,
+    keep: impl FnOnce(&M) -> bool,
+) -> Result<(), DecodeError> {
+    let mut entry = M::default();
+    message::merge(wire_type, &mut entry, buf, ctx)?;
+    if keep(&entry) {
+        into.push(entry);
+    }
+    Ok(())
+}
+
+/// A `map<string, string>` entry.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Entry {
+    #[prost(bytes = "bytes", tag = "1")]
+    key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+}
+
+/// `envoy.config.core.v3.HeaderMap`: only the credential headers.
+#[derive(Clone, PartialEq, Default, Debug)]
+struct HeaderMapView {
+    headers: Vec<RawHeader>,
+}
+
+impl prost::Message for HeaderMapView {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        message::encode_repeated(1, &self.headers, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => merge_header(
+                wire_type,
+                buf,
+                ctx,
+                &mut self.headers,
+                |[key, value, raw]| RawHeader {
+                    key: Bytes::copy_from_slice(key),
+                    value: Bytes::copy_from_slice(value),
+                    raw_value: Bytes::copy_from_slice(raw),
+                },
+            ),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        message::encoded_len_repeated(1, &self.headers)
+    }
+
+    fn clear(&mut self) {
+        self.headers.clear();
+    }
+}
+
+/// `envoy.config.core.v3.HeaderValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawHeader {
+    #[prost(bytes = "bytes", tag = "1")]
+    key: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    raw_value: Bytes,
+}
+
+/// The gRPC name Envoy calls.
+pub const SERVICE: &str = "envoy.service.auth.v3.Authorization";
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The `Authorization` gRPC service: `Check`, served with tonic's unary
+/// machinery (what generated servers use) and our request view.
+#[derive(Clone)]
+pub struct AuthorizationService {
+    check: Arc<ExtAuthz>,
+    max_request_bytes: usize,
+}
+
+impl AuthorizationService {
+    pub fn new(check: ExtAuthz, max_request_bytes: usize) -> AuthorizationService {
+        AuthorizationService {
+            check: Arc::new(check),
+            max_request_bytes,
+        }
+    }
+}
+
+impl NamedService for AuthorizationService {
+    const NAME: &'static str = SERVICE;
+}
+
+impl tonic::server::UnaryService<CheckRequestView> for ExtAuthz {
+    type Response = CheckResponse;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<CheckResponse>, Status>> + Send + 'static>,
+    >;
+
+    fn call(&mut self, request: Request<CheckRequestView>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let request = request.into_inner();
+            let answer = this.decide(&request).await.unwrap_or_else(|e| deny(&e));
+            Ok(Response::new(answer))
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for AuthorizationService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let check = (*self.check).clone();
+        let limit = self.max_request_bytes;
+        Box::pin(async move {
+            let codec = ProstCodec::<CheckResponse, CheckRequestView>::default();
+            let mut grpc =
+                tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(check, request).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::{
+        config::core::v3::{HeaderMap, HeaderValue},
+        service::auth::v3::{AttributeContext, CheckRequest, attribute_context},
+    };
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn the_view_keeps_the_credential_headers_and_roles_of_what_envoy_sends() {
+        let headers = [
+            (":path", "/x"),
+            ("X-Api-Key", "key"),
+            ("user-agent", "ua"),
+            ("authorization", "Bearer t"),
+            ("cookie", "c"),
+        ];
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        body: "ignored".into(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        header_map: Some(HeaderMap {
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| HeaderValue {
+                                    key: k.to_string(),
+                                    raw_value: v.as_bytes().to_vec(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                context_extensions: [
+                    (REQUIRED_ROLES.to_string(), "a,b".to_string()),
+                    ("other".to_string(), "x".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            }),
         };
-        Ok(Response::new(answer))
+        let view = CheckRequestView::decode(request.encode_to_vec().as_slice()).unwrap();
+        let forwarded = Forwarded::of(&view);
+        let values = |name| {
+            credential::Headers::values(&forwarded, name)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Each credential header from both forms; nothing else kept.
+        assert_eq!(values("x-api-key"), ["key", "key"]);
+        assert_eq!(values("authorization"), ["Bearer t", "Bearer t"]);
+        assert_eq!(forwarded.headers.len(), 2);
+        assert_eq!(forwarded.raw.len(), 2);
+        let extensions = &view.attributes.as_ref().unwrap().context_extensions;
+        assert_eq!(extensions.len(), 1);
+        assert_eq!(&extensions[0].value[..], b"a,b");
+        // What is kept encodes back to what envoy-types reads.
+        let again = CheckRequest::decode(view.encode_to_vec().as_slice()).unwrap();
+        let http = again.attributes.unwrap().request.unwrap().http.unwrap();
+        assert_eq!(http.headers.len(), 2);
+        assert_eq!(http.header_map.unwrap().headers.len(), 2);
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     service::{InvalidReason, Rpc, TokenService, Validation},
 };
 
-pub use ext_authz::{ExtAuthz, REQUIRED_ROLES};
+pub use ext_authz::{AuthorizationService, ExtAuthz, REQUIRED_ROLES};
 pub use undecodable::UndecodableLayer;
 
 /// `proto::token_service_server::TokenService` over the domain service.

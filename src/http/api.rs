@@ -177,7 +177,7 @@ pub async fn forward_auth(
 const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// The identity headers of a valid caller, as every authorizer sends them.
-pub fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
+fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
     let token = &caller.token;
     let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
     let mut headers = HeaderMap::new();

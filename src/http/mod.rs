@@ -29,7 +29,7 @@ use crate::{
     service::TokenService,
 };
 
-pub use api::{PREVIOUS_SECRET_HEADER, identity_headers};
+pub use api::{ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER};
 pub use caller::Caller;
 pub use latency::ObserveLatencyLayer;
 pub use probes::Readiness;

@@ -455,6 +455,23 @@ impl TestApp {
         (token, service_token.unwrap())
     }
 
+    /// A token expiring `seconds` from the app's (manual) clock's now.
+    pub async fn create_expiring_in(
+        &self,
+        name: &str,
+        roles: &[&str],
+        seconds: i64,
+    ) -> (String, ServiceToken) {
+        self.create_with(CreateRequest {
+            expiration: Some(prost_types::Timestamp {
+                seconds: self.clock.now_millis() / 1000 + seconds,
+                nanos: 0,
+            }),
+            ..create_request(name, roles)
+        })
+        .await
+    }
+
     pub async fn validate(&self, token: &str) -> ValidateResponse {
         validate_on(&self.client, token).await.unwrap()
     }

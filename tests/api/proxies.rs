@@ -285,15 +285,7 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(app: &TestAp
     // No credential, a malformed, an unknown or an expired one: refused
     // with 401 and the challenge, and the backend never sees the request.
     let unknown = sts::token::Token::generate();
-    let (expiring, _) = app
-        .create_with(sts::proto::CreateRequest {
-            expiration: Some(prost_types::Timestamp {
-                seconds: app.clock.now_millis() / 1000 + 60,
-                nanos: 0,
-            }),
-            ..crate::helpers::create_request("expiring", &["builder"])
-        })
-        .await;
+    let (expiring, _) = app.create_expiring_in("expiring", &["builder"], 60).await;
     assert_eq!(
         get("/builds/42", &[("x-api-key", &expiring)])
             .await

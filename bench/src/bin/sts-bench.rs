@@ -84,6 +84,17 @@ enum Command {
         #[command(flatten)]
         plan: PlanArgs,
     },
+    /// Envoy's ext_authz `Check` of one token (in `x-api-key`, among the
+    /// other headers and attributes Envoy sends for an ordinary request),
+    /// pre-encoded and sent with raw h2 like grpc-validate.
+    GrpcCheck {
+        #[command(flatten)]
+        grpc: GrpcTarget,
+        #[arg(long, default_value = "grpc-check")]
+        scenario: String,
+        #[command(flatten)]
+        plan: PlanArgs,
+    },
     /// gRPC Create (each durable before its answer) as an admin.
     GrpcCreate {
         #[command(flatten)]
@@ -105,12 +116,15 @@ enum Command {
         #[arg(long, default_value = "grpc-list-all")]
         scenario: String,
     },
-    /// `GET /api/server/status` with `X-API-Key`, one HTTP/1.1 keep-alive connection per worker.
+    /// `GET /api/server/status` (or --path) with `X-API-Key`, one HTTP/1.1
+    /// keep-alive connection per worker; every answer must be 200.
     HttpStatus {
         #[arg(long)]
         target: SocketAddr,
         #[arg(long)]
         token: String,
+        #[arg(long, default_value = "/api/server/status")]
+        path: String,
         #[arg(long, default_value = "http-status")]
         scenario: String,
         #[command(flatten)]
@@ -165,18 +179,74 @@ async fn main() -> anyhow::Result<()> {
             scenario,
             plan,
         } => {
-            let mut connections_ = Vec::with_capacity(connections.max(1));
-            for _ in 0..connections.max(1) {
-                connections_.push(h2_connection(&target).await?);
-            }
-            let uri: http::Uri = format!("{target}{VALIDATE_PATH}").parse()?;
             let body = grpc_frame(&ValidateRequest { token });
-            let outcome = run(plan.into(), |i| {
-                let sender = connections_[i % connections_.len()].clone();
-                let (uri, body) = (uri.clone(), body.clone());
-                move || grpc_unary(sender.clone(), uri.clone(), body.clone())
-            })
-            .await;
+            let outcome = raw_grpc_load(&target, connections, VALIDATE_PATH, body, plan).await?;
+            println!("{}", outcome.to_json(&scenario));
+        }
+        Command::GrpcCheck {
+            grpc:
+                GrpcTarget {
+                    target,
+                    token,
+                    connections,
+                },
+            scenario,
+            plan,
+        } => {
+            use envoy_types::pb::envoy::config::core::v3::{
+                Address, SocketAddress, address, socket_address,
+            };
+            use envoy_types::pb::envoy::service::auth::v3::{
+                AttributeContext, CheckRequest, attribute_context,
+            };
+            // What Envoy sends for an ordinary request: the peers, the
+            // request line and every header, the credential among them.
+            let peer = |ip: &str, port: u32| attribute_context::Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: ip.into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            };
+            let headers = [
+                (":authority", "builds.example.com"),
+                (":method", "GET"),
+                (":path", "/builds/42?expand=steps"),
+                (":scheme", "https"),
+                ("accept", "application/json"),
+                ("user-agent", "ci-runner/3.2 (linux; amd64)"),
+                ("x-forwarded-proto", "https"),
+                ("x-request-id", "7f4c1a0e-5b7e-4d0b-9a55-2f6c1d3e8b91"),
+                ("x-api-key", token.as_str()),
+            ];
+            let request = CheckRequest {
+                attributes: Some(AttributeContext {
+                    source: Some(peer("10.0.3.17", 51544)),
+                    destination: Some(peer("10.0.0.5", 8000)),
+                    request: Some(attribute_context::Request {
+                        http: Some(attribute_context::HttpRequest {
+                            id: "1386514591740926146".into(),
+                            method: "GET".into(),
+                            path: "/builds/42?expand=steps".into(),
+                            host: "builds.example.com".into(),
+                            scheme: "https".into(),
+                            protocol: "HTTP/1.1".into(),
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .collect(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            let outcome =
+                raw_grpc_load(&target, connections, CHECK_PATH, grpc_frame(&request), plan).await?;
             println!("{}", outcome.to_json(&scenario));
         }
         Command::GrpcCreate {
@@ -310,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
         Command::HttpStatus {
             target,
             token,
+            path,
             scenario,
             plan,
         } => {
@@ -326,10 +397,10 @@ async fn main() -> anyhow::Result<()> {
                     .pop()
                     .expect("one connection per worker");
                 let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
-                let token = token.clone();
+                let (token, path) = (token.clone(), path.clone());
                 move || {
                     let sender = sender.clone();
-                    let request = http::Request::get("/api/server/status")
+                    let request = http::Request::get(path.as_str())
                         .header("host", target.to_string())
                         .header("x-api-key", &token)
                         .body(Empty::<bytes::Bytes>::new())
@@ -416,6 +487,29 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 const VALIDATE_PATH: &str = "/stackstate.servicetoken.v1.TokenService/Validate";
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// One pre-encoded unary call to `path`, as fast as the plan says, over
+/// `connections` raw HTTP/2 connections.
+async fn raw_grpc_load(
+    target: &str,
+    connections: usize,
+    path: &str,
+    body: bytes::Bytes,
+    plan: PlanArgs,
+) -> anyhow::Result<sts_bench::Outcome> {
+    let mut senders = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        senders.push(h2_connection(target).await?);
+    }
+    let uri: http::Uri = format!("{target}{path}").parse()?;
+    Ok(run(plan.into(), |i| {
+        let sender = senders[i % senders.len()].clone();
+        let (uri, body) = (uri.clone(), body.clone());
+        move || grpc_unary(sender.clone(), uri.clone(), body.clone())
+    })
+    .await)
+}
 
 /// A raw HTTP/2 connection to `target` (`http://host:port`).
 async fn h2_connection(target: &str) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
