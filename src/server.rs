@@ -136,7 +136,7 @@ pub async fn run_on(
     .add_service(reflection().build_v1alpha()?)
     .add_service(tokens)
     .add_service(AuthorizationService::new(
-        ExtAuthz::new(service.clone(), config.integrations.clone()),
+        ExtAuthz::new(service.clone(), &config.integrations),
         MAX_CHECK_REQUEST_BYTES,
     ))
     .into_axum_router()

@@ -40,7 +40,7 @@ use crate::{
     credential,
     error::{Answer, Error},
     http::{CHALLENGE, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER},
-    model::{FieldError, Role, Secret, required_roles},
+    model::{FieldError, Secret, required_roles},
     proto::codec::ProstCodec,
     service::{Authenticated, TokenService},
 };
@@ -49,18 +49,18 @@ use crate::{
 /// the roles a token needs: comma-separated, every one required.
 pub const REQUIRED_ROLES: &str = "sts.required_roles";
 
-/// `Authorization` over the domain service.
-#[derive(Clone)]
+/// `Check` over the domain service.
 pub struct ExtAuthz {
     service: Arc<TokenService>,
-    integrations: IntegrationConfig,
+    /// `IntegrationConfig::forward_credential`.
+    forward_credential: bool,
 }
 
 impl ExtAuthz {
-    pub fn new(service: Arc<TokenService>, integrations: IntegrationConfig) -> ExtAuthz {
+    pub fn new(service: Arc<TokenService>, integrations: &IntegrationConfig) -> ExtAuthz {
         ExtAuthz {
             service,
-            integrations,
+            forward_credential: integrations.forward_credential,
         }
     }
 
@@ -92,19 +92,26 @@ impl ExtAuthz {
     /// own previous-secret flag removed.
     fn allow(&self, caller: &Authenticated, forwarded: &Forwarded<'_>) -> CheckResponse {
         let token = &caller.token;
-        let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
-        let mut headers = vec![
+        let mut roles = String::new();
+        for role in token.roles.iter() {
+            if !roles.is_empty() {
+                roles.push(',');
+            }
+            roles.push_str(role.as_str());
+        }
+        let mut headers = Vec::with_capacity(4);
+        headers.extend([
             header(ID_HEADER, token.id.to_string()),
             header(NAME_HEADER, token.name.to_string()),
-            header(ROLES_HEADER, roles.join(",")),
-        ];
-        let mut headers_to_remove = Vec::new();
+            header(ROLES_HEADER, roles),
+        ]);
+        let mut headers_to_remove = Vec::with_capacity(3);
         if caller.secret == Secret::Previous {
             headers.push(header(PREVIOUS_SECRET_HEADER, "true".into()));
         } else {
             headers_to_remove.push(PREVIOUS_SECRET_HEADER.to_owned());
         }
-        if !self.integrations.forward_credential {
+        if !self.forward_credential {
             headers_to_remove.extend(
                 credential::HEADERS
                     .into_iter()
@@ -526,14 +533,17 @@ impl NamedService for AuthorizationService {
     const NAME: &'static str = SERVICE;
 }
 
-impl tonic::server::UnaryService<CheckRequestView> for ExtAuthz {
+/// One `Check` call, as tonic's unary machinery runs it.
+struct CheckCall(Arc<ExtAuthz>);
+
+impl tonic::server::UnaryService<CheckRequestView> for CheckCall {
     type Response = CheckResponse;
     type Future = std::pin::Pin<
         Box<dyn Future<Output = Result<Response<CheckResponse>, Status>> + Send + 'static>,
     >;
 
     fn call(&mut self, request: Request<CheckRequestView>) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             let request = request.into_inner();
             let answer = this.decide(&request).await.unwrap_or_else(|e| deny(&e));
@@ -561,7 +571,7 @@ where
         if request.uri().path() != CHECK_PATH {
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
-        let check = (*self.check).clone();
+        let check = CheckCall(self.check.clone());
         let limit = self.max_request_bytes;
         Box::pin(async move {
             let codec = ProstCodec::<CheckResponse, CheckRequestView>::default();
