@@ -71,6 +71,65 @@ pub struct ServiceConfig {
     /// Last-used times are written at most once per token per this long;
     /// zero turns tracking off.
     pub last_used_resolution: Duration,
+    /// How long tokens may live (`--max-token-lifetime`,
+    /// `--default-token-lifetime`).
+    pub lifetime: LifetimePolicy,
+}
+
+/// A lifetime in the largest whole unit the flags take (`90d`, `12h`,
+/// `30m`, `45s`): humantime's own text turns 90 days into months and hours.
+fn lifetime_text(lifetime: Duration) -> String {
+    let seconds = lifetime.as_secs();
+    match seconds {
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The operator's limits on how long a token may live. Tokens made before
+/// a limit was set keep working; new secrets and new expirations obey it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LifetimePolicy {
+    /// No create, expiration change or rotation may leave a token
+    /// expiring later than now + this, or never.
+    max: Option<Duration>,
+    /// The expiration, from now, of a token created without one.
+    default: Option<Duration>,
+}
+
+impl LifetimePolicy {
+    /// A default longer than the maximum would refuse every create without
+    /// an expiration; zero would make tokens born expired.
+    pub fn new(max: Option<Duration>, default: Option<Duration>) -> Result<LifetimePolicy, String> {
+        if max.is_some_and(|m| m.is_zero()) || default.is_some_and(|d| d.is_zero()) {
+            return Err("a token lifetime must be longer than zero".into());
+        }
+        if let (Some(max), Some(default)) = (max, default)
+            && default > max
+        {
+            return Err(format!(
+                "the default token lifetime ({}) is longer than the maximum ({})",
+                lifetime_text(default),
+                lifetime_text(max)
+            ));
+        }
+        Ok(LifetimePolicy { max, default })
+    }
+
+    pub fn max(&self) -> Option<Duration> {
+        self.max
+    }
+
+    /// The maximum as an operator writes it (`90d`), for messages.
+    pub fn max_text(&self) -> Option<String> {
+        self.max.map(lifetime_text)
+    }
+
+    pub fn default_lifetime(&self) -> Option<Duration> {
+        self.default
+    }
 }
 
 impl ServiceConfig {
@@ -84,6 +143,7 @@ impl ServiceConfig {
             max_page_size: MAX_PAGE_SIZE,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
             last_used_resolution: DEFAULT_LAST_USED_RESOLUTION,
+            lifetime: LifetimePolicy::default(),
         }
     }
 }

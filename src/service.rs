@@ -422,6 +422,13 @@ impl TokenService {
     ) -> Result<(Token, ServiceToken), Error> {
         let caller = admin.token();
         new.created_by = format!("{} ({})", caller.id, caller.name);
+        let now = self.clock.now();
+        if new.expiration.is_none()
+            && let Some(lifetime) = self.config.lifetime.default_lifetime()
+        {
+            new.expiration = now.checked_add(lifetime);
+        }
+        self.within_policy(new.expiration, now)?;
         let (token, created) = issue(&*self.store, &*self.clock, new).await?;
         audit_created(Rpc::Create.as_str(), Some(caller), &created);
         Ok((token, created))
@@ -483,6 +490,11 @@ impl TokenService {
             }
             edit.expiration = Some(Some(expiration));
         }
+        // Only a new expiration is held to the policy: disabling or
+        // renaming a token made before the policy must stay possible.
+        if let Some(expiration) = edit.expiration {
+            self.within_policy(expiration, now)?;
+        }
         let (before, after) = self.change(admin, id, &Change::Edit(edit), now).await?;
         let changes = Edit::changes(&before, &after);
         let rpc = match (before.disabled, after.disabled) {
@@ -523,6 +535,12 @@ impl TokenService {
             .checked_add(grace)
             .map(to_micros)
             .ok_or_else(|| FieldError::new("grace_period", "is too long"))?;
+        // A new secret lives until the token expires: a token the policy
+        // would not allow today gets an expiration before a new secret.
+        if self.config.lifetime.max().is_some() {
+            let current = self.store.get(id).await?.ok_or(Error::NotFound(id))?;
+            self.within_policy(current.token.expiration, now)?;
+        }
         let token = Token::generate();
         let change = Change::Rotate {
             hash: token.hash(),
@@ -545,6 +563,28 @@ impl TokenService {
             "service token rotated"
         );
         Ok((token, rotated))
+    }
+
+    /// Whether a token expiring at `expiration` (`None`: never) from `now`
+    /// obeys the maximum lifetime.
+    fn within_policy(&self, expiration: Option<SystemTime>, now: SystemTime) -> Result<(), Error> {
+        let Some(max) = self.config.lifetime.max() else {
+            return Ok(());
+        };
+        let allowed = now.checked_add(max);
+        if expiration.is_some_and(|e| allowed.is_none_or(|a| e <= a)) {
+            return Ok(());
+        }
+        let limit = self.config.lifetime.max_text().unwrap_or_default();
+        let problem = match expiration {
+            None => format!(
+                "is required: this server's maximum token lifetime is {limit}; give an expiration at most {limit} from now"
+            ),
+            Some(_) => format!(
+                "is beyond this server's maximum token lifetime of {limit}: give one at most {limit} from now"
+            ),
+        };
+        Err(FieldError::new("expiration", problem).into())
     }
 
     /// Runs one change through the store under the lockout rule, and makes

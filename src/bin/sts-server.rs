@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
         DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
-        DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix, ServerConfig, ServiceConfig,
-        StoreConfig, StoreUrl,
+        DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix, LifetimePolicy, ServerConfig,
+        ServiceConfig, StoreConfig, StoreUrl,
     },
     daemon,
     model::{NewToken, Role},
@@ -146,6 +146,14 @@ struct ServeArgs {
     /// (ext_authz); by default Envoy is told to remove them.
     #[arg(long, env = "STS_FORWARD_CREDENTIAL")]
     forward_credential: bool,
+    /// The longest a token may live (e.g. 90d): a create, an expiration
+    /// change or a rotation that would leave a token expiring later than
+    /// now + this, or never, is refused. Tokens made earlier keep working.
+    #[arg(long, env = "STS_MAX_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
+    max_token_lifetime: Option<Duration>,
+    /// The expiration, from now, of a token created without one (e.g. 30d).
+    #[arg(long, env = "STS_DEFAULT_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
+    default_token_lifetime: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -246,9 +254,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..ServerConfig::default()
     };
+    let lifetime = LifetimePolicy::new(args.max_token_lifetime, args.default_token_lifetime)
+        .map_err(|e| anyhow::anyhow!("invalid token lifetime policy: {e}"))?;
     let service = ServiceConfig {
         last_used_resolution: args.last_used_resolution,
         reviewer_role: args.reviewer_role,
+        lifetime,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;

@@ -430,7 +430,10 @@ pub async fn rotate(
         };
         let grace = Duration::from_secs(request.grace_period_seconds);
         let rotated = service.rotate(&admin, id, grace).await;
-        rotated.map_err(|e| e.naming_field("grace_period", "gracePeriodSeconds"))
+        rotated.map_err(|e| {
+            e.naming_field("grace_period", "gracePeriodSeconds")
+                .naming_field("expiration", EXPIRY_DATE)
+        })
     };
     let (token, rotated) = service
         .manage(Rpc::Rotate, credential::presented(&headers), source, call)

@@ -576,3 +576,49 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn the_lifetime_flags_reach_the_server_and_an_impossible_policy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let refused = sts_server()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("STS_MAX_TOKEN_LIFETIME", "30d")
+        .env("STS_DEFAULT_TOKEN_LIFETIME", "90d")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("default token lifetime (90d) is longer than the maximum (30d)"),
+        "{stderr}"
+    );
+
+    let admin = crate::process::bootstrap(&data);
+    let server = crate::process::ServerProcess::start_with(
+        &data,
+        &[
+            ("STS_MAX_TOKEN_LIFETIME", "30d"),
+            ("STS_DEFAULT_TOKEN_LIFETIME", "7d"),
+        ],
+    )
+    .await;
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api/security/tokens", server.addr))
+        .header("x-api-key", &admin)
+        .body(r#"{"name": "ci", "roles": ["r"]}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expiration = created["expiration"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let week = 7 * 24 * 3600 * 1000;
+    assert!((expiration - (now + week)).abs() < 60_000, "{created}");
+}

@@ -37,6 +37,7 @@ mod lifecycle;
 mod list;
 mod migrate;
 mod oauth2;
+mod policy;
 mod properties;
 mod proxies;
 mod reflection;

@@ -1,0 +1,180 @@
+//! The operator's token lifetime policy: a maximum every new token, new
+//! expiration and new secret obeys, and a default for creates without an
+//! expiration. Tokens made before the policy keep working and can still be
+//! disabled, renamed and given an expiration.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use sts::{
+    clock::Clock,
+    config::{LifetimePolicy, ServiceConfig},
+};
+use tonic::Code;
+
+use crate::helpers::{
+    TestRouter, assert_code, create_request, server_config, spawn_app_with, spawn_router_with,
+};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn policy(max: Option<u64>, default: Option<u64>) -> ServiceConfig {
+    ServiceConfig {
+        lifetime: LifetimePolicy::new(max.map(|d| DAY * d as u32), default.map(|d| DAY * d as u32))
+            .unwrap(),
+        ..ServiceConfig::default()
+    }
+}
+
+impl TestRouter {
+    /// Epoch milliseconds `days` from the router's (manual) clock's now.
+    fn in_days(&self, days: u64) -> u128 {
+        (self.clock.now() + DAY * days as u32)
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    }
+}
+
+#[tokio::test]
+async fn a_create_beyond_the_maximum_or_without_an_expiration_is_refused_naming_the_limit() {
+    let app = spawn_router_with(policy(Some(90), None)).await;
+    let create = |body: String| {
+        let app = &app;
+        async move { app.admin("POST", "/api/security/tokens", &body).await }
+    };
+    let never = create(r#"{"name": "ci", "roles": ["r"]}"#.into()).await;
+    assert_eq!(never.status, 400);
+    let message = never.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("expiryDate"), "{message}");
+    assert!(
+        message.contains("maximum token lifetime is 90d"),
+        "{message}"
+    );
+    let beyond = create(format!(
+        r#"{{"name": "ci", "roles": ["r"], "expiryDate": {}}}"#,
+        app.in_days(91)
+    ))
+    .await;
+    assert_eq!(beyond.status, 400);
+    assert!(beyond.json()["message"].as_str().unwrap().contains("90d"));
+    let within = create(format!(
+        r#"{{"name": "ci", "roles": ["r"], "expiryDate": {}}}"#,
+        app.in_days(90)
+    ))
+    .await;
+    assert!(within.status.is_success(), "{}", within.text());
+    // Refused creates changed nothing.
+    let listed = app.admin("GET", "/api/security/tokens", "").await.json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "the admin and `within`"
+    );
+}
+
+#[tokio::test]
+async fn the_default_lifetime_is_given_to_a_create_without_an_expiration() {
+    let app = spawn_router_with(policy(Some(90), Some(30))).await;
+    let created = app
+        .admin(
+            "POST",
+            "/api/security/tokens",
+            r#"{"name": "ci", "roles": ["r"]}"#,
+        )
+        .await;
+    assert!(created.status.is_success(), "{}", created.text());
+    assert_eq!(created.json()["expiration"], app.in_days(30) as u64);
+    // An explicit one is kept.
+    let body = format!(
+        r#"{{"name": "cd", "roles": ["r"], "expiryDate": {}}}"#,
+        app.in_days(5)
+    );
+    let created = app.admin("POST", "/api/security/tokens", &body).await;
+    assert_eq!(created.json()["expiration"], app.in_days(5) as u64);
+    // Without a maximum, the default applies all the same.
+    let app = spawn_router_with(policy(None, Some(7))).await;
+    let created = app
+        .admin(
+            "POST",
+            "/api/security/tokens",
+            r#"{"name": "ci", "roles": ["r"]}"#,
+        )
+        .await;
+    assert_eq!(created.json()["expiration"], app.in_days(7) as u64);
+}
+
+#[tokio::test]
+async fn tokens_from_before_the_policy_keep_working_and_are_held_to_it_when_changed() {
+    let app = spawn_router_with(policy(Some(90), None)).await;
+    // Made before the policy (straight through the store): never expires.
+    let (legacy, id) = app.create("legacy", &["r"]).await;
+    let path = format!("/api/security/tokens/{id}");
+    let key = [("x-api-key", legacy.as_bytes())];
+    assert_eq!(
+        app.call("GET", "/api/server/status", &key, "").await.status,
+        200
+    );
+
+    // What takes nothing away from the policy stays possible.
+    for patch in [
+        r#"{"name": "renamed"}"#,
+        r#"{"disabled": true}"#,
+        r#"{"disabled": false}"#,
+    ] {
+        let answer = app.admin("PATCH", &path, patch).await;
+        assert_eq!(answer.status, 200, "{patch}: {}", answer.text());
+    }
+    // A new expiration obeys it; so does a new secret.
+    for patch in [
+        r#"{"expiryDate": null}"#.to_string(),
+        format!(r#"{{"expiryDate": {}}}"#, app.in_days(120)),
+    ] {
+        let answer = app.admin("PATCH", &path, &patch).await;
+        assert_eq!(answer.status, 400, "{patch}");
+        assert!(answer.json()["message"].as_str().unwrap().contains("90d"));
+    }
+    let rotate = app.admin("POST", &format!("{path}/rotate"), "").await;
+    assert_eq!(rotate.status, 400, "{}", rotate.text());
+    assert!(
+        rotate.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("expiryDate")
+    );
+    // Still valid, unchanged by the refusals.
+    assert_eq!(
+        app.call("GET", "/api/server/status", &key, "").await.status,
+        200
+    );
+
+    let patch = format!(r#"{{"expiryDate": {}}}"#, app.in_days(60));
+    assert_eq!(app.admin("PATCH", &path, &patch).await.status, 200);
+    let rotate = app.admin("POST", &format!("{path}/rotate"), "").await;
+    assert_eq!(rotate.status, 200, "{}", rotate.text());
+}
+
+#[tokio::test]
+async fn grpc_creates_are_held_to_the_same_policy() {
+    let app = spawn_app_with(policy(Some(1), None), server_config()).await;
+    let status = assert_code(
+        app.client
+            .clone()
+            .create(app.admin(create_request("ci", &["r"])))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        status.message().contains("maximum token lifetime is 1d"),
+        "{status:?}"
+    );
+    let (_, created) = app.create_expiring_in("ci", &["r"], 3600).await;
+    assert!(created.expiration.is_some());
+}
+
+#[test]
+fn a_policy_that_could_never_be_met_is_refused() {
+    assert!(LifetimePolicy::new(Some(DAY), Some(DAY * 2)).is_err());
+    assert!(LifetimePolicy::new(Some(Duration::ZERO), None).is_err());
+    assert!(LifetimePolicy::new(None, Some(Duration::ZERO)).is_err());
+    assert!(LifetimePolicy::new(Some(DAY * 2), Some(DAY)).is_ok());
+}
