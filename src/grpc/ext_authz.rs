@@ -39,7 +39,10 @@ use crate::{
     config::IntegrationConfig,
     credential,
     error::{Answer, Error},
-    http::{CHALLENGE, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER},
+    http::{
+        CHALLENGE, EXPIRATION_HEADER, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER,
+        ROLES_HEADER, expiration_text,
+    },
     model::{FieldError, Secret, required_roles},
     proto::codec::ProstCodec,
     service::{Authenticated, TokenService},
@@ -119,6 +122,10 @@ impl ExtAuthz {
                     .map(str::to_owned),
             );
         }
+        // To the client, on the way back: when its token expires.
+        let response_headers_to_add = expiration_text(token)
+            .map(|text| vec![header(EXPIRATION_HEADER, text)])
+            .unwrap_or_default();
         CheckResponse {
             status: Some(rpc::Status {
                 code: tonic::Code::Ok.into(),
@@ -127,6 +134,7 @@ impl ExtAuthz {
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers,
                 headers_to_remove,
+                response_headers_to_add,
                 ..OkHttpResponse::default()
             })),
             ..CheckResponse::default()

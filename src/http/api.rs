@@ -37,6 +37,10 @@ const fn number(digits: &str) -> u64 {
 pub const ID_HEADER: &str = "x-service-token-id";
 pub const NAME_HEADER: &str = "x-service-token-name";
 pub const ROLES_HEADER: &str = "x-service-token-roles";
+/// When the caller's token expires (RFC 3339), on every successful check of
+/// a token that does, as GitHub's `GitHub-Authentication-Token-Expiration`:
+/// clients can warn themselves before their token stops working.
+pub const EXPIRATION_HEADER: &str = "x-service-token-expiration";
 /// Sent (`true`) when the caller used a secret rotated out by Rotate, in its
 /// grace period, so whoever reads it can warn the client to switch.
 pub const PREVIOUS_SECRET_HEADER: &str = "x-service-token-previous-secret";
@@ -102,12 +106,34 @@ pub struct StatusJson {
     service_token: TokenJson,
 }
 
-pub async fn status(State(state): State<HttpState>, Caller(caller): Caller) -> Json<StatusJson> {
-    Json(StatusJson {
+pub async fn status(
+    State(state): State<HttpState>,
+    Caller(caller): Caller,
+) -> (HeaderMap, Json<StatusJson>) {
+    let body = Json(StatusJson {
         version: VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
         service_token: TokenJson::from(&caller.token),
-    })
+    });
+    (expiration_headers(&caller.token), body)
+}
+
+/// [`EXPIRATION_HEADER`] for a token that expires; empty for one that
+/// does not.
+fn expiration_headers(token: &ServiceToken) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(text) = expiration_text(token) {
+        let value = HeaderValue::from_str(&text).expect("an RFC 3339 time is a header value");
+        headers.insert(HeaderName::from_static(EXPIRATION_HEADER), value);
+    }
+    headers
+}
+
+/// The [`EXPIRATION_HEADER`] value of a token that expires: RFC 3339, to
+/// the second.
+pub fn expiration_text(token: &ServiceToken) -> Option<String> {
+    let expiration = token.expiration?;
+    Some(humantime::format_rfc3339_seconds(expiration).to_string())
 }
 
 #[derive(Serialize)]
@@ -123,15 +149,16 @@ pub struct VersionJson {
     diff: &'static str,
 }
 
-pub async fn info(Caller(_): Caller) -> Json<InfoJson> {
-    Json(InfoJson {
+pub async fn info(Caller(caller): Caller) -> (HeaderMap, Json<InfoJson>) {
+    let body = Json(InfoJson {
         version: VersionJson {
             major: const { number(env!("CARGO_PKG_VERSION_MAJOR")) },
             minor: const { number(env!("CARGO_PKG_VERSION_MINOR")) },
             patch: const { number(env!("CARGO_PKG_VERSION_PATCH")) },
             diff: env!("CARGO_PKG_VERSION_PRE"),
         },
-    })
+    });
+    (expiration_headers(&caller.token), body)
 }
 
 /// 200 with the identity in headers, 401 without a valid credential, 403
@@ -180,7 +207,7 @@ const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
     let token = &caller.token;
     let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
-    let mut headers = HeaderMap::new();
+    let mut headers = expiration_headers(token);
     if caller.secret == Secret::Previous {
         headers.insert(
             HeaderName::from_static(PREVIOUS_SECRET_HEADER),

@@ -29,7 +29,10 @@ use crate::{
     service::TokenService,
 };
 
-pub use api::{ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER};
+pub use api::{
+    EXPIRATION_HEADER, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER,
+    expiration_text,
+};
 pub use caller::Caller;
 pub use latency::ObserveLatencyLayer;
 pub use probes::Readiness;

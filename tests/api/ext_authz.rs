@@ -499,3 +499,29 @@ async fn reflection_describes_check_as_grpcurl_asks() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn an_allow_tells_the_client_when_its_token_expires() {
+    let app = spawn_app().await;
+    let (expiring, created) = app.create_expiring_in("ci", &["r"], 3600).await;
+    let answer = app.check(check(&[("x-api-key", &expiring)], None)).await;
+    let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else {
+        panic!("{answer:?}");
+    };
+    let seconds = created.expiration.unwrap().seconds;
+    let expected = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(seconds as u64),
+    )
+    .to_string();
+    let header = ok.response_headers_to_add[0].header.as_ref().unwrap();
+    assert_eq!(
+        (header.key.as_str(), header.value.as_str()),
+        ("x-service-token-expiration", expected.as_str())
+    );
+    let (forever, _) = app.create("cd", &["r"]).await;
+    let answer = app.check(check(&[("x-api-key", &forever)], None)).await;
+    let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else {
+        panic!("{answer:?}");
+    };
+    assert!(ok.response_headers_to_add.is_empty());
+}

@@ -398,3 +398,47 @@ async fn with_forward_credential_envoy_is_not_told_to_remove_it() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn a_check_of_an_expiring_token_says_when_it_expires() {
+    let app = spawn_router().await;
+    // 2027-01-02T03:04:05.678Z: the header keeps whole seconds.
+    let expires = std::time::UNIX_EPOCH + Duration::from_millis(1_798_859_045_678);
+    let (expiring, _) = app.create_expiring("ci", &["r"], Some(expires)).await;
+    let (forever, _) = app.create("cd", &["r"]).await;
+    for path in [
+        "/api/server/status",
+        "/api/server/info",
+        "/api/auth",
+        "/api/auth/x?role=r",
+    ] {
+        let answer = app
+            .call("GET", path, &[("x-api-key", expiring.as_bytes())], "")
+            .await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(
+            answer.header("x-service-token-expiration"),
+            Some("2027-01-02T03:04:05Z"),
+            "{path}"
+        );
+        let answer = app
+            .call("GET", path, &[("x-api-key", forever.as_bytes())], "")
+            .await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert!(
+            answer.headers.get("x-service-token-expiration").is_none(),
+            "{path}"
+        );
+    }
+    // Not on a refusal.
+    let answer = app
+        .call(
+            "GET",
+            "/api/auth?role=other",
+            &[("x-api-key", expiring.as_bytes())],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, 403);
+    assert!(answer.headers.get("x-service-token-expiration").is_none());
+}

@@ -223,7 +223,13 @@ http {{
 }
 
 /// What every proxy in front of us must do, driven through `proxy`.
-async fn a_proxy_checks_every_request_and_never_forwards_the_secret(app: &TestApp, proxy: &Proxy) {
+/// `tells_expiration`: the proxy passes `X-Service-Token-Expiration` on to
+/// the client (nginx's example does; Caddy's `forward_auth` cannot).
+async fn a_proxy_checks_every_request_and_never_forwards_the_secret(
+    app: &TestApp,
+    proxy: &Proxy,
+    tells_expiration: bool,
+) {
     let http = reqwest::Client::new();
     let get = |path: &str, headers: &[(&str, &str)]| {
         let mut request = http.get(format!("http://{}{path}", proxy.addr));
@@ -286,13 +292,26 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(app: &TestAp
     // with 401 and the challenge, and the backend never sees the request.
     let unknown = sts::token::Token::generate();
     let (expiring, _) = app.create_expiring_in("expiring", &["builder"], 60).await;
-    assert_eq!(
-        get("/builds/42", &[("x-api-key", &expiring)])
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    let answer = get("/builds/42", &[("x-api-key", &expiring)])
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    if tells_expiration {
+        let expected = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(
+                    app.clock.now_millis() as u64 / 1000 * 1000 + 60_000,
+                ),
+        )
+        .to_string();
+        assert_eq!(
+            answer
+                .headers()
+                .get("x-service-token-expiration")
+                .map(|v| v.to_str().unwrap()),
+            Some(expected.as_str())
+        );
+    }
     app.clock.advance(std::time::Duration::from_secs(61));
     for headers in [
         &[][..],
@@ -337,7 +356,7 @@ async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_
     };
     let app = spawn_app().await;
     let proxy = Proxy::nginx(&nginx, app.addr, echo_backend().await).await;
-    a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy).await;
+    a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy, true).await;
 }
 
 #[tokio::test]
@@ -347,7 +366,7 @@ async fn caddy_with_the_shipped_example_checks_every_request_and_never_forwards_
     };
     let app = spawn_app().await;
     let proxy = Proxy::caddy(&caddy, app.addr, echo_backend().await).await;
-    a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy).await;
+    a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy, false).await;
 }
 
 #[test]
