@@ -704,6 +704,11 @@ pub struct ListFilter {
     /// Expiring before then (expired included).
     pub expiring_before: Option<SystemTime>,
     pub disabled: Option<bool>,
+    /// Over the maximum lifetime: never expiring, or expiring after then.
+    /// The service sets it from `over_policy`; stores only read it.
+    pub expiring_after: Option<SystemTime>,
+    /// Asked for: tokens the lifetime policy would not allow today.
+    pub over_policy: bool,
 }
 
 impl ListFilter {
@@ -731,7 +736,17 @@ impl ListFilter {
             unused_since,
             expiring_before,
             disabled,
+            expiring_after: None,
+            over_policy: false,
         })
+    }
+
+    /// The same filter, also asking for tokens over the lifetime policy.
+    pub fn over_policy(self, over_policy: bool) -> ListFilter {
+        ListFilter {
+            over_policy,
+            ..self
+        }
     }
 
     pub fn matches(&self, token: &ServiceToken) -> bool {
@@ -753,6 +768,9 @@ impl ListFilter {
             && self
                 .disabled
                 .is_none_or(|disabled| token.disabled == disabled)
+            && self
+                .expiring_after
+                .is_none_or(|after| token.expiration.is_none_or(|expiration| expiration > after))
     }
 }
 

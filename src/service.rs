@@ -447,12 +447,29 @@ impl TokenService {
         page: PageRequest,
         filter: &ListFilter,
     ) -> Result<Page, Error> {
+        let now = self.clock.now();
+        let resolved;
+        let filter = if filter.over_policy {
+            let max = self.config.lifetime.max().ok_or_else(|| {
+                FieldError::new(
+                    "over_policy",
+                    "this server has no maximum token lifetime (--max-token-lifetime) to be over",
+                )
+            })?;
+            resolved = ListFilter {
+                // Beyond any time a clock can show: nothing is "after" it.
+                expiring_after: Some(now.checked_add(max).unwrap_or(now)),
+                ..filter.clone()
+            };
+            &resolved
+        } else {
+            filter
+        };
         // One extra row tells whether another page follows without a second query.
         let stored = self
             .store
             .list_matching(page.after, page.size + 1, filter)
             .await?;
-        let now = self.clock.now();
         let mut tokens: Vec<ServiceToken> = stored
             .into_iter()
             .map(|stored| stored.token.seen_at(now))

@@ -115,6 +115,10 @@ enum TokenCommand {
         /// Only disabled tokens.
         #[arg(long)]
         disabled: bool,
+        /// Only tokens over the server's maximum token lifetime (never
+        /// expiring, or expiring later than it allows today).
+        #[arg(long)]
+        over_policy: bool,
         /// Also show status, last use, creator and description.
         #[arg(long)]
         wide: bool,
@@ -309,6 +313,7 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 unused_for,
                 expiring_within,
                 disabled,
+                over_policy,
                 wide,
             } => {
                 let options = commands::ListOptions {
@@ -317,6 +322,7 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                     unused_for,
                     expiring_within,
                     disabled,
+                    over_policy,
                     wide,
                 };
                 commands::list_tokens(globals, printer, options).await

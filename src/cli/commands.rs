@@ -175,6 +175,8 @@ pub struct ListOptions {
     pub expiring_within: Option<Duration>,
     /// Only disabled tokens.
     pub disabled: bool,
+    /// Only tokens over the server's maximum token lifetime.
+    pub over_policy: bool,
     /// Status, last use, creator and description too.
     pub wide: bool,
 }
@@ -212,6 +214,7 @@ pub async fn list_tokens(
         unused_since: unused_since.map(timestamp),
         expiring_before: expiring_before.map(timestamp),
         disabled: options.disabled.then_some(true),
+        over_policy: options.over_policy,
         ..ListRequest::default()
     };
     let mut session = globals.session().await?;

@@ -77,7 +77,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                     time("unused_since", request.unused_since)?,
                     time("expiring_before", request.expiring_before)?,
                     request.disabled,
-                )?;
+                )?
+                .over_policy(request.over_policy);
                 self.service.list(&admin, page, &filter).await
             })
             .await?;

@@ -39,6 +39,7 @@ pub struct ListQuery {
     unused_since: Option<i64>,
     expiring_before: Option<i64>,
     disabled: Option<bool>,
+    over_policy: Option<bool>,
 }
 
 impl ListQuery {
@@ -51,6 +52,7 @@ impl ListQuery {
             time("expiringBefore", self.expiring_before)?,
             self.disabled,
         )
+        .map(|filter| filter.over_policy(self.over_policy.unwrap_or_default()))
     }
 }
 

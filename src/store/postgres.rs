@@ -500,6 +500,7 @@ impl Store for PostgresStore {
              AND ($5::timestamptz IS NULL OR last_used_at IS NULL OR last_used_at < $5) \
              AND ($6::timestamptz IS NULL OR expires_at < $6) \
              AND ($7::boolean IS NULL OR disabled = $7) \
+             AND ($8::timestamptz IS NULL OR expires_at IS NULL OR expires_at > $8) \
              ORDER BY id LIMIT $2"
         ))
         .bind(after)
@@ -509,6 +510,7 @@ impl Store for PostgresStore {
         .bind(filter.unused_since.map(to_db_time))
         .bind(filter.expiring_before.map(to_db_time))
         .bind(filter.disabled)
+        .bind(filter.expiring_after.map(to_db_time))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -179,7 +179,7 @@ async fn describe_update_disable_enable_and_rotate() {
 }
 
 /// The sorted names `sts` lists with `args`.
-async fn names(terminal: &Terminal, args: &[&str]) -> Vec<String> {
+pub async fn names(terminal: &Terminal, args: &[&str]) -> Vec<String> {
     let mut args = args.to_vec();
     args.extend(["-o", "json"]);
     let listed = terminal.sts(&args).await.ok().json();

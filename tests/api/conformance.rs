@@ -834,6 +834,10 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
             ..ListFilter::default()
         },
         ListFilter {
+            expiring_after: Some(now + hour * 5),
+            ..ListFilter::default()
+        },
+        ListFilter {
             disabled: Some(false),
             name_prefix: Some("ops".into()),
             role: Some(Role::parse("all").unwrap()),

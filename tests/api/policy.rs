@@ -178,3 +178,62 @@ fn a_policy_that_could_never_be_met_is_refused() {
     assert!(LifetimePolicy::new(None, Some(Duration::ZERO)).is_err());
     assert!(LifetimePolicy::new(Some(DAY * 2), Some(DAY)).is_ok());
 }
+
+#[tokio::test]
+async fn tokens_over_the_policy_are_listed_on_request_over_rest_and_the_cli() {
+    let app = spawn_router_with(policy(Some(90), None)).await;
+    let (_, legacy) = app.create("legacy", &["r"]).await;
+    let far = app.clock.now() + DAY * 120;
+    let (_, far) = app.create_expiring("far", &["r"], Some(far)).await;
+    let body = format!(
+        r#"{{"name": "within", "roles": ["r"], "expiryDate": {}}}"#,
+        app.in_days(30)
+    );
+    assert!(
+        app.admin("POST", "/api/security/tokens", &body)
+            .await
+            .status
+            .is_success()
+    );
+    let listed = app
+        .admin("GET", "/api/security/tokens?overPolicy=true", "")
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let mut names: Vec<String> = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    // The bootstrap admin token never expires either.
+    assert_eq!(names, ["far", "legacy", "test-admin"], "{legacy} {far}");
+
+    // A server without a maximum says so rather than answering nothing.
+    let app = crate::helpers::spawn_router().await;
+    let listed = app
+        .admin("GET", "/api/security/tokens?overPolicy=true", "")
+        .await;
+    assert_eq!(listed.status, 400);
+    assert!(
+        listed.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-token-lifetime")
+    );
+}
+
+#[tokio::test]
+async fn the_cli_lists_tokens_over_the_policy() {
+    let app = spawn_app_with(policy(Some(1), None), server_config()).await;
+    app.create_expiring_in("within", &["r"], 3600).await;
+    let terminal = crate::cli::Terminal::new();
+    terminal.log_in(&app).await;
+    let names =
+        crate::cli_lifecycle::names(&terminal, &["service-token", "list", "--over-policy"]).await;
+    // Only the bootstrap admin token, which never expires.
+    assert_eq!(names.len(), 1, "{names:?}");
+    let all = crate::cli_lifecycle::names(&terminal, &["service-token", "list"]).await;
+    assert_eq!(all.len(), 2);
+}
