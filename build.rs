@@ -8,8 +8,9 @@ use std::{env, fs, path::PathBuf};
 use prost::Message as _;
 
 const PROTOS: &[&str] = &["stackstate/servicetoken/v1/service_token.proto"];
-const SECRET_MESSAGES: [&str; 3] = [
+const SECRET_MESSAGES: [&str; 4] = [
     ".stackstate.servicetoken.v1.CreateResponse",
+    ".stackstate.servicetoken.v1.RevokeLeakedRequest",
     ".stackstate.servicetoken.v1.RotateResponse",
     ".stackstate.servicetoken.v1.ValidateRequest",
 ];

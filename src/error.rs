@@ -32,6 +32,9 @@ pub enum Error {
         id: TokenId,
         role: Role,
     },
+    /// Too many calls from one source address (revoking leaked tokens).
+    #[error("too many requests from this address: try again in {} s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -46,6 +49,9 @@ pub enum ErrorKind {
     PermissionDenied,
     FailedPrecondition,
     ResourceExhausted,
+    /// RESOURCE_EXHAUSTED in gRPC, as a too-large request is; HTTP tells
+    /// the two apart (429, not 413).
+    RateLimited,
     Unavailable,
     Internal,
 }
@@ -59,7 +65,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ErrorKind::PermissionDenied => "PERMISSION_DENIED",
             ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
-            ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorKind::ResourceExhausted | ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Internal => "INTERNAL",
         }
@@ -95,6 +101,7 @@ impl Error {
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,
+            Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Store(
                 StoreError::Locked { .. }
                 | StoreError::Exposed { .. }
@@ -167,7 +174,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
-            ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorKind::ResourceExhausted | ErrorKind::RateLimited => tonic::Code::ResourceExhausted,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }

@@ -114,6 +114,14 @@ impl std::fmt::Debug for RotateResponse {
     }
 }
 
+impl std::fmt::Debug for RevokeLeakedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevokeLeakedRequest")
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for ValidateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ValidateRequest")

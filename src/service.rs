@@ -18,7 +18,7 @@ use crate::{
     clock::{Clock, to_micros},
     config::ServiceConfig,
     credential::AuthError,
-    error::Error,
+    error::{Error, ErrorKind},
     last_used::LastUsed,
     metrics::Metrics,
     model::{
@@ -26,6 +26,7 @@ use crate::{
         TokenId,
     },
     page::{PageRequest, encode_cursor},
+    rate_limit::RateLimit,
     store::{KeepAdmin, Outcome, Store, StoreError},
     token::{MalformedToken, Token, TokenHash},
 };
@@ -83,6 +84,20 @@ impl Validation {
     }
 }
 
+/// What became of one leaked secret handed to
+/// [`TokenService::revoke_leaked`]: no more than validating it would say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Revoked,
+    NotFound,
+    Malformed,
+}
+
+/// The most secrets one revocation call may carry.
+pub const MAX_REVOKED_PER_CALL: usize = 100;
+/// Revocation calls allowed per source address per minute.
+pub const REVOKE_CALLS_PER_MINUTE: u32 = 10;
+
 /// A valid caller: its token, and which secret it presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
@@ -139,6 +154,8 @@ pub struct TokenService {
     refusals: Arc<Refusals>,
     /// `None`: last-used tracking is off.
     last_used: Option<Arc<LastUsed>>,
+    /// Of leaked-token revocations, which need no credential.
+    revocations: RateLimit,
 }
 
 impl TokenService {
@@ -158,6 +175,7 @@ impl TokenService {
             metrics,
             cache: store.validation_cache(),
             refusals: Refusals::new(config.refusal_summary_interval),
+            revocations: RateLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
             store,
             clock,
             config,
@@ -624,6 +642,7 @@ impl TokenService {
         KeepAdmin {
             role: self.config.admin_role.clone(),
             now,
+            waived: false,
         }
     }
 
@@ -637,6 +656,88 @@ impl TokenService {
                 role: self.config.admin_role.clone(),
             }),
         }
+    }
+
+    /// Revokes each token whose secret is in `secrets` (current, or
+    /// previous in its grace period), whatever its state, the last admin
+    /// token included: holding a secret is the right to revoke it, so no
+    /// other credential is asked. Each revocation is audited with the
+    /// caller's address; calls are rate-limited per address.
+    pub async fn revoke_leaked(
+        &self,
+        secrets: &[String],
+        source: Option<IpAddr>,
+    ) -> Result<Vec<Revoked>, Error> {
+        const RPC: &str = "RevokeLeaked";
+        if let Err(retry_after) = self.revocations.check(source, std::time::Instant::now()) {
+            self.metrics
+                .management_call(RPC, ErrorKind::RateLimited.as_str());
+            return Err(Error::RateLimited { retry_after });
+        }
+        if secrets.is_empty() || secrets.len() > MAX_REVOKED_PER_CALL {
+            return Err(FieldError::new(
+                "tokens",
+                format!("must hold 1 to {MAX_REVOKED_PER_CALL} tokens"),
+            )
+            .into());
+        }
+        let mut results = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            results.push(self.revoke_one(secret, source).await?);
+        }
+        self.metrics.management_call(RPC, "OK");
+        Ok(results)
+    }
+
+    async fn revoke_one(&self, secret: &str, source: Option<IpAddr>) -> Result<Revoked, Error> {
+        let Ok(hash) = TokenHash::of_presented(secret) else {
+            return Ok(Revoked::Malformed);
+        };
+        let Some(stored) = self.store.find_by_hash(&hash).await? else {
+            return Ok(Revoked::NotFound);
+        };
+        let now = self.clock.now();
+        let live = match stored.secret_for(&hash) {
+            Some(Secret::Current) => true,
+            Some(Secret::Previous) => stored
+                .token
+                .previous_secret
+                .is_some_and(|previous| now < previous.expiration),
+            None => false,
+        };
+        if !live {
+            return Ok(Revoked::NotFound);
+        }
+        let id = stored.token.id;
+        let keep = KeepAdmin {
+            waived: true,
+            ..self.keep_admin(now)
+        };
+        let deleted = self.store.delete(id, &keep).await;
+        self.cache.invalidate(id);
+        if !matches!(deleted?, Outcome::Done(())) {
+            return Ok(Revoked::NotFound);
+        }
+        tracing::warn!(
+            target: AUDIT,
+            rpc = "RevokeLeaked",
+            outcome = "OK",
+            token.id = id.get(),
+            token.name = stored.token.name.as_str(),
+            source = source.map(tracing::field::display),
+            "leaked service token revoked"
+        );
+        // The lockout rule was waived: say how to get admin access back.
+        if stored.token.roles.contains(&self.config.admin_role) {
+            tracing::warn!(
+                target: AUDIT,
+                rpc = "RevokeLeaked",
+                token.id = id.get(),
+                role = self.config.admin_role.as_str(),
+                "the revoked leaked token held the admin role; if no other admin token is left, create one with `sts-server bootstrap`"
+            );
+        }
+        Ok(Revoked::Revoked)
     }
 
     pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {

@@ -164,6 +164,14 @@ enum TokenCommand {
         /// The token's id.
         id: u64,
     },
+    #[command(
+        about = "Revoke leaked service tokens by their secrets (no credential needed: holding a secret is the right to revoke it)"
+    )]
+    Revoke {
+        /// A file with one token per line; `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        token_file: std::path::PathBuf,
+    },
     #[command(about = "Give a service token a new secret; the old one works for the grace period")]
     Rotate {
         /// The token's id.
@@ -354,6 +362,9 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
             }
             TokenCommand::Enable { id } => {
                 commands::set_disabled(globals, printer, id, false).await
+            }
+            TokenCommand::Revoke { token_file } => {
+                commands::revoke_leaked(globals, printer, &token_file).await
             }
             TokenCommand::Rotate { id, grace } => {
                 commands::rotate_token(globals, printer, id, grace).await

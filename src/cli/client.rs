@@ -15,8 +15,9 @@ use super::{
 };
 use crate::error::with_causes;
 use crate::proto::{
-    CreateRequest, DeleteRequest, GetRequest, InvalidReason, ListRequest, RotateRequest,
-    ServiceToken, UpdateRequest, ValidateRequest, token_service_client::TokenServiceClient,
+    CreateRequest, DeleteRequest, GetRequest, InvalidReason, ListRequest, RevokeLeakedRequest,
+    RotateRequest, ServiceToken, UpdateRequest, ValidateRequest,
+    token_service_client::TokenServiceClient,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -248,6 +249,17 @@ impl Session {
             .service_token
             .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))?;
         Ok((response.token, token))
+    }
+
+    /// Revokes leaked tokens by their secrets: no credential is sent (the
+    /// secrets are the right to revoke them). One result per secret, in
+    /// order.
+    pub async fn revoke_leaked(&mut self, tokens: Vec<String>) -> Result<Vec<i32>, CliError> {
+        let request = RevokeLeakedRequest { tokens };
+        match self.client.revoke_leaked(request).await {
+            Ok(response) => Ok(response.into_inner().results),
+            Err(status) => Err(self.failed(status).await),
+        }
     }
 
     /// Every token `filter` (a ListRequest's filters) matches, following

@@ -21,7 +21,7 @@ use super::{
         wide_token_table,
     },
 };
-use crate::proto::{CreateRequest, ListRequest};
+use crate::proto::{CreateRequest, ListRequest, RevokeResult};
 
 /// The options every command shares.
 #[derive(Debug, Clone, Default)]
@@ -363,6 +363,65 @@ pub async fn rotate_token(
         &format!("Service token rotated: {token}{until}"),
         json!({ "service-token": value }),
     );
+    Ok(())
+}
+
+/// The most tokens the server takes in one revocation call.
+const REVOKE_BATCH: usize = 100;
+
+/// `sts service-token revoke --token-file FILE`: revokes every token in
+/// the file (one per line; `-` reads stdin), in calls of at most 100.
+/// Prints one line per token, by its line number: never the secret.
+pub async fn revoke_leaked(
+    globals: &Globals,
+    printer: &Printer,
+    token_file: &std::path::Path,
+) -> Result<(), CliError> {
+    let text = if token_file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(token_file)
+    }
+    .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", token_file.display())))?;
+    let lines: Vec<(usize, String)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim().to_owned()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{} holds no token",
+            token_file.display()
+        )));
+    }
+    let mut session = globals.session().await?;
+    let mut results = Vec::with_capacity(lines.len());
+    for chunk in lines.chunks(REVOKE_BATCH) {
+        let tokens = chunk.iter().map(|(_, token)| token.clone()).collect();
+        results.extend(session.revoke_leaked(tokens).await?);
+    }
+    let mut text = String::new();
+    let mut json_results = Vec::with_capacity(results.len());
+    for ((line, _), result) in lines.iter().zip(&results) {
+        let result = match RevokeResult::try_from(*result) {
+            Ok(RevokeResult::Revoked) => "revoked",
+            Ok(RevokeResult::NotFound) => "not found",
+            Ok(RevokeResult::Malformed) => "malformed",
+            _ => "unknown",
+        };
+        text.push_str(&format!("line {line}: {result}\n"));
+        json_results.push(json!({ "line": line, "result": result }));
+    }
+    let revoked = json_results
+        .iter()
+        .filter(|r| r["result"] == "revoked")
+        .count();
+    text.push_str(&format!(
+        "Revoked {revoked} of {} service tokens.",
+        lines.len()
+    ));
+    printer.success(&text, json!({ "revoked": json_results }));
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use crate::{
     },
     page::PageRequest,
     proto,
-    service::{InvalidReason, Rpc, TokenService, Validation},
+    service::{InvalidReason, Revoked, Rpc, TokenService, Validation},
 };
 
 pub use ext_authz::{AuthorizationService, ExtAuthz, REQUIRED_ROLES};
@@ -110,6 +110,23 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
     ) -> Result<Response<proto::ValidateResponse>, Status> {
         let validation = self.service.validate(&request.get_ref().token).await?;
         Ok(Response::new(validation.into()))
+    }
+
+    async fn revoke_leaked(
+        &self,
+        request: Request<proto::RevokeLeakedRequest>,
+    ) -> Result<Response<proto::RevokeLeakedResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip());
+        let results = self
+            .service
+            .revoke_leaked(&request.get_ref().tokens, source)
+            .await?;
+        Ok(Response::new(proto::RevokeLeakedResponse {
+            results: results
+                .into_iter()
+                .map(|r| proto::RevokeResult::from(r) as i32)
+                .collect(),
+        }))
     }
 
     async fn get(
@@ -249,6 +266,16 @@ fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
         Description::parse(&request.description)?,
         Labels::parse(&request.labels)?,
     ))
+}
+
+impl From<Revoked> for proto::RevokeResult {
+    fn from(result: Revoked) -> proto::RevokeResult {
+        match result {
+            Revoked::Revoked => proto::RevokeResult::Revoked,
+            Revoked::NotFound => proto::RevokeResult::NotFound,
+            Revoked::Malformed => proto::RevokeResult::Malformed,
+        }
+    }
 }
 
 impl From<ServiceToken> for proto::ServiceToken {

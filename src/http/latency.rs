@@ -41,6 +41,8 @@ const ROUTES: &[&str] = &[
     "/api/security/tokens",
     "/api/security/tokens/{id}",
     "/api/security/tokens/{id}/rotate",
+    "/api/security/tokens/revoke",
+    "/stackstate.servicetoken.v1.TokenService/RevokeLeaked",
     "/healthz",
     "/readyz",
     "/metrics",

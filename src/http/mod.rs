@@ -88,6 +88,7 @@ pub fn router(state: HttpState) -> Router {
             get(tokens::get).patch(tokens::patch).delete(tokens::delete),
         )
         .route("/api/security/tokens/{id}/rotate", post(tokens::rotate))
+        .route("/api/security/tokens/revoke", post(tokens::revoke_leaked))
         .route(
             "/api/kubernetes/tokenreview",
             post(kubernetes::token_review),
@@ -136,6 +137,7 @@ impl From<&Answer> for HttpError {
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };

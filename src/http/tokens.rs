@@ -24,7 +24,7 @@ use crate::{
         parse_epoch_millis,
     },
     page::PageRequest,
-    service::{Admin, Rpc, TokenService},
+    service::{Admin, Revoked, Rpc, TokenService},
 };
 
 /// The query parameters of the list: the gRPC filters, camel-cased, times
@@ -461,4 +461,45 @@ pub async fn delete(
         .manage(Rpc::Delete, credential::presented(&headers), source, call)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeJson {
+    tokens: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct RevokedJson {
+    /// One per token, in the request's order; never the token itself.
+    results: Vec<&'static str>,
+}
+
+/// Revokes leaked tokens by their secrets, no other credential needed
+/// (see `TokenService::revoke_leaked`): what secret scanners and incident
+/// responders call.
+pub async fn revoke_leaked(
+    State(state): State<HttpState>,
+    Peer(source): Peer,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RevokedJson>, Error> {
+    let body = body.map_err(|rejection| unreadable(rejection, state.max_body))?;
+    // A fixed text: serde's would quote a secret sent in the wrong place.
+    let request: RevokeJson = serde_json::from_slice(&body).map_err(|_| {
+        FieldError::new(
+            "body",
+            r#"is not a revocation request: send {"tokens": ["svctok-…", …]}"#,
+        )
+    })?;
+    let results = state.service.revoke_leaked(&request.tokens, source).await?;
+    Ok(Json(RevokedJson {
+        results: results
+            .into_iter()
+            .map(|result| match result {
+                Revoked::Revoked => "revoked",
+                Revoked::NotFound => "not_found",
+                Revoked::Malformed => "malformed",
+            })
+            .collect(),
+    }))
 }

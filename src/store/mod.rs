@@ -49,6 +49,11 @@ pub enum Outcome<T> {
 pub struct KeepAdmin {
     pub role: Role,
     pub now: SystemTime,
+    /// The rule does not apply: only the revocation of a leaked token,
+    /// which must go even when it is the last admin token (whoever holds
+    /// it can manage every token; a new admin token is one `bootstrap`
+    /// away).
+    pub waived: bool,
 }
 
 /// A token was used (checked successfully): last at `at`, and through its

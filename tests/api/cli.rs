@@ -29,6 +29,11 @@ impl Terminal {
         }
     }
 
+    /// The terminal's home directory, for files a test hands `sts`.
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
+    }
+
     fn config_file(&self) -> PathBuf {
         self.home.path().join("xdg/stackstate-cli/config.yaml")
     }

@@ -455,6 +455,7 @@ fn keep_at(now: SystemTime) -> KeepAdmin {
     KeepAdmin {
         role: Role::parse(ADMIN).unwrap(),
         now,
+        waived: false,
     }
 }
 
@@ -678,6 +679,29 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     );
 }
 
+async fn a_waived_lockout_rule_lets_the_last_admin_token_go(backend: &mut Backend) {
+    let store = backend.store();
+    let now = now_micros();
+    let last = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("last", &[ADMIN], None),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lockout(store.delete(last.id, &keep_at(now)).await.unwrap()),
+        "deleting"
+    );
+    let waived = KeepAdmin {
+        waived: true,
+        ..keep_at(now)
+    };
+    done(store.delete(last.id, &waived).await.unwrap());
+    assert!(store.get(last.id).await.unwrap().is_none());
+}
+
 async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend) {
     let store = backend.store();
     // On a shared database, through two replicas.
@@ -689,6 +713,7 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
         let keep = KeepAdmin {
             role: Role::parse(&role).unwrap(),
             now,
+            waived: false,
         };
         let admin = new_token("admin", &[role.as_str()], None);
         let a = store
@@ -1006,6 +1031,7 @@ conformance!(
         an_import_keeps_ids_and_hashes_and_can_be_repeated,
         a_change_reads_back_everywhere_and_survives_a_restart,
         a_rotation_keeps_one_previous_secret_for_its_grace_period,
+        a_waived_lockout_rule_lets_the_last_admin_token_go,
         the_last_admin_token_cannot_be_taken_away,
         two_admins_removing_each_other_at_once_leave_one,
         uses_only_move_forward,

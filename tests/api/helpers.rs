@@ -612,6 +612,7 @@ pub fn keep_admin() -> sts::store::KeepAdmin {
     sts::store::KeepAdmin {
         role: sts::model::Role::parse(sts::config::DEFAULT_ADMIN_ROLE).unwrap(),
         now: SystemTime::now(),
+        waived: false,
     }
 }
 

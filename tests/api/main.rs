@@ -33,6 +33,7 @@ mod http_lifecycle;
 mod http_tokens;
 mod kubernetes;
 mod last_used;
+mod leaked;
 mod lifecycle;
 mod list;
 mod migrate;

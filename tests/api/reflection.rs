@@ -63,7 +63,14 @@ async fn v1_lists_and_describes_the_service() {
     assert_eq!(
         methods,
         [
-            "Create", "List", "Delete", "Validate", "Get", "Update", "Rotate"
+            "Create",
+            "List",
+            "Delete",
+            "Validate",
+            "Get",
+            "Update",
+            "Rotate",
+            "RevokeLeaked"
         ]
     );
 

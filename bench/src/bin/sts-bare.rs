@@ -9,8 +9,8 @@ use axum::{Router, routing::get};
 use clap::Parser;
 use sts::proto::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    ListRequest, ListResponse, RotateRequest, RotateResponse, ServiceToken, UpdateRequest,
-    UpdateResponse, ValidateRequest, ValidateResponse,
+    ListRequest, ListResponse, RevokeLeakedRequest, RevokeLeakedResponse, RotateRequest,
+    RotateResponse, ServiceToken, UpdateRequest, UpdateResponse, ValidateRequest, ValidateResponse,
     token_service_server::{TokenService, TokenServiceServer},
 };
 use tonic::{Request, Response, Status, service::Routes, transport::server::TcpIncoming};
@@ -41,6 +41,12 @@ impl TokenService for Bare {
         Err(Status::unimplemented("bare"))
     }
     async fn rotate(&self, _: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn revoke_leaked(
+        &self,
+        _: Request<RevokeLeakedRequest>,
+    ) -> Result<Response<RevokeLeakedResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
     async fn validate(
