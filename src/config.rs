@@ -218,6 +218,10 @@ impl KubernetesPrefix {
     }
 }
 
+/// How often the token counts behind `sts_tokens` and its kin are taken
+/// (a scan of every token).
+pub const DEFAULT_TOKEN_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How the server takes connections and requests: TLS, timeouts, limits,
 /// shutdown, and how integrations' answers are shaped.
 #[derive(Debug, Clone)]
@@ -233,6 +237,8 @@ pub struct ServerConfig {
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     pub integrations: IntegrationConfig,
+    /// How often the token-count metrics are refreshed.
+    pub token_summary_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -247,6 +253,7 @@ impl Default for ServerConfig {
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
             integrations: IntegrationConfig::default(),
+            token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
         }
     }
 }

@@ -39,7 +39,38 @@ struct RouteLabels {
     route: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WithinLabels {
+    within: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForLabels {
+    r#for: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// The token counts the service reports now and then (see
+/// `TokenService::summarize`): by state, expiring soon, unused for long.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    /// (state, count): `active`, `disabled`, `expired`.
+    pub states: Vec<(&'static str, i64)>,
+    /// (window, count) of active tokens expiring within it: `1d`, `7d`, `30d`.
+    pub expiring: Vec<(&'static str, i64)>,
+    /// (window, count) of active tokens not used (or, never used, not
+    /// created) within it: `30d`, `90d`.
+    pub unused: Vec<(&'static str, i64)>,
+    /// When the next active token expires, in seconds since the epoch; 0
+    /// when none will.
+    pub next_expiry_seconds: i64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +84,10 @@ pub struct Metrics {
     cache_misses: Counter,
     last_used_written: Counter,
     last_used_failed: Counter,
+    tokens: Family<StateLabels, Gauge>,
+    tokens_expiring: Family<WithinLabels, Gauge>,
+    tokens_unused: Family<ForLabels, Gauge>,
+    next_expiry: Gauge,
 }
 
 impl Metrics {
@@ -127,8 +162,36 @@ impl Metrics {
             "Batches of last-used times the store refused (kept for the next attempt)",
             last_used_failed.clone(),
         );
+        let tokens = Family::default();
+        registry.register(
+            "tokens",
+            "Service tokens by state (active, disabled, expired), counted now and then",
+            tokens.clone(),
+        );
+        let tokens_expiring = Family::default();
+        registry.register(
+            "tokens_expiring",
+            "Active service tokens expiring within 1d, 7d, 30d",
+            tokens_expiring.clone(),
+        );
+        let tokens_unused = Family::default();
+        registry.register(
+            "tokens_unused",
+            "Active service tokens not used for 30d, 90d (never used: counted from creation)",
+            tokens_unused.clone(),
+        );
+        let next_expiry = Gauge::default();
+        registry.register(
+            "tokens_next_expiry_timestamp_seconds",
+            "When the next active service token expires (0: none will)",
+            next_expiry.clone(),
+        );
         Metrics {
             registry,
+            tokens,
+            tokens_expiring,
+            tokens_unused,
+            next_expiry,
             last_used_written,
             last_used_failed,
             validations,
@@ -194,6 +257,26 @@ impl Metrics {
     }
 
     /// The exposition text, with the stored-token gauge set to `tokens_stored`.
+    /// Replaces the token counts.
+    pub fn token_counts(&self, counts: &TokenCounts) {
+        for (state, count) in &counts.states {
+            self.tokens
+                .get_or_create(&StateLabels { state })
+                .set(*count);
+        }
+        for (within, count) in &counts.expiring {
+            self.tokens_expiring
+                .get_or_create(&WithinLabels { within })
+                .set(*count);
+        }
+        for (r#for, count) in &counts.unused {
+            self.tokens_unused
+                .get_or_create(&ForLabels { r#for })
+                .set(*count);
+        }
+        self.next_expiry.set(counts.next_expiry_seconds);
+    }
+
     pub fn render(&self, tokens_stored: u64) -> String {
         self.tokens_stored
             .set(i64::try_from(tokens_stored).unwrap_or(i64::MAX));

@@ -71,6 +71,26 @@ async fn watch_store(
     }
 }
 
+/// Refreshes the token-count metrics every `interval`, from start-up on,
+/// until shutdown stops it. A failure (the store away) keeps the last
+/// counts and is said once, not every interval.
+async fn summarize_tokens(service: Arc<TokenService>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match service.summarize().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "could not count the tokens for the metrics; keeping the last counts");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves; see [`run_on`].
 pub async fn run(
     listener: TcpListener,
@@ -110,6 +130,10 @@ pub async fn run_on(
         service.clone(),
         health.clone(),
         readiness.clone(),
+    ));
+    let summarizer = tokio::spawn(summarize_tokens(
+        service.clone(),
+        config.token_summary_interval,
     ));
 
     let reflection = || {
@@ -151,6 +175,7 @@ pub async fn run_on(
             // Stopped for good before the statuses go, so it cannot bring one back.
             watcher.abort();
             let _ = watcher.await;
+            summarizer.abort();
             readiness.drain();
             for name in ["", SERVICE_NAME] {
                 health

@@ -45,6 +45,7 @@ mod reflection;
 mod replicas;
 mod same_port;
 mod secrets;
+mod signals;
 mod soak;
 mod store_faults;
 mod tls;
