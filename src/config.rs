@@ -74,6 +74,8 @@ pub struct ServiceConfig {
     /// How long tokens may live (`--max-token-lifetime`,
     /// `--default-token-lifetime`).
     pub lifetime: LifetimePolicy,
+    /// Delete tokens that expired this long ago (`None`: keep them).
+    pub purge_expired_after: Option<Duration>,
 }
 
 /// A lifetime in the largest whole unit the flags take (`90d`, `12h`,
@@ -144,6 +146,7 @@ impl ServiceConfig {
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
             last_used_resolution: DEFAULT_LAST_USED_RESOLUTION,
             lifetime: LifetimePolicy::default(),
+            purge_expired_after: None,
         }
     }
 }

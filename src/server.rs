@@ -71,7 +71,8 @@ async fn watch_store(
     }
 }
 
-/// Refreshes the token-count metrics every `interval`, from start-up on,
+/// Purges expired tokens (when configured) and refreshes the token-count
+/// metrics every `interval`, from start-up on,
 /// until shutdown stops it. A failure (the store away) keeps the last
 /// counts and is said once, not every interval.
 async fn summarize_tokens(service: Arc<TokenService>, interval: Duration) {
@@ -80,6 +81,9 @@ async fn summarize_tokens(service: Arc<TokenService>, interval: Duration) {
     let mut failing = false;
     loop {
         ticks.tick().await;
+        if let Err(e) = service.purge_expired().await {
+            tracing::warn!(error = %e, "could not purge expired tokens; trying again next time");
+        }
         match service.summarize().await {
             Ok(()) => failing = false,
             Err(e) if !failing => {

@@ -274,6 +274,57 @@ impl TokenService {
         Ok(())
     }
 
+    /// Deletes the tokens that expired `purge_expired_after` ago or longer,
+    /// each audited (`Purge`) and counted; nothing when purging is off.
+    /// Several replicas may purge at once: a token another got to first is
+    /// simply gone. Returns how many this call deleted.
+    pub async fn purge_expired(&self) -> Result<u64, Error> {
+        const PAGE: usize = 1000;
+        let Some(after) = self.config.purge_expired_after else {
+            return Ok(0);
+        };
+        let now = self.clock.now();
+        let Some(cutoff) = now.checked_sub(after) else {
+            return Ok(0);
+        };
+        let filter = ListFilter {
+            expiring_before: Some(cutoff),
+            ..ListFilter::default()
+        };
+        let mut purged = 0;
+        let mut after_id = None;
+        loop {
+            let page = self.store.list_matching(after_id, PAGE, &filter).await?;
+            for stored in &page {
+                let id = stored.token.id;
+                let deleted = self.store.delete(id, &self.keep_admin(now)).await;
+                self.cache.invalidate(id);
+                if !matches!(deleted?, Outcome::Done(())) {
+                    continue;
+                }
+                purged += 1;
+                self.metrics.management_call("Purge", "OK");
+                tracing::info!(
+                    target: AUDIT,
+                    rpc = "Purge",
+                    outcome = "OK",
+                    token.id = id.get(),
+                    token.name = stored.token.name.as_str(),
+                    expiration = stored
+                        .token
+                        .expiration
+                        .map(|e| humantime::format_rfc3339_seconds(e).to_string()),
+                    "expired service token purged"
+                );
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after_id = Some(last.token.id),
+                _ => break,
+            }
+        }
+        Ok(purged)
+    }
+
     /// The metrics exposition, with the current token count.
     pub async fn render_metrics(&self) -> Result<String, Error> {
         Ok(self.metrics.render(self.store.count().await?))

@@ -154,6 +154,10 @@ struct ServeArgs {
     /// The expiration, from now, of a token created without one (e.g. 30d).
     #[arg(long, env = "STS_DEFAULT_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
     default_token_lifetime: Option<Duration>,
+    /// Delete tokens that expired this long ago (e.g. 30d), each audited;
+    /// checked every minute. Off by default: expired tokens are kept.
+    #[arg(long, env = "STS_PURGE_EXPIRED_AFTER", value_parser = humantime::parse_duration)]
+    purge_expired_after: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -260,6 +264,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         last_used_resolution: args.last_used_resolution,
         reviewer_role: args.reviewer_role,
         lifetime,
+        purge_expired_after: args.purge_expired_after,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;
