@@ -414,15 +414,6 @@ async fn a_store_outage_is_a_503_denial() {
 async fn checks_go_through_the_one_validation_core() {
     let app = spawn_app().await;
     let (secret, _) = app.create("ci-runner", &["builder"]).await;
-    let metric = |name: &'static str| {
-        let url = format!("http://{}/metrics", app.addr);
-        async move {
-            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        }
-    };
     let names = [
         r#"sts_validations_total{outcome="valid"}"#,
         r#"sts_validations_total{outcome="malformed"}"#,
@@ -431,7 +422,7 @@ async fn checks_go_through_the_one_validation_core() {
     ];
     let mut before = Vec::new();
     for name in names {
-        before.push(metric(name).await);
+        before.push(app.metric(name).await);
     }
     for _ in 0..3 {
         allowed(&app.check(check(&[("x-api-key", &secret)], None)).await);
@@ -446,7 +437,7 @@ async fn checks_go_through_the_one_validation_core() {
         .iter()
         .zip(before.into_iter().zip([4.0, 1.0, 1.0, 5.0]))
     {
-        assert_eq!(metric(name).await, before + added, "{name}");
+        assert_eq!(app.metric(name).await, before + added, "{name}");
     }
 }
 

@@ -455,6 +455,20 @@ impl TestApp {
         (token, service_token.unwrap())
     }
 
+    /// The value of metric `name` (a full series name, labels included)
+    /// on the server's `/metrics`; 0 when the series is not there.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// A token expiring `seconds` from the app's (manual) clock's now.
     pub async fn create_expiring_in(
         &self,

@@ -251,20 +251,11 @@ async fn tokens_expired_long_enough_ago_are_purged_and_counted() {
     let app = spawn_app_with(service, server).await;
     let (expiring, _) = app.create_expiring_in("expiring", &["r"], 60).await;
     let (kept, _) = app.create("kept", &["r"]).await;
-    let metric = |name: &'static str| {
-        let url = format!("http://{}/metrics", app.addr);
-        async move {
-            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        }
-    };
     // Expired a minute ago: kept (the counts, taken in the same pass as
     // the purge, see it), and says so.
     app.clock.advance(Duration::from_secs(61));
     crate::helpers::eventually("the expired token is counted", || async {
-        metric(r#"sts_tokens{state="expired"}"#).await == 1.0
+        app.metric(r#"sts_tokens{state="expired"}"#).await == 1.0
     })
     .await;
     let answer = app.validate(&expiring).await;
@@ -272,7 +263,9 @@ async fn tokens_expired_long_enough_ago_are_purged_and_counted() {
     // Expired more than a day ago: gone.
     app.clock.advance(DAY);
     crate::helpers::eventually("the expired token is purged", || async {
-        metric(r#"sts_management_calls_total{rpc="Purge",status="OK"}"#).await == 1.0
+        app.metric(r#"sts_management_calls_total{rpc="Purge",status="OK"}"#)
+            .await
+            == 1.0
     })
     .await;
     assert_eq!(
