@@ -276,6 +276,28 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     })
     .await
     .unwrap();
+    // Leaked-token revocation, over REST (a bad body too) and gRPC.
+    let leaked = grpc
+        .create(with_key(&admin, create_request("leaked", &["reader"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    for body in [
+        json!({ "tokens": [leaked, unknown, mistyped] }),
+        json!({ "tokens": leaked }),
+    ] {
+        http.post(url("/api/security/tokens/revoke"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    }
+    grpc.revoke_leaked(sts::proto::RevokeLeakedRequest {
+        tokens: vec![leaked.clone(), reviewer.clone()],
+    })
+    .await
+    .unwrap();
 
     let (exit, lines) = server.terminate().await;
     assert!(exit.success(), "{exit:?}");
@@ -284,6 +306,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     assert!(log.contains("TRACE"), "the log was not at trace level");
 
     for secret in [
+        &leaked,
         &reviewer,
         &admin,
         &reader,
