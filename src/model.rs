@@ -1,7 +1,11 @@
 //! The domain values the service works with, each built by a `parse` that
 //! says which field is wrong and why, so handlers only ever see valid values.
 
-use std::{collections::BTreeMap, fmt, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    time::{Duration, SystemTime},
+};
 
 use rand::Rng;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -689,6 +693,66 @@ impl Change {
                     hash: *hash,
                     previous_hash,
                 }
+            }
+        }
+    }
+}
+
+/// The token counts behind the metrics, at one moment: by state (expired
+/// first, then disabled, else active), and of the active ones, those
+/// expiring within each of [`TokenSummary::EXPIRING`] and those unused
+/// (never used: since created) for each of [`TokenSummary::UNUSED`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenSummary {
+    pub active: u64,
+    pub disabled: u64,
+    pub expired: u64,
+    pub expiring: [u64; 3],
+    pub unused: [u64; 2],
+    /// The earliest expiration of an active token.
+    pub next_expiry: Option<SystemTime>,
+}
+
+impl TokenSummary {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    /// The windows of `expiring`, with their metric labels.
+    pub const EXPIRING: [(&'static str, Duration); 3] = [
+        ("1d", TokenSummary::DAY),
+        ("7d", Duration::from_secs(7 * 24 * 3600)),
+        ("30d", Duration::from_secs(30 * 24 * 3600)),
+    ];
+    /// The windows of `unused`, with their metric labels.
+    pub const UNUSED: [(&'static str, Duration); 2] = [
+        ("30d", Duration::from_secs(30 * 24 * 3600)),
+        ("90d", Duration::from_secs(90 * 24 * 3600)),
+    ];
+
+    /// Counts `token` as of `now`.
+    pub fn add(&mut self, token: &ServiceToken, now: SystemTime) {
+        if token.is_expired_at(now) {
+            self.expired += 1;
+            return;
+        }
+        if token.disabled {
+            self.disabled += 1;
+            return;
+        }
+        self.active += 1;
+        if let Some(expiration) = token.expiration {
+            self.next_expiry = Some(self.next_expiry.map_or(expiration, |n| n.min(expiration)));
+            for (count, (_, window)) in self.expiring.iter_mut().zip(TokenSummary::EXPIRING) {
+                if now
+                    .checked_add(window)
+                    .is_none_or(|until| expiration <= until)
+                {
+                    *count += 1;
+                }
+            }
+        }
+        let since = token.last_used_at.unwrap_or(token.created_at);
+        for (count, (_, window)) in self.unused.iter_mut().zip(TokenSummary::UNUSED) {
+            if now.checked_sub(window).is_some_and(|cutoff| since < cutoff) {
+                *count += 1;
             }
         }
     }

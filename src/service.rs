@@ -23,7 +23,7 @@ use crate::{
     metrics::{Metrics, TokenCounts},
     model::{
         Change, Edit, FieldError, ListFilter, NewToken, Role, Secret, ServiceToken, StoredToken,
-        TokenId,
+        TokenId, TokenSummary,
     },
     page::{PageRequest, encode_cursor},
     rate_limit::RateLimit,
@@ -194,82 +194,31 @@ impl TokenService {
     /// Counts the tokens by state, those expiring soon and those unused for
     /// long, for the metrics (`sts_tokens`, `sts_tokens_expiring`,
     /// `sts_tokens_unused`, `sts_tokens_next_expiry_timestamp_seconds`). A
-    /// scan of every token, a page at a time: the server runs it now and
-    /// then, never on a request's path.
+    /// store's count (a scan, or one query on PostgreSQL): the server runs
+    /// it now and then, never on a request's path.
     pub async fn summarize(&self) -> Result<(), Error> {
-        const PAGE: usize = 1000;
-        const DAY: Duration = Duration::from_secs(24 * 3600);
-        let expiring_windows = [("1d", DAY), ("7d", DAY * 7), ("30d", DAY * 30)];
-        let unused_windows = [("30d", DAY * 30), ("90d", DAY * 90)];
-        let now = self.clock.now();
-        let (mut active, mut disabled, mut expired) = (0i64, 0i64, 0i64);
-        let mut expiring = [0i64; 3];
-        let mut unused = [0i64; 2];
-        let mut next_expiry: Option<SystemTime> = None;
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list_matching(after, PAGE, &ListFilter::default())
-                .await?;
-            for stored in &page {
-                let token = &stored.token;
-                if token.is_expired_at(now) {
-                    expired += 1;
-                    continue;
-                }
-                if token.disabled {
-                    disabled += 1;
-                    continue;
-                }
-                active += 1;
-                if let Some(expiration) = token.expiration {
-                    next_expiry = Some(next_expiry.map_or(expiration, |n| n.min(expiration)));
-                    for (count, (_, window)) in expiring.iter_mut().zip(&expiring_windows) {
-                        if now
-                            .checked_add(*window)
-                            .is_none_or(|until| expiration <= until)
-                        {
-                            *count += 1;
-                        }
-                    }
-                }
-                let since = token.last_used_at.unwrap_or(token.created_at);
-                for (count, (_, window)) in unused.iter_mut().zip(&unused_windows) {
-                    if now
-                        .checked_sub(*window)
-                        .is_some_and(|cutoff| since < cutoff)
-                    {
-                        *count += 1;
-                    }
-                }
-            }
-            match page.last() {
-                Some(last) if page.len() == PAGE => after = Some(last.token.id),
-                _ => break,
-            }
-        }
+        let summary = self.store.summary(self.clock.now()).await?;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let seconds = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         };
+        let labelled = |windows: &[(&'static str, Duration)], counts: &[u64]| {
+            windows
+                .iter()
+                .zip(counts)
+                .map(|((name, _), n)| (*name, count(*n)))
+                .collect()
+        };
         self.metrics.token_counts(&TokenCounts {
             states: vec![
-                ("active", active),
-                ("disabled", disabled),
-                ("expired", expired),
+                ("active", count(summary.active)),
+                ("disabled", count(summary.disabled)),
+                ("expired", count(summary.expired)),
             ],
-            expiring: expiring_windows
-                .iter()
-                .zip(expiring)
-                .map(|((name, _), count)| (*name, count))
-                .collect(),
-            unused: unused_windows
-                .iter()
-                .zip(unused)
-                .map(|((name, _), count)| (*name, count))
-                .collect(),
-            next_expiry_seconds: next_expiry.map_or(0, seconds),
+            expiring: labelled(&TokenSummary::EXPIRING, &summary.expiring),
+            unused: labelled(&TokenSummary::UNUSED, &summary.unused),
+            next_expiry_seconds: summary.next_expiry.map_or(0, seconds),
         });
         Ok(())
     }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::{
     cache::ValidationCache,
-    model::{Change, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId},
+    model::{Change, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId, TokenSummary},
     token::TokenHash,
 };
 
@@ -222,6 +222,27 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a token unless that would break `keep`. Durable once it
     /// returns.
     async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError>;
+
+    /// The token counts at `now` (see [`TokenSummary`]). By default a
+    /// paged scan; a store that can count where the tokens are
+    /// (PostgreSQL, in one query) does that instead.
+    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
+        const PAGE: usize = 1000;
+        let mut summary = TokenSummary::default();
+        let mut after = None;
+        loop {
+            let page = self
+                .list_matching(after, PAGE, &ListFilter::default())
+                .await?;
+            for stored in &page {
+                summary.add(&stored.token, now);
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.token.id),
+                _ => return Ok(summary),
+            }
+        }
+    }
 
     /// How many tokens are stored; cheap enough for every metrics scrape.
     async fn count(&self) -> Result<u64, StoreError>;

@@ -48,7 +48,7 @@ use crate::{
     config::StoreUrl,
     model::{
         Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
-        takes_admin_away,
+        TokenSummary, takes_admin_away,
     },
     token::TokenHash,
 };
@@ -656,6 +656,51 @@ impl Store for PostgresStore {
             Outcome::Done(())
         } else {
             Outcome::NotFound
+        })
+    }
+
+    /// `TokenSummary::add`'s rules, counted by the database in one pass
+    /// rather than every row shipped to every replica each minute.
+    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
+        let ahead = |window: Duration| now.checked_add(window).map(to_db_time);
+        let behind = |window: Duration| now.checked_sub(window).map(to_db_time);
+        let [e1, e7, e30] = TokenSummary::EXPIRING.map(|(_, window)| ahead(window));
+        let [u30, u90] = TokenSummary::UNUSED.map(|(_, window)| behind(window));
+        let row = sqlx::query(
+            "WITH t AS (SELECT expires_at, disabled, coalesce(last_used_at, created_at) AS since, \
+                 coalesce(expires_at <= $1, false) AS expired FROM sts_tokens), \
+             a AS (SELECT * FROM t WHERE NOT expired AND NOT disabled) \
+             SELECT (SELECT count(*) FROM t WHERE expired) AS expired, \
+               (SELECT count(*) FROM t WHERE NOT expired AND disabled) AS disabled, \
+               (SELECT count(*) FROM a) AS active, \
+               (SELECT count(*) FROM a WHERE expires_at <= $2 OR ($2 IS NULL AND expires_at IS NOT NULL)) AS e1, \
+               (SELECT count(*) FROM a WHERE expires_at <= $3 OR ($3 IS NULL AND expires_at IS NOT NULL)) AS e7, \
+               (SELECT count(*) FROM a WHERE expires_at <= $4 OR ($4 IS NULL AND expires_at IS NOT NULL)) AS e30, \
+               (SELECT count(*) FROM a WHERE since < $5) AS u30, \
+               (SELECT count(*) FROM a WHERE since < $6) AS u90, \
+               (SELECT min(expires_at) FROM a) AS next",
+        )
+        .bind(to_db_time(now))
+        .bind(e1)
+        .bind(e7)
+        .bind(e30)
+        .bind(u30)
+        .bind(u90)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let count = |column: &str| -> Result<u64, StoreError> {
+            let n: i64 = row.try_get(column).map_err(unavailable)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        let next: Option<OffsetDateTime> = row.try_get("next").map_err(unavailable)?;
+        Ok(TokenSummary {
+            active: count("active")?,
+            disabled: count("disabled")?,
+            expired: count("expired")?,
+            expiring: [count("e1")?, count("e7")?, count("e30")?],
+            unused: [count("u30")?, count("u90")?],
+            next_expiry: next.map(SystemTime::from),
         })
     }
 

@@ -11,7 +11,7 @@ use std::{
 use sts::{
     model::{
         Change, Description, Edit, Labels, ListFilter, NewToken, Role, Roles, Secret, ServiceToken,
-        TokenId, TokenName,
+        TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Token,
@@ -702,6 +702,60 @@ async fn a_waived_lockout_rule_lets_the_last_admin_token_go(backend: &mut Backen
     assert!(store.get(last.id).await.unwrap().is_none());
 }
 
+async fn the_summary_counts_as_the_model_does(backend: &mut Backend) {
+    let store = backend.store();
+    let now = now_micros();
+    let day = Duration::from_secs(24 * 3600);
+    let expirations = [
+        None,
+        Some(now - day),
+        Some(now + day / 2),
+        Some(now + day * 5),
+        Some(now + day * 20),
+        Some(now + day * 40),
+    ];
+    for (i, expiration) in expirations.iter().enumerate() {
+        for (j, created) in [now, now - day * 40, now - day * 100]
+            .into_iter()
+            .enumerate()
+        {
+            let token = store
+                .insert(
+                    Token::generate().hash(),
+                    &new_token(&format!("t{i}-{j}"), &["r"], *expiration),
+                    created,
+                )
+                .await
+                .unwrap();
+            if j == 2 && i % 2 == 0 {
+                // Used recently after all.
+                store
+                    .record_uses(&[Use {
+                        id: token.id,
+                        at: now - day,
+                        previous_at: None,
+                    }])
+                    .await
+                    .unwrap();
+            }
+            if i == 4 && j == 1 {
+                let disable = Change::Edit(Edit {
+                    disabled: Some(true),
+                    ..Edit::default()
+                });
+                done(change(&*store, token.id, disable, now).await);
+            }
+        }
+    }
+    let mut expected = TokenSummary::default();
+    for token in list_all(&*store, 100).await {
+        expected.add(&token, now);
+    }
+    assert!(expected.expired > 0 && expected.disabled > 0 && expected.expiring[0] > 0);
+    assert!(expected.unused[0] > expected.unused[1] && expected.unused[1] > 0);
+    assert_eq!(store.summary(now).await.unwrap(), expected);
+}
+
 async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend) {
     let store = backend.store();
     // On a shared database, through two replicas.
@@ -1032,6 +1086,7 @@ conformance!(
         a_change_reads_back_everywhere_and_survives_a_restart,
         a_rotation_keeps_one_previous_secret_for_its_grace_period,
         a_waived_lockout_rule_lets_the_last_admin_token_go,
+        the_summary_counts_as_the_model_does,
         the_last_admin_token_cannot_be_taken_away,
         two_admins_removing_each_other_at_once_leave_one,
         uses_only_move_forward,
