@@ -419,6 +419,24 @@ fn string_fields(mut bytes: &[u8]) -> Option<[&[u8]; 3]> {
     Some(fields)
 }
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawHeader")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A header message's name.
 trait HasKey: prost::Message + Default {
     fn key(&self) -> &[u8];
@@ -453,8 +471,10 @@ fn merge_kept<M: prost::Message + Default>(
     Ok(())
 }
 
-/// A `map<string, string>` entry.
+/// A `map<string, string>` entry. Kept entries hold credentials: `Debug`
+/// shows the key only.
 #[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
 struct Entry {
     #[prost(bytes = "bytes", tag = "1")]
     key: Bytes,
@@ -505,8 +525,9 @@ impl prost::Message for HeaderMapView {
     }
 }
 
-/// `envoy.config.core.v3.HeaderValue`.
+/// `envoy.config.core.v3.HeaderValue`; `Debug` shows the key only.
 #[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
 struct RawHeader {
     #[prost(bytes = "bytes", tag = "1")]
     key: Bytes,
@@ -657,6 +678,12 @@ mod tests {
         let extensions = &view.attributes.as_ref().unwrap().context_extensions;
         assert_eq!(extensions.len(), 1);
         assert_eq!(&extensions[0].value[..], b"a,b");
+        // The credentials never show in Debug output.
+        let debug = format!("{view:?}");
+        assert!(
+            !debug.contains("Bearer t") && !debug.contains("\"key\""),
+            "{debug}"
+        );
         // What is kept encodes back to what envoy-types reads.
         let again = CheckRequest::decode(view.encode_to_vec().as_slice()).unwrap();
         let http = again.attributes.unwrap().request.unwrap().http.unwrap();
