@@ -1024,6 +1024,20 @@ impl StoredToken {
         }
     }
 
+    /// Which secret `hash` is, if it still works at `now`: the current
+    /// one, or the previous one within its grace period. A rotated-out
+    /// secret past its grace is as gone as a deleted token's.
+    pub fn live_secret_at(&self, hash: &TokenHash, now: SystemTime) -> Option<Secret> {
+        match self.secret_for(hash)? {
+            Secret::Current => Some(Secret::Current),
+            Secret::Previous => self
+                .token
+                .previous_secret
+                .is_some_and(|previous| now < previous.expiration)
+                .then_some(Secret::Previous),
+        }
+    }
+
     /// `self`, if one of its secrets hashes to `hash`. A lookup by hash that
     /// lands on another token's record is corruption, never a match: the
     /// store reports `None` as such.

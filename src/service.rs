@@ -389,19 +389,8 @@ impl TokenService {
             return Ok(Validation::Invalid(InvalidReason::NotFound));
         };
         let now = self.clock.now();
-        let secret = match stored.secret_for(&hash) {
-            Some(Secret::Current) => Secret::Current,
-            // A rotated-out secret past its grace period is as gone as a
-            // deleted token's.
-            Some(Secret::Previous)
-                if stored
-                    .token
-                    .previous_secret
-                    .is_some_and(|previous| now < previous.expiration) =>
-            {
-                Secret::Previous
-            }
-            _ => return Ok(Validation::Invalid(InvalidReason::NotFound)),
+        let Some(secret) = stored.live_secret_at(&hash, now) else {
+            return Ok(Validation::Invalid(InvalidReason::NotFound));
         };
         if stored.token.is_expired_at(now) {
             return Ok(Validation::Invalid(InvalidReason::Expired));
@@ -780,15 +769,7 @@ impl TokenService {
             return Ok(Revoked::NotFound);
         };
         let now = self.clock.now();
-        let live = match stored.secret_for(&hash) {
-            Some(Secret::Current) => true,
-            Some(Secret::Previous) => stored
-                .token
-                .previous_secret
-                .is_some_and(|previous| now < previous.expiration),
-            None => false,
-        };
-        if !live {
+        if stored.live_secret_at(&hash, now).is_none() {
             return Ok(Revoked::NotFound);
         }
         let id = stored.token.id;

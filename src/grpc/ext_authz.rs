@@ -40,8 +40,7 @@ use crate::{
     credential,
     error::{Answer, Error},
     http::{
-        CHALLENGE, EXPIRATION_HEADER, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER,
-        ROLES_HEADER, expiration_text,
+        CHALLENGE, EXPIRATION_HEADER, HttpError, PREVIOUS_SECRET_HEADER, expiration_text, identity,
     },
     model::{FieldError, Secret, required_roles},
     proto::codec::ProstCodec,
@@ -95,19 +94,8 @@ impl ExtAuthz {
     /// own previous-secret flag removed.
     fn allow(&self, caller: &Authenticated, forwarded: &Forwarded<'_>) -> CheckResponse {
         let token = &caller.token;
-        let mut roles = String::new();
-        for role in token.roles.iter() {
-            if !roles.is_empty() {
-                roles.push(',');
-            }
-            roles.push_str(role.as_str());
-        }
         let mut headers = Vec::with_capacity(4);
-        headers.extend([
-            header(ID_HEADER, token.id.to_string()),
-            header(NAME_HEADER, token.name.to_string()),
-            header(ROLES_HEADER, roles),
-        ]);
+        headers.extend(identity(token).map(|(name, value)| header(name, value)));
         let mut headers_to_remove = Vec::with_capacity(3);
         if caller.secret == Secret::Previous {
             headers.push(header(PREVIOUS_SECRET_HEADER, "true".into()));

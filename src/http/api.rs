@@ -204,9 +204,20 @@ pub async fn forward_auth(
 const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// The identity headers of a valid caller, as every authorizer sends them.
+/// The identity headers' names and values, as every authorizer sends
+/// them (forward-auth here, ext_authz in its own message type).
+pub fn identity(token: &ServiceToken) -> [(&'static str, String); 3] {
+    let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
+    [
+        (ID_HEADER, token.id.to_string()),
+        // Names may hold non-ASCII text; it is sent as UTF-8 bytes.
+        (NAME_HEADER, token.name.to_string()),
+        (ROLES_HEADER, roles.join(",")),
+    ]
+}
+
 fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
     let token = &caller.token;
-    let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
     let mut headers = expiration_headers(token);
     if caller.secret == Secret::Previous {
         headers.insert(
@@ -214,12 +225,7 @@ fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
             HeaderValue::from_static("true"),
         );
     }
-    for (name, value) in [
-        (ID_HEADER, token.id.to_string()),
-        // Names may hold non-ASCII text; it is sent as UTF-8 bytes.
-        (NAME_HEADER, token.name.to_string()),
-        (ROLES_HEADER, roles.join(",")),
-    ] {
+    for (name, value) in identity(token) {
         let value = HeaderValue::from_bytes(value.as_bytes())
             .map_err(|_| FieldError::new("name", "cannot be sent as a header"))?;
         headers.insert(HeaderName::from_static(name), value);

@@ -31,7 +31,7 @@ use crate::{
 
 pub use api::{
     EXPIRATION_HEADER, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER,
-    expiration_text,
+    expiration_text, identity,
 };
 pub use caller::Caller;
 pub use latency::ObserveLatencyLayer;
