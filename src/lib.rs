@@ -15,6 +15,7 @@ pub mod config;
 pub mod credential;
 pub mod daemon;
 pub mod error;
+pub mod events;
 pub mod export;
 pub mod grpc;
 pub mod http;
@@ -29,5 +30,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod webhook;
 
 pub use error::Error;

@@ -1,6 +1,7 @@
 //! Prometheus metrics (OpenMetrics text via `prometheus-client`): validations
 //! by outcome, management calls by RPC and status, role checks, request
-//! latency by route, and the number of tokens stored.
+//! latency by route, the number of tokens stored and by state, and the
+//! delivery of events to webhooks.
 //!
 //! A leaf: callers pass plain labels, each from a fixed set of `&'static str`
 //! (so label values stay bounded and recording allocates nothing), and this
@@ -88,6 +89,10 @@ pub struct Metrics {
     tokens_expiring: Family<WithinLabels, Gauge>,
     tokens_unused: Family<ForLabels, Gauge>,
     next_expiry: Gauge,
+    webhook_deliveries: Family<OutcomeLabels, Counter>,
+    events_pending: Gauge,
+    events_oldest_age: Gauge,
+    events_dropped: Counter,
 }
 
 impl Metrics {
@@ -186,8 +191,36 @@ impl Metrics {
             "When the next active service token expires (0: none will)",
             next_expiry.clone(),
         );
+        let webhook_deliveries = Family::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries of an event to one URL, by outcome (sent: a 2xx; failed: anything else)",
+            webhook_deliveries.clone(),
+        );
+        let events_pending = Gauge::default();
+        registry.register(
+            "events_pending",
+            "Events in the outbox not yet delivered to every webhook",
+            events_pending.clone(),
+        );
+        let events_oldest_age = Gauge::default();
+        registry.register(
+            "events_oldest_pending_age_seconds",
+            "Age of the oldest event not yet delivered to every webhook (0: none pending)",
+            events_oldest_age.clone(),
+        );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not recorded because the outbox was full",
+            events_dropped.clone(),
+        );
         Metrics {
             registry,
+            webhook_deliveries,
+            events_pending,
+            events_oldest_age,
+            events_dropped,
             tokens,
             tokens_expiring,
             tokens_unused,
@@ -212,6 +245,26 @@ impl Metrics {
         } else {
             self.last_used_failed.inc();
         }
+    }
+
+    /// One delivery attempt of one event to one webhook.
+    pub fn webhook_delivery(&self, sent: bool) {
+        let outcome = if sent { "sent" } else { "failed" };
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The outbox as last seen: how many events wait, and the oldest's age.
+    pub fn outbox(&self, pending: u64, oldest_age_seconds: u64) {
+        self.events_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.events_oldest_age
+            .set(i64::try_from(oldest_age_seconds).unwrap_or(i64::MAX));
+    }
+
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
     }
 
     /// One validation: `valid`, why it was invalid, or `error`.

@@ -17,6 +17,7 @@ use crate::{
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
     service::TokenService,
+    webhook,
 };
 
 /// The gRPC name health checks use for our service.
@@ -71,8 +72,8 @@ async fn watch_store(
     }
 }
 
-/// Purges expired tokens (when configured) and refreshes the token-count
-/// metrics every `interval`, from start-up on,
+/// Purges expired tokens (when configured), records the expiry events due
+/// (with webhooks) and refreshes the token-count metrics every `interval`, from start-up on,
 /// until shutdown stops it. A failure (the store away) keeps the last
 /// counts and is said once, not every interval.
 async fn summarize_tokens(service: Arc<TokenService>, interval: Duration) {
@@ -83,6 +84,9 @@ async fn summarize_tokens(service: Arc<TokenService>, interval: Duration) {
         ticks.tick().await;
         if let Err(e) = service.purge_expired().await {
             tracing::warn!(error = %e, "could not purge expired tokens; trying again next time");
+        }
+        if let Err(e) = service.signal_expiries().await {
+            tracing::warn!(error = %e, "could not record expiry events; trying again next time");
         }
         match service.summarize().await {
             Ok(()) => failing = false,
@@ -139,6 +143,11 @@ pub async fn run_on(
         service.clone(),
         config.token_summary_interval,
     ));
+    let delivery = service
+        .config()
+        .webhooks
+        .clone()
+        .map(|webhooks| tokio::spawn(webhook::deliver(service.clone(), webhooks)));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -180,6 +189,10 @@ pub async fn run_on(
             watcher.abort();
             let _ = watcher.await;
             summarizer.abort();
+            // An event in flight is sent again after the restart.
+            if let Some(delivery) = &delivery {
+                delivery.abort();
+            }
             readiness.drain();
             for name in ["", SERVICE_NAME] {
                 health

@@ -8,9 +8,14 @@
 use std::{
     future::Future,
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
+
+use tokio::sync::Notify;
 
 use crate::{
     audit::{Refusal, Refusals},
@@ -19,6 +24,7 @@ use crate::{
     config::ServiceConfig,
     credential::AuthError,
     error::{Error, ErrorKind},
+    events::{Actor, Draft, OutboxStats, Pending, Settle},
     last_used::LastUsed,
     metrics::{Metrics, TokenCounts},
     model::{
@@ -156,6 +162,21 @@ pub struct TokenService {
     last_used: Option<Arc<LastUsed>>,
     /// Of leaked-token revocations, which need no credential.
     revocations: RateLimit,
+    outbox: Outbox,
+}
+
+/// What the service knows of the outbox between looks at the store.
+#[derive(Default)]
+struct Outbox {
+    /// Events waiting, as of the last look plus those written since: the
+    /// capacity is held to this (an estimate between looks, and across
+    /// replicas).
+    pending: AtomicU64,
+    /// Whether the log already said the outbox is full (said once per
+    /// episode, not per event).
+    full: AtomicBool,
+    /// Wakes delivery when this replica wrote an event.
+    written: Notify,
 }
 
 impl TokenService {
@@ -176,6 +197,7 @@ impl TokenService {
             cache: store.validation_cache(),
             refusals: Refusals::new(config.refusal_summary_interval),
             revocations: RateLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
+            outbox: Outbox::default(),
             store,
             clock,
             config,
@@ -223,6 +245,85 @@ impl TokenService {
         Ok(())
     }
 
+    /// The event to record with a change, when webhooks are on and the
+    /// outbox has room. A full outbox drops the event (counted, logged
+    /// once), never the change: revoking must not wait on a receiver.
+    fn draft(&self, make: impl FnOnce() -> Draft) -> Option<Draft> {
+        let webhooks = self.config.webhooks.as_ref()?;
+        if !self.outbox_has_room(webhooks.outbox_capacity) {
+            self.metrics.event_dropped();
+            return None;
+        }
+        self.outbox.pending.fetch_add(1, Ordering::Relaxed);
+        Some(make())
+    }
+
+    fn outbox_has_room(&self, capacity: u64) -> bool {
+        let pending = self.outbox.pending.load(Ordering::Relaxed);
+        if pending < capacity {
+            return true;
+        }
+        if !self.outbox.full.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                pending,
+                capacity,
+                "the event outbox is full: new events are dropped until webhooks take some (see sts_events_pending)"
+            );
+        }
+        false
+    }
+
+    /// Records the expiry events due now (`token.expiring` at 30, 7 and 1
+    /// days before, `token.expired`); nothing when webhooks are off. Run
+    /// by the server with the token counts. Returns how many.
+    pub async fn signal_expiries(&self) -> Result<u64, Error> {
+        let Some(webhooks) = &self.config.webhooks else {
+            return Ok(0);
+        };
+        if !self.outbox_has_room(webhooks.outbox_capacity) {
+            return Ok(0);
+        }
+        let signalled = self.store.signal_expiries(self.clock.now()).await?;
+        if signalled > 0 {
+            self.outbox.pending.fetch_add(signalled, Ordering::Relaxed);
+            self.outbox.written.notify_one();
+        }
+        Ok(signalled)
+    }
+
+    /// Resolves once this replica wrote an event since the last call.
+    pub async fn event_written(&self) {
+        self.outbox.written.notified().await;
+    }
+
+    /// Outbox events for delivery (see [`Store::claim_events`]).
+    pub async fn claim_events(&self, limit: usize, lease: Duration) -> Result<Vec<Pending>, Error> {
+        Ok(self.store.claim_events(limit, lease).await?)
+    }
+
+    pub async fn settle_events(&self, settled: &[Settle]) -> Result<(), Error> {
+        Ok(self.store.settle_events(settled).await?)
+    }
+
+    /// Looks at the outbox: the metrics, and the count the capacity is
+    /// held to.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, Error> {
+        let stats = self.store.outbox_stats().await?;
+        self.outbox.pending.store(stats.pending, Ordering::Relaxed);
+        let capacity = self.config.webhooks.as_ref().map(|w| w.outbox_capacity);
+        if capacity.is_some_and(|c| stats.pending < c)
+            && self.outbox.full.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(pending = stats.pending, "the event outbox has room again");
+        }
+        let age = stats
+            .oldest
+            .and_then(|oldest| SystemTime::now().duration_since(oldest).ok())
+            .map_or(0, |age| age.as_secs());
+        self.metrics.outbox(stats.pending, age);
+        Ok(stats)
+    }
+
     /// Deletes the tokens that expired `purge_expired_after` ago or longer,
     /// each audited (`Purge`) and counted; nothing when purging is off.
     /// Several replicas may purge at once: a token another got to first is
@@ -246,11 +347,16 @@ impl TokenService {
             let page = self.store.list_matching(after_id, PAGE, &filter).await?;
             for stored in &page {
                 let id = stored.token.id;
-                let deleted = self.store.delete(id, &self.keep_admin(now)).await;
+                let event = self.draft(|| Draft::purged(now));
+                let deleted = self
+                    .store
+                    .delete(id, &self.keep_admin(now), event.as_ref())
+                    .await;
                 self.cache.invalidate(id);
                 if !matches!(deleted?, Outcome::Done(())) {
                     continue;
                 }
+                self.wrote(event.as_ref());
                 purged += 1;
                 self.metrics.management_call("Purge", "OK");
                 tracing::info!(
@@ -519,7 +625,9 @@ impl TokenService {
             new.expiration = now.checked_add(lifetime);
         }
         self.within_policy(new.expiration, now)?;
-        let (token, created) = issue(&*self.store, &*self.clock, new).await?;
+        let event = self.draft(|| Draft::created(Actor::of(caller), now));
+        let (token, created) = issue(&*self.store, &*self.clock, new, event.as_ref()).await?;
+        self.wrote(event.as_ref());
         audit_created(Rpc::Create.as_str(), Some(caller), &created);
         Ok((token, created))
     }
@@ -602,7 +710,10 @@ impl TokenService {
         if let Some(expiration) = edit.expiration {
             self.within_policy(expiration, now)?;
         }
-        let (before, after) = self.change(admin, id, &Change::Edit(edit), now).await?;
+        let event = Draft::edited(Actor::of(admin.token()), now);
+        let (before, after) = self
+            .change(admin, id, &Change::Edit(edit), now, event)
+            .await?;
         let changes = Edit::changes(&before, &after);
         let rpc = match (before.disabled, after.disabled) {
             (false, true) => "Disable",
@@ -653,7 +764,8 @@ impl TokenService {
             hash: token.hash(),
             previous_until,
         };
-        let (_, rotated) = self.change(admin, id, &change, now).await?;
+        let event = Draft::rotated(Actor::of(admin.token()), now);
+        let (_, rotated) = self.change(admin, id, &change, now, event).await?;
         let caller = admin.token();
         tracing::info!(
             target: AUDIT,
@@ -702,12 +814,26 @@ impl TokenService {
         id: TokenId,
         change: &Change,
         now: SystemTime,
+        event: Draft,
     ) -> Result<(ServiceToken, ServiceToken), Error> {
-        let outcome = self.store.change(id, change, &self.keep_admin(now)).await;
+        let event = self.draft(|| event);
+        let outcome = self
+            .store
+            .change(id, change, &self.keep_admin(now), event.as_ref())
+            .await;
         // Before the answer, whatever it is: the change may have committed
         // even if the answer is an error.
         self.cache.invalidate(id);
-        self.outcome(id, outcome?)
+        let changed = self.outcome(id, outcome?)?;
+        self.wrote(event.as_ref());
+        Ok(changed)
+    }
+
+    /// A change with `event` committed: delivery can start on it.
+    fn wrote(&self, event: Option<&Draft>) {
+        if event.is_some() {
+            self.outbox.written.notify_one();
+        }
     }
 
     fn keep_admin(&self, now: SystemTime) -> KeepAdmin {
@@ -777,11 +903,13 @@ impl TokenService {
             waived: true,
             ..self.keep_admin(now)
         };
-        let deleted = self.store.delete(id, &keep).await;
+        let event = self.draft(|| Draft::leaked(source, now));
+        let deleted = self.store.delete(id, &keep, event.as_ref()).await;
         self.cache.invalidate(id);
         if !matches!(deleted?, Outcome::Done(())) {
             return Ok(Revoked::NotFound);
         }
+        self.wrote(event.as_ref());
         tracing::warn!(
             target: AUDIT,
             rpc = "RevokeLeaked",
@@ -806,10 +934,15 @@ impl TokenService {
 
     pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
         let now = self.clock.now();
-        let deleted = self.store.delete(id, &self.keep_admin(now)).await;
+        let event = self.draft(|| Draft::deleted(Actor::of(admin.token()), now));
+        let deleted = self
+            .store
+            .delete(id, &self.keep_admin(now), event.as_ref())
+            .await;
         // Before the answer: once acknowledged, no lookup may find it.
         self.cache.invalidate(id);
         self.outcome(id, deleted?)?;
+        self.wrote(event.as_ref());
         tracing::info!(
             target: AUDIT,
             rpc = Rpc::Delete.as_str(),
@@ -855,7 +988,8 @@ pub async fn bootstrap(
     mut new: NewToken,
 ) -> Result<(Token, ServiceToken), Error> {
     new.created_by = "bootstrap".to_owned();
-    let (token, created) = issue(store, clock, new).await?;
+    // No event: bootstrap runs before the server, which delivers them.
+    let (token, created) = issue(store, clock, new, None).await?;
     audit_created("bootstrap", None, &created);
     Ok((token, created))
 }
@@ -866,6 +1000,7 @@ async fn issue(
     store: &dyn Store,
     clock: &dyn Clock,
     mut new: NewToken,
+    event: Option<&Draft>,
 ) -> Result<(Token, ServiceToken), Error> {
     // Microseconds, the precision every backend keeps: a token reads the
     // same from any store and survives a move between them exactly.
@@ -875,7 +1010,7 @@ async fn issue(
         return Err(FieldError::new("expiration", "must be in the future").into());
     }
     let token = Token::generate();
-    let created = store.insert(token.hash(), &new, now).await?;
+    let created = store.insert(token.hash(), &new, now, event).await?;
     Ok((token, created))
 }
 

@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
         DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
-        DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix, LifetimePolicy, ServerConfig,
-        ServiceConfig, StoreConfig, StoreUrl,
+        DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix,
+        LifetimePolicy, ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig,
+        WebhookSecret, WebhookUrl,
     },
     daemon,
     model::{NewToken, Role},
@@ -44,7 +45,7 @@ enum LogFormat {
 enum Command {
     /// Serve the TokenService gRPC API (with health and reflection) and the
     /// HTTP side (status, forward-auth, REST, probes, metrics) on one port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create an admin token in the data directory and print it once on stdout.
     /// Run it while the server is stopped: the server holds the store.
     Bootstrap(BootstrapArgs),
@@ -158,6 +159,39 @@ struct ServeArgs {
     /// checked every minute. Off by default: expired tokens are kept.
     #[arg(long, env = "STS_PURGE_EXPIRED_AFTER", value_parser = humantime::parse_duration)]
     purge_expired_after: Option<Duration>,
+    /// POST every token event (created, updated, rotated, disabled,
+    /// enabled, deleted, purged, leaked, expiring, expired) to this URL,
+    /// signed with --webhook-secret. Repeatable; comma-separated in the
+    /// environment variable.
+    #[arg(long = "webhook-url", env = "STS_WEBHOOK_URL", value_delimiter = ',', value_parser = WebhookUrl::parse)]
+    webhook_urls: Vec<WebhookUrl>,
+    /// The key events are signed with (HMAC-SHA256, header
+    /// X-Sts-Signature-256); at least 16 bytes. Best given through the
+    /// environment, from a Secret.
+    #[arg(long, env = "STS_WEBHOOK_SECRET", hide_env_values = true, value_parser = WebhookSecret::parse)]
+    webhook_secret: Option<WebhookSecret>,
+    /// Most events kept undelivered; beyond it new events are dropped
+    /// (counted in sts_events_dropped_total), never the change itself.
+    #[arg(long, env = "STS_EVENT_OUTBOX_CAPACITY", default_value_t = DEFAULT_OUTBOX_CAPACITY)]
+    event_outbox_capacity: u64,
+}
+
+impl ServeArgs {
+    fn webhooks(&self) -> anyhow::Result<Option<WebhookConfig>> {
+        match (&self.webhook_secret, self.webhook_urls.is_empty()) {
+            (_, true) if self.webhook_secret.is_some() => {
+                anyhow::bail!("--webhook-secret is set but no --webhook-url to deliver events to")
+            }
+            (_, true) => Ok(None),
+            (None, false) => anyhow::bail!(
+                "--webhook-url needs --webhook-secret (STS_WEBHOOK_SECRET) to sign events with"
+            ),
+            (Some(secret), false) => Ok(Some(WebhookConfig {
+                outbox_capacity: self.event_outbox_capacity,
+                ..WebhookConfig::new(self.webhook_urls.clone(), secret.clone())
+            })),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -206,7 +240,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let outcome = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Bootstrap(args) => bootstrap(args).await,
         Command::Export(args) => export(args).await,
         Command::Import(args) => import(args).await,
@@ -245,6 +279,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let webhooks = args.webhooks()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(daemon::read_tls(cert, key)?),
         _ => None,
@@ -261,6 +296,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let lifetime = LifetimePolicy::new(args.max_token_lifetime, args.default_token_lifetime)
         .map_err(|e| anyhow::anyhow!("invalid token lifetime policy: {e}"))?;
     let service = ServiceConfig {
+        webhooks,
         last_used_resolution: args.last_used_resolution,
         reviewer_role: args.reviewer_role,
         lifetime,

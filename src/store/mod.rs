@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::{
     cache::ValidationCache,
+    events::{Draft, OutboxStats, Pending, Settle},
     model::{Change, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId, TokenSummary},
     token::TokenHash,
 };
@@ -155,12 +156,14 @@ impl StoreError {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a new token under a fresh unique id and returns it once durable.
+    /// Stores a new token under a fresh unique id and returns it once
+    /// durable, with `event`'s event in the outbox in the same transaction.
     async fn insert(
         &self,
         hash: TokenHash,
         new: &NewToken,
         created_at: SystemTime,
+        event: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError>;
 
     /// The token whose secret hashes to `hash`, if any. A lookup, not a scan.
@@ -201,11 +204,13 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `change` to a token at `keep.now` unless that would break
     /// `keep`; returns the token before and after. Durable once it returns,
     /// and, like a delete, seen by every replica's cache within its bound.
+    /// `event`'s event is written in the same transaction.
     async fn change(
         &self,
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError>;
 
     /// Records when tokens were last used: each time only moves forward
@@ -220,8 +225,38 @@ pub trait Store: Send + Sync + 'static {
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError>;
 
     /// Removes a token unless that would break `keep`. Durable once it
-    /// returns.
-    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError>;
+    /// returns; `event`'s event (of the token as it was) is written in the
+    /// same transaction.
+    async fn delete(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        event: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError>;
+
+    /// Writes the expiry events due at `now`: for every enabled token with
+    /// an expiration, one event per [`crate::events::Expiry`] step it has
+    /// reached and not yet announced for this expiration, written in one
+    /// transaction with the record that it was announced (so with several
+    /// replicas scanning, each step is announced once). Returns how many.
+    async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError>;
+
+    /// Up to `limit` outbox events, oldest first, that no one else is
+    /// delivering and whose retry is due; they are this caller's for
+    /// `lease` (another replica may take them after).
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Pending>, StoreError>;
+
+    /// Records what delivery did with claimed events (and ends their lease).
+    /// Not synced on its own: an event delivered but not yet forgotten when
+    /// the process dies is delivered again (at least once).
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError>;
+
+    /// How many events wait in the outbox, and since when.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
     /// The token counts at `now` (see [`TokenSummary`]). By default a
     /// paged scan; a store that can count where the tokens are

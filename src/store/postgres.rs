@@ -46,6 +46,7 @@ use super::{Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use, with_ca
 use crate::{
     cache::ValidationCache,
     config::StoreUrl,
+    events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
     model::{
         Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
         TokenSummary, takes_admin_away,
@@ -419,6 +420,80 @@ async fn delete_row<'e>(executor: impl PgExecutor<'e>, id: TokenId) -> Result<bo
     Ok(deleted.is_some())
 }
 
+/// The outbox's sequence number as its `BIGSERIAL` column holds it.
+fn db_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// A delete with its event: in one transaction, under the lockout
+    /// rule, of the row as it was.
+    async fn delete_announced(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        draft: &Draft,
+    ) -> Result<Outcome<()>, StoreError> {
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        let Some(before) = lock_row(&mut transaction, id).await? else {
+            return Ok(Outcome::NotFound);
+        };
+        if let Some(what) = lockout(&mut transaction, &before.token, None, keep).await? {
+            return Ok(Outcome::Lockout(what));
+        }
+        if !delete_row(&mut *transaction, id).await? {
+            return Ok(Outcome::NotFound);
+        }
+        push_event(&mut transaction, &draft.event(&before.token, &before.token)).await?;
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(Outcome::Done(()))
+    }
+}
+
+/// Appends `event` to the outbox, inside the change's transaction.
+async fn push_event(connection: &mut PgConnection, event: &Event) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO sts_outbox (event_id, event_type, body, occurred_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&event.id)
+    .bind(&event.kind)
+    .bind(&event.body)
+    .bind(to_db_time(event.occurred_at))
+    .execute(connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Announces `step` for `token`'s expiration unless it, or a later step,
+/// was announced already (by any replica); whether it did. The upsert
+/// takes the signal row's lock, so of two replicas racing, the second
+/// finds the step announced and writes nothing.
+async fn signal_expiry(
+    pool: &PgPool,
+    token: &ServiceToken,
+    expiration: SystemTime,
+    step: Expiry,
+    now: SystemTime,
+) -> Result<bool, StoreError> {
+    let mut transaction = pool.begin().await.map_err(unavailable)?;
+    let announced = sqlx::query(
+        "INSERT INTO sts_expiry_signals (token_id, expires_at, step)          SELECT id, expires_at, $3 FROM sts_tokens            WHERE id = $1 AND expires_at = $2 AND NOT disabled          ON CONFLICT (token_id) DO UPDATE SET expires_at = EXCLUDED.expires_at, step = EXCLUDED.step            WHERE sts_expiry_signals.expires_at <> EXCLUDED.expires_at               OR sts_expiry_signals.step < EXCLUDED.step          RETURNING token_id",
+    )
+    .bind(db_id(token.id))
+    .bind(to_db_time(expiration))
+    .bind(i16::from(step.as_u8()))
+    .fetch_optional(&mut *transaction)
+    .await
+    .map_err(unavailable)?;
+    if announced.is_none() {
+        return Ok(false);
+    }
+    push_event(&mut transaction, &step.event(token, now)).await?;
+    transaction.commit().await.map_err(unavailable)?;
+    Ok(true)
+}
+
 /// The id as the `BIGINT` column holds it; ids are below 2^53.
 fn db_id(id: TokenId) -> i64 {
     i64::try_from(id.get()).expect("token ids are below 2^53")
@@ -431,6 +506,7 @@ impl Store for PostgresStore {
         hash: TokenHash,
         new: &NewToken,
         created_at: SystemTime,
+        event: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError> {
         // Returned as a later read returns it: to the microsecond.
         let mut new = new.clone();
@@ -442,8 +518,21 @@ impl Store for PostgresStore {
                 hash,
                 previous_hash: None,
             };
-            if insert_row(&self.pool, &stored).await? {
-                return Ok(stored.token);
+            match event {
+                None => {
+                    if insert_row(&self.pool, &stored).await? {
+                        return Ok(stored.token);
+                    }
+                }
+                Some(draft) => {
+                    let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+                    if insert_row(&mut *transaction, &stored).await? {
+                        let event = draft.event(&stored.token, &stored.token);
+                        push_event(&mut transaction, &event).await?;
+                        transaction.commit().await.map_err(unavailable)?;
+                        return Ok(stored.token);
+                    }
+                }
             }
             let hash_taken = sqlx::query("SELECT 1 FROM sts_tokens WHERE token_hash = $1")
                 .bind(&hash.as_bytes()[..])
@@ -533,6 +622,7 @@ impl Store for PostgresStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         let mut transaction = self.pool.begin().await.map_err(unavailable)?;
         let Some(before) = lock_row(&mut transaction, id).await? else {
@@ -568,6 +658,9 @@ impl Store for PostgresStore {
             .execute(&mut *transaction)
             .await
             .map_err(unavailable)?;
+        if let Some(draft) = event {
+            push_event(&mut transaction, &draft.event(&before.token, &after.token)).await?;
+        }
         transaction.commit().await.map_err(unavailable)?;
         Ok(Outcome::Done((before.token, after.token)))
     }
@@ -626,7 +719,15 @@ impl Store for PostgresStore {
         Ok(outcomes)
     }
 
-    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
+    async fn delete(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        event: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError> {
+        if let Some(draft) = event {
+            return self.delete_announced(id, keep, draft).await;
+        }
         // Most tokens give no admin access: one statement deletes them.
         let plain = sqlx::query(&format!(
             "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 AND NOT {IS_ADMIN} RETURNING id) \
@@ -656,6 +757,125 @@ impl Store for PostgresStore {
             Outcome::Done(())
         } else {
             Outcome::NotFound
+        })
+    }
+
+    async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {
+        const PAGE: i64 = 1000;
+        let Some(horizon) = now.checked_add(Expiry::HORIZON) else {
+            return Ok(0);
+        };
+        let mut signalled = 0;
+        let mut after = 0_i64;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS}, signal_for, signal_step FROM sts_tokens                  LEFT JOIN (SELECT token_id, expires_at AS signal_for, step AS signal_step                    FROM sts_expiry_signals) AS s ON s.token_id = id                  WHERE id > $1 AND expires_at <= $2 AND NOT disabled ORDER BY id LIMIT $3"
+            ))
+            .bind(after)
+            .bind(to_db_time(horizon))
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            for row in &rows {
+                after = row.try_get("id").map_err(unavailable)?;
+                let Ok(stored) = decode(row) else {
+                    continue;
+                };
+                let token = stored.token;
+                let Some(expiration) = token.expiration else {
+                    continue;
+                };
+                let Some(step) = Expiry::at(expiration, now) else {
+                    continue;
+                };
+                let signal_for: Option<OffsetDateTime> =
+                    row.try_get("signal_for").map_err(unavailable)?;
+                let signal_step: Option<i16> = row.try_get("signal_step").map_err(unavailable)?;
+                let done = signal_for
+                    .filter(|at| SystemTime::from(*at) == expiration)
+                    .and(signal_step)
+                    .and_then(|s| u8::try_from(s).ok())
+                    .and_then(Expiry::from_u8);
+                if done.is_some_and(|done| done >= step) {
+                    continue;
+                }
+                if signal_expiry(&self.pool, &token, expiration, step, now).await? {
+                    signalled += 1;
+                }
+            }
+            if rows.len() < PAGE as usize {
+                return Ok(signalled);
+            }
+        }
+    }
+
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Pending>, StoreError> {
+        // SKIP LOCKED: replicas claiming at once each get other events.
+        let rows = sqlx::query(
+            "UPDATE sts_outbox SET leased_until = now() + make_interval(secs => $2)              WHERE seq IN (SELECT seq FROM sts_outbox                WHERE leased_until IS NULL OR leased_until <= now()                ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)              RETURNING seq, event_id, event_type, body, occurred_at, delivered_to",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq").map_err(unavailable)?;
+            let occurred_at: OffsetDateTime = row.try_get("occurred_at").map_err(unavailable)?;
+            claimed.push(Pending {
+                seq: u64::try_from(seq).unwrap_or(0),
+                event: Event {
+                    id: row.try_get("event_id").map_err(unavailable)?,
+                    kind: row.try_get("event_type").map_err(unavailable)?,
+                    body: row.try_get("body").map_err(unavailable)?,
+                    occurred_at: occurred_at.into(),
+                },
+                delivered_to: row.try_get("delivered_to").map_err(unavailable)?,
+            });
+        }
+        claimed.sort_by_key(|pending| pending.seq);
+        Ok(claimed)
+    }
+
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
+        for settle in settled {
+            let query = match settle {
+                Settle::Delivered { seq } => {
+                    sqlx::query("DELETE FROM sts_outbox WHERE seq = $1").bind(db_seq(*seq))
+                }
+                Settle::Pending {
+                    seq,
+                    delivered_to,
+                    retry_in,
+                } => sqlx::query(
+                    "UPDATE sts_outbox SET delivered_to = $2,                      leased_until = now() + make_interval(secs => $3) WHERE seq = $1",
+                )
+                .bind(db_seq(*seq))
+                .bind(delivered_to)
+                .bind(retry_in.as_secs_f64()),
+            };
+            query.execute(&self.pool).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let row =
+            sqlx::query("SELECT count(*) AS pending, min(occurred_at) AS oldest FROM sts_outbox")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        let pending: i64 = row.try_get("pending").map_err(unavailable)?;
+        let oldest: Option<OffsetDateTime> = row.try_get("oldest").map_err(unavailable)?;
+        Ok(OutboxStats {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest: oldest.map(SystemTime::from),
         })
     }
 

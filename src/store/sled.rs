@@ -4,8 +4,12 @@
 //! order) to a protobuf-encoded [`Record`] (versioned: [`RECORD_FORMAT`]);
 //! tree `by_hash` maps the 32-byte hash of each of a token's secrets (the
 //! current one, and the previous one while a rotation keeps it) to the id;
-//! tree `meta` keeps the token count. All three change in one transaction, and every write is followed by a flush (fsync) before
-//! it is acknowledged. The background flush timer is off: nothing is ever
+//! tree `meta` keeps the token and event counts; tree `outbox` maps a
+//! sequence number (8 bytes, big-endian: key order is the order events
+//! happened) to an [`OutboxRecord`]; tree `signals` maps a token's id to the
+//! expiry step last announced for its expiration. A change and its event
+//! are one transaction, and every write is followed by a flush (fsync)
+//! before it is acknowledged. The background flush timer is off: nothing is ever
 //! written without a caller waiting on it.
 //! Concurrent writers share flushes ([`GroupCommit`]).
 
@@ -14,7 +18,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -22,7 +26,10 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use sled::{
     Transactional,
-    transaction::{ConflictableTransactionError, TransactionError},
+    transaction::{
+        ConflictableTransactionError, TransactionError, TransactionalTree,
+        UnabortableTransactionError,
+    },
 };
 
 use super::{
@@ -30,6 +37,7 @@ use super::{
     group_commit::{FlushError, GroupCommit},
 };
 use crate::{
+    events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
     model::{
         Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
         takes_admin_away,
@@ -157,6 +165,84 @@ impl Record {
     }
 }
 
+/// One event in the outbox. Tags are a storage format: never reuse one.
+#[derive(Clone, PartialEq, prost::Message)]
+struct OutboxRecord {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    kind: String,
+    #[prost(bytes = "vec", tag = "3")]
+    body: Vec<u8>,
+    #[prost(message, optional, tag = "4")]
+    occurred_at: Option<prost_types::Timestamp>,
+    /// The webhooks (`WebhookUrl::key`) that have it.
+    #[prost(string, repeated, tag = "5")]
+    delivered_to: Vec<String>,
+    /// Not offered for delivery before then (a retry's backoff).
+    #[prost(message, optional, tag = "6")]
+    not_before: Option<prost_types::Timestamp>,
+}
+
+impl OutboxRecord {
+    fn of(event: &Event) -> OutboxRecord {
+        OutboxRecord {
+            id: event.id.clone(),
+            kind: event.kind.clone(),
+            body: event.body.clone(),
+            occurred_at: Some(event.occurred_at.into()),
+            delivered_to: Vec::new(),
+            not_before: None,
+        }
+    }
+
+    fn occurred_at(&self) -> SystemTime {
+        self.occurred_at
+            .and_then(|ts| SystemTime::try_from(ts).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
+/// Appends `event` to the outbox under `seq`, counting it, inside a
+/// transaction.
+fn push_event(
+    outbox: &TransactionalTree,
+    meta: &TransactionalTree,
+    seq: u64,
+    event: &Event,
+) -> Result<(), UnabortableTransactionError> {
+    outbox.insert(&seq.to_be_bytes(), OutboxRecord::of(event).encode_to_vec())?;
+    let count = decode_count(meta.get(OUTBOX_COUNT_KEY)?) + 1;
+    meta.insert(OUTBOX_COUNT_KEY, &count.to_be_bytes())?;
+    Ok(())
+}
+
+/// What `signals` keeps per token: the expiration (microseconds since the
+/// epoch) the step was announced for, then the step.
+fn signal_value(expiration: SystemTime, step: Expiry) -> [u8; 9] {
+    let mut value = [0; 9];
+    value[..8].copy_from_slice(&epoch_micros(expiration).to_be_bytes());
+    value[8] = step.as_u8();
+    value
+}
+
+/// The step announced for `expiration`, from a `signals` value.
+fn announced(value: Option<&[u8]>, expiration: SystemTime) -> Option<Expiry> {
+    let value = value?;
+    let (at, step) = (value.get(..8)?, value.get(8)?);
+    let at = i64::from_be_bytes(at.try_into().ok()?);
+    (at == epoch_micros(expiration))
+        .then(|| Expiry::from_u8(*step))
+        .flatten()
+}
+
+fn epoch_micros(at: SystemTime) -> i64 {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
+    }
+}
+
 /// The later of two optional times, as a record keeps it.
 fn latest(kept: Option<prost_types::Timestamp>, at: SystemTime) -> Option<prost_types::Timestamp> {
     let kept_time = kept.and_then(|ts| SystemTime::try_from(ts).ok());
@@ -175,6 +261,8 @@ enum InsertAbort {
 /// Key in the `meta` tree of the number of tokens, kept in the same
 /// transactions that add and remove them (sled's own `len` is a full scan).
 const COUNT_KEY: &[u8] = b"token_count";
+/// Key in `meta` of the number of events in the outbox.
+const OUTBOX_COUNT_KEY: &[u8] = b"outbox_count";
 
 /// The file in the data directory that holds sled's log.
 const SLED_LOG_FILE: &str = "db";
@@ -186,6 +274,11 @@ pub struct SledStore {
     tokens: sled::Tree,
     by_hash: sled::Tree,
     meta: sled::Tree,
+    outbox: sled::Tree,
+    signals: sled::Tree,
+    /// Hands out the outbox's sequence numbers (sled's `generate_id`:
+    /// increasing, also across restarts).
+    db: sled::Db,
     flusher: GroupCommit,
     dir: PathBuf,
     reserve: u64,
@@ -214,6 +307,8 @@ impl SledStore {
         let tokens = db.open_tree("tokens").map_err(unavailable)?;
         let by_hash = db.open_tree("by_hash").map_err(unavailable)?;
         let meta = db.open_tree("meta").map_err(unavailable)?;
+        let outbox = db.open_tree("outbox").map_err(unavailable)?;
+        let signals = db.open_tree("signals").map_err(unavailable)?;
         if meta.get(COUNT_KEY).map_err(unavailable)?.is_none() {
             // A store written before the count was kept: count once.
             let count = tokens.len() as u64;
@@ -223,10 +318,13 @@ impl SledStore {
         }
         Ok(SledStore {
             changes: Mutex::new(()),
-            flusher: start_flusher(db, dir)?,
+            flusher: start_flusher(db.clone(), dir)?,
+            db,
             tokens,
             by_hash,
             meta,
+            outbox,
+            signals,
             dir: dir.to_owned(),
             reserve: DEFAULT_DISK_RESERVE,
         })
@@ -268,11 +366,18 @@ impl SledStore {
         self.check_space()?;
         let mut count = 0;
         for (hash, new) in tokens {
-            self.insert_unsynced(hash, &new, created_at)?;
+            self.insert_unsynced(hash, &new, created_at, None)?;
             count += 1;
         }
         self.sync().await?;
         Ok(count)
+    }
+
+    /// A sequence number for an event, when there is one to write.
+    fn event_seq(&self, event: Option<&Draft>) -> Result<Option<u64>, StoreError> {
+        event
+            .map(|_| self.db.generate_id().map_err(unavailable))
+            .transpose()
     }
 
     fn insert_unsynced(
@@ -280,7 +385,9 @@ impl SledStore {
         hash: TokenHash,
         new: &NewToken,
         created_at: SystemTime,
+        draft: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError> {
+        let seq = self.event_seq(draft)?;
         for _ in 0..ID_ATTEMPTS {
             let stored = StoredToken {
                 token: ServiceToken::new(TokenId::random(), new, created_at),
@@ -288,9 +395,10 @@ impl SledStore {
                 previous_hash: None,
             };
             let record = Record::of(&stored);
+            let event = draft.map(|d| d.event(&stored.token, &stored.token));
             let key = stored.token.id.get().to_be_bytes();
-            let trees = (&self.tokens, &self.by_hash, &self.meta);
-            let outcome = trees.transaction(|(tokens, by_hash, meta)| {
+            let trees = (&self.tokens, &self.by_hash, &self.meta, &self.outbox);
+            let outcome = trees.transaction(|(tokens, by_hash, meta, outbox)| {
                 if tokens.get(key)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(InsertAbort::IdTaken));
                 }
@@ -301,6 +409,9 @@ impl SledStore {
                 by_hash.insert(hash.as_bytes(), &key)?;
                 let count = decode_count(meta.get(COUNT_KEY)?) + 1;
                 meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+                if let (Some(seq), Some(event)) = (seq, &event) {
+                    push_event(outbox, meta, seq, event)?;
+                }
                 Ok(())
             });
             match outcome {
@@ -392,6 +503,7 @@ impl SledStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        draft: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let key = id.get().to_be_bytes();
@@ -406,8 +518,9 @@ impl SledStore {
         // Applied again to the record as the transaction reads it: a last
         // use recorded since is kept (only uses change a record outside
         // `changes`, and they touch nothing the check above looked at).
-        let trees = (&self.tokens, &self.by_hash);
-        let outcome = trees.transaction(|(tokens, by_hash)| {
+        let seq = self.event_seq(draft)?;
+        let trees = (&self.tokens, &self.by_hash, &self.meta, &self.outbox);
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox)| {
             let Some(bytes) = tokens.get(key)? else {
                 return Ok(None);
             };
@@ -424,6 +537,14 @@ impl SledStore {
                 by_hash.insert(added.as_bytes(), &key)?;
             }
             tokens.insert(&key, Record::of(&after).encode_to_vec())?;
+            if let (Some(seq), Some(draft)) = (seq, draft) {
+                push_event(
+                    outbox,
+                    meta,
+                    seq,
+                    &draft.event(&current.token, &after.token),
+                )?;
+            }
             Ok(Some((current.token, after.token)))
         });
         match outcome {
@@ -434,7 +555,12 @@ impl SledStore {
         }
     }
 
-    fn delete_unsynced(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
+    fn delete_unsynced(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        draft: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError> {
         let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let key = id.get().to_be_bytes();
         let Some(bytes) = self.tokens.get(key).map_err(unavailable)? else {
@@ -447,11 +573,24 @@ impl SledStore {
         {
             return Ok(Outcome::Lockout(what));
         }
-        let trees = (&self.tokens, &self.by_hash, &self.meta);
-        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
+        let seq = self.event_seq(draft)?;
+        let trees = (
+            &self.tokens,
+            &self.by_hash,
+            &self.meta,
+            &self.outbox,
+            &self.signals,
+        );
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, signals)| {
             let Some(bytes) = tokens.remove(&key)? else {
                 return Ok(false);
             };
+            signals.remove(&key)?;
+            // An undecodable record has no description to announce.
+            if let (Some(seq), Some(draft), Ok(gone)) = (seq, draft, Record::decode_stored(&bytes))
+            {
+                push_event(outbox, meta, seq, &draft.event(&gone.token, &gone.token))?;
+            }
             let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
             meta.insert(COUNT_KEY, &count.to_be_bytes())?;
             // The hashes are needed to drop the index entries; an
@@ -471,6 +610,82 @@ impl SledStore {
         } else {
             Outcome::NotFound
         })
+    }
+
+    /// Announces the expiry step `token` (stored under `key`) has reached
+    /// at `now`, unless it was announced already; whether it did.
+    fn signal_expiry(
+        &self,
+        key: &[u8],
+        token: &ServiceToken,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let Some(expiration) = token.expiration.filter(|_| !token.disabled) else {
+            return Ok(false);
+        };
+        let Some(step) = Expiry::at(expiration, now) else {
+            return Ok(false);
+        };
+        let done = self.signals.get(key).map_err(unavailable)?;
+        if announced(done.as_deref(), expiration).is_some_and(|done| done >= step) {
+            return Ok(false);
+        }
+        let seq = self.db.generate_id().map_err(unavailable)?;
+        let trees = (&self.tokens, &self.signals, &self.meta, &self.outbox);
+        let outcome = trees.transaction(|(tokens, signals, meta, outbox)| {
+            // As the transaction sees it: still there, still this expiration,
+            // still not announced.
+            let Some(bytes) = tokens.get(key)? else {
+                return Ok(false);
+            };
+            let Ok(current) = Record::decode_stored(&bytes) else {
+                return Ok(false);
+            };
+            let current = current.token;
+            if current.expiration != Some(expiration) || current.disabled {
+                return Ok(false);
+            }
+            let done = signals.get(key)?;
+            if announced(done.as_deref(), expiration).is_some_and(|done| done >= step) {
+                return Ok(false);
+            }
+            signals.insert(key, &signal_value(expiration, step))?;
+            push_event(outbox, meta, seq, &step.event(&current, now))?;
+            Ok(true)
+        });
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("expiry signal", e))
+    }
+
+    fn settle_event(&self, settle: &Settle) -> Result<(), StoreError> {
+        let trees = (&self.outbox, &self.meta);
+        let outcome = trees.transaction(|(outbox, meta)| {
+            match settle {
+                Settle::Delivered { seq } => {
+                    if outbox.remove(&seq.to_be_bytes())?.is_some() {
+                        let count = decode_count(meta.get(OUTBOX_COUNT_KEY)?).saturating_sub(1);
+                        meta.insert(OUTBOX_COUNT_KEY, &count.to_be_bytes())?;
+                    }
+                }
+                Settle::Pending {
+                    seq,
+                    delivered_to,
+                    retry_in,
+                } => {
+                    let key = seq.to_be_bytes();
+                    let Some(bytes) = outbox.get(key)? else {
+                        return Ok(());
+                    };
+                    let Ok(mut record) = OutboxRecord::decode(&*bytes) else {
+                        return Ok(());
+                    };
+                    record.delivered_to = delivered_to.clone();
+                    record.not_before = Some((SystemTime::now() + *retry_in).into());
+                    outbox.insert(&key, record.encode_to_vec())?;
+                }
+            }
+            Ok(())
+        });
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("outbox", e))
     }
 
     fn record_use(&self, used: &Use) -> Result<(), StoreError> {
@@ -503,9 +718,10 @@ impl Store for SledStore {
         hash: TokenHash,
         new: &NewToken,
         created_at: SystemTime,
+        event: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError> {
         self.check_space()?;
-        let created = self.insert_unsynced(hash, new, created_at)?;
+        let created = self.insert_unsynced(hash, new, created_at, event)?;
         self.sync().await?;
         Ok(created)
     }
@@ -579,8 +795,9 @@ impl Store for SledStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
-        let outcome = self.change_unsynced(id, change, keep)?;
+        let outcome = self.change_unsynced(id, change, keep, event)?;
         if let Outcome::Done(_) = outcome {
             self.sync().await?;
         }
@@ -597,12 +814,101 @@ impl Store for SledStore {
         Ok(())
     }
 
-    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
-        let outcome = self.delete_unsynced(id, keep)?;
+    async fn delete(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        event: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError> {
+        let outcome = self.delete_unsynced(id, keep, event)?;
         if let Outcome::Done(()) = outcome {
             self.sync().await?;
         }
         Ok(outcome)
+    }
+
+    async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {
+        let mut signalled = 0;
+        for entry in self.tokens.iter() {
+            let (key, bytes) = entry.map_err(unavailable)?;
+            let Ok(stored) = Record::decode_stored(&bytes) else {
+                continue;
+            };
+            if self.signal_expiry(&key, &stored.token, now)? {
+                signalled += 1;
+            }
+        }
+        if signalled > 0 {
+            self.sync().await?;
+        }
+        Ok(signalled)
+    }
+
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Pending>, StoreError> {
+        // One process holds the data directory, but the lease is kept all
+        // the same (unsynced: a restart may offer an event early), so
+        // claiming means the same on every backend.
+        let now = SystemTime::now();
+        let mut claimed = Vec::new();
+        for entry in self.outbox.iter() {
+            if claimed.len() == limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(unavailable)?;
+            let seq = <[u8; 8]>::try_from(&*key)
+                .map(u64::from_be_bytes)
+                .map_err(|e| StoreError::corrupt("an outbox key is not a sequence number", e))?;
+            let record = OutboxRecord::decode(&*bytes)
+                .map_err(|e| StoreError::corrupt(format!("outbox event {seq}"), e))?;
+            let due = record
+                .not_before
+                .and_then(|ts| SystemTime::try_from(ts).ok())
+                .is_none_or(|at| at <= now);
+            if !due {
+                continue;
+            }
+            let mut leased = record.clone();
+            leased.not_before = Some((now + lease).into());
+            // Only if no one changed it since it was read.
+            let swapped = self
+                .outbox
+                .compare_and_swap(&key, Some(&bytes), Some(leased.encode_to_vec()))
+                .map_err(unavailable)?;
+            if swapped.is_err() {
+                continue;
+            }
+            claimed.push(Pending {
+                seq,
+                event: Event {
+                    occurred_at: record.occurred_at(),
+                    id: record.id,
+                    kind: record.kind,
+                    body: record.body,
+                },
+                delivered_to: record.delivered_to,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
+        for settle in settled {
+            self.settle_event(settle)?;
+        }
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let pending = decode_count(self.meta.get(OUTBOX_COUNT_KEY).map_err(unavailable)?);
+        let oldest = match self.outbox.first().map_err(unavailable)? {
+            Some((_, bytes)) => OutboxRecord::decode(&*bytes).ok().map(|r| r.occurred_at()),
+            None => None,
+        };
+        Ok(OutboxStats { pending, oldest })
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

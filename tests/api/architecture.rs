@@ -285,7 +285,8 @@ fn secrets_are_shown_only_where_architecture_md_says() {
         [
             "src/bin/sts-server.rs",
             "src/grpc/mod.rs",
-            "src/http/tokens.rs"
+            "src/http/tokens.rs",
+            "src/webhook.rs"
         ]
     );
 }

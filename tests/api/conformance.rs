@@ -9,6 +9,7 @@ use std::{
 };
 
 use sts::{
+    events::{Actor, Draft, Settle},
     model::{
         Change, Description, Edit, Labels, ListFilter, NewToken, Role, Roles, Secret, ServiceToken,
         TokenId, TokenName, TokenSummary,
@@ -123,6 +124,7 @@ async fn insert(store: &dyn Store, name: &str) -> (Token, ServiceToken) {
             token.hash(),
             &new_token(name, &["r"], None),
             SystemTime::now(),
+            None,
         )
         .await
         .unwrap();
@@ -160,6 +162,7 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
                 Some(expiration),
             ),
             SystemTime::now(),
+            None,
         )
         .await
         .unwrap();
@@ -311,10 +314,12 @@ async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
     let token = Token::generate();
     let new = new_token("one", &["r"], None);
     store
-        .insert(token.hash(), &new, SystemTime::now())
+        .insert(token.hash(), &new, SystemTime::now(), None)
         .await
         .unwrap();
-    let twice = store.insert(token.hash(), &new, SystemTime::now()).await;
+    let twice = store
+        .insert(token.hash(), &new, SystemTime::now(), None)
+        .await;
     assert!(
         matches!(twice, Err(StoreError::Corrupt { .. })),
         "{twice:?}"
@@ -335,6 +340,7 @@ async fn an_import_keeps_ids_and_hashes_and_can_be_repeated(backend: &mut Backen
                 token.hash(),
                 &new_token(&format!("t{i}"), &["a", "b"], expiration),
                 SystemTime::now(),
+                None,
             )
             .await
             .unwrap();
@@ -467,7 +473,10 @@ async fn change(
     change: Change,
     now: SystemTime,
 ) -> Outcome<(ServiceToken, ServiceToken)> {
-    store.change(id, &change, &keep_at(now)).await.unwrap()
+    store
+        .change(id, &change, &keep_at(now), None)
+        .await
+        .unwrap()
 }
 
 fn lockout<T: std::fmt::Debug>(outcome: Outcome<T>) -> &'static str {
@@ -593,7 +602,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     let now = now_micros();
     let admin = |name: &str| new_token(name, &[ADMIN], None);
     let first = store
-        .insert(Token::generate().hash(), &admin("first"), now)
+        .insert(Token::generate().hash(), &admin("first"), now, None)
         .await
         .unwrap();
     let edit = |edit: Edit| Change::Edit(edit);
@@ -611,7 +620,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     });
     let keep = keep_at(now);
     assert_eq!(
-        lockout(store.delete(first.id, &keep).await.unwrap()),
+        lockout(store.delete(first.id, &keep, None).await.unwrap()),
         "deleting"
     );
     for (change_, what) in [
@@ -642,7 +651,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
 
     // A disabled or expired admin token keeps nobody in.
     let spare = store
-        .insert(Token::generate().hash(), &admin("spare"), now)
+        .insert(Token::generate().hash(), &admin("spare"), now, None)
         .await
         .unwrap();
     done(change(&*store, spare.id, disable.clone(), now).await);
@@ -655,26 +664,27 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
             Token::generate().hash(),
             &new_token("soon", &[ADMIN], Some(now + Duration::from_secs(1))),
             now,
+            None,
         )
         .await
         .unwrap();
     let later = now + Duration::from_secs(2);
     assert_eq!(
-        lockout(store.delete(first.id, &keep_at(later)).await.unwrap()),
+        lockout(store.delete(first.id, &keep_at(later), None).await.unwrap()),
         "deleting"
     );
     // With another enabled admin token, the first may go.
     assert_eq!(
-        store.delete(first.id, &keep).await.unwrap(),
+        store.delete(first.id, &keep, None).await.unwrap(),
         Outcome::Done(())
     );
     assert_eq!(
-        lockout(store.delete(soon.id, &keep).await.unwrap()),
+        lockout(store.delete(soon.id, &keep, None).await.unwrap()),
         "deleting"
     );
     // Not an admin token (any more): no rule.
     assert_eq!(
-        store.delete(spare.id, &keep).await.unwrap(),
+        store.delete(spare.id, &keep, None).await.unwrap(),
         Outcome::Done(())
     );
 }
@@ -687,18 +697,19 @@ async fn a_waived_lockout_rule_lets_the_last_admin_token_go(backend: &mut Backen
             Token::generate().hash(),
             &new_token("last", &[ADMIN], None),
             now,
+            None,
         )
         .await
         .unwrap();
     assert_eq!(
-        lockout(store.delete(last.id, &keep_at(now)).await.unwrap()),
+        lockout(store.delete(last.id, &keep_at(now), None).await.unwrap()),
         "deleting"
     );
     let waived = KeepAdmin {
         waived: true,
         ..keep_at(now)
     };
-    done(store.delete(last.id, &waived).await.unwrap());
+    done(store.delete(last.id, &waived, None).await.unwrap());
     assert!(store.get(last.id).await.unwrap().is_none());
 }
 
@@ -724,6 +735,7 @@ async fn the_summary_counts_as_the_model_does(backend: &mut Backend) {
                     Token::generate().hash(),
                     &new_token(&format!("t{i}-{j}"), &["r"], *expiration),
                     created,
+                    None,
                 )
                 .await
                 .unwrap();
@@ -771,11 +783,11 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
         };
         let admin = new_token("admin", &[role.as_str()], None);
         let a = store
-            .insert(Token::generate().hash(), &admin, now)
+            .insert(Token::generate().hash(), &admin, now, None)
             .await
             .unwrap();
         let b = store
-            .insert(Token::generate().hash(), &admin, now)
+            .insert(Token::generate().hash(), &admin, now, None)
             .await
             .unwrap();
         let disable = Change::Edit(Edit {
@@ -783,8 +795,8 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
             ..Edit::default()
         });
         let (one, two) = tokio::join!(
-            store.change(a.id, &disable, &keep),
-            other.delete(b.id, &keep),
+            store.change(a.id, &disable, &keep, None),
+            other.delete(b.id, &keep, None),
         );
         let (one, two) = (one.unwrap(), two.unwrap());
         let made =
@@ -867,6 +879,7 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
                 Token::generate().hash(),
                 &new_token(&name, roles, expiration),
                 now,
+                None,
             )
             .await
             .unwrap();
@@ -965,7 +978,7 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
         Description::parse("a whole life").unwrap(),
         Labels::parse([("team", "ci")]).unwrap(),
     );
-    let inserted = from.insert(first.hash(), &new, now).await.unwrap();
+    let inserted = from.insert(first.hash(), &new, now, None).await.unwrap();
     let second = Token::generate();
     let rotate = Change::Rotate {
         hash: second.hash(),
@@ -1035,6 +1048,238 @@ async fn uses_recorded_by_two_replicas_keep_the_latest(backend: &mut Backend) {
     }
 }
 
+fn actor() -> Actor {
+    Actor {
+        id: TokenId::parse(1).unwrap(),
+        name: "admin".into(),
+    }
+}
+
+fn event_types(pending: &[sts::events::Pending]) -> Vec<String> {
+    pending.iter().map(|p| p.event.kind.clone()).collect()
+}
+
+async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut Backend) {
+    let store = backend.store();
+    let now = now_micros();
+    let created = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("evented", &["r"], None),
+            now,
+            Some(&Draft::created(actor(), now)),
+        )
+        .await
+        .unwrap();
+    // Changes without a draft, and a delete of nothing, write no event.
+    insert(&*store, "quiet").await;
+    let disable = Change::Edit(Edit {
+        disabled: Some(true),
+        ..Edit::default()
+    });
+    let draft = Draft::edited(actor(), now);
+    let outcome = store
+        .change(created.id, &disable, &keep_at(now), Some(&draft))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Done(_)));
+    let missing = TokenId::parse(12345).unwrap();
+    let gone = store
+        .delete(missing, &keep_at(now), Some(&Draft::deleted(actor(), now)))
+        .await
+        .unwrap();
+    assert_eq!(gone, Outcome::NotFound);
+    let deleted = store
+        .delete(
+            created.id,
+            &keep_at(now),
+            Some(&Draft::deleted(actor(), now)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, Outcome::Done(()));
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.pending, 3);
+    assert!(stats.oldest.is_some());
+
+    // Durable with the change: still there after a restart.
+    drop(store);
+    backend.restart().await;
+    let store = backend.store();
+    let claimed = store
+        .claim_events(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_types(&claimed),
+        ["token.created", "token.disabled", "token.deleted"]
+    );
+    for pending in &claimed {
+        let body: serde_json::Value = serde_json::from_slice(&pending.event.body).unwrap();
+        assert_eq!(body["id"], pending.event.id.as_str());
+        assert_eq!(body["token"]["id"], created.id.get());
+        assert_eq!(body["actor"]["name"], "admin");
+        assert!(pending.delivered_to.is_empty());
+    }
+    // Claimed: leased to this caller, offered to no one else meanwhile.
+    assert!(
+        store
+            .claim_events(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let settled = [
+        Settle::Delivered {
+            seq: claimed[0].seq,
+        },
+        Settle::Pending {
+            seq: claimed[1].seq,
+            delivered_to: vec!["a".into()],
+            retry_in: Duration::ZERO,
+        },
+        Settle::Pending {
+            seq: claimed[2].seq,
+            delivered_to: vec![],
+            retry_in: Duration::from_secs(3600),
+        },
+    ];
+    store.settle_events(&settled).await.unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
+    // Due again at once: only the one whose retry is now, with who has it.
+    let again = store
+        .claim_events(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(event_types(&again), ["token.disabled"]);
+    assert_eq!(again[0].delivered_to, ["a"]);
+    assert_eq!(again[0].event, claimed[1].event);
+    store
+        .settle_events(&[Settle::Delivered { seq: again[0].seq }])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1);
+}
+
+async fn expiry_is_announced_once_per_step(backend: &mut Backend) {
+    let store = backend.store();
+    let day = Duration::from_secs(86_400);
+    let now = now_micros();
+    let expiring = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("expiring", &["r"], Some(now + 40 * day)),
+            now,
+            None,
+        )
+        .await
+        .unwrap();
+    // Never expiring, and disabled: nothing to announce.
+    insert(&*store, "forever").await;
+    let disabled = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("disabled", &["r"], Some(now + 2 * day)),
+            now,
+            None,
+        )
+        .await
+        .unwrap();
+    let off = Change::Edit(Edit {
+        disabled: Some(true),
+        ..Edit::default()
+    });
+    change(&*store, disabled.id, off, now).await;
+
+    assert_eq!(store.signal_expiries(now).await.unwrap(), 0);
+    let steps = [
+        (11 * day, Some("30d")),
+        (34 * day, Some("7d")),
+        (39 * day + day / 2, Some("1d")),
+        (41 * day, None),
+    ];
+    for (after, _) in steps {
+        let at = now + after;
+        assert_eq!(store.signal_expiries(at).await.unwrap(), 1, "{after:?}");
+        assert_eq!(store.signal_expiries(at).await.unwrap(), 0, "{after:?}");
+    }
+    let claimed = store
+        .claim_events(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_types(&claimed),
+        [
+            "token.expiring",
+            "token.expiring",
+            "token.expiring",
+            "token.expired"
+        ]
+    );
+    for (pending, (_, threshold)) in claimed.iter().zip(steps) {
+        let body: serde_json::Value = serde_json::from_slice(&pending.event.body).unwrap();
+        assert_eq!(body["token"]["id"], expiring.id.get());
+        assert_eq!(body["threshold"].as_str(), threshold);
+    }
+
+    // A token first seen close to its expiry gets only the nearest step.
+    let late = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("late", &["r"], Some(now + 3 * day)),
+            now,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.signal_expiries(now).await.unwrap(), 1);
+    // A new expiration starts over.
+    let extend = Change::Edit(Edit {
+        expiration: Some(Some(now + 20 * day)),
+        ..Edit::default()
+    });
+    change(&*store, late.id, extend, now).await;
+    assert_eq!(store.signal_expiries(now).await.unwrap(), 1);
+    assert_eq!(store.signal_expiries(now).await.unwrap(), 0);
+    // A deleted token takes its record with it.
+    store.delete(late.id, &keep_at(now), None).await.unwrap();
+    assert_eq!(store.signal_expiries(now).await.unwrap(), 0);
+}
+
+async fn replicas_claim_different_events_and_announce_once(backend: &mut Backend) {
+    let store = backend.store();
+    let other = backend.replica().await.unwrap();
+    let now = now_micros();
+    for n in 0..10 {
+        store
+            .insert(
+                Token::generate().hash(),
+                &new_token(
+                    &format!("t{n}"),
+                    &["r"],
+                    Some(now + Duration::from_secs(3600)),
+                ),
+                now,
+                Some(&Draft::created(actor(), now)),
+            )
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let (a, b) = tokio::join!(store.claim_events(10, lease), other.claim_events(10, lease));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut seqs: Vec<u64> = a.iter().chain(&b).map(|p| p.seq).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), a.len() + b.len(), "no event claimed twice");
+    assert_eq!(seqs.len(), 10);
+    // Both scanning at once announce each step once.
+    let (x, y) = tokio::join!(store.signal_expiries(now), other.signal_expiries(now));
+    assert_eq!(x.unwrap() + y.unwrap(), 10);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 20);
+}
+
 /// Expands to one `#[tokio::test]` per backend for each test in `every`,
 /// and one for the replicated backends for each in `replicated`.
 macro_rules! conformance {
@@ -1092,9 +1337,12 @@ conformance!(
         uses_only_move_forward,
         filters_select_the_same_tokens_on_every_backend,
         an_export_carries_every_lifecycle_field,
+        events_commit_with_their_change_and_leave_when_delivered,
+        expiry_is_announced_once_per_step,
     ],
     replicated: [
         replicas_see_each_others_writes_at_once,
         uses_recorded_by_two_replicas_keep_the_latest,
+        replicas_claim_different_events_and_announce_once,
     ],
 );

@@ -5,11 +5,12 @@
 use std::{
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
 use sts::{
+    events::{Draft, OutboxStats, Pending, Settle},
     model::{Change, ListFilter, NewToken, ServiceToken, StoredToken, TokenId},
     store::{Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use},
     token::TokenHash,
@@ -76,13 +77,14 @@ impl Store for FaultyStore {
         hash: TokenHash,
         new: &NewToken,
         created_at: SystemTime,
+        event: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError> {
         self.write_fault()?;
         if self.gated.load(Ordering::SeqCst) {
             self.entered.add_permits(1);
             self.gate.acquire().await.unwrap().forget();
         }
-        self.inner.insert(hash, new, created_at).await
+        self.inner.insert(hash, new, created_at, event).await
     }
 
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
@@ -118,9 +120,10 @@ impl Store for FaultyStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         self.write_fault()?;
-        self.inner.change(id, change, keep).await
+        self.inner.change(id, change, keep, event).await
     }
 
     async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
@@ -133,9 +136,38 @@ impl Store for FaultyStore {
         self.inner.import(tokens).await
     }
 
-    async fn delete(&self, id: TokenId, keep: &KeepAdmin) -> Result<Outcome<()>, StoreError> {
+    async fn delete(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        event: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError> {
         self.write_fault()?;
-        self.inner.delete(id, keep).await
+        self.inner.delete(id, keep, event).await
+    }
+
+    async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {
+        self.write_fault()?;
+        self.inner.signal_expiries(now).await
+    }
+
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Pending>, StoreError> {
+        self.write_fault()?;
+        self.inner.claim_events(limit, lease).await
+    }
+
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
+        self.write_fault()?;
+        self.inner.settle_events(settled).await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.fault()?;
+        self.inner.outbox_stats().await
     }
 
     async fn count(&self) -> Result<u64, StoreError> {

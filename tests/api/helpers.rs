@@ -632,7 +632,7 @@ pub fn keep_admin() -> sts::store::KeepAdmin {
 
 /// Deletes through the store, under the lockout rule; whether it did.
 pub async fn deleted(store: &dyn Store, id: sts::model::TokenId) -> bool {
-    match store.delete(id, &keep_admin()).await.unwrap() {
+    match store.delete(id, &keep_admin(), None).await.unwrap() {
         sts::store::Outcome::Done(()) => true,
         sts::store::Outcome::NotFound => false,
         sts::store::Outcome::Lockout(what) => panic!("lockout: {what}"),
