@@ -148,12 +148,44 @@ async fn round(
     destinations: &mut [Destination],
 ) -> Result<usize, crate::error::Error> {
     let claimed = service.claim_events(BATCH, LEASE).await?;
-    let mut settled = Vec::with_capacity(claimed.len());
+    let mut outcomes = Vec::with_capacity(claimed.len());
     for pending in &claimed {
-        settled.push(deliver_one(service.metrics(), client, config, destinations, pending).await);
+        outcomes.push(deliver_one(service.metrics(), client, config, destinations, pending).await);
     }
+    // Retries are due when the URL's rest ends, the same instant for
+    // every event waiting on it, measured now: so they come due together
+    // and are claimed again in the order they happened.
+    let now = Instant::now();
+    let settled: Vec<Settle> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::Everywhere { seq } => Settle::Delivered { seq },
+            Outcome::Waiting {
+                seq,
+                delivered_to,
+                until,
+            } => Settle::Pending {
+                seq,
+                delivered_to,
+                retry_in: until.map_or(config.poll_interval, |u| u.saturating_duration_since(now)),
+            },
+        })
+        .collect();
     service.settle_events(&settled).await?;
     Ok(claimed.len())
+}
+
+/// Where one event stands after a round.
+enum Outcome {
+    Everywhere {
+        seq: u64,
+    },
+    /// Some URL lacks it; the earliest rest among them ends `until`.
+    Waiting {
+        seq: u64,
+        delivered_to: Vec<String>,
+        until: Option<Instant>,
+    },
 }
 
 /// Sends `pending` to every URL that lacks it and is not resting.
@@ -163,18 +195,17 @@ async fn deliver_one(
     config: &WebhookConfig,
     destinations: &mut [Destination],
     pending: &Pending,
-) -> Settle {
+) -> Outcome {
     let event = &pending.event;
     let mut delivered_to = pending.delivered_to.clone();
-    let mut retry_in: Option<Duration> = None;
+    let mut until: Option<Instant> = None;
     for destination in destinations.iter_mut() {
         let key = destination.url.key().to_owned();
         if delivered_to.contains(&key) {
             continue;
         }
-        let now = Instant::now();
-        if let Some(left) = destination.resting(now) {
-            retry_in = Some(retry_in.map_or(left, |r| r.min(left)));
+        if let Some(rest) = destination.resting_until.filter(|u| *u > Instant::now()) {
+            until = Some(until.map_or(rest, |u| u.min(rest)));
             continue;
         }
         let sent = client
@@ -200,6 +231,8 @@ async fn deliver_one(
             }
             Some(why) => {
                 let backoff = destination.failed(Instant::now(), config);
+                let rest = destination.resting_until.unwrap_or_else(Instant::now);
+                until = Some(until.map_or(rest, |u| u.min(rest)));
                 tracing::warn!(
                     webhook = %destination.url,
                     event.id = %event.id,
@@ -208,7 +241,6 @@ async fn deliver_one(
                     retry_in = ?backoff,
                     "webhook delivery failed: {why}"
                 );
-                retry_in = Some(retry_in.map_or(backoff, |r| r.min(backoff)));
             }
         }
     }
@@ -216,12 +248,12 @@ async fn deliver_one(
         .iter()
         .all(|d| delivered_to.iter().any(|k| k == d.url.key()));
     if everywhere {
-        Settle::Delivered { seq: pending.seq }
+        Outcome::Everywhere { seq: pending.seq }
     } else {
-        Settle::Pending {
+        Outcome::Waiting {
             seq: pending.seq,
             delivered_to,
-            retry_in: retry_in.unwrap_or(config.poll_interval),
+            until,
         }
     }
 }

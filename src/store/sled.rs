@@ -179,9 +179,6 @@ struct OutboxRecord {
     /// The webhooks (`WebhookUrl::key`) that have it.
     #[prost(string, repeated, tag = "5")]
     delivered_to: Vec<String>,
-    /// Not offered for delivery before then (a retry's backoff).
-    #[prost(message, optional, tag = "6")]
-    not_before: Option<prost_types::Timestamp>,
 }
 
 impl OutboxRecord {
@@ -192,7 +189,6 @@ impl OutboxRecord {
             body: event.body.clone(),
             occurred_at: Some(event.occurred_at.into()),
             delivered_to: Vec::new(),
-            not_before: None,
         }
     }
 
@@ -276,6 +272,10 @@ pub struct SledStore {
     meta: sled::Tree,
     outbox: sled::Tree,
     signals: sled::Tree,
+    /// Outbox events not to be offered before a time (claimed, or waiting
+    /// out a retry's backoff). In memory: only this process delivers from
+    /// this data directory, and after a restart everything is due.
+    not_before: Mutex<std::collections::HashMap<u64, SystemTime>>,
     /// Hands out the outbox's sequence numbers (sled's `generate_id`:
     /// increasing, also across restarts).
     db: sled::Db,
@@ -319,6 +319,7 @@ impl SledStore {
         Ok(SledStore {
             changes: Mutex::new(()),
             flusher: start_flusher(db.clone(), dir)?,
+            not_before: Mutex::default(),
             db,
             tokens,
             by_hash,
@@ -667,9 +668,7 @@ impl SledStore {
                     }
                 }
                 Settle::Pending {
-                    seq,
-                    delivered_to,
-                    retry_in,
+                    seq, delivered_to, ..
                 } => {
                     let key = seq.to_be_bytes();
                     let Some(bytes) = outbox.get(key)? else {
@@ -679,13 +678,20 @@ impl SledStore {
                         return Ok(());
                     };
                     record.delivered_to = delivered_to.clone();
-                    record.not_before = Some((SystemTime::now() + *retry_in).into());
                     outbox.insert(&key, record.encode_to_vec())?;
                 }
             }
             Ok(())
         });
-        outcome.map_err(|e: TransactionError<()>| transaction_failed("outbox", e))
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("outbox", e))?;
+        let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
+        match settle {
+            Settle::Delivered { seq } => not_before.remove(seq),
+            Settle::Pending { seq, retry_in, .. } => {
+                not_before.insert(*seq, SystemTime::now() + *retry_in)
+            }
+        };
+        Ok(())
     }
 
     fn record_use(&self, used: &Use) -> Result<(), StoreError> {
@@ -849,10 +855,8 @@ impl Store for SledStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Pending>, StoreError> {
-        // One process holds the data directory, but the lease is kept all
-        // the same (unsynced: a restart may offer an event early), so
-        // claiming means the same on every backend.
         let now = SystemTime::now();
+        let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
         let mut claimed = Vec::new();
         for entry in self.outbox.iter() {
             if claimed.len() == limit {
@@ -862,25 +866,12 @@ impl Store for SledStore {
             let seq = <[u8; 8]>::try_from(&*key)
                 .map(u64::from_be_bytes)
                 .map_err(|e| StoreError::corrupt("an outbox key is not a sequence number", e))?;
+            if not_before.get(&seq).is_some_and(|at| *at > now) {
+                continue;
+            }
             let record = OutboxRecord::decode(&*bytes)
                 .map_err(|e| StoreError::corrupt(format!("outbox event {seq}"), e))?;
-            let due = record
-                .not_before
-                .and_then(|ts| SystemTime::try_from(ts).ok())
-                .is_none_or(|at| at <= now);
-            if !due {
-                continue;
-            }
-            let mut leased = record.clone();
-            leased.not_before = Some((now + lease).into());
-            // Only if no one changed it since it was read.
-            let swapped = self
-                .outbox
-                .compare_and_swap(&key, Some(&bytes), Some(leased.encode_to_vec()))
-                .map_err(unavailable)?;
-            if swapped.is_err() {
-                continue;
-            }
+            not_before.insert(seq, now + lease);
             claimed.push(Pending {
                 seq,
                 event: Event {

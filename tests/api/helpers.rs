@@ -62,6 +62,9 @@ pub struct TestApp {
     pub admin_token: String,
     pub clock: Arc<ManualClock>,
     pub data_dir: TempDir,
+    /// The service the server runs, for what no request can do (the
+    /// server's own periodic work, run now).
+    pub service: Arc<TokenService>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<Result<(), ServeError>>,
 }
@@ -114,7 +117,7 @@ async fn start_app(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, service, server, async {
+    let server = tokio::spawn(server::run(listener, service.clone(), server, async {
         let _ = shutdown_rx.await;
     }));
     let channel = if tls {
@@ -128,6 +131,7 @@ async fn start_app(
         admin_token,
         clock,
         data_dir,
+        service,
         shutdown,
         server,
     }

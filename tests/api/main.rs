@@ -51,3 +51,4 @@ mod store_faults;
 mod tls;
 mod upgrade;
 mod validate;
+mod webhooks;

@@ -35,7 +35,19 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         .to_owned();
     let mut log = String::from_utf8(bootstrap.stderr).unwrap();
 
-    let server = ServerProcess::start_with(dir.path(), &[("RUST_LOG", "trace")]).await;
+    // Webhooks on, with a secret and a URL holding credentials of its own.
+    let receiver = crate::webhooks::Receiver::start().await;
+    let hook = receiver
+        .url
+        .replace("http://", "http://hookuser:hookpassword@")
+        + "?key=hookquerysecret";
+    const WEBHOOK_SECRET: &str = "webhook-signing-secret-of-the-test";
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("STS_WEBHOOK_URL", hook.as_str()),
+        ("STS_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ];
+    let server = ServerProcess::start_with(dir.path(), &env).await;
     let mut grpc = TokenServiceClient::new(channel(server.addr).await);
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{}{path}", server.addr);
@@ -299,9 +311,17 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     .await
     .unwrap();
 
+    // Events went out (every change above), at trace level too.
+    receiver.wait_for(5).await;
     let (exit, lines) = server.terminate().await;
     assert!(exit.success(), "{exit:?}");
     log.push_str(&lines.join("\n"));
+    for webhook_secret in [WEBHOOK_SECRET, "hookpassword", "hookquerysecret"] {
+        assert!(
+            !log.contains(webhook_secret),
+            "{webhook_secret} is in the log"
+        );
+    }
     // Trace level really was on: the transport's frame-level events are here.
     assert!(log.contains("TRACE"), "the log was not at trace level");
 

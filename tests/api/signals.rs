@@ -48,6 +48,15 @@ const SERIES: [&str; 9] = [
     "sts_tokens_next_expiry_timestamp_seconds",
 ];
 
+/// The event-delivery series (exported whether or not webhooks are on;
+/// `tests/api/webhooks.rs` watches them move).
+pub const EVENT_SERIES: [&str; 4] = [
+    "sts_events_pending",
+    "sts_events_oldest_pending_age_seconds",
+    "sts_events_dropped_total",
+    "sts_webhook_deliveries_total",
+];
+
 async fn until_metrics(app: &TestApp, expected: [f64; 9]) {
     let mut last = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(10), async {
@@ -125,7 +134,8 @@ fn the_shipped_alerting_rules_ask_about_series_the_server_exports() {
             if word.starts_with("sts_") {
                 let base = SERIES
                     .iter()
-                    .any(|s| s.starts_with(&format!("{word}{{")) || *s == word);
+                    .any(|s| s.starts_with(&format!("{word}{{")) || *s == word)
+                    || EVENT_SERIES.contains(&word);
                 assert!(base, "{word} in {expr}");
             }
         }

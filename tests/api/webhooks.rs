@@ -1,0 +1,589 @@
+//! Events delivered to webhooks: a receiver in the test checks each
+//! delivery's signature with its own HMAC-SHA256 (not the server's code),
+//! what each change sends, retries while the receiver is down, a full
+//! outbox, a `kill -9` between a change and its delivery (the real binary),
+//! and two PostgreSQL replicas delivering each event once.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sts::{
+    config::{ServiceConfig, WebhookConfig, WebhookSecret, WebhookUrl},
+    proto::{ServiceToken, token_service_client::TokenServiceClient},
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    helpers::{
+        TestApp, channel, create_request, eventually, server_config, spawn_app_with, with_key,
+    },
+    pg::TestDatabase,
+    process::{ServerProcess, bootstrap, bootstrap_store},
+};
+
+const SECRET: &str = "a webhook secret for the tests";
+
+/// HMAC-SHA256 as RFC 2104 defines it, written here so the test does not
+/// check the server's signature with the server's own code.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The status the receiver answered.
+    pub status: u16,
+}
+
+impl Delivery {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers[name].to_str().unwrap()
+    }
+
+    /// The signature checks out against `secret`, and the headers agree
+    /// with the body.
+    pub fn assert_signed(&self, secret: &str) {
+        let expected = format!(
+            "sha256={}",
+            hex::encode(hmac_sha256(secret.as_bytes(), &self.body))
+        );
+        assert_eq!(self.header("x-sts-signature-256"), expected);
+        let json = self.json();
+        assert_eq!(self.header("x-sts-event"), json["type"].as_str().unwrap());
+        assert_eq!(self.header("x-sts-delivery"), json["id"].as_str().unwrap());
+        assert_eq!(self.header("content-type"), "application/json");
+    }
+}
+
+/// A webhook receiver on loopback that keeps what it is sent and answers
+/// with the status the test sets.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    received: Arc<Mutex<Vec<Delivery>>>,
+    status: Arc<AtomicU16>,
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::http::StatusCode {
+    let status = receiver.status.load(Ordering::SeqCst);
+    receiver.received.lock().unwrap().push(Delivery {
+        headers,
+        body,
+        status,
+    });
+    axum::http::StatusCode::from_u16(status).unwrap()
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Receiver::on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    pub fn on(listener: TcpListener) -> Receiver {
+        let receiver = Receiver {
+            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            received: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+        };
+        let app = axum::Router::new()
+            .route("/hook", post(receive))
+            .with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    pub fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Every request so far, failed ones included.
+    pub fn requests(&self) -> Vec<Delivery> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The deliveries it accepted (answered 2xx), in order.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.requests()
+            .into_iter()
+            .filter(|d| (200..300).contains(&d.status))
+            .collect()
+    }
+
+    /// Waits until it accepted `n` deliveries; returns them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Delivery> {
+        eventually(&format!("{n} webhook deliveries"), || async {
+            self.accepted().len() >= n
+        })
+        .await;
+        self.accepted()
+    }
+}
+
+impl TestApp {
+    async fn delete(&self, id: u64) {
+        let request = self.admin(sts::proto::DeleteRequest { id });
+        self.client.clone().delete(request).await.unwrap();
+    }
+}
+
+fn webhooks(urls: &[&str]) -> WebhookConfig {
+    WebhookConfig {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        poll_interval: Duration::from_millis(20),
+        ..WebhookConfig::new(
+            urls.iter().map(|u| WebhookUrl::parse(u).unwrap()).collect(),
+            WebhookSecret::parse(SECRET).unwrap(),
+        )
+    }
+}
+
+async fn app_with_webhooks(config: WebhookConfig) -> TestApp {
+    let service = ServiceConfig {
+        webhooks: Some(config),
+        ..ServiceConfig::default()
+    };
+    spawn_app_with(service, server_config()).await
+}
+
+fn types(deliveries: &[Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| d.json()["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_change_is_delivered_signed_and_without_a_secret() {
+    let receiver = Receiver::start().await;
+    let app = app_with_webhooks(webhooks(&[&receiver.url])).await;
+    let admin_id = app.admin_id().await;
+    let mut request = create_request("ci", &["deploy"]);
+    request.description = "the pipeline".into();
+    request.labels = [("team".to_owned(), "ci".to_owned())].into();
+    let (secret, created) = app.create_with(request).await;
+    let renamed = app
+        .update(
+            ServiceToken {
+                name: "ci-2".into(),
+                ..created.clone()
+            },
+            &["name"],
+        )
+        .await
+        .unwrap();
+    let disabled = app
+        .update(
+            ServiceToken {
+                disabled: true,
+                ..renamed.clone()
+            },
+            &["disabled"],
+        )
+        .await
+        .unwrap();
+    app.update(
+        ServiceToken {
+            disabled: false,
+            ..disabled
+        },
+        &["disabled"],
+    )
+    .await
+    .unwrap();
+    let rotated = app
+        .rotate(created.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (_, doomed) = app.create("doomed", &["deploy"]).await;
+    app.delete(doomed.id).await;
+    // A leaked token, revoked by its value alone.
+    let new_secret = rotated.token.clone();
+    let revoked = reqwest::Client::new()
+        .post(format!("http://{}/api/security/tokens/revoke", app.addr))
+        .json(&serde_json::json!({ "tokens": [new_secret] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+
+    let deliveries = receiver.wait_for(8).await;
+    assert_eq!(
+        types(&deliveries),
+        [
+            "token.created",
+            "token.updated",
+            "token.disabled",
+            "token.enabled",
+            "token.rotated",
+            "token.created",
+            "token.deleted",
+            "token.leaked",
+        ]
+    );
+    let mut ids = Vec::new();
+    for delivery in &deliveries {
+        delivery.assert_signed(SECRET);
+        // No secret of any kind, and no hash of one.
+        let text = String::from_utf8(delivery.body.to_vec()).unwrap();
+        for secret in [&secret, &rotated.token, &app.admin_token] {
+            assert!(!text.contains(secret.as_str()), "{text}");
+        }
+        assert!(!text.contains("hash"), "{text}");
+        let json = delivery.json();
+        ids.push(json["id"].as_str().unwrap().to_owned());
+        assert!(json["occurred_at"].as_str().unwrap().ends_with('Z'));
+        let kind = json["type"].as_str().unwrap();
+        if kind == "token.leaked" {
+            assert!(json.get("actor").is_none());
+            assert_eq!(json["source"], "127.0.0.1");
+        } else {
+            assert_eq!(json["actor"]["id"], admin_id, "{kind}");
+            assert_eq!(json["actor"]["name"], "test-admin");
+        }
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "every event has its own id");
+    let first = deliveries[0].json();
+    assert_eq!(first["token"]["id"], created.id);
+    assert_eq!(first["token"]["name"], "ci");
+    assert_eq!(first["token"]["roles"], serde_json::json!(["deploy"]));
+    assert_eq!(first["token"]["description"], "the pipeline");
+    assert_eq!(first["token"]["labels"]["team"], "ci");
+    assert_eq!(first["token"]["expiration"], Value::Null);
+    assert_eq!(first["token"]["disabled"], false);
+    assert_eq!(deliveries[1].json()["token"]["name"], "ci-2");
+    assert_eq!(deliveries[2].json()["token"]["disabled"], true);
+    assert!(deliveries[4].json()["token"]["previous_secret_expiration"].is_string());
+
+    eventually("the outbox to empty", || async {
+        app.metric("sts_events_pending").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        app.metric("sts_webhook_deliveries_total{outcome=\"sent\"}")
+            .await,
+        8.0
+    );
+}
+
+#[tokio::test]
+async fn expiry_is_announced_at_30_7_and_1_days_and_when_it_passes() {
+    let receiver = Receiver::start().await;
+    let app = app_with_webhooks(webhooks(&[&receiver.url])).await;
+    let day = Duration::from_secs(86_400);
+    let (_, created) = app
+        .create_expiring_in("expiring", &["r"], 40 * 86_400)
+        .await;
+    receiver.wait_for(1).await;
+    assert_eq!(app.service.signal_expiries().await.unwrap(), 0);
+    let mut expected = vec!["token.created".to_owned()];
+    for (advance, threshold) in [
+        (11 * day, Some("30d")),
+        (23 * day, Some("7d")),
+        (day * 11 / 2, Some("1d")),
+        (day, None),
+    ] {
+        app.clock.advance(advance);
+        assert_eq!(app.service.signal_expiries().await.unwrap(), 1);
+        // Once per step, however often the server looks.
+        assert_eq!(app.service.signal_expiries().await.unwrap(), 0);
+        expected.push(match threshold {
+            Some(_) => "token.expiring".into(),
+            None => "token.expired".into(),
+        });
+        let deliveries = receiver.wait_for(expected.len()).await;
+        assert_eq!(types(&deliveries), expected);
+        let last = deliveries.last().unwrap();
+        last.assert_signed(SECRET);
+        assert_eq!(last.json()["threshold"].as_str(), threshold);
+        assert_eq!(last.json()["token"]["id"], created.id);
+        assert!(last.json().get("actor").is_none());
+    }
+}
+
+#[tokio::test]
+async fn purged_tokens_are_announced() {
+    let receiver = Receiver::start().await;
+    let service = ServiceConfig {
+        webhooks: Some(webhooks(&[&receiver.url])),
+        purge_expired_after: Some(Duration::from_secs(3600)),
+        ..ServiceConfig::default()
+    };
+    let app = spawn_app_with(service, server_config()).await;
+    let (_, created) = app.create_expiring_in("short", &["r"], 60).await;
+    app.clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(app.service.purge_expired().await.unwrap(), 1);
+    let deliveries = receiver.wait_for(2).await;
+    assert_eq!(types(&deliveries), ["token.created", "token.purged"]);
+    assert_eq!(deliveries[1].json()["token"]["id"], created.id);
+    assert!(deliveries[1].json().get("actor").is_none());
+}
+
+#[tokio::test]
+async fn a_receiver_that_was_down_gets_every_event_in_order_when_it_is_back() {
+    let (down, up) = (Receiver::start().await, Receiver::start().await);
+    // A URL where nothing listens yet: connections are refused.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused_url = format!("http://{}/hook", closed.local_addr().unwrap());
+    let port = closed.local_addr().unwrap();
+    drop(closed);
+    down.answer(503);
+    let app = app_with_webhooks(webhooks(&[&down.url, &up.url, &refused_url])).await;
+    let mut names = Vec::new();
+    for n in 0..5 {
+        let name = format!("t{n}");
+        app.create(&name, &["r"]).await;
+        names.push(name);
+    }
+    // The URL that works gets everything meanwhile, once.
+    let delivered = up.wait_for(5).await;
+    eventually("failed deliveries to be retried", || async {
+        down.requests().len() >= 3
+    })
+    .await;
+    assert!(down.accepted().is_empty());
+    assert!(
+        app.metric("sts_webhook_deliveries_total{outcome=\"failed\"}")
+            .await
+            >= 3.0
+    );
+    assert_eq!(app.metric("sts_events_pending").await, 5.0);
+    let text = reqwest::get(format!("http://{}/metrics", app.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in crate::signals::EVENT_SERIES {
+        assert!(text.contains(&format!("\n{series}")), "{series}: {text}");
+    }
+    assert!(
+        app.metric("sts_events_oldest_pending_age_seconds")
+            .await
+            .is_finite()
+    );
+
+    // Both come back.
+    down.answer(200);
+    let late = Receiver::on(TcpListener::bind(port).await.unwrap());
+    for receiver in [&down, &late] {
+        let got = receiver.wait_for(5).await;
+        let created: Vec<String> = got
+            .iter()
+            .map(|d| d.json()["token"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(created, names, "in the order they happened");
+        for delivery in &got {
+            delivery.assert_signed(SECRET);
+        }
+    }
+    eventually("the outbox to empty", || async {
+        app.metric("sts_events_pending").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        app.metric("sts_events_oldest_pending_age_seconds").await,
+        0.0
+    );
+    // The URL that never failed got no event twice.
+    let ids: Vec<Value> = up
+        .accepted()
+        .iter()
+        .map(|d| d.json()["id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|d| d.json()["id"].clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
+}
+
+#[tokio::test]
+async fn a_full_outbox_drops_events_but_never_the_change() {
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    let config = WebhookConfig {
+        outbox_capacity: 2,
+        initial_backoff: Duration::from_secs(3600),
+        max_backoff: Duration::from_secs(3600),
+        ..webhooks(&[&receiver.url])
+    };
+    let app = app_with_webhooks(config).await;
+    let mut created = Vec::new();
+    for n in 0..4 {
+        created.push(app.create(&format!("t{n}"), &["r"]).await.1);
+    }
+    for token in &created {
+        assert!(app.get(token.id).await.is_ok());
+    }
+    app.delete(created[0].id).await;
+    assert_eq!(app.metric("sts_events_dropped_total").await, 3.0);
+    eventually("the outbox count", || async {
+        app.metric("sts_events_pending").await == 2.0
+    })
+    .await;
+}
+
+/// Real binary: events written with their change survive a `kill -9`
+/// before delivery, and go out after the restart.
+#[tokio::test]
+async fn a_kill_9_between_a_change_and_its_delivery_loses_no_event() {
+    let receiver = Receiver::start().await;
+    receiver.answer(503);
+    let data_dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap(data_dir.path());
+    let env = [
+        ("STS_WEBHOOK_URL", receiver.url.as_str()),
+        ("STS_WEBHOOK_SECRET", SECRET),
+    ];
+    let server = ServerProcess::start_with(data_dir.path(), &env).await;
+    let mut client = TokenServiceClient::new(channel(server.addr).await);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let request = with_key(&admin, create_request(&format!("t{n}"), &["r"]));
+        let created = client.create(request).await.unwrap().into_inner();
+        ids.push(created.service_token.unwrap().id);
+    }
+    // Delivery was tried (and refused) at least once: the events exist,
+    // and none has been delivered.
+    eventually("a delivery attempt", || async {
+        !receiver.requests().is_empty()
+    })
+    .await;
+    server.kill().await.unwrap();
+    assert!(receiver.accepted().is_empty());
+
+    receiver.answer(200);
+    let restarted = ServerProcess::start_with(data_dir.path(), &env).await;
+    let deliveries = receiver.wait_for(5).await;
+    let got: Vec<u64> = deliveries
+        .iter()
+        .map(|d| d.json()["token"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, ids);
+    for delivery in &deliveries {
+        delivery.assert_signed(SECRET);
+    }
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn the_server_refuses_webhooks_it_could_not_sign() {
+    let data_dir = tempfile::tempdir().unwrap();
+    for (env, says) in [
+        (
+            vec![("STS_WEBHOOK_URL", "http://127.0.0.1:9/hook")],
+            "--webhook-url needs --webhook-secret",
+        ),
+        (
+            vec![
+                ("STS_WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+                ("STS_WEBHOOK_SECRET", "short"),
+            ],
+            "at least 16 bytes",
+        ),
+        (
+            vec![
+                ("STS_WEBHOOK_URL", "ftp://example.com/hook"),
+                ("STS_WEBHOOK_SECRET", SECRET),
+            ],
+            "must be an http or https URL",
+        ),
+        (vec![("STS_WEBHOOK_SECRET", SECRET)], "no --webhook-url"),
+    ] {
+        let output = crate::process::sts_server()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains(SECRET), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_deliver_each_event_once() {
+    let Some(database) = TestDatabase::create("webhooks_two_replicas").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let env = [
+        ("STS_STORE", database.url.as_str()),
+        ("STS_WEBHOOK_URL", receiver.url.as_str()),
+        ("STS_WEBHOOK_SECRET", SECRET),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = ServerProcess::start_with(dir_a.path(), &env).await;
+    let b = ServerProcess::start_with(dir_b.path(), &env).await;
+    let admin = bootstrap_store(&database.url).await;
+    let mut clients = [
+        TokenServiceClient::new(channel(a.addr).await),
+        TokenServiceClient::new(channel(b.addr).await),
+    ];
+    const EVENTS: usize = 40;
+    for n in 0..EVENTS {
+        let request = with_key(&admin, create_request(&format!("t{n}"), &["r"]));
+        clients[n % 2].create(request).await.unwrap();
+    }
+    receiver.wait_for(EVENTS).await;
+    // Settled everywhere: nothing left that either could still send.
+    eventually("the outbox to empty", || async {
+        use sqlx::Row;
+        let rows = database.query("SELECT count(*) AS n FROM sts_outbox").await;
+        rows[0].get::<i64, _>("n") == 0
+    })
+    .await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for delivery in receiver.requests() {
+        delivery.assert_signed(SECRET);
+        *seen
+            .entry(delivery.json()["id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), EVENTS);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    drop((a, b));
+    database.drop().await;
+}
