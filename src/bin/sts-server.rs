@@ -179,10 +179,15 @@ struct ServeArgs {
 impl ServeArgs {
     fn webhooks(&self) -> anyhow::Result<Option<WebhookConfig>> {
         match (&self.webhook_secret, self.webhook_urls.is_empty()) {
-            (_, true) if self.webhook_secret.is_some() => {
-                anyhow::bail!("--webhook-secret is set but no --webhook-url to deliver events to")
+            // A secret mounted for every pod, URLs set where events are
+            // wanted: not an error, but worth a word.
+            (Some(_), true) => {
+                tracing::warn!(
+                    "--webhook-secret is set but no --webhook-url: no events are recorded or delivered"
+                );
+                Ok(None)
             }
-            (_, true) => Ok(None),
+            (None, true) => Ok(None),
             (None, false) => anyhow::bail!(
                 "--webhook-url needs --webhook-secret (STS_WEBHOOK_SECRET) to sign events with"
             ),

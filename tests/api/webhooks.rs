@@ -528,7 +528,6 @@ async fn the_server_refuses_webhooks_it_could_not_sign() {
             ],
             "must be an http or https URL",
         ),
-        (vec![("STS_WEBHOOK_SECRET", SECRET)], "no --webhook-url"),
     ] {
         let output = crate::process::sts_server()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
