@@ -1055,6 +1055,17 @@ fn actor() -> Actor {
     }
 }
 
+async fn insert_expiring(
+    store: &dyn Store,
+    name: &str,
+    expiration: SystemTime,
+    now: SystemTime,
+) -> ServiceToken {
+    let new = new_token(name, &["r"], Some(expiration));
+    let hash = Token::generate().hash();
+    store.insert(hash, &new, now, None).await.unwrap()
+}
+
 fn event_types(pending: &[sts::events::Pending]) -> Vec<String> {
     pending.iter().map(|p| p.event.kind.clone()).collect()
 }
@@ -1166,26 +1177,10 @@ async fn expiry_is_announced_once_per_step(backend: &mut Backend) {
     let store = backend.store();
     let day = Duration::from_secs(86_400);
     let now = now_micros();
-    let expiring = store
-        .insert(
-            Token::generate().hash(),
-            &new_token("expiring", &["r"], Some(now + 40 * day)),
-            now,
-            None,
-        )
-        .await
-        .unwrap();
+    let expiring = insert_expiring(&*store, "expiring", now + 40 * day, now).await;
     // Never expiring, and disabled: nothing to announce.
     insert(&*store, "forever").await;
-    let disabled = store
-        .insert(
-            Token::generate().hash(),
-            &new_token("disabled", &["r"], Some(now + 2 * day)),
-            now,
-            None,
-        )
-        .await
-        .unwrap();
+    let disabled = insert_expiring(&*store, "disabled", now + 2 * day, now).await;
     let off = Change::Edit(Edit {
         disabled: Some(true),
         ..Edit::default()
@@ -1224,15 +1219,7 @@ async fn expiry_is_announced_once_per_step(backend: &mut Backend) {
     }
 
     // A token first seen close to its expiry gets only the nearest step.
-    let late = store
-        .insert(
-            Token::generate().hash(),
-            &new_token("late", &["r"], Some(now + 3 * day)),
-            now,
-            None,
-        )
-        .await
-        .unwrap();
+    let late = insert_expiring(&*store, "late", now + 3 * day, now).await;
     assert_eq!(store.signal_expiries(now).await.unwrap(), 1);
     // A new expiration starts over.
     let extend = Change::Edit(Edit {

@@ -13,17 +13,6 @@ use crate::helpers::{TestApp, eventually, server_config, spawn_app_with};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-impl TestApp {
-    async fn metrics_text(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-}
-
 /// The value of each series in `expected`, as `/metrics` shows them now.
 fn values(text: &str, names: &[&str]) -> Vec<f64> {
     names

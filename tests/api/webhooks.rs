@@ -384,12 +384,7 @@ async fn a_receiver_that_was_down_gets_every_event_in_order_when_it_is_back() {
             >= 3.0
     );
     assert_eq!(app.metric("sts_events_pending").await, 5.0);
-    let text = reqwest::get(format!("http://{}/metrics", app.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for series in crate::signals::EVENT_SERIES {
         assert!(text.contains(&format!("\n{series}")), "{series}: {text}");
     }
