@@ -14,6 +14,7 @@ from collections import defaultdict
 everything = [json.loads(line) for line in open(sys.argv[1])]
 rows = [r for r in everything if "rps" in r]
 lists = [r for r in everything if "pages" in r]
+lookups = [r for r in everything if "lookups_per_sec" in r]
 runs = defaultdict(list)  # scenario -> rows, in repetition order
 for r in rows:
     runs[r["scenario"]].append(r)
@@ -75,14 +76,24 @@ for scenario in ("ours create, 1 client", "ours create, 32 clients"):
 
 curve = [s for s, rs in runs.items() if "tokens" in rs[0]]
 if curve:
-    print("\n| tokens | req/s (median) | p99 µs | start-up to SERVING ms (min – max) | RSS MiB | data dir MiB |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| tokens | tokens drawn | req/s (median) | p99 µs | start-up to SERVING ms (min – max) | RSS MiB | data dir MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for s in curve:
         rs = runs[s]
-        starts = [r["startup_ms"] for r in rs]
-        print(f"| {rs[0]['tokens']:,} | {median(s, 'rps'):,.0f} | {median(s, 'p99_us'):.0f} | "
-              f"{statistics.median(starts):.0f} ({min(starts)} – {max(starts)}) | "
-              f"{median(s, 'server_rss_mib')} | {rs[0]['data_dir_mib']} |")
+        starts = [r["startup_ms"] for r in rs if "startup_ms" in r]
+        start = f"{statistics.median(starts):.0f} ({min(starts)} – {max(starts)})" if starts else "—"
+        print(f"| {rs[0]['tokens']:,} | {rs[0].get('draw', 'hot')} | {median(s, 'rps'):,.0f} | "
+              f"{median(s, 'p99_us'):.0f} | {start} | "
+              f"{median(s, 'server_rss_mib'):.1f} | {rs[0]['data_dir_mib']} |")
+    hot = [s for s in curve if runs[s][0].get("draw", "hot") == "hot"]
+    largest = runs[hot[-1]][0]["tokens"]
+    for draw, target in (("uniform", ">= 0.50"), ("zipf", "")):
+        drawn = f"ours grpc validate, {largest} tokens, {draw}"
+        if drawn in runs:
+            pairs = [a["rps"] / b["rps"] for a, b in zip(runs[drawn], runs[hot[-1]])]
+            print(f"\n{draw} / hot at {largest:,} tokens (per repetition): median "
+                  f"{statistics.median(pairs):.2f} ({min(pairs):.2f} – {max(pairs):.2f}); target {target or 'none'}.")
+    curve = hot
     first, last = runs[curve[0]], runs[curve[-1]]
     print(f"\n{last[0]['tokens']:,} vs {first[0]['tokens']:,} tokens: throughput "
           f"{median(curve[-1], 'rps') / median(curve[0], 'rps'):.2f}×, p99 "
@@ -94,3 +105,13 @@ if lists:
     for r in lists:
         print(f"| {r['scenario']} | {r['tokens']:,} | {r['pages']:,} | {r['seconds']:.1f} | "
               f"{r['rss_before_mib']} / {r['rss_after_mib']} | {r['peak_rss_mib']} |")
+
+if lookups:
+    print("\n| Validate cache lookups (in-process) | tokens cached | 1 thread /s | 2 threads /s | 2 / 1 per repetition: median (min – max) | target |")
+    print("|---|---:|---:|---:|---:|---|")
+    for n in sorted({r["tokens"] for r in lookups}):
+        one = [r["lookups_per_sec"] for r in lookups if r["tokens"] == n and r["threads"] == 1]
+        two = [r["lookups_per_sec"] for r in lookups if r["tokens"] == n and r["threads"] == 2]
+        ratios = [b / a for a, b in zip(one, two)]
+        print(f"| hits | {n:,} | {statistics.median(one):,.0f} | {statistics.median(two):,.0f} | "
+              f"{statistics.median(ratios):.2f} ({min(ratios):.2f} – {max(ratios):.2f}) | >= 1.80 |")

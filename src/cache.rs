@@ -17,11 +17,12 @@
 use std::{
     collections::HashMap,
     sync::{
-        RwLock,
+        Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
 
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync::Cache};
 use tokio::time::Instant;
 
 use crate::{
@@ -29,22 +30,66 @@ use crate::{
     token::TokenHash,
 };
 
-/// Entries kept at most; past it the cache starts over (cheap, and rare:
-/// that many distinct live tokens validating).
-pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Memory the cached tokens may take, by their estimated size: 64 MiB is
+/// some 150,000 tokens of ordinary size. Past it the least useful are
+/// evicted (quick_cache's Clock-PRO-like policy: a hot token stays, a scan
+/// of cold ones does not push it out).
+pub const DEFAULT_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
-pub struct ValidationCache {
-    entries: RwLock<Entries>,
-    generation: AtomicU64,
-    freshness: Freshness,
-    capacity: usize,
+/// How many locks the id index is split into: fills and invalidations of
+/// different tokens rarely meet on one.
+const ID_SHARDS: usize = 64;
+
+/// The bytes a cached token holds, roughly: its strings and collections
+/// plus the fixed part and the cache's own entry.
+#[derive(Clone)]
+struct TokenWeight;
+
+impl Weighter<[u8; 32], StoredToken> for TokenWeight {
+    fn weight(&self, _hash: &[u8; 32], stored: &StoredToken) -> u64 {
+        let token = &stored.token;
+        let roles: usize = token.roles.iter().map(|r| r.as_str().len() + 24).sum();
+        let labels: usize = token
+            .labels
+            .as_map()
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 64)
+            .sum();
+        let variable = token.name.as_str().len()
+            + token.description.as_str().len()
+            + token.created_by.len()
+            + roles
+            + labels;
+        (std::mem::size_of::<StoredToken>() + 96 + variable) as u64
+    }
 }
 
-#[derive(Default)]
-struct Entries {
-    by_hash: HashMap<[u8; 32], StoredToken>,
-    /// The hashes each token is cached under: one per secret looked up.
-    by_id: HashMap<u64, Vec<[u8; 32]>>,
+/// Collects what an insert evicted, so the id index can forget it once
+/// the cache's own lock is released.
+#[derive(Clone, Default)]
+struct Evictions;
+
+impl Lifecycle<[u8; 32], StoredToken> for Evictions {
+    type RequestState = Vec<([u8; 32], u64)>;
+
+    fn on_evict(&self, evicted: &mut Self::RequestState, hash: [u8; 32], stored: StoredToken) {
+        evicted.push((hash, stored.token.id.get()));
+    }
+}
+
+/// The hashes each cached token is cached under (one per secret looked
+/// up: at most its current and its previous one), so a change or delete
+/// of the token finds every entry.
+type IdShard = HashMap<u64, Vec<[u8; 32]>>;
+
+pub struct ValidationCache {
+    entries: Cache<[u8; 32], StoredToken, TokenWeight, DefaultHashBuilder, Evictions>,
+    /// Sharded by token id. A token's shard lock is held by every fill and
+    /// invalidation of it, which orders them: a fill either lands before
+    /// the invalidation (and is removed by it) or sees its generation.
+    ids: Box<[Mutex<IdShard>]>,
+    generation: AtomicU64,
+    freshness: Freshness,
 }
 
 enum Freshness {
@@ -60,27 +105,54 @@ enum Freshness {
 #[derive(Clone, Copy)]
 pub struct Ticket(u64);
 
+fn lock(shard: &Mutex<IdShard>) -> MutexGuard<'_, IdShard> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl ValidationCache {
     /// For a store only this process writes.
     pub fn local() -> ValidationCache {
-        ValidationCache::new(Freshness::Local)
+        ValidationCache::new(Freshness::Local, DEFAULT_CAPACITY_BYTES)
     }
 
     /// For a store others write too; unusable until a first confirmation.
     pub fn confirmed() -> ValidationCache {
-        ValidationCache::new(Freshness::Confirmed {
-            since: Instant::now(),
-            until: AtomicU64::new(0),
-        })
+        ValidationCache::new(
+            Freshness::Confirmed {
+                since: Instant::now(),
+                until: AtomicU64::new(0),
+            },
+            DEFAULT_CAPACITY_BYTES,
+        )
     }
 
-    fn new(freshness: Freshness) -> ValidationCache {
+    /// A local cache holding about `bytes` of tokens.
+    pub fn local_with_capacity(bytes: u64) -> ValidationCache {
+        ValidationCache::new(Freshness::Local, bytes)
+    }
+
+    fn new(freshness: Freshness, bytes: u64) -> ValidationCache {
+        let estimated_items = usize::try_from(bytes / 400).unwrap_or(usize::MAX).max(16);
         ValidationCache {
-            entries: RwLock::default(),
+            entries: Cache::with_options(
+                OptionsBuilder::new()
+                    .estimated_items_capacity(estimated_items)
+                    .weight_capacity(bytes)
+                    .build()
+                    .expect("the cache options are valid"),
+                TokenWeight,
+                DefaultHashBuilder::default(),
+                Evictions,
+            ),
+            ids: (0..ID_SHARDS).map(|_| Mutex::default()).collect(),
             generation: AtomicU64::new(0),
             freshness,
-            capacity: DEFAULT_CAPACITY,
         }
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<IdShard> {
+        // Ids are random: their low bits spread evenly.
+        &self.ids[(id as usize) % ID_SHARDS]
     }
 
     fn usable(&self) -> bool {
@@ -102,8 +174,7 @@ impl ValidationCache {
         if !self.usable() {
             return None;
         }
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.by_hash.get(hash.as_bytes()).cloned()
+        self.entries.get(hash.as_bytes())
     }
 
     /// Keeps what a store lookup by `hash` found, unless anything was
@@ -112,34 +183,55 @@ impl ValidationCache {
         if !self.usable() {
             return;
         }
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        // Checked under the write lock: invalidations bump it under the same lock.
-        if self.generation.load(Ordering::Acquire) != ticket.0 {
-            return;
-        }
-        if entries.by_hash.len() >= self.capacity {
-            *entries = Entries::default();
-        }
+        let id = stored.token.id.get();
         let hash = *hash.as_bytes();
-        let hashes = entries.by_id.entry(stored.token.id.get()).or_default();
-        if !hashes.contains(&hash) {
-            hashes.push(hash);
+        let mut evicted = Vec::new();
+        {
+            let mut ids = lock(self.shard(id));
+            // Checked under the token's shard lock, which its invalidation
+            // holds while it bumps the generation.
+            if self.generation.load(Ordering::Acquire) != ticket.0 {
+                return;
+            }
+            self.entries
+                .insert_with_lifecycle(hash, stored.clone(), &mut evicted);
+            let hashes = ids.entry(id).or_default();
+            if !hashes.contains(&hash) {
+                hashes.push(hash);
+            }
         }
-        entries.by_hash.insert(hash, stored.clone());
+        // One shard lock at a time: never two, so never a deadlock.
+        for (hash, id) in evicted {
+            let mut ids = lock(self.shard(id));
+            // Filled again since (under this same lock): still indexed.
+            if self.entries.peek(&hash).is_some() {
+                continue;
+            }
+            if let Some(hashes) = ids.get_mut(&id) {
+                hashes.retain(|h| *h != hash);
+                if hashes.is_empty() {
+                    ids.remove(&id);
+                }
+            }
+        }
     }
 
     pub fn invalidate(&self, id: TokenId) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut ids = lock(self.shard(id.get()));
         self.generation.fetch_add(1, Ordering::AcqRel);
-        for hash in entries.by_id.remove(&id.get()).unwrap_or_default() {
-            entries.by_hash.remove(&hash);
+        for hash in ids.remove(&id.get()).unwrap_or_default() {
+            self.entries.remove(&hash);
         }
     }
 
     pub fn clear(&self) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        // Every shard, in order: no fill can slip in between.
+        let mut shards: Vec<MutexGuard<'_, IdShard>> = self.ids.iter().map(lock).collect();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        *entries = Entries::default();
+        self.entries.clear();
+        for shard in &mut shards {
+            shard.clear();
+        }
     }
 
     /// The feed vouches that every delete committed before some heartbeat
@@ -170,22 +262,28 @@ impl ValidationCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_hash
-            .len()
+        self.entries.len()
     }
 
     #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Tokens in the id index: never more than the cache holds (once
+    /// evictions are accounted), so it is bounded with it.
+    #[cfg(test)]
+    fn indexed(&self) -> usize {
+        self.ids
+            .iter()
+            .map(|s| lock(s).values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
 
     use super::*;
 
@@ -224,12 +322,13 @@ mod tests {
         cache.distrust();
         assert!(cache.get(&entry.hash).is_none());
         assert!(cache.is_empty());
+        assert_eq!(cache.indexed(), 0);
     }
 
     #[test]
     fn invalidating_a_token_drops_it_under_every_hash() {
         let cache = ValidationCache::local();
-        let mut entry = stored();
+        let mut entry = StoredToken::sample().1;
         let previous = crate::token::Token::generate().hash();
         entry.previous_hash = Some(previous);
         cache.fill(cache.ticket(), &entry.hash, &entry);
@@ -239,17 +338,77 @@ mod tests {
         assert!(cache.get(&entry.hash).is_none());
         assert!(cache.get(&previous).is_none());
         assert!(cache.is_empty());
+        assert_eq!(cache.indexed(), 0);
     }
 
     #[test]
-    fn a_full_cache_starts_over() {
-        let mut cache = ValidationCache::local();
-        cache.capacity = 2;
-        let entries: Vec<StoredToken> = (0..3).map(|_| stored()).collect();
+    fn a_full_cache_evicts_and_its_index_follows() {
+        // Room for some 40 tokens: 1000 fills evict most of them, and the
+        // id index forgets what the cache forgot.
+        let weight = TokenWeight.weight(&[0; 32], &stored());
+        let cache = ValidationCache::local_with_capacity(weight * 40);
+        let entries: Vec<StoredToken> = (0..1000).map(|_| stored()).collect();
         for entry in &entries {
             cache.fill(cache.ticket(), &entry.hash, entry);
         }
-        assert_eq!(cache.len(), 1);
-        assert!(cache.get(&entries[2].hash).is_some());
+        assert!(cache.len() <= 40, "{}", cache.len());
+        assert!(!cache.is_empty());
+        assert_eq!(cache.indexed(), cache.len());
+        // Whatever is still cached is still invalidated by its id.
+        for entry in &entries {
+            cache.invalidate(entry.token.id);
+        }
+        assert!(cache.is_empty());
+        assert_eq!(cache.indexed(), 0);
+    }
+
+    #[test]
+    fn a_hot_token_survives_a_scan_of_cold_ones() {
+        let weight = TokenWeight.weight(&[0; 32], &stored());
+        let cache = ValidationCache::local_with_capacity(weight * 100);
+        let hot = stored();
+        cache.fill(cache.ticket(), &hot.hash, &hot);
+        for _ in 0..1000 {
+            let cold = stored();
+            cache.fill(cache.ticket(), &cold.hash, &cold);
+            assert!(cache.get(&hot.hash).is_some(), "the hot token was evicted");
+        }
+    }
+
+    #[test]
+    fn fills_and_invalidations_from_many_threads_never_leave_a_stale_entry() {
+        let cache = Arc::new(ValidationCache::local_with_capacity(
+            TokenWeight.weight(&[0; 32], &stored()) * 64,
+        ));
+        let entries: Arc<Vec<StoredToken>> = Arc::new((0..256).map(|_| stored()).collect());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (cache, entries) = (cache.clone(), entries.clone());
+                std::thread::spawn(move || {
+                    for round in 0..2000 {
+                        let entry = &entries[(round * 7 + t * 13) % entries.len()];
+                        if (round + t) % 3 == 0 {
+                            cache.invalidate(entry.token.id);
+                        } else {
+                            let ticket = cache.ticket();
+                            cache.fill(ticket, &entry.hash, entry);
+                            let _ = cache.get(&entry.hash);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // Every entry still cached is found by its id: invalidating all of
+        // them leaves nothing behind.
+        for entry in entries.iter() {
+            cache.invalidate(entry.token.id);
+        }
+        for entry in entries.iter() {
+            assert!(cache.get(&entry.hash).is_none());
+        }
+        assert_eq!(cache.indexed(), 0);
     }
 }

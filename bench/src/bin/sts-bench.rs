@@ -71,6 +71,15 @@ struct GrpcTarget {
     connections: usize,
 }
 
+/// How a request picks its token out of many.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Draw {
+    /// Every token as likely as any other (mostly cache misses at 1M).
+    Uniform,
+    /// Zipf with exponent 1.0: the k-th token drawn with weight 1/k.
+    Zipf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// gRPC Validate of one token, over N HTTP/2 connections. The request is
@@ -79,6 +88,14 @@ enum Command {
     GrpcValidate {
         #[command(flatten)]
         grpc: GrpcTarget,
+        /// Validate tokens drawn from this file (one secret per line, as
+        /// `prefill --secrets-file` writes) instead of --token: each
+        /// request is encoded ahead, and a worker picks one per call.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// How --token-file's tokens are drawn.
+        #[arg(long, value_enum, default_value = "uniform")]
+        draw: Draw,
         #[arg(long, default_value = "grpc-validate")]
         scenario: String,
         #[command(flatten)]
@@ -140,6 +157,10 @@ enum Command {
         /// Where to write one valid (non-admin) token.
         #[arg(long)]
         token_file: PathBuf,
+        /// Where to write every token's secret, one per line (for
+        /// `grpc-validate --token-file`).
+        #[arg(long)]
+        secrets_file: Option<PathBuf>,
     },
     /// Delete-to-rejected time between two replicas: create a token on A,
     /// validate it on B until B has it cached, delete it on A, then validate
@@ -156,6 +177,19 @@ enum Command {
         token: String,
         #[arg(long, default_value_t = 200)]
         trials: usize,
+    },
+    /// The Validate cache from 1 and from 2 threads, in this process (no
+    /// server): hits on `--tokens` cached tokens, each thread walking them
+    /// in its own order, repetitions taking turns. One JSON line per
+    /// measurement; the 2-thread rate over the 1-thread rate is how the
+    /// cache scales.
+    CacheScaling {
+        #[arg(long, default_value_t = 10_000)]
+        tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
     },
     /// Poll gRPC health until SERVING; print milliseconds since --since-ms (epoch ms).
     WaitServing {
@@ -176,8 +210,36 @@ async fn main() -> anyhow::Result<()> {
                     token,
                     connections,
                 },
+            token_file: Some(file),
+            draw,
             scenario,
             plan,
+        } => {
+            let _ = token;
+            let frames: Vec<bytes::Bytes> = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .lines()
+                .map(|token| {
+                    grpc_frame(&ValidateRequest {
+                        token: token.to_owned(),
+                    })
+                })
+                .collect();
+            anyhow::ensure!(!frames.is_empty(), "{} holds no token", file.display());
+            let outcome = drawn_grpc_load(&target, connections, frames, draw, plan).await?;
+            println!("{}", outcome.to_json(&scenario));
+        }
+        Command::GrpcValidate {
+            grpc:
+                GrpcTarget {
+                    target,
+                    token,
+                    connections,
+                },
+            token_file: None,
+            scenario,
+            plan,
+            ..
         } => {
             let body = grpc_frame(&ValidateRequest { token });
             let outcome = raw_grpc_load(&target, connections, VALIDATE_PATH, body, plan).await?;
@@ -423,11 +485,20 @@ async fn main() -> anyhow::Result<()> {
             .await;
             println!("{}", outcome.to_json(&scenario));
         }
+        Command::CacheScaling {
+            tokens,
+            reps,
+            seconds,
+        } => cache_scaling(tokens, reps, Duration::from_secs_f64(seconds)),
         Command::Prefill {
             data_dir,
             count,
             token_file,
+            secrets_file,
         } => {
+            let mut secrets = secrets_file
+                .map(|path| std::fs::File::create(path).map(std::io::BufWriter::new))
+                .transpose()?;
             let store = SledStore::open(&data_dir)?;
             let roles = Roles::parse(&["bench-reader"])?;
             let now = SystemTime::now();
@@ -438,6 +509,11 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     Token::generate()
                 };
+                if let Some(out) = &mut secrets {
+                    use std::io::Write as _;
+                    writeln!(out, "{}", token.expose_secret())
+                        .expect("the secrets file is writable");
+                }
                 (
                     token.hash(),
                     NewToken {
@@ -507,6 +583,56 @@ async fn raw_grpc_load(
         let sender = senders[i % senders.len()].clone();
         let (uri, body) = (uri.clone(), body.clone());
         move || grpc_unary(sender.clone(), uri.clone(), body.clone())
+    })
+    .await)
+}
+
+/// As [`raw_grpc_load`] for Validate, each call carrying one of `frames`
+/// drawn by `draw` (each worker with its own generator).
+async fn drawn_grpc_load(
+    target: &str,
+    connections: usize,
+    frames: Vec<bytes::Bytes>,
+    draw: Draw,
+    plan: PlanArgs,
+) -> anyhow::Result<sts_bench::Outcome> {
+    let mut senders = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        senders.push(h2_connection(target).await?);
+    }
+    let uri: http::Uri = format!("{target}{VALIDATE_PATH}").parse()?;
+    let frames = std::sync::Arc::new(frames);
+    // Zipf(1.0): the cumulative weights of ranks 1..=n, searched per draw.
+    let cumulative: std::sync::Arc<Vec<f64>> = std::sync::Arc::new(match draw {
+        Draw::Uniform => Vec::new(),
+        Draw::Zipf => (1..=frames.len())
+            .scan(0.0, |sum, k| {
+                *sum += 1.0 / k as f64;
+                Some(*sum)
+            })
+            .collect(),
+    });
+    Ok(run(plan.into(), |i| {
+        let sender = senders[i % senders.len()].clone();
+        let (uri, frames, cumulative) = (uri.clone(), frames.clone(), cumulative.clone());
+        // xorshift64*, seeded per worker: cheap, and no shared state.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ ((i as u64 + 1) << 32);
+        move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let random = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let index = match cumulative.last() {
+                None => (random % frames.len() as u64) as usize,
+                Some(total) => {
+                    let at = (random >> 11) as f64 / (1u64 << 53) as f64 * total;
+                    cumulative
+                        .partition_point(|c| *c < at)
+                        .min(frames.len() - 1)
+                }
+            };
+            grpc_unary(sender.clone(), uri.clone(), frames[index].clone())
+        }
     })
     .await)
 }
@@ -673,4 +799,71 @@ async fn http1_connection(
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
+}
+
+/// See [`Command::CacheScaling`].
+fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
+    use std::sync::Arc;
+    use sts::{
+        cache::ValidationCache,
+        model::{ServiceToken, StoredToken, TokenId},
+    };
+    let cache = Arc::new(ValidationCache::local());
+    let new = NewToken {
+        name: TokenName::parse("bench").expect("valid name"),
+        roles: Roles::parse(&["bench-reader"]).expect("valid role"),
+        expiration: None,
+        description: Default::default(),
+        labels: Default::default(),
+        created_by: String::new(),
+    };
+    let hashes: Arc<Vec<_>> = Arc::new(
+        (0..tokens)
+            .map(|_| {
+                let stored = StoredToken {
+                    token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
+                    hash: Token::generate().hash(),
+                    previous_hash: None,
+                };
+                cache.fill(cache.ticket(), &stored.hash, &stored);
+                stored.hash
+            })
+            .collect(),
+    );
+    for rep in 1..=reps {
+        for threads in [1usize, 2] {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (cache, hashes) = (cache.clone(), hashes.clone());
+                    std::thread::spawn(move || {
+                        let started = Instant::now();
+                        let (mut hits, mut i) = (0u64, t * 7919);
+                        while started.elapsed() < seconds {
+                            for _ in 0..1024 {
+                                i = (i + 1) % hashes.len();
+                                if cache.get(&hashes[i]).is_some() {
+                                    hits += 1;
+                                }
+                            }
+                        }
+                        hits as f64 / started.elapsed().as_secs_f64()
+                    })
+                })
+                .collect();
+            let rate: f64 = workers
+                .into_iter()
+                .map(|w| w.join().expect("a lookup thread"))
+                .sum();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": "cache lookups",
+                    "threads": threads,
+                    "tokens": tokens,
+                    "rep": rep,
+                    "lookups_per_sec": rate.round(),
+                })
+            );
+        }
+    }
 }
