@@ -21,7 +21,12 @@ for r in rows:
 
 
 def median(scenario, key):
-    return statistics.median(r[key] for r in runs[scenario])
+    values = [r[key] for r in runs[scenario] if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def us(value):
+    return "—" if value is None else f"{value:.0f}"
 
 
 def cpu_model():
@@ -41,8 +46,8 @@ for scenario, rs in runs.items():
     lo, hi = min(r["rps"] for r in rs), max(r["rps"] for r in rs)
     client = statistics.median(r["client_cpu_seconds"] / r["seconds"] for r in rs)
     print(f"| {scenario} | {median(scenario, 'rps'):,.0f} | {lo:,.0f} – {hi:,.0f} | "
-          f"{median(scenario, 'p50_us'):.0f} | {median(scenario, 'p90_us'):.0f} | "
-          f"{median(scenario, 'p99_us'):.0f} | {median(scenario, 'p999_us'):.0f} | "
+          f"{us(median(scenario, 'p50_us'))} | {us(median(scenario, 'p90_us'))} | "
+          f"{us(median(scenario, 'p99_us'))} | {us(median(scenario, 'p999_us'))} | "
           f"{sum(r['errors'] for r in rs)} | {median(scenario, 'server_cpu'):.2f} | {client:.2f} |")
 
 print("\n| ratio (per repetition, same run) | median | min – max | target |")
@@ -63,6 +68,14 @@ ratio("Validate malformed / valid", "ours validate malformed", "ours grpc valida
 ratio("Validate unknown / valid", "ours validate unknown", "ours grpc validate", ">= 1.00")
 ratio("ext_authz Check / Validate (gRPC)", "ours grpc ext_authz check", "ours grpc validate, beside check", ">= 0.90")
 ratio("Envoy HTTP path / forward-auth", "ours http ext_authz path", "ours http forward-auth", ">= 0.90")
+ratio("HTTP status ours / nginx return 200 (wrk)", "ours http status (wrk)", "nginx return 200 (wrk)", ">= 0.90")
+ratio("forward-auth ours / nginx return 200 (wrk)", "ours http forward-auth (wrk)", "nginx return 200 (wrk)", ">= 0.90")
+ratio("HTTP status ours / bare (wrk)", "ours http status (wrk)", "bare http status (wrk)", "our code")
+ratio("HTTP bare / nginx return 200 (wrk)", "bare http status (wrk)", "nginx return 200 (wrk)", "our stack")
+ratio("gRPC Validate ours / nginx h2c (h2load)", "ours grpc validate (h2load)", "nginx h2c grpc-status 0 (h2load)", ">= 0.90")
+ratio("ext_authz Check ours / nginx h2c (h2load)", "ours grpc ext_authz check (h2load)", "nginx h2c grpc-status 0 (h2load)", ">= 0.90")
+ratio("gRPC Validate ours / bare (h2load)", "ours grpc validate (h2load)", "bare grpc validate (h2load)", "our code")
+ratio("gRPC bare / nginx h2c (h2load)", "bare grpc validate (h2load)", "nginx h2c grpc-status 0 (h2load)", "our stack")
 ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")
 for scenario in ("bare grpc validate @ half", "ours grpc validate @ half"):
     if scenario in runs:

@@ -71,6 +71,13 @@ struct GrpcTarget {
     connections: usize,
 }
 
+/// The calls `frame` encodes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FrameCall {
+    Validate,
+    Check,
+}
+
 /// How a request picks its token out of many.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Draw {
@@ -191,6 +198,26 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// Writes the gRPC frame (length prefix and message) of a Validate or
+    /// ext_authz Check of `--token`, for load generators that send a body
+    /// from a file (h2load -d).
+    Frame {
+        #[arg(value_enum)]
+        call: FrameCall,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Draws the cost curve (req/s and p99 against the number of tokens,
+    /// one line per way of drawing tokens) from bench/run's JSON lines as
+    /// an SVG chart.
+    Chart {
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Poll gRPC health until SERVING; print milliseconds since --since-ms (epoch ms).
     WaitServing {
         #[arg(long)]
@@ -255,58 +282,7 @@ async fn main() -> anyhow::Result<()> {
             scenario,
             plan,
         } => {
-            use envoy_types::pb::envoy::config::core::v3::{
-                Address, SocketAddress, address, socket_address,
-            };
-            use envoy_types::pb::envoy::service::auth::v3::{
-                AttributeContext, CheckRequest, attribute_context,
-            };
-            // What Envoy sends for an ordinary request: the peers, the
-            // request line and every header, the credential among them.
-            let peer = |ip: &str, port: u32| attribute_context::Peer {
-                address: Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: ip.into(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
-                        ..Default::default()
-                    })),
-                }),
-                ..Default::default()
-            };
-            let headers = [
-                (":authority", "builds.example.com"),
-                (":method", "GET"),
-                (":path", "/builds/42?expand=steps"),
-                (":scheme", "https"),
-                ("accept", "application/json"),
-                ("user-agent", "ci-runner/3.2 (linux; amd64)"),
-                ("x-forwarded-proto", "https"),
-                ("x-request-id", "7f4c1a0e-5b7e-4d0b-9a55-2f6c1d3e8b91"),
-                ("x-api-key", token.as_str()),
-            ];
-            let request = CheckRequest {
-                attributes: Some(AttributeContext {
-                    source: Some(peer("10.0.3.17", 51544)),
-                    destination: Some(peer("10.0.0.5", 8000)),
-                    request: Some(attribute_context::Request {
-                        http: Some(attribute_context::HttpRequest {
-                            id: "1386514591740926146".into(),
-                            method: "GET".into(),
-                            path: "/builds/42?expand=steps".into(),
-                            host: "builds.example.com".into(),
-                            scheme: "https".into(),
-                            protocol: "HTTP/1.1".into(),
-                            headers: headers
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.to_string()))
-                                .collect(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-            };
+            let request = check_request(&token);
             let outcome =
                 raw_grpc_load(&target, connections, CHECK_PATH, grpc_frame(&request), plan).await?;
             println!("{}", outcome.to_json(&scenario));
@@ -485,6 +461,15 @@ async fn main() -> anyhow::Result<()> {
             .await;
             println!("{}", outcome.to_json(&scenario));
         }
+        Command::Frame { call, token, out } => {
+            let frame = match call {
+                FrameCall::Validate => grpc_frame(&ValidateRequest { token }),
+                FrameCall::Check => grpc_frame(&check_request(&token)),
+            };
+            std::fs::write(&out, &frame)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+        }
+        Command::Chart { results, out } => chart(&results, &out)?,
         Command::CacheScaling {
             tokens,
             reps,
@@ -866,4 +851,182 @@ fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
             );
         }
     }
+}
+
+/// The ext_authz `Check` Envoy sends for an ordinary request carrying
+/// `token`: the peers, the request line and every header.
+fn check_request(token: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, SocketAddress, address, socket_address,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+    };
+    // What Envoy sends for an ordinary request: the peers, the
+    // request line and every header, the credential among them.
+    let peer = |ip: &str, port: u32| attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let headers = [
+        (":authority", "builds.example.com"),
+        (":method", "GET"),
+        (":path", "/builds/42?expand=steps"),
+        (":scheme", "https"),
+        ("accept", "application/json"),
+        ("user-agent", "ci-runner/3.2 (linux; amd64)"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "7f4c1a0e-5b7e-4d0b-9a55-2f6c1d3e8b91"),
+        ("x-api-key", token),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(peer("10.0.3.17", 51544)),
+            destination: Some(peer("10.0.0.5", 8000)),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: "1386514591740926146".into(),
+                    method: "GET".into(),
+                    path: "/builds/42?expand=steps".into(),
+                    host: "builds.example.com".into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// One cost-curve point's repetitions.
+#[derive(Default)]
+struct Samples {
+    rps: Vec<f64>,
+    p99_ms: Vec<f64>,
+}
+
+/// See [`Command::Chart`]: medians over the repetitions of each (store,
+/// tokens, draw) cost-curve row.
+fn chart(results: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    use std::collections::BTreeMap;
+    let text = std::fs::read_to_string(results)
+        .with_context(|| format!("cannot read {}", results.display()))?;
+    // "store, draw" -> tokens -> samples
+    let mut series: BTreeMap<String, BTreeMap<u64, Samples>> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(tokens), Some(rps), Some(p99)) = (
+            row["tokens"].as_u64(),
+            row["rps"].as_f64(),
+            row["p99_us"].as_f64(),
+        ) else {
+            continue;
+        };
+        let store = row["store"].as_str().unwrap_or("sled");
+        let draw = row["draw"].as_str().unwrap_or("hot");
+        let samples = series
+            .entry(format!("{store}, {draw}"))
+            .or_default()
+            .entry(tokens)
+            .or_default();
+        samples.rps.push(rps);
+        samples.p99_ms.push(p99 / 1000.0);
+    }
+    anyhow::ensure!(
+        !series.is_empty(),
+        "{} holds no cost-curve rows",
+        results.display()
+    );
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    // (name, [(tokens, req/s, p99 ms)])
+    type Line = (String, Vec<(f64, f64, f64)>);
+    let lines: Vec<Line> = series
+        .into_iter()
+        .map(|(name, points)| {
+            let points = points
+                .into_iter()
+                .map(|(tokens, s)| (tokens as f64, median(&s.rps), median(&s.p99_ms)))
+                .collect();
+            (name, points)
+        })
+        .collect();
+    let all = || lines.iter().flat_map(|(_, points)| points.iter());
+    let (min_x, max_x) = all().fold((f64::MAX, 0.0_f64), |(lo, hi), p| {
+        (lo.min(p.0), hi.max(p.0))
+    });
+    let max_rps = all().map(|p| p.1).fold(0.0_f64, f64::max) * 1.15;
+    let max_p99 = all().map(|p| p.2).fold(0.0_f64, f64::max) * 1.15;
+    let root = SVGBackend::new(out, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    let colors = [&BLUE, &RED, &GREEN, &MAGENTA, &CYAN, &BLACK];
+    for (panel, (title, pick, max)) in panels.iter().zip([
+        ("Validate req/s (server on one core)", 1usize, max_rps),
+        ("p99 latency, ms", 2usize, max_p99),
+    ]) {
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d((min_x * 0.8..max_x * 1.25).log_scale(), 0.0..max.max(1.0))?;
+        let y_label = |y: &f64| {
+            if pick == 1 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.1}")
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_desc("tokens in the store")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&y_label)
+            .draw()?;
+        for (index, (name, points)) in lines.iter().enumerate() {
+            let color = colors[index % colors.len()];
+            let values: Vec<(f64, f64)> = points
+                .iter()
+                .map(|p| (p.0, if pick == 1 { p.1 } else { p.2 }))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(values.clone(), color.stroke_width(2)))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart.draw_series(
+                values
+                    .into_iter()
+                    .map(|v| Circle::new(v, 3, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
 }
