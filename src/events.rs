@@ -382,11 +382,13 @@ pub enum Settle {
     /// Every webhook has it: out of the outbox.
     Delivered { seq: u64 },
     /// Some webhook still lacks it: kept, with those that have it, and not
-    /// offered again for `retry_in`.
+    /// offered again before `retry_at`. Events waiting on the same webhook
+    /// get the very same time, so they come due together and are claimed
+    /// again in the order they happened.
     Pending {
         seq: u64,
         delivered_to: Vec<String>,
-        retry_in: Duration,
+        retry_at: SystemTime,
     },
 }
 

@@ -13,7 +13,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, SystemTime},
 };
 
 use hmac::{Hmac, Mac};
@@ -53,18 +53,17 @@ struct Destination {
     url: WebhookUrl,
     /// Failures in a row.
     failures: u32,
-    /// Left alone until then.
-    resting_until: Option<Instant>,
+    /// Left alone until then. Wall-clock time: it is also when the events
+    /// waiting on this URL come due in the outbox, all at the same instant.
+    resting_until: Option<SystemTime>,
 }
 
 impl Destination {
-    fn resting(&self, now: Instant) -> Option<Duration> {
-        self.resting_until
-            .and_then(|until| until.checked_duration_since(now))
-            .filter(|left| !left.is_zero())
+    fn resting(&self, now: SystemTime) -> Option<SystemTime> {
+        self.resting_until.filter(|until| *until > now)
     }
 
-    fn failed(&mut self, now: Instant, config: &WebhookConfig) -> Duration {
+    fn failed(&mut self, now: SystemTime, config: &WebhookConfig) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let doubled = config
             .initial_backoff
@@ -128,7 +127,7 @@ pub async fn deliver(service: Arc<TokenService>, config: WebhookConfig) {
         let _ = service.outbox_stats().await;
         // A full batch may have more behind it: straight on, unless every
         // URL rests.
-        let now = Instant::now();
+        let now = SystemTime::now();
         let all_resting = destinations.iter().all(|d| d.resting(now).is_some());
         if matches!(round, Ok(BATCH)) && !all_resting {
             continue;
@@ -148,14 +147,30 @@ async fn round(
     destinations: &mut [Destination],
 ) -> Result<usize, crate::error::Error> {
     let claimed = service.claim_events(BATCH, LEASE).await?;
+    // Which URLs rest is decided once for the round: one whose rest ends
+    // half-way through must not get a later event before an earlier one
+    // it skipped.
+    let resting: Vec<bool> = destinations
+        .iter()
+        .map(|d| d.resting(SystemTime::now()).is_some())
+        .collect();
     let mut outcomes = Vec::with_capacity(claimed.len());
     for pending in &claimed {
-        outcomes.push(deliver_one(service.metrics(), client, config, destinations, pending).await);
+        let outcome = deliver_one(
+            service.metrics(),
+            client,
+            config,
+            destinations,
+            &resting,
+            pending,
+        )
+        .await;
+        outcomes.push(outcome);
     }
-    // Retries are due when the URL's rest ends, the same instant for
-    // every event waiting on it, measured now: so they come due together
-    // and are claimed again in the order they happened.
-    let now = Instant::now();
+    // Retries are due when the URL's rest ends: the same instant for every
+    // event waiting on it, so they come due together and are claimed again
+    // in the order they happened.
+    let now = SystemTime::now();
     let settled: Vec<Settle> = outcomes
         .into_iter()
         .map(|outcome| match outcome {
@@ -167,7 +182,7 @@ async fn round(
             } => Settle::Pending {
                 seq,
                 delivered_to,
-                retry_in: until.map_or(config.poll_interval, |u| u.saturating_duration_since(now)),
+                retry_at: until.unwrap_or(now + config.poll_interval),
             },
         })
         .collect();
@@ -184,7 +199,7 @@ enum Outcome {
     Waiting {
         seq: u64,
         delivered_to: Vec<String>,
-        until: Option<Instant>,
+        until: Option<SystemTime>,
     },
 }
 
@@ -194,17 +209,20 @@ async fn deliver_one(
     client: &reqwest::Client,
     config: &WebhookConfig,
     destinations: &mut [Destination],
+    resting: &[bool],
     pending: &Pending,
 ) -> Outcome {
     let event = &pending.event;
     let mut delivered_to = pending.delivered_to.clone();
-    let mut until: Option<Instant> = None;
-    for destination in destinations.iter_mut() {
+    let mut until: Option<SystemTime> = None;
+    for (destination, rested) in destinations.iter_mut().zip(resting) {
         let key = destination.url.key().to_owned();
         if delivered_to.contains(&key) {
             continue;
         }
-        if let Some(rest) = destination.resting_until.filter(|u| *u > Instant::now()) {
+        // Resting since the round began, or failed earlier in it.
+        if *rested || destination.resting(SystemTime::now()).is_some() {
+            let rest = destination.resting_until.unwrap_or_else(SystemTime::now);
             until = Some(until.map_or(rest, |u| u.min(rest)));
             continue;
         }
@@ -230,8 +248,8 @@ async fn deliver_one(
                 delivered_to.push(key);
             }
             Some(why) => {
-                let backoff = destination.failed(Instant::now(), config);
-                let rest = destination.resting_until.unwrap_or_else(Instant::now);
+                let backoff = destination.failed(SystemTime::now(), config);
+                let rest = destination.resting_until.unwrap_or_else(SystemTime::now);
                 until = Some(until.map_or(rest, |u| u.min(rest)));
                 tracing::warn!(
                     webhook = %destination.url,

@@ -852,13 +852,13 @@ impl Store for PostgresStore {
                 Settle::Pending {
                     seq,
                     delivered_to,
-                    retry_in,
+                    retry_at,
                 } => sqlx::query(
-                    "UPDATE sts_outbox SET delivered_to = $2,                      leased_until = now() + make_interval(secs => $3) WHERE seq = $1",
+                    "UPDATE sts_outbox SET delivered_to = $2, leased_until = $3 WHERE seq = $1",
                 )
                 .bind(db_seq(*seq))
                 .bind(delivered_to)
-                .bind(retry_in.as_secs_f64()),
+                .bind(to_db_time(*retry_at)),
             };
             query.execute(&self.pool).await.map_err(unavailable)?;
         }

@@ -693,9 +693,7 @@ impl SledStore {
         let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
         match settle {
             Settle::Delivered { seq } => not_before.remove(seq),
-            Settle::Pending { seq, retry_in, .. } => {
-                not_before.insert(*seq, SystemTime::now() + *retry_in)
-            }
+            Settle::Pending { seq, retry_at, .. } => not_before.insert(*seq, *retry_at),
         };
         Ok(())
     }

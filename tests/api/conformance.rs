@@ -1148,12 +1148,12 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
         Settle::Pending {
             seq: claimed[1].seq,
             delivered_to: vec!["a".into()],
-            retry_in: Duration::ZERO,
+            retry_at: SystemTime::now(),
         },
         Settle::Pending {
             seq: claimed[2].seq,
             delivered_to: vec![],
-            retry_in: Duration::from_secs(3600),
+            retry_at: SystemTime::now() + Duration::from_secs(3600),
         },
     ];
     store.settle_events(&settled).await.unwrap();

@@ -237,39 +237,26 @@ async fn main() -> anyhow::Result<()> {
                     token,
                     connections,
                 },
-            token_file: Some(file),
+            token_file,
             draw,
             scenario,
             plan,
         } => {
-            let _ = token;
-            let frames: Vec<bytes::Bytes> = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?
-                .lines()
-                .map(|token| {
-                    grpc_frame(&ValidateRequest {
-                        token: token.to_owned(),
+            let frames: Vec<bytes::Bytes> = match token_file {
+                None => vec![grpc_frame(&ValidateRequest { token })],
+                Some(file) => std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .lines()
+                    .map(|token| {
+                        grpc_frame(&ValidateRequest {
+                            token: token.to_owned(),
+                        })
                     })
-                })
-                .collect();
-            anyhow::ensure!(!frames.is_empty(), "{} holds no token", file.display());
-            let outcome = drawn_grpc_load(&target, connections, frames, draw, plan).await?;
-            println!("{}", outcome.to_json(&scenario));
-        }
-        Command::GrpcValidate {
-            grpc:
-                GrpcTarget {
-                    target,
-                    token,
-                    connections,
-                },
-            token_file: None,
-            scenario,
-            plan,
-            ..
-        } => {
-            let body = grpc_frame(&ValidateRequest { token });
-            let outcome = raw_grpc_load(&target, connections, VALIDATE_PATH, body, plan).await?;
+                    .collect(),
+            };
+            anyhow::ensure!(!frames.is_empty(), "no token to validate");
+            let outcome =
+                drawn_grpc_load(&target, connections, VALIDATE_PATH, frames, draw, plan).await?;
             println!("{}", outcome.to_json(&scenario));
         }
         Command::GrpcCheck {
@@ -559,24 +546,16 @@ async fn raw_grpc_load(
     body: bytes::Bytes,
     plan: PlanArgs,
 ) -> anyhow::Result<sts_bench::Outcome> {
-    let mut senders = Vec::with_capacity(connections.max(1));
-    for _ in 0..connections.max(1) {
-        senders.push(h2_connection(target).await?);
-    }
-    let uri: http::Uri = format!("{target}{path}").parse()?;
-    Ok(run(plan.into(), |i| {
-        let sender = senders[i % senders.len()].clone();
-        let (uri, body) = (uri.clone(), body.clone());
-        move || grpc_unary(sender.clone(), uri.clone(), body.clone())
-    })
-    .await)
+    drawn_grpc_load(target, connections, path, vec![body], Draw::Uniform, plan).await
 }
 
-/// As [`raw_grpc_load`] for Validate, each call carrying one of `frames`
-/// drawn by `draw` (each worker with its own generator).
+/// Unary calls of `path` over `connections` raw HTTP/2 connections, each
+/// carrying one of `frames` (encoded ahead) drawn by `draw`, each worker
+/// with its own generator.
 async fn drawn_grpc_load(
     target: &str,
     connections: usize,
+    path: &str,
     frames: Vec<bytes::Bytes>,
     draw: Draw,
     plan: PlanArgs,
@@ -585,7 +564,7 @@ async fn drawn_grpc_load(
     for _ in 0..connections.max(1) {
         senders.push(h2_connection(target).await?);
     }
-    let uri: http::Uri = format!("{target}{VALIDATE_PATH}").parse()?;
+    let uri: http::Uri = format!("{target}{path}").parse()?;
     let frames = std::sync::Arc::new(frames);
     // Zipf(1.0): the cumulative weights of ranks 1..=n, searched per draw.
     let cumulative: std::sync::Arc<Vec<f64>> = std::sync::Arc::new(match draw {
