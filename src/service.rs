@@ -347,16 +347,12 @@ impl TokenService {
             let page = self.store.list_matching(after_id, PAGE, &filter).await?;
             for stored in &page {
                 let id = stored.token.id;
-                let event = self.draft(|| Draft::purged(now));
                 let deleted = self
-                    .store
-                    .delete(id, &self.keep_admin(now), event.as_ref())
-                    .await;
-                self.cache.invalidate(id);
-                if !matches!(deleted?, Outcome::Done(())) {
+                    .remove(id, &self.keep_admin(now), || Draft::purged(now))
+                    .await?;
+                if deleted != Outcome::Done(()) {
                     continue;
                 }
-                self.wrote(event.as_ref());
                 purged += 1;
                 self.metrics.management_call("Purge", "OK");
                 tracing::info!(
@@ -829,6 +825,27 @@ impl TokenService {
         Ok(changed)
     }
 
+    /// The one way a token is deleted (by an admin, a purge, or its leaked
+    /// secret): under `keep`, with its event, and gone from the cache
+    /// before anyone hears of it.
+    async fn remove(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        event: impl FnOnce() -> Draft,
+    ) -> Result<Outcome<()>, Error> {
+        let event = self.draft(event);
+        let deleted = self.store.delete(id, keep, event.as_ref()).await;
+        // Whatever the answer: the delete may have committed even if the
+        // answer is an error.
+        self.cache.invalidate(id);
+        let deleted = deleted?;
+        if deleted == Outcome::Done(()) {
+            self.wrote(event.as_ref());
+        }
+        Ok(deleted)
+    }
+
     /// A change with `event` committed: delivery can start on it.
     fn wrote(&self, event: Option<&Draft>) {
         if event.is_some() {
@@ -903,13 +920,12 @@ impl TokenService {
             waived: true,
             ..self.keep_admin(now)
         };
-        let event = self.draft(|| Draft::leaked(source, now));
-        let deleted = self.store.delete(id, &keep, event.as_ref()).await;
-        self.cache.invalidate(id);
-        if !matches!(deleted?, Outcome::Done(())) {
+        let deleted = self
+            .remove(id, &keep, || Draft::leaked(source, now))
+            .await?;
+        if deleted != Outcome::Done(()) {
             return Ok(Revoked::NotFound);
         }
-        self.wrote(event.as_ref());
         tracing::warn!(
             target: AUDIT,
             rpc = "RevokeLeaked",
@@ -934,15 +950,9 @@ impl TokenService {
 
     pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
         let now = self.clock.now();
-        let event = self.draft(|| Draft::deleted(Actor::of(admin.token()), now));
-        let deleted = self
-            .store
-            .delete(id, &self.keep_admin(now), event.as_ref())
-            .await;
-        // Before the answer: once acknowledged, no lookup may find it.
-        self.cache.invalidate(id);
-        self.outcome(id, deleted?)?;
-        self.wrote(event.as_ref());
+        let event = || Draft::deleted(Actor::of(admin.token()), now);
+        let deleted = self.remove(id, &self.keep_admin(now), event).await?;
+        self.outcome(id, deleted)?;
         tracing::info!(
             target: AUDIT,
             rpc = Rpc::Delete.as_str(),
