@@ -1,4 +1,5 @@
-//! The source of "now" for expiry decisions, injectable so tests can move time.
+//! The source of "now" for expiry decisions, injectable so tests can move
+//! time, and the one way a time is written out (RFC 3339, whole seconds).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,4 +25,10 @@ pub fn to_micros(time: SystemTime) -> SystemTime {
         // Before 1970: never a token's time (creation is now, expiry ahead).
         Err(_) => time,
     }
+}
+
+/// A time as every outward text gives it (the `X-Service-Token-Expiration`
+/// header, events, audit lines): RFC 3339, UTC, whole seconds.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -16,7 +16,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::model::{ServiceToken, TokenId};
+use crate::{
+    clock::rfc3339,
+    model::{ServiceToken, TokenId},
+};
 
 /// What happened to a token, as `type` and `X-Sts-Event` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,19 +37,6 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
-        EventType::Created,
-        EventType::Updated,
-        EventType::Rotated,
-        EventType::Disabled,
-        EventType::Enabled,
-        EventType::Deleted,
-        EventType::Purged,
-        EventType::Leaked,
-        EventType::Expiring,
-        EventType::Expired,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Created => "token.created",
@@ -302,12 +292,6 @@ struct TokenJson<'a> {
     /// Until when a rotated-out secret still works.
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_secret_expiration: Option<String>,
-}
-
-/// RFC 3339, UTC, whole seconds: what the `X-Service-Token-Expiration`
-/// header says too.
-fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 impl Event {

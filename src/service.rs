@@ -318,7 +318,8 @@ impl TokenService {
         }
         let age = stats
             .oldest
-            .and_then(|oldest| SystemTime::now().duration_since(oldest).ok())
+            // By the clock that dated the events.
+            .and_then(|oldest| self.clock.now().duration_since(oldest).ok())
             .map_or(0, |age| age.as_secs());
         self.metrics.outbox(stats.pending, age);
         Ok(stats)
@@ -364,7 +365,7 @@ impl TokenService {
                     expiration = stored
                         .token
                         .expiration
-                        .map(|e| humantime::format_rfc3339_seconds(e).to_string()),
+                        .map(crate::clock::rfc3339),
                     "expired service token purged"
                 );
             }

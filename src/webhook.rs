@@ -281,6 +281,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failing_url_rests_longer_each_time_up_to_the_maximum() {
+        let config = WebhookConfig {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            ..WebhookConfig::new(
+                vec![WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap()],
+                WebhookSecret::parse("a secret of sixteen bytes").unwrap(),
+            )
+        };
+        let mut destination = Destination {
+            url: config.urls[0].clone(),
+            failures: 0,
+            resting_until: None,
+        };
+        let now = SystemTime::UNIX_EPOCH;
+        // Doubling, with up to a tenth of jitter on top.
+        for base in [1, 2, 4, 8, 10, 10] {
+            let rest = destination.failed(now, &config);
+            let base = Duration::from_secs(base);
+            assert!(
+                rest >= base && rest <= base.mul_f64(1.1),
+                "{rest:?} for {base:?}"
+            );
+            assert_eq!(destination.resting_until, Some(now + rest));
+            assert_eq!(destination.resting(now), Some(now + rest));
+        }
+        destination.succeeded();
+        assert_eq!(destination.resting(now), None);
+        let rest = destination.failed(now, &config);
+        assert!(rest < Duration::from_secs(2), "a success starts over");
+    }
+
+    #[test]
     fn the_signature_is_githubs_hmac_sha256() {
         let secret = WebhookSecret::parse("It's a Secret to Everybody").unwrap();
         // GitHub's documented example: this secret, this payload.

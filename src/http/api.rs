@@ -132,8 +132,7 @@ fn expiration_headers(token: &ServiceToken) -> HeaderMap {
 /// The [`EXPIRATION_HEADER`] value of a token that expires: RFC 3339, to
 /// the second.
 pub fn expiration_text(token: &ServiceToken) -> Option<String> {
-    let expiration = token.expiration?;
-    Some(humantime::format_rfc3339_seconds(expiration).to_string())
+    token.expiration.map(crate::clock::rfc3339)
 }
 
 #[derive(Serialize)]

@@ -619,24 +619,16 @@ impl SledStore {
         })
     }
 
-    /// Announces the expiry step `token` (stored under `key`) has reached
-    /// at `now`, unless it was announced already; whether it did.
+    /// Announces `step` of the token stored under `key`, found by a scan
+    /// expiring at `expiration`, unless the transaction finds it changed
+    /// or the step announced since; whether it did.
     fn signal_expiry(
         &self,
         key: &[u8],
-        token: &ServiceToken,
+        expiration: SystemTime,
+        step: Expiry,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        let Some(expiration) = token.expiration.filter(|_| !token.disabled) else {
-            return Ok(false);
-        };
-        let Some(step) = Expiry::at(expiration, now) else {
-            return Ok(false);
-        };
-        let done = self.signals.get(key).map_err(unavailable)?;
-        if announced(done.as_deref(), expiration).is_some_and(|done| done >= step) {
-            return Ok(false);
-        }
         let seq = self.db.generate_id().map_err(unavailable)?;
         let trees = (&self.tokens, &self.signals, &self.meta, &self.outbox);
         let outcome = trees.transaction(|(tokens, signals, meta, outbox)| {
@@ -856,15 +848,15 @@ impl Store for SledStore {
                 };
                 let done = signals.get(&key).map_err(unavailable)?;
                 if announced(done.as_deref(), expiration).is_none_or(|done| done < step) {
-                    due.push((key, token));
+                    due.push((key, expiration, step));
                 }
             }
             Ok(due)
         })
         .await?;
         let mut signalled = 0;
-        for (key, token) in due {
-            if self.signal_expiry(&key, &token, now)? {
+        for (key, expiration, step) in due {
+            if self.signal_expiry(&key, expiration, step, now)? {
                 signalled += 1;
             }
         }
