@@ -55,6 +55,11 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finds peers that vanished without closing (a crashed node, a cut cable).
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most header bytes a request may send. Forward-auth requests carry
+/// the proxied request's headers, which Envoy allows up to 60 KiB of.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The smallest `--max-header-bytes`: below it ordinary requests fail.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 
 /// The service's rules: who may manage tokens, how lists are paged.
 /// Nothing here knows how or where the service is reached.
@@ -369,6 +374,9 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// The most header bytes a request may send (HTTP/1 answers 431 past
+    /// it); at least [`MIN_HEADER_BYTES`].
+    pub max_header_bytes: usize,
     pub integrations: IntegrationConfig,
     /// How often the token-count metrics are refreshed.
     pub token_summary_interval: Duration,
@@ -385,6 +393,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             integrations: IntegrationConfig::default(),
             token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
         }

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::token::MalformedToken;
 
@@ -196,7 +196,18 @@ pub trait Headers {
 
 impl Headers for HeaderMap {
     fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
-        self.get_all(name).iter().map(|v| v.as_bytes())
+        // The credential headers as ready-made names: a `&str` name is
+        // parsed again on every lookup.
+        const NAMES: [HeaderName; 2] = [
+            HeaderName::from_static(AUTHORIZATION),
+            HeaderName::from_static(X_API_KEY),
+        ];
+        match NAMES.iter().find(|known| known.as_str() == name) {
+            Some(known) => self.get_all(known),
+            None => self.get_all(name),
+        }
+        .iter()
+        .map(|v| v.as_bytes())
     }
 }
 

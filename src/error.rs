@@ -218,8 +218,6 @@ pub enum ServeError {
     Tls(#[source] Cause),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("transport error")]
-    Transport(#[from] tonic::transport::Error),
     /// Only our own embedded descriptors go in, so this is a build defect.
     #[error("embedded protobuf descriptors are invalid")]
     Reflection(#[from] tonic_reflection::server::Error),

@@ -26,6 +26,7 @@ pub mod model;
 pub mod page;
 pub mod proto;
 pub mod rate_limit;
+pub mod serve;
 pub mod server;
 pub mod service;
 pub mod store;

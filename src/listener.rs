@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::BytesMut;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -197,7 +198,13 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 pub struct Connection {
     stream: Io,
     first_byte: Option<Pin<Box<Sleep>>>,
+    /// Bytes [`Connection::speaks_http2`] read, handed out again first.
+    replay: BytesMut,
 }
+
+/// How an HTTP/2 client with prior knowledge opens (RFC 9113, 3.4); no
+/// HTTP/1 request starts with it.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 enum Io {
     Plain(TcpStream),
@@ -210,6 +217,58 @@ impl Connection {
         Connection {
             stream,
             first_byte: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            replay: BytesMut::new(),
+        }
+    }
+
+    /// Whether the peer opens with HTTP/2's preface: reads only as far as
+    /// that is decided (the first byte, for any HTTP/1 request), and the
+    /// bytes read are read again by whoever reads next. An HTTP/2 client
+    /// over TLS opens with the preface too, whatever ALPN said.
+    pub async fn speaks_http2(&mut self) -> io::Result<bool> {
+        while self.replay.len() < HTTP2_PREFACE.len() {
+            if !HTTP2_PREFACE.starts_with(&self.replay) {
+                return Ok(false);
+            }
+            let mut chunk = [0u8; 24];
+            let mut buf = ReadBuf::new(&mut chunk);
+            std::future::poll_fn(|cx| self.poll_read_stream(cx, &mut buf)).await?;
+            if buf.filled().is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.replay.extend_from_slice(buf.filled());
+        }
+        Ok(self.replay.starts_with(HTTP2_PREFACE))
+    }
+
+    /// A read from the stream itself, under the first-byte deadline.
+    fn poll_read_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.first_byte = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let expired = self
+                    .first_byte
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing after connecting",
+                    )));
+                }
+                Poll::Pending
+            }
+            failed => failed,
         }
     }
 }
@@ -270,29 +329,12 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.first_byte = None;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => {
-                let expired = self
-                    .first_byte
-                    .as_mut()
-                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client sent nothing after connecting",
-                    )));
-                }
-                Poll::Pending
-            }
-            failed => failed,
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay.split_to(n));
+            return Poll::Ready(Ok(()));
         }
+        self.poll_read_stream(cx, buf)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Serving: one listener for everything. gRPC (TokenService, health,
-//! reflection) and the HTTP routes share a tonic server that accepts HTTP/1.1
-//! and HTTP/2; requests are routed by path, and every one passes the latency
-//! middleware. Runs until `shutdown` resolves, then drains and flushes.
+//! reflection) and the HTTP routes are routes of one router, served over
+//! HTTP/1.1 and HTTP/2 by [`crate::serve`]; requests are routed by path, and
+//! every one passes [`Front`] (latency, Host, body bound) first. Runs until `shutdown` resolves, then drains and flushes.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -13,9 +13,10 @@ use crate::{
     config::{MAX_CHECK_REQUEST_BYTES, ServerConfig},
     error::{ServeError, with_causes},
     grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
-    http::{self, HttpState, Readiness},
+    http::{self, Front, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
+    serve::{Protocol, serve},
     service::TokenService,
     webhook,
 };
@@ -176,8 +177,8 @@ pub async fn run_on(
         ExtAuthz::new(service.clone(), &config.integrations),
         MAX_CHECK_REQUEST_BYTES,
     ))
-    .into_axum_router()
-    .layer(http::ObserveLatencyLayer::new(service.metrics().clone()));
+    .into_axum_router();
+    let front = Front::new(routes, service.metrics().clone(), config.max_request_bytes);
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let delay = config.shutdown_delay;
@@ -234,23 +235,12 @@ pub async fn run_on(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let incoming = Incoming::new(listeners, limits, tls);
-    let builder = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
+    let protocol = Protocol::from(&config);
     for address in addresses {
         tracing::info!(%address, scheme, "serving");
     }
-    let serving = builder
-        // Debug level: at the default info level the span is disabled and
-        // costs nothing on the hot path; events inside still log.
-        .trace_fn(|request| {
-            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-        })
-        .add_routes(Routes::from(routes))
-        .serve_with_incoming_shutdown(incoming, draining);
     tokio::select! {
-        served = serving => served?,
+        () = serve(incoming, front, &protocol, draining) => {}
         () = grace_expired => tracing::warn!(?grace, "in-flight calls outlasted the shutdown grace; closing anyway"),
     }
 

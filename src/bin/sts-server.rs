@@ -9,15 +9,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
         DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
-        DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix,
-        LifetimePolicy, ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig,
-        WebhookSecret, WebhookUrl,
+        DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE,
+        IntegrationConfig, KubernetesPrefix, LifetimePolicy, MIN_HEADER_BYTES, ServerConfig,
+        ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
     },
     daemon,
     model::{NewToken, Role},
     store::sled::DEFAULT_DISK_RESERVE,
 };
 use tracing_subscriber::EnvFilter;
+
+/// `--max-header-bytes`: a byte count hyper can work with.
+fn parse_header_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if !(MIN_HEADER_BYTES..=u32::MAX as usize).contains(&bytes) {
+        return Err(format!("must be from {} to {}", MIN_HEADER_BYTES, u32::MAX));
+    }
+    Ok(bytes)
+}
 
 /// Name of the token `bootstrap` creates unless told otherwise.
 const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
@@ -129,6 +140,10 @@ struct ServeArgs {
     /// connections and finish in-flight calls.
     #[arg(long, env = "STS_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     shutdown_delay: Duration,
+    /// The most header bytes a request may send (HTTP/1 answers 431 past
+    /// it; HTTP/2 announces it as its header list size). At least 8192.
+    #[arg(long, env = "STS_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = parse_header_bytes)]
+    max_header_bytes: usize,
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
@@ -292,6 +307,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = ServerConfig {
         tls,
         shutdown_delay: args.shutdown_delay,
+        max_header_bytes: args.max_header_bytes,
         integrations: IntegrationConfig {
             forward_credential: args.forward_credential,
             kubernetes_prefix: args.kubernetes_prefix,

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{Caller, HttpState};
+use super::{Caller, HttpState, json};
 use crate::{
     credential,
     error::Error,
@@ -50,17 +50,17 @@ pub const PREVIOUS_SECRET_HEADER: &str = "x-service-token-previous-secret";
 /// milliseconds; the lifecycle fields after them.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenJson {
+pub struct TokenJson<'a> {
     pub id: u64,
-    pub name: String,
-    pub roles: Vec<String>,
+    pub name: &'a str,
+    pub roles: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration: Option<i64>,
-    pub description: String,
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub description: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
     pub disabled: bool,
     pub created_at: i64,
-    pub created_by: String,
+    pub created_by: &'a str,
     pub updated_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<i64>,
@@ -70,19 +70,19 @@ pub struct TokenJson {
     pub previous_secret_last_used_at: Option<i64>,
 }
 
-impl From<&ServiceToken> for TokenJson {
-    fn from(token: &ServiceToken) -> TokenJson {
+impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
+    fn from(token: &'a ServiceToken) -> TokenJson<'a> {
         let previous = token.previous_secret;
         TokenJson {
             id: token.id.get(),
-            name: token.name.as_str().to_owned(),
-            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            name: token.name.as_str(),
+            roles: token.roles.iter().map(Role::as_str).collect(),
             expiration: token.expiration.map(epoch_millis),
-            description: token.description.as_str().to_owned(),
-            labels: token.labels.as_map().clone(),
+            description: token.description.as_str(),
+            labels: token.labels.as_map(),
             disabled: token.disabled,
             created_at: epoch_millis(token.created_at),
-            created_by: token.created_by.clone(),
+            created_by: &token.created_by,
             updated_at: epoch_millis(token.updated_at),
             last_used_at: token.last_used_at.map(epoch_millis),
             previous_secret_expiration: previous.map(|p| epoch_millis(p.expiration)),
@@ -100,22 +100,19 @@ pub fn epoch_millis(time: SystemTime) -> i64 {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusJson {
+pub struct StatusJson<'a> {
     version: &'static str,
     uptime_seconds: u64,
-    service_token: TokenJson,
+    service_token: TokenJson<'a>,
 }
 
-pub async fn status(
-    State(state): State<HttpState>,
-    Caller(caller): Caller,
-) -> (HeaderMap, Json<StatusJson>) {
-    let body = Json(StatusJson {
+pub async fn status(State(state): State<HttpState>, Caller(caller): Caller) -> Response {
+    let body = StatusJson {
         version: VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
         service_token: TokenJson::from(&caller.token),
-    });
-    (expiration_headers(&caller.token), body)
+    };
+    (expiration_headers(&caller.token), json(&body)).into_response()
 }
 
 /// [`EXPIRATION_HEADER`] for a token that expires; empty for one that

@@ -5,9 +5,8 @@
 
 mod api;
 mod caller;
-mod host;
+mod front;
 mod kubernetes;
-mod latency;
 mod oauth2;
 mod probes;
 mod tokens;
@@ -16,7 +15,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Request},
+    extract::Request,
     http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{any, get, post},
@@ -34,17 +33,28 @@ pub use api::{
     expiration_text, identity,
 };
 pub use caller::Caller;
-pub use latency::ObserveLatencyLayer;
+pub use front::Front;
 pub use probes::Readiness;
 
-/// What the HTTP handlers share.
+/// What the HTTP handlers share: one `Arc`, since axum hands every
+/// request its own clone of the state.
 #[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState(Arc<Shared>);
+
+pub struct Shared {
     service: Arc<TokenService>,
     readiness: Arc<Readiness>,
     started: Instant,
     max_body: usize,
     integrations: IntegrationConfig,
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl HttpState {
@@ -56,13 +66,13 @@ impl HttpState {
         max_body: usize,
         integrations: IntegrationConfig,
     ) -> HttpState {
-        HttpState {
+        HttpState(Arc::new(Shared {
             service,
             readiness,
             started: Instant::now(),
             max_body,
             integrations,
-        }
+        }))
     }
 
     fn readiness(&self) -> &Readiness {
@@ -70,9 +80,9 @@ impl HttpState {
     }
 }
 
-/// Every HTTP route. gRPC services are added beside these by `server::run`.
+/// Every HTTP route. gRPC services are added beside these by `server::run`,
+/// and [`Front`] goes around them all.
 pub fn router(state: HttpState) -> Router {
-    let max_body = state.max_body;
     Router::new()
         .route("/api/server/status", get(api::status))
         .route("/api/server/info", get(api::info))
@@ -99,9 +109,27 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(probes::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(host::RequireHostLayer)
         .with_state(state)
+}
+
+/// Room for a typical JSON answer (a token is about 250 bytes), so
+/// writing one does not grow the buffer as it goes.
+const JSON_CAPACITY: usize = 512;
+
+/// `value` as a JSON answer: what axum's `Json` does, written into one
+/// buffer sized up front (`Json` grows a small one, write by write).
+fn json<T: Serialize>(value: &T) -> Response {
+    let mut body = Vec::with_capacity(JSON_CAPACITY);
+    // Only a map with non-string keys fails, and no answer holds one.
+    serde_json::to_writer(&mut body, value).expect("an answer always serializes");
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The JSON body of every HTTP error.

@@ -15,13 +15,13 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HttpState, api::TokenJson, api::epoch_millis, caller::Peer};
+use super::{HttpState, api::TokenJson, api::epoch_millis, caller::Peer, json};
 use crate::{
     credential,
     error::Error,
     model::{
-        Description, Edit, FieldError, Labels, ListFilter, NewToken, Roles, TokenId, TokenName,
-        parse_epoch_millis,
+        Description, Edit, FieldError, Labels, ListFilter, NewToken, Roles, ServiceToken, TokenId,
+        TokenName, parse_epoch_millis,
     },
     page::PageRequest,
     service::{Admin, Revoked, Rpc, TokenService},
@@ -59,7 +59,7 @@ impl ListQuery {
 /// What a list answers: one page (with `limit`), or every token.
 enum Listed {
     Page {
-        tokens: Vec<TokenJson>,
+        tokens: Vec<ServiceToken>,
         next: Option<String>,
     },
     All(Body),
@@ -109,7 +109,7 @@ pub async fn list(
         })?;
         let page = service.list(&admin, page, &filter).await?;
         Ok(Listed::Page {
-            tokens: page.tokens.iter().map(TokenJson::from).collect(),
+            tokens: page.tokens,
             next: page.next_cursor,
         })
     };
@@ -120,6 +120,7 @@ pub async fn list(
     Ok(match listed {
         Listed::All(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Listed::Page { tokens, next } => {
+            let tokens: Vec<TokenJson> = tokens.iter().map(TokenJson::from).collect();
             let mut response = Json(tokens).into_response();
             if let Some(link) = next.and_then(|cursor| next_link(&uri, &cursor)) {
                 response.headers_mut().insert(header::LINK, link);
@@ -254,9 +255,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
-    let service = &state.service;
+    let (service, max_body) = (&state.service, state.max_body);
     let call = |admin| async move {
-        let request: CreateJson = json_body(body, state.max_body, "a token request")?;
+        let request: CreateJson = json_body(body, max_body, "a token request")?;
         let expiration = request
             .expiry_date
             .map(|ms| parse_epoch_millis(EXPIRY_DATE, ms))
@@ -285,13 +286,13 @@ pub async fn get(
     Peer(source): Peer,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<TokenJson>, Error> {
+) -> Result<Response, Error> {
     let service = &state.service;
     let call = |admin| async move { service.get(&admin, path_id(&id)?).await };
     let token = service
         .manage(Rpc::Get, credential::presented(&headers), source, call)
         .await?;
-    Ok(Json(TokenJson::from(&token)))
+    Ok(json(&TokenJson::from(&token)))
 }
 
 /// A JSON merge patch (RFC 7396) of `name`, `roles`, `expiryDate`,
@@ -382,11 +383,11 @@ pub async fn patch(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<TokenJson>, Error> {
-    let service = &state.service;
+) -> Result<Response, Error> {
+    let (service, max_body) = (&state.service, state.max_body);
     let call = |admin| async move {
         let id = path_id(&id)?;
-        let patch: Value = json_body(body, state.max_body, "a JSON merge patch")?;
+        let patch: Value = json_body(body, max_body, "a JSON merge patch")?;
         // A labels patch merges into the labels the token has now.
         let current = match patch.get("labels") {
             Some(Value::Object(_)) => service.get(&admin, id).await?.labels,
@@ -402,7 +403,7 @@ pub async fn patch(
     let token = service
         .manage(Rpc::Update, credential::presented(&headers), source, call)
         .await?;
-    Ok(Json(TokenJson::from(&token)))
+    Ok(json(&TokenJson::from(&token)))
 }
 
 #[derive(Deserialize, Default)]
@@ -419,7 +420,7 @@ pub async fn rotate(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
-    let service = &state.service;
+    let (service, max_body) = (&state.service, state.max_body);
     let call = |admin| async move {
         let id = path_id(&id)?;
         let empty = body
@@ -428,7 +429,7 @@ pub async fn rotate(
         let request: RotateJson = if empty {
             RotateJson::default()
         } else {
-            json_body(body, state.max_body, "a rotation request")?
+            json_body(body, max_body, "a rotation request")?
         };
         let grace = Duration::from_secs(request.grace_period_seconds);
         let rotated = service.rotate(&admin, id, grace).await;

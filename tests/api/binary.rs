@@ -510,28 +510,27 @@ fn each_command_lists_only_the_flags_it_uses() {
     assert!(serve.contains("--shutdown-delay"), "{serve}");
 }
 
+/// Runs `serve` on `data` with `args` and `env`, which must refuse to
+/// start; returns what it said.
+fn refused_serve(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let refused = sts_server()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    String::from_utf8_lossy(&refused.stderr).into_owned()
+}
+
 #[tokio::test]
 async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let refused = sts_server()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--kubernetes-prefix",
-            "",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("system:masters"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let stderr = refused_serve(&data, &["--kubernetes-prefix", ""], &[]);
+    assert!(stderr.contains("system:masters"), "{stderr}");
 
     let token = crate::process::bootstrap_with_args(&data, &["--roles", "kube"]);
     let server = crate::process::ServerProcess::start_with(
@@ -581,15 +580,14 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
 async fn the_lifetime_flags_reach_the_server_and_an_impossible_policy_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let refused = sts_server()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("STS_MAX_TOKEN_LIFETIME", "30d")
-        .env("STS_DEFAULT_TOKEN_LIFETIME", "90d")
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = refused_serve(
+        &data,
+        &[],
+        &[
+            ("STS_MAX_TOKEN_LIFETIME", "30d"),
+            ("STS_DEFAULT_TOKEN_LIFETIME", "90d"),
+        ],
+    );
     assert!(
         stderr.contains("default token lifetime (90d) is longer than the maximum (30d)"),
         "{stderr}"
@@ -621,4 +619,25 @@ async fn the_lifetime_flags_reach_the_server_and_an_impossible_policy_is_refused
         .as_millis() as i64;
     let week = 7 * 24 * 3600 * 1000;
     assert!((expiration - (now + week)).abs() < 60_000, "{created}");
+}
+
+#[tokio::test]
+async fn the_header_bound_flag_reaches_the_server_and_one_too_small_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let stderr = refused_serve(&data, &["--max-header-bytes", "100"], &[]);
+    assert!(stderr.contains("must be from 8192"), "{stderr}");
+
+    crate::process::bootstrap(&data);
+    let server =
+        crate::process::ServerProcess::start_with(&data, &[("STS_MAX_HEADER_BYTES", "10000")])
+            .await;
+    let http = reqwest::Client::new();
+    let get = |padding: usize| {
+        http.get(format!("http://{}/healthz", server.addr))
+            .header("x-padding", "a".repeat(padding))
+            .send()
+    };
+    assert_eq!(get(8000).await.unwrap().status(), 200);
+    assert_eq!(get(12000).await.unwrap().status(), 431);
 }

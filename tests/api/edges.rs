@@ -125,6 +125,13 @@ async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_serve
     for _ in 0..300 {
         silent.push(TcpStream::connect(app.addr).await.unwrap());
     }
+    // And some that start HTTP/2's preface and stop half-way, before the
+    // server can tell which HTTP they speak.
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        silent.push(stream);
+    }
     // Keep-alive connections that made one request and then went quiet.
     let mut idle = Vec::new();
     for _ in 0..20 {
@@ -201,13 +208,12 @@ async fn slow_writers_and_readers_hold_up_no_one() {
 async fn half_closed_and_abandoned_sockets_are_handled() {
     let app = spawn_app().await;
 
-    // A client that sends its request and shuts down its sending side: the
-    // server closes the connection (hyper treats an HTTP/1 half-close as the
-    // client leaving, and tonic does not expose its `half_close` switch)
-    // instead of holding it open.
+    // A client that sends its request and shuts down its sending side gets
+    // its answer, and then the connection is closed, not held open.
     let mut half_closed = TcpStream::connect(app.addr).await.unwrap();
     half_closed.write_all(&status_request(&app)).await.unwrap();
     half_closed.shutdown().await.unwrap();
+    assert_eq!(read_http1_answer(&mut half_closed).await, 200);
     assert!(closed_by_server(&mut half_closed).await);
     // Half-closed before saying anything at all: closed too.
     let mut mute = TcpStream::connect(app.addr).await.unwrap();
@@ -241,6 +247,47 @@ async fn half_closed_and_abandoned_sockets_are_handled() {
     serves_others(&app).await;
     let names: Vec<String> = app.list_all().await.into_iter().map(|t| t.name).collect();
     assert!(!names.contains(&"half".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn request_headers_are_bounded_by_the_configured_size() {
+    let server = ServerConfig {
+        max_header_bytes: 16 * 1024,
+        ..crate::helpers::server_config()
+    };
+    let app = spawn_app_with(ServiceConfig::default(), server).await;
+    let request = |padding: usize| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: sts\r\nX-Padding: {}\r\n\r\n",
+            "a".repeat(padding)
+        )
+        .into_bytes()
+    };
+
+    // HTTP/1: within the bound served, past it 431 and nothing else.
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(http1_exchange(&mut stream, &request(12 * 1024)).await, 200);
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(http1_exchange(&mut stream, &request(20 * 1024)).await, 431);
+
+    // HTTP/2: the same bound is the header list size the server announces.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let get = |padding: usize| {
+        client
+            .get(format!("http://{}/healthz", app.addr))
+            .header("x-padding", "a".repeat(padding))
+            .send()
+    };
+    assert_eq!(get(12 * 1024).await.unwrap().status(), 200);
+    let refused = get(20 * 1024).await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.status() != 200),
+        "{refused:?}"
+    );
+    serves_others(&app).await;
 }
 
 #[tokio::test]

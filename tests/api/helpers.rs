@@ -139,7 +139,7 @@ async fn start_app(
 
 /// The HTTP router alone, for tests that send requests without a socket.
 pub struct TestRouter {
-    pub router: axum::Router,
+    pub router: sts::http::Front<axum::Router>,
     pub service: Arc<TokenService>,
     pub store: Arc<dyn Store>,
     pub admin_token: String,
@@ -230,7 +230,11 @@ async fn router_with(
         integrations,
     );
     TestRouter {
-        router: sts::http::router(state),
+        router: sts::http::Front::new(
+            sts::http::router(state),
+            service.metrics().clone(),
+            MAX_REQUEST_BYTES,
+        ),
         service,
         store,
         admin_token,

@@ -1,6 +1,7 @@
 //! `sts-bare`: the baseline. The same stack and runtime settings as
-//! sts-server (tonic with `accept_http1`, axum routes beside gRPC, one port,
-//! TCP_NODELAY) but no work: `Validate` answers a constant, and
+//! sts-server (the library's `serve` with hyper's HTTP/1 and HTTP/2, axum
+//! routes and tonic services in one router, one port, the same listener)
+//! but no work: `Validate` answers a constant, and
 //! `/api/server/status` a constant 200. Ours / bare is what our work costs.
 
 use std::net::SocketAddr;
@@ -13,7 +14,12 @@ use sts::proto::{
     RotateResponse, ServiceToken, UpdateRequest, UpdateResponse, ValidateRequest, ValidateResponse,
     token_service_server::{TokenService, TokenServiceServer},
 };
-use tonic::{Request, Response, Status, service::Routes, transport::server::TcpIncoming};
+use sts::{
+    config::ServerConfig,
+    listener::{Incoming, Limits},
+    serve::{Protocol, serve},
+};
+use tonic::{Request, Response, Status, service::Routes};
 
 #[derive(Parser)]
 struct Cli {
@@ -92,15 +98,20 @@ async fn main() -> anyhow::Result<()> {
         .add_service(TokenServiceServer::new(Bare));
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     eprintln!("bare server on {}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-        )
-        .await?;
+    let server = ServerConfig::default();
+    let limits = Limits {
+        first_byte_timeout: server.first_byte_timeout,
+        tls_handshake_timeout: server.tls_handshake_timeout,
+    };
+    let protocol = Protocol::from(&server);
+    serve(
+        Incoming::new(vec![listener], limits, None),
+        routes.into_axum_router(),
+        &protocol,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
+    .await;
     Ok(())
 }

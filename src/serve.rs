@@ -1,0 +1,326 @@
+//! Serving HTTP/1.1 and HTTP/2 on accepted connections with hyper directly:
+//! the connection settings, each request handed to the router with its
+//! peer's address, gRPC deadlines (`grpc-timeout`) enforced, and a graceful
+//! shutdown that stops accepting and lets open connections finish.
+//!
+//! Why not tonic's `Server`: it wraps every request in layers we do not use
+//! (a boxed service and future, a second router, error recovery, a span
+//! built whatever the log level) that cost a fifth of a status request on
+//! one core (BENCHMARKS.md), and it does not let HTTP/1 clients half-close
+//! or the header buffer be set. tonic's services still serve gRPC: they are
+//! routes of the one router.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::{Pin, pin},
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use axum::body::Body;
+use http::{HeaderMap, Request, Response};
+use hyper::{
+    body::Incoming as IncomingBody,
+    server::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{sync::watch, time::Sleep};
+use tokio_stream::StreamExt;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tower::Service;
+
+use crate::{
+    config::{MIN_HEADER_BYTES, ServerConfig},
+    listener::{Connection, Incoming},
+};
+
+/// Streams one HTTP/2 connection may have open at once (hyper's default;
+/// more wait for a free one).
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+
+/// What [`serve`] hands every request to: the whole application as one
+/// service (the router behind `http::Front`).
+pub trait App:
+    Service<
+        Request<IncomingBody>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: Service<
+            Request<IncomingBody>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// How connections are served.
+#[derive(Clone, Debug)]
+pub struct Protocol {
+    /// The most header bytes a request may send (request line included):
+    /// HTTP/1 answers 431 past it, HTTP/2 announces it as its header list
+    /// size. At least [`MIN_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+    /// How long a connection may take to say which HTTP it speaks (its
+    /// first bytes).
+    pub first_bytes_timeout: Duration,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl From<&ServerConfig> for Protocol {
+    fn from(config: &ServerConfig) -> Protocol {
+        Protocol {
+            max_header_bytes: config.max_header_bytes,
+            first_bytes_timeout: config.first_byte_timeout,
+            http2_keepalive_interval: config.http2_keepalive_interval,
+            http2_keepalive_timeout: config.http2_keepalive_timeout,
+        }
+    }
+}
+
+/// hyper's connection builders, set up once.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    first_bytes_timeout: Duration,
+}
+
+impl Builders {
+    fn new(protocol: &Protocol) -> Builders {
+        let header_bytes = protocol.max_header_bytes.max(MIN_HEADER_BYTES);
+        let mut http1 = http1::Builder::new();
+        http1
+            // With a timer hyper enforces its header read timeout (30 s).
+            .timer(TokioTimer::new())
+            // A client that sends its request and shuts down its sending
+            // side still gets its answer.
+            .half_close(true)
+            .max_header_size(header_bytes);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(protocol.http2_keepalive_interval)
+            .keep_alive_timeout(protocol.http2_keepalive_timeout)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+        Builders {
+            http1,
+            http2,
+            first_bytes_timeout: protocol.first_bytes_timeout,
+        }
+    }
+
+    /// Serves one connection until it ends, or until `shutting_down`
+    /// changes: then HTTP/2 sends GOAWAY and HTTP/1 closes after the answer
+    /// in flight, and the connection is served until that is done.
+    async fn serve<S: App>(
+        &self,
+        mut connection: Connection,
+        app: S,
+        mut shutting_down: watch::Receiver<()>,
+    ) {
+        let service = PerConnection {
+            app,
+            peer: connection.connect_info(),
+        };
+        let http2 = tokio::select! {
+            sniffed = tokio::time::timeout(self.first_bytes_timeout, connection.speaks_http2()) => match sniffed {
+                Ok(Ok(http2)) => http2,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection closed before its first request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("connection closed: it did not say which HTTP it speaks in time");
+                    return;
+                }
+            },
+            _ = shutting_down.changed() => return,
+        };
+        let io = TokioIo::new(connection);
+        let served = if http2 {
+            let mut served = pin!(self.http2.serve_connection(io, service));
+            tokio::select! {
+                served = served.as_mut() => served,
+                _ = shutting_down.changed() => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            }
+        } else {
+            let mut served = pin!(self.http1.serve_connection(io, service));
+            tokio::select! {
+                served = served.as_mut() => served,
+                _ = shutting_down.changed() => {
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Serves every connection `incoming` yields with `app` until `shutdown`
+/// resolves; then stops accepting (the listening sockets close), asks every
+/// connection to finish (HTTP/2 GOAWAY; HTTP/1 closes after the answer in
+/// flight) and returns once all have: bounding that wait is the caller's
+/// (`server::run_on` gives in-flight calls a grace period).
+pub async fn serve<S: App>(
+    incoming: Incoming,
+    app: S,
+    protocol: &Protocol,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builders = std::sync::Arc::new(Builders::new(protocol));
+    let (shut_down, shutting_down) = watch::channel(());
+    {
+        let mut incoming = pin!(incoming);
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let connection = tokio::select! {
+                () = &mut shutdown => break,
+                connection = incoming.next() => connection,
+            };
+            let connection = match connection {
+                Some(Ok(connection)) => connection,
+                // The listener logged why; it keeps accepting.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "a connection failed before serving");
+                    continue;
+                }
+                None => break,
+            };
+            let builders = builders.clone();
+            let app = app.clone();
+            let shutting_down = shutting_down.clone();
+            tokio::spawn(async move { builders.serve(connection, app, shutting_down).await });
+        }
+        // `incoming` drops here: the listening sockets close, so clients
+        // are refused at once rather than left waiting in the backlog.
+    }
+    drop(shutting_down);
+    let _ = shut_down.send(());
+    // Every connection task holds a receiver until it is done.
+    shut_down.closed().await;
+}
+
+/// The service one connection's requests go to.
+#[derive(Clone)]
+struct PerConnection<S> {
+    app: S,
+    peer: TcpConnectInfo,
+}
+
+impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answer<S::Future>;
+
+    fn call(&self, mut request: Request<IncomingBody>) -> Answer<S::Future> {
+        // Where tonic's `Request::remote_addr` and our `Peer` look.
+        request.extensions_mut().insert(self.peer.clone());
+        let deadline = grpc_timeout(request.headers()).map(tokio::time::sleep);
+        // Disabled (and free) unless debug logging is on.
+        let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
+        let mut app = self.app.clone();
+        Answer {
+            inner: app.call(request),
+            deadline,
+            span,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The router's answer, or gRPC's CANCELLED when the call's deadline
+    /// passes first (dropping the handler's future abandons the call).
+    struct Answer<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        deadline: Option<Sleep>,
+        span: tracing::Span,
+    }
+}
+
+impl<F: Future<Output = Result<Response<Body>, Infallible>>> Future for Answer<F> {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        if let ready @ Poll::Ready(_) = this.inner.poll(cx) {
+            return ready;
+        }
+        if let Some(deadline) = this.deadline.as_pin_mut() {
+            ready!(deadline.poll(cx));
+            // tonic's server answers an expired deadline the same way.
+            return Poll::Ready(Ok(tonic::Status::cancelled("Timeout expired").into_http()));
+        }
+        Poll::Pending
+    }
+}
+
+/// The call's deadline from its `grpc-timeout` header (gRPC over HTTP/2:
+/// at most 8 digits and a unit of H, M, S, m, u or n). A malformed value is
+/// ignored, as tonic's server did.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 60 * 60),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_protocol_spells_them() {
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "10", "10x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}
