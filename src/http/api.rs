@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use axum::{
     Json,
-    extract::{RawQuery, State},
+    extract::{RawQuery, Request, State},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -120,8 +120,8 @@ pub async fn status(State(state): State<HttpState>, Caller(caller): Caller) -> R
 fn expiration_headers(token: &ServiceToken) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(text) = expiration_text(token) {
-        let value = HeaderValue::from_str(&text).expect("an RFC 3339 time is a header value");
-        headers.insert(HeaderName::from_static(EXPIRATION_HEADER), value);
+        let value = HeaderValue::try_from(text).expect("an RFC 3339 time is a header value");
+        headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
     }
     headers
 }
@@ -167,8 +167,10 @@ pub async fn info(Caller(caller): Caller) -> (HeaderMap, Json<InfoJson>) {
 pub async fn forward_auth(
     State(state): State<HttpState>,
     RawQuery(query): RawQuery,
-    request: HeaderMap,
+    request: Request,
 ) -> Result<Response, Error> {
+    // The request itself, not the `HeaderMap` extractor, which clones.
+    let request = request.headers();
     let pairs = url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes());
     let lists: Vec<_> = pairs
         .filter(|(name, _)| name == "role")
@@ -177,14 +179,14 @@ pub async fn forward_auth(
     let required = required_roles("role", lists.iter().map(|v| v.as_ref()))?;
     let caller = state
         .service
-        .authorize(credential::presented(&request), &required)
+        .authorize(credential::presented(request), &required)
         .await?;
     let mut headers = identity_headers(&caller)?;
     // Envoy's HTTP ext_authz removes what this names before the request
     // goes on; other proxies ignore it (they are told in their own config).
     let present: Vec<&str> = credential::HEADERS
         .into_iter()
-        .filter(|name| request.contains_key(*name))
+        .filter(|name| credential::Headers::values(request, name).next().is_some())
         .collect();
     if !state.integrations.forward_credential && !present.is_empty() {
         headers.insert(
@@ -217,14 +219,20 @@ fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
     let mut headers = expiration_headers(token);
     if caller.secret == Secret::Previous {
         headers.insert(
-            HeaderName::from_static(PREVIOUS_SECRET_HEADER),
+            const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
             HeaderValue::from_static("true"),
         );
     }
-    for (name, value) in identity(token) {
-        let value = HeaderValue::from_bytes(value.as_bytes())
+    const NAMES: [HeaderName; 3] = [
+        HeaderName::from_static(ID_HEADER),
+        HeaderName::from_static(NAME_HEADER),
+        HeaderName::from_static(ROLES_HEADER),
+    ];
+    for (name, (_, value)) in NAMES.into_iter().zip(identity(token)) {
+        // From the `String` itself: no copy.
+        let value = HeaderValue::try_from(value)
             .map_err(|_| FieldError::new("name", "cannot be sent as a header"))?;
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
     Ok(headers)
 }

@@ -6,6 +6,9 @@
 
 use std::net::SocketAddr;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use axum::{Router, routing::get};
 use clap::Parser;
 use sts::proto::{
