@@ -173,6 +173,10 @@ where
     tally
 }
 
+/// The open loop's pacer wakes at most this often; requests due within one
+/// tick go out together (each still timed from its own due time).
+const PACER_TICK: Duration = Duration::from_micros(50);
+
 /// Requests go out on a fixed schedule, `rps` a second, whether or not
 /// earlier ones were answered (workers take turns building them), and each
 /// latency runs from when its request was due, so a slow answer cannot hide
@@ -181,7 +185,8 @@ where
 /// tokio's timer has millisecond ticks: sleeping on it to each due time would
 /// send requests in bursts, one burst per tick, and measure the client's own
 /// queueing. The schedule is kept by a plain thread instead, whose sleeps are
-/// precise to tens of microseconds, and handed to the runtime over a channel.
+/// precise to tens of microseconds, and handed to the runtime over a channel,
+/// in bursts of at most one [`PACER_TICK`].
 async fn open_loop<F, Fut>(
     concurrency: usize,
     rps: f64,
@@ -197,17 +202,24 @@ where
     let every = Duration::from_secs_f64(1.0 / rps);
     let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
     let pacer = std::thread::spawn(move || {
-        for n in 0u32.. {
-            let due = start + every * n;
+        let mut n = 0u32;
+        loop {
+            // Everything due by now goes out; then sleep to the next due
+            // time, but at least PACER_TICK: at tens of thousands a second
+            // a wake-up per request would take the client's core itself.
+            let now = Instant::now();
+            let mut due = start + every * n;
+            while due <= now {
+                if due >= window.to || due_tx.send(due).is_err() {
+                    return;
+                }
+                n += 1;
+                due = start + every * n;
+            }
             if due >= window.to {
-                break;
+                return;
             }
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            if due_tx.send(due).is_err() {
-                break;
-            }
+            std::thread::sleep((due - now).max(PACER_TICK));
         }
     });
     let tally = Arc::new(std::sync::Mutex::new(Tally::new()));
