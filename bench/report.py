@@ -89,23 +89,26 @@ for scenario in ("ours create, 1 client", "ours create, 32 clients"):
 
 curve = [s for s, rs in runs.items() if "tokens" in rs[0]]
 if curve:
-    print("\n| tokens | tokens drawn | req/s (median) | p99 µs | start-up to SERVING ms (min – max) | RSS MiB | data dir MiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("\n| store | tokens | tokens drawn | req/s (median) | p99 µs | start-up to SERVING ms (min – max) | RSS MiB | data dir (table) MiB |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for s in curve:
         rs = runs[s]
         starts = [r["startup_ms"] for r in rs if "startup_ms" in r]
         start = f"{statistics.median(starts):.0f} ({min(starts)} – {max(starts)})" if starts else "—"
-        print(f"| {rs[0]['tokens']:,} | {rs[0].get('draw', 'hot')} | {median(s, 'rps'):,.0f} | "
+        print(f"| {rs[0].get('store', 'sled')} | {rs[0]['tokens']:,} | {rs[0].get('draw', 'hot')} | {median(s, 'rps'):,.0f} | "
               f"{median(s, 'p99_us'):.0f} | {start} | "
               f"{median(s, 'server_rss_mib'):.1f} | {rs[0]['data_dir_mib']} |")
-    hot = [s for s in curve if runs[s][0].get("draw", "hot") == "hot"]
+    hot = [s for s in curve if runs[s][0].get("draw", "hot") == "hot"
+           and runs[s][0].get("store", "sled") == "sled"]
     largest = runs[hot[-1]][0]["tokens"]
-    for draw, target in (("uniform", ">= 0.50"), ("zipf", "")):
-        drawn = f"ours grpc validate, {largest} tokens, {draw}"
-        if drawn in runs:
-            pairs = [a["rps"] / b["rps"] for a, b in zip(runs[drawn], runs[hot[-1]])]
-            print(f"\n{draw} / hot at {largest:,} tokens (per repetition): median "
-                  f"{statistics.median(pairs):.2f} ({min(pairs):.2f} – {max(pairs):.2f}); target {target or 'none'}.")
+    for store, prefix in (("sled", "ours"), ("PostgreSQL", "ours (PostgreSQL)")):
+        base = f"{prefix} grpc validate, {largest} tokens"
+        for draw, target in (("uniform", ">= 0.50"), ("zipf", "")):
+            drawn = f"{base}, {draw}"
+            if drawn in runs and base in runs:
+                pairs = [a["rps"] / b["rps"] for a, b in zip(runs[drawn], runs[base])]
+                print(f"\n{store}: {draw} / hot at {largest:,} tokens (per repetition): median "
+                      f"{statistics.median(pairs):.2f} ({min(pairs):.2f} – {max(pairs):.2f}); target {target or 'none'}.")
     curve = hot
     first, last = runs[curve[0]], runs[curve[-1]]
     print(f"\n{last[0]['tokens']:,} vs {first[0]['tokens']:,} tokens: throughput "
