@@ -53,10 +53,9 @@ pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 /// Memory sled may keep of the store's pages. Its own default (1 GiB) let
 /// one pass over a million tokens (the token counts, every minute) hold
 /// 400 MiB; past this the pages come from the operating system's cache.
-/// Lookups of tokens drawn at random from a million ran as fast with 4 MiB
-/// as with 48 MiB (BENCHMARKS.md): a page read is cheap next to
-/// decoding it, which sled does on every miss of its own cache anyway.
-pub const DEFAULT_SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Smaller costs more than it saves: at 16 MiB the pass over a million
+/// tokens took three times as long (BENCHMARKS.md).
+pub const DEFAULT_SLED_CACHE_BYTES: u64 = 48 * 1024 * 1024;
 
 /// Attempts at drawing an id that is not taken. With 2^53 ids a second
 /// attempt is already vanishingly rare.

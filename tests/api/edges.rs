@@ -97,7 +97,7 @@ async fn the_server_enforces_a_call_deadline_and_abandons_the_call() {
     let (answer, entered) = tokio::join!(call, store.entered.acquire());
     entered.unwrap().forget();
     let answer = answer.unwrap();
-    // tonic's server answers an expired deadline with CANCELLED (1).
+    // An expired deadline is answered CANCELLED (1), as tonic's server did.
     let header = |name: &str| answer.headers()[name].to_str().unwrap().to_owned();
     assert_eq!(header("grpc-status"), "1", "{answer:?}");
     assert!(header("grpc-message").contains("Timeout"), "{answer:?}");
