@@ -24,7 +24,10 @@ use hyper::{
     body::Incoming as IncomingBody,
     server::conn::{http1, http2},
 };
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulConnection,
+};
 use tokio::{sync::watch, time::Sleep};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -154,26 +157,29 @@ impl Builders {
         };
         let io = TokioIo::new(connection);
         let served = if http2 {
-            let mut served = pin!(self.http2.serve_connection(io, service));
-            tokio::select! {
-                served = served.as_mut() => served,
-                _ = shutting_down.changed() => {
-                    served.as_mut().graceful_shutdown();
-                    served.await
-                }
-            }
+            until_done(self.http2.serve_connection(io, service), shutting_down).await
         } else {
-            let mut served = pin!(self.http1.serve_connection(io, service));
-            tokio::select! {
-                served = served.as_mut() => served,
-                _ = shutting_down.changed() => {
-                    served.as_mut().graceful_shutdown();
-                    served.await
-                }
-            }
+            until_done(self.http1.serve_connection(io, service), shutting_down).await
         };
         if let Err(e) = served {
             tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Drives `connection` to its end; once `shutting_down` changes, asks it to
+/// finish (HTTP/2 GOAWAY; HTTP/1 closes after the answer in flight) and
+/// still drives it until it has.
+async fn until_done<C: GracefulConnection>(
+    connection: C,
+    mut shutting_down: watch::Receiver<()>,
+) -> Result<(), C::Error> {
+    let mut connection = pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => served,
+        _ = shutting_down.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
     }
 }
