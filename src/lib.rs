@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod last_used;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod page;

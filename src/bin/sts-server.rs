@@ -19,10 +19,11 @@ use sts::{
         ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
     },
     daemon,
+    logging::ExitSafe,
     model::{NewToken, Role},
     store::sled::DEFAULT_DISK_RESERVE,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// `--max-header-bytes`: a byte count hyper can work with.
 fn parse_header_bytes(text: &str) -> Result<usize, String> {
@@ -290,14 +291,17 @@ fn init_logging(format: LogFormat) {
         },
         _ => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(ExitSafe::new(logs))
+        .init();
     if let Some(e) = refused {
         tracing::warn!(error = %e, "RUST_LOG is not a valid log filter; logging at {DEFAULT_LOG_FILTER} instead");
     }
