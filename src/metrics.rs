@@ -7,14 +7,12 @@
 //! (so label values stay bounded and recording allocates nothing), and this
 //! module knows nothing of the service's types.
 
+use std::sync::OnceLock;
+
+pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets},
     registry::Registry,
 };
 
@@ -57,6 +55,19 @@ struct ForLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// The outcomes validations are counted by, hottest first. Each has its
+/// counter's handle taken once: a `Family` lookup hashes the labels with
+/// SipHash under a lock on every call.
+const OUTCOMES: [&str; 7] = [
+    "valid",
+    "previous_secret",
+    "malformed",
+    "not_found",
+    "expired",
+    "disabled",
+    "error",
+];
+
 /// The token counts the service reports now and then (see
 /// `TokenService::summarize`): by state, expiring soon, unused for long.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +87,9 @@ pub struct TokenCounts {
 pub struct Metrics {
     registry: Registry,
     validations: Family<OutcomeLabels, Counter>,
+    /// Handles into `validations`, by index in [`OUTCOMES`]; taken at first
+    /// use, so the exposition shows only the outcomes seen.
+    validation_handles: [OnceLock<Counter>; OUTCOMES.len()],
     management_calls: Family<CallLabels, Counter>,
     role_checks: Family<OutcomeLabels, Counter>,
     undecodable: Family<RpcLabels, Counter>,
@@ -228,6 +242,7 @@ impl Metrics {
             last_used_written,
             last_used_failed,
             validations,
+            validation_handles: Default::default(),
             management_calls,
             role_checks,
             undecodable,
@@ -269,9 +284,13 @@ impl Metrics {
 
     /// One validation: `valid`, why it was invalid, or `error`.
     pub fn validation(&self, outcome: &'static str) {
-        self.validations
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        let label = || OutcomeLabels { outcome };
+        match OUTCOMES.iter().position(|known| *known == outcome) {
+            Some(at) => self.validation_handles[at]
+                .get_or_init(|| self.validations.get_or_create(&label()).clone())
+                .inc(),
+            None => self.validations.get_or_create(&label()).inc(),
+        };
     }
 
     pub fn cache_lookup(&self, hit: bool) {
@@ -303,10 +322,12 @@ impl Metrics {
     }
 
     /// `route` comes from a fixed set (route templates, known methods).
-    pub fn request(&self, protocol: &'static str, route: &'static str, seconds: f64) {
+    /// The latency histogram of `route`: a handle to keep, so that each
+    /// request is not a lookup in the family.
+    pub fn request_latency(&self, protocol: &'static str, route: &'static str) -> Histogram {
         self.request_duration
             .get_or_create(&RouteLabels { protocol, route })
-            .observe(seconds);
+            .clone()
     }
 
     /// The exposition text, with the stored-token gauge set to `tokens_stored`.

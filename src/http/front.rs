@@ -12,7 +12,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -26,12 +26,16 @@ use http::{Request, Version, header::HOST};
 use http_body_util::Limited;
 use tower::Service;
 
-use crate::{error::Error, metrics::Metrics, model::FieldError};
+use crate::{
+    error::Error,
+    metrics::{Histogram, Metrics},
+    model::FieldError,
+};
 
 /// Route labels: every route and gRPC method we serve, as static strings,
 /// so labelling a request allocates nothing and label values stay bounded
-/// whatever paths clients send. [`route_label`] matches a path to them as
-/// the router does.
+/// whatever paths clients send. [`route`] matches a path to them as the
+/// router does.
 const EXACT: &[&str] = &[
     "/stackstate.servicetoken.v1.TokenService/Validate",
     "/envoy.service.auth.v3.Authorization/Check",
@@ -72,23 +76,78 @@ const PREFIXED: &[(&str, &str)] = &[
 const TOKENS: &str = "/api/security/tokens/";
 const TOKEN: &str = "/api/security/tokens/{id}";
 const ROTATE: &str = "/api/security/tokens/{id}/rotate";
+const OTHER: &str = "other";
 
-/// The route `path` is served by, as its template, or `other`.
-fn route_label(path: &str) -> &'static str {
-    if let Some(exact) = EXACT.iter().find(|route| **route == path) {
+/// The labels after [`EXACT`]'s: together, every label a route can get.
+const INEXACT: &[&str] = &[
+    PREFIXED[0].1,
+    PREFIXED[1].1,
+    PREFIXED[2].1,
+    PREFIXED[3].1,
+    TOKEN,
+    ROTATE,
+    OTHER,
+];
+const ROUTES: usize = EXACT.len() + INEXACT.len();
+
+/// The route `path` is served by: an index into [`EXACT`] and then
+/// [`INEXACT`] (see [`label`]).
+fn route(path: &str) -> usize {
+    if let Some(exact) = EXACT.iter().position(|route| *route == path) {
         return exact;
     }
+    let inexact = inexact_label(path);
+    EXACT.len()
+        + INEXACT
+            .iter()
+            .position(|label| *label == inexact)
+            .unwrap_or(INEXACT.len() - 1)
+}
+
+/// The template of route number `route`.
+fn label(route: usize) -> &'static str {
+    EXACT
+        .get(route)
+        .or_else(|| INEXACT.get(route - EXACT.len()))
+        .unwrap_or(&OTHER)
+}
+
+/// The label of a path no exact route serves.
+fn inexact_label(path: &str) -> &'static str {
     if let Some(rest) = path.strip_prefix(TOKENS) {
         return match rest.split_once('/') {
             None if !rest.is_empty() => TOKEN,
             Some((id, "rotate")) if !id.is_empty() => ROTATE,
-            _ => "other",
+            _ => OTHER,
         };
     }
     PREFIXED
         .iter()
         .find(|(prefix, _)| path.len() > prefix.len() && path.starts_with(prefix))
-        .map_or("other", |(_, label)| label)
+        .map_or(OTHER, |(_, label)| label)
+}
+
+/// The latency histograms of every route, gRPC's then HTTP's, each handle
+/// taken from the family at its route's first request (so the exposition
+/// shows only routes that were asked for) and kept.
+struct Latency {
+    metrics: Arc<Metrics>,
+    handles: [OnceLock<Histogram>; 2 * ROUTES],
+}
+
+impl Latency {
+    fn observe(&self, grpc: bool, route: usize, seconds: f64) {
+        let (protocol, at) = if grpc {
+            ("grpc", route)
+        } else {
+            ("http", ROUTES + route)
+        };
+        if let Some(handle) = self.handles.get(at) {
+            handle
+                .get_or_init(|| self.metrics.request_latency(protocol, label(route)))
+                .observe(seconds);
+        }
+    }
 }
 
 fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -110,7 +169,7 @@ fn lacks_host<B>(request: &Request<B>) -> bool {
 #[derive(Clone)]
 pub struct Front<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    latency: Arc<Latency>,
     max_body: usize,
 }
 
@@ -120,7 +179,10 @@ impl<S> Front<S> {
     pub fn new(inner: S, metrics: Arc<Metrics>, max_body: usize) -> Front<S> {
         Front {
             inner,
-            metrics,
+            latency: Arc::new(Latency {
+                metrics,
+                handles: std::array::from_fn(|_| OnceLock::new()),
+            }),
             max_body,
         }
     }
@@ -143,10 +205,7 @@ where
     fn call(&mut self, request: Request<B>) -> Observed<S::Future> {
         let started = Instant::now();
         let grpc = is_grpc(&request);
-        let (protocol, route) = (
-            if grpc { "grpc" } else { "http" },
-            route_label(request.uri().path()),
-        );
+        let route = route(request.uri().path());
         let answer = if lacks_host(&request) {
             let refused = Error::from(FieldError::new(
                 "Host",
@@ -170,8 +229,8 @@ where
         };
         Observed {
             answer,
-            metrics: self.metrics.clone(),
-            protocol,
+            latency: self.latency.clone(),
+            grpc,
             route,
             started,
         }
@@ -192,9 +251,9 @@ pin_project_lite::pin_project! {
     pub struct Observed<F> {
         #[pin]
         answer: Answer<F>,
-        metrics: Arc<Metrics>,
-        protocol: &'static str,
-        route: &'static str,
+        latency: Arc<Latency>,
+        grpc: bool,
+        route: usize,
         started: Instant,
     }
 }
@@ -210,9 +269,9 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
             }
             AnswerProjection::Routed { inner } => std::task::ready!(inner.poll(cx)),
         };
-        this.metrics.request(
-            this.protocol,
-            this.route,
+        this.latency.observe(
+            *this.grpc,
+            *this.route,
             this.started.elapsed().as_secs_f64(),
         );
         Poll::Ready(output)
@@ -251,7 +310,7 @@ mod tests {
             ("/", "other"),
             ("/metrics/", "other"),
         ] {
-            assert_eq!(route_label(path), label, "{path}");
+            assert_eq!(super::label(route(path)), label, "{path}");
         }
     }
 }
