@@ -285,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
             plan,
         } => {
             let channels = connect(&target, connections).await?;
-            let (flushes_before, writes_before) = flush_counters(&target).await?;
+            let before = flush_counters(&target).await?;
             let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let outcome = run(plan.into(), |i| {
                 let client = TokenServiceClient::new(channels[i % channels.len()].clone());
@@ -312,10 +312,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
             .await;
-            let (flushes, writes) = flush_counters(&target).await?;
+            let after = flush_counters(&target).await?;
             let mut report = outcome.to_json(&scenario);
-            report["writes_per_flush"] =
-                serde_json::json!((writes - writes_before) / (flushes - flushes_before).max(1.0));
+            if let (Some((flushes_before, writes_before)), Some((flushes, writes))) =
+                (before, after)
+            {
+                report["writes_per_flush"] = serde_json::json!(
+                    (writes - writes_before) / (flushes - flushes_before).max(1.0)
+                );
+            }
             println!("{report}");
         }
         Command::Propagation {
@@ -699,8 +704,9 @@ fn failed(why: impl std::fmt::Display) -> bool {
 }
 
 /// The server's `sts_store_flushes_total` and `sts_store_flushed_writes_total`,
-/// from `/metrics` on the same port as gRPC.
-async fn flush_counters(target: &str) -> anyhow::Result<(f64, f64)> {
+/// from `/metrics` on the same port as gRPC; `None` for a store without a
+/// group-commit flusher (PostgreSQL commits each write itself).
+async fn flush_counters(target: &str) -> anyhow::Result<Option<(f64, f64)>> {
     let address: SocketAddr = target
         .strip_prefix("http://")
         .unwrap_or(target)
@@ -717,17 +723,17 @@ async fn flush_counters(target: &str) -> anyhow::Result<(f64, f64)> {
         .collect()
         .await?;
     let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-    let value = |name: &str| -> anyhow::Result<f64> {
+    let value = |name: &str| -> anyhow::Result<Option<f64>> {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .with_context(|| format!("{name} missing from /metrics"))?
-            .parse()
-            .with_context(|| format!("{name} is not a number"))
+            .map(|number| {
+                number
+                    .parse()
+                    .with_context(|| format!("{name} is not a number"))
+            })
+            .transpose()
     };
-    Ok((
-        value("sts_store_flushes_total")?,
-        value("sts_store_flushed_writes_total")?,
-    ))
+    Ok(value("sts_store_flushes_total")?.zip(value("sts_store_flushed_writes_total")?))
 }
 
 /// `count` (at least one) HTTP/2 connections to `target`.
