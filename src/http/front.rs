@@ -283,6 +283,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_request_is_timed_under_its_own_protocol_and_route() {
+        let latency = Latency {
+            metrics: Arc::new(Metrics::with(|_| {})),
+            handles: std::array::from_fn(|_| OnceLock::new()),
+        };
+        let validate = "/stackstate.servicetoken.v1.TokenService/Validate";
+        for (grpc, path) in [
+            (false, "/api/server/status"),
+            (false, "/api/server/status"),
+            (false, "/api/security/tokens/7"),
+            (true, validate),
+            // Not gRPC on a gRPC path: a series of its own.
+            (false, validate),
+            (false, "/nowhere"),
+        ] {
+            latency.observe(grpc, route(path), 0.001);
+        }
+        let text = latency.metrics.render(0);
+        for (series, count) in [
+            (r#"protocol="http",route="/api/server/status""#, 2),
+            (r#"protocol="http",route="/api/security/tokens/{id}""#, 1),
+            (
+                r#"protocol="grpc",route="/stackstate.servicetoken.v1.TokenService/Validate""#,
+                1,
+            ),
+            (
+                r#"protocol="http",route="/stackstate.servicetoken.v1.TokenService/Validate""#,
+                1,
+            ),
+            (r#"protocol="http",route="other""#, 1),
+        ] {
+            let line = format!("sts_request_duration_seconds_count{{{series}}} {count}");
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+        // Only what was asked for is exposed.
+        assert_eq!(
+            text.matches("sts_request_duration_seconds_count").count(),
+            5
+        );
+    }
+
+    #[test]
     fn paths_get_the_label_of_the_route_that_serves_them() {
         for (path, label) in [
             ("/api/server/status", "/api/server/status"),
