@@ -55,18 +55,9 @@ struct ForLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
-/// The outcomes validations are counted by, hottest first. Each has its
-/// counter's handle taken once: a `Family` lookup hashes the labels with
-/// SipHash under a lock on every call.
-const OUTCOMES: [&str; 7] = [
-    "valid",
-    "previous_secret",
-    "malformed",
-    "not_found",
-    "expired",
-    "disabled",
-    "error",
-];
+/// How many validation outcomes keep a handle to their counter; more than
+/// there are, so a new outcome gets one too.
+const OUTCOME_HANDLES: usize = 8;
 
 /// The token counts the service reports now and then (see
 /// `TokenService::summarize`): by state, expiring soon, unused for long.
@@ -87,9 +78,10 @@ pub struct TokenCounts {
 pub struct Metrics {
     registry: Registry,
     validations: Family<OutcomeLabels, Counter>,
-    /// Handles into `validations`, by index in [`OUTCOMES`]; taken at first
-    /// use, so the exposition shows only the outcomes seen.
-    validation_handles: [OnceLock<Counter>; OUTCOMES.len()],
+    /// Handles into `validations` with their outcome, in order of first
+    /// use (so the exposition shows only the outcomes seen): a `Family`
+    /// lookup hashes the labels with SipHash under a lock on every call.
+    validation_handles: [OnceLock<(&'static str, Counter)>; OUTCOME_HANDLES],
     management_calls: Family<CallLabels, Counter>,
     role_checks: Family<OutcomeLabels, Counter>,
     undecodable: Family<RpcLabels, Counter>,
@@ -284,13 +276,21 @@ impl Metrics {
 
     /// One validation: `valid`, why it was invalid, or `error`.
     pub fn validation(&self, outcome: &'static str) {
-        let label = || OutcomeLabels { outcome };
-        match OUTCOMES.iter().position(|known| *known == outcome) {
-            Some(at) => self.validation_handles[at]
-                .get_or_init(|| self.validations.get_or_create(&label()).clone())
-                .inc(),
-            None => self.validations.get_or_create(&label()).inc(),
+        let counter = || {
+            self.validations
+                .get_or_create(&OutcomeLabels { outcome })
+                .clone()
         };
+        // The first free slot goes to the first outcome to ask for it; one
+        // that lost a race for a slot looks on.
+        for slot in &self.validation_handles {
+            let (label, handle) = slot.get_or_init(|| (outcome, counter()));
+            if *label == outcome {
+                handle.inc();
+                return;
+            }
+        }
+        counter().inc();
     }
 
     pub fn cache_lookup(&self, hit: bool) {
