@@ -19,7 +19,7 @@ use std::{
 };
 
 use axum::body::Body;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use hyper::{
     body::Incoming as IncomingBody,
     server::conn::{http1, http2},
@@ -289,7 +289,9 @@ impl<F: Future<Output = Result<Response<Body>, Infallible>>> Future for Answer<F
 /// at most 8 digits and a unit of H, M, S, m, u or n). A malformed value is
 /// ignored, as tonic's server did.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
+    // A ready-made name: a `&str` one is parsed again on every request.
+    const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

@@ -163,22 +163,23 @@ pub async fn run_on(
                 .max_decoding_message_size(config.max_request_bytes),
         );
 
-    let routes = Routes::from(http::router(HttpState::new(
+    let state = HttpState::new(
         service.clone(),
         readiness.clone(),
         config.max_request_bytes,
         config.integrations.clone(),
-    )))
-    .add_service(health_service)
-    .add_service(reflection().build_v1()?)
-    .add_service(reflection().build_v1alpha()?)
-    .add_service(tokens)
-    .add_service(AuthorizationService::new(
-        ExtAuthz::new(service.clone(), &config.integrations),
-        MAX_CHECK_REQUEST_BYTES,
-    ))
-    .into_axum_router();
-    let front = Front::new(routes, service.metrics().clone(), config.max_request_bytes);
+    );
+    let routes = Routes::from(http::router(state.clone()))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(tokens)
+        .add_service(AuthorizationService::new(
+            ExtAuthz::new(service.clone(), &config.integrations),
+            MAX_CHECK_REQUEST_BYTES,
+        ))
+        .into_axum_router();
+    let front = Front::new(routes, state);
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let delay = config.shutdown_delay;

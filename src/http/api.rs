@@ -5,13 +5,12 @@ use std::time::SystemTime;
 
 use axum::{
     Json,
-    extract::{RawQuery, Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
 
-use super::{Caller, HttpState, json};
+use super::{Caller, HttpState, caller, json};
 use crate::{
     credential,
     error::Error,
@@ -106,7 +105,17 @@ pub struct StatusJson<'a> {
     service_token: TokenJson<'a>,
 }
 
-pub async fn status(State(state): State<HttpState>, Caller(caller): Caller) -> Response {
+/// The answer to a status request with `parts`: the caller's token, 401
+/// without a valid credential. What the router's route and [`super::Front`]'s
+/// fast lane both run.
+pub async fn status(state: HttpState, parts: Parts) -> Response {
+    match caller::authenticate(&state, &parts.headers).await {
+        Ok(caller) => status_of(&state, &caller),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+fn status_of(state: &HttpState, caller: &Authenticated) -> Response {
     let body = StatusJson {
         version: VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
@@ -164,14 +173,18 @@ pub async fn info(Caller(caller): Caller) -> (HeaderMap, Json<InfoJson>) {
 /// can forward the original one, and any path below `/api/auth`, which is
 /// how Envoy's HTTP ext_authz (`path_prefix`) asks. The service decides,
 /// counts and audits.
-pub async fn forward_auth(
-    State(state): State<HttpState>,
-    RawQuery(query): RawQuery,
-    request: Request,
-) -> Result<Response, Error> {
-    // The request itself, not the `HeaderMap` extractor, which clones.
-    let request = request.headers();
-    let pairs = url::form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes());
+///
+/// What the router's routes and [`super::Front`]'s fast lane both run.
+pub async fn forward_auth(state: HttpState, parts: Parts) -> Response {
+    decide(&state, &parts)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
+    let request = &parts.headers;
+    let query = parts.uri.query().unwrap_or_default();
+    let pairs = url::form_urlencoded::parse(query.as_bytes());
     let lists: Vec<_> = pairs
         .filter(|(name, _)| name == "role")
         .map(|(_, v)| v)

@@ -3,7 +3,10 @@
 
 use std::{convert::Infallible, net::IpAddr};
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, request::Parts},
+};
 use tonic::transport::server::TcpConnectInfo;
 
 use super::HttpState;
@@ -19,12 +22,17 @@ impl FromRequestParts<HttpState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Caller, Error> {
-        state
-            .service
-            .authenticate_secret(credential::presented(&parts.headers))
-            .await
-            .map(Caller)
+        authenticate(state, &parts.headers).await.map(Caller)
     }
+}
+
+/// The caller behind a request with `headers`: what [`Caller`] extracts,
+/// for the handlers that read the request themselves.
+pub async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Authenticated, Error> {
+    state
+        .service
+        .authenticate_secret(credential::presented(headers))
+        .await
 }
 
 /// The peer's address, as the listener recorded it; `None` for a request

@@ -1,6 +1,8 @@
 //! What every request on the port (HTTP and gRPC) passes before routing,
 //! as one tower service around the whole router: its latency recorded by
-//! route, the Host rule of HTTP/1.1, and the bound on HTTP request bodies.
+//! route, the Host rule of HTTP/1.1, the bound on HTTP request bodies, and
+//! a fast lane past the router for the two routes proxies call on every
+//! request they pass (`/api/server/status` and forward-auth).
 //!
 //! Around the router once, not through `Router::layer`: that wraps every
 //! route, and each wrapper boxes and clones the route's service on every
@@ -22,10 +24,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use http::{Request, Version, header::HOST};
+use http::{Method, Request, Version, header::HOST};
 use http_body_util::Limited;
 use tower::Service;
 
+use super::{HttpState, api};
 use crate::{
     error::Error,
     metrics::{Histogram, Metrics},
@@ -165,25 +168,46 @@ fn lacks_host<B>(request: &Request<B>) -> bool {
     hosts.next().is_none() || hosts.next().is_some()
 }
 
+/// The routes the fast lane answers.
+#[derive(Clone, Copy)]
+enum Lane {
+    Status,
+    ForwardAuth,
+}
+
+/// The lane of a request for route number `route` with `method`, if it
+/// takes one: every method of forward-auth (a proxy forwards the original
+/// one), GET of the status. Others (HEAD, a 405) go through the router,
+/// which calls the same handlers.
+fn lane(route: usize, method: &Method) -> Option<Lane> {
+    match label(route) {
+        "/api/server/status" if method == Method::GET => Some(Lane::Status),
+        "/api/auth" | "/api/auth/" | "/api/auth/{*path}" => Some(Lane::ForwardAuth),
+        _ => None,
+    }
+}
+
 /// The router (`inner`) behind what every request passes.
 #[derive(Clone)]
 pub struct Front<S> {
     inner: S,
     latency: Arc<Latency>,
-    max_body: usize,
+    state: HttpState,
 }
 
 impl<S> Front<S> {
-    /// HTTP request bodies over `max_body` bytes are refused (413) when a
-    /// handler reads them; gRPC messages have their own bounds.
-    pub fn new(inner: S, metrics: Arc<Metrics>, max_body: usize) -> Front<S> {
+    /// `inner` is the router over `state`: the fast lane calls its handlers
+    /// with the same state. HTTP request bodies over the state's bound are
+    /// refused (413) when a handler reads them; gRPC messages have their
+    /// own bounds.
+    pub fn new(inner: S, state: HttpState) -> Front<S> {
         Front {
             inner,
             latency: Arc::new(Latency {
-                metrics,
+                metrics: state.service.metrics().clone(),
                 handles: std::array::from_fn(|_| OnceLock::new()),
             }),
-            max_body,
+            state,
         }
     }
 }
@@ -218,9 +242,21 @@ where
             Answer::Routed {
                 inner: self.inner.call(request.map(Body::new)),
             }
+        } else if let Some(lane) = lane(route, request.method()) {
+            // Past the router, whose matching, path parameters and
+            // extractors cost more than the handler's own work. Neither
+            // handler reads the body.
+            let (parts, _) = request.into_parts();
+            let state = self.state.clone();
+            Answer::Fast {
+                inner: match lane {
+                    Lane::Status => Box::pin(api::status(state, parts)),
+                    Lane::ForwardAuth => Box::pin(api::forward_auth(state, parts)),
+                },
+            }
         } else {
             // axum's body extractors answer 413 when this limit trips.
-            let max_body = self.max_body;
+            let max_body = self.state.max_body;
             Answer::Routed {
                 inner: self
                     .inner
@@ -238,11 +274,12 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// The router's answer, or the 400 already decided.
+    /// The router's answer, the fast lane's, or the 400 already decided.
     #[project = AnswerProjection]
     pub enum Answer<F> {
         Refused { response: Option<Response> },
         Routed { #[pin] inner: F },
+        Fast { inner: Pin<Box<dyn Future<Output = Response> + Send>> },
     }
 }
 
@@ -268,6 +305,7 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
                 Ok(response.take().expect("a refused request is answered once"))
             }
             AnswerProjection::Routed { inner } => std::task::ready!(inner.poll(cx)),
+            AnswerProjection::Fast { inner } => Ok(std::task::ready!(inner.as_mut().poll(cx))),
         };
         this.latency.observe(
             *this.grpc,
@@ -322,6 +360,27 @@ mod tests {
             text.matches("sts_request_duration_seconds_count").count(),
             5
         );
+    }
+
+    #[test]
+    fn status_gets_and_every_forward_auth_take_the_lane() {
+        let taken = |method: Method, path: &str| match lane(route(path), &method) {
+            Some(Lane::Status) => "status",
+            Some(Lane::ForwardAuth) => "auth",
+            None => "router",
+        };
+        assert_eq!(taken(Method::GET, "/api/server/status"), "status");
+        assert_eq!(taken(Method::HEAD, "/api/server/status"), "router");
+        assert_eq!(taken(Method::POST, "/api/server/status"), "router");
+        assert_eq!(taken(Method::GET, "/api/server/status/"), "router");
+        assert_eq!(taken(Method::GET, "/api/server/info"), "router");
+        for method in [Method::GET, Method::POST, Method::DELETE, Method::HEAD] {
+            for path in ["/api/auth", "/api/auth/", "/api/auth/builds/42"] {
+                assert_eq!(taken(method.clone(), path), "auth", "{method} {path}");
+            }
+        }
+        assert_eq!(taken(Method::GET, "/api/authx"), "router");
+        assert_eq!(taken(Method::GET, "/api/security/tokens"), "router");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
-    extract::Request,
+    extract::{Request, State},
     http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{any, get, post},
@@ -84,11 +84,11 @@ impl HttpState {
 /// and [`Front`] goes around them all.
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/api/server/status", get(api::status))
+        .route("/api/server/status", get(status))
         .route("/api/server/info", get(api::info))
-        .route("/api/auth", any(api::forward_auth))
-        .route("/api/auth/", any(api::forward_auth))
-        .route("/api/auth/{*path}", any(api::forward_auth))
+        .route("/api/auth", any(forward_auth))
+        .route("/api/auth/", any(forward_auth))
+        .route("/api/auth/{*path}", any(forward_auth))
         .route(
             "/api/security/tokens",
             get(tokens::list).post(tokens::create),
@@ -110,6 +110,17 @@ pub fn router(state: HttpState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+// The routes `Front` also answers itself (see its fast lane): here for the
+// methods the lane leaves to the router (HEAD, say), and for the router
+// driven on its own.
+async fn status(State(state): State<HttpState>, request: Request) -> Response {
+    api::status(state, request.into_parts().0).await
+}
+
+async fn forward_auth(State(state): State<HttpState>, request: Request) -> Response {
+    api::forward_auth(state, request.into_parts().0).await
 }
 
 /// Room for a typical JSON answer (a token is about 250 bytes), so

@@ -140,6 +140,8 @@ async fn start_app(
 /// The HTTP router alone, for tests that send requests without a socket.
 pub struct TestRouter {
     pub router: sts::http::Front<axum::Router>,
+    /// The router alone, without `Front` (nor its fast lane).
+    pub routes: axum::Router,
     pub service: Arc<TokenService>,
     pub store: Arc<dyn Store>,
     pub admin_token: String,
@@ -230,17 +232,39 @@ async fn router_with(
         integrations,
     );
     TestRouter {
-        router: sts::http::Front::new(
-            sts::http::router(state),
-            service.metrics().clone(),
-            MAX_REQUEST_BYTES,
-        ),
+        router: sts::http::Front::new(sts::http::router(state.clone()), state.clone()),
+        routes: sts::http::router(state),
         service,
         store,
         admin_token,
         clock,
         ready,
         _data_dir: data_dir,
+    }
+}
+
+async fn send_to<S>(service: S, mut request: http::Request<axum::body::Body>) -> TestResponse
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    if !request.headers().contains_key(http::header::HOST) {
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("sts.test"),
+        );
+    }
+    let response = service.oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    TestResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes().to_vec(),
     }
 }
 
@@ -257,22 +281,13 @@ impl TestRouter {
 
     /// Sends `request` as a client would: an HTTP/1.1 request without a
     /// `Host` gets one (hyper's client adds it too).
-    pub async fn send(&self, mut request: http::Request<axum::body::Body>) -> TestResponse {
-        use http_body_util::BodyExt;
-        use tower::ServiceExt;
-        if !request.headers().contains_key(http::header::HOST) {
-            request.headers_mut().insert(
-                http::header::HOST,
-                http::HeaderValue::from_static("sts.test"),
-            );
-        }
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        TestResponse {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes().to_vec(),
-        }
+    pub async fn send(&self, request: http::Request<axum::body::Body>) -> TestResponse {
+        send_to(self.router.clone(), request).await
+    }
+
+    /// As [`TestRouter::send`], to the router alone (no `Front`).
+    pub async fn send_to_routes(&self, request: http::Request<axum::body::Body>) -> TestResponse {
+        send_to(self.routes.clone(), request).await
     }
 
     /// `method path` with the given headers and an optional body.

@@ -442,3 +442,77 @@ async fn a_check_of_an_expiring_token_says_when_it_expires() {
     assert_eq!(answer.status, 403);
     assert!(answer.headers.get("x-service-token-expiration").is_none());
 }
+
+/// `Front` answers status and forward-auth itself, past the router: what
+/// it answers must be what the router answers, for every outcome.
+#[tokio::test]
+async fn the_fast_lane_answers_as_the_router_does() {
+    let app = spawn_router().await;
+    let soon = app.clock.now() + Duration::from_secs(3600);
+    let (token, _) = app.create_expiring("ci", &["deployer"], Some(soon)).await;
+    let key = token.as_bytes();
+    let bad = b"not-a-token".as_slice();
+    let cases: [(&str, &str, Headers); 9] = [
+        ("GET", STATUS, vec![("x-api-key", key)]),
+        ("GET", STATUS, vec![]),
+        ("GET", STATUS, vec![("x-api-key", bad)]),
+        ("GET", "/api/auth", vec![("x-api-key", key)]),
+        ("GET", "/api/auth?role=deployer", vec![("x-api-key", key)]),
+        ("GET", "/api/auth?role=root", vec![("x-api-key", key)]),
+        ("POST", "/api/auth/builds/42", vec![("x-api-key", key)]),
+        ("PUT", "/api/auth/", vec![]),
+        (
+            "DELETE",
+            "/api/auth",
+            vec![("x-api-key", key), ("x-api-key", key)],
+        ),
+    ];
+    let request = |method: &str, path: &str, headers: &Headers| {
+        let mut request = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(axum::body::Body::empty()).unwrap()
+    };
+    // The router states the length in a header; hyper does the same for
+    // the lane's answers from their bodies on the wire.
+    let shown = |mut headers: http::HeaderMap| {
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers
+    };
+    // Uptime is in whole seconds and may tick between the two requests.
+    let body = |bytes: &[u8]| -> Option<serde_json::Value> {
+        let mut json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        json.as_object_mut()?.remove("uptimeSeconds");
+        Some(json)
+    };
+    let mut statuses = Vec::new();
+    for (method, path, headers) in &cases {
+        let lane = app.send(request(method, path, headers)).await;
+        let routed = app.send_to_routes(request(method, path, headers)).await;
+        let case = format!("{method} {path}");
+        assert_eq!(lane.status, routed.status, "{case}");
+        assert_eq!(shown(lane.headers), shown(routed.headers), "{case}");
+        assert_eq!(body(&lane.body), body(&routed.body), "{case}");
+        assert_eq!(lane.body.is_empty(), routed.body.is_empty(), "{case}");
+        statuses.push(lane.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 401, 401, 200, 200, 403, 200, 401, 401]);
+}
+
+/// Methods the lane leaves to the router still get the router's answers.
+#[tokio::test]
+async fn status_answers_head_and_refuses_other_methods() {
+    let app = spawn_router().await;
+    let key = app.admin_token.clone();
+    let head = app
+        .call("HEAD", STATUS, &[("x-api-key", key.as_bytes())], "")
+        .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.headers["content-type"], "application/json");
+    let post = app
+        .call("POST", STATUS, &[("x-api-key", key.as_bytes())], "")
+        .await;
+    assert_eq!(post.status, 405);
+}
