@@ -128,11 +128,15 @@ fn status_of(state: &HttpState, caller: &Authenticated) -> Response {
 /// does not.
 fn expiration_headers(token: &ServiceToken) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Some(text) = expiration_text(token) {
-        let value = HeaderValue::try_from(text).expect("an RFC 3339 time is a header value");
+    if let Some(value) = expiration_value(token) {
         headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
     }
     headers
+}
+
+fn expiration_value(token: &ServiceToken) -> Option<HeaderValue> {
+    let text = expiration_text(token)?;
+    Some(HeaderValue::try_from(text).expect("an RFC 3339 time is a header value"))
 }
 
 /// The [`EXPIRATION_HEADER`] value of a token that expires: RFC 3339, to
@@ -183,53 +187,90 @@ pub async fn forward_auth(state: HttpState, parts: Parts) -> Response {
 
 async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
     let request = &parts.headers;
-    let query = parts.uri.query().unwrap_or_default();
-    let pairs = url::form_urlencoded::parse(query.as_bytes());
-    let lists: Vec<_> = pairs
-        .filter(|(name, _)| name == "role")
-        .map(|(_, v)| v)
-        .collect();
-    let required = required_roles("role", lists.iter().map(|v| v.as_ref()))?;
+    let required = match parts.uri.query() {
+        None => Vec::new(),
+        Some(query) => {
+            let pairs = url::form_urlencoded::parse(query.as_bytes());
+            let lists: Vec<_> = pairs
+                .filter(|(name, _)| name == "role")
+                .map(|(_, v)| v)
+                .collect();
+            required_roles("role", lists.iter().map(|v| v.as_ref()))?
+        }
+    };
     let caller = state
         .service
         .authorize(credential::presented(request), &required)
         .await?;
-    let mut headers = identity_headers(&caller)?;
+    // Headers written into the answer's own map: building a map and
+    // handing it to axum copies it over, entry by entry.
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    identity_headers(&caller, headers)?;
     // Envoy's HTTP ext_authz removes what this names before the request
     // goes on; other proxies ignore it (they are told in their own config).
-    let present: Vec<&str> = credential::HEADERS
-        .into_iter()
-        .filter(|name| credential::Headers::values(request, name).next().is_some())
-        .collect();
-    if !state.integrations.forward_credential && !present.is_empty() {
+    if !state.integrations.forward_credential
+        && let Some(present) = credential_headers(request)
+    {
         headers.insert(
-            HeaderName::from_static(ENVOY_HEADERS_TO_REMOVE),
-            HeaderValue::from_str(&present.join(",")).expect("header names are header values"),
+            const { HeaderName::from_static(ENVOY_HEADERS_TO_REMOVE) },
+            present,
         );
     }
-    Ok((StatusCode::OK, headers).into_response())
+    Ok(response)
+}
+
+/// The credential headers `request` carries, as a comma-separated list
+/// (of [`credential::HEADERS`], in its order); `None` if it carries none.
+fn credential_headers(request: &HeaderMap) -> Option<HeaderValue> {
+    const EITHER: [&str; 2] = credential::HEADERS;
+    const BOTH: &str = "authorization,x-api-key";
+    let carries = |name| credential::Headers::values(request, name).next().is_some();
+    match (carries(EITHER[0]), carries(EITHER[1])) {
+        (true, true) => Some(HeaderValue::from_static(BOTH)),
+        (true, false) => Some(HeaderValue::from_static(EITHER[0])),
+        (false, true) => Some(HeaderValue::from_static(EITHER[1])),
+        (false, false) => None,
+    }
 }
 
 /// The header through which Envoy's HTTP ext_authz service names request
 /// headers to remove.
 const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
-/// The identity headers of a valid caller, as every authorizer sends them.
 /// The identity headers' names and values, as every authorizer sends
 /// them (forward-auth here, ext_authz in its own message type).
 pub fn identity(token: &ServiceToken) -> [(&'static str, String); 3] {
-    let roles: Vec<&str> = token.roles.iter().map(Role::as_str).collect();
+    let mut roles = String::with_capacity(ROLES_CAPACITY);
+    for (i, role) in token.roles.iter().enumerate() {
+        if i > 0 {
+            roles.push(',');
+        }
+        roles.push_str(role.as_str());
+    }
     [
-        (ID_HEADER, token.id.to_string()),
+        (
+            ID_HEADER,
+            itoa::Buffer::new().format(token.id.get()).to_owned(),
+        ),
         // Names may hold non-ASCII text; it is sent as UTF-8 bytes.
-        (NAME_HEADER, token.name.to_string()),
-        (ROLES_HEADER, roles.join(",")),
+        (NAME_HEADER, token.name.as_str().to_owned()),
+        (ROLES_HEADER, roles),
     ]
 }
 
-fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
+/// Room for a typical token's roles, comma-separated.
+const ROLES_CAPACITY: usize = 64;
+
+/// Writes the identity headers of a valid caller into `headers`.
+fn identity_headers(caller: &Authenticated, headers: &mut HeaderMap) -> Result<(), Error> {
     let token = &caller.token;
-    let mut headers = expiration_headers(token);
+    if let Some(expiration) = expiration_value(token) {
+        headers.insert(
+            const { HeaderName::from_static(EXPIRATION_HEADER) },
+            expiration,
+        );
+    }
     if caller.secret == Secret::Previous {
         headers.insert(
             const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
@@ -247,5 +288,5 @@ fn identity_headers(caller: &Authenticated) -> Result<HeaderMap, Error> {
             .map_err(|_| FieldError::new("name", "cannot be sent as a header"))?;
         headers.insert(name, value);
     }
-    Ok(headers)
+    Ok(())
 }

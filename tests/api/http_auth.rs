@@ -361,6 +361,12 @@ async fn forward_auth_answers_below_its_path_as_envoys_http_ext_authz_asks() {
         response.header("x-envoy-auth-headers-to-remove"),
         Some("authorization,x-api-key")
     );
+    let authorization = [("authorization", bearer.as_bytes())];
+    let response = app.call("GET", "/api/auth", &authorization, "").await;
+    assert_eq!(
+        response.header("x-envoy-auth-headers-to-remove"),
+        Some("authorization")
+    );
     // The same refusals as /api/auth.
     app.call("GET", "/api/auth/builds/42", &[], "")
         .await
