@@ -77,10 +77,14 @@ ratio("ext_authz Check ours / nginx h2c (h2load)", "ours grpc ext_authz check (h
 ratio("gRPC Validate ours / bare (h2load)", "ours grpc validate (h2load)", "bare grpc validate (h2load)", "our code")
 ratio("gRPC bare / nginx h2c (h2load)", "bare grpc validate (h2load)", "nginx h2c grpc-status 0 (h2load)", "our stack")
 ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")
-for scenario in ("bare grpc validate @ half", "ours grpc validate @ half"):
+for scenario, target in (("bare grpc validate @ half", "< 1000 µs"),
+                         ("ours grpc validate @ half", "< 1000 µs"),
+                         ("nginx return 200 @ half nginx", "the client's floor"),
+                         ("ours http status @ half nginx", "< 1000 µs"),
+                         ("ours grpc validate @ half nginx h2c", "< 1000 µs")):
     if scenario in runs:
         print(f"| p99, {scenario} | {median(scenario, 'p99_us'):.0f} µs | "
-              f"{min(r['p99_us'] for r in runs[scenario]):.0f} – {max(r['p99_us'] for r in runs[scenario]):.0f} µs | < 1000 µs |")
+              f"{min(r['p99_us'] for r in runs[scenario]):.0f} – {max(r['p99_us'] for r in runs[scenario]):.0f} µs | {target} |")
 for scenario in ("ours create, 1 client", "ours create, 32 clients"):
     if scenario in runs and "writes_per_flush" in runs[scenario][0]:
         print(f"| writes per flush, {scenario} | {median(scenario, 'writes_per_flush'):.1f} | "

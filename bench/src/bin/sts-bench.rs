@@ -19,7 +19,7 @@ use sts::{
     store::SledStore,
     token::Token,
 };
-use sts_bench::{Plan, run};
+use sts_bench::{Plan, http1, paced_http1, run};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -141,7 +141,9 @@ enum Command {
         scenario: String,
     },
     /// `GET /api/server/status` (or --path) with `X-API-Key`, one HTTP/1.1
-    /// keep-alive connection per worker; every answer must be 200.
+    /// keep-alive connection per worker; every answer must be 200. With
+    /// --rate, over connections of a raw client of its own (one request in
+    /// flight on each), which keeps up where a full client would not.
     HttpStatus {
         #[arg(long)]
         target: SocketAddr,
@@ -415,6 +417,14 @@ async fn main() -> anyhow::Result<()> {
             plan,
         } => {
             let plan: Plan = plan.into();
+            if let Some(rps) = plan.rate {
+                let request = http1::get_request(target, &path, &[("x-api-key", &token)]);
+                let connections = plan.concurrency;
+                let outcome =
+                    paced_http1(plan, rps, target, request.into(), connections, 200).await?;
+                println!("{}", outcome.to_json(&scenario));
+                return Ok(());
+            }
             let mut senders = Vec::with_capacity(plan.concurrency);
             for _ in 0..plan.concurrency {
                 senders.push(http1_connection(target).await?);
