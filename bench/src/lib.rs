@@ -1,12 +1,10 @@
 //! The load generator's engine: closed-loop or fixed-rate workers over any
-//! request function, a fixed-rate load over raw HTTP/1.1 connections,
-//! HDR-histogram latencies, and the report they produce.
+//! request function, HDR-histogram latencies, and the report they produce.
 
 pub mod http1;
 
 use std::{
     future::Future,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -84,99 +82,6 @@ where
         }
     })
     .await
-}
-
-/// `rps` requests a second on a fixed schedule, each due request handed in
-/// turn to one of `connections` HTTP/1.1 connections to `target`, which
-/// sends `request` as soon as its previous answer is in, as wrk2 does.
-/// Latency runs from the due time; an answer other than `expect` is an
-/// error, and so is every request a failed connection would have sent.
-///
-/// Cheaper than [`run`]'s open loop, which took more than the client's core
-/// at half of nginx's rate and then measured its own queueing: no task or
-/// lock per request, and everything on one thread (a runtime of its own),
-/// whose pacer checks the clock between polls instead of sleeping (a
-/// wake-up from another thread costs more than a request). So the client's
-/// CPU reads 1.0 here whatever the rate: the pacer spins.
-pub async fn paced_http1(
-    plan: Plan,
-    rps: f64,
-    target: std::net::SocketAddr,
-    request: Arc<[u8]>,
-    connections: usize,
-    expect: u16,
-) -> anyhow::Result<Outcome> {
-    let paced = move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let mut opened = Vec::with_capacity(connections);
-            for _ in 0..connections.max(1) {
-                opened.push(http1::Connection::open(target, request.clone()).await?);
-            }
-            Ok(measured(plan, |start, window| {
-                paced(opened, rps, start, window, expect)
-            })
-            .await)
-        })
-    };
-    tokio::task::spawn_blocking(paced).await?
-}
-
-async fn paced(
-    connections: Vec<http1::Connection>,
-    rps: f64,
-    start: Instant,
-    window: Window,
-    expect: u16,
-) -> Tally {
-    let mut queues = Vec::with_capacity(connections.len());
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut connection in connections {
-        let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        queues.push(due_tx);
-        tasks.spawn(async move {
-            let mut tally = Tally::new();
-            while let Some(due) = due_rx.recv().await {
-                let answer = connection.send().await;
-                let ok = matches!(answer, Ok(status) if status == expect);
-                tally.record(window, due, Instant::now(), ok);
-                if answer.is_err() {
-                    break;
-                }
-            }
-            tally
-        });
-    }
-    let every = Duration::from_secs_f64(1.0 / rps);
-    let (mut n, mut turn, mut lost) = (0u32, 0, 0);
-    loop {
-        let now = Instant::now();
-        let mut due = start + every * n;
-        while due <= now && due < window.to {
-            turn = (turn + 1) % queues.len();
-            // A connection that failed has stopped: what it would have
-            // sent counts as failed, and the rest go on.
-            if queues[turn].send(due).is_err() && due >= window.from {
-                lost += 1;
-            }
-            n += 1;
-            due = start + every * n;
-        }
-        if due >= window.to {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    drop(queues);
-    let mut tally = Tally::new();
-    while let Some(done) = tasks.join_next().await {
-        tally.add(done.expect("connection task panicked"));
-    }
-    tally.requests += lost;
-    tally.errors += lost;
-    tally
 }
 
 /// Runs `drive` over the window `plan` sets, timing it and the client's CPU.
@@ -280,20 +185,19 @@ where
     tally
 }
 
-/// The open loop's pacer wakes at most this often; requests due within one
-/// tick go out together (each still timed from its own due time).
-const PACER_TICK: Duration = Duration::from_micros(50);
-
-/// Requests go out on a fixed schedule, `rps` a second, whether or not
-/// earlier ones were answered (workers take turns building them), and each
-/// latency runs from when its request was due, so a slow answer cannot hide
-/// the requests it would have delayed (no coordinated omission).
+/// Requests go out on a fixed schedule, `rps` a second, each due request
+/// handed in turn to one of `concurrency` lanes (a worker each), which
+/// sends it as soon as its previous one is answered, as wrk2 does; each
+/// latency runs from when its request was due, so a slow answer cannot
+/// hide the requests it would have delayed (no coordinated omission).
 ///
-/// tokio's timer has millisecond ticks: sleeping on it to each due time would
-/// send requests in bursts, one burst per tick, and measure the client's own
-/// queueing. The schedule is kept by a plain thread instead, whose sleeps are
-/// precise to tens of microseconds, and handed to the runtime over a channel,
-/// in bursts of at most one [`PACER_TICK`].
+/// Needs a current-thread runtime (`sts-bench` builds one for a run with a
+/// rate): the pacer checks the clock between polls of the lanes instead of
+/// sleeping, since tokio's timer ticks in milliseconds (it would send
+/// bursts) and a wake-up from another thread costs more than a request.
+/// So the client's CPU reads 1.0 whatever the rate: the pacer spins. The
+/// first version, a pacer thread and a task per request, took more than
+/// the client's core at half of nginx's rate and measured its own queueing.
 async fn open_loop<F, Fut>(
     concurrency: usize,
     rps: f64,
@@ -305,65 +209,106 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
-    let mut workers: Vec<F> = (0..concurrency.max(1)).map(make_worker).collect();
-    let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel();
-    let pacer = pace(rps, start, window, move |due| due_tx.send(due).is_ok());
-    let tally = Arc::new(std::sync::Mutex::new(Tally::new()));
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut turn = 0;
-    while let Some(due) = due_rx.recv().await {
-        let request = (workers[turn])();
-        turn = (turn + 1) % workers.len();
-        let tally = tally.clone();
-        in_flight.spawn(async move {
-            let ok = request.await;
-            let done = Instant::now();
+    assert_eq!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread,
+        "the open loop's pacer spins: it needs a current-thread runtime"
+    );
+    let mut lanes = Vec::with_capacity(concurrency.max(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..concurrency.max(1) {
+        let mut request = make_worker(i);
+        let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        lanes.push(due_tx);
+        tasks.spawn(async move {
+            let mut tally = Tally::new();
+            while let Some(due) = due_rx.recv().await {
+                // Answered after the window, it would not count: a lane
+                // that fell behind stops rather than work through its queue.
+                if Instant::now() >= window.to {
+                    break;
+                }
+                let ok = request().await;
+                tally.record(window, due, Instant::now(), ok);
+            }
             tally
-                .lock()
-                .expect("no panics while held")
-                .record(window, due, done, ok);
         });
-        // Reap finished tasks so the set does not grow for the whole run.
-        while in_flight.try_join_next().is_some() {}
     }
-    pacer.join().expect("pacer panicked");
-    while in_flight.join_next().await.is_some() {}
-    Arc::try_unwrap(tally)
-        .ok()
-        .expect("every request task has finished")
-        .into_inner()
-        .expect("no panics while held")
+    let every = Duration::from_secs_f64(1.0 / rps);
+    let (mut n, mut turn) = (0u32, 0);
+    loop {
+        let now = Instant::now();
+        let mut due = start + every * n;
+        while due <= now && due < window.to {
+            turn = (turn + 1) % lanes.len();
+            // A lane stops only once the window is over.
+            let _ = lanes[turn].send(due);
+            n += 1;
+            due = start + every * n;
+        }
+        if due >= window.to {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    drop(lanes);
+    let mut tally = Tally::new();
+    while let Some(done) = tasks.join_next().await {
+        tally.add(done.expect("lane panicked"));
+    }
+    tally
 }
 
-/// Starts the thread that keeps the schedule: it hands each request's due
-/// time to `hand`, `rps` a second from `start` to the window's end (or
-/// until `hand` says stop), those due within one [`PACER_TICK`] together.
-fn pace(
-    rps: f64,
-    start: Instant,
-    window: Window,
-    mut hand: impl FnMut(Instant) -> bool + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    let every = Duration::from_secs_f64(1.0 / rps);
-    std::thread::spawn(move || {
-        let mut n = 0u32;
-        loop {
-            // Everything due by now goes out; then sleep to the next due
-            // time, but at least PACER_TICK: at tens of thousands a second
-            // a wake-up per request would take the client's core itself.
-            let now = Instant::now();
-            let mut due = start + every * n;
-            while due <= now {
-                if due >= window.to || !hand(due) {
-                    return;
-                }
-                n += 1;
-                due = start + every * n;
-            }
-            if due >= window.to {
-                return;
-            }
-            std::thread::sleep((due - now).max(PACER_TICK));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(concurrency: usize, rate: f64) -> Plan {
+        Plan {
+            concurrency,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(500),
+            rate: Some(rate),
         }
-    })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_open_loop_keeps_its_rate() {
+        let outcome = run(plan(4, 2000.0), |_| {
+            || async {
+                tokio::task::yield_now().await;
+                true
+            }
+        })
+        .await;
+        // 2,000 a second over half a second, less what the window's end cuts.
+        assert!(
+            (950..=1001).contains(&outcome.requests),
+            "{}",
+            outcome.requests
+        );
+        assert_eq!(outcome.errors, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lane_that_falls_behind_shows_in_its_latencies() {
+        // One lane answering in 5 ms, asked 1,000 times a second: each
+        // request waits for the ones before it, and is timed from when it
+        // was due, not from when the lane got to it.
+        let outcome = run(plan(1, 1000.0), |_| {
+            || async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                true
+            }
+        })
+        .await;
+        let p50 = Duration::from_nanos(outcome.latency.value_at_quantile(0.5));
+        assert!(p50 > Duration::from_millis(50), "p50 {p50:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn failures_are_counted() {
+        let outcome = run(plan(2, 1000.0), |i| move || async move { i == 0 }).await;
+        assert!(outcome.errors > 0 && outcome.errors < outcome.requests);
+    }
 }
