@@ -281,9 +281,11 @@ mod tests {
             }
         })
         .await;
-        // 2,000 a second over half a second, less what the window's end cuts.
+        // 2,000 a second over half a second: at most 1,001 (both ends), and
+        // short only by what a stall of this machine at the window's end
+        // cuts off. Loose on purpose: this checks the pacing, not a speed.
         assert!(
-            (950..=1001).contains(&outcome.requests),
+            (800..=1001).contains(&outcome.requests),
             "{}",
             outcome.requests
         );
