@@ -1,8 +1,9 @@
 //! A minimal HTTP/1.1 keep-alive client for the paced (open-loop) load:
 //! one pre-encoded request written again and again on each connection,
-//! answers read with `httparse`. A full client (hyper's, with a task and a
-//! lock per request) took more than the load generator's core at half of
-//! nginx's rate, so the latencies it reported were its own queueing.
+//! answers read with `httparse`. hyper's client (request and header map
+//! built per call, a task driving each connection) took more than the load
+//! generator's core at half of nginx's rate, so the latencies it reported
+//! were its own queueing.
 
 use std::net::SocketAddr;
 

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 /// How to drive the load.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
-    /// Closed loop: requests in flight at once (one worker each). Open loop:
-    /// workers building requests in turn (connections are shared by them).
+    /// Requests in flight at most (one worker each). Closed loop: always that
+    /// many. Open loop: the lanes due requests are handed to in turn.
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
@@ -75,20 +75,6 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
-    measured(plan, |start, window| async move {
-        match plan.rate {
-            None => closed_loop(plan.concurrency, window, make_worker).await,
-            Some(rps) => open_loop(plan.concurrency, rps, start, window, make_worker).await,
-        }
-    })
-    .await
-}
-
-/// Runs `drive` over the window `plan` sets, timing it and the client's CPU.
-async fn measured<Fut>(plan: Plan, drive: impl FnOnce(Instant, Window) -> Fut) -> Outcome
-where
-    Fut: Future<Output = Tally>,
-{
     let start = Instant::now();
     let window = Window {
         from: start + plan.warmup,
@@ -102,7 +88,10 @@ where
             cpu_seconds(&me)
         })
     };
-    let tally = drive(start, window).await;
+    let tally = match plan.rate {
+        None => closed_loop(plan.concurrency, window, make_worker).await,
+        Some(rps) => open_loop(plan.concurrency, rps, start, window, make_worker).await,
+    };
     let before = cpu_before.await.ok().flatten().unwrap_or(0.0);
     Outcome {
         requests: tally.requests,

@@ -128,15 +128,16 @@ fn status_of(state: &HttpState, caller: &Authenticated) -> Response {
 /// does not.
 fn expiration_headers(token: &ServiceToken) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Some(value) = expiration_value(token) {
-        headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
-    }
+    insert_expiration(token, &mut headers);
     headers
 }
 
-fn expiration_value(token: &ServiceToken) -> Option<HeaderValue> {
-    let text = expiration_text(token)?;
-    Some(HeaderValue::try_from(text).expect("an RFC 3339 time is a header value"))
+/// Adds [`EXPIRATION_HEADER`] to `headers` if the token expires.
+fn insert_expiration(token: &ServiceToken, headers: &mut HeaderMap) {
+    if let Some(text) = expiration_text(token) {
+        let value = HeaderValue::try_from(text).expect("an RFC 3339 time is a header value");
+        headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
+    }
 }
 
 /// The [`EXPIRATION_HEADER`] value of a token that expires: RFC 3339, to
@@ -265,12 +266,7 @@ const ROLES_CAPACITY: usize = 64;
 /// Writes the identity headers of a valid caller into `headers`.
 fn identity_headers(caller: &Authenticated, headers: &mut HeaderMap) -> Result<(), Error> {
     let token = &caller.token;
-    if let Some(expiration) = expiration_value(token) {
-        headers.insert(
-            const { HeaderName::from_static(EXPIRATION_HEADER) },
-            expiration,
-        );
-    }
+    insert_expiration(token, headers);
     if caller.secret == Secret::Previous {
         headers.insert(
             const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },

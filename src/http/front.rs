@@ -40,6 +40,10 @@ use crate::{
 /// whatever paths clients send. [`route`] matches a path to them as the
 /// router does.
 const EXACT: &[&str] = &[
+    // The routes of the fast lane first; see [`lane`].
+    STATUS,
+    AUTH,
+    AUTH_SLASH,
     "/stackstate.servicetoken.v1.TokenService/Validate",
     "/envoy.service.auth.v3.Authorization/Check",
     "/stackstate.servicetoken.v1.TokenService/Create",
@@ -49,10 +53,7 @@ const EXACT: &[&str] = &[
     "/stackstate.servicetoken.v1.TokenService/Update",
     "/stackstate.servicetoken.v1.TokenService/Rotate",
     "/stackstate.servicetoken.v1.TokenService/RevokeLeaked",
-    "/api/server/status",
     "/api/server/info",
-    "/api/auth",
-    "/api/auth/",
     "/api/kubernetes/tokenreview",
     "/oauth2/introspect",
     "/api/security/tokens",
@@ -62,9 +63,14 @@ const EXACT: &[&str] = &[
     "/metrics",
 ];
 
+const STATUS: &str = "/api/server/status";
+const AUTH: &str = "/api/auth";
+const AUTH_SLASH: &str = "/api/auth/";
+const AUTH_BELOW: &str = "/api/auth/{*path}";
+
 /// Routes with a `{*rest}` tail: the prefix, and the label.
 const PREFIXED: &[(&str, &str)] = &[
-    ("/api/auth/", "/api/auth/{*path}"),
+    (AUTH_SLASH, AUTH_BELOW),
     ("/grpc.health.v1.Health/", "/grpc.health.v1.Health/{*rest}"),
     (
         "/grpc.reflection.v1.ServerReflection/",
@@ -181,8 +187,8 @@ enum Lane {
 /// which calls the same handlers.
 fn lane(route: usize, method: &Method) -> Option<Lane> {
     match label(route) {
-        "/api/server/status" if method == Method::GET => Some(Lane::Status),
-        "/api/auth" | "/api/auth/" | "/api/auth/{*path}" => Some(Lane::ForwardAuth),
+        STATUS if method == Method::GET => Some(Lane::Status),
+        AUTH | AUTH_SLASH | AUTH_BELOW => Some(Lane::ForwardAuth),
         _ => None,
     }
 }
