@@ -152,8 +152,8 @@ async fn a_graceful_stop_writes_what_is_pending() {
 }
 
 /// The real binary with `STS_LAST_USED_RESOLUTION=1s`: a use is in `Get`
-/// within 2 s, and once it is there a `kill -9` does not take it away (a
-/// crash loses at most the window not yet written).
+/// within 2 s, and once its batch is written a `kill -9` does not take it
+/// away (a crash loses at most the window not yet written).
 #[tokio::test]
 async fn the_server_flag_sets_the_resolution_and_a_written_use_survives_a_crash() {
     use sts::proto::token_service_client::TokenServiceClient;
@@ -199,6 +199,28 @@ async fn the_server_flag_sets_the_resolution_and_a_written_use_survives_a_crash(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // `Get` reads sled, which shows a batch's write before the sync that
+    // makes it durable has returned; the batch is counted after it has.
+    // Two uses: the admin's (Create) and this token's, queued milliseconds
+    // apart; the admin's next is a whole window later.
+    let metrics = format!("http://{}/metrics", server.addr);
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        let written = text.lines().find_map(|line| {
+            line.strip_prefix(WRITES)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        if written.is_some_and(|n| n >= 2.0) {
+            break;
+        }
+        assert!(
+            used.elapsed() < Duration::from_secs(5),
+            "the batch was not written within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.kill().await.unwrap();
     let server = ServerProcess::start_with(dir.path(), &env).await;
     let client = TokenServiceClient::new(channel(server.addr).await);
