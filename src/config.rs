@@ -48,6 +48,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How long a new connection may stay silent before it is closed. Clients
 /// speak first in HTTP and TLS, so only a stuck or hostile peer waits longer.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request's whole body may take to arrive, counted from its
+/// headers. Every request we serve is small; only a stalled or hostile
+/// peer sends one slower, and it would hold its connection meanwhile.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take once started.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 keep-alive: a PING after this much silence on a connection, which
@@ -371,6 +375,9 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub first_byte_timeout: Duration,
+    /// How long a request's whole body may take, from its headers (HTTP
+    /// 408 and the connection closed; an HTTP/2 stream reset).
+    pub body_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
@@ -390,6 +397,7 @@ impl Default for ServerConfig {
             shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,

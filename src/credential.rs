@@ -46,6 +46,13 @@ pub enum AuthError {
     Expired,
     #[error("the service token is disabled")]
     Disabled,
+    /// A previous secret, still in its rotation's grace period, presented
+    /// to manage tokens: it passes checks, never management, so a leaked
+    /// old secret cannot take its token over from the new one.
+    #[error(
+        "a rotated-out secret cannot manage tokens: it still passes checks during its grace period, but management needs the token's current secret"
+    )]
+    RotatedOut,
 }
 
 impl AuthError {
@@ -62,6 +69,7 @@ impl AuthError {
             AuthError::NotFound => "not_found",
             AuthError::Expired => "expired",
             AuthError::Disabled => "disabled",
+            AuthError::RotatedOut => "previous_secret",
         }
     }
 }

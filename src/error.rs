@@ -23,6 +23,9 @@ pub enum Error {
     PermissionDenied(Role),
     #[error("the request is larger than the {limit} bytes allowed")]
     TooLarge { limit: usize },
+    /// The request's body did not arrive whole within `--body-timeout`.
+    #[error("the request body did not arrive within {}: send it whole, at once", humantime::format_duration(*.0))]
+    BodyTimeout(std::time::Duration),
     /// The lockout rule: no change may leave nobody able to manage tokens.
     #[error(
         "refused: {what} service token {id} would leave no enabled, unexpired token with the `{role}` role, and nobody could manage tokens any more; create another admin token first"
@@ -52,6 +55,8 @@ pub enum ErrorKind {
     /// RESOURCE_EXHAUSTED in gRPC, as a too-large request is; HTTP tells
     /// the two apart (429, not 413).
     RateLimited,
+    /// The request itself took too long to arrive (HTTP 408).
+    DeadlineExceeded,
     Unavailable,
     Internal,
 }
@@ -66,6 +71,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "PERMISSION_DENIED",
             ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
             ErrorKind::ResourceExhausted | ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+            ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Internal => "INTERNAL",
         }
@@ -100,6 +106,7 @@ impl Error {
             Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::BodyTimeout(_) => ErrorKind::DeadlineExceeded,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Store(
@@ -175,6 +182,7 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorKind::ResourceExhausted | ErrorKind::RateLimited => tonic::Code::ResourceExhausted,
+            ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
         }

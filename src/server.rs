@@ -13,7 +13,7 @@ use crate::{
     config::{MAX_CHECK_REQUEST_BYTES, ServerConfig},
     error::{ServeError, with_causes},
     grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
-    http::{self, Front, HttpState, Readiness},
+    http::{self, BodyBounds, Front, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
     proto::{self, token_service_server::TokenServiceServer},
     serve::{Protocol, serve},
@@ -166,7 +166,10 @@ pub async fn run_on(
     let state = HttpState::new(
         service.clone(),
         readiness.clone(),
-        config.max_request_bytes,
+        BodyBounds {
+            max_bytes: config.max_request_bytes,
+            timeout: config.body_timeout,
+        },
         config.integrations.clone(),
     );
     let routes = Routes::from(http::router(state.clone()))

@@ -588,19 +588,32 @@ impl TokenService {
     pub async fn authorize_reviewer(
         &self,
         presented: Result<&str, AuthError>,
-    ) -> Result<ServiceToken, Error> {
-        let caller = self.authenticate(presented).await?;
-        self.require_role(&caller, &self.config.reviewer_role)?;
+    ) -> Result<Authenticated, Error> {
+        let caller = self.authenticate_secret(presented).await?;
+        self.require_role(&caller.token, &self.config.reviewer_role)?;
         Ok(caller)
     }
 
     /// The caller as an [`Admin`], if its credential is valid and holds the
     /// admin role; otherwise the refusal, with the caller when it is known.
+    /// A previous secret still in its grace period is refused here, as the
+    /// credential of any management call: it keeps passing checks, but
+    /// whoever holds only the old secret must not be able to rotate the
+    /// new one away, re-enable, or create.
     async fn authorize_admin(
         &self,
         presented: Result<&str, AuthError>,
     ) -> Result<Admin, (Option<ServiceToken>, Error)> {
-        let caller = self.authenticate(presented).await.map_err(|e| (None, e))?;
+        let Authenticated {
+            token: caller,
+            secret,
+        } = self
+            .authenticate_secret(presented)
+            .await
+            .map_err(|e| (None, e))?;
+        if secret == Secret::Previous {
+            return Err((Some(caller), AuthError::RotatedOut.into()));
+        }
         if !caller.roles.contains(&self.config.admin_role) {
             let refused = Error::PermissionDenied(self.config.admin_role.clone());
             return Err((Some(caller), refused));

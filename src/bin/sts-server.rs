@@ -36,6 +36,15 @@ fn parse_header_bytes(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// `--body-timeout`: a duration, not zero (every body would fail).
+fn parse_body_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(timeout) if timeout.is_zero() => Err("must be longer than zero".into()),
+        Ok(timeout) => Ok(timeout),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Name of the token `bootstrap` creates unless told otherwise.
 const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
 const MIB: u64 = 1024 * 1024;
@@ -150,6 +159,12 @@ struct ServeArgs {
     /// it; HTTP/2 announces it as its header list size). At least 8192.
     #[arg(long, env = "STS_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = parse_header_bytes)]
     max_header_bytes: usize,
+    /// How long a request's whole body may take to arrive, from its headers
+    /// (e.g. 30s): past it HTTP/1.1 answers 408 and closes the connection,
+    /// HTTP/2 resets the stream. A body is read only after the request's
+    /// credential was accepted.
+    #[arg(long, env = "STS_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
+    body_timeout: Duration,
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
@@ -317,6 +332,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         shutdown_delay: args.shutdown_delay,
         max_header_bytes: args.max_header_bytes,
+        body_timeout: args.body_timeout,
         integrations: IntegrationConfig {
             forward_credential: args.forward_credential,
             kubernetes_prefix: args.kubernetes_prefix,

@@ -121,15 +121,27 @@ fn status_of(state: &HttpState, caller: &Authenticated) -> Response {
         uptime_seconds: state.started.elapsed().as_secs(),
         service_token: TokenJson::from(&caller.token),
     };
-    (expiration_headers(&caller.token), json(&body)).into_response()
+    (caller_headers(caller), json(&body)).into_response()
 }
 
-/// [`EXPIRATION_HEADER`] for a token that expires; empty for one that
-/// does not.
-fn expiration_headers(token: &ServiceToken) -> HeaderMap {
+/// What every answer accepted through a credential says of it:
+/// [`EXPIRATION_HEADER`] for a token that expires, and
+/// [`PREVIOUS_SECRET_HEADER`] when the secret was a rotated-out one, so
+/// its holder learns to switch before the grace period ends.
+fn caller_headers(caller: &Authenticated) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    insert_expiration(token, &mut headers);
+    insert_expiration(&caller.token, &mut headers);
+    insert_previous_secret(caller, &mut headers);
     headers
+}
+
+pub(super) fn insert_previous_secret(caller: &Authenticated, headers: &mut HeaderMap) {
+    if caller.secret == Secret::Previous {
+        headers.insert(
+            const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
+            HeaderValue::from_static("true"),
+        );
+    }
 }
 
 /// Adds [`EXPIRATION_HEADER`] to `headers` if the token expires.
@@ -168,7 +180,7 @@ pub async fn info(Caller(caller): Caller) -> (HeaderMap, Json<InfoJson>) {
             diff: env!("CARGO_PKG_VERSION_PRE"),
         },
     });
-    (expiration_headers(&caller.token), body)
+    (caller_headers(&caller), body)
 }
 
 /// 200 with the identity in headers, 401 without a valid credential, 403
@@ -267,12 +279,7 @@ const ROLES_CAPACITY: usize = 64;
 fn identity_headers(caller: &Authenticated, headers: &mut HeaderMap) -> Result<(), Error> {
     let token = &caller.token;
     insert_expiration(token, headers);
-    if caller.secret == Secret::Previous {
-        headers.insert(
-            const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
-            HeaderValue::from_static("true"),
-        );
-    }
+    insert_previous_secret(caller, headers);
     const NAMES: [HeaderName; 3] = [
         HeaderName::from_static(ID_HEADER),
         HeaderName::from_static(NAME_HEADER),

@@ -28,7 +28,10 @@ use http::{Method, Request, Version, header::HOST};
 use http_body_util::Limited;
 use tower::Service;
 
-use super::{HttpState, api};
+use super::{
+    HttpState, api,
+    body::{BodyTimeout, Deadline},
+};
 use crate::{
     error::Error,
     metrics::{Histogram, Metrics},
@@ -221,7 +224,7 @@ impl<S> Front<S> {
 impl<S, B> Service<Request<B>> for Front<S>
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Response = Response;
@@ -245,8 +248,15 @@ where
                 response: Some(refused.into_response()),
             }
         } else if grpc {
+            // gRPC's own message bound applies; the deadline is ours, and
+            // tonic answers with the status it finds in the error.
+            let bodies = self.state.bodies;
+            let body = |body| {
+                let timed = Deadline::new(body, started, bodies.timeout);
+                Body::new(http_body_util::BodyExt::map_err(timed, grpc_deadline))
+            };
             Answer::Routed {
-                inner: self.inner.call(request.map(Body::new)),
+                inner: self.inner.call(request.map(body)),
             }
         } else if let Some(lane) = lane(route, request.method()) {
             // Past the router, whose matching, path parameters and
@@ -261,12 +271,15 @@ where
                 },
             }
         } else {
-            // axum's body extractors answer 413 when this limit trips.
-            let max_body = self.state.max_body;
+            // Read by `body::read`, after the credential: 413 past the
+            // size, 408 past the deadline.
+            let bodies = self.state.bodies;
+            let body = |body| {
+                let timed = Deadline::new(body, started, bodies.timeout);
+                Body::new(Limited::new(timed, bodies.max_bytes))
+            };
             Answer::Routed {
-                inner: self
-                    .inner
-                    .call(request.map(|body| Body::new(Limited::new(body, max_body)))),
+                inner: self.inner.call(request.map(body)),
             }
         };
         Observed {
@@ -276,6 +289,15 @@ where
             route,
             started,
         }
+    }
+}
+
+/// A gRPC request's body error as tonic should answer it: a body past its
+/// deadline is DEADLINE_EXCEEDED, not UNKNOWN.
+fn grpc_deadline(error: axum::BoxError) -> axum::BoxError {
+    match error.downcast::<BodyTimeout>() {
+        Ok(timeout) => Box::new(tonic::Status::deadline_exceeded(timeout.to_string())),
+        Err(other) => other,
     }
 }
 

@@ -3,14 +3,20 @@
 //! (`authentication.k8s.io/v1`, and `v1beta1`, kube-apiserver's default for
 //! webhooks, whose shape is the same) in the version it was asked in.
 
-use axum::{Json, body::Bytes, extract::State, http::HeaderMap};
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
 use k8s_openapi::{
     api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use serde_json::Value;
 
-use super::HttpState;
+use super::{HttpState, api::insert_previous_secret, body};
 use crate::{
     credential::{self, AuthError},
     error::Error,
@@ -32,12 +38,13 @@ pub const TOKEN_ID_EXTRA: &str = "sts.token-id";
 pub async fn token_review(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, Error> {
-    state
+    body: Body,
+) -> Result<Response, Error> {
+    let reviewer = state
         .service
         .authorize_reviewer(credential::presented(&headers))
         .await?;
+    let body = body::read(body, state.bodies.max_bytes).await?;
     let (version, review) = parse(&body)?;
     let spec = review.spec;
     let status = match state.service.validate(&spec.token).await? {
@@ -77,7 +84,9 @@ pub async fn token_review(
     };
     let mut answer = serde_json::to_value(answer).expect("a TokenReview serializes");
     answer["apiVersion"] = Value::from(version);
-    Ok(Json(answer))
+    let mut response = Json(answer).into_response();
+    insert_previous_secret(&reviewer, response.headers_mut());
+    Ok(response)
 }
 
 const NO_TOKEN: &str = "is not a TokenReview: it needs `spec.token`, a string";

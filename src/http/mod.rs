@@ -4,6 +4,7 @@
 //! check and every operation goes through [`TokenService`], as gRPC's do.
 
 mod api;
+mod body;
 mod caller;
 mod front;
 mod kubernetes;
@@ -32,6 +33,7 @@ pub use api::{
     EXPIRATION_HEADER, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER,
     expiration_text, identity,
 };
+pub use body::{BodyTimeout, Deadline};
 pub use caller::Caller;
 pub use front::Front;
 pub use probes::Readiness;
@@ -45,8 +47,18 @@ pub struct Shared {
     service: Arc<TokenService>,
     readiness: Arc<Readiness>,
     started: Instant,
-    max_body: usize,
+    bodies: BodyBounds,
     integrations: IntegrationConfig,
+}
+
+/// How large a request body may be and how long it may take to arrive;
+/// `Front` holds every body to them.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyBounds {
+    /// Past it, 413.
+    pub max_bytes: usize,
+    /// Past it, counted from the request's headers, 408.
+    pub timeout: std::time::Duration,
 }
 
 impl std::ops::Deref for HttpState {
@@ -59,18 +71,18 @@ impl std::ops::Deref for HttpState {
 
 impl HttpState {
     /// `readiness` is what `/readyz` reports; the server keeps it current.
-    /// Request bodies over `max_body` bytes are refused (413).
+    /// Request bodies are held to `bodies`.
     pub fn new(
         service: Arc<TokenService>,
         readiness: Arc<Readiness>,
-        max_body: usize,
+        bodies: BodyBounds,
         integrations: IntegrationConfig,
     ) -> HttpState {
         HttpState(Arc::new(Shared {
             service,
             readiness,
             started: Instant::now(),
-            max_body,
+            bodies,
             integrations,
         }))
     }
@@ -177,6 +189,7 @@ impl From<&Answer> for HttpError {
             ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -4,14 +4,14 @@
 
 use axum::{
     Json,
-    body::Bytes,
+    body::Body,
     extract::State,
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
 
-use super::{HttpState, api::epoch_millis};
+use super::{HttpState, api::epoch_millis, api::insert_previous_secret, body};
 use crate::{
     credential,
     error::Error,
@@ -52,13 +52,14 @@ const TOKEN_TYPE: &str = "service_token";
 pub async fn introspect(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Error> {
     let presented = credential::presented_or_basic(&headers);
-    state
+    let reviewer = state
         .service
         .authorize_reviewer(presented.as_deref().map_err(|e| *e))
         .await?;
+    let body = body::read(body, state.bodies.max_bytes).await?;
     let token = form_token(&body)?;
     let answer = match state.service.validate(&token).await? {
         Validation::Valid(token, _) => Introspection::Active {
@@ -83,6 +84,7 @@ pub async fn introspect(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    insert_previous_secret(&reviewer, response.headers_mut());
     Ok(response)
 }
 

@@ -8,14 +8,14 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::{Path, Query, State, rejection::BytesRejection, rejection::QueryRejection},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HttpState, api::TokenJson, api::epoch_millis, caller::Peer, json};
+use super::{HttpState, api::TokenJson, api::epoch_millis, body, caller::Peer, json};
 use crate::{
     credential,
     error::Error,
@@ -222,23 +222,9 @@ struct CreatedJson {
 /// What StackState's REST calls a new token's expiration.
 const EXPIRY_DATE: &str = "expiryDate";
 
-/// A body axum could not read: too large (413), or cut short.
-fn unreadable(rejection: BytesRejection, limit: usize) -> Error {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::TooLarge { limit }
-    } else {
-        FieldError::new("body", rejection.body_text()).into()
-    }
-}
-
 /// A JSON body, or the error that says why it is not one.
-fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-    what: &str,
-) -> Result<T, Error> {
-    let body = body.map_err(|rejection| unreadable(rejection, limit))?;
-    Ok(serde_json::from_slice(&body)
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
+    Ok(serde_json::from_slice(body)
         .map_err(|e| FieldError::new("body", format!("is not {what}: {e}")))?)
 }
 
@@ -253,11 +239,12 @@ pub async fn create(
     State(state): State<HttpState>,
     Peer(source): Peer,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Error> {
-    let (service, max_body) = (&state.service, state.max_body);
+    let (service, max_body) = (&state.service, state.bodies.max_bytes);
     let call = |admin| async move {
-        let request: CreateJson = json_body(body, max_body, "a token request")?;
+        let body = body::read(body, max_body).await?;
+        let request: CreateJson = json_body(&body, "a token request")?;
         let expiration = request
             .expiry_date
             .map(|ms| parse_epoch_millis(EXPIRY_DATE, ms))
@@ -382,12 +369,13 @@ pub async fn patch(
     Peer(source): Peer,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Error> {
-    let (service, max_body) = (&state.service, state.max_body);
+    let (service, max_body) = (&state.service, state.bodies.max_bytes);
     let call = |admin| async move {
         let id = path_id(&id)?;
-        let patch: Value = json_body(body, max_body, "a JSON merge patch")?;
+        let body = body::read(body, max_body).await?;
+        let patch: Value = json_body(&body, "a JSON merge patch")?;
         // A labels patch merges into the labels the token has now.
         let current = match patch.get("labels") {
             Some(Value::Object(_)) => service.get(&admin, id).await?.labels,
@@ -418,18 +406,16 @@ pub async fn rotate(
     Peer(source): Peer,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, Error> {
-    let (service, max_body) = (&state.service, state.max_body);
+    let (service, max_body) = (&state.service, state.bodies.max_bytes);
     let call = |admin| async move {
         let id = path_id(&id)?;
-        let empty = body
-            .as_ref()
-            .is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace));
-        let request: RotateJson = if empty {
+        let body = body::read(body, max_body).await?;
+        let request: RotateJson = if body.iter().all(u8::is_ascii_whitespace) {
             RotateJson::default()
         } else {
-            json_body(body, max_body, "a rotation request")?
+            json_body(&body, "a rotation request")?
         };
         let grace = Duration::from_secs(request.grace_period_seconds);
         let rotated = service.rotate(&admin, id, grace).await;
@@ -482,9 +468,9 @@ pub struct RevokedJson {
 pub async fn revoke_leaked(
     State(state): State<HttpState>,
     Peer(source): Peer,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<RevokedJson>, Error> {
-    let body = body.map_err(|rejection| unreadable(rejection, state.max_body))?;
+    let body = body::read(body, state.bodies.max_bytes).await?;
     // A fixed text: serde's would quote a secret sent in the wrong place.
     let request: RevokeJson = serde_json::from_slice(&body).map_err(|_| {
         FieldError::new(

@@ -10,9 +10,12 @@ use std::{
 
 use sts::{
     clock::Clock,
-    config::{IntegrationConfig, MAX_REQUEST_BYTES, ServerConfig, ServiceConfig, TlsIdentity},
+    config::{
+        DEFAULT_BODY_TIMEOUT, IntegrationConfig, MAX_REQUEST_BYTES, ServerConfig, ServiceConfig,
+        TlsIdentity,
+    },
     error::ServeError,
-    http::HttpState,
+    http::{BodyBounds, HttpState},
     model::NewToken,
     proto::{
         CreateRequest, CreateResponse, ServiceToken, ValidateRequest, ValidateResponse,
@@ -228,7 +231,10 @@ async fn router_with(
     let state = HttpState::new(
         service.clone(),
         ready.clone(),
-        MAX_REQUEST_BYTES,
+        BodyBounds {
+            max_bytes: MAX_REQUEST_BYTES,
+            timeout: DEFAULT_BODY_TIMEOUT,
+        },
         integrations,
     );
     TestRouter {

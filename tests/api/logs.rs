@@ -40,6 +40,13 @@ impl std::io::Write for CapturedLogs {
 
 /// Captures every event (all levels) of this thread until the guard drops.
 pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, CapturedLogs) {
+    // tracing-core asks only the *calling thread's* subscriber for a new
+    // callsite's interest while it knows of at most one dispatcher: with
+    // one test capturing, another thread (no subscriber) reaching a
+    // callsite first caches "never" for it, and this test loses those
+    // events. A second dispatcher, kept for good, makes it ask them all.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let logs = CapturedLogs::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
