@@ -65,6 +65,26 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The smallest `--max-header-bytes`: below it ordinary requests fail.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 
+/// The longest grace period a rotation may give the previous secret: time
+/// for every client to switch, not a second life for a secret that may
+/// have leaked.
+pub const DEFAULT_MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 86_400);
+/// The longest any lifetime or grace setting may be: a time computed from
+/// now and one of them must stay within what protobuf's Timestamp (years
+/// 1 to 9999) can carry, and no token needs more.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A lifetime or grace setting, checked against [`MAX_SETTING_DURATION`].
+pub fn bounded_setting(duration: Duration) -> Result<Duration, String> {
+    if duration > MAX_SETTING_DURATION {
+        return Err(format!(
+            "{} is longer than the most this server takes (100 years)",
+            lifetime_text(duration)
+        ));
+    }
+    Ok(duration)
+}
+
 /// The service's rules: who may manage tokens, how lists are paged.
 /// Nothing here knows how or where the service is reached.
 #[derive(Debug, Clone)]
@@ -83,6 +103,9 @@ pub struct ServiceConfig {
     /// How long tokens may live (`--max-token-lifetime`,
     /// `--default-token-lifetime`).
     pub lifetime: LifetimePolicy,
+    /// The longest grace a rotation may give (`--max-rotation-grace`);
+    /// longer is refused, never shortened silently.
+    pub max_rotation_grace: Duration,
     /// Delete tokens that expired this long ago (`None`: keep them).
     pub purge_expired_after: Option<Duration>,
     /// Where events are delivered (`None`: no events are recorded).
@@ -91,7 +114,7 @@ pub struct ServiceConfig {
 
 /// A lifetime in the largest whole unit the flags take (`90d`, `12h`,
 /// `30m`, `45s`): humantime's own text turns 90 days into months and hours.
-fn lifetime_text(lifetime: Duration) -> String {
+pub fn lifetime_text(lifetime: Duration) -> String {
     let seconds = lifetime.as_secs();
     match seconds {
         s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
@@ -118,6 +141,9 @@ impl LifetimePolicy {
     pub fn new(max: Option<Duration>, default: Option<Duration>) -> Result<LifetimePolicy, String> {
         if max.is_some_and(|m| m.is_zero()) || default.is_some_and(|d| d.is_zero()) {
             return Err("a token lifetime must be longer than zero".into());
+        }
+        for lifetime in max.iter().chain(&default) {
+            bounded_setting(*lifetime)?;
         }
         if let (Some(max), Some(default)) = (max, default)
             && default > max
@@ -157,6 +183,7 @@ impl ServiceConfig {
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,
             last_used_resolution: DEFAULT_LAST_USED_RESOLUTION,
             lifetime: LifetimePolicy::default(),
+            max_rotation_grace: DEFAULT_MAX_ROTATION_GRACE,
             purge_expired_after: None,
             webhooks: None,
         }
@@ -557,6 +584,20 @@ impl std::fmt::Debug for StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lifetimes_and_graces_are_bounded_so_computed_times_stay_in_range() {
+        let century = MAX_SETTING_DURATION;
+        let more = century + Duration::from_secs(1);
+        assert_eq!(bounded_setting(century), Ok(century));
+        assert!(bounded_setting(more).unwrap_err().contains("100 years"));
+        assert!(LifetimePolicy::new(Some(more), None).is_err());
+        assert!(LifetimePolicy::new(None, Some(more)).is_err());
+        assert!(LifetimePolicy::new(Some(century), Some(century)).is_ok());
+        // A century from any plausible now is far inside year 9999.
+        let latest = std::time::SystemTime::now() + century;
+        assert!(latest < crate::clock::latest());
+    }
 
     #[test]
     fn the_default_admin_role_is_a_valid_role() {

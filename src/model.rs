@@ -10,7 +10,10 @@ use std::{
 use rand::Rng;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
-use crate::token::TokenHash;
+use crate::{
+    clock::{MAX_UNIX_SECONDS, MIN_UNIX_SECONDS},
+    token::TokenHash,
+};
 
 /// Longest name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
@@ -409,10 +412,6 @@ fn check_label_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The range protobuf's Timestamp allows: 0001-01-01 to 9999-12-31 (UTC).
-const MIN_UNIX_SECONDS: i64 = -62_135_596_800;
-const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
-
 /// A point in time given as seconds and nanoseconds since the Unix epoch,
 /// refused (not normalized) when out of protobuf's Timestamp range, so a
 /// client bug is seen instead of silently reinterpreted.
@@ -609,10 +608,7 @@ impl Edit {
     /// The fields that differ between `before` and `after`, in a fixed order.
     pub fn changes(before: &ServiceToken, after: &ServiceToken) -> Vec<FieldChange> {
         let time = |t: Option<SystemTime>| {
-            t.map_or_else(
-                || "never".to_owned(),
-                |t| humantime::format_rfc3339_micros(t).to_string(),
-            )
+            t.map_or_else(|| "never".to_owned(), crate::clock::rfc3339_micros)
         };
         let candidates = [
             ("name", before.name.to_string(), after.name.to_string()),

@@ -759,6 +759,17 @@ impl TokenService {
         grace: Duration,
     ) -> Result<(Token, ServiceToken), Error> {
         let now = to_micros(self.clock.now());
+        let max = self.config.max_rotation_grace;
+        if grace > max {
+            return Err(FieldError::new(
+                "grace_period",
+                format!(
+                    "is longer than this server's maximum rotation grace of {} (--max-rotation-grace)",
+                    crate::config::lifetime_text(max)
+                ),
+            )
+            .into());
+        }
         let previous_until = now
             .checked_add(grace)
             .map(to_micros)
@@ -788,7 +799,7 @@ impl TokenService {
             grace_period = ?grace,
             previous_secret_expiration = rotated
                 .previous_secret
-                .map(|p| humantime::format_rfc3339_micros(p.expiration).to_string()),
+                .map(|p| crate::clock::rfc3339_micros(p.expiration)),
             "service token rotated"
         );
         Ok((token, rotated))

@@ -17,6 +17,7 @@ use sts::{
         DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE,
         IntegrationConfig, KubernetesPrefix, LifetimePolicy, MIN_HEADER_BYTES, ServerConfig,
         ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
+        bounded_setting,
     },
     daemon,
     logging::ExitSafe,
@@ -43,6 +44,12 @@ fn parse_body_timeout(text: &str) -> Result<Duration, String> {
         Ok(timeout) => Ok(timeout),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A lifetime or grace flag: a duration of at most 100 years.
+fn parse_setting(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    bounded_setting(duration)
 }
 
 /// Name of the token `bootstrap` creates unless told otherwise.
@@ -188,6 +195,10 @@ struct ServeArgs {
     /// now + this, or never, is refused. Tokens made earlier keep working.
     #[arg(long, env = "STS_MAX_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
     max_token_lifetime: Option<Duration>,
+    /// The longest grace period a rotation may give the previous secret
+    /// (e.g. 7d); a longer one is refused. At most 100 years.
+    #[arg(long, env = "STS_MAX_ROTATION_GRACE", default_value = "30d", value_parser = parse_setting)]
+    max_rotation_grace: Duration,
     /// The expiration, from now, of a token created without one (e.g. 30d).
     #[arg(long, env = "STS_DEFAULT_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
     default_token_lifetime: Option<Duration>,
@@ -346,6 +357,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         last_used_resolution: args.last_used_resolution,
         reviewer_role: args.reviewer_role,
         lifetime,
+        max_rotation_grace: args.max_rotation_grace,
         purge_expired_after: args.purge_expired_after,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };

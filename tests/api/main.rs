@@ -28,6 +28,7 @@ mod durability;
 mod edges;
 mod examples;
 mod ext_authz;
+mod grace;
 mod health;
 mod http_auth;
 mod http_lifecycle;
