@@ -85,6 +85,26 @@ pub fn bounded_setting(duration: Duration) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// How long past now some enabled admin token must stay valid after any
+/// change: an admin token about to expire keeps nobody in for long, so it
+/// does not count as the one that lets another go.
+pub const DEFAULT_ADMIN_KEEP_MARGIN: Duration = Duration::from_secs(24 * 3600);
+
+/// `margin` as the admin keep margin under `lifetime`: refused when it is
+/// not shorter than the maximum token lifetime, since then no admin token
+/// the policy allows could ever keep access through it.
+pub fn admin_keep_margin(margin: Duration, lifetime: &LifetimePolicy) -> Result<Duration, String> {
+    bounded_setting(margin)?;
+    match lifetime.max() {
+        Some(max) if margin >= max => Err(format!(
+            "the admin keep margin ({}) must be shorter than the maximum token lifetime ({}): no admin token could keep access that long; lower --admin-keep-margin",
+            lifetime_text(margin),
+            lifetime_text(max)
+        )),
+        _ => Ok(margin),
+    }
+}
+
 /// The service's rules: who may manage tokens, how lists are paged.
 /// Nothing here knows how or where the service is reached.
 #[derive(Debug, Clone)]
@@ -103,6 +123,9 @@ pub struct ServiceConfig {
     /// How long tokens may live (`--max-token-lifetime`,
     /// `--default-token-lifetime`).
     pub lifetime: LifetimePolicy,
+    /// No change may leave no enabled admin token valid for at least this
+    /// long from now (`--admin-keep-margin`).
+    pub admin_keep_margin: Duration,
     /// The longest grace a rotation may give (`--max-rotation-grace`);
     /// longer is refused, never shortened silently.
     pub max_rotation_grace: Duration,
@@ -184,6 +207,7 @@ impl ServiceConfig {
             last_used_resolution: DEFAULT_LAST_USED_RESOLUTION,
             lifetime: LifetimePolicy::default(),
             max_rotation_grace: DEFAULT_MAX_ROTATION_GRACE,
+            admin_keep_margin: DEFAULT_ADMIN_KEEP_MARGIN,
             purge_expired_after: None,
             webhooks: None,
         }
@@ -584,6 +608,17 @@ impl std::fmt::Debug for StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_keep_margin_must_be_shorter_than_the_maximum_lifetime() {
+        let day = Duration::from_secs(86_400);
+        let capped = LifetimePolicy::new(Some(day), None).unwrap();
+        let error = admin_keep_margin(day, &capped).unwrap_err();
+        assert!(error.contains("--admin-keep-margin"), "{error}");
+        assert_eq!(admin_keep_margin(day / 2, &capped), Ok(day / 2));
+        let open = LifetimePolicy::default();
+        assert_eq!(admin_keep_margin(day, &open), Ok(day));
+    }
 
     #[test]
     fn lifetimes_and_graces_are_bounded_so_computed_times_stay_in_range() {

@@ -524,16 +524,30 @@ impl ServiceToken {
     }
 }
 
-/// What a change does to the last admin token: refused if the token changed
-/// is the only one that lets anyone manage tokens now. `after` is `None` for
-/// a delete. Names what the change would have done, for the refusal.
+/// What a change does to the last admin token, under the rule: no change
+/// may leave no enabled admin token valid for at least `margin` from `now`.
+/// `after` is `None` for a delete. Returns what the change would have done
+/// (for the refusal) when it takes `before`'s admin access below the
+/// margin and makes it shorter than it was; whether another token keeps
+/// access through the margin is the store's to check. A change that leaves
+/// a token's admin access as long as it was (a rename of an admin that
+/// expires soon anyway) is never refused.
 pub fn takes_admin_away(
     before: &ServiceToken,
     after: Option<&ServiceToken>,
     admin_role: &Role,
     now: SystemTime,
+    margin: Duration,
 ) -> Option<&'static str> {
-    if !before.is_admin_at(admin_role, now) {
+    let had = AdminUntil::of(before, admin_role, now)?;
+    let has = after.and_then(|after| AdminUntil::of(after, admin_role, now));
+    let horizon = now.checked_add(margin);
+    let keeps = match has {
+        Some(AdminUntil::Ever) => true,
+        Some(AdminUntil::Until(end)) => horizon.is_some_and(|h| end > h),
+        None => false,
+    };
+    if keeps || has >= Some(had) {
         return None;
     }
     let Some(after) = after else {
@@ -545,13 +559,25 @@ pub fn takes_admin_away(
     if !after.roles.contains(admin_role) {
         return Some("removing the admin role from");
     }
-    // An earlier end (None never ends) lets it expire: a lockout deferred.
-    let shortened = match (before.expiration, after.expiration) {
-        (None, Some(_)) => true,
-        (Some(old), Some(new)) => new < old,
-        _ => false,
-    };
-    shortened.then_some("letting expire")
+    Some("letting expire")
+}
+
+/// How long a token lets its holder manage tokens, from a moment when it
+/// does: ordered, so a change can be told to shorten it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum AdminUntil {
+    Until(SystemTime),
+    Ever,
+}
+
+impl AdminUntil {
+    /// `None`: not an admin token at `now`.
+    fn of(token: &ServiceToken, admin_role: &Role, now: SystemTime) -> Option<AdminUntil> {
+        if !token.is_admin_at(admin_role, now) {
+            return None;
+        }
+        Some(token.expiration.map_or(AdminUntil::Ever, AdminUntil::Until))
+    }
 }
 
 /// A change to a token's fields (an update): `None` leaves a field alone.
@@ -1268,33 +1294,43 @@ mod tests {
                 None,
             ),
         ];
+        let margin = hour * 24;
+        let rule = |before: &ServiceToken, after: Option<&ServiceToken>| {
+            takes_admin_away(before, after, &role, now, margin)
+        };
         for (after, expected) in cases {
-            assert_eq!(
-                takes_admin_away(&before, after.as_ref(), &role, now),
-                expected
-            );
+            assert_eq!(rule(&before, after.as_ref()), expected);
         }
-        // A later expiration gives time; an earlier one takes it.
-        let expiring = admin_token(&["admin"], Some(now + hour));
-        let later = Edit {
-            expiration: Some(Some(now + hour * 2)),
+        // An expiration beyond the margin keeps access long enough: a year
+        // away is allowed, a day less a second is not.
+        let at = |expiration| Edit {
+            expiration: Some(Some(expiration)),
             ..Edit::default()
         };
-        assert_eq!(
-            takes_admin_away(&expiring, Some(&later.apply(&expiring, now)), &role, now),
-            None
-        );
+        let year = at(now + margin * 365).apply(&before, now);
+        assert_eq!(rule(&before, Some(&year)), None);
+        let short = at(now + margin - std::time::Duration::from_secs(1)).apply(&before, now);
+        assert_eq!(rule(&before, Some(&short)), Some("letting expire"));
+        // A later expiration gives time; an earlier one takes it.
+        let expiring = admin_token(&["admin"], Some(now + hour));
+        let later = at(now + hour * 2);
+        assert_eq!(rule(&expiring, Some(&later.apply(&expiring, now))), None);
         let never = Edit {
             expiration: Some(None),
             ..Edit::default()
         };
-        assert_eq!(
-            takes_admin_away(&expiring, Some(&never.apply(&expiring, now)), &role, now),
-            None
-        );
+        assert_eq!(rule(&expiring, Some(&never.apply(&expiring, now))), None);
+        // An admin inside the margin already: a change that leaves its
+        // access as it was (a rename) is allowed; one that shortens it is not.
+        let rename = Edit {
+            name: Some(TokenName::parse("x").unwrap()),
+            ..Edit::default()
+        };
+        assert_eq!(rule(&expiring, Some(&rename.apply(&expiring, now))), None);
+        assert_eq!(rule(&expiring, None), Some("deleting"));
         // Not an admin token: nothing to take away.
         let reader = admin_token(&["reader"], None);
-        assert_eq!(takes_admin_away(&reader, None, &role, now), None);
+        assert_eq!(rule(&reader, None), None);
     }
 
     #[test]

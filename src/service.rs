@@ -882,6 +882,7 @@ impl TokenService {
         KeepAdmin {
             role: self.config.admin_role.clone(),
             now,
+            margin: self.config.admin_keep_margin,
             waived: false,
         }
     }

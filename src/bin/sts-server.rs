@@ -17,7 +17,7 @@ use sts::{
         DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE,
         IntegrationConfig, KubernetesPrefix, LifetimePolicy, MIN_HEADER_BYTES, ServerConfig,
         ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
-        bounded_setting,
+        admin_keep_margin, bounded_setting,
     },
     daemon,
     logging::ExitSafe,
@@ -195,6 +195,12 @@ struct ServeArgs {
     /// now + this, or never, is refused. Tokens made earlier keep working.
     #[arg(long, env = "STS_MAX_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
     max_token_lifetime: Option<Duration>,
+    /// No change may leave no enabled admin token valid for at least this
+    /// long from now (e.g. 24h): an admin token about to expire does not
+    /// count as the one that lets the last long-lived admin go. Must be
+    /// shorter than --max-token-lifetime.
+    #[arg(long, env = "STS_ADMIN_KEEP_MARGIN", default_value = "24h", value_parser = parse_setting)]
+    admin_keep_margin: Duration,
     /// The longest grace period a rotation may give the previous secret
     /// (e.g. 7d); a longer one is refused. At most 100 years.
     #[arg(long, env = "STS_MAX_ROTATION_GRACE", default_value = "30d", value_parser = parse_setting)]
@@ -358,6 +364,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reviewer_role: args.reviewer_role,
         lifetime,
         max_rotation_grace: args.max_rotation_grace,
+        admin_keep_margin: admin_keep_margin(args.admin_keep_margin, &lifetime)
+            .map_err(|e| anyhow::anyhow!("invalid --admin-keep-margin: {e}"))?,
         purge_expired_after: args.purge_expired_after,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };

@@ -43,18 +43,30 @@ pub enum Outcome<T> {
 }
 
 /// The rule every change and delete is held to: some token must keep the
-/// admin role, enabled and unexpired, at `now` (see
+/// admin role, enabled and unexpired, for at least `margin` from `now` (see
 /// [`crate::model::takes_admin_away`]). A store checks it atomically with the
 /// change, so two admins cannot remove each other's access at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeepAdmin {
     pub role: Role,
     pub now: SystemTime,
+    /// How long past `now` another admin token must stay valid to let this
+    /// one go: an admin about to expire keeps nobody in.
+    pub margin: std::time::Duration,
     /// The rule does not apply: only the revocation of a leaked token,
     /// which must go even when it is the last admin token (whoever holds
     /// it can manage every token; a new admin token is one `bootstrap`
     /// away).
     pub waived: bool,
+}
+
+impl KeepAdmin {
+    /// The moment another admin token must still be valid at.
+    pub fn horizon(&self) -> SystemTime {
+        self.now
+            .checked_add(self.margin)
+            .unwrap_or_else(crate::clock::latest)
+    }
 }
 
 /// A token was used (checked successfully): last at `at`, and through its

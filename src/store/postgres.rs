@@ -384,7 +384,7 @@ async fn lockout(
     if keep.waived {
         return Ok(None);
     }
-    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now) else {
+    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now, keep.margin) else {
         return Ok(None);
     };
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -397,7 +397,7 @@ async fn lockout(
     ))
     .bind(db_id(before.id))
     .bind(keep.role.as_str())
-    .bind(to_db_time(keep.now))
+    .bind(to_db_time(keep.horizon()))
     .fetch_optional(&mut *connection)
     .await
     .map_err(unavailable)?;

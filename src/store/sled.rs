@@ -474,8 +474,8 @@ impl SledStore {
         self.flusher.sync().await
     }
 
-    /// Whether a token other than `id` lets anyone manage tokens at
-    /// `keep.now`. A scan, paid only by changes that would take that away
+    /// Whether a token other than `id` lets anyone manage tokens through
+    /// `keep.horizon()`. A scan, paid only by changes that would take that away
     /// from `id`.
     fn another_admin(&self, id: TokenId, keep: &KeepAdmin) -> Result<bool, StoreError> {
         for entry in self.tokens.iter() {
@@ -483,7 +483,7 @@ impl SledStore {
             let Ok(stored) = Record::decode_stored(&bytes) else {
                 continue;
             };
-            if stored.token.id != id && stored.token.is_admin_at(&keep.role, keep.now) {
+            if stored.token.id != id && stored.token.is_admin_at(&keep.role, keep.horizon()) {
                 return Ok(true);
             }
         }
@@ -501,7 +501,7 @@ impl SledStore {
         if keep.waived {
             return Ok(None);
         }
-        match takes_admin_away(before, after, &keep.role, keep.now) {
+        match takes_admin_away(before, after, &keep.role, keep.now, keep.margin) {
             Some(what) if !self.another_admin(before.id, keep)? => Ok(Some(what)),
             _ => Ok(None),
         }

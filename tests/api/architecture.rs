@@ -255,7 +255,8 @@ fn the_leaves_and_the_boundaries_hold() {
     for leaf in ["clock", "metrics", "proto", "token"] {
         assert_eq!(uses(leaf), set(&[]), "{leaf} is a leaf");
     }
-    assert_eq!(uses("model"), set(&["token"]));
+    // The model takes time's range (protobuf's Timestamp) from the clock.
+    assert_eq!(uses("model"), set(&["clock", "token"]));
     assert_eq!(uses("cache"), set(&["model", "token"]));
     // The client shares the API's types and error formatting, nothing of the server.
     assert_eq!(uses("cli"), set(&["error", "proto"]));

@@ -641,3 +641,23 @@ async fn the_header_bound_flag_reaches_the_server_and_one_too_small_is_refused()
     assert_eq!(get(8000).await.unwrap().status(), 200);
     assert_eq!(get(12000).await.unwrap().status(), 431);
 }
+
+#[test]
+fn the_server_refuses_an_admin_keep_margin_not_shorter_than_the_maximum_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The default margin (24h) against a 12h maximum.
+    let stderr = refused_serve(&data, &["--max-token-lifetime", "12h"], &[]);
+    assert!(stderr.contains("--admin-keep-margin"), "{stderr}");
+    assert!(
+        stderr.contains("(1d)") && stderr.contains("(12h)"),
+        "{stderr}"
+    );
+    let stderr = refused_serve(
+        &data,
+        &["--max-token-lifetime", "30d"],
+        &[("STS_ADMIN_KEEP_MARGIN", "30d")],
+    );
+    assert!(stderr.contains("must be shorter"), "{stderr}");
+    assert!(!data.exists(), "refused before touching the disk");
+}

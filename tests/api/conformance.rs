@@ -9,6 +9,7 @@ use std::{
 };
 
 use sts::{
+    config::DEFAULT_ADMIN_KEEP_MARGIN,
     events::{Actor, Draft, Settle},
     model::{
         Change, Description, Edit, Labels, ListFilter, NewToken, Role, Roles, Secret, ServiceToken,
@@ -461,6 +462,7 @@ fn keep_at(now: SystemTime) -> KeepAdmin {
     KeepAdmin {
         role: Role::parse(ADMIN).unwrap(),
         now,
+        margin: DEFAULT_ADMIN_KEEP_MARGIN,
         waived: false,
     }
 }
@@ -673,14 +675,48 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
         lockout(store.delete(first.id, &keep_at(later), None).await.unwrap()),
         "deleting"
     );
-    // With another enabled admin token, the first may go.
+    // An admin token about to expire keeps nobody in for long: it does not
+    // let the last long-lived one go (it would be gone a second later).
+    assert_eq!(
+        lockout(store.delete(first.id, &keep, None).await.unwrap()),
+        "deleting"
+    );
+    // One valid beyond the margin does.
+    let day = Duration::from_secs(86_400);
+    let year = store
+        .insert(
+            Token::generate().hash(),
+            &new_token("year", &[ADMIN], Some(now + day * 365)),
+            now,
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         store.delete(first.id, &keep, None).await.unwrap(),
         Outcome::Done(())
     );
+    // Now the last long-lived admin: an expiration still beyond the
+    // margin is allowed, one inside it is not, nor deleting it.
+    let at = |expiration| {
+        edit(Edit {
+            expiration: Some(Some(expiration)),
+            ..Edit::default()
+        })
+    };
+    done(change(&*store, year.id, at(now + day * 30), now).await);
     assert_eq!(
-        lockout(store.delete(soon.id, &keep, None).await.unwrap()),
+        lockout(change(&*store, year.id, at(now + day / 2), now).await),
+        "letting expire"
+    );
+    assert_eq!(
+        lockout(store.delete(year.id, &keep, None).await.unwrap()),
         "deleting"
+    );
+    // The short-lived one may go: the long-lived one stays.
+    assert_eq!(
+        store.delete(soon.id, &keep, None).await.unwrap(),
+        Outcome::Done(())
     );
     // Not an admin token (any more): no rule.
     assert_eq!(
@@ -779,6 +815,7 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
         let keep = KeepAdmin {
             role: Role::parse(&role).unwrap(),
             now,
+            margin: DEFAULT_ADMIN_KEEP_MARGIN,
             waived: false,
         };
         let admin = new_token("admin", &[role.as_str()], None);

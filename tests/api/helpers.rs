@@ -660,6 +660,7 @@ pub fn keep_admin() -> sts::store::KeepAdmin {
     sts::store::KeepAdmin {
         role: sts::model::Role::parse(sts::config::DEFAULT_ADMIN_ROLE).unwrap(),
         now: SystemTime::now(),
+        margin: sts::config::DEFAULT_ADMIN_KEEP_MARGIN,
         waived: false,
     }
 }

@@ -12,6 +12,7 @@ mod logs;
 mod pg;
 mod process;
 
+mod admin_margin;
 mod architecture;
 mod audit;
 mod auth;
