@@ -204,11 +204,20 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
         None => Vec::new(),
         Some(query) => {
             let pairs = url::form_urlencoded::parse(query.as_bytes());
-            let lists: Vec<_> = pairs
-                .filter(|(name, _)| name == "role")
-                .map(|(_, v)| v)
-                .collect();
-            required_roles("role", lists.iter().map(|v| v.as_ref()))?
+            let mut lists = Vec::new();
+            for (name, value) in pairs {
+                if name == ROLE {
+                    lists.push(value);
+                } else if looks_like_a_setting(&name) {
+                    // Ignored, it would open the route to any valid token.
+                    return Err(FieldError::new(
+                        name.into_owned(),
+                        format!("is not a forward-auth setting; did you mean `{ROLE}`?"),
+                    )
+                    .into());
+                }
+            }
+            required_roles(ROLE, lists.iter().map(|v| v.as_ref()))?
         }
     };
     let caller = state
@@ -231,6 +240,27 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
         );
     }
     Ok(response)
+}
+
+/// Forward-auth's one setting: the roles a token must hold.
+const ROLE: &str = "role";
+/// Every setting forward-auth reads from its query (add new ones here, so
+/// their misspellings are refused too).
+const SETTINGS: [&str; 1] = [ROLE];
+
+/// Whether a query parameter that is not a setting looks like a misspelt
+/// one: any case, a plural, a `[]` suffix (`Role`, `roles`, `role[]`).
+/// Parameters a proxy passes through from its client are ignored, but one
+/// of these was surely meant as a setting, and ignoring it opens the route.
+fn looks_like_a_setting(name: &str) -> bool {
+    let bare = name.strip_suffix("[]").unwrap_or(name);
+    let bare = bare
+        .strip_suffix('s')
+        .or_else(|| bare.strip_suffix('S'))
+        .unwrap_or(bare);
+    SETTINGS
+        .iter()
+        .any(|setting| setting.eq_ignore_ascii_case(bare))
 }
 
 /// The credential headers `request` carries, as a comma-separated list
@@ -292,4 +322,21 @@ fn identity_headers(caller: &Authenticated, headers: &mut HeaderMap) -> Result<(
         headers.insert(name, value);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misspellings_of_a_setting_are_told_apart_from_other_parameters() {
+        for name in [
+            "Role", "ROLE", "roles", "Roles", "role[]", "roles[]", "ROLES[]",
+        ] {
+            assert!(looks_like_a_setting(name), "{name}");
+        }
+        for name in ["page", "rolex", "r", "", "[]", "s", "user_role"] {
+            assert!(!looks_like_a_setting(name), "{name}");
+        }
+    }
 }

@@ -268,6 +268,39 @@ async fn forward_auth_checks_a_required_role() {
 }
 
 #[tokio::test]
+async fn a_misspelt_role_setting_is_refused_not_ignored() {
+    let app = spawn_router().await;
+    let (token, _) = app.create("ci", &["viewer"]).await;
+    let key = [("x-api-key", token.as_bytes())];
+    // Each of these used to answer 200 for any valid token: ignored.
+    for (query, name) in [
+        ("roles=admin", "roles"),
+        ("Role=admin", "Role"),
+        ("ROLE=admin", "ROLE"),
+        ("role%5B%5D=admin", "role[]"),
+        ("role=viewer&Roles=admin", "Roles"),
+    ] {
+        for path in ["/api/auth", "/api/auth/x/y"] {
+            let answer = app.call("GET", &format!("{path}?{query}"), &key, "").await;
+            assert_eq!(answer.status, 400, "{query}: {}", answer.text());
+            let message = answer.json()["message"].as_str().unwrap().to_owned();
+            assert!(
+                message.starts_with(&format!(
+                    "invalid argument: {name}: is not a forward-auth setting"
+                )),
+                "{message}"
+            );
+        }
+    }
+    // Parameters that are no setting's misspelling are still ignored (a
+    // proxy may pass its client's query through).
+    let answer = app
+        .call("GET", "/api/auth?page=2&rolex=1&role=viewer", &key, "")
+        .await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
 async fn role_checks_are_counted_and_a_refusal_is_audited() {
     let (_logging, logs) = capture_logs();
     let app = spawn_router().await;
