@@ -371,6 +371,7 @@ pub struct IntegrationConfig {
     /// receive one.
     pub forward_credential: bool,
     pub kubernetes_prefix: KubernetesPrefix,
+    pub kubernetes_username: KubernetesUsername,
 }
 
 impl Default for IntegrationConfig {
@@ -379,6 +380,7 @@ impl Default for IntegrationConfig {
             forward_credential: false,
             kubernetes_prefix: KubernetesPrefix::parse(DEFAULT_KUBERNETES_PREFIX)
                 .expect("the default Kubernetes prefix is valid"),
+            kubernetes_username: KubernetesUsername::default(),
         }
     }
 }
@@ -399,15 +401,46 @@ impl KubernetesPrefix {
                 "must not start with `system:`, which Kubernetes reserves for itself".into(),
             );
         }
+        // Kubernetes' own convention (`oidc:`, `system:serviceaccount:`):
+        // the prefix is a whole segment, so no role can finish it into
+        // another (`system` + `:masters`).
+        if !prefix.ends_with(':') {
+            return Err(format!(
+                "must end with `:` (e.g. `{prefix}:`), so that no role can complete it into another name"
+            ));
+        }
         if let Some(bad) = prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!("must not contain {bad:?}"));
         }
         Ok(KubernetesPrefix(prefix.to_owned()))
     }
 
-    /// `name` with the prefix.
+    /// `name` with the prefix. Never in Kubernetes' reserved `system:`
+    /// namespace, whatever `name` is: the prefix is a whole segment (it
+    /// ends with `:`) and not `system:` itself.
     pub fn apply(&self, name: &str) -> String {
         format!("{}{name}", self.0)
+    }
+}
+
+/// What a token's Kubernetes user name is made of, after the prefix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KubernetesUsername {
+    /// The token's name (`sts:<name>`): what RBAC bindings written so far
+    /// name. Names are not unique: two tokens of one name are one user.
+    #[default]
+    Name,
+    /// The token's id (`sts:<id>`): unique, and unchanged by a rename.
+    Id,
+}
+
+impl KubernetesUsername {
+    pub fn parse(text: &str) -> Result<KubernetesUsername, String> {
+        match text {
+            "name" => Ok(KubernetesUsername::Name),
+            "id" => Ok(KubernetesUsername::Id),
+            _ => Err("must be `name` or `id`".into()),
+        }
     }
 }
 
@@ -608,6 +641,32 @@ impl std::fmt::Debug for StoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_prefix_lets_a_name_or_role_reach_the_reserved_system_namespace() {
+        for bad in [
+            "",
+            "system:",
+            "system:sts:",
+            "system",
+            "sys",
+            "k8s/",
+            "a b:",
+        ] {
+            assert!(KubernetesPrefix::parse(bad).is_err(), "{bad:?}");
+        }
+        let error = KubernetesPrefix::parse("system").unwrap_err();
+        assert!(error.contains("must end with `:`"), "{error}");
+        for prefix in ["sts:", "s:", "sys:", "system-x:", "tokens:"] {
+            let prefix = KubernetesPrefix::parse(prefix).unwrap();
+            for name in [":masters", "system:masters", "tem:masters", "masters"] {
+                assert!(
+                    !prefix.apply(name).starts_with("system:"),
+                    "{prefix:?} {name}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_admin_keep_margin_must_be_shorter_than_the_maximum_lifetime() {

@@ -15,9 +15,9 @@ use sts::{
     config::{
         DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
         DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE,
-        IntegrationConfig, KubernetesPrefix, LifetimePolicy, MIN_HEADER_BYTES, ServerConfig,
-        ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
-        admin_keep_margin, bounded_setting,
+        IntegrationConfig, KubernetesPrefix, KubernetesUsername, LifetimePolicy, MIN_HEADER_BYTES,
+        ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret,
+        WebhookUrl, admin_keep_margin, bounded_setting,
     },
     daemon,
     logging::ExitSafe,
@@ -182,10 +182,16 @@ struct ServeArgs {
     #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = parse_role)]
     reviewer_role: Role,
     /// What the Kubernetes user and group names of a token start with
-    /// (`<prefix><name>`, `<prefix><role>`). Required: without it a role
-    /// named system:masters would make a token a cluster admin.
+    /// (`<prefix><name>`, `<prefix><role>`). Required, ending with `:` and
+    /// not `system:`: otherwise a role could make a token a cluster admin
+    /// (`system` + `:masters`).
     #[arg(long, env = "STS_KUBERNETES_PREFIX", default_value = DEFAULT_KUBERNETES_PREFIX, value_parser = KubernetesPrefix::parse)]
     kubernetes_prefix: KubernetesPrefix,
+    /// What a token's Kubernetes user name is after the prefix: `name`
+    /// (`sts:<name>`, what RBAC bindings name; names are not unique) or
+    /// `id` (`sts:<id>`, unique and unchanged by a rename).
+    #[arg(long, env = "STS_KUBERNETES_USERNAME", default_value = "name", value_parser = KubernetesUsername::parse)]
+    kubernetes_username: KubernetesUsername,
     /// Let the credential headers through to the service behind Envoy
     /// (ext_authz); by default Envoy is told to remove them.
     #[arg(long, env = "STS_FORWARD_CREDENTIAL")]
@@ -353,6 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         integrations: IntegrationConfig {
             forward_credential: args.forward_credential,
             kubernetes_prefix: args.kubernetes_prefix,
+            kubernetes_username: args.kubernetes_username,
         },
         ..ServerConfig::default()
     };

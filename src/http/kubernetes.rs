@@ -18,9 +18,10 @@ use serde_json::Value;
 
 use super::{HttpState, api::insert_previous_secret, body};
 use crate::{
+    config::{IntegrationConfig, KubernetesUsername},
     credential::{self, AuthError},
     error::Error,
-    model::{FieldError, Role},
+    model::{FieldError, ServiceToken},
     service::Validation,
 };
 
@@ -48,28 +49,14 @@ pub async fn token_review(
     let (version, review) = parse(&body)?;
     let spec = review.spec;
     let status = match state.service.validate(&spec.token).await? {
-        Validation::Valid(token, _) => {
-            let prefix = &state.integrations.kubernetes_prefix;
-            TokenReviewStatus {
-                authenticated: Some(true),
-                user: Some(UserInfo {
-                    username: Some(prefix.apply(token.name.as_str())),
-                    uid: Some(token.id.to_string()),
-                    groups: Some(
-                        token
-                            .roles
-                            .iter()
-                            .map(|r| prefix.apply(Role::as_str(r)))
-                            .collect(),
-                    ),
-                    extra: Some([(TOKEN_ID_EXTRA.to_owned(), vec![token.id.to_string()])].into()),
-                }),
-                // A token is valid for every audience until tokens carry
-                // audiences: the intersection is what was asked.
-                audiences: spec.audiences.filter(|a| !a.is_empty()),
-                error: None,
-            }
-        }
+        Validation::Valid(token, _) => TokenReviewStatus {
+            authenticated: Some(true),
+            user: Some(user_of(&token, &state.integrations)),
+            // A token is valid for every audience until tokens carry
+            // audiences: the intersection is what was asked.
+            audiences: spec.audiences.filter(|a| !a.is_empty()),
+            error: None,
+        },
         Validation::Invalid(reason) => TokenReviewStatus {
             authenticated: Some(false),
             error: Some(AuthError::from(reason).to_string()),
@@ -87,6 +74,29 @@ pub async fn token_review(
     let mut response = Json(answer).into_response();
     insert_previous_secret(&reviewer, response.headers_mut());
     Ok(response)
+}
+
+/// The Kubernetes user a valid token is: its name (or id) and roles, each
+/// behind the prefix, which keeps them out of `system:`.
+fn user_of(token: &ServiceToken, integrations: &IntegrationConfig) -> UserInfo {
+    let prefix = &integrations.kubernetes_prefix;
+    let id = token.id.to_string();
+    let username = match integrations.kubernetes_username {
+        KubernetesUsername::Name => prefix.apply(token.name.as_str()),
+        KubernetesUsername::Id => prefix.apply(&id),
+    };
+    UserInfo {
+        username: Some(username),
+        uid: Some(id.clone()),
+        groups: Some(
+            token
+                .roles
+                .iter()
+                .map(|r| prefix.apply(r.as_str()))
+                .collect(),
+        ),
+        extra: Some([(TOKEN_ID_EXTRA.to_owned(), vec![id])].into()),
+    }
 }
 
 const NO_TOKEN: &str = "is not a TokenReview: it needs `spec.token`, a string";

@@ -531,12 +531,15 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
     let data = dir.path().join("data");
     let stderr = refused_serve(&data, &["--kubernetes-prefix", ""], &[]);
     assert!(stderr.contains("system:masters"), "{stderr}");
+    let stderr = refused_serve(&data, &["--kubernetes-prefix", "system"], &[]);
+    assert!(stderr.contains("must end with `:`"), "{stderr}");
 
     let token = crate::process::bootstrap_with_args(&data, &["--roles", "kube"]);
     let server = crate::process::ServerProcess::start_with(
         &data,
         &[
-            ("STS_KUBERNETES_PREFIX", "k8s/"),
+            ("STS_KUBERNETES_PREFIX", "k8s:"),
+            ("STS_KUBERNETES_USERNAME", "id"),
             ("STS_REVIEWER_ROLE", "kube"),
             ("STS_FORWARD_CREDENTIAL", "true"),
         ],
@@ -558,8 +561,10 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
         .json()
         .await
         .unwrap();
+    let uid = answer["status"]["user"]["uid"].as_str().unwrap();
     assert_eq!(
-        answer["status"]["user"]["username"], "k8s/bootstrap-admin",
+        answer["status"]["user"]["username"],
+        format!("k8s:{uid}"),
         "{answer}"
     );
     let auth = http

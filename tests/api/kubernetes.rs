@@ -175,7 +175,7 @@ async fn what_is_not_a_token_review_is_refused_without_quoting_it() {
 #[tokio::test]
 async fn the_prefix_is_the_configured_one() {
     let app = crate::helpers::spawn_router_integrations(sts::config::IntegrationConfig {
-        kubernetes_prefix: sts::config::KubernetesPrefix::parse("tokens/").unwrap(),
+        kubernetes_prefix: sts::config::KubernetesPrefix::parse("tokens:").unwrap(),
         ..Default::default()
     })
     .await;
@@ -186,14 +186,37 @@ async fn the_prefix_is_the_configured_one() {
         .await
         .json()["status"]
         .clone();
-    assert_eq!(status["user"]["username"], "tokens/ci-runner");
-    assert_eq!(status["user"]["groups"], json!(["tokens/builder"]));
+    assert_eq!(status["user"]["username"], "tokens:ci-runner");
+    assert_eq!(status["user"]["groups"], json!(["tokens:builder"]));
+}
+
+#[tokio::test]
+async fn the_username_may_be_the_tokens_id_which_is_unique() {
+    let app = crate::helpers::spawn_router_integrations(sts::config::IntegrationConfig {
+        kubernetes_username: sts::config::KubernetesUsername::Id,
+        ..Default::default()
+    })
+    .await;
+    let reviewer = app.reviewer().await;
+    // Two tokens of one name: one user by name, two by id.
+    let (first, first_id) = app.create("ci", &["builder"]).await;
+    let (second, second_id) = app.create("ci", &["builder"]).await;
+    for (secret, id) in [(first, first_id), (second, second_id)] {
+        let status = app
+            .review_as(&reviewer, &review("v1", &secret, None))
+            .await
+            .json()["status"]
+            .clone();
+        assert_eq!(status["user"]["username"], format!("sts:{id}"));
+        assert_eq!(status["user"]["uid"], id.to_string());
+    }
 }
 
 #[test]
 fn a_prefix_that_would_let_a_role_become_a_kubernetes_group_is_refused() {
     use sts::config::KubernetesPrefix;
-    for bad in ["", "system:", "system:sts:", "a b"] {
+    // `system` + a role `:masters` would be `system:masters`.
+    for bad in ["", "system:", "system:sts:", "a b", "system", "tokens/"] {
         assert!(KubernetesPrefix::parse(bad).is_err(), "{bad:?}");
     }
     assert!(KubernetesPrefix::parse("sts:").is_ok());
