@@ -25,6 +25,7 @@ use crate::{
     },
     page::PageRequest,
     service::{Admin, Revoked, Rpc, TokenService},
+    token::Token,
 };
 
 /// The query parameters of the list: the gRPC filters, camel-cased, times
@@ -259,13 +260,20 @@ pub async fn create(
     let (token, created) = service
         .manage(Rpc::Create, credential::presented(&headers), source, call)
         .await?;
-    Ok(Json(CreatedJson {
+    Ok(with_secret(&token, &created))
+}
+
+/// The answer that carries a new secret (create, rotate): never kept by a
+/// cache on the way, where the next reader could find it.
+fn with_secret(token: &Token, created: &ServiceToken) -> Response {
+    let body = Json(CreatedJson {
         id: created.id.get(),
         name: created.name.to_string(),
         token: token.expose_secret().to_owned(),
         expiration: created.expiration.map(epoch_millis),
-    })
-    .into_response())
+    });
+    let no_store = [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))];
+    (no_store, body).into_response()
 }
 
 pub async fn get(
@@ -427,13 +435,7 @@ pub async fn rotate(
     let (token, rotated) = service
         .manage(Rpc::Rotate, credential::presented(&headers), source, call)
         .await?;
-    Ok(Json(CreatedJson {
-        id: rotated.id.get(),
-        name: rotated.name.to_string(),
-        token: token.expose_secret().to_owned(),
-        expiration: rotated.expiration.map(epoch_millis),
-    })
-    .into_response())
+    Ok(with_secret(&token, &rotated))
 }
 
 pub async fn delete(

@@ -31,6 +31,7 @@ mod examples;
 mod ext_authz;
 mod grace;
 mod health;
+mod http_answers;
 mod http_auth;
 mod http_lifecycle;
 mod http_tokens;
