@@ -6,12 +6,9 @@
 use std::time::{Duration, Instant};
 
 use sts::config::{ServerConfig, ServiceConfig};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::helpers::{TestApp, closed_by_server, server_config, spawn_app_with};
+use crate::helpers::{TestApp, closed_by_server, read_http1_head, server_config, spawn_app_with};
 
 async fn app_with_body_timeout(timeout: Duration) -> TestApp {
     let server = ServerConfig {
@@ -19,23 +16,6 @@ async fn app_with_body_timeout(timeout: Duration) -> TestApp {
         ..server_config()
     };
     spawn_app_with(ServiceConfig::default(), server).await
-}
-
-/// The head of an HTTP/1.1 answer (up to the blank line), as text.
-async fn read_head(stream: &mut (impl AsyncReadExt + Unpin)) -> String {
-    let mut received = Vec::new();
-    let mut byte = [0u8; 1];
-    while !received.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).await.unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed mid-answer: {:?}",
-            String::from_utf8_lossy(&received)
-        );
-        received.push(byte[0]);
-    }
-    String::from_utf8(received).unwrap()
 }
 
 /// A POST that promises 1000 bytes of body and sends five.
@@ -73,7 +53,7 @@ async fn a_caller_without_a_valid_credential_is_refused_before_its_body_is_read(
             request.splice(0..4, b"PATCH".iter().copied());
         }
         stream.write_all(&request).await.unwrap();
-        let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut stream))
+        let head = tokio::time::timeout(Duration::from_secs(10), read_http1_head(&mut stream))
             .await
             .unwrap_or_else(|_| panic!("{path} waited for the body"));
         assert!(
@@ -85,20 +65,21 @@ async fn a_caller_without_a_valid_credential_is_refused_before_its_body_is_read(
     }
 }
 
+/// An admin's create whose body stalls: the connection, and when it began.
+async fn stalled_create(app: &TestApp) -> (TcpStream, Instant) {
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    let request = stalled_post("/api/security/tokens", Some(&app.admin_token));
+    stream.write_all(&request).await.unwrap();
+    (stream, started)
+}
+
 #[tokio::test]
 async fn a_body_that_stalls_past_the_deadline_is_answered_408_and_its_connection_closed() {
     let timeout = Duration::from_millis(300);
     let app = app_with_body_timeout(timeout).await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let started = Instant::now();
-    stream
-        .write_all(&stalled_post(
-            "/api/security/tokens",
-            Some(&app.admin_token),
-        ))
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
+    let (mut stream, started) = stalled_create(&app).await;
+    let head = read_http1_head(&mut stream).await;
     assert!(started.elapsed() >= timeout, "not before the deadline");
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(closed_by_server(&mut stream).await);
@@ -108,15 +89,7 @@ async fn a_body_that_stalls_past_the_deadline_is_answered_408_and_its_connection
 
     // A body that keeps trickling is held to the same deadline: the
     // deadline is for the whole body, not for each piece.
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let started = Instant::now();
-    stream
-        .write_all(&stalled_post(
-            "/api/security/tokens",
-            Some(&app.admin_token),
-        ))
-        .await
-        .unwrap();
+    let (mut stream, started) = stalled_create(&app).await;
     let (mut reader, mut writer) = stream.split();
     let trickle = async {
         for _ in 0..100 {
@@ -127,7 +100,7 @@ async fn a_body_that_stalls_past_the_deadline_is_answered_408_and_its_connection
         }
     };
     let head = tokio::select! {
-        head = read_head(&mut reader) => head,
+        head = read_http1_head(&mut reader) => head,
         () = trickle => panic!("still reading after 5 s of trickle"),
     };
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");

@@ -32,19 +32,7 @@ async fn http1_exchange(stream: &mut TcpStream, request: &[u8]) -> u16 {
 }
 
 async fn read_http1_answer(stream: &mut TcpStream) -> u16 {
-    let mut received = Vec::new();
-    let mut byte = [0u8; 1];
-    while !received.ends_with(b"\r\n\r\n") {
-        let n = stream.read(&mut byte).await.unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed mid-answer: {:?}",
-            String::from_utf8_lossy(&received)
-        );
-        received.push(byte[0]);
-    }
-    let head = String::from_utf8(received).unwrap();
+    let head = crate::helpers::read_http1_head(stream).await;
     let length: usize = head
         .lines()
         .find_map(|line| {
