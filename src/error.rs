@@ -28,7 +28,7 @@ pub enum Error {
     BodyTimeout(std::time::Duration),
     /// The lockout rule: no change may leave nobody able to manage tokens.
     #[error(
-        "refused: {what} service token {id} would leave no enabled, unexpired token with the `{role}` role, and nobody could manage tokens any more; create another admin token first"
+        "refused: {what} service token {id} would leave no enabled token with the `{role}` role valid for the admin keep margin (--admin-keep-margin), and soon nobody could manage tokens; create another admin token first"
     )]
     Lockout {
         what: &'static str,

@@ -525,8 +525,8 @@ impl ServiceToken {
 }
 
 /// What a change does to the last admin token, under the rule: no change
-/// may leave no enabled admin token valid for at least `margin` from `now`.
-/// `after` is `None` for a delete. Returns what the change would have done
+/// may leave no enabled admin token valid at `horizon` (now plus the
+/// admin keep margin). `after` is `None` for a delete. Returns what the change would have done
 /// (for the refusal) when it takes `before`'s admin access below the
 /// margin and makes it shorter than it was; whether another token keeps
 /// access through the margin is the store's to check. A change that leaves
@@ -537,14 +537,13 @@ pub fn takes_admin_away(
     after: Option<&ServiceToken>,
     admin_role: &Role,
     now: SystemTime,
-    margin: Duration,
+    horizon: SystemTime,
 ) -> Option<&'static str> {
     let had = AdminUntil::of(before, admin_role, now)?;
     let has = after.and_then(|after| AdminUntil::of(after, admin_role, now));
-    let horizon = now.checked_add(margin);
     let keeps = match has {
         Some(AdminUntil::Ever) => true,
-        Some(AdminUntil::Until(end)) => horizon.is_some_and(|h| end > h),
+        Some(AdminUntil::Until(end)) => end > horizon,
         None => false,
     };
     if keeps || has >= Some(had) {
@@ -1296,7 +1295,7 @@ mod tests {
         ];
         let margin = hour * 24;
         let rule = |before: &ServiceToken, after: Option<&ServiceToken>| {
-            takes_admin_away(before, after, &role, now, margin)
+            takes_admin_away(before, after, &role, now, now + margin)
         };
         for (after, expected) in cases {
             assert_eq!(rule(&before, after.as_ref()), expected);

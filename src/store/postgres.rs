@@ -384,7 +384,7 @@ async fn lockout(
     if keep.waived {
         return Ok(None);
     }
-    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now, keep.margin) else {
+    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) else {
         return Ok(None);
     };
     sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -501,7 +501,7 @@ impl SledStore {
         if keep.waived {
             return Ok(None);
         }
-        match takes_admin_away(before, after, &keep.role, keep.now, keep.margin) {
+        match takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) {
             Some(what) if !self.another_admin(before.id, keep)? => Ok(Some(what)),
             _ => Ok(None),
         }
