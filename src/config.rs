@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::model::Role;
+use crate::{model::Role, source::TrustedProxies};
 
 /// Where `sts-server serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -469,6 +469,9 @@ pub struct ServerConfig {
     /// it); at least [`MIN_HEADER_BYTES`].
     pub max_header_bytes: usize,
     pub integrations: IntegrationConfig,
+    /// Peers whose `X-Forwarded-For` (or `Forwarded`) names the source of
+    /// what they forward: for the audit, rate limits and connection limits.
+    pub trusted_proxies: TrustedProxies,
     /// How often the token-count metrics are refreshed.
     pub token_summary_interval: Duration,
 }
@@ -487,6 +490,7 @@ impl Default for ServerConfig {
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             integrations: IntegrationConfig::default(),
+            trusted_proxies: TrustedProxies::none(),
             token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
         }
     }

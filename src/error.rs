@@ -36,10 +36,16 @@ pub enum Error {
         role: Role,
     },
     /// Too many calls from one source address (revoking leaked tokens).
-    #[error("too many requests from this address: try again in {} s", retry_after.as_secs().max(1))]
+    #[error("too many requests from this address: try again in {} s", retry_seconds(*retry_after))]
     RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A wait as whole seconds, rounded up and at least 1: a client that waits
+/// this long (HTTP's `Retry-After`) is let in.
+pub fn retry_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// What kind of failure an [`Error`] is, independent of transport: gRPC and

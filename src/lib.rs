@@ -30,6 +30,7 @@ pub mod rate_limit;
 pub mod serve;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod store;
 pub mod token;
 pub mod webhook;

@@ -1,24 +1,51 @@
-//! A per-source-address rate limit for calls anyone may make without a
-//! credential (revoking a leaked token): fixed windows, a bounded table.
+//! A per-source rate limit for calls anyone may make without a credential
+//! (revoking a leaked token): fixed windows, a bounded table.
+//!
+//! A source is an IPv4 address or an IPv6 /64: one host is usually given a
+//! whole /64, so counting each of its addresses apart would give it 2^64
+//! budgets. When the table is full, the oldest windows make room: refusing
+//! new sources instead would let one flood of addresses lock everyone out.
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-/// At most this many addresses are tracked; when full, windows that have
-/// ended are dropped, and if none has, the new address is refused too (a
-/// flood of addresses must not grow memory without bound).
-const MAX_ADDRESSES: usize = 10_000;
+/// At most this many sources are tracked (memory stays bounded whatever
+/// the flood of addresses).
+const MAX_SOURCES: usize = 10_000;
 
-/// `limit` calls per `window` from each source address.
+/// When the table is full and no window has ended, this share of it (the
+/// oldest windows) is dropped at once, so a flood of new sources costs one
+/// scan per this many of them rather than one per source.
+const EVICT_SHARE: usize = 16;
+
+/// What a call is counted against: the address, with IPv6 cut to its /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Bucket {
+    Unknown,
+    V4(u32),
+    V6(u64),
+}
+
+impl Bucket {
+    fn of(source: Option<IpAddr>) -> Bucket {
+        match source.map(|a| a.to_canonical()) {
+            None => Bucket::Unknown,
+            Some(IpAddr::V4(a)) => Bucket::V4(a.to_bits()),
+            Some(IpAddr::V6(a)) => Bucket::V6((Ipv6Addr::to_bits(a) >> 64) as u64),
+        }
+    }
+}
+
+/// `limit` calls per `window` from each source.
 #[derive(Debug)]
 pub struct RateLimit {
     limit: u32,
     window: Duration,
-    seen: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+    seen: Mutex<HashMap<Bucket, (Instant, u32)>>,
 }
 
 impl RateLimit {
@@ -33,15 +60,16 @@ impl RateLimit {
     /// Counts a call from `source` at `now`; `Err(wait)` when over the
     /// limit, with how long until its window ends.
     pub fn check(&self, source: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+        let bucket = Bucket::of(source);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= MAX_ADDRESSES && !seen.contains_key(&source) {
+        if seen.len() >= MAX_SOURCES && !seen.contains_key(&bucket) {
             let window = self.window;
             seen.retain(|_, (start, _)| now.duration_since(*start) < window);
-            if seen.len() >= MAX_ADDRESSES {
-                return Err(self.window);
+            if seen.len() >= MAX_SOURCES {
+                evict_oldest(&mut seen, MAX_SOURCES / EVICT_SHARE);
             }
         }
-        let (start, count) = seen.entry(source).or_insert((now, 0));
+        let (start, count) = seen.entry(bucket).or_insert((now, 0));
         if now.duration_since(*start) >= self.window {
             (*start, *count) = (now, 0);
         }
@@ -51,23 +79,68 @@ impl RateLimit {
         *count += 1;
         Ok(())
     }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// Drops the `n` windows that started first.
+fn evict_oldest(seen: &mut HashMap<Bucket, (Instant, u32)>, n: usize) {
+    let mut starts: Vec<Instant> = seen.values().map(|(start, _)| *start).collect();
+    let nth = n.min(starts.len() - 1);
+    let (_, cutoff, _) = starts.select_nth_unstable(nth);
+    let cutoff = *cutoff;
+    seen.retain(|_, (start, _)| *start > cutoff);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
     #[test]
     fn each_address_gets_its_own_window() {
         let limit = RateLimit::new(2, Duration::from_secs(60));
         let start = Instant::now();
-        let a = Some(IpAddr::from([10, 0, 0, 1]));
-        let b = Some(IpAddr::from([10, 0, 0, 2]));
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
         assert!(limit.check(a, start).is_ok());
         assert!(limit.check(a, start).is_ok());
         let wait = limit.check(a, start + Duration::from_secs(20)).unwrap_err();
         assert_eq!(wait, Duration::from_secs(40));
         assert!(limit.check(b, start).is_ok());
         assert!(limit.check(a, start + Duration::from_secs(60)).is_ok());
+        // The IPv4-mapped form is the same address.
+        assert!(limit.check(ip("::ffff:10.0.0.2"), start).is_ok());
+        assert!(limit.check(b, start).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let limit = RateLimit::new(1, Duration::from_secs(60));
+        let start = Instant::now();
+        assert!(limit.check(ip("2001:db8:1:2::1"), start).is_ok());
+        assert!(limit.check(ip("2001:db8:1:2:ffff::9"), start).is_err());
+        assert!(limit.check(ip("2001:db8:1:3::1"), start).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_sources_evicts_the_oldest_instead_of_refusing_new_ones() {
+        let limit = RateLimit::new(1, Duration::from_secs(60));
+        let start = Instant::now();
+        let first = ip("192.0.2.1");
+        assert!(limit.check(first, start).is_ok());
+        for n in 0..(2 * MAX_SOURCES as u32) {
+            let source = Some(IpAddr::from((0x0a00_0000 + n).to_be_bytes()));
+            let now = start + Duration::from_millis(1 + u64::from(n) / 100);
+            assert!(limit.check(source, now).is_ok(), "source {n} refused");
+            assert!(limit.tracked() <= MAX_SOURCES);
+        }
+        // The first source's window went with the oldest: it is counted afresh.
+        assert!(limit.check(first, start + Duration::from_secs(1)).is_ok());
     }
 }

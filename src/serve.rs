@@ -1,6 +1,6 @@
 //! Serving HTTP/1.1 and HTTP/2 on accepted connections with hyper directly:
 //! the connection settings, each request handed to the router with its
-//! peer's address, gRPC deadlines (`grpc-timeout`) enforced, and a graceful
+//! source address (the peer, or the client a trusted proxy names), gRPC deadlines (`grpc-timeout`) enforced, and a graceful
 //! shutdown that stops accepting and lets open connections finish.
 //!
 //! Why not tonic's `Server`: it wraps every request in layers we do not use
@@ -14,6 +14,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::{Pin, pin},
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -36,6 +37,7 @@ use tower::Service;
 use crate::{
     config::{MIN_HEADER_BYTES, ServerConfig},
     listener::{Connection, Incoming},
+    source::{Forwarded, TrustedProxies},
 };
 
 /// Streams one HTTP/2 connection may have open at once (hyper's default;
@@ -82,6 +84,8 @@ pub struct Protocol {
     pub first_bytes_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// Peers whose requests may name the client they forward.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl From<&ServerConfig> for Protocol {
@@ -91,6 +95,7 @@ impl From<&ServerConfig> for Protocol {
             first_bytes_timeout: config.first_byte_timeout,
             http2_keepalive_interval: config.http2_keepalive_interval,
             http2_keepalive_timeout: config.http2_keepalive_timeout,
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         }
     }
 }
@@ -101,6 +106,7 @@ struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     first_bytes_timeout: Duration,
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl Builders {
@@ -125,6 +131,7 @@ impl Builders {
             http1,
             http2,
             first_bytes_timeout: protocol.first_bytes_timeout,
+            trusted_proxies: protocol.trusted_proxies.clone(),
         }
     }
 
@@ -137,10 +144,14 @@ impl Builders {
         app: S,
         mut shutting_down: watch::Receiver<()>,
     ) {
-        let service = PerConnection {
-            app,
-            peer: connection.connect_info(),
-        };
+        let peer = connection.connect_info();
+        // Decided once: a peer that is not a trusted proxy (any peer when
+        // none is configured) costs nothing per request.
+        let proxy = peer
+            .remote_addr()
+            .is_some_and(|a| self.trusted_proxies.contains(a.ip()))
+            .then(|| self.trusted_proxies.clone());
+        let service = PerConnection { app, peer, proxy };
         let http2 = tokio::select! {
             sniffed = tokio::time::timeout(self.first_bytes_timeout, connection.speaks_http2()) => match sniffed {
                 Ok(Ok(http2)) => http2,
@@ -233,6 +244,8 @@ pub async fn serve<S: App>(
 struct PerConnection<S> {
     app: S,
     peer: TcpConnectInfo,
+    /// The trusted proxies, when the peer is one of them.
+    proxy: Option<Arc<TrustedProxies>>,
 }
 
 impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S> {
@@ -241,8 +254,15 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
     type Future = Answer<S::Future>;
 
     fn call(&self, mut request: Request<IncomingBody>) -> Answer<S::Future> {
-        // Where tonic's `Request::remote_addr` and our `Peer` look.
+        // Where tonic's `Request::remote_addr` and `source::of` look.
         request.extensions_mut().insert(self.peer.clone());
+        if let Some(client) = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.client(request.headers()))
+        {
+            request.extensions_mut().insert(Forwarded(client));
+        }
         let deadline = grpc_timeout(request.headers()).map(tokio::time::sleep);
         // Disabled (and free) unless debug logging is on.
         let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());

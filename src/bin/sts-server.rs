@@ -22,6 +22,7 @@ use sts::{
     daemon,
     logging::ExitSafe,
     model::{NewToken, Role},
+    source::TrustedProxies,
     store::sled::DEFAULT_DISK_RESERVE,
 };
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
@@ -172,6 +173,13 @@ struct ServeArgs {
     /// credential was accepted.
     #[arg(long, env = "STS_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
     body_timeout: Duration,
+    /// Addresses or CIDRs of the reverse proxies in front of this server
+    /// (e.g. 10.0.0.0/8,fd00::/8). A request from one of them comes from
+    /// the rightmost `X-Forwarded-For` (or `Forwarded: for=`) address that
+    /// is not itself a trusted proxy: that source is what the audit, rate
+    /// limits and connection limits see. Default: none (the TCP peer).
+    #[arg(long, env = "STS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    trusted_proxies: TrustedProxies,
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
@@ -356,6 +364,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_delay: args.shutdown_delay,
         max_header_bytes: args.max_header_bytes,
         body_timeout: args.body_timeout,
+        trusted_proxies: args.trusted_proxies,
         integrations: IntegrationConfig {
             forward_credential: args.forward_credential,
             kubernetes_prefix: args.kubernetes_prefix,

@@ -18,6 +18,7 @@ use crate::{
     page::PageRequest,
     proto,
     service::{InvalidReason, Revoked, Rpc, TokenService, Validation},
+    source,
 };
 
 pub use ext_authz::{AuthorizationService, ExtAuthz, REQUIRED_ROLES};
@@ -116,7 +117,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::RevokeLeakedRequest>,
     ) -> Result<Response<proto::RevokeLeakedResponse>, Status> {
-        let source = request.remote_addr().map(|a| a.ip());
+        let source = source::of(request.extensions());
         let results = self
             .service
             .revoke_leaked(&request.get_ref().tokens, source)
@@ -252,9 +253,9 @@ fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
 }
 
 /// What a management call needs of its request: the metadata (where the
-/// credential is), the peer's address (for the audit) and the message.
+/// credential is), its source address (for the audit) and the message.
 fn parts<T>(request: Request<T>) -> (MetadataMap, Option<IpAddr>, T) {
-    let source = request.remote_addr().map(|a| a.ip());
+    let source = source::of(request.extensions());
     let (metadata, _, message) = request.into_parts();
     (metadata, source, message)
 }

@@ -15,13 +15,13 @@ use std::{
 };
 
 use http::{HeaderMap, HeaderValue, Request, Response};
-use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use crate::{
     credential,
     proto::{codec::UNDECODABLE, token_service_server::SERVICE_NAME},
     service::{Rpc, TokenService},
+    source,
 };
 
 #[derive(Clone)]
@@ -108,12 +108,7 @@ where
             management,
             authorization: header(http::header::AUTHORIZATION.as_str()),
             x_api_key: header("x-api-key"),
-            source: request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
-                .map(|a| a.ip())
-                .filter(|_| management),
+            source: source::of(request.extensions()).filter(|_| management),
         };
         Watched {
             inner: self.inner.call(request),

@@ -3,14 +3,12 @@
 
 use std::{convert::Infallible, net::IpAddr};
 
+use super::HttpState;
+use crate::{credential, error::Error, service::Authenticated, source};
 use axum::{
     extract::FromRequestParts,
     http::{HeaderMap, request::Parts},
 };
-use tonic::transport::server::TcpConnectInfo;
-
-use super::HttpState;
-use crate::{credential, error::Error, service::Authenticated};
 
 /// The caller's valid service token (and which of its secrets it sent),
 /// read from `Authorization: ApiKey …` or `X-API-Key` through the same
@@ -35,18 +33,15 @@ pub async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Auth
         .await
 }
 
-/// The peer's address, as the listener recorded it; `None` for a request
-/// that did not come over a socket (the router driven directly, in tests).
+/// Where the request came from (see `source::of`: the peer, or the client
+/// a trusted proxy names); `None` for a request that did not come over a
+/// socket (the router driven directly, in tests).
 pub struct Peer(pub Option<IpAddr>);
 
 impl<S: Sync> FromRequestParts<S> for Peer {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Infallible> {
-        let address = parts
-            .extensions
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
-        Ok(Peer(address.map(|a| a.ip())))
+        Ok(Peer(source::of(&parts.extensions)))
     }
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::{
     config::IntegrationConfig,
-    error::{Answer, Error, ErrorKind},
+    error::{Answer, Error, ErrorKind, retry_seconds},
     service::TokenService,
 };
 
@@ -207,6 +207,10 @@ impl From<&Answer> for HttpError {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            Error::RateLimited { retry_after } => Some(retry_seconds(*retry_after)),
+            _ => None,
+        };
         let HttpError {
             status,
             challenge,
@@ -226,6 +230,11 @@ impl IntoResponse for Error {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(CHALLENGE),
             );
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

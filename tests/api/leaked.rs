@@ -321,3 +321,94 @@ fn the_readme_publishes_the_regex_and_a_checksum_that_holds_for_real_tokens() {
         assert_eq!(checksum.as_bytes(), digits, "{token}");
     }
 }
+
+/// POSTs a revocation of `secret` to `addr` from 127.0.0.1 with `headers`.
+async fn revoke_over_tcp(
+    addr: std::net::SocketAddr,
+    secret: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}{PATH}"))
+        .json(&json!({ "tokens": [secret] }));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
+    use sts::{config::ServiceConfig, source::TrustedProxies};
+    let (_guard, logs) = crate::logs::capture_logs();
+    let server = sts::config::ServerConfig {
+        trusted_proxies: TrustedProxies::parse("127.0.0.1").unwrap(),
+        ..crate::helpers::server_config()
+    };
+    let app = crate::helpers::spawn_app_with(ServiceConfig::default(), server).await;
+    let unknown = Token::generate().expose_secret().to_owned();
+    // What the client put first is not believed: the proxy's own entry is.
+    let first = [("x-forwarded-for", "198.51.100.7, 203.0.113.1")];
+    for _ in 0..sts::service::REVOKE_CALLS_PER_MINUTE {
+        let answer = revoke_over_tcp(app.addr, &unknown, &first).await;
+        assert_eq!(answer.status(), 200);
+    }
+    let limited = revoke_over_tcp(app.addr, &unknown, &first).await;
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    // Another client behind the same proxy is not held back, nor is one
+    // named by `Forwarded`, nor an IPv6 client in another /64.
+    for headers in [
+        [("x-forwarded-for", "203.0.113.2")],
+        [("forwarded", "for=\"[2001:db8:1::5]:443\"")],
+    ] {
+        let answer = revoke_over_tcp(app.addr, &unknown, &headers).await;
+        assert_eq!(answer.status(), 200, "{headers:?}");
+    }
+    // The audit names the forwarded client, not the proxy.
+    let (leaked, _) = app.create("ci", &["builder"]).await;
+    let headers = [("x-forwarded-for", "203.0.113.3")];
+    assert_eq!(
+        revoke_over_tcp(app.addr, &leaked, &headers).await.status(),
+        200
+    );
+    let (leaked, _) = app.create("cd", &["builder"]).await;
+    let headers = [("forwarded", "for=\"[2001:db8:1::5]:443\"")];
+    assert_eq!(
+        revoke_over_tcp(app.addr, &leaked, &headers).await.status(),
+        200
+    );
+    let audited: Vec<_> = logs
+        .target(AUDIT)
+        .into_iter()
+        .filter_map(|e| e["fields"]["source"].as_str().map(str::to_owned))
+        .collect();
+    assert!(audited.iter().any(|s| s == "203.0.113.3"), "{audited:?}");
+    assert!(audited.iter().any(|s| s == "2001:db8:1::5"), "{audited:?}");
+    assert!(!audited.iter().any(|s| s == "127.0.0.1"), "{audited:?}");
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_name_another_source() {
+    use sts::{config::ServiceConfig, source::TrustedProxies};
+    // Trusted proxies are configured, but the test's peer is not one.
+    let server = sts::config::ServerConfig {
+        trusted_proxies: TrustedProxies::parse("10.0.0.0/8").unwrap(),
+        ..crate::helpers::server_config()
+    };
+    let app = crate::helpers::spawn_app_with(ServiceConfig::default(), server).await;
+    let unknown = Token::generate().expose_secret().to_owned();
+    for n in 0..sts::service::REVOKE_CALLS_PER_MINUTE {
+        let client = format!("203.0.113.{n}");
+        let answer = revoke_over_tcp(app.addr, &unknown, &[("x-forwarded-for", &client)]).await;
+        assert_eq!(answer.status(), 200);
+    }
+    let limited =
+        revoke_over_tcp(app.addr, &unknown, &[("x-forwarded-for", "203.0.113.200")]).await;
+    assert_eq!(limited.status(), 429, "a forged X-Forwarded-For is ignored");
+}
