@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{model::Role, source::TrustedProxies};
+use crate::{connections::ConnectionLimits, model::Role, source::TrustedProxies};
 
 /// Where `sts-server serve` listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -472,6 +472,10 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For` (or `Forwarded`) names the source of
     /// what they forward: for the audit, rate limits and connection limits.
     pub trusted_proxies: TrustedProxies,
+    /// How many connections may be open, in total and per source. The
+    /// default bounds nothing; the daemon derives bounds from the
+    /// descriptor limit (`ConnectionLimits::for_descriptors`).
+    pub connection_limits: ConnectionLimits,
     /// How often the token-count metrics are refreshed.
     pub token_summary_interval: Duration,
 }
@@ -491,6 +495,7 @@ impl Default for ServerConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             integrations: IntegrationConfig::default(),
             trusted_proxies: TrustedProxies::none(),
+            connection_limits: ConnectionLimits::UNBOUNDED,
             token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
         }
     }

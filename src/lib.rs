@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod credential;
 pub mod daemon;
 pub mod error;

@@ -1,7 +1,9 @@
-//! Accepting connections so that hostile or broken peers cost little: TLS
-//! handshakes run concurrently and under a deadline, a new connection must
-//! send its first byte (of application data, with TLS) within a deadline,
-//! and running out of file descriptors pauses accepting instead of spinning.
+//! Accepting connections so that hostile or broken peers cost little: each
+//! takes a place in the connection table first (`connections`: closed at
+//! once past the bounds), TLS handshakes run concurrently and under a
+//! deadline, a new connection must send its first byte (of application
+//! data, with TLS) within a deadline, and running out of file descriptors
+//! pauses accepting instead of spinning.
 //!
 //! Why by hand: tonic's `TcpIncoming` hands accept errors to a loop that
 //! retries at once, so `EMFILE` (every descriptor held, perhaps by idle
@@ -38,7 +40,11 @@ use tokio_rustls::{
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::{config::TlsIdentity, error::ServeError};
+use crate::{
+    config::TlsIdentity,
+    connections::{Admitted, Connections, Slot},
+    error::ServeError,
+};
 
 /// How long accepting pauses after the process ran out of descriptors.
 const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_millis(100);
@@ -80,6 +86,7 @@ pub struct Incoming {
     next: usize,
     limits: Limits,
     tls: Option<TlsAcceptor>,
+    connections: Arc<Connections>,
     handshakes: JoinSet<io::Result<Connection>>,
     paused: Option<Pin<Box<Sleep>>>,
     /// Out of descriptors since the last accept that worked: warn once per
@@ -88,12 +95,18 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(listeners: Vec<TcpListener>, limits: Limits, tls: Option<TlsAcceptor>) -> Incoming {
+    pub fn new(
+        listeners: Vec<TcpListener>,
+        limits: Limits,
+        tls: Option<TlsAcceptor>,
+        connections: Arc<Connections>,
+    ) -> Incoming {
         Incoming {
             listeners,
             next: 0,
             limits,
             tls,
+            connections,
             handshakes: JoinSet::new(),
             paused: None,
             starved: false,
@@ -114,7 +127,7 @@ impl Incoming {
     }
 
     /// Starts a handshake on its own task, so a slow one holds up no one.
-    fn handshake(&mut self, acceptor: TlsAcceptor, stream: TcpStream) {
+    fn handshake(&mut self, acceptor: TlsAcceptor, stream: TcpStream, admitted: Admitted) {
         let limits = self.limits.clone();
         self.handshakes.spawn(async move {
             let tls = tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
@@ -125,6 +138,7 @@ impl Incoming {
             Ok(Connection::new(
                 Io::Tls(Box::new(tls)),
                 limits.first_byte_timeout,
+                admitted,
             ))
         });
     }
@@ -157,15 +171,24 @@ impl Stream for Incoming {
                         self.starved = false;
                         tracing::info!("accepting connections again");
                     }
+                    // Past the bounds: closed before a byte is read (the
+                    // table counts and summarizes the refusals).
+                    let peer = stream.peer_addr().ok().map(|a| a.ip());
+                    let Ok(admitted) = self.connections.admit(peer) else {
+                        continue;
+                    };
                     // Small request/response messages: do not wait to fill segments.
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                     match self.tls.clone() {
-                        Some(acceptor) => self.handshake(acceptor, stream),
+                        Some(acceptor) => self.handshake(acceptor, stream, admitted),
                         None => {
-                            let connection =
-                                Connection::new(Io::Plain(stream), self.limits.first_byte_timeout);
+                            let connection = Connection::new(
+                                Io::Plain(stream),
+                                self.limits.first_byte_timeout,
+                                admitted,
+                            );
                             return Poll::Ready(Some(Ok(connection)));
                         }
                     }
@@ -200,6 +223,8 @@ pub struct Connection {
     first_byte: Option<Pin<Box<Sleep>>>,
     /// Bytes [`Connection::speaks_http2`] read, handed out again first.
     replay: BytesMut,
+    /// Its place in the connection table, given back when it drops.
+    admitted: Admitted,
 }
 
 /// How an HTTP/2 client with prior knowledge opens (RFC 9113, 3.4); no
@@ -212,13 +237,20 @@ enum Io {
 }
 
 impl Connection {
-    fn new(stream: Io, first_byte_timeout: Duration) -> Connection {
+    fn new(stream: Io, first_byte_timeout: Duration, admitted: Admitted) -> Connection {
         let deadline = Instant::now() + first_byte_timeout;
         Connection {
             stream,
             first_byte: Some(Box::pin(tokio::time::sleep_until(deadline))),
             replay: BytesMut::new(),
+            admitted,
         }
+    }
+
+    /// What the connection table knows of this connection: its requests in
+    /// flight, and whether it was asked to make room.
+    pub fn slot(&self) -> &Arc<Slot> {
+        self.admitted.slot()
     }
 
     /// Whether the peer opens with HTTP/2's preface: reads only as far as
@@ -393,7 +425,12 @@ mod tests {
             first_byte_timeout: timeout,
             tls_handshake_timeout: timeout,
         };
-        let mut incoming = Incoming::new(vec![listener], limits, None);
+        let connections = Connections::new(
+            crate::connections::ConnectionLimits::UNBOUNDED,
+            Default::default(),
+            Arc::new(crate::metrics::Metrics::with(|_| {})),
+        );
+        let mut incoming = Incoming::new(vec![listener], limits, None, connections);
         let client = TcpStream::connect(address).await.unwrap();
         let connection = incoming.next().await.unwrap().unwrap();
         (connection, client)

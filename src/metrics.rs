@@ -49,6 +49,11 @@ struct WithinLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ForLabels {
     r#for: &'static str,
 }
@@ -99,6 +104,9 @@ pub struct Metrics {
     events_pending: Gauge,
     events_oldest_age: Gauge,
     events_dropped: Counter,
+    connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connections_evicted: Counter,
 }
 
 impl Metrics {
@@ -221,8 +229,29 @@ impl Metrics {
             "Events not recorded because the outbox was full",
             events_dropped.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open (accepted and not yet closed)",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on accept, by reason (total: --max-connections with none idle; per_source: --max-connections-per-source)",
+            connections_refused.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Idle connections asked to close to make room for a new one (--max-connections)",
+            connections_evicted.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_refused,
+            connections_evicted,
             webhook_deliveries,
             events_pending,
             events_oldest_age,
@@ -268,6 +297,26 @@ impl Metrics {
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
         self.events_oldest_age
             .set(i64::try_from(oldest_age_seconds).unwrap_or(i64::MAX));
+    }
+
+    /// A connection accepted (`true`) or closed (`false`).
+    pub fn connection_open(&self, open: bool) {
+        if open {
+            self.connections_open.inc();
+        } else {
+            self.connections_open.dec();
+        }
+    }
+
+    /// A connection closed on accept: `total` or `per_source`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn connection_evicted(&self) {
+        self.connections_evicted.inc();
     }
 
     pub fn event_dropped(&self) {

@@ -1,17 +1,18 @@
 //! A per-source rate limit for calls anyone may make without a credential
 //! (revoking a leaked token): fixed windows, a bounded table.
 //!
-//! A source is an IPv4 address or an IPv6 /64: one host is usually given a
-//! whole /64, so counting each of its addresses apart would give it 2^64
-//! budgets. When the table is full, the oldest windows make room: refusing
+//! A source is a `source::Group`: an IPv4 address or an IPv6 /64. When the
+//! table is full, the oldest windows make room: refusing
 //! new sources instead would let one flood of addresses lock everyone out.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+use crate::source::Group;
 
 /// At most this many sources are tracked (memory stays bounded whatever
 /// the flood of addresses).
@@ -22,23 +23,9 @@ const MAX_SOURCES: usize = 10_000;
 /// scan per this many of them rather than one per source.
 const EVICT_SHARE: usize = 16;
 
-/// What a call is counted against: the address, with IPv6 cut to its /64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Bucket {
-    Unknown,
-    V4(u32),
-    V6(u64),
-}
-
-impl Bucket {
-    fn of(source: Option<IpAddr>) -> Bucket {
-        match source.map(|a| a.to_canonical()) {
-            None => Bucket::Unknown,
-            Some(IpAddr::V4(a)) => Bucket::V4(a.to_bits()),
-            Some(IpAddr::V6(a)) => Bucket::V6((Ipv6Addr::to_bits(a) >> 64) as u64),
-        }
-    }
-}
+/// What a call is counted against: its source's group (`None`: a request
+/// that came over no socket).
+type Bucket = Option<Group>;
 
 /// `limit` calls per `window` from each source.
 #[derive(Debug)]
@@ -60,7 +47,7 @@ impl RateLimit {
     /// Counts a call from `source` at `now`; `Err(wait)` when over the
     /// limit, with how long until its window ends.
     pub fn check(&self, source: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
-        let bucket = Bucket::of(source);
+        let bucket = source.map(Group::of);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= MAX_SOURCES && !seen.contains_key(&bucket) {
             let window = self.window;

@@ -36,6 +36,7 @@ use tower::Service;
 
 use crate::{
     config::{MIN_HEADER_BYTES, ServerConfig},
+    connections::{InFlight, Slot},
     listener::{Connection, Incoming},
     source::{Forwarded, TrustedProxies},
 };
@@ -145,13 +146,19 @@ impl Builders {
         mut shutting_down: watch::Receiver<()>,
     ) {
         let peer = connection.connect_info();
+        let slot = connection.slot().clone();
         // Decided once: a peer that is not a trusted proxy (any peer when
         // none is configured) costs nothing per request.
         let proxy = peer
             .remote_addr()
             .is_some_and(|a| self.trusted_proxies.contains(a.ip()))
             .then(|| self.trusted_proxies.clone());
-        let service = PerConnection { app, peer, proxy };
+        let service = PerConnection {
+            app,
+            peer,
+            proxy,
+            slot: slot.clone(),
+        };
         let http2 = tokio::select! {
             sniffed = tokio::time::timeout(self.first_bytes_timeout, connection.speaks_http2()) => match sniffed {
                 Ok(Ok(http2)) => http2,
@@ -165,12 +172,19 @@ impl Builders {
                 }
             },
             _ = shutting_down.changed() => return,
+            () = slot.evicted() => return,
         };
         let io = TokioIo::new(connection);
+        let finish = async {
+            tokio::select! {
+                _ = shutting_down.changed() => {}
+                () = slot.evicted() => {}
+            }
+        };
         let served = if http2 {
-            until_done(self.http2.serve_connection(io, service), shutting_down).await
+            until_done(self.http2.serve_connection(io, service), finish).await
         } else {
-            until_done(self.http1.serve_connection(io, service), shutting_down).await
+            until_done(self.http1.serve_connection(io, service), finish).await
         };
         if let Err(e) = served {
             tracing::debug!(error = %e, "connection ended with an error");
@@ -178,17 +192,18 @@ impl Builders {
     }
 }
 
-/// Drives `connection` to its end; once `shutting_down` changes, asks it to
-/// finish (HTTP/2 GOAWAY; HTTP/1 closes after the answer in flight) and
-/// still drives it until it has.
+/// Drives `connection` to its end; once `finish` resolves (the server
+/// shuts down, or the connection table wants the room), asks it to finish
+/// (HTTP/2 GOAWAY; HTTP/1 closes after the answer in flight) and still
+/// drives it until it has.
 async fn until_done<C: GracefulConnection>(
     connection: C,
-    mut shutting_down: watch::Receiver<()>,
+    finish: impl Future<Output = ()>,
 ) -> Result<(), C::Error> {
     let mut connection = pin!(connection);
     tokio::select! {
         served = connection.as_mut() => served,
-        _ = shutting_down.changed() => {
+        () = finish => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -246,6 +261,9 @@ struct PerConnection<S> {
     peer: TcpConnectInfo,
     /// The trusted proxies, when the peer is one of them.
     proxy: Option<Arc<TrustedProxies>>,
+    /// The connection's place in the table: a request in flight keeps it
+    /// from being evicted.
+    slot: Arc<Slot>,
 }
 
 impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S> {
@@ -271,6 +289,7 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
             inner: app.call(request),
             deadline,
             span,
+            _in_flight: self.slot.request(),
         }
     }
 }
@@ -284,6 +303,7 @@ pin_project_lite::pin_project! {
         #[pin]
         deadline: Option<Sleep>,
         span: tracing::Span,
+        _in_flight: InFlight,
     }
 }
 

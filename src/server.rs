@@ -11,6 +11,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{MAX_CHECK_REQUEST_BYTES, ServerConfig},
+    connections::Connections,
     error::{ServeError, with_causes},
     grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
     http::{self, BodyBounds, Front, HttpState, Readiness},
@@ -238,10 +239,21 @@ pub async fn run_on(
         tls_handshake_timeout: config.tls_handshake_timeout,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let incoming = Incoming::new(listeners, limits, tls);
+    let connections = Connections::new(
+        config.connection_limits,
+        Arc::new(config.trusted_proxies.clone()),
+        service.metrics().clone(),
+    );
+    let incoming = Incoming::new(listeners, limits, tls, connections);
     let protocol = Protocol::from(&config);
     for address in addresses {
-        tracing::info!(%address, scheme, "serving");
+        tracing::info!(
+            %address,
+            scheme,
+            max_connections = config.connection_limits.max_total,
+            max_connections_per_source = config.connection_limits.max_per_source,
+            "serving"
+        );
     }
     tokio::select! {
         () = serve(incoming, front, &protocol, draining) => {}

@@ -122,6 +122,24 @@ pub fn of(extensions: &Extensions) -> Option<IpAddr> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded(pub IpAddr);
 
+/// What per-source limits count against: an IPv4 address, or an IPv6 /64
+/// (one host is usually given a whole /64, so counting each of its
+/// addresses apart would give it 2^64 budgets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    V4(u32),
+    V6(u64),
+}
+
+impl Group {
+    pub fn of(address: IpAddr) -> Group {
+        match canonical(address) {
+            IpAddr::V4(a) => Group::V4(a.to_bits()),
+            IpAddr::V6(a) => Group::V6((a.to_bits() >> 64) as u64),
+        }
+    }
+}
+
 /// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack
 /// socket reports for an IPv4 peer) as the IPv4 address it is.
 pub fn canonical(address: IpAddr) -> IpAddr {

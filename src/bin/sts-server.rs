@@ -19,6 +19,7 @@ use sts::{
         ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret,
         WebhookUrl, admin_keep_margin, bounded_setting,
     },
+    connections::{self, ConnectionLimits},
     daemon,
     logging::ExitSafe,
     model::{NewToken, Role},
@@ -180,6 +181,18 @@ struct ServeArgs {
     /// limits and connection limits see. Default: none (the TCP peer).
     #[arg(long, env = "STS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
     trusted_proxies: TrustedProxies,
+    /// The most connections open at once. At the bound an idle keep-alive
+    /// connection is closed to make room; with none idle, a new connection
+    /// is closed at once. Default: the open-file limit (raised to its hard
+    /// limit at start) less 128, from 16 to 10000.
+    #[arg(long, env = "STS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// The most connections open at once from one source (an IPv4 address
+    /// or an IPv6 /64; --trusted-proxies exempt); past it a new connection
+    /// from that source is closed at once. Default: a quarter of
+    /// --max-connections.
+    #[arg(long, env = "STS_MAX_CONNECTIONS_PER_SOURCE", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_source: Option<u32>,
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
@@ -353,6 +366,29 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The connection bounds given, the rest derived from the open-file limit
+/// (raised to its hard limit first); a warning when the bounds given leave
+/// too few descriptors for everything else.
+fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
+    let descriptors = connections::raise_descriptor_limit();
+    let limits = ConnectionLimits::resolve(
+        args.max_connections.map(|n| n as usize),
+        args.max_connections_per_source.map(|n| n as usize),
+        descriptors,
+    );
+    if let Some(descriptors) = descriptors {
+        let spare = descriptors.saturating_sub(connections::RESERVED_DESCRIPTORS);
+        if limits.max_total as u64 > spare {
+            tracing::warn!(
+                max_connections = limits.max_total,
+                open_file_limit = descriptors,
+                "--max-connections allows more connections than the open-file limit leaves room for ({spare}); past it accepting pauses until descriptors free up"
+            );
+        }
+    }
+    limits
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let webhooks = args.webhooks()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -364,6 +400,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_delay: args.shutdown_delay,
         max_header_bytes: args.max_header_bytes,
         body_timeout: args.body_timeout,
+        connection_limits: connection_limits(&args),
         trusted_proxies: args.trusted_proxies,
         integrations: IntegrationConfig {
             forward_credential: args.forward_credential,

@@ -19,7 +19,7 @@ async fn app_with_body_timeout(timeout: Duration) -> TestApp {
 }
 
 /// A POST that promises 1000 bytes of body and sends five.
-fn stalled_post(path: &str, credential: Option<&str>) -> Vec<u8> {
+pub fn stalled_post(path: &str, credential: Option<&str>) -> Vec<u8> {
     let credential = credential.map_or(String::new(), |c| format!("X-API-Key: {c}\r\n"));
     format!(
         "POST {path} HTTP/1.1\r\nHost: sts\r\n{credential}Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"na"

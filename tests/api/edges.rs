@@ -290,7 +290,11 @@ async fn running_out_of_file_descriptors_pauses_accepting_and_then_recovers() {
         .args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
         .arg(env!("CARGO_BIN_EXE_sts-server"))
         .env("RUST_LOG", "sts=debug")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        // Bounds above what the limit allows (the server warns): the
+        // descriptors run out before the bounds are reached.
+        .env("STS_MAX_CONNECTIONS", "10000")
+        .env("STS_MAX_CONNECTIONS_PER_SOURCE", "10000");
     let server = ServerProcess::start_command(command, dir.path()).await;
 
     let mut hogs = Vec::new();
@@ -310,6 +314,11 @@ async fn running_out_of_file_descriptors_pauses_accepting_and_then_recovers() {
     assert!(status.success(), "{status:?}");
     let count = |needle: &str| log.iter().filter(|line| line.contains(needle)).count();
     assert_eq!(count("out of file descriptors; retrying"), 1, "{log:#?}");
+    assert_eq!(
+        count("more connections than the open-file limit"),
+        1,
+        "{log:#?}"
+    );
     assert_eq!(count("accepting connections again"), 1, "{log:#?}");
     // Retried at the pause interval, not in a loop: about ten a second.
     let attempts = count("accept paused");

@@ -415,8 +415,6 @@ pub async fn validate_on(
     Ok(client.clone().validate(request).await?.into_inner())
 }
 
-/// Waits (up to 20 s) until the server closes `stream`: a read sees the end
-/// or a reset. `false` if it is still open by then.
 /// The head of an HTTP/1.1 answer read from `stream`, up to and with the
 /// blank line, as text; panics if the server closes mid-head.
 pub async fn read_http1_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
@@ -436,6 +434,8 @@ pub async fn read_http1_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -
     String::from_utf8(received).unwrap()
 }
 
+/// Waits (up to 20 s) until the server closes `stream`: a read sees the end
+/// or a reset. `false` if it is still open by then.
 pub async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;
     let mut buffer = [0u8; 256];

@@ -21,6 +21,7 @@ mod bodies;
 mod cli;
 mod cli_lifecycle;
 mod conformance;
+mod connections;
 mod crash;
 mod create;
 mod delete;

@@ -19,7 +19,9 @@ use sts::proto::{
 };
 use sts::{
     config::ServerConfig,
+    connections::Connections,
     listener::{Incoming, Limits},
+    metrics::Metrics,
     serve::{Protocol, serve},
 };
 use tonic::{Request, Response, Status, service::Routes};
@@ -108,7 +110,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let protocol = Protocol::from(&server);
     serve(
-        Incoming::new(vec![listener], limits, None),
+        Incoming::new(
+            vec![listener],
+            limits,
+            None,
+            Connections::new(
+                server.connection_limits,
+                Default::default(),
+                std::sync::Arc::new(Metrics::with(|_| {})),
+            ),
+        ),
         routes.into_axum_router(),
         &protocol,
         async {

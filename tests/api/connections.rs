@@ -1,0 +1,209 @@
+//! Connections are bounded in total and per source: past a source's bound
+//! a new connection is closed at once, at the total an idle keep-alive
+//! connection makes room (a busy one never does), so a flood from one
+//! address cannot use up the descriptors that probes and clients need.
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use sts::{
+    config::{ServerConfig, ServiceConfig},
+    connections::ConnectionLimits,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+use crate::{
+    bodies::stalled_post,
+    helpers::{closed_by_server, eventually, read_http1_head, server_config, spawn_app_with},
+    process::{ServerProcess, bootstrap},
+};
+
+/// A connection to `addr` from `source` (any 127.0.0.0/8 address).
+async fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket.connect(addr).await
+}
+
+/// GET `path` on `stream`, kept alive; the answer's status line.
+async fn get(stream: &mut TcpStream, path: &str, key: Option<&str>) -> String {
+    let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sts\r\n{key}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let head = read_http1_head(stream).await;
+    // Every answer here is small and says how long it is: read it off.
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head.lines().next().unwrap().to_owned()
+}
+
+/// `GET /healthz` on a new connection from 127.0.0.1; fails the test
+/// rather than wait past 10 s.
+async fn probe(addr: SocketAddr) -> String {
+    let answer = async {
+        let mut stream = connect_from("127.0.0.1", addr).await.unwrap();
+        get(&mut stream, "/healthz", None).await
+    };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the probe got no answer within 10 s")
+}
+
+/// The value of the series `line_start` names on `/metrics` (0 if absent),
+/// over a new connection from 127.0.0.1; fails rather than wait past 10 s.
+async fn metric(addr: SocketAddr, line_start: &str) -> f64 {
+    let read = async {
+        let mut stream = connect_from("127.0.0.1", addr).await.unwrap();
+        let request = "GET /metrics HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no metrics within 10 s");
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn at_a_low_descriptor_limit_a_flood_from_one_address_leaves_room_for_everyone_else() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap(data_dir.path());
+    // The default bounds follow the descriptor limit: 256 - 128 = 128 in
+    // all, a quarter of it (32) per source.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_sts-server"))
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("STS_SHUTDOWN_DELAY", "0s")
+        .env("STS_BODY_TIMEOUT", "600s");
+    let server = ServerProcess::start_command(command, data_dir.path()).await;
+    let addr = server.addr;
+
+    // 300 connections from 127.0.0.2, each an authenticated create whose
+    // body stalls: busy, so none of them may be evicted.
+    let request = stalled_post("/api/security/tokens", Some(&admin));
+    let mut attack = Vec::new();
+    for _ in 0..300 {
+        if let Ok(mut stream) = connect_from("127.0.0.2", addr).await {
+            let _ = stream.write_all(&request).await;
+            attack.push(stream);
+        }
+    }
+    let per_source = "sts_connections_refused_total{reason=\"per_source\"} ";
+    eventually("the flood past its bound is refused", || async {
+        metric(addr, per_source).await >= 268.0
+    })
+    .await;
+
+    // Probes and an ordinary client get in all the while.
+    assert_eq!(probe(addr).await, "HTTP/1.1 200 OK");
+    let mut client = connect_from("127.0.0.1", addr).await.unwrap();
+    for _ in 0..3 {
+        let status = get(&mut client, "/api/server/status", Some(&admin));
+        let status = tokio::time::timeout(Duration::from_secs(10), status).await;
+        assert_eq!(status.as_deref(), Ok("HTTP/1.1 200 OK"));
+    }
+    let open = metric(addr, "sts_connections_open ").await;
+    assert!((33.0..=40.0).contains(&open), "{open} connections open");
+    drop(attack);
+    let log = server.kill().await.unwrap().join("\n");
+    assert!(log.contains("max_connections=128"), "{log}");
+    assert!(log.contains("max_connections_per_source=32"), "{log}");
+    assert!(!log.contains("out of file descriptors"), "{log}");
+    // Refusals are summarized: one line, not one per connection.
+    let summaries = log.matches("closing new connections").count();
+    assert_eq!(summaries, 1, "{log}");
+}
+
+#[tokio::test]
+async fn at_the_total_an_idle_connection_makes_room_and_busy_ones_never_do() {
+    let server = ServerConfig {
+        connection_limits: ConnectionLimits {
+            max_total: 4,
+            max_per_source: 100,
+        },
+        ..server_config()
+    };
+    let app = spawn_app_with(ServiceConfig::default(), server).await;
+    // Four keep-alive connections, each idle after one answer.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect_from("127.0.0.1", app.addr).await.unwrap();
+        assert_eq!(get(&mut stream, "/healthz", None).await, "HTTP/1.1 200 OK");
+        idle.push(stream);
+    }
+    // A fifth gets in: one idle connection is closed to make room.
+    assert_eq!(probe(app.addr).await, "HTTP/1.1 200 OK");
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            stream.read(&mut byte),
+        );
+        if matches!(read.await, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection made room");
+    assert!(app.metric("sts_connections_evicted_total").await >= 1.0);
+
+    // Four requests in flight (bodies that stall) fill the table...
+    let request = stalled_post("/api/security/tokens", Some(&app.admin_token));
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect_from("127.0.0.1", app.addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        busy.push(stream);
+    }
+    eventually("the busy requests hold every place", || async {
+        let mut stream = connect_from("127.0.0.1", app.addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: sts\r\n\r\n")
+            .await;
+        closed_by_server(&mut stream).await && {
+            let mut rest = Vec::new();
+            stream
+                .read_to_end(&mut rest)
+                .await
+                .is_ok_and(|_| rest.is_empty())
+        }
+    })
+    .await;
+    // ...and none of them was evicted for the newcomers.
+    for stream in &mut busy {
+        let mut byte = [0u8; 1];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(50), stream.read(&mut byte));
+        assert!(read.await.is_err(), "a busy connection was closed");
+    }
+    // Once they end, there is room again: the refusals were counted.
+    drop(busy);
+    let refused = "sts_connections_refused_total{reason=\"total\"} ";
+    eventually("room again", || async {
+        let mut stream = connect_from("127.0.0.1", app.addr).await.unwrap();
+        let request = "GET /healthz HTTP/1.1\r\nHost: sts\r\nConnection: close\r\n\r\n";
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        answer.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(metric(app.addr, refused).await >= 1.0);
+}
