@@ -1,15 +1,19 @@
-//! The audit log's tracing target, and its events for management calls
-//! refused to callers without a valid credential, aggregated so that nobody
-//! can fill the disk with them.
+//! The audit log's tracing target, and its events for refused calls,
+//! aggregated so that nobody can fill the disk with them.
 //!
-//! Anyone who can reach the port can send such calls as fast as the network
-//! allows, and each one used to be a log line. An authenticated caller's
-//! refusal stays an individual event (the caller is named and cannot
-//! multiply themselves at will); these are not. Per interval, the first one
-//! is logged in full at once (so a single mistake is seen with its reason
-//! straight away) and the rest are counted by RPC, source address and
-//! reason, then written as at most [`MAX_KEYS`] + 1 summary events when the
-//! interval ends (and at shutdown). Metrics still count every call.
+//! Anyone who can reach the port can send refused calls as fast as the
+//! network allows, and so can any valid token, however little it may do:
+//! each refusal used to be a log line (one low-privilege token wrote
+//! 103 MiB in 10 s). Per interval, the first refusal of each kind is logged
+//! in full at once (so a single mistake is seen with its reason straight
+//! away) and the rest are counted, then written as summary events when the
+//! interval ends (and at shutdown). A kind is, for a caller without a valid
+//! credential, any refusal at all (then counted by RPC, source address and
+//! reason); for an authenticated caller, its token, the call, the outcome
+//! and the role it lacked. At most [`MAX_KEYS`] kinds of each are kept per
+//! interval; beyond them refusals are counted together, unlogged, so memory
+//! and log stay bounded under a distributed flood. Metrics still count
+//! every call.
 
 use std::{
     collections::BTreeMap,
@@ -23,25 +27,49 @@ use std::{
 /// who made it. Never a secret.
 pub const AUDIT: &str = "sts::audit";
 
-/// Distinct (RPC, source, reason) counts kept per interval; further ones
-/// are counted together, so memory stays bounded under a distributed flood.
+/// Distinct kinds of refusal kept per interval, for callers without a valid
+/// credential and for authenticated callers each; further ones are counted
+/// together, so memory stays bounded under a distributed flood.
 pub const MAX_KEYS: usize = 16;
 
-type Key = (&'static str, Option<IpAddr>, &'static str);
+/// An unauthenticated refusal's kind: RPC, source, reason.
+type AnonymousKey = (&'static str, Option<IpAddr>, &'static str);
+
+/// An authenticated refusal's kind: caller id, RPC, outcome, role.
+type CallerKey = (u64, &'static str, &'static str, Option<String>);
+
+/// What a summary says of an authenticated caller's kind of refusal.
+struct CallerCount {
+    name: String,
+    reason: &'static str,
+    /// Refusals after the first (which was logged in full).
+    further: u64,
+}
 
 #[derive(Default)]
 struct Window {
-    /// Whether this interval's first refusal has been logged in full.
+    /// Whether this interval's first unauthenticated refusal has been
+    /// logged in full.
     first_logged: bool,
-    counts: BTreeMap<Key, u64>,
-    /// Refusals beyond [`MAX_KEYS`] distinct keys.
-    others: u64,
+    anonymous: BTreeMap<AnonymousKey, u64>,
+    /// Unauthenticated refusals beyond [`MAX_KEYS`] distinct kinds.
+    anonymous_others: u64,
+    callers: BTreeMap<CallerKey, CallerCount>,
+    /// Authenticated refusals beyond [`MAX_KEYS`] distinct kinds.
+    caller_others: u64,
 }
 
 pub struct Refusals {
     interval: Duration,
     window: Mutex<Window>,
     ticker: OnceLock<()>,
+}
+
+/// The token behind a refused call, when its credential was valid.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub id: u64,
+    pub name: &'a str,
 }
 
 /// One refused call, as the service saw it.
@@ -54,6 +82,10 @@ pub struct Refusal<'a> {
     pub outcome: &'static str,
     /// The full reason, for the one event logged in full.
     pub detail: &'a dyn std::fmt::Display,
+    /// Who made the call, when its credential was valid.
+    pub caller: Option<Caller<'a>>,
+    /// The role the caller lacked, when that was the refusal.
+    pub role: Option<&'a str>,
 }
 
 impl Refusals {
@@ -65,23 +97,30 @@ impl Refusals {
         })
     }
 
-    /// Records `refusal`: logged in full if it is the interval's first,
-    /// otherwise counted for the summary.
+    /// Records `refusal`: logged in full if it is the first of its kind in
+    /// this interval, otherwise counted for the summary.
     pub fn record(self: &Arc<Self>, refusal: Refusal<'_>) {
         self.ticker.get_or_init(|| {
             tokio::spawn(tick(Arc::downgrade(self), self.interval));
         });
+        match refusal.caller {
+            None => self.record_anonymous(&refusal),
+            Some(caller) => self.record_caller(&refusal, caller),
+        }
+    }
+
+    fn record_anonymous(&self, refusal: &Refusal<'_>) {
         let first = {
             let mut window = self.lock();
             if window.first_logged {
                 let key = (refusal.rpc, refusal.source, refusal.reason);
-                let room = window.counts.len() < MAX_KEYS;
-                match window.counts.get_mut(&key) {
+                let room = window.anonymous.len() < MAX_KEYS;
+                match window.anonymous.get_mut(&key) {
                     Some(count) => *count += 1,
                     None if room => {
-                        window.counts.insert(key, 1);
+                        window.anonymous.insert(key, 1);
                     }
-                    None => window.others += 1,
+                    None => window.anonymous_others += 1,
                 }
                 false
             } else {
@@ -102,11 +141,62 @@ impl Refusals {
         }
     }
 
+    fn record_caller(&self, refusal: &Refusal<'_>, caller: Caller<'_>) {
+        let first = {
+            let mut window = self.lock();
+            let key = (
+                caller.id,
+                refusal.rpc,
+                refusal.outcome,
+                refusal.role.map(str::to_owned),
+            );
+            let room = window.callers.len() < MAX_KEYS;
+            match window.callers.get_mut(&key) {
+                Some(count) => {
+                    count.further += 1;
+                    false
+                }
+                None if room => {
+                    let count = CallerCount {
+                        name: caller.name.to_owned(),
+                        reason: refusal.reason,
+                        further: 0,
+                    };
+                    window.callers.insert(key, count);
+                    true
+                }
+                None => {
+                    window.caller_others += 1;
+                    false
+                }
+            }
+        };
+        if first {
+            let message = if refusal.rpc == ROLE_CHECK {
+                "role check refused"
+            } else {
+                "management call refused"
+            };
+            tracing::warn!(
+                target: AUDIT,
+                rpc = refusal.rpc,
+                outcome = refusal.outcome,
+                caller.id = caller.id,
+                caller.name = caller.name,
+                source = refusal.source.map(tracing::field::display),
+                role = refusal.role,
+                reason = %refusal.detail,
+                "{message} (the same refusal of this caller in the next {:?} is summarized)",
+                self.interval
+            );
+        }
+    }
+
     /// Writes the summary of the interval so far and starts a new one.
     pub fn flush(&self) {
         let window = std::mem::take(&mut *self.lock());
         let seconds = self.interval.as_secs_f64();
-        for ((rpc, source, reason), count) in window.counts {
+        for ((rpc, source, reason), count) in window.anonymous {
             tracing::warn!(
                 target: AUDIT,
                 rpc,
@@ -118,14 +208,40 @@ impl Refusals {
                 "management calls refused to unauthenticated callers (summary)"
             );
         }
-        if window.others > 0 {
+        if window.anonymous_others > 0 {
             tracing::warn!(
                 target: AUDIT,
                 outcome = "UNAUTHENTICATED",
                 source = "others",
-                count = window.others,
+                count = window.anonymous_others,
                 window_seconds = seconds,
                 "management calls refused to unauthenticated callers (summary of further sources)"
+            );
+        }
+        for ((id, rpc, outcome, role), count) in window.callers {
+            if count.further == 0 {
+                continue;
+            }
+            tracing::warn!(
+                target: AUDIT,
+                rpc,
+                outcome,
+                caller.id = id,
+                caller.name = count.name,
+                role,
+                reason = count.reason,
+                count = count.further,
+                window_seconds = seconds,
+                "calls refused to an authenticated caller after the first (summary)"
+            );
+        }
+        if window.caller_others > 0 {
+            tracing::warn!(
+                target: AUDIT,
+                caller = "others",
+                count = window.caller_others,
+                window_seconds = seconds,
+                "calls refused to further authenticated callers (summary)"
             );
         }
     }
@@ -135,6 +251,10 @@ impl Refusals {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// The `rpc` of a refused role check (forward-auth's `?role=`, a reviewer's
+/// credential).
+pub const ROLE_CHECK: &str = "RoleCheck";
 
 /// Flushes every interval while the service lives.
 async fn tick(refusals: Weak<Refusals>, interval: Duration) {

@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::Notify;
 
 use crate::{
-    audit::{Refusal, Refusals},
+    audit::{self, Refusal, Refusals},
     cache::ValidationCache,
     clock::{Clock, to_micros},
     config::ServiceConfig,
@@ -413,11 +413,17 @@ impl TokenService {
                 source,
                 reason: match error {
                     Error::Unauthenticated(why) => why.as_str(),
+                    Error::PermissionDenied(_) => "missing_role",
                     Error::Store(_) => "store_error",
                     _ => "other",
                 },
                 outcome: error.kind().as_str(),
                 detail: error,
+                caller: None,
+                role: match error {
+                    Error::PermissionDenied(role) => Some(role.as_str()),
+                    _ => None,
+                },
             };
             self.audit_refusal(refusal, caller.as_ref());
         }
@@ -449,27 +455,21 @@ impl TokenService {
             reason: "undecodable",
             outcome: "INTERNAL",
             detail: &REASON,
+            caller: None,
+            role: None,
         };
         self.audit_refusal(refusal, caller.as_ref());
     }
 
-    /// The audit event of a refused management call: its own event when
-    /// the caller is known (they cannot multiply themselves at will),
-    /// aggregated with the others' otherwise.
+    /// The audit event of a refused management call, through the
+    /// summarizer (`audit::Refusals`): the first of its kind in full, the
+    /// rest counted, whether or not the caller is known.
     fn audit_refusal(&self, refusal: Refusal<'_>, caller: Option<&ServiceToken>) {
-        let Some(caller) = caller else {
-            return self.refusals.record(refusal);
-        };
-        tracing::warn!(
-            target: AUDIT,
-            rpc = refusal.rpc,
-            outcome = refusal.outcome,
-            caller.id = caller.id.get(),
-            caller.name = caller.name.as_str(),
-            source = refusal.source.map(tracing::field::display),
-            reason = %refusal.detail,
-            "management call refused"
-        );
+        let caller = caller.map(|c| audit::Caller {
+            id: c.id.get(),
+            name: c.name.as_str(),
+        });
+        self.refusals.record(Refusal { caller, ..refusal });
     }
 
     /// The one validation path: parse (checksum, no store access), hash, one
@@ -553,16 +553,18 @@ impl TokenService {
         }
         self.metrics.role_check("refused");
         let refused = Error::PermissionDenied(required.clone());
-        tracing::warn!(
-            target: AUDIT,
-            rpc = "RoleCheck",
-            outcome = refused.kind().as_str(),
-            caller.id = caller.id.get(),
-            caller.name = caller.name.as_str(),
-            role = required.as_str(),
-            reason = %refused,
-            "role check refused"
-        );
+        self.refusals.record(Refusal {
+            rpc: audit::ROLE_CHECK,
+            source: None,
+            reason: "missing_role",
+            outcome: refused.kind().as_str(),
+            detail: &refused,
+            caller: Some(audit::Caller {
+                id: caller.id.get(),
+                name: caller.name.as_str(),
+            }),
+            role: Some(required.as_str()),
+        });
         Err(refused)
     }
 

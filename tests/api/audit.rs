@@ -299,3 +299,71 @@ async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
     assert_eq!(refused[1]["rpc"], "Create");
     assert!(refused[1]["caller.name"].is_null());
 }
+
+#[tokio::test]
+async fn an_authenticated_flood_is_summarized_per_caller_call_and_role() {
+    let (_guard, logs) = crate::logs::capture_logs();
+    // One interval for the whole test; the summary is written at shutdown.
+    let service = sts::config::ServiceConfig {
+        refusal_summary_interval: std::time::Duration::from_secs(600),
+        ..Default::default()
+    };
+    let app = crate::helpers::spawn_router_with(service).await;
+    let (token, id) = app.create("ci", &["viewer"]).await;
+    let key = [("x-api-key", token.as_bytes())];
+    const N: usize = 500;
+    for _ in 0..N {
+        let refused = app.call("GET", "/api/auth?role=admin", &key, "").await;
+        assert_eq!(refused.status, 403);
+        let refused = app.call("GET", "/api/security/tokens", &key, "").await;
+        assert_eq!(refused.status, 403);
+    }
+    // Another role is another kind: its first refusal is in full too.
+    let refused = app.call("GET", "/api/auth?role=deployer", &key, "").await;
+    assert_eq!(refused.status, 403);
+
+    let mine = |event: &Value| event["fields"]["caller.id"] == id;
+    let before_shutdown = logs.target(AUDIT).into_iter().filter(mine).count();
+    assert_eq!(before_shutdown, 3, "only the first of each kind, at once");
+    // Metrics count every one.
+    assert_eq!(
+        app.metric("sts_role_checks_total{outcome=\"refused\"}")
+            .await,
+        (N + 1) as f64
+    );
+    app.service.shutdown().await.unwrap();
+    let events: Vec<Value> = logs.target(AUDIT).into_iter().filter(mine).collect();
+    let counted: u64 = events
+        .iter()
+        .filter_map(|e| e["fields"]["count"].as_u64())
+        .sum();
+    assert_eq!(counted, 2 * (N as u64 - 1), "{events:#?}");
+    // In full: the first of each (call, role); then one summary each.
+    let full: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["fields"]["count"].is_null())
+        .map(|e| {
+            let f = &e["fields"];
+            (
+                f["rpc"].as_str().unwrap().into(),
+                f["role"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("RoleCheck", "admin"),
+        ("List", "stackstate-admin"),
+        ("RoleCheck", "deployer"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(r, o)| (r.to_string(), o.to_string()))
+        .collect();
+    assert_eq!(full, expected, "{events:#?}");
+    assert_eq!(events.len(), 5, "{events:#?}");
+    for event in &events {
+        assert_eq!(event["fields"]["caller.name"], "ci", "{event:#}");
+        assert_eq!(event["fields"]["outcome"], "PERMISSION_DENIED", "{event:#}");
+        assert_eq!(event["level"], "WARN");
+    }
+}
