@@ -248,17 +248,35 @@ struct ServeArgs {
     /// The key events are signed with (HMAC-SHA256, header
     /// X-Sts-Signature-256); at least 16 bytes. Best given through the
     /// environment, from a Secret.
-    #[arg(long, env = "STS_WEBHOOK_SECRET", hide_env_values = true, value_parser = WebhookSecret::parse)]
-    webhook_secret: Option<WebhookSecret>,
+    #[arg(long, env = "STS_WEBHOOK_SECRET", hide_env_values = true, value_parser = SecretArg::new)]
+    webhook_secret: Option<SecretArg>,
     /// Most events kept undelivered; beyond it new events are dropped
     /// (counted in sts_events_dropped_total), never the change itself.
     #[arg(long, env = "STS_EVENT_OUTBOX_CAPACITY", default_value_t = DEFAULT_OUTBOX_CAPACITY)]
     event_outbox_capacity: u64,
 }
 
+/// A secret as given on the command line, checked only after clap is done:
+/// clap's message for a value its parser refuses quotes the value.
+#[derive(Clone)]
+struct SecretArg(String);
+
+impl SecretArg {
+    fn new(text: &str) -> Result<SecretArg, std::convert::Infallible> {
+        Ok(SecretArg(text.to_owned()))
+    }
+}
+
 impl ServeArgs {
     fn webhooks(&self) -> anyhow::Result<Option<WebhookConfig>> {
-        match (&self.webhook_secret, self.webhook_urls.is_empty()) {
+        let secret = match &self.webhook_secret {
+            Some(SecretArg(text)) => Some(
+                WebhookSecret::parse(text)
+                    .map_err(|e| anyhow::anyhow!("invalid --webhook-secret: {e}"))?,
+            ),
+            None => None,
+        };
+        match (secret, self.webhook_urls.is_empty()) {
             // A secret mounted for every pod, URLs set where events are
             // wanted: not an error, but worth a word.
             (Some(_), true) => {
@@ -273,7 +291,7 @@ impl ServeArgs {
             ),
             (Some(secret), false) => Ok(Some(WebhookConfig {
                 outbox_capacity: self.event_outbox_capacity,
-                ..WebhookConfig::new(self.webhook_urls.clone(), secret.clone())
+                ..WebhookConfig::new(self.webhook_urls.clone(), secret)
             })),
         }
     }

@@ -105,8 +105,7 @@ const NO_TOKEN: &str = "is not a TokenReview: it needs `spec.token`, a string";
 /// two have the same fields.
 fn parse(body: &[u8]) -> Result<(&'static str, TokenReview), Error> {
     let invalid = |problem: String| Error::from(FieldError::new("TokenReview", problem));
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let mut value: Value = super::decode::json(body, "a TokenReview", &[])?;
     let version = match value.get("apiVersion").and_then(Value::as_str) {
         Some(V1) => V1,
         Some(V1BETA1) => V1BETA1,

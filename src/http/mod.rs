@@ -6,6 +6,7 @@
 mod api;
 mod body;
 mod caller;
+mod decode;
 mod front;
 mod kubernetes;
 mod oauth2;

@@ -15,7 +15,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HttpState, api::TokenJson, api::epoch_millis, body, caller::Peer, json};
+use super::{HttpState, api::TokenJson, api::epoch_millis, body, caller::Peer, decode, json};
 use crate::{
     credential,
     error::Error,
@@ -199,11 +199,13 @@ fn stream_all(
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateJson {
     name: String,
     roles: Vec<String>,
-    /// Epoch milliseconds.
+    /// Epoch milliseconds. `expiration` is what `GET` calls it: a client
+    /// that copies a token's JSON must not create one that never expires.
+    #[serde(alias = "expiration")]
     expiry_date: Option<i64>,
     #[serde(default)]
     description: String,
@@ -223,10 +225,22 @@ struct CreatedJson {
 /// What StackState's REST calls a new token's expiration.
 const EXPIRY_DATE: &str = "expiryDate";
 
+/// What `GET` shows of a token that a create cannot set: refused by name
+/// (a client copying a token's JSON learns which), not ignored.
+const SET_BY_THE_SERVER: &[&str] = &[
+    "id",
+    "disabled",
+    "createdAt",
+    "createdBy",
+    "updatedAt",
+    "lastUsedAt",
+    "previousSecretExpiration",
+    "previousSecretLastUsedAt",
+];
+
 /// A JSON body, or the error that says why it is not one.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
-    Ok(serde_json::from_slice(body)
-        .map_err(|e| FieldError::new("body", format!("is not {what}: {e}")))?)
+    Ok(decode::json(body, what, SET_BY_THE_SERVER)?)
 }
 
 fn path_id(id: &str) -> Result<TokenId, Error> {
@@ -362,8 +376,15 @@ fn patch_edit(patch: &Value, current: &Labels) -> Result<Edit, FieldError> {
                 );
             }
             (other, _) => {
+                // The client's key: repeated only when it looks like a
+                // field name (a secret sent as a key is not).
+                let field = if decode::plausible(other) {
+                    other
+                } else {
+                    "body"
+                };
                 return Err(FieldError::new(
-                    other,
+                    field,
                     "cannot be changed (name, roles, expiryDate, description, labels, disabled can)",
                 ));
             }

@@ -114,15 +114,15 @@ async fn bad_bodies_are_400_and_change_nothing() {
         ("", "body"),
         ("{not json", "body"),
         ("[]", "body"),
-        (r#"{"roles": ["r"]}"#, "body"),
-        (r#"{"name": "n"}"#, "body"),
-        (r#"{"name": "n", "roles": "r"}"#, "body"),
+        (r#"{"roles": ["r"]}"#, "name: is required"),
+        (r#"{"name": "n"}"#, "roles: is required"),
+        (r#"{"name": "n", "roles": "r"}"#, "roles: must be an array"),
         (r#"{"name": "", "roles": ["r"]}"#, "name"),
         (r#"{"name": "n", "roles": []}"#, "roles"),
         (r#"{"name": "n", "roles": ["a b"]}"#, "roles[0]"),
         (
             r#"{"name": "n", "roles": ["r"], "expiryDate": "soon"}"#,
-            "body",
+            "expiryDate: must be a whole number",
         ),
         (
             &format!(r#"{{"name": "n", "roles": ["r"], "expiryDate": {past}}}"#),
@@ -243,5 +243,138 @@ async fn list_walks_past_one_page() {
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "id order, no duplicates"
+    );
+}
+
+#[tokio::test]
+async fn create_refuses_fields_it_would_ignore_and_takes_expiration_as_get_names_it() {
+    let app = spawn_router().await;
+    let in_a_day = app.clock.now() + Duration::from_secs(86_400);
+    let ms = in_a_day.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    // `expiration`, what GET calls it, is taken: the token expires.
+    let body = format!(r#"{{"name": "copied", "roles": ["r"], "expiration": {ms}}}"#);
+    let created = app.admin("POST", TOKENS, &body).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(created.json()["expiration"], ms);
+    let cases = [
+        (
+            format!(r#"{{"name": "n", "roles": ["r"], "expiryDate": {ms}, "expiration": {ms}}}"#),
+            "expiryDate: is given twice",
+        ),
+        (
+            r#"{"name": "n", "roles": ["r"], "expires": 1}"#.to_owned(),
+            "expires: is not a field of a token request",
+        ),
+        (
+            r#"{"id": 5, "name": "n", "roles": ["r"]}"#.to_owned(),
+            "id: is set by the server",
+        ),
+        (
+            r#"{"name": "n", "roles": ["r"], "createdAt": 5}"#.to_owned(),
+            "createdAt: is set by the server",
+        ),
+        (
+            r#"{"name": "n", "roles": ["r"], "disabled": true}"#.to_owned(),
+            "disabled: is set by the server (or by a later update)",
+        ),
+    ];
+    for (body, says) in cases {
+        let refused = app.admin("POST", TOKENS, &body).await;
+        assert_eq!(refused.status, 400, "{body}");
+        let message = refused.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let listed = app.admin("GET", TOKENS, "").await.json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "the admin and `copied`"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_in_a_bad_body_is_never_repeated_in_the_answer_or_the_log() {
+    let (_guard, logs) = crate::logs::capture_logs();
+    let app = spawn_router().await;
+    let (secret, id) = app.create("victim", &["r"]).await;
+    let reviewer = app.create("reviewer", &["token-reviewer"]).await.0;
+    let s = &secret;
+    let requests = [
+        (
+            "POST",
+            TOKENS.to_owned(),
+            format!(r#"{{"name": "n", "roles": "{s}"}}"#),
+            "roles: must be an array",
+        ),
+        (
+            "POST",
+            TOKENS.to_owned(),
+            format!(r#"{{"name": "n", "roles": ["r"], "expiryDate": "{s}"}}"#),
+            "expiryDate: must be a whole number",
+        ),
+        (
+            "POST",
+            TOKENS.to_owned(),
+            format!(r#"{{"name": "n", "roles": ["r"], "{s}": 1}}"#),
+            "not a field of a token request",
+        ),
+        (
+            "POST",
+            TOKENS.to_owned(),
+            format!(r#"{{"name": "{s}"#),
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            format!("{TOKENS}/{id}/rotate"),
+            format!(r#"{{"gracePeriodSeconds": "{s}"}}"#),
+            "gracePeriodSeconds: must be a whole number, 0 or more",
+        ),
+        (
+            "POST",
+            format!("{TOKENS}/{id}/rotate"),
+            format!(r#"{{"{s}": 1}}"#),
+            "not a field of a rotation request",
+        ),
+        (
+            "PATCH",
+            format!("{TOKENS}/{id}"),
+            format!(r#"{{"expiryDate": "{s}"}}"#),
+            "expiryDate: must be epoch milliseconds",
+        ),
+        (
+            "PATCH",
+            format!("{TOKENS}/{id}"),
+            format!(r#"{{"{s}": 1}}"#),
+            "cannot be changed",
+        ),
+        (
+            "PATCH",
+            format!("{TOKENS}/{id}"),
+            format!(r#"{{"roles": ["{s}", 1]}}"#),
+            "roles: must be an array of strings",
+        ),
+    ];
+    for (method, path, body, says) in &requests {
+        let answer = app.admin(method, path, body).await;
+        assert_eq!(answer.status, 400, "{method} {path} {body}");
+        let text = answer.text();
+        assert!(text.contains(says), "{method} {path}: {text}");
+        assert!(!text.contains(&secret[7..20]), "{method} {path}: {text}");
+    }
+    // TokenReview's body as well.
+    let review = format!(r#"{{"apiVersion": "authentication.k8s.io/v1", "spec": {{"token": "{s}""#);
+    let key = [("x-api-key", reviewer.as_bytes())];
+    let answer = app
+        .call("POST", "/api/kubernetes/tokenreview", &key, &review)
+        .await;
+    assert_eq!(answer.status, 400);
+    assert!(!answer.text().contains(&secret[7..20]), "{}", answer.text());
+    let logged = serde_json::to_string(&logs.events()).unwrap();
+    assert!(!logged.contains(&secret[7..20]), "the log holds the secret");
+    // The first refusal of its kind is in the audit in full.
+    assert!(
+        logged.contains("roles: must be an array"),
+        "the refusals were audited"
     );
 }

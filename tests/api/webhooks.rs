@@ -554,6 +554,27 @@ async fn the_server_refuses_webhooks_it_could_not_sign() {
         assert!(stderr.contains(says), "{stderr}");
         assert!(!stderr.contains(SECRET), "{stderr}");
     }
+    // A secret too short, given as a flag or in the environment, is not
+    // printed back.
+    const SHORT: &str = "shortsecret42";
+    for (args, env) in [
+        (vec!["--webhook-secret", SHORT], vec![]),
+        (vec![], vec![("STS_WEBHOOK_SECRET", SHORT)]),
+    ] {
+        let output = crate::process::sts_server()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args(["--webhook-url", "http://127.0.0.1:9/hook"])
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--webhook-secret"), "{stderr}");
+        assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+        assert!(!stderr.contains(SHORT), "{stderr}");
+    }
 }
 
 #[tokio::test]
