@@ -784,7 +784,9 @@ impl TokenSummary {
 pub struct ListFilter {
     pub name_prefix: Option<String>,
     pub role: Option<Role>,
-    /// Not used since then (never used included).
+    /// Not used since then: last used before it, or never used and created
+    /// before it (one rule with `sts_tokens_unused`: a token made a minute
+    /// ago has not been unused for 90 days).
     pub unused_since: Option<SystemTime>,
     /// Expiring before then (expired included).
     pub expiring_before: Option<SystemTime>,
@@ -844,7 +846,7 @@ impl ListFilter {
                 .is_none_or(|role| token.roles.contains(role))
             && self
                 .unused_since
-                .is_none_or(|since| token.last_used_at.is_none_or(|used| used < since))
+                .is_none_or(|since| token.last_used_at.unwrap_or(token.created_at) < since)
             && self.expiring_before.is_none_or(|before| {
                 token
                     .expiration

@@ -589,7 +589,7 @@ impl Store for PostgresStore {
             "SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 \
              AND ($3::text IS NULL OR left(name, length($3)) = $3) \
              AND ($4::text IS NULL OR $4 = ANY(roles)) \
-             AND ($5::timestamptz IS NULL OR last_used_at IS NULL OR last_used_at < $5) \
+             AND ($5::timestamptz IS NULL OR COALESCE(last_used_at, created_at) < $5) \
              AND ($6::timestamptz IS NULL OR expires_at < $6) \
              AND ($7::boolean IS NULL OR disabled = $7) \
              AND ($8::timestamptz IS NULL OR expires_at IS NULL OR expires_at > $8) \

@@ -911,11 +911,14 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
             &["all"]
         };
         let name = format!("{}-{i}", if i < 6 { "ci" } else { "ops" });
+        // Odd ones made two hours ago: never used, they count as unused
+        // from then.
+        let created = now - hour * 2 * (i % 2);
         let token = store
             .insert(
                 Token::generate().hash(),
                 &new_token(&name, roles, expiration),
-                now,
+                created,
                 None,
             )
             .await
@@ -952,6 +955,11 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
         },
         ListFilter {
             unused_since: Some(now + Duration::from_secs(5)),
+            ..ListFilter::default()
+        },
+        // Never used counts from creation: the odd ones only.
+        ListFilter {
+            unused_since: Some(now - hour),
             ..ListFilter::default()
         },
         ListFilter {
