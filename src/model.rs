@@ -681,6 +681,14 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether this change, having made `after` of `before`, changes
+    /// nothing a client can see: an edit that sets every field to what it
+    /// was. Stores then write nothing (no event, no new `updated_at`). A
+    /// rotation always changes the secret.
+    pub fn changes_nothing(&self, before: &ServiceToken, after: &ServiceToken) -> bool {
+        matches!(self, Change::Edit(_)) && Edit::changes(before, after).is_empty()
+    }
+
     /// `stored` with this change applied at `at`.
     pub fn apply(&self, stored: &StoredToken, at: SystemTime) -> StoredToken {
         match self {

@@ -727,6 +727,10 @@ impl TokenService {
             .change(admin, id, &Change::Edit(edit), now, event)
             .await?;
         let changes = Edit::changes(&before, &after);
+        if changes.is_empty() {
+            // Nothing changed, so nothing was written: no event, no audit.
+            return Ok(after.seen_at(now));
+        }
         let rpc = match (before.disabled, after.disabled) {
             (false, true) => "Disable",
             (true, false) => "Enable",

@@ -634,6 +634,10 @@ impl Store for PostgresStore {
         if let Some(previous) = &mut after.token.previous_secret {
             previous.expiration = to_db_time(previous.expiration).into();
         }
+        if change.changes_nothing(&before.token, &after.token) {
+            // Nothing written: the row lock ends with the transaction.
+            return Ok(Outcome::Done((before.token.clone(), before.token)));
+        }
         if let Some(what) =
             lockout(&mut transaction, &before.token, Some(&after.token), keep).await?
         {

@@ -521,6 +521,10 @@ impl SledStore {
         };
         let before = Record::decode_stored(&bytes)?;
         let after = change.apply(&before, keep.now);
+        // Changes are serialized by `_serial`: what `before` says holds.
+        if change.changes_nothing(&before.token, &after.token) {
+            return Ok(Outcome::Done((before.token.clone(), before.token)));
+        }
         if let Some(what) = self.lockout(&before.token, Some(&after.token), keep)? {
             return Ok(Outcome::Lockout(what));
         }

@@ -248,8 +248,18 @@ async fn the_list_keeps_stackstate_s_columns_and_widens_on_request() {
     );
     // Never used counts from creation: made seconds ago, they have not
     // been unused for 90 days; they have been for no time at all.
-    let list = ["service-token", "list", "--name-prefix", "ci-", "--unused-for"];
-    assert!(names(&terminal, &[&list[..], &["90d"]].concat()).await.is_empty());
+    let list = [
+        "service-token",
+        "list",
+        "--name-prefix",
+        "ci-",
+        "--unused-for",
+    ];
+    assert!(
+        names(&terminal, &[&list[..], &["90d"]].concat())
+            .await
+            .is_empty()
+    );
     assert_eq!(
         names(&terminal, &[&list[..], &["0s"]].concat()).await,
         ["ci-idle", "ci-used"]

@@ -1139,6 +1139,17 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Done(_)));
+    // Disabling it again changes nothing: no event, no new updated_at.
+    let later = now + Duration::from_secs(1);
+    let again = Draft::edited(actor(), later);
+    let (before, after) = done(
+        store
+            .change(created.id, &disable, &keep_at(later), Some(&again))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(after.updated_at, now);
     let missing = TokenId::parse(12345).unwrap();
     let gone = store
         .delete(missing, &keep_at(now), Some(&Draft::deleted(actor(), now)))

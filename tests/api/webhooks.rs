@@ -621,3 +621,61 @@ async fn two_replicas_deliver_each_event_once() {
     drop((a, b));
     database.drop().await;
 }
+
+#[tokio::test]
+async fn an_update_that_changes_nothing_is_neither_written_delivered_nor_audited() {
+    let (_guard, logs) = crate::logs::capture_logs();
+    let receiver = Receiver::start().await;
+    let app = app_with_webhooks(webhooks(&[&receiver.url])).await;
+    let mut request = create_request("ci", &["deploy"]);
+    request.description = "the pipeline".into();
+    request.labels = [("team".to_owned(), "ci".to_owned())].into();
+    let (_, created) = app.create_with(request).await;
+    // Every field set to what it is, over gRPC and REST.
+    let same = app
+        .update(
+            created.clone(),
+            &[
+                "name",
+                "roles",
+                "description",
+                "labels",
+                "disabled",
+                "expiration",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.updated_at, created.updated_at);
+    let patched = reqwest::Client::new()
+        .patch(format!("http://{}/api/security/tokens/{}", app.addr, created.id))
+        .header("x-api-key", &app.admin_token)
+        .body(r#"{"name": "ci", "labels": {"team": "ci"}, "description": "the pipeline", "disabled": false}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    assert_eq!(
+        app.get(created.id).await.unwrap().updated_at,
+        created.updated_at
+    );
+    // A real change after them: delivered in order, so had the no-ops
+    // made events, they would have arrived first.
+    app.update(
+        ServiceToken {
+            name: "ci-2".into(),
+            ..created.clone()
+        },
+        &["name"],
+    )
+    .await
+    .unwrap();
+    let delivered = receiver.wait_for(2).await;
+    assert_eq!(types(&delivered), ["token.created", "token.updated"]);
+    let updates = logs
+        .target(sts::service::AUDIT)
+        .into_iter()
+        .filter(|e| e["fields"]["message"] == "service token updated")
+        .count();
+    assert_eq!(updates, 1, "only the rename is audited");
+}
