@@ -32,8 +32,8 @@ pub const AUDIT: &str = "sts::audit";
 /// together, so memory stays bounded under a distributed flood.
 pub const MAX_KEYS: usize = 16;
 
-/// An unauthenticated refusal's kind: RPC, source, reason.
-type AnonymousKey = (&'static str, Option<IpAddr>, &'static str);
+/// An unauthenticated refusal's kind: RPC, source, reason, outcome.
+type AnonymousKey = (&'static str, Option<IpAddr>, &'static str, &'static str);
 
 /// An authenticated refusal's kind: caller id, RPC, outcome, role.
 type CallerKey = (u64, &'static str, &'static str, Option<String>);
@@ -113,7 +113,7 @@ impl Refusals {
         let first = {
             let mut window = self.lock();
             if window.first_logged {
-                let key = (refusal.rpc, refusal.source, refusal.reason);
+                let key = (refusal.rpc, refusal.source, refusal.reason, refusal.outcome);
                 let room = window.anonymous.len() < MAX_KEYS;
                 match window.anonymous.get_mut(&key) {
                     Some(count) => *count += 1,
@@ -135,7 +135,7 @@ impl Refusals {
                 outcome = refusal.outcome,
                 source = %Source(refusal.source),
                 reason = %refusal.detail,
-                "management call refused (further unauthenticated refusals in the next {:?} are summarized)",
+                "call refused to a caller without a valid credential (further such refusals in the next {:?} are summarized)",
                 self.interval
             );
         }
@@ -196,26 +196,25 @@ impl Refusals {
     pub fn flush(&self) {
         let window = std::mem::take(&mut *self.lock());
         let seconds = self.interval.as_secs_f64();
-        for ((rpc, source, reason), count) in window.anonymous {
+        for ((rpc, source, reason, outcome), count) in window.anonymous {
             tracing::warn!(
                 target: AUDIT,
                 rpc,
-                outcome = "UNAUTHENTICATED",
+                outcome,
                 source = %Source(source),
                 reason,
                 count,
                 window_seconds = seconds,
-                "management calls refused to unauthenticated callers (summary)"
+                "calls refused to callers without a valid credential (summary)"
             );
         }
         if window.anonymous_others > 0 {
             tracing::warn!(
                 target: AUDIT,
-                outcome = "UNAUTHENTICATED",
                 source = "others",
                 count = window.anonymous_others,
                 window_seconds = seconds,
-                "management calls refused to unauthenticated callers (summary of further sources)"
+                "calls refused to callers without a valid credential (summary of further sources)"
             );
         }
         for ((id, rpc, outcome, role), count) in window.callers {

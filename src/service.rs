@@ -590,8 +590,27 @@ impl TokenService {
     pub async fn authorize_reviewer(
         &self,
         presented: Result<&str, AuthError>,
+        rpc: &'static str,
+        source: Option<IpAddr>,
     ) -> Result<Authenticated, Error> {
-        let caller = self.authenticate_secret(presented).await?;
+        let caller = match self.authenticate_secret(presented).await {
+            Ok(caller) => caller,
+            Err(refused) => {
+                self.refusals.record(Refusal {
+                    rpc,
+                    source,
+                    reason: match &refused {
+                        Error::Unauthenticated(why) => why.as_str(),
+                        _ => "store_error",
+                    },
+                    outcome: refused.kind().as_str(),
+                    detail: &refused,
+                    caller: None,
+                    role: None,
+                });
+                return Err(refused);
+            }
+        };
         self.require_role(&caller.token, &self.config.reviewer_role)?;
         Ok(caller)
     }
@@ -919,7 +938,17 @@ impl TokenService {
         if let Err(retry_after) = self.revocations.check(source, std::time::Instant::now()) {
             self.metrics
                 .management_call(RPC, ErrorKind::RateLimited.as_str());
-            return Err(Error::RateLimited { retry_after });
+            let limited = Error::RateLimited { retry_after };
+            self.refusals.record(Refusal {
+                rpc: RPC,
+                source,
+                reason: "rate_limited",
+                outcome: limited.kind().as_str(),
+                detail: &limited,
+                caller: None,
+                role: None,
+            });
+            return Err(limited);
         }
         if secrets.is_empty() || secrets.len() > MAX_REVOKED_PER_CALL {
             return Err(FieldError::new(
@@ -930,7 +959,32 @@ impl TokenService {
         }
         let mut results = Vec::with_capacity(secrets.len());
         for secret in secrets {
-            results.push(self.revoke_one(secret, source).await?);
+            let revoked = self.revoke_one(secret, source).await?;
+            // What revoked nothing is summarized (a scanner may send a
+            // thousand stale tokens): the first in full, then counts.
+            let missed = match revoked {
+                Revoked::Revoked => None,
+                Revoked::NotFound => {
+                    Some(("not_found", "NOT_FOUND", "no live token has this secret"))
+                }
+                Revoked::Malformed => Some((
+                    "malformed",
+                    "INVALID_ARGUMENT",
+                    "not a token: its checksum does not hold",
+                )),
+            };
+            if let Some((reason, outcome, detail)) = missed {
+                self.refusals.record(Refusal {
+                    rpc: RPC,
+                    source,
+                    reason,
+                    outcome,
+                    detail: &detail,
+                    caller: None,
+                    role: None,
+                });
+            }
+            results.push(revoked);
         }
         self.metrics.management_call(RPC, "OK");
         Ok(results)

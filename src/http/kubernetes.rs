@@ -16,7 +16,7 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
-use super::{HttpState, api::insert_previous_secret, body};
+use super::{HttpState, api::insert_previous_secret, body, caller::Peer};
 use crate::{
     config::{IntegrationConfig, KubernetesUsername},
     credential::{self, AuthError},
@@ -38,12 +38,13 @@ pub const TOKEN_ID_EXTRA: &str = "sts.token-id";
 /// store cannot say.
 pub async fn token_review(
     State(state): State<HttpState>,
+    Peer(source): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
     let reviewer = state
         .service
-        .authorize_reviewer(credential::presented(&headers))
+        .authorize_reviewer(credential::presented(&headers), "TokenReview", source)
         .await?;
     let body = body::read(body, state.bodies.max_bytes).await?;
     let (version, review) = parse(&body)?;

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{HttpState, api::epoch_millis, api::insert_previous_secret, body};
+use super::{HttpState, api::epoch_millis, api::insert_previous_secret, body, caller::Peer};
 use crate::{
     credential,
     error::Error,
@@ -51,13 +51,14 @@ const TOKEN_TYPE: &str = "service_token";
 /// without it, the endpoint would let anyone scan for tokens).
 pub async fn introspect(
     State(state): State<HttpState>,
+    Peer(source): Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
     let presented = credential::presented_or_basic(&headers);
     let reviewer = state
         .service
-        .authorize_reviewer(presented.as_deref().map_err(|e| *e))
+        .authorize_reviewer(presented.as_deref().map_err(|e| *e), "Introspect", source)
         .await?;
     let body = body::read(body, state.bodies.max_bytes).await?;
     let token = form_token(&body)?;

@@ -367,3 +367,53 @@ async fn an_authenticated_flood_is_summarized_per_caller_call_and_role() {
         assert_eq!(event["level"], "WARN");
     }
 }
+
+#[tokio::test]
+async fn unauthenticated_reviews_and_revocations_that_revoke_nothing_are_summarized() {
+    let (_guard, logs) = crate::logs::capture_logs();
+    let service = sts::config::ServiceConfig {
+        refusal_summary_interval: std::time::Duration::from_secs(600),
+        ..Default::default()
+    };
+    let app = crate::helpers::spawn_router_with(service).await;
+    let form = [("content-type", b"application/x-www-form-urlencoded".as_slice())];
+    let json = [("content-type", b"application/json".as_slice())];
+    for _ in 0..4 {
+        let answer = app.call("POST", "/oauth2/introspect", &form, "token=x").await;
+        assert_eq!(answer.status, 401);
+        let answer = app.call("POST", "/api/kubernetes/tokenreview", &json, "{}").await;
+        assert_eq!(answer.status, 401);
+    }
+    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let revoke = |secret: &str| format!(r#"{{"tokens": ["{secret}"]}}"#);
+    for secret in [unknown.as_str(); 6].into_iter().chain(["nope"; 4]) {
+        let answer = app
+            .call("POST", "/api/security/tokens/revoke", &json, &revoke(secret))
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+    for _ in 0..3 {
+        let answer = app
+            .call("POST", "/api/security/tokens/revoke", &json, &revoke(&unknown))
+            .await;
+        assert_eq!(answer.status, 429);
+    }
+    app.service.shutdown().await.unwrap();
+    let mut events = logs.target(AUDIT);
+    events.retain(|e| e["fields"]["rpc"] != "bootstrap");
+    let count = |rpc: &str, reason: &str| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["fields"]["rpc"] == rpc && e["fields"]["reason"] == reason)
+            .filter_map(|e| e["fields"]["count"].as_u64())
+            .sum()
+    };
+    // The first (an introspection) in full, every other one counted.
+    assert_eq!(events[0]["fields"]["rpc"], "Introspect", "{events:#?}");
+    assert_eq!(count("Introspect", "missing"), 3, "{events:#?}");
+    assert_eq!(count("TokenReview", "missing"), 4, "{events:#?}");
+    assert_eq!(count("RevokeLeaked", "not_found"), 6, "{events:#?}");
+    assert_eq!(count("RevokeLeaked", "malformed"), 4, "{events:#?}");
+    assert_eq!(count("RevokeLeaked", "rate_limited"), 3, "{events:#?}");
+    assert!(events.len() <= 6, "{events:#?}");
+}
