@@ -33,6 +33,7 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod text;
 pub mod token;
 pub mod webhook;
 

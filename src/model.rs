@@ -8,10 +8,10 @@ use std::{
 };
 
 use rand::Rng;
-use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::{
     clock::{MAX_UNIX_SECONDS, MIN_UNIX_SECONDS},
+    text::{MAX_COMBINING_MARKS, is_format, is_misleading, longest_mark_run},
     token::TokenHash,
 };
 
@@ -86,12 +86,6 @@ impl fmt::Display for TokenId {
     }
 }
 
-/// Whether `c` is a Unicode format character (general category Cf), the
-/// class that holds every bidi control and zero-width character.
-pub fn is_format(c: char) -> bool {
-    c.general_category() == GeneralCategory::Format
-}
-
 /// A token's human-readable name: trimmed, non-empty, bounded, printable.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TokenName(String);
@@ -116,6 +110,20 @@ impl TokenName {
                 "must not contain invisible Unicode format characters (bidi controls, zero-width characters)"
             };
             return Err(FieldError::new("name", problem));
+        }
+        if name.0.chars().any(is_misleading) {
+            return Err(FieldError::new(
+                "name",
+                "must not contain line separators, spaces other than U+0020, blank-looking, private-use or unassigned characters",
+            ));
+        }
+        if longest_mark_run(&name.0) > MAX_COMBINING_MARKS {
+            return Err(FieldError::new(
+                "name",
+                format!(
+                    "must not stack more than {MAX_COMBINING_MARKS} combining marks on one character"
+                ),
+            ));
         }
         Ok(name)
     }
@@ -1140,6 +1148,42 @@ mod tests {
             );
         }
         assert!(TokenName::parse("caf\u{e9} \u{1f600}").is_ok());
+    }
+
+    #[test]
+    fn names_that_break_lines_look_blank_or_spill_over_are_refused() {
+        for misleading in [
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "ci\u{a0}deploy",
+            "ci\u{3000}deploy",
+            "ci\u{2009}deploy",
+            "\u{3164}",
+            "a\u{2800}b",
+            "a\u{e000}b",
+            "a\u{f0000}b",
+            "a\u{0378}b",
+        ] {
+            let refused = TokenName::parse(misleading).unwrap_err();
+            assert!(
+                refused.problem.contains("line separators"),
+                "{misleading:?}"
+            );
+            // An earlier release's stored name still reads back.
+            assert!(TokenName::read_back(misleading).is_ok());
+        }
+        let marks = |n: usize| format!("e{}", "\u{301}".repeat(n));
+        assert!(TokenName::parse(&marks(MAX_COMBINING_MARKS)).is_ok());
+        let zalgo = TokenName::parse(&marks(MAX_COMBINING_MARKS + 1)).unwrap_err();
+        assert!(zalgo.problem.contains("combining marks"), "{zalgo:?}");
+        // Scripts that need marks are fine.
+        for fine in [
+            "\u{928}\u{92e}\u{938}\u{94d}\u{924}\u{947}",
+            "ti\u{1ebf}ng vi\u{1ec7}t",
+            "a b-c_d.e",
+        ] {
+            assert!(TokenName::parse(fine).is_ok(), "{fine:?}");
+        }
     }
 
     #[test]

@@ -6,10 +6,9 @@ use std::io::Write as _;
 use anstyle::{AnsiColor, Style};
 use comfy_table::{ContentLineStyle, Table, TableStyle};
 use serde_json::{Value, json};
-use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use super::CliError;
-use crate::proto::ServiceToken;
+use crate::{proto::ServiceToken, text};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -120,20 +119,27 @@ pub fn roles(roles: &[String]) -> String {
     format!("[{}]", roles.join(" "))
 }
 
-/// `name` as a terminal may show it: Unicode format characters (bidi
-/// controls, zero-width characters: general category Cf), which the server
-/// refuses in new names but tokens from earlier releases may hold, are
-/// written as `\u{...}` so no name can read as another one or as nothing.
+/// `name` as a terminal may show it: what the server refuses in new names
+/// but tokens from earlier releases may hold (format characters, line
+/// separators, blank-looking, private-use and unassigned characters: see
+/// `text`) is written as `\u{...}`, so no name can read as another one,
+/// as nothing, or break the line; `|`, which reads as a table's column
+/// border, as `\|`, and so `\` as `\\`.
 pub fn shown(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.general_category() == GeneralCategory::Format {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
+    let mut shown = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '|' | '\\' => {
+                shown.push('\\');
+                shown.push(c);
             }
-        })
-        .collect()
+            c if text::is_format(c) || text::is_misleading(c) => {
+                shown.extend(c.escape_unicode());
+            }
+            c => shown.push(c),
+        }
+    }
+    shown
 }
 
 /// StackState's four columns of a token.
@@ -341,6 +347,8 @@ mod tests {
         assert_eq!(shown("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
         assert_eq!(shown("\u{200b}"), "\\u{200b}");
         assert_eq!(shown("café ✓"), "café ✓");
+        assert_eq!(shown("a\u{2028}b\u{a0}c"), "a\\u{2028}b\\u{a0}c");
+        assert_eq!(shown("a|b\\c"), "a\\|b\\\\c");
         let mut tokens = vec![token(1, "a\u{2066}b", &["r"], None)];
         assert!(token_table(&mut tokens).unwrap().contains("a\\u{2066}b"));
     }

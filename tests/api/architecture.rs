@@ -252,14 +252,15 @@ fn the_leaves_and_the_boundaries_hold() {
     let top = top_level(&module_graph(&library_sources()));
     let uses = |module: &str| top.get(module).cloned().unwrap_or_default();
     let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
-    for leaf in ["clock", "metrics", "proto", "token"] {
+    for leaf in ["clock", "metrics", "proto", "source", "text", "token"] {
         assert_eq!(uses(leaf), set(&[]), "{leaf} is a leaf");
     }
     // The model takes time's range (protobuf's Timestamp) from the clock.
-    assert_eq!(uses("model"), set(&["clock", "token"]));
+    assert_eq!(uses("model"), set(&["clock", "text", "token"]));
     assert_eq!(uses("cache"), set(&["model", "token"]));
-    // The client shares the API's types and error formatting, nothing of the server.
-    assert_eq!(uses("cli"), set(&["error", "proto"]));
+    // The client shares the API's types, error formatting and the rules of
+    // what in a name may mislead a reader; nothing of the server.
+    assert_eq!(uses("cli"), set(&["error", "proto", "text"]));
     // Transports reach tokens only through the service: no store, so no bootstrap.
     for transport in ["grpc", "http"] {
         assert!(!uses(transport).contains("store"), "{transport}: {top:#?}");

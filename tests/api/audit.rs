@@ -376,25 +376,42 @@ async fn unauthenticated_reviews_and_revocations_that_revoke_nothing_are_summari
         ..Default::default()
     };
     let app = crate::helpers::spawn_router_with(service).await;
-    let form = [("content-type", b"application/x-www-form-urlencoded".as_slice())];
+    let form = [(
+        "content-type",
+        b"application/x-www-form-urlencoded".as_slice(),
+    )];
     let json = [("content-type", b"application/json".as_slice())];
     for _ in 0..4 {
-        let answer = app.call("POST", "/oauth2/introspect", &form, "token=x").await;
+        let answer = app
+            .call("POST", "/oauth2/introspect", &form, "token=x")
+            .await;
         assert_eq!(answer.status, 401);
-        let answer = app.call("POST", "/api/kubernetes/tokenreview", &json, "{}").await;
+        let answer = app
+            .call("POST", "/api/kubernetes/tokenreview", &json, "{}")
+            .await;
         assert_eq!(answer.status, 401);
     }
     let unknown = sts::token::Token::generate().expose_secret().to_owned();
     let revoke = |secret: &str| format!(r#"{{"tokens": ["{secret}"]}}"#);
     for secret in [unknown.as_str(); 6].into_iter().chain(["nope"; 4]) {
         let answer = app
-            .call("POST", "/api/security/tokens/revoke", &json, &revoke(secret))
+            .call(
+                "POST",
+                "/api/security/tokens/revoke",
+                &json,
+                &revoke(secret),
+            )
             .await;
         assert_eq!(answer.status, 200);
     }
     for _ in 0..3 {
         let answer = app
-            .call("POST", "/api/security/tokens/revoke", &json, &revoke(&unknown))
+            .call(
+                "POST",
+                "/api/security/tokens/revoke",
+                &json,
+                &revoke(&unknown),
+            )
             .await;
         assert_eq!(answer.status, 429);
     }

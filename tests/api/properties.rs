@@ -193,9 +193,20 @@ proptest! {
             Ok(description) => {
                 prop_assert_eq!(description.as_str(), input.as_str());
                 prop_assert!(input.chars().count() <= MAX_DESCRIPTION_CHARS);
-                prop_assert!(!input.chars().any(|c| c.is_control() || sts::model::is_format(c)));
+                prop_assert!(!input.chars().any(|c| c.is_control() || sts::text::is_format(c)));
             }
             Err(e) => prop_assert_eq!(e.field, "description"),
+        }
+    }
+
+    #[test]
+    fn a_new_name_holds_nothing_that_misleads_a_reader(input in any::<String>()) {
+        if let Ok(name) = sts::model::TokenName::parse(&input) {
+            let text = name.as_str();
+            let misleading =
+                |c: char| c.is_control() || sts::text::is_format(c) || sts::text::is_misleading(c);
+            prop_assert!(!text.chars().any(misleading));
+            prop_assert!(sts::text::longest_mark_run(text) <= sts::text::MAX_COMBINING_MARKS);
         }
     }
 
@@ -217,7 +228,7 @@ proptest! {
                     prop_assert!(!name.is_empty() && name.len() <= 63);
                     prop_assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)));
                     prop_assert!(value.chars().count() <= MAX_LABEL_VALUE_CHARS);
-                    prop_assert!(!value.chars().any(|c| c.is_control() || sts::model::is_format(c)));
+                    prop_assert!(!value.chars().any(|c| c.is_control() || sts::text::is_format(c)));
                 }
                 // Read back, they parse to themselves.
                 let again = Labels::parse(parsed.iter()).unwrap();
