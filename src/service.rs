@@ -642,7 +642,17 @@ impl TokenService {
         Ok(Admin(caller))
     }
 
+    /// Creates a token from `new`; see [`TokenService::to_completion`].
     pub async fn create(
+        self: &Arc<Self>,
+        admin: &Admin,
+        new: NewToken,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.create_now(&admin, new).await }).await
+    }
+
+    async fn create_now(
         &self,
         admin: &Admin,
         mut new: NewToken,
@@ -719,6 +729,16 @@ impl TokenService {
     /// Anything it takes away (disabled, a role, time) holds from the
     /// answer on, here and on every replica within the cache's bound.
     pub async fn update(
+        self: &Arc<Self>,
+        admin: &Admin,
+        id: TokenId,
+        edit: Edit,
+    ) -> Result<ServiceToken, Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.update_now(&admin, id, edit).await }).await
+    }
+
+    async fn update_now(
         &self,
         admin: &Admin,
         id: TokenId,
@@ -778,6 +798,16 @@ impl TokenService {
     /// `grace` (capped at the token's expiration; zero ends it now), and a
     /// previous one still in its grace period ends now.
     pub async fn rotate(
+        self: &Arc<Self>,
+        admin: &Admin,
+        id: TokenId,
+        grace: Duration,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.rotate_now(&admin, id, grace).await }).await
+    }
+
+    async fn rotate_now(
         &self,
         admin: &Admin,
         id: TokenId,
@@ -930,6 +960,15 @@ impl TokenService {
     /// other credential is asked. Each revocation is audited with the
     /// caller's address; calls are rate-limited per address.
     pub async fn revoke_leaked(
+        self: &Arc<Self>,
+        secrets: &[String],
+        source: Option<IpAddr>,
+    ) -> Result<Vec<Revoked>, Error> {
+        let (this, secrets) = (self.clone(), secrets.to_vec());
+        to_completion(async move { this.revoke_leaked_now(&secrets, source).await }).await
+    }
+
+    async fn revoke_leaked_now(
         &self,
         secrets: &[String],
         source: Option<IpAddr>,
@@ -1034,7 +1073,12 @@ impl TokenService {
         Ok(Revoked::Revoked)
     }
 
-    pub async fn delete(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
+    pub async fn delete(self: &Arc<Self>, admin: &Admin, id: TokenId) -> Result<(), Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.delete_now(&admin, id).await }).await
+    }
+
+    async fn delete_now(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
         let now = self.clock.now();
         let event = || Draft::deleted(Actor::of(admin.token()), now);
         let deleted = self.remove(id, &self.keep_admin(now), event).await?;
@@ -1108,6 +1152,23 @@ async fn issue(
     let token = Token::generate();
     let created = store.insert(token.hash(), &new, now, event).await?;
     Ok((token, created))
+}
+
+/// Runs `unit`, a call that writes to the store and then writes the audit
+/// line (and invalidates the cache) for what it wrote, on a task of its
+/// own, and waits for it. A caller that goes away (its deadline passed, it
+/// reset the stream) drops only this wait: the unit runs on, so a change
+/// that committed is always audited, once, and never left in the cache.
+/// A SIGKILL between the commit and the audit line can still split them.
+async fn to_completion<T: Send + 'static>(
+    unit: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(unit).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is going away under it.
+        Err(e) => Err(StoreError::unavailable("the server is shutting down", e).into()),
+    }
 }
 
 /// The audit event of a new token; `caller` is `None` for a bootstrap.

@@ -434,3 +434,67 @@ async fn unauthenticated_reviews_and_revocations_that_revoke_nothing_are_summari
     assert_eq!(count("RevokeLeaked", "rate_limited"), 3, "{events:#?}");
     assert!(events.len() <= 6, "{events:#?}");
 }
+
+/// The ids of the audit events with `message`.
+fn audited_ids(logs: &crate::logs::CapturedLogs, message: &str) -> Vec<u64> {
+    logs.target(AUDIT)
+        .iter()
+        .filter(|e| e["fields"]["message"] == message)
+        .map(|e| e["fields"]["token.id"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_committed_change_is_audited_once_whatever_the_callers_deadline() {
+    use std::{collections::BTreeSet, time::Duration};
+    let (_guard, logs) = crate::logs::capture_logs();
+    let app = crate::helpers::spawn_app().await;
+    let admin_id = crate::helpers::list_all(&app.client, &app.admin_token).await[0].id;
+    const CALLS: usize = 40;
+    // Creates and deletes whose callers give up after 1 ms, a few at a
+    // time: many give up while the store syncs, after it committed.
+    let mut answered = 0;
+    for n in 0..CALLS {
+        let mut request = with_key(&app.admin_token, create_request(&format!("t{n}"), &["r"]));
+        request.set_timeout(Duration::from_millis(1));
+        answered += usize::from(app.client.clone().create(request).await.is_ok());
+    }
+    let stored = || async {
+        let all = crate::helpers::list_all(&app.client, &app.admin_token).await;
+        all.into_iter()
+            .map(|t| t.id)
+            .filter(|id| *id != admin_id)
+            .collect::<BTreeSet<_>>()
+    };
+    crate::helpers::eventually("every committed create audited", || async {
+        audited_ids(&logs, "service token created")
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == stored().await
+    })
+    .await;
+    let created = audited_ids(&logs, "service token created");
+    assert_eq!(created.len(), stored().await.len(), "one audit line each");
+    assert!(
+        answered < created.len(),
+        "no caller gave up after a commit: the test shows nothing ({answered} answered, {} created)",
+        created.len()
+    );
+
+    for id in &created {
+        let mut request = with_key(&app.admin_token, DeleteRequest { id: *id });
+        request.set_timeout(Duration::from_millis(1));
+        let _ = app.client.clone().delete(request).await;
+    }
+    crate::helpers::eventually("every committed delete audited", || async {
+        let deleted: BTreeSet<u64> = audited_ids(&logs, "service token deleted")
+            .into_iter()
+            .collect();
+        let remaining = stored().await;
+        deleted.is_disjoint(&remaining) && deleted.len() + remaining.len() == created.len()
+    })
+    .await;
+    let deleted = audited_ids(&logs, "service token deleted");
+    let unique: BTreeSet<u64> = deleted.iter().copied().collect();
+    assert_eq!(unique.len(), deleted.len(), "one audit line each");
+}
