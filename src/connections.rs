@@ -194,6 +194,9 @@ struct Table {
     /// Refusals since the last summary, by [`Refused`] (total, per source).
     refused: [u64; 2],
     last_summary: Option<Instant>,
+    /// Connections sent away for breaking the protocol since the last line.
+    misbehaved: u64,
+    last_misbehaved_line: Option<Instant>,
 }
 
 impl Connections {
@@ -264,6 +267,31 @@ impl Connections {
             group,
             slot,
         })
+    }
+
+    /// A connection the server sent away because its peer broke the
+    /// protocol (an HTTP/2 GOAWAY with `reason`: rapid resets and the
+    /// like). Counted; logged in full once a minute with the count since
+    /// the last line, never once per connection: anyone can open them.
+    pub fn misbehaved(&self, peer: Option<IpAddr>, reason: &dyn std::fmt::Display) {
+        self.metrics.protocol_error();
+        let now = Instant::now();
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.misbehaved += 1;
+        let due = table
+            .last_misbehaved_line
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_SUMMARY_INTERVAL);
+        if due {
+            let count = std::mem::take(&mut table.misbehaved);
+            table.last_misbehaved_line = Some(now);
+            drop(table);
+            tracing::warn!(
+                peer = peer.map(tracing::field::display),
+                %reason,
+                count,
+                "sent a connection away for breaking HTTP/2's rules (counts since the last such line; at most one a minute; sts_connections_protocol_errors_total counts all)"
+            );
+        }
     }
 
     fn release(&self, place: usize, group: Option<Group>) {
@@ -343,6 +371,10 @@ pub struct Admitted {
 impl Admitted {
     pub fn slot(&self) -> &Arc<Slot> {
         &self.slot
+    }
+
+    pub fn table(&self) -> &Arc<Connections> {
+        &self.connections
     }
 }
 

@@ -247,6 +247,11 @@ impl Connection {
         }
     }
 
+    /// The table this connection has its place in.
+    pub fn table(&self) -> &Arc<Connections> {
+        self.admitted.table()
+    }
+
     /// What the connection table knows of this connection: its requests in
     /// flight, and whether it was asked to make room.
     pub fn slot(&self) -> &Arc<Slot> {

@@ -107,6 +107,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Family<ReasonLabels, Counter>,
     connections_evicted: Counter,
+    protocol_errors: Counter,
 }
 
 impl Metrics {
@@ -247,8 +248,15 @@ impl Metrics {
             "Idle connections asked to close to make room for a new one (--max-connections)",
             connections_evicted.clone(),
         );
+        let protocol_errors = Counter::default();
+        registry.register(
+            "connections_protocol_errors",
+            "Connections the server sent away because the peer broke HTTP/2's rules (GOAWAY: rapid resets, flow-control abuse)",
+            protocol_errors.clone(),
+        );
         Metrics {
             registry,
+            protocol_errors,
             connections_open,
             connections_refused,
             connections_evicted,
@@ -313,6 +321,10 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn protocol_error(&self) {
+        self.protocol_errors.inc();
     }
 
     pub fn connection_evicted(&self) {

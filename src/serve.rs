@@ -147,6 +147,8 @@ impl Builders {
     ) {
         let peer = connection.connect_info();
         let slot = connection.slot().clone();
+        let table = connection.table().clone();
+        let peer_ip = connection.connect_info().remote_addr().map(|a| a.ip());
         // Decided once: a peer that is not a trusted proxy (any peer when
         // none is configured) costs nothing per request.
         let proxy = peer
@@ -187,9 +189,28 @@ impl Builders {
             until_done(self.http1.serve_connection(io, service), finish).await
         };
         if let Err(e) = served {
-            tracing::debug!(error = %e, "connection ended with an error");
+            match sent_away(&e) {
+                Some(reason) => table.misbehaved(peer_ip, &reason),
+                None => tracing::debug!(error = %e, "connection ended with an error"),
+            }
         }
     }
+}
+
+/// Why the server sent an HTTP/2 connection away, when it did so because
+/// the peer broke the protocol (h2's GOAWAY with an error: too many
+/// resets, flow-control abuse); `None` for any other end.
+fn sent_away(error: &hyper::Error) -> Option<h2::Reason> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            let reason = h2.reason()?;
+            return (h2.is_go_away() && h2.is_library() && reason != h2::Reason::NO_ERROR)
+                .then_some(reason);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 /// Drives `connection` to its end; once `finish` resolves (the server

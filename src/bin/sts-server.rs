@@ -57,8 +57,11 @@ fn parse_setting(text: &str) -> Result<Duration, String> {
 /// Name of the token `bootstrap` creates unless told otherwise.
 const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
 const MIB: u64 = 1024 * 1024;
-/// What is logged when RUST_LOG is unset (or unusable).
-const DEFAULT_LOG_FILTER: &str = "info";
+/// What is logged when RUST_LOG is unset (or unusable). h2 warns once for
+/// every connection it sends away for abuse (rapid resets): anyone could
+/// fill the log with those, so the server counts and summarizes them
+/// itself (`connections::Connections::misbehaved`) and h2's own go quiet.
+const DEFAULT_LOG_FILTER: &str = "info,h2=error";
 
 #[derive(Parser)]
 #[command(name = "sts-server", version, about = "Service-token server")]
