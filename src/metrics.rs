@@ -331,6 +331,13 @@ impl Metrics {
         self.connections_evicted.inc();
     }
 
+    /// The events waiting, as the service counts them between looks at
+    /// the outbox.
+    pub fn events_pending(&self, pending: u64) {
+        self.events_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
     pub fn event_dropped(&self) {
         self.events_dropped.inc();
     }

@@ -254,7 +254,10 @@ impl TokenService {
             self.metrics.event_dropped();
             return None;
         }
-        self.outbox.pending.fetch_add(1, Ordering::Relaxed);
+        let pending = self.outbox.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        // Current between delivery rounds too (a round may wait on a URL
+        // that hangs until its timeout).
+        self.metrics.events_pending(pending);
         Some(make())
     }
 

@@ -111,6 +111,9 @@ pub async fn deliver(service: Arc<TokenService>, config: WebhookConfig) {
         })
         .collect();
     let mut failing = false;
+    // The gauges are current from the start, not from the end of the
+    // first round (which a hanging URL may hold up for its timeout).
+    let _ = service.outbox_stats().await;
     loop {
         let round = round(&service, &client, &config, &mut destinations).await;
         match &round {

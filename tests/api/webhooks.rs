@@ -679,3 +679,33 @@ async fn an_update_that_changes_nothing_is_neither_written_delivered_nor_audited
         .count();
     assert_eq!(updates, 1, "only the rename is audited");
 }
+
+#[tokio::test]
+async fn the_pending_gauge_is_current_while_a_url_hangs() {
+    // A receiver that takes connections and never answers.
+    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hanging.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    let config = WebhookConfig {
+        // Far longer than the test: the first round waits on it throughout.
+        timeout: Duration::from_secs(120),
+        ..webhooks(&[&hanging_url])
+    };
+    let app = app_with_webhooks(config).await;
+    for name in ["a", "b", "c"] {
+        app.create(name, &["r"]).await;
+    }
+    eventually("the hanging URL is tried", || async {
+        !held.lock().unwrap().is_empty()
+    })
+    .await;
+    // Every event is owed while the round waits: the gauge says so now,
+    // not when the round ends.
+    assert_eq!(app.metric("sts_events_pending").await, 3.0);
+}
