@@ -32,8 +32,11 @@ pub const LIVENESS: &str = "liveness";
 
 /// How often readiness asks the store whether it can serve, and how long
 /// an answer may take before it counts as no.
-const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the store is checked, and how long a check may take: a store
+/// that goes away is known (readiness 503, gRPC health NOT_SERVING, calls
+/// UNAVAILABLE at once) within the two together, one second.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Keeps readiness and gRPC health in step with the store (a database that
 /// goes away and comes back), until shutdown stops it.
@@ -50,6 +53,7 @@ async fn watch_store(
         let check = tokio::time::timeout(STORE_CHECK_TIMEOUT, service.store_ready()).await;
         let ok = matches!(check, Ok(Ok(())));
         readiness.set_store_ok(ok);
+        service.set_store_reachable(ok);
         if ok == serving {
             continue;
         }

@@ -163,6 +163,10 @@ pub struct TokenService {
     /// Of leaked-token revocations, which need no credential.
     revocations: RateLimit,
     outbox: Outbox,
+    /// The last store check failed (`server::watch_store` keeps it): calls
+    /// that need the store are answered UNAVAILABLE at once meanwhile,
+    /// rather than each waiting out the database pool's acquire timeout.
+    store_away: AtomicBool,
 }
 
 /// What the service knows of the outbox between looks at the store.
@@ -198,6 +202,7 @@ impl TokenService {
             refusals: Refusals::new(config.refusal_summary_interval),
             revocations: RateLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
             outbox: Outbox::default(),
+            store_away: AtomicBool::new(false),
             store,
             clock,
             config,
@@ -518,6 +523,7 @@ impl TokenService {
             return Ok(Some(stored));
         }
         self.metrics.cache_lookup(false);
+        self.store_present()?;
         let ticket = self.cache.ticket();
         let found = self.store.find_by_hash(hash).await?;
         if let Some(stored) = &found {
@@ -1036,6 +1042,7 @@ impl TokenService {
         let Ok(hash) = TokenHash::of_presented(secret) else {
             return Ok(Revoked::Malformed);
         };
+        self.store_present()?;
         let Some(stored) = self.store.find_by_hash(&hash).await? else {
             return Ok(Revoked::NotFound);
         };
@@ -1101,6 +1108,23 @@ impl TokenService {
     /// Whether the store can serve now; readiness follows it.
     pub async fn store_ready(&self) -> Result<(), StoreError> {
         self.store.ready().await
+    }
+
+    /// What the last store check found; see `store_away`.
+    pub fn set_store_reachable(&self, reachable: bool) {
+        self.store_away.store(!reachable, Ordering::Relaxed);
+    }
+
+    /// UNAVAILABLE at once while the store is known to be away.
+    fn store_present(&self) -> Result<(), StoreError> {
+        if self.store_away.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable {
+                context: "the store failed its last health check (it is checked twice a second)"
+                    .into(),
+                source: None,
+            });
+        }
+        Ok(())
     }
 
     /// Writes the last summary of refusals and flushes the store; called

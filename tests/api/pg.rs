@@ -151,6 +151,10 @@ pub struct Proxy {
 #[derive(Default)]
 struct ProxyState {
     down: bool,
+    /// Down without a word: new connections are taken and held, silent
+    /// (a network that drops packets, not one that refuses them).
+    silent: bool,
+    held: Vec<TcpStream>,
     links: Vec<AbortHandle>,
 }
 
@@ -165,6 +169,10 @@ impl Proxy {
                 loop {
                     let (mut client, _) = listener.accept().await.unwrap();
                     let mut state_now = state.lock().unwrap();
+                    if state_now.silent {
+                        state_now.held.push(client);
+                        continue;
+                    }
                     if state_now.down {
                         continue; // dropped: connection refused, in effect
                     }
@@ -193,8 +201,18 @@ impl Proxy {
         }
     }
 
+    /// Like [`Proxy::down`], but new connections hang instead of being
+    /// refused: nothing ever answers them.
+    pub fn silent(&self) {
+        self.down();
+        self.state.lock().unwrap().silent = true;
+    }
+
     pub fn up(&self) {
-        self.state.lock().unwrap().down = false;
+        let mut state = self.state.lock().unwrap();
+        state.down = false;
+        state.silent = false;
+        state.held.clear();
     }
 }
 

@@ -534,3 +534,45 @@ async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_its
     }
     cluster.pg_ctl("stop").await;
 }
+
+#[tokio::test]
+async fn a_database_outage_is_known_within_a_second_and_calls_then_fail_at_once() {
+    let Some(database) = TestDatabase::create("replicas_outage_bound").await else {
+        return;
+    };
+    let proxy = Proxy::to(database.server_addr()).await;
+    let url = database.url_through(&proxy);
+    let _admin = bootstrap_store(&url).await;
+    let replica = Replica::start(&url).await;
+    assert!(replica.ready().await);
+    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+
+    // Gone without a word: connections to it hang rather than fail.
+    proxy.silent();
+    let cut = Instant::now();
+    eventually("not ready", || async { replica.unready().await }).await;
+    // The stated bound (a check every 500 ms, each given 500 ms), with
+    // room for this shared machine's scheduling.
+    let known = cut.elapsed();
+    assert!(
+        known < Duration::from_millis(1500),
+        "not ready after {known:?}"
+    );
+    // Known away: a call that needs the store fails at once, not after
+    // the pool's acquire timeout (2 s) each.
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let refused = validate_on(&replica.client, &unknown).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unavailable);
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+    proxy.up();
+    eventually("ready again", || async { replica.ready().await }).await;
+    assert!(!validate_on(&replica.client, &unknown).await.unwrap().valid);
+    drop(proxy);
+    database.drop().await;
+}
