@@ -1110,6 +1110,12 @@ impl TokenService {
         self.store.ready().await
     }
 
+    /// How the store's feed of other replicas' changes is doing, if it
+    /// has one (`live`, `silent`).
+    pub fn change_feed(&self) -> Option<&'static str> {
+        self.store.change_feed()
+    }
+
     /// What the last store check found; see `store_away`.
     pub fn set_store_reachable(&self, reachable: bool) {
         self.store_away.store(!reachable, Ordering::Relaxed);

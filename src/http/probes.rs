@@ -56,22 +56,23 @@ impl Readiness {
 }
 
 /// Readiness: the store answers and the server is not shutting down.
+/// With a shared store, `change_feed` says whether other replicas'
+/// changes are heard (`live`) or not (`silent`: the validation cache is
+/// off, every check asks the database, and the server stays ready).
 pub async fn readyz(State(state): State<HttpState>) -> Response {
     let readiness = state.readiness();
-    if readiness.is_ready() {
-        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    let (code, status) = if readiness.is_ready() {
+        (StatusCode::OK, "ready")
+    } else if readiness.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else {
-        let status = if readiness.is_draining() {
-            "shutting down"
-        } else {
-            "store unavailable"
-        };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": status })),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+    };
+    let mut body = json!({ "status": status });
+    if let Some(feed) = state.service.change_feed() {
+        body["change_feed"] = feed.into();
     }
+    (code, Json(body)).into_response()
 }
 
 pub async fn metrics(State(state): State<HttpState>) -> Result<Response, Error> {

@@ -310,6 +310,12 @@ pub trait Store: Send + Sync + 'static {
         Arc::new(ValidationCache::local())
     }
 
+    /// How the feed of other replicas' changes is doing (`live`, `silent`),
+    /// for readiness detail; `None` for a store no one else writes.
+    fn change_feed(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Adds the backend's own metrics (how its writes reach the disk) to the
     /// service's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}

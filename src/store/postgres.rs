@@ -15,7 +15,9 @@
 //! time `s` proves every delete committed before `s` has arrived, and the
 //! cache is trusted until `s +` [`STALENESS_BOUND`]. A lost or silent feed
 //! therefore stops the cache within the bound, and a lost connection clears
-//! it.
+//! it; one silent for [`FEED_SILENCE_LIMIT`] (a connection that went quiet
+//! without closing, which sqlx would wait on forever) is counted, reported
+//! (`change_feed`) and opened again.
 //!
 //! Times are kept to the microsecond (PostgreSQL's precision); inserts return
 //! what a later read returns.
@@ -63,6 +65,47 @@ pub const STALENESS_BOUND: Duration = Duration::from_millis(80);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(25);
 /// Pause before listening again after the feed failed.
 const FEED_RETRY: Duration = Duration::from_millis(500);
+/// A feed that hears none of its own heartbeats (40 of them) for this
+/// long is taken for stalled (a connection that went quiet without
+/// closing: sqlx would wait on it forever) and opened again.
+const FEED_SILENCE_LIMIT: Duration = Duration::from_secs(1);
+
+/// How the change feed is doing, for readiness detail and metrics.
+#[derive(Default)]
+struct FeedHealth {
+    /// The feed is not hearing its heartbeats (silent, or reconnecting).
+    silent: std::sync::atomic::AtomicBool,
+    stalls: prometheus_client::metrics::counter::Counter,
+    live: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl FeedHealth {
+    /// A heartbeat of ours arrived.
+    fn heard(&self) {
+        if self
+            .silent
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(
+                "the change feed hears its heartbeats again; the validation cache is back on"
+            );
+        }
+        self.live.set(1);
+    }
+
+    /// None arrived for [`FEED_SILENCE_LIMIT`]: counted every time, said
+    /// once per episode.
+    fn went_silent(&self) {
+        self.stalls.inc();
+        self.live.set(0);
+        if !self.silent.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                silence = ?FEED_SILENCE_LIMIT,
+                "the change feed went silent (none of its heartbeats came back); validation cache off, listening again on a new connection"
+            );
+        }
+    }
+}
 
 /// How long a call waits for a connection before the store counts as
 /// unavailable: a Validate must not hang while the database is away.
@@ -75,6 +118,7 @@ const ADMIN_LOCK: i64 = 0x7374_732d_6164_6d69;
 
 pub struct PostgresStore {
     pool: PgPool,
+    feed_health: Arc<FeedHealth>,
     /// Feed tasks started for caches over this store; stopped with it.
     feeds: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
@@ -127,6 +171,7 @@ impl PostgresStore {
             .map_err(|e| scrubbed("cannot migrate the schema", &e))?;
         Ok(PostgresStore {
             pool,
+            feed_health: Arc::default(),
             feeds: std::sync::Mutex::default(),
         })
     }
@@ -134,7 +179,7 @@ impl PostgresStore {
 
 /// Keeps `cache` informed of deletes made anywhere, and vouches for it while
 /// the channel provably works. Runs until the store drops it.
-async fn feed(pool: PgPool, cache: Arc<ValidationCache>) {
+async fn feed(pool: PgPool, cache: Arc<ValidationCache>, health: Arc<FeedHealth>) {
     let replica: u64 = rand::random();
     let sent = Arc::new(Mutex::new(VecDeque::<(u64, Instant)>::new()));
     let heartbeats = tokio::spawn(heartbeat(pool.clone(), replica, sent.clone()));
@@ -156,23 +201,37 @@ async fn feed(pool: PgPool, cache: Arc<ValidationCache>) {
         // Heartbeats sent before this instant may vouch for a time when
         // nobody was listening: they do not count.
         let mut listening_since = Instant::now();
+        let mut last_heard = Instant::now();
         tracing::info!("listening for deletes made by any replica");
         loop {
-            match listener.try_recv().await {
+            let silence_ends = last_heard + FEED_SILENCE_LIMIT;
+            let Ok(received) = tokio::time::timeout_at(silence_ends, listener.try_recv()).await
+            else {
+                cache.distrust();
+                health.went_silent();
+                // A new listener: dropping this one closes its connection.
+                break;
+            };
+            match received {
                 Ok(Some(notification)) => {
-                    receive(
+                    let ours = receive(
                         &cache,
                         &sent,
                         replica,
                         listening_since,
                         notification.payload(),
                     );
+                    if ours {
+                        last_heard = Instant::now();
+                        health.heard();
+                    }
                 }
                 Ok(None) => {
                     // Lost and re-established (sqlx reconnects before
                     // returning): deletes in between were missed.
                     cache.distrust();
                     listening_since = Instant::now();
+                    last_heard = Instant::now();
                     tracing::warn!(
                         "the delete feed's connection was lost; validation cache cleared"
                     );
@@ -188,13 +247,15 @@ async fn feed(pool: PgPool, cache: Arc<ValidationCache>) {
     }
 }
 
+/// Acts on one notification; whether it was one of this replica's own
+/// heartbeats (proof the feed is live).
 fn receive(
     cache: &ValidationCache,
     sent: &Mutex<VecDeque<(u64, Instant)>>,
     replica: u64,
     listening_since: Instant,
     payload: &str,
-) {
+) -> bool {
     if let Some(id) = payload.strip_prefix("d:") {
         match id.parse().ok().and_then(|id| TokenId::parse(id).ok()) {
             Some(id) => cache.invalidate(id),
@@ -202,7 +263,9 @@ fn receive(
             None => cache.clear(),
         }
     } else if let Some(beat) = payload.strip_prefix(&format!("h:{replica}:")) {
-        let Ok(n) = beat.parse::<u64>() else { return };
+        let Ok(n) = beat.parse::<u64>() else {
+            return false;
+        };
         let mut sent = sent.lock().unwrap_or_else(|e| e.into_inner());
         let mut sent_at = None;
         while let Some(&(m, at)) = sent.front() {
@@ -217,7 +280,9 @@ fn receive(
         if let Some(at) = sent_at.filter(|at| *at >= listening_since) {
             cache.confirm_until(at + STALENESS_BOUND);
         }
+        return true;
     }
+    false
 }
 
 /// Sends this replica's numbered heartbeats, noting when each was sent.
@@ -949,9 +1014,34 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "store_feed_stalls",
+            "Times the PostgreSQL change feed went silent (none of its heartbeats came back) and was opened again",
+            self.feed_health.stalls.clone(),
+        );
+        registry.register(
+            "store_feed_live",
+            "1 while the PostgreSQL change feed hears its own heartbeats (the validation cache may be used), 0 otherwise",
+            self.feed_health.live.clone(),
+        );
+    }
+
+    fn change_feed(&self) -> Option<&'static str> {
+        let silent = self
+            .feed_health
+            .silent
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Some(if silent { "silent" } else { "live" })
+    }
+
     fn validation_cache(&self) -> Arc<ValidationCache> {
         let cache = Arc::new(ValidationCache::confirmed());
-        let task = tokio::spawn(feed(self.pool.clone(), cache.clone()));
+        let task = tokio::spawn(feed(
+            self.pool.clone(),
+            cache.clone(),
+            self.feed_health.clone(),
+        ));
         self.feeds
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -576,3 +576,93 @@ async fn a_database_outage_is_known_within_a_second_and_calls_then_fail_at_once(
     drop(proxy);
     database.drop().await;
 }
+
+/// Resumes a PostgreSQL backend stopped with SIGSTOP when dropped, so a
+/// failing test leaves none stopped in the machine's shared cluster.
+struct Stopped(i32);
+
+impl Stopped {
+    /// Stops backend `pid` (the cluster runs on this machine, and the tests
+    /// as a user who may signal it): its socket stays open and silent.
+    fn stop(pid: i32) -> Stopped {
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success(), "cannot stop PostgreSQL backend {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_change_feed_that_goes_silent_is_logged_counted_shown_and_listened_again() {
+    let Some(database) = TestDatabase::create("replicas_feed_stall").await else {
+        return;
+    };
+    let name = format!("sts-feed-{}", database.schema);
+    let url = format!("{}&application_name={name}", database.url);
+    let admin = bootstrap_store(&url).await;
+    let replica = Replica::start(&url).await;
+    let feed_state = || async {
+        let body: serde_json::Value =
+            reqwest::get(format!("http://{}/readyz", replica.server.addr))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        body["change_feed"].as_str().unwrap_or("absent").to_owned()
+    };
+    let listener = format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = '{name}' AND query LIKE 'LISTEN%'"
+    );
+    let listening = || async {
+        let rows = database.query(&listener).await;
+        let pids: Vec<i32> = rows.iter().map(|row| sqlx::Row::get(row, "pid")).collect();
+        pids
+    };
+    eventually("the feed is live", || async {
+        feed_state().await == "live" && replica.metric("sts_store_feed_live ").await == 1.0
+    })
+    .await;
+    let first = crate::helpers::eventually_some("the feed's backend", || async {
+        listening().await.first().copied()
+    })
+    .await;
+
+    // The feed's connection goes quiet without closing.
+    let stopped = Stopped::stop(first);
+    eventually("the stall is counted", || async {
+        replica.metric("sts_store_feed_stalls_total ").await >= 1.0
+    })
+    .await;
+    // Listening again on a new connection, and live.
+    eventually("live again on a new connection", || async {
+        feed_state().await == "live" && listening().await.iter().any(|pid| *pid != first)
+    })
+    .await;
+    // Checks were right throughout, and still are.
+    let created = replica.create(&admin, "after").await;
+    assert!(
+        validate_on(&replica.client, &created.token)
+            .await
+            .unwrap()
+            .valid
+    );
+    drop(stopped);
+    let (_, log) = replica.server.terminate().await;
+    let silent = log
+        .iter()
+        .filter(|l| l.contains("change feed went silent"))
+        .count();
+    assert_eq!(silent, 1, "{log:#?}");
+    database.drop().await;
+}
