@@ -57,7 +57,17 @@ const FRUITLESS_SCAN_PAUSE: Duration = Duration::from_millis(5);
 pub struct ConnectionLimits {
     pub max_total: usize,
     pub max_per_source: usize,
+    /// Requests being answered at once, on every connection together
+    /// (a streamed answer's body, once its headers are out, is not
+    /// counted: long-lived streams do not take the room of calls).
+    pub max_requests_in_flight: usize,
 }
+
+/// The default bound on requests in flight. Far above what keeps both
+/// cores busy (64 in flight saturate the server in `bench/run`); what it
+/// bounds is the queue behind them, so a flood of streams (500
+/// connections of 200 each) is refused at once instead of held.
+pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 
 impl ConnectionLimits {
     /// Bounds that never refuse (a test's server, or a caller that bounds
@@ -65,6 +75,7 @@ impl ConnectionLimits {
     pub const UNBOUNDED: ConnectionLimits = ConnectionLimits {
         max_total: usize::MAX,
         max_per_source: usize::MAX,
+        max_requests_in_flight: usize::MAX,
     };
 
     /// The defaults for a process that may open `descriptors` files: all
@@ -79,6 +90,7 @@ impl ConnectionLimits {
         ConnectionLimits {
             max_total,
             max_per_source: (max_total / DEFAULT_PER_SOURCE_SHARE).max(1),
+            max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
         }
     }
 }
@@ -98,6 +110,7 @@ impl ConnectionLimits {
         ConnectionLimits {
             max_total,
             max_per_source: max_per_source.unwrap_or((max_total / DEFAULT_PER_SOURCE_SHARE).max(1)),
+            max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
         }
     }
 }
@@ -137,19 +150,37 @@ impl Refused {
     }
 }
 
+/// Requests in flight on every connection, and their bound.
+#[derive(Debug)]
+struct Requests {
+    in_flight: AtomicUsize,
+    max: usize,
+}
+
 /// One open connection, as the table and its server share it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Slot {
     in_flight: AtomicUsize,
     evicting: AtomicBool,
     evict: Notify,
+    requests: Arc<Requests>,
 }
 
 impl Slot {
-    /// Marks a request in flight until the guard drops.
+    /// Marks a request in flight until the guard drops, and counts it
+    /// against `--max-requests-in-flight` if there is room (see
+    /// [`InFlight::admitted`]).
     pub fn request(self: &Arc<Slot>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        let requests = &self.requests;
+        let admitted = requests.in_flight.fetch_add(1, Ordering::Relaxed) < requests.max;
+        if !admitted {
+            requests.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        InFlight {
+            slot: self.clone(),
+            admitted,
+        }
     }
 
     /// Resolves once the table asked this connection to close (at once if
@@ -164,17 +195,32 @@ impl Slot {
 }
 
 /// A request in flight on its connection: it cannot be evicted meanwhile.
-pub struct InFlight(Arc<Slot>);
+pub struct InFlight {
+    slot: Arc<Slot>,
+    admitted: bool,
+}
+
+impl InFlight {
+    /// Whether the request fit under `--max-requests-in-flight`: one that
+    /// did not is answered at once (the server's own probes excepted).
+    pub fn admitted(&self) -> bool {
+        self.admitted
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.admitted {
+            self.slot.requests.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// The open connections.
 pub struct Connections {
     limits: ConnectionLimits,
+    requests: Arc<Requests>,
     trusted: Arc<TrustedProxies>,
     metrics: Arc<Metrics>,
     table: Mutex<Table>,
@@ -197,6 +243,9 @@ struct Table {
     /// Connections sent away for breaking the protocol since the last line.
     misbehaved: u64,
     last_misbehaved_line: Option<Instant>,
+    /// Requests shed since the last line.
+    shed: u64,
+    last_shed_line: Option<Instant>,
 }
 
 impl Connections {
@@ -206,6 +255,10 @@ impl Connections {
         metrics: Arc<Metrics>,
     ) -> Arc<Connections> {
         Arc::new(Connections {
+            requests: Arc::new(Requests {
+                in_flight: AtomicUsize::new(0),
+                max: limits.max_requests_in_flight,
+            }),
             limits,
             trusted,
             metrics,
@@ -244,7 +297,12 @@ impl Connections {
         if table.open >= self.limits.max_total {
             self.metrics.connection_evicted();
         }
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot {
+            in_flight: AtomicUsize::new(0),
+            evicting: AtomicBool::new(false),
+            evict: Notify::new(),
+            requests: self.requests.clone(),
+        });
         let place = match table.free.pop() {
             Some(place) => {
                 table.slots[place] = Some(slot.clone());
@@ -290,6 +348,28 @@ impl Connections {
                 %reason,
                 count,
                 "sent a connection away for breaking HTTP/2's rules (counts since the last such line; at most one a minute; sts_connections_protocol_errors_total counts all)"
+            );
+        }
+    }
+
+    /// A request answered at once for want of room
+    /// (`--max-requests-in-flight`): counted, summarized once a minute.
+    pub fn shed(&self) {
+        self.metrics.request_shed();
+        let now = Instant::now();
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.shed += 1;
+        let due = table
+            .last_shed_line
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_SUMMARY_INTERVAL);
+        if due {
+            let count = std::mem::take(&mut table.shed);
+            table.last_shed_line = Some(now);
+            drop(table);
+            tracing::warn!(
+                max_requests_in_flight = self.limits.max_requests_in_flight,
+                count,
+                "answering requests past the bound on requests in flight with 503 / RESOURCE_EXHAUSTED (counts since the last such line; at most one a minute; sts_requests_shed_total counts all)"
             );
         }
     }
@@ -393,6 +473,7 @@ mod tests {
             ConnectionLimits {
                 max_total,
                 max_per_source,
+                max_requests_in_flight: usize::MAX,
             },
             Arc::new(TrustedProxies::parse(trusted).unwrap()),
             Arc::new(Metrics::with(|_| {})),

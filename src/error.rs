@@ -38,6 +38,10 @@ pub enum Error {
     /// Too many calls from one source address (revoking leaked tokens).
     #[error("too many requests from this address: try again in {} s", retry_seconds(*retry_after))]
     RateLimited { retry_after: std::time::Duration },
+    /// More requests in flight than `--max-requests-in-flight`: refused at
+    /// once, before any work, so the server stays responsive.
+    #[error("the server is busy: too many requests in flight; try again in a moment")]
+    Overloaded,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -63,6 +67,8 @@ pub enum ErrorKind {
     RateLimited,
     /// The request itself took too long to arrive (HTTP 408).
     DeadlineExceeded,
+    /// RESOURCE_EXHAUSTED in gRPC; HTTP answers 503 with `Retry-After`.
+    Overloaded,
     Unavailable,
     Internal,
 }
@@ -76,7 +82,9 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ErrorKind::PermissionDenied => "PERMISSION_DENIED",
             ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
-            ErrorKind::ResourceExhausted | ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+            ErrorKind::ResourceExhausted | ErrorKind::RateLimited | ErrorKind::Overloaded => {
+                "RESOURCE_EXHAUSTED"
+            }
             ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
             ErrorKind::Unavailable => "UNAVAILABLE",
             ErrorKind::Internal => "INTERNAL",
@@ -115,6 +123,7 @@ impl Error {
             Error::BodyTimeout(_) => ErrorKind::DeadlineExceeded,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
+            Error::Overloaded => ErrorKind::Overloaded,
             Error::Store(
                 StoreError::Locked { .. }
                 | StoreError::Exposed { .. }
@@ -187,7 +196,9 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
-            ErrorKind::ResourceExhausted | ErrorKind::RateLimited => tonic::Code::ResourceExhausted,
+            ErrorKind::ResourceExhausted | ErrorKind::RateLimited | ErrorKind::Overloaded => {
+                tonic::Code::ResourceExhausted
+            }
             ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,

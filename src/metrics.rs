@@ -108,6 +108,7 @@ pub struct Metrics {
     connections_refused: Family<ReasonLabels, Counter>,
     connections_evicted: Counter,
     protocol_errors: Counter,
+    requests_shed: Counter,
 }
 
 impl Metrics {
@@ -254,8 +255,15 @@ impl Metrics {
             "Connections the server sent away because the peer broke HTTP/2's rules (GOAWAY: rapid resets, flow-control abuse)",
             protocol_errors.clone(),
         );
+        let requests_shed = Counter::default();
+        registry.register(
+            "requests_shed",
+            "Requests answered at once (HTTP 503, gRPC RESOURCE_EXHAUSTED) because --max-requests-in-flight were being answered",
+            requests_shed.clone(),
+        );
         Metrics {
             registry,
+            requests_shed,
             protocol_errors,
             connections_open,
             connections_refused,
@@ -321,6 +329,10 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn request_shed(&self) {
+        self.requests_shed.inc();
     }
 
     pub fn protocol_error(&self) {

@@ -36,7 +36,8 @@ use tower::Service;
 
 use crate::{
     config::{MIN_HEADER_BYTES, ServerConfig},
-    connections::{InFlight, Slot},
+    connections::{Connections, InFlight, Slot},
+    error::Error,
     listener::{Connection, Incoming},
     source::{Forwarded, TrustedProxies},
 };
@@ -160,6 +161,7 @@ impl Builders {
             peer,
             proxy,
             slot: slot.clone(),
+            table: table.clone(),
         };
         let http2 = tokio::select! {
             sniffed = tokio::time::timeout(self.first_bytes_timeout, connection.speaks_http2()) => match sniffed {
@@ -285,6 +287,7 @@ struct PerConnection<S> {
     /// The connection's place in the table: a request in flight keeps it
     /// from being evicted.
     slot: Arc<Slot>,
+    table: Arc<Connections>,
 }
 
 impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S> {
@@ -293,6 +296,17 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
     type Future = Answer<S::Future>;
 
     fn call(&self, mut request: Request<IncomingBody>) -> Answer<S::Future> {
+        let in_flight = self.slot.request();
+        if !in_flight.admitted() && !exempt(request.uri().path()) {
+            self.table.shed();
+            return Answer {
+                inner: None,
+                shed: Some(shed(&request)),
+                deadline: None,
+                span: tracing::Span::none(),
+                _in_flight: in_flight,
+            };
+        }
         // Where tonic's `Request::remote_addr` and `source::of` look.
         request.extensions_mut().insert(self.peer.clone());
         if let Some(client) = self
@@ -307,11 +321,36 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
         let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
         let mut app = self.app.clone();
         Answer {
-            inner: app.call(request),
+            inner: Some(app.call(request)),
+            shed: None,
             deadline,
             span,
-            _in_flight: self.slot.request(),
+            _in_flight: in_flight,
         }
+    }
+}
+
+/// What is answered past `--max-requests-in-flight` even so: the probes
+/// and the metrics, so an orchestrator and its monitoring see an overloaded
+/// server as alive and busy rather than dead.
+fn exempt(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/grpc.health.v1.Health/Check"
+    )
+}
+
+/// The answer to a request past the bound, before any of it is read:
+/// gRPC's RESOURCE_EXHAUSTED, or HTTP's 503 with `Retry-After`.
+fn shed(request: &Request<IncomingBody>) -> Response<Body> {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        tonic::Status::from(Error::Overloaded).into_http()
+    } else {
+        axum::response::IntoResponse::into_response(Error::Overloaded)
     }
 }
 
@@ -319,8 +358,10 @@ pin_project_lite::pin_project! {
     /// The router's answer, or gRPC's CANCELLED when the call's deadline
     /// passes first (dropping the handler's future abandons the call).
     struct Answer<F> {
+        // `None` when the request was shed: `shed` is the answer.
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        shed: Option<Response<Body>>,
         #[pin]
         deadline: Option<Sleep>,
         span: tracing::Span,
@@ -333,8 +374,12 @@ impl<F: Future<Output = Result<Response<Body>, Infallible>>> Future for Answer<F
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let shed = this.shed.take();
+            return Poll::Ready(Ok(shed.unwrap_or_default()));
+        };
         let _entered = this.span.enter();
-        if let ready @ Poll::Ready(_) = this.inner.poll(cx) {
+        if let ready @ Poll::Ready(_) = inner.poll(cx) {
             return ready;
         }
         if let Some(deadline) = this.deadline.as_pin_mut() {

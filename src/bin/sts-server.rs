@@ -19,7 +19,7 @@ use sts::{
         ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret,
         WebhookUrl, admin_keep_margin, bounded_setting,
     },
-    connections::{self, ConnectionLimits},
+    connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
     daemon,
     logging::ExitSafe,
     model::{NewToken, Role},
@@ -196,6 +196,12 @@ struct ServeArgs {
     /// --max-connections.
     #[arg(long, env = "STS_MAX_CONNECTIONS_PER_SOURCE", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_source: Option<u32>,
+    /// The most requests answered at once, on all connections together;
+    /// past it a request is answered at once with HTTP 503 (Retry-After)
+    /// or gRPC RESOURCE_EXHAUSTED, except the probes and /metrics. A
+    /// streamed answer's body does not count once its headers are out.
+    #[arg(long, env = "STS_MAX_REQUESTS_IN_FLIGHT", default_value_t = DEFAULT_MAX_REQUESTS_IN_FLIGHT as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_in_flight: u32,
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
@@ -392,11 +398,14 @@ fn init_logging(format: LogFormat) {
 /// too few descriptors for everything else.
 fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
     let descriptors = connections::raise_descriptor_limit();
-    let limits = ConnectionLimits::resolve(
-        args.max_connections.map(|n| n as usize),
-        args.max_connections_per_source.map(|n| n as usize),
-        descriptors,
-    );
+    let limits = ConnectionLimits {
+        max_requests_in_flight: args.max_requests_in_flight as usize,
+        ..ConnectionLimits::resolve(
+            args.max_connections.map(|n| n as usize),
+            args.max_connections_per_source.map(|n| n as usize),
+            descriptors,
+        )
+    };
     if let Some(descriptors) = descriptors {
         let spare = descriptors.saturating_sub(connections::RESERVED_DESCRIPTORS);
         if limits.max_total as u64 > spare {

@@ -190,6 +190,7 @@ impl From<&Answer> for HttpError {
             ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -210,6 +211,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let retry_after = match &self {
             Error::RateLimited { retry_after } => Some(retry_seconds(*retry_after)),
+            Error::Overloaded => Some(1),
             _ => None,
         };
         let HttpError {

@@ -137,6 +137,7 @@ async fn at_the_total_an_idle_connection_makes_room_and_busy_ones_never_do() {
         connection_limits: ConnectionLimits {
             max_total: 4,
             max_per_source: 100,
+            ..ConnectionLimits::UNBOUNDED
         },
         ..server_config()
     };
@@ -263,4 +264,66 @@ async fn http2_rapid_resets_are_sent_away_counted_and_summarized_not_logged_each
     assert_eq!(log.matches("sent a connection away").count(), 1, "{log}");
     assert!(!log.contains("reached limit"), "{log}");
     assert!(log.contains("excessive load generating behavior"), "{log}");
+}
+
+#[tokio::test]
+async fn past_the_bound_on_requests_in_flight_calls_are_refused_at_once_and_probes_answered() {
+    use sts::proto::ValidateRequest;
+    let server = ServerConfig {
+        connection_limits: ConnectionLimits {
+            max_requests_in_flight: 2,
+            ..ConnectionLimits::UNBOUNDED
+        },
+        ..server_config()
+    };
+    let app = spawn_app_with(ServiceConfig::default(), server).await;
+    // Two requests in flight: creates whose bodies stall.
+    let request = stalled_post("/api/security/tokens", Some(&app.admin_token));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from("127.0.0.1", app.addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        held.push(stream);
+    }
+    // Refused at once: HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED.
+    eventually("a third request is refused", || async {
+        let mut stream = connect_from("127.0.0.1", app.addr).await.unwrap();
+        let key = format!(
+            "GET /api/server/status HTTP/1.1\r\nHost: sts\r\nX-API-Key: {}\r\n\r\n",
+            app.admin_token
+        );
+        stream.write_all(key.as_bytes()).await.unwrap();
+        let head = read_http1_head(&mut stream).await;
+        head.starts_with("HTTP/1.1 503") && head.to_ascii_lowercase().contains("retry-after: 1\r\n")
+    })
+    .await;
+    let refused = app
+        .client
+        .clone()
+        .validate(ValidateRequest {
+            token: app.admin_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // The probes and the metrics are answered all the same.
+    assert_eq!(probe(app.addr).await, "HTTP/1.1 200 OK");
+    let shed = metric(app.addr, "sts_requests_shed_total ").await;
+    assert!(shed >= 2.0, "{shed}");
+    // Room again once they end.
+    drop(held);
+    eventually("calls answered again", || async {
+        app.client
+            .clone()
+            .validate(ValidateRequest {
+                token: app.admin_token.clone(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().valid)
+    })
+    .await;
 }
