@@ -169,7 +169,7 @@ impl Error {
 fn fixed_text(failure: &StoreError) -> &'static str {
     match failure {
         StoreError::DiskReserve { .. } => {
-            "the server's disk is nearly full: new tokens are refused until space is freed (deletes still work)"
+            "the server's disk is nearly full: creates, changes and rotations are refused until space is freed (deletes and disables still work)"
         }
         StoreError::Corrupt { .. } => {
             "the token store holds a corrupt record; an operator must repair it"

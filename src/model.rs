@@ -689,6 +689,24 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether this change may be made on a disk below its reserve: a
+    /// disable only, the one change that takes access away (as a delete
+    /// does) and must never wait for space. Everything else may grow the
+    /// store and is held to the reserve.
+    pub fn may_use_the_reserve(&self) -> bool {
+        match self {
+            Change::Edit(Edit {
+                name: None,
+                roles: None,
+                expiration: None,
+                description: None,
+                labels: None,
+                disabled: Some(true),
+            }) => true,
+            Change::Edit(_) | Change::Rotate { .. } => false,
+        }
+    }
+
     /// Whether this change, having made `after` of `before`, changes
     /// nothing a client can see: an edit that sets every field to what it
     /// was. Stores then write nothing (no event, no new `updated_at`). A

@@ -117,8 +117,10 @@ pub enum StoreError {
         #[source]
         source: Option<Cause>,
     },
-    /// Creates are paused: the data directory's disk has less free space
-    /// than the reserve kept so that deletes always have room.
+    /// Writes that may grow the store are paused (creates, changes other
+    /// than a disable, rotations, last-used times): the data directory's
+    /// disk has less free space than the reserve kept so that deletes and
+    /// disables always have room.
     #[error(
         "the data directory's disk is nearly full: {free_kib} KiB free, below the {reserve_kib} KiB kept for deletes"
     )]

@@ -339,10 +339,12 @@ impl SledStore {
         })
     }
 
-    /// Refuse inserts while the data dir's file system has less than
-    /// `bytes` free. The reserve is what keeps deletes possible on a filling
-    /// disk (revoking must never depend on free space someone else took),
-    /// and reads too: sled may write while reading, to consolidate pages.
+    /// Refuse every write that may grow the store (inserts, imports,
+    /// changes other than a disable, last-used times) while the data dir's
+    /// file system has less than `bytes` free. The reserve is what keeps
+    /// deletes and disables possible on a filling disk (revoking must never
+    /// depend on free space someone else took), and reads too: sled may
+    /// write while reading, to consolidate pages.
     pub fn with_reserve(mut self, bytes: u64) -> SledStore {
         self.reserve = bytes;
         self
@@ -805,6 +807,9 @@ impl Store for SledStore {
         keep: &KeepAdmin,
         event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        if !change.may_use_the_reserve() {
+            self.check_space()?;
+        }
         let outcome = self.change_unsynced(id, change, keep, event)?;
         if let Outcome::Done(_) = outcome {
             self.sync().await?;
@@ -813,6 +818,8 @@ impl Store for SledStore {
     }
 
     async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        // Last-used times wait for space like any write that grows the store.
+        self.check_space()?;
         for used in uses {
             self.record_use(used)?;
         }

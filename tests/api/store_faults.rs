@@ -262,6 +262,40 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     let refused = client.create(create("refused")).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("nearly full"), "{refused:?}");
+    // Rotations and changes wait for space too; a disable does not.
+    let target = kept[0].service_token.clone().unwrap();
+    let rotate = sts::proto::RotateRequest {
+        id: target.id,
+        grace_period: None,
+    };
+    let refused = client.rotate(with_key(&admin, rotate)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("nearly full"), "{refused:?}");
+    let edit = |token: sts::proto::ServiceToken, path: &str| sts::proto::UpdateRequest {
+        service_token: Some(token),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![path.to_owned()],
+        }),
+    };
+    let renamed = sts::proto::ServiceToken {
+        name: "renamed".into(),
+        ..target.clone()
+    };
+    let refused = client
+        .update(with_key(&admin, edit(renamed, "name")))
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("nearly full"), "{refused:?}");
+    let disabled = sts::proto::ServiceToken {
+        disabled: true,
+        ..target.clone()
+    };
+    client
+        .update(with_key(&admin, edit(disabled, "disabled")))
+        .await
+        .unwrap();
+    assert!(!valid(&client, &kept[0].token).await.unwrap());
+    kept.remove(0);
     for token in &kept {
         assert!(valid(&client, &token.token).await.unwrap());
     }
