@@ -8,10 +8,13 @@
 //! drop repeats by `X-Sts-Delivery`). A URL that fails is left alone for a
 //! backoff that doubles with each failure in a row; while it waits, later
 //! events wait for it too, so each URL gets this replica's events in the
-//! order they happened. With several replicas each claims its own events
-//! from the outbox, so each event is delivered by one of them.
+//! order they happened. Each URL has a worker of its own, so one that
+//! hangs until its timeout holds up only itself. With several replicas
+//! each claims its own events from the outbox, so each event is delivered
+//! by one of them.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -35,9 +38,9 @@ pub const DELIVERY_HEADER: &str = "x-sts-delivery";
 
 /// Events taken from the outbox at a time.
 const BATCH: usize = 32;
-/// How long claimed events stay this replica's: far longer than a batch
-/// takes (one timeout per URL at most, as a failed URL is skipped for the
-/// rest of the batch), so no other replica sends them meanwhile.
+/// How long claimed events stay this replica's: far longer than one is
+/// held (one timeout at most, as a failed URL rests and its worker reports
+/// the events behind at once), so no other replica sends them meanwhile.
 const LEASE: Duration = Duration::from_secs(300);
 
 /// The signature header's value for `body`.
@@ -86,8 +89,33 @@ impl Destination {
     }
 }
 
+/// Events a replica holds (claimed, not yet settled) at most: the claim
+/// pauses past it, so a URL that hangs holds back at most this many events
+/// the others already have.
+const MAX_HELD: usize = 4 * BATCH;
+
+/// What a URL's worker did with one event.
+struct Report {
+    seq: u64,
+    key: String,
+    /// `None`: delivered. `Some(until)`: not delivered; the URL rests
+    /// until then.
+    failed: Option<SystemTime>,
+}
+
+/// An event claimed and not yet settled: which URLs have it, and how many
+/// have yet to say.
+struct Held {
+    delivered_to: Vec<String>,
+    outstanding: usize,
+    until: Option<SystemTime>,
+}
+
 /// Delivers events until the task is dropped (at shutdown: an event in
-/// flight then is delivered again later).
+/// flight then is delivered again later). One worker per URL takes the
+/// events in order on its own, so a URL that hangs until its timeout holds
+/// up only itself; this loop claims events, hands each to the workers of
+/// the URLs that lack it, and settles it once every one of them has said.
 pub async fn deliver(service: Arc<TokenService>, config: WebhookConfig) {
     let client = match reqwest::Client::builder()
         .timeout(config.timeout)
@@ -101,182 +129,221 @@ pub async fn deliver(service: Arc<TokenService>, config: WebhookConfig) {
             return;
         }
     };
-    let mut destinations: Vec<Destination> = config
-        .urls
-        .iter()
-        .map(|url| Destination {
+    let (reports, mut reported) = tokio::sync::mpsc::unbounded_channel::<Report>();
+    // Dropped with this task: the workers stop too.
+    let mut workers = tokio::task::JoinSet::new();
+    let mut queues = Vec::with_capacity(config.urls.len());
+    for url in &config.urls {
+        let (queue, events) = tokio::sync::mpsc::unbounded_channel::<Arc<Pending>>();
+        let destination = Destination {
             url: url.clone(),
             failures: 0,
             resting_until: None,
-        })
-        .collect();
+        };
+        workers.spawn(work(
+            destination,
+            events,
+            reports.clone(),
+            client.clone(),
+            config.clone(),
+            service.metrics().clone(),
+        ));
+        queues.push((url.key().to_owned(), queue));
+    }
+    drop(reports);
+    let mut held: BTreeMap<u64, Held> = BTreeMap::new();
     let mut failing = false;
-    // The gauges are current from the start, not from the end of the
-    // first round (which a hanging URL may hold up for its timeout).
+    // The gauges are current from the start.
     let _ = service.outbox_stats().await;
+    let mut claim_now = true;
     loop {
-        let round = round(&service, &client, &config, &mut destinations).await;
-        match &round {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("the event outbox is readable again");
+        if claim_now && held.len() < MAX_HELD {
+            match service
+                .claim_events(BATCH.min(MAX_HELD - held.len()), LEASE)
+                .await
+            {
+                Ok(claimed) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("the event outbox is readable again");
+                    }
+                    claim_now = claimed.len() == BATCH;
+                    let mut settled = Vec::new();
+                    for pending in claimed {
+                        let pending = Arc::new(pending);
+                        let mut outstanding = 0;
+                        for (key, queue) in &queues {
+                            if !pending.delivered_to.iter().any(|k| k == key)
+                                && queue.send(pending.clone()).is_ok()
+                            {
+                                outstanding += 1;
+                            }
+                        }
+                        let entry = Held {
+                            delivered_to: pending.delivered_to.clone(),
+                            outstanding,
+                            until: None,
+                        };
+                        if outstanding == 0 {
+                            settled.push(settle(pending.seq, entry, &queues, &config));
+                        } else {
+                            held.insert(pending.seq, entry);
+                        }
+                    }
+                    settle_all(&service, settled).await;
+                    // A full batch may have more behind it: straight on.
+                    if claim_now {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    claim_now = false;
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "cannot read the event outbox; trying again");
+                    }
+                }
             }
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot read the event outbox; trying again");
-            }
-            _ => {}
-        }
-        let _ = service.outbox_stats().await;
-        // A full batch may have more behind it: straight on, unless every
-        // URL rests.
-        let now = SystemTime::now();
-        let all_resting = destinations.iter().all(|d| d.resting(now).is_some());
-        if matches!(round, Ok(BATCH)) && !all_resting {
-            continue;
         }
         tokio::select! {
-            () = service.event_written() => {}
-            () = tokio::time::sleep(config.poll_interval) => {}
-        }
-    }
-}
-
-/// One batch: claims, delivers, settles. Returns how many were claimed.
-async fn round(
-    service: &TokenService,
-    client: &reqwest::Client,
-    config: &WebhookConfig,
-    destinations: &mut [Destination],
-) -> Result<usize, crate::error::Error> {
-    let claimed = service.claim_events(BATCH, LEASE).await?;
-    // Which URLs rest is decided once for the round: one whose rest ends
-    // half-way through must not get a later event before an earlier one
-    // it skipped.
-    let resting: Vec<bool> = destinations
-        .iter()
-        .map(|d| d.resting(SystemTime::now()).is_some())
-        .collect();
-    let mut outcomes = Vec::with_capacity(claimed.len());
-    for pending in &claimed {
-        let outcome = deliver_one(
-            service.metrics(),
-            client,
-            config,
-            destinations,
-            &resting,
-            pending,
-        )
-        .await;
-        outcomes.push(outcome);
-    }
-    // Retries are due when the URL's rest ends: the same instant for every
-    // event waiting on it, so they come due together and are claimed again
-    // in the order they happened.
-    let now = SystemTime::now();
-    let settled: Vec<Settle> = outcomes
-        .into_iter()
-        .map(|outcome| match outcome {
-            Outcome::Everywhere { seq } => Settle::Delivered { seq },
-            Outcome::Waiting {
-                seq,
-                delivered_to,
-                until,
-            } => Settle::Pending {
-                seq,
-                delivered_to,
-                retry_at: until.unwrap_or(now + config.poll_interval),
-            },
-        })
-        .collect();
-    service.settle_events(&settled).await?;
-    Ok(claimed.len())
-}
-
-/// Where one event stands after a round.
-enum Outcome {
-    Everywhere {
-        seq: u64,
-    },
-    /// Some URL lacks it; the earliest rest among them ends `until`.
-    Waiting {
-        seq: u64,
-        delivered_to: Vec<String>,
-        until: Option<SystemTime>,
-    },
-}
-
-/// Sends `pending` to every URL that lacks it and is not resting.
-async fn deliver_one(
-    metrics: &Metrics,
-    client: &reqwest::Client,
-    config: &WebhookConfig,
-    destinations: &mut [Destination],
-    resting: &[bool],
-    pending: &Pending,
-) -> Outcome {
-    let event = &pending.event;
-    let mut delivered_to = pending.delivered_to.clone();
-    let mut until: Option<SystemTime> = None;
-    for (destination, rested) in destinations.iter_mut().zip(resting) {
-        let key = destination.url.key().to_owned();
-        if delivered_to.contains(&key) {
-            continue;
-        }
-        // Resting since the round began, or failed earlier in it.
-        if *rested || destination.resting(SystemTime::now()).is_some() {
-            let rest = destination.resting_until.unwrap_or_else(SystemTime::now);
-            until = Some(until.map_or(rest, |u| u.min(rest)));
-            continue;
-        }
-        let sent = client
-            .post(destination.url.url().clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature(&config.secret, &event.body))
-            .header(EVENT_HEADER, &event.kind)
-            .header(DELIVERY_HEADER, &event.id)
-            .body(event.body.clone())
-            .send()
-            .await;
-        // The URL may hold credentials: errors are shown without it.
-        let failure = match sent {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("answered {}", response.status())),
-            Err(e) => Some(crate::error::with_causes(&e.without_url())),
-        };
-        metrics.webhook_delivery(failure.is_none());
-        match failure {
-            None => {
-                destination.succeeded();
-                delivered_to.push(key);
+            report = reported.recv() => {
+                let Some(report) = report else { return };
+                let mut settled = Vec::new();
+                let mut next = Some(report);
+                // Every report waiting now, settled together.
+                while let Some(report) = next {
+                    if let Some(entry) = held.get_mut(&report.seq) {
+                        match report.failed {
+                            None => entry.delivered_to.push(report.key),
+                            Some(until) => {
+                                entry.until = Some(entry.until.map_or(until, |u| u.min(until)));
+                            }
+                        }
+                        entry.outstanding -= 1;
+                        if entry.outstanding == 0
+                            && let Some(entry) = held.remove(&report.seq)
+                        {
+                            settled.push(settle(report.seq, entry, &queues, &config));
+                        }
+                    }
+                    next = reported.try_recv().ok();
+                }
+                settle_all(&service, settled).await;
+                // Room may have come free for events waiting in the outbox.
+                claim_now = claim_now || held.len() < MAX_HELD;
             }
-            Some(why) => {
-                let backoff = destination.failed(SystemTime::now(), config);
-                let rest = destination.resting_until.unwrap_or_else(SystemTime::now);
-                until = Some(until.map_or(rest, |u| u.min(rest)));
-                tracing::warn!(
-                    webhook = %destination.url,
-                    event.id = %event.id,
-                    event.r#type = %event.kind,
-                    failures = destination.failures,
-                    retry_in = ?backoff,
-                    "webhook delivery failed: {why}"
-                );
-            }
+            () = service.event_written() => claim_now = true,
+            () = tokio::time::sleep(config.poll_interval) => claim_now = true,
         }
     }
-    let everywhere = destinations
+}
+
+/// Settles `entry`: out of the outbox once every URL has it, otherwise
+/// kept with those that have it, due when the earliest rest among the
+/// others ends (the same instant for every event waiting on that URL, so
+/// they come due together and are claimed again in order).
+fn settle(
+    seq: u64,
+    entry: Held,
+    queues: &[(String, impl Sized)],
+    config: &WebhookConfig,
+) -> Settle {
+    let everywhere = queues
         .iter()
-        .all(|d| delivered_to.iter().any(|k| k == d.url.key()));
+        .all(|(key, _)| entry.delivered_to.iter().any(|k| k == key));
     if everywhere {
-        Outcome::Everywhere { seq: pending.seq }
-    } else {
-        Outcome::Waiting {
+        return Settle::Delivered { seq };
+    }
+    let now = SystemTime::now();
+    Settle::Pending {
+        seq,
+        delivered_to: entry.delivered_to,
+        retry_at: entry
+            .until
+            .filter(|until| *until > now)
+            .unwrap_or(now + config.poll_interval),
+    }
+}
+
+async fn settle_all(service: &TokenService, settled: Vec<Settle>) {
+    if settled.is_empty() {
+        return;
+    }
+    if let Err(e) = service.settle_events(&settled).await {
+        // Unsettled events are claimed again once their lease ends.
+        tracing::warn!(error = %e, "cannot settle delivered events; they will be sent again");
+    }
+    let _ = service.outbox_stats().await;
+}
+
+/// One URL's worker: takes its events in order; sends each unless the URL
+/// rests (then it is reported failed at once, to come due when the rest
+/// ends, so the URL still gets events in order).
+async fn work(
+    mut destination: Destination,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Arc<Pending>>,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    client: reqwest::Client,
+    config: WebhookConfig,
+    metrics: Arc<Metrics>,
+) {
+    let key = destination.url.key().to_owned();
+    while let Some(pending) = events.recv().await {
+        let failed = match destination.resting(SystemTime::now()) {
+            Some(until) => Some(until),
+            None => send(&client, &config, &metrics, &mut destination, &pending).await,
+        };
+        let report = Report {
             seq: pending.seq,
-            delivered_to,
-            until,
+            key: key.clone(),
+            failed,
+        };
+        if reports.send(report).is_err() {
+            return;
         }
     }
+}
+
+/// Sends `pending` to `destination`; `None` once it answered 2xx,
+/// otherwise when it may be tried again.
+async fn send(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    metrics: &Metrics,
+    destination: &mut Destination,
+    pending: &Pending,
+) -> Option<SystemTime> {
+    let event = &pending.event;
+    let answer = client
+        .post(destination.url.url().clone())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature(&config.secret, &event.body))
+        .header(EVENT_HEADER, &event.kind)
+        .header(DELIVERY_HEADER, &event.id)
+        .body(event.body.clone())
+        .send()
+        .await;
+    // The URL may hold credentials: errors are shown without it.
+    let failure = match answer {
+        Ok(response) if response.status().is_success() => None,
+        Ok(response) => Some(format!("answered {}", response.status())),
+        Err(e) => Some(crate::error::with_causes(&e.without_url())),
+    };
+    metrics.webhook_delivery(failure.is_none());
+    let Some(why) = failure else {
+        destination.succeeded();
+        return None;
+    };
+    let backoff = destination.failed(SystemTime::now(), config);
+    tracing::warn!(
+        webhook = %destination.url,
+        event.id = %event.id,
+        event.r#type = %event.kind,
+        failures = destination.failures,
+        retry_in = ?backoff,
+        "webhook delivery failed: {why}"
+    );
+    destination.resting_until
 }
 
 #[cfg(test)]

@@ -681,6 +681,46 @@ async fn an_update_that_changes_nothing_is_neither_written_delivered_nor_audited
 }
 
 #[tokio::test]
+async fn a_url_that_hangs_holds_up_only_itself() {
+    // A receiver that takes connections and never answers.
+    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hanging.accept().await {
+            holder.lock().unwrap().push(socket);
+        }
+    });
+    let healthy = Receiver::start().await;
+    let config = WebhookConfig {
+        // Far longer than the test: were the healthy URL to wait for the
+        // hanging one, it would get nothing in time.
+        timeout: Duration::from_secs(120),
+        ..webhooks(&[&hanging_url, &healthy.url])
+    };
+    let app = app_with_webhooks(config).await;
+    // One at a time: each later one is claimed while the hanging URL still
+    // holds the first.
+    for name in ["a", "b", "c", "d"] {
+        app.create(name, &["r"]).await;
+    }
+    let delivered = healthy.wait_for(4).await;
+    assert_eq!(types(&delivered), ["token.created"; 4]);
+    assert_eq!(
+        app.metric("sts_webhook_deliveries_total{outcome=\"failed\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the hanging URL was tried"
+    );
+    // Owed to the hanging URL still.
+    assert_eq!(app.metric("sts_events_pending").await, 4.0);
+}
+
+#[tokio::test]
 async fn the_pending_gauge_is_current_while_a_url_hangs() {
     // A receiver that takes connections and never answers.
     let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
