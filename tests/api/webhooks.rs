@@ -680,11 +680,11 @@ async fn an_update_that_changes_nothing_is_neither_written_delivered_nor_audited
     assert_eq!(updates, 1, "only the rename is audited");
 }
 
-#[tokio::test]
-async fn a_url_that_hangs_holds_up_only_itself() {
-    // A receiver that takes connections and never answers.
+/// A receiver that takes connections and never answers: its URL, and the
+/// connections it holds.
+async fn hanging_receiver() -> (String, Arc<Mutex<Vec<tokio::net::TcpStream>>>) {
     let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let url = format!("http://{}/hook", hanging.local_addr().unwrap());
     let held = Arc::new(Mutex::new(Vec::new()));
     let holder = held.clone();
     tokio::spawn(async move {
@@ -692,6 +692,12 @@ async fn a_url_that_hangs_holds_up_only_itself() {
             holder.lock().unwrap().push(socket);
         }
     });
+    (url, held)
+}
+
+#[tokio::test]
+async fn a_url_that_hangs_holds_up_only_itself() {
+    let (hanging_url, held) = hanging_receiver().await;
     let healthy = Receiver::start().await;
     let config = WebhookConfig {
         // Far longer than the test: were the healthy URL to wait for the
@@ -722,16 +728,7 @@ async fn a_url_that_hangs_holds_up_only_itself() {
 
 #[tokio::test]
 async fn the_pending_gauge_is_current_while_a_url_hangs() {
-    // A receiver that takes connections and never answers.
-    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let holder = held.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = hanging.accept().await {
-            holder.lock().unwrap().push(socket);
-        }
-    });
+    let (hanging_url, held) = hanging_receiver().await;
     let config = WebhookConfig {
         // Far longer than the test: the first round waits on it throughout.
         timeout: Duration::from_secs(120),
