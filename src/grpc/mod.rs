@@ -2,6 +2,21 @@
 //! [`TokenService`], and turns the answers back. No rules live here.
 
 mod ext_authz;
+
+/// For the fuzz target: `bytes` read by the ext_authz view and by
+/// envoy-types' full decode; panics where both accept them and disagree.
+#[doc(hidden)]
+pub fn check_request_differential(bytes: &[u8]) {
+    ext_authz::differential(bytes);
+}
+
+/// For the fuzz target: an `UpdateRequest`'s bytes through the field-mask
+/// reading every Update goes through; never panics.
+#[doc(hidden)]
+pub fn parse_update(bytes: &[u8]) -> Option<Result<(TokenId, Edit), Error>> {
+    let request = <proto::UpdateRequest as prost::Message>::decode(bytes).ok()?;
+    Some(edit(request))
+}
 mod undecodable;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};

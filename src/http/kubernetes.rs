@@ -104,7 +104,7 @@ const NO_TOKEN: &str = "is not a TokenReview: it needs `spec.token`, a string";
 
 /// The review and the version it was sent in. v1beta1 is read as v1: the
 /// two have the same fields.
-fn parse(body: &[u8]) -> Result<(&'static str, TokenReview), Error> {
+pub(super) fn parse(body: &[u8]) -> Result<(&'static str, TokenReview), Error> {
     let invalid = |problem: String| Error::from(FieldError::new("TokenReview", problem));
     let mut value: Value = super::decode::json(body, "a TokenReview", &[])?;
     let version = match value.get("apiVersion").and_then(Value::as_str) {

@@ -96,7 +96,7 @@ fn seconds(time: std::time::SystemTime) -> i64 {
 
 /// The one `token` parameter of the form (RFC 6749: a parameter must not
 /// be sent twice).
-fn form_token(body: &[u8]) -> Result<String, Error> {
+pub(super) fn form_token(body: &[u8]) -> Result<String, Error> {
     let mut tokens = url::form_urlencoded::parse(body).filter(|(name, _)| name == "token");
     let Some((_, token)) = tokens.next() else {
         return Err(

@@ -304,6 +304,40 @@ pub async fn get(
     Ok(json(&TokenJson::from(&token)))
 }
 
+/// The errors of every token body parser for `bytes` (create, rotate,
+/// revoke, and a merge patch over a token with labels): what the fuzz
+/// target checks.
+pub(super) fn parse_bodies(bytes: &[u8]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let error = |e: Error| e.to_string();
+    errors.extend(
+        json_body::<CreateJson>(bytes, "a token request")
+            .err()
+            .map(error),
+    );
+    errors.extend(
+        json_body::<RotateJson>(bytes, "a rotation request")
+            .err()
+            .map(error),
+    );
+    errors.extend(
+        json_body::<RevokeJson>(bytes, "a revocation")
+            .err()
+            .map(error),
+    );
+    let current: BTreeMap<String, String> = [("team".to_owned(), "ci".to_owned())].into();
+    let labels = Labels::parse(&current).unwrap_or_default();
+    match json_body::<Value>(bytes, "a JSON merge patch") {
+        Ok(patch) => errors.extend(
+            patch_edit(&patch, &labels)
+                .err()
+                .map(|e| Error::from(e).to_string()),
+        ),
+        Err(e) => errors.push(e.to_string()),
+    }
+    errors
+}
+
 /// A JSON merge patch (RFC 7396) of `name`, `roles`, `expiryDate`,
 /// `description`, `labels` and `disabled`: a member present is changed,
 /// `null` removes what can be removed (`expiryDate`: never expires;

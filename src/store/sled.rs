@@ -981,6 +981,13 @@ fn start_flusher(db: sled::Db, dir: &Path) -> Result<GroupCommit, StoreError> {
 /// The nice value of a pass over the store: the lowest CPU priority.
 const PASS_NICENESS: i32 = 19;
 
+/// For the fuzz target: a stored record's bytes decoded as every read
+/// decodes them; an error, never a panic, for any bytes.
+#[doc(hidden)]
+pub fn decode_record(bytes: &[u8]) -> Result<StoredToken, StoreError> {
+    Record::decode_stored(bytes)
+}
+
 /// Runs a long pass over the store on a thread of its own at the lowest CPU
 /// priority: at a million tokens a pass costs seconds of CPU, which should
 /// come from idle time, not from the requests sharing the cores (a pass on

@@ -380,7 +380,8 @@ async fn an_invalid_rust_log_is_said_out_loud() {
     let (_, log) = server.terminate().await;
     assert!(
         log.iter()
-            .any(|l| l.contains("RUST_LOG is not a valid log filter; logging at info instead")),
+            .any(|l| l
+                .contains("RUST_LOG is not a valid log filter; logging at info,h2=error instead")),
         "{log:#?}"
     );
 }
