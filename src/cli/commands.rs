@@ -344,7 +344,14 @@ pub async fn rotate_token(
     grace: Duration,
 ) -> Result<(), CliError> {
     let mut session = globals.session().await?;
-    let (token, rotated) = session.rotate(id, grace).await?;
+    let (token, rotated) = session.rotate(id, grace).await.map_err(|e| match e {
+        // The token's own expiration breaks the lifetime policy: a new
+        // secret would live as long, so the fix comes first.
+        CliError::Usage(why) if why.contains("maximum token lifetime") => CliError::Usage(format!(
+            "cannot rotate: the token's expiration is not within this server's lifetime policy ({why}); give it one first: sts service-token update {id} --expiration YYYY-MM-DD"
+        )),
+        other => other,
+    })?;
     let mut value = json!({ "id": rotated.id, "name": rotated.name, "token": token });
     if let Some(expiration) = &rotated.expiration {
         value["expiration"] = json!(epoch_millis(expiration));

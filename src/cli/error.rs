@@ -63,9 +63,50 @@ impl CliError {
             Code::Unauthenticated => CliError::Auth { url, reason },
             Code::PermissionDenied => CliError::Denied { url, reason },
             Code::NotFound => CliError::NotFound(reason),
-            _ => CliError::Usage(format!("the server answered {:?}: {reason}", status.code())),
+            _ => CliError::Usage(in_cli_terms(&reason)),
         })
     }
+}
+
+/// The API's names for what the CLI calls by its flags: a refusal names
+/// what the user typed, not the protobuf field.
+const FLAGS: &[(&str, &str)] = &[
+    ("name_prefix", "--name-prefix"),
+    ("unused_since", "--unused-for"),
+    ("expiring_before", "--expiring-within"),
+    ("over_policy", "--over-policy"),
+    ("grace_period", "--grace"),
+    ("expiration", "--expiration"),
+    ("roles", "--roles"),
+    ("role", "--role"),
+    ("name", "--name"),
+    ("description", "--description"),
+    ("labels", "--label"),
+    ("page_token", "the listing's page"),
+    ("update_mask", "the change"),
+];
+
+/// A server's refusal as one line in the CLI's words: without the error
+/// kind's own prefix (`invalid argument: `), the field named by the flag
+/// that sets it.
+fn in_cli_terms(message: &str) -> String {
+    let message = message
+        .strip_prefix("invalid argument: ")
+        .unwrap_or(message);
+    let (field, rest) = message.split_once(": ").unwrap_or(("", message));
+    let flag = FLAGS
+        .iter()
+        .find(|(api, _)| {
+            *api == field || field.strip_prefix(api).is_some_and(|r| r.starts_with('['))
+        })
+        .map(|(_, flag)| *flag);
+    match flag {
+        Some(flag) => format!("{flag}: {rest}"),
+        None => message.to_owned(),
+    }
+    .lines()
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// What a failed connection most likely means, from its chain of causes.
@@ -137,5 +178,45 @@ impl TransportProblem {
                 reason: with_causes(error),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_flags_the_user_typed_on_one_line() {
+        let cases = [
+            (
+                "invalid argument: over_policy: this server has no maximum token lifetime",
+                "--over-policy: this server has no maximum token lifetime",
+            ),
+            (
+                "invalid argument: name_prefix: is too long",
+                "--name-prefix: is too long",
+            ),
+            (
+                "invalid argument: roles[1]: is not a role",
+                "--roles: is not a role",
+            ),
+            (
+                "invalid argument: page_token: is not ours",
+                "the listing's page: is not ours",
+            ),
+            (
+                "refused: deleting service token 5 would lock out",
+                "refused: deleting service token 5 would lock out",
+            ),
+            ("two\nlines", "two lines"),
+        ];
+        for (server, cli) in cases {
+            assert_eq!(in_cli_terms(server), cli, "{server}");
+        }
+        let status = tonic::Status::invalid_argument("invalid argument: over_policy: no");
+        let error = CliError::from_status(&status, "http://x")
+            .unwrap()
+            .to_string();
+        assert_eq!(error, "--over-policy: no");
     }
 }

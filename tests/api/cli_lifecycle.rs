@@ -176,6 +176,25 @@ async fn describe_update_disable_enable_and_rotate() {
     let missing = terminal.sts(&["service-token", "describe", "1"]).await;
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
+    // A server's refusal reads as one line naming the flag that was typed.
+    let no_policy = terminal
+        .sts(&["service-token", "list", "--over-policy"])
+        .await;
+    assert_ne!(no_policy.code, 0);
+    let said = no_policy.stderr.trim();
+    assert!(
+        said.contains("--over-policy: this server has no maximum"),
+        "{said}"
+    );
+    for jargon in [
+        "the server answered",
+        "InvalidArgument",
+        "invalid argument",
+        "over_policy",
+    ] {
+        assert!(!said.contains(jargon), "{said}");
+    }
+    assert_eq!(said.lines().count(), 1, "{said}");
 }
 
 /// The sorted names `sts` lists with `args`.
@@ -276,4 +295,43 @@ async fn the_list_keeps_stackstate_s_columns_and_widens_on_request() {
         .sts(&["service-token", "list", "--unused-for", "soon"])
         .await;
     assert_ne!(bad.code, 0);
+}
+
+#[tokio::test]
+async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
+    use std::{
+        sync::Arc,
+        time::{Duration, SystemTime},
+    };
+    use sts::{
+        config::{LifetimePolicy, ServiceConfig},
+        model::NewToken,
+        store::{Store, sled::SledStore},
+        token::Token,
+    };
+    // A token from before the policy (never expires), on a server that
+    // now allows 90 days at most.
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    let legacy = NewToken::parse("legacy", &["r"], None).unwrap();
+    let legacy = store
+        .insert(Token::generate().hash(), &legacy, SystemTime::now(), None)
+        .await
+        .unwrap();
+    let service = ServiceConfig {
+        lifetime: LifetimePolicy::new(Some(Duration::from_secs(90 * 86_400)), None).unwrap(),
+        ..ServiceConfig::default()
+    };
+    let app = crate::helpers::spawn_app_on_with(data_dir, store, service).await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let id = legacy.id.get().to_string();
+    let refused = terminal.sts(&["service-token", "rotate", &id]).await;
+    assert_ne!(refused.code, 0);
+    let said = refused.stderr.trim();
+    assert!(
+        said.contains(&format!("sts service-token update {id} --expiration")),
+        "{said}"
+    );
+    assert!(said.contains("90d"), "{said}");
 }

@@ -109,6 +109,15 @@ pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestApp {
     start_app(data_dir, store, ServiceConfig::default(), server_config()).await
 }
 
+/// As [`spawn_app_on`], with the service's rules in `service`.
+pub async fn spawn_app_on_with(
+    data_dir: TempDir,
+    store: Arc<dyn Store>,
+    service: ServiceConfig,
+) -> TestApp {
+    start_app(data_dir, store, service, server_config()).await
+}
+
 async fn start_app(
     data_dir: TempDir,
     store: Arc<dyn Store>,
