@@ -123,6 +123,7 @@ pub async fn create_token(
     expiration: Option<String>,
 ) -> Result<(), CliError> {
     let expiration = expiration.as_deref().map(parse_expiration).transpose()?;
+    let asked_for_expiration = expiration.is_some();
     let mut session = globals.session().await?;
     let (token, created) = session
         .create(CreateRequest {
@@ -141,6 +142,14 @@ pub async fn create_token(
         &format!("Service token created: {token}"),
         json!({ "service-token": value }),
     );
+    let expires = match &created.expiration {
+        Some(at) if !asked_for_expiration => format!(
+            "; it expires {} UTC (this server's default token lifetime)",
+            super::output::date_time(at)
+        ),
+        _ => String::new(),
+    };
+    printer.note(&format!("Its id is {}{expires}.", created.id));
     Ok(())
 }
 

@@ -39,6 +39,16 @@ impl Printer {
         }
     }
 
+    /// What a person should know beside a result whose stdout is
+    /// StackState's exact text (a new token's id): one line on stderr, so
+    /// scripts reading stdout see StackState's output. Nothing with
+    /// `-o json`, whose value carries it.
+    pub fn note(&self, text: &str) {
+        if self.format == Format::Text {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        }
+    }
+
     /// A table (text) or the JSON value.
     pub fn table(&self, table: Option<String>, empty: &str, value: Value) {
         match (self.format, table) {

@@ -175,6 +175,8 @@ async fn the_documented_session_works_verbatim() {
         .unwrap_or_else(|| panic!("{:?}", created.stdout));
     let identity = app.validate(token).await.service_token.unwrap();
     assert_eq!(identity.name, "my-service-token");
+    // Its id beside it, on stderr: stdout stays StackState's one line.
+    assert_eq!(created.stderr.trim(), format!("Its id is {}.", identity.id));
 
     let listed = terminal.sts(&["service-token", "list"]).await.ok();
     let lines: Vec<&str> = listed.stdout.lines().collect();
@@ -656,7 +658,7 @@ async fn exit_codes_follow_stackstate() {
         .sts(&["service-token", "create", "--name", "x", "--roles", "a b"])
         .await;
     assert_eq!(run.code, 3, "{}", run.stderr);
-    assert!(run.stderr.contains("roles[0]"), "{}", run.stderr);
+    assert!(run.stderr.contains("--roles: "), "{}", run.stderr);
 
     // 4: cannot connect (saying where), authentication and permission failures.
     let run = terminal
