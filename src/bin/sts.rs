@@ -176,8 +176,11 @@ enum TokenCommand {
     Rotate {
         /// The token's id.
         id: u64,
-        /// How long the old secret keeps working, e.g. 24h (0 ends it now).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        /// How long the old secret keeps working, e.g. 24h. The default,
+        /// an hour, lets running clients switch without an outage; 0s ends
+        /// it now (for a leaked token, `sts service-token revoke` is
+        /// faster still: no credential needed).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
         grace: std::time::Duration,
     },
 }

@@ -344,6 +344,37 @@ pub async fn set_disabled(
     Ok(())
 }
 
+/// After rotating the token this command ran with: the saved context it
+/// came from takes the new secret (its old one may stop any moment, and a
+/// previous secret cannot manage anyway); a token given by flag or
+/// environment gets a word saying what to update.
+fn follow_rotation(globals: &Globals, printer: &Printer, token: &str) -> Result<(), CliError> {
+    let from_context = globals
+        .service_token
+        .is_none()
+        .then(|| globals.selected_context().ok())
+        .flatten();
+    let Some((name, context)) = from_context else {
+        printer.note(
+            "This rotated the token this command ran with (--service-token or STS_CLI_SERVICE_TOKEN): give it the new secret.",
+        );
+        return Ok(());
+    };
+    let (mut config, path) = globals.load_config()?;
+    config.upsert(
+        &name,
+        Context {
+            service_token: token.to_owned(),
+            ..context
+        },
+    );
+    config.save(&path)?;
+    printer.note(&format!(
+        "Context '{name}' now uses the new secret (it held the rotated one)."
+    ));
+    Ok(())
+}
+
 /// `sts service-token rotate`: the new secret, printed as `create` prints
 /// a new token's.
 pub async fn rotate_token(
@@ -353,6 +384,9 @@ pub async fn rotate_token(
     grace: Duration,
 ) -> Result<(), CliError> {
     let mut session = globals.session().await?;
+    // Whether this rotates the very token this command runs with: asked
+    // before, while its secret surely works.
+    let own = session.validate_own_token().await.is_ok_and(|t| t.id == id);
     let (token, rotated) = session.rotate(id, grace).await.map_err(|e| match e {
         // The token's own expiration breaks the lifetime policy: a new
         // secret would live as long, so the fix comes first.
@@ -379,6 +413,9 @@ pub async fn rotate_token(
         &format!("Service token rotated: {token}{until}"),
         json!({ "service-token": value }),
     );
+    if own {
+        follow_rotation(globals, printer, &token)?;
+    }
     Ok(())
 }
 

@@ -149,13 +149,17 @@ async fn describe_update_disable_enable_and_rotate() {
         .stdout
         .trim()
         .strip_prefix("Service token rotated: ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap();
     assert!(app.validate(newest).await.valid);
-    assert_eq!(
-        app.validate(new).await.reason(),
-        InvalidReason::NotFound,
-        "no grace given: ended"
-    );
+    // No grace given: an hour, so running clients switch without an outage.
+    assert!(app.validate(new).await.previous_secret, "the default grace");
+    let ended = terminal
+        .sts(&["service-token", "rotate", &id, "--grace", "0s"])
+        .await
+        .ok();
+    assert!(ended.stdout.starts_with("Service token rotated: "));
+    assert_eq!(app.validate(newest).await.reason(), InvalidReason::NotFound);
 
     // Mistakes are refused, naming the problem.
     let nothing = terminal.sts(&["service-token", "update", &id]).await;
@@ -334,4 +338,31 @@ async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
         "{said}"
     );
     assert!(said.contains("90d"), "{said}");
+}
+
+#[tokio::test]
+async fn rotating_the_token_the_context_uses_moves_the_context_to_the_new_secret() {
+    let app = spawn_app().await;
+    let terminal = Terminal::new();
+    terminal.log_in(&app).await;
+    let admin_id = app.admin_id().await.to_string();
+    let (_, other) = app.create("other", &["r"]).await;
+    let rotated = terminal
+        .sts(&["service-token", "rotate", &admin_id])
+        .await
+        .ok();
+    assert!(
+        rotated.stderr.contains("now uses the new secret"),
+        "{}",
+        rotated.stderr
+    );
+    // A rotated-out secret cannot manage: this works only because the
+    // context holds the new one.
+    terminal.sts(&["service-token", "list"]).await.ok();
+    // Rotating another token leaves the context alone.
+    let again = terminal
+        .sts(&["service-token", "rotate", &other.id.to_string()])
+        .await
+        .ok();
+    assert!(again.stderr.is_empty(), "{}", again.stderr);
 }
