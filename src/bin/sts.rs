@@ -11,6 +11,10 @@ use sts::cli::{
     output::{Format, Printer},
 };
 
+/// Where `--help` lists the flags every command takes, apart from the
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "sts",
@@ -19,37 +23,37 @@ use sts::cli::{
 )]
 struct Cli {
     /// Server URL, e.g. http://localhost:7070 (overrides the context).
-    #[arg(long, env = "STS_CLI_URL", global = true)]
+    #[arg(long, env = "STS_CLI_URL", global = true, help_heading = GLOBAL)]
     url: Option<String>,
     /// Service token to authenticate with (overrides the context).
     #[arg(
         long,
         env = "STS_CLI_SERVICE_TOKEN",
-        global = true,
+        global = true, help_heading = GLOBAL,
         hide_env_values = true
     )]
     service_token: Option<String>,
     /// Context to use instead of the current one.
-    #[arg(short = 'c', long, env = "STS_CLI_CONTEXT", global = true)]
+    #[arg(short = 'c', long, env = "STS_CLI_CONTEXT", global = true, help_heading = GLOBAL)]
     context: Option<String>,
     /// Config file (default: $XDG_CONFIG_HOME/stackstate-cli/config.yaml).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// Also trust the CA certificates in this PEM file for https:// URLs.
-    #[arg(long, env = "STS_CLI_CA_CERT_PATH", global = true)]
+    #[arg(long, env = "STS_CLI_CA_CERT_PATH", global = true, help_heading = GLOBAL)]
     ca_cert_path: Option<PathBuf>,
     /// Do not verify the server's TLS certificate (encrypted, not
     /// authenticated: for tests only).
-    #[arg(long, env = "STS_CLI_SKIP_SSL", global = true)]
+    #[arg(long, env = "STS_CLI_SKIP_SSL", global = true, help_heading = GLOBAL)]
     skip_ssl: bool,
     /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text, global = true)]
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text, global = true, help_heading = GLOBAL)]
     output: OutputFormat,
     /// No colour or symbols, even on a terminal.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     no_color: bool,
     /// Log what the CLI does to stderr (-vv for more).
-    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,

@@ -653,6 +653,18 @@ async fn exit_codes_follow_stackstate() {
             .unwrap();
         assert!(name.contains("Name of the context"), "{help}");
     }
+    // A command's help lists its own flags, then the global ones apart.
+    let help = terminal
+        .sts(&["service-token", "create", "--help"])
+        .await
+        .ok()
+        .stdout;
+    let (own, global) = help.split_once("Global options:").expect(&help);
+    assert!(own.contains("--roles") && !own.contains("--url"), "{help}");
+    assert!(
+        global.contains("--url") && global.contains("--output"),
+        "{help}"
+    );
     terminal.log_in(&app).await;
     let run = terminal
         .sts(&["service-token", "create", "--name", "x", "--roles", "a b"])
