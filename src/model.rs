@@ -365,6 +365,36 @@ impl Labels {
     }
 }
 
+/// How an edit changes a token's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelEdit {
+    /// The whole set, as given.
+    Replace(Labels),
+    /// Keys set and keys removed, merged into the labels the token has
+    /// when the store applies the change (under its lock), so concurrent
+    /// merges of different keys all land.
+    Merge {
+        set: Labels,
+        remove: std::collections::BTreeSet<String>,
+    },
+}
+
+impl LabelEdit {
+    /// The labels `current` has after this edit. A merge may leave more
+    /// than [`MAX_LABELS`]; [`Change::check`] refuses that.
+    fn apply(&self, current: &Labels) -> Labels {
+        match self {
+            LabelEdit::Replace(labels) => labels.clone(),
+            LabelEdit::Merge { set, remove } => {
+                let mut merged = current.0.clone();
+                merged.retain(|key, _| !remove.contains(key));
+                merged.extend(set.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Labels(merged)
+            }
+        }
+    }
+}
+
 impl fmt::Display for Labels {
     /// `k=v,k=v`: keys hold no `=` or `,`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -595,7 +625,7 @@ pub struct Edit {
     /// `Some(None)` removes the expiration.
     pub expiration: Option<Option<SystemTime>>,
     pub description: Option<Description>,
-    pub labels: Option<Labels>,
+    pub labels: Option<LabelEdit>,
     pub disabled: Option<bool>,
 }
 
@@ -629,7 +659,7 @@ impl Edit {
             edited.description = description.clone();
         }
         if let Some(labels) = &self.labels {
-            edited.labels = labels.clone();
+            edited.labels = labels.apply(&token.labels);
         }
         if let Some(disabled) = self.disabled {
             edited.disabled = disabled;
@@ -689,6 +719,20 @@ pub enum Change {
 }
 
 impl Change {
+    /// Whether `after`, what this change made, is a token the rules allow:
+    /// only a label merge can break one (more than [`MAX_LABELS`] once
+    /// merged with what the token had). Stores check it under the lock
+    /// they apply the change under.
+    pub fn check(&self, after: &ServiceToken) -> Result<(), FieldError> {
+        match self {
+            Change::Edit(Edit {
+                labels: Some(LabelEdit::Merge { .. }),
+                ..
+            }) => Labels::parse(after.labels.iter()).map(|_| ()),
+            Change::Edit(_) | Change::Rotate { .. } => Ok(()),
+        }
+    }
+
     /// Whether this change may be made on a disk below its reserve: a
     /// disable only, the one change that takes access away (as a delete
     /// does) and must never wait for space. Everything else may grow the
@@ -1411,7 +1455,7 @@ mod tests {
             name: Some(TokenName::parse("admin").unwrap()),
             roles: Some(Roles::parse(&["a", "b"]).unwrap()),
             disabled: Some(true),
-            labels: Some(Labels::parse([("team", "ci")]).unwrap()),
+            labels: Some(LabelEdit::Replace(Labels::parse([("team", "ci")]).unwrap())),
             ..Edit::default()
         };
         let after = edit.apply(&before, SystemTime::now());

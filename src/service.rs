@@ -960,6 +960,7 @@ impl TokenService {
                 id,
                 role: self.config.admin_role.clone(),
             }),
+            Outcome::Invalid(invalid) => Err(invalid.into()),
         }
     }
 

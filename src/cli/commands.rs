@@ -262,7 +262,8 @@ pub struct TokenChanges {
 }
 
 /// `sts service-token update`: the named fields only (one Update with a
-/// field mask); labels are merged into the token's current ones.
+/// field mask); labels are merged into the token's own by the server, one
+/// `labels.<key>` path each, so updates running at once all land.
 pub async fn update_token(
     globals: &Globals,
     printer: &Printer,
@@ -273,47 +274,43 @@ pub async fn update_token(
         id,
         ..Default::default()
     };
-    let mut paths = Vec::new();
+    let mut paths: Vec<String> = Vec::new();
     if let Some(name) = changes.name {
         token.name = name;
-        paths.push("name");
+        paths.push("name".into());
     }
     if let Some(roles) = changes.roles {
         token.roles = roles;
-        paths.push("roles");
+        paths.push("roles".into());
     }
     if let Some(expiration) = &changes.expiration {
         token.expiration = Some(parse_expiration(expiration)?);
-        paths.push("expiration");
+        paths.push("expiration".into());
     }
     if changes.no_expiration {
-        paths.push("expiration");
+        paths.push("expiration".into());
     }
     if let Some(description) = changes.description {
         token.description = description;
-        paths.push("description");
+        paths.push("description".into());
     }
     let mut session = globals.session().await?;
-    if !changes.labels.is_empty() || !changes.remove_labels.is_empty() {
-        let mut labels = session.get(id).await?.labels;
-        for label in &changes.labels {
-            let (key, value) = label.split_once('=').ok_or_else(|| {
-                CliError::Usage(format!("invalid --label '{label}': use key=value"))
-            })?;
-            labels.insert(key.to_owned(), value.to_owned());
-        }
-        for key in &changes.remove_labels {
-            labels.remove(key);
-        }
-        token.labels = labels;
-        paths.push("labels");
+    for label in &changes.labels {
+        let (key, value) = label
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("invalid --label '{label}': use key=value")))?;
+        token.labels.insert(key.to_owned(), value.to_owned());
+        paths.push(format!("labels.{key}"));
+    }
+    // A key named but absent from the message is removed.
+    for key in &changes.remove_labels {
+        paths.push(format!("labels.{key}"));
     }
     if paths.is_empty() {
         return Err(CliError::Usage(
             "nothing to change: give --name, --roles, --expiration, --no-expiration, --description, --label or --remove-label".into(),
         ));
     }
-    let paths = paths.into_iter().map(str::to_owned).collect();
     let updated = session.update(token, paths).await?;
     printer.success(
         &format!("Service token updated: {id}"),

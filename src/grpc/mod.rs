@@ -27,8 +27,8 @@ use crate::{
     credential,
     error::Error,
     model::{
-        Description, Edit, FieldError, Labels, ListFilter, NewToken, Roles, Secret, ServiceToken,
-        TokenId, TokenName, parse_time,
+        Description, Edit, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles, Secret,
+        ServiceToken, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
@@ -227,7 +227,7 @@ fn grace_period(grace: Option<prost_types::Duration>) -> Result<Duration, FieldE
 }
 
 /// The mask paths of an update, as AIP-134 names them.
-const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, disabled";
+const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled";
 
 /// An UpdateRequest as the token it names and the fields its mask sets.
 fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
@@ -247,13 +247,29 @@ fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
         .into());
     }
     let mut edit = Edit::default();
+    // `labels.<key>` (AIP-161): that key set from the message's labels,
+    // or removed when they lack it; merged into the token's labels as the
+    // store applies the change, so concurrent merges all land.
+    let mut set = std::collections::BTreeMap::new();
+    let mut remove = std::collections::BTreeSet::new();
     for path in &paths {
+        if let Some(key) = path.strip_prefix("labels.") {
+            match token.labels.get(key) {
+                Some(value) => {
+                    set.insert(key.to_owned(), value.clone());
+                }
+                None => {
+                    remove.insert(key.to_owned());
+                }
+            }
+            continue;
+        }
         match path.as_str() {
             "name" => edit.name = Some(TokenName::parse(&token.name)?),
             "roles" => edit.roles = Some(Roles::parse(&token.roles)?),
             "expiration" => edit.expiration = Some(time("expiration", token.expiration)?),
             "description" => edit.description = Some(Description::parse(&token.description)?),
-            "labels" => edit.labels = Some(Labels::parse(&token.labels)?),
+            "labels" => edit.labels = Some(LabelEdit::Replace(Labels::parse(&token.labels)?)),
             "disabled" => edit.disabled = Some(token.disabled),
             other => {
                 return Err(FieldError::new(
@@ -263,6 +279,19 @@ fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
                 .into());
             }
         }
+    }
+    if !set.is_empty() || !remove.is_empty() {
+        if edit.labels.is_some() {
+            return Err(FieldError::new(
+                "update_mask",
+                "names `labels` and `labels.<key>` together: give one or the other",
+            )
+            .into());
+        }
+        edit.labels = Some(LabelEdit::Merge {
+            set: Labels::parse(&set)?,
+            remove,
+        });
     }
     Ok((id, edit))
 }

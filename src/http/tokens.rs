@@ -20,8 +20,8 @@ use crate::{
     credential,
     error::Error,
     model::{
-        Description, Edit, FieldError, Labels, ListFilter, NewToken, Roles, ServiceToken, TokenId,
-        TokenName, parse_epoch_millis,
+        Description, Edit, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
+        ServiceToken, TokenId, TokenName, parse_epoch_millis,
     },
     page::PageRequest,
     service::{Admin, Revoked, Rpc, TokenService},
@@ -305,7 +305,7 @@ pub async fn get(
 }
 
 /// The errors of every token body parser for `bytes` (create, rotate,
-/// revoke, and a merge patch over a token with labels): what the fuzz
+/// revoke, and a merge patch): what the fuzz
 /// target checks.
 pub(super) fn parse_bodies(bytes: &[u8]) -> Vec<String> {
     let mut errors = Vec::new();
@@ -325,14 +325,8 @@ pub(super) fn parse_bodies(bytes: &[u8]) -> Vec<String> {
             .err()
             .map(error),
     );
-    let current: BTreeMap<String, String> = [("team".to_owned(), "ci".to_owned())].into();
-    let labels = Labels::parse(&current).unwrap_or_default();
     match json_body::<Value>(bytes, "a JSON merge patch") {
-        Ok(patch) => errors.extend(
-            patch_edit(&patch, &labels)
-                .err()
-                .map(|e| Error::from(e).to_string()),
-        ),
+        Ok(patch) => errors.extend(patch_edit(&patch).err().map(|e| Error::from(e).to_string())),
         Err(e) => errors.push(e.to_string()),
     }
     errors
@@ -342,7 +336,7 @@ pub(super) fn parse_bodies(bytes: &[u8]) -> Vec<String> {
 /// `description`, `labels` and `disabled`: a member present is changed,
 /// `null` removes what can be removed (`expiryDate`: never expires;
 /// `description`; `labels`, or one label within it).
-fn patch_edit(patch: &Value, current: &Labels) -> Result<Edit, FieldError> {
+fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
     let Some(members) = patch.as_object() else {
         return Err(FieldError::new(
             "body",
@@ -378,16 +372,21 @@ fn patch_edit(patch: &Value, current: &Labels) -> Result<Edit, FieldError> {
             ("description", value) => {
                 edit.description = Some(Description::parse(&text("description", value)?)?);
             }
-            ("labels", Value::Null) => edit.labels = Some(Labels::default()),
+            ("labels", Value::Null) => {
+                edit.labels = Some(LabelEdit::Replace(Labels::default()));
+            }
             ("labels", Value::Object(changes)) => {
-                let mut labels: BTreeMap<String, String> = current.as_map().clone();
+                // Merged into the token's labels as the store applies the
+                // change: concurrent patches of different keys all land.
+                let mut set: BTreeMap<String, String> = BTreeMap::new();
+                let mut remove = std::collections::BTreeSet::new();
                 for (key, value) in changes {
                     match value {
                         Value::Null => {
-                            labels.remove(key);
+                            remove.insert(key.clone());
                         }
                         Value::String(value) => {
-                            labels.insert(key.clone(), value.clone());
+                            set.insert(key.clone(), value.clone());
                         }
                         _ => {
                             return Err(FieldError::new(
@@ -397,7 +396,10 @@ fn patch_edit(patch: &Value, current: &Labels) -> Result<Edit, FieldError> {
                         }
                     }
                 }
-                edit.labels = Some(Labels::parse(&labels)?);
+                edit.labels = Some(LabelEdit::Merge {
+                    set: Labels::parse(&set)?,
+                    remove,
+                });
             }
             ("labels", _) => {
                 return Err(FieldError::new("labels", "must be an object, or null"));
@@ -439,12 +441,7 @@ pub async fn patch(
         let id = path_id(&id)?;
         let body = body::read(body, max_body).await?;
         let patch: Value = json_body(&body, "a JSON merge patch")?;
-        // A labels patch merges into the labels the token has now.
-        let current = match patch.get("labels") {
-            Some(Value::Object(_)) => service.get(&admin, id).await?.labels,
-            _ => Labels::default(),
-        };
-        let edit = patch_edit(&patch, &current)?;
+        let edit = patch_edit(&patch)?;
         let updated = service.update(&admin, id, edit).await;
         updated.map_err(|e| {
             e.naming_field("expiration", EXPIRY_DATE)

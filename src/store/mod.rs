@@ -40,6 +40,9 @@ pub enum Outcome<T> {
     /// and the change would take that away. Says what the change would
     /// have done ("disabling", ...).
     Lockout(&'static str),
+    /// Refused: what the change would make breaks a rule that depends on
+    /// what the token had (a label merge past the most labels).
+    Invalid(crate::model::FieldError),
 }
 
 /// The rule every change and delete is held to: some token must keep the

@@ -699,6 +699,9 @@ impl Store for PostgresStore {
         if let Some(previous) = &mut after.token.previous_secret {
             previous.expiration = to_db_time(previous.expiration).into();
         }
+        if let Err(invalid) = change.check(&after.token) {
+            return Ok(Outcome::Invalid(invalid));
+        }
         if change.changes_nothing(&before.token, &after.token) {
             // Nothing written: the row lock ends with the transaction.
             return Ok(Outcome::Done((before.token.clone(), before.token)));

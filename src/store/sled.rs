@@ -524,6 +524,9 @@ impl SledStore {
         let before = Record::decode_stored(&bytes)?;
         let after = change.apply(&before, keep.now);
         // Changes are serialized by `_serial`: what `before` says holds.
+        if let Err(invalid) = change.check(&after.token) {
+            return Ok(Outcome::Invalid(invalid));
+        }
         if change.changes_nothing(&before.token, &after.token) {
             return Ok(Outcome::Done((before.token.clone(), before.token)));
         }

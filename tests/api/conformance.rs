@@ -12,8 +12,8 @@ use sts::{
     config::DEFAULT_ADMIN_KEEP_MARGIN,
     events::{Actor, Draft, Settle},
     model::{
-        Change, Description, Edit, Labels, ListFilter, NewToken, Role, Roles, Secret, ServiceToken,
-        TokenId, TokenName, TokenSummary,
+        Change, Description, Edit, LabelEdit, Labels, ListFilter, NewToken, Role, Roles, Secret,
+        ServiceToken, TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Token,
@@ -505,7 +505,9 @@ async fn a_change_reads_back_everywhere_and_survives_a_restart(backend: &mut Bac
         roles: Some(Roles::parse(&["a", "b"]).unwrap()),
         expiration: Some(Some(expiration)),
         description: Some(Description::parse("for CI ✓").unwrap()),
-        labels: Some(Labels::parse([("team", "ci"), ("example.com/tier", "1")]).unwrap()),
+        labels: Some(LabelEdit::Replace(
+            Labels::parse([("team", "ci"), ("example.com/tier", "1")]).unwrap(),
+        )),
         disabled: Some(true),
     };
     let (before, after) = done(change(&*store, inserted.id, Change::Edit(edit), now).await);

@@ -699,6 +699,7 @@ pub async fn deleted(store: &dyn Store, id: sts::model::TokenId) -> bool {
         sts::store::Outcome::Done(()) => true,
         sts::store::Outcome::NotFound => false,
         sts::store::Outcome::Lockout(what) => panic!("lockout: {what}"),
+        sts::store::Outcome::Invalid(invalid) => panic!("invalid: {invalid:?}"),
     }
 }
 

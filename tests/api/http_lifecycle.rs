@@ -323,3 +323,87 @@ async fn the_unpaged_list_streams_more_than_a_page_as_one_array() {
         .await;
     assert_eq!(none.json(), json!([]));
 }
+
+#[tokio::test]
+async fn concurrent_label_merges_all_land_over_rest_grpc_and_the_cli() {
+    use sts::proto::{ServiceToken, UpdateRequest};
+    let app = crate::helpers::spawn_app().await;
+    let (_, created) = app.create("ci", &["r"]).await;
+    let url = format!("http://{}{TOKENS}/{}", app.addr, created.id);
+    // Twenty patches at once, each adding its own label.
+    let mut patches = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let (url, admin) = (url.clone(), app.admin_token.clone());
+        patches.spawn(async move {
+            let body = json!({ "labels": { format!("k{n}"): "v" } }).to_string();
+            let answer = reqwest::Client::new()
+                .patch(&url)
+                .header("x-api-key", admin)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+        });
+    }
+    patches.join_all().await;
+    let labels = app.get(created.id).await.unwrap().labels;
+    assert_eq!(labels.len(), 20, "{labels:?}");
+
+    // gRPC: `labels.<key>` sets that key, or removes it when the message
+    // lacks it; the others stay.
+    let update = UpdateRequest {
+        service_token: Some(ServiceToken {
+            id: created.id,
+            labels: [("team".to_owned(), "ci".to_owned())].into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["labels.team".into(), "labels.k0".into()],
+        }),
+    };
+    let updated = app
+        .client
+        .clone()
+        .update(app.admin(update))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_token
+        .unwrap();
+    assert_eq!(updated.labels.len(), 20);
+    assert_eq!(updated.labels["team"], "ci");
+    assert!(!updated.labels.contains_key("k0"));
+
+    // The CLI, ten at once.
+    let terminal = crate::cli::Terminal::new();
+    terminal.log_in(&app).await;
+    let id = created.id.to_string();
+    let runs = (0..10).map(|n| {
+        let label = format!("c{n}=v");
+        let (terminal, id) = (&terminal, &id);
+        async move {
+            terminal
+                .sts(&["service-token", "update", id, "--label", &label])
+                .await
+                .ok();
+        }
+    });
+    futures_util::future::join_all(runs).await;
+    let labels = app.get(created.id).await.unwrap().labels;
+    assert_eq!(labels.len(), 30, "{labels:?}");
+
+    // A merge past the most labels is refused, and changes nothing.
+    let too_many: serde_json::Map<String, Value> =
+        (0..5).map(|n| (format!("x{n}"), json!("v"))).collect();
+    let refused = reqwest::Client::new()
+        .patch(&url)
+        .header("x-api-key", &app.admin_token)
+        .body(json!({ "labels": too_many }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("at most 32"));
+    assert_eq!(app.get(created.id).await.unwrap().labels.len(), 30);
+}
