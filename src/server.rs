@@ -53,7 +53,11 @@ async fn watch_store(
         let check = tokio::time::timeout(STORE_CHECK_TIMEOUT, service.store_ready()).await;
         let ok = matches!(check, Ok(Ok(())));
         readiness.set_store_ok(ok);
-        service.set_store_reachable(ok);
+        let failure = match &check {
+            Ok(Err(e)) => Some(e),
+            _ => None,
+        };
+        service.set_store_reachable(ok, failure);
         if ok == serving {
             continue;
         }

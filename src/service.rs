@@ -9,7 +9,7 @@ use std::{
     future::Future,
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
@@ -167,6 +167,10 @@ pub struct TokenService {
     /// that need the store are answered UNAVAILABLE at once meanwhile,
     /// rather than each waiting out the database pool's acquire timeout.
     store_away: AtomicBool,
+    /// The last failure the store gave, with its causes (driver text
+    /// included): what a call answered at once while the store is away
+    /// logs under its incident id.
+    last_store_failure: Mutex<Option<String>>,
 }
 
 /// What the service knows of the outbox between looks at the store.
@@ -203,6 +207,7 @@ impl TokenService {
             revocations: RateLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
             outbox: Outbox::default(),
             store_away: AtomicBool::new(false),
+            last_store_failure: Mutex::new(None),
             store,
             clock,
             config,
@@ -525,7 +530,11 @@ impl TokenService {
         self.metrics.cache_lookup(false);
         self.store_present()?;
         let ticket = self.cache.ticket();
-        let found = self.store.find_by_hash(hash).await?;
+        let found = self
+            .store
+            .find_by_hash(hash)
+            .await
+            .inspect_err(|e| self.failed(e))?;
         if let Some(stored) = &found {
             self.cache.fill(ticket, hash, stored);
         }
@@ -1117,21 +1126,44 @@ impl TokenService {
         self.store.change_feed()
     }
 
-    /// What the last store check found; see `store_away`.
-    pub fn set_store_reachable(&self, reachable: bool) {
+    /// What the last store check found; see `store_away`. `failure`, when
+    /// the check failed with an error (not a timeout), is kept as the
+    /// store's last failure.
+    pub fn set_store_reachable(&self, reachable: bool, failure: Option<&StoreError>) {
         self.store_away.store(!reachable, Ordering::Relaxed);
+        if let Some(failure) = failure {
+            self.failed(failure);
+        }
     }
 
-    /// UNAVAILABLE at once while the store is known to be away.
+    /// Notes `failure` as the store's last.
+    fn failed(&self, failure: &StoreError) {
+        let text = crate::error::with_causes(failure);
+        *self
+            .last_store_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+
+    /// UNAVAILABLE at once while the store is known to be away, saying
+    /// (in the log, under the answer's incident id) its last failure.
     fn store_present(&self) -> Result<(), StoreError> {
-        if self.store_away.load(Ordering::Relaxed) {
-            return Err(StoreError::Unavailable {
-                context: "the store failed its last health check (it is checked twice a second)"
-                    .into(),
-                source: None,
-            });
+        if !self.store_away.load(Ordering::Relaxed) {
+            return Ok(());
         }
-        Ok(())
+        let last = self
+            .last_store_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Err(StoreError::Unavailable {
+            context: format!(
+                "the store failed its last health check (it is checked twice a second){}",
+                last.map(|text| format!("; its last failure: {text}"))
+                    .unwrap_or_default()
+            ),
+            source: None,
+        })
     }
 
     /// Writes the last summary of refusals and flushes the store; called
