@@ -108,7 +108,9 @@ where
             management,
             authorization: header(http::header::AUTHORIZATION.as_str()),
             x_api_key: header("x-api-key"),
-            source: source::of(request.extensions()).filter(|_| management),
+            source: management
+                .then(|| source::of(request.extensions()))
+                .flatten(),
         };
         Watched {
             inner: self.inner.call(request),
