@@ -238,14 +238,42 @@ struct Table {
     per_source: HashMap<Group, usize>,
     fruitless_scan: Option<Instant>,
     /// Refusals since the last summary, by [`Refused`] (total, per source).
-    refused: [u64; 2],
-    last_summary: Option<Instant>,
-    /// Connections sent away for breaking the protocol since the last line.
-    misbehaved: u64,
-    last_misbehaved_line: Option<Instant>,
-    /// Requests shed since the last line.
-    shed: u64,
-    last_shed_line: Option<Instant>,
+    refused: Tally<2>,
+    /// Connections sent away for breaking the protocol.
+    misbehaved: Tally<1>,
+    /// Requests shed.
+    shed: Tally<1>,
+}
+
+/// Counts of one kind of event since its last log line, and when that line
+/// was written: what keeps each kind to one line a minute.
+struct Tally<const N: usize> {
+    counts: [u64; N],
+    last_line: Option<Instant>,
+}
+
+impl<const N: usize> Tally<N> {
+    /// Counts one event of `kind`; the counts to log now (and start
+    /// again from), when a line is due.
+    fn count(&mut self, kind: usize, now: Instant) -> Option<[u64; N]> {
+        self.counts[kind] += 1;
+        let due = self
+            .last_line
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_SUMMARY_INTERVAL);
+        due.then(|| {
+            self.last_line = Some(now);
+            std::mem::replace(&mut self.counts, [0; N])
+        })
+    }
+}
+
+impl<const N: usize> Default for Tally<N> {
+    fn default() -> Self {
+        Tally {
+            counts: [0; N],
+            last_line: None,
+        }
+    }
 }
 
 impl Connections {
@@ -333,16 +361,10 @@ impl Connections {
     /// the last line, never once per connection: anyone can open them.
     pub fn misbehaved(&self, peer: Option<IpAddr>, reason: &dyn std::fmt::Display) {
         self.metrics.protocol_error();
-        let now = Instant::now();
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table.misbehaved += 1;
-        let due = table
-            .last_misbehaved_line
-            .is_none_or(|at| now.duration_since(at) >= REFUSAL_SUMMARY_INTERVAL);
-        if due {
-            let count = std::mem::take(&mut table.misbehaved);
-            table.last_misbehaved_line = Some(now);
-            drop(table);
+        let due = table.misbehaved.count(0, Instant::now());
+        drop(table);
+        if let Some([count]) = due {
             tracing::warn!(
                 peer = peer.map(tracing::field::display),
                 %reason,
@@ -356,16 +378,10 @@ impl Connections {
     /// (`--max-requests-in-flight`): counted, summarized once a minute.
     pub fn shed(&self) {
         self.metrics.request_shed();
-        let now = Instant::now();
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table.shed += 1;
-        let due = table
-            .last_shed_line
-            .is_none_or(|at| now.duration_since(at) >= REFUSAL_SUMMARY_INTERVAL);
-        if due {
-            let count = std::mem::take(&mut table.shed);
-            table.last_shed_line = Some(now);
-            drop(table);
+        let due = table.shed.count(0, Instant::now());
+        drop(table);
+        if let Some([count]) = due {
             tracing::warn!(
                 max_requests_in_flight = self.limits.max_requests_in_flight,
                 count,
@@ -421,12 +437,7 @@ impl Table {
     /// Counts a refusal; the first of an interval is logged with the
     /// counts since the last line.
     fn refused(&mut self, why: Refused, now: Instant, limits: &ConnectionLimits) {
-        self.refused[why as usize] += 1;
-        let due = self
-            .last_summary
-            .is_none_or(|at| now.duration_since(at) >= REFUSAL_SUMMARY_INTERVAL);
-        if due {
-            let [total, per_source] = std::mem::take(&mut self.refused);
+        if let Some([total, per_source]) = self.refused.count(why as usize, now) {
             tracing::warn!(
                 open = self.open,
                 max_connections = limits.max_total,
@@ -435,7 +446,6 @@ impl Table {
                 refused_per_source = per_source,
                 "closing new connections at the connection bounds (counts since the last such line; at most one a minute; sts_connections_refused_total counts all)"
             );
-            self.last_summary = Some(now);
         }
     }
 }
