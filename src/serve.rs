@@ -1,7 +1,9 @@
 //! Serving HTTP/1.1 and HTTP/2 on accepted connections with hyper directly:
 //! the connection settings, each request handed to the router with its
-//! source address (the peer, or the client a trusted proxy names), gRPC deadlines (`grpc-timeout`) enforced, and a graceful
-//! shutdown that stops accepting and lets open connections finish.
+//! source address (the peer, or the client a trusted proxy names), gRPC
+//! deadlines (`grpc-timeout`) enforced, requests past the bound on those
+//! in flight answered at once, and a graceful shutdown that stops
+//! accepting and lets open connections finish.
 //!
 //! Why not tonic's `Server`: it wraps every request in layers we do not use
 //! (a boxed service and future, a second router, error recovery, a span);
@@ -149,12 +151,11 @@ impl Builders {
         let peer = connection.connect_info();
         let slot = connection.slot().clone();
         let table = connection.table().clone();
-        let peer_ip = connection.connect_info().remote_addr().map(|a| a.ip());
+        let peer_ip = peer.remote_addr().map(|a| a.ip());
         // Decided once: a peer that is not a trusted proxy (any peer when
         // none is configured) costs nothing per request.
-        let proxy = peer
-            .remote_addr()
-            .is_some_and(|a| self.trusted_proxies.contains(a.ip()))
+        let proxy = peer_ip
+            .is_some_and(|ip| self.trusted_proxies.contains(ip))
             .then(|| self.trusted_proxies.clone());
         let service = PerConnection {
             app,
