@@ -38,7 +38,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreErr
             data_dir,
             disk_reserve,
         } => {
-            let store = SledStore::open(data_dir)?.with_reserve(*disk_reserve);
+            let store = SledStore::open_with_reserve(data_dir, *disk_reserve)?;
             tracing::info!(store = "sled", data_dir = %data_dir.display(), "store open");
             Arc::new(store)
         }

@@ -431,9 +431,13 @@ impl Metrics {
         self.next_expiry.set(counts.next_expiry_seconds);
     }
 
-    pub fn render(&self, tokens_stored: u64) -> String {
-        self.tokens_stored
-            .set(i64::try_from(tokens_stored).unwrap_or(i64::MAX));
+    /// The exposition; `tokens_stored` when known now, else the last count
+    /// stays.
+    pub fn render(&self, tokens_stored: Option<u64>) -> String {
+        if let Some(count) = tokens_stored {
+            self.tokens_stored
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

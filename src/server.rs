@@ -19,6 +19,7 @@ use crate::{
     proto::{self, token_service_server::TokenServiceServer},
     serve::{Protocol, serve},
     service::TokenService,
+    store::StoreError,
     webhook,
 };
 
@@ -37,6 +38,11 @@ pub const LIVENESS: &str = "liveness";
 /// UNAVAILABLE at once) within the two together, one second.
 const STORE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long shutdown waits, after the drain, for the last writes (last-used
+/// times, the final flush) to reach the disk. SIGTERM to exit takes at most
+/// the shutdown delay, the grace and this.
+pub const LAST_WRITES_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Keeps readiness and gRPC health in step with the store (a database that
 /// goes away and comes back), until shutdown stops it.
@@ -268,7 +274,20 @@ pub async fn run_on(
         () = grace_expired => tracing::warn!(?grace, "in-flight calls outlasted the shutdown grace; closing anyway"),
     }
 
-    service.shutdown().await?;
+    // The last writes (last-used times, the final flush) are bounded too:
+    // on a disk that stopped answering, stopping must not wait for it.
+    match tokio::time::timeout(LAST_WRITES_DEADLINE, service.shutdown()).await {
+        Ok(done) => done?,
+        Err(_) => {
+            return Err(StoreError::Unavailable {
+                context: format!(
+                    "the last writes did not reach the disk within {LAST_WRITES_DEADLINE:?}; stopping without them"
+                ),
+                source: None,
+            }
+            .into());
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

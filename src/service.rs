@@ -390,9 +390,13 @@ impl TokenService {
         Ok(purged)
     }
 
-    /// The metrics exposition, with the current token count.
-    pub async fn render_metrics(&self) -> Result<String, Error> {
-        Ok(self.metrics.render(self.store.count().await?))
+    /// The metrics exposition, with the current token count when the
+    /// store gives it within [`METRICS_COUNT_WAIT`], else the last one: a
+    /// scrape must answer while the store does not (its other series are
+    /// what tells an operator why).
+    pub async fn render_metrics(&self) -> String {
+        let count = tokio::time::timeout(METRICS_COUNT_WAIT, self.store.count()).await;
+        self.metrics.render(count.ok().and_then(Result::ok))
     }
 
     /// Runs one whole management call: checks that the caller holds the
@@ -1184,6 +1188,9 @@ impl TokenService {
         }
     }
 }
+
+/// How long a metrics scrape waits for the store's token count.
+const METRICS_COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Creates a token with no caller: the first admin token of a fresh install.
 /// Takes the store itself, not a [`TokenService`]: only whoever opens the

@@ -344,19 +344,36 @@ impl StoreArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long the runtime waits, once the command is done, for work still
+/// running on its blocking pool: a store call stuck on a disk that stopped
+/// answering must not keep the process from exiting.
+const RUNTIME_CLOSE_DEADLINE: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
     // Whatever this process creates (store files, snapshots) is its own
     // alone, whatever umask it was started with.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let outcome = match cli.command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Bootstrap(args) => bootstrap(args).await,
-        Command::Export(args) => export(args).await,
-        Command::Import(args) => import(args).await,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sts-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Bootstrap(args) => bootstrap(args).await,
+            Command::Export(args) => export(args).await,
+            Command::Import(args) => import(args).await,
+        }
+    });
+    runtime.shutdown_timeout(RUNTIME_CLOSE_DEADLINE);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

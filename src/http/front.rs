@@ -366,7 +366,7 @@ mod tests {
         ] {
             latency.observe(grpc, route(path), 0.001);
         }
-        let text = latency.metrics.render(0);
+        let text = latency.metrics.render(Some(0));
         for (series, count) in [
             (r#"protocol="http",route="/api/server/status""#, 2),
             (r#"protocol="http",route="/api/security/tokens/{id}""#, 1),

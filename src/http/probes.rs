@@ -12,7 +12,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::HttpState;
-use crate::error::Error;
 
 /// Liveness: the process answers.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -75,14 +74,14 @@ pub async fn readyz(State(state): State<HttpState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-pub async fn metrics(State(state): State<HttpState>) -> Result<Response, Error> {
-    let text = state.service.render_metrics().await?;
-    Ok((
+pub async fn metrics(State(state): State<HttpState>) -> Response {
+    let text = state.service.render_metrics().await;
+    (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
-        .into_response())
+        .into_response()
 }

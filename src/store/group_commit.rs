@@ -8,10 +8,15 @@
 //! its change is committed; writers that queue during a flush wait for the
 //! next one. So concurrent writers share flushes, and each is still durable
 //! when it is acknowledged.
+//!
+//! A writer waits at most [`FLUSH_DEADLINE`]; a flush that runs longer than
+//! [`FLUSH_STALL_LIMIT`], or that failed, makes [`GroupCommit::health`] an
+//! error (readiness turns off) until a flush succeeds again.
 
 use std::{
-    sync::{Arc, mpsc},
+    sync::{Arc, Mutex, mpsc},
     thread::{self, JoinHandle},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
@@ -23,6 +28,15 @@ use super::StoreError;
 /// before it starts a flush: those already running get to finish their
 /// change and join it. A lone writer never waits.
 const JOIN_YIELDS: usize = 4;
+
+/// How long a writer waits for the flush that makes its write durable. Past
+/// it the write is answered as failed (it may still reach the disk later,
+/// as after any timeout).
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A flush running longer than this is a stalled disk, not a slow one: the
+/// store reports itself not ready until it ends.
+pub const FLUSH_STALL_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why a flush failed: shared by every writer waiting on that flush.
 pub type FlushError = Arc<dyn std::error::Error + Send + Sync>;
@@ -37,10 +51,21 @@ struct Stats {
     writes: Counter,
 }
 
+/// What the flusher is doing: since when its current flush runs, and how
+/// the last one ended.
+#[derive(Default)]
+struct State {
+    flushing_since: Option<Instant>,
+    failed: Option<FlushError>,
+}
+
 pub struct GroupCommit {
     stats: Stats,
+    state: Arc<Mutex<State>>,
     waiters: Option<mpsc::Sender<oneshot::Sender<FlushResult>>>,
     thread: Option<JoinHandle<()>>,
+    deadline: Duration,
+    stall_limit: Duration,
 }
 
 impl GroupCommit {
@@ -51,6 +76,8 @@ impl GroupCommit {
         let (waiters, queue) = mpsc::channel::<oneshot::Sender<FlushResult>>();
         let stats = Stats::default();
         let counted = stats.clone();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
         let thread = thread::Builder::new()
             .name("sts-flusher".into())
             .spawn(move || {
@@ -65,7 +92,13 @@ impl GroupCommit {
                         }
                     }
                     concurrent = batch.len() > 1;
+                    lock(&shared).flushing_since = Some(Instant::now());
                     let result = flush();
+                    {
+                        let mut state = lock(&shared);
+                        state.flushing_since = None;
+                        state.failed = result.as_ref().err().cloned();
+                    }
                     counted.flushes.inc();
                     counted.writes.inc_by(batch.len() as u64);
                     for waiter in batch {
@@ -77,17 +110,68 @@ impl GroupCommit {
             .map_err(|e| StoreError::unavailable("cannot start the flusher thread", e))?;
         Ok(GroupCommit {
             stats,
+            state,
             waiters: Some(waiters),
             thread: Some(thread),
+            deadline: FLUSH_DEADLINE,
+            stall_limit: FLUSH_STALL_LIMIT,
         })
     }
 
-    /// Returns once every write committed before the call is durable.
+    /// With other bounds than [`FLUSH_DEADLINE`] and [`FLUSH_STALL_LIMIT`].
+    #[cfg(test)]
+    fn bounded(mut self, deadline: Duration, stall_limit: Duration) -> GroupCommit {
+        self.deadline = deadline;
+        self.stall_limit = stall_limit;
+        self
+    }
+
+    /// Returns once every write committed before the call is durable, or
+    /// fails when that has not happened within the deadline.
     pub async fn sync(&self) -> Result<(), StoreError> {
-        self.enqueue()?
-            .await
-            .map_err(|_| closing())?
-            .map_err(|e| StoreError::unavailable("cannot make the write durable", e))
+        let answer = self.enqueue()?;
+        match tokio::time::timeout(self.deadline, answer).await {
+            Ok(answer) => answer
+                .map_err(|_| closing())?
+                .map_err(|e| StoreError::unavailable("cannot make the write durable", e)),
+            Err(_) => Err(StoreError::Unavailable {
+                context: format!(
+                    "the write was not confirmed durable within {:?} (the data directory's disk is not answering; the write may still take effect)",
+                    self.deadline
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    /// Whether flushes work: an error while one has run longer than
+    /// [`FLUSH_STALL_LIMIT`], or when the last one failed.
+    pub fn health(&self) -> Result<(), StoreError> {
+        let state = lock(&self.state);
+        if let Some(since) = state.flushing_since {
+            let running = since.elapsed();
+            if running > self.stall_limit {
+                return Err(StoreError::Unavailable {
+                    context: format!(
+                        "a flush of the store has not finished for {}s: the data directory's disk is not answering",
+                        running.as_secs()
+                    ),
+                    source: None,
+                });
+            }
+        }
+        match &state.failed {
+            Some(e) => Err(StoreError::unavailable(
+                "the store's last flush failed",
+                e.clone(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the last flush failed (and none has succeeded since).
+    pub fn failing(&self) -> bool {
+        lock(&self.state).failed.is_some()
     }
 
     /// Joins the queue for the next flush (the synchronous half of `sync`).
@@ -116,6 +200,10 @@ impl GroupCommit {
     }
 }
 
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn closing() -> StoreError {
     StoreError::Unavailable {
         context: "the store is closing".into(),
@@ -126,7 +214,9 @@ fn closing() -> StoreError {
 impl Drop for GroupCommit {
     /// Closes the queue and waits for the thread, so whatever the flush
     /// closure owns (the database, its lock on the data directory) is
-    /// released when the store is.
+    /// released when the store is. (A flush stuck on a dead disk holds this
+    /// forever: the sled store drops it off the caller's thread, with a
+    /// deadline; see `offload::DropWithin`.)
     fn drop(&mut self) {
         self.waiters.take();
         if let Some(thread) = self.thread.take() {
@@ -160,7 +250,7 @@ mod tests {
             *calls += 1;
             if *calls == 1 {
                 started_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
+                let _ = release_rx.recv();
             }
             result.clone()
         };
@@ -199,6 +289,58 @@ mod tests {
             let error = answer.await.unwrap().unwrap_err();
             assert_eq!(error.to_string(), "disk on fire");
         }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_flush_fails_its_writers_at_the_deadline_and_turns_health_off() {
+        let (flush, started, release, _) = gated_flush(Ok(()));
+        let limit = Duration::from_millis(20);
+        let commit = GroupCommit::start(flush).unwrap().bounded(limit, limit);
+        let late = commit.sync().await.unwrap_err();
+        assert!(
+            late.to_string().contains("not confirmed durable within"),
+            "{late}"
+        );
+        started.recv().unwrap();
+        // Past the stall limit (a wait for time to pass, not for an event).
+        std::thread::sleep(limit * 2);
+        assert!(
+            commit
+                .health()
+                .unwrap_err()
+                .to_string()
+                .contains("has not finished for")
+        );
+        release.send(()).unwrap();
+        commit.sync().await.unwrap();
+        commit.health().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_turns_health_off_until_one_succeeds() {
+        let failures = Arc::new(Mutex::new(1));
+        let left = failures.clone();
+        let commit = GroupCommit::start(move || {
+            let mut left = left.lock().unwrap();
+            if *left == 0 {
+                return Ok(());
+            }
+            *left -= 1;
+            Err(Arc::new(std::io::Error::other("no space left")) as FlushError)
+        })
+        .unwrap();
+        commit.sync().await.unwrap_err();
+        assert!(commit.failing());
+        assert!(
+            commit
+                .health()
+                .unwrap_err()
+                .to_string()
+                .contains("last flush failed")
+        );
+        commit.sync().await.unwrap();
+        assert!(!commit.failing());
+        commit.health().unwrap();
     }
 
     #[tokio::test]

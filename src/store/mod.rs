@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod group_commit;
+mod offload;
 pub mod postgres;
 pub mod sled;
 

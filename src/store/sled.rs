@@ -35,6 +35,7 @@ use sled::{
 use super::{
     Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use,
     group_commit::{FlushError, GroupCommit},
+    offload::{DropWithin, Lane, Offload},
 };
 use crate::{
     events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
@@ -270,7 +271,15 @@ const OUTBOX_COUNT_KEY: &[u8] = b"outbox_count";
 /// The file in the data directory that holds sled's log.
 const SLED_LOG_FILE: &str = "db";
 
+/// The sled store: its trees, called on the blocking pool.
 pub struct SledStore {
+    trees: DropWithin<Arc<Trees>>,
+    offload: Offload,
+}
+
+/// sled's handles and what every call on them needs; shared with the
+/// calls running on the blocking pool.
+struct Trees {
     /// Held by every change and delete, so the lockout rule's check (a
     /// scan) and the change it allows are one step.
     changes: Mutex<()>,
@@ -301,6 +310,17 @@ impl SledStore {
     /// Opens (creating if needed, with mode 0700) the data directory. Fails
     /// with [`StoreError::Locked`] while another process has it open.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with_reserve(dir, DEFAULT_DISK_RESERVE)
+    }
+
+    /// As [`SledStore::open`], refusing every write that may grow the
+    /// store (inserts, imports, changes other than a disable, last-used
+    /// times) while the data dir's file system has less than `reserve`
+    /// bytes free. The reserve is what keeps deletes and disables possible
+    /// on a filling disk (revoking must never depend on free space someone
+    /// else took), and reads too: sled may write while reading, to
+    /// consolidate pages.
+    pub fn open_with_reserve(dir: &Path, reserve: u64) -> Result<SledStore, StoreError> {
         create_private_dir(dir)?;
         refuse_exposed(dir)?;
         let db = sled::Config::new()
@@ -324,7 +344,7 @@ impl SledStore {
                 .map_err(unavailable)?;
             db.flush().map_err(unavailable)?;
         }
-        Ok(SledStore {
+        let trees = Trees {
             changes: Mutex::new(()),
             flusher: start_flusher(db.clone(), dir)?,
             not_before: Mutex::default(),
@@ -335,21 +355,62 @@ impl SledStore {
             outbox,
             signals,
             dir: dir.to_owned(),
-            reserve: DEFAULT_DISK_RESERVE,
+            reserve,
+        };
+        Ok(SledStore {
+            trees: DropWithin::new(Arc::new(trees)),
+            offload: Offload::default(),
         })
     }
 
-    /// Refuse every write that may grow the store (inserts, imports,
-    /// changes other than a disable, last-used times) while the data dir's
-    /// file system has less than `bytes` free. The reserve is what keeps
-    /// deletes and disables possible on a filling disk (revoking must never
-    /// depend on free space someone else took), and reads too: sled may
-    /// write while reading, to consolidate pages.
-    pub fn with_reserve(mut self, bytes: u64) -> SledStore {
-        self.reserve = bytes;
-        self
+    /// Inserts many tokens and syncs once at the end: for bulk loads (benchmark
+    /// pre-fill, imports), where nothing is acknowledged until all is durable.
+    pub async fn insert_many(
+        &self,
+        tokens: impl IntoIterator<Item = (TokenHash, NewToken)>,
+        created_at: SystemTime,
+    ) -> Result<u64, StoreError> {
+        let tokens: Vec<_> = tokens.into_iter().collect();
+        let count = self
+            .write(move |trees| {
+                trees.check_space()?;
+                let mut count = 0;
+                for (hash, new) in &tokens {
+                    trees.insert_unsynced(*hash, new, created_at, None)?;
+                    count += 1;
+                }
+                Ok(count)
+            })
+            .await?;
+        self.sync().await?;
+        Ok(count)
     }
 
+    /// Runs `call` on the trees in the read lane (see [`Offload`]).
+    async fn read<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let trees = Arc::clone(&self.trees);
+        self.offload.run(Lane::Read, move || call(&trees)).await
+    }
+
+    /// Runs `call` on the trees in the write lane (see [`Offload`]).
+    async fn write<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Trees) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let trees = Arc::clone(&self.trees);
+        self.offload.run(Lane::Write, move || call(&trees)).await
+    }
+
+    /// Makes every write so far durable; concurrent callers share one flush.
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.trees.flusher.sync().await
+    }
+}
+
+impl Trees {
     fn check_space(&self) -> Result<(), StoreError> {
         if self.reserve == 0 {
             return Ok(());
@@ -365,23 +426,6 @@ impl SledStore {
             });
         }
         Ok(())
-    }
-
-    /// Inserts many tokens and syncs once at the end: for bulk loads (benchmark
-    /// pre-fill, imports), where nothing is acknowledged until all is durable.
-    pub async fn insert_many(
-        &self,
-        tokens: impl IntoIterator<Item = (TokenHash, NewToken)>,
-        created_at: SystemTime,
-    ) -> Result<u64, StoreError> {
-        self.check_space()?;
-        let mut count = 0;
-        for (hash, new) in tokens {
-            self.insert_unsynced(hash, &new, created_at, None)?;
-            count += 1;
-        }
-        self.sync().await?;
-        Ok(count)
     }
 
     /// A sequence number for an event, when there is one to write.
@@ -469,11 +513,6 @@ impl SledStore {
             Ok(Imported::Added)
         });
         outcome.map_err(|e: TransactionError<()>| transaction_failed("import", e))
-    }
-
-    /// Makes every write so far durable; concurrent callers share one flush.
-    async fn sync(&self) -> Result<(), StoreError> {
-        self.flusher.sync().await
     }
 
     /// Whether a token other than `id` lets anyone manage tokens through
@@ -724,22 +763,8 @@ impl SledStore {
     }
 }
 
-#[async_trait]
-impl Store for SledStore {
-    async fn insert(
-        &self,
-        hash: TokenHash,
-        new: &NewToken,
-        created_at: SystemTime,
-        event: Option<&Draft>,
-    ) -> Result<ServiceToken, StoreError> {
-        self.check_space()?;
-        let created = self.insert_unsynced(hash, new, created_at, event)?;
-        self.sync().await?;
-        Ok(created)
-    }
-
-    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+impl Trees {
+    fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
         let Some(key) = self.by_hash.get(hash.as_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
@@ -757,7 +782,7 @@ impl Store for SledStore {
             .ok_or_else(|| StoreError::misindexed(id))
     }
 
-    async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
+    fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
         let key = id.get().to_be_bytes();
         match self.tokens.get(key).map_err(unavailable)? {
             Some(bytes) => Ok(Some(Record::decode_stored(&bytes)?)),
@@ -765,7 +790,7 @@ impl Store for SledStore {
         }
     }
 
-    async fn list_matching(
+    fn list_matching(
         &self,
         after: Option<TokenId>,
         limit: usize,
@@ -791,102 +816,7 @@ impl Store for SledStore {
         Ok(page)
     }
 
-    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
-        self.check_space()?;
-        let mut outcomes = Vec::with_capacity(tokens.len());
-        for stored in tokens {
-            outcomes.push(self.import_unsynced(stored)?);
-        }
-        if outcomes.contains(&Imported::Added) {
-            self.sync().await?;
-        }
-        Ok(outcomes)
-    }
-
-    async fn change(
-        &self,
-        id: TokenId,
-        change: &Change,
-        keep: &KeepAdmin,
-        event: Option<&Draft>,
-    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
-        if !change.may_use_the_reserve() {
-            self.check_space()?;
-        }
-        let outcome = self.change_unsynced(id, change, keep, event)?;
-        if let Outcome::Done(_) = outcome {
-            self.sync().await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
-        // Last-used times wait for space like any write that grows the store.
-        self.check_space()?;
-        for used in uses {
-            self.record_use(used)?;
-        }
-        if !uses.is_empty() {
-            self.sync().await?;
-        }
-        Ok(())
-    }
-
-    async fn delete(
-        &self,
-        id: TokenId,
-        keep: &KeepAdmin,
-        event: Option<&Draft>,
-    ) -> Result<Outcome<()>, StoreError> {
-        let outcome = self.delete_unsynced(id, keep, event)?;
-        if let Outcome::Done(()) = outcome {
-            self.sync().await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {
-        // The scan on a blocking thread, the few announcements here.
-        let (tokens, signals) = (self.tokens.clone(), self.signals.clone());
-        let due = blocking(move || {
-            let mut due = Vec::new();
-            for entry in tokens.iter() {
-                let (key, bytes) = entry.map_err(unavailable)?;
-                let Ok(stored) = Record::decode_stored(&bytes) else {
-                    continue;
-                };
-                let token = stored.token;
-                let Some(expiration) = token.expiration.filter(|_| !token.disabled) else {
-                    continue;
-                };
-                let Some(step) = Expiry::at(expiration, now) else {
-                    continue;
-                };
-                let done = signals.get(&key).map_err(unavailable)?;
-                if announced(done.as_deref(), expiration).is_none_or(|done| done < step) {
-                    due.push((key, expiration, step));
-                }
-            }
-            Ok(due)
-        })
-        .await?;
-        let mut signalled = 0;
-        for (key, expiration, step) in due {
-            if self.signal_expiry(&key, expiration, step, now)? {
-                signalled += 1;
-            }
-        }
-        if signalled > 0 {
-            self.sync().await?;
-        }
-        Ok(signalled)
-    }
-
-    async fn claim_events(
-        &self,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Pending>, StoreError> {
+    fn claim_events(&self, limit: usize, lease: Duration) -> Result<Vec<Pending>, StoreError> {
         let now = SystemTime::now();
         let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
         let mut claimed = Vec::new();
@@ -918,14 +848,7 @@ impl Store for SledStore {
         Ok(claimed)
     }
 
-    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
-        for settle in settled {
-            self.settle_event(settle)?;
-        }
-        Ok(())
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+    fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let pending = decode_count(self.meta.get(OUTBOX_COUNT_KEY).map_err(unavailable)?);
         let oldest = match self.outbox.first().map_err(unavailable)? {
             Some((_, bytes)) => OutboxRecord::decode(&*bytes).ok().map(|r| r.occurred_at()),
@@ -934,34 +857,230 @@ impl Store for SledStore {
         Ok(OutboxStats { pending, oldest })
     }
 
-    async fn count(&self) -> Result<u64, StoreError> {
+    fn count(&self) -> Result<u64, StoreError> {
         Ok(decode_count(self.meta.get(COUNT_KEY).map_err(unavailable)?))
     }
 
-    /// A pass over every record, on a blocking thread: at a million tokens
-    /// it takes seconds, which must not stall the requests sharing the
-    /// runtime.
-    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
-        let tokens = self.tokens.clone();
-        blocking(move || {
-            let mut summary = TokenSummary::default();
-            for entry in tokens.iter() {
-                let (_, bytes) = entry.map_err(unavailable)?;
-                if let Ok(stored) = Record::decode_stored(&bytes) {
-                    summary.add(&stored.token, now);
-                }
+    /// The expiry steps due at `now` and not yet announced: a pass over
+    /// every record.
+    fn expiries_due(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<(sled::IVec, SystemTime, Expiry)>, StoreError> {
+        let mut due = Vec::new();
+        for entry in self.tokens.iter() {
+            let (key, bytes) = entry.map_err(unavailable)?;
+            let Ok(stored) = Record::decode_stored(&bytes) else {
+                continue;
+            };
+            let token = stored.token;
+            let Some(expiration) = token.expiration.filter(|_| !token.disabled) else {
+                continue;
+            };
+            let Some(step) = Expiry::at(expiration, now) else {
+                continue;
+            };
+            let done = self.signals.get(&key).map_err(unavailable)?;
+            if announced(done.as_deref(), expiration).is_none_or(|done| done < step) {
+                due.push((key, expiration, step));
             }
-            Ok(summary)
+        }
+        Ok(due)
+    }
+
+    fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
+        let mut summary = TokenSummary::default();
+        for entry in self.tokens.iter() {
+            let (_, bytes) = entry.map_err(unavailable)?;
+            if let Ok(stored) = Record::decode_stored(&bytes) {
+                summary.add(&stored.token, now);
+            }
+        }
+        Ok(summary)
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn insert(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+        event: Option<&Draft>,
+    ) -> Result<ServiceToken, StoreError> {
+        let (new, event) = (new.clone(), event.cloned());
+        let created = self
+            .write(move |trees| {
+                trees.check_space()?;
+                trees.insert_unsynced(hash, &new, created_at, event.as_ref())
+            })
+            .await?;
+        self.sync().await?;
+        Ok(created)
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+        let hash = *hash;
+        self.read(move |trees| trees.find_by_hash(&hash)).await
+    }
+
+    async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
+        self.read(move |trees| trees.get(id)).await
+    }
+
+    async fn list_matching(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        let filter = filter.clone();
+        self.read(move |trees| trees.list_matching(after, limit, &filter))
+            .await
+    }
+
+    async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
+        let tokens = tokens.to_vec();
+        let outcomes = self
+            .write(move |trees| {
+                trees.check_space()?;
+                tokens
+                    .iter()
+                    .map(|stored| trees.import_unsynced(stored))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        if outcomes.contains(&Imported::Added) {
+            self.sync().await?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn change(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+        event: Option<&Draft>,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        let (change, keep, event) = (change.clone(), keep.clone(), event.cloned());
+        let outcome = self
+            .write(move |trees| {
+                if !change.may_use_the_reserve() {
+                    trees.check_space()?;
+                }
+                trees.change_unsynced(id, &change, &keep, event.as_ref())
+            })
+            .await?;
+        if let Outcome::Done(_) = outcome {
+            self.sync().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.write(move |trees| {
+            // Last-used times wait for space like any write that grows the store.
+            trees.check_space()?;
+            uses.iter().try_for_each(|used| trees.record_use(used))
         })
-        .await
+        .await?;
+        self.sync().await
+    }
+
+    async fn delete(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        event: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError> {
+        let (keep, event) = (keep.clone(), event.cloned());
+        let outcome = self
+            .write(move |trees| trees.delete_unsynced(id, &keep, event.as_ref()))
+            .await?;
+        if let Outcome::Done(()) = outcome {
+            self.sync().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {
+        // The scan as a pass of its own, the few announcements as writes.
+        let trees = Arc::clone(&self.trees);
+        let due = pass(move || trees.expiries_due(now)).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let signalled = self
+            .write(move |trees| {
+                let mut signalled = 0;
+                for (key, expiration, step) in due {
+                    if trees.signal_expiry(&key, expiration, step, now)? {
+                        signalled += 1;
+                    }
+                }
+                Ok(signalled)
+            })
+            .await?;
+        if signalled > 0 {
+            self.sync().await?;
+        }
+        Ok(signalled)
+    }
+
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Pending>, StoreError> {
+        self.read(move |trees| trees.claim_events(limit, lease))
+            .await
+    }
+
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
+        let settled = settled.to_vec();
+        self.write(move |trees| settled.iter().try_for_each(|s| trees.settle_event(s)))
+            .await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.read(|trees| trees.outbox_stats()).await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.read(|trees| trees.count()).await
+    }
+
+    /// A pass over every record, on a thread of its own: at a million
+    /// tokens it takes seconds, which must not hold a slot of the read
+    /// lane, nor stall the requests sharing the runtime.
+    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
+        let trees = Arc::clone(&self.trees);
+        pass(move || trees.summary(now)).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.sync().await
     }
 
+    /// Not ready while a flush is stalled or the last one failed (trying
+    /// one again then, so a disk that came back is seen), or while the
+    /// read lane cannot answer a read of one key.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.trees.flusher.health()?;
+        if self.trees.flusher.failing() {
+            self.sync().await?;
+        }
+        self.read(|trees| trees.count()).await.map(drop)
+    }
+
     fn register_metrics(&self, registry: &mut Registry) {
-        self.flusher.register_metrics(registry);
+        self.trees.flusher.register_metrics(registry);
     }
 }
 
@@ -996,7 +1115,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredToken, StoreError> {
 /// come from idle time, not from the requests sharing the cores (a pass on
 /// tokio's blocking pool took half of a busy core). Where the system
 /// refuses the priority, the pass runs all the same.
-async fn blocking<T: Send + 'static>(
+async fn pass<T: Send + 'static>(
     pass: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let (done, result) = tokio::sync::oneshot::channel();
@@ -1173,7 +1292,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     #[tokio::test]
     async fn passes_over_the_store_run_at_the_lowest_cpu_priority() {
-        let niceness = super::blocking(|| {
+        let niceness = super::pass(|| {
             Ok(rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap())
         })
         .await
@@ -1183,7 +1302,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pass_that_panics_is_an_error_not_a_hang() {
-        let failed = super::blocking::<()>(|| panic!("the pass broke")).await;
+        let failed = super::pass::<()>(|| panic!("the pass broke")).await;
         assert!(failed.is_err());
     }
 }

@@ -26,6 +26,7 @@ mod crash;
 mod create;
 mod delete;
 mod disclosure;
+mod disk;
 mod durability;
 mod edges;
 mod examples;
