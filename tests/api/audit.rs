@@ -204,24 +204,39 @@ async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdo
             .await
             .unwrap_err();
     }
-    crate::helpers::eventually("a summary of the four further refusals", || async {
+    // Each interval's first refusal in full, the rest counted into its
+    // summary. How the five fall into 50 ms intervals depends on how fast
+    // this machine runs them; that all five are accounted for, with at
+    // least one summary written before shutdown, does not.
+    let refused = |e: &serde_json::Value| e["fields"]["outcome"] == "UNAUTHENTICATED";
+    let full = || {
         logs.target(AUDIT)
             .iter()
-            .any(|e| e["fields"]["count"] == 4 && e["fields"]["reason"] == "missing")
+            .filter(|e| refused(e) && e["fields"]["count"].is_null())
+            .count()
+    };
+    let summarized = || -> u64 {
+        logs.target(AUDIT)
+            .iter()
+            .filter(|e| e["fields"]["reason"] == "missing")
+            .filter_map(|e| e["fields"]["count"].as_u64())
+            .sum()
+    };
+    crate::helpers::eventually("a summary of the further refusals", || async {
+        summarized() > 0 && full() as u64 + summarized() == 5
     })
     .await;
-    // A new interval: its first refusal is written in full again.
+    // A later refusal is accounted for too (in full when it opens a new
+    // interval, else in that interval's summary), still without shutdown.
     app.client
         .clone()
         .list(ListRequest::default())
         .await
         .unwrap_err();
-    let full = logs
-        .target(AUDIT)
-        .iter()
-        .filter(|e| e["fields"]["outcome"] == "UNAUTHENTICATED" && e["fields"]["count"].is_null())
-        .count();
-    assert_eq!(full, 2);
+    crate::helpers::eventually("the sixth refusal accounted for", || async {
+        full() as u64 + summarized() == 6
+    })
+    .await;
 }
 
 #[tokio::test]
