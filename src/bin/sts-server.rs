@@ -130,8 +130,10 @@ struct StoreArgs {
 /// For the commands that write tokens.
 #[derive(Args)]
 struct ReserveArgs {
-    /// Free space (MiB) kept on the data directory's disk: creates are
-    /// refused below it, so deletes and reads still work on a filling disk.
+    /// Disk space (MiB) kept for deletes and disables, held in the file
+    /// `disk-reserve` in the data directory and given back when the disk
+    /// runs out; creates, changes and rotations need as much free beside
+    /// it. 0: none.
     #[arg(long, env = "STS_DISK_RESERVE_MIB", default_value_t = DEFAULT_DISK_RESERVE / MIB)]
     disk_reserve_mib: u64,
 }

@@ -19,6 +19,7 @@ use crate::{
 mod group_commit;
 mod offload;
 pub mod postgres;
+pub mod reserve;
 pub mod sled;
 
 pub use self::{postgres::PostgresStore, sled::SledStore};
@@ -123,12 +124,16 @@ pub enum StoreError {
     },
     /// Writes that may grow the store are paused (creates, changes other
     /// than a disable, rotations, last-used times): the data directory's
-    /// disk has less free space than the reserve kept so that deletes and
-    /// disables always have room.
+    /// disk has less free space than they need beside the reserve kept so
+    /// that deletes and disables always have room (see [`reserve`]).
     #[error(
-        "the data directory's disk is nearly full: {free_kib} KiB free, below the {reserve_kib} KiB kept for deletes"
+        "the data directory's disk is nearly full: {free_kib} KiB free, below the {needed_kib} KiB that writes which grow the store need (the {reserve_kib} KiB reserve is kept for deletes and disables)"
     )]
-    DiskReserve { free_kib: u64, reserve_kib: u64 },
+    DiskReserve {
+        free_kib: u64,
+        needed_kib: u64,
+        reserve_kib: u64,
+    },
     #[error("the store holds a corrupt record: {context}")]
     Corrupt {
         context: String,

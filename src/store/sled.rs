@@ -16,7 +16,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -36,6 +36,7 @@ use super::{
     Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use,
     group_commit::{FlushError, GroupCommit},
     offload::{DropWithin, Lane, Offload},
+    reserve::Reserve,
 };
 use crate::{
     events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
@@ -46,9 +47,8 @@ use crate::{
     token::TokenHash,
 };
 
-/// Free space kept on the data directory's disk for deletes and sled's own
-/// upkeep unless told otherwise; creates are refused below it. See
-/// [`SledStore::with_reserve`].
+/// Free space kept on the data directory's disk for deletes and disables
+/// unless told otherwise, held in a ballast file (see [`super::reserve`]).
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
 /// Memory sled may keep of the store's pages. Its own default (1 GiB) let
@@ -296,8 +296,7 @@ struct Trees {
     /// increasing, also across restarts).
     db: sled::Db,
     flusher: GroupCommit,
-    dir: PathBuf,
-    reserve: u64,
+    reserve: Reserve,
 }
 
 fn decode_count(bytes: Option<sled::IVec>) -> u64 {
@@ -313,22 +312,25 @@ impl SledStore {
         SledStore::open_with_reserve(dir, DEFAULT_DISK_RESERVE)
     }
 
-    /// As [`SledStore::open`], refusing every write that may grow the
-    /// store (inserts, imports, changes other than a disable, last-used
-    /// times) while the data dir's file system has less than `reserve`
-    /// bytes free. The reserve is what keeps deletes and disables possible
-    /// on a filling disk (revoking must never depend on free space someone
-    /// else took), and reads too: sled may write while reading, to
-    /// consolidate pages.
+    /// As [`SledStore::open`], with a disk reserve of `reserve` bytes (0:
+    /// none; see [`super::reserve`]). The reserve is what keeps deletes and
+    /// disables possible on a filling disk (revoking must never depend on
+    /// free space someone else took), and reads too: sled may write while
+    /// reading, to consolidate pages.
     pub fn open_with_reserve(dir: &Path, reserve: u64) -> Result<SledStore, StoreError> {
         create_private_dir(dir)?;
         refuse_exposed(dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(DEFAULT_SLED_CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+            .flush_every_ms(None);
+        // A disk that filled while the server was down: giving the reserve
+        // back first is what lets sled open (and the server serve checks,
+        // deletes, disables). Not after a failed open: sled's failed writes
+        // there can leave files it then reads as corrupt.
+        Reserve::give_back_to_open(dir, reserve)?;
+        let db = config.open().map_err(|e| open_error(dir, e))?;
+        let reserve = Reserve::open(dir, reserve)?;
         // The files sled just made got the process's umask: made private
         // here whatever it was (the server also sets umask 077 itself).
         make_files_private(dir)?;
@@ -354,7 +356,6 @@ impl SledStore {
             meta,
             outbox,
             signals,
-            dir: dir.to_owned(),
             reserve,
         };
         Ok(SledStore {
@@ -411,21 +412,18 @@ impl SledStore {
 }
 
 impl Trees {
+    /// Before a write that grows the store (see [`Reserve`]).
     fn check_space(&self) -> Result<(), StoreError> {
-        if self.reserve == 0 {
-            return Ok(());
+        self.reserve.check_growth()
+    }
+
+    /// Before a write the reserve is kept for: gives the reserve back if
+    /// the disk is nearly out of space. The write goes ahead whatever this
+    /// finds (a free-space reading that failed included).
+    fn tend_reserve(&self) {
+        if let Err(e) = self.reserve.tend() {
+            tracing::warn!(error = %super::with_causes(&e), "could not tend the disk reserve");
         }
-        let stats = rustix::fs::statvfs(&self.dir).map_err(|e| {
-            StoreError::unavailable("cannot read the free space of the data directory", e)
-        })?;
-        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
-        if free < self.reserve {
-            return Err(StoreError::DiskReserve {
-                free_kib: free / 1024,
-                reserve_kib: self.reserve / 1024,
-            });
-        }
-        Ok(())
     }
 
     /// A sequence number for an event, when there is one to write.
@@ -967,7 +965,9 @@ impl Store for SledStore {
         let (change, keep, event) = (change.clone(), keep.clone(), event.cloned());
         let outcome = self
             .write(move |trees| {
-                if !change.may_use_the_reserve() {
+                if change.may_use_the_reserve() {
+                    trees.tend_reserve();
+                } else {
                     trees.check_space()?;
                 }
                 trees.change_unsynced(id, &change, &keep, event.as_ref())
@@ -1001,7 +1001,10 @@ impl Store for SledStore {
     ) -> Result<Outcome<()>, StoreError> {
         let (keep, event) = (keep.clone(), event.cloned());
         let outcome = self
-            .write(move |trees| trees.delete_unsynced(id, &keep, event.as_ref()))
+            .write(move |trees| {
+                trees.tend_reserve();
+                trees.delete_unsynced(id, &keep, event.as_ref())
+            })
             .await?;
         if let Outcome::Done(()) = outcome {
             self.sync().await?;
@@ -1076,7 +1079,12 @@ impl Store for SledStore {
         if self.trees.flusher.failing() {
             self.sync().await?;
         }
-        self.read(|trees| trees.count()).await.map(drop)
+        self.read(|trees| {
+            trees.reserve.tend()?;
+            trees.count()
+        })
+        .await
+        .map(drop)
     }
 
     fn register_metrics(&self, registry: &mut Registry) {

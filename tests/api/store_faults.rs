@@ -236,7 +236,7 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     use sts::proto::token_service_client::TokenServiceClient;
 
     let root = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "8m") else {
+    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "16m") else {
         return;
     };
     let data = disk.0.join("data");
@@ -389,4 +389,103 @@ async fn valid(
     token: &str,
 ) -> Result<bool, tonic::Status> {
     Ok(crate::helpers::validate_on(client, token).await?.valid)
+}
+
+/// The reserve is real space (a ballast file in the data directory): when
+/// another process takes every free byte, the server gives the ballast
+/// back, so deletes and disables still work and creates are refused; it
+/// holds the ballast again once there is room. A server whose disk filled
+/// while it was stopped still starts (the ballast given back to let sled
+/// open), serves checks and accepts deletes.
+#[tokio::test]
+async fn the_reserve_is_real_space_given_back_for_deletes_and_to_start_on_a_full_disk() {
+    use crate::{
+        helpers::{channel, eventually, with_key},
+        process::{ServerProcess, bootstrap_with},
+    };
+    use sts::{proto::token_service_client::TokenServiceClient, store::reserve::BALLAST_FILE};
+
+    let root = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "16m") else {
+        return;
+    };
+    let data = disk.0.join("data");
+    let ballast = data.join(BALLAST_FILE);
+    let filler = disk.0.join("filler");
+    let reserve = [("STS_DISK_RESERVE_MIB", "2")];
+    let admin = bootstrap_with(&data, &reserve);
+    assert_eq!(std::fs::metadata(&ballast).unwrap().len(), 2 << 20);
+    let server = ServerProcess::start_with(&data, &reserve).await;
+    let mut client = TokenServiceClient::new(channel(server.addr).await);
+    let create = |name: &str| with_key(&admin, create_request(name, &["r"]));
+    let mut kept = Vec::new();
+    for i in 0..4 {
+        kept.push(
+            client
+                .create(create(&format!("t-{i}")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+
+    // Someone else takes every free byte.
+    fill(&filler);
+    let refused = client.create(create("refused")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("nearly full"), "{refused:?}");
+    // The ballast is given back before the delete writes: it succeeds.
+    let gone = kept.pop().unwrap();
+    let id = gone.service_token.as_ref().unwrap().id;
+    client
+        .delete(with_key(&admin, DeleteRequest { id }))
+        .await
+        .unwrap();
+    assert!(!ballast.exists());
+    assert!(!valid(&client, &gone.token).await.unwrap());
+    assert!(valid(&client, &kept[0].token).await.unwrap());
+    // Still refused: the ballast must be made again first.
+    let refused = client.create(create("refused")).await.unwrap_err();
+    assert!(refused.message().contains("nearly full"), "{refused:?}");
+
+    // Space again: the ballast comes back (the store check tends it twice
+    // a second) and creates resume.
+    std::fs::remove_file(&filler).unwrap();
+    eventually("the ballast made again", || async { ballast.exists() }).await;
+    kept.push(
+        client
+            .create(create("after-space"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("gave back the disk reserve")),
+        "{log:#?}"
+    );
+
+    // The disk fills while the server is stopped: it starts all the same.
+    fill(&filler);
+    let server = ServerProcess::start_with(&data, &reserve).await;
+    let mut client = TokenServiceClient::new(channel(server.addr).await);
+    for token in &kept {
+        assert!(valid(&client, &token.token).await.unwrap());
+    }
+    let gone = kept.pop().unwrap();
+    let id = gone.service_token.as_ref().unwrap().id;
+    client
+        .delete(with_key(&admin, DeleteRequest { id }))
+        .await
+        .unwrap();
+    assert!(!valid(&client, &gone.token).await.unwrap());
+    let refused = client.create(create("refused")).await.unwrap_err();
+    assert!(refused.message().contains("nearly full"), "{refused:?}");
+    std::fs::remove_file(&filler).unwrap();
+    eventually("the ballast made again", || async { ballast.exists() }).await;
+    client.create(create("after-restart")).await.unwrap();
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
 }
