@@ -93,7 +93,16 @@ impl StallingDisk {
     /// test lets the disk answer before it kills (and reaps) the server.
     fn stall(&self) -> Stalled {
         std::fs::write(&self.switch, b"").unwrap();
-        Stalled(self.switch.clone())
+        let stalled = Stalled(self.switch.clone());
+        // The file system polls the switch: wait until it says the stall
+        // is in force, or a write sent now could still get through.
+        let on = PathBuf::from(format!("{}.on", self.switch.display()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !on.exists() {
+            assert!(Instant::now() < deadline, "the stall never began");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stalled
     }
 
     fn resume(&self) {

@@ -6,7 +6,8 @@ Usage: stalling_fs.py ROOT MOUNTPOINT SWITCH
 Mirrors ROOT at MOUNTPOINT. While the file SWITCH exists, every read,
 write, sync and file creation waits (as on a disk that stopped answering)
 until SWITCH is removed; metadata (stat, statfs, directory listings) still
-answers, as a kernel's caches would. Used by the disk-stall test
+answers, as a kernel's caches would. The file SWITCH.on exists exactly
+while the stall is in force, so a test knows when it has begun. Used by the disk-stall test
 (tests/api/disk.rs) to freeze the server's data directory for real.
 """
 
@@ -32,10 +33,15 @@ class Stall:
         threading.Thread(target=self.poll, daemon=True).start()
 
     def poll(self):
+        on = self.switch + ".on"
         while True:
             if os.path.exists(self.switch):
-                self.answering.clear()
-            else:
+                if self.answering.is_set():
+                    self.answering.clear()
+                    open(on, "w").close()
+            elif not self.answering.is_set():
+                if os.path.exists(on):
+                    os.unlink(on)
                 self.answering.set()
             time.sleep(POLL_SECONDS)
 
