@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     credential::AuthError,
+    incident::{self, Severity},
     model::{FieldError, Role, TokenId},
     store::{Cause, StoreError},
 };
@@ -138,21 +139,21 @@ impl Error {
 
     /// What the client is told; both transports answer with it. A caller's
     /// mistake is explained. A failure of the server's own (every store
-    /// error) is logged here, whole (every cause: driver text, paths, record
-    /// ids), under a fresh incident id, and the client gets a fixed text and
-    /// that id, which it can quote to whoever reads the log. Nothing internal
+    /// error) is logged, whole (every cause: driver text, paths, record
+    /// ids), under an incident id (one per failure per window: see
+    /// [`incident`]), and the client gets a fixed text and that id, which
+    /// it can quote to whoever reads the log. Nothing internal
     /// reaches a client; `Validate` answers callers who need no credential.
     pub fn answer(&self) -> Answer {
         let kind = self.kind();
         let message = match self {
             Error::Store(failure) => {
-                let incident = incident_id();
-                let error = with_causes(failure);
-                if kind == ErrorKind::Unavailable {
-                    tracing::warn!(%incident, %error, "request failed: store unavailable");
+                let severity = if kind == ErrorKind::Unavailable {
+                    Severity::Unavailable
                 } else {
-                    tracing::error!(%incident, %error, "request failed");
-                }
+                    Severity::Internal
+                };
+                let incident = incident::of(&with_causes(failure), severity);
                 format!(
                     "{} (incident {incident}; the server's log has the details)",
                     fixed_text(failure)
@@ -179,11 +180,6 @@ fn fixed_text(failure: &StoreError) -> &'static str {
             "the token store is unavailable; try again later"
         }
     }
-}
-
-/// 16 hex digits, random: unique enough to find one line in a log.
-fn incident_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 impl ErrorKind {
@@ -268,7 +264,8 @@ mod tests {
         );
         assert!(!answer.message.contains("password"), "{answer:?}");
         assert!(!answer.message.contains("PostgreSQL"), "{answer:?}");
-        assert_ne!(error.answer().message, answer.message, "a new id each time");
+        // The same failure again within the window: the same incident.
+        assert_eq!(error.answer().message, answer.message);
     }
 
     #[test]

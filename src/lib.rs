@@ -20,6 +20,7 @@ pub mod events;
 pub mod export;
 pub mod grpc;
 pub mod http;
+pub mod incident;
 pub mod last_used;
 pub mod listener;
 pub mod logging;

@@ -56,6 +56,9 @@ async fn watch_store(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        // The store's incidents whose window has passed get their summary
+        // line now, not whenever the next failure comes.
+        crate::incident::summarize(false);
         let check = tokio::time::timeout(STORE_CHECK_TIMEOUT, service.store_ready()).await;
         let ok = matches!(check, Ok(Ok(())));
         readiness.set_store_ok(ok);
@@ -288,6 +291,7 @@ pub async fn run_on(
             .into());
         }
     }
+    crate::incident::summarize(true);
     tracing::info!("stopped");
     Ok(())
 }

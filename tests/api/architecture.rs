@@ -252,7 +252,9 @@ fn the_leaves_and_the_boundaries_hold() {
     let top = top_level(&module_graph(&library_sources()));
     let uses = |module: &str| top.get(module).cloned().unwrap_or_default();
     let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
-    for leaf in ["clock", "metrics", "proto", "source", "text", "token"] {
+    for leaf in [
+        "clock", "incident", "metrics", "proto", "source", "text", "token",
+    ] {
         assert_eq!(uses(leaf), set(&[]), "{leaf} is a leaf");
     }
     // The model takes time's range (protobuf's Timestamp) from the clock.
