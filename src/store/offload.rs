@@ -22,10 +22,18 @@ use tokio::sync::Semaphore;
 
 use super::StoreError;
 
-/// Store reads that may run at once: a Validate that misses the cache
-/// reads once. Well above what two cores keep busy, and far below tokio's
-/// blocking pool (512 threads).
-pub const READ_SLOTS: usize = 64;
+/// Store reads that may run at once, per core this process may run on: a
+/// Validate that misses the cache reads once. More threads than this only
+/// take turns on the cores (and cost a switch each); fewer leave a core
+/// idle while another read waits on the disk.
+pub const READ_SLOTS_PER_CORE: usize = 2;
+
+/// The read lane's slots: [`READ_SLOTS_PER_CORE`] for each core, within
+/// 2 and 64 (far below tokio's blocking pool, 512 threads).
+fn read_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores * READ_SLOTS_PER_CORE).clamp(2, 64)
+}
 
 /// Store writes that may run at once. sled serializes changes and deletes
 /// itself (the lockout rule's scan), so more would only queue inside it.
@@ -59,7 +67,7 @@ pub struct Offload {
 
 impl Default for Offload {
     fn default() -> Self {
-        Offload::new(READ_SLOTS, WRITE_SLOTS, CALL_DEADLINE)
+        Offload::new(read_slots(), WRITE_SLOTS, CALL_DEADLINE)
     }
 }
 

@@ -364,26 +364,32 @@ impl SledStore {
         })
     }
 
-    /// Inserts many tokens and syncs once at the end: for bulk loads (benchmark
-    /// pre-fill, imports), where nothing is acknowledged until all is durable.
+    /// Inserts many tokens, syncing once per thousand: for bulk loads
+    /// (benchmark pre-fill), where nothing is acknowledged until all is
+    /// durable.
     pub async fn insert_many(
         &self,
         tokens: impl IntoIterator<Item = (TokenHash, NewToken)>,
         created_at: SystemTime,
     ) -> Result<u64, StoreError> {
-        let tokens: Vec<_> = tokens.into_iter().collect();
-        let count = self
-            .write(move |trees| {
-                trees.check_space()?;
-                let mut count = 0;
-                for (hash, new) in &tokens {
-                    trees.insert_unsynced(*hash, new, created_at, None)?;
-                    count += 1;
-                }
-                Ok(count)
-            })
-            .await?;
-        self.sync().await?;
+        // In batches, each one call on the write lane and one flush, each
+        // within its deadline.
+        const BATCH: usize = 1000;
+        let mut tokens = tokens.into_iter().peekable();
+        let mut count = 0;
+        while tokens.peek().is_some() {
+            let batch: Vec<_> = tokens.by_ref().take(BATCH).collect();
+            count += self
+                .write(move |trees| {
+                    trees.check_space()?;
+                    for (hash, new) in &batch {
+                        trees.insert_unsynced(*hash, new, created_at, None)?;
+                    }
+                    Ok(batch.len() as u64)
+                })
+                .await?;
+            self.sync().await?;
+        }
         Ok(count)
     }
 
