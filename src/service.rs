@@ -173,6 +173,29 @@ pub struct TokenService {
     last_store_failure: Mutex<Option<String>>,
 }
 
+/// An event drafted with a change, counted against the outbox's capacity
+/// (as drafting) until the change is written or given up; written, it is
+/// counted as pending.
+struct Drafted<'a> {
+    draft: Draft,
+    outbox: &'a Outbox,
+    written: bool,
+}
+
+impl Drop for Drafted<'_> {
+    fn drop(&mut self) {
+        self.outbox.drafting.fetch_sub(1, Ordering::Relaxed);
+        if self.written {
+            self.outbox.pending.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The draft inside, as the store takes it.
+fn draft_of<'a>(drafted: &'a Option<Drafted<'_>>) -> Option<&'a Draft> {
+    drafted.as_ref().map(|d| &d.draft)
+}
+
 /// What the service knows of the outbox between looks at the store.
 #[derive(Default)]
 struct Outbox {
@@ -180,6 +203,10 @@ struct Outbox {
     /// capacity is held to this (an estimate between looks, and across
     /// replicas).
     pending: AtomicU64,
+    /// Events drafted whose change is not yet written: held against the
+    /// capacity too, so a look at the store in between (which cannot count
+    /// them yet) lets none past it.
+    drafting: AtomicU64,
     /// Whether the log already said the outbox is full (said once per
     /// episode, not per event).
     full: AtomicBool,
@@ -258,21 +285,30 @@ impl TokenService {
     /// The event to record with a change, when webhooks are on and the
     /// outbox has room. A full outbox drops the event (counted, logged
     /// once), never the change: revoking must not wait on a receiver.
-    fn draft(&self, make: impl FnOnce() -> Draft) -> Option<Draft> {
+    fn draft(&self, make: impl FnOnce() -> Draft) -> Option<Drafted<'_>> {
         let webhooks = self.config.webhooks.as_ref()?;
-        if !self.outbox_has_room(webhooks.outbox_capacity) {
+        // Counted first, then checked: two drafts at once cannot both take
+        // the last place.
+        let drafting = self.outbox.drafting.fetch_add(1, Ordering::Relaxed) + 1;
+        let drafted = Drafted {
+            draft: make(),
+            outbox: &self.outbox,
+            written: false,
+        };
+        let pending = self.outbox.pending.load(Ordering::Relaxed);
+        if !self.outbox_has_room(pending + drafting, webhooks.outbox_capacity + 1) {
             self.metrics.event_dropped();
             return None;
         }
-        let pending = self.outbox.pending.fetch_add(1, Ordering::Relaxed) + 1;
         // Current between delivery rounds too (a round may wait on a URL
         // that hangs until its timeout).
-        self.metrics.events_pending(pending);
-        Some(make())
+        self.metrics.events_pending(pending + drafting);
+        Some(drafted)
     }
 
-    fn outbox_has_room(&self, capacity: u64) -> bool {
-        let pending = self.outbox.pending.load(Ordering::Relaxed);
+    /// Whether `pending` events leave room below `capacity`; says so once
+    /// when they do not.
+    fn outbox_has_room(&self, pending: u64, capacity: u64) -> bool {
         if pending < capacity {
             return true;
         }
@@ -293,7 +329,9 @@ impl TokenService {
         let Some(webhooks) = &self.config.webhooks else {
             return Ok(0);
         };
-        if !self.outbox_has_room(webhooks.outbox_capacity) {
+        let pending = self.outbox.pending.load(Ordering::Relaxed)
+            + self.outbox.drafting.load(Ordering::Relaxed);
+        if !self.outbox_has_room(pending, webhooks.outbox_capacity) {
             return Ok(0);
         }
         let signalled = self.store.signal_expiries(self.clock.now()).await?;
@@ -689,8 +727,8 @@ impl TokenService {
         }
         self.within_policy(new.expiration, now)?;
         let event = self.draft(|| Draft::created(Actor::of(caller), now));
-        let (token, created) = issue(&*self.store, &*self.clock, new, event.as_ref()).await?;
-        self.wrote(event.as_ref());
+        let (token, created) = issue(&*self.store, &*self.clock, new, draft_of(&event)).await?;
+        self.wrote(event);
         audit_created(Rpc::Create.as_str(), Some(caller), &created);
         Ok((token, created))
     }
@@ -917,13 +955,13 @@ impl TokenService {
         let event = self.draft(|| event);
         let outcome = self
             .store
-            .change(id, change, &self.keep_admin(now), event.as_ref())
+            .change(id, change, &self.keep_admin(now), draft_of(&event))
             .await;
         // Before the answer, whatever it is: the change may have committed
         // even if the answer is an error.
         self.cache.invalidate(id);
         let changed = self.outcome(id, outcome?)?;
-        self.wrote(event.as_ref());
+        self.wrote(event);
         Ok(changed)
     }
 
@@ -937,20 +975,23 @@ impl TokenService {
         event: impl FnOnce() -> Draft,
     ) -> Result<Outcome<()>, Error> {
         let event = self.draft(event);
-        let deleted = self.store.delete(id, keep, event.as_ref()).await;
+        let deleted = self.store.delete(id, keep, draft_of(&event)).await;
         // Whatever the answer: the delete may have committed even if the
         // answer is an error.
         self.cache.invalidate(id);
         let deleted = deleted?;
         if deleted == Outcome::Done(()) {
-            self.wrote(event.as_ref());
+            self.wrote(event);
         }
         Ok(deleted)
     }
 
-    /// A change with `event` committed: delivery can start on it.
-    fn wrote(&self, event: Option<&Draft>) {
-        if event.is_some() {
+    /// A change with `event` committed: it is pending now, and delivery
+    /// can start on it.
+    fn wrote(&self, event: Option<Drafted<'_>>) {
+        if let Some(mut event) = event {
+            event.written = true;
+            drop(event);
             self.outbox.written.notify_one();
         }
     }
