@@ -310,8 +310,23 @@ async fn past_the_bound_on_requests_in_flight_calls_are_refused_at_once_and_prob
         tonic::Code::ResourceExhausted,
         "{refused:?}"
     );
-    // The probes and the metrics are answered all the same.
+    // The probes and the metrics are answered all the same, gRPC's health
+    // check among them.
     assert_eq!(probe(app.addr).await, "HTTP/1.1 200 OK");
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(crate::helpers::channel(app.addr).await);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: sts::server::SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
     let shed = metric(app.addr, "sts_requests_shed_total ").await;
     assert!(shed >= 2.0, "{shed}");
     // Room again once they end.
