@@ -104,6 +104,10 @@ pub const MAX_REVOKED_PER_CALL: usize = 100;
 /// Revocation calls allowed per source address per minute.
 pub const REVOKE_CALLS_PER_MINUTE: u32 = 10;
 
+/// How long a look at the outbox waits for the changes under way to be
+/// written before it counts without them.
+const OUTBOX_LOOK_WAIT: Duration = Duration::from_millis(200);
+
 /// A valid caller: its token, and which secret it presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
@@ -180,6 +184,9 @@ struct Drafted<'a> {
     draft: Draft,
     outbox: &'a Outbox,
     written: bool,
+    /// Keeps a look at the store from counting the outbox while this
+    /// event's change may be half way into it.
+    _gate: tokio::sync::RwLockReadGuard<'a, ()>,
 }
 
 impl Drop for Drafted<'_> {
@@ -207,6 +214,12 @@ struct Outbox {
     /// capacity too, so a look at the store in between (which cannot count
     /// them yet) lets none past it.
     drafting: AtomicU64,
+    /// Held (shared) by every change that carries an event, from its draft
+    /// until it is written or given up, and (alone) by a look at the
+    /// store: a look then never reads the store between an event's commit
+    /// and its count here, so it neither counts an event twice (dropping
+    /// one early) nor misses one.
+    gate: tokio::sync::RwLock<()>,
     /// Whether the log already said the outbox is full (said once per
     /// episode, not per event).
     full: AtomicBool,
@@ -285,8 +298,9 @@ impl TokenService {
     /// The event to record with a change, when webhooks are on and the
     /// outbox has room. A full outbox drops the event (counted, logged
     /// once), never the change: revoking must not wait on a receiver.
-    fn draft(&self, make: impl FnOnce() -> Draft) -> Option<Drafted<'_>> {
+    async fn draft(&self, make: impl FnOnce() -> Draft) -> Option<Drafted<'_>> {
         let webhooks = self.config.webhooks.as_ref()?;
+        let gate = self.outbox.gate.read().await;
         // Counted first, then checked: two drafts at once cannot both take
         // the last place.
         let drafting = self.outbox.drafting.fetch_add(1, Ordering::Relaxed) + 1;
@@ -294,6 +308,7 @@ impl TokenService {
             draft: make(),
             outbox: &self.outbox,
             written: false,
+            _gate: gate,
         };
         let pending = self.outbox.pending.load(Ordering::Relaxed);
         if !self.outbox_has_room(pending + drafting, webhooks.outbox_capacity + 1) {
@@ -329,6 +344,7 @@ impl TokenService {
         let Some(webhooks) = &self.config.webhooks else {
             return Ok(0);
         };
+        let _gate = self.outbox.gate.read().await;
         let pending = self.outbox.pending.load(Ordering::Relaxed)
             + self.outbox.drafting.load(Ordering::Relaxed);
         if !self.outbox_has_room(pending, webhooks.outbox_capacity) {
@@ -359,6 +375,13 @@ impl TokenService {
     /// Looks at the outbox: the metrics, and the count the capacity is
     /// held to.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, Error> {
+        // Waits for the changes under way (one commit, as a rule) and holds
+        // new ones back for one count. Past the wait (a disk that stalls
+        // them), the look goes ahead: it may miss or count twice the events
+        // under way, until the next look.
+        let _gate = tokio::time::timeout(OUTBOX_LOOK_WAIT, self.outbox.gate.write())
+            .await
+            .ok();
         let stats = self.store.outbox_stats().await?;
         self.outbox.pending.store(stats.pending, Ordering::Relaxed);
         let capacity = self.config.webhooks.as_ref().map(|w| w.outbox_capacity);
@@ -726,7 +749,7 @@ impl TokenService {
             new.expiration = now.checked_add(lifetime);
         }
         self.within_policy(new.expiration, now)?;
-        let event = self.draft(|| Draft::created(Actor::of(caller), now));
+        let event = self.draft(|| Draft::created(Actor::of(caller), now)).await;
         let (token, created) = issue(&*self.store, &*self.clock, new, draft_of(&event)).await?;
         self.wrote(event);
         audit_created(Rpc::Create.as_str(), Some(caller), &created);
@@ -952,7 +975,7 @@ impl TokenService {
         now: SystemTime,
         event: Draft,
     ) -> Result<(ServiceToken, ServiceToken), Error> {
-        let event = self.draft(|| event);
+        let event = self.draft(|| event).await;
         let outcome = self
             .store
             .change(id, change, &self.keep_admin(now), draft_of(&event))
@@ -974,7 +997,7 @@ impl TokenService {
         keep: &KeepAdmin,
         event: impl FnOnce() -> Draft,
     ) -> Result<Outcome<()>, Error> {
-        let event = self.draft(event);
+        let event = self.draft(event).await;
         let deleted = self.store.delete(id, keep, draft_of(&event)).await;
         // Whatever the answer: the delete may have committed even if the
         // answer is an error.

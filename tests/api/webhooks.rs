@@ -477,6 +477,46 @@ async fn a_full_outbox_drops_events_but_never_the_change() {
     .await;
 }
 
+/// The outbox's count is held exactly while changes race the delivery
+/// loop's looks at the store: every event that had room is kept (none
+/// dropped early by being counted twice), and none is kept past the
+/// capacity (none missed by a look).
+#[tokio::test]
+async fn concurrent_changes_fill_the_outbox_exactly_to_its_capacity() {
+    const CAPACITY: u64 = 400;
+    const WRITERS: usize = 8;
+    const EACH: usize = 100;
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    let config = WebhookConfig {
+        outbox_capacity: CAPACITY,
+        // Each event fails once, and each failure is followed by a look
+        // at the store, while the other writers go on.
+        initial_backoff: Duration::from_secs(3600),
+        max_backoff: Duration::from_secs(3600),
+        ..webhooks(&[&receiver.url])
+    };
+    let app = app_with_webhooks(config).await;
+    let writers = (0..WRITERS).map(|w| {
+        let app = &app;
+        async move {
+            for n in 0..EACH {
+                app.create(&format!("w{w}-{n}"), &["r"]).await;
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let total = (WRITERS * EACH) as f64;
+    assert_eq!(
+        app.metric("sts_events_dropped_total").await,
+        total - CAPACITY as f64
+    );
+    eventually("the outbox count", || async {
+        app.metric("sts_events_pending").await == CAPACITY as f64
+    })
+    .await;
+}
+
 /// Real binary: events written with their change survive a `kill -9`
 /// before delivery, and go out after the restart.
 #[tokio::test]
