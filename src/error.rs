@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use crate::{
     credential::AuthError,
     incident::{self, Severity},
-    model::{FieldError, Role, TokenId},
+    model::{Etag, FieldError, Role, TokenId},
     store::{Cause, StoreError},
 };
 
@@ -36,6 +36,11 @@ pub enum Error {
         id: TokenId,
         role: Role,
     },
+    /// The caller's etag is not the token's any more (AIP-154).
+    #[error(
+        "service token {id} changed since its etag was read (it is {current} now): read it again, and make the change to what it holds now"
+    )]
+    Stale { id: TokenId, current: Etag },
     /// Too many calls from one source address (revoking leaked tokens).
     #[error("too many requests from this address: try again in {} s", retry_seconds(*retry_after))]
     RateLimited { retry_after: std::time::Duration },
@@ -62,6 +67,8 @@ pub enum ErrorKind {
     Unauthenticated,
     PermissionDenied,
     FailedPrecondition,
+    /// ABORTED in gRPC (AIP-154's answer to a stale etag); HTTP 412.
+    Aborted,
     ResourceExhausted,
     /// RESOURCE_EXHAUSTED in gRPC, as a too-large request is; HTTP tells
     /// the two apart (429, not 413).
@@ -83,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => "UNAUTHENTICATED",
             ErrorKind::PermissionDenied => "PERMISSION_DENIED",
             ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorKind::Aborted => "ABORTED",
             ErrorKind::ResourceExhausted | ErrorKind::RateLimited | ErrorKind::Overloaded => {
                 "RESOURCE_EXHAUSTED"
             }
@@ -123,6 +131,7 @@ impl Error {
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::BodyTimeout(_) => ErrorKind::DeadlineExceeded,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,
+            Error::Stale { .. } => ErrorKind::Aborted,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Overloaded => ErrorKind::Overloaded,
             Error::Store(
@@ -192,6 +201,7 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorKind::Aborted => tonic::Code::Aborted,
             ErrorKind::ResourceExhausted | ErrorKind::RateLimited | ErrorKind::Overloaded => {
                 tonic::Code::ResourceExhausted
             }

@@ -507,6 +507,102 @@ pub struct ServiceToken {
     pub previous_secret: Option<PreviousSecret>,
 }
 
+/// A checksum of what a token's managers set (AIP-154, an HTTP entity
+/// tag): a client sends it back with a change to make the change only if
+/// nobody changed the token since it read it. Strong, quoted on the wire
+/// (`"<32 hex digits>"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Etag([u8; ETAG_HEX / 2]);
+
+/// Hex digits in an etag.
+const ETAG_HEX: usize = 32;
+
+impl Etag {
+    /// The etag of `token` as it stands. Uses are left out (a busy token
+    /// would otherwise never let anyone change it), and so is the previous
+    /// secret (a rotation moves `updated_at`; its grace ending is time
+    /// passing, not a change).
+    pub fn of(token: &ServiceToken) -> Etag {
+        use sha2::{Digest, Sha256};
+        let ServiceToken {
+            id,
+            name,
+            roles,
+            expiration,
+            created_at,
+            description,
+            labels,
+            disabled,
+            last_used_at: _,
+            created_by,
+            updated_at,
+            previous_secret: _,
+        } = token;
+        let mut hash = Sha256::new();
+        // Every text length-prefixed, every option tagged: no two tokens
+        // frame to the same bytes.
+        let mut text = |t: &str| {
+            hash.update((t.len() as u64).to_be_bytes());
+            hash.update(t.as_bytes());
+        };
+        text(name.as_str());
+        text(description.as_str());
+        text(created_by);
+        for role in roles.iter() {
+            text(role.as_str());
+        }
+        text("");
+        for (key, value) in labels.iter() {
+            text(key);
+            text(value);
+        }
+        let micros = |t: &SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_micros() as i128,
+            Err(e) => -(e.duration().as_micros() as i128),
+        };
+        hash.update(id.get().to_be_bytes());
+        hash.update([u8::from(*disabled), u8::from(expiration.is_some())]);
+        hash.update(expiration.as_ref().map_or(0, micros).to_be_bytes());
+        hash.update(micros(created_at).to_be_bytes());
+        hash.update(micros(updated_at).to_be_bytes());
+        let digest = hash.finalize();
+        let mut etag = [0; ETAG_HEX / 2];
+        etag.copy_from_slice(&digest[..ETAG_HEX / 2]);
+        Etag(etag)
+    }
+
+    /// An etag as a client sends it back: quoted as served, or without the
+    /// quotes (a shell eats them). A weak tag (`W/"…"`) never matches a
+    /// strong one, so it is refused rather than left to fail later.
+    pub fn parse(field: &str, text: &str) -> Result<Etag, FieldError> {
+        let bad = || {
+            FieldError::new(
+                field,
+                format!("must be an etag as the server gave it: {ETAG_HEX} hex digits in quotes"),
+            )
+        };
+        let text = text.trim();
+        let inner = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(text);
+        let mut etag = [0; ETAG_HEX / 2];
+        hex::decode_to_slice(inner, &mut etag).map_err(|_| bad())?;
+        Ok(Etag(etag))
+    }
+
+    /// Whether `token` is still as this etag saw it.
+    pub fn matches(&self, token: &ServiceToken) -> bool {
+        *self == Etag::of(token)
+    }
+}
+
+impl fmt::Display for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", hex::encode(self.0))
+    }
+}
+
 /// The secret a rotation replaced, while it is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreviousSecret {
@@ -1170,6 +1266,123 @@ impl StoredToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etag_moves_with_what_managers_set_and_not_with_use() {
+        let (_, stored) = StoredToken::sample();
+        let token = stored.token;
+        let etag = Etag::of(&token);
+        let later = token.created_at + Duration::from_secs(1);
+        let changed: Vec<(&str, ServiceToken)> = vec![
+            (
+                "name",
+                ServiceToken {
+                    name: TokenName::parse("u").unwrap(),
+                    ..token.clone()
+                },
+            ),
+            (
+                "roles",
+                ServiceToken {
+                    roles: Roles::parse(&["r", "s"]).unwrap(),
+                    ..token.clone()
+                },
+            ),
+            (
+                "expiration",
+                ServiceToken {
+                    expiration: Some(later),
+                    ..token.clone()
+                },
+            ),
+            (
+                "created_at",
+                ServiceToken {
+                    created_at: later,
+                    ..token.clone()
+                },
+            ),
+            (
+                "description",
+                ServiceToken {
+                    description: Description::parse("d").unwrap(),
+                    ..token.clone()
+                },
+            ),
+            (
+                "labels",
+                ServiceToken {
+                    labels: Labels::parse([("k", "v")]).unwrap(),
+                    ..token.clone()
+                },
+            ),
+            (
+                "disabled",
+                ServiceToken {
+                    disabled: true,
+                    ..token.clone()
+                },
+            ),
+            (
+                "created_by",
+                ServiceToken {
+                    created_by: "bootstrap".into(),
+                    ..token.clone()
+                },
+            ),
+            (
+                "updated_at",
+                ServiceToken {
+                    updated_at: later,
+                    ..token.clone()
+                },
+            ),
+            (
+                "id",
+                ServiceToken {
+                    id: TokenId::parse(token.id.get() % MAX_ID + 1).unwrap(),
+                    ..token.clone()
+                },
+            ),
+        ];
+        for (field, other) in changed {
+            assert_ne!(Etag::of(&other), etag, "{field}");
+        }
+        let used = ServiceToken {
+            last_used_at: Some(later),
+            previous_secret: Some(PreviousSecret {
+                expiration: later,
+                last_used_at: Some(later),
+            }),
+            ..token.clone()
+        };
+        assert_eq!(Etag::of(&used), etag);
+        assert!(etag.matches(&used));
+    }
+
+    #[test]
+    fn an_etag_reads_back_quoted_or_bare_and_nothing_else() {
+        let (_, stored) = StoredToken::sample();
+        let etag = Etag::of(&stored.token);
+        let text = etag.to_string();
+        assert_eq!(text.len(), 34);
+        assert_eq!(Etag::parse("etag", &text).unwrap(), etag);
+        assert_eq!(Etag::parse("etag", text.trim_matches('"')).unwrap(), etag);
+        assert_eq!(Etag::parse("etag", &text.to_uppercase()).unwrap(), etag);
+        for bad in [
+            "",
+            "\"\"",
+            "W/\"00\"",
+            &format!("W/{text}"),
+            &text[..20],
+            "*",
+            &format!("{text},{text}"),
+        ] {
+            let error = Etag::parse("etag", bad).unwrap_err();
+            assert_eq!(error.field, "etag");
+            assert!(!error.problem.contains(bad) || bad.is_empty(), "{bad}");
+        }
+    }
 
     #[test]
     fn ids_are_positive_and_json_safe() {

@@ -28,8 +28,8 @@ use crate::{
     last_used::LastUsed,
     metrics::{Metrics, TokenCounts},
     model::{
-        Change, Edit, FieldError, ListFilter, NewToken, Role, Secret, ServiceToken, StoredToken,
-        TokenId, TokenSummary,
+        Change, Edit, Etag, FieldError, ListFilter, NewToken, Role, Secret, ServiceToken,
+        StoredToken, TokenId, TokenSummary,
     },
     page::{PageRequest, encode_cursor},
     rate_limit::RateLimit,
@@ -423,7 +423,7 @@ impl TokenService {
             for stored in &page {
                 let id = stored.token.id;
                 let deleted = self
-                    .remove(id, &self.keep_admin(now), || Draft::purged(now))
+                    .remove(id, &self.keep_admin(now), None, || Draft::purged(now))
                     .await?;
                 if deleted != Outcome::Done(()) {
                     continue;
@@ -808,17 +808,19 @@ impl TokenService {
         })
     }
 
-    /// Applies `edit` (not empty; a new expiration ahead) to token `id`.
-    /// Anything it takes away (disabled, a role, time) holds from the
-    /// answer on, here and on every replica within the cache's bound.
+    /// Applies `edit` (not empty; a new expiration ahead) to token `id`,
+    /// if its etag is still `expected` when one is given. Anything it
+    /// takes away (disabled, a role, time) holds from the answer on, here
+    /// and on every replica within the cache's bound.
     pub async fn update(
         self: &Arc<Self>,
         admin: &Admin,
         id: TokenId,
         edit: Edit,
+        expected: Option<Etag>,
     ) -> Result<ServiceToken, Error> {
         let (this, admin) = (self.clone(), admin.clone());
-        to_completion(async move { this.update_now(&admin, id, edit).await }).await
+        to_completion(async move { this.update_now(&admin, id, edit, expected).await }).await
     }
 
     async fn update_now(
@@ -826,6 +828,7 @@ impl TokenService {
         admin: &Admin,
         id: TokenId,
         edit: Edit,
+        expected: Option<Etag>,
     ) -> Result<ServiceToken, Error> {
         if edit.is_empty() {
             return Err(FieldError::new("update_mask", "names no field to change").into());
@@ -846,7 +849,14 @@ impl TokenService {
         }
         let event = Draft::edited(Actor::of(admin.token()), now);
         let (before, after) = self
-            .change(admin, id, &Change::Edit(edit), now, event)
+            .change(
+                admin,
+                id,
+                &Change::Edit(edit),
+                now,
+                expected.as_ref(),
+                event,
+            )
             .await?;
         let changes = Edit::changes(&before, &after);
         if changes.is_empty() {
@@ -924,7 +934,7 @@ impl TokenService {
             previous_until,
         };
         let event = Draft::rotated(Actor::of(admin.token()), now);
-        let (_, rotated) = self.change(admin, id, &change, now, event).await?;
+        let (_, rotated) = self.change(admin, id, &change, now, None, event).await?;
         let caller = admin.token();
         tracing::info!(
             target: AUDIT,
@@ -973,12 +983,19 @@ impl TokenService {
         id: TokenId,
         change: &Change,
         now: SystemTime,
+        expected: Option<&Etag>,
         event: Draft,
     ) -> Result<(ServiceToken, ServiceToken), Error> {
         let event = self.draft(|| event).await;
         let outcome = self
             .store
-            .change(id, change, &self.keep_admin(now), draft_of(&event))
+            .change(
+                id,
+                change,
+                &self.keep_admin(now),
+                expected,
+                draft_of(&event),
+            )
             .await;
         // Before the answer, whatever it is: the change may have committed
         // even if the answer is an error.
@@ -995,10 +1012,14 @@ impl TokenService {
         &self,
         id: TokenId,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: impl FnOnce() -> Draft,
     ) -> Result<Outcome<()>, Error> {
         let event = self.draft(event).await;
-        let deleted = self.store.delete(id, keep, draft_of(&event)).await;
+        let deleted = self
+            .store
+            .delete(id, keep, expected, draft_of(&event))
+            .await;
         // Whatever the answer: the delete may have committed even if the
         // answer is an error.
         self.cache.invalidate(id);
@@ -1038,6 +1059,7 @@ impl TokenService {
                 role: self.config.admin_role.clone(),
             }),
             Outcome::Invalid(invalid) => Err(invalid.into()),
+            Outcome::Stale(current) => Err(Error::Stale { id, current }),
         }
     }
 
@@ -1134,7 +1156,7 @@ impl TokenService {
             ..self.keep_admin(now)
         };
         let deleted = self
-            .remove(id, &keep, || Draft::leaked(source, now))
+            .remove(id, &keep, None, || Draft::leaked(source, now))
             .await?;
         if deleted != Outcome::Done(()) {
             return Ok(Revoked::NotFound);
@@ -1161,15 +1183,28 @@ impl TokenService {
         Ok(Revoked::Revoked)
     }
 
-    pub async fn delete(self: &Arc<Self>, admin: &Admin, id: TokenId) -> Result<(), Error> {
+    /// Deletes token `id`, if its etag is still `expected` when one is
+    /// given.
+    pub async fn delete(
+        self: &Arc<Self>,
+        admin: &Admin,
+        id: TokenId,
+        expected: Option<Etag>,
+    ) -> Result<(), Error> {
         let (this, admin) = (self.clone(), admin.clone());
-        to_completion(async move { this.delete_now(&admin, id).await }).await
+        to_completion(async move { this.delete_now(&admin, id, expected).await }).await
     }
 
-    async fn delete_now(&self, admin: &Admin, id: TokenId) -> Result<(), Error> {
+    async fn delete_now(
+        &self,
+        admin: &Admin,
+        id: TokenId,
+        expected: Option<Etag>,
+    ) -> Result<(), Error> {
         let now = self.clock.now();
         let event = || Draft::deleted(Actor::of(admin.token()), now);
-        let deleted = self.remove(id, &self.keep_admin(now), event).await?;
+        let keep = self.keep_admin(now);
+        let deleted = self.remove(id, &keep, expected.as_ref(), event).await?;
         self.outcome(id, deleted)?;
         tracing::info!(
             target: AUDIT,

@@ -287,7 +287,10 @@ impl Session {
     }
 
     pub async fn delete(&mut self, id: u64) -> Result<(), CliError> {
-        let request = self.authorized(DeleteRequest { id })?;
+        let request = self.authorized(DeleteRequest {
+            id,
+            etag: String::new(),
+        })?;
         match self.client.delete(request).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == tonic::Code::NotFound => {

@@ -27,8 +27,8 @@ use crate::{
     credential,
     error::Error,
     model::{
-        Description, Edit, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles, Secret,
-        ServiceToken, TokenId, TokenName, parse_time,
+        Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
+        Secret, ServiceToken, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
@@ -112,9 +112,9 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         let presented = credential::presented(metadata.as_ref());
         self.service
             .manage(Rpc::Delete, presented, source, |admin| async move {
-                self.service
-                    .delete(&admin, TokenId::parse(message.id)?)
-                    .await
+                let id = TokenId::parse(message.id)?;
+                let expected = etag(&message.etag)?;
+                self.service.delete(&admin, id, expected).await
             })
             .await?;
         Ok(Response::new(proto::DeleteResponse {}))
@@ -171,8 +171,14 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         let token = self
             .service
             .manage(Rpc::Update, presented, source, |admin| async move {
+                let expected = etag(
+                    message
+                        .service_token
+                        .as_ref()
+                        .map_or("", |token| token.etag.as_str()),
+                )?;
                 let (id, edit) = edit(message)?;
-                self.service.update(&admin, id, edit).await
+                self.service.update(&admin, id, edit, expected).await
             })
             .await?;
         Ok(Response::new(proto::UpdateResponse {
@@ -304,6 +310,14 @@ fn parts<T>(request: Request<T>) -> (MetadataMap, Option<IpAddr>, T) {
     (metadata, source, message)
 }
 
+/// The etag a conditional change was sent with; empty: none.
+fn etag(text: &str) -> Result<Option<Etag>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Etag::parse("etag", text)?))
+}
+
 fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
     let expiration = time("expiration", request.expiration)?;
     let new = NewToken::parse(&request.name, &request.roles, expiration)?;
@@ -324,8 +338,21 @@ impl From<Revoked> for proto::RevokeResult {
 }
 
 impl From<ServiceToken> for proto::ServiceToken {
+    /// A token as management answers it, with its etag.
     fn from(token: ServiceToken) -> proto::ServiceToken {
-        let previous = token.previous_secret;
+        let etag = Etag::of(&token).to_string();
+        proto::ServiceToken {
+            etag,
+            ..checked(token)
+        }
+    }
+}
+
+/// A token as a check answers it: without its etag (a checksum only a
+/// manager sends back, not worth a hash on every check).
+fn checked(token: ServiceToken) -> proto::ServiceToken {
+    let previous = token.previous_secret;
+    {
         proto::ServiceToken {
             id: token.id.get(),
             name: token.name.as_str().to_owned(),
@@ -340,6 +367,7 @@ impl From<ServiceToken> for proto::ServiceToken {
             updated_at: Some(token.updated_at.into()),
             previous_secret_expiration: previous.map(|p| p.expiration.into()),
             previous_secret_last_used_at: previous.and_then(|p| p.last_used_at).map(Into::into),
+            etag: String::new(),
         }
     }
 }
@@ -350,7 +378,7 @@ impl From<Validation> for proto::ValidateResponse {
             Validation::Valid(token, secret) => proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
-                service_token: Some(token.into()),
+                service_token: Some(checked(token)),
                 previous_secret: secret == Secret::Previous,
             },
             Validation::Invalid(reason) => proto::ValidateResponse {

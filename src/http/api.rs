@@ -14,7 +14,7 @@ use super::{Caller, HttpState, caller, json};
 use crate::{
     credential,
     error::Error,
-    model::{FieldError, Role, Secret, ServiceToken, required_roles},
+    model::{Etag, FieldError, Role, Secret, ServiceToken, required_roles},
     service::Authenticated,
 };
 
@@ -67,6 +67,8 @@ pub struct TokenJson<'a> {
     pub previous_secret_expiration: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_secret_last_used_at: Option<i64>,
+    /// For `If-Match` on PATCH and DELETE (the `ETag` header of GET too).
+    pub etag: String,
 }
 
 impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
@@ -86,6 +88,7 @@ impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
             last_used_at: token.last_used_at.map(epoch_millis),
             previous_secret_expiration: previous.map(|p| epoch_millis(p.expiration)),
             previous_secret_last_used_at: previous.and_then(|p| p.last_used_at).map(epoch_millis),
+            etag: Etag::of(token).to_string(),
         }
     }
 }

@@ -198,6 +198,7 @@ impl From<&Answer> for HttpError {
             ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
+            ErrorKind::Aborted => StatusCode::PRECONDITION_FAILED,
             ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,

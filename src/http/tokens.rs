@@ -20,7 +20,7 @@ use crate::{
     credential,
     error::Error,
     model::{
-        Description, Edit, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
+        Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
         ServiceToken, TokenId, TokenName, parse_epoch_millis,
     },
     page::PageRequest,
@@ -301,7 +301,7 @@ pub async fn get(
     let token = service
         .manage(Rpc::Get, credential::presented(&headers), source, call)
         .await?;
-    Ok(json(&TokenJson::from(&token)))
+    Ok(with_etag(&token, json(&TokenJson::from(&token))))
 }
 
 /// The errors of every token body parser for `bytes` (create, rotate,
@@ -437,21 +437,23 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response, Error> {
     let (service, max_body) = (&state.service, state.bodies.max_bytes);
+    let headers = &headers;
     let call = |admin| async move {
         let id = path_id(&id)?;
+        let expected = if_match(headers)?;
         let body = body::read(body, max_body).await?;
         let patch: Value = json_body(&body, "a JSON merge patch")?;
         let edit = patch_edit(&patch)?;
-        let updated = service.update(&admin, id, edit).await;
+        let updated = service.update(&admin, id, edit, expected).await;
         updated.map_err(|e| {
             e.naming_field("expiration", EXPIRY_DATE)
                 .naming_field("update_mask", "body")
         })
     };
     let token = service
-        .manage(Rpc::Update, credential::presented(&headers), source, call)
+        .manage(Rpc::Update, credential::presented(headers), source, call)
         .await?;
-    Ok(json(&TokenJson::from(&token)))
+    Ok(with_etag(&token, json(&TokenJson::from(&token))))
 }
 
 #[derive(Deserialize, Default)]
@@ -497,11 +499,47 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     let service = &state.service;
-    let call = |admin| async move { service.delete(&admin, path_id(&id)?).await };
+    let headers = &headers;
+    let call = |admin| async move {
+        let id = path_id(&id)?;
+        service.delete(&admin, id, if_match(headers)?).await
+    };
     service
-        .manage(Rpc::Delete, credential::presented(&headers), source, call)
+        .manage(Rpc::Delete, credential::presented(headers), source, call)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The etag a change is conditional on: `If-Match` (RFC 9110 13.1.1)
+/// with one entity tag; `*` or no header: none (the token need only
+/// exist). A list of several is refused rather than half supported.
+fn if_match(headers: &HeaderMap) -> Result<Option<Etag>, Error> {
+    let mut values = headers.get_all(header::IF_MATCH).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let one = || {
+        FieldError::new(
+            "If-Match",
+            "must be one entity tag as the server gave it, or *",
+        )
+    };
+    let text = value.to_str().map_err(|_| one())?.trim();
+    if values.next().is_some() || text.contains(',') {
+        return Err(one().into());
+    }
+    if text == "*" {
+        return Ok(None);
+    }
+    Ok(Some(Etag::parse("If-Match", text)?))
+}
+
+/// `response` with `token`'s etag in `ETag`, for a conditional change.
+fn with_etag(token: &ServiceToken, mut response: Response) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&Etag::of(token).to_string()) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
 #[derive(Deserialize)]

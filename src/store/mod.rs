@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use crate::{
     cache::ValidationCache,
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{Change, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId, TokenSummary},
+    model::{
+        Change, Etag, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId, TokenSummary,
+    },
     token::TokenHash,
 };
 
@@ -45,6 +47,9 @@ pub enum Outcome<T> {
     /// Refused: what the change would make breaks a rule that depends on
     /// what the token had (a label merge past the most labels).
     Invalid(crate::model::FieldError),
+    /// Refused: the caller's etag is not the token's any more (someone
+    /// changed it since the caller read it). Carries the token's etag now.
+    Stale(Etag),
 }
 
 /// The rule every change and delete is held to: some token must keep the
@@ -225,7 +230,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Applies `change` to a token at `keep.now` unless that would break
-    /// `keep`; returns the token before and after. Durable once it returns,
+    /// `keep`, or the token's etag is not `expected` (checked under the
+    /// same lock as the change, so of two changes sent with one etag, one
+    /// lands); returns the token before and after. Durable once it returns,
     /// and, like a delete, seen by every replica's cache within its bound.
     /// `event`'s event is written in the same transaction.
     async fn change(
@@ -233,6 +240,7 @@ pub trait Store: Send + Sync + 'static {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError>;
 
@@ -247,13 +255,15 @@ pub trait Store: Send + Sync + 'static {
     /// importing twice changes nothing.
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError>;
 
-    /// Removes a token unless that would break `keep`. Durable once it
-    /// returns; `event`'s event (of the token as it was) is written in the
-    /// same transaction.
+    /// Removes a token unless that would break `keep`, or its etag is not
+    /// `expected` (as [`Store::change`]). Durable once it returns;
+    /// `event`'s event (of the token as it was) is written in the same
+    /// transaction.
     async fn delete(
         &self,
         id: TokenId,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<()>, StoreError>;
 
@@ -330,4 +340,13 @@ pub trait Store: Send + Sync + 'static {
     /// Adds the backend's own metrics (how its writes reach the disk) to the
     /// service's registry.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+}
+
+/// The refusal of a change made with `expected` when `token` is no longer
+/// as that etag saw it; `None` when there is no etag or it matches. Stores
+/// call it under the lock their change is made under.
+pub(crate) fn stale<T>(expected: Option<&Etag>, token: &ServiceToken) -> Option<Outcome<T>> {
+    expected
+        .filter(|etag| !etag.matches(token))
+        .map(|_| Outcome::Stale(Etag::of(token)))
 }

@@ -44,13 +44,13 @@ use sqlx::{
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use super::{Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use, with_causes};
+use super::{Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use, stale, with_causes};
 use crate::{
     cache::ValidationCache,
     config::StoreUrl,
     events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
     model::{
-        Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
+        Change, Etag, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
         TokenSummary, takes_admin_away,
     },
     token::TokenHash,
@@ -491,25 +491,31 @@ fn db_seq(seq: u64) -> i64 {
 }
 
 impl PostgresStore {
-    /// A delete with its event: in one transaction, under the lockout
-    /// rule, of the row as it was.
-    async fn delete_announced(
+    /// A delete with its event or an etag to hold it to: in one
+    /// transaction, under the lockout rule, of the row as it was (locked).
+    async fn delete_locked(
         &self,
         id: TokenId,
         keep: &KeepAdmin,
-        draft: &Draft,
+        expected: Option<&Etag>,
+        draft: Option<&Draft>,
     ) -> Result<Outcome<()>, StoreError> {
         let mut transaction = self.pool.begin().await.map_err(unavailable)?;
         let Some(before) = lock_row(&mut transaction, id).await? else {
             return Ok(Outcome::NotFound);
         };
+        if let Some(stale) = stale(expected, &before.token) {
+            return Ok(stale);
+        }
         if let Some(what) = lockout(&mut transaction, &before.token, None, keep).await? {
             return Ok(Outcome::Lockout(what));
         }
         if !delete_row(&mut *transaction, id).await? {
             return Ok(Outcome::NotFound);
         }
-        push_event(&mut transaction, &draft.event(&before.token, &before.token)).await?;
+        if let Some(draft) = draft {
+            push_event(&mut transaction, &draft.event(&before.token, &before.token)).await?;
+        }
         transaction.commit().await.map_err(unavailable)?;
         Ok(Outcome::Done(()))
     }
@@ -687,12 +693,16 @@ impl Store for PostgresStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         let mut transaction = self.pool.begin().await.map_err(unavailable)?;
         let Some(before) = lock_row(&mut transaction, id).await? else {
             return Ok(Outcome::NotFound);
         };
+        if let Some(stale) = stale(expected, &before.token) {
+            return Ok(stale);
+        }
         // Times as the row will keep them, so the answer reads like a Get.
         let mut after = change.apply(&before, to_db_time(keep.now).into());
         after.token.expiration = after.token.expiration.map(|t| to_db_time(t).into());
@@ -795,10 +805,11 @@ impl Store for PostgresStore {
         &self,
         id: TokenId,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<()>, StoreError> {
-        if let Some(draft) = event {
-            return self.delete_announced(id, keep, draft).await;
+        if event.is_some() || expected.is_some() {
+            return self.delete_locked(id, keep, expected, event).await;
         }
         // Most tokens give no admin access: one statement deletes them.
         let plain = sqlx::query(&format!(
@@ -816,20 +827,7 @@ impl Store for PostgresStore {
             return Ok(Outcome::Done(()));
         }
         // An admin token, or none: under the lockout rule.
-        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-        let Some(before) = lock_row(&mut transaction, id).await? else {
-            return Ok(Outcome::NotFound);
-        };
-        if let Some(what) = lockout(&mut transaction, &before.token, None, keep).await? {
-            return Ok(Outcome::Lockout(what));
-        }
-        let deleted = delete_row(&mut *transaction, id).await?;
-        transaction.commit().await.map_err(unavailable)?;
-        Ok(if deleted {
-            Outcome::Done(())
-        } else {
-            Outcome::NotFound
-        })
+        self.delete_locked(id, keep, None, None).await
     }
 
     async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {

@@ -37,11 +37,12 @@ use super::{
     group_commit::{FlushError, GroupCommit},
     offload::{DropWithin, Lane, Offload},
     reserve::Reserve,
+    stale,
 };
 use crate::{
     events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
     model::{
-        Change, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
+        Change, Etag, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
         TokenSummary, takes_admin_away,
     },
     token::TokenHash,
@@ -557,6 +558,7 @@ impl Trees {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         draft: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -565,6 +567,10 @@ impl Trees {
             return Ok(Outcome::NotFound);
         };
         let before = Record::decode_stored(&bytes)?;
+        // Under `_serial`: nothing an etag covers changes until the end.
+        if let Some(stale) = stale(expected, &before.token) {
+            return Ok(stale);
+        }
         let after = change.apply(&before, keep.now);
         // Changes are serialized by `_serial`: what `before` says holds.
         if let Err(invalid) = change.check(&after.token) {
@@ -620,6 +626,7 @@ impl Trees {
         &self,
         id: TokenId,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         draft: Option<&Draft>,
     ) -> Result<Outcome<()>, StoreError> {
         let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -627,6 +634,13 @@ impl Trees {
         let Some(bytes) = self.tokens.get(key).map_err(unavailable)? else {
             return Ok(Outcome::NotFound);
         };
+        if expected.is_some() {
+            // A record that cannot be read has no etag anyone was given.
+            let before = Record::decode_stored(&bytes)?;
+            if let Some(stale) = stale(expected, &before.token) {
+                return Ok(stale);
+            }
+        }
         // An undecodable record can hold no admin access anyone uses: it
         // may always go.
         if let Ok(before) = Record::decode_stored(&bytes)
@@ -966,9 +980,11 @@ impl Store for SledStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         let (change, keep, event) = (change.clone(), keep.clone(), event.cloned());
+        let expected = expected.cloned();
         let outcome = self
             .write(move |trees| {
                 if change.may_use_the_reserve() {
@@ -976,7 +992,7 @@ impl Store for SledStore {
                 } else {
                     trees.check_space()?;
                 }
-                trees.change_unsynced(id, &change, &keep, event.as_ref())
+                trees.change_unsynced(id, &change, &keep, expected.as_ref(), event.as_ref())
             })
             .await?;
         if let Outcome::Done(_) = outcome {
@@ -1003,13 +1019,14 @@ impl Store for SledStore {
         &self,
         id: TokenId,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<()>, StoreError> {
-        let (keep, event) = (keep.clone(), event.cloned());
+        let (keep, expected, event) = (keep.clone(), expected.cloned(), event.cloned());
         let outcome = self
             .write(move |trees| {
                 trees.tend_reserve();
-                trees.delete_unsynced(id, &keep, event.as_ref())
+                trees.delete_unsynced(id, &keep, expected.as_ref(), event.as_ref())
             })
             .await?;
         if let Outcome::Done(()) = outcome {

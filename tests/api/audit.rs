@@ -47,9 +47,15 @@ async fn every_management_call_leaves_an_audit_event_naming_the_caller() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    grpc.delete(with_key(&admin, DeleteRequest { id: reader_id }))
-        .await
-        .unwrap_err();
+    grpc.delete(with_key(
+        &admin,
+        DeleteRequest {
+            id: reader_id,
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap_err();
     grpc.list(with_key(&reader, ListRequest::default()))
         .await
         .unwrap_err();
@@ -497,7 +503,13 @@ async fn every_committed_change_is_audited_once_whatever_the_callers_deadline() 
     );
 
     for id in &created {
-        let mut request = with_key(&app.admin_token, DeleteRequest { id: *id });
+        let mut request = with_key(
+            &app.admin_token,
+            DeleteRequest {
+                id: *id,
+                ..Default::default()
+            },
+        );
         request.set_timeout(Duration::from_millis(1));
         let _ = app.client.clone().delete(request).await;
     }

@@ -57,7 +57,13 @@ async fn management_calls(app: &TestApp, credential: &Credential) -> Vec<(Code, 
         // An id that surely does not exist: an authorized call answers NOT_FOUND.
         outcome(
             client
-                .delete(request(credential, DeleteRequest { id: 1 }))
+                .delete(request(
+                    credential,
+                    DeleteRequest {
+                        id: 1,
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .map(drop),
         ),
@@ -159,6 +165,7 @@ async fn expired_and_deleted_admin_tokens_stop_working_at_once() {
         .clone()
         .delete(app.admin(DeleteRequest {
             id: deleted_record.id,
+            ..Default::default()
         }))
         .await
         .unwrap();

@@ -12,8 +12,8 @@ use sts::{
     config::DEFAULT_ADMIN_KEEP_MARGIN,
     events::{Actor, Draft, Settle},
     model::{
-        Change, Description, Edit, LabelEdit, Labels, ListFilter, NewToken, Role, Roles, Secret,
-        ServiceToken, TokenId, TokenName, TokenSummary,
+        Change, Description, Edit, Etag, LabelEdit, Labels, ListFilter, NewToken, Role, Roles,
+        Secret, ServiceToken, TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Token,
@@ -476,7 +476,7 @@ async fn change(
     now: SystemTime,
 ) -> Outcome<(ServiceToken, ServiceToken)> {
     store
-        .change(id, &change, &keep_at(now), None)
+        .change(id, &change, &keep_at(now), None, None)
         .await
         .unwrap()
 }
@@ -624,7 +624,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     });
     let keep = keep_at(now);
     assert_eq!(
-        lockout(store.delete(first.id, &keep, None).await.unwrap()),
+        lockout(store.delete(first.id, &keep, None, None).await.unwrap()),
         "deleting"
     );
     for (change_, what) in [
@@ -674,13 +674,18 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
         .unwrap();
     let later = now + Duration::from_secs(2);
     assert_eq!(
-        lockout(store.delete(first.id, &keep_at(later), None).await.unwrap()),
+        lockout(
+            store
+                .delete(first.id, &keep_at(later), None, None)
+                .await
+                .unwrap()
+        ),
         "deleting"
     );
     // An admin token about to expire keeps nobody in for long: it does not
     // let the last long-lived one go (it would be gone a second later).
     assert_eq!(
-        lockout(store.delete(first.id, &keep, None).await.unwrap()),
+        lockout(store.delete(first.id, &keep, None, None).await.unwrap()),
         "deleting"
     );
     // One valid beyond the margin does.
@@ -695,7 +700,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
         .await
         .unwrap();
     assert_eq!(
-        store.delete(first.id, &keep, None).await.unwrap(),
+        store.delete(first.id, &keep, None, None).await.unwrap(),
         Outcome::Done(())
     );
     // Now the last long-lived admin: an expiration still beyond the
@@ -712,17 +717,17 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
         "letting expire"
     );
     assert_eq!(
-        lockout(store.delete(year.id, &keep, None).await.unwrap()),
+        lockout(store.delete(year.id, &keep, None, None).await.unwrap()),
         "deleting"
     );
     // The short-lived one may go: the long-lived one stays.
     assert_eq!(
-        store.delete(soon.id, &keep, None).await.unwrap(),
+        store.delete(soon.id, &keep, None, None).await.unwrap(),
         Outcome::Done(())
     );
     // Not an admin token (any more): no rule.
     assert_eq!(
-        store.delete(spare.id, &keep, None).await.unwrap(),
+        store.delete(spare.id, &keep, None, None).await.unwrap(),
         Outcome::Done(())
     );
 }
@@ -740,14 +745,19 @@ async fn a_waived_lockout_rule_lets_the_last_admin_token_go(backend: &mut Backen
         .await
         .unwrap();
     assert_eq!(
-        lockout(store.delete(last.id, &keep_at(now), None).await.unwrap()),
+        lockout(
+            store
+                .delete(last.id, &keep_at(now), None, None)
+                .await
+                .unwrap()
+        ),
         "deleting"
     );
     let waived = KeepAdmin {
         waived: true,
         ..keep_at(now)
     };
-    done(store.delete(last.id, &waived, None).await.unwrap());
+    done(store.delete(last.id, &waived, None, None).await.unwrap());
     assert!(store.get(last.id).await.unwrap().is_none());
 }
 
@@ -834,8 +844,8 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
             ..Edit::default()
         });
         let (one, two) = tokio::join!(
-            store.change(a.id, &disable, &keep, None),
-            other.delete(b.id, &keep, None),
+            store.change(a.id, &disable, &keep, None, None),
+            other.delete(b.id, &keep, None, None),
         );
         let (one, two) = (one.unwrap(), two.unwrap());
         let made =
@@ -846,6 +856,93 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
         let enabled = !a_left.disabled as usize + b_left.is_some() as usize;
         assert_eq!(enabled, 1);
     }
+}
+
+/// An etag holds a change or a delete to the token as its sender read it,
+/// checked under the change's own lock: of changes sent at once with one
+/// etag (through two replicas on a shared database), exactly one lands.
+async fn a_change_holds_to_its_etag(backend: &mut Backend) {
+    let store = backend.store();
+    let other = backend.replica().await.unwrap_or_else(|| store.clone());
+    let (_, token) = insert(&*store, "guarded").await;
+    let now = now_micros();
+    let read = Etag::of(&token);
+    // A use changes nothing the etag covers.
+    store
+        .record_uses(&[Use {
+            id: token.id,
+            at: now,
+            previous_at: None,
+        }])
+        .await
+        .unwrap();
+    let used = store.get(token.id).await.unwrap().unwrap().token;
+    assert_eq!(Etag::of(&used), read, "a use leaves the etag as it was");
+    let labels = |value: &str| {
+        Change::Edit(Edit {
+            labels: Some(LabelEdit::Replace(
+                Labels::parse([("owner", value)]).unwrap(),
+            )),
+            ..Edit::default()
+        })
+    };
+    let keep = keep_at(now);
+    let writers: Vec<_> = (0..10)
+        .map(|n| {
+            let (store, change, read) = (
+                if n % 2 == 0 {
+                    store.clone()
+                } else {
+                    other.clone()
+                },
+                labels(&format!("team-{n}")),
+                read.clone(),
+            );
+            let keep = keep.clone();
+            async move {
+                store
+                    .change(token.id, &change, &keep, Some(&read), None)
+                    .await
+                    .unwrap()
+            }
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(writers).await;
+    let landed: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Done((_, after)) => Some(after.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(landed.len(), 1, "one change per etag: {outcomes:?}");
+    let now_etag = Etag::of(&landed[0]);
+    assert_ne!(now_etag, read, "a change moves the etag");
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Done(_) => {}
+            Outcome::Stale(current) => assert_eq!(*current, now_etag),
+            other => panic!("expected done or stale: {other:?}"),
+        }
+    }
+    let stored = store.get(token.id).await.unwrap().unwrap().token;
+    assert_eq!(
+        stored.labels, landed[0].labels,
+        "the one that landed stands"
+    );
+    // A stale delete deletes nothing; a fresh one does.
+    let stale = store
+        .delete(token.id, &keep, Some(&read), None)
+        .await
+        .unwrap();
+    assert_eq!(stale, Outcome::Stale(now_etag.clone()));
+    assert!(store.get(token.id).await.unwrap().is_some());
+    let fresh = other
+        .delete(token.id, &keep, Some(&now_etag), None)
+        .await
+        .unwrap();
+    assert_eq!(fresh, Outcome::Done(()));
+    assert!(store.get(token.id).await.unwrap().is_none());
 }
 
 async fn uses_only_move_forward(backend: &mut Backend) {
@@ -1137,7 +1234,7 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
     });
     let draft = Draft::edited(actor(), now);
     let outcome = store
-        .change(created.id, &disable, &keep_at(now), Some(&draft))
+        .change(created.id, &disable, &keep_at(now), None, Some(&draft))
         .await
         .unwrap();
     assert!(matches!(outcome, Outcome::Done(_)));
@@ -1146,7 +1243,7 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
     let again = Draft::edited(actor(), later);
     let (before, after) = done(
         store
-            .change(created.id, &disable, &keep_at(later), Some(&again))
+            .change(created.id, &disable, &keep_at(later), None, Some(&again))
             .await
             .unwrap(),
     );
@@ -1154,7 +1251,12 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
     assert_eq!(after.updated_at, now);
     let missing = TokenId::parse(12345).unwrap();
     let gone = store
-        .delete(missing, &keep_at(now), Some(&Draft::deleted(actor(), now)))
+        .delete(
+            missing,
+            &keep_at(now),
+            None,
+            Some(&Draft::deleted(actor(), now)),
+        )
         .await
         .unwrap();
     assert_eq!(gone, Outcome::NotFound);
@@ -1162,6 +1264,7 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
         .delete(
             created.id,
             &keep_at(now),
+            None,
             Some(&Draft::deleted(actor(), now)),
         )
         .await
@@ -1288,7 +1391,10 @@ async fn expiry_is_announced_once_per_step(backend: &mut Backend) {
     assert_eq!(store.signal_expiries(now).await.unwrap(), 1);
     assert_eq!(store.signal_expiries(now).await.unwrap(), 0);
     // A deleted token takes its record with it.
-    store.delete(late.id, &keep_at(now), None).await.unwrap();
+    store
+        .delete(late.id, &keep_at(now), None, None)
+        .await
+        .unwrap();
     assert_eq!(store.signal_expiries(now).await.unwrap(), 0);
 }
 
@@ -1379,6 +1485,7 @@ conformance!(
         the_summary_counts_as_the_model_does,
         the_last_admin_token_cannot_be_taken_away,
         two_admins_removing_each_other_at_once_leave_one,
+        a_change_holds_to_its_etag,
         uses_only_move_forward,
         filters_select_the_same_tokens_on_every_backend,
         an_export_carries_every_lifecycle_field,

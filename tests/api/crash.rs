@@ -273,7 +273,15 @@ async fn write_until_killed(
             return;
         }
         if let Some((name, id)) = victim {
-            let deleted = client.delete(with_key(admin, DeleteRequest { id })).await;
+            let deleted = client
+                .delete(with_key(
+                    admin,
+                    DeleteRequest {
+                        id,
+                        ..Default::default()
+                    },
+                ))
+                .await;
             if deleted.is_ok() {
                 ledger.lock().unwrap().get_mut(&name).unwrap().state = State::Gone;
                 plan.acked();

@@ -7,7 +7,7 @@ use sts::clock::Clock;
 use sts::{model::MAX_ID, proto::CreateRequest, token};
 use tonic::Code;
 
-use crate::helpers::{assert_code, create_request, spawn_app};
+use crate::helpers::{assert_code, checked, create_request, spawn_app};
 
 #[tokio::test]
 async fn create_returns_a_well_formed_secret_and_the_record() {
@@ -52,7 +52,7 @@ async fn create_returns_a_well_formed_secret_and_the_record() {
 
     let validation = app.validate(&secret).await;
     assert!(validation.valid);
-    assert_eq!(validation.service_token, Some(created));
+    assert_eq!(validation.service_token, Some(checked(created)));
 }
 
 #[tokio::test]

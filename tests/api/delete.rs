@@ -14,7 +14,10 @@ async fn a_deleted_token_is_rejected_at_once() {
 
     app.client
         .clone()
-        .delete(app.admin(DeleteRequest { id: created.id }))
+        .delete(app.admin(DeleteRequest {
+            id: created.id,
+            ..Default::default()
+        }))
         .await
         .unwrap();
 
@@ -34,12 +37,18 @@ async fn unknown_ids_are_not_found() {
     let (_, created) = app.create("ci", &["r"]).await;
     let mut client = app.client.clone();
     client
-        .delete(app.admin(DeleteRequest { id: created.id }))
+        .delete(app.admin(DeleteRequest {
+            id: created.id,
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let status = assert_code(
         client
-            .delete(app.admin(DeleteRequest { id: created.id }))
+            .delete(app.admin(DeleteRequest {
+                id: created.id,
+                ..Default::default()
+            }))
             .await,
         Code::NotFound,
     );
@@ -48,7 +57,12 @@ async fn unknown_ids_are_not_found() {
         "{status:?}"
     );
     assert_code(
-        client.delete(app.admin(DeleteRequest { id: 42 })).await,
+        client
+            .delete(app.admin(DeleteRequest {
+                id: 42,
+                ..Default::default()
+            }))
+            .await,
         Code::NotFound,
     );
 }
@@ -60,7 +74,10 @@ async fn out_of_range_ids_are_invalid_arguments() {
         let status = assert_code(
             app.client
                 .clone()
-                .delete(app.admin(DeleteRequest { id }))
+                .delete(app.admin(DeleteRequest {
+                    id,
+                    ..Default::default()
+                }))
                 .await,
             Code::InvalidArgument,
         );

@@ -81,7 +81,10 @@ async fn store_failures_reach_every_client_as_a_fixed_text_and_the_log_in_full()
         (
             "Delete",
             client
-                .delete(app.admin(DeleteRequest { id: created.id }))
+                .delete(app.admin(DeleteRequest {
+                    id: created.id,
+                    ..Default::default()
+                }))
                 .await
                 .map(|_| ()),
         ),

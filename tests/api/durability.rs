@@ -9,7 +9,7 @@ use sts::{
     token::Token,
 };
 
-use crate::helpers::{copy_dir, read_all_files, restart, spawn_app};
+use crate::helpers::{checked, copy_dir, read_all_files, restart, spawn_app};
 
 #[tokio::test]
 async fn tokens_and_deletions_survive_a_restart() {
@@ -18,7 +18,10 @@ async fn tokens_and_deletions_survive_a_restart() {
     let (gone, gone_record) = app.create("gone", &["r"]).await;
     app.client
         .clone()
-        .delete(app.admin(DeleteRequest { id: gone_record.id }))
+        .delete(app.admin(DeleteRequest {
+            id: gone_record.id,
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let before = app.list_all().await;
@@ -26,7 +29,7 @@ async fn tokens_and_deletions_survive_a_restart() {
     let app = restart(app.stop().await).await;
     let response = app.validate(&kept).await;
     assert!(response.valid);
-    assert_eq!(response.service_token, Some(kept_record));
+    assert_eq!(response.service_token, Some(checked(kept_record)));
     assert_eq!(app.validate(&gone).await.reason(), InvalidReason::NotFound);
     // The restart bootstraps one more admin token; everything else is as it was.
     // (Last-used times move on: the admin token was used since.)
@@ -53,7 +56,10 @@ async fn an_acknowledged_write_is_on_disk_before_the_reply() {
 
     app.client
         .clone()
-        .delete(app.admin(DeleteRequest { id: created.id }))
+        .delete(app.admin(DeleteRequest {
+            id: created.id,
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let after_delete = tempfile::tempdir().unwrap();

@@ -241,7 +241,10 @@ async fn every_invalid_credential_is_a_401_denial_never_an_rpc_error() {
     allowed(&app.check(check(&[("x-api-key", &deleted)], None)).await);
     app.client
         .clone()
-        .delete(app.admin(sts::proto::DeleteRequest { id: created.id }))
+        .delete(app.admin(sts::proto::DeleteRequest {
+            id: created.id,
+            ..Default::default()
+        }))
         .await
         .unwrap();
     app.clock.advance(Duration::from_secs(61));

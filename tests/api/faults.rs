@@ -11,7 +11,7 @@ use std::{
 use async_trait::async_trait;
 use sts::{
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{Change, ListFilter, NewToken, ServiceToken, StoredToken, TokenId},
+    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId},
     store::{Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use},
     token::TokenHash,
 };
@@ -120,10 +120,11 @@ impl Store for FaultyStore {
         id: TokenId,
         change: &Change,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
         self.write_fault()?;
-        self.inner.change(id, change, keep, event).await
+        self.inner.change(id, change, keep, expected, event).await
     }
 
     async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
@@ -140,10 +141,11 @@ impl Store for FaultyStore {
         &self,
         id: TokenId,
         keep: &KeepAdmin,
+        expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<()>, StoreError> {
         self.write_fault()?;
-        self.inner.delete(id, keep, event).await
+        self.inner.delete(id, keep, expected, event).await
     }
 
     async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError> {

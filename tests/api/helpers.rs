@@ -695,11 +695,20 @@ pub fn keep_admin() -> sts::store::KeepAdmin {
 
 /// Deletes through the store, under the lockout rule; whether it did.
 pub async fn deleted(store: &dyn Store, id: sts::model::TokenId) -> bool {
-    match store.delete(id, &keep_admin(), None).await.unwrap() {
+    match store.delete(id, &keep_admin(), None, None).await.unwrap() {
         sts::store::Outcome::Done(()) => true,
         sts::store::Outcome::NotFound => false,
         sts::store::Outcome::Lockout(what) => panic!("lockout: {what}"),
         sts::store::Outcome::Invalid(invalid) => panic!("invalid: {invalid:?}"),
+        sts::store::Outcome::Stale(etag) => panic!("stale: {etag}"),
+    }
+}
+
+/// `token` as a check answers it: management answers' etag left out.
+pub fn checked(token: ServiceToken) -> ServiceToken {
+    ServiceToken {
+        etag: String::new(),
+        ..token
     }
 }
 

@@ -407,3 +407,163 @@ async fn concurrent_label_merges_all_land_over_rest_grpc_and_the_cli() {
     assert!(refused.text().await.unwrap().contains("at most 32"));
     assert_eq!(app.get(created.id).await.unwrap().labels.len(), 30);
 }
+
+/// AIP-154 over REST: `GET` answers the token's etag (header and field);
+/// `PATCH` and `DELETE` with `If-Match` change the token only while it is
+/// as read (412 otherwise, nothing changed); of twenty whole-map label
+/// replacements sent at once with one etag, exactly one lands. gRPC's
+/// Update and Delete hold to the same etag (ABORTED).
+#[tokio::test]
+async fn whole_field_replacements_are_safe_with_an_etag() {
+    use sts::proto::{DeleteRequest, GetRequest, ServiceToken, UpdateRequest};
+    let app = crate::helpers::spawn_app().await;
+    let (_, created) = app.create("ci", &["r"]).await;
+    let url = format!("http://{}{TOKENS}/{}", app.addr, created.id);
+    let http = reqwest::Client::new();
+    let admin = app.admin_token.clone();
+    let got = http
+        .get(&url)
+        .header("x-api-key", &admin)
+        .send()
+        .await
+        .unwrap();
+    let etag = got.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    assert_eq!(got.json::<Value>().await.unwrap()["etag"], etag.as_str());
+    assert_eq!(created.etag, etag, "gRPC and REST give one etag");
+
+    let mut patches = tokio::task::JoinSet::new();
+    for n in 0..20 {
+        let (http, url, admin, etag) = (http.clone(), url.clone(), admin.clone(), etag.clone());
+        patches.spawn(async move {
+            let body = json!({ "labels": { "owner": format!("team-{n}") } }).to_string();
+            let answer = http
+                .patch(&url)
+                .header("x-api-key", admin)
+                .header("if-match", etag)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let new_etag = answer
+                .headers()
+                .get("etag")
+                .map(|e| e.to_str().unwrap().to_owned());
+            (status, new_etag, answer.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = patches.join_all().await;
+    let landed: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 200).collect();
+    assert_eq!(landed.len(), 1, "{answers:?}");
+    let (_, new_etag, body) = landed[0];
+    let new_etag = new_etag.clone().unwrap();
+    assert_ne!(new_etag, etag);
+    assert_eq!(body["etag"], new_etag.as_str());
+    for (status, _, body) in &answers {
+        if *status != 200 {
+            assert_eq!(*status, 412, "{body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&new_etag), "{message}");
+        }
+    }
+    let stored = app.get(created.id).await.unwrap();
+    assert_eq!(
+        stored.labels,
+        landed[0].2["labels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+            .collect()
+    );
+
+    // Not one etag, or not an etag: 400, nothing changed.
+    for bad in [
+        format!("{etag}, {new_etag}"),
+        "W/\"abc\"".to_owned(),
+        "nope".to_owned(),
+    ] {
+        let answer = http
+            .patch(&url)
+            .header("x-api-key", &admin)
+            .header("if-match", bad.as_str())
+            .body(r#"{"description": "x"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{bad}");
+    }
+    // `*`: any current token.
+    let star = http
+        .patch(&url)
+        .header("x-api-key", &admin)
+        .header("if-match", "*")
+        .body(r#"{"description": "starred"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(star.status(), 200);
+    let current = star.headers()["etag"].to_str().unwrap().to_owned();
+
+    // gRPC: a stale etag is ABORTED and changes nothing; the current one
+    // (quotes or none) lands.
+    let update = |etag: &str| UpdateRequest {
+        service_token: Some(ServiceToken {
+            id: created.id,
+            description: "by grpc".into(),
+            etag: etag.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["description".into()],
+        }),
+    };
+    let mut client = app.client.clone();
+    let stale = client.update(app.admin(update(&etag))).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted, "{stale:?}");
+    let fetched = client
+        .get(app.admin(GetRequest { id: created.id }))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_token
+        .unwrap();
+    assert_eq!(fetched.description, "starred");
+    assert_eq!(fetched.etag, current);
+    let updated = client
+        .update(app.admin(update(current.trim_matches('"'))))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_token
+        .unwrap();
+    assert_eq!(updated.description, "by grpc");
+
+    // Deletes: stale refused (both transports), current deletes.
+    let stale = http
+        .delete(&url)
+        .header("x-api-key", &admin)
+        .header("if-match", current.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let stale = client
+        .delete(app.admin(DeleteRequest {
+            id: created.id,
+            etag: current.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted);
+    assert!(app.get(created.id).await.is_ok(), "nothing deleted");
+    client
+        .delete(app.admin(DeleteRequest {
+            id: created.id,
+            etag: updated.etag.clone(),
+        }))
+        .await
+        .unwrap();
+    assert!(app.get(created.id).await.is_err());
+}

@@ -68,8 +68,11 @@ async fn create_answers_the_secret_once_and_it_works() {
             "createdAt": created_at,
             "createdBy": entry["createdBy"],
             "updatedAt": created_at,
+            "etag": entry["etag"],
         })
     );
+    // Quoted, as HTTP's `ETag` and `If-Match` carry it.
+    assert_eq!(entry["etag"].as_str().unwrap().len(), 34);
     assert!(
         entry["createdBy"]
             .as_str()

@@ -257,8 +257,10 @@ async fn a_disabled_token_is_refused_at_once_and_enabled_again_works() {
     let status = assert_code(app.client.clone().get(request).await, Code::Unauthenticated);
     assert!(status.message().contains("disabled"), "{status:?}");
 
+    // Unconditional: made from the copy read before the disable.
     let enabled = ServiceToken {
         disabled: false,
+        etag: String::new(),
         ..created
     };
     app.update(enabled, &["disabled"]).await.unwrap();
@@ -382,7 +384,10 @@ async fn the_last_admin_token_cannot_lock_everyone_out() {
             assert_code(
                 app.client
                     .clone()
-                    .delete(app.admin(DeleteRequest { id: admin_id }))
+                    .delete(app.admin(DeleteRequest {
+                        id: admin_id,
+                        ..Default::default()
+                    }))
                     .await,
                 Code::FailedPrecondition,
             ),
@@ -448,7 +453,13 @@ async fn the_last_admin_token_cannot_lock_everyone_out() {
     assert_eq!(app.get(admin_id).await.unwrap(), me, "nothing changed");
     // With a second admin token, the first may go.
     let (second, _) = app.create("second-admin", &["stackstate-admin"]).await;
-    let request = crate::helpers::with_key(&second, DeleteRequest { id: admin_id });
+    let request = crate::helpers::with_key(
+        &second,
+        DeleteRequest {
+            id: admin_id,
+            ..Default::default()
+        },
+    );
     app.client.clone().delete(request).await.unwrap();
     assert!(!app.validate(&app.admin_token).await.valid);
 }
@@ -472,7 +483,11 @@ async fn updates_rotations_disables_and_enables_are_audited_with_what_changed() 
         with_key(
             &admin,
             UpdateRequest {
-                service_token: Some(token),
+                // Unconditional: each change is made from an earlier copy.
+                service_token: Some(ServiceToken {
+                    etag: String::new(),
+                    ..token
+                }),
                 update_mask: mask(paths),
             },
         )

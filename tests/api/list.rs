@@ -96,7 +96,10 @@ async fn the_cursor_is_stable_across_creates_and_deletes() {
     for id in [seen_last, not_yet_shown] {
         app.client
             .clone()
-            .delete(app.admin(DeleteRequest { id }))
+            .delete(app.admin(DeleteRequest {
+                id,
+                ..Default::default()
+            }))
             .await
             .unwrap();
     }

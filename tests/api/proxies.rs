@@ -352,7 +352,10 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(
     // Deleting the token shuts the door on the next request.
     app.client
         .clone()
-        .delete(app.admin(sts::proto::DeleteRequest { id: created.id }))
+        .delete(app.admin(sts::proto::DeleteRequest {
+            id: created.id,
+            ..Default::default()
+        }))
         .await
         .unwrap();
     let answer = get("/builds/42", &[("x-api-key", &secret)]).await.unwrap();

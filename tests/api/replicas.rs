@@ -70,7 +70,13 @@ impl Replica {
         let id = created.service_token.as_ref().unwrap().id;
         self.client
             .clone()
-            .delete(with_key(admin, DeleteRequest { id }))
+            .delete(with_key(
+                admin,
+                DeleteRequest {
+                    id,
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap();
         Instant::now()

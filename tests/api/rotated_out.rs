@@ -92,7 +92,13 @@ async fn over_grpc_every_management_call_refuses_a_rotated_out_secret() {
     assert_refused(client().rotate(with_key(&old, takeover)).await, "Rotate");
     assert_refused(
         client()
-            .delete(with_key(&old, DeleteRequest { id: victim.id }))
+            .delete(with_key(
+                &old,
+                DeleteRequest {
+                    id: victim.id,
+                    ..Default::default()
+                },
+            ))
             .await,
         "Delete",
     );

@@ -117,6 +117,7 @@ async fn rest_and_grpc_manage_the_same_tokens() {
         .clone()
         .delete(app.admin(DeleteRequest {
             id: made_by_grpc.id,
+            ..Default::default()
         }))
         .await
         .unwrap();

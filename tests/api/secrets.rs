@@ -280,9 +280,15 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         }
         reviewer
     };
-    grpc.delete(with_key(&admin, DeleteRequest { id: reader_id }))
-        .await
-        .unwrap();
+    grpc.delete(with_key(
+        &admin,
+        DeleteRequest {
+            id: reader_id,
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
     grpc.validate(ValidateRequest {
         token: reader.clone(),
     })

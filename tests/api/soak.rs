@@ -279,7 +279,13 @@ async fn delete_one(
     let acknowledged = if over_grpc {
         match client
             .clone()
-            .delete(with_key(&soak.admin, DeleteRequest { id }))
+            .delete(with_key(
+                &soak.admin,
+                DeleteRequest {
+                    id,
+                    ..Default::default()
+                },
+            ))
             .await
         {
             Ok(_) => true,

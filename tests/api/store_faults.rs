@@ -38,7 +38,10 @@ async fn a_failing_store_is_unavailable_not_a_wrong_answer() {
     );
     assert_code(
         client
-            .delete(app.admin(DeleteRequest { id: created.id }))
+            .delete(app.admin(DeleteRequest {
+                id: created.id,
+                ..Default::default()
+            }))
             .await,
         Code::Unavailable,
     );
@@ -66,7 +69,10 @@ async fn when_writes_fail_creates_and_deletes_are_unavailable_and_validation_goe
     assert!(!status.message().contains("svctok-"), "{status:?}");
     assert_code(
         client
-            .delete(app.admin(DeleteRequest { id: created.id }))
+            .delete(app.admin(DeleteRequest {
+                id: created.id,
+                ..Default::default()
+            }))
             .await,
         Code::Unavailable,
     );
@@ -307,7 +313,13 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     let revoked = kept.pop().unwrap();
     let id = revoked.service_token.as_ref().unwrap().id;
     client
-        .delete(with_key(&admin, DeleteRequest { id }))
+        .delete(with_key(
+            &admin,
+            DeleteRequest {
+                id,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     deleted.push(revoked.token);
@@ -348,7 +360,13 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     assert_eq!(write_failed.code(), Code::Unavailable, "{write_failed:?}");
     let victim = kept[0].service_token.as_ref().unwrap().id;
     match client
-        .delete(with_key(&admin, DeleteRequest { id: victim }))
+        .delete(with_key(
+            &admin,
+            DeleteRequest {
+                id: victim,
+                ..Default::default()
+            },
+        ))
         .await
     {
         Ok(_) => deleted.push(kept.remove(0).token),
@@ -438,7 +456,13 @@ async fn the_reserve_is_real_space_given_back_for_deletes_and_to_start_on_a_full
     let gone = kept.pop().unwrap();
     let id = gone.service_token.as_ref().unwrap().id;
     client
-        .delete(with_key(&admin, DeleteRequest { id }))
+        .delete(with_key(
+            &admin,
+            DeleteRequest {
+                id,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     assert!(!ballast.exists());
@@ -476,7 +500,13 @@ async fn the_reserve_is_real_space_given_back_for_deletes_and_to_start_on_a_full
     let gone = kept.pop().unwrap();
     let id = gone.service_token.as_ref().unwrap().id;
     client
-        .delete(with_key(&admin, DeleteRequest { id }))
+        .delete(with_key(
+            &admin,
+            DeleteRequest {
+                id,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap();
     assert!(!valid(&client, &gone.token).await.unwrap());

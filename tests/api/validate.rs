@@ -9,7 +9,7 @@ use sts::{
     token::Token,
 };
 
-use crate::helpers::{create_request, spawn_app};
+use crate::helpers::{checked, create_request, spawn_app};
 
 #[tokio::test]
 async fn a_valid_token_answers_with_its_identity() {
@@ -26,7 +26,7 @@ async fn a_valid_token_answers_with_its_identity() {
     assert!(response.valid);
     assert_eq!(response.reason(), InvalidReason::Unspecified);
     let identity = response.service_token.unwrap();
-    assert_eq!(identity, created);
+    assert_eq!(identity, checked(created));
     assert_eq!(identity.roles, ["a", "b"]);
 }
 

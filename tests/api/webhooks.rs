@@ -156,7 +156,10 @@ impl Receiver {
 
 impl TestApp {
     async fn delete(&self, id: u64) {
-        let request = self.admin(sts::proto::DeleteRequest { id });
+        let request = self.admin(sts::proto::DeleteRequest {
+            id,
+            ..Default::default()
+        });
         self.client.clone().delete(request).await.unwrap();
     }
 }

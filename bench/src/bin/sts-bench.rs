@@ -378,8 +378,14 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     anyhow::ensure!(on_b.validate(validate()).await?.into_inner().valid);
                 }
                 let id = created.service_token.context("no token in the answer")?.id;
-                on_a.delete(admin_request(&token, sts::proto::DeleteRequest { id }))
-                    .await?;
+                on_a.delete(admin_request(
+                    &token,
+                    sts::proto::DeleteRequest {
+                        id,
+                        ..Default::default()
+                    },
+                ))
+                .await?;
                 let deleted = Instant::now();
                 while on_b.validate(validate()).await?.into_inner().valid {}
                 delays.push(deleted.elapsed().as_secs_f64() * 1000.0);
