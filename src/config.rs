@@ -62,6 +62,10 @@ pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The most header bytes a request may send. Forward-auth requests carry
 /// the proxied request's headers, which Envoy allows up to 60 KiB of.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Streams one HTTP/2 connection may have open at once
+/// (`--max-streams-per-connection`); more wait, client side, for a free
+/// one. See BENCHMARKS.md's stream flood for how it was chosen.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// The smallest `--max-header-bytes`: below it ordinary requests fail.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 
@@ -465,6 +469,8 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS: streams per connection.
+    pub max_streams_per_connection: u32,
     /// The most header bytes a request may send (HTTP/1 answers 431 past
     /// it); at least [`MIN_HEADER_BYTES`].
     pub max_header_bytes: usize,
@@ -492,6 +498,7 @@ impl Default for ServerConfig {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             http2_keepalive_interval: HTTP2_KEEPALIVE_INTERVAL,
             http2_keepalive_timeout: HTTP2_KEEPALIVE_TIMEOUT,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             integrations: IntegrationConfig::default(),
             trusted_proxies: TrustedProxies::none(),

@@ -60,19 +60,31 @@ pub fn read_tls(cert: &Path, key: &Path) -> Result<TlsIdentity, ServeError> {
 }
 
 /// `sts-server serve`: opens the store, binds `address` (`host:port`; a
-/// host name is bound on every address it resolves to), and serves until
-/// `shutdown` resolves (then drains and flushes; see [`server::run_on`]).
+/// host name is bound on every address it resolves to) and `probe_address`
+/// when given, and serves until `shutdown` resolves (then drains and
+/// flushes; see [`server::run_on`]).
 pub async fn serve(
     address: &str,
+    probe_address: Option<&str>,
     store: &StoreConfig,
     service: ServiceConfig,
     server: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let listeners = bind(address).await?;
+    let mut probes = Vec::new();
+    if let Some(probe_address) = probe_address {
+        for listener in bind(probe_address).await? {
+            let address = listener.local_addr().ok();
+            probes.push(listener.into_std().map_err(|source| match address {
+                Some(address) => ServeError::Bind { address, source },
+                None => ServeError::Probe(source),
+            })?);
+        }
+    }
     let store = open_store(store).await?;
     let service = Arc::new(TokenService::new(store, Arc::new(SystemClock), service));
-    server::run_on(listeners, service, server, shutdown).await
+    server::run_on(listeners, probes, service, server, shutdown).await
 }
 
 /// A listener on every address `address` resolves to, as servers do with

@@ -247,6 +247,8 @@ pub enum ServeError {
     },
     #[error("invalid TLS certificate or key")]
     Tls(#[source] Cause),
+    #[error("cannot start the probe port")]
+    Probe(#[source] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Only our own embedded descriptors go in, so this is a build defect.

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod page;
+pub mod probe_port;
 pub mod proto;
 pub mod rate_limit;
 pub mod serve;

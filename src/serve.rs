@@ -44,10 +44,6 @@ use crate::{
     source::{Forwarded, TrustedProxies},
 };
 
-/// Streams one HTTP/2 connection may have open at once (hyper's default;
-/// more wait for a free one).
-const MAX_CONCURRENT_STREAMS: u32 = 200;
-
 /// What [`serve`] hands every request to: the whole application as one
 /// service (the router behind `http::Front`).
 pub trait App:
@@ -88,6 +84,8 @@ pub struct Protocol {
     pub first_bytes_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
     /// Peers whose requests may name the client they forward.
     pub trusted_proxies: Arc<TrustedProxies>,
 }
@@ -99,6 +97,7 @@ impl From<&ServerConfig> for Protocol {
             first_bytes_timeout: config.first_byte_timeout,
             http2_keepalive_interval: config.http2_keepalive_interval,
             http2_keepalive_timeout: config.http2_keepalive_timeout,
+            max_concurrent_streams: config.max_streams_per_connection,
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         }
     }
@@ -129,7 +128,7 @@ impl Builders {
             .timer(TokioTimer::new())
             .keep_alive_interval(protocol.http2_keepalive_interval)
             .keep_alive_timeout(protocol.http2_keepalive_timeout)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_concurrent_streams(protocol.max_concurrent_streams)
             .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         Builders {
             http1,

@@ -16,6 +16,7 @@ use crate::{
     grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
     http::{self, BodyBounds, Front, HttpState, Readiness},
     listener::{Incoming, Limits, tls_acceptor},
+    probe_port::ProbePort,
     proto::{self, token_service_server::TokenServiceServer},
     serve::{Protocol, serve},
     service::TokenService,
@@ -125,7 +126,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    run_on(vec![listener], service, config, shutdown).await
+    run_on(vec![listener], Vec::new(), service, config, shutdown).await
 }
 
 /// Serves on every one of `listeners` (one per address a host name resolved
@@ -136,9 +137,11 @@ pub async fn run(
 /// (so load balancers stop sending before anything is refused); then new
 /// connections are refused, in-flight calls get up to
 /// `config.shutdown_grace` to finish, and the store is flushed before this
-/// returns.
+/// returns. `probes`, when there are any, serve `/healthz` and `/readyz`
+/// from a thread of their own (see [`ProbePort`]) until the end.
 pub async fn run_on(
     listeners: Vec<TcpListener>,
+    probes: Vec<std::net::TcpListener>,
     service: Arc<TokenService>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -200,6 +203,23 @@ pub async fn run_on(
             MAX_CHECK_REQUEST_BYTES,
         ))
         .into_axum_router();
+    let protocol = Protocol::from(&config);
+    let probes = if probes.is_empty() {
+        None
+    } else {
+        let port = ProbePort::start(
+            probes,
+            state.clone(),
+            protocol.clone(),
+            service.metrics().clone(),
+        )?;
+        for address in port.addresses() {
+            // Before the main port's `serving` lines: once those are out,
+            // the probes are served too.
+            tracing::info!(probe_address = %address, "serving probes (/healthz, /readyz)");
+        }
+        Some(port)
+    };
     let front = Front::new(routes, state);
 
     let (drain_started, drain_started_rx) = oneshot::channel();
@@ -262,7 +282,6 @@ pub async fn run_on(
         service.metrics().clone(),
     );
     let incoming = Incoming::new(listeners, limits, tls, connections);
-    let protocol = Protocol::from(&config);
     for address in addresses {
         tracing::info!(
             %address,
@@ -290,6 +309,9 @@ pub async fn run_on(
             }
             .into());
         }
+    }
+    if let Some(probes) = probes {
+        probes.stop().await;
     }
     crate::incident::summarize(true);
     tracing::info!("stopped");

@@ -14,10 +14,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
         DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
-        DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE,
-        IntegrationConfig, KubernetesPrefix, KubernetesUsername, LifetimePolicy, MIN_HEADER_BYTES,
-        ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret,
-        WebhookUrl, admin_keep_margin, bounded_setting,
+        DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_OUTBOX_CAPACITY,
+        DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix, KubernetesUsername,
+        LifetimePolicy, MIN_HEADER_BYTES, ServerConfig, ServiceConfig, StoreConfig, StoreUrl,
+        WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin, bounded_setting,
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
     daemon,
@@ -152,6 +152,12 @@ struct ServeArgs {
     /// on every address it resolves to.
     #[arg(long, env = "STS_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: String,
+    /// Also serve /healthz and /readyz, plain HTTP, on this address
+    /// (host:port), from a thread of their own: probes sent here are
+    /// answered while the main port is flooded. Unset: probes only on
+    /// --listen.
+    #[arg(long, env = "STS_PROBE_LISTEN")]
+    probe_listen: Option<String>,
     #[command(flatten)]
     store: StoreArgs,
     #[command(flatten)]
@@ -173,6 +179,11 @@ struct ServeArgs {
     /// it; HTTP/2 announces it as its header list size). At least 8192.
     #[arg(long, env = "STS_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = parse_header_bytes)]
     max_header_bytes: usize,
+    /// Streams one HTTP/2 connection (a gRPC channel) may have open at
+    /// once; a client waits for a free one past it. With
+    /// --max-connections it bounds the requests the server holds.
+    #[arg(long, env = "STS_MAX_STREAMS_PER_CONNECTION", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
     /// How long a request's whole body may take to arrive, from its headers
     /// (e.g. 30s): past it HTTP/1.1 answers 408 and closes the connection,
     /// HTTP/2 resets the stream. A body is read only after the request's
@@ -448,6 +459,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls,
         shutdown_delay: args.shutdown_delay,
         max_header_bytes: args.max_header_bytes,
+        max_streams_per_connection: args.max_streams_per_connection,
         body_timeout: args.body_timeout,
         connection_limits: connection_limits(&args),
         trusted_proxies: args.trusted_proxies,
@@ -474,6 +486,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = args.store.config(Some(&args.reserve))?;
     daemon::serve(
         &args.listen,
+        args.probe_listen.as_deref(),
         &store,
         service,
         server,

@@ -135,6 +135,17 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The probe port's routes (`--probe-listen`): liveness and readiness,
+/// the same handlers as on the main port, and nothing else.
+pub fn probe_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
 // The routes `Front` also answers itself (see its fast lane): here for the
 // methods the lane leaves to the router (HEAD, say), and for the router
 // driven on its own.

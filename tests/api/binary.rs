@@ -477,6 +477,7 @@ async fn one_server_serves_every_address_it_was_given() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(sts::server::run_on(
         listeners,
+        Vec::new(),
         service,
         crate::helpers::server_config(),
         async {

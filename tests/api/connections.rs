@@ -346,3 +346,156 @@ async fn past_the_bound_on_requests_in_flight_calls_are_refused_at_once_and_prob
     })
     .await;
 }
+
+/// Real binary: `--probe-listen` serves `/healthz` and `/readyz` (only
+/// those) on a port and a thread of their own. With the main port's every
+/// place held by requests in flight, so that its own `/healthz` gets no
+/// answer, the probe port answers both; it says "shutting down" (503) from
+/// the SIGTERM, and closes with the server.
+#[tokio::test]
+async fn the_probe_port_answers_while_the_main_port_is_full() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let admin = bootstrap(data_dir.path());
+    let server = ServerProcess::start_with(
+        data_dir.path(),
+        &[
+            ("STS_PROBE_LISTEN", "127.0.0.1:0"),
+            ("STS_MAX_CONNECTIONS", "4"),
+            ("STS_MAX_CONNECTIONS_PER_SOURCE", "4"),
+            ("STS_SHUTDOWN_DELAY", "5s"),
+        ],
+    )
+    .await;
+    let probes = server.probe_addr().expect("the probe port's address");
+    assert_ne!(probes.port(), server.addr.port());
+    let request = stalled_post("/api/security/tokens", Some(&admin));
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect_from("127.0.0.1", server.addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        busy.push(stream);
+    }
+    eventually("the main port is full", || async {
+        let mut stream = connect_from("127.0.0.1", server.addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: sts\r\n\r\n")
+            .await;
+        closed_by_server(&mut stream).await
+    })
+    .await;
+    let mut stream = connect_from("127.0.0.1", probes).await.unwrap();
+    assert_eq!(get(&mut stream, "/healthz", None).await, "HTTP/1.1 200 OK");
+    assert_eq!(get(&mut stream, "/readyz", None).await, "HTTP/1.1 200 OK");
+    // Probes only: no token work on this port.
+    assert_eq!(
+        get(&mut stream, "/api/server/status", Some(&admin)).await,
+        "HTTP/1.1 404 Not Found"
+    );
+    assert_eq!(
+        get(&mut stream, "/metrics", None).await,
+        "HTTP/1.1 404 Not Found"
+    );
+    drop(busy);
+
+    let stopping = server.terminate_in_background();
+    eventually("readiness says shutting down", || async {
+        let Ok(mut stream) = connect_from("127.0.0.1", probes).await else {
+            return false;
+        };
+        get(&mut stream, "/readyz", None).await == "HTTP/1.1 503 Service Unavailable"
+    })
+    .await;
+    let (status, log) = stopping.await.unwrap();
+    assert!(status.success(), "{}", log.join("\n"));
+    assert!(
+        TcpStream::connect(probes).await.is_err(),
+        "the probe port closes with the server"
+    );
+}
+
+/// GET `/healthz` over HTTP/2 (prior knowledge) on a new connection from
+/// 127.0.0.1, answered; the connection then stays open, idle. The task
+/// ends when the server closes it (a GOAWAY, then the end).
+async fn idle_http2(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let stream = connect_from("127.0.0.1", addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(format!("http://{addr}/healthz"))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    // Kept: dropping the client would end the connection from our side.
+    std::mem::forget(client);
+    task
+}
+
+#[tokio::test]
+async fn at_the_total_an_idle_http2_connection_is_sent_away_to_make_room() {
+    let server = ServerConfig {
+        connection_limits: ConnectionLimits {
+            max_total: 2,
+            max_per_source: 100,
+            ..ConnectionLimits::UNBOUNDED
+        },
+        ..server_config()
+    };
+    let app = spawn_app_with(ServiceConfig::default(), server).await;
+    let first = idle_http2(app.addr).await;
+    let second = idle_http2(app.addr).await;
+    // A third connection gets in, answered: an idle HTTP/2 connection made
+    // room (GOAWAY, then closed), as an idle HTTP/1 one would.
+    assert_eq!(probe(app.addr).await, "HTTP/1.1 200 OK");
+    eventually("an idle HTTP/2 connection was sent away", || async {
+        first.is_finished() || second.is_finished()
+    })
+    .await;
+    assert!(app.metric("sts_connections_evicted_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_held_to_the_per_source_bound() {
+    let server = ServerConfig {
+        connection_limits: ConnectionLimits {
+            max_total: 100,
+            max_per_source: 2,
+            ..ConnectionLimits::UNBOUNDED
+        },
+        trusted_proxies: sts::source::TrustedProxies::parse("127.0.0.3/32").unwrap(),
+        ..server_config()
+    };
+    let app = spawn_app_with(ServiceConfig::default(), server).await;
+    // Six connections from the proxy, all kept and answered: its clients
+    // are many sources behind one address.
+    let mut proxy = Vec::new();
+    for _ in 0..6 {
+        let mut stream = connect_from("127.0.0.3", app.addr).await.unwrap();
+        assert_eq!(get(&mut stream, "/healthz", None).await, "HTTP/1.1 200 OK");
+        proxy.push(stream);
+    }
+    for stream in &mut proxy {
+        assert_eq!(get(stream, "/healthz", None).await, "HTTP/1.1 200 OK");
+    }
+    // Anyone else: the third is closed unread.
+    let mut other = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from("127.0.0.2", app.addr).await.unwrap();
+        assert_eq!(get(&mut stream, "/healthz", None).await, "HTTP/1.1 200 OK");
+        other.push(stream);
+    }
+    let mut third = connect_from("127.0.0.2", app.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: sts\r\n\r\n")
+        .await;
+    // Closed, not answered: an answer would keep it open (keep-alive).
+    assert!(closed_by_server(&mut third).await);
+    let refused = "sts_connections_refused_total{reason=\"per_source\"} ";
+    assert_eq!(metric(app.addr, refused).await, 1.0);
+}

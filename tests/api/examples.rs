@@ -171,15 +171,31 @@ fn the_kubernetes_deployments_probe_our_health_names_and_set_variables_we_read()
         let all = documents(file);
         let deployment = all.iter().find(|d| d["kind"] == "Deployment").unwrap();
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(container["livenessProbe"]["grpc"]["port"], port());
-        assert_eq!(
-            container["livenessProbe"]["grpc"]["service"],
-            sts::server::LIVENESS
+        // The probes go to the probe port, the one --probe-listen serves.
+        let probe_port = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "probes")
+            .unwrap()["containerPort"]
+            .clone();
+        let probe_listen = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "STS_PROBE_LISTEN")
+            .unwrap()["value"]
+            .clone();
+        assert!(
+            probe_listen
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{probe_port}"))
         );
-        assert_eq!(
-            container["readinessProbe"]["grpc"]["service"],
-            sts::server::SERVICE_NAME
-        );
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            assert_eq!(container[probe]["httpGet"]["port"], "probes", "{file}");
+            assert_eq!(container[probe]["httpGet"]["path"], path, "{file}");
+        }
         for variable in container["env"].as_array().unwrap() {
             let name = variable["name"].as_str().unwrap();
             assert!(

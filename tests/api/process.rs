@@ -69,6 +69,9 @@ pub struct ServerProcess {
     log: Option<JoinHandle<Vec<String>>>,
     /// When the line saying the server stopped was read.
     pub stopped_at: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+    /// Where the probe port serves (`--probe-listen`), once it said so
+    /// (before the main port's address).
+    probe_addr: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
 impl Drop for ServerProcess {
@@ -114,10 +117,14 @@ impl ServerProcess {
         let (address_tx, address_rx) = mpsc::channel();
         let stopped_at = std::sync::Arc::new(std::sync::OnceLock::new());
         let seen_stopping = stopped_at.clone();
+        let probe_addr = std::sync::Arc::new(std::sync::OnceLock::new());
+        let seen_probes = probe_addr.clone();
         let log = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = served_address(&line) {
+                if let Some(addr) = logged_address(&line, "probe_address") {
+                    let _ = seen_probes.set(addr);
+                } else if let Some(addr) = logged_address(&line, "address") {
                     let _ = address_tx.send(addr);
                 }
                 if line.contains("stopped") {
@@ -135,6 +142,7 @@ impl ServerProcess {
                 child: Some(child),
                 log: Some(log),
                 stopped_at,
+                probe_addr,
             },
             Err(_) => {
                 let _ = child.kill();
@@ -177,6 +185,11 @@ impl ServerProcess {
 }
 
 impl ServerProcess {
+    /// The probe port's address, when started with `--probe-listen`.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_addr.get().copied()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -186,14 +199,14 @@ impl ServerProcess {
     }
 }
 
-/// The address in the server's `serving` line, text (`address=…`) or JSON
-/// (`"address":"…"`).
-fn served_address(line: &str) -> Option<SocketAddr> {
+/// The address in field `field` of a log line, text (` field=…`) or JSON
+/// (`"field":"…"`).
+fn logged_address(line: &str, field: &str) -> Option<SocketAddr> {
     let (marker, end) = if line.starts_with('{') {
-        ("\"address\":\"", '"')
+        (format!("\"{field}\":\""), '"')
     } else {
-        ("address=", ' ')
+        (format!(" {field}="), ' ')
     };
-    let at = line.find(marker)? + marker.len();
+    let at = line.find(&marker)? + marker.len();
     line[at..].split(end).next()?.parse().ok()
 }
