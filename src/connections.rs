@@ -64,9 +64,11 @@ pub struct ConnectionLimits {
 }
 
 /// The default bound on requests in flight. Far above what keeps both
-/// cores busy (64 in flight saturate the server in `bench/run`); what it
-/// bounds is the queue behind them, so a flood of streams (500
-/// connections of 200 each) is refused at once instead of held.
+/// cores busy (64 in flight saturate the server in `bench/run`), so an
+/// ordinary load never meets it; what it bounds is costly work (store
+/// reads and writes) queued behind a saturated server, answered at once
+/// instead of late. Memory under a flood of streams is bounded by the
+/// streams per connection, not by this (BENCHMARKS.md, the stream flood).
 pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 4096;
 
 impl ConnectionLimits {
