@@ -156,4 +156,70 @@ mod tests {
         assert_eq!(OPEN.lock().unwrap().get(error).map(|i| i.more), Some(0));
         assert_eq!(first.len(), 16);
     }
+
+    /// The log lines (JSON) written on this thread while `run` runs.
+    fn logged(run: impl FnOnce()) -> Vec<serde_json::Value> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        // A second dispatcher, kept: callsites then ask every thread's
+        // subscriber, not only the first thread's to reach them.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_incident_is_one_line_then_one_summary_of_the_rest() {
+        let error = "a failure only the summary test meets";
+        let start = Instant::now();
+        let mut ids = Vec::new();
+        let events = logged(|| {
+            for i in 0..10 {
+                ids.push(of_at(
+                    error,
+                    Severity::Internal,
+                    start + Duration::from_millis(i),
+                ));
+            }
+            // The window over: the first incident is summed up, a new one opens.
+            ids.push(of_at(error, Severity::Internal, start + INCIDENT_WINDOW));
+        });
+        let ours: Vec<_> = events
+            .iter()
+            .filter(|e| e["fields"]["error"] == error)
+            .collect();
+        assert_eq!(ours.len(), 3, "{ours:#?}");
+        let (first, summary, second) = (&ours[0], &ours[1], &ours[2]);
+        assert_eq!(first["fields"]["incident"], ids[0].as_str());
+        assert!(first["fields"]["count"].is_null());
+        assert_eq!(first["level"], "ERROR");
+        assert_eq!(summary["fields"]["incident"], ids[0].as_str());
+        assert_eq!(summary["fields"]["count"], 9);
+        assert_eq!(
+            summary["fields"]["window_seconds"],
+            INCIDENT_WINDOW.as_secs()
+        );
+        assert_eq!(second["fields"]["incident"], ids[10].as_str());
+        assert_ne!(ids[10], ids[0]);
+    }
 }

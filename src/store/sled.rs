@@ -1098,8 +1098,10 @@ impl Store for SledStore {
     /// one again then, so a disk that came back is seen), or while the
     /// read lane cannot answer a read of one key.
     async fn ready(&self) -> Result<(), StoreError> {
-        self.trees.flusher.health()?;
+        self.trees.flusher.stalled()?;
         if self.trees.flusher.failing() {
+            // Ready again once a flush succeeds, without waiting for a
+            // write to try one.
             self.sync().await?;
         }
         self.read(|trees| {
