@@ -1,0 +1,21 @@
+//! The domain values the service works with, each built by a `parse` that
+//! says which field is wrong and why, so handlers only ever see valid values.
+//!
+//! `fields` holds the parsed values, `token` the token as the service sees
+//! it, `change` what a change does, `query` what a question over many
+//! tokens selects, `stored` the token on its way into and out of a store.
+
+mod change;
+mod fields;
+mod query;
+mod stored;
+mod token;
+
+pub use change::*;
+pub use fields::*;
+pub use query::*;
+pub use stored::*;
+pub use token::*;
+
+#[cfg(test)]
+mod tests;

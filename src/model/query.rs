@@ -1,0 +1,150 @@
+//! Questions over many tokens: the counts behind the metrics
+//! (`TokenSummary`) and what a list selects (`ListFilter`).
+
+use std::time::{Duration, SystemTime};
+
+use super::fields::FieldError;
+use super::fields::MAX_NAME_CHARS;
+use super::fields::Role;
+use super::token::ServiceToken;
+
+/// first, then disabled, else active), and of the active ones, those
+/// expiring within each of [`TokenSummary::EXPIRING`] and those unused
+/// (never used: since created) for each of [`TokenSummary::UNUSED`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenSummary {
+    pub active: u64,
+    pub disabled: u64,
+    pub expired: u64,
+    pub expiring: [u64; 3],
+    pub unused: [u64; 2],
+    /// The earliest expiration of an active token.
+    pub next_expiry: Option<SystemTime>,
+}
+
+impl TokenSummary {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    /// The windows of `expiring`, with their metric labels.
+    pub const EXPIRING: [(&'static str, Duration); 3] = [
+        ("1d", TokenSummary::DAY),
+        ("7d", Duration::from_secs(7 * 24 * 3600)),
+        ("30d", Duration::from_secs(30 * 24 * 3600)),
+    ];
+    /// The windows of `unused`, with their metric labels.
+    pub const UNUSED: [(&'static str, Duration); 2] = [
+        ("30d", Duration::from_secs(30 * 24 * 3600)),
+        ("90d", Duration::from_secs(90 * 24 * 3600)),
+    ];
+
+    /// Counts `token` as of `now`.
+    pub fn add(&mut self, token: &ServiceToken, now: SystemTime) {
+        if token.is_expired_at(now) {
+            self.expired += 1;
+            return;
+        }
+        if token.disabled {
+            self.disabled += 1;
+            return;
+        }
+        self.active += 1;
+        if let Some(expiration) = token.expiration {
+            self.next_expiry = Some(self.next_expiry.map_or(expiration, |n| n.min(expiration)));
+            for (count, (_, window)) in self.expiring.iter_mut().zip(TokenSummary::EXPIRING) {
+                if now
+                    .checked_add(window)
+                    .is_none_or(|until| expiration <= until)
+                {
+                    *count += 1;
+                }
+            }
+        }
+        let since = token.last_used_at.unwrap_or(token.created_at);
+        for (count, (_, window)) in self.unused.iter_mut().zip(TokenSummary::UNUSED) {
+            if now.checked_sub(window).is_some_and(|cutoff| since < cutoff) {
+                *count += 1;
+            }
+        }
+    }
+}
+
+/// What `list` shows: every filter set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub name_prefix: Option<String>,
+    pub role: Option<Role>,
+    /// Not used since then: last used before it, or never used and created
+    /// before it (one rule with `sts_tokens_unused`: a token made a minute
+    /// ago has not been unused for 90 days).
+    pub unused_since: Option<SystemTime>,
+    /// Expiring before then (expired included).
+    pub expiring_before: Option<SystemTime>,
+    pub disabled: Option<bool>,
+    /// Over the maximum lifetime: never expiring, or expiring after then.
+    /// The service sets it from `over_policy`; stores only read it.
+    pub expiring_after: Option<SystemTime>,
+    /// Asked for: tokens the lifetime policy would not allow today.
+    pub over_policy: bool,
+}
+
+impl ListFilter {
+    /// From a request's fields: empty text means no filter.
+    pub fn parse(
+        name_prefix: &str,
+        role: &str,
+        unused_since: Option<SystemTime>,
+        expiring_before: Option<SystemTime>,
+        disabled: Option<bool>,
+    ) -> Result<ListFilter, FieldError> {
+        if name_prefix.chars().count() > MAX_NAME_CHARS {
+            return Err(FieldError::new(
+                "name_prefix",
+                format!("is longer than a name can be ({MAX_NAME_CHARS} characters)"),
+            ));
+        }
+        let role = match role {
+            "" => None,
+            role => Some(Role::parse(role)?),
+        };
+        Ok(ListFilter {
+            name_prefix: (!name_prefix.is_empty()).then(|| name_prefix.to_owned()),
+            role,
+            unused_since,
+            expiring_before,
+            disabled,
+            expiring_after: None,
+            over_policy: false,
+        })
+    }
+
+    /// The same filter, also asking for tokens over the lifetime policy.
+    pub fn over_policy(self, over_policy: bool) -> ListFilter {
+        ListFilter {
+            over_policy,
+            ..self
+        }
+    }
+
+    pub fn matches(&self, token: &ServiceToken) -> bool {
+        self.name_prefix
+            .as_deref()
+            .is_none_or(|prefix| token.name.as_str().starts_with(prefix))
+            && self
+                .role
+                .as_ref()
+                .is_none_or(|role| token.roles.contains(role))
+            && self
+                .unused_since
+                .is_none_or(|since| token.last_used_at.unwrap_or(token.created_at) < since)
+            && self.expiring_before.is_none_or(|before| {
+                token
+                    .expiration
+                    .is_some_and(|expiration| expiration < before)
+            })
+            && self
+                .disabled
+                .is_none_or(|disabled| token.disabled == disabled)
+            && self
+                .expiring_after
+                .is_none_or(|after| token.expiration.is_none_or(|expiration| expiration > after))
+    }
+}

@@ -1,0 +1,189 @@
+//! A token as a store holds it (`StoredToken`: the token and the hashes of
+//! its secrets), read back from any store or export by one `from_parts`.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use super::fields::Description;
+use super::fields::FieldError;
+use super::fields::Labels;
+use super::fields::MAX_NAME_CHARS;
+use super::fields::Roles;
+use super::fields::TokenId;
+use super::fields::TokenName;
+use super::fields::check_text;
+use super::token::PreviousSecret;
+use super::token::Secret;
+use super::token::ServiceToken;
+use crate::token::TokenHash;
+
+/// Longest `created_by` read back (an id, a name, punctuation).
+const MAX_CREATED_BY_CHARS: usize = MAX_NAME_CHARS + 24;
+
+/// A token as a store holds it: its description and the hash of its secret
+/// (and of the secret a rotation replaced, while that one is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub token: ServiceToken,
+    pub hash: TokenHash,
+    /// Set exactly when `token.previous_secret` is.
+    pub previous_hash: Option<TokenHash>,
+}
+
+/// A stored token's fields as a backend or an export reads them back, not
+/// yet checked. Times come already converted: each format has its own.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredParts<'a> {
+    pub id: u64,
+    pub hash: &'a [u8],
+    pub name: &'a str,
+    pub roles: &'a [String],
+    pub expiration: Option<SystemTime>,
+    pub created_at: SystemTime,
+    pub description: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub disabled: bool,
+    pub last_used_at: Option<SystemTime>,
+    pub created_by: &'a str,
+    /// `None` in records written before updates existed: `created_at`.
+    pub updated_at: Option<SystemTime>,
+    pub previous_hash: Option<&'a [u8]>,
+    pub previous_expiration: Option<SystemTime>,
+    pub previous_last_used_at: Option<SystemTime>,
+}
+
+impl<'a> StoredParts<'a> {
+    /// The fields of a record written before the token lifecycle: no
+    /// description, labels, last use, creator, update or previous secret.
+    pub fn first_release(
+        id: u64,
+        hash: &'a [u8],
+        name: &'a str,
+        roles: &'a [String],
+        expiration: Option<SystemTime>,
+        created_at: SystemTime,
+    ) -> StoredParts<'a> {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        StoredParts {
+            id,
+            hash,
+            name,
+            roles,
+            expiration,
+            created_at,
+            description: "",
+            labels: &NO_LABELS,
+            disabled: false,
+            last_used_at: None,
+            created_by: "",
+            updated_at: None,
+            previous_hash: None,
+            previous_expiration: None,
+            previous_last_used_at: None,
+        }
+    }
+}
+
+fn parse_hash(field: &str, bytes: &[u8]) -> Result<TokenHash, FieldError> {
+    TokenHash::from_bytes(bytes)
+        .ok_or_else(|| FieldError::new(field, "is not a SHA-256 hash (32 bytes)"))
+}
+
+impl StoredToken {
+    /// The one way back from storage: every field re-parsed, so a damaged
+    /// record is refused (and reported) alike by every backend and by import.
+    pub fn from_parts(parts: StoredParts<'_>) -> Result<StoredToken, FieldError> {
+        let hash = parse_hash("token_hash", parts.hash)?;
+        let (previous_hash, previous_secret) =
+            match (parts.previous_hash, parts.previous_expiration) {
+                (None, None) => (None, None),
+                (Some(bytes), Some(expiration)) => {
+                    let previous = PreviousSecret {
+                        expiration,
+                        last_used_at: parts.previous_last_used_at,
+                    };
+                    (Some(parse_hash("previous_hash", bytes)?), Some(previous))
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        "previous_hash",
+                        "and previous_expiration must be set together",
+                    ));
+                }
+            };
+        check_text(parts.created_by, MAX_CREATED_BY_CHARS)
+            .map_err(|problem| FieldError::new("created_by", problem))?;
+        Ok(StoredToken {
+            token: ServiceToken {
+                id: TokenId::parse(parts.id)?,
+                name: TokenName::read_back(parts.name)?,
+                roles: Roles::parse(parts.roles)?,
+                expiration: parts.expiration,
+                created_at: parts.created_at,
+                description: Description::parse(parts.description)?,
+                labels: Labels::parse(parts.labels)?,
+                disabled: parts.disabled,
+                last_used_at: parts.last_used_at,
+                created_by: parts.created_by.to_owned(),
+                updated_at: parts.updated_at.unwrap_or(parts.created_at),
+                previous_secret,
+            },
+            hash,
+            previous_hash,
+        })
+    }
+
+    /// Which of this token's secrets hashes to `hash` (compared in constant
+    /// time), if either.
+    pub fn secret_for(&self, hash: &TokenHash) -> Option<Secret> {
+        let current = self.hash.ct_eq(hash);
+        let previous = self.previous_hash.is_some_and(|p| p.ct_eq(hash));
+        if current {
+            Some(Secret::Current)
+        } else if previous {
+            Some(Secret::Previous)
+        } else {
+            None
+        }
+    }
+
+    /// Which secret `hash` is, if it still works at `now`: the current
+    /// one, or the previous one within its grace period. A rotated-out
+    /// secret past its grace is as gone as a deleted token's.
+    pub fn live_secret_at(&self, hash: &TokenHash, now: SystemTime) -> Option<Secret> {
+        match self.secret_for(hash)? {
+            Secret::Current => Some(Secret::Current),
+            Secret::Previous => self
+                .token
+                .previous_secret
+                .is_some_and(|previous| now < previous.expiration)
+                .then_some(Secret::Previous),
+        }
+    }
+
+    /// `self`, if one of its secrets hashes to `hash`. A lookup by hash that
+    /// lands on another token's record is corruption, never a match: the
+    /// store reports `None` as such.
+    pub fn verified(self, hash: &TokenHash) -> Option<StoredToken> {
+        self.secret_for(hash).is_some().then_some(self)
+    }
+
+    /// Every hash that finds this token: the current one and the previous.
+    pub fn hashes(&self) -> impl Iterator<Item = &TokenHash> {
+        std::iter::once(&self.hash).chain(self.previous_hash.as_ref())
+    }
+}
+
+#[cfg(test)]
+impl StoredToken {
+    /// A fresh token and its record, for unit tests.
+    pub(crate) fn sample() -> (crate::token::Token, StoredToken) {
+        let token = crate::token::Token::generate();
+        let new = super::token::NewToken::parse("t", &["r"], None).unwrap();
+        let stored = StoredToken {
+            token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
+            hash: token.hash(),
+            previous_hash: None,
+        };
+        (token, stored)
+    }
+}
