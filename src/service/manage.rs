@@ -1,0 +1,561 @@
+//! The management operations (create, get, list, update, rotate, delete),
+//! each behind `manage`: one credential check, one metric and one audit
+//! line for every transport; a change and its audit line run as one unit
+//! (`to_completion`).
+
+use std::{
+    future::Future,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    audit::Refusal,
+    clock::{Clock, to_micros},
+    credential::AuthError,
+    error::Error,
+    events::{Actor, Draft},
+    model::{Change, Edit, Etag, FieldError, ListFilter, NewToken, ServiceToken, TokenId},
+    page::{PageRequest, encode_cursor},
+    store::{KeepAdmin, Outcome, Store, StoreError},
+    token::Token,
+};
+
+use super::{Rpc, TokenService, draft_of};
+use crate::audit::AUDIT;
+
+/// Proof that the caller holds the admin role: only
+/// [`TokenService::authorize_admin`] makes one, and every management call
+/// takes one, so no front end can forget the check.
+#[derive(Debug, Clone)]
+pub struct Admin(pub(super) ServiceToken);
+
+impl Admin {
+    pub fn token(&self) -> &ServiceToken {
+        &self.0
+    }
+}
+
+/// One page of `list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub tokens: Vec<ServiceToken>,
+    /// `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Creates a token with no caller: the first admin token of a fresh install.
+/// Takes the store itself, not a [`TokenService`]: only whoever opens the
+/// store (the `bootstrap` command, tests) can call it, never a transport.
+pub async fn bootstrap(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    mut new: NewToken,
+) -> Result<(Token, ServiceToken), Error> {
+    new.created_by = "bootstrap".to_owned();
+    // No event: bootstrap runs before the server, which delivers them.
+    let (token, created) = issue(store, clock, new, None).await?;
+    audit_created("bootstrap", None, &created);
+    Ok((token, created))
+}
+
+/// Mints a secret for `new` and stores its hash: what `create` and
+/// `bootstrap` share.
+async fn issue(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    mut new: NewToken,
+    event: Option<&Draft>,
+) -> Result<(Token, ServiceToken), Error> {
+    // Microseconds, the precision every backend keeps: a token reads the
+    // same from any store and survives a move between them exactly.
+    let now = to_micros(clock.now());
+    new.expiration = new.expiration.map(to_micros);
+    if new.expiration.is_some_and(|expiration| expiration <= now) {
+        return Err(FieldError::new("expiration", "must be in the future").into());
+    }
+    let token = Token::generate();
+    let created = store.insert(token.hash(), &new, now, event).await?;
+    Ok((token, created))
+}
+
+/// Runs `unit`, a call that writes to the store and then writes the audit
+/// line (and invalidates the cache) for what it wrote, on a task of its
+/// own, and waits for it. A caller that goes away (its deadline passed, it
+/// reset the stream) drops only this wait: the unit runs on, so a change
+/// that committed is always audited, once, and never left in the cache.
+/// A SIGKILL between the commit and the audit line can still split them.
+pub(super) async fn to_completion<T: Send + 'static>(
+    unit: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(unit).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is going away under it.
+        Err(e) => Err(StoreError::unavailable("the server is shutting down", e).into()),
+    }
+}
+
+/// The audit event of a new token; `caller` is `None` for a bootstrap.
+fn audit_created(rpc: &str, caller: Option<&ServiceToken>, created: &ServiceToken) {
+    let message = match caller {
+        Some(_) => "service token created",
+        None => "bootstrap token created",
+    };
+    tracing::info!(
+        target: AUDIT,
+        rpc,
+        outcome = "OK",
+        caller.id = caller.map(|c| c.id.get()),
+        caller.name = caller.map(|c| c.name.as_str()),
+        token.id = created.id.get(),
+        token.name = created.name.as_str(),
+        token.roles = %created.roles,
+        "{message}"
+    );
+}
+
+impl TokenService {
+    /// Runs one whole management call: checks that the caller holds the
+    /// admin role, runs `call` with the proof, counts the outcome, and writes
+    /// the audit event of a refused or failed call: individually for an
+    /// authenticated caller, aggregated (see `refusals`) for one without a
+    /// valid credential, who could otherwise flood the log. `source` is the
+    /// peer's address, where the transport knows it. Every transport runs
+    /// its Create, List and Delete through this; successes are audited by
+    /// `create` and `delete`, which know what they changed.
+    pub async fn manage<T, Fut>(
+        &self,
+        rpc: Rpc,
+        presented: Result<&str, AuthError>,
+        source: Option<IpAddr>,
+        call: impl FnOnce(Admin) -> Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let (caller, result) = match self.authorize_admin(presented).await {
+            Ok(admin) => {
+                let caller = admin.token().clone();
+                (Some(caller), call(admin).await)
+            }
+            Err((caller, refused)) => (caller, Err(refused)),
+        };
+        if let Err(error) = &result {
+            let refusal = Refusal {
+                rpc: rpc.as_str(),
+                source,
+                reason: match error {
+                    Error::Unauthenticated(why) => why.as_str(),
+                    Error::PermissionDenied(_) => "missing_role",
+                    Error::Store(_) => "store_error",
+                    _ => "other",
+                },
+                outcome: error.kind().as_str(),
+                detail: error,
+                caller: None,
+                role: match error {
+                    Error::PermissionDenied(role) => Some(role.as_str()),
+                    _ => None,
+                },
+            };
+            self.audit_refusal(refusal, caller.as_ref());
+        }
+        let status = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "OK");
+        self.metrics.management_call(rpc.as_str(), status);
+        result
+    }
+
+    /// A TokenService call refused before it began because its bytes are
+    /// not a valid protobuf message (the transport already answered it).
+    /// Counted; for a management call, audited like any refusal: in full
+    /// for an authenticated caller, aggregated for anyone else.
+    pub async fn refused_undecodable(
+        &self,
+        rpc: &'static str,
+        management: bool,
+        presented: Result<&str, AuthError>,
+        source: Option<IpAddr>,
+    ) {
+        self.metrics.undecodable(rpc);
+        if !management {
+            return;
+        }
+        const REASON: &str = "the request is not a valid protobuf message";
+        let caller = self.authenticate(presented).await.ok();
+        let refusal = Refusal {
+            rpc,
+            source,
+            reason: "undecodable",
+            outcome: "INTERNAL",
+            detail: &REASON,
+            caller: None,
+            role: None,
+        };
+        self.audit_refusal(refusal, caller.as_ref());
+    }
+
+    /// Creates a token from `new`; see [`TokenService::to_completion`].
+    pub async fn create(
+        self: &Arc<Self>,
+        admin: &Admin,
+        new: NewToken,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.create_now(&admin, new).await }).await
+    }
+
+    async fn create_now(
+        &self,
+        admin: &Admin,
+        mut new: NewToken,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let caller = admin.token();
+        new.created_by = format!("{} ({})", caller.id, caller.name);
+        let now = self.clock.now();
+        if new.expiration.is_none()
+            && let Some(lifetime) = self.config.lifetime.default_lifetime()
+        {
+            new.expiration = now.checked_add(lifetime);
+        }
+        self.within_policy(new.expiration, now)?;
+        let event = self.draft(|| Draft::created(Actor::of(caller), now)).await;
+        let (token, created) = issue(&*self.store, &*self.clock, new, draft_of(&event)).await?;
+        self.event_committed(event);
+        audit_created(Rpc::Create.as_str(), Some(caller), &created);
+        Ok((token, created))
+    }
+
+    pub async fn get(&self, _admin: &Admin, id: TokenId) -> Result<ServiceToken, Error> {
+        match self.store.get(id).await? {
+            Some(stored) => Ok(stored.token.seen_at(self.clock.now())),
+            None => Err(Error::NotFound(id)),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        _admin: &Admin,
+        page: PageRequest,
+        filter: &ListFilter,
+    ) -> Result<Page, Error> {
+        let now = self.clock.now();
+        let resolved;
+        let filter = if filter.over_policy {
+            let max = self.config.lifetime.max().ok_or_else(|| {
+                FieldError::new(
+                    "over_policy",
+                    "this server has no maximum token lifetime (--max-token-lifetime) to be over",
+                )
+            })?;
+            resolved = ListFilter {
+                // Beyond any time a clock can show: nothing is "after" it.
+                expiring_after: Some(now.checked_add(max).unwrap_or(now)),
+                ..filter.clone()
+            };
+            &resolved
+        } else {
+            filter
+        };
+        // One extra row tells whether another page follows without a second query.
+        let stored = self
+            .store
+            .list_matching(page.after, page.size + 1, filter)
+            .await?;
+        let mut tokens: Vec<ServiceToken> = stored
+            .into_iter()
+            .map(|stored| stored.token.seen_at(now))
+            .collect();
+        let next_cursor = if tokens.len() > page.size {
+            tokens.truncate(page.size);
+            tokens.last().map(|last| encode_cursor(last.id))
+        } else {
+            None
+        };
+        Ok(Page {
+            tokens,
+            next_cursor,
+        })
+    }
+
+    /// Applies `edit` (not empty; a new expiration ahead) to token `id`,
+    /// if its etag is still `expected` when one is given. Anything it
+    /// takes away (disabled, a role, time) holds from the answer on, here
+    /// and on every replica within the cache's bound.
+    pub async fn update(
+        self: &Arc<Self>,
+        admin: &Admin,
+        id: TokenId,
+        edit: Edit,
+        expected: Option<Etag>,
+    ) -> Result<ServiceToken, Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.update_now(&admin, id, edit, expected).await }).await
+    }
+
+    async fn update_now(
+        &self,
+        admin: &Admin,
+        id: TokenId,
+        edit: Edit,
+        expected: Option<Etag>,
+    ) -> Result<ServiceToken, Error> {
+        if edit.is_empty() {
+            return Err(FieldError::new("update_mask", "names no field to change").into());
+        }
+        let now = to_micros(self.clock.now());
+        let mut edit = edit;
+        if let Some(Some(expiration)) = edit.expiration {
+            let expiration = to_micros(expiration);
+            if expiration <= now {
+                return Err(FieldError::new("expiration", "must be in the future").into());
+            }
+            edit.expiration = Some(Some(expiration));
+        }
+        // Only a new expiration is held to the policy: disabling or
+        // renaming a token made before the policy must stay possible.
+        if let Some(expiration) = edit.expiration {
+            self.within_policy(expiration, now)?;
+        }
+        let event = Draft::edited(Actor::of(admin.token()), now);
+        let (before, after) = self
+            .change(
+                admin,
+                id,
+                &Change::Edit(edit),
+                now,
+                expected.as_ref(),
+                event,
+            )
+            .await?;
+        let changes = Edit::changes(&before, &after);
+        if changes.is_empty() {
+            // Nothing changed, so nothing was written: no event, no audit.
+            return Ok(after.seen_at(now));
+        }
+        let rpc = match (before.disabled, after.disabled) {
+            (false, true) => "Disable",
+            (true, false) => "Enable",
+            _ => Rpc::Update.as_str(),
+        };
+        let caller = admin.token();
+        tracing::info!(
+            target: AUDIT,
+            rpc,
+            outcome = "OK",
+            caller.id = caller.id.get(),
+            caller.name = caller.name.as_str(),
+            token.id = id.get(),
+            token.name = after.name.as_str(),
+            changed = %changes
+                .iter()
+                .map(|c| format!("{}: {:?} -> {:?}", c.field, c.old, c.new))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "service token updated"
+        );
+        Ok(after.seen_at(now))
+    }
+
+    /// A new secret for token `id`; the current one keeps working for
+    /// `grace` (capped at the token's expiration; zero ends it now), and a
+    /// previous one still in its grace period ends now.
+    pub async fn rotate(
+        self: &Arc<Self>,
+        admin: &Admin,
+        id: TokenId,
+        grace: Duration,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.rotate_now(&admin, id, grace).await }).await
+    }
+
+    async fn rotate_now(
+        &self,
+        admin: &Admin,
+        id: TokenId,
+        grace: Duration,
+    ) -> Result<(Token, ServiceToken), Error> {
+        let now = to_micros(self.clock.now());
+        let max = self.config.max_rotation_grace;
+        if grace > max {
+            return Err(FieldError::new(
+                "grace_period",
+                format!(
+                    "is longer than this server's maximum rotation grace of {} (--max-rotation-grace)",
+                    crate::config::lifetime_text(max)
+                ),
+            )
+            .into());
+        }
+        let previous_until = now
+            .checked_add(grace)
+            .map(to_micros)
+            .ok_or_else(|| FieldError::new("grace_period", "is too long"))?;
+        // A new secret lives until the token expires: a token the policy
+        // would not allow today gets an expiration before a new secret.
+        if self.config.lifetime.max().is_some() {
+            let current = self.store.get(id).await?.ok_or(Error::NotFound(id))?;
+            self.within_policy(current.token.expiration, now)?;
+        }
+        let token = Token::generate();
+        let change = Change::Rotate {
+            hash: token.hash(),
+            previous_until,
+        };
+        let event = Draft::rotated(Actor::of(admin.token()), now);
+        let (_, rotated) = self.change(admin, id, &change, now, None, event).await?;
+        let caller = admin.token();
+        tracing::info!(
+            target: AUDIT,
+            rpc = Rpc::Rotate.as_str(),
+            outcome = "OK",
+            caller.id = caller.id.get(),
+            caller.name = caller.name.as_str(),
+            token.id = id.get(),
+            token.name = rotated.name.as_str(),
+            grace_period = ?grace,
+            previous_secret_expiration = rotated
+                .previous_secret
+                .map(|p| crate::clock::rfc3339_micros(p.expiration)),
+            "service token rotated"
+        );
+        Ok((token, rotated))
+    }
+
+    /// Whether a token expiring at `expiration` (`None`: never) from `now`
+    /// obeys the maximum lifetime.
+    fn within_policy(&self, expiration: Option<SystemTime>, now: SystemTime) -> Result<(), Error> {
+        let Some(max) = self.config.lifetime.max() else {
+            return Ok(());
+        };
+        let allowed = now.checked_add(max);
+        if expiration.is_some_and(|e| allowed.is_none_or(|a| e <= a)) {
+            return Ok(());
+        }
+        let limit = self.config.lifetime.max_text().unwrap_or_default();
+        let problem = match expiration {
+            None => format!(
+                "is required: this server's maximum token lifetime is {limit}; give an expiration at most {limit} from now"
+            ),
+            Some(_) => format!(
+                "is beyond this server's maximum token lifetime of {limit}: give one at most {limit} from now"
+            ),
+        };
+        Err(FieldError::new("expiration", problem).into())
+    }
+
+    /// Runs one change through the store under the lockout rule, and makes
+    /// sure no cached validation outlives it.
+    pub(super) async fn change(
+        &self,
+        _admin: &Admin,
+        id: TokenId,
+        change: &Change,
+        now: SystemTime,
+        expected: Option<&Etag>,
+        event: Draft,
+    ) -> Result<(ServiceToken, ServiceToken), Error> {
+        let event = self.draft(|| event).await;
+        let outcome = self
+            .store
+            .change(
+                id,
+                change,
+                &self.keep_admin(now),
+                expected,
+                draft_of(&event),
+            )
+            .await;
+        // Before the answer, whatever it is: the change may have committed
+        // even if the answer is an error.
+        self.cache.invalidate(id);
+        let changed = self.outcome(id, outcome?)?;
+        self.event_committed(event);
+        Ok(changed)
+    }
+
+    /// The one way a token is deleted (by an admin, a purge, or its leaked
+    /// secret): under `keep`, with its event, and gone from the cache
+    /// before anyone hears of it.
+    pub(super) async fn remove(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        expected: Option<&Etag>,
+        event: impl FnOnce() -> Draft,
+    ) -> Result<Outcome<()>, Error> {
+        let event = self.draft(event).await;
+        let deleted = self
+            .store
+            .delete(id, keep, expected, draft_of(&event))
+            .await;
+        // Whatever the answer: the delete may have committed even if the
+        // answer is an error.
+        self.cache.invalidate(id);
+        let deleted = deleted?;
+        if deleted == Outcome::Done(()) {
+            self.event_committed(event);
+        }
+        Ok(deleted)
+    }
+
+    pub(super) fn keep_admin(&self, now: SystemTime) -> KeepAdmin {
+        KeepAdmin {
+            role: self.config.admin_role.clone(),
+            now,
+            margin: self.config.admin_keep_margin,
+            waived: false,
+        }
+    }
+
+    pub(super) fn outcome<T>(&self, id: TokenId, outcome: Outcome<T>) -> Result<T, Error> {
+        match outcome {
+            Outcome::Done(done) => Ok(done),
+            Outcome::NotFound => Err(Error::NotFound(id)),
+            Outcome::Lockout(what) => Err(Error::Lockout {
+                what,
+                id,
+                role: self.config.admin_role.clone(),
+            }),
+            Outcome::Invalid(invalid) => Err(invalid.into()),
+            Outcome::Stale(current) => Err(Error::Stale { id, current }),
+        }
+    }
+
+    /// Deletes token `id`, if its etag is still `expected` when one is
+    /// given.
+    pub async fn delete(
+        self: &Arc<Self>,
+        admin: &Admin,
+        id: TokenId,
+        expected: Option<Etag>,
+    ) -> Result<(), Error> {
+        let (this, admin) = (self.clone(), admin.clone());
+        to_completion(async move { this.delete_now(&admin, id, expected).await }).await
+    }
+
+    async fn delete_now(
+        &self,
+        admin: &Admin,
+        id: TokenId,
+        expected: Option<Etag>,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let event = || Draft::deleted(Actor::of(admin.token()), now);
+        let keep = self.keep_admin(now);
+        let deleted = self.remove(id, &keep, expected.as_ref(), event).await?;
+        self.outcome(id, deleted)?;
+        tracing::info!(
+            target: AUDIT,
+            rpc = Rpc::Delete.as_str(),
+            outcome = "OK",
+            caller.id = admin.token().id.get(),
+            caller.name = admin.token().name.as_str(),
+            token.id = id.get(),
+            "service token deleted"
+        );
+        Ok(())
+    }
+}

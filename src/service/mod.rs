@@ -1,0 +1,114 @@
+//! The token service itself, independent of any transport: validation,
+//! authorization (the admin role, a required role), and the management
+//! operations. gRPC and HTTP translate into these calls; none re-implements
+//! them. Tokens are minted in two places only: [`TokenService::create`],
+//! which takes an [`Admin`] proof, and [`bootstrap`], which takes the store
+//! itself, which no transport holds.
+
+mod manage;
+mod outbox;
+mod revoke;
+mod upkeep;
+mod validate;
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Duration,
+};
+
+use crate::{
+    audit::Refusals, cache::ValidationCache, clock::Clock, config::ServiceConfig,
+    last_used::LastUsed, metrics::Metrics, rate_limit::RateLimit, store::Store,
+};
+
+pub use crate::audit::AUDIT;
+
+use manage::to_completion;
+pub use manage::{Admin, Page, bootstrap};
+use outbox::{Outbox, draft_of};
+pub use revoke::{MAX_REVOKED_PER_CALL, REVOKE_CALLS_PER_MINUTE, Revoked};
+pub use validate::{Authenticated, InvalidReason, Validation};
+
+/// The management RPCs, as every transport names them in metrics and audit
+/// events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    Create,
+    List,
+    Delete,
+    Get,
+    Update,
+    Rotate,
+}
+
+impl Rpc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rpc::Create => "Create",
+            Rpc::List => "List",
+            Rpc::Delete => "Delete",
+            Rpc::Get => "Get",
+            Rpc::Update => "Update",
+            Rpc::Rotate => "Rotate",
+        }
+    }
+}
+
+pub struct TokenService {
+    store: Arc<dyn Store>,
+    cache: Arc<ValidationCache>,
+    clock: Arc<dyn Clock>,
+    config: ServiceConfig,
+    metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
+    /// `None`: last-used tracking is off.
+    last_used: Option<Arc<LastUsed>>,
+    /// Of leaked-token revocations, which need no credential.
+    revocations: RateLimit,
+    outbox: Outbox,
+    /// The last store check failed (`server::watch_store` keeps it): calls
+    /// that need the store are answered UNAVAILABLE at once meanwhile,
+    /// rather than each waiting out the database pool's acquire timeout.
+    store_away: AtomicBool,
+    /// The last failure the store gave, with its causes (driver text
+    /// included): what a call answered at once while the store is away
+    /// logs under its incident id.
+    last_store_failure: Mutex<Option<String>>,
+}
+
+impl TokenService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: ServiceConfig,
+    ) -> TokenService {
+        let metrics = Arc::new(Metrics::with(|registry| store.register_metrics(registry)));
+        TokenService {
+            last_used: LastUsed::new(
+                config.last_used_resolution,
+                store.clone(),
+                clock.clone(),
+                metrics.clone(),
+            ),
+            metrics,
+            cache: store.validation_cache(),
+            refusals: Refusals::new(config.refusal_summary_interval),
+            revocations: RateLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
+            outbox: Outbox::default(),
+            store_away: AtomicBool::new(false),
+            last_store_failure: Mutex::new(None),
+            store,
+            clock,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The registry every layer records into (the HTTP latency layer too).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}

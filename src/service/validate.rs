@@ -1,0 +1,256 @@
+//! Checking a presented secret: `validate` (which secret, expiry,
+//! disabled; the use noted), and the authorization every surface asks for
+//! (a required role, the reviewer role, the admin role).
+
+use std::net::IpAddr;
+
+use crate::{
+    audit::{self, Refusal},
+    credential::AuthError,
+    error::Error,
+    model::{Role, Secret, ServiceToken, StoredToken},
+    token::{MalformedToken, TokenHash},
+};
+
+use super::{Admin, TokenService};
+
+/// The answer to "is this token valid?".
+// Valid is the common answer on the hot path: boxing it to shrink the rare
+// Invalid would cost an allocation per validation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validation {
+    /// Valid, through its current secret or (during a rotation's grace
+    /// period) its previous one.
+    Valid(ServiceToken, Secret),
+    Invalid(InvalidReason),
+}
+
+impl Validation {
+    /// The metrics label of this answer.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Validation::Valid(_, Secret::Current) => "valid",
+            Validation::Valid(_, Secret::Previous) => "previous_secret",
+            Validation::Invalid(InvalidReason::Malformed(_)) => "malformed",
+            Validation::Invalid(InvalidReason::NotFound) => "not_found",
+            Validation::Invalid(InvalidReason::Expired) => "expired",
+            Validation::Invalid(InvalidReason::Disabled) => "disabled",
+        }
+    }
+}
+
+/// A valid caller: its token, and which secret it presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub token: ServiceToken,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    Malformed(MalformedToken),
+    /// Never created, deleted, or a rotated-out secret past its grace period.
+    NotFound,
+    Expired,
+    Disabled,
+}
+
+impl From<InvalidReason> for AuthError {
+    fn from(reason: InvalidReason) -> AuthError {
+        match reason {
+            InvalidReason::Malformed(why) => AuthError::Malformed(why),
+            InvalidReason::NotFound => AuthError::NotFound,
+            InvalidReason::Expired => AuthError::Expired,
+            InvalidReason::Disabled => AuthError::Disabled,
+        }
+    }
+}
+
+impl TokenService {
+    /// The one validation path: parse (checksum, no store access), hash, one
+    /// lookup, which secret, expiry, disabled. An invalid token is an
+    /// answer; only a store failure is an error, so a token that cannot be
+    /// checked is never called valid. A valid one has its use noted.
+    pub async fn validate(&self, presented: &str) -> Result<Validation, Error> {
+        let validation = self.check(presented).await;
+        let outcome = validation.as_ref().map_or("error", Validation::outcome);
+        self.metrics.validation(outcome);
+        validation
+    }
+
+    pub(super) async fn check(&self, presented: &str) -> Result<Validation, Error> {
+        let hash = match TokenHash::of_presented(presented) {
+            Ok(hash) => hash,
+            Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),
+        };
+        let Some(stored) = self.lookup(&hash).await? else {
+            return Ok(Validation::Invalid(InvalidReason::NotFound));
+        };
+        let now = self.clock.now();
+        let Some(secret) = stored.live_secret_at(&hash, now) else {
+            return Ok(Validation::Invalid(InvalidReason::NotFound));
+        };
+        if stored.token.is_expired_at(now) {
+            return Ok(Validation::Invalid(InvalidReason::Expired));
+        }
+        if stored.token.disabled {
+            return Ok(Validation::Invalid(InvalidReason::Disabled));
+        }
+        if let Some(last_used) = &self.last_used {
+            last_used.note(stored.token.id, secret, now);
+        }
+        Ok(Validation::Valid(stored.token.seen_at(now), secret))
+    }
+
+    /// The token stored under `hash`: from the cache, else from the store
+    /// (and then cached, unless a delete raced the lookup).
+    async fn lookup(&self, hash: &TokenHash) -> Result<Option<StoredToken>, Error> {
+        if let Some(stored) = self.cache.get(hash) {
+            self.metrics.cache_lookup(true);
+            return Ok(Some(stored));
+        }
+        self.metrics.cache_lookup(false);
+        self.store_present()?;
+        let ticket = self.cache.ticket();
+        let found = self
+            .store
+            .find_by_hash(hash)
+            .await
+            .inspect_err(|e| self.failed(e))?;
+        if let Some(stored) = &found {
+            self.cache.fill(ticket, hash, stored);
+        }
+        Ok(found)
+    }
+
+    /// The caller's token, if the presented credential is a valid one.
+    pub async fn authenticate(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<ServiceToken, Error> {
+        Ok(self.authenticate_secret(presented).await?.token)
+    }
+
+    /// As [`TokenService::authenticate`], saying which secret was used
+    /// (forward-auth tells the proxy when it was a rotated-out one).
+    pub async fn authenticate_secret(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<Authenticated, Error> {
+        match self.validate(presented?).await? {
+            Validation::Valid(token, secret) => Ok(Authenticated { token, secret }),
+            Validation::Invalid(reason) => Err(AuthError::from(reason).into()),
+        }
+    }
+
+    /// Whether `caller` (already authenticated) holds `required`: how
+    /// forward-auth's `?role=` is decided. Counted either way; a refusal is
+    /// audited, naming the caller and the role.
+    pub fn require_role(&self, caller: &ServiceToken, required: &Role) -> Result<(), Error> {
+        if caller.roles.contains(required) {
+            self.metrics.role_check("granted");
+            return Ok(());
+        }
+        self.metrics.role_check("refused");
+        let refused = Error::PermissionDenied(required.clone());
+        self.refusals.record(Refusal {
+            rpc: audit::ROLE_CHECK,
+            source: None,
+            reason: "missing_role",
+            outcome: refused.kind().as_str(),
+            detail: &refused,
+            caller: Some(audit::Caller {
+                id: caller.id.get(),
+                name: caller.name.as_str(),
+            }),
+            role: Some(required.as_str()),
+        });
+        Err(refused)
+    }
+
+    /// The caller, if its credential is valid and its token holds every one
+    /// of `required`: the decision of every authorizer in front of a
+    /// service (forward-auth, Envoy's ext_authz).
+    pub async fn authorize(
+        &self,
+        presented: Result<&str, AuthError>,
+        required: &[Role],
+    ) -> Result<Authenticated, Error> {
+        let caller = self.authenticate_secret(presented).await?;
+        for role in required {
+            self.require_role(&caller.token, role)?;
+        }
+        Ok(caller)
+    }
+
+    /// The caller, if its credential is valid and holds the reviewer role:
+    /// who may ask about other tokens (Kubernetes TokenReview, OAuth 2.0
+    /// introspection). Requiring a credential keeps those endpoints from
+    /// being an oracle for anyone scanning for tokens.
+    pub async fn authorize_reviewer(
+        &self,
+        presented: Result<&str, AuthError>,
+        rpc: &'static str,
+        source: Option<IpAddr>,
+    ) -> Result<Authenticated, Error> {
+        let caller = match self.authenticate_secret(presented).await {
+            Ok(caller) => caller,
+            Err(refused) => {
+                self.refusals.record(Refusal {
+                    rpc,
+                    source,
+                    reason: match &refused {
+                        Error::Unauthenticated(why) => why.as_str(),
+                        _ => "store_error",
+                    },
+                    outcome: refused.kind().as_str(),
+                    detail: &refused,
+                    caller: None,
+                    role: None,
+                });
+                return Err(refused);
+            }
+        };
+        self.require_role(&caller.token, &self.config.reviewer_role)?;
+        Ok(caller)
+    }
+
+    /// The caller as an [`Admin`], if its credential is valid and holds the
+    /// admin role; otherwise the refusal, with the caller when it is known.
+    /// A previous secret still in its grace period is refused here, as the
+    /// credential of any management call: it keeps passing checks, but
+    /// whoever holds only the old secret must not be able to rotate the
+    /// new one away, re-enable, or create.
+    pub(super) async fn authorize_admin(
+        &self,
+        presented: Result<&str, AuthError>,
+    ) -> Result<Admin, (Option<ServiceToken>, Error)> {
+        let Authenticated {
+            token: caller,
+            secret,
+        } = self
+            .authenticate_secret(presented)
+            .await
+            .map_err(|e| (None, e))?;
+        if secret == Secret::Previous {
+            return Err((Some(caller), AuthError::RotatedOut.into()));
+        }
+        if !caller.roles.contains(&self.config.admin_role) {
+            let refused = Error::PermissionDenied(self.config.admin_role.clone());
+            return Err((Some(caller), refused));
+        }
+        Ok(Admin(caller))
+    }
+
+    /// The audit event of a refused management call, through the
+    /// summarizer (`audit::Refusals`): the first of its kind in full, the
+    /// rest counted, whether or not the caller is known.
+    pub(super) fn audit_refusal(&self, refusal: Refusal<'_>, caller: Option<&ServiceToken>) {
+        let caller = caller.map(|c| audit::Caller {
+            id: c.id.get(),
+            name: c.name.as_str(),
+        });
+        self.refusals.record(Refusal { caller, ..refusal });
+    }
+}
