@@ -1,6 +1,6 @@
 //! `sts-server`: the daemon (`serve`), the first-admin-token tool
 //! (`bootstrap`) and moving tokens between stores (`export`, `import`).
-//! Parses arguments, sets up logging, calls `sts::daemon`.
+//! Parses arguments, sets up logging, calls `sts::server::daemon`.
 
 /// Allocation is a tenth of a request's instructions under glibc's malloc;
 /// mimalloc's cost less (BENCHMARKS.md).
@@ -20,9 +20,9 @@ use sts::{
         WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin, bounded_setting,
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
-    daemon,
     logging::ExitSafe,
     model::{NewToken, Role},
+    server::daemon,
     source::TrustedProxies,
     store::sled::DEFAULT_DISK_RESERVE,
 };

@@ -268,7 +268,7 @@ fn the_leaves_and_the_boundaries_hold() {
         assert!(!uses(transport).contains("store"), "{transport}: {top:#?}");
     }
     // The service knows nothing of how it is reached.
-    for outer in ["grpc", "http", "server", "listener", "daemon"] {
+    for outer in ["grpc", "http", "server"] {
         assert!(!uses("service").contains(outer), "{top:#?}");
     }
 }

@@ -20,9 +20,9 @@ use sts::proto::{
 use sts::{
     config::ServerConfig,
     connections::Connections,
-    listener::{Incoming, Limits},
     metrics::Metrics,
-    serve::{Protocol, serve},
+    server::listener::{Incoming, Limits},
+    server::protocol::{Protocol, serve},
 };
 use tonic::{Request, Response, Status, service::Routes};
 

@@ -40,7 +40,7 @@ use crate::{
     config::{MIN_HEADER_BYTES, ServerConfig},
     connections::{Connections, InFlight, Slot},
     error::Error,
-    listener::{Connection, Incoming},
+    server::listener::{Connection, Incoming},
     source::{Forwarded, TrustedProxies},
 };
 

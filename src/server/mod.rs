@@ -1,6 +1,6 @@
 //! Serving: one listener for everything. gRPC (TokenService, health,
 //! reflection) and the HTTP routes are routes of one router, served over
-//! HTTP/1.1 and HTTP/2 by [`crate::serve`]; requests are routed by path, and
+//! HTTP/1.1 and HTTP/2 by [`protocol`]; requests are routed by path, and
 //! every one passes [`Front`] (latency, Host, body bound) first. Runs until `shutdown` resolves, then drains and flushes.
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -15,14 +15,20 @@ use crate::{
     error::{ServeError, with_causes},
     grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
     http::{self, BodyBounds, Front, HttpState, Readiness},
-    listener::{Incoming, Limits, tls_acceptor},
-    probe_port::ProbePort,
     proto::{self, token_service_server::TokenServiceServer},
-    serve::{Protocol, serve},
     service::TokenService,
     store::StoreError,
     webhook,
 };
+
+pub mod daemon;
+pub mod listener;
+pub mod probe_port;
+pub mod protocol;
+
+use listener::{Incoming, Limits, tls_acceptor};
+use probe_port::ProbePort;
+use protocol::{Protocol, serve};
 
 /// The gRPC name health checks use for our service.
 pub const SERVICE_NAME: &str = proto::token_service_server::SERVICE_NAME;

@@ -12,9 +12,9 @@ use crate::{
     connections::{ConnectionLimits, Connections},
     error::ServeError,
     http::{self, HttpState},
-    listener::{Incoming, Limits},
     metrics::Metrics,
-    serve::{Protocol, serve},
+    server::listener::{Incoming, Limits},
+    server::protocol::{Protocol, serve},
     source::TrustedProxies,
 };
 
