@@ -18,6 +18,7 @@ use crate::{
     token::TokenHash,
 };
 
+mod data_dir;
 mod group_commit;
 mod offload;
 pub mod postgres;

@@ -1,0 +1,81 @@
+//! sled's reads: by hash, by id, pages of a filtered list, counts and the
+//! summary behind the metrics.
+
+use std::time::SystemTime;
+
+use crate::store::StoreError;
+use crate::{
+    model::{ListFilter, StoredToken, TokenId, TokenSummary},
+    token::TokenHash,
+};
+
+use super::{COUNT_KEY, Trees, decode_count, record::Record, unavailable};
+
+impl Trees {
+    pub(super) fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
+        let Some(key) = self.by_hash.get(hash.as_bytes()).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.tokens.get(&key).map_err(unavailable)? else {
+            // A delete removes both entries in one transaction, so this is an
+            // index pointing nowhere: treat the token as gone.
+            tracing::warn!("hash index entry without a token record; treating as not found");
+            return Ok(None);
+        };
+        let stored = Record::decode_stored(&bytes)?;
+        let id = stored.token.id;
+        stored
+            .verified(hash)
+            .map(Some)
+            .ok_or_else(|| StoreError::misindexed(id))
+    }
+
+    pub(super) fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
+        let key = id.get().to_be_bytes();
+        match self.tokens.get(key).map_err(unavailable)? {
+            Some(bytes) => Ok(Some(Record::decode_stored(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn list_matching(
+        &self,
+        after: Option<TokenId>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        let start = after.map_or(0, |id| id.get() + 1).to_be_bytes();
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for entry in self.tokens.range(start..) {
+            if page.len() == limit {
+                break;
+            }
+            let (key, bytes) = entry.map_err(unavailable)?;
+            match Record::decode_stored(&bytes) {
+                Ok(stored) if filter.matches(&stored.token) => page.push(stored),
+                Ok(_) => {}
+                // One damaged record must not hide every other token.
+                Err(e) => {
+                    let key = <[u8; 8]>::try_from(&*key).map(u64::from_be_bytes);
+                    tracing::error!(error = %e, key = ?key, "skipping a corrupt token record");
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    pub(super) fn count(&self) -> Result<u64, StoreError> {
+        Ok(decode_count(self.meta.get(COUNT_KEY).map_err(unavailable)?))
+    }
+
+    pub(super) fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
+        let mut summary = TokenSummary::default();
+        for entry in self.tokens.iter() {
+            let (_, bytes) = entry.map_err(unavailable)?;
+            if let Ok(stored) = Record::decode_stored(&bytes) {
+                summary.add(&stored.token, now);
+            }
+        }
+        Ok(summary)
+    }
+}

@@ -1,0 +1,146 @@
+//! sled's record codec: a token as one versioned protobuf record
+//! (`RECORD_FORMAT`), and the times in it.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use prost::Message;
+
+use crate::model::{StoredParts, StoredToken};
+use crate::store::{Cause, StoreError};
+
+/// The record format this release writes. Records of the first release
+/// carry no format (read as 0) and none of the fields from tag 7 on; a
+/// record from a later release than this one is refused, not misread.
+pub(super) const RECORD_FORMAT: u32 = 2;
+
+/// The on-disk form of one token. Tags are a storage format: never reuse one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct Record {
+    #[prost(uint64, tag = "1")]
+    pub(super) id: u64,
+    #[prost(string, tag = "2")]
+    pub(super) name: String,
+    #[prost(string, repeated, tag = "3")]
+    pub(super) roles: Vec<String>,
+    #[prost(message, optional, tag = "4")]
+    pub(super) expiration: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "5")]
+    pub(super) created_at: Option<prost_types::Timestamp>,
+    #[prost(bytes = "vec", tag = "6")]
+    pub(super) token_hash: Vec<u8>,
+    #[prost(string, tag = "7")]
+    pub(super) description: String,
+    #[prost(btree_map = "string, string", tag = "8")]
+    pub(super) labels: BTreeMap<String, String>,
+    #[prost(bool, tag = "9")]
+    pub(super) disabled: bool,
+    #[prost(message, optional, tag = "10")]
+    pub(super) last_used_at: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "11")]
+    pub(super) created_by: String,
+    #[prost(message, optional, tag = "12")]
+    pub(super) updated_at: Option<prost_types::Timestamp>,
+    #[prost(bytes = "vec", optional, tag = "13")]
+    pub(super) previous_hash: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "14")]
+    pub(super) previous_expiration: Option<prost_types::Timestamp>,
+    #[prost(message, optional, tag = "15")]
+    pub(super) previous_last_used_at: Option<prost_types::Timestamp>,
+    #[prost(uint32, tag = "16")]
+    pub(super) format: u32,
+}
+
+impl Record {
+    pub(super) fn of(stored: &StoredToken) -> Record {
+        let token = &stored.token;
+        let previous = token.previous_secret;
+        Record {
+            id: token.id.get(),
+            name: token.name.as_str().to_owned(),
+            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            expiration: token.expiration.map(Into::into),
+            created_at: Some(token.created_at.into()),
+            token_hash: stored.hash.as_bytes().to_vec(),
+            description: token.description.as_str().to_owned(),
+            labels: token.labels.as_map().clone(),
+            disabled: token.disabled,
+            last_used_at: token.last_used_at.map(Into::into),
+            created_by: token.created_by.clone(),
+            updated_at: Some(token.updated_at.into()),
+            previous_hash: stored.previous_hash.map(|h| h.as_bytes().to_vec()),
+            previous_expiration: previous.map(|p| p.expiration.into()),
+            previous_last_used_at: previous.and_then(|p| p.last_used_at).map(Into::into),
+            format: RECORD_FORMAT,
+        }
+    }
+
+    pub(super) fn decode_checked(bytes: &[u8]) -> Result<Record, StoreError> {
+        let record = Record::decode(bytes)
+            .map_err(|e| StoreError::corrupt("a token record is undecodable", e))?;
+        if record.format > RECORD_FORMAT {
+            return Err(StoreError::Corrupt {
+                context: format!(
+                    "token {}: its record has format {}, written by a later release (this one reads formats up to {RECORD_FORMAT})",
+                    record.id, record.format
+                ),
+                source: None,
+            });
+        }
+        Ok(record)
+    }
+
+    /// Re-parses everything, so a damaged record is reported, never served.
+    pub(super) fn decode_stored(bytes: &[u8]) -> Result<StoredToken, StoreError> {
+        let record = Record::decode_checked(bytes)?;
+        let corrupt = |e: Cause| StoreError::corrupt(format!("token {}", record.id), e);
+        let time =
+            |ts: prost_types::Timestamp| SystemTime::try_from(ts).map_err(|e| corrupt(e.into()));
+        let created_at = record
+            .created_at
+            .ok_or_else(|| corrupt("the record has no created_at".into()))?;
+        StoredToken::from_parts(StoredParts {
+            id: record.id,
+            hash: &record.token_hash,
+            name: &record.name,
+            roles: &record.roles,
+            expiration: record.expiration.map(time).transpose()?,
+            created_at: time(created_at)?,
+            description: &record.description,
+            labels: &record.labels,
+            disabled: record.disabled,
+            last_used_at: record.last_used_at.map(time).transpose()?,
+            created_by: &record.created_by,
+            updated_at: record.updated_at.map(time).transpose()?,
+            previous_hash: record.previous_hash.as_deref(),
+            previous_expiration: record.previous_expiration.map(time).transpose()?,
+            previous_last_used_at: record.previous_last_used_at.map(time).transpose()?,
+        })
+        .map_err(|e| corrupt(e.into()))
+    }
+}
+
+pub(super) fn epoch_micros(at: SystemTime) -> i64 {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
+    }
+}
+
+/// The later of two optional times, as a record keeps it.
+pub(super) fn latest(
+    kept: Option<prost_types::Timestamp>,
+    at: SystemTime,
+) -> Option<prost_types::Timestamp> {
+    let kept_time = kept.and_then(|ts| SystemTime::try_from(ts).ok());
+    match kept_time {
+        Some(kept_time) if kept_time >= at => kept,
+        _ => Some(at.into()),
+    }
+}
+
+/// For the fuzz target: a stored record's bytes decoded as every read
+/// decodes them; an error, never a panic, for any bytes.
+#[doc(hidden)]
+pub fn decode_record(bytes: &[u8]) -> Result<StoredToken, StoreError> {
+    Record::decode_stored(bytes)
+}

@@ -1,0 +1,316 @@
+//! sled's writes: insert, import, change and delete under the lockout
+//! rule, last-used times, and the disk reserve they are held to. Each runs
+//! on the write lane; the caller syncs.
+
+use std::time::SystemTime;
+
+use prost::Message;
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionError},
+};
+
+use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, stale};
+use crate::{
+    events::Draft,
+    model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId, takes_admin_away},
+    token::TokenHash,
+};
+
+use super::{
+    COUNT_KEY, ID_ATTEMPTS, Trees, decode_count,
+    outbox::push_event,
+    record::{Record, latest},
+    transaction_failed, unavailable,
+};
+
+/// Why an insert transaction gave up.
+enum InsertAbort {
+    IdTaken,
+    HashTaken,
+}
+
+impl Trees {
+    /// Before a write that grows the store (see [`Reserve`]).
+    pub(super) fn check_space(&self) -> Result<(), StoreError> {
+        self.reserve.check_growth()
+    }
+
+    /// Before a write the reserve is kept for: gives the reserve back if
+    /// the disk is nearly out of space. The write goes ahead whatever this
+    /// finds (a free-space reading that failed included).
+    pub(super) fn tend_reserve(&self) {
+        if let Err(e) = self.reserve.tend() {
+            tracing::warn!(error = %crate::store::with_causes(&e), "could not tend the disk reserve");
+        }
+    }
+
+    pub(super) fn insert_unsynced(
+        &self,
+        hash: TokenHash,
+        new: &NewToken,
+        created_at: SystemTime,
+        draft: Option<&Draft>,
+    ) -> Result<ServiceToken, StoreError> {
+        let seq = self.event_seq(draft)?;
+        for _ in 0..ID_ATTEMPTS {
+            let stored = StoredToken {
+                token: ServiceToken::new(TokenId::random(), new, created_at),
+                hash,
+                previous_hash: None,
+            };
+            let record = Record::of(&stored);
+            let event = draft.map(|d| d.event(&stored.token, &stored.token));
+            let key = stored.token.id.get().to_be_bytes();
+            let trees = (&self.tokens, &self.by_hash, &self.meta, &self.outbox);
+            let outcome = trees.transaction(|(tokens, by_hash, meta, outbox)| {
+                if tokens.get(key)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(InsertAbort::IdTaken));
+                }
+                if by_hash.get(hash.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(InsertAbort::HashTaken));
+                }
+                tokens.insert(&key, record.encode_to_vec())?;
+                by_hash.insert(hash.as_bytes(), &key)?;
+                let count = decode_count(meta.get(COUNT_KEY)?) + 1;
+                meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+                if let (Some(seq), Some(event)) = (seq, &event) {
+                    push_event(outbox, meta, seq, event)?;
+                }
+                Ok(())
+            });
+            match outcome {
+                Ok(()) => return Ok(stored.token),
+                Err(TransactionError::Abort(InsertAbort::IdTaken)) => continue,
+                Err(TransactionError::Abort(InsertAbort::HashTaken)) => {
+                    return Err(StoreError::duplicate_hash());
+                }
+                Err(TransactionError::Storage(e)) => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::IdExhausted)
+    }
+
+    pub(super) fn import_unsynced(&self, stored: &StoredToken) -> Result<Imported, StoreError> {
+        let token = &stored.token;
+        let key = token.id.get().to_be_bytes();
+        let record = Record::of(stored).encode_to_vec();
+        let hash = stored.hash.as_bytes();
+        let trees = (&self.tokens, &self.by_hash, &self.meta);
+        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
+            if let Some(existing) = tokens.get(key)? {
+                let same = Record::decode(&*existing).is_ok_and(|r| r.token_hash == hash);
+                return Ok(if same {
+                    Imported::AlreadyThere
+                } else {
+                    Imported::Conflict(format!("id {} holds another token", token.id))
+                });
+            }
+            for hash in stored.hashes() {
+                if by_hash.get(hash.as_bytes())?.is_some() {
+                    return Ok(Imported::Conflict(format!(
+                        "a hash of token {} belongs to another id",
+                        token.id
+                    )));
+                }
+            }
+            tokens.insert(&key, record.clone())?;
+            for hash in stored.hashes() {
+                by_hash.insert(hash.as_bytes(), &key)?;
+            }
+            let count = decode_count(meta.get(COUNT_KEY)?) + 1;
+            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+            Ok(Imported::Added)
+        });
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("import", e))
+    }
+
+    /// Whether a token other than `id` lets anyone manage tokens through
+    /// `keep.horizon()`. A scan, paid only by changes that would take that away
+    /// from `id`.
+    fn another_admin(&self, id: TokenId, keep: &KeepAdmin) -> Result<bool, StoreError> {
+        for entry in self.tokens.iter() {
+            let (_, bytes) = entry.map_err(unavailable)?;
+            let Ok(stored) = Record::decode_stored(&bytes) else {
+                continue;
+            };
+            if stored.token.id != id && stored.token.is_admin_at(&keep.role, keep.horizon()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The lockout rule for changing `before` into `after` (`None`: deleting
+    /// it): what the change would do, when nothing else keeps admin access.
+    pub(super) fn lockout(
+        &self,
+        before: &ServiceToken,
+        after: Option<&ServiceToken>,
+        keep: &KeepAdmin,
+    ) -> Result<Option<&'static str>, StoreError> {
+        if keep.waived {
+            return Ok(None);
+        }
+        match takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) {
+            Some(what) if !self.another_admin(before.id, keep)? => Ok(Some(what)),
+            _ => Ok(None),
+        }
+    }
+
+    pub(super) fn change_unsynced(
+        &self,
+        id: TokenId,
+        change: &Change,
+        keep: &KeepAdmin,
+        expected: Option<&Etag>,
+        draft: Option<&Draft>,
+    ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError> {
+        let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = id.get().to_be_bytes();
+        let Some(bytes) = self.tokens.get(key).map_err(unavailable)? else {
+            return Ok(Outcome::NotFound);
+        };
+        let before = Record::decode_stored(&bytes)?;
+        // Under `_serial`: nothing an etag covers changes until the end.
+        if let Some(stale) = stale(expected, &before.token) {
+            return Ok(stale);
+        }
+        let after = change.apply(&before, keep.now);
+        // Changes are serialized by `_serial`: what `before` says holds.
+        if let Err(invalid) = change.check(&after.token) {
+            return Ok(Outcome::Invalid(invalid));
+        }
+        if change.changes_nothing(&before.token, &after.token) {
+            return Ok(Outcome::Done((before.token.clone(), before.token)));
+        }
+        if let Some(what) = self.lockout(&before.token, Some(&after.token), keep)? {
+            return Ok(Outcome::Lockout(what));
+        }
+        // Applied again to the record as the transaction reads it: a last
+        // use recorded since is kept (only uses change a record outside
+        // `changes`, and they touch nothing the check above looked at).
+        let seq = self.event_seq(draft)?;
+        let trees = (&self.tokens, &self.by_hash, &self.meta, &self.outbox);
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox)| {
+            let Some(bytes) = tokens.get(key)? else {
+                return Ok(None);
+            };
+            let current =
+                Record::decode_stored(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            let after = change.apply(&current, keep.now);
+            for gone in current
+                .hashes()
+                .filter(|h| !after.hashes().any(|a| a == *h))
+            {
+                by_hash.remove(gone.as_bytes())?;
+            }
+            for added in after.hashes() {
+                by_hash.insert(added.as_bytes(), &key)?;
+            }
+            tokens.insert(&key, Record::of(&after).encode_to_vec())?;
+            if let (Some(seq), Some(draft)) = (seq, draft) {
+                push_event(
+                    outbox,
+                    meta,
+                    seq,
+                    &draft.event(&current.token, &after.token),
+                )?;
+            }
+            Ok(Some((current.token, after.token)))
+        });
+        match outcome {
+            Ok(Some(changed)) => Ok(Outcome::Done(changed)),
+            Ok(None) => Ok(Outcome::NotFound),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(unavailable(e)),
+        }
+    }
+
+    pub(super) fn delete_unsynced(
+        &self,
+        id: TokenId,
+        keep: &KeepAdmin,
+        expected: Option<&Etag>,
+        draft: Option<&Draft>,
+    ) -> Result<Outcome<()>, StoreError> {
+        let _serial = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = id.get().to_be_bytes();
+        let Some(bytes) = self.tokens.get(key).map_err(unavailable)? else {
+            return Ok(Outcome::NotFound);
+        };
+        if expected.is_some() {
+            // A record that cannot be read has no etag anyone was given.
+            let before = Record::decode_stored(&bytes)?;
+            if let Some(stale) = stale(expected, &before.token) {
+                return Ok(stale);
+            }
+        }
+        // An undecodable record can hold no admin access anyone uses: it
+        // may always go.
+        if let Ok(before) = Record::decode_stored(&bytes)
+            && let Some(what) = self.lockout(&before.token, None, keep)?
+        {
+            return Ok(Outcome::Lockout(what));
+        }
+        let seq = self.event_seq(draft)?;
+        let trees = (
+            &self.tokens,
+            &self.by_hash,
+            &self.meta,
+            &self.outbox,
+            &self.signals,
+        );
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, signals)| {
+            let Some(bytes) = tokens.remove(&key)? else {
+                return Ok(false);
+            };
+            signals.remove(&key)?;
+            // An undecodable record has no description to announce.
+            if let (Some(seq), Some(draft), Ok(gone)) = (seq, draft, Record::decode_stored(&bytes))
+            {
+                push_event(outbox, meta, seq, &draft.event(&gone.token, &gone.token))?;
+            }
+            let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
+            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+            // The hashes are needed to drop the index entries; an
+            // undecodable record is still removed, its entries then point
+            // nowhere (harmless).
+            if let Ok(record) = Record::decode(&*bytes) {
+                by_hash.remove(record.token_hash)?;
+                if let Some(previous) = record.previous_hash {
+                    by_hash.remove(previous)?;
+                }
+            }
+            Ok(true)
+        });
+        let deleted = outcome.map_err(|e: TransactionError<()>| transaction_failed("delete", e))?;
+        Ok(if deleted {
+            Outcome::Done(())
+        } else {
+            Outcome::NotFound
+        })
+    }
+
+    pub(super) fn record_use(&self, used: &Use) -> Result<(), StoreError> {
+        let key = used.id.get().to_be_bytes();
+        let outcome = self.tokens.transaction(|tokens| {
+            let Some(bytes) = tokens.get(key)? else {
+                return Ok(());
+            };
+            // A record this release cannot read is left as it is.
+            let Ok(mut record) = Record::decode_checked(&bytes) else {
+                return Ok(());
+            };
+            record.last_used_at = latest(record.last_used_at, used.at);
+            if let Some(at) = used.previous_at
+                && record.previous_hash.is_some()
+            {
+                record.previous_last_used_at = latest(record.previous_last_used_at, at);
+            }
+            tokens.insert(&key, record.encode_to_vec())?;
+            Ok(())
+        });
+        outcome.map_err(|e: TransactionError<()>| transaction_failed("last-used", e))
+    }
+}
