@@ -28,84 +28,39 @@
 //! remove one of the last two admins. Other changes take no such lock.
 
 use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use sqlx::{
-    ConnectOptions, PgConnection, PgExecutor, PgPool, Row,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
+    ConnectOptions, PgConnection, PgPool, Row,
+    postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
 };
 use time::OffsetDateTime;
-use tokio::time::Instant;
 
-use super::{Cause, Imported, KeepAdmin, Outcome, Store, StoreError, Use, stale, with_causes};
+mod feed;
+mod row;
+
+use feed::{FeedHealth, feed};
+pub use feed::{HEARTBEAT_INTERVAL, STALENESS_BOUND};
+use row::{
+    COLUMNS, IS_ADMIN, UPDATE, db_id, db_seq, decode, delete_row, insert_row, lock_row, lockout,
+    roles_of, to_db_time,
+};
+
+use super::{Imported, KeepAdmin, Outcome, Store, StoreError, Use, stale, with_causes};
 use crate::{
     cache::ValidationCache,
     config::StoreUrl,
     events::{Draft, Event, Expiry, OutboxStats, Pending, Settle},
-    model::{
-        Change, Etag, ListFilter, NewToken, ServiceToken, StoredParts, StoredToken, TokenId,
-        TokenSummary, takes_admin_away,
-    },
+    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
     token::TokenHash,
 };
 
 /// The channel deletes (`d:<id>`) and heartbeats (`h:<replica>:<n>`) travel.
 pub const CHANNEL: &str = "sts_tokens";
-/// Longest a replica's cache may answer for a token deleted elsewhere:
-/// below the promised 100 ms, leaving room for the lookup itself.
-pub const STALENESS_BOUND: Duration = Duration::from_millis(80);
-/// How often each replica's feed proves itself live.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(25);
-/// Pause before listening again after the feed failed.
-const FEED_RETRY: Duration = Duration::from_millis(500);
-/// A feed that hears none of its own heartbeats (40 of them) for this
-/// long is taken for stalled (a connection that went quiet without
-/// closing: sqlx would wait on it forever) and opened again.
-const FEED_SILENCE_LIMIT: Duration = Duration::from_secs(1);
-
-/// How the change feed is doing, for readiness detail and metrics.
-#[derive(Default)]
-struct FeedHealth {
-    /// The feed is not hearing its heartbeats (silent, or reconnecting).
-    silent: std::sync::atomic::AtomicBool,
-    stalls: prometheus_client::metrics::counter::Counter,
-    live: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl FeedHealth {
-    /// A heartbeat of ours arrived.
-    fn heard(&self) {
-        if self
-            .silent
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::info!(
-                "the change feed hears its heartbeats again; the validation cache is back on"
-            );
-        }
-        self.live.set(1);
-    }
-
-    /// None arrived for [`FEED_SILENCE_LIMIT`]: counted every time, said
-    /// once per episode.
-    fn went_silent(&self) {
-        self.stalls.inc();
-        self.live.set(0);
-        if !self.silent.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(
-                silence = ?FEED_SILENCE_LIMIT,
-                "the change feed went silent (none of its heartbeats came back); validation cache off, listening again on a new connection"
-            );
-        }
-    }
-}
 
 /// How long a call waits for a connection before the store counts as
 /// unavailable: a Validate must not hang while the database is away.
@@ -177,317 +132,8 @@ impl PostgresStore {
     }
 }
 
-/// Keeps `cache` informed of deletes made anywhere, and vouches for it while
-/// the channel provably works. Runs until the store drops it.
-async fn feed(pool: PgPool, cache: Arc<ValidationCache>, health: Arc<FeedHealth>) {
-    let replica: u64 = rand::random();
-    let sent = Arc::new(Mutex::new(VecDeque::<(u64, Instant)>::new()));
-    let heartbeats = tokio::spawn(heartbeat(pool.clone(), replica, sent.clone()));
-    let _stop_heartbeats = AbortOnDrop(heartbeats.abort_handle());
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for deletes; the validation cache stays off");
-                tokio::time::sleep(FEED_RETRY).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "cannot listen for deletes; the validation cache stays off");
-            tokio::time::sleep(FEED_RETRY).await;
-            continue;
-        }
-        // Heartbeats sent before this instant may vouch for a time when
-        // nobody was listening: they do not count.
-        let mut listening_since = Instant::now();
-        let mut last_heard = Instant::now();
-        tracing::info!("listening for deletes made by any replica");
-        loop {
-            let silence_ends = last_heard + FEED_SILENCE_LIMIT;
-            let Ok(received) = tokio::time::timeout_at(silence_ends, listener.try_recv()).await
-            else {
-                cache.distrust();
-                health.went_silent();
-                // A new listener: dropping this one closes its connection.
-                break;
-            };
-            match received {
-                Ok(Some(notification)) => {
-                    let ours = receive(
-                        &cache,
-                        &sent,
-                        replica,
-                        listening_since,
-                        notification.payload(),
-                    );
-                    if ours {
-                        last_heard = Instant::now();
-                        health.heard();
-                    }
-                }
-                Ok(None) => {
-                    // Lost and re-established (sqlx reconnects before
-                    // returning): deletes in between were missed.
-                    cache.distrust();
-                    listening_since = Instant::now();
-                    last_heard = Instant::now();
-                    tracing::warn!(
-                        "the delete feed's connection was lost; validation cache cleared"
-                    );
-                }
-                Err(e) => {
-                    cache.distrust();
-                    tracing::warn!(error = %e, "the delete feed failed; validation cache cleared");
-                    tokio::time::sleep(FEED_RETRY).await;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Acts on one notification; whether it was one of this replica's own
-/// heartbeats (proof the feed is live).
-fn receive(
-    cache: &ValidationCache,
-    sent: &Mutex<VecDeque<(u64, Instant)>>,
-    replica: u64,
-    listening_since: Instant,
-    payload: &str,
-) -> bool {
-    if let Some(id) = payload.strip_prefix("d:") {
-        match id.parse().ok().and_then(|id| TokenId::parse(id).ok()) {
-            Some(id) => cache.invalidate(id),
-            // Unreadable: assume the worst.
-            None => cache.clear(),
-        }
-    } else if let Some(beat) = payload.strip_prefix(&format!("h:{replica}:")) {
-        let Ok(n) = beat.parse::<u64>() else {
-            return false;
-        };
-        let mut sent = sent.lock().unwrap_or_else(|e| e.into_inner());
-        let mut sent_at = None;
-        while let Some(&(m, at)) = sent.front() {
-            if m > n {
-                break;
-            }
-            sent.pop_front();
-            if m == n {
-                sent_at = Some(at);
-            }
-        }
-        if let Some(at) = sent_at.filter(|at| *at >= listening_since) {
-            cache.confirm_until(at + STALENESS_BOUND);
-        }
-        return true;
-    }
-    false
-}
-
-/// Sends this replica's numbered heartbeats, noting when each was sent.
-async fn heartbeat(pool: PgPool, replica: u64, sent: Arc<Mutex<VecDeque<(u64, Instant)>>>) {
-    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for n in 1u64.. {
-        ticks.tick().await;
-        {
-            let mut sent = sent.lock().unwrap_or_else(|e| e.into_inner());
-            // Beats that never came back (the database was away) go.
-            while sent.len() >= 1024 {
-                sent.pop_front();
-            }
-            sent.push_back((n, Instant::now()));
-        }
-        let beat = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(format!("h:{replica}:{n}"))
-            .execute(&pool);
-        if let Err(e) = beat.await {
-            tracing::debug!(error = %e, "heartbeat not sent");
-        }
-    }
-}
-
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::unavailable("PostgreSQL failed", e)
-}
-
-/// Truncated to the microsecond, as PostgreSQL keeps it.
-fn to_db_time(time: SystemTime) -> OffsetDateTime {
-    let at = OffsetDateTime::from(time);
-    at.replace_nanosecond(at.nanosecond() / 1000 * 1000)
-        .expect("a whole number of microseconds is a valid nanosecond")
-}
-
-const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
-     disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
-     previous_last_used_at";
-
-/// The one INSERT: a new token and an imported one are the same row.
-const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
-     description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
-     previous_expires_at, previous_last_used_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING";
-
-/// Everything a change may set (never the last uses: those only move
-/// forward, through `record_uses`), and the NOTIFY that tells every replica.
-const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
-     description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
-     previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12 \
-     WHERE id = $1 RETURNING id) \
-     SELECT pg_notify($13, 'd:' || id::text) FROM changed";
-
-/// The admin condition of `ServiceToken::is_admin_at`, in SQL: role `$2`,
-/// at time `$3`.
-const IS_ADMIN: &str =
-    "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3))";
-
-fn roles_of(token: &ServiceToken) -> Vec<&str> {
-    token.roles.iter().map(|r| r.as_str()).collect()
-}
-
-/// Adds `stored`'s row unless its id or hash is taken; whether it did.
-async fn insert_row<'e>(
-    executor: impl PgExecutor<'e>,
-    stored: &StoredToken,
-) -> Result<bool, StoreError> {
-    let token = &stored.token;
-    let previous = token.previous_secret;
-    let inserted = sqlx::query(INSERT)
-        .bind(db_id(token.id))
-        .bind(&stored.hash.as_bytes()[..])
-        .bind(token.name.as_str())
-        .bind(roles_of(token))
-        .bind(to_db_time(token.created_at))
-        .bind(token.expiration.map(to_db_time))
-        .bind(token.description.as_str())
-        .bind(Json(token.labels.as_map()))
-        .bind(token.disabled)
-        .bind(token.last_used_at.map(to_db_time))
-        .bind(&token.created_by)
-        .bind(to_db_time(token.updated_at))
-        .bind(stored.previous_hash.map(|h| h.as_bytes().to_vec()))
-        .bind(previous.map(|p| to_db_time(p.expiration)))
-        .bind(previous.and_then(|p| p.last_used_at).map(to_db_time))
-        .execute(executor)
-        .await
-        .map_err(unavailable)?;
-    Ok(inserted.rows_affected() == 1)
-}
-
-/// Re-parses every column, so a damaged row is reported, never served.
-fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
-    let id: i64 = row.try_get("id").map_err(unavailable)?;
-    let hash: Vec<u8> = row.try_get("token_hash").map_err(unavailable)?;
-    let name: String = row.try_get("name").map_err(unavailable)?;
-    let roles: Vec<String> = row.try_get("roles").map_err(unavailable)?;
-    let time = |column: &str| -> Result<Option<SystemTime>, StoreError> {
-        let at: Option<OffsetDateTime> = row.try_get(column).map_err(unavailable)?;
-        Ok(at.map(SystemTime::from))
-    };
-    let created_at: OffsetDateTime = row.try_get("created_at").map_err(unavailable)?;
-    let description: String = row.try_get("description").map_err(unavailable)?;
-    let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
-    let Json(labels): Json<BTreeMap<String, String>> =
-        row.try_get("labels").map_err(|e| corrupt(Box::new(e)))?;
-    let created_by: String = row.try_get("created_by").map_err(unavailable)?;
-    let previous_hash: Option<Vec<u8>> = row.try_get("previous_hash").map_err(unavailable)?;
-    StoredToken::from_parts(StoredParts {
-        id: u64::try_from(id).map_err(|e| corrupt(e.into()))?,
-        hash: &hash,
-        name: &name,
-        roles: &roles,
-        expiration: time("expires_at")?,
-        created_at: SystemTime::from(created_at),
-        description: &description,
-        labels: &labels,
-        disabled: row.try_get("disabled").map_err(unavailable)?,
-        last_used_at: time("last_used_at")?,
-        created_by: &created_by,
-        updated_at: time("updated_at")?,
-        previous_hash: previous_hash.as_deref(),
-        previous_expiration: time("previous_expires_at")?,
-        previous_last_used_at: time("previous_last_used_at")?,
-    })
-    .map_err(|e| corrupt(e.into()))
-}
-
-/// The row of `id`, locked until the transaction ends.
-async fn lock_row(
-    connection: &mut PgConnection,
-    id: TokenId,
-) -> Result<Option<StoredToken>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM sts_tokens WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(db_id(id))
-    .fetch_optional(&mut *connection)
-    .await
-    .map_err(unavailable)?;
-    row.as_ref().map(decode).transpose()
-}
-
-/// The lockout rule inside a transaction that holds `before`'s row: what
-/// the change would do, when no other token keeps admin access. Takes the
-/// advisory lock first, so such checks run one at a time and each sees the
-/// ones committed before it.
-async fn lockout(
-    connection: &mut PgConnection,
-    before: &ServiceToken,
-    after: Option<&ServiceToken>,
-    keep: &KeepAdmin,
-) -> Result<Option<&'static str>, StoreError> {
-    if keep.waived {
-        return Ok(None);
-    }
-    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) else {
-        return Ok(None);
-    };
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(ADMIN_LOCK)
-        .execute(&mut *connection)
-        .await
-        .map_err(unavailable)?;
-    let another = sqlx::query(&format!(
-        "SELECT 1 FROM sts_tokens WHERE id <> $1 AND {IS_ADMIN} LIMIT 1"
-    ))
-    .bind(db_id(before.id))
-    .bind(keep.role.as_str())
-    .bind(to_db_time(keep.horizon()))
-    .fetch_optional(&mut *connection)
-    .await
-    .map_err(unavailable)?;
-    Ok(another.is_none().then_some(what))
-}
-
-/// Deletes `id`'s row and tells every replica; whether there was one.
-async fn delete_row<'e>(executor: impl PgExecutor<'e>, id: TokenId) -> Result<bool, StoreError> {
-    // The NOTIFY is part of the deleting transaction: delivered exactly
-    // when the delete commits, never for one that rolled back.
-    let deleted = sqlx::query(
-        "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 RETURNING id) \
-         SELECT pg_notify($2, 'd:' || id::text) FROM gone",
-    )
-    .bind(db_id(id))
-    .bind(CHANNEL)
-    .fetch_optional(executor)
-    .await
-    .map_err(unavailable)?;
-    Ok(deleted.is_some())
-}
-
-/// The outbox's sequence number as its `BIGSERIAL` column holds it.
-fn db_seq(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 impl PostgresStore {
@@ -563,11 +209,6 @@ async fn signal_expiry(
     push_event(&mut transaction, &step.event(token, now)).await?;
     transaction.commit().await.map_err(unavailable)?;
     Ok(true)
-}
-
-/// The id as the `BIGINT` column holds it; ids are below 2^53.
-fn db_id(id: TokenId) -> i64 {
-    i64::try_from(id.get()).expect("token ids are below 2^53")
 }
 
 #[async_trait]

@@ -1,0 +1,219 @@
+//! The SQL side: the token row's columns, statements and binds, one row
+//! type read back (`TokenRow`, every column by name), and the locked
+//! reads and deletes changes are made under.
+
+use std::time::SystemTime;
+
+use std::collections::BTreeMap;
+
+use sqlx::{FromRow, PgConnection, PgExecutor, postgres::PgRow, types::Json};
+use time::OffsetDateTime;
+
+use crate::model::{ServiceToken, StoredParts, StoredToken, TokenId, takes_admin_away};
+use crate::store::{Cause, KeepAdmin, StoreError};
+
+use super::{ADMIN_LOCK, CHANNEL, unavailable};
+
+/// Truncated to the microsecond, as PostgreSQL keeps it.
+pub(super) fn to_db_time(time: SystemTime) -> OffsetDateTime {
+    let at = OffsetDateTime::from(time);
+    at.replace_nanosecond(at.nanosecond() / 1000 * 1000)
+        .expect("a whole number of microseconds is a valid nanosecond")
+}
+
+pub(super) const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
+     disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
+     previous_last_used_at";
+
+/// The one INSERT: a new token and an imported one are the same row.
+pub(super) const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
+     description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
+     previous_expires_at, previous_last_used_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING";
+
+/// Everything a change may set (never the last uses: those only move
+/// forward, through `record_uses`), and the NOTIFY that tells every replica.
+pub(super) const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
+     description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
+     previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12 \
+     WHERE id = $1 RETURNING id) \
+     SELECT pg_notify($13, 'd:' || id::text) FROM changed";
+
+/// The admin condition of `ServiceToken::is_admin_at`, in SQL: role `$2`,
+/// at time `$3`.
+pub(super) const IS_ADMIN: &str =
+    "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3))";
+
+pub(super) fn roles_of(token: &ServiceToken) -> Vec<&str> {
+    token.roles.iter().map(|r| r.as_str()).collect()
+}
+
+/// Adds `stored`'s row unless its id or hash is taken; whether it did.
+pub(super) async fn insert_row<'e>(
+    executor: impl PgExecutor<'e>,
+    stored: &StoredToken,
+) -> Result<bool, StoreError> {
+    let token = &stored.token;
+    let previous = token.previous_secret;
+    let inserted = sqlx::query(INSERT)
+        .bind(db_id(token.id))
+        .bind(&stored.hash.as_bytes()[..])
+        .bind(token.name.as_str())
+        .bind(roles_of(token))
+        .bind(to_db_time(token.created_at))
+        .bind(token.expiration.map(to_db_time))
+        .bind(token.description.as_str())
+        .bind(Json(token.labels.as_map()))
+        .bind(token.disabled)
+        .bind(token.last_used_at.map(to_db_time))
+        .bind(&token.created_by)
+        .bind(to_db_time(token.updated_at))
+        .bind(stored.previous_hash.map(|h| h.as_bytes().to_vec()))
+        .bind(previous.map(|p| to_db_time(p.expiration)))
+        .bind(previous.and_then(|p| p.last_used_at).map(to_db_time))
+        .execute(executor)
+        .await
+        .map_err(unavailable)?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// A token's row, every column read by name (`COLUMNS`): a column this
+/// type and the statements disagree on fails every read at once.
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: i64,
+    token_hash: Vec<u8>,
+    name: String,
+    roles: Vec<String>,
+    created_at: OffsetDateTime,
+    expires_at: Option<OffsetDateTime>,
+    description: String,
+    labels: serde_json::Value,
+    disabled: bool,
+    last_used_at: Option<OffsetDateTime>,
+    created_by: String,
+    updated_at: Option<OffsetDateTime>,
+    previous_hash: Option<Vec<u8>>,
+    previous_expires_at: Option<OffsetDateTime>,
+    previous_last_used_at: Option<OffsetDateTime>,
+}
+
+/// Re-parses every column, so a damaged row is reported, never served.
+pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
+    let TokenRow {
+        id,
+        token_hash,
+        name,
+        roles,
+        created_at,
+        expires_at,
+        description,
+        labels,
+        disabled,
+        last_used_at,
+        created_by,
+        updated_at,
+        previous_hash,
+        previous_expires_at,
+        previous_last_used_at,
+    } = TokenRow::from_row(row).map_err(unavailable)?;
+    let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
+    let labels: BTreeMap<String, String> =
+        serde_json::from_value(labels).map_err(|e| corrupt(Box::new(e)))?;
+    let time = |at: Option<OffsetDateTime>| at.map(SystemTime::from);
+    StoredToken::from_parts(StoredParts {
+        id: u64::try_from(id).map_err(|e| corrupt(e.into()))?,
+        hash: &token_hash,
+        name: &name,
+        roles: &roles,
+        expiration: time(expires_at),
+        created_at: SystemTime::from(created_at),
+        description: &description,
+        labels: &labels,
+        disabled,
+        last_used_at: time(last_used_at),
+        created_by: &created_by,
+        updated_at: time(updated_at),
+        previous_hash: previous_hash.as_deref(),
+        previous_expiration: time(previous_expires_at),
+        previous_last_used_at: time(previous_last_used_at),
+    })
+    .map_err(|e| corrupt(e.into()))
+}
+
+/// The row of `id`, locked until the transaction ends.
+pub(super) async fn lock_row(
+    connection: &mut PgConnection,
+    id: TokenId,
+) -> Result<Option<StoredToken>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sts_tokens WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(db_id(id))
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(unavailable)?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// The lockout rule inside a transaction that holds `before`'s row: what
+/// the change would do, when no other token keeps admin access. Takes the
+/// advisory lock first, so such checks run one at a time and each sees the
+/// ones committed before it.
+pub(super) async fn lockout(
+    connection: &mut PgConnection,
+    before: &ServiceToken,
+    after: Option<&ServiceToken>,
+    keep: &KeepAdmin,
+) -> Result<Option<&'static str>, StoreError> {
+    if keep.waived {
+        return Ok(None);
+    }
+    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) else {
+        return Ok(None);
+    };
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(ADMIN_LOCK)
+        .execute(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+    let another = sqlx::query(&format!(
+        "SELECT 1 FROM sts_tokens WHERE id <> $1 AND {IS_ADMIN} LIMIT 1"
+    ))
+    .bind(db_id(before.id))
+    .bind(keep.role.as_str())
+    .bind(to_db_time(keep.horizon()))
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(another.is_none().then_some(what))
+}
+
+/// Deletes `id`'s row and tells every replica; whether there was one.
+pub(super) async fn delete_row<'e>(
+    executor: impl PgExecutor<'e>,
+    id: TokenId,
+) -> Result<bool, StoreError> {
+    // The NOTIFY is part of the deleting transaction: delivered exactly
+    // when the delete commits, never for one that rolled back.
+    let deleted = sqlx::query(
+        "WITH gone AS (DELETE FROM sts_tokens WHERE id = $1 RETURNING id) \
+         SELECT pg_notify($2, 'd:' || id::text) FROM gone",
+    )
+    .bind(db_id(id))
+    .bind(CHANNEL)
+    .fetch_optional(executor)
+    .await
+    .map_err(unavailable)?;
+    Ok(deleted.is_some())
+}
+
+/// The outbox's sequence number as its `BIGSERIAL` column holds it.
+pub(super) fn db_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The id as the `BIGINT` column holds it; ids are below 2^53.
+pub(super) fn db_id(id: TokenId) -> i64 {
+    i64::try_from(id.get()).expect("token ids are below 2^53")
+}
