@@ -26,7 +26,7 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync:
 use tokio::time::Instant;
 
 use crate::{
-    model::{StoredToken, TokenId},
+    model::{ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
 
@@ -49,19 +49,34 @@ struct TokenWeight;
 
 impl Weighter<[u8; 32], StoredToken> for TokenWeight {
     fn weight(&self, _hash: &[u8; 32], stored: &StoredToken) -> u64 {
-        let token = &stored.token;
-        let roles: usize = token.roles.iter().map(|r| r.as_str().len() + 24).sum();
-        let labels: usize = token
-            .labels
+        // Every field named: a new one must say what it weighs.
+        let StoredToken {
+            token:
+                ServiceToken {
+                    id: _,
+                    name,
+                    roles,
+                    expiration: _,
+                    created_at: _,
+                    description,
+                    labels,
+                    disabled: _,
+                    last_used_at: _,
+                    created_by,
+                    updated_at: _,
+                    previous_secret: _,
+                },
+            hash: _,
+            previous_hash: _,
+        } = stored;
+        let roles: usize = roles.iter().map(|r| r.as_str().len() + 24).sum();
+        let labels: usize = labels
             .as_map()
             .iter()
             .map(|(k, v)| k.len() + v.len() + 64)
             .sum();
-        let variable = token.name.as_str().len()
-            + token.description.as_str().len()
-            + token.created_by.len()
-            + roles
-            + labels;
+        let variable =
+            name.as_str().len() + description.as_str().len() + created_by.len() + roles + labels;
         (std::mem::size_of::<StoredToken>() + 96 + variable) as u64
     }
 }

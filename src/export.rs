@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
-    model::{FieldError, StoredParts, StoredToken, parse_time},
+    model::{FieldError, ServiceToken, StoredParts, StoredToken, parse_time},
     store::{Imported, Store, StoreError},
 };
 
@@ -102,25 +102,43 @@ fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, FieldError> {
 
 impl Line {
     fn of(stored: &StoredToken) -> Result<Line, StoreError> {
-        let token = &stored.token;
-        let previous = token.previous_secret;
+        // Every field named: an export carries every one.
+        let StoredToken {
+            token:
+                ServiceToken {
+                    id,
+                    name,
+                    roles,
+                    expiration,
+                    created_at,
+                    description,
+                    labels,
+                    disabled,
+                    last_used_at,
+                    created_by,
+                    updated_at,
+                    previous_secret,
+                },
+            hash,
+            previous_hash,
+        } = stored;
         let time = |t: Option<SystemTime>| t.map(rfc3339).transpose();
         Ok(Line {
-            id: token.id.get(),
-            token_hash: hex::encode(stored.hash.as_bytes()),
-            name: token.name.as_str().to_owned(),
-            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            created_at: rfc3339(token.created_at)?,
-            expiration: time(token.expiration)?,
-            description: token.description.as_str().to_owned(),
-            labels: token.labels.as_map().clone(),
-            disabled: token.disabled,
-            last_used_at: time(token.last_used_at)?,
-            created_by: token.created_by.clone(),
-            updated_at: Some(rfc3339(token.updated_at)?),
-            previous_hash: stored.previous_hash.map(|h| hex::encode(h.as_bytes())),
-            previous_expiration: time(previous.map(|p| p.expiration))?,
-            previous_last_used_at: time(previous.and_then(|p| p.last_used_at))?,
+            id: id.get(),
+            token_hash: hex::encode(hash.as_bytes()),
+            name: name.as_str().to_owned(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            created_at: rfc3339(*created_at)?,
+            expiration: time(*expiration)?,
+            description: description.as_str().to_owned(),
+            labels: labels.as_map().clone(),
+            disabled: *disabled,
+            last_used_at: time(*last_used_at)?,
+            created_by: created_by.clone(),
+            updated_at: Some(rfc3339(*updated_at)?),
+            previous_hash: previous_hash.map(|h| hex::encode(h.as_bytes())),
+            previous_expiration: time(previous_secret.map(|p| p.expiration))?,
+            previous_last_used_at: time(previous_secret.and_then(|p| p.last_used_at))?,
         })
     }
 

@@ -226,41 +226,54 @@ pub fn wide_token_table(tokens: &mut [ServiceToken], now: i64) -> Option<String>
 
 /// `service-token describe`: one field per row.
 pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
+    // Every field named: a new one must decide whether `describe` shows it.
+    let ServiceToken {
+        id,
+        name,
+        roles: token_roles,
+        expiration,
+        created_at,
+        description,
+        labels,
+        disabled: _,
+        last_used_at,
+        created_by,
+        updated_at,
+        previous_secret_expiration,
+        previous_secret_last_used_at,
+        // For scripts (`--output json`), not for reading.
+        etag: _,
+    } = token;
     let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(date_time).unwrap_or_default();
-    let labels = token
-        .labels
+    let labels = labels
         .iter()
         .map(|(k, v)| format!("{k}={}", shown(v)))
         .collect::<Vec<_>>()
         .join(",");
     let rows = [
-        ("ID", token.id.to_string()),
-        ("NAME", shown(&token.name)),
-        ("ROLES", roles(&token.roles)),
+        ("ID", id.to_string()),
+        ("NAME", shown(name)),
+        ("ROLES", roles(token_roles)),
         (
             "EXPIRATION",
-            token.expiration.as_ref().map(date).unwrap_or_default(),
+            expiration.as_ref().map(date).unwrap_or_default(),
         ),
         ("STATUS", status(token, now).to_owned()),
-        ("DESCRIPTION", shown(&token.description)),
+        ("DESCRIPTION", shown(description)),
         ("LABELS", labels),
-        ("CREATED", time(&token.created_at)),
-        ("CREATED BY", shown(&token.created_by)),
-        ("UPDATED", time(&token.updated_at)),
+        ("CREATED", time(created_at)),
+        ("CREATED BY", shown(created_by)),
+        ("UPDATED", time(updated_at)),
         (
             "LAST USED",
-            token
-                .last_used_at
+            last_used_at
                 .as_ref()
                 .map_or_else(|| "never".to_owned(), date_time),
         ),
-        (
-            "PREVIOUS SECRET UNTIL",
-            time(&token.previous_secret_expiration),
-        ),
+        ("PREVIOUS SECRET UNTIL", time(previous_secret_expiration)),
         (
             "PREVIOUS SECRET LAST USED",
-            time(&token.previous_secret_last_used_at),
+            time(previous_secret_last_used_at),
         ),
     ];
     let rows = rows
@@ -274,31 +287,52 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
 /// milliseconds), then every lifecycle field, named as the REST API names
 /// them.
 pub fn token_json(token: &ServiceToken) -> Value {
-    let mut value = json!({ "id": token.id, "name": token.name, "roles": token.roles });
+    // Every field named: a new one must decide how the JSON carries it.
+    let ServiceToken {
+        id,
+        name,
+        roles,
+        expiration,
+        created_at,
+        description,
+        labels,
+        disabled,
+        last_used_at,
+        created_by,
+        updated_at,
+        previous_secret_expiration,
+        previous_secret_last_used_at,
+        etag,
+    } = token;
+    let mut value = json!({ "id": id, "name": name, "roles": roles });
     let millis = |t: &Option<prost_types::Timestamp>| t.as_ref().map(epoch_millis);
-    if let Some(expiration) = &token.expiration {
+    if let Some(expiration) = expiration {
         value["expiration"] = json!(epoch_millis(expiration));
     }
-    value["description"] = json!(token.description);
-    value["labels"] = json!(token.labels);
-    value["disabled"] = json!(token.disabled);
-    value["createdBy"] = json!(token.created_by);
+    value["description"] = json!(description);
+    value["labels"] = json!(labels);
+    value["disabled"] = json!(disabled);
+    value["createdBy"] = json!(created_by);
     for (key, time) in [
-        ("createdAt", millis(&token.created_at)),
-        ("updatedAt", millis(&token.updated_at)),
-        ("lastUsedAt", millis(&token.last_used_at)),
+        ("createdAt", millis(created_at)),
+        ("updatedAt", millis(updated_at)),
+        ("lastUsedAt", millis(last_used_at)),
         (
             "previousSecretExpiration",
-            millis(&token.previous_secret_expiration),
+            millis(previous_secret_expiration),
         ),
         (
             "previousSecretLastUsedAt",
-            millis(&token.previous_secret_last_used_at),
+            millis(previous_secret_last_used_at),
         ),
     ] {
         if let Some(time) = time {
             value[key] = json!(time);
         }
+    }
+    // As REST's: for `If-Match`, or gRPC's `etag`.
+    if !etag.is_empty() {
+        value["etag"] = json!(etag);
     }
     value
 }

@@ -351,24 +351,36 @@ impl From<ServiceToken> for proto::ServiceToken {
 /// A token as a check answers it: without its etag (a checksum only a
 /// manager sends back, not worth a hash on every check).
 fn checked(token: ServiceToken) -> proto::ServiceToken {
-    let previous = token.previous_secret;
-    {
-        proto::ServiceToken {
-            id: token.id.get(),
-            name: token.name.as_str().to_owned(),
-            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            expiration: token.expiration.map(Into::into),
-            created_at: Some(token.created_at.into()),
-            description: token.description.as_str().to_owned(),
-            labels: token.labels.as_map().clone(),
-            disabled: token.disabled,
-            last_used_at: token.last_used_at.map(Into::into),
-            created_by: token.created_by,
-            updated_at: Some(token.updated_at.into()),
-            previous_secret_expiration: previous.map(|p| p.expiration.into()),
-            previous_secret_last_used_at: previous.and_then(|p| p.last_used_at).map(Into::into),
-            etag: String::new(),
-        }
+    // Every field named: a new one must decide how gRPC shows it.
+    let ServiceToken {
+        id,
+        name,
+        roles,
+        expiration,
+        created_at,
+        description,
+        labels,
+        disabled,
+        last_used_at,
+        created_by,
+        updated_at,
+        previous_secret,
+    } = token;
+    proto::ServiceToken {
+        id: id.get(),
+        name: name.as_str().to_owned(),
+        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        expiration: expiration.map(Into::into),
+        created_at: Some(created_at.into()),
+        description: description.as_str().to_owned(),
+        labels: labels.as_map().clone(),
+        disabled,
+        last_used_at: last_used_at.map(Into::into),
+        created_by,
+        updated_at: Some(updated_at.into()),
+        previous_secret_expiration: previous_secret.map(|p| p.expiration.into()),
+        previous_secret_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
+        etag: String::new(),
     }
 }
 

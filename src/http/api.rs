@@ -73,21 +73,37 @@ pub struct TokenJson<'a> {
 
 impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
     fn from(token: &'a ServiceToken) -> TokenJson<'a> {
-        let previous = token.previous_secret;
+        // Every field named: a new one must decide how REST shows it.
+        let ServiceToken {
+            id,
+            name,
+            roles,
+            expiration,
+            created_at,
+            description,
+            labels,
+            disabled,
+            last_used_at,
+            created_by,
+            updated_at,
+            previous_secret,
+        } = token;
         TokenJson {
-            id: token.id.get(),
-            name: token.name.as_str(),
-            roles: token.roles.iter().map(Role::as_str).collect(),
-            expiration: token.expiration.map(epoch_millis),
-            description: token.description.as_str(),
-            labels: token.labels.as_map(),
-            disabled: token.disabled,
-            created_at: epoch_millis(token.created_at),
-            created_by: &token.created_by,
-            updated_at: epoch_millis(token.updated_at),
-            last_used_at: token.last_used_at.map(epoch_millis),
-            previous_secret_expiration: previous.map(|p| epoch_millis(p.expiration)),
-            previous_secret_last_used_at: previous.and_then(|p| p.last_used_at).map(epoch_millis),
+            id: id.get(),
+            name: name.as_str(),
+            roles: roles.iter().map(Role::as_str).collect(),
+            expiration: expiration.map(epoch_millis),
+            description: description.as_str(),
+            labels: labels.as_map(),
+            disabled: *disabled,
+            created_at: epoch_millis(*created_at),
+            created_by,
+            updated_at: epoch_millis(*updated_at),
+            last_used_at: last_used_at.map(epoch_millis),
+            previous_secret_expiration: previous_secret.map(|p| epoch_millis(p.expiration)),
+            previous_secret_last_used_at: previous_secret
+                .and_then(|p| p.last_used_at)
+                .map(epoch_millis),
             etag: Etag::of(token).to_string(),
         }
     }

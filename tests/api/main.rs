@@ -50,6 +50,7 @@ mod proxies;
 mod reflection;
 mod replicas;
 mod rotated_out;
+mod round_trip;
 mod same_port;
 mod secrets;
 mod signals;

@@ -36,7 +36,6 @@ use async_trait::async_trait;
 use sqlx::{
     ConnectOptions, PgConnection, PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions},
-    types::Json,
 };
 use time::OffsetDateTime;
 
@@ -46,8 +45,8 @@ mod row;
 use feed::{FeedHealth, feed};
 pub use feed::{HEARTBEAT_INTERVAL, STALENESS_BOUND};
 use row::{
-    COLUMNS, IS_ADMIN, UPDATE, db_id, db_seq, decode, delete_row, insert_row, lock_row, lockout,
-    roles_of, to_db_time,
+    COLUMNS, IS_ADMIN, db_id, db_seq, decode, delete_row, insert_row, lock_row, lockout,
+    to_db_time, update_row,
 };
 
 use super::{Imported, KeepAdmin, Outcome, Store, StoreError, Use, stale, with_causes};
@@ -362,25 +361,7 @@ impl Store for PostgresStore {
         {
             return Ok(Outcome::Lockout(what));
         }
-        let token = &after.token;
-        let previous = token.previous_secret;
-        sqlx::query(UPDATE)
-            .bind(db_id(id))
-            .bind(token.name.as_str())
-            .bind(roles_of(token))
-            .bind(token.expiration.map(to_db_time))
-            .bind(token.description.as_str())
-            .bind(Json(token.labels.as_map()))
-            .bind(token.disabled)
-            .bind(to_db_time(token.updated_at))
-            .bind(&after.hash.as_bytes()[..])
-            .bind(after.previous_hash.map(|h| h.as_bytes().to_vec()))
-            .bind(previous.map(|p| to_db_time(p.expiration)))
-            .bind(previous.and_then(|p| p.last_used_at).map(to_db_time))
-            .bind(CHANNEL)
-            .execute(&mut *transaction)
-            .await
-            .map_err(unavailable)?;
+        update_row(&mut *transaction, &after).await?;
         if let Some(draft) = event {
             push_event(&mut transaction, &draft.event(&before.token, &after.token)).await?;
         }

@@ -33,7 +33,7 @@ pub(super) const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, r
 
 /// Everything a change may set (never the last uses: those only move
 /// forward, through `record_uses`), and the NOTIFY that tells every replica.
-pub(super) const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
+const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
      description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
      previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12 \
      WHERE id = $1 RETURNING id) \
@@ -44,7 +44,7 @@ pub(super) const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $
 pub(super) const IS_ADMIN: &str =
     "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3))";
 
-pub(super) fn roles_of(token: &ServiceToken) -> Vec<&str> {
+fn roles_of(token: &ServiceToken) -> Vec<&str> {
     token.roles.iter().map(|r| r.as_str()).collect()
 }
 
@@ -53,28 +53,94 @@ pub(super) async fn insert_row<'e>(
     executor: impl PgExecutor<'e>,
     stored: &StoredToken,
 ) -> Result<bool, StoreError> {
-    let token = &stored.token;
-    let previous = token.previous_secret;
+    // Every field named: a new one must decide which column keeps it.
+    let StoredToken {
+        token:
+            token @ ServiceToken {
+                id,
+                name,
+                roles: _,
+                expiration,
+                created_at,
+                description,
+                labels,
+                disabled,
+                last_used_at,
+                created_by,
+                updated_at,
+                previous_secret,
+            },
+        hash,
+        previous_hash,
+    } = stored;
     let inserted = sqlx::query(INSERT)
-        .bind(db_id(token.id))
-        .bind(&stored.hash.as_bytes()[..])
-        .bind(token.name.as_str())
+        .bind(db_id(*id))
+        .bind(&hash.as_bytes()[..])
+        .bind(name.as_str())
         .bind(roles_of(token))
-        .bind(to_db_time(token.created_at))
-        .bind(token.expiration.map(to_db_time))
-        .bind(token.description.as_str())
-        .bind(Json(token.labels.as_map()))
-        .bind(token.disabled)
-        .bind(token.last_used_at.map(to_db_time))
-        .bind(&token.created_by)
-        .bind(to_db_time(token.updated_at))
-        .bind(stored.previous_hash.map(|h| h.as_bytes().to_vec()))
-        .bind(previous.map(|p| to_db_time(p.expiration)))
-        .bind(previous.and_then(|p| p.last_used_at).map(to_db_time))
+        .bind(to_db_time(*created_at))
+        .bind(expiration.map(to_db_time))
+        .bind(description.as_str())
+        .bind(Json(labels.as_map()))
+        .bind(*disabled)
+        .bind(last_used_at.map(to_db_time))
+        .bind(created_by)
+        .bind(to_db_time(*updated_at))
+        .bind(previous_hash.map(|h| h.as_bytes().to_vec()))
+        .bind(previous_secret.map(|p| to_db_time(p.expiration)))
+        .bind(previous_secret.and_then(|p| p.last_used_at).map(to_db_time))
         .execute(executor)
         .await
         .map_err(unavailable)?;
     Ok(inserted.rows_affected() == 1)
+}
+
+/// Writes what a change made of a token to its row, and tells every
+/// replica (the NOTIFY in `UPDATE`).
+pub(super) async fn update_row<'e>(
+    executor: impl PgExecutor<'e>,
+    stored: &StoredToken,
+) -> Result<(), StoreError> {
+    // Every field named: a new one must decide whether a change writes it.
+    let StoredToken {
+        token:
+            token @ ServiceToken {
+                id,
+                name,
+                roles: _,
+                expiration,
+                // Set once, at creation.
+                created_at: _,
+                description,
+                labels,
+                disabled,
+                // Uses only move forward, through `record_uses`.
+                last_used_at: _,
+                created_by: _,
+                updated_at,
+                previous_secret,
+            },
+        hash,
+        previous_hash,
+    } = stored;
+    sqlx::query(UPDATE)
+        .bind(db_id(*id))
+        .bind(name.as_str())
+        .bind(roles_of(token))
+        .bind(expiration.map(to_db_time))
+        .bind(description.as_str())
+        .bind(Json(labels.as_map()))
+        .bind(*disabled)
+        .bind(to_db_time(*updated_at))
+        .bind(&hash.as_bytes()[..])
+        .bind(previous_hash.map(|h| h.as_bytes().to_vec()))
+        .bind(previous_secret.map(|p| to_db_time(p.expiration)))
+        .bind(previous_secret.and_then(|p| p.last_used_at).map(to_db_time))
+        .bind(CHANNEL)
+        .execute(executor)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 /// A token's row, every column read by name (`COLUMNS`): a column this

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use prost::Message;
 
-use crate::model::{StoredParts, StoredToken};
+use crate::model::{ServiceToken, StoredParts, StoredToken};
 use crate::store::{Cause, StoreError};
 
 /// The record format this release writes. Records of the first release
@@ -52,24 +52,42 @@ pub(super) struct Record {
 
 impl Record {
     pub(super) fn of(stored: &StoredToken) -> Record {
-        let token = &stored.token;
-        let previous = token.previous_secret;
+        // Every field named: a new one must decide how the record keeps it.
+        let StoredToken {
+            token:
+                ServiceToken {
+                    id,
+                    name,
+                    roles,
+                    expiration,
+                    created_at,
+                    description,
+                    labels,
+                    disabled,
+                    last_used_at,
+                    created_by,
+                    updated_at,
+                    previous_secret,
+                },
+            hash,
+            previous_hash,
+        } = stored;
         Record {
-            id: token.id.get(),
-            name: token.name.as_str().to_owned(),
-            roles: token.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            expiration: token.expiration.map(Into::into),
-            created_at: Some(token.created_at.into()),
-            token_hash: stored.hash.as_bytes().to_vec(),
-            description: token.description.as_str().to_owned(),
-            labels: token.labels.as_map().clone(),
-            disabled: token.disabled,
-            last_used_at: token.last_used_at.map(Into::into),
-            created_by: token.created_by.clone(),
-            updated_at: Some(token.updated_at.into()),
-            previous_hash: stored.previous_hash.map(|h| h.as_bytes().to_vec()),
-            previous_expiration: previous.map(|p| p.expiration.into()),
-            previous_last_used_at: previous.and_then(|p| p.last_used_at).map(Into::into),
+            id: id.get(),
+            name: name.as_str().to_owned(),
+            roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            expiration: expiration.map(Into::into),
+            created_at: Some((*created_at).into()),
+            token_hash: hash.as_bytes().to_vec(),
+            description: description.as_str().to_owned(),
+            labels: labels.as_map().clone(),
+            disabled: *disabled,
+            last_used_at: last_used_at.map(Into::into),
+            created_by: created_by.clone(),
+            updated_at: Some((*updated_at).into()),
+            previous_hash: previous_hash.map(|h| h.as_bytes().to_vec()),
+            previous_expiration: previous_secret.map(|p| p.expiration.into()),
+            previous_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
             format: RECORD_FORMAT,
         }
     }
