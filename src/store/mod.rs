@@ -36,6 +36,29 @@ pub enum Imported {
     Conflict(String),
 }
 
+impl Imported {
+    /// The conflict of an id that holds another token: one text for every
+    /// store.
+    pub fn id_taken(id: TokenId) -> Imported {
+        Imported::Conflict(format!("id {id} holds another token"))
+    }
+
+    /// The conflict of a secret's hash that finds another token.
+    pub fn hash_taken(id: TokenId) -> Imported {
+        Imported::Conflict(format!("a hash of token {id} belongs to another id"))
+    }
+}
+
+/// Attempts at drawing an id that is not taken, in every store. With 2^53
+/// ids a second attempt is already vanishingly rare.
+const ID_ATTEMPTS: usize = 8;
+
+/// The ids a new token tries in turn, by every store; when each is taken,
+/// the insert fails with [`StoreError::IdExhausted`].
+pub(crate) fn fresh_ids() -> impl Iterator<Item = TokenId> {
+    (0..ID_ATTEMPTS).map(|_| TokenId::random())
+}
+
 /// What a change or delete of one token came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {

@@ -49,7 +49,7 @@ use row::{
     to_db_time, update_row,
 };
 
-use super::{Imported, KeepAdmin, Outcome, Store, StoreError, Use, stale, with_causes};
+use super::{Imported, KeepAdmin, Outcome, Store, StoreError, Use, fresh_ids, stale, with_causes};
 use crate::{
     cache::ValidationCache,
     config::StoreUrl,
@@ -65,7 +65,6 @@ pub const CHANNEL: &str = "sts_tokens";
 /// unavailable: a Validate must not hang while the database is away.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: u32 = 16;
-const ID_ATTEMPTS: usize = 8;
 
 /// The advisory lock key of the lockout rule ("sts-admin" in ASCII).
 const ADMIN_LOCK: i64 = 0x7374_732d_6164_6d69;
@@ -223,9 +222,9 @@ impl Store for PostgresStore {
         let mut new = new.clone();
         new.expiration = new.expiration.map(|t| to_db_time(t).into());
         let created_at = to_db_time(created_at).into();
-        for _ in 0..ID_ATTEMPTS {
+        for id in fresh_ids() {
             let stored = StoredToken {
-                token: ServiceToken::new(TokenId::random(), &new, created_at),
+                token: ServiceToken::new(id, &new, created_at),
                 hash,
                 previous_hash: None,
             };
@@ -412,11 +411,8 @@ impl Store for PostgresStore {
                     .map_err(unavailable)?;
             outcomes.push(match existing {
                 Some(hash) if hash == stored.hash.as_bytes() => Imported::AlreadyThere,
-                Some(_) => Imported::Conflict(format!("id {} holds another token", token.id)),
-                None => Imported::Conflict(format!(
-                    "the hash of token {} belongs to another id",
-                    token.id
-                )),
+                Some(_) => Imported::id_taken(token.id),
+                None => Imported::hash_taken(token.id),
             });
         }
         transaction.commit().await.map_err(unavailable)?;

@@ -56,10 +56,6 @@ pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 /// tokens took three times as long (BENCHMARKS.md).
 pub const DEFAULT_SLED_CACHE_BYTES: u64 = 48 * 1024 * 1024;
 
-/// Attempts at drawing an id that is not taken. With 2^53 ids a second
-/// attempt is already vanishingly rare.
-const ID_ATTEMPTS: usize = 8;
-
 /// Key in the `meta` tree of the number of tokens, kept in the same
 /// transactions that add and remove them (sled's own `len` is a full scan).
 const COUNT_KEY: &[u8] = b"token_count";

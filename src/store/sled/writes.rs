@@ -10,7 +10,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, stale};
+use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, stale};
 use crate::{
     events::Draft,
     model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId, takes_admin_away},
@@ -18,7 +18,7 @@ use crate::{
 };
 
 use super::{
-    COUNT_KEY, ID_ATTEMPTS, Trees, decode_count,
+    COUNT_KEY, Trees, decode_count,
     outbox::push_event,
     record::{Record, latest},
     transaction_failed, unavailable,
@@ -53,9 +53,9 @@ impl Trees {
         draft: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError> {
         let seq = self.event_seq(draft)?;
-        for _ in 0..ID_ATTEMPTS {
+        for id in fresh_ids() {
             let stored = StoredToken {
-                token: ServiceToken::new(TokenId::random(), new, created_at),
+                token: ServiceToken::new(id, new, created_at),
                 hash,
                 previous_hash: None,
             };
@@ -103,15 +103,12 @@ impl Trees {
                 return Ok(if same {
                     Imported::AlreadyThere
                 } else {
-                    Imported::Conflict(format!("id {} holds another token", token.id))
+                    Imported::id_taken(token.id)
                 });
             }
             for hash in stored.hashes() {
                 if by_hash.get(hash.as_bytes())?.is_some() {
-                    return Ok(Imported::Conflict(format!(
-                        "a hash of token {} belongs to another id",
-                        token.id
-                    )));
+                    return Ok(Imported::hash_taken(token.id));
                 }
             }
             tokens.insert(&key, record.clone())?;
