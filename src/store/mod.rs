@@ -59,6 +59,19 @@ pub(crate) fn fresh_ids() -> impl Iterator<Item = TokenId> {
     (0..ID_ATTEMPTS).map(|_| TokenId::random())
 }
 
+/// A token a store found by `hash`, checked to hold it: an index that
+/// points at another token is a store fault, never a match.
+pub(crate) fn found_by(
+    stored: StoredToken,
+    hash: &TokenHash,
+) -> Result<Option<StoredToken>, StoreError> {
+    let id = stored.token.id;
+    stored
+        .verified(hash)
+        .map(Some)
+        .ok_or_else(|| StoreError::misindexed(id))
+}
+
 /// What a change or delete of one token came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
@@ -100,6 +113,21 @@ impl KeepAdmin {
         self.now
             .checked_add(self.margin)
             .unwrap_or_else(crate::clock::latest)
+    }
+
+    /// What changing `before` into `after` (`None`: deleting it) would do
+    /// to admin access that the rule must look into (whether another token
+    /// keeps it is the store's to check, under its lock); `None` when the
+    /// rule is waived or the change takes no admin access away.
+    pub fn at_stake(
+        &self,
+        before: &ServiceToken,
+        after: Option<&ServiceToken>,
+    ) -> Option<&'static str> {
+        if self.waived {
+            return None;
+        }
+        crate::model::takes_admin_away(before, after, &self.role, self.now, self.horizon())
     }
 }
 

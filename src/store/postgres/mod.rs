@@ -49,7 +49,9 @@ use row::{
     to_db_time, update_row,
 };
 
-use super::{Imported, KeepAdmin, Outcome, Store, StoreError, Use, fresh_ids, stale, with_causes};
+use super::{
+    Imported, KeepAdmin, Outcome, Store, StoreError, Use, found_by, fresh_ids, stale, with_causes,
+};
 use crate::{
     cache::ValidationCache,
     config::StoreUrl,
@@ -268,12 +270,7 @@ impl Store for PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let stored = decode(&row)?;
-        let id = stored.token.id;
-        stored
-            .verified(hash)
-            .map(Some)
-            .ok_or_else(|| StoreError::misindexed(id))
+        found_by(decode(&row)?, hash)
     }
 
     async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use sqlx::{FromRow, PgConnection, PgExecutor, postgres::PgRow, types::Json};
 use time::OffsetDateTime;
 
-use crate::model::{ServiceToken, StoredParts, StoredToken, TokenId, takes_admin_away};
+use crate::model::{ServiceToken, StoredParts, StoredToken, TokenId};
 use crate::store::{Cause, KeepAdmin, StoreError};
 
 use super::{ADMIN_LOCK, CHANNEL, unavailable};
@@ -232,10 +232,7 @@ pub(super) async fn lockout(
     after: Option<&ServiceToken>,
     keep: &KeepAdmin,
 ) -> Result<Option<&'static str>, StoreError> {
-    if keep.waived {
-        return Ok(None);
-    }
-    let Some(what) = takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) else {
+    let Some(what) = keep.at_stake(before, after) else {
         return Ok(None);
     };
     sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use crate::store::StoreError;
+use crate::store::{StoreError, found_by};
 use crate::{
     model::{ListFilter, StoredToken, TokenId, TokenSummary},
     token::TokenHash,
@@ -22,12 +22,7 @@ impl Trees {
             tracing::warn!("hash index entry without a token record; treating as not found");
             return Ok(None);
         };
-        let stored = Record::decode_stored(&bytes)?;
-        let id = stored.token.id;
-        stored
-            .verified(hash)
-            .map(Some)
-            .ok_or_else(|| StoreError::misindexed(id))
+        found_by(Record::decode_stored(&bytes)?, hash)
     }
 
     pub(super) fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {

@@ -13,7 +13,7 @@ use sled::{
 use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, stale};
 use crate::{
     events::Draft,
-    model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId, takes_admin_away},
+    model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
 
@@ -146,10 +146,7 @@ impl Trees {
         after: Option<&ServiceToken>,
         keep: &KeepAdmin,
     ) -> Result<Option<&'static str>, StoreError> {
-        if keep.waived {
-            return Ok(None);
-        }
-        match takes_admin_away(before, after, &keep.role, keep.now, keep.horizon()) {
+        match keep.at_stake(before, after) {
             Some(what) if !self.another_admin(before.id, keep)? => Ok(Some(what)),
             _ => Ok(None),
         }
