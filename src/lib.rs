@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod audit;
+pub mod authz;
 pub mod cache;
 pub mod cli;
 pub mod clock;

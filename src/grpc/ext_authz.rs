@@ -36,13 +36,11 @@ use prost::{
 use tonic::{Request, Response, Status, body::Body, server::NamedService};
 
 use crate::{
+    authz::{Allow, CHALLENGE, EXPIRATION_HEADER, HttpError, PREVIOUS_SECRET_HEADER},
     config::IntegrationConfig,
     credential,
     error::{Answer, Error},
-    http::{
-        CHALLENGE, EXPIRATION_HEADER, HttpError, PREVIOUS_SECRET_HEADER, expiration_text, identity,
-    },
-    model::{FieldError, Secret, required_roles},
+    model::{FieldError, required_roles},
     proto::codec::ProstCodec,
     service::{Authenticated, TokenService},
 };
@@ -93,25 +91,27 @@ impl ExtAuthz {
     /// the client sent under those names), the credential and a client's
     /// own previous-secret flag removed.
     fn allow(&self, caller: &Authenticated, forwarded: &Forwarded<'_>) -> CheckResponse {
-        let token = &caller.token;
+        let Allow {
+            identity,
+            previous_secret,
+            expiration,
+            strip,
+        } = Allow::of(
+            caller,
+            |name| forwarded.contains(name),
+            self.forward_credential,
+        );
         let mut headers = Vec::with_capacity(4);
-        headers.extend(identity(token).map(|(name, value)| header(name, value)));
+        headers.extend(identity.map(|(name, value)| header(name, value)));
         let mut headers_to_remove = Vec::with_capacity(3);
-        if caller.secret == Secret::Previous {
+        if previous_secret {
             headers.push(header(PREVIOUS_SECRET_HEADER, "true".into()));
         } else {
             headers_to_remove.push(PREVIOUS_SECRET_HEADER.to_owned());
         }
-        if !self.forward_credential {
-            headers_to_remove.extend(
-                credential::HEADERS
-                    .into_iter()
-                    .filter(|name| forwarded.contains(name))
-                    .map(str::to_owned),
-            );
-        }
+        headers_to_remove.extend(strip.names().map(str::to_owned));
         // To the client, on the way back: when its token expires.
-        let response_headers_to_add = expiration_text(token)
+        let response_headers_to_add = expiration
             .map(|text| vec![header(EXPIRATION_HEADER, text)])
             .unwrap_or_default();
         CheckResponse {

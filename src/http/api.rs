@@ -12,6 +12,10 @@ use serde::Serialize;
 
 use super::{Caller, HttpState, caller, json};
 use crate::{
+    authz::{
+        Allow, EXPIRATION_HEADER, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER,
+        expiration_text,
+    },
     credential,
     error::Error,
     model::{Etag, FieldError, Role, Secret, ServiceToken, required_roles},
@@ -31,18 +35,6 @@ const fn number(digits: &str) -> u64 {
     }
     value
 }
-
-/// Identity headers `/api/auth` answers with, for proxies to pass on.
-pub const ID_HEADER: &str = "x-service-token-id";
-pub const NAME_HEADER: &str = "x-service-token-name";
-pub const ROLES_HEADER: &str = "x-service-token-roles";
-/// When the caller's token expires (RFC 3339), on every successful check of
-/// a token that does, as GitHub's `GitHub-Authentication-Token-Expiration`:
-/// clients can warn themselves before their token stops working.
-pub const EXPIRATION_HEADER: &str = "x-service-token-expiration";
-/// Sent (`true`) when the caller used a secret rotated out by Rotate, in its
-/// grace period, so whoever reads it can warn the client to switch.
-pub const PREVIOUS_SECRET_HEADER: &str = "x-service-token-previous-secret";
 
 /// A token as StackState's API shows it: its fields (`id`, `name`, `roles`,
 /// `expiration`) first and as StackState has them, times in epoch
@@ -171,12 +163,6 @@ fn insert_expiration(token: &ServiceToken, headers: &mut HeaderMap) {
     }
 }
 
-/// The [`EXPIRATION_HEADER`] value of a token that expires: RFC 3339, to
-/// the second.
-pub fn expiration_text(token: &ServiceToken) -> Option<String> {
-    token.expiration.map(crate::clock::rfc3339)
-}
-
 #[derive(Serialize)]
 pub struct InfoJson {
     version: VersionJson,
@@ -243,21 +229,16 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
         .service
         .authorize(credential::presented(request), &required)
         .await?;
+    let allow = Allow::of(
+        &caller,
+        |name| credential::Headers::values(request, name).next().is_some(),
+        state.integrations.forward_credential,
+    );
     // Headers written into the answer's own map: building a map and
     // handing it to axum copies it over, entry by entry.
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
-    identity_headers(&caller, headers)?;
-    // Envoy's HTTP ext_authz removes what this names before the request
-    // goes on; other proxies ignore it (they are told in their own config).
-    if !state.integrations.forward_credential
-        && let Some(present) = credential_headers(request)
-    {
-        headers.insert(
-            const { HeaderName::from_static(ENVOY_HEADERS_TO_REMOVE) },
-            present,
-        );
-    }
+    allow_headers(allow, headers)?;
     Ok(response)
 }
 
@@ -282,63 +263,47 @@ fn looks_like_a_setting(name: &str) -> bool {
         .any(|setting| setting.eq_ignore_ascii_case(bare))
 }
 
-/// The credential headers `request` carries, as a comma-separated list
-/// (of [`credential::HEADERS`], in its order); `None` if it carries none.
-fn credential_headers(request: &HeaderMap) -> Option<HeaderValue> {
-    const EITHER: [&str; 2] = credential::HEADERS;
-    const BOTH: &str = "authorization,x-api-key";
-    let carries = |name| credential::Headers::values(request, name).next().is_some();
-    match (carries(EITHER[0]), carries(EITHER[1])) {
-        (true, true) => Some(HeaderValue::from_static(BOTH)),
-        (true, false) => Some(HeaderValue::from_static(EITHER[0])),
-        (false, true) => Some(HeaderValue::from_static(EITHER[1])),
-        (false, false) => None,
-    }
-}
-
 /// The header through which Envoy's HTTP ext_authz service names request
 /// headers to remove.
 const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
-/// The identity headers' names and values, as every authorizer sends
-/// them (forward-auth here, ext_authz in its own message type).
-pub fn identity(token: &ServiceToken) -> [(&'static str, String); 3] {
-    let mut roles = String::with_capacity(ROLES_CAPACITY);
-    for (i, role) in token.roles.iter().enumerate() {
-        if i > 0 {
-            roles.push(',');
-        }
-        roles.push_str(role.as_str());
+/// Writes an allow into forward-auth's answer: the identity, the
+/// expiration and previous-secret flag, and (for Envoy's HTTP ext_authz,
+/// which removes what it names before the request goes on; other proxies
+/// are told in their own config) the credential headers to remove.
+fn allow_headers(allow: Allow, headers: &mut HeaderMap) -> Result<(), Error> {
+    let Allow {
+        identity,
+        previous_secret,
+        expiration,
+        strip,
+    } = allow;
+    if let Some(text) = expiration {
+        let value = HeaderValue::try_from(text).expect("an RFC 3339 time is a header value");
+        headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
     }
-    [
-        (
-            ID_HEADER,
-            itoa::Buffer::new().format(token.id.get()).to_owned(),
-        ),
-        // Names may hold non-ASCII text; it is sent as UTF-8 bytes.
-        (NAME_HEADER, token.name.as_str().to_owned()),
-        (ROLES_HEADER, roles),
-    ]
-}
-
-/// Room for a typical token's roles, comma-separated.
-const ROLES_CAPACITY: usize = 64;
-
-/// Writes the identity headers of a valid caller into `headers`.
-fn identity_headers(caller: &Authenticated, headers: &mut HeaderMap) -> Result<(), Error> {
-    let token = &caller.token;
-    insert_expiration(token, headers);
-    insert_previous_secret(caller, headers);
+    if previous_secret {
+        headers.insert(
+            const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
+            HeaderValue::from_static("true"),
+        );
+    }
     const NAMES: [HeaderName; 3] = [
         HeaderName::from_static(ID_HEADER),
         HeaderName::from_static(NAME_HEADER),
         HeaderName::from_static(ROLES_HEADER),
     ];
-    for (name, (_, value)) in NAMES.into_iter().zip(identity(token)) {
+    for (name, (_, value)) in NAMES.into_iter().zip(identity) {
         // From the `String` itself: no copy.
         let value = HeaderValue::try_from(value)
             .map_err(|_| FieldError::new("name", "cannot be sent as a header"))?;
         headers.insert(name, value);
+    }
+    if let Some(names) = strip.joined() {
+        headers.insert(
+            const { HeaderName::from_static(ENVOY_HEADERS_TO_REMOVE) },
+            HeaderValue::from_static(names),
+        );
     }
     Ok(())
 }

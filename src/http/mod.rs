@@ -36,13 +36,14 @@ use serde::Serialize;
 
 use crate::{
     config::IntegrationConfig,
-    error::{Answer, Error, ErrorKind, retry_seconds},
+    error::{Error, retry_seconds},
     service::TokenService,
 };
 
-pub use api::{
-    EXPIRATION_HEADER, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER, ROLES_HEADER,
-    expiration_text, identity,
+use crate::authz::ErrorBody;
+pub use crate::authz::{
+    CHALLENGE, EXPIRATION_HEADER, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER,
+    ROLES_HEADER, expiration_text, identity,
 };
 pub use body::{BodyTimeout, Deadline};
 pub use caller::Caller;
@@ -177,56 +178,8 @@ fn json<T: Serialize>(value: &T) -> Response {
         .into_response()
 }
 
-/// The JSON body of every HTTP error.
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
-}
-
 fn error_response(status: StatusCode, error: &str, message: String) -> Response {
     (status, Json(ErrorBody { error, message })).into_response()
-}
-
-/// An error as the HTTP side answers it: status, whether it challenges
-/// for a credential, and the JSON body. The one mapping of [`ErrorKind`] to
-/// HTTP: `IntoResponse` answers with it, and Envoy's ext_authz denials
-/// carry it, so a client behind Envoy reads what a direct caller reads.
-pub struct HttpError {
-    pub status: StatusCode,
-    pub challenge: bool,
-    pub body: String,
-}
-
-/// The `WWW-Authenticate` challenge of a 401.
-pub const CHALLENGE: &str = "ApiKey";
-
-impl From<&Answer> for HttpError {
-    fn from(Answer { kind, message }: &Answer) -> HttpError {
-        let status = match kind {
-            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
-            ErrorKind::FailedPrecondition => StatusCode::CONFLICT,
-            ErrorKind::Aborted => StatusCode::PRECONDITION_FAILED,
-            ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let body = ErrorBody {
-            error: kind.as_str(),
-            message: message.clone(),
-        };
-        HttpError {
-            status,
-            challenge: *kind == ErrorKind::Unauthenticated,
-            body: serde_json::to_string(&body).expect("an error body serializes"),
-        }
-    }
 }
 
 impl IntoResponse for Error {

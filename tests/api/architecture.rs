@@ -267,8 +267,12 @@ fn the_leaves_and_the_boundaries_hold() {
     for transport in ["grpc", "http"] {
         assert!(!uses(transport).contains("store"), "{transport}: {top:#?}");
     }
+    // What check surfaces decide alike lives below both transports
+    // (`authz`): gRPC does not reach into the HTTP side for it.
+    assert!(!uses("grpc").contains("http"), "{top:#?}");
+    assert!(!uses("authz").contains("http") && !uses("authz").contains("grpc"));
     // The service knows nothing of how it is reached.
-    for outer in ["grpc", "http", "server"] {
+    for outer in ["authz", "grpc", "http", "server"] {
         assert!(!uses("service").contains(outer), "{top:#?}");
     }
 }
