@@ -30,12 +30,13 @@ use crate::{
     token::TokenHash,
 };
 
-/// Memory the cached tokens may take, by their estimated size: 32 MiB is
-/// some 75,000 tokens of ordinary size (the process spends about twice
-/// that on them, with the allocator's and the table's overhead). Past it the least useful are evicted (quick_cache's
-/// Clock-PRO-like policy: a hot token stays, a scan of cold ones does not
-/// push it out). Under Zipf-distributed use of a million tokens it answers
-/// most lookups; twice the size bought little (BENCHMARKS.md).
+/// Memory the cached tokens may take, by their estimated size (some
+/// 75,000 tokens of ordinary size; the process spends about twice that on
+/// them, with the allocator's and the table's overhead). Past it the least
+/// useful are evicted (quick_cache's Clock-PRO-like policy: a hot token
+/// stays, a scan of cold ones does not push it out). BENCHMARKS.md has
+/// what it answers under Zipf-distributed use, and what twice the size
+/// bought.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// How many locks the id index is split into: fills and invalidations of

@@ -44,6 +44,24 @@ pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(writable(at)).to_string()
 }
 
+/// Microseconds since the Unix epoch, negative before it (saturating):
+/// the unit stores and etags count in.
+pub fn epoch_micros(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
+    }
+}
+
+/// Milliseconds since the Unix epoch, negative before it (saturating):
+/// StackState's JSON times.
+pub fn epoch_millis(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |m| -m),
+    }
+}
+
 /// As [`rfc3339`], to the microsecond (audit lines of changes).
 pub fn rfc3339_micros(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(writable(at)).to_string()

@@ -12,7 +12,7 @@ use crate::{connections::ConnectionLimits, model::Role, source::TrustedProxies};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// The sled data directory unless told otherwise, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "sts-data";
-/// The role a caller's token needs for Create, List and Delete (StackState's admin role).
+/// The role a caller's token needs for every management call (StackState's admin role).
 pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
 /// The role a caller's token needs to ask about other tokens (Kubernetes
 /// TokenReview, OAuth 2.0 introspection).

@@ -136,7 +136,7 @@ impl Metrics {
         let role_checks = Family::default();
         registry.register(
             "role_checks",
-            "Checks that an authenticated token holds a required role (forward-auth ?role=), by outcome",
+            "Checks that an authenticated token holds a required role (forward-auth's role, ext_authz's sts.required_roles), by outcome",
             role_checks.clone(),
         );
         let undecodable = Family::default();

@@ -1,8 +1,6 @@
 //! `/api/server/status`, `/api/server/info` and the forward-auth endpoint
 //! `/api/auth` for reverse proxies.
 
-use std::time::SystemTime;
-
 use axum::{
     Json,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, request::Parts},
@@ -101,12 +99,7 @@ impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
     }
 }
 
-pub fn epoch_millis(time: SystemTime) -> i64 {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
+use crate::clock::epoch_millis;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

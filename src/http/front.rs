@@ -6,7 +6,7 @@
 //!
 //! Around the router once, not through `Router::layer`: that wraps every
 //! route, and each wrapper boxes and clones the route's service on every
-//! call (13 % of a status request's instructions for three layers). Written
+//! call (BENCHMARKS.md has what that cost). Written
 //! out rather than `middleware::from_fn`, which boxes too; a request that
 //! passes allocates nothing here.
 

@@ -11,7 +11,8 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{HttpState, api::epoch_millis, api::insert_previous_secret, body, caller::Peer};
+use super::{HttpState, api::insert_previous_secret, body, caller::Peer};
+use crate::clock::epoch_millis;
 use crate::{
     credential,
     error::Error,

@@ -15,7 +15,8 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HttpState, api::TokenJson, api::epoch_millis, body, caller::Peer, decode, json};
+use super::{HttpState, api::TokenJson, body, caller::Peer, decode, json};
+use crate::clock::epoch_millis;
 use crate::{
     credential,
     error::Error,

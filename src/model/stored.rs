@@ -54,6 +54,9 @@ pub struct StoredParts<'a> {
 impl<'a> StoredParts<'a> {
     /// The fields of a record written before the token lifecycle: no
     /// description, labels, last use, creator, update or previous secret.
+    /// For the unit tests of that case; stores read old records through
+    /// their own decoders, which leave those fields at their defaults.
+    #[cfg(test)]
     pub fn first_release(
         id: u64,
         hash: &'a [u8],

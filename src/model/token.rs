@@ -84,10 +84,7 @@ impl Etag {
             text(key);
             text(value);
         }
-        let micros = |t: &SystemTime| match t.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => d.as_micros() as i128,
-            Err(e) => -(e.duration().as_micros() as i128),
-        };
+        let micros = |t: &SystemTime| crate::clock::epoch_micros(*t);
         hash.update(id.get().to_be_bytes());
         hash.update([u8::from(*disabled), u8::from(expiration.is_some())]);
         hash.update(expiration.as_ref().map_or(0, micros).to_be_bytes());

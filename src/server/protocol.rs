@@ -6,10 +6,10 @@
 //! accepting and lets open connections finish.
 //!
 //! Why not tonic's `Server`: it wraps every request in layers we do not use
-//! (a boxed service and future, a second router, error recovery, a span);
-//! the bare baseline served by it ran at 0.79 of nginx, by this at 0.92
-//! (BENCHMARKS.md). And it does not let HTTP/1 clients half-close or the
-//! header buffer be set. tonic's services still serve gRPC: they are
+//! (a boxed service and future, a second router, error recovery, a span),
+//! which cost throughput (BENCHMARKS.md, the fourth part toward the limit);
+//! and it does not let HTTP/1 clients half-close or the header buffer be
+//! set. tonic's services still serve gRPC: they are
 //! routes of the one router.
 
 use std::{

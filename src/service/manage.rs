@@ -120,11 +120,12 @@ impl TokenService {
     /// Runs one whole management call: checks that the caller holds the
     /// admin role, runs `call` with the proof, counts the outcome, and writes
     /// the audit event of a refused or failed call: individually for an
-    /// authenticated caller, aggregated (see `refusals`) for one without a
-    /// valid credential, who could otherwise flood the log. `source` is the
-    /// peer's address, where the transport knows it. Every transport runs
-    /// its Create, List and Delete through this; successes are audited by
-    /// `create` and `delete`, which know what they changed.
+    /// caller, summarized per caller, call and outcome (see `refusals`), so
+    /// nobody can flood the log. `source` is the request's source, where the
+    /// transport knows it. Every transport runs every management call
+    /// (create, list, get, update, rotate, delete) through this; successes
+    /// are audited by the calls that change something, which know what
+    /// they changed.
     pub async fn manage<T, Fut>(
         &self,
         rpc: Rpc,

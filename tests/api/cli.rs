@@ -333,8 +333,11 @@ async fn json_output_is_stable_for_scripts() {
             "description": "", "labels": {}, "disabled": false,
             "createdBy": entry["createdBy"], "createdAt": entry["createdAt"],
             "updatedAt": entry["createdAt"],
+            // The etag, as REST's (for If-Match): quoted hex.
+            "etag": entry["etag"],
         })
     );
+    assert_eq!(entry["etag"].as_str().unwrap().len(), 34);
 
     let deleted = terminal
         .sts(&[

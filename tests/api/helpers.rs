@@ -512,8 +512,6 @@ impl TestApp {
         (token, service_token.unwrap())
     }
 
-    /// The value of metric `name` (a full series name, labels included)
-    /// on the server's `/metrics`; 0 when the series is not there.
     /// The whole `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.addr))
@@ -524,6 +522,8 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The value of metric `name` (a full series name, labels included)
+    /// on the server's `/metrics`; 0 when the series is not there.
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self.metrics_text().await;
         text.lines()

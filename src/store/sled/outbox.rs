@@ -9,13 +9,12 @@ use sled::{
     transaction::{TransactionError, TransactionalTree, UnabortableTransactionError},
 };
 
+use crate::clock::epoch_micros;
 use crate::events::{Draft, Event, Expiry, OutboxStats, Pending, Settle};
 use crate::store::StoreError;
 
 use super::{
-    OUTBOX_COUNT_KEY, Trees, decode_count,
-    record::{Record, epoch_micros},
-    transaction_failed, unavailable,
+    OUTBOX_COUNT_KEY, Trees, decode_count, record::Record, transaction_failed, unavailable,
 };
 
 /// One event in the outbox. Tags are a storage format: never reuse one.

@@ -137,13 +137,6 @@ impl Record {
     }
 }
 
-pub(super) fn epoch_micros(at: SystemTime) -> i64 {
-    match at.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_micros()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
-    }
-}
-
 /// The later of two optional times, as a record keeps it.
 pub(super) fn latest(
     kept: Option<prost_types::Timestamp>,
