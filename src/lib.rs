@@ -8,7 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod audit;
-pub mod authz;
+mod authz;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -20,20 +20,20 @@ pub mod events;
 pub mod export;
 pub mod grpc;
 pub mod http;
-pub mod incident;
-pub mod last_used;
+mod incident;
+mod last_used;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod page;
 pub mod proto;
-pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod source;
+mod source_limit;
 pub mod store;
 pub mod text;
 pub mod token;
-pub mod webhook;
+mod webhook;
 
 pub use error::Error;

@@ -18,7 +18,7 @@ use std::{
 
 use crate::{
     audit::Refusals, cache::ValidationCache, clock::Clock, config::ServiceConfig,
-    last_used::LastUsed, metrics::Metrics, rate_limit::RateLimit, store::Store,
+    last_used::LastUsed, metrics::Metrics, source_limit::SourceLimit, store::Store,
 };
 
 pub use crate::audit::AUDIT;
@@ -64,7 +64,7 @@ pub struct TokenService {
     /// `None`: last-used tracking is off.
     last_used: Option<Arc<LastUsed>>,
     /// Of leaked-token revocations, which need no credential.
-    revocations: RateLimit,
+    revocations: SourceLimit,
     outbox: Outbox,
     /// The last store check failed (`server::watch_store` keeps it): calls
     /// that need the store are answered UNAVAILABLE at once meanwhile,
@@ -93,7 +93,7 @@ impl TokenService {
             metrics,
             cache: store.validation_cache(),
             refusals: Refusals::new(config.refusal_summary_interval),
-            revocations: RateLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
+            revocations: SourceLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
             outbox: Outbox::default(),
             store_away: AtomicBool::new(false),
             last_store_failure: Mutex::new(None),

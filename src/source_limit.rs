@@ -29,15 +29,15 @@ type Bucket = Option<Group>;
 
 /// `limit` calls per `window` from each source.
 #[derive(Debug)]
-pub struct RateLimit {
+pub struct SourceLimit {
     limit: u32,
     window: Duration,
     seen: Mutex<HashMap<Bucket, (Instant, u32)>>,
 }
 
-impl RateLimit {
-    pub fn new(limit: u32, window: Duration) -> RateLimit {
-        RateLimit {
+impl SourceLimit {
+    pub fn new(limit: u32, window: Duration) -> SourceLimit {
+        SourceLimit {
             limit,
             window,
             seen: Mutex::new(HashMap::new()),
@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn each_address_gets_its_own_window() {
-        let limit = RateLimit::new(2, Duration::from_secs(60));
+        let limit = SourceLimit::new(2, Duration::from_secs(60));
         let start = Instant::now();
         let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
         assert!(limit.check(a, start).is_ok());
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_64_is_one_source() {
-        let limit = RateLimit::new(1, Duration::from_secs(60));
+        let limit = SourceLimit::new(1, Duration::from_secs(60));
         let start = Instant::now();
         assert!(limit.check(ip("2001:db8:1:2::1"), start).is_ok());
         assert!(limit.check(ip("2001:db8:1:2:ffff::9"), start).is_err());
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_sources_evicts_the_oldest_instead_of_refusing_new_ones() {
-        let limit = RateLimit::new(1, Duration::from_secs(60));
+        let limit = SourceLimit::new(1, Duration::from_secs(60));
         let start = Instant::now();
         let first = ip("192.0.2.1");
         assert!(limit.check(first, start).is_ok());
