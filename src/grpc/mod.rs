@@ -32,7 +32,7 @@ use crate::{
     },
     page::PageRequest,
     proto,
-    service::{InvalidReason, Revoked, Rpc, TokenService, Validation},
+    service::{Admin, InvalidReason, Revoked, Rpc, TokenService, Validation},
     source,
 };
 
@@ -49,6 +49,26 @@ impl GrpcTokenService {
     pub fn new(service: Arc<TokenService>) -> GrpcTokenService {
         GrpcTokenService { service }
     }
+
+    /// Runs a management call: the credential from `request`'s metadata,
+    /// its source for the audit, and `call` with the admin proof and the
+    /// message, through [`TokenService::manage`].
+    async fn manage<M, T, Fut>(
+        &self,
+        rpc: Rpc,
+        request: Request<M>,
+        call: impl FnOnce(Admin, M) -> Fut,
+    ) -> Result<T, Status>
+    where
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let (metadata, source, message) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        Ok(self
+            .service
+            .manage(rpc, presented, source, |admin| call(admin, message))
+            .await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -57,11 +77,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
-        let (metadata, source, message) = parts(request);
-        let presented = credential::presented(metadata.as_ref());
         let (token, created) = self
-            .service
-            .manage(Rpc::Create, presented, source, |admin| async move {
+            .manage(Rpc::Create, request, |admin, message| async move {
                 self.service.create(&admin, new_token(message)?).await
             })
             .await?;
@@ -75,11 +92,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
-        let (metadata, source, request) = parts(request);
-        let presented = credential::presented(metadata.as_ref());
         let page = self
-            .service
-            .manage(Rpc::List, presented, source, |admin| async move {
+            .manage(Rpc::List, request, |admin, request| async move {
                 let config = self.service.config();
                 let page = PageRequest::parse(
                     request.page_size,
@@ -108,15 +122,12 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let (metadata, source, message) = parts(request);
-        let presented = credential::presented(metadata.as_ref());
-        self.service
-            .manage(Rpc::Delete, presented, source, |admin| async move {
-                let id = TokenId::parse(message.id)?;
-                let expected = etag(&message.etag)?;
-                self.service.delete(&admin, id, expected).await
-            })
-            .await?;
+        self.manage(Rpc::Delete, request, |admin, message| async move {
+            let id = TokenId::parse(message.id)?;
+            let expected = etag(&message.etag)?;
+            self.service.delete(&admin, id, expected).await
+        })
+        .await?;
         Ok(Response::new(proto::DeleteResponse {}))
     }
 
@@ -149,11 +160,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        let (metadata, source, message) = parts(request);
-        let presented = credential::presented(metadata.as_ref());
         let token = self
-            .service
-            .manage(Rpc::Get, presented, source, |admin| async move {
+            .manage(Rpc::Get, request, |admin, message| async move {
                 self.service.get(&admin, TokenId::parse(message.id)?).await
             })
             .await?;
@@ -166,11 +174,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::UpdateRequest>,
     ) -> Result<Response<proto::UpdateResponse>, Status> {
-        let (metadata, source, message) = parts(request);
-        let presented = credential::presented(metadata.as_ref());
         let token = self
-            .service
-            .manage(Rpc::Update, presented, source, |admin| async move {
+            .manage(Rpc::Update, request, |admin, message| async move {
                 let expected = etag(
                     message
                         .service_token
@@ -190,11 +195,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::RotateRequest>,
     ) -> Result<Response<proto::RotateResponse>, Status> {
-        let (metadata, source, message) = parts(request);
-        let presented = credential::presented(metadata.as_ref());
         let (token, rotated) = self
-            .service
-            .manage(Rpc::Rotate, presented, source, |admin| async move {
+            .manage(Rpc::Rotate, request, |admin, message| async move {
                 let id = TokenId::parse(message.id)?;
                 let grace = grace_period(message.grace_period)?;
                 self.service.rotate(&admin, id, grace).await

@@ -4,7 +4,12 @@
 use std::{convert::Infallible, net::IpAddr};
 
 use super::HttpState;
-use crate::{credential, error::Error, service::Authenticated, source};
+use crate::{
+    credential,
+    error::Error,
+    service::{Admin, Authenticated, Rpc},
+    source,
+};
 use axum::{
     extract::FromRequestParts,
     http::{HeaderMap, request::Parts},
@@ -43,5 +48,45 @@ impl<S: Sync> FromRequestParts<S> for Peer {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Infallible> {
         Ok(Peer(source::of(&parts.extensions)))
+    }
+}
+
+/// What every management call reads from its request before anything
+/// else: the server's state, the headers its credential is presented in,
+/// and its source. [`Management::run`] checks the credential (through
+/// `TokenService::manage`) before the handler reads a byte of the body.
+pub struct Management {
+    pub state: HttpState,
+    pub headers: HeaderMap,
+    source: Option<IpAddr>,
+}
+
+impl FromRequestParts<HttpState> for Management {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Management, Infallible> {
+        Ok(Management {
+            state: state.clone(),
+            headers: parts.headers.clone(),
+            source: source::of(&parts.extensions),
+        })
+    }
+}
+
+impl Management {
+    /// Runs management call `rpc`: `call` with the admin proof, counted and
+    /// audited by the service.
+    pub async fn run<T, Fut>(&self, rpc: Rpc, call: impl FnOnce(Admin) -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let presented = credential::presented(&self.headers);
+        self.state
+            .service
+            .manage(rpc, presented, self.source, call)
+            .await
     }
 }

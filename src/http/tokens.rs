@@ -15,10 +15,15 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{HttpState, api::TokenJson, body, caller::Peer, decode, json};
+use super::{
+    HttpState,
+    api::TokenJson,
+    body,
+    caller::{Management, Peer},
+    decode, json,
+};
 use crate::clock::epoch_millis;
 use crate::{
-    credential,
     error::Error,
     model::{
         Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
@@ -72,13 +77,11 @@ enum Listed {
 /// rel="next"` header; without, every token, streamed a page at a time so
 /// the server never holds them all.
 pub async fn list(
-    State(state): State<HttpState>,
-    Peer(source): Peer,
-    headers: HeaderMap,
+    manage: Management,
     query: Result<Query<ListQuery>, QueryRejection>,
     uri: axum::http::Uri,
 ) -> Result<Response, Error> {
-    let service = state.service.clone();
+    let service = manage.state.service.clone();
     let call = |admin: Admin| async move {
         let Query(query) =
             query.map_err(|rejection| FieldError::new("query", rejection.body_text()))?;
@@ -115,10 +118,7 @@ pub async fn list(
             next: page.next_cursor,
         })
     };
-    let listed = state
-        .service
-        .manage(Rpc::List, credential::presented(&headers), source, call)
-        .await?;
+    let listed = manage.run(Rpc::List, call).await?;
     Ok(match listed {
         Listed::All(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Listed::Page { tokens, next } => {
@@ -251,13 +251,8 @@ fn path_id(id: &str) -> Result<TokenId, Error> {
     Ok(TokenId::parse(number)?)
 }
 
-pub async fn create(
-    State(state): State<HttpState>,
-    Peer(source): Peer,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
-    let (service, max_body) = (&state.service, state.bodies.max_bytes);
+pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
+    let (service, max_body) = (&manage.state.service, manage.state.bodies.max_bytes);
     let call = |admin| async move {
         let body = body::read(body, max_body).await?;
         let request: CreateJson = json_body(&body, "a token request")?;
@@ -272,9 +267,7 @@ pub async fn create(
         let created = service.create(&admin, new).await;
         created.map_err(|e| e.naming_field("expiration", EXPIRY_DATE))
     };
-    let (token, created) = service
-        .manage(Rpc::Create, credential::presented(&headers), source, call)
-        .await?;
+    let (token, created) = manage.run(Rpc::Create, call).await?;
     Ok(with_secret(&token, &created))
 }
 
@@ -291,17 +284,10 @@ fn with_secret(token: &Token, created: &ServiceToken) -> Response {
     (no_store, body).into_response()
 }
 
-pub async fn get(
-    State(state): State<HttpState>,
-    Peer(source): Peer,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, Error> {
-    let service = &state.service;
+pub async fn get(manage: Management, Path(id): Path<String>) -> Result<Response, Error> {
+    let service = &manage.state.service;
     let call = |admin| async move { service.get(&admin, path_id(&id)?).await };
-    let token = service
-        .manage(Rpc::Get, credential::presented(&headers), source, call)
-        .await?;
+    let token = manage.run(Rpc::Get, call).await?;
     Ok(with_etag(&token, json(&TokenJson::from(&token))))
 }
 
@@ -431,14 +417,12 @@ fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
 }
 
 pub async fn patch(
-    State(state): State<HttpState>,
-    Peer(source): Peer,
-    headers: HeaderMap,
+    manage: Management,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, Error> {
-    let (service, max_body) = (&state.service, state.bodies.max_bytes);
-    let headers = &headers;
+    let (service, max_body) = (&manage.state.service, manage.state.bodies.max_bytes);
+    let headers = &manage.headers;
     let call = |admin| async move {
         let id = path_id(&id)?;
         let expected = if_match(headers)?;
@@ -451,9 +435,7 @@ pub async fn patch(
                 .naming_field("update_mask", "body")
         })
     };
-    let token = service
-        .manage(Rpc::Update, credential::presented(headers), source, call)
-        .await?;
+    let token = manage.run(Rpc::Update, call).await?;
     Ok(with_etag(&token, json(&TokenJson::from(&token))))
 }
 
@@ -465,13 +447,11 @@ struct RotateJson {
 }
 
 pub async fn rotate(
-    State(state): State<HttpState>,
-    Peer(source): Peer,
-    headers: HeaderMap,
+    manage: Management,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, Error> {
-    let (service, max_body) = (&state.service, state.bodies.max_bytes);
+    let (service, max_body) = (&manage.state.service, manage.state.bodies.max_bytes);
     let call = |admin| async move {
         let id = path_id(&id)?;
         let body = body::read(body, max_body).await?;
@@ -487,27 +467,18 @@ pub async fn rotate(
                 .naming_field("expiration", EXPIRY_DATE)
         })
     };
-    let (token, rotated) = service
-        .manage(Rpc::Rotate, credential::presented(&headers), source, call)
-        .await?;
+    let (token, rotated) = manage.run(Rpc::Rotate, call).await?;
     Ok(with_secret(&token, &rotated))
 }
 
-pub async fn delete(
-    State(state): State<HttpState>,
-    Peer(source): Peer,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<StatusCode, Error> {
-    let service = &state.service;
-    let headers = &headers;
+pub async fn delete(manage: Management, Path(id): Path<String>) -> Result<StatusCode, Error> {
+    let service = &manage.state.service;
+    let headers = &manage.headers;
     let call = |admin| async move {
         let id = path_id(&id)?;
         service.delete(&admin, id, if_match(headers)?).await
     };
-    service
-        .manage(Rpc::Delete, credential::presented(headers), source, call)
-        .await?;
+    manage.run(Rpc::Delete, call).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
