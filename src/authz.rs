@@ -97,7 +97,7 @@ impl Allow {
 }
 
 /// The identity headers' names and values.
-pub fn identity(token: &ServiceToken) -> [(&'static str, String); 3] {
+fn identity(token: &ServiceToken) -> [(&'static str, String); 3] {
     let mut roles = String::with_capacity(ROLES_CAPACITY);
     for (i, role) in token.roles.iter().enumerate() {
         if i > 0 {

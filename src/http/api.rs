@@ -140,7 +140,12 @@ fn caller_headers(caller: &Authenticated) -> HeaderMap {
 }
 
 pub(super) fn insert_previous_secret(caller: &Authenticated, headers: &mut HeaderMap) {
-    if caller.secret == Secret::Previous {
+    insert_previous_flag(caller.secret == Secret::Previous, headers);
+}
+
+/// Adds [`PREVIOUS_SECRET_HEADER`] (`true`) when `previous` is.
+fn insert_previous_flag(previous: bool, headers: &mut HeaderMap) {
+    if previous {
         headers.insert(
             const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
             HeaderValue::from_static("true"),
@@ -150,7 +155,12 @@ pub(super) fn insert_previous_secret(caller: &Authenticated, headers: &mut Heade
 
 /// Adds [`EXPIRATION_HEADER`] to `headers` if the token expires.
 fn insert_expiration(token: &ServiceToken, headers: &mut HeaderMap) {
-    if let Some(text) = expiration_text(token) {
+    insert_expiration_text(expiration_text(token), headers);
+}
+
+/// Adds [`EXPIRATION_HEADER`] with `text`, when there is one.
+fn insert_expiration_text(text: Option<String>, headers: &mut HeaderMap) {
+    if let Some(text) = text {
         let value = HeaderValue::try_from(text).expect("an RFC 3339 time is a header value");
         headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
     }
@@ -271,16 +281,8 @@ fn allow_headers(allow: Allow, headers: &mut HeaderMap) -> Result<(), Error> {
         expiration,
         strip,
     } = allow;
-    if let Some(text) = expiration {
-        let value = HeaderValue::try_from(text).expect("an RFC 3339 time is a header value");
-        headers.insert(const { HeaderName::from_static(EXPIRATION_HEADER) }, value);
-    }
-    if previous_secret {
-        headers.insert(
-            const { HeaderName::from_static(PREVIOUS_SECRET_HEADER) },
-            HeaderValue::from_static("true"),
-        );
-    }
+    insert_expiration_text(expiration, headers);
+    insert_previous_flag(previous_secret, headers);
     const NAMES: [HeaderName; 3] = [
         HeaderName::from_static(ID_HEADER),
         HeaderName::from_static(NAME_HEADER),

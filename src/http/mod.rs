@@ -41,10 +41,7 @@ use crate::{
 };
 
 use crate::authz::ErrorBody;
-pub use crate::authz::{
-    CHALLENGE, EXPIRATION_HEADER, HttpError, ID_HEADER, NAME_HEADER, PREVIOUS_SECRET_HEADER,
-    ROLES_HEADER, expiration_text, identity,
-};
+use crate::authz::{CHALLENGE, HttpError};
 pub use body::{BodyTimeout, Deadline};
 pub use caller::Caller;
 pub use front::Front;
