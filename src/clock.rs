@@ -1,5 +1,7 @@
-//! The source of "now" for expiry decisions, injectable so tests can move
-//! time, and the one way a time is written out (RFC 3339, whole seconds).
+//! Time's one home: the source of "now" (injectable, so tests can move
+//! time), the precision stores keep (microseconds), epoch units, and every
+//! text form of a time the server and the CLI read or write. Nothing
+//! elsewhere converts a time by hand.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +20,9 @@ impl Clock for SystemClock {
 }
 
 /// `time` with the sub-microsecond part dropped: the precision every store
-/// keeps, so a time reads the same from any of them.
+/// keeps, so a time reads the same from any of them. The service applies it
+/// to every time it hands a store (`now`, and each time a request or an
+/// import carries, as it is parsed), so stores keep what they are given.
 pub fn to_micros(time: SystemTime) -> SystemTime {
     match time.duration_since(UNIX_EPOCH) {
         Ok(since) => UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64),
@@ -53,6 +57,36 @@ pub fn epoch_micros(at: SystemTime) -> i64 {
     }
 }
 
+/// The time `micros` microseconds from the Unix epoch (negative: before
+/// it), as [`epoch_micros`] wrote it.
+pub fn from_epoch_micros(micros: i64) -> Option<SystemTime> {
+    let span = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 {
+        UNIX_EPOCH.checked_add(span)
+    } else {
+        UNIX_EPOCH.checked_sub(span)
+    }
+}
+
+/// The time `seconds` and `nanos` from the Unix epoch, protobuf's way:
+/// the nanos count forward from the second, before 1970 too (-1.5 s is
+/// seconds -2, nanos 500000000). `None` when the platform cannot hold it.
+pub fn from_unix(seconds: i64, nanos: u32) -> Option<SystemTime> {
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let second = if seconds >= 0 {
+        UNIX_EPOCH.checked_add(whole)
+    } else {
+        UNIX_EPOCH.checked_sub(whole)
+    };
+    second.and_then(|second| second.checked_add(Duration::from_nanos(u64::from(nanos))))
+}
+
+/// Whole seconds since the Unix epoch, rounded down (JWT's NumericDate,
+/// metrics' timestamps).
+pub fn epoch_seconds(at: SystemTime) -> i64 {
+    epoch_millis(at).div_euclid(1000)
+}
+
 /// Milliseconds since the Unix epoch, negative before it (saturating):
 /// StackState's JSON times.
 pub fn epoch_millis(at: SystemTime) -> i64 {
@@ -65,6 +99,60 @@ pub fn epoch_millis(at: SystemTime) -> i64 {
 /// As [`rfc3339`], to the microsecond (audit lines of changes).
 pub fn rfc3339_micros(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(writable(at)).to_string()
+}
+
+/// RFC 3339 to the nanosecond, as exports keep times; `None` for a time
+/// out of its range (never one a store holds: every time came through
+/// [`MIN_UNIX_SECONDS`]..=[`MAX_UNIX_SECONDS`]).
+pub fn rfc3339_nanos(at: SystemTime) -> Option<String> {
+    let nanos = match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).ok()?,
+        Err(before) => -i128::try_from(before.duration().as_nanos()).ok()?,
+    };
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// An RFC 3339 time, as seconds and nanoseconds from the Unix epoch (to be
+/// checked for range by whoever reads it).
+pub fn parse_rfc3339(text: &str) -> Option<(i64, u32)> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((at.unix_timestamp(), at.nanosecond()))
+}
+
+/// `yyyy-MM-dd`, as StackState's CLI reads and shows dates.
+pub const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]");
+
+/// `yyyy-MM-dd` (UTC) of a time `seconds` from the epoch, as StackState's
+/// CLI shows an expiration.
+pub fn date(seconds: i64) -> String {
+    // The whole protobuf range (years 1 to 9999) has a date; anything
+    // beyond it is shown as what it is rather than as "never expires".
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| t.date().format(DATE).ok())
+        .unwrap_or_else(|| format!("{seconds}s after the epoch"))
+}
+
+/// `yyyy-MM-dd HH:MM` (UTC) of a time `seconds` from the epoch: a last use,
+/// to its resolution.
+pub fn date_time(seconds: i64) -> String {
+    const MINUTE: &[time::format_description::BorrowedFormatItem<'static>] =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| t.format(MINUTE).ok())
+        .unwrap_or_else(|| format!("{seconds}s after the epoch"))
+}
+
+/// The first second of the day `yyyy-MM-dd` (UTC), from the epoch.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let day = time::Date::parse(text, DATE).ok()?;
+    Some(day.midnight().assume_utc().unix_timestamp())
 }
 
 /// `at`, or the latest time RFC 3339 can write: humantime's formatter

@@ -19,10 +19,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
-    model::{FieldError, ServiceToken, StoredParts, StoredToken, parse_time},
+    model::{FieldError, ListFilter, ServiceToken, StoredParts, StoredToken, parse_time},
     store::{Imported, Store, StoreError},
 };
 
@@ -79,25 +78,18 @@ fn is_false(value: &bool) -> bool {
 /// Every time a store holds came through `parse_time` (years 1..=9999), so
 /// RFC 3339 can write it; a time it cannot is reported, never written garbled.
 fn rfc3339(time: SystemTime) -> Result<String, StoreError> {
-    let nanos = match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => i128::try_from(after.as_nanos()),
-        Err(before) => i128::try_from(before.duration().as_nanos()).map(|n| -n),
-    };
-    let out_of_range =
-        |e: &dyn std::fmt::Display| StoreError::corrupt("a time out of range", e.to_string());
-    let at = nanos.map_err(|e| out_of_range(&e))?;
-    OffsetDateTime::from_unix_timestamp_nanos(at)
-        .map_err(|e| out_of_range(&e))?
-        .format(&Rfc3339)
-        .map_err(|e| out_of_range(&e))
+    crate::clock::rfc3339_nanos(time).ok_or_else(|| StoreError::Corrupt {
+        context: "a time out of range".to_owned(),
+        source: None,
+    })
 }
 
 fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, FieldError> {
-    let time = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+    let (seconds, nanos) = crate::clock::parse_rfc3339(text).ok_or_else(|| {
         FieldError::new(field, "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z")
     })?;
-    let nanos = i32::try_from(time.nanosecond()).expect("nanoseconds fit an i32");
-    parse_time(field, time.unix_timestamp(), nanos)
+    let nanos = i32::try_from(nanos).expect("nanoseconds fit an i32");
+    parse_time(field, seconds, nanos)
 }
 
 impl Line {
@@ -186,7 +178,9 @@ pub async fn export(store: &dyn Store, out: &mut impl Write) -> Result<u64, Expo
     let mut after = None;
     let mut written = 0;
     loop {
-        let page = store.list_stored(after, BATCH).await?;
+        let page = store
+            .list_matching(after, BATCH, &ListFilter::default())
+            .await?;
         for stored in &page {
             let line = serde_json::to_string(&Line::of(stored)?).expect("a Line serializes");
             writeln!(out, "{line}").map_err(ExportError::Write)?;

@@ -14,11 +14,11 @@ use std::{
         Arc, Mutex, OnceLock, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use crate::{
-    clock::{Clock, to_micros},
+    clock::{Clock, epoch_micros, to_micros},
     metrics::Metrics,
     model::{Secret, TokenId},
     store::{Store, Use},
@@ -53,9 +53,7 @@ impl Noted {
 }
 
 fn micros(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-    })
+    u64::try_from(epoch_micros(at)).unwrap_or(0)
 }
 
 impl LastUsed {

@@ -17,7 +17,7 @@ use super::{
     client::{Session, TlsOptions},
     config::{Config, Context, default_path},
     output::{
-        DATE, Printer, date, describe_table, epoch_millis, render_table, token_json, token_table,
+        Printer, date, describe_table, epoch_millis, render_table, token_json, token_table,
         wide_token_table,
     },
 };
@@ -160,9 +160,8 @@ pub fn parse_expiration(text: &str) -> Result<prost_types::Timestamp, CliError> 
             "invalid expiration '{text}': use a date as yyyy-MM-dd, e.g. 2030-12-31"
         ))
     };
-    let day = time::Date::parse(text, DATE).map_err(|_| invalid())?;
-    let start = day.midnight().assume_utc().unix_timestamp();
-    if start <= time::OffsetDateTime::now_utc().unix_timestamp() {
+    let start = crate::clock::parse_date(text).ok_or_else(invalid)?;
+    if start <= crate::clock::epoch_seconds(std::time::SystemTime::now()) {
         return Err(CliError::Usage(format!(
             "invalid expiration '{text}': the date must be in the future"
         )));

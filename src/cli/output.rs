@@ -102,18 +102,9 @@ pub fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> Option<String> {
     Some(table.trim_fmt())
 }
 
-/// `yyyy-MM-dd`, as StackState's CLI reads and shows dates.
-pub const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
-    time::macros::format_description!("[year]-[month]-[day]");
-
 /// `yyyy-MM-dd` (UTC) of a timestamp.
 pub fn date(timestamp: &prost_types::Timestamp) -> String {
-    // The whole protobuf range (years 1 to 9999) has a date; anything
-    // beyond it is shown as what it is rather than as "never expires".
-    time::OffsetDateTime::from_unix_timestamp(timestamp.seconds)
-        .ok()
-        .and_then(|t| t.date().format(DATE).ok())
-        .unwrap_or_else(|| format!("{}s after the epoch", timestamp.seconds))
+    crate::clock::date(timestamp.seconds)
 }
 
 /// Epoch milliseconds, as StackState's JSON carries times.
@@ -171,12 +162,7 @@ pub fn token_table(tokens: &mut [ServiceToken]) -> Option<String> {
 
 /// `yyyy-MM-dd HH:MM` (UTC): a last use, to its resolution.
 pub fn date_time(timestamp: &prost_types::Timestamp) -> String {
-    const MINUTE: &[time::format_description::BorrowedFormatItem<'static>] =
-        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
-    time::OffsetDateTime::from_unix_timestamp(timestamp.seconds)
-        .ok()
-        .and_then(|t| t.format(MINUTE).ok())
-        .unwrap_or_else(|| format!("{}s after the epoch", timestamp.seconds))
+    crate::clock::date_time(timestamp.seconds)
 }
 
 /// `active`, `disabled` or `expired` (at `now`, epoch seconds).

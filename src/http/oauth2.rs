@@ -12,7 +12,7 @@ use axum::{
 use serde::Serialize;
 
 use super::{HttpState, api::insert_previous_secret, body, caller::Peer};
-use crate::clock::epoch_millis;
+use crate::clock::epoch_seconds;
 use crate::{
     credential,
     error::Error,
@@ -76,8 +76,8 @@ pub async fn introspect(
                 .map(Role::as_str)
                 .collect::<Vec<_>>()
                 .join(" "),
-            iat: seconds(token.created_at),
-            exp: token.expiration.map(seconds),
+            iat: epoch_seconds(token.created_at),
+            exp: token.expiration.map(epoch_seconds),
         },
         Validation::Invalid(_) => Introspection::Inactive { active: false },
     };
@@ -88,11 +88,6 @@ pub async fn introspect(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     insert_previous_secret(&reviewer, response.headers_mut());
     Ok(response)
-}
-
-/// Seconds since the epoch, as JWT's NumericDate.
-fn seconds(time: std::time::SystemTime) -> i64 {
-    epoch_millis(time).div_euclid(1000)
 }
 
 /// The one `token` parameter of the form (RFC 6749: a parameter must not

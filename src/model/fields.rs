@@ -445,7 +445,8 @@ fn check_label_key(key: &str) -> Result<(), String> {
 
 /// A point in time given as seconds and nanoseconds since the Unix epoch,
 /// refused (not normalized) when out of protobuf's Timestamp range, so a
-/// client bug is seen instead of silently reinterpreted.
+/// client bug is seen instead of silently reinterpreted; kept to the
+/// microsecond, the precision of every store (see [`crate::clock::to_micros`]).
 pub fn parse_time(field: &str, seconds: i64, nanos: i32) -> Result<SystemTime, FieldError> {
     if !(0..1_000_000_000).contains(&nanos) {
         return Err(FieldError::new(field, "nanos must be within 0..1000000000"));
@@ -456,16 +457,8 @@ pub fn parse_time(field: &str, seconds: i64, nanos: i32) -> Result<SystemTime, F
             "must lie between the years 1 and 9999",
         ));
     }
-    let whole = std::time::Duration::from_secs(seconds.unsigned_abs());
-    let second = if seconds >= 0 {
-        SystemTime::UNIX_EPOCH.checked_add(whole)
-    } else {
-        SystemTime::UNIX_EPOCH.checked_sub(whole)
-    };
-    // Nanos count forward from the second, before 1970 too (-1.5 s is
-    // seconds -2, nanos 500000000), as in protobuf's Timestamp.
-    second
-        .and_then(|second| second.checked_add(std::time::Duration::from_nanos(nanos as u64)))
+    crate::clock::from_unix(seconds, nanos.unsigned_abs())
+        .map(crate::clock::to_micros)
         .ok_or_else(|| FieldError::new(field, "is not a representable time"))
 }
 

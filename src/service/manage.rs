@@ -214,7 +214,7 @@ impl TokenService {
     ) -> Result<(Token, ServiceToken), Error> {
         let caller = admin.token();
         new.created_by = format!("{} ({})", caller.id, caller.name);
-        let now = self.clock.now();
+        let now = self.now();
         if new.expiration.is_none()
             && let Some(lifetime) = self.config.lifetime.default_lifetime()
         {
@@ -230,7 +230,7 @@ impl TokenService {
 
     pub async fn get(&self, _admin: &Admin, id: TokenId) -> Result<ServiceToken, Error> {
         match self.store.get(id).await? {
-            Some(stored) => Ok(stored.token.seen_at(self.clock.now())),
+            Some(stored) => Ok(stored.token.seen_at(self.now())),
             None => Err(Error::NotFound(id)),
         }
     }
@@ -241,7 +241,7 @@ impl TokenService {
         page: PageRequest,
         filter: &ListFilter,
     ) -> Result<Page, Error> {
-        let now = self.clock.now();
+        let now = self.now();
         let resolved;
         let filter = if filter.over_policy {
             let max = self.config.lifetime.max().ok_or_else(|| {
@@ -305,7 +305,7 @@ impl TokenService {
         if edit.is_empty() {
             return Err(FieldError::new("update_mask", "names no field to change").into());
         }
-        let now = to_micros(self.clock.now());
+        let now = self.now();
         let mut edit = edit;
         if let Some(Some(expiration)) = edit.expiration {
             let expiration = to_micros(expiration);
@@ -378,7 +378,7 @@ impl TokenService {
         id: TokenId,
         grace: Duration,
     ) -> Result<(Token, ServiceToken), Error> {
-        let now = to_micros(self.clock.now());
+        let now = self.now();
         let max = self.config.max_rotation_grace;
         if grace > max {
             return Err(FieldError::new(
@@ -543,7 +543,7 @@ impl TokenService {
         id: TokenId,
         expected: Option<Etag>,
     ) -> Result<(), Error> {
-        let now = self.clock.now();
+        let now = self.now();
         let event = || Draft::deleted(Actor::of(admin.token()), now);
         let keep = self.keep_admin(now);
         let deleted = self.remove(id, &keep, expected.as_ref(), event).await?;

@@ -13,12 +13,18 @@ mod validate;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicBool},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use crate::{
-    audit::Refusals, cache::ValidationCache, clock::Clock, config::ServiceConfig,
-    last_used::LastUsed, metrics::Metrics, source_limit::SourceLimit, store::Store,
+    audit::Refusals,
+    cache::ValidationCache,
+    clock::{Clock, to_micros},
+    config::ServiceConfig,
+    last_used::LastUsed,
+    metrics::Metrics,
+    source_limit::SourceLimit,
+    store::Store,
 };
 
 pub use crate::audit::AUDIT;
@@ -105,6 +111,13 @@ impl TokenService {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
+    }
+
+    /// Now, to the microsecond: the precision every store keeps, so every
+    /// time the service hands a store (a creation, a change, an event) reads
+    /// back the same from any of them and survives a move between them.
+    pub(crate) fn now(&self) -> SystemTime {
+        to_micros(self.clock.now())
     }
 
     /// The registry every layer records into (the HTTP latency layer too).

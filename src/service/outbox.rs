@@ -126,7 +126,7 @@ impl TokenService {
         if !self.outbox_has_room(pending, webhooks.outbox_capacity) {
             return Ok(0);
         }
-        let signalled = self.store.signal_expiries(self.clock.now()).await?;
+        let signalled = self.store.signal_expiries(self.now()).await?;
         if signalled > 0 {
             self.outbox.pending.fetch_add(signalled, Ordering::Relaxed);
             self.outbox.written.notify_one();
@@ -169,7 +169,7 @@ impl TokenService {
         let age = stats
             .oldest
             // By the clock that dated the events.
-            .and_then(|oldest| self.clock.now().duration_since(oldest).ok())
+            .and_then(|oldest| self.now().duration_since(oldest).ok())
             .map_or(0, |age| age.as_secs());
         self.metrics.outbox(stats.pending, age);
         Ok(stats)

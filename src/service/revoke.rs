@@ -114,7 +114,7 @@ impl TokenService {
         let Some(stored) = self.store.find_by_hash(&hash).await? else {
             return Ok(Revoked::NotFound);
         };
-        let now = self.clock.now();
+        let now = self.now();
         if stored.live_secret_at(&hash, now).is_none() {
             return Ok(Revoked::NotFound);
         }

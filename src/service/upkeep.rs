@@ -28,12 +28,9 @@ impl TokenService {
     /// store's count (a scan, or one query on PostgreSQL): the server runs
     /// it now and then, never on a request's path.
     pub async fn summarize(&self) -> Result<(), Error> {
-        let summary = self.store.summary(self.clock.now()).await?;
+        let summary = self.store.summary(self.now()).await?;
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let seconds = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        };
+        let seconds = |t: SystemTime| crate::clock::epoch_seconds(t).max(0);
         let labelled = |windows: &[(&'static str, Duration)], counts: &[u64]| {
             windows
                 .iter()
@@ -63,7 +60,7 @@ impl TokenService {
         let Some(after) = self.config.purge_expired_after else {
             return Ok(0);
         };
-        let now = self.clock.now();
+        let now = self.now();
         let Some(cutoff) = now.checked_sub(after) else {
             return Ok(0);
         };

@@ -87,7 +87,7 @@ impl TokenService {
         let Some(stored) = self.lookup(&hash).await? else {
             return Ok(Validation::Invalid(InvalidReason::NotFound));
         };
-        let now = self.clock.now();
+        let now = self.now();
         let Some(secret) = stored.live_secret_at(&hash, now) else {
             return Ok(Validation::Invalid(InvalidReason::NotFound));
         };

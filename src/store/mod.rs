@@ -3,7 +3,9 @@
 //! Every backend keeps the same promises: only [`TokenHash`]es at rest, never
 //! a token; a write returns only once it is durable; ids are unique; `list`
 //! walks ids in ascending order so a cursor stays valid while tokens come and
-//! go between pages.
+//! go between pages; times are given to the microsecond (the service
+//! truncates every time it hands a store, see [`crate::clock::to_micros`])
+//! and kept exactly, so a token reads the same from every backend.
 
 use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
@@ -12,9 +14,7 @@ use async_trait::async_trait;
 use crate::{
     cache::ValidationCache,
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{
-        Change, Etag, ListFilter, NewToken, Role, ServiceToken, StoredToken, TokenId, TokenSummary,
-    },
+    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
     token::TokenHash,
 };
 
@@ -23,9 +23,11 @@ mod group_commit;
 mod offload;
 pub mod postgres;
 pub mod reserve;
+mod rules;
 pub mod sled;
 
-pub use self::{postgres::PostgresStore, sled::SledStore};
+pub(crate) use self::rules::{expiry_due, found_by, fresh_ids, readable, stale};
+pub use self::{postgres::PostgresStore, rules::KeepAdmin, sled::SledStore};
 
 /// What [`Store::import`] did with one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,29 +51,6 @@ impl Imported {
     }
 }
 
-/// Attempts at drawing an id that is not taken, in every store. With 2^53
-/// ids a second attempt is already vanishingly rare.
-const ID_ATTEMPTS: usize = 8;
-
-/// The ids a new token tries in turn, by every store; when each is taken,
-/// the insert fails with [`StoreError::IdExhausted`].
-pub(crate) fn fresh_ids() -> impl Iterator<Item = TokenId> {
-    (0..ID_ATTEMPTS).map(|_| TokenId::random())
-}
-
-/// A token a store found by `hash`, checked to hold it: an index that
-/// points at another token is a store fault, never a match.
-pub(crate) fn found_by(
-    stored: StoredToken,
-    hash: &TokenHash,
-) -> Result<Option<StoredToken>, StoreError> {
-    let id = stored.token.id;
-    stored
-        .verified(hash)
-        .map(Some)
-        .ok_or_else(|| StoreError::misindexed(id))
-}
-
 /// What a change or delete of one token came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
@@ -87,48 +66,6 @@ pub enum Outcome<T> {
     /// Refused: the caller's etag is not the token's any more (someone
     /// changed it since the caller read it). Carries the token's etag now.
     Stale(Etag),
-}
-
-/// The rule every change and delete is held to: some token must keep the
-/// admin role, enabled and unexpired, for at least `margin` from `now` (see
-/// [`crate::model::takes_admin_away`]). A store checks it atomically with the
-/// change, so two admins cannot remove each other's access at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeepAdmin {
-    pub role: Role,
-    pub now: SystemTime,
-    /// How long past `now` another admin token must stay valid to let this
-    /// one go: an admin about to expire keeps nobody in.
-    pub margin: std::time::Duration,
-    /// The rule does not apply: only the revocation of a leaked token,
-    /// which must go even when it is the last admin token (whoever holds
-    /// it can manage every token; a new admin token is one `bootstrap`
-    /// away).
-    pub waived: bool,
-}
-
-impl KeepAdmin {
-    /// The moment another admin token must still be valid at.
-    pub fn horizon(&self) -> SystemTime {
-        self.now
-            .checked_add(self.margin)
-            .unwrap_or_else(crate::clock::latest)
-    }
-
-    /// What changing `before` into `after` (`None`: deleting it) would do
-    /// to admin access that the rule must look into (whether another token
-    /// keeps it is the store's to check, under its lock); `None` when the
-    /// rule is waived or the change takes no admin access away.
-    pub fn at_stake(
-        &self,
-        before: &ServiceToken,
-        after: Option<&ServiceToken>,
-    ) -> Option<&'static str> {
-        if self.waived {
-            return None;
-        }
-        crate::model::takes_admin_away(before, after, &self.role, self.now, self.horizon())
-    }
 }
 
 /// A token was used (checked successfully): last at `at`, and through its
@@ -234,8 +171,13 @@ impl StoreError {
     }
 }
 
+/// A store of tokens: what the service reads and changes them through. Its
+/// event outbox and its use records are traits of their own, since each
+/// has rules of its own (leases; merges that only move forward), and every
+/// store keeps all three in the same place, so that an event is written in
+/// the same transaction as its change.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: EventOutbox + UseRecords + Send + Sync + 'static {
     /// Stores a new token under a fresh unique id and returns it once
     /// durable, with `event`'s event in the outbox in the same transaction.
     async fn insert(
@@ -261,26 +203,6 @@ pub trait Store: Send + Sync + 'static {
         filter: &ListFilter,
     ) -> Result<Vec<StoredToken>, StoreError>;
 
-    /// [`Store::list_matching`] without a filter.
-    async fn list_stored(
-        &self,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<StoredToken>, StoreError> {
-        self.list_matching(after, limit, &ListFilter::default())
-            .await
-    }
-
-    /// As [`Store::list_stored`], descriptions only.
-    async fn list(
-        &self,
-        after: Option<TokenId>,
-        limit: usize,
-    ) -> Result<Vec<ServiceToken>, StoreError> {
-        let page = self.list_stored(after, limit).await?;
-        Ok(page.into_iter().map(|stored| stored.token).collect())
-    }
-
     /// Applies `change` to a token at `keep.now` unless that would break
     /// `keep`, or the token's etag is not `expected` (checked under the
     /// same lock as the change, so of two changes sent with one etag, one
@@ -295,12 +217,6 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<&Etag>,
         event: Option<&Draft>,
     ) -> Result<Outcome<(ServiceToken, ServiceToken)>, StoreError>;
-
-    /// Records when tokens were last used: each time only moves forward
-    /// (the latest wins, whichever replica wrote it), and a token gone in
-    /// the meantime is skipped. One flush for the batch; never a cache
-    /// invalidation (a use changes nothing a validation depends on).
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError>;
 
     /// Adds exported tokens under their own ids and hashes; durable once it
     /// returns. A token already there (same id, same hash) is left as is, so
@@ -326,43 +242,9 @@ pub trait Store: Send + Sync + 'static {
     /// replicas scanning, each step is announced once). Returns how many.
     async fn signal_expiries(&self, now: SystemTime) -> Result<u64, StoreError>;
 
-    /// Up to `limit` outbox events, oldest first, that no one else is
-    /// delivering and whose retry is due; they are this caller's for
-    /// `lease` (another replica may take them after).
-    async fn claim_events(
-        &self,
-        limit: usize,
-        lease: std::time::Duration,
-    ) -> Result<Vec<Pending>, StoreError>;
-
-    /// Records what delivery did with claimed events (and ends their lease).
-    /// Not synced on its own: an event delivered but not yet forgotten when
-    /// the process dies is delivered again (at least once).
-    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError>;
-
-    /// How many events wait in the outbox, and since when.
-    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
-
-    /// The token counts at `now` (see [`TokenSummary`]). By default a
-    /// paged scan; a store that can count where the tokens are
-    /// (PostgreSQL, in one query) does that instead.
-    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
-        const PAGE: usize = 1000;
-        let mut summary = TokenSummary::default();
-        let mut after = None;
-        loop {
-            let page = self
-                .list_matching(after, PAGE, &ListFilter::default())
-                .await?;
-            for stored in &page {
-                summary.add(&stored.token, now);
-            }
-            match page.last() {
-                Some(last) if page.len() == PAGE => after = Some(last.token.id),
-                _ => return Ok(summary),
-            }
-        }
-    }
+    /// The token counts at `now` (see [`TokenSummary`]): a pass over the
+    /// store, or where the store can count (PostgreSQL), one query.
+    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError>;
 
     /// How many tokens are stored; cheap enough for every metrics scrape.
     async fn count(&self) -> Result<u64, StoreError>;
@@ -394,11 +276,36 @@ pub trait Store: Send + Sync + 'static {
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }
 
-/// The refusal of a change made with `expected` when `token` is no longer
-/// as that etag saw it; `None` when there is no etag or it matches. Stores
-/// call it under the lock their change is made under.
-pub(crate) fn stale<T>(expected: Option<&Etag>, token: &ServiceToken) -> Option<Outcome<T>> {
-    expected
-        .filter(|etag| !etag.matches(token))
-        .map(|_| Outcome::Stale(Etag::of(token)))
+/// The event outbox: events written with their changes (see [`Store`]),
+/// claimed by whichever replica delivers them, and settled.
+#[async_trait]
+pub trait EventOutbox: Send + Sync {
+    /// Up to `limit` outbox events, oldest first, that no one else is
+    /// delivering and whose retry is due; they are this caller's for
+    /// `lease` (another replica may take them after).
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<Pending>, StoreError>;
+
+    /// Records what delivery did with claimed events (and ends their lease).
+    /// Not synced on its own: an event delivered but not yet forgotten when
+    /// the process dies is delivered again (at least once).
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError>;
+
+    /// How many events wait in the outbox, and since when.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+}
+
+/// Records of how tokens are used, written in batches apart from the
+/// changes managers make: they merge (the latest time wins) rather than
+/// replace, and never invalidate a cache.
+#[async_trait]
+pub trait UseRecords: Send + Sync {
+    /// Records when tokens were last used: each time only moves forward
+    /// (the latest wins, whichever replica wrote it), and a token gone in
+    /// the meantime is skipped. One flush for the batch; never a cache
+    /// invalidation (a use changes nothing a validation depends on).
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError>;
 }

@@ -260,9 +260,10 @@ fn the_leaves_and_the_boundaries_hold() {
     // The model takes time's range (protobuf's Timestamp) from the clock.
     assert_eq!(uses("model"), set(&["clock", "text", "token"]));
     assert_eq!(uses("cache"), set(&["model", "token"]));
-    // The client shares the API's types, error formatting and the rules of
-    // what in a name may mislead a reader; nothing of the server.
-    assert_eq!(uses("cli"), set(&["error", "proto", "text"]));
+    // The client shares the API's types, error formatting, the text forms
+    // of a time and the rules of what in a name may mislead a reader;
+    // nothing of the server.
+    assert_eq!(uses("cli"), set(&["clock", "error", "proto", "text"]));
     // Transports reach tokens only through the service: no store, so no bootstrap.
     for transport in ["grpc", "http"] {
         assert!(!uses(transport).contains("store"), "{transport}: {top:#?}");

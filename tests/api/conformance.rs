@@ -20,7 +20,7 @@ use sts::{
 };
 use tempfile::TempDir;
 
-use crate::pg::TestDatabase;
+use crate::{helpers::ListAll, pg::TestDatabase};
 
 enum Data {
     Sled(TempDir),
@@ -124,7 +124,7 @@ async fn insert(store: &dyn Store, name: &str) -> (Token, ServiceToken) {
         .insert(
             token.hash(),
             &new_token(name, &["r"], None),
-            SystemTime::now(),
+            now_micros(),
             None,
         )
         .await
@@ -152,7 +152,7 @@ async fn list_all(store: &dyn Store, page: usize) -> Vec<ServiceToken> {
 
 async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
     let store = backend.store();
-    let expiration = SystemTime::now() + Duration::from_nanos(86_400_000_000_123);
+    let expiration = now_micros() + Duration::from_micros(86_400_000_123);
     let token = Token::generate();
     let inserted = store
         .insert(
@@ -162,19 +162,17 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
                 &["zeta", "alpha", "mid"],
                 Some(expiration),
             ),
-            SystemTime::now(),
+            now_micros(),
             None,
         )
         .await
         .unwrap();
-    // Roles keep their order; times may lose what the backend cannot keep,
-    // but the insert says what a read will say.
+    // Roles keep their order; times (given, as the service gives them, to
+    // the microsecond) are kept exactly, and the insert says what a read
+    // will say.
     let roles: Vec<&str> = inserted.roles.iter().map(|r| r.as_str()).collect();
     assert_eq!(roles, ["zeta", "alpha", "mid"]);
-    let error = expiration
-        .duration_since(inserted.expiration.unwrap())
-        .unwrap();
-    assert!(error < Duration::from_micros(1), "{error:?}");
+    assert_eq!(inserted.expiration, Some(expiration));
     let found = store.find_by_hash(&token.hash()).await.unwrap().unwrap();
     assert_eq!(found.token, inserted);
     assert!(found.hash.ct_eq(&token.hash()));
@@ -315,12 +313,10 @@ async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
     let token = Token::generate();
     let new = new_token("one", &["r"], None);
     store
-        .insert(token.hash(), &new, SystemTime::now(), None)
+        .insert(token.hash(), &new, now_micros(), None)
         .await
         .unwrap();
-    let twice = store
-        .insert(token.hash(), &new, SystemTime::now(), None)
-        .await;
+    let twice = store.insert(token.hash(), &new, now_micros(), None).await;
     assert!(
         matches!(twice, Err(StoreError::Corrupt { .. })),
         "{twice:?}"
@@ -334,13 +330,13 @@ async fn an_import_keeps_ids_and_hashes_and_can_be_repeated(backend: &mut Backen
     let mut secrets = Vec::new();
     for i in 0..5 {
         let token = Token::generate();
-        let expiration = (i % 2 == 0).then(|| SystemTime::now() + Duration::from_secs(3600));
+        let expiration = (i % 2 == 0).then(|| now_micros() + Duration::from_secs(3600));
         source
             .store()
             .insert(
                 token.hash(),
                 &new_token(&format!("t{i}"), &["a", "b"], expiration),
-                SystemTime::now(),
+                now_micros(),
                 None,
             )
             .await
@@ -452,10 +448,7 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
 
 /// Now, to the microsecond every backend keeps.
 fn now_micros() -> SystemTime {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap();
-    SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
+    sts::clock::to_micros(SystemTime::now())
 }
 
 fn keep_at(now: SystemTime) -> KeepAdmin {

@@ -9,7 +9,7 @@ use sts::{
     token::Token,
 };
 
-use crate::helpers::{checked, copy_dir, read_all_files, restart, spawn_app};
+use crate::helpers::{ListAll, checked, copy_dir, read_all_files, restart, spawn_app};
 
 #[tokio::test]
 async fn tokens_and_deletions_survive_a_restart() {

@@ -11,8 +11,10 @@ use std::{
 use async_trait::async_trait;
 use sts::{
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId},
-    store::{Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use},
+    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
+    store::{
+        EventOutbox, Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use, UseRecords,
+    },
     token::TokenHash,
 };
 use tokio::sync::Semaphore;
@@ -127,11 +129,6 @@ impl Store for FaultyStore {
         self.inner.change(id, change, keep, expected, event).await
     }
 
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
-        self.write_fault()?;
-        self.inner.record_uses(uses).await
-    }
-
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
         self.write_fault()?;
         self.inner.import(tokens).await
@@ -153,6 +150,24 @@ impl Store for FaultyStore {
         self.inner.signal_expiries(now).await
     }
 
+    async fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
+        self.fault()?;
+        self.inner.summary(now).await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.fault()?;
+        self.inner.count().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.write_fault()?;
+        self.inner.flush().await
+    }
+}
+
+#[async_trait]
+impl EventOutbox for FaultyStore {
     async fn claim_events(
         &self,
         limit: usize,
@@ -171,14 +186,12 @@ impl Store for FaultyStore {
         self.fault()?;
         self.inner.outbox_stats().await
     }
+}
 
-    async fn count(&self) -> Result<u64, StoreError> {
-        self.fault()?;
-        self.inner.count().await
-    }
-
-    async fn flush(&self) -> Result<(), StoreError> {
+#[async_trait]
+impl UseRecords for FaultyStore {
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
         self.write_fault()?;
-        self.inner.flush().await
+        self.inner.record_uses(uses).await
     }
 }

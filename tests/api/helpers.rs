@@ -723,3 +723,35 @@ pub fn without_last_use(tokens: Vec<ServiceToken>) -> Vec<ServiceToken> {
         })
         .collect()
 }
+
+/// Pages of every token without a filter: what tests read a store with
+/// directly (the service only ever lists through a filter).
+#[async_trait::async_trait]
+pub trait ListAll {
+    async fn list_stored(
+        &self,
+        after: Option<sts::model::TokenId>,
+        limit: usize,
+    ) -> Result<Vec<sts::model::StoredToken>, StoreError>;
+
+    async fn list(
+        &self,
+        after: Option<sts::model::TokenId>,
+        limit: usize,
+    ) -> Result<Vec<sts::model::ServiceToken>, StoreError> {
+        let page = self.list_stored(after, limit).await?;
+        Ok(page.into_iter().map(|stored| stored.token).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> ListAll for S {
+    async fn list_stored(
+        &self,
+        after: Option<sts::model::TokenId>,
+        limit: usize,
+    ) -> Result<Vec<sts::model::StoredToken>, StoreError> {
+        self.list_matching(after, limit, &sts::model::ListFilter::default())
+            .await
+    }
+}

@@ -45,12 +45,13 @@ mod row;
 use feed::{FeedHealth, feed};
 pub use feed::{HEARTBEAT_INTERVAL, STALENESS_BOUND};
 use row::{
-    COLUMNS, IS_ADMIN, db_id, db_seq, decode, delete_row, insert_row, lock_row, lockout,
+    COLUMNS, IS_ADMIN, db_id, db_seq, decode, delete_row, insert_row, lock_row, lockout, row_id,
     to_db_time, update_row,
 };
 
 use super::{
-    Imported, KeepAdmin, Outcome, Store, StoreError, Use, found_by, fresh_ids, stale, with_causes,
+    EventOutbox, Imported, KeepAdmin, Outcome, Store, StoreError, Use, UseRecords, expiry_due,
+    found_by, fresh_ids, readable, stale, with_causes,
 };
 use crate::{
     cache::ValidationCache,
@@ -220,13 +221,9 @@ impl Store for PostgresStore {
         created_at: SystemTime,
         event: Option<&Draft>,
     ) -> Result<ServiceToken, StoreError> {
-        // Returned as a later read returns it: to the microsecond.
-        let mut new = new.clone();
-        new.expiration = new.expiration.map(|t| to_db_time(t).into());
-        let created_at = to_db_time(created_at).into();
         for id in fresh_ids() {
             let stored = StoredToken {
-                token: ServiceToken::new(id, &new, created_at),
+                token: ServiceToken::new(id, new, created_at),
                 hash,
                 previous_hash: None,
             };
@@ -313,15 +310,10 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let mut page = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match decode(row) {
-                Ok(stored) => page.push(stored),
-                // One damaged row must not hide every other token.
-                Err(e) => tracing::error!(error = %e, "skipping a corrupt token row"),
-            }
-        }
-        Ok(page)
+        Ok(rows
+            .iter()
+            .filter_map(|row| readable(decode(row), row_id(row)))
+            .collect())
     }
 
     async fn change(
@@ -340,11 +332,7 @@ impl Store for PostgresStore {
             return Ok(stale);
         }
         // Times as the row will keep them, so the answer reads like a Get.
-        let mut after = change.apply(&before, to_db_time(keep.now).into());
-        after.token.expiration = after.token.expiration.map(|t| to_db_time(t).into());
-        if let Some(previous) = &mut after.token.previous_secret {
-            previous.expiration = to_db_time(previous.expiration).into();
-        }
+        let after = change.apply(&before, keep.now);
         if let Err(invalid) = change.check(&after.token) {
             return Ok(Outcome::Invalid(invalid));
         }
@@ -363,31 +351,6 @@ impl Store for PostgresStore {
         }
         transaction.commit().await.map_err(unavailable)?;
         Ok(Outcome::Done((before.token, after.token)))
-    }
-
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<i64> = uses.iter().map(|u| db_id(u.id)).collect();
-        let at: Vec<OffsetDateTime> = uses.iter().map(|u| to_db_time(u.at)).collect();
-        let previous_at: Vec<Option<OffsetDateTime>> =
-            uses.iter().map(|u| u.previous_at.map(to_db_time)).collect();
-        // GREATEST ignores NULLs: the latest use wins, whoever wrote it.
-        sqlx::query(
-            "UPDATE sts_tokens AS t SET last_used_at = GREATEST(t.last_used_at, u.at), \
-             previous_last_used_at = CASE WHEN t.previous_hash IS NULL THEN NULL \
-             ELSE GREATEST(t.previous_last_used_at, u.previous_at) END \
-             FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS u(id, at, previous_at) \
-             WHERE t.id = u.id",
-        )
-        .bind(ids)
-        .bind(at)
-        .bind(previous_at)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn import(&self, tokens: &[StoredToken]) -> Result<Vec<Imported>, StoreError> {
@@ -464,27 +427,22 @@ impl Store for PostgresStore {
             .map_err(unavailable)?;
             for row in &rows {
                 after = row.try_get("id").map_err(unavailable)?;
-                let Ok(stored) = decode(row) else {
+                let Some(stored) = readable(decode(row), row_id(row)) else {
+                    continue;
+                };
+                let announced = || {
+                    let signal_for: Option<OffsetDateTime> = row.try_get("signal_for")?;
+                    let signal_step: Option<i16> = row.try_get("signal_step")?;
+                    let step = signal_step
+                        .and_then(|s| u8::try_from(s).ok())
+                        .and_then(Expiry::from_u8);
+                    Ok(signal_for.map(SystemTime::from).zip(step))
+                };
+                let due = expiry_due(&stored.token, now, announced).map_err(unavailable)?;
+                let Some((expiration, step)) = due else {
                     continue;
                 };
                 let token = stored.token;
-                let Some(expiration) = token.expiration else {
-                    continue;
-                };
-                let Some(step) = Expiry::at(expiration, now) else {
-                    continue;
-                };
-                let signal_for: Option<OffsetDateTime> =
-                    row.try_get("signal_for").map_err(unavailable)?;
-                let signal_step: Option<i16> = row.try_get("signal_step").map_err(unavailable)?;
-                let done = signal_for
-                    .filter(|at| SystemTime::from(*at) == expiration)
-                    .and(signal_step)
-                    .and_then(|s| u8::try_from(s).ok())
-                    .and_then(Expiry::from_u8);
-                if done.is_some_and(|done| done >= step) {
-                    continue;
-                }
                 if signal_expiry(&self.pool, &token, expiration, step, now).await? {
                     signalled += 1;
                 }
@@ -493,75 +451,6 @@ impl Store for PostgresStore {
                 return Ok(signalled);
             }
         }
-    }
-
-    async fn claim_events(
-        &self,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Pending>, StoreError> {
-        // SKIP LOCKED: replicas claiming at once each get other events.
-        let rows = sqlx::query(
-            "UPDATE sts_outbox SET leased_until = now() + make_interval(secs => $2)              WHERE seq IN (SELECT seq FROM sts_outbox                WHERE leased_until IS NULL OR leased_until <= now()                ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)              RETURNING seq, event_id, event_type, body, occurred_at, delivered_to",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(lease.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: i64 = row.try_get("seq").map_err(unavailable)?;
-            let occurred_at: OffsetDateTime = row.try_get("occurred_at").map_err(unavailable)?;
-            claimed.push(Pending {
-                seq: u64::try_from(seq).unwrap_or(0),
-                event: Event {
-                    id: row.try_get("event_id").map_err(unavailable)?,
-                    kind: row.try_get("event_type").map_err(unavailable)?,
-                    body: row.try_get("body").map_err(unavailable)?,
-                    occurred_at: occurred_at.into(),
-                },
-                delivered_to: row.try_get("delivered_to").map_err(unavailable)?,
-            });
-        }
-        claimed.sort_by_key(|pending| pending.seq);
-        Ok(claimed)
-    }
-
-    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
-        for settle in settled {
-            let query = match settle {
-                Settle::Delivered { seq } => {
-                    sqlx::query("DELETE FROM sts_outbox WHERE seq = $1").bind(db_seq(*seq))
-                }
-                Settle::Pending {
-                    seq,
-                    delivered_to,
-                    retry_at,
-                } => sqlx::query(
-                    "UPDATE sts_outbox SET delivered_to = $2, leased_until = $3 WHERE seq = $1",
-                )
-                .bind(db_seq(*seq))
-                .bind(delivered_to)
-                .bind(to_db_time(*retry_at)),
-            };
-            query.execute(&self.pool).await.map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        let row =
-            sqlx::query("SELECT count(*) AS pending, min(occurred_at) AS oldest FROM sts_outbox")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        let pending: i64 = row.try_get("pending").map_err(unavailable)?;
-        let oldest: Option<OffsetDateTime> = row.try_get("oldest").map_err(unavailable)?;
-        Ok(OutboxStats {
-            pending: u64::try_from(pending).unwrap_or(0),
-            oldest: oldest.map(SystemTime::from),
-        })
     }
 
     /// `TokenSummary::add`'s rules, counted by the database in one pass
@@ -663,5 +552,105 @@ impl Store for PostgresStore {
             .unwrap_or_else(|e| e.into_inner())
             .push(task.abort_handle());
         cache
+    }
+}
+
+#[async_trait]
+impl EventOutbox for PostgresStore {
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Pending>, StoreError> {
+        // SKIP LOCKED: replicas claiming at once each get other events.
+        let rows = sqlx::query(
+            "UPDATE sts_outbox SET leased_until = now() + make_interval(secs => $2)              WHERE seq IN (SELECT seq FROM sts_outbox                WHERE leased_until IS NULL OR leased_until <= now()                ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED)              RETURNING seq, event_id, event_type, body, occurred_at, delivered_to",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get("seq").map_err(unavailable)?;
+            let occurred_at: OffsetDateTime = row.try_get("occurred_at").map_err(unavailable)?;
+            claimed.push(Pending {
+                seq: u64::try_from(seq).unwrap_or(0),
+                event: Event {
+                    id: row.try_get("event_id").map_err(unavailable)?,
+                    kind: row.try_get("event_type").map_err(unavailable)?,
+                    body: row.try_get("body").map_err(unavailable)?,
+                    occurred_at: occurred_at.into(),
+                },
+                delivered_to: row.try_get("delivered_to").map_err(unavailable)?,
+            });
+        }
+        claimed.sort_by_key(|pending| pending.seq);
+        Ok(claimed)
+    }
+
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
+        for settle in settled {
+            let query = match settle {
+                Settle::Delivered { seq } => {
+                    sqlx::query("DELETE FROM sts_outbox WHERE seq = $1").bind(db_seq(*seq))
+                }
+                Settle::Pending {
+                    seq,
+                    delivered_to,
+                    retry_at,
+                } => sqlx::query(
+                    "UPDATE sts_outbox SET delivered_to = $2, leased_until = $3 WHERE seq = $1",
+                )
+                .bind(db_seq(*seq))
+                .bind(delivered_to)
+                .bind(to_db_time(*retry_at)),
+            };
+            query.execute(&self.pool).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let row =
+            sqlx::query("SELECT count(*) AS pending, min(occurred_at) AS oldest FROM sts_outbox")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        let pending: i64 = row.try_get("pending").map_err(unavailable)?;
+        let oldest: Option<OffsetDateTime> = row.try_get("oldest").map_err(unavailable)?;
+        Ok(OutboxStats {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest: oldest.map(SystemTime::from),
+        })
+    }
+}
+
+#[async_trait]
+impl UseRecords for PostgresStore {
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = uses.iter().map(|u| db_id(u.id)).collect();
+        let at: Vec<OffsetDateTime> = uses.iter().map(|u| to_db_time(u.at)).collect();
+        let previous_at: Vec<Option<OffsetDateTime>> =
+            uses.iter().map(|u| u.previous_at.map(to_db_time)).collect();
+        // GREATEST ignores NULLs: the latest use wins, whoever wrote it.
+        sqlx::query(
+            "UPDATE sts_tokens AS t SET last_used_at = GREATEST(t.last_used_at, u.at), \
+             previous_last_used_at = CASE WHEN t.previous_hash IS NULL THEN NULL \
+             ELSE GREATEST(t.previous_last_used_at, u.previous_at) END \
+             FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS u(id, at, previous_at) \
+             WHERE t.id = u.id",
+        )
+        .bind(ids)
+        .bind(at)
+        .bind(previous_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 }

@@ -14,11 +14,11 @@ use crate::store::{Cause, KeepAdmin, StoreError};
 
 use super::{ADMIN_LOCK, CHANNEL, unavailable};
 
-/// Truncated to the microsecond, as PostgreSQL keeps it.
+/// A time as a column holds it. The service hands stores times already at
+/// their precision (see [`crate::clock::to_micros`]), so a token reads back
+/// exactly as it was written.
 pub(super) fn to_db_time(time: SystemTime) -> OffsetDateTime {
-    let at = OffsetDateTime::from(time);
-    at.replace_nanosecond(at.nanosecond() / 1000 * 1000)
-        .expect("a whole number of microseconds is a valid nanosecond")
+    OffsetDateTime::from(time)
 }
 
 pub(super) const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
@@ -165,6 +165,13 @@ struct TokenRow {
 }
 
 /// Re-parses every column, so a damaged row is reported, never served.
+/// The id a row holds, for a log line about a row that does not decode.
+pub(super) fn row_id(row: &PgRow) -> String {
+    use sqlx::Row as _;
+    row.try_get::<i64, _>("id")
+        .map_or_else(|_| "(no id)".to_owned(), |id| id.to_string())
+}
+
 pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
     let TokenRow {
         id,

@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry;
 use sled::transaction::TransactionError;
 
 use super::{
-    Imported, KeepAdmin, Outcome, Store, StoreError, Use,
+    EventOutbox, Imported, KeepAdmin, Outcome, Store, StoreError, Use, UseRecords,
     group_commit::{FlushError, GroupCommit},
     offload::{DropWithin, Lane, Offload},
     reserve::Reserve,
@@ -294,20 +294,6 @@ impl Store for SledStore {
         Ok(outcome)
     }
 
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let uses = uses.to_vec();
-        self.write(move |trees| {
-            // Last-used times wait for space like any write that grows the store.
-            trees.check_space()?;
-            uses.iter().try_for_each(|used| trees.record_use(used))
-        })
-        .await?;
-        self.sync().await
-    }
-
     async fn delete(
         &self,
         id: TokenId,
@@ -352,25 +338,6 @@ impl Store for SledStore {
         Ok(signalled)
     }
 
-    async fn claim_events(
-        &self,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<Pending>, StoreError> {
-        self.read(move |trees| trees.claim_events(limit, lease))
-            .await
-    }
-
-    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
-        let settled = settled.to_vec();
-        self.write(move |trees| settled.iter().try_for_each(|s| trees.settle_event(s)))
-            .await
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        self.read(|trees| trees.outbox_stats()).await
-    }
-
     async fn count(&self) -> Result<u64, StoreError> {
         self.read(|trees| trees.count()).await
     }
@@ -407,6 +374,45 @@ impl Store for SledStore {
 
     fn register_metrics(&self, registry: &mut Registry) {
         self.trees.flusher.register_metrics(registry);
+    }
+}
+
+#[async_trait]
+impl EventOutbox for SledStore {
+    async fn claim_events(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Pending>, StoreError> {
+        self.read(move |trees| trees.claim_events(limit, lease))
+            .await
+    }
+
+    async fn settle_events(&self, settled: &[Settle]) -> Result<(), StoreError> {
+        let settled = settled.to_vec();
+        self.write(move |trees| settled.iter().try_for_each(|s| trees.settle_event(s)))
+            .await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.read(|trees| trees.outbox_stats()).await
+    }
+}
+
+#[async_trait]
+impl UseRecords for SledStore {
+    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let uses = uses.to_vec();
+        self.write(move |trees| {
+            // Last-used times wait for space like any write that grows the store.
+            trees.check_space()?;
+            uses.iter().try_for_each(|used| trees.record_use(used))
+        })
+        .await?;
+        self.sync().await
     }
 }
 

@@ -9,12 +9,14 @@ use sled::{
     transaction::{TransactionError, TransactionalTree, UnabortableTransactionError},
 };
 
-use crate::clock::epoch_micros;
+use crate::clock::{epoch_micros, from_epoch_micros};
 use crate::events::{Draft, Event, Expiry, OutboxStats, Pending, Settle};
-use crate::store::StoreError;
+use crate::store::{StoreError, expiry_due, readable};
 
 use super::{
-    OUTBOX_COUNT_KEY, Trees, decode_count, record::Record, transaction_failed, unavailable,
+    OUTBOX_COUNT_KEY, Trees, decode_count,
+    record::{Record, key_id},
+    transaction_failed, unavailable,
 };
 
 /// One event in the outbox. Tags are a storage format: never reuse one.
@@ -74,14 +76,11 @@ fn signal_value(expiration: SystemTime, step: Expiry) -> [u8; 9] {
     value
 }
 
-/// The step announced for `expiration`, from a `signals` value.
-pub(super) fn announced(value: Option<&[u8]>, expiration: SystemTime) -> Option<Expiry> {
-    let value = value?;
+/// The expiration and step last announced, from a `signals` value.
+pub(super) fn announced(value: &[u8]) -> Option<(SystemTime, Expiry)> {
     let (at, step) = (value.get(..8)?, value.get(8)?);
     let at = i64::from_be_bytes(at.try_into().ok()?);
-    (at == epoch_micros(expiration))
-        .then(|| Expiry::from_u8(*step))
-        .flatten()
+    Some((from_epoch_micros(at)?, Expiry::from_u8(*step)?))
 }
 
 impl Trees {
@@ -114,11 +113,11 @@ impl Trees {
                 return Ok(false);
             };
             let current = current.token;
-            if current.expiration != Some(expiration) || current.disabled {
-                return Ok(false);
-            }
-            let done = signals.get(key)?;
-            if announced(done.as_deref(), expiration).is_some_and(|done| done >= step) {
+            let announced = || {
+                let value = signals.get(key)?;
+                Ok::<_, UnabortableTransactionError>(value.as_deref().and_then(announced))
+            };
+            if expiry_due(&current, now, announced)? != Some((expiration, step)) {
                 return Ok(false);
             }
             signals.insert(key, &signal_value(expiration, step))?;
@@ -219,18 +218,14 @@ impl Trees {
         let mut due = Vec::new();
         for entry in self.tokens.iter() {
             let (key, bytes) = entry.map_err(unavailable)?;
-            let Ok(stored) = Record::decode_stored(&bytes) else {
+            let Some(stored) = readable(Record::decode_stored(&bytes), key_id(&key)) else {
                 continue;
             };
-            let token = stored.token;
-            let Some(expiration) = token.expiration.filter(|_| !token.disabled) else {
-                continue;
+            let announced = || {
+                let value = self.signals.get(&key).map_err(unavailable)?;
+                Ok(value.as_deref().and_then(announced))
             };
-            let Some(step) = Expiry::at(expiration, now) else {
-                continue;
-            };
-            let done = self.signals.get(&key).map_err(unavailable)?;
-            if announced(done.as_deref(), expiration).is_none_or(|done| done < step) {
+            if let Some((expiration, step)) = expiry_due(&stored.token, now, announced)? {
                 due.push((key, expiration, step));
             }
         }

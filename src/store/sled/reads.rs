@@ -3,13 +3,17 @@
 
 use std::time::SystemTime;
 
-use crate::store::{StoreError, found_by};
+use crate::store::{StoreError, found_by, readable};
 use crate::{
     model::{ListFilter, StoredToken, TokenId, TokenSummary},
     token::TokenHash,
 };
 
-use super::{COUNT_KEY, Trees, decode_count, record::Record, unavailable};
+use super::{
+    COUNT_KEY, Trees, decode_count,
+    record::{Record, key_id},
+    unavailable,
+};
 
 impl Trees {
     pub(super) fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
@@ -46,14 +50,9 @@ impl Trees {
                 break;
             }
             let (key, bytes) = entry.map_err(unavailable)?;
-            match Record::decode_stored(&bytes) {
-                Ok(stored) if filter.matches(&stored.token) => page.push(stored),
-                Ok(_) => {}
-                // One damaged record must not hide every other token.
-                Err(e) => {
-                    let key = <[u8; 8]>::try_from(&*key).map(u64::from_be_bytes);
-                    tracing::error!(error = %e, key = ?key, "skipping a corrupt token record");
-                }
+            match readable(Record::decode_stored(&bytes), key_id(&key)) {
+                Some(stored) if filter.matches(&stored.token) => page.push(stored),
+                _ => {}
             }
         }
         Ok(page)
@@ -66,8 +65,8 @@ impl Trees {
     pub(super) fn summary(&self, now: SystemTime) -> Result<TokenSummary, StoreError> {
         let mut summary = TokenSummary::default();
         for entry in self.tokens.iter() {
-            let (_, bytes) = entry.map_err(unavailable)?;
-            if let Ok(stored) = Record::decode_stored(&bytes) {
+            let (key, bytes) = entry.map_err(unavailable)?;
+            if let Some(stored) = readable(Record::decode_stored(&bytes), key_id(&key)) {
                 summary.add(&stored.token, now);
             }
         }

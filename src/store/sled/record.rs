@@ -50,6 +50,14 @@ pub(super) struct Record {
     pub(super) format: u32,
 }
 
+/// The token id a `tokens` key holds, for a log line about its record.
+pub(super) fn key_id(key: &[u8]) -> String {
+    <[u8; 8]>::try_from(key).map_or_else(
+        |_| format!("{key:?}"),
+        |id| u64::from_be_bytes(id).to_string(),
+    )
+}
+
 impl Record {
     pub(super) fn of(stored: &StoredToken) -> Record {
         // Every field named: a new one must decide how the record keeps it.

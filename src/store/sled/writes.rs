@@ -10,7 +10,7 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, stale};
+use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, readable, stale};
 use crate::{
     events::Draft,
     model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId},
@@ -20,7 +20,7 @@ use crate::{
 use super::{
     COUNT_KEY, Trees, decode_count,
     outbox::push_event,
-    record::{Record, latest},
+    record::{Record, key_id, latest},
     transaction_failed, unavailable,
 };
 
@@ -127,8 +127,8 @@ impl Trees {
     /// from `id`.
     fn another_admin(&self, id: TokenId, keep: &KeepAdmin) -> Result<bool, StoreError> {
         for entry in self.tokens.iter() {
-            let (_, bytes) = entry.map_err(unavailable)?;
-            let Ok(stored) = Record::decode_stored(&bytes) else {
+            let (key, bytes) = entry.map_err(unavailable)?;
+            let Some(stored) = readable(Record::decode_stored(&bytes), key_id(&key)) else {
                 continue;
             };
             if stored.token.id != id && stored.token.is_admin_at(&keep.role, keep.horizon()) {
