@@ -31,6 +31,7 @@ use tower::Service;
 use super::{
     HttpState, api,
     body::{BodyTimeout, Deadline},
+    routes::{self, AUTH, AUTH_BELOW, AUTH_SLASH, ROTATE, STATUS, TOKEN},
 };
 use crate::{
     error::Error,
@@ -38,56 +39,42 @@ use crate::{
     model::FieldError,
 };
 
-/// Route labels: every route and gRPC method we serve, as static strings,
-/// so labelling a request allocates nothing and label values stay bounded
-/// whatever paths clients send. [`route`] matches a path to them as the
-/// router does.
+/// Route labels: every route and gRPC method we serve, as static strings
+/// (named in [`routes`]), so labelling a request allocates nothing and label
+/// values stay bounded whatever paths clients send. [`route`] matches a
+/// path to them as the router does.
 const EXACT: &[&str] = &[
     // The routes of the fast lane first; see [`lane`].
     STATUS,
     AUTH,
     AUTH_SLASH,
-    "/stackstate.servicetoken.v1.TokenService/Validate",
-    "/envoy.service.auth.v3.Authorization/Check",
-    "/stackstate.servicetoken.v1.TokenService/Create",
-    "/stackstate.servicetoken.v1.TokenService/List",
-    "/stackstate.servicetoken.v1.TokenService/Delete",
-    "/stackstate.servicetoken.v1.TokenService/Get",
-    "/stackstate.servicetoken.v1.TokenService/Update",
-    "/stackstate.servicetoken.v1.TokenService/Rotate",
-    "/stackstate.servicetoken.v1.TokenService/RevokeLeaked",
-    "/api/server/info",
-    "/api/kubernetes/tokenreview",
-    "/oauth2/introspect",
-    "/api/security/tokens",
-    "/api/security/tokens/revoke",
-    "/healthz",
-    "/readyz",
-    "/metrics",
+    routes::GRPC_METHODS[0],
+    routes::GRPC_METHODS[1],
+    routes::GRPC_METHODS[2],
+    routes::GRPC_METHODS[3],
+    routes::GRPC_METHODS[4],
+    routes::GRPC_METHODS[5],
+    routes::GRPC_METHODS[6],
+    routes::GRPC_METHODS[7],
+    routes::GRPC_METHODS[8],
+    routes::INFO,
+    routes::TOKEN_REVIEW,
+    routes::INTROSPECT,
+    routes::TOKENS,
+    routes::REVOKE,
+    routes::HEALTHZ,
+    routes::READYZ,
+    routes::METRICS,
 ];
-
-const STATUS: &str = "/api/server/status";
-const AUTH: &str = "/api/auth";
-const AUTH_SLASH: &str = "/api/auth/";
-const AUTH_BELOW: &str = "/api/auth/{*path}";
 
 /// Routes with a `{*rest}` tail: the prefix, and the label.
 const PREFIXED: &[(&str, &str)] = &[
     (AUTH_SLASH, AUTH_BELOW),
-    ("/grpc.health.v1.Health/", "/grpc.health.v1.Health/{*rest}"),
-    (
-        "/grpc.reflection.v1.ServerReflection/",
-        "/grpc.reflection.v1.ServerReflection/{*rest}",
-    ),
-    (
-        "/grpc.reflection.v1alpha.ServerReflection/",
-        "/grpc.reflection.v1alpha.ServerReflection/{*rest}",
-    ),
+    routes::GRPC_SERVICES[0],
+    routes::GRPC_SERVICES[1],
+    routes::GRPC_SERVICES[2],
 ];
 
-const TOKENS: &str = "/api/security/tokens/";
-const TOKEN: &str = "/api/security/tokens/{id}";
-const ROTATE: &str = "/api/security/tokens/{id}/rotate";
 const OTHER: &str = "other";
 
 /// The labels after [`EXACT`]'s: together, every label a route can get.
@@ -101,6 +88,9 @@ const INEXACT: &[&str] = &[
     OTHER,
 ];
 const ROUTES: usize = EXACT.len() + INEXACT.len();
+
+// Each gRPC method and service of `routes` has its place in the lists above.
+const _: () = assert!(routes::GRPC_METHODS.len() == 9 && routes::GRPC_SERVICES.len() == 3);
 
 /// The route `path` is served by: an index into [`EXACT`] and then
 /// [`INEXACT`] (see [`label`]).
@@ -126,7 +116,10 @@ fn label(route: usize) -> &'static str {
 
 /// The label of a path no exact route serves.
 fn inexact_label(path: &str) -> &'static str {
-    if let Some(rest) = path.strip_prefix(TOKENS) {
+    if let Some(rest) = path
+        .strip_prefix(routes::TOKENS)
+        .and_then(|rest| rest.strip_prefix('/'))
+    {
         return match rest.split_once('/') {
             None if !rest.is_empty() => TOKEN,
             Some((id, "rotate")) if !id.is_empty() => ROTATE,
@@ -409,6 +402,53 @@ mod tests {
         }
         assert_eq!(taken(Method::GET, "/api/authx"), "router");
         assert_eq!(taken(Method::GET, "/api/security/tokens"), "router");
+    }
+
+    /// A path the route `template` serves: its parameters filled in.
+    fn served_by(template: &str) -> String {
+        template
+            .replace("{id}", "7")
+            .replace("{*path}", "builds/42")
+    }
+
+    #[test]
+    fn every_route_of_the_router_has_a_label_of_its_own() {
+        let table = super::super::route_table();
+        assert!(table.len() > 10);
+        for (template, _) in table {
+            assert_eq!(label(route(&served_by(template))), template);
+        }
+        for method in routes::GRPC_METHODS {
+            assert_eq!(label(route(method)), *method);
+        }
+    }
+
+    #[test]
+    fn every_grpc_method_in_the_descriptors_has_a_label_of_its_own() {
+        use prost::Message as _;
+        let mut methods = Vec::new();
+        for set in [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            crate::proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(set).unwrap();
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.push(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(methods.len() >= 9, "{methods:?}");
+        for method in &methods {
+            assert_eq!(label(route(method)), method, "{method} has no label");
+        }
     }
 
     #[test]

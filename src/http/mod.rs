@@ -11,6 +11,7 @@ mod front;
 mod kubernetes;
 mod oauth2;
 mod probes;
+pub(crate) mod routes;
 mod tokens;
 
 /// Every request body parser of the HTTP side, for the fuzz target: never
@@ -30,7 +31,7 @@ use axum::{
     extract::{Request, State},
     http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{any, get, post},
+    routing::{MethodRouter, any, get, post},
 };
 use serde::Serialize;
 
@@ -101,33 +102,38 @@ impl HttpState {
     }
 }
 
+/// Every HTTP route and what serves it: the router's table, which a test
+/// walks to check that each path has a metrics label of its own.
+pub(super) fn route_table() -> Vec<(&'static str, MethodRouter<HttpState>)> {
+    vec![
+        (routes::STATUS, get(status)),
+        (routes::INFO, get(api::info)),
+        (routes::AUTH, any(forward_auth)),
+        (routes::AUTH_SLASH, any(forward_auth)),
+        (routes::AUTH_BELOW, any(forward_auth)),
+        (routes::TOKENS, get(tokens::list).post(tokens::create)),
+        (
+            routes::TOKEN,
+            get(tokens::get).patch(tokens::patch).delete(tokens::delete),
+        ),
+        (routes::ROTATE, post(tokens::rotate)),
+        (routes::REVOKE, post(tokens::revoke_leaked)),
+        (routes::TOKEN_REVIEW, post(kubernetes::token_review)),
+        (routes::INTROSPECT, post(oauth2::introspect)),
+        (routes::HEALTHZ, get(probes::healthz)),
+        (routes::READYZ, get(probes::readyz)),
+        (routes::METRICS, get(probes::metrics)),
+    ]
+}
+
 /// Every HTTP route. gRPC services are added beside these by `server::run`,
 /// and [`Front`] goes around them all.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/api/server/status", get(status))
-        .route("/api/server/info", get(api::info))
-        .route("/api/auth", any(forward_auth))
-        .route("/api/auth/", any(forward_auth))
-        .route("/api/auth/{*path}", any(forward_auth))
-        .route(
-            "/api/security/tokens",
-            get(tokens::list).post(tokens::create),
-        )
-        .route(
-            "/api/security/tokens/{id}",
-            get(tokens::get).patch(tokens::patch).delete(tokens::delete),
-        )
-        .route("/api/security/tokens/{id}/rotate", post(tokens::rotate))
-        .route("/api/security/tokens/revoke", post(tokens::revoke_leaked))
-        .route(
-            "/api/kubernetes/tokenreview",
-            post(kubernetes::token_review),
-        )
-        .route("/oauth2/introspect", post(oauth2::introspect))
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+    route_table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, method)| {
+            router.route(path, method)
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -137,8 +143,8 @@ pub fn router(state: HttpState) -> Router {
 /// the same handlers as on the main port, and nothing else.
 pub fn probe_router(state: HttpState) -> Router {
     Router::new()
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
+        .route(routes::HEALTHZ, get(probes::healthz))
+        .route(routes::READYZ, get(probes::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

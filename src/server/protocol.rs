@@ -334,10 +334,8 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
 /// and the metrics, so an orchestrator and its monitoring see an overloaded
 /// server as alive and busy rather than dead.
 fn exempt(path: &str) -> bool {
-    matches!(
-        path,
-        "/healthz" | "/readyz" | "/metrics" | "/grpc.health.v1.Health/Check"
-    )
+    use crate::http::routes::{GRPC_HEALTH_CHECK, HEALTHZ, METRICS, READYZ};
+    [HEALTHZ, READYZ, METRICS, GRPC_HEALTH_CHECK].contains(&path)
 }
 
 /// The answer to a request past the bound, before any of it is read:
