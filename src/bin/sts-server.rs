@@ -13,11 +13,13 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
-        DEFAULT_ADMIN_ROLE, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX, DEFAULT_LISTEN,
-        DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_OUTBOX_CAPACITY,
-        DEFAULT_REVIEWER_ROLE, IntegrationConfig, KubernetesPrefix, KubernetesUsername,
-        LifetimePolicy, MIN_HEADER_BYTES, ServerConfig, ServiceConfig, StoreConfig, StoreUrl,
-        WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin, bounded_setting,
+        DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE, DEFAULT_BODY_TIMEOUT, DEFAULT_DATA_DIR,
+        DEFAULT_KUBERNETES_PREFIX, DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN,
+        DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY, IntegrationConfig,
+        KubernetesPrefix, KubernetesUsername, LifetimePolicy, ServerConfig, ServiceConfig,
+        StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
+        setting::{self, Span, span},
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
     logging::ExitSafe,
@@ -27,32 +29,6 @@ use sts::{
     store::sled::DEFAULT_DISK_RESERVE,
 };
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
-
-/// `--max-header-bytes`: a byte count hyper can work with.
-fn parse_header_bytes(text: &str) -> Result<usize, String> {
-    let bytes: usize = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
-    if !(MIN_HEADER_BYTES..=u32::MAX as usize).contains(&bytes) {
-        return Err(format!("must be from {} to {}", MIN_HEADER_BYTES, u32::MAX));
-    }
-    Ok(bytes)
-}
-
-/// `--body-timeout`: a duration, not zero (every body would fail).
-fn parse_body_timeout(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(timeout) if timeout.is_zero() => Err("must be longer than zero".into()),
-        Ok(timeout) => Ok(timeout),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// A lifetime or grace flag: a duration of at most 100 years.
-fn parse_setting(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    bounded_setting(duration)
-}
 
 /// Name of the token `bootstrap` creates unless told otherwise.
 const DEFAULT_BOOTSTRAP_NAME: &str = "bootstrap-admin";
@@ -142,7 +118,7 @@ struct ReserveArgs {
 #[derive(Args)]
 struct AdminArgs {
     /// The role a token needs to create, list and delete tokens.
-    #[arg(long, env = "STS_ADMIN_ROLE", default_value = DEFAULT_ADMIN_ROLE, value_parser = parse_role)]
+    #[arg(long, env = "STS_ADMIN_ROLE", default_value = DEFAULT_ADMIN_ROLE, value_parser = setting::role)]
     admin_role: Role,
 }
 
@@ -173,11 +149,11 @@ struct ServeArgs {
     /// On SIGTERM, report not-ready but keep serving this long (e.g. 5s,
     /// 500ms, 0s) so load balancers stop sending first; then refuse new
     /// connections and finish in-flight calls.
-    #[arg(long, env = "STS_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
-    shutdown_delay: Duration,
+    #[arg(long, env = "STS_SHUTDOWN_DELAY", default_value_t = span(DEFAULT_SHUTDOWN_DELAY), value_parser = setting::duration)]
+    shutdown_delay: Span,
     /// The most header bytes a request may send (HTTP/1 answers 431 past
     /// it; HTTP/2 announces it as its header list size). At least 8192.
-    #[arg(long, env = "STS_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = parse_header_bytes)]
+    #[arg(long, env = "STS_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES, value_parser = setting::header_bytes)]
     max_header_bytes: usize,
     /// Streams one HTTP/2 connection (a gRPC channel) may have open at
     /// once; a client waits for a free one past it. With
@@ -188,14 +164,14 @@ struct ServeArgs {
     /// (e.g. 30s): past it HTTP/1.1 answers 408 and closes the connection,
     /// HTTP/2 resets the stream. A body is read only after the request's
     /// credential was accepted.
-    #[arg(long, env = "STS_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
-    body_timeout: Duration,
+    #[arg(long, env = "STS_BODY_TIMEOUT", default_value_t = span(DEFAULT_BODY_TIMEOUT), value_parser = setting::positive_duration)]
+    body_timeout: Span,
     /// Addresses or CIDRs of the reverse proxies in front of this server
     /// (e.g. 10.0.0.0/8,fd00::/8). A request from one of them comes from
     /// the rightmost `X-Forwarded-For` (or `Forwarded: for=`) address that
     /// is not itself a trusted proxy: that source is what the audit, rate
     /// limits and connection limits see. Default: none (the TCP peer).
-    #[arg(long, env = "STS_TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    #[arg(long, env = "STS_TRUSTED_PROXIES", default_value = "", value_parser = setting::trusted_proxies)]
     trusted_proxies: TrustedProxies,
     /// The most connections open at once. At the bound an idle keep-alive
     /// connection is closed to make room; with none idle, a new connection
@@ -218,11 +194,11 @@ struct ServeArgs {
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
-    #[arg(long, env = "STS_LAST_USED_RESOLUTION", default_value = "60s", value_parser = humantime::parse_duration)]
-    last_used_resolution: Duration,
+    #[arg(long, env = "STS_LAST_USED_RESOLUTION", default_value_t = span(DEFAULT_LAST_USED_RESOLUTION), value_parser = setting::duration)]
+    last_used_resolution: Span,
     /// The role a token needs to review other tokens: Kubernetes
     /// TokenReview and OAuth 2.0 introspection callers.
-    #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = parse_role)]
+    #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = setting::role)]
     reviewer_role: Role,
     /// What the Kubernetes user and group names of a token start with
     /// (`<prefix><name>`, `<prefix><role>`). Required, ending with `:` and
@@ -233,7 +209,7 @@ struct ServeArgs {
     /// What a token's Kubernetes user name is after the prefix: `name`
     /// (`sts:<name>`, what RBAC bindings name; names are not unique) or
     /// `id` (`sts:<id>`, unique and unchanged by a rename).
-    #[arg(long, env = "STS_KUBERNETES_USERNAME", default_value = "name", value_parser = KubernetesUsername::parse)]
+    #[arg(long, env = "STS_KUBERNETES_USERNAME", default_value_t = KubernetesUsername::default(), value_parser = KubernetesUsername::parse)]
     kubernetes_username: KubernetesUsername,
     /// Let the credential headers through to the service behind Envoy
     /// (ext_authz); by default Envoy is told to remove them.
@@ -242,25 +218,25 @@ struct ServeArgs {
     /// The longest a token may live (e.g. 90d): a create, an expiration
     /// change or a rotation that would leave a token expiring later than
     /// now + this, or never, is refused. Tokens made earlier keep working.
-    #[arg(long, env = "STS_MAX_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
-    max_token_lifetime: Option<Duration>,
+    #[arg(long, env = "STS_MAX_TOKEN_LIFETIME", value_parser = setting::duration)]
+    max_token_lifetime: Option<Span>,
     /// No change may leave no enabled admin token valid for at least this
     /// long from now (e.g. 24h): an admin token about to expire does not
     /// count as the one that lets the last long-lived admin go. Must be
     /// shorter than --max-token-lifetime.
-    #[arg(long, env = "STS_ADMIN_KEEP_MARGIN", default_value = "24h", value_parser = parse_setting)]
-    admin_keep_margin: Duration,
+    #[arg(long, env = "STS_ADMIN_KEEP_MARGIN", default_value_t = span(DEFAULT_ADMIN_KEEP_MARGIN), value_parser = setting::lifetime)]
+    admin_keep_margin: Span,
     /// The longest grace period a rotation may give the previous secret
     /// (e.g. 7d); a longer one is refused. At most 100 years.
-    #[arg(long, env = "STS_MAX_ROTATION_GRACE", default_value = "30d", value_parser = parse_setting)]
-    max_rotation_grace: Duration,
+    #[arg(long, env = "STS_MAX_ROTATION_GRACE", default_value_t = span(DEFAULT_MAX_ROTATION_GRACE), value_parser = setting::lifetime)]
+    max_rotation_grace: Span,
     /// The expiration, from now, of a token created without one (e.g. 30d).
-    #[arg(long, env = "STS_DEFAULT_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
-    default_token_lifetime: Option<Duration>,
+    #[arg(long, env = "STS_DEFAULT_TOKEN_LIFETIME", value_parser = setting::duration)]
+    default_token_lifetime: Option<Span>,
     /// Delete tokens that expired this long ago (e.g. 30d), each audited;
     /// checked every minute. Off by default: expired tokens are kept.
-    #[arg(long, env = "STS_PURGE_EXPIRED_AFTER", value_parser = humantime::parse_duration)]
-    purge_expired_after: Option<Duration>,
+    #[arg(long, env = "STS_PURGE_EXPIRED_AFTER", value_parser = setting::duration)]
+    purge_expired_after: Option<Span>,
     /// POST every token event (created, updated, rotated, disabled,
     /// enabled, deleted, purged, leaked, expiring, expired) to this URL,
     /// signed with --webhook-secret. Repeatable; comma-separated in the
@@ -334,10 +310,6 @@ struct BootstrapArgs {
     /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     roles: Vec<String>,
-}
-
-fn parse_role(role: &str) -> Result<Role, String> {
-    Role::parse(role).map_err(|e| e.problem)
 }
 
 impl StoreArgs {
@@ -457,10 +429,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let server = ServerConfig {
         tls,
-        shutdown_delay: args.shutdown_delay,
+        shutdown_delay: *args.shutdown_delay,
         max_header_bytes: args.max_header_bytes,
         max_streams_per_connection: args.max_streams_per_connection,
-        body_timeout: args.body_timeout,
+        body_timeout: *args.body_timeout,
         connection_limits: connection_limits(&args),
         trusted_proxies: args.trusted_proxies,
         integrations: IntegrationConfig {
@@ -470,17 +442,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..ServerConfig::default()
     };
-    let lifetime = LifetimePolicy::new(args.max_token_lifetime, args.default_token_lifetime)
-        .map_err(|e| anyhow::anyhow!("invalid token lifetime policy: {e}"))?;
+    let lifetime = LifetimePolicy::new(
+        args.max_token_lifetime.map(Into::into),
+        args.default_token_lifetime.map(Into::into),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid token lifetime policy: {e}"))?;
     let service = ServiceConfig {
         webhooks,
-        last_used_resolution: args.last_used_resolution,
+        last_used_resolution: *args.last_used_resolution,
         reviewer_role: args.reviewer_role,
         lifetime,
-        max_rotation_grace: args.max_rotation_grace,
-        admin_keep_margin: admin_keep_margin(args.admin_keep_margin, &lifetime)
+        max_rotation_grace: *args.max_rotation_grace,
+        admin_keep_margin: admin_keep_margin(*args.admin_keep_margin, &lifetime)
             .map_err(|e| anyhow::anyhow!("invalid --admin-keep-margin: {e}"))?,
-        purge_expired_after: args.purge_expired_after,
+        purge_expired_after: args.purge_expired_after.map(Into::into),
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;

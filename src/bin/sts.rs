@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use sts::cli::{
-    CliError,
+    CliError, DEFAULT_ROTATION_GRACE,
     commands::{self, Globals},
     error::exit,
     output::{Format, Printer},
@@ -111,11 +111,11 @@ enum TokenCommand {
         #[arg(long)]
         role: Option<String>,
         /// Only tokens not used for this long (never used included), e.g. 90d.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        unused_for: Option<std::time::Duration>,
+        #[arg(long)]
+        unused_for: Option<humantime::Duration>,
         /// Only tokens expiring within this long (expired included), e.g. 30d.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        expiring_within: Option<std::time::Duration>,
+        #[arg(long)]
+        expiring_within: Option<humantime::Duration>,
         /// Only disabled tokens.
         #[arg(long)]
         disabled: bool,
@@ -184,8 +184,8 @@ enum TokenCommand {
         /// an hour, lets running clients switch without an outage; 0s ends
         /// it now (for a leaked token, `sts service-token revoke` is
         /// faster still: no credential needed).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
-        grace: std::time::Duration,
+        #[arg(long, default_value_t = DEFAULT_ROTATION_GRACE.into())]
+        grace: humantime::Duration,
     },
 }
 
@@ -334,8 +334,8 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 let options = commands::ListOptions {
                     name_prefix,
                     role,
-                    unused_for,
-                    expiring_within,
+                    unused_for: unused_for.map(Into::into),
+                    expiring_within: expiring_within.map(Into::into),
                     disabled,
                     over_policy,
                     wide,
@@ -374,7 +374,7 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 commands::revoke_leaked(globals, printer, &token_file).await
             }
             TokenCommand::Rotate { id, grace } => {
-                commands::rotate_token(globals, printer, id, grace).await
+                commands::rotate_token(globals, printer, id, *grace).await
             }
         },
         Command::Context(ContextArgs { command, save }) => match command {

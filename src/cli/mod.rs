@@ -10,3 +10,7 @@ mod insecure;
 pub mod output;
 
 pub use error::CliError;
+
+/// How long a rotated-out secret keeps working unless `--grace` says
+/// otherwise: time for running clients to switch without an outage.
+pub const DEFAULT_ROTATION_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -9,10 +9,12 @@ use std::time::Duration;
 use crate::model::Role;
 
 mod server;
+pub mod setting;
 mod store;
 mod webhook;
 
 pub use server::*;
+pub use setting::SettingError;
 pub use store::*;
 pub use webhook::*;
 
@@ -87,12 +89,12 @@ pub const DEFAULT_MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 86_400
 pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// A lifetime or grace setting, checked against [`MAX_SETTING_DURATION`].
-pub fn bounded_setting(duration: Duration) -> Result<Duration, String> {
+pub fn bounded_setting(duration: Duration) -> Result<Duration, SettingError> {
     if duration > MAX_SETTING_DURATION {
-        return Err(format!(
+        return Err(SettingError::new(format!(
             "{} is longer than the most this server takes (100 years)",
             lifetime_text(duration)
-        ));
+        )));
     }
     Ok(duration)
 }
@@ -105,14 +107,17 @@ pub const DEFAULT_ADMIN_KEEP_MARGIN: Duration = Duration::from_secs(24 * 3600);
 /// `margin` as the admin keep margin under `lifetime`: refused when it is
 /// not shorter than the maximum token lifetime, since then no admin token
 /// the policy allows could ever keep access through it.
-pub fn admin_keep_margin(margin: Duration, lifetime: &LifetimePolicy) -> Result<Duration, String> {
+pub fn admin_keep_margin(
+    margin: Duration,
+    lifetime: &LifetimePolicy,
+) -> Result<Duration, SettingError> {
     bounded_setting(margin)?;
     match lifetime.max() {
-        Some(max) if margin >= max => Err(format!(
+        Some(max) if margin >= max => Err(SettingError::new(format!(
             "the admin keep margin ({}) must be shorter than the maximum token lifetime ({}): no admin token could keep access that long; lower --admin-keep-margin",
             lifetime_text(margin),
             lifetime_text(max)
-        )),
+        ))),
         _ => Ok(margin),
     }
 }
@@ -173,9 +178,14 @@ pub struct LifetimePolicy {
 impl LifetimePolicy {
     /// A default longer than the maximum would refuse every create without
     /// an expiration; zero would make tokens born expired.
-    pub fn new(max: Option<Duration>, default: Option<Duration>) -> Result<LifetimePolicy, String> {
+    pub fn new(
+        max: Option<Duration>,
+        default: Option<Duration>,
+    ) -> Result<LifetimePolicy, SettingError> {
         if max.is_some_and(|m| m.is_zero()) || default.is_some_and(|d| d.is_zero()) {
-            return Err("a token lifetime must be longer than zero".into());
+            return Err(SettingError::new(
+                "a token lifetime must be longer than zero",
+            ));
         }
         for lifetime in max.iter().chain(&default) {
             bounded_setting(*lifetime)?;
@@ -183,11 +193,11 @@ impl LifetimePolicy {
         if let (Some(max), Some(default)) = (max, default)
             && default > max
         {
-            return Err(format!(
+            return Err(SettingError::new(format!(
                 "the default token lifetime ({}) is longer than the maximum ({})",
                 lifetime_text(default),
                 lifetime_text(max)
-            ));
+            )));
         }
         Ok(LifetimePolicy { max, default })
     }
@@ -268,7 +278,7 @@ mod tests {
             assert!(KubernetesPrefix::parse(bad).is_err(), "{bad:?}");
         }
         let error = KubernetesPrefix::parse("system").unwrap_err();
-        assert!(error.contains("must end with `:`"), "{error}");
+        assert!(error.to_string().contains("must end with `:`"), "{error}");
         for prefix in ["sts:", "s:", "sys:", "system-x:", "tokens:"] {
             let prefix = KubernetesPrefix::parse(prefix).unwrap();
             for name in [":masters", "system:masters", "tem:masters", "masters"] {
@@ -285,7 +295,7 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let capped = LifetimePolicy::new(Some(day), None).unwrap();
         let error = admin_keep_margin(day, &capped).unwrap_err();
-        assert!(error.contains("--admin-keep-margin"), "{error}");
+        assert!(error.to_string().contains("--admin-keep-margin"), "{error}");
         assert_eq!(admin_keep_margin(day / 2, &capped), Ok(day / 2));
         let open = LifetimePolicy::default();
         assert_eq!(admin_keep_margin(day, &open), Ok(day));
@@ -296,7 +306,7 @@ mod tests {
         let century = MAX_SETTING_DURATION;
         let more = century + Duration::from_secs(1);
         assert_eq!(bounded_setting(century), Ok(century));
-        assert!(bounded_setting(more).unwrap_err().contains("100 years"));
+        assert!(bounded_setting(more).unwrap_err().to_string().contains("100 years"));
         assert!(LifetimePolicy::new(Some(more), None).is_err());
         assert!(LifetimePolicy::new(None, Some(more)).is_err());
         assert!(LifetimePolicy::new(Some(century), Some(century)).is_ok());

@@ -8,7 +8,7 @@ use super::{
     DEFAULT_BODY_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_KUBERNETES_PREFIX,
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_SHUTDOWN_DELAY,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, HTTP2_KEEPALIVE_INTERVAL,
-    HTTP2_KEEPALIVE_TIMEOUT, MAX_REQUEST_BYTES,
+    HTTP2_KEEPALIVE_TIMEOUT, MAX_REQUEST_BYTES, SettingError,
 };
 use crate::{connections::ConnectionLimits, source::TrustedProxies};
 
@@ -56,25 +56,27 @@ impl Default for IntegrationConfig {
 pub struct KubernetesPrefix(String);
 
 impl KubernetesPrefix {
-    pub fn parse(prefix: &str) -> Result<KubernetesPrefix, String> {
+    pub fn parse(prefix: &str) -> Result<KubernetesPrefix, SettingError> {
         if prefix.is_empty() {
-            return Err("must not be empty: without a prefix, a role named `system:masters` would make a token a cluster admin".into());
+            return Err(SettingError::new(
+                "must not be empty: without a prefix, a role named `system:masters` would make a token a cluster admin",
+            ));
         }
         if prefix.starts_with("system:") {
-            return Err(
-                "must not start with `system:`, which Kubernetes reserves for itself".into(),
-            );
+            return Err(SettingError::new(
+                "must not start with `system:`, which Kubernetes reserves for itself",
+            ));
         }
         // Kubernetes' own convention (`oidc:`, `system:serviceaccount:`):
         // the prefix is a whole segment, so no role can finish it into
         // another (`system` + `:masters`).
         if !prefix.ends_with(':') {
-            return Err(format!(
+            return Err(SettingError::new(format!(
                 "must end with `:` (e.g. `{prefix}:`), so that no role can complete it into another name"
-            ));
+            )));
         }
         if let Some(bad) = prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("must not contain {bad:?}"));
+            return Err(SettingError::new(format!("must not contain {bad:?}")));
         }
         Ok(KubernetesPrefix(prefix.to_owned()))
     }
@@ -98,12 +100,22 @@ pub enum KubernetesUsername {
     Id,
 }
 
+/// As the flag takes it: `name` or `id`.
+impl std::fmt::Display for KubernetesUsername {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KubernetesUsername::Name => "name",
+            KubernetesUsername::Id => "id",
+        })
+    }
+}
+
 impl KubernetesUsername {
-    pub fn parse(text: &str) -> Result<KubernetesUsername, String> {
+    pub fn parse(text: &str) -> Result<KubernetesUsername, SettingError> {
         match text {
             "name" => Ok(KubernetesUsername::Name),
             "id" => Ok(KubernetesUsername::Id),
-            _ => Err("must be `name` or `id`".into()),
+            _ => Err(SettingError::new("must be `name` or `id`")),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     DEFAULT_OUTBOX_CAPACITY, DEFAULT_WEBHOOK_BACKOFF, DEFAULT_WEBHOOK_MAX_BACKOFF,
-    DEFAULT_WEBHOOK_POLL_INTERVAL, DEFAULT_WEBHOOK_TIMEOUT, MIN_WEBHOOK_SECRET_BYTES,
+    DEFAULT_WEBHOOK_POLL_INTERVAL, DEFAULT_WEBHOOK_TIMEOUT, MIN_WEBHOOK_SECRET_BYTES, SettingError,
 };
 
 /// Where and how events are delivered.
@@ -45,16 +45,17 @@ pub struct WebhookUrl {
 }
 
 impl WebhookUrl {
-    pub fn parse(text: &str) -> Result<WebhookUrl, String> {
-        let url = url::Url::parse(text).map_err(|e| format!("is not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<WebhookUrl, SettingError> {
+        let url =
+            url::Url::parse(text).map_err(|e| SettingError::new(format!("is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
+            return Err(SettingError::new(format!(
                 "must be an http or https URL, not {}:",
                 url.scheme()
-            ));
+            )));
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err("has no host".into());
+            return Err(SettingError::new("has no host"));
         }
         let mut shown = url.clone();
         let _ = shown.set_username("");
@@ -98,11 +99,11 @@ impl std::fmt::Debug for WebhookUrl {
 pub struct WebhookSecret(Vec<u8>);
 
 impl WebhookSecret {
-    pub fn parse(secret: &str) -> Result<WebhookSecret, String> {
+    pub fn parse(secret: &str) -> Result<WebhookSecret, SettingError> {
         if secret.len() < MIN_WEBHOOK_SECRET_BYTES {
-            return Err(format!(
+            return Err(SettingError::new(format!(
                 "must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes long (e.g. `openssl rand -hex 32`)"
-            ));
+            )));
         }
         Ok(WebhookSecret(secret.as_bytes().to_vec()))
     }
