@@ -67,7 +67,7 @@ pub struct Refusals {
 
 /// The token behind a refused call, when its credential was valid.
 #[derive(Clone, Copy)]
-pub struct Caller<'a> {
+pub struct RefusedCaller<'a> {
     pub id: u64,
     pub name: &'a str,
 }
@@ -83,7 +83,7 @@ pub struct Refusal<'a> {
     /// The full reason, for the one event logged in full.
     pub detail: &'a dyn std::fmt::Display,
     /// Who made the call, when its credential was valid.
-    pub caller: Option<Caller<'a>>,
+    pub caller: Option<RefusedCaller<'a>>,
     /// The role the caller lacked, when that was the refusal.
     pub role: Option<&'a str>,
 }
@@ -141,7 +141,7 @@ impl Refusals {
         }
     }
 
-    fn record_caller(&self, refusal: &Refusal<'_>, caller: Caller<'_>) {
+    fn record_caller(&self, refusal: &Refusal<'_>, caller: RefusedCaller<'_>) {
         let first = {
             let mut window = self.lock();
             let key = (

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     credential,
     error::{Answer, ErrorKind},
-    model::{Secret, ServiceToken},
+    model::{MatchedSecret, ServiceToken},
     service::Authenticated,
 };
 
@@ -89,7 +89,7 @@ impl Allow {
         };
         Allow {
             identity: identity(token),
-            previous_secret: caller.secret == Secret::Previous,
+            previous_secret: caller.secret == MatchedSecret::Previous,
             expiration: expiration_text(token),
             strip,
         }

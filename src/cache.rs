@@ -347,7 +347,7 @@ mod tests {
     fn invalidating_a_token_drops_it_under_every_hash() {
         let cache = ValidationCache::local();
         let mut entry = StoredToken::sample().1;
-        let previous = crate::token::Token::generate().hash();
+        let previous = crate::token::Secret::generate().hash();
         entry.previous_hash = Some(previous);
         cache.fill(cache.ticket(), &entry.hash, &entry);
         cache.fill(cache.ticket(), &previous, &entry);

@@ -72,7 +72,7 @@ impl Actor {
 /// The kind of change a draft describes; an edit's event type depends on
 /// what it changed (see [`Draft::event`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
+enum Kind {
     Created,
     Edited,
     Rotated,
@@ -84,7 +84,7 @@ enum Change {
 /// An event as the service knows it before the store makes the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Draft {
-    change: Change,
+    change: Kind,
     actor: Option<Actor>,
     /// Where a leaked token's revocation came from.
     source: Option<IpAddr>,
@@ -92,7 +92,7 @@ pub struct Draft {
 }
 
 impl Draft {
-    fn new(change: Change, actor: Option<Actor>, at: SystemTime) -> Draft {
+    fn new(change: Kind, actor: Option<Actor>, at: SystemTime) -> Draft {
         Draft {
             change,
             actor,
@@ -102,33 +102,33 @@ impl Draft {
     }
 
     pub fn created(actor: Actor, at: SystemTime) -> Draft {
-        Draft::new(Change::Created, Some(actor), at)
+        Draft::new(Kind::Created, Some(actor), at)
     }
 
     /// An update: `token.updated`, or `token.disabled` / `token.enabled`
     /// when it turned the token off or on.
     pub fn edited(actor: Actor, at: SystemTime) -> Draft {
-        Draft::new(Change::Edited, Some(actor), at)
+        Draft::new(Kind::Edited, Some(actor), at)
     }
 
     pub fn rotated(actor: Actor, at: SystemTime) -> Draft {
-        Draft::new(Change::Rotated, Some(actor), at)
+        Draft::new(Kind::Rotated, Some(actor), at)
     }
 
     pub fn deleted(actor: Actor, at: SystemTime) -> Draft {
-        Draft::new(Change::Deleted, Some(actor), at)
+        Draft::new(Kind::Deleted, Some(actor), at)
     }
 
     /// Deleted by the server itself, long expired.
     pub fn purged(at: SystemTime) -> Draft {
-        Draft::new(Change::Purged, None, at)
+        Draft::new(Kind::Purged, None, at)
     }
 
     /// Revoked by someone holding its secret, with no other credential.
     pub fn leaked(source: Option<IpAddr>, at: SystemTime) -> Draft {
         Draft {
             source,
-            ..Draft::new(Change::Leaked, None, at)
+            ..Draft::new(Kind::Leaked, None, at)
         }
     }
 
@@ -136,16 +136,16 @@ impl Draft {
     /// leaving `after` (for a delete, the token as it was too).
     pub fn event(&self, before: &ServiceToken, after: &ServiceToken) -> Event {
         let kind = match self.change {
-            Change::Created => EventType::Created,
-            Change::Edited => match (before.disabled, after.disabled) {
+            Kind::Created => EventType::Created,
+            Kind::Edited => match (before.disabled, after.disabled) {
                 (false, true) => EventType::Disabled,
                 (true, false) => EventType::Enabled,
                 _ => EventType::Updated,
             },
-            Change::Rotated => EventType::Rotated,
-            Change::Deleted => EventType::Deleted,
-            Change::Purged => EventType::Purged,
-            Change::Leaked => EventType::Leaked,
+            Kind::Rotated => EventType::Rotated,
+            Kind::Deleted => EventType::Deleted,
+            Kind::Purged => EventType::Purged,
+            Kind::Leaked => EventType::Leaked,
         };
         Event::build(kind, self.at, after, |body| {
             body.actor = self.actor.as_ref().map(|actor| ActorJson {
@@ -261,7 +261,7 @@ struct EventJson<'a> {
     /// How far off the expiry a `token.expiring` announces.
     #[serde(skip_serializing_if = "Option::is_none")]
     threshold: Option<&'static str>,
-    token: TokenJson<'a>,
+    token: EventToken<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<ActorJson>,
     /// The address a leaked token's revocation came from.
@@ -277,7 +277,7 @@ struct ActorJson {
 
 /// A token's description, every field but its secrets (and their hashes).
 #[derive(Serialize)]
-struct TokenJson<'a> {
+struct EventToken<'a> {
     id: u64,
     name: &'a str,
     description: &'a str,
@@ -322,7 +322,7 @@ impl Event {
             kind: kind.as_str(),
             occurred_at: rfc3339(at),
             threshold: None,
-            token: TokenJson {
+            token: EventToken {
                 id: token_id.get(),
                 name: name.as_str(),
                 description: description.as_str(),

@@ -20,7 +20,7 @@ use std::{
 use crate::{
     clock::{Clock, epoch_micros, to_micros},
     metrics::Metrics,
-    model::{Secret, TokenId},
+    model::{MatchedSecret, TokenId},
     store::{Store, Use},
 };
 
@@ -44,10 +44,10 @@ struct Noted {
 }
 
 impl Noted {
-    fn slot(&self, secret: Secret) -> &AtomicU64 {
+    fn slot(&self, secret: MatchedSecret) -> &AtomicU64 {
         match secret {
-            Secret::Current => &self.current,
-            Secret::Previous => &self.previous,
+            MatchedSecret::Current => &self.current,
+            MatchedSecret::Previous => &self.previous,
         }
     }
 }
@@ -82,7 +82,7 @@ impl LastUsed {
     }
 
     /// `id` was checked successfully through `secret` at `at`.
-    pub fn note(self: &Arc<Self>, id: TokenId, secret: Secret, at: SystemTime) {
+    pub fn note(self: &Arc<Self>, id: TokenId, secret: MatchedSecret, at: SystemTime) {
         let now = micros(at);
         let window = self.window();
         // Within the window of the last queued use (or before it: a clock
@@ -117,7 +117,7 @@ impl LastUsed {
         self.queue(id, secret, at);
     }
 
-    fn queue(self: &Arc<Self>, id: TokenId, secret: Secret, at: SystemTime) {
+    fn queue(self: &Arc<Self>, id: TokenId, secret: MatchedSecret, at: SystemTime) {
         let at = to_micros(at);
         self.writer.get_or_init(|| {
             tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
@@ -129,7 +129,7 @@ impl LastUsed {
             previous_at: None,
         });
         entry.at = entry.at.max(at);
-        if secret == Secret::Previous {
+        if secret == MatchedSecret::Previous {
             entry.previous_at = Some(entry.previous_at.map_or(at, |p| p.max(at)));
         }
     }

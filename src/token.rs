@@ -24,10 +24,10 @@ pub const TOKEN_LEN: usize = PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A service-token secret. Its `Debug` output is redacted; the only way to the
-/// characters is [`Token::expose_secret`], so every place that shows one is
+/// characters is [`Secret::expose_secret`], so every place that shows one is
 /// easy to find.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
+pub struct Secret(String);
 
 /// Why a string is not a well-formed token. Never carries the string itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -55,9 +55,9 @@ impl MalformedToken {
     ];
 }
 
-impl Token {
+impl Secret {
     /// Draws a new token from the thread-local CSPRNG (ChaCha, seeded from the OS).
-    pub fn generate() -> Token {
+    pub fn generate() -> Secret {
         let mut token = String::with_capacity(TOKEN_LEN);
         token.push_str(PREFIX);
         token.extend(
@@ -67,13 +67,13 @@ impl Token {
                 .map(char::from),
         );
         token.extend(checksum(&token).map(char::from));
-        Token(token)
+        Secret(token)
     }
 
     /// Checks shape and checksum; touches no store.
-    pub fn parse(presented: &str) -> Result<Token, MalformedToken> {
+    pub fn parse(presented: &str) -> Result<Secret, MalformedToken> {
         check(presented)?;
-        Ok(Token(presented.to_owned()))
+        Ok(Secret(presented.to_owned()))
     }
 
     /// The secret itself, for the one response that hands it out.
@@ -115,9 +115,9 @@ fn check(presented: &str) -> Result<(), MalformedToken> {
     Ok(())
 }
 
-impl fmt::Debug for Token {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -182,21 +182,21 @@ mod tests {
     #[test]
     fn generated_tokens_parse_back() {
         for _ in 0..100 {
-            let token = Token::generate();
+            let token = Secret::generate();
             assert_eq!(token.expose_secret().len(), TOKEN_LEN);
             assert!(token.expose_secret().starts_with(PREFIX));
-            assert_eq!(Token::parse(token.expose_secret()), Ok(token));
+            assert_eq!(Secret::parse(token.expose_secret()), Ok(token));
         }
     }
 
     #[test]
     fn generated_tokens_differ() {
-        assert_ne!(Token::generate(), Token::generate());
+        assert_ne!(Secret::generate(), Secret::generate());
     }
 
     #[test]
     fn every_single_character_typo_is_caught() {
-        let token = Token::generate();
+        let token = Secret::generate();
         let original = token.expose_secret().as_bytes().to_vec();
         for i in PREFIX.len()..original.len() {
             for &replacement in BASE62 {
@@ -206,45 +206,45 @@ mod tests {
                 let mut typo = original.clone();
                 typo[i] = replacement;
                 let typo = String::from_utf8(typo).unwrap();
-                assert_eq!(Token::parse(&typo), Err(MalformedToken::Checksum), "{i}");
+                assert_eq!(Secret::parse(&typo), Err(MalformedToken::Checksum), "{i}");
             }
         }
     }
 
     #[test]
     fn malformed_tokens_say_why() {
-        let token = Token::generate();
+        let token = Secret::generate();
         let s = token.expose_secret();
-        assert_eq!(Token::parse(""), Err(MalformedToken::Empty));
-        assert_eq!(Token::parse(&s[1..]), Err(MalformedToken::Prefix));
+        assert_eq!(Secret::parse(""), Err(MalformedToken::Empty));
+        assert_eq!(Secret::parse(&s[1..]), Err(MalformedToken::Prefix));
         assert_eq!(
-            Token::parse(&s[..s.len() - 1]),
+            Secret::parse(&s[..s.len() - 1]),
             Err(MalformedToken::Length(TOKEN_LEN - 1))
         );
         assert_eq!(
-            Token::parse(&format!("{s}x")),
+            Secret::parse(&format!("{s}x")),
             Err(MalformedToken::Length(TOKEN_LEN + 1))
         );
         let mut with_dash = s.to_owned();
         with_dash.replace_range(10..11, "-");
-        assert_eq!(Token::parse(&with_dash), Err(MalformedToken::Alphabet));
+        assert_eq!(Secret::parse(&with_dash), Err(MalformedToken::Alphabet));
         // Multi-byte characters must not panic on the byte-index split.
         let mut with_umlaut = s[..TOKEN_LEN - 2].to_owned();
         with_umlaut.push('é');
-        assert_eq!(Token::parse(&with_umlaut), Err(MalformedToken::Alphabet));
+        assert_eq!(Secret::parse(&with_umlaut), Err(MalformedToken::Alphabet));
     }
 
     #[test]
     fn debug_output_hides_the_secret() {
-        let token = Token::generate();
+        let token = Secret::generate();
         let shown = format!("{token:?} {:?}", token.hash());
         assert!(!shown.contains(&token.expose_secret()[PREFIX.len()..]));
-        assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+        assert_eq!(format!("{token:?}"), "Secret(<redacted>)");
     }
 
     #[test]
     fn presented_tokens_hash_like_parsed_ones_and_malformed_ones_do_not() {
-        let token = Token::generate();
+        let token = Secret::generate();
         assert_eq!(
             TokenHash::of_presented(token.expose_secret()),
             Ok(token.hash())
@@ -257,10 +257,10 @@ mod tests {
 
     #[test]
     fn hash_is_sha256_of_the_whole_token() {
-        let token = Token::generate();
+        let token = Secret::generate();
         let expected: [u8; 32] = Sha256::digest(token.expose_secret()).into();
         assert_eq!(token.hash().as_bytes(), &expected);
         assert!(token.hash().ct_eq(&token.hash()));
-        assert!(!token.hash().ct_eq(&Token::generate().hash()));
+        assert!(!token.hash().ct_eq(&Secret::generate().hash()));
     }
 }

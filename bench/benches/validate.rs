@@ -10,7 +10,7 @@ use sts::{
     model::{NewToken, Roles, TokenName},
     service::TokenService,
     store::{SledStore, Store},
-    token::Token,
+    token::Secret,
 };
 
 fn validate_path(c: &mut Criterion) {
@@ -20,7 +20,7 @@ fn validate_path(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let token = Token::generate();
+    let token = Secret::generate();
     let new = |i: u64| NewToken {
         name: TokenName::parse(&format!("bench-{i}")).unwrap(),
         roles: Roles::parse(&["bench-reader"]).unwrap(),
@@ -35,7 +35,7 @@ fn validate_path(c: &mut Criterion) {
                 let t = if i == 5_000 {
                     token.clone()
                 } else {
-                    Token::generate()
+                    Secret::generate()
                 };
                 (t.hash(), new(i))
             }),
@@ -49,10 +49,10 @@ fn validate_path(c: &mut Criterion) {
     );
     let secret = token.expose_secret().to_owned();
     let hash = token.hash();
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
 
     c.bench_function("parse+checksum", |b| {
-        b.iter(|| Token::parse(black_box(&secret)))
+        b.iter(|| Secret::parse(black_box(&secret)))
     });
     c.bench_function("sha256", |b| b.iter(|| black_box(&token).hash()));
     c.bench_function("store lookup (10k tokens)", |b| {

@@ -5,13 +5,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sts::token::{MalformedToken, Token, TokenHash};
+use sts::token::{MalformedToken, Secret, TokenHash};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
     };
-    let parsed = Token::parse(input);
+    let parsed = Secret::parse(input);
     let hashed = TokenHash::of_presented(input);
     assert_eq!(parsed.is_ok(), hashed.is_ok());
     match (parsed, hashed) {

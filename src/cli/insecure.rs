@@ -23,13 +23,14 @@ use tokio_rustls::{
     },
 };
 
-type Connection = TokioIo<TlsStream<TcpStream>>;
-type Connecting = Pin<Box<dyn Future<Output = io::Result<Connection>> + Send>>;
+type TlsConnection = TokioIo<TlsStream<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TlsConnection>> + Send>>;
 
 /// Connects to the URI's host and port and completes a TLS handshake that
 /// offers only HTTP/2, as gRPC needs.
 pub fn connector()
--> impl tower::Service<Uri, Response = Connection, Error = io::Error, Future = Connecting> + Clone {
+-> impl tower::Service<Uri, Response = TlsConnection, Error = io::Error, Future = Connecting> + Clone
+{
     let provider = Arc::new(ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

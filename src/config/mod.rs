@@ -306,7 +306,12 @@ mod tests {
         let century = MAX_SETTING_DURATION;
         let more = century + Duration::from_secs(1);
         assert_eq!(bounded_setting(century), Ok(century));
-        assert!(bounded_setting(more).unwrap_err().to_string().contains("100 years"));
+        assert!(
+            bounded_setting(more)
+                .unwrap_err()
+                .to_string()
+                .contains("100 years")
+        );
         assert!(LifetimePolicy::new(Some(more), None).is_err());
         assert!(LifetimePolicy::new(None, Some(more)).is_err());
         assert!(LifetimePolicy::new(Some(century), Some(century)).is_ok());

@@ -79,7 +79,7 @@ impl ExtAuthz {
             })
             .transpose()?;
         let required = required_roles(REQUIRED_ROLES, lists)?;
-        let forwarded = Forwarded::of(request);
+        let forwarded = ForwardedHeaders::of(request);
         let caller = self
             .service
             .authorize(credential::presented(&forwarded), &required)
@@ -90,7 +90,7 @@ impl ExtAuthz {
     /// The allow: the identity set on the request (overwriting whatever
     /// the client sent under those names), the credential and a client's
     /// own previous-secret flag removed.
-    fn allow(&self, caller: &Authenticated, forwarded: &Forwarded<'_>) -> CheckResponse {
+    fn allow(&self, caller: &Authenticated, forwarded: &ForwardedHeaders<'_>) -> CheckResponse {
         let Allow {
             identity,
             previous_secret,
@@ -174,19 +174,19 @@ fn header(key: &str, value: String) -> HeaderValueOption {
 /// (its default; keys lower-cased, repeats joined with commas) or
 /// `header_map` (with `encode_raw_headers`: repeats kept apart, values as
 /// bytes). Read in place.
-struct Forwarded<'r> {
+struct ForwardedHeaders<'r> {
     headers: &'r [Entry],
     raw: &'r [RawHeader],
 }
 
-impl<'r> Forwarded<'r> {
-    fn of(request: &'r CheckRequestView) -> Forwarded<'r> {
+impl<'r> ForwardedHeaders<'r> {
+    fn of(request: &'r CheckRequestView) -> ForwardedHeaders<'r> {
         let http = request
             .attributes
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        Forwarded {
+        ForwardedHeaders {
             headers: http.map(|h| h.headers.as_slice()).unwrap_or_default(),
             raw: http
                 .and_then(|h| h.header_map.as_ref())
@@ -200,7 +200,7 @@ impl<'r> Forwarded<'r> {
     }
 }
 
-impl credential::Headers for Forwarded<'_> {
+impl credential::Headers for ForwardedHeaders<'_> {
     fn values<'h>(&'h self, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
         // A map: the last entry for a key is its value.
         let mapped = self
@@ -609,7 +609,7 @@ pub(crate) fn differential(bytes: &[u8]) {
     else {
         return;
     };
-    let forwarded = Forwarded::of(&view);
+    let forwarded = ForwardedHeaders::of(&view);
     let attributes = full.attributes.unwrap_or_default();
     let http = attributes
         .request
@@ -714,7 +714,7 @@ mod tests {
             }),
         };
         let view = CheckRequestView::decode(request.encode_to_vec().as_slice()).unwrap();
-        let forwarded = Forwarded::of(&view);
+        let forwarded = ForwardedHeaders::of(&view);
         let values = |name| {
             credential::Headers::values(&forwarded, name)
                 .map(|v| String::from_utf8(v.to_vec()).unwrap())

@@ -27,8 +27,8 @@ use crate::{
     credential,
     error::Error,
     model::{
-        Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
-        Secret, ServiceToken, TokenId, TokenName, parse_time,
+        Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, MatchedSecret,
+        NewToken, Roles, ServiceToken, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
@@ -393,7 +393,7 @@ impl From<Validation> for proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
                 service_token: Some(checked(token)),
-                previous_secret: secret == Secret::Previous,
+                previous_secret: secret == MatchedSecret::Previous,
             },
             Validation::Invalid(reason) => proto::ValidateResponse {
                 valid: false,

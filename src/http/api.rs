@@ -16,7 +16,7 @@ use crate::{
     },
     credential,
     error::Error,
-    model::{Etag, FieldError, Role, Secret, ServiceToken, required_roles},
+    model::{Etag, FieldError, MatchedSecret, Role, ServiceToken, required_roles},
     service::Authenticated,
 };
 
@@ -140,7 +140,7 @@ fn caller_headers(caller: &Authenticated) -> HeaderMap {
 }
 
 pub(super) fn insert_previous_secret(caller: &Authenticated, headers: &mut HeaderMap) {
-    insert_previous_flag(caller.secret == Secret::Previous, headers);
+    insert_previous_flag(caller.secret == MatchedSecret::Previous, headers);
 }
 
 /// Adds [`PREVIOUS_SECRET_HEADER`] (`true`) when `previous` is.

@@ -172,7 +172,7 @@ fn lacks_host<B>(request: &Request<B>) -> bool {
 
 /// The routes the fast lane answers.
 #[derive(Clone, Copy)]
-enum Lane {
+enum FastLane {
     Status,
     ForwardAuth,
 }
@@ -181,10 +181,10 @@ enum Lane {
 /// takes one: every method of forward-auth (a proxy forwards the original
 /// one), GET of the status. Others (HEAD, a 405) go through the router,
 /// which calls the same handlers.
-fn lane(route: usize, method: &Method) -> Option<Lane> {
+fn lane(route: usize, method: &Method) -> Option<FastLane> {
     match label(route) {
-        STATUS if method == Method::GET => Some(Lane::Status),
-        AUTH | AUTH_SLASH | AUTH_BELOW => Some(Lane::ForwardAuth),
+        STATUS if method == Method::GET => Some(FastLane::Status),
+        AUTH | AUTH_SLASH | AUTH_BELOW => Some(FastLane::ForwardAuth),
         _ => None,
     }
 }
@@ -237,7 +237,7 @@ where
                 "Host",
                 "an HTTP/1.1 request must carry exactly one Host header (RFC 9112, section 3.2)",
             ));
-            Answer::Refused {
+            FrontAnswer::Refused {
                 response: Some(refused.into_response()),
             }
         } else if grpc {
@@ -248,7 +248,7 @@ where
                 let timed = Deadline::new(body, started, bodies.timeout);
                 Body::new(http_body_util::BodyExt::map_err(timed, grpc_deadline))
             };
-            Answer::Routed {
+            FrontAnswer::Routed {
                 inner: self.inner.call(request.map(body)),
             }
         } else if let Some(lane) = lane(route, request.method()) {
@@ -257,10 +257,10 @@ where
             // handler reads the body.
             let (parts, _) = request.into_parts();
             let state = self.state.clone();
-            Answer::Fast {
+            FrontAnswer::Fast {
                 inner: match lane {
-                    Lane::Status => Box::pin(api::status(state, parts)),
-                    Lane::ForwardAuth => Box::pin(api::forward_auth(state, parts)),
+                    FastLane::Status => Box::pin(api::status(state, parts)),
+                    FastLane::ForwardAuth => Box::pin(api::forward_auth(state, parts)),
                 },
             }
         } else {
@@ -271,7 +271,7 @@ where
                 let timed = Deadline::new(body, started, bodies.timeout);
                 Body::new(Limited::new(timed, bodies.max_bytes))
             };
-            Answer::Routed {
+            FrontAnswer::Routed {
                 inner: self.inner.call(request.map(body)),
             }
         };
@@ -296,8 +296,8 @@ fn grpc_deadline(error: axum::BoxError) -> axum::BoxError {
 
 pin_project_lite::pin_project! {
     /// The router's answer, the fast lane's, or the 400 already decided.
-    #[project = AnswerProjection]
-    pub enum Answer<F> {
+    #[project = FrontProjection]
+    pub enum FrontAnswer<F> {
         Refused { response: Option<Response> },
         Routed { #[pin] inner: F },
         Fast { inner: Pin<Box<dyn Future<Output = Response> + Send>> },
@@ -308,7 +308,7 @@ pin_project_lite::pin_project! {
     /// The answer; records its latency when it is ready.
     pub struct Observed<F> {
         #[pin]
-        answer: Answer<F>,
+        answer: FrontAnswer<F>,
         latency: Arc<Latency>,
         grpc: bool,
         route: usize,
@@ -322,11 +322,11 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let output = match this.answer.project() {
-            AnswerProjection::Refused { response } => {
+            FrontProjection::Refused { response } => {
                 Ok(response.take().expect("a refused request is answered once"))
             }
-            AnswerProjection::Routed { inner } => std::task::ready!(inner.poll(cx)),
-            AnswerProjection::Fast { inner } => Ok(std::task::ready!(inner.as_mut().poll(cx))),
+            FrontProjection::Routed { inner } => std::task::ready!(inner.poll(cx)),
+            FrontProjection::Fast { inner } => Ok(std::task::ready!(inner.as_mut().poll(cx))),
         };
         this.latency.observe(
             *this.grpc,
@@ -386,8 +386,8 @@ mod tests {
     #[test]
     fn status_gets_and_every_forward_auth_take_the_lane() {
         let taken = |method: Method, path: &str| match lane(route(path), &method) {
-            Some(Lane::Status) => "status",
-            Some(Lane::ForwardAuth) => "auth",
+            Some(FastLane::Status) => "status",
+            Some(FastLane::ForwardAuth) => "auth",
             None => "router",
         };
         assert_eq!(taken(Method::GET, "/api/server/status"), "status");

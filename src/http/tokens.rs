@@ -31,7 +31,7 @@ use crate::{
     },
     page::PageRequest,
     service::{Admin, Revoked, Rpc, TokenService},
-    token::Token,
+    token::Secret,
 };
 
 /// The query parameters of the list: the gRPC filters, camel-cased, times
@@ -273,7 +273,7 @@ pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
 
 /// The answer that carries a new secret (create, rotate): never kept by a
 /// cache on the way, where the next reader could find it.
-fn with_secret(token: &Token, created: &ServiceToken) -> Response {
+fn with_secret(token: &Secret, created: &ServiceToken) -> Response {
     let body = Json(CreatedJson {
         id: created.id.get(),
         name: created.name.to_string(),

@@ -11,8 +11,8 @@ use super::fields::Roles;
 use super::fields::TokenId;
 use super::fields::TokenName;
 use super::fields::check_text;
+use super::token::MatchedSecret;
 use super::token::PreviousSecret;
-use super::token::Secret;
 use super::token::ServiceToken;
 use crate::token::TokenHash;
 
@@ -137,13 +137,13 @@ impl StoredToken {
 
     /// Which of this token's secrets hashes to `hash` (compared in constant
     /// time), if either.
-    pub fn secret_for(&self, hash: &TokenHash) -> Option<Secret> {
+    pub fn secret_for(&self, hash: &TokenHash) -> Option<MatchedSecret> {
         let current = self.hash.ct_eq(hash);
         let previous = self.previous_hash.is_some_and(|p| p.ct_eq(hash));
         if current {
-            Some(Secret::Current)
+            Some(MatchedSecret::Current)
         } else if previous {
-            Some(Secret::Previous)
+            Some(MatchedSecret::Previous)
         } else {
             None
         }
@@ -152,14 +152,14 @@ impl StoredToken {
     /// Which secret `hash` is, if it still works at `now`: the current
     /// one, or the previous one within its grace period. A rotated-out
     /// secret past its grace is as gone as a deleted token's.
-    pub fn live_secret_at(&self, hash: &TokenHash, now: SystemTime) -> Option<Secret> {
+    pub fn live_secret_at(&self, hash: &TokenHash, now: SystemTime) -> Option<MatchedSecret> {
         match self.secret_for(hash)? {
-            Secret::Current => Some(Secret::Current),
-            Secret::Previous => self
+            MatchedSecret::Current => Some(MatchedSecret::Current),
+            MatchedSecret::Previous => self
                 .token
                 .previous_secret
                 .is_some_and(|previous| now < previous.expiration)
-                .then_some(Secret::Previous),
+                .then_some(MatchedSecret::Previous),
         }
     }
 
@@ -179,8 +179,8 @@ impl StoredToken {
 #[cfg(test)]
 impl StoredToken {
     /// A fresh token and its record, for unit tests.
-    pub(crate) fn sample() -> (crate::token::Token, StoredToken) {
-        let token = crate::token::Token::generate();
+    pub(crate) fn sample() -> (crate::token::Secret, StoredToken) {
+        let token = crate::token::Secret::generate();
         let new = super::token::NewToken::parse("t", &["r"], None).unwrap();
         let stored = StoredToken {
             token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),

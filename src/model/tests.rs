@@ -236,7 +236,7 @@ fn roles_need_one_and_a_sane_alphabet() {
 fn a_record_verifies_only_against_its_own_hash() {
     let (token, stored) = StoredToken::sample();
     assert_eq!(stored.clone().verified(&token.hash()), Some(stored.clone()));
-    let other = crate::token::Token::generate().hash();
+    let other = crate::token::Secret::generate().hash();
     assert_eq!(stored.verified(&other), None);
 }
 
@@ -428,7 +428,7 @@ fn a_rotation_keeps_the_old_secret_only_inside_the_token_s_life() {
     let (_, stored) = StoredToken::sample();
     let now = SystemTime::now();
     let minute = std::time::Duration::from_secs(60);
-    let new = crate::token::Token::generate().hash();
+    let new = crate::token::Secret::generate().hash();
     let rotate = |until| Change::Rotate {
         hash: new,
         previous_until: until,
@@ -448,7 +448,7 @@ fn a_rotation_keeps_the_old_secret_only_inside_the_token_s_life() {
     );
     // Rotating again drops the first secret.
     let again = Change::Rotate {
-        hash: crate::token::Token::generate().hash(),
+        hash: crate::token::Secret::generate().hash(),
         previous_until: now + minute,
     }
     .apply(&rotated, now);

@@ -138,7 +138,7 @@ pub struct PreviousSecret {
 
 /// Which of a token's secrets was presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Secret {
+pub enum MatchedSecret {
     Current,
     /// The one a rotation replaced, in its grace period.
     Previous,

@@ -22,7 +22,7 @@ use crate::{
     server,
     service::{self, TokenService},
     store::{PostgresStore, SledStore, Store, StoreError},
-    token::Token,
+    token::Secret,
 };
 
 /// Opens the store `config` names: a sled data directory (created 0700 if
@@ -137,7 +137,10 @@ pub async fn bind(address: &str) -> Result<Vec<TcpListener>, ServeError> {
 
 /// `sts-server bootstrap`: creates `new` in the store with no caller and
 /// returns its secret, the only copy there will be.
-pub async fn bootstrap(store: &StoreConfig, new: NewToken) -> Result<(Token, ServiceToken), Error> {
+pub async fn bootstrap(
+    store: &StoreConfig,
+    new: NewToken,
+) -> Result<(Secret, ServiceToken), Error> {
     let store = open_store(store).await?;
     service::bootstrap(&*store, &SystemClock, new).await
 }

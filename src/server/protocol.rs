@@ -293,13 +293,13 @@ struct PerConnection<S> {
 impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S> {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Answer<S::Future>;
+    type Future = BoundedAnswer<S::Future>;
 
-    fn call(&self, mut request: Request<IncomingBody>) -> Answer<S::Future> {
+    fn call(&self, mut request: Request<IncomingBody>) -> BoundedAnswer<S::Future> {
         let in_flight = self.slot.request();
         if !in_flight.admitted() && !exempt(request.uri().path()) {
             self.table.shed();
-            return Answer {
+            return BoundedAnswer {
                 inner: None,
                 shed: Some(shed(&request)),
                 deadline: None,
@@ -320,7 +320,7 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
         // Disabled (and free) unless debug logging is on.
         let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
         let mut app = self.app.clone();
-        Answer {
+        BoundedAnswer {
             inner: Some(app.call(request)),
             shed: None,
             deadline,
@@ -355,7 +355,7 @@ fn shed(request: &Request<IncomingBody>) -> Response<Body> {
 pin_project_lite::pin_project! {
     /// The router's answer, or gRPC's CANCELLED when the call's deadline
     /// passes first (dropping the handler's future abandons the call).
-    struct Answer<F> {
+    struct BoundedAnswer<F> {
         // `None` when the request was shed: `shed` is the answer.
         #[pin]
         inner: Option<F>,
@@ -367,7 +367,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future<Output = Result<Response<Body>, Infallible>>> Future for Answer<F> {
+impl<F: Future<Output = Result<Response<Body>, Infallible>>> Future for BoundedAnswer<F> {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

@@ -19,7 +19,7 @@ use crate::{
     model::{Change, Edit, Etag, FieldError, ListFilter, NewToken, ServiceToken, TokenId},
     page::{PageRequest, encode_cursor},
     store::{KeepAdmin, Outcome, Store, StoreError},
-    token::Token,
+    token::Secret,
 };
 
 use super::{Rpc, TokenService, draft_of};
@@ -52,7 +52,7 @@ pub async fn bootstrap(
     store: &dyn Store,
     clock: &dyn Clock,
     mut new: NewToken,
-) -> Result<(Token, ServiceToken), Error> {
+) -> Result<(Secret, ServiceToken), Error> {
     new.created_by = "bootstrap".to_owned();
     // No event: bootstrap runs before the server, which delivers them.
     let (token, created) = issue(store, clock, new, None).await?;
@@ -67,7 +67,7 @@ async fn issue(
     clock: &dyn Clock,
     mut new: NewToken,
     event: Option<&Draft>,
-) -> Result<(Token, ServiceToken), Error> {
+) -> Result<(Secret, ServiceToken), Error> {
     // Microseconds, the precision every backend keeps: a token reads the
     // same from any store and survives a move between them exactly.
     let now = to_micros(clock.now());
@@ -75,7 +75,7 @@ async fn issue(
     if new.expiration.is_some_and(|expiration| expiration <= now) {
         return Err(FieldError::new("expiration", "must be in the future").into());
     }
-    let token = Token::generate();
+    let token = Secret::generate();
     let created = store.insert(token.hash(), &new, now, event).await?;
     Ok((token, created))
 }
@@ -202,7 +202,7 @@ impl TokenService {
         self: &Arc<Self>,
         admin: &Admin,
         new: NewToken,
-    ) -> Result<(Token, ServiceToken), Error> {
+    ) -> Result<(Secret, ServiceToken), Error> {
         let (this, admin) = (self.clone(), admin.clone());
         to_completion(async move { this.create_now(&admin, new).await }).await
     }
@@ -211,7 +211,7 @@ impl TokenService {
         &self,
         admin: &Admin,
         mut new: NewToken,
-    ) -> Result<(Token, ServiceToken), Error> {
+    ) -> Result<(Secret, ServiceToken), Error> {
         let caller = admin.token();
         new.created_by = format!("{} ({})", caller.id, caller.name);
         let now = self.now();
@@ -367,7 +367,7 @@ impl TokenService {
         admin: &Admin,
         id: TokenId,
         grace: Duration,
-    ) -> Result<(Token, ServiceToken), Error> {
+    ) -> Result<(Secret, ServiceToken), Error> {
         let (this, admin) = (self.clone(), admin.clone());
         to_completion(async move { this.rotate_now(&admin, id, grace).await }).await
     }
@@ -377,7 +377,7 @@ impl TokenService {
         admin: &Admin,
         id: TokenId,
         grace: Duration,
-    ) -> Result<(Token, ServiceToken), Error> {
+    ) -> Result<(Secret, ServiceToken), Error> {
         let now = self.now();
         let max = self.config.max_rotation_grace;
         if grace > max {
@@ -400,7 +400,7 @@ impl TokenService {
             let current = self.store.get(id).await?.ok_or(Error::NotFound(id))?;
             self.within_policy(current.token.expiration, now)?;
         }
-        let token = Token::generate();
+        let token = Secret::generate();
         let change = Change::Rotate {
             hash: token.hash(),
             previous_until,

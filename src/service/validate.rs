@@ -8,7 +8,7 @@ use crate::{
     audit::{self, Refusal},
     credential::AuthError,
     error::Error,
-    model::{Role, Secret, ServiceToken, StoredToken},
+    model::{MatchedSecret, Role, ServiceToken, StoredToken},
     token::{MalformedToken, TokenHash},
 };
 
@@ -22,7 +22,7 @@ use super::{Admin, TokenService};
 pub enum Validation {
     /// Valid, through its current secret or (during a rotation's grace
     /// period) its previous one.
-    Valid(ServiceToken, Secret),
+    Valid(ServiceToken, MatchedSecret),
     Invalid(InvalidReason),
 }
 
@@ -30,8 +30,8 @@ impl Validation {
     /// The metrics label of this answer.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Validation::Valid(_, Secret::Current) => "valid",
-            Validation::Valid(_, Secret::Previous) => "previous_secret",
+            Validation::Valid(_, MatchedSecret::Current) => "valid",
+            Validation::Valid(_, MatchedSecret::Previous) => "previous_secret",
             Validation::Invalid(InvalidReason::Malformed(_)) => "malformed",
             Validation::Invalid(InvalidReason::NotFound) => "not_found",
             Validation::Invalid(InvalidReason::Expired) => "expired",
@@ -44,7 +44,7 @@ impl Validation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     pub token: ServiceToken,
-    pub secret: Secret,
+    pub secret: MatchedSecret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl TokenService {
             reason: "missing_role",
             outcome: refused.kind().as_str(),
             detail: &refused,
-            caller: Some(audit::Caller {
+            caller: Some(audit::RefusedCaller {
                 id: caller.id.get(),
                 name: caller.name.as_str(),
             }),
@@ -233,7 +233,7 @@ impl TokenService {
             .authenticate_secret(presented)
             .await
             .map_err(|e| (None, e))?;
-        if secret == Secret::Previous {
+        if secret == MatchedSecret::Previous {
             return Err((Some(caller), AuthError::RotatedOut.into()));
         }
         if !caller.roles.contains(&self.config.admin_role) {
@@ -247,7 +247,7 @@ impl TokenService {
     /// summarizer (`audit::Refusals`): the first of its kind in full, the
     /// rest counted, whether or not the caller is known.
     pub(super) fn audit_refusal(&self, refusal: Refusal<'_>, caller: Option<&ServiceToken>) {
-        let caller = caller.map(|c| audit::Caller {
+        let caller = caller.map(|c| audit::RefusedCaller {
             id: c.id.get(),
             name: c.name.as_str(),
         });

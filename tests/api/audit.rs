@@ -115,7 +115,7 @@ async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_
 
     // Two-thirds REST without a credential, one third gRPC with an unknown
     // (well-formed) token, a few at a time.
-    let unknown = sts::token::Token::generate();
+    let unknown = sts::token::Secret::generate();
     for round in 0..BURST / 3 {
         let (a, b) = tokio::join!(http.get(&url).send(), http.get(&url).send());
         assert_eq!(a.unwrap().status(), 401);
@@ -412,7 +412,7 @@ async fn unauthenticated_reviews_and_revocations_that_revoke_nothing_are_summari
             .await;
         assert_eq!(answer.status, 401);
     }
-    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let unknown = sts::token::Secret::generate().expose_secret().to_owned();
     let revoke = |secret: &str| format!(r#"{{"tokens": ["{secret}"]}}"#);
     for secret in [unknown.as_str(); 6].into_iter().chain(["nope"; 4]) {
         let answer = app

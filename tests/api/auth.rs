@@ -8,7 +8,7 @@ use sts::{
     config::ServiceConfig,
     model::Role,
     proto::{CreateRequest, DeleteRequest, ListRequest},
-    token::Token,
+    token::Secret,
 };
 use tonic::{Code, Request, metadata::MetadataValue};
 
@@ -100,7 +100,7 @@ async fn every_credential_form_is_accepted() {
 #[tokio::test]
 async fn missing_or_unusable_credentials_are_unauthenticated() {
     let app = spawn_app().await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let admin = app.admin_token.clone();
     let cases: Vec<(&str, Credential)> = vec![
         ("none", vec![]),

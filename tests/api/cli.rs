@@ -513,7 +513,7 @@ async fn saving_checks_the_token_unless_told_not_to() {
     let app = spawn_app().await;
     let terminal = Terminal::new();
     let url = format!("http://{}", app.addr);
-    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let unknown = sts::token::Secret::generate().expose_secret().to_owned();
     let run = terminal.save_context("bad", &url, &unknown, &[]).await;
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(
@@ -688,7 +688,7 @@ async fn exit_codes_follow_stackstate() {
         .await;
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("http://127.0.0.1:9"), "{}", run.stderr);
-    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let unknown = sts::token::Secret::generate().expose_secret().to_owned();
     let run = terminal
         .sts(&[
             "service-token",

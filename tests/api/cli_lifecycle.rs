@@ -311,7 +311,7 @@ async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
         config::{LifetimePolicy, ServiceConfig},
         model::NewToken,
         store::{Store, sled::SledStore},
-        token::Token,
+        token::Secret,
     };
     // A token from before the policy (never expires), on a server that
     // now allows 90 days at most.
@@ -319,7 +319,7 @@ async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
     let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
     let legacy = NewToken::parse("legacy", &["r"], None).unwrap();
     let legacy = store
-        .insert(Token::generate().hash(), &legacy, SystemTime::now(), None)
+        .insert(Secret::generate().hash(), &legacy, SystemTime::now(), None)
         .await
         .unwrap();
     let service = ServiceConfig {

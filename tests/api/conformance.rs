@@ -12,11 +12,11 @@ use sts::{
     config::DEFAULT_ADMIN_KEEP_MARGIN,
     events::{Actor, Draft, Settle},
     model::{
-        Change, Description, Edit, Etag, LabelEdit, Labels, ListFilter, NewToken, Role, Roles,
-        Secret, ServiceToken, TokenId, TokenName, TokenSummary,
+        Change, Description, Edit, Etag, LabelEdit, Labels, ListFilter, MatchedSecret, NewToken,
+        Role, Roles, ServiceToken, TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
-    token::Token,
+    token::Secret,
 };
 use tempfile::TempDir;
 
@@ -118,8 +118,8 @@ fn new_token(name: &str, roles: &[&str], expiration: Option<SystemTime>) -> NewT
     NewToken::parse(name, roles, expiration).unwrap()
 }
 
-async fn insert(store: &dyn Store, name: &str) -> (Token, ServiceToken) {
-    let token = Token::generate();
+async fn insert(store: &dyn Store, name: &str) -> (Secret, ServiceToken) {
+    let token = Secret::generate();
     let stored = store
         .insert(
             token.hash(),
@@ -153,7 +153,7 @@ async fn list_all(store: &dyn Store, page: usize) -> Vec<ServiceToken> {
 async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
     let store = backend.store();
     let expiration = now_micros() + Duration::from_micros(86_400_000_123);
-    let token = Token::generate();
+    let token = Secret::generate();
     let inserted = store
         .insert(
             token.hash(),
@@ -195,7 +195,7 @@ async fn a_token_reads_back_as_it_was_inserted(backend: &mut Backend) {
             .token,
         inserted
     );
-    let unknown = Token::generate().hash();
+    let unknown = Secret::generate().hash();
     assert!(store.find_by_hash(&unknown).await.unwrap().is_none());
 }
 
@@ -310,7 +310,7 @@ async fn a_delete_removes_everything_once(backend: &mut Backend) {
 
 async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
     let store = backend.store();
-    let token = Token::generate();
+    let token = Secret::generate();
     let new = new_token("one", &["r"], None);
     store
         .insert(token.hash(), &new, now_micros(), None)
@@ -329,7 +329,7 @@ async fn an_import_keeps_ids_and_hashes_and_can_be_repeated(backend: &mut Backen
     let source = Backend::sled().await;
     let mut secrets = Vec::new();
     for i in 0..5 {
-        let token = Token::generate();
+        let token = Secret::generate();
         let expiration = (i % 2 == 0).then(|| now_micros() + Duration::from_secs(3600));
         source
             .store()
@@ -544,9 +544,9 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     let store = backend.store();
     let (first, inserted) = insert(&*store, "rotated").await;
     let now = now_micros();
-    let second = Token::generate();
+    let second = Secret::generate();
     let until = now + Duration::from_secs(60);
-    let rotate = |hash: &Token, until| Change::Rotate {
+    let rotate = |hash: &Secret, until| Change::Rotate {
         hash: hash.hash(),
         previous_until: until,
     };
@@ -555,20 +555,29 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     assert_eq!(rotated.name, inserted.name);
     assert_eq!(rotated.previous_secret.unwrap().expiration, until);
     let by_first = store.find_by_hash(&first.hash()).await.unwrap().unwrap();
-    assert_eq!(by_first.secret_for(&first.hash()), Some(Secret::Previous));
+    assert_eq!(
+        by_first.secret_for(&first.hash()),
+        Some(MatchedSecret::Previous)
+    );
     let by_second = store.find_by_hash(&second.hash()).await.unwrap().unwrap();
-    assert_eq!(by_second.secret_for(&second.hash()), Some(Secret::Current));
+    assert_eq!(
+        by_second.secret_for(&second.hash()),
+        Some(MatchedSecret::Current)
+    );
     assert_eq!(by_second.token, rotated);
 
     // Again: the first secret is gone at once, the second is the previous.
-    let third = Token::generate();
+    let third = Secret::generate();
     done(change(&*store, inserted.id, rotate(&third, until), now).await);
     assert!(store.find_by_hash(&first.hash()).await.unwrap().is_none());
     let by_second = store.find_by_hash(&second.hash()).await.unwrap().unwrap();
-    assert_eq!(by_second.secret_for(&second.hash()), Some(Secret::Previous));
+    assert_eq!(
+        by_second.secret_for(&second.hash()),
+        Some(MatchedSecret::Previous)
+    );
 
     // No grace: only the new secret remains.
-    let fourth = Token::generate();
+    let fourth = Secret::generate();
     let (_, last) = done(change(&*store, inserted.id, rotate(&fourth, now), now).await);
     assert_eq!(last.previous_secret, None);
     for gone in [&first, &second, &third] {
@@ -583,7 +592,7 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
         ..Edit::default()
     };
     done(change(&*store, inserted.id, Change::Edit(edit), now).await);
-    let fifth = Token::generate();
+    let fifth = Secret::generate();
     let (_, capped) = done(change(&*store, inserted.id, rotate(&fifth, until), now).await);
     assert_eq!(capped.previous_secret.unwrap().expiration, expiration);
 
@@ -599,7 +608,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     let now = now_micros();
     let admin = |name: &str| new_token(name, &[ADMIN], None);
     let first = store
-        .insert(Token::generate().hash(), &admin("first"), now, None)
+        .insert(Secret::generate().hash(), &admin("first"), now, None)
         .await
         .unwrap();
     let edit = |edit: Edit| Change::Edit(edit);
@@ -648,7 +657,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
 
     // A disabled or expired admin token keeps nobody in.
     let spare = store
-        .insert(Token::generate().hash(), &admin("spare"), now, None)
+        .insert(Secret::generate().hash(), &admin("spare"), now, None)
         .await
         .unwrap();
     done(change(&*store, spare.id, disable.clone(), now).await);
@@ -658,7 +667,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     );
     let soon = store
         .insert(
-            Token::generate().hash(),
+            Secret::generate().hash(),
             &new_token("soon", &[ADMIN], Some(now + Duration::from_secs(1))),
             now,
             None,
@@ -685,7 +694,7 @@ async fn the_last_admin_token_cannot_be_taken_away(backend: &mut Backend) {
     let day = Duration::from_secs(86_400);
     let year = store
         .insert(
-            Token::generate().hash(),
+            Secret::generate().hash(),
             &new_token("year", &[ADMIN], Some(now + day * 365)),
             now,
             None,
@@ -730,7 +739,7 @@ async fn a_waived_lockout_rule_lets_the_last_admin_token_go(backend: &mut Backen
     let now = now_micros();
     let last = store
         .insert(
-            Token::generate().hash(),
+            Secret::generate().hash(),
             &new_token("last", &[ADMIN], None),
             now,
             None,
@@ -773,7 +782,7 @@ async fn the_summary_counts_as_the_model_does(backend: &mut Backend) {
         {
             let token = store
                 .insert(
-                    Token::generate().hash(),
+                    Secret::generate().hash(),
                     &new_token(&format!("t{i}-{j}"), &["r"], *expiration),
                     created,
                     None,
@@ -825,11 +834,11 @@ async fn two_admins_removing_each_other_at_once_leave_one(backend: &mut Backend)
         };
         let admin = new_token("admin", &[role.as_str()], None);
         let a = store
-            .insert(Token::generate().hash(), &admin, now, None)
+            .insert(Secret::generate().hash(), &admin, now, None)
             .await
             .unwrap();
         let b = store
-            .insert(Token::generate().hash(), &admin, now, None)
+            .insert(Secret::generate().hash(), &admin, now, None)
             .await
             .unwrap();
         let disable = Change::Edit(Edit {
@@ -966,7 +975,7 @@ async fn uses_only_move_forward(backend: &mut Backend) {
         None
     );
     let rotate = Change::Rotate {
-        hash: Token::generate().hash(),
+        hash: Secret::generate().hash(),
         previous_until: t2 + Duration::from_secs(60),
     };
     done(change(&*store, token.id, rotate, t1).await);
@@ -1008,7 +1017,7 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
         let created = now - hour * 2 * (i % 2);
         let token = store
             .insert(
-                Token::generate().hash(),
+                Secret::generate().hash(),
                 &new_token(&name, roles, expiration),
                 created,
                 None,
@@ -1108,7 +1117,7 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
     let source = Backend::sled().await;
     let from = source.store();
     let now = now_micros();
-    let first = Token::generate();
+    let first = Secret::generate();
     let mut new = new_token("lived", &["a"], Some(now + Duration::from_secs(86_400)));
     new.created_by = "42 (admin)".into();
     let new = new.described(
@@ -1116,7 +1125,7 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
         Labels::parse([("team", "ci")]).unwrap(),
     );
     let inserted = from.insert(first.hash(), &new, now, None).await.unwrap();
-    let second = Token::generate();
+    let second = Secret::generate();
     let rotate = Change::Rotate {
         hash: second.hash(),
         previous_until: now + Duration::from_secs(3600),
@@ -1199,7 +1208,7 @@ async fn insert_expiring(
     now: SystemTime,
 ) -> ServiceToken {
     let new = new_token(name, &["r"], Some(expiration));
-    let hash = Token::generate().hash();
+    let hash = Secret::generate().hash();
     store.insert(hash, &new, now, None).await.unwrap()
 }
 
@@ -1212,7 +1221,7 @@ async fn events_commit_with_their_change_and_leave_when_delivered(backend: &mut 
     let now = now_micros();
     let created = store
         .insert(
-            Token::generate().hash(),
+            Secret::generate().hash(),
             &new_token("evented", &["r"], None),
             now,
             Some(&Draft::created(actor(), now)),
@@ -1398,7 +1407,7 @@ async fn replicas_claim_different_events_and_announce_once(backend: &mut Backend
     for n in 0..10 {
         store
             .insert(
-                Token::generate().hash(),
+                Secret::generate().hash(),
                 &new_token(
                     &format!("t{n}"),
                     &["r"],

@@ -33,7 +33,7 @@ async fn create_returns_a_well_formed_secret_and_the_record() {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     );
-    assert!(token::Token::parse(&secret).is_ok());
+    assert!(token::Secret::parse(&secret).is_ok());
 
     assert!((1..=MAX_ID).contains(&created.id));
     assert_eq!(created.name, "my-service-token", "names are trimmed");

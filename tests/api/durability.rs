@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sts::{
     proto::{DeleteRequest, InvalidReason},
     store::{SledStore, Store, StoreError},
-    token::Token,
+    token::Secret,
 };
 
 use crate::helpers::{ListAll, checked, copy_dir, read_all_files, restart, spawn_app};
@@ -45,7 +45,7 @@ async fn tokens_and_deletions_survive_a_restart() {
 async fn an_acknowledged_write_is_on_disk_before_the_reply() {
     let app = spawn_app().await;
     let (secret, created) = app.create("ci", &["r"]).await;
-    let hash = Token::parse(&secret).unwrap().hash();
+    let hash = Secret::parse(&secret).unwrap().hash();
 
     let after_create = tempfile::tempdir().unwrap();
     copy_dir(app.data_dir.path(), after_create.path());
@@ -220,7 +220,7 @@ async fn the_token_count_is_kept_across_restarts_without_a_scan() {
     let dir = tempfile::tempdir().unwrap();
     let new = |i: u32| {
         (
-            Token::generate().hash(),
+            Secret::generate().hash(),
             NewToken::parse(&format!("t{i}"), &["r"], None).unwrap(),
         )
     };

@@ -18,7 +18,7 @@ use envoy_types::{
     },
 };
 use prost::Message as _;
-use sts::token::Token;
+use sts::token::Secret;
 
 use crate::{
     faults::FaultyStore,
@@ -234,7 +234,7 @@ async fn a_valid_token_is_allowed_with_its_identity_and_without_its_secret() {
 #[tokio::test]
 async fn every_invalid_credential_is_a_401_denial_never_an_rpc_error() {
     let app = spawn_app().await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let (expiring, _) = app.create_expiring_in("expiring", &["r"], 60).await;
     let (deleted, created) = app.create("deleted", &["r"]).await;
     // Checked once while valid, so it is in the cache when deleted.

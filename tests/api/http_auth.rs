@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sts::{clock::Clock, service::AUDIT, token::Token};
+use sts::{clock::Clock, service::AUDIT, token::Secret};
 
 use crate::{
     helpers::{ADMIN_ROLE, spawn_router},
@@ -51,7 +51,7 @@ async fn status_answers_who_the_caller_is_for_both_header_forms() {
 async fn unusable_credentials_are_401_with_a_challenge() {
     let app = spawn_router().await;
     let (token, _) = app.create("ci", &["r"]).await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let basic = format!("Basic {token}");
     let conflicting = format!("ApiKey {unknown}");
     let long = "a".repeat(5000);

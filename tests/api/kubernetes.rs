@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use sts::{clock::Clock, token::Token};
+use sts::{clock::Clock, token::Secret};
 
 use crate::helpers::{TestResponse, TestRouter, spawn_router};
 
@@ -104,7 +104,7 @@ async fn audiences_asked_for_are_the_audiences_answered() {
 async fn an_invalid_token_is_not_authenticated_and_says_why() {
     let app = spawn_router().await;
     let reviewer = app.reviewer().await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let expires = app.clock.now() + Duration::from_secs(60);
     let (expiring, _) = app.create_expiring("expiring", &["r"], Some(expires)).await;
     app.clock.advance(Duration::from_secs(61));
@@ -140,7 +140,7 @@ async fn only_a_reviewer_may_ask() {
     // No credential, or an invalid one: 401.
     let answer = app.call("POST", PATH, &[], &body).await;
     answer.assert_unauthorized();
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     app.review_as(&unknown, &body).await.assert_unauthorized();
     // A valid token without the reviewer role: 403, and it learns nothing.
     let answer = app.review_as(&secret, &body).await;
@@ -158,7 +158,7 @@ async fn only_a_reviewer_may_ask() {
 async fn what_is_not_a_token_review_is_refused_without_quoting_it() {
     let app = spawn_router().await;
     let reviewer = app.reviewer().await;
-    let secret = Token::generate().expose_secret().to_owned();
+    let secret = Secret::generate().expose_secret().to_owned();
     for body in [
         "not json".to_string(),
         json!({"apiVersion": "authentication.k8s.io/v2", "kind": "TokenReview", "spec": {"token": "x"}}).to_string(),

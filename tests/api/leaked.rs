@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sts::{
     proto::{RevokeLeakedRequest, RevokeResult},
     service::AUDIT,
-    token::Token,
+    token::Secret,
 };
 
 use crate::{
@@ -56,7 +56,7 @@ async fn a_leaked_token_is_revoked_by_its_value_alone() {
     let app = spawn_router().await;
     let (leaked, _) = app.create("ci", &["builder"]).await;
     let (other, _) = app.create("cd", &["builder"]).await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let bad = mangled(&leaked);
     let answer = app
         .revoke(&[&leaked, &unknown, &bad, "svctok-nope", &leaked])
@@ -107,7 +107,7 @@ async fn requests_that_are_not_a_list_of_1_to_100_tokens_are_refused_without_quo
     let app = spawn_router().await;
     let (secret, _) = app.create("ci", &["builder"]).await;
     let many: Vec<String> = (0..101)
-        .map(|_| Token::generate().expose_secret().to_owned())
+        .map(|_| Secret::generate().expose_secret().to_owned())
         .collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     for body in [
@@ -134,7 +134,7 @@ async fn requests_that_are_not_a_list_of_1_to_100_tokens_are_refused_without_quo
 #[tokio::test]
 async fn calls_are_rate_limited_per_address() {
     let app = spawn_router().await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     for _ in 0..sts::service::REVOKE_CALLS_PER_MINUTE {
         assert_eq!(app.revoke(&[&unknown]).await.status, 200);
     }
@@ -270,7 +270,7 @@ fn the_shipped_gitleaks_rule_finds_real_tokens_and_not_mangled_ones() {
     let rule = &config.rules[0];
     let regex = regex::Regex::new(&rule.regex).unwrap();
     for _ in 0..200 {
-        let token = Token::generate().expose_secret().to_owned();
+        let token = Secret::generate().expose_secret().to_owned();
         // As it shows up: in an env file, a header, JSON, a URL.
         for leak in [
             format!("STS_TOKEN={token}\n"),
@@ -310,7 +310,7 @@ fn the_readme_publishes_the_regex_and_a_checksum_that_holds_for_real_tokens() {
     // The checksum as README.md describes it, written here from that text.
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     for _ in 0..100 {
-        let token = Token::generate().expose_secret().to_owned();
+        let token = Secret::generate().expose_secret().to_owned();
         let (payload, checksum) = token.split_at(50);
         let mut crc = crc32fast::hash(payload.as_bytes()) as u64;
         let mut digits = [b'0'; 6];
@@ -346,7 +346,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
         ..crate::helpers::server_config()
     };
     let app = crate::helpers::spawn_app_with(ServiceConfig::default(), server).await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     // What the client put first is not believed: the proxy's own entry is.
     let first = [("x-forwarded-for", "198.51.100.7, 203.0.113.1")];
     for _ in 0..sts::service::REVOKE_CALLS_PER_MINUTE {
@@ -402,7 +402,7 @@ async fn an_untrusted_peer_cannot_name_another_source() {
         ..crate::helpers::server_config()
     };
     let app = crate::helpers::spawn_app_with(ServiceConfig::default(), server).await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     for n in 0..sts::service::REVOKE_CALLS_PER_MINUTE {
         let client = format!("203.0.113.{n}");
         let answer = revoke_over_tcp(app.addr, &unknown, &[("x-forwarded-for", &client)]).await;

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::json;
-use sts::{clock::Clock, token::Token};
+use sts::{clock::Clock, token::Secret};
 
 use crate::helpers::{TestResponse, TestRouter, spawn_router};
 
@@ -71,7 +71,7 @@ async fn an_active_token_is_described_as_rfc_7662_says() {
 async fn anything_not_valid_is_exactly_inactive() {
     let app = spawn_router().await;
     let (reviewer, _) = app.create("kong", &["token-reviewer"]).await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let expires = app.clock.now() + Duration::from_secs(60);
     let (expiring, _) = app.create_expiring("expiring", &["r"], Some(expires)).await;
     let (disabled, disabled_id) = app.create("disabled", &["r"]).await;
@@ -120,7 +120,7 @@ async fn the_caller_authenticates_in_any_form_oauth_clients_use() {
 async fn a_caller_without_the_reviewer_role_cannot_scan_for_tokens() {
     let app = spawn_router().await;
     let (secret, _) = app.create("ci-runner", &["builder"]).await;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     app.introspect(&[], &form(&secret))
         .await
         .assert_unauthorized();

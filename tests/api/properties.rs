@@ -12,7 +12,7 @@ use sts::{
         MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, Role, Roles, TokenId, TokenName, parse_time,
     },
     page::{PageRequest, encode_cursor},
-    token::{MalformedToken, PREFIX, TOKEN_LEN, Token, TokenHash},
+    token::{MalformedToken, PREFIX, Secret, TOKEN_LEN, TokenHash},
 };
 
 /// Strings near the token shape as well as anything at all.
@@ -22,7 +22,7 @@ fn token_like() -> impl Strategy<Value = String> {
         "svctok-[A-Za-z0-9]{0,60}",
         "svctok-[A-Za-z0-9]{49}",
         "[ -~]{0,80}",
-        Just(Token::generate().expose_secret().to_owned()),
+        Just(Secret::generate().expose_secret().to_owned()),
     ]
 }
 
@@ -31,7 +31,7 @@ proptest! {
 
     #[test]
     fn the_token_parser_takes_any_string(input in token_like()) {
-        let parsed = Token::parse(&input);
+        let parsed = Secret::parse(&input);
         // The hot path's check-and-hash agrees with the parser exactly.
         prop_assert_eq!(parsed.is_ok(), TokenHash::of_presented(&input).is_ok());
         match parsed {
@@ -40,7 +40,7 @@ proptest! {
                 prop_assert_eq!(input.len(), TOKEN_LEN);
                 prop_assert!(input.starts_with(PREFIX));
                 prop_assert_eq!(token.hash(), TokenHash::of_presented(&input).unwrap());
-                prop_assert_eq!(format!("{token:?}"), "Token(<redacted>)");
+                prop_assert_eq!(format!("{token:?}"), "Secret(<redacted>)");
             }
             // Never an echo of the input: a fixed text, or the length.
             Err(MalformedToken::Length(n)) => prop_assert_eq!(n, input.chars().count()),
@@ -56,13 +56,13 @@ proptest! {
         position in PREFIX.len()..TOKEN_LEN,
         replacement in proptest::char::range('0', 'z'),
     ) {
-        let token = Token::generate();
+        let token = Secret::generate();
         let original = token.expose_secret();
         let mut changed: Vec<char> = original.chars().collect();
         prop_assume!(changed[position] != replacement);
         changed[position] = replacement;
         let changed: String = changed.into_iter().collect();
-        let error = Token::parse(&changed).unwrap_err();
+        let error = Secret::parse(&changed).unwrap_err();
         prop_assert!(
             matches!(error, MalformedToken::Checksum | MalformedToken::Alphabet),
             "{error:?}"

@@ -290,7 +290,7 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(
 
     // No credential, a malformed, an unknown or an expired one: refused
     // with 401 and the challenge, and the backend never sees the request.
-    let unknown = sts::token::Token::generate();
+    let unknown = sts::token::Secret::generate();
     let (expiring, _) = app.create_expiring_in("expiring", &["builder"], 60).await;
     let answer = get("/builds/42", &[("x-api-key", &expiring)])
         .await

@@ -551,7 +551,7 @@ async fn a_database_outage_is_known_within_a_second_and_calls_then_fail_at_once(
     let _admin = bootstrap_store(&url).await;
     let replica = Replica::start(&url).await;
     assert!(replica.ready().await);
-    let unknown = sts::token::Token::generate().expose_secret().to_owned();
+    let unknown = sts::token::Secret::generate().expose_secret().to_owned();
 
     // Gone without a word: connections to it hang rather than fail.
     proxy.silent();

@@ -13,7 +13,7 @@ use sts::{
         Description, Labels, PreviousSecret, Roles, ServiceToken, StoredToken, TokenId, TokenName,
     },
     store::{Imported, PostgresStore, SledStore, Store},
-    token::Token,
+    token::Secret,
 };
 
 use crate::{
@@ -57,8 +57,8 @@ fn every_field() -> StoredToken {
                 last_used_at: Some(at(-60)),
             }),
         },
-        hash: Token::generate().hash(),
-        previous_hash: Some(Token::generate().hash()),
+        hash: Secret::generate().hash(),
+        previous_hash: Some(Secret::generate().hash()),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sts::{
     clock::Clock,
     proto::{CreateRequest, DeleteRequest, InvalidReason, ValidateRequest},
-    token::Token,
+    token::Secret,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -176,7 +176,7 @@ async fn metrics_count_validations_calls_and_tokens() {
         valid.as_str(),
         valid.as_str(),
         "malformed",
-        Token::generate().expose_secret(),
+        Secret::generate().expose_secret(),
         &expiring,
     ] {
         app.validate(token).await;

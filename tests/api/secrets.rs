@@ -10,7 +10,7 @@ use sts::{
         DeleteRequest, ListRequest, RotateRequest, UpdateRequest, ValidateRequest,
         token_service_client::TokenServiceClient,
     },
-    token::{PREFIX, Token},
+    token::{PREFIX, Secret},
 };
 
 use crate::{
@@ -59,9 +59,9 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         .unwrap()
         .into_inner()
         .token;
-    let unknown = Token::generate().expose_secret().to_owned();
+    let unknown = Secret::generate().expose_secret().to_owned();
     let mistyped = {
-        let mut t = Token::generate().expose_secret().to_owned();
+        let mut t = Secret::generate().expose_secret().to_owned();
         let last = if t.ends_with('a') { "b" } else { "a" };
         t.replace_range(t.len() - 1.., last);
         t

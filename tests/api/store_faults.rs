@@ -6,7 +6,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use sts::{
     proto::{DeleteRequest, InvalidReason, ListRequest, ValidateRequest},
-    token::Token,
+    token::Secret,
 };
 use tonic::Code;
 
@@ -140,7 +140,7 @@ async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
     assert!(status.message().contains("corrupt"), "{status:?}");
     assert!(!status.message().contains("svctok-"), "{status:?}");
     // Unknown tokens still answer normally.
-    let unknown = validate(Token::generate().expose_secret().to_owned()).await;
+    let unknown = validate(Secret::generate().expose_secret().to_owned()).await;
     assert_eq!(
         unknown.unwrap().into_inner().reason(),
         InvalidReason::NotFound

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use sts::{
     clock::Clock,
     proto::{CreateRequest, InvalidReason, ValidateRequest},
-    token::Token,
+    token::Secret,
 };
 
 use crate::helpers::{checked, create_request, spawn_app};
@@ -56,7 +56,7 @@ async fn malformed_tokens_are_rejected_as_malformed() {
 #[tokio::test]
 async fn well_formed_unknown_tokens_are_not_found() {
     let app = spawn_app().await;
-    let response = app.validate(Token::generate().expose_secret()).await;
+    let response = app.validate(Secret::generate().expose_secret()).await;
     assert!(!response.valid);
     assert_eq!(response.reason(), InvalidReason::NotFound);
 }

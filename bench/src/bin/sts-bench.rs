@@ -17,7 +17,7 @@ use sts::{
         CreateRequest, ListRequest, ValidateRequest, token_service_client::TokenServiceClient,
     },
     store::SledStore,
-    token::Token,
+    token::Secret,
 };
 use sts_bench::{Plan, http1, run};
 use tonic::transport::{Channel, Endpoint};
@@ -540,12 +540,12 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let store = SledStore::open(&data_dir)?;
             let roles = Roles::parse(&["bench-reader"])?;
             let now = SystemTime::now();
-            let kept = Token::generate();
+            let kept = Secret::generate();
             let tokens = (0..count).map(|i| {
                 let token = if i == count / 2 {
                     kept.clone()
                 } else {
-                    Token::generate()
+                    Secret::generate()
                 };
                 if let Some(out) = &mut secrets {
                     use std::io::Write as _;
@@ -853,7 +853,7 @@ fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
             .map(|_| {
                 let stored = StoredToken {
                     token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
-                    hash: Token::generate().hash(),
+                    hash: Secret::generate().hash(),
                     previous_hash: None,
                 };
                 cache.fill(cache.ticket(), &stored.hash, &stored);
