@@ -27,6 +27,30 @@ use std::{
 /// who made it. Never a secret.
 pub const AUDIT: &str = "sts::audit";
 
+/// The audit event of a management call that did what it was asked: the
+/// fields every such event carries (`rpc`, `outcome = "OK"`, `caller.id`
+/// and `caller.name` of `caller`, an `Option<&ServiceToken>` that is `None`
+/// when no token asked (a bootstrap, a revocation by value, a purge),
+/// `token.id`, `token.name`), then the event's own fields and message, as
+/// `tracing` takes them. A macro, not a function: each event keeps fields of
+/// its own, which `tracing` names at compile time.
+macro_rules! done {
+    ($level:ident, $rpc:expr, $caller:expr, $id:expr, $name:expr, $($rest:tt)+) => {{
+        let caller: Option<&$crate::model::ServiceToken> = $caller;
+        tracing::$level!(
+            target: $crate::audit::AUDIT,
+            rpc = $rpc,
+            outcome = "OK",
+            caller.id = caller.map(|c| c.id.get()),
+            caller.name = caller.map(|c| c.name.as_str()),
+            token.id = $id,
+            token.name = $name,
+            $($rest)+
+        )
+    }};
+}
+pub(crate) use done;
+
 /// Distinct kinds of refusal kept per interval, for callers without a valid
 /// credential and for authenticated callers each; further ones are counted
 /// together, so memory stays bounded under a distributed flood.

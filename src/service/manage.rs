@@ -23,7 +23,6 @@ use crate::{
 };
 
 use super::{Rpc, TokenService, draft_of};
-use crate::audit::AUDIT;
 
 /// Proof that the caller holds the admin role: only
 /// [`TokenService::authorize_admin`] makes one, and every management call
@@ -103,14 +102,12 @@ fn audit_created(rpc: &str, caller: Option<&ServiceToken>, created: &ServiceToke
         Some(_) => "service token created",
         None => "bootstrap token created",
     };
-    tracing::info!(
-        target: AUDIT,
+    crate::audit::done!(
+        info,
         rpc,
-        outcome = "OK",
-        caller.id = caller.map(|c| c.id.get()),
-        caller.name = caller.map(|c| c.name.as_str()),
-        token.id = created.id.get(),
-        token.name = created.name.as_str(),
+        caller,
+        created.id.get(),
+        created.name.as_str(),
         token.roles = %created.roles,
         "{message}"
     );
@@ -340,15 +337,12 @@ impl TokenService {
             (true, false) => "Enable",
             _ => Rpc::Update.as_str(),
         };
-        let caller = admin.token();
-        tracing::info!(
-            target: AUDIT,
+        crate::audit::done!(
+            info,
             rpc,
-            outcome = "OK",
-            caller.id = caller.id.get(),
-            caller.name = caller.name.as_str(),
-            token.id = id.get(),
-            token.name = after.name.as_str(),
+            Some(admin.token()),
+            id.get(),
+            after.name.as_str(),
             changed = %changes
                 .iter()
                 .map(|c| format!("{}: {:?} -> {:?}", c.field, c.old, c.new))
@@ -407,15 +401,12 @@ impl TokenService {
         };
         let event = Draft::rotated(Actor::of(admin.token()), now);
         let (_, rotated) = self.change(admin, id, &change, now, None, event).await?;
-        let caller = admin.token();
-        tracing::info!(
-            target: AUDIT,
-            rpc = Rpc::Rotate.as_str(),
-            outcome = "OK",
-            caller.id = caller.id.get(),
-            caller.name = caller.name.as_str(),
-            token.id = id.get(),
-            token.name = rotated.name.as_str(),
+        crate::audit::done!(
+            info,
+            Rpc::Rotate.as_str(),
+            Some(admin.token()),
+            id.get(),
+            rotated.name.as_str(),
             grace_period = ?grace,
             previous_secret_expiration = rotated
                 .previous_secret
@@ -548,13 +539,13 @@ impl TokenService {
         let keep = self.keep_admin(now);
         let deleted = self.remove(id, &keep, expected.as_ref(), event).await?;
         self.outcome(id, deleted)?;
-        tracing::info!(
-            target: AUDIT,
-            rpc = Rpc::Delete.as_str(),
-            outcome = "OK",
-            caller.id = admin.token().id.get(),
-            caller.name = admin.token().name.as_str(),
-            token.id = id.get(),
+        // The name is not read back to be logged: the event carries it.
+        crate::audit::done!(
+            info,
+            Rpc::Delete.as_str(),
+            Some(admin.token()),
+            id.get(),
+            None::<&str>,
             "service token deleted"
         );
         Ok(())

@@ -129,12 +129,12 @@ impl TokenService {
         if deleted != Outcome::Done(()) {
             return Ok(Revoked::NotFound);
         }
-        tracing::warn!(
-            target: AUDIT,
-            rpc = "RevokeLeaked",
-            outcome = "OK",
-            token.id = id.get(),
-            token.name = stored.token.name.as_str(),
+        crate::audit::done!(
+            warn,
+            "RevokeLeaked",
+            None,
+            id.get(),
+            stored.token.name.as_str(),
             source = source.map(tracing::field::display),
             "leaked service token revoked"
         );

@@ -16,7 +16,6 @@ use crate::{
 };
 
 use super::TokenService;
-use crate::audit::AUDIT;
 
 /// How long a metrics scrape waits for the store's token count.
 const METRICS_COUNT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
@@ -82,16 +81,13 @@ impl TokenService {
                 }
                 purged += 1;
                 self.metrics.management_call("Purge", "OK");
-                tracing::info!(
-                    target: AUDIT,
-                    rpc = "Purge",
-                    outcome = "OK",
-                    token.id = id.get(),
-                    token.name = stored.token.name.as_str(),
-                    expiration = stored
-                        .token
-                        .expiration
-                        .map(crate::clock::rfc3339),
+                crate::audit::done!(
+                    info,
+                    "Purge",
+                    None,
+                    id.get(),
+                    stored.token.name.as_str(),
+                    expiration = stored.token.expiration.map(crate::clock::rfc3339),
                     "expired service token purged"
                 );
             }
