@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use sts::proto::{CreateRequest, ServiceToken, UpdateRequest};
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_code, create_request, spawn_app, with_key};
+use crate::support::{TestApp, assert_code, create_request, spawn_app, with_key};
 
 const ADMIN: &str = "stackstate-admin";
 const DAY: Duration = Duration::from_secs(86_400);

@@ -10,9 +10,10 @@ use sts::{
     service::AUDIT,
 };
 
+use crate::support::Rest;
 use crate::{
-    helpers::{channel, create_request, with_key},
-    process::{ServerProcess, bootstrap},
+    support::process::{ServerProcess, bootstrap},
+    support::{channel, create_request, with_key},
 };
 
 #[tokio::test]
@@ -111,7 +112,7 @@ async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_
     let addr = server.addr;
     let http = reqwest::Client::new();
     let mut grpc = TokenServiceClient::new(channel(addr).await);
-    let url = format!("http://{addr}/api/security/tokens");
+    let url = Rest::at(addr).url("/api/security/tokens");
 
     // Two-thirds REST without a credential, one third gRPC with an unknown
     // (well-formed) token, a few at a time.
@@ -132,7 +133,7 @@ async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_
         .unwrap_err();
 
     let metrics = http
-        .get(format!("http://{addr}/metrics"))
+        .get(Rest::at(addr).url("/metrics"))
         .send()
         .await
         .unwrap()
@@ -197,12 +198,12 @@ async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_
 
 #[tokio::test]
 async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdown() {
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let service = sts::config::ServiceConfig {
         refusal_summary_interval: std::time::Duration::from_millis(50),
         ..Default::default()
     };
-    let app = crate::helpers::spawn_app_with(service, crate::helpers::server_config()).await;
+    let app = crate::support::spawn_app_with(service, crate::support::server_config()).await;
     for _ in 0..5 {
         app.client
             .clone()
@@ -228,7 +229,7 @@ async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdo
             .filter_map(|e| e["fields"]["count"].as_u64())
             .sum()
     };
-    crate::helpers::eventually("a summary of the further refusals", || async {
+    crate::support::eventually("a summary of the further refusals", || async {
         summarized() > 0 && full() as u64 + summarized() == 5
     })
     .await;
@@ -239,7 +240,7 @@ async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdo
         .list(ListRequest::default())
         .await
         .unwrap_err();
-    crate::helpers::eventually("the sixth refusal accounted for", || async {
+    crate::support::eventually("the sixth refusal accounted for", || async {
         full() as u64 + summarized() == 6
     })
     .await;
@@ -247,8 +248,8 @@ async fn refusal_summaries_are_written_every_interval_without_waiting_for_shutdo
 
 #[tokio::test]
 async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
-    let (_guard, logs) = crate::logs::capture_logs();
-    let app = crate::helpers::spawn_app().await;
+    let (_guard, logs) = crate::support::logs::capture_logs();
+    let app = crate::support::spawn_app().await;
     let http = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -287,14 +288,16 @@ async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
         );
     }
     let metrics = || async {
-        reqwest::get(format!("http://{}/metrics", app.addr))
+        app.rest()
+            .get("/metrics")
+            .send()
             .await
             .unwrap()
             .text()
             .await
             .unwrap()
     };
-    crate::helpers::eventually("each undecodable call counted", || async {
+    crate::support::eventually("each undecodable call counted", || async {
         let metrics = metrics().await;
         ["List", "Create", "Validate"].iter().all(|rpc| {
             metrics.contains(&format!(
@@ -305,7 +308,7 @@ async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
     .await;
     // The admin's List in full, naming the admin; the anonymous Create as
     // the first unauthenticated refusal of its interval.
-    let refused: Vec<Value> = crate::helpers::eventually_some("both audit events", || async {
+    let refused: Vec<Value> = crate::support::eventually_some("both audit events", || async {
         let refused: Vec<Value> = logs
             .target(AUDIT)
             .into_iter()
@@ -323,13 +326,13 @@ async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
 
 #[tokio::test]
 async fn an_authenticated_flood_is_summarized_per_caller_call_and_role() {
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     // One interval for the whole test; the summary is written at shutdown.
     let service = sts::config::ServiceConfig {
         refusal_summary_interval: std::time::Duration::from_secs(600),
         ..Default::default()
     };
-    let app = crate::helpers::spawn_router_with(service).await;
+    let app = crate::support::spawn_router_with(service).await;
     let (token, id) = app.create("ci", &["viewer"]).await;
     let key = [("x-api-key", token.as_bytes())];
     const N: usize = 500;
@@ -391,12 +394,12 @@ async fn an_authenticated_flood_is_summarized_per_caller_call_and_role() {
 
 #[tokio::test]
 async fn unauthenticated_reviews_and_revocations_that_revoke_nothing_are_summarized() {
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let service = sts::config::ServiceConfig {
         refusal_summary_interval: std::time::Duration::from_secs(600),
         ..Default::default()
     };
-    let app = crate::helpers::spawn_router_with(service).await;
+    let app = crate::support::spawn_router_with(service).await;
     let form = [(
         "content-type",
         b"application/x-www-form-urlencoded".as_slice(),
@@ -457,7 +460,7 @@ async fn unauthenticated_reviews_and_revocations_that_revoke_nothing_are_summari
 }
 
 /// The ids of the audit events with `message`.
-fn audited_ids(logs: &crate::logs::CapturedLogs, message: &str) -> Vec<u64> {
+fn audited_ids(logs: &crate::support::logs::CapturedLogs, message: &str) -> Vec<u64> {
     logs.target(AUDIT)
         .iter()
         .filter(|e| e["fields"]["message"] == message)
@@ -468,9 +471,9 @@ fn audited_ids(logs: &crate::logs::CapturedLogs, message: &str) -> Vec<u64> {
 #[tokio::test]
 async fn every_committed_change_is_audited_once_whatever_the_callers_deadline() {
     use std::{collections::BTreeSet, time::Duration};
-    let (_guard, logs) = crate::logs::capture_logs();
-    let app = crate::helpers::spawn_app().await;
-    let admin_id = crate::helpers::list_all(&app.client, &app.admin_token).await[0].id;
+    let (_guard, logs) = crate::support::logs::capture_logs();
+    let app = crate::support::spawn_app().await;
+    let admin_id = crate::support::list_all(&app.client, &app.admin_token).await[0].id;
     const CALLS: usize = 40;
     // Creates and deletes whose callers give up after 1 ms, a few at a
     // time: many give up while the store syncs, after it committed.
@@ -481,13 +484,13 @@ async fn every_committed_change_is_audited_once_whatever_the_callers_deadline() 
         answered += usize::from(app.client.clone().create(request).await.is_ok());
     }
     let stored = || async {
-        let all = crate::helpers::list_all(&app.client, &app.admin_token).await;
+        let all = crate::support::list_all(&app.client, &app.admin_token).await;
         all.into_iter()
             .map(|t| t.id)
             .filter(|id| *id != admin_id)
             .collect::<BTreeSet<_>>()
     };
-    crate::helpers::eventually("every committed create audited", || async {
+    crate::support::eventually("every committed create audited", || async {
         audited_ids(&logs, "service token created")
             .into_iter()
             .collect::<BTreeSet<_>>()
@@ -513,7 +516,7 @@ async fn every_committed_change_is_audited_once_whatever_the_callers_deadline() 
         request.set_timeout(Duration::from_millis(1));
         let _ = app.client.clone().delete(request).await;
     }
-    crate::helpers::eventually("every committed delete audited", || async {
+    crate::support::eventually("every committed delete audited", || async {
         let deleted: BTreeSet<u64> = audited_ids(&logs, "service token deleted")
             .into_iter()
             .collect();

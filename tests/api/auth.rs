@@ -12,7 +12,7 @@ use sts::{
 };
 use tonic::{Code, Request, metadata::MetadataValue};
 
-use crate::helpers::{
+use crate::support::{
     ADMIN_ROLE, TestApp, assert_code, create_request, spawn_app, spawn_app_with, with_key,
 };
 
@@ -193,7 +193,7 @@ async fn a_valid_token_without_the_admin_role_is_permission_denied() {
 #[tokio::test]
 async fn the_admin_role_is_configurable() {
     let service = ServiceConfig::with_admin_role(Role::parse("token-admins").unwrap());
-    let app = spawn_app_with(service, crate::helpers::server_config()).await;
+    let app = spawn_app_with(service, crate::support::server_config()).await;
     // The bootstrap token carries the configured role.
     assert_eq!(
         codes(&management_calls(&app, &key(&app.admin_token)).await),

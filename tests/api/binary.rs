@@ -6,9 +6,10 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use crate::support::Rest;
 use crate::{
-    helpers::{ADMIN_ROLE, channel, restart, spawn_app},
-    process::{ServerProcess, sts_server},
+    support::process::{ServerProcess, sts_server},
+    support::{ADMIN_ROLE, channel, restart, spawn_app},
 };
 
 /// The TokenService's gRPC health at `addr`, over a new connection.
@@ -252,7 +253,7 @@ async fn a_missing_or_read_only_data_dir_is_a_clear_error_at_start() {
     std::fs::create_dir(&empty_dir).unwrap();
     let stocked = tempfile::tempdir().unwrap();
     let stocked_dir = stocked.path().join("data");
-    crate::process::bootstrap(&stocked_dir);
+    crate::support::process::bootstrap(&stocked_dir);
     for dir in [&empty_dir, &stocked_dir] {
         let stderr = run(read_only_for_the_server(dir), &serve, dir);
         assert!(stderr.contains("permission denied"), "{stderr}");
@@ -268,7 +269,7 @@ async fn a_missing_or_read_only_data_dir_is_a_clear_error_at_start() {
 #[tokio::test]
 async fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_serves_on() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = crate::process::bootstrap(dir.path());
+    let admin = crate::support::process::bootstrap(dir.path());
     let first = ServerProcess::start(dir.path()).await;
 
     let second = sts_server()
@@ -287,7 +288,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_serves_on
 
     let client =
         sts::proto::token_service_client::TokenServiceClient::new(channel(first.addr).await);
-    let answer = crate::helpers::validate_on(&client, &admin).await.unwrap();
+    let answer = crate::support::validate_on(&client, &admin).await.unwrap();
     assert!(answer.valid);
     let (status, _) = first.terminate().await;
     assert!(status.success());
@@ -296,7 +297,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_serves_on
 #[tokio::test]
 async fn bootstrap_always_carries_the_admin_role() {
     let dir = tempfile::tempdir().unwrap();
-    let token = crate::process::bootstrap_with_args(dir.path(), &["--roles", "reader"]);
+    let token = crate::support::process::bootstrap_with_args(dir.path(), &["--roles", "reader"]);
     let app = restart(dir).await;
     let identity = app.validate(&token).await.service_token.unwrap();
     assert_eq!(identity.roles, [ADMIN_ROLE, "reader"]);
@@ -348,14 +349,15 @@ async fn a_store_url_is_never_echoed_with_its_password_on_any_rejection() {
         "{stderr}"
     );
     // A database that checks passwords, and this one is wrong.
-    if std::env::var(crate::pg::DATABASE_URL_VAR).is_err() {
+    if std::env::var(crate::support::pg::DATABASE_URL_VAR).is_err() {
         eprintln!(
             "skipping the wrong-password case: {} is not set",
-            crate::pg::DATABASE_URL_VAR
+            crate::support::pg::DATABASE_URL_VAR
         );
         return;
     }
-    let Some(cluster) = crate::pg::PrivateCluster::start(Some("the-right-one")).await else {
+    let Some(cluster) = crate::support::pg::PrivateCluster::start(Some("the-right-one")).await
+    else {
         return;
     };
     let url = cluster
@@ -370,7 +372,7 @@ async fn a_store_url_is_never_echoed_with_its_password_on_any_rejection() {
     let right = cluster
         .url()
         .replace("postgres@", "postgres:the-right-one@");
-    crate::process::bootstrap_store(&right).await;
+    crate::support::process::bootstrap_store(&right).await;
 }
 
 #[tokio::test]
@@ -435,10 +437,10 @@ async fn on_sigterm_readiness_turns_first_while_calls_are_still_served() {
         .pool_max_idle_per_host(0) // a fresh connection for every request
         .build()
         .unwrap();
-    let readyz = format!("http://{addr}/readyz");
+    let readyz = Rest::at(addr).url("/readyz");
     assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
     let exited = server.terminate_in_background();
-    crate::helpers::eventually("/readyz answers 503 after SIGTERM", || async {
+    crate::support::eventually("/readyz answers 503 after SIGTERM", || async {
         http.get(&readyz).send().await.unwrap().status() == 503
     })
     .await;
@@ -473,13 +475,13 @@ async fn one_server_serves_every_address_it_was_given() {
     let addresses: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
-    let (service, _, _) = crate::helpers::build_service(store, Default::default()).await;
+    let (service, _, _) = crate::support::build_service(store, Default::default()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(sts::server::run_on(
         listeners,
         Vec::new(),
         service,
-        crate::helpers::server_config(),
+        crate::support::server_config(),
         async {
             let _ = stopped.await;
         },
@@ -536,8 +538,8 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
     let stderr = refused_serve(&data, &["--kubernetes-prefix", "system"], &[]);
     assert!(stderr.contains("must end with `:`"), "{stderr}");
 
-    let token = crate::process::bootstrap_with_args(&data, &["--roles", "kube"]);
-    let server = crate::process::ServerProcess::start_with(
+    let token = crate::support::process::bootstrap_with_args(&data, &["--roles", "kube"]);
+    let server = crate::support::process::ServerProcess::start_with(
         &data,
         &[
             ("STS_KUBERNETES_PREFIX", "k8s:"),
@@ -554,7 +556,7 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
         "spec": {"token": token},
     });
     let answer: serde_json::Value = http
-        .post(format!("http://{}/api/kubernetes/tokenreview", server.addr))
+        .post(server.rest().url("/api/kubernetes/tokenreview"))
         .bearer_auth(&token)
         .json(&review)
         .send()
@@ -570,7 +572,7 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
         "{answer}"
     );
     let auth = http
-        .get(format!("http://{}/api/auth/anything", server.addr))
+        .get(server.rest().url("/api/auth/anything"))
         .header("x-api-key", &token)
         .send()
         .await
@@ -600,8 +602,8 @@ async fn the_lifetime_flags_reach_the_server_and_an_impossible_policy_is_refused
         "{stderr}"
     );
 
-    let admin = crate::process::bootstrap(&data);
-    let server = crate::process::ServerProcess::start_with(
+    let admin = crate::support::process::bootstrap(&data);
+    let server = crate::support::process::ServerProcess::start_with(
         &data,
         &[
             ("STS_MAX_TOKEN_LIFETIME", "30d"),
@@ -609,8 +611,9 @@ async fn the_lifetime_flags_reach_the_server_and_an_impossible_policy_is_refused
         ],
     )
     .await;
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/api/security/tokens", server.addr))
+    let created: serde_json::Value = server
+        .rest()
+        .post("/api/security/tokens")
         .header("x-api-key", &admin)
         .body(r#"{"name": "ci", "roles": ["r"]}"#)
         .send()
@@ -635,13 +638,15 @@ async fn the_header_bound_flag_reaches_the_server_and_one_too_small_is_refused()
     let stderr = refused_serve(&data, &["--max-header-bytes", "100"], &[]);
     assert!(stderr.contains("must be from 8192"), "{stderr}");
 
-    crate::process::bootstrap(&data);
-    let server =
-        crate::process::ServerProcess::start_with(&data, &[("STS_MAX_HEADER_BYTES", "10000")])
-            .await;
+    crate::support::process::bootstrap(&data);
+    let server = crate::support::process::ServerProcess::start_with(
+        &data,
+        &[("STS_MAX_HEADER_BYTES", "10000")],
+    )
+    .await;
     let http = reqwest::Client::new();
     let get = |padding: usize| {
-        http.get(format!("http://{}/healthz", server.addr))
+        http.get(server.rest().url("/healthz"))
             .header("x-padding", "a".repeat(padding))
             .send()
     };

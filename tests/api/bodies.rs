@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sts::config::{ServerConfig, ServiceConfig};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::helpers::{TestApp, closed_by_server, read_http1_head, server_config, spawn_app_with};
+use crate::support::{TestApp, closed_by_server, read_http1_head, server_config, spawn_app_with};
 
 async fn app_with_body_timeout(timeout: Duration) -> TestApp {
     let server = ServerConfig {

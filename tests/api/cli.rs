@@ -9,7 +9,8 @@ use std::{
 use sts::proto::InvalidReason;
 use tempfile::TempDir;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::support::Rest;
+use crate::support::{TestApp, spawn_app};
 
 /// A user's environment: an empty home and config dir, no `STS_CLI_*`.
 pub struct Terminal {
@@ -88,7 +89,7 @@ impl Terminal {
 
     /// Saves and selects a context for `app` with its admin token.
     pub async fn log_in(&self, app: &TestApp) {
-        let url = format!("http://{}", app.addr);
+        let url = app.rest().url("");
         let run = self
             .save_context("local", &url, &app.admin_token, &[])
             .await;
@@ -115,7 +116,7 @@ impl Run {
 async fn the_documented_session_works_verbatim() {
     let app = spawn_app().await;
     let terminal = Terminal::new();
-    let url = format!("http://{}", app.addr);
+    let url = app.rest().url("");
 
     // sts context --name <name> --service-token <TOKEN> --url <url>
     let saved = terminal
@@ -381,7 +382,7 @@ async fn contexts_can_be_listed_switched_shown_and_deleted() {
     let other = spawn_app().await;
     let terminal = Terminal::new();
     terminal.log_in(&app).await;
-    let other_url = format!("http://{}/", other.addr);
+    let other_url = other.rest().url("/");
     terminal
         .save_context("other", &other_url, &other.admin_token, &[])
         .await
@@ -395,7 +396,7 @@ async fn contexts_can_be_listed_switched_shown_and_deleted() {
         .collect();
     assert_eq!(rows[0], ["CURRENT", "NAME", "URL"]);
     // The last saved context is current, and marked.
-    let local_url = format!("http://{}", app.addr);
+    let local_url = app.rest().url("");
     assert!(
         rows.contains(&vec!["", "local", local_url.as_str()]),
         "{rows:?}"
@@ -512,7 +513,7 @@ async fn the_config_file_is_private() {
 async fn saving_checks_the_token_unless_told_not_to() {
     let app = spawn_app().await;
     let terminal = Terminal::new();
-    let url = format!("http://{}", app.addr);
+    let url = app.rest().url("");
     let unknown = sts::token::Secret::generate().expose_secret().to_owned();
     let run = terminal.save_context("bad", &url, &unknown, &[]).await;
     assert_eq!(run.code, 4, "{}", run.stderr);
@@ -537,7 +538,7 @@ async fn saving_checks_the_token_unless_told_not_to() {
 async fn flags_and_environment_need_no_config_file_and_take_precedence() {
     let app = spawn_app().await;
     let terminal = Terminal::new();
-    let url = format!("http://{}", app.addr);
+    let url = app.rest().url("");
     let listed = terminal
         .sts_with_env(
             &["service-token", "list", "-o", "json"],
@@ -601,7 +602,7 @@ async fn flags_and_environment_need_no_config_file_and_take_precedence() {
 async fn exit_codes_follow_stackstate() {
     let app = spawn_app().await;
     let terminal = Terminal::new();
-    let url = format!("http://{}", app.addr);
+    let url = app.rest().url("");
 
     // 1: no context at all; an unreadable config file.
     let run = terminal.sts(&["service-token", "list"]).await;
@@ -793,10 +794,10 @@ async fn symbols_and_colour_only_on_a_terminal_without_no_color() {
 
 #[tokio::test]
 async fn https_urls_work_with_a_trusted_ca_a_ca_file_or_skip_ssl() {
-    let app = crate::helpers::spawn_tls_app().await;
+    let app = crate::support::spawn_tls_app().await;
     let terminal = Terminal::new();
     let ca_file = terminal.home.path().join("ca.pem");
-    std::fs::write(&ca_file, &crate::helpers::TestCertificate::shared().ca_pem).unwrap();
+    std::fs::write(&ca_file, &crate::support::TestCertificate::shared().ca_pem).unwrap();
     let ca_file = ca_file.to_str().unwrap();
     let url = format!("https://localhost:{}/", app.addr.port());
     let list = |extra: &[&'static str]| {
@@ -911,14 +912,14 @@ async fn list_pages_through_everything_with_a_config_path_context_env_and_url_pa
         max_page_size: 2,
         ..sts::config::ServiceConfig::default()
     };
-    let app = crate::helpers::spawn_app_with(service, crate::helpers::server_config()).await;
+    let app = crate::support::spawn_app_with(service, crate::support::server_config()).await;
     for i in 0..5 {
         app.create(&format!("t{i}"), &["r"]).await;
     }
     let terminal = Terminal::new();
     let config = terminal.home.path().join("elsewhere.yaml");
     let config = config.to_str().unwrap();
-    let url = format!("http://{}/api/", app.addr);
+    let url = app.rest().url("/api/");
     terminal
         .save_context("paged", &url, &app.admin_token, &["--config", config])
         .await
@@ -981,11 +982,11 @@ async fn a_url_that_is_not_an_sts_server_is_explained_in_one_line() {
         }
     });
     let plain = spawn_app().await;
-    let tls = crate::helpers::spawn_tls_app().await;
+    let tls = crate::support::spawn_tls_app().await;
     let terminal = Terminal::new();
     let cases = [
         (
-            format!("http://{web_addr}"),
+            Rest::at(web_addr).url(""),
             "does not speak gRPC over HTTP/2: is this the right port?",
         ),
         (

@@ -3,7 +3,7 @@
 
 use sts::proto::InvalidReason;
 
-use crate::{cli::Terminal, helpers::spawn_app};
+use crate::{cli::Terminal, support::spawn_app};
 
 #[tokio::test]
 async fn describe_update_disable_enable_and_rotate() {
@@ -326,7 +326,7 @@ async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
         lifetime: LifetimePolicy::new(Some(Duration::from_secs(90 * 86_400)), None).unwrap(),
         ..ServiceConfig::default()
     };
-    let app = crate::helpers::spawn_app_on_with(data_dir, store, service).await;
+    let app = crate::support::spawn_app_on_with(data_dir, store, service).await;
     let terminal = Terminal::new();
     terminal.log_in(&app).await;
     let id = legacy.id.get().to_string();

@@ -20,7 +20,7 @@ use sts::{
 };
 use tempfile::TempDir;
 
-use crate::{helpers::ListAll, pg::TestDatabase};
+use crate::{support::ListAll, support::pg::TestDatabase};
 
 enum Data {
     Sled(TempDir),
@@ -78,7 +78,7 @@ impl Backend {
     async fn restart(&mut self) {
         self.store = None;
         self.store = Some(match &self.data {
-            Data::Sled(dir) => Arc::new(crate::helpers::reopen(dir.path()).await),
+            Data::Sled(dir) => Arc::new(crate::support::reopen(dir.path()).await),
             Data::Postgres(database) => Arc::new(
                 PostgresStore::connect(&sts::config::StoreUrl::parse(&database.url).unwrap())
                     .await
@@ -90,7 +90,7 @@ impl Backend {
     /// Every byte the backend keeps at rest.
     async fn at_rest(&self) -> Vec<u8> {
         match &self.data {
-            Data::Sled(dir) => crate::helpers::read_all_files(dir.path())
+            Data::Sled(dir) => crate::support::read_all_files(dir.path())
                 .into_iter()
                 .flat_map(|(_, bytes)| bytes)
                 .collect(),
@@ -250,8 +250,8 @@ async fn a_cursor_holds_while_tokens_come_and_go(backend: &mut Backend) {
     // cursor's own token goes.
     let cursor = first.last().unwrap().id;
     let gone = kept.iter().find(|t| t.id > cursor).unwrap().id;
-    assert!(crate::helpers::deleted(&*store, gone).await);
-    assert!(crate::helpers::deleted(&*store, cursor).await);
+    assert!(crate::support::deleted(&*store, gone).await);
+    assert!(crate::support::deleted(&*store, cursor).await);
     for i in 0..10 {
         insert(&*store, &format!("new{i}")).await;
     }
@@ -282,8 +282,8 @@ async fn a_delete_removes_everything_once(backend: &mut Backend) {
     let (token, stored) = insert(&*store, "doomed").await;
     let (survivor, _) = insert(&*store, "survivor").await;
     assert_eq!(store.count().await.unwrap(), 2);
-    assert!(crate::helpers::deleted(&*store, stored.id).await);
-    assert!(!crate::helpers::deleted(&*store, stored.id).await);
+    assert!(crate::support::deleted(&*store, stored.id).await);
+    assert!(!crate::support::deleted(&*store, stored.id).await);
     assert!(store.find_by_hash(&token.hash()).await.unwrap().is_none());
     assert_eq!(store.count().await.unwrap(), 1);
     assert!(
@@ -305,7 +305,7 @@ async fn a_delete_removes_everything_once(backend: &mut Backend) {
     );
     assert_eq!(store.count().await.unwrap(), 1);
     let never = TokenId::parse(12345).unwrap();
-    assert!(!crate::helpers::deleted(&*store, never).await);
+    assert!(!crate::support::deleted(&*store, never).await);
 }
 
 async fn a_second_token_with_the_same_hash_is_refused(backend: &mut Backend) {
@@ -426,7 +426,7 @@ async fn replicas_see_each_others_writes_at_once(backend: &mut Backend) {
         );
     }
     let (doomed, doomed_stored) = &tokens[0];
-    assert!(crate::helpers::deleted(&*other, doomed_stored.id).await);
+    assert!(crate::support::deleted(&*other, doomed_stored.id).await);
     assert!(store.find_by_hash(&doomed.hash()).await.unwrap().is_none());
     // A cursor from one replica continues on the other.
     let first = store.list(None, 25).await.unwrap();
@@ -597,7 +597,7 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     assert_eq!(capped.previous_secret.unwrap().expiration, expiration);
 
     // A delete takes every secret with it.
-    assert!(crate::helpers::deleted(&*store, inserted.id).await);
+    assert!(crate::support::deleted(&*store, inserted.id).await);
     for gone in [&fourth, &fifth] {
         assert!(store.find_by_hash(&gone.hash()).await.unwrap().is_none());
     }

@@ -14,10 +14,12 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
+use crate::support::Rest;
+use crate::support::metric_in;
 use crate::{
     bodies::stalled_post,
-    helpers::{closed_by_server, eventually, read_http1_head, server_config, spawn_app_with},
-    process::{ServerProcess, bootstrap},
+    support::process::{ServerProcess, bootstrap},
+    support::{closed_by_server, eventually, read_http1_head, server_config, spawn_app_with},
 };
 
 /// A connection to `addr` from `source` (any 127.0.0.0/8 address).
@@ -73,9 +75,7 @@ async fn metric(addr: SocketAddr, line_start: &str) -> f64 {
     let text = tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .expect("no metrics within 10 s");
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    metric_in(&text, line_start)
 }
 
 #[tokio::test]
@@ -318,7 +318,7 @@ async fn past_the_bound_on_requests_in_flight_calls_are_refused_at_once_and_prob
     // check among them.
     assert_eq!(probe(app.addr).await, "HTTP/1.1 200 OK");
     let mut health =
-        tonic_health::pb::health_client::HealthClient::new(crate::helpers::channel(app.addr).await);
+        tonic_health::pb::health_client::HealthClient::new(crate::support::channel(app.addr).await);
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: sts::server::SERVICE_NAME.into(),
@@ -422,7 +422,7 @@ async fn idle_http2(addr: SocketAddr) -> tokio::task::JoinHandle<()> {
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
-    let request = http::Request::get(format!("http://{addr}/healthz"))
+    let request = http::Request::get(Rest::at(addr).url("/healthz"))
         .body(())
         .unwrap();
     let (answer, _) = client.send_request(request, true).unwrap();

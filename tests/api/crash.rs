@@ -21,9 +21,9 @@ use tokio::sync::Notify;
 use tonic::transport::Channel;
 
 use crate::{
-    helpers::{channel, create_request, eventually, list_all, validate_on, with_key},
-    pg::TestDatabase,
-    process::{ServerProcess, bootstrap_with},
+    support::pg::TestDatabase,
+    support::process::{ServerProcess, bootstrap_with},
+    support::{channel, create_request, eventually, list_all, validate_on, with_key},
 };
 
 /// Kill/restart cycles in the default run; `STS_CRASH_CYCLES` asks for more.

@@ -7,7 +7,7 @@ use sts::clock::Clock;
 use sts::{model::MAX_ID, proto::CreateRequest, token};
 use tonic::Code;
 
-use crate::helpers::{assert_code, checked, create_request, spawn_app};
+use crate::support::{assert_code, checked, create_request, spawn_app};
 
 #[tokio::test]
 async fn create_returns_a_well_formed_secret_and_the_record() {
@@ -192,7 +192,7 @@ async fn names_that_lie_on_screen_are_refused_over_every_transport() {
         ),
     ];
     let app = spawn_app().await;
-    let router = crate::helpers::spawn_router().await;
+    let router = crate::support::spawn_router().await;
     for (name, problem) in spoofs {
         let status = assert_code(
             app.client
@@ -216,7 +216,7 @@ async fn names_that_lie_on_screen_are_refused_over_every_transport() {
         );
 
         let dir = tempfile::tempdir().unwrap();
-        let output = crate::process::sts_server()
+        let output = crate::support::process::sts_server()
             .args(["bootstrap", "--name", name, "--data-dir"])
             .arg(dir.path())
             .output()

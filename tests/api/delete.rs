@@ -3,7 +3,7 @@
 use sts::{model::MAX_ID, proto::DeleteRequest, proto::InvalidReason};
 use tonic::Code;
 
-use crate::helpers::{assert_code, spawn_app};
+use crate::support::{assert_code, spawn_app};
 
 #[tokio::test]
 async fn a_deleted_token_is_rejected_at_once() {

@@ -8,12 +8,13 @@ use std::sync::{Arc, atomic::Ordering};
 use sts::proto::{DeleteRequest, ListRequest, token_service_client::TokenServiceClient};
 use tonic::Code;
 
+use crate::support::Rest;
 use crate::{
-    faults::{FaultyStore, INJECTED_CAUSE},
-    helpers::{channel, create_request, eventually_some, spawn_app_on, validate_on, with_key},
-    logs::capture_logs,
-    pg::{Proxy, TestDatabase},
-    process::{ServerProcess, bootstrap_store},
+    support::faults::{FaultyStore, INJECTED_CAUSE},
+    support::logs::capture_logs,
+    support::pg::{Proxy, TestDatabase},
+    support::process::{ServerProcess, bootstrap_store},
+    support::{channel, create_request, eventually_some, spawn_app_on, validate_on, with_key},
 };
 
 const UNAVAILABLE: &str = "the token store is unavailable; try again later";
@@ -36,8 +37,8 @@ fn incident(message: &str, fixed: &str) -> String {
 
 /// `GET /api/server/status` with `token`: the HTTP status and the JSON body.
 async fn status_with(addr: std::net::SocketAddr, token: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{addr}/api/server/status"))
+    let response = Rest::at(addr)
+        .get("/api/server/status")
         .header("x-api-key", token)
         .send()
         .await

@@ -10,8 +10,8 @@ use std::{
 };
 
 use crate::{
-    helpers::{eventually, eventually_some},
-    process::{ServerProcess, bootstrap, sts_server},
+    support::process::{ServerProcess, bootstrap, sts_server},
+    support::{eventually, eventually_some},
 };
 
 /// Set (by `.ci/run`) to make a missing FUSE (the device, the Python
@@ -57,7 +57,10 @@ impl StallingDisk {
         let root = tempfile::tempdir().unwrap();
         let mount = tempfile::tempdir().unwrap();
         let switch = root.path().with_extension("stalled");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/stalling_fs.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api/support/stalling_fs.py"
+        );
         let child = Command::new(PYTHON)
             .arg(script)
             .arg(root.path())
@@ -150,7 +153,7 @@ async fn a_disk_that_stops_answering_leaves_probes_cached_checks_and_shutdown_wo
     command.env("STS_DISK_RESERVE_MIB", "0");
     command.env("STS_SHUTDOWN_GRACE", "2s");
     let server = ServerProcess::start_command(command, &data_dir).await;
-    let base = format!("http://{}", server.addr);
+    let base = server.rest().url("");
     let client = reqwest::Client::new();
     // The admin token is checked once while the disk answers: cached.
     assert_eq!(

@@ -9,7 +9,7 @@ use sts::{
     token::Secret,
 };
 
-use crate::helpers::{ListAll, checked, copy_dir, read_all_files, restart, spawn_app};
+use crate::support::{ListAll, checked, copy_dir, read_all_files, restart, spawn_app};
 
 #[tokio::test]
 async fn tokens_and_deletions_survive_a_restart() {
@@ -33,9 +33,9 @@ async fn tokens_and_deletions_survive_a_restart() {
     assert_eq!(app.validate(&gone).await.reason(), InvalidReason::NotFound);
     // The restart bootstraps one more admin token; everything else is as it was.
     // (Last-used times move on: the admin token was used since.)
-    let after: Vec<_> = crate::helpers::without_last_use(app.list_all().await);
+    let after: Vec<_> = crate::support::without_last_use(app.list_all().await);
     assert_eq!(after.len(), before.len() + 1);
-    let before = crate::helpers::without_last_use(before);
+    let before = crate::support::without_last_use(before);
     assert!(before.iter().all(|t| after.contains(t)));
 }
 
@@ -147,7 +147,7 @@ async fn a_new_data_dir_is_private_to_its_owner() {
 async fn a_data_dir_others_could_write_or_own_is_refused_with_the_fix() {
     use std::os::unix::fs::PermissionsExt;
     let serve = |dir: &std::path::Path| {
-        let output = crate::process::sts_server()
+        let output = crate::support::process::sts_server()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .output()
@@ -182,7 +182,7 @@ async fn a_data_dir_others_could_write_or_own_is_refused_with_the_fix() {
 
     // A store made properly, then one of its files loosened.
     let made = parent.path().join("made");
-    crate::process::bootstrap(&made);
+    crate::support::process::bootstrap(&made);
     let conf = made.join("conf");
     chmod(&conf, 0o666);
     let said = serve(&made);
@@ -193,7 +193,7 @@ async fn a_data_dir_others_could_write_or_own_is_refused_with_the_fix() {
     chmod(&conf, 0o644);
     // Readable by others is not writable: a data dir from an earlier
     // release (0644 files) still opens.
-    let server = crate::process::ServerProcess::start(&made).await;
+    let server = crate::support::process::ServerProcess::start(&made).await;
     let (exit, log) = server.terminate().await;
     assert!(exit.success(), "{exit:?}: {log:#?}");
 
@@ -234,14 +234,14 @@ async fn the_token_count_is_kept_across_restarts_without_a_scan() {
             5
         );
         let first = store.list(None, 1).await.unwrap()[0].id;
-        assert!(crate::helpers::deleted(&store, first).await);
+        assert!(crate::support::deleted(&store, first).await);
         assert!(
-            !crate::helpers::deleted(&store, first).await,
+            !crate::support::deleted(&store, first).await,
             "a second delete changes nothing"
         );
         assert_eq!(store.count().await.unwrap(), 4);
     }
-    let store = crate::helpers::reopen(dir.path()).await;
+    let store = crate::support::reopen(dir.path()).await;
     assert_eq!(store.count().await.unwrap(), 4);
 }
 

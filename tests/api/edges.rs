@@ -13,14 +13,14 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::faults::FaultyStore;
-use crate::helpers::{
+use crate::support::faults::FaultyStore;
+use crate::support::{
     TestApp, closed_by_server, create_request, spawn_app, spawn_app_on, spawn_app_with, validate_on,
 };
 
 /// A Validate on a fresh connection: the server is serving others.
 async fn serves_others(app: &TestApp) {
-    let client = TokenServiceClient::new(crate::helpers::channel(app.addr).await);
+    let client = TokenServiceClient::new(crate::support::channel(app.addr).await);
     assert!(validate_on(&client, &app.admin_token).await.unwrap().valid);
 }
 
@@ -32,7 +32,7 @@ async fn http1_exchange(stream: &mut TcpStream, request: &[u8]) -> u16 {
 }
 
 async fn read_http1_answer(stream: &mut TcpStream) -> u16 {
-    let head = crate::helpers::read_http1_head(stream).await;
+    let head = crate::support::read_http1_head(stream).await;
     let length: usize = head
         .lines()
         .find_map(|line| {
@@ -56,7 +56,7 @@ fn status_request(app: &TestApp) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_server_enforces_a_call_deadline_and_the_write_completes_apart() {
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(dir.path()));
     let app = spawn_app_on(dir, store.clone()).await;
@@ -98,7 +98,7 @@ async fn the_server_enforces_a_call_deadline_and_the_write_completes_apart() {
     store.gate.add_permits(1);
     serves_others(&app).await;
     let (_, created) = app.create("in-time", &["r"]).await;
-    crate::helpers::eventually("the abandoned create completes", || async {
+    crate::support::eventually("the abandoned create completes", || async {
         let names: Vec<String> = app.list_all().await.into_iter().map(|t| t.name).collect();
         names.contains(&created.name) && names.contains(&"too-late".to_owned())
     })
@@ -115,7 +115,7 @@ async fn the_server_enforces_a_call_deadline_and_the_write_completes_apart() {
 async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_served() {
     let server = ServerConfig {
         first_byte_timeout: Duration::from_millis(500),
-        ..crate::helpers::server_config()
+        ..crate::support::server_config()
     };
     let app = spawn_app_with(ServiceConfig::default(), server).await;
 
@@ -144,7 +144,7 @@ async fn silent_connections_are_closed_and_idle_ones_kept_while_others_are_serve
     // gRPC channels, used once, then idle.
     let mut channels = Vec::new();
     for _ in 0..20 {
-        let client = TokenServiceClient::new(crate::helpers::channel(app.addr).await);
+        let client = TokenServiceClient::new(crate::support::channel(app.addr).await);
         assert!(validate_on(&client, &app.admin_token).await.unwrap().valid);
         channels.push(client);
     }
@@ -252,7 +252,7 @@ async fn half_closed_and_abandoned_sockets_are_handled() {
 async fn request_headers_are_bounded_by_the_configured_size() {
     let server = ServerConfig {
         max_header_bytes: 16 * 1024,
-        ..crate::helpers::server_config()
+        ..crate::support::server_config()
     };
     let app = spawn_app_with(ServiceConfig::default(), server).await;
     let request = |padding: usize| {
@@ -276,7 +276,7 @@ async fn request_headers_are_bounded_by_the_configured_size() {
         .unwrap();
     let get = |padding: usize| {
         client
-            .get(format!("http://{}/healthz", app.addr))
+            .get(app.rest().url("/healthz"))
             .header("x-padding", "a".repeat(padding))
             .send()
     };
@@ -291,7 +291,7 @@ async fn request_headers_are_bounded_by_the_configured_size() {
 
 #[tokio::test]
 async fn running_out_of_file_descriptors_pauses_accepting_and_then_recovers() {
-    use crate::process::{ServerProcess, bootstrap};
+    use crate::support::process::{ServerProcess, bootstrap};
     let dir = tempfile::tempdir().unwrap();
     let admin = bootstrap(dir.path());
     // The real binary with a descriptor limit a few dozen connections
@@ -318,7 +318,7 @@ async fn running_out_of_file_descriptors_pauses_accepting_and_then_recovers() {
     drop(hogs);
 
     // Once the hogs are gone (the server sees them close), it serves again.
-    let client = TokenServiceClient::new(crate::helpers::channel(server.addr).await);
+    let client = TokenServiceClient::new(crate::support::channel(server.addr).await);
     assert!(validate_on(&client, &admin).await.unwrap().valid);
 
     let (status, log) = server.terminate().await;

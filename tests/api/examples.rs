@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::helpers::spawn_router;
+use crate::support::spawn_router;
 
 /// Every YAML document in `examples/<name>`.
 fn documents(name: &str) -> Vec<Value> {
@@ -162,7 +162,7 @@ async fn the_kube_apiserver_webhook_calls_our_token_review_with_a_bearer_token()
 
 #[test]
 fn the_kubernetes_deployments_probe_our_health_names_and_set_variables_we_read() {
-    let help = crate::process::sts_server()
+    let help = crate::support::process::sts_server()
         .args(["serve", "--help"])
         .output()
         .unwrap();

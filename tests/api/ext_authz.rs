@@ -21,8 +21,8 @@ use prost::Message as _;
 use sts::token::Secret;
 
 use crate::{
-    faults::FaultyStore,
-    helpers::{TestApp, channel, server_config, spawn_app, spawn_app_on, spawn_app_with},
+    support::faults::FaultyStore,
+    support::{TestApp, channel, server_config, spawn_app, spawn_app_on, spawn_app_with},
 };
 
 /// The descriptor set reflection serves for Envoy's API, compiled from the

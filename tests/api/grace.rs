@@ -12,7 +12,7 @@ use sts::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, server_config, spawn_app, spawn_app_with, spawn_router};
+use crate::support::{TestApp, server_config, spawn_app, spawn_app_with, spawn_router};
 
 const DAY: u64 = 86_400;
 /// The largest grace the API can carry: about 292 billion years.

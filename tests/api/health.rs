@@ -9,8 +9,8 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    faults::FaultyStore,
-    helpers::{channel, create_request, restart, spawn_app, spawn_app_on},
+    support::faults::FaultyStore,
+    support::{channel, create_request, restart, spawn_app, spawn_app_on},
 };
 
 fn check(service: &str) -> HealthCheckRequest {
@@ -36,7 +36,7 @@ async fn liveness_stays_serving_while_the_store_is_away_and_readiness_does_not()
     let app = spawn_app_on(dir, store.clone()).await;
     let mut health = HealthClient::new(channel(app.addr).await);
     store.failing.store(true, Ordering::SeqCst);
-    crate::helpers::eventually("not ready while the store fails", || {
+    crate::support::eventually("not ready while the store fails", || {
         let mut health = health.clone();
         async move {
             let answer = health

@@ -3,7 +3,7 @@
 //! for introspection or TokenReview is refused with the documented JSON
 //! error like every other route's.
 
-use crate::helpers::spawn_router;
+use crate::support::spawn_router;
 
 #[tokio::test]
 async fn answers_with_a_new_secret_say_no_store() {

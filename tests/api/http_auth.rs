@@ -7,8 +7,8 @@ use std::time::Duration;
 use sts::{clock::Clock, service::AUDIT, token::Secret};
 
 use crate::{
-    helpers::{ADMIN_ROLE, spawn_router},
-    logs::capture_logs,
+    support::logs::capture_logs,
+    support::{ADMIN_ROLE, spawn_router},
 };
 
 const STATUS: &str = "/api/server/status";
@@ -420,7 +420,7 @@ async fn forward_auth_answers_below_its_path_as_envoys_http_ext_authz_asks() {
 
 #[tokio::test]
 async fn with_forward_credential_envoy_is_not_told_to_remove_it() {
-    let app = crate::helpers::spawn_router_integrations(sts::config::IntegrationConfig {
+    let app = crate::support::spawn_router_integrations(sts::config::IntegrationConfig {
         forward_credential: true,
         ..Default::default()
     })

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sts::clock::Clock;
 
-use crate::helpers::{TestRouter, spawn_router};
+use crate::support::{TestRouter, spawn_router};
 
 const TOKENS: &str = "/api/security/tokens";
 
@@ -18,7 +18,7 @@ impl TestRouter {
         answer.json()
     }
 
-    async fn forward_auth(&self, token: &str) -> crate::helpers::TestResponse {
+    async fn forward_auth(&self, token: &str) -> crate::support::TestResponse {
         self.call("GET", "/api/auth", &[("x-api-key", token.as_bytes())], "")
             .await
     }
@@ -299,7 +299,7 @@ async fn the_unpaged_list_streams_more_than_a_page_as_one_array() {
         max_page_size: 3,
         ..Default::default()
     };
-    let app = crate::helpers::spawn_router_with(config).await;
+    let app = crate::support::spawn_router_with(config).await;
     for i in 0..10 {
         app.created(json!({"name": format!("t{i}"), "roles": ["r"]}))
             .await;
@@ -327,7 +327,7 @@ async fn the_unpaged_list_streams_more_than_a_page_as_one_array() {
 #[tokio::test]
 async fn concurrent_label_merges_all_land_over_rest_grpc_and_the_cli() {
     use sts::proto::{ServiceToken, UpdateRequest};
-    let app = crate::helpers::spawn_app().await;
+    let app = crate::support::spawn_app().await;
     let (_, created) = app.create("ci", &["r"]).await;
     let url = format!("http://{}{TOKENS}/{}", app.addr, created.id);
     // Twenty patches at once, each adding its own label.
@@ -416,7 +416,7 @@ async fn concurrent_label_merges_all_land_over_rest_grpc_and_the_cli() {
 #[tokio::test]
 async fn whole_field_replacements_are_safe_with_an_etag() {
     use sts::proto::{DeleteRequest, GetRequest, ServiceToken, UpdateRequest};
-    let app = crate::helpers::spawn_app().await;
+    let app = crate::support::spawn_app().await;
     let (_, created) = app.create("ci", &["r"]).await;
     let url = format!("http://{}{TOKENS}/{}", app.addr, created.id);
     let http = reqwest::Client::new();

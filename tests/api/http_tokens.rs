@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sts::clock::Clock;
 
-use crate::helpers::{TestRouter, spawn_router};
+use crate::support::{TestRouter, spawn_router};
 
 const TOKENS: &str = "/api/security/tokens";
 
@@ -297,7 +297,7 @@ async fn create_refuses_fields_it_would_ignore_and_takes_expiration_as_get_names
 
 #[tokio::test]
 async fn a_secret_in_a_bad_body_is_never_repeated_in_the_answer_or_the_log() {
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let app = spawn_router().await;
     let (secret, id) = app.create("victim", &["r"]).await;
     let reviewer = app.create("reviewer", &["token-reviewer"]).await.0;

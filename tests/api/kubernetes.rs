@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sts::{clock::Clock, token::Secret};
 
-use crate::helpers::{TestResponse, TestRouter, spawn_router};
+use crate::support::{TestResponse, TestRouter, spawn_router};
 
 const PATH: &str = "/api/kubernetes/tokenreview";
 
@@ -174,7 +174,7 @@ async fn what_is_not_a_token_review_is_refused_without_quoting_it() {
 
 #[tokio::test]
 async fn the_prefix_is_the_configured_one() {
-    let app = crate::helpers::spawn_router_integrations(sts::config::IntegrationConfig {
+    let app = crate::support::spawn_router_integrations(sts::config::IntegrationConfig {
         kubernetes_prefix: sts::config::KubernetesPrefix::parse("tokens:").unwrap(),
         ..Default::default()
     })
@@ -192,7 +192,7 @@ async fn the_prefix_is_the_configured_one() {
 
 #[tokio::test]
 async fn the_username_may_be_the_tokens_id_which_is_unique() {
-    let app = crate::helpers::spawn_router_integrations(sts::config::IntegrationConfig {
+    let app = crate::support::spawn_router_integrations(sts::config::IntegrationConfig {
         kubernetes_username: sts::config::KubernetesUsername::Id,
         ..Default::default()
     })

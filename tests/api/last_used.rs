@@ -2,11 +2,12 @@
 //! one store write per token per resolution, written off the request path,
 //! and kept across a graceful restart.
 
-use std::time::{Duration, Instant};
+use crate::support::{within, within_some};
+use std::time::Duration;
 
 use sts::{config::ServiceConfig, proto::GetRequest};
 
-use crate::helpers::{TestRouter, spawn_app_with, spawn_router_with};
+use crate::support::{TestRouter, spawn_app_with, spawn_router_with};
 
 fn resolution(every: Duration) -> ServiceConfig {
     ServiceConfig {
@@ -34,14 +35,13 @@ impl TestRouter {
 async fn with_a_one_second_resolution_a_use_shows_in_get_within_two_seconds() {
     let app = spawn_app_with(
         resolution(Duration::from_secs(1)),
-        crate::helpers::server_config(),
+        crate::support::server_config(),
     )
     .await;
     let (secret, created) = app.create("ci", &["reader"]).await;
     assert_eq!(created.last_used_at, None, "never used");
-    let used = Instant::now();
     assert!(app.validate(&secret).await.valid);
-    loop {
+    within(Duration::from_secs(2), "the use recorded", || async {
         let token = app
             .client
             .clone()
@@ -51,15 +51,9 @@ async fn with_a_one_second_resolution_a_use_shows_in_get_within_two_seconds() {
             .into_inner()
             .service_token
             .unwrap();
-        if token.last_used_at.is_some() {
-            break;
-        }
-        assert!(
-            used.elapsed() < Duration::from_secs(2),
-            "not recorded within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        token.last_used_at.is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -140,12 +134,12 @@ async fn a_zero_resolution_turns_tracking_off() {
 async fn a_graceful_stop_writes_what_is_pending() {
     let app = spawn_app_with(
         resolution(Duration::from_secs(3600)),
-        crate::helpers::server_config(),
+        crate::support::server_config(),
     )
     .await;
     let (secret, created) = app.create("ci", &["reader"]).await;
     assert!(app.validate(&secret).await.valid);
-    let app = crate::helpers::restart(app.stop().await).await;
+    let app = crate::support::restart(app.stop().await).await;
     let tokens = app.list_all().await;
     let token = tokens.iter().find(|t| t.id == created.id).unwrap();
     assert!(token.last_used_at.is_some(), "written at shutdown");
@@ -159,8 +153,8 @@ async fn the_server_flag_sets_the_resolution_and_a_written_use_survives_a_crash(
     use sts::proto::token_service_client::TokenServiceClient;
 
     use crate::{
-        helpers::{channel, create_request, validate_on, with_key},
-        process::{ServerProcess, bootstrap},
+        support::process::{ServerProcess, bootstrap},
+        support::{channel, create_request, validate_on, with_key},
     };
     let dir = tempfile::tempdir().unwrap();
     let admin = bootstrap(dir.path());
@@ -174,7 +168,6 @@ async fn the_server_flag_sets_the_resolution_and_a_written_use_survives_a_crash(
         .unwrap()
         .into_inner();
     let id = created.service_token.unwrap().id;
-    let used = Instant::now();
     assert!(validate_on(&client, &created.token).await.unwrap().valid);
     let get = |client: TokenServiceClient<tonic::transport::Channel>| {
         let request = with_key(&admin, GetRequest { id });
@@ -189,38 +182,19 @@ async fn the_server_flag_sets_the_resolution_and_a_written_use_survives_a_crash(
                 .unwrap()
         }
     };
-    let last_used = loop {
-        if let Some(at) = get(client.clone()).await.last_used_at {
-            break at;
-        }
-        assert!(
-            used.elapsed() < Duration::from_secs(2),
-            "not recorded within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let last_used = within_some(Duration::from_secs(2), "the use recorded", || async {
+        get(client.clone()).await.last_used_at
+    })
+    .await;
     // `Get` reads sled, which shows a batch's write before the sync that
     // makes it durable has returned; the batch is counted after it has.
     // Two uses: the admin's (Create) and this token's, queued milliseconds
     // apart; the admin's next is a whole window later.
-    let metrics = format!("http://{}/metrics", server.addr);
-    loop {
-        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-        let written = text.lines().find_map(|line| {
-            line.strip_prefix(WRITES)?
-                .strip_prefix(' ')?
-                .parse::<f64>()
-                .ok()
-        });
-        if written.is_some_and(|n| n >= 2.0) {
-            break;
-        }
-        assert!(
-            used.elapsed() < Duration::from_secs(5),
-            "the batch was not written within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rest = server.rest();
+    within(Duration::from_secs(5), "the batch written", || async {
+        rest.metric(WRITES).await >= 2.0
+    })
+    .await;
     server.kill().await.unwrap();
     let server = ServerProcess::start_with(dir.path(), &env).await;
     let client = TokenServiceClient::new(channel(server.addr).await);

@@ -12,14 +12,14 @@ use sts::{
 
 use crate::{
     cli::Terminal,
-    helpers::{TestRouter, channel, spawn_app, spawn_router},
-    process::{ServerProcess, bootstrap},
+    support::process::{ServerProcess, bootstrap},
+    support::{TestRouter, channel, spawn_app, spawn_router},
 };
 
 const PATH: &str = "/api/security/tokens/revoke";
 
 impl TestRouter {
-    async fn revoke(&self, tokens: &[&str]) -> crate::helpers::TestResponse {
+    async fn revoke(&self, tokens: &[&str]) -> crate::support::TestResponse {
         let body = json!({ "tokens": tokens }).to_string();
         self.call(
             "POST",
@@ -340,12 +340,12 @@ async fn revoke_over_tcp(
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
     use sts::{config::ServiceConfig, source::TrustedProxies};
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let server = sts::config::ServerConfig {
         trusted_proxies: TrustedProxies::parse("127.0.0.1").unwrap(),
-        ..crate::helpers::server_config()
+        ..crate::support::server_config()
     };
-    let app = crate::helpers::spawn_app_with(ServiceConfig::default(), server).await;
+    let app = crate::support::spawn_app_with(ServiceConfig::default(), server).await;
     let unknown = Secret::generate().expose_secret().to_owned();
     // What the client put first is not believed: the proxy's own entry is.
     let first = [("x-forwarded-for", "198.51.100.7, 203.0.113.1")];
@@ -399,9 +399,9 @@ async fn an_untrusted_peer_cannot_name_another_source() {
     // Trusted proxies are configured, but the test's peer is not one.
     let server = sts::config::ServerConfig {
         trusted_proxies: TrustedProxies::parse("10.0.0.0/8").unwrap(),
-        ..crate::helpers::server_config()
+        ..crate::support::server_config()
     };
-    let app = crate::helpers::spawn_app_with(ServiceConfig::default(), server).await;
+    let app = crate::support::spawn_app_with(ServiceConfig::default(), server).await;
     let unknown = Secret::generate().expose_secret().to_owned();
     for n in 0..sts::service::REVOKE_CALLS_PER_MINUTE {
         let client = format!("203.0.113.{n}");

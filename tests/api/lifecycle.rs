@@ -13,7 +13,7 @@ use sts::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_code, create_request, spawn_app, with_key};
+use crate::support::{TestApp, assert_code, create_request, spawn_app, with_key};
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask {
@@ -90,7 +90,7 @@ async fn get_answers_one_token_with_every_field() {
     assert_code(app.get(created.id ^ 1).await, Code::NotFound);
     assert_code(app.get(0).await, Code::InvalidArgument);
     let (reader, _) = app.create("reader", &["reader"]).await;
-    let request = crate::helpers::with_key(&reader, GetRequest { id: created.id });
+    let request = crate::support::with_key(&reader, GetRequest { id: created.id });
     assert_code(
         app.client.clone().get(request).await,
         Code::PermissionDenied,
@@ -253,7 +253,7 @@ async fn a_disabled_token_is_refused_at_once_and_enabled_again_works() {
     let ids: Vec<u64> = listed.service_tokens.iter().map(|t| t.id).collect();
     assert_eq!(ids, [created.id], "the disabled filter");
     // A disabled token cannot call anything either.
-    let request = crate::helpers::with_key(&secret, GetRequest { id: created.id });
+    let request = crate::support::with_key(&secret, GetRequest { id: created.id });
     let status = assert_code(app.client.clone().get(request).await, Code::Unauthenticated);
     assert!(status.message().contains("disabled"), "{status:?}");
 
@@ -453,7 +453,7 @@ async fn the_last_admin_token_cannot_lock_everyone_out() {
     assert_eq!(app.get(admin_id).await.unwrap(), me, "nothing changed");
     // With a second admin token, the first may go.
     let (second, _) = app.create("second-admin", &["stackstate-admin"]).await;
-    let request = crate::helpers::with_key(
+    let request = crate::support::with_key(
         &second,
         DeleteRequest {
             id: admin_id,
@@ -468,10 +468,13 @@ async fn the_last_admin_token_cannot_lock_everyone_out() {
 #[tokio::test]
 async fn updates_rotations_disables_and_enables_are_audited_with_what_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let admin = crate::process::bootstrap(dir.path());
-    let server =
-        crate::process::ServerProcess::start_with(dir.path(), &[("STS_LOG_FORMAT", "json")]).await;
-    let mut grpc = TokenServiceClient::new(crate::helpers::channel(server.addr).await);
+    let admin = crate::support::process::bootstrap(dir.path());
+    let server = crate::support::process::ServerProcess::start_with(
+        dir.path(),
+        &[("STS_LOG_FORMAT", "json")],
+    )
+    .await;
+    let mut grpc = TokenServiceClient::new(crate::support::channel(server.addr).await);
     let created = grpc
         .create(with_key(&admin, create_request("ci", &["reader"])))
         .await
@@ -596,7 +599,10 @@ async fn metrics_count_disabled_and_previous_secret_validations_and_the_new_call
     .unwrap();
     app.validate(&rotated.token).await;
     app.get(created.id).await.unwrap();
-    let text = reqwest::get(format!("http://{}/metrics", app.addr))
+    let text = app
+        .rest()
+        .get("/metrics")
+        .send()
         .await
         .unwrap()
         .text()

@@ -9,7 +9,7 @@ use sts::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_code, spawn_app, spawn_app_with};
+use crate::support::{TestApp, assert_code, spawn_app, spawn_app_with};
 
 async fn page(app: &TestApp, page_size: i32, page_token: &str) -> ListResponse {
     app.client
@@ -67,7 +67,7 @@ async fn page_size_defaults_and_is_capped() {
         max_page_size: 5,
         ..ServiceConfig::default()
     };
-    let app = spawn_app_with(service, crate::helpers::server_config()).await;
+    let app = spawn_app_with(service, crate::support::server_config()).await;
     for i in 0..9 {
         app.create(&format!("t{i}"), &["r"]).await;
     }

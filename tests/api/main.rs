@@ -1,16 +1,12 @@
 //! The integration suite, one binary: tests start the real server on
-//! 127.0.0.1:0 with a temporary data dir, in-process (`helpers`) or as the
-//! `sts-server` binary (`process`), and talk to it over gRPC and HTTP.
+//! 127.0.0.1:0 with a temporary data dir, in-process (`support::spawn_app`) or as the
+//! `sts-server` binary (`support::process`), and talk to it over gRPC and HTTP.
 
 // All of this crate is tests: `unwrap` is fine here (Cargo.toml's [lints]
 // deny it in what ships).
 #![allow(clippy::unwrap_used)]
 
-mod faults;
-mod helpers;
-mod logs;
-mod pg;
-mod process;
+mod support;
 
 mod admin_margin;
 mod architecture;

@@ -8,9 +8,9 @@ use std::process::Stdio;
 use sts::proto::{CreateRequest, token_service_client::TokenServiceClient};
 
 use crate::{
-    helpers::{channel, checked, list_all, validate_on, with_key},
-    pg::TestDatabase,
-    process::{ServerProcess, bootstrap, sts_server},
+    support::pg::TestDatabase,
+    support::process::{ServerProcess, bootstrap, sts_server},
+    support::{channel, checked, list_all, validate_on, with_key},
 };
 
 /// Runs `sts-server` with `args`; returns (success, stdout, stderr).
@@ -106,8 +106,8 @@ async fn a_sled_install_moves_to_postgres_with_every_token_working() {
     let client = TokenServiceClient::new(channel(server.addr).await);
     // Every field as it was, but the admin token's last use (it listed).
     assert_eq!(
-        crate::helpers::without_last_use(list_all(&client, &admin).await),
-        crate::helpers::without_last_use(before.clone())
+        crate::support::without_last_use(list_all(&client, &admin).await),
+        crate::support::without_last_use(before.clone())
     );
     for created in &tokens {
         let answer = validate_on(&client, &created.token).await.unwrap();

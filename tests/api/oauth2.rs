@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde_json::json;
 use sts::{clock::Clock, token::Secret};
 
-use crate::helpers::{TestResponse, TestRouter, spawn_router};
+use crate::support::{TestResponse, TestRouter, spawn_router};
 
 const PATH: &str = "/oauth2/introspect";
 const FORM: (&str, &[u8]) = ("content-type", b"application/x-www-form-urlencoded");
@@ -157,7 +157,7 @@ async fn a_form_without_one_token_is_a_bad_request() {
 
 #[tokio::test]
 async fn the_reviewer_role_is_the_configured_one() {
-    let app = crate::helpers::spawn_router_with(sts::config::ServiceConfig {
+    let app = crate::support::spawn_router_with(sts::config::ServiceConfig {
         reviewer_role: sts::model::Role::parse("introspector").unwrap(),
         ..Default::default()
     })

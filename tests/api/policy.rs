@@ -11,7 +11,7 @@ use sts::{
 };
 use tonic::Code;
 
-use crate::helpers::{
+use crate::support::{
     TestRouter, assert_code, create_request, server_config, spawn_app_with, spawn_router_with,
 };
 
@@ -211,7 +211,7 @@ async fn tokens_over_the_policy_are_listed_on_request_over_rest_and_the_cli() {
     assert_eq!(names, ["far", "legacy", "test-admin"], "{legacy} {far}");
 
     // A server without a maximum says so rather than answering nothing.
-    let app = crate::helpers::spawn_router().await;
+    let app = crate::support::spawn_router().await;
     let listed = app
         .admin("GET", "/api/security/tokens?overPolicy=true", "")
         .await;
@@ -254,7 +254,7 @@ async fn tokens_expired_long_enough_ago_are_purged_and_counted() {
     // Expired a minute ago: kept (the counts, taken in the same pass as
     // the purge, see it), and says so.
     app.clock.advance(Duration::from_secs(61));
-    crate::helpers::eventually("the expired token is counted", || async {
+    crate::support::eventually("the expired token is counted", || async {
         app.metric(r#"sts_tokens{state="expired"}"#).await == 1.0
     })
     .await;
@@ -262,7 +262,7 @@ async fn tokens_expired_long_enough_ago_are_purged_and_counted() {
     assert_eq!(answer.reason(), sts::proto::InvalidReason::Expired);
     // Expired more than a day ago: gone.
     app.clock.advance(DAY);
-    crate::helpers::eventually("the expired token is purged", || async {
+    crate::support::eventually("the expired token is purged", || async {
         app.metric(r#"sts_management_calls_total{rpc="Purge",status="OK"}"#)
             .await
             == 1.0

@@ -14,7 +14,8 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::support::Rest;
+use crate::support::{TestApp, spawn_app};
 
 /// Set (by `.ci/run`) to make a missing proxy program a failure, not a skip.
 const REQUIRE_VAR: &str = "STS_TEST_REQUIRE_PROXIES";
@@ -169,7 +170,7 @@ http {{
                     "reverse_proxy 127.0.0.1:8080",
                     format!("reverse_proxy {backend}"),
                 ),
-                ("http://127.0.0.1:8000", format!("http://{addr}")),
+                ("http://127.0.0.1:8000", Rest::at(addr).url("")),
             ],
         );
         let dir = tempfile::tempdir().unwrap();
@@ -203,7 +204,7 @@ http {{
             .spawn()
             .unwrap();
         let child = std::sync::Mutex::new(child);
-        crate::helpers::eventually(&format!("{name} listens"), || async {
+        crate::support::eventually(&format!("{name} listens"), || async {
             if let Ok(Some(status)) = child.lock().unwrap().try_wait() {
                 panic!(
                     "{name} exited ({status}): {}{}",

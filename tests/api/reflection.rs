@@ -5,7 +5,7 @@ use prost_types::FileDescriptorProto;
 use tokio_stream::StreamExt;
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{channel, spawn_app};
+use crate::support::{channel, spawn_app};
 
 const SERVICE: &str = "stackstate.servicetoken.v1.TokenService";
 

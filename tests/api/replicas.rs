@@ -22,10 +22,10 @@ use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    helpers::{channel, eventually, list_all, validate_on, with_key},
-    pg::PrivateCluster,
-    pg::{Proxy, TestDatabase},
-    process::{ServerProcess, bootstrap_store},
+    support::pg::PrivateCluster,
+    support::pg::{Proxy, TestDatabase},
+    support::process::{ServerProcess, bootstrap_store},
+    support::{channel, eventually, list_all, validate_on, with_key},
 };
 
 /// A replica: the real binary on the shared database.
@@ -49,15 +49,7 @@ impl Replica {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.server.addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        self.server.rest().metric(name).await
     }
 
     async fn create(&self, admin: &str, name: &str) -> CreateResponse {
@@ -110,7 +102,11 @@ impl Replica {
         use tonic_health::pb::{
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
-        let http = reqwest::get(format!("http://{}/readyz", self.server.addr))
+        let http = self
+            .server
+            .rest()
+            .get("/readyz")
+            .send()
             .await
             .is_ok_and(|r| r.status() == 200);
         let request = HealthCheckRequest {
@@ -176,8 +172,10 @@ async fn a_token_made_on_one_replica_works_on_the_other_and_a_delete_reaches_it_
         let on_b = validate_on(&b.client, &created.token).await.unwrap();
         assert!(on_b.valid, "created on A, refused by B");
         assert_eq!(on_b.service_token.unwrap().roles, ["reader", "writer"]);
-        let http = reqwest::Client::new()
-            .get(format!("http://{}/api/auth", b.server.addr))
+        let http = b
+            .server
+            .rest()
+            .get("/api/auth")
             .header("x-api-key", &created.token)
             .send()
             .await
@@ -275,8 +273,10 @@ async fn a_change_that_takes_access_away_reaches_the_other_replica_within_100_ms
     tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
     let answer = validate_on(&b.client, &created.token).await.unwrap();
     assert_eq!(answer.service_token.unwrap().roles, ["reader"]);
-    let gated = reqwest::Client::new()
-        .get(format!("http://{}/api/auth?role=writer", b.server.addr))
+    let gated = b
+        .server
+        .rest()
+        .get("/api/auth?role=writer")
         .header("x-api-key", &created.token)
         .send()
         .await
@@ -475,10 +475,10 @@ async fn a_database_outage_is_unavailable_and_not_ready_until_the_replicas_recon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_database_restart_mid_traffic_gives_no_wrong_answer_and_heals_itself() {
     // Runs where the PostgreSQL tests run, on a cluster of its own.
-    if std::env::var(crate::pg::DATABASE_URL_VAR).is_err() {
+    if std::env::var(crate::support::pg::DATABASE_URL_VAR).is_err() {
         eprintln!(
             "skipping the real restart: {} is not set",
-            crate::pg::DATABASE_URL_VAR
+            crate::support::pg::DATABASE_URL_VAR
         );
         return;
     }
@@ -618,13 +618,16 @@ async fn a_change_feed_that_goes_silent_is_logged_counted_shown_and_listened_aga
     let admin = bootstrap_store(&url).await;
     let replica = Replica::start(&url).await;
     let feed_state = || async {
-        let body: serde_json::Value =
-            reqwest::get(format!("http://{}/readyz", replica.server.addr))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        let body: serde_json::Value = replica
+            .server
+            .rest()
+            .get("/readyz")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         body["change_feed"].as_str().unwrap_or("absent").to_owned()
     };
     let listener = format!(
@@ -639,7 +642,7 @@ async fn a_change_feed_that_goes_silent_is_logged_counted_shown_and_listened_aga
         feed_state().await == "live" && replica.metric("sts_store_feed_live ").await == 1.0
     })
     .await;
-    let first = crate::helpers::eventually_some("the feed's backend", || async {
+    let first = crate::support::eventually_some("the feed's backend", || async {
         listening().await.first().copied()
     })
     .await;

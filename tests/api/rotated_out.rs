@@ -14,8 +14,8 @@ use sts::{
 use tonic::Code;
 
 use crate::{
-    helpers::{TestApp, TestRouter, create_request, spawn_app, spawn_router, with_key},
-    logs::capture_logs,
+    support::logs::capture_logs,
+    support::{TestApp, TestRouter, create_request, spawn_app, spawn_router, with_key},
 };
 
 impl TestRouter {

@@ -17,8 +17,8 @@ use sts::{
 };
 
 use crate::{
-    helpers::{checked, spawn_app_on},
-    pg::TestDatabase,
+    support::pg::TestDatabase,
+    support::{checked, spawn_app_on},
 };
 
 /// Whole seconds from now: every surface keeps them exactly (REST's

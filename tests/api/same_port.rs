@@ -14,7 +14,8 @@ use tokio::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, assert_code, create_request, spawn_app, with_key};
+use crate::support::sample;
+use crate::support::{TestApp, assert_code, create_request, spawn_app, with_key};
 
 fn url(app: &TestApp, path: &str) -> String {
     format!("http://{}{path}", app.addr)
@@ -199,11 +200,7 @@ async fn metrics_count_validations_calls_and_tokens() {
     );
     let text = response.text().await.unwrap();
     let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
-            .parse()
-            .unwrap()
+        sample(&text, series).unwrap_or_else(|| panic!("{series} missing from\n{text}"))
     };
     // 2 admin creates + 2 Validate + the denied caller's credential.
     assert_eq!(value(r#"sts_validations_total{outcome="valid"}"#), 5.0);

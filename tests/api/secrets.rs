@@ -14,8 +14,8 @@ use sts::{
 };
 
 use crate::{
-    helpers::{channel, create_request, with_header, with_key},
-    process::{ServerProcess, sts_server},
+    support::process::{ServerProcess, sts_server},
+    support::{channel, create_request, with_header, with_key},
 };
 
 #[tokio::test]

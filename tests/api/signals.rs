@@ -9,7 +9,8 @@ use sts::{
     proto::{ServiceToken, UpdateRequest},
 };
 
-use crate::helpers::{TestApp, eventually, server_config, spawn_app_with};
+use crate::support::{TestApp, eventually, server_config, spawn_app_with};
+use crate::support::{sample, within};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -17,11 +18,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 fn values(text: &str, names: &[&str]) -> Vec<f64> {
     names
         .iter()
-        .map(|name| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or(f64::NAN)
-        })
+        .map(|name| sample(text, name).unwrap_or(f64::NAN))
         .collect()
 }
 
@@ -47,18 +44,11 @@ pub const EVENT_SERIES: [&str; 4] = [
 ];
 
 async fn until_metrics(app: &TestApp, expected: [f64; 9]) {
-    let mut last = Vec::new();
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            last = values(&app.metrics_text().await, &SERIES);
-            if last == expected {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let what = format!("the series reading {expected:?}");
+    within(Duration::from_secs(10), &what, || async {
+        values(&app.metrics_text().await, &SERIES) == expected
     })
     .await;
-    assert!(found.is_ok(), "expected {expected:?}, last saw {last:?}");
 }
 
 #[tokio::test]

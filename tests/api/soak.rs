@@ -25,9 +25,10 @@ use sts::proto::{
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::support::Rest;
 use crate::{
-    helpers::{channel, eventually, list_all, validate_on, with_key},
-    process::{ServerProcess, bootstrap},
+    support::process::{ServerProcess, bootstrap},
+    support::{channel, eventually, list_all, validate_on, with_key},
 };
 
 const DEFAULT_SECONDS: u64 = 10;
@@ -140,7 +141,7 @@ async fn grpc_validator(soak: Arc<Soak>, client: TokenServiceClient<Channel>, se
 
 async fn http_validator(soak: Arc<Soak>, http: reqwest::Client, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let url = format!("http://{}/api/auth", soak.addr);
+    let url = Rest::at(soak.addr).url("/api/auth");
     while soak.running() {
         let Some((id, secret, expected)) = soak.pick(&mut rng) else {
             tokio::task::yield_now().await;
@@ -222,7 +223,7 @@ async fn create_one(
         }
     } else {
         let answer = http
-            .post(format!("http://{}/api/security/tokens", soak.addr))
+            .post(Rest::at(soak.addr).url("/api/security/tokens"))
             .header("x-api-key", &soak.admin)
             .json(&json!({ "name": name, "roles": roles }))
             .send()
@@ -360,7 +361,7 @@ async fn lister(soak: Arc<Soak>, client: TokenServiceClient<Channel>, http: reqw
             }
         }
         let rest = http
-            .get(format!("http://{}/api/security/tokens", soak.addr))
+            .get(Rest::at(soak.addr).url("/api/security/tokens"))
             .header("x-api-key", &soak.admin)
             .send()
             .await;

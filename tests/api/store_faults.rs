@@ -11,8 +11,8 @@ use sts::{
 use tonic::Code;
 
 use crate::{
-    faults::FaultyStore,
-    helpers::{assert_code, create_request, spawn_app, spawn_app_on},
+    support::faults::FaultyStore,
+    support::{assert_code, create_request, spawn_app, spawn_app_on},
 };
 
 #[tokio::test]
@@ -89,8 +89,8 @@ async fn when_writes_fail_creates_and_deletes_are_unavailable_and_validation_goe
 #[tokio::test]
 async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
     use crate::{
-        helpers::{channel, list_all},
-        process::ServerProcess,
+        support::process::ServerProcess,
+        support::{channel, list_all},
     };
     use sts::proto::token_service_client::TokenServiceClient;
 
@@ -103,7 +103,7 @@ async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
     {
         // The store was just closed in this process: wait for its lock
         // (see `helpers::reopen`).
-        let db = crate::helpers::eventually_some("the data dir's lock released", || async {
+        let db = crate::support::eventually_some("the data dir's lock released", || async {
             match sled::open(dir.path()) {
                 Ok(db) => Some(db),
                 Err(e) if e.to_string().contains("could not acquire lock") => None,
@@ -162,7 +162,7 @@ async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
 async fn http_answers_503_when_the_store_fails() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(dir.path()));
-    let app = crate::helpers::spawn_router_on(dir, store.clone()).await;
+    let app = crate::support::spawn_router_on(dir, store.clone()).await;
     let key = app.admin_token.clone();
     store.failing.store(true, Ordering::SeqCst);
     for (method, path) in [
@@ -236,8 +236,8 @@ fn fill(path: &std::path::Path) {
 #[tokio::test]
 async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     use crate::{
-        helpers::{channel, with_key},
-        process::{ServerProcess, bootstrap_with},
+        support::process::{ServerProcess, bootstrap_with},
+        support::{channel, with_key},
     };
     use sts::proto::token_service_client::TokenServiceClient;
 
@@ -406,7 +406,7 @@ async fn valid(
     client: &sts::proto::token_service_client::TokenServiceClient<tonic::transport::Channel>,
     token: &str,
 ) -> Result<bool, tonic::Status> {
-    Ok(crate::helpers::validate_on(client, token).await?.valid)
+    Ok(crate::support::validate_on(client, token).await?.valid)
 }
 
 /// The reserve is real space (a ballast file in the data directory): when
@@ -418,8 +418,8 @@ async fn valid(
 #[tokio::test]
 async fn the_reserve_is_real_space_given_back_for_deletes_and_to_start_on_a_full_disk() {
     use crate::{
-        helpers::{channel, eventually, with_key},
-        process::{ServerProcess, bootstrap_with},
+        support::process::{ServerProcess, bootstrap_with},
+        support::{channel, eventually, with_key},
     };
     use sts::{proto::token_service_client::TokenServiceClient, store::reserve::BALLAST_FILE};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{TestCertificate, closed_by_server, spawn_tls_app, validate_on};
+use crate::support::{TestCertificate, closed_by_server, spawn_tls_app, validate_on};
 
 fn https_client(http1_only: bool) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(TestCertificate::shared().ca_pem.as_bytes()).unwrap();
@@ -90,9 +90,9 @@ async fn a_stalled_handshake_is_dropped_while_others_are_served() {
     let server = sts::config::ServerConfig {
         tls: Some(TestCertificate::shared().identity.clone()),
         tls_handshake_timeout: Duration::from_millis(300),
-        ..crate::helpers::server_config()
+        ..crate::support::server_config()
     };
-    let app = crate::helpers::spawn_app_with(sts::config::ServiceConfig::default(), server).await;
+    let app = crate::support::spawn_app_with(sts::config::ServiceConfig::default(), server).await;
     let port = app.addr.port();
 
     // One client opens a connection and says nothing; another sends the

@@ -12,8 +12,8 @@ use sts::{
 };
 
 use crate::{
-    helpers::{TestApp, copy_dir, spawn_app_on, validate_on, with_key},
-    pg::TestDatabase,
+    support::pg::TestDatabase,
+    support::{TestApp, copy_dir, spawn_app_on, validate_on, with_key},
 };
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/release-0");
@@ -123,7 +123,7 @@ async fn a_sled_data_dir_of_the_previous_release_opens_serves_and_rotates() {
     let app = spawn_app_on(dir, store).await;
     the_old_tokens_work_and_take_new_operations(&app, &tokens["sled"]).await;
     // And it all survives a restart in the new format.
-    let app = crate::helpers::restart(app.stop().await).await;
+    let app = crate::support::restart(app.stop().await).await;
     let legacy = &tokens["sled"]["legacy"];
     assert!(app.validate(legacy["token"].as_str().unwrap()).await.valid);
     let ci = app

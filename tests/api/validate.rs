@@ -9,7 +9,7 @@ use sts::{
     token::Secret,
 };
 
-use crate::helpers::{checked, create_request, spawn_app};
+use crate::support::{checked, create_request, spawn_app};
 
 #[tokio::test]
 async fn a_valid_token_answers_with_its_identity() {

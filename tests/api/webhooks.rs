@@ -23,11 +23,11 @@ use sts::{
 use tokio::net::TcpListener;
 
 use crate::{
-    helpers::{
+    support::pg::TestDatabase,
+    support::process::{ServerProcess, bootstrap, bootstrap_store},
+    support::{
         TestApp, channel, create_request, eventually, server_config, spawn_app_with, with_key,
     },
-    pg::TestDatabase,
-    process::{ServerProcess, bootstrap, bootstrap_store},
 };
 
 const SECRET: &str = "a webhook secret for the tests";
@@ -237,8 +237,9 @@ async fn every_change_is_delivered_signed_and_without_a_secret() {
     app.delete(doomed.id).await;
     // A leaked token, revoked by its value alone.
     let new_secret = rotated.token.clone();
-    let revoked = reqwest::Client::new()
-        .post(format!("http://{}/api/security/tokens/revoke", app.addr))
+    let revoked = app
+        .rest()
+        .post("/api/security/tokens/revoke")
         .json(&serde_json::json!({ "tokens": [new_secret] }))
         .send()
         .await
@@ -586,7 +587,7 @@ async fn the_server_refuses_webhooks_it_could_not_sign() {
             "must be an http or https URL",
         ),
     ] {
-        let output = crate::process::sts_server()
+        let output = crate::support::process::sts_server()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .envs(env.iter().copied())
@@ -604,7 +605,7 @@ async fn the_server_refuses_webhooks_it_could_not_sign() {
         (vec!["--webhook-secret", SHORT], vec![]),
         (vec![], vec![("STS_WEBHOOK_SECRET", SHORT)]),
     ] {
-        let output = crate::process::sts_server()
+        let output = crate::support::process::sts_server()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .args(["--webhook-url", "http://127.0.0.1:9/hook"])
@@ -667,7 +668,7 @@ async fn two_replicas_deliver_each_event_once() {
 
 #[tokio::test]
 async fn an_update_that_changes_nothing_is_neither_written_delivered_nor_audited() {
-    let (_guard, logs) = crate::logs::capture_logs();
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let receiver = Receiver::start().await;
     let app = app_with_webhooks(webhooks(&[&receiver.url])).await;
     let mut request = create_request("ci", &["deploy"]);

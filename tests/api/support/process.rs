@@ -74,6 +74,13 @@ pub struct ServerProcess {
     probe_addr: std::sync::Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
+impl ServerProcess {
+    /// The HTTP side of this server.
+    pub fn rest(&self) -> super::Rest {
+        super::Rest::at(self.addr)
+    }
+}
+
 impl Drop for ServerProcess {
     /// A test that fails half-way must not leave a server running.
     fn drop(&mut self) {
