@@ -297,17 +297,17 @@ fn the_shipped_gitleaks_rule_finds_real_tokens_and_not_mangled_ones() {
 }
 
 #[test]
-fn the_readme_publishes_the_regex_and_a_checksum_that_holds_for_real_tokens() {
+fn the_security_page_publishes_the_regex_and_a_checksum_that_holds_for_real_tokens() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
     let rule = std::fs::read_to_string(root.join("examples/gitleaks.toml")).unwrap();
     let regex = r"\b(svctok-[0-9A-Za-z]{49})\b";
-    assert!(readme.contains(&format!("`{regex}`")), "README's regex");
+    assert!(readme.contains(&format!("`{regex}`")), "docs/security.md's regex");
     assert!(
         rule.contains(&format!("'''{regex}'''")),
         "the gitleaks rule's regex"
     );
-    // The checksum as README.md describes it, written here from that text.
+    // The checksum as docs/security.md describes it, written here from that text.
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     for _ in 0..100 {
         let token = Secret::generate().expose_secret().to_owned();

@@ -23,6 +23,7 @@ mod create;
 mod delete;
 mod disclosure;
 mod disk;
+mod docs;
 mod durability;
 mod edges;
 mod examples;

@@ -384,14 +384,14 @@ async fn caddy_with_the_shipped_example_checks_every_request_and_never_forwards_
 }
 
 #[test]
-fn the_readme_shows_the_shipped_nginx_and_caddy_examples_as_they_are() {
+fn the_integrations_page_shows_the_shipped_nginx_and_caddy_examples_as_they_are() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/integrations.md")).unwrap();
     for (file, fence) in [("nginx.conf", "nginx"), ("Caddyfile", "caddyfile")] {
         let example = std::fs::read_to_string(root.join("examples").join(file)).unwrap();
         assert!(
             readme.contains(&format!("```{fence}\n{example}```")),
-            "README.md's {fence} block differs from examples/{file}"
+            "docs/integrations.md's {fence} block differs from examples/{file}"
         );
     }
 }
