@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::{
     events::Expiry,
-    model::{Etag, Role, ServiceToken, StoredToken, TokenId},
+    model::{Change, Etag, Role, ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
 
@@ -85,6 +85,31 @@ pub(crate) fn stale<T>(expected: Option<&Etag>, token: &ServiceToken) -> Option<
     expected
         .filter(|etag| !etag.matches(token))
         .map(|_| Outcome::Stale(Etag::of(token)))
+}
+
+/// What `change` makes of `before` at `keep.now`, up to the lockout rule
+/// (which each store checks its own way, under its lock): the token to
+/// write, or the answer without a write: stale (the caller's etag is not
+/// the token's), invalid (a label merge past the limit), or done with
+/// nothing to change. Stores call it under the lock the change is made
+/// under.
+pub(crate) fn planned(
+    change: &Change,
+    before: &StoredToken,
+    keep: &KeepAdmin,
+    expected: Option<&Etag>,
+) -> Result<StoredToken, Outcome<(ServiceToken, ServiceToken)>> {
+    if let Some(stale) = stale(expected, &before.token) {
+        return Err(stale);
+    }
+    let after = change.apply(before, keep.now);
+    if let Err(invalid) = change.check(&after.token) {
+        return Err(Outcome::Invalid(invalid));
+    }
+    if change.changes_nothing(&before.token, &after.token) {
+        return Err(Outcome::Done((before.token.clone(), before.token.clone())));
+    }
+    Ok(after)
 }
 
 /// The expiry step to announce for `token` at `now`, with the expiration it

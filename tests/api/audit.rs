@@ -10,6 +10,7 @@ use sts::{
     service::AUDIT,
 };
 
+use crate::support::ReadAnswer;
 use crate::support::Rest;
 use crate::{
     support::process::{ServerProcess, bootstrap},
@@ -132,14 +133,7 @@ async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_
         .await
         .unwrap_err();
 
-    let metrics = http
-        .get(Rest::at(addr).url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = http.get(Rest::at(addr).url("/metrics")).text_body().await;
     let counted = |line: &str| {
         metrics
             .lines()
@@ -287,16 +281,7 @@ async fn undecodable_requests_are_counted_and_an_authenticated_one_audited() {
             "{message}"
         );
     }
-    let metrics = || async {
-        app.rest()
-            .get("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || async { app.rest().get("/metrics").text_body().await };
     crate::support::eventually("each undecodable call counted", || async {
         let metrics = metrics().await;
         ["List", "Create", "Validate"].iter().all(|rpc| {

@@ -6,6 +6,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use crate::support::ReadAnswer;
 use crate::support::Rest;
 use crate::{
     support::process::{ServerProcess, sts_server},
@@ -559,12 +560,8 @@ async fn the_integration_flags_reach_the_server_and_an_empty_kubernetes_prefix_i
         .post(server.rest().url("/api/kubernetes/tokenreview"))
         .bearer_auth(&token)
         .json(&review)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let uid = answer["status"]["user"]["uid"].as_str().unwrap();
     assert_eq!(
         answer["status"]["user"]["username"],
@@ -616,12 +613,8 @@ async fn the_lifetime_flags_reach_the_server_and_an_impossible_policy_is_refused
         .post("/api/security/tokens")
         .header("x-api-key", &admin)
         .body(r#"{"name": "ci", "roles": ["r"]}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let expiration = created["expiration"].as_i64().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

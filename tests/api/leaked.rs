@@ -10,6 +10,7 @@ use sts::{
     token::Secret,
 };
 
+use crate::support::ReadAnswer;
 use crate::{
     cli::Terminal,
     support::process::{ServerProcess, bootstrap},
@@ -216,12 +217,8 @@ async fn every_revocation_is_audited_with_the_callers_address() {
     let answer: Value = reqwest::Client::new()
         .post(format!("http://{}{PATH}", server.addr))
         .json(&json!({ "tokens": [admin] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     assert_eq!(answer["results"], json!(["revoked"]));
     let (exit, log) = server.terminate().await;
     assert!(exit.success());
@@ -302,7 +299,10 @@ fn the_security_page_publishes_the_regex_and_a_checksum_that_holds_for_real_toke
     let readme = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
     let rule = std::fs::read_to_string(root.join("examples/gitleaks.toml")).unwrap();
     let regex = r"\b(svctok-[0-9A-Za-z]{49})\b";
-    assert!(readme.contains(&format!("`{regex}`")), "docs/security.md's regex");
+    assert!(
+        readme.contains(&format!("`{regex}`")),
+        "docs/security.md's regex"
+    );
     assert!(
         rule.contains(&format!("'''{regex}'''")),
         "the gitleaks rule's regex"

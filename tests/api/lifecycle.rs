@@ -13,6 +13,7 @@ use sts::{
 };
 use tonic::Code;
 
+use crate::support::ReadAnswer;
 use crate::support::{TestApp, assert_code, create_request, spawn_app, with_key};
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -599,15 +600,7 @@ async fn metrics_count_disabled_and_previous_secret_validations_and_the_new_call
     .unwrap();
     app.validate(&rotated.token).await;
     app.get(created.id).await.unwrap();
-    let text = app
-        .rest()
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.rest().get("/metrics").text_body().await;
     for line in [
         r#"sts_validations_total{outcome="previous_secret"} 1"#,
         r#"sts_validations_total{outcome="disabled"} 1"#,

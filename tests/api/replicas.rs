@@ -21,6 +21,7 @@ use sts::proto::{
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
+use crate::support::ReadAnswer;
 use crate::{
     support::pg::PrivateCluster,
     support::pg::{Proxy, TestDatabase},
@@ -618,16 +619,7 @@ async fn a_change_feed_that_goes_silent_is_logged_counted_shown_and_listened_aga
     let admin = bootstrap_store(&url).await;
     let replica = Replica::start(&url).await;
     let feed_state = || async {
-        let body: serde_json::Value = replica
-            .server
-            .rest()
-            .get("/readyz")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: serde_json::Value = replica.server.rest().get("/readyz").json_body().await;
         body["change_feed"].as_str().unwrap_or("absent").to_owned()
     };
     let listener = format!(

@@ -16,6 +16,7 @@ use sts::{
     token::Secret,
 };
 
+use crate::support::ReadAnswer;
 use crate::{
     support::pg::TestDatabase,
     support::{checked, spawn_app_on},
@@ -192,12 +193,8 @@ async fn a_token_with_every_field_set_survives_every_round_trip() {
     let rest: Value = reqwest::Client::new()
         .get(format!("http://{}/api/security/tokens/{id}", app.addr))
         .header("x-api-key", &app.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     shows_every_field(&rest, &fixture.token);
     let terminal = crate::cli::Terminal::new();
     terminal.log_in(&app).await;

@@ -14,6 +14,7 @@ use tokio::{
 };
 use tonic::Code;
 
+use crate::support::ReadAnswer;
 use crate::support::sample;
 use crate::support::{TestApp, assert_code, create_request, spawn_app, with_key};
 
@@ -66,12 +67,8 @@ async fn rest_and_grpc_manage_the_same_tokens() {
         .post(&tokens)
         .header("X-API-Key", &app.admin_token)
         .body(r#"{"name": "from-rest", "roles": ["a"]}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let rest_token = made_by_rest["token"].as_str().unwrap().to_owned();
     let validation = app.validate(&rest_token).await;
     assert!(validation.valid);
@@ -81,12 +78,8 @@ async fn rest_and_grpc_manage_the_same_tokens() {
     let listed: serde_json::Value = http
         .get(&tokens)
         .header("X-API-Key", &app.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let names: Vec<&str> = listed
         .as_array()
         .unwrap()

@@ -13,6 +13,7 @@ use sts::{
     token::{PREFIX, Secret},
 };
 
+use crate::support::ReadAnswer;
 use crate::{
     support::process::{ServerProcess, sts_server},
     support::{channel, create_request, with_header, with_key},
@@ -124,12 +125,8 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         .post(url("/api/security/tokens"))
         .header("x-api-key", &admin)
         .json(&json!({"name": "rest", "roles": ["reader"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let rest = created["token"].as_str().unwrap().to_owned();
     let rest_id = created["id"].as_u64().unwrap();
     http.post(url("/api/security/tokens"))
@@ -194,12 +191,8 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         .post(url(&format!("/api/security/tokens/{reader_id}/rotate")))
         .header("x-api-key", &admin)
         .body(r#"{"gracePeriodSeconds": 60}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let rest_rotated = rest_rotated["token"].as_str().unwrap().to_owned();
     let disable = UpdateRequest {
         service_token: Some(sts::proto::ServiceToken {

@@ -53,8 +53,8 @@ use row::{
 };
 
 use super::{
-    Imported, KeepAdmin, Outcome, Store, StoreError, expiry_due, found_by, fresh_ids, readable,
-    stale, with_causes,
+    Imported, KeepAdmin, Outcome, Store, StoreError, expiry_due, found_by, fresh_ids, planned,
+    readable, stale, with_causes,
 };
 use crate::{
     cache::ValidationCache,
@@ -287,18 +287,11 @@ impl Store for PostgresStore {
         let Some(before) = lock_row(&mut transaction, id).await? else {
             return Ok(Outcome::NotFound);
         };
-        if let Some(stale) = stale(expected, &before.token) {
-            return Ok(stale);
-        }
-        // Times as the row will keep them, so the answer reads like a Get.
-        let after = change.apply(&before, keep.now);
-        if let Err(invalid) = change.check(&after.token) {
-            return Ok(Outcome::Invalid(invalid));
-        }
-        if change.changes_nothing(&before.token, &after.token) {
-            // Nothing written: the row lock ends with the transaction.
-            return Ok(Outcome::Done((before.token.clone(), before.token)));
-        }
+        // Without a write, the row lock ends with the transaction.
+        let after = match planned(change, &before, keep, expected) {
+            Ok(after) => after,
+            Err(answer) => return Ok(answer),
+        };
         if let Some(what) =
             lockout(&mut transaction, &before.token, Some(&after.token), keep).await?
         {

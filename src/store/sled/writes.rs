@@ -10,7 +10,9 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
-use crate::store::{Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, readable, stale};
+use crate::store::{
+    Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, planned, readable, stale,
+};
 use crate::{
     events::Draft,
     model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId},
@@ -166,18 +168,12 @@ impl Trees {
             return Ok(Outcome::NotFound);
         };
         let before = Record::decode_stored(&bytes)?;
-        // Under `_serial`: nothing an etag covers changes until the end.
-        if let Some(stale) = stale(expected, &before.token) {
-            return Ok(stale);
-        }
-        let after = change.apply(&before, keep.now);
-        // Changes are serialized by `_serial`: what `before` says holds.
-        if let Err(invalid) = change.check(&after.token) {
-            return Ok(Outcome::Invalid(invalid));
-        }
-        if change.changes_nothing(&before.token, &after.token) {
-            return Ok(Outcome::Done((before.token.clone(), before.token)));
-        }
+        // Changes are serialized by `_serial`: what `before` says (the etag
+        // included) holds until the end.
+        let after = match planned(change, &before, keep, expected) {
+            Ok(after) => after,
+            Err(answer) => return Ok(answer),
+        };
         if let Some(what) = self.lockout(&before.token, Some(&after.token), keep)? {
             return Ok(Outcome::Lockout(what));
         }

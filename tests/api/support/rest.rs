@@ -36,17 +36,30 @@ impl Rest {
 
     /// The whole `/metrics` text.
     pub async fn metrics_text(&self) -> String {
-        self.get("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.get("/metrics").text_body().await
     }
 
     /// The value of `series` on `/metrics` (0 when not exposed).
     pub async fn metric(&self, series: &str) -> f64 {
         metric_in(&self.metrics_text().await, series)
+    }
+}
+
+/// Sending a request built with reqwest and reading its whole answer, in
+/// one call: what every REST test does after building the request.
+pub trait ReadAnswer {
+    /// The answer's body as JSON, whatever its status.
+    fn json_body(self) -> impl std::future::Future<Output = serde_json::Value> + Send;
+    /// The answer's body as text, whatever its status.
+    fn text_body(self) -> impl std::future::Future<Output = String> + Send;
+}
+
+impl ReadAnswer for reqwest::RequestBuilder {
+    async fn json_body(self) -> serde_json::Value {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn text_body(self) -> String {
+        self.send().await.unwrap().text().await.unwrap()
     }
 }
