@@ -676,59 +676,44 @@ async fn exit_codes_follow_stackstate() {
     assert_eq!(run.code, 3, "{}", run.stderr);
     assert!(run.stderr.contains("--roles: "), "{}", run.stderr);
 
-    // 4: cannot connect (saying where), authentication and permission failures.
-    let run = terminal
-        .sts(&[
-            "service-token",
-            "list",
-            "--url",
-            "http://127.0.0.1:9",
-            "--service-token",
-            &app.admin_token,
-        ])
-        .await;
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(run.stderr.contains("http://127.0.0.1:9"), "{}", run.stderr);
+    // 4: cannot connect (saying where), authentication and permission
+    // failures, each saying which (and a refusal not called the other).
     let unknown = sts::token::Secret::generate().expose_secret().to_owned();
-    let run = terminal
-        .sts(&[
-            "service-token",
-            "list",
-            "--url",
-            &url,
-            "--service-token",
-            &unknown,
-        ])
-        .await;
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("authentication failed"),
-        "{}",
-        run.stderr
-    );
     let (viewer, _) = app.create("viewer", &["viewer"]).await;
-    let run = terminal
-        .sts(&[
+    let nowhere = "http://127.0.0.1:9";
+    let lacks_role = "the caller's service token lacks the `stackstate-admin` role";
+    for (at, token, says, never) in [
+        (nowhere, app.admin_token.as_str(), nowhere, None),
+        (
+            url.as_str(),
+            unknown.as_str(),
+            "authentication failed",
+            None,
+        ),
+        (
+            url.as_str(),
+            viewer.as_str(),
+            lacks_role,
+            Some("authentication failed"),
+        ),
+    ] {
+        let args = [
             "service-token",
             "list",
             "--url",
-            &url,
+            at,
             "--service-token",
-            &viewer,
-        ])
-        .await;
-    assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("the caller's service token lacks the `stackstate-admin` role"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        !run.stderr.contains("authentication failed"),
-        "{}",
-        run.stderr
-    );
+            token,
+        ];
+        let run = terminal.sts(&args).await;
+        assert_eq!(run.code, 4, "{}", run.stderr);
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+        assert!(
+            never.is_none_or(|never| !run.stderr.contains(never)),
+            "{}",
+            run.stderr
+        );
+    }
 
     // 8: not found.
     let run = terminal.sts(&["service-token", "delete", "42"]).await;

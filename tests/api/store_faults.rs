@@ -306,22 +306,9 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
         .unwrap();
     assert!(!valid(&client, &kept[0].token).await.unwrap());
     kept.remove(0);
-    for token in &kept {
-        assert!(valid(&client, &token.token).await.unwrap());
-    }
+    assert_all_valid(&client, &kept).await;
     // Revoking still works, durably.
-    let revoked = kept.pop().unwrap();
-    let id = revoked.service_token.as_ref().unwrap().id;
-    client
-        .delete(with_key(
-            &admin,
-            DeleteRequest {
-                id,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let revoked = delete_last(&mut client, &admin, &mut kept).await;
     deleted.push(revoked.token);
     // Space again: creates resume without a restart.
     std::fs::remove_file(&filler).unwrap();
@@ -391,9 +378,7 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
     let server = ServerProcess::start_with(&data, &reserve).await;
     let mut client = TokenServiceClient::new(channel(server.addr).await);
-    for token in &kept {
-        assert!(valid(&client, &token.token).await.unwrap());
-    }
+    assert_all_valid(&client, &kept).await;
     for token in &deleted {
         assert!(!valid(&client, token).await.unwrap());
     }
@@ -402,11 +387,36 @@ async fn a_filling_disk_refuses_creates_keeps_deletes_and_loses_nothing() {
     assert!(status.success());
 }
 
-async fn valid(
-    client: &sts::proto::token_service_client::TokenServiceClient<tonic::transport::Channel>,
-    token: &str,
-) -> Result<bool, tonic::Status> {
+type Client = sts::proto::token_service_client::TokenServiceClient<tonic::transport::Channel>;
+
+async fn valid(client: &Client, token: &str) -> Result<bool, tonic::Status> {
     Ok(crate::support::validate_on(client, token).await?.valid)
+}
+
+/// Asserts that every token of `kept` validates.
+async fn assert_all_valid(client: &Client, kept: &[sts::proto::CreateResponse]) {
+    for token in kept {
+        assert!(valid(client, &token.token).await.unwrap());
+    }
+}
+
+/// Deletes the last token of `kept` (which must work) and hands it back.
+async fn delete_last(
+    client: &mut Client,
+    admin: &str,
+    kept: &mut Vec<sts::proto::CreateResponse>,
+) -> sts::proto::CreateResponse {
+    let last = kept.pop().unwrap();
+    let id = last.service_token.as_ref().unwrap().id;
+    let request = DeleteRequest {
+        id,
+        ..Default::default()
+    };
+    client
+        .delete(crate::support::with_key(admin, request))
+        .await
+        .unwrap();
+    last
 }
 
 /// The reserve is real space (a ballast file in the data directory): when
@@ -453,18 +463,7 @@ async fn the_reserve_is_real_space_given_back_for_deletes_and_to_start_on_a_full
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(refused.message().contains("nearly full"), "{refused:?}");
     // The ballast is given back before the delete writes: it succeeds.
-    let gone = kept.pop().unwrap();
-    let id = gone.service_token.as_ref().unwrap().id;
-    client
-        .delete(with_key(
-            &admin,
-            DeleteRequest {
-                id,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    let gone = delete_last(&mut client, &admin, &mut kept).await;
     assert!(!ballast.exists());
     assert!(!valid(&client, &gone.token).await.unwrap());
     assert!(valid(&client, &kept[0].token).await.unwrap());
@@ -494,21 +493,8 @@ async fn the_reserve_is_real_space_given_back_for_deletes_and_to_start_on_a_full
     fill(&filler);
     let server = ServerProcess::start_with(&data, &reserve).await;
     let mut client = TokenServiceClient::new(channel(server.addr).await);
-    for token in &kept {
-        assert!(valid(&client, &token.token).await.unwrap());
-    }
-    let gone = kept.pop().unwrap();
-    let id = gone.service_token.as_ref().unwrap().id;
-    client
-        .delete(with_key(
-            &admin,
-            DeleteRequest {
-                id,
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
+    assert_all_valid(&client, &kept).await;
+    let gone = delete_last(&mut client, &admin, &mut kept).await;
     assert!(!valid(&client, &gone.token).await.unwrap());
     let refused = client.create(create("refused")).await.unwrap_err();
     assert!(refused.message().contains("nearly full"), "{refused:?}");
