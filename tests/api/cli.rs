@@ -87,6 +87,13 @@ impl Terminal {
         self.sts(&args).await
     }
 
+    /// A terminal whose current context is `app` with its admin token.
+    pub async fn logged_in(app: &TestApp) -> Terminal {
+        let terminal = Terminal::new();
+        terminal.log_in(app).await;
+        terminal
+    }
+
     /// Saves and selects a context for `app` with its admin token.
     pub async fn log_in(&self, app: &TestApp) {
         let url = app.rest().url("");
@@ -212,8 +219,7 @@ async fn the_documented_session_works_verbatim() {
 #[tokio::test]
 async fn create_takes_roles_in_both_forms_and_an_expiration_date() {
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let created = terminal
         .sts(&[
             "service-token",
@@ -294,8 +300,7 @@ async fn create_takes_roles_in_both_forms_and_an_expiration_date() {
 #[tokio::test]
 async fn json_output_is_stable_for_scripts() {
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let created = terminal
         .sts(&[
             "service-token",
@@ -380,8 +385,7 @@ async fn json_output_is_stable_for_scripts() {
 async fn contexts_can_be_listed_switched_shown_and_deleted() {
     let app = spawn_app().await;
     let other = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let other_url = other.rest().url("/");
     terminal
         .save_context("other", &other_url, &other.admin_token, &[])
@@ -498,8 +502,7 @@ async fn contexts_can_be_listed_switched_shown_and_deleted() {
 async fn the_config_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let file = terminal.config_file();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&file), 0o600);
@@ -745,8 +748,7 @@ async fn on_terminal(terminal: &Terminal, args: &[&str], env: &[(&str, &str)]) -
 #[tokio::test]
 async fn symbols_and_colour_only_on_a_terminal_without_no_color() {
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let create = ["service-token", "create", "-n", "ci", "--roles", "r"];
 
     let shown = on_terminal(&terminal, &create, &[]).await;

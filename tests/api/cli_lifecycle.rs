@@ -8,8 +8,7 @@ use crate::{cli::Terminal, support::spawn_app};
 #[tokio::test]
 async fn describe_update_disable_enable_and_rotate() {
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let (secret, created) = app.create("ci", &["reader"]).await;
     let id = created.id.to_string();
 
@@ -219,8 +218,7 @@ pub async fn names(terminal: &Terminal, args: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn the_list_keeps_stackstate_s_columns_and_widens_on_request() {
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let (used, _) = app.create("ci-used", &["reader"]).await;
     app.create("ci-idle", &["reader"]).await;
     app.create("ops", &["admin-ish"]).await;
@@ -327,8 +325,7 @@ async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
         ..ServiceConfig::default()
     };
     let app = crate::support::spawn_app_on_with(data_dir, store, service).await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let id = legacy.id.get().to_string();
     let refused = terminal.sts(&["service-token", "rotate", &id]).await;
     assert_ne!(refused.code, 0);
@@ -343,8 +340,7 @@ async fn a_rotation_the_lifetime_policy_refuses_says_how_to_fix_it() {
 #[tokio::test]
 async fn rotating_the_token_the_context_uses_moves_the_context_to_the_new_secret() {
     let app = spawn_app().await;
-    let terminal = Terminal::new();
-    terminal.log_in(&app).await;
+    let terminal = Terminal::logged_in(&app).await;
     let admin_id = app.admin_id().await.to_string();
     let (_, other) = app.create("other", &["r"]).await;
     let rotated = terminal
