@@ -26,7 +26,7 @@ pub mod reserve;
 mod rules;
 pub mod sled;
 
-pub(crate) use self::rules::{expiry_due, found_by, fresh_ids, planned, readable, stale};
+pub(crate) use self::rules::{Planned, expiry_due, found_by, fresh_ids, planned, readable, stale};
 pub use self::{postgres::PostgresStore, rules::KeepAdmin, sled::SledStore};
 
 /// What [`Store::import`] did with one token.

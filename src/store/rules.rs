@@ -98,18 +98,26 @@ pub(crate) fn planned(
     before: &StoredToken,
     keep: &KeepAdmin,
     expected: Option<&Etag>,
-) -> Result<StoredToken, Outcome<(ServiceToken, ServiceToken)>> {
+) -> Planned {
     if let Some(stale) = stale(expected, &before.token) {
-        return Err(stale);
+        return Planned::Answer(stale);
     }
     let after = change.apply(before, keep.now);
     if let Err(invalid) = change.check(&after.token) {
-        return Err(Outcome::Invalid(invalid));
+        return Planned::Answer(Outcome::Invalid(invalid));
     }
     if change.changes_nothing(&before.token, &after.token) {
-        return Err(Outcome::Done((before.token.clone(), before.token.clone())));
+        return Planned::Answer(Outcome::Done((before.token.clone(), before.token.clone())));
     }
-    Ok(after)
+    Planned::Write(after)
+}
+
+/// What [`planned`] found.
+pub(crate) enum Planned {
+    /// The token to write, once the lockout rule allows it.
+    Write(StoredToken),
+    /// The answer, with nothing written.
+    Answer(Outcome<(ServiceToken, ServiceToken)>),
 }
 
 /// The expiry step to announce for `token` at `now`, with the expiration it

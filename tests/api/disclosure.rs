@@ -55,7 +55,7 @@ async fn store_failures_reach_every_client_as_a_fixed_text_and_the_log_in_full()
     // Never validated, so never cached: checking it needs the store.
     let (secret, created) = app.create("ci", &["r"]).await;
     let http = reqwest::Client::new();
-    let url = |path: &str| format!("http://{}{path}", app.addr);
+    let url = |path: &str| app.rest().url(path);
     let tokens = url("/api/security/tokens");
     let one_token = format!("{tokens}/{}", created.id);
 

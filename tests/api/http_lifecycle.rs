@@ -329,7 +329,7 @@ async fn concurrent_label_merges_all_land_over_rest_grpc_and_the_cli() {
     use sts::proto::{ServiceToken, UpdateRequest};
     let app = crate::support::spawn_app().await;
     let (_, created) = app.create("ci", &["r"]).await;
-    let url = format!("http://{}{TOKENS}/{}", app.addr, created.id);
+    let url = app.rest().url(&format!("{TOKENS}/{}", created.id));
     // Twenty patches at once, each adding its own label.
     let mut patches = tokio::task::JoinSet::new();
     for n in 0..20 {
@@ -418,7 +418,7 @@ async fn whole_field_replacements_are_safe_with_an_etag() {
     use sts::proto::{DeleteRequest, GetRequest, ServiceToken, UpdateRequest};
     let app = crate::support::spawn_app().await;
     let (_, created) = app.create("ci", &["r"]).await;
-    let url = format!("http://{}{TOKENS}/{}", app.addr, created.id);
+    let url = app.rest().url(&format!("{TOKENS}/{}", created.id));
     let http = reqwest::Client::new();
     let admin = app.admin_token.clone();
     let got = http

@@ -11,6 +11,7 @@ use sts::{
 };
 
 use crate::support::ReadAnswer;
+use crate::support::Rest;
 use crate::{
     cli::Terminal,
     support::process::{ServerProcess, bootstrap},
@@ -215,7 +216,7 @@ async fn every_revocation_is_audited_with_the_callers_address() {
     let admin = bootstrap(dir.path());
     let server = ServerProcess::start_with(dir.path(), &[("STS_LOG_FORMAT", "json")]).await;
     let answer: Value = reqwest::Client::new()
-        .post(format!("http://{}{PATH}", server.addr))
+        .post(server.rest().url(PATH))
         .json(&json!({ "tokens": [admin] }))
         .json_body()
         .await;
@@ -329,7 +330,7 @@ async fn revoke_over_tcp(
     headers: &[(&str, &str)],
 ) -> reqwest::Response {
     let mut request = reqwest::Client::new()
-        .post(format!("http://{addr}{PATH}"))
+        .post(Rest::at(addr).url(PATH))
         .json(&json!({ "tokens": [secret] }));
     for (name, value) in headers {
         request = request.header(*name, *value);

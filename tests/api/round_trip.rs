@@ -191,7 +191,7 @@ async fn a_token_with_every_field_set_survives_every_round_trip() {
     assert_eq!(got, expected, "gRPC shows every field");
     assert_eq!(checked(got).etag, "");
     let rest: Value = reqwest::Client::new()
-        .get(format!("http://{}/api/security/tokens/{id}", app.addr))
+        .get(app.rest().url(&format!("/api/security/tokens/{id}")))
         .header("x-api-key", &app.admin_token)
         .json_body()
         .await;

@@ -19,7 +19,7 @@ use crate::support::sample;
 use crate::support::{TestApp, assert_code, create_request, spawn_app, with_key};
 
 fn url(app: &TestApp, path: &str) -> String {
-    format!("http://{}{path}", app.addr)
+    app.rest().url(path)
 }
 
 /// Bounds a read that must end (the server closes); not a synchronisation sleep.

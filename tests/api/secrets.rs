@@ -51,7 +51,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     let server = ServerProcess::start_with(dir.path(), &env).await;
     let mut grpc = TokenServiceClient::new(channel(server.addr).await);
     let http = reqwest::Client::new();
-    let url = |path: &str| format!("http://{}{path}", server.addr);
+    let url = |path: &str| server.rest().url(path);
 
     // gRPC: create, refusals of every kind, validate, list, delete.
     let reader = grpc

@@ -298,7 +298,7 @@ async fn delete_one(
     } else {
         soak.count(HTTP_CALLS);
         let answer = http
-            .delete(format!("http://{}/api/security/tokens/{id}", soak.addr))
+            .delete(Rest::at(soak.addr).url(&format!("/api/security/tokens/{id}")))
             .header("x-api-key", &soak.admin)
             .send()
             .await;

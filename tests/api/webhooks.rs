@@ -692,7 +692,7 @@ async fn an_update_that_changes_nothing_is_neither_written_delivered_nor_audited
         .unwrap();
     assert_eq!(same.updated_at, created.updated_at);
     let patched = reqwest::Client::new()
-        .patch(format!("http://{}/api/security/tokens/{}", app.addr, created.id))
+        .patch(app.rest().url(&format!("/api/security/tokens/{}", created.id)))
         .header("x-api-key", &app.admin_token)
         .body(r#"{"name": "ci", "labels": {"team": "ci"}, "description": "the pipeline", "disabled": false}"#)
         .send()

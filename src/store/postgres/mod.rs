@@ -53,8 +53,8 @@ use row::{
 };
 
 use super::{
-    Imported, KeepAdmin, Outcome, Store, StoreError, expiry_due, found_by, fresh_ids, planned,
-    readable, stale, with_causes,
+    Imported, KeepAdmin, Outcome, Planned, Store, StoreError, expiry_due, found_by, fresh_ids,
+    planned, readable, stale, with_causes,
 };
 use crate::{
     cache::ValidationCache,
@@ -289,8 +289,8 @@ impl Store for PostgresStore {
         };
         // Without a write, the row lock ends with the transaction.
         let after = match planned(change, &before, keep, expected) {
-            Ok(after) => after,
-            Err(answer) => return Ok(answer),
+            Planned::Write(after) => after,
+            Planned::Answer(answer) => return Ok(answer),
         };
         if let Some(what) =
             lockout(&mut transaction, &before.token, Some(&after.token), keep).await?

@@ -11,7 +11,7 @@ use sled::{
 };
 
 use crate::store::{
-    Imported, KeepAdmin, Outcome, StoreError, Use, fresh_ids, planned, readable, stale,
+    Imported, KeepAdmin, Outcome, Planned, StoreError, Use, fresh_ids, planned, readable, stale,
 };
 use crate::{
     events::Draft,
@@ -171,8 +171,8 @@ impl Trees {
         // Changes are serialized by `_serial`: what `before` says (the etag
         // included) holds until the end.
         let after = match planned(change, &before, keep, expected) {
-            Ok(after) => after,
-            Err(answer) => return Ok(answer),
+            Planned::Write(after) => after,
+            Planned::Answer(answer) => return Ok(answer),
         };
         if let Some(what) = self.lockout(&before.token, Some(&after.token), keep)? {
             return Ok(Outcome::Lockout(what));
