@@ -144,11 +144,6 @@ impl ValidationCache {
         )
     }
 
-    /// A local cache holding about `bytes` of tokens.
-    pub fn local_with_capacity(bytes: u64) -> ValidationCache {
-        ValidationCache::new(Freshness::Local, bytes)
-    }
-
     fn new(freshness: Freshness, bytes: u64) -> ValidationCache {
         let estimated_items = usize::try_from(bytes / 400).unwrap_or(usize::MAX).max(16);
         ValidationCache {
@@ -296,6 +291,15 @@ impl ValidationCache {
             .iter()
             .map(|s| lock(s).values().map(Vec::len).sum::<usize>())
             .sum()
+    }
+}
+
+#[cfg(test)]
+impl ValidationCache {
+    /// A local cache holding about `bytes` of tokens: small ones, for
+    /// tests of eviction.
+    fn local_with_capacity(bytes: u64) -> ValidationCache {
+        ValidationCache::new(Freshness::Local, bytes)
     }
 }
 

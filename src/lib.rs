@@ -7,7 +7,7 @@
 // build checks every line of it, so unit tests may use it.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod audit;
+mod audit;
 mod authz;
 pub mod cache;
 pub mod cli;
