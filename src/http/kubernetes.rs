@@ -49,7 +49,7 @@ pub async fn token_review(
     let body = body::read(body, state.bodies.max_bytes).await?;
     let (version, review) = parse(&body)?;
     let spec = review.spec;
-    let status = match state.service.validate(&spec.token).await? {
+    let status = match state.service.review(&reviewer, &spec.token).await? {
         Validation::Valid(token, _) => TokenReviewStatus {
             authenticated: Some(true),
             user: Some(user_of(&token, &state.integrations)),
@@ -73,7 +73,7 @@ pub async fn token_review(
     let mut answer = serde_json::to_value(answer).expect("a TokenReview serializes");
     answer["apiVersion"] = Value::from(version);
     let mut response = Json(answer).into_response();
-    insert_previous_secret(&reviewer, response.headers_mut());
+    insert_previous_secret(reviewer.caller(), response.headers_mut());
     Ok(response)
 }
 

@@ -63,7 +63,7 @@ pub async fn introspect(
         .await?;
     let body = body::read(body, state.bodies.max_bytes).await?;
     let token = form_token(&body)?;
-    let answer = match state.service.validate(&token).await? {
+    let answer = match state.service.review(&reviewer, &token).await? {
         Validation::Valid(token, _) => Introspection::Active {
             active: true,
             token_type: TOKEN_TYPE,
@@ -86,7 +86,7 @@ pub async fn introspect(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    insert_previous_secret(&reviewer, response.headers_mut());
+    insert_previous_secret(reviewer.caller(), response.headers_mut());
     Ok(response)
 }
 

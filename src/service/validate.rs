@@ -47,6 +47,19 @@ pub struct Authenticated {
     pub secret: MatchedSecret,
 }
 
+/// Proof that a caller may review other tokens (it holds the reviewer
+/// role): what [`TokenService::review`] asks for, so no surface can answer
+/// about a token without checking its caller first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reviewer(Authenticated);
+
+impl Reviewer {
+    /// The reviewer itself.
+    pub fn caller(&self) -> &Authenticated {
+        &self.0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidReason {
     Malformed(MalformedToken),
@@ -193,7 +206,7 @@ impl TokenService {
         presented: Result<&str, AuthError>,
         rpc: &'static str,
         source: Option<IpAddr>,
-    ) -> Result<Authenticated, Error> {
+    ) -> Result<Reviewer, Error> {
         let caller = match self.authenticate_secret(presented).await {
             Ok(caller) => caller,
             Err(refused) => {
@@ -213,7 +226,16 @@ impl TokenService {
             }
         };
         self.require_role(&caller.token, &self.config.reviewer_role)?;
-        Ok(caller)
+        Ok(Reviewer(caller))
+    }
+
+    /// What a reviewer learns of `secret` (Kubernetes TokenReview, OAuth 2.0
+    /// introspection): the answer `Validate` gives, asked only with the
+    /// proof that the caller may ask. The one place every rule a review
+    /// applies to the token under review (and never to the reviewer's own
+    /// credential) is added.
+    pub async fn review(&self, _reviewer: &Reviewer, secret: &str) -> Result<Validation, Error> {
+        self.validate(secret).await
     }
 
     /// The caller as an [`Admin`], if its credential is valid and holds the
