@@ -31,6 +31,7 @@ use tower::Service;
 use super::{
     HttpState, api,
     body::{BodyTimeout, Deadline},
+    forward_auth,
     routes::{self, AUTH, AUTH_BELOW, AUTH_SLASH, ROTATE, STATUS, TOKEN},
 };
 use crate::{
@@ -260,7 +261,7 @@ where
             FrontAnswer::Fast {
                 inner: match lane {
                     FastLane::Status => Box::pin(api::status(state, parts)),
-                    FastLane::ForwardAuth => Box::pin(api::forward_auth(state, parts)),
+                    FastLane::ForwardAuth => Box::pin(forward_auth::forward_auth(state, parts)),
                 },
             }
         } else {

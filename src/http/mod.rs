@@ -7,6 +7,7 @@ mod api;
 mod body;
 mod caller;
 mod decode;
+mod forward_auth;
 mod front;
 mod kubernetes;
 mod oauth2;
@@ -158,7 +159,7 @@ async fn status(State(state): State<HttpState>, request: Request) -> Response {
 }
 
 async fn forward_auth(State(state): State<HttpState>, request: Request) -> Response {
-    api::forward_auth(state, request.into_parts().0).await
+    forward_auth::forward_auth(state, request.into_parts().0).await
 }
 
 /// Room for a typical JSON answer (a token is about 250 bytes), so
