@@ -150,6 +150,10 @@ pub struct ServiceConfig {
     pub purge_expired_after: Option<Duration>,
     /// Where events are delivered (`None`: no events are recorded).
     pub webhooks: Option<WebhookConfig>,
+    /// How often the service's upkeep runs: the token counts behind
+    /// `sts_tokens` and its kin (a scan of every token), the expiry
+    /// announcements and the purge of long-expired tokens.
+    pub token_summary_interval: Duration,
 }
 
 /// A lifetime in the largest whole unit the flags take (`90d`, `12h`,
@@ -232,6 +236,7 @@ impl ServiceConfig {
             admin_keep_margin: DEFAULT_ADMIN_KEEP_MARGIN,
             purge_expired_after: None,
             webhooks: None,
+            token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
         }
     }
 }
@@ -242,6 +247,10 @@ impl Default for ServiceConfig {
         ServiceConfig::with_admin_role(role)
     }
 }
+
+/// How often the service's upkeep runs (see
+/// [`ServiceConfig::token_summary_interval`]).
+pub const DEFAULT_TOKEN_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Most events the outbox keeps undelivered; past it new events are
 /// dropped (counted and logged), never the change itself: a revocation

@@ -8,7 +8,7 @@ use super::{
     DEFAULT_BODY_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_KUBERNETES_PREFIX,
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_SHUTDOWN_DELAY,
     DEFAULT_SHUTDOWN_GRACE, DEFAULT_TLS_HANDSHAKE_TIMEOUT, HTTP2_KEEPALIVE_INTERVAL,
-    HTTP2_KEEPALIVE_TIMEOUT, MAX_REQUEST_BYTES, SettingError,
+    HTTP2_KEEPALIVE_TIMEOUT, MAX_CHECK_REQUEST_BYTES, MAX_REQUEST_BYTES, SettingError,
 };
 use crate::{connections::ConnectionLimits, source::TrustedProxies};
 
@@ -120,10 +120,6 @@ impl KubernetesUsername {
     }
 }
 
-/// How often the token counts behind `sts_tokens` and its kin are taken
-/// (a scan of every token).
-pub const DEFAULT_TOKEN_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
-
 /// How the server takes connections and requests: TLS, timeouts, limits,
 /// shutdown, and how integrations' answers are shaped.
 #[derive(Debug, Clone)]
@@ -154,8 +150,8 @@ pub struct ServerConfig {
     /// default bounds nothing; the daemon derives bounds from the
     /// descriptor limit (`ConnectionLimits::for_descriptors`).
     pub connection_limits: ConnectionLimits,
-    /// How often the token-count metrics are refreshed.
-    pub token_summary_interval: Duration,
+    /// Largest Envoy ext_authz `Check` accepted.
+    pub max_check_request_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -175,7 +171,7 @@ impl Default for ServerConfig {
             integrations: IntegrationConfig::default(),
             trusted_proxies: TrustedProxies::none(),
             connection_limits: ConnectionLimits::UNBOUNDED,
-            token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
+            max_check_request_bytes: MAX_CHECK_REQUEST_BYTES,
         }
     }
 }

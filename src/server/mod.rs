@@ -10,7 +10,7 @@ use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{MAX_CHECK_REQUEST_BYTES, ServerConfig},
+    config::ServerConfig,
     connections::Connections,
     error::{ServeError, with_causes},
     grpc::{AuthorizationService, ExtAuthz, GrpcTokenService, UndecodableLayer},
@@ -169,7 +169,7 @@ pub async fn run_on(
     ));
     let summarizer = tokio::spawn(summarize_tokens(
         service.clone(),
-        config.token_summary_interval,
+        service.config().token_summary_interval,
     ));
     let delivery = service
         .config()
@@ -206,7 +206,7 @@ pub async fn run_on(
         .add_service(tokens)
         .add_service(AuthorizationService::new(
             ExtAuthz::new(service.clone(), &config.integrations),
-            MAX_CHECK_REQUEST_BYTES,
+            config.max_check_request_bytes,
         ))
         .into_axum_router();
     let protocol = Protocol::from(&config);

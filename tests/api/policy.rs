@@ -242,13 +242,10 @@ async fn the_cli_lists_tokens_over_the_policy() {
 async fn tokens_expired_long_enough_ago_are_purged_and_counted() {
     let service = ServiceConfig {
         purge_expired_after: Some(DAY),
+        token_summary_interval: Duration::from_millis(20),
         ..ServiceConfig::default()
     };
-    let server = sts::config::ServerConfig {
-        token_summary_interval: Duration::from_millis(20),
-        ..server_config()
-    };
-    let app = spawn_app_with(service, server).await;
+    let app = spawn_app_with(service, server_config()).await;
     let (expiring, _) = app.create_expiring_in("expiring", &["r"], 60).await;
     let (kept, _) = app.create("kept", &["r"]).await;
     // Expired a minute ago: kept (the counts, taken in the same pass as

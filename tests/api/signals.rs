@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sts::{
-    config::{ServerConfig, ServiceConfig},
+    config::ServiceConfig,
     proto::{ServiceToken, UpdateRequest},
 };
 
@@ -53,16 +53,13 @@ async fn until_metrics(app: &TestApp, expected: [f64; 9]) {
 
 #[tokio::test]
 async fn the_token_counts_follow_the_store_and_the_clock() {
-    let server = ServerConfig {
-        token_summary_interval: Duration::from_millis(20),
-        ..server_config()
-    };
     // Last-used tracking off: "unused" is then counted from creation.
     let service = ServiceConfig {
         last_used_resolution: Duration::ZERO,
+        token_summary_interval: Duration::from_millis(20),
         ..ServiceConfig::default()
     };
-    let app = spawn_app_with(service, server).await;
+    let app = spawn_app_with(service, server_config()).await;
     app.create("forever", &["r"]).await;
     let (_, day) = app.create_expiring_in("day", &["r"], 12 * 3600).await;
     app.create_expiring_in("week", &["r"], 5 * 24 * 3600).await;
