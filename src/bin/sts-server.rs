@@ -117,7 +117,8 @@ struct ReserveArgs {
 /// For the commands that need to know who is an admin.
 #[derive(Args)]
 struct AdminArgs {
-    /// The role a token needs to create, list and delete tokens.
+    /// The role a token needs to manage tokens: every call but Validate
+    /// (create, get, list, update, rotate, delete).
     #[arg(long, env = "STS_ADMIN_ROLE", default_value = DEFAULT_ADMIN_ROLE, value_parser = setting::role)]
     admin_role: Role,
 }
