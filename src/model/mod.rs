@@ -1,16 +1,19 @@
 //! The domain values the service works with, each built by a `parse` that
 //! says which field is wrong and why, so handlers only ever see valid values.
 //!
-//! `fields` holds the parsed values, `token` the token as the service sees
-//! it, `change` what a change does, `query` what a question over many
+//! `fields` holds the parsed values, `binding` what a token may be bound to
+//! (sources, audiences, routes) and how a check meets it, `token` the token
+//! as the service sees it, `change` what a change does, `query` what a question over many
 //! tokens selects, `stored` the token on its way into and out of a store.
 
+mod binding;
 mod change;
 mod fields;
 mod query;
 mod stored;
 mod token;
 
+pub use binding::*;
 pub use change::*;
 pub use fields::*;
 pub use query::*;

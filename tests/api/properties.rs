@@ -8,8 +8,9 @@ use proptest::prelude::*;
 use sts::{
     credential::{self, AuthError, MAX_CREDENTIAL_BYTES},
     model::{
-        Description, Labels, MAX_DESCRIPTION_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS,
-        MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, Role, Roles, TokenId, TokenName, parse_time,
+        AllowedRoutes, AllowedSources, Description, Labels, MAX_DESCRIPTION_CHARS,
+        MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, RequestPath,
+        Role, Roles, RouteRule, TokenId, TokenName, parse_time,
     },
     page::{PageRequest, encode_cursor},
     token::{MalformedToken, PREFIX, Secret, TOKEN_LEN, TokenHash},
@@ -236,5 +237,69 @@ proptest! {
             }
             Err(e) => prop_assert!(e.field.starts_with("labels"), "{}", e),
         }
+    }
+
+    #[test]
+    fn route_patterns_and_paths_take_any_text(
+        methods in proptest::collection::vec(prop_oneof![any::<String>(), "[A-Za-z]{1,8}"], 0..4),
+        pattern in prop_oneof![any::<String>(), "(/(\\*|\\*\\*|[a-z.%0-9]{0,4})){0,5}"],
+        method in prop_oneof![any::<String>(), "(GET|get|POST|HEAD)"],
+        path in prop_oneof![any::<String>(), "(/([a-z.]{0,3}|%2[eEfF]|%[0-9A-F]{2})){0,6}(\\?[a-z=]{0,5})?"],
+    ) {
+        // Whatever the rule and the path: no panic, and a path that could
+        // be read two ways is never admitted.
+        if let Ok(rule) = RouteRule::parse("allowed_routes", &methods, &pattern) {
+            let routes = AllowedRoutes::new("allowed_routes", vec![rule]).unwrap();
+            let admitted = routes.admits(&method, &path);
+            if RequestPath::parse(&path).is_none() {
+                prop_assert!(!admitted);
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_admitted_decoded_is_admitted_encoded(
+        segments in proptest::collection::vec("[a-z0-9]{1,6}", 0..5),
+        encode in any::<u64>(),
+    ) {
+        // Percent-encoding characters of a segment changes nothing: paths
+        // are compared decoded, once.
+        let plain = format!("/{}", segments.join("/"));
+        let encoded = format!("/{}", segments
+            .iter()
+            .enumerate()
+            .map(|(at, segment)| if encode >> (at % 64) & 1 == 1 {
+                segment.bytes().map(|b| format!("%{b:02X}")).collect::<String>()
+            } else {
+                segment.clone()
+            })
+            .collect::<Vec<_>>()
+            .join("/"));
+        let routes = AllowedRoutes::new(
+            "allowed_routes",
+            vec![RouteRule::parse("allowed_routes", &["GET"], &plain).unwrap()],
+        )
+        .unwrap();
+        prop_assert!(routes.admits("GET", &plain));
+        prop_assert!(routes.admits("get", &encoded), "{}", encoded);
+        // And any `..` segment, plain or encoded, spoils it.
+        let climbing = format!("{plain}/../x");
+        prop_assert!(!routes.admits("GET", &climbing));
+    }
+
+    #[test]
+    fn a_source_binding_admits_exactly_its_networks(
+        a in any::<u32>(),
+        b in any::<u32>(),
+        prefix in 0u8..=32,
+    ) {
+        let network = std::net::Ipv4Addr::from(a);
+        let allowed = AllowedSources::parse("allowed_sources", &[format!("{network}/{prefix}")]).unwrap();
+        let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        let inside = (a & mask) == (b & mask);
+        let client = std::net::Ipv4Addr::from(b);
+        prop_assert_eq!(allowed.allows(client.into()), inside);
+        // The same client, IPv4-mapped, is the same client.
+        prop_assert_eq!(allowed.allows(client.to_ipv6_mapped().into()), inside);
     }
 }

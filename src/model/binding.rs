@@ -1,0 +1,645 @@
+//! What a token may be bound to: the sources it may be used from
+//! ([`AllowedSources`]), the audiences it is for ([`Audiences`]) and the
+//! routes it may call ([`AllowedRoutes`]), each parsed once, when a token is
+//! made or read, into the form a check walks without allocating; and the
+//! one rule by which a check's context meets them ([`Bindings::admits`]):
+//! fail closed, so a bound token is refused where the check cannot see what
+//! it is bound to.
+//!
+//! A route is matched on the request's path alone (no query), percent-
+//! decoded once and compared case-sensitively. A path that could mean two
+//! things to two servers never matches: one with a `.` or `..` segment, an
+//! empty segment (`//`), or an encoded `/` (`%2F`), since what the check
+//! reads and what the service behind the proxy serves must be the same
+//! path. In a pattern, `*` matches one non-empty segment and a trailing
+//! `/**` the prefix itself and anything below it; methods compare without
+//! regard to case.
+
+use std::{net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
+
+use super::fields::FieldError;
+
+/// The most sources one token may be bound to: each check walks them all.
+pub const MAX_ALLOWED_SOURCES: usize = 32;
+/// The most audiences one token may be for.
+pub const MAX_AUDIENCES: usize = 16;
+/// The longest audience, in characters.
+pub const MAX_AUDIENCE_CHARS: usize = 256;
+/// The most routes one token may be bound to.
+pub const MAX_ALLOWED_ROUTES: usize = 64;
+/// The most methods one route may name.
+pub const MAX_ROUTE_METHODS: usize = 16;
+/// The longest route pattern, in bytes.
+pub const MAX_ROUTE_PATTERN_BYTES: usize = 1024;
+
+/// The networks a token may be used from; empty: any source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedSources(Vec<IpNet>);
+
+impl AllowedSources {
+    /// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`),
+    /// each kept as its network (host bits dropped), IPv4-mapped IPv6
+    /// read as IPv4; at most [`MAX_ALLOWED_SOURCES`], none twice.
+    pub fn parse<S: AsRef<str>>(field: &str, items: &[S]) -> Result<AllowedSources, FieldError> {
+        if items.len() > MAX_ALLOWED_SOURCES {
+            return Err(FieldError::new(
+                field,
+                format!("at most {MAX_ALLOWED_SOURCES} sources (use wider CIDRs)"),
+            ));
+        }
+        let mut networks: Vec<IpNet> = Vec::with_capacity(items.len());
+        for (at, item) in items.iter().enumerate() {
+            let item = item.as_ref().trim();
+            let network = network(item).ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    format!(
+                        "item {} is not an IP address or a CIDR (such as 10.0.0.0/8 or fd00::/8)",
+                        at + 1
+                    ),
+                )
+            })?;
+            if networks.contains(&network) {
+                return Err(FieldError::new(
+                    field,
+                    format!("item {} repeats an earlier one", at + 1),
+                ));
+            }
+            networks.push(network);
+        }
+        Ok(AllowedSources(networks))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `source` (read as IPv4 when it is IPv4-mapped) lies in one
+    /// of the networks.
+    pub fn allows(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.0.iter().any(|network| network.contains(&source))
+    }
+
+    /// The networks as text (`10.0.0.0/8`, a single address as `/32` or
+    /// `/128`), in the order given.
+    pub fn texts(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+}
+
+/// `item` as a network: a CIDR with its host bits dropped, or an address
+/// as the network of itself. IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is
+/// kept as the IPv4 network it maps, so it matches what clients send.
+fn network(item: &str) -> Option<IpNet> {
+    let network = match IpNet::from_str(item) {
+        Ok(network) => network.trunc(),
+        Err(_) => IpNet::from(IpAddr::from_str(item).ok()?),
+    };
+    Some(match network {
+        IpNet::V6(v6) => match (v6.addr().to_ipv4_mapped(), v6.prefix_len()) {
+            (Some(v4), prefix) if prefix >= 96 => {
+                IpNet::V4(ipnet::Ipv4Net::new(v4, prefix - 96).ok()?.trunc())
+            }
+            _ => network,
+        },
+        IpNet::V4(_) => network,
+    })
+}
+
+/// The audiences a token is for (Kubernetes' bound audiences, an OAuth
+/// resource); empty: any audience.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Audiences(Vec<String>);
+
+impl Audiences {
+    /// Each 1 to [`MAX_AUDIENCE_CHARS`] characters with no control or
+    /// invisible formatting character, none twice; at most
+    /// [`MAX_AUDIENCES`].
+    pub fn parse<S: AsRef<str>>(field: &str, items: &[S]) -> Result<Audiences, FieldError> {
+        if items.len() > MAX_AUDIENCES {
+            return Err(FieldError::new(
+                field,
+                format!("at most {MAX_AUDIENCES} audiences"),
+            ));
+        }
+        let mut audiences: Vec<String> = Vec::with_capacity(items.len());
+        for (at, item) in items.iter().enumerate() {
+            let item = item.as_ref();
+            let problem = if item.is_empty() {
+                Some("is empty".to_owned())
+            } else if item.chars().count() > MAX_AUDIENCE_CHARS {
+                Some(format!("is longer than {MAX_AUDIENCE_CHARS} characters"))
+            } else if item
+                .chars()
+                .any(|c| c.is_control() || crate::text::is_format(c))
+            {
+                Some("holds a control or invisible formatting character".to_owned())
+            } else if audiences.iter().any(|a| a == item) {
+                Some("repeats an earlier one".to_owned())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(FieldError::new(field, format!("item {} {problem}", at + 1)));
+            }
+            audiences.push(item.to_owned());
+        }
+        Ok(Audiences(audiences))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `audience` is one of them, exactly.
+    pub fn allows(&self, audience: &str) -> bool {
+        self.0.iter().any(|a| a == audience)
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+/// One route a token may call: the methods (none: any) and a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    /// Upper-cased.
+    methods: Vec<String>,
+    pattern: String,
+    segments: Vec<PatternSegment>,
+    /// A trailing `/**`: the prefix itself and anything below it.
+    below: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternSegment {
+    Literal(String),
+    /// `*`: any one non-empty segment.
+    Any,
+}
+
+impl RouteRule {
+    /// `methods` (HTTP method names, any case; none: any method) and
+    /// `pattern`: `/` and segments, where a segment is `*` or literal text
+    /// (neither `.` nor `..`, no `*` inside it), and the last may be `**`.
+    pub fn parse<S: AsRef<str>>(
+        field: &str,
+        methods: &[S],
+        pattern: &str,
+    ) -> Result<RouteRule, FieldError> {
+        let invalid = |problem: &str| Err(FieldError::new(field, problem.to_owned()));
+        if methods.len() > MAX_ROUTE_METHODS {
+            return invalid("names too many methods");
+        }
+        let mut upper: Vec<String> = Vec::with_capacity(methods.len());
+        for method in methods {
+            let method = method.as_ref();
+            if method.is_empty() || !method.bytes().all(is_token_byte) {
+                return invalid("names a method that is not an HTTP method name");
+            }
+            let method = method.to_ascii_uppercase();
+            if !upper.contains(&method) {
+                upper.push(method);
+            }
+        }
+        if pattern.len() > MAX_ROUTE_PATTERN_BYTES {
+            return invalid("has a path pattern longer than 1024 bytes");
+        }
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return invalid("has a path pattern that does not start with /");
+        };
+        if pattern.contains(['?', '#']) || pattern.chars().any(char::is_control) {
+            return invalid("has a path pattern with a query, a fragment or a control character");
+        }
+        let mut segments = Vec::new();
+        let mut below = false;
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        for (at, part) in parts.iter().enumerate() {
+            let last = at + 1 == parts.len();
+            match *part {
+                "**" if last => below = true,
+                "*" => segments.push(PatternSegment::Any),
+                "" => return invalid("has an empty segment (//) in its path pattern"),
+                "." | ".." => return invalid("has a . or .. segment in its path pattern"),
+                literal if literal.contains('*') => {
+                    return invalid("uses * other than as a whole segment, or ** other than last");
+                }
+                literal => segments.push(PatternSegment::Literal(literal.to_owned())),
+            }
+        }
+        Ok(RouteRule {
+            methods: upper,
+            pattern: pattern.to_owned(),
+            segments,
+            below,
+        })
+    }
+
+    /// The methods as given, upper-cased.
+    pub fn methods(&self) -> &[String] {
+        &self.methods
+    }
+
+    /// The pattern as given.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether a request with `method` and the path `path` (decoded
+    /// segments, see [`RequestPath`]) falls under this rule.
+    pub fn admits(&self, method: &str, path: &RequestPath) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return false;
+        }
+        let segments = &path.0;
+        let fits = if self.below {
+            segments.len() >= self.segments.len()
+        } else {
+            segments.len() == self.segments.len()
+        };
+        fits && self
+            .segments
+            .iter()
+            .zip(segments)
+            .all(|(pattern, segment)| match pattern {
+                PatternSegment::Literal(literal) => literal == segment,
+                PatternSegment::Any => !segment.is_empty(),
+            })
+    }
+}
+
+/// RFC 9110's token characters, what a method name is made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The routes a token may call; empty: any route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedRoutes(Vec<RouteRule>);
+
+impl AllowedRoutes {
+    /// At most [`MAX_ALLOWED_ROUTES`] rules.
+    pub fn new(field: &str, rules: Vec<RouteRule>) -> Result<AllowedRoutes, FieldError> {
+        if rules.len() > MAX_ALLOWED_ROUTES {
+            return Err(FieldError::new(
+                field,
+                format!("at most {MAX_ALLOWED_ROUTES} routes"),
+            ));
+        }
+        Ok(AllowedRoutes(rules))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn rules(&self) -> &[RouteRule] {
+        &self.0
+    }
+
+    /// Whether some rule admits `method` on `path`; never for a path that
+    /// does not parse (see [`RequestPath::parse`]).
+    pub fn admits(&self, method: &str, path: &str) -> bool {
+        let Some(path) = RequestPath::parse(path) else {
+            return false;
+        };
+        self.0.iter().any(|rule| rule.admits(method, &path))
+    }
+}
+
+/// A request's path as routes are matched against it: its segments,
+/// each percent-decoded once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath(Vec<String>);
+
+impl RequestPath {
+    /// The path of a request target (a query or fragment is dropped), or
+    /// `None` when it could be read two ways: not starting with `/`, an
+    /// empty segment before the last (`//`), a `.` or `..` segment
+    /// (encoded or not), an encoded `/`, or a segment that is not UTF-8
+    /// once decoded. A trailing `/` is an empty last segment, which only a
+    /// `/**` pattern admits.
+    pub fn parse(target: &str) -> Option<RequestPath> {
+        let path = target.split(['?', '#']).next().unwrap_or_default();
+        let rest = path.strip_prefix('/')?;
+        if rest.is_empty() {
+            return Some(RequestPath(Vec::new()));
+        }
+        let raw: Vec<&str> = rest.split('/').collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        for (at, segment) in raw.iter().enumerate() {
+            if segment.is_empty() && at + 1 != raw.len() {
+                return None;
+            }
+            let decoded = percent_encoding::percent_decode_str(segment)
+                .decode_utf8()
+                .ok()?;
+            if decoded.contains('/') || decoded == "." || decoded == ".." {
+                return None;
+            }
+            segments.push(decoded.into_owned());
+        }
+        Some(RequestPath(segments))
+    }
+}
+
+/// Everything a token is bound to. The default binds nothing: the token
+/// works from any source, for any audience, on any route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bindings {
+    pub sources: AllowedSources,
+    pub audiences: Audiences,
+    pub routes: AllowedRoutes,
+}
+
+/// What a check knows of the request it is made for; `None` where it
+/// cannot tell.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckContext<'r> {
+    pub source: Option<IpAddr>,
+    pub audience: Option<&'r str>,
+    /// The method and the request target (its path, maybe a query).
+    pub route: Option<(&'r str, &'r str)>,
+}
+
+/// Why a bound token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingRefusal {
+    /// Not from one of its sources, or the check cannot tell the source.
+    SourceNotAllowed,
+    /// Not for one of its audiences, or the check names none.
+    AudienceNotAllowed,
+    /// Not on one of its routes, or the check cannot tell the route.
+    RouteNotAllowed,
+}
+
+impl Bindings {
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty() && self.audiences.is_empty() && self.routes.is_empty()
+    }
+
+    /// Whether a check with `context` may pass, failing closed: a token
+    /// bound to sources, audiences or routes is refused where `context`
+    /// does not say which. Sources first, then audiences, then routes.
+    pub fn admits(&self, context: &CheckContext<'_>) -> Result<(), BindingRefusal> {
+        if !self.sources.is_empty()
+            && !context
+                .source
+                .is_some_and(|source| self.sources.allows(source))
+        {
+            return Err(BindingRefusal::SourceNotAllowed);
+        }
+        if !self.audiences.is_empty()
+            && !context
+                .audience
+                .is_some_and(|audience| self.audiences.allows(audience))
+        {
+            return Err(BindingRefusal::AudienceNotAllowed);
+        }
+        if !self.routes.is_empty()
+            && !context
+                .route
+                .is_some_and(|(method, path)| self.routes.admits(method, path))
+        {
+            return Err(BindingRefusal::RouteNotAllowed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(items: &[&str]) -> AllowedSources {
+        AllowedSources::parse("allowed_sources", items).unwrap()
+    }
+
+    fn routes(rules: &[(&[&str], &str)]) -> AllowedRoutes {
+        let rules = rules
+            .iter()
+            .map(|(methods, path)| RouteRule::parse("allowed_routes", methods, path).unwrap())
+            .collect();
+        AllowedRoutes::new("allowed_routes", rules).unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn sources_match_ipv4_ipv6_and_ipv4_mapped_alike() {
+        let allowed = sources(&["10.1.2.3/8", "2001:db8::/32", "192.0.2.7"]);
+        assert_eq!(
+            allowed.texts(),
+            ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]
+        );
+        for yes in [
+            "10.200.0.1",
+            "::ffff:10.0.0.9",
+            "2001:db8:1::5",
+            "192.0.2.7",
+        ] {
+            assert!(allowed.allows(ip(yes)), "{yes}");
+        }
+        for no in [
+            "11.0.0.1",
+            "192.0.2.8",
+            "2001:db9::1",
+            "::1",
+            "::ffff:192.0.2.8",
+        ] {
+            assert!(!allowed.allows(ip(no)), "{no}");
+        }
+        // A mapped network written as IPv6 binds the IPv4 clients it maps.
+        let mapped = sources(&["::ffff:10.0.0.0/104"]);
+        assert_eq!(mapped.texts(), ["10.0.0.0/8"]);
+        assert!(mapped.allows(ip("10.3.3.3")));
+    }
+
+    #[test]
+    fn bad_sources_are_refused_by_position_without_echoing_them() {
+        for (items, problem) in [
+            (
+                &["10.0.0.0/8", "ten"][..],
+                "item 2 is not an IP address or a CIDR",
+            ),
+            (
+                &["10.0.0.0/33"][..],
+                "item 1 is not an IP address or a CIDR",
+            ),
+            (
+                &["10.0.0.1/8", "10.9.9.9/8"][..],
+                "item 2 repeats an earlier one",
+            ),
+        ] {
+            let error = AllowedSources::parse("allowed_sources", items).unwrap_err();
+            assert_eq!(error.field, "allowed_sources");
+            assert!(error.problem.starts_with(problem), "{error:?}");
+        }
+        let many: Vec<String> = (0..=MAX_ALLOWED_SOURCES)
+            .map(|i| format!("10.0.{i}.0/24"))
+            .collect();
+        assert!(AllowedSources::parse("allowed_sources", &many).is_err());
+        let most = &many[..MAX_ALLOWED_SOURCES];
+        assert!(AllowedSources::parse("allowed_sources", most).is_ok());
+    }
+
+    #[test]
+    fn audiences_are_exact_bounded_and_visible() {
+        let audiences = Audiences::parse("audiences", &["https://api.example", "ci"]).unwrap();
+        assert!(audiences.allows("ci"));
+        assert!(!audiences.allows("CI") && !audiences.allows("c") && !audiences.allows(""));
+        let long = "a".repeat(MAX_AUDIENCE_CHARS + 1);
+        for bad in [
+            &[""][..],
+            &[long.as_str()][..],
+            &["a\u{200b}b"][..],
+            &["x", "x"][..],
+        ] {
+            assert!(Audiences::parse("audiences", bad).is_err(), "{bad:?}");
+        }
+        let most: Vec<String> = (0..MAX_AUDIENCES).map(|i| i.to_string()).collect();
+        assert!(Audiences::parse("audiences", &most).is_ok());
+        let more: Vec<String> = (0..=MAX_AUDIENCES).map(|i| i.to_string()).collect();
+        assert!(Audiences::parse("audiences", &more).is_err());
+    }
+
+    #[test]
+    fn route_patterns_match_as_pinned() {
+        let allowed = routes(&[
+            (&["get", "HEAD"], "/api/v1/*"),
+            (&[], "/builds/**"),
+            (&["POST"], "/hooks/*/run"),
+            (&["GET"], "/"),
+        ]);
+        for (method, path) in [
+            ("GET", "/api/v1/items"),
+            ("head", "/api/v1/items?page=2"),
+            ("DELETE", "/builds"),
+            ("PUT", "/builds/42/logs/x"),
+            ("GET", "/builds/"),
+            ("post", "/hooks/deploy/run"),
+            ("GET", "/api/v1/caf%C3%A9"),
+            ("GET", "/"),
+        ] {
+            assert!(allowed.admits(method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            // Another method, a segment too many or too few, case.
+            ("POST", "/api/v1/items"),
+            ("GET", "/api/v1/items/1"),
+            ("GET", "/api/v1"),
+            ("GET", "/api/v1/"),
+            ("GET", "/API/v1/items"),
+            ("GET", "/buildsx"),
+            ("POST", "/hooks//run"),
+            // Paths that read two ways never match.
+            ("GET", "/builds/../admin"),
+            ("GET", "/builds/%2e%2e/admin"),
+            ("GET", "/builds/./x"),
+            ("GET", "/api//v1/items"),
+            ("GET", "/api/v1/a%2Fb"),
+            ("GET", "/api/v1/%FF"),
+            ("GET", "api/v1/items"),
+            ("GET", ""),
+        ] {
+            assert!(!allowed.admits(method, path), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn bad_route_rules_are_refused() {
+        for (methods, pattern) in [
+            (&["GET"][..], "api/v1"),
+            (&["GET"][..], "/api/**/x"),
+            (&["GET"][..], "/api/v*"),
+            (&["GET"][..], "/api//x"),
+            (&["GET"][..], "/api/../x"),
+            (&["GET"][..], "/api?x=1"),
+            (&["GE T"][..], "/api"),
+            (&[""][..], "/api"),
+        ] {
+            let refused = RouteRule::parse("allowed_routes", methods, pattern);
+            assert!(refused.is_err(), "{methods:?} {pattern}");
+        }
+        let rule = RouteRule::parse("allowed_routes", &["get", "GET"], "/x/**").unwrap();
+        assert_eq!(rule.methods(), ["GET"]);
+        assert_eq!(rule.pattern(), "/x/**");
+        let rules = (0..=MAX_ALLOWED_ROUTES)
+            .map(|_| rule.clone())
+            .collect::<Vec<_>>();
+        assert!(AllowedRoutes::new("allowed_routes", rules).is_err());
+    }
+
+    #[test]
+    fn a_bound_token_fails_closed_and_an_unbound_one_passes_anything() {
+        let unbound = Bindings::default();
+        assert!(unbound.is_empty());
+        assert_eq!(unbound.admits(&CheckContext::default()), Ok(()));
+        let bound = Bindings {
+            sources: sources(&["10.0.0.0/8"]),
+            audiences: Audiences::parse("audiences", &["ci"]).unwrap(),
+            routes: routes(&[(&["GET"], "/api/**")]),
+        };
+        let ok = CheckContext {
+            source: Some(ip("10.0.0.1")),
+            audience: Some("ci"),
+            route: Some(("GET", "/api/x")),
+        };
+        assert_eq!(bound.admits(&ok), Ok(()));
+        // Each binding refuses what it cannot see, and what it does not allow;
+        // sources first, then audiences, then routes.
+        let cases = [
+            (
+                CheckContext { source: None, ..ok },
+                BindingRefusal::SourceNotAllowed,
+            ),
+            (
+                CheckContext {
+                    source: Some(ip("11.0.0.1")),
+                    ..ok
+                },
+                BindingRefusal::SourceNotAllowed,
+            ),
+            (
+                CheckContext {
+                    audience: None,
+                    ..ok
+                },
+                BindingRefusal::AudienceNotAllowed,
+            ),
+            (
+                CheckContext {
+                    audience: Some("cd"),
+                    ..ok
+                },
+                BindingRefusal::AudienceNotAllowed,
+            ),
+            (
+                CheckContext { route: None, ..ok },
+                BindingRefusal::RouteNotAllowed,
+            ),
+            (
+                CheckContext {
+                    route: Some(("POST", "/api/x")),
+                    ..ok
+                },
+                BindingRefusal::RouteNotAllowed,
+            ),
+            (CheckContext::default(), BindingRefusal::SourceNotAllowed),
+        ];
+        for (context, refusal) in cases {
+            assert_eq!(bound.admits(&context), Err(refusal), "{context:?}");
+        }
+    }
+}
