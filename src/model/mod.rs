@@ -4,12 +4,13 @@
 //! `fields` holds the parsed values, `binding` what a token may be bound to
 //! (sources, audiences, routes) and how a check meets it, `token` the token
 //! as the service sees it, `change` what a change does, `query` what a question over many
-//! tokens selects, `stored` the token on its way into and out of a store.
+//! tokens selects, `recent` the sources a token was last seen from, `stored` the token on its way into and out of a store.
 
 mod binding;
 mod change;
 mod fields;
 mod query;
+mod recent;
 mod stored;
 mod token;
 
@@ -17,6 +18,7 @@ pub use binding::*;
 pub use change::*;
 pub use fields::*;
 pub use query::*;
+pub use recent::*;
 pub use stored::*;
 pub use token::*;
 

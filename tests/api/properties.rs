@@ -9,8 +9,8 @@ use sts::{
     credential::{self, AuthError, MAX_CREDENTIAL_BYTES},
     model::{
         AllowedRoutes, AllowedSources, Description, Labels, MAX_DESCRIPTION_CHARS,
-        MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, RequestPath,
-        Role, Roles, RouteRule, TokenId, TokenName, parse_time,
+        MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES,
+        RecentSources, RequestPath, Role, Roles, RouteRule, TokenId, TokenName, parse_time,
     },
     page::{PageRequest, encode_cursor},
     token::{MalformedToken, PREFIX, Secret, TOKEN_LEN, TokenHash},
@@ -301,5 +301,34 @@ proptest! {
         prop_assert_eq!(allowed.allows(client.into()), inside);
         // The same client, IPv4-mapped, is the same client.
         prop_assert_eq!(allowed.allows(client.to_ipv6_mapped().into()), inside);
+    }
+
+    #[test]
+    fn recent_sources_converge_whatever_the_order_replicas_merge_in(
+        uses in proptest::collection::vec((0u8..12, 0u64..40, 0usize..3), 0..40),
+        order in any::<u64>(),
+    ) {
+        // Each use lands on one of three replicas; they merge in some order.
+        let ip = |n: u8| std::net::IpAddr::from([10, 0, 0, n]);
+        let time = |s: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        let mut replicas = vec![RecentSources::default(); 3];
+        for (address, at, replica) in &uses {
+            replicas[*replica].see(ip(*address), time(*at));
+        }
+        let all = RecentSources::of(uses.iter().map(|(a, t, _)| (ip(*a), time(*t))));
+        let mut merged = RecentSources::default();
+        let mut indices = vec![0, 1, 2];
+        indices.rotate_left((order % 3) as usize);
+        if order & 4 != 0 {
+            indices.swap(0, 1);
+        }
+        for i in indices {
+            merged.merge(&replicas[i]);
+            // Merging again changes nothing.
+            let again = merged.clone();
+            merged.merge(&replicas[i]);
+            prop_assert_eq!(&merged, &again);
+        }
+        prop_assert_eq!(merged, all);
     }
 }
