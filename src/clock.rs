@@ -130,12 +130,7 @@ pub const DATE: &[time::format_description::BorrowedFormatItem<'static>] =
 /// `yyyy-MM-dd` (UTC) of a time `seconds` from the epoch, as StackState's
 /// CLI shows an expiration.
 pub fn date(seconds: i64) -> String {
-    // The whole protobuf range (years 1 to 9999) has a date; anything
-    // beyond it is shown as what it is rather than as "never expires".
-    time::OffsetDateTime::from_unix_timestamp(seconds)
-        .ok()
-        .and_then(|t| t.date().format(DATE).ok())
-        .unwrap_or_else(|| format!("{seconds}s after the epoch"))
+    formatted(seconds, DATE)
 }
 
 /// `yyyy-MM-dd HH:MM` (UTC) of a time `seconds` from the epoch: a last use,
@@ -143,9 +138,16 @@ pub fn date(seconds: i64) -> String {
 pub fn date_time(seconds: i64) -> String {
     const MINUTE: &[time::format_description::BorrowedFormatItem<'static>] =
         time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    formatted(seconds, MINUTE)
+}
+
+/// The time `seconds` from the epoch in `format` (UTC). The whole protobuf
+/// range (years 1 to 9999) has one; anything beyond it is shown as what it
+/// is rather than as "never expires".
+fn formatted(seconds: i64, format: &[time::format_description::BorrowedFormatItem<'_>]) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
-        .and_then(|t| t.format(MINUTE).ok())
+        .and_then(|t| t.format(format).ok())
         .unwrap_or_else(|| format!("{seconds}s after the epoch"))
 }
 

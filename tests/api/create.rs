@@ -226,3 +226,55 @@ async fn names_that_lie_on_screen_are_refused_over_every_transport() {
     }
     assert_eq!(app.list_all().await.len(), 1, "only the admin token");
 }
+
+/// The service cuts every time it hands a store to the microsecond (the
+/// stores keep what they are given): the clock's now in a creation, a
+/// disable and a rotation, and a grace period given to the nanosecond.
+#[tokio::test]
+async fn every_time_the_service_writes_is_to_the_microsecond() {
+    use sts::proto::{GetRequest, RotateRequest, ServiceToken, UpdateRequest};
+    let app = spawn_app().await;
+    // A clock with a sub-microsecond part, whatever the real one had.
+    app.clock.advance(Duration::from_nanos(1_001));
+    let (_, created) = app.create("micro", &["r"]).await;
+    let micro = |t: Option<prost_types::Timestamp>| t.unwrap().nanos % 1_000 == 0;
+    assert!(micro(created.created_at) && micro(created.updated_at));
+    app.clock.advance(Duration::from_nanos(1_001));
+    let disabled = UpdateRequest {
+        service_token: Some(ServiceToken {
+            id: created.id,
+            disabled: true,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["disabled".into()],
+        }),
+    };
+    let disabled = app
+        .client
+        .clone()
+        .update(app.admin(disabled))
+        .await
+        .unwrap();
+    assert!(micro(
+        disabled.into_inner().service_token.unwrap().updated_at
+    ));
+    let rotate = RotateRequest {
+        id: created.id,
+        grace_period: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 1_001,
+        }),
+    };
+    let rotated = app.client.clone().rotate(app.admin(rotate)).await.unwrap();
+    let rotated = rotated.into_inner().service_token.unwrap();
+    assert!(micro(rotated.updated_at));
+    assert!(micro(rotated.previous_secret_expiration));
+    // And a read gives back exactly what the answers said.
+    let get = GetRequest { id: created.id };
+    let read = app.client.clone().get(app.admin(get)).await.unwrap();
+    assert_eq!(
+        checked(read.into_inner().service_token.unwrap()),
+        checked(rotated)
+    );
+}
