@@ -66,6 +66,8 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
                     created_by,
                     updated_at: _,
                     previous_secret: _,
+                    bindings,
+                    recent_sources: _,
                 },
             hash: _,
             previous_hash: _,
@@ -76,8 +78,28 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 64)
             .sum();
-        let variable =
-            name.as_str().len() + description.as_str().len() + created_by.len() + roles + labels;
+        // A network is about 40 bytes, a route rule its pattern, methods
+        // and segments; recent sources are fixed-size and few.
+        let bound: usize = bindings.sources.len() * 40
+            + bindings
+                .audiences
+                .as_slice()
+                .iter()
+                .map(|a| a.len() + 24)
+                .sum::<usize>()
+            + bindings
+                .routes
+                .rules()
+                .iter()
+                .map(|rule| 3 * rule.pattern().len() + 24 * rule.methods().len() + 96)
+                .sum::<usize>();
+        let variable = name.as_str().len()
+            + description.as_str().len()
+            + created_by.len()
+            + roles
+            + labels
+            + bound
+            + 48 * crate::model::MAX_RECENT_SOURCES;
         (std::mem::size_of::<StoredToken>() + 96 + variable) as u64
     }
 }

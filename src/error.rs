@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use crate::{
     credential::AuthError,
     incident::{self, Severity},
-    model::{Etag, FieldError, Role, TokenId},
+    model::{BindingRefusal, Etag, FieldError, Role, TokenId},
     store::{Cause, StoreError},
 };
 
@@ -22,6 +22,9 @@ pub enum Error {
     Unauthenticated(#[from] AuthError),
     #[error("permission denied: the caller's service token lacks the `{0}` role")]
     PermissionDenied(Role),
+    /// A valid token used outside what it is bound to.
+    #[error("permission denied: {0}")]
+    NotAllowed(BindingRefusal),
     #[error("the request is larger than the {limit} bytes allowed")]
     TooLarge { limit: usize },
     /// The request's body did not arrive whole within `--body-timeout`.
@@ -127,7 +130,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
-            Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            Error::PermissionDenied(_) | Error::NotAllowed(_) => ErrorKind::PermissionDenied,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::BodyTimeout(_) => ErrorKind::DeadlineExceeded,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,

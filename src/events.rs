@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     clock::rfc3339,
-    model::{ServiceToken, TokenId},
+    model::{Bindings, RouteParts, ServiceToken, TokenId},
 };
 
 /// What happened to a token, as `type` and `X-Sts-Event` name it.
@@ -292,6 +292,13 @@ struct EventToken<'a> {
     /// Until when a rotated-out secret still works.
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_secret_expiration: Option<String>,
+    /// The bindings, each left out while it binds nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_sources: Vec<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    audiences: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allowed_routes: Vec<RouteParts>,
 }
 
 impl Event {
@@ -316,6 +323,14 @@ impl Event {
             created_by,
             updated_at,
             previous_secret,
+            bindings:
+                Bindings {
+                    sources,
+                    audiences,
+                    routes,
+                },
+            // Usage, not a manager's setting: `token.new_source` carries them.
+            recent_sources: _,
         } = token;
         let mut body = EventJson {
             id: &id,
@@ -335,6 +350,9 @@ impl Event {
                 updated_at: rfc3339(*updated_at),
                 last_used_at: last_used_at.map(rfc3339),
                 previous_secret_expiration: previous_secret.map(|p| rfc3339(p.expiration)),
+                allowed_sources: sources.texts(),
+                audiences: audiences.as_slice(),
+                allowed_routes: RouteParts::of(routes),
             },
             actor: None,
             source: None,

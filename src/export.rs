@@ -21,7 +21,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{FieldError, ListFilter, ServiceToken, StoredParts, StoredToken, parse_time},
+    model::{
+        Bindings, FieldError, ListFilter, RouteParts, SeenSource, ServiceToken, StoredParts,
+        StoredToken, parse_time,
+    },
     store::{Imported, Store, StoreError},
 };
 
@@ -69,6 +72,24 @@ struct Line {
     previous_expiration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     previous_last_used_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_sources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_routes: Vec<RouteParts>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    recent_sources: Vec<SourceLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sources_announced_at: Option<String>,
+}
+
+/// A recent source in an export.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceLine {
+    address: String,
+    at: String,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -110,6 +131,13 @@ impl Line {
                     created_by,
                     updated_at,
                     previous_secret,
+                    bindings:
+                        Bindings {
+                            sources,
+                            audiences,
+                            routes,
+                        },
+                    recent_sources,
                 },
             hash,
             previous_hash,
@@ -131,6 +159,19 @@ impl Line {
             previous_hash: previous_hash.map(|h| hex::encode(h.as_bytes())),
             previous_expiration: time(previous_secret.map(|p| p.expiration))?,
             previous_last_used_at: time(previous_secret.and_then(|p| p.last_used_at))?,
+            allowed_sources: sources.texts(),
+            audiences: audiences.as_slice().to_vec(),
+            allowed_routes: RouteParts::of(routes),
+            recent_sources: SeenSource::of(recent_sources)
+                .into_iter()
+                .map(|SeenSource { address, at }| {
+                    Ok(SourceLine {
+                        address,
+                        at: rfc3339(at)?,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            sources_announced_at: time(recent_sources.announced_at())?,
         })
     }
 
@@ -153,6 +194,16 @@ impl Line {
             .as_deref()
             .map(|text| hash("previous_hash", text))
             .transpose()?;
+        let recent_sources = self
+            .recent_sources
+            .iter()
+            .map(|source| {
+                Ok(SeenSource {
+                    address: source.address.clone(),
+                    at: parse_rfc3339("recent_sources", &source.at)?,
+                })
+            })
+            .collect::<Result<Vec<_>, FieldError>>()?;
         StoredToken::from_parts(StoredParts {
             id: self.id,
             hash: &token_hash,
@@ -169,6 +220,11 @@ impl Line {
             previous_hash: previous_hash.as_deref(),
             previous_expiration: time("previous_expiration", &self.previous_expiration)?,
             previous_last_used_at: time("previous_last_used_at", &self.previous_last_used_at)?,
+            allowed_sources: &self.allowed_sources,
+            audiences: &self.audiences,
+            allowed_routes: &self.allowed_routes,
+            recent_sources: &recent_sources,
+            sources_announced_at: time("sources_announced_at", &self.sources_announced_at)?,
         })
     }
 }

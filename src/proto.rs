@@ -124,8 +124,19 @@ impl std::fmt::Debug for RevokeLeakedRequest {
 
 impl std::fmt::Debug for ValidateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ValidateRequest {
+            token: _,
+            source_address,
+            audience,
+            http_method,
+            path,
+        } = self;
         f.debug_struct("ValidateRequest")
             .field("token", &REDACTED)
+            .field("source_address", source_address)
+            .field("audience", audience)
+            .field("http_method", http_method)
+            .field("path", path)
             .finish()
     }
 }
@@ -143,6 +154,7 @@ mod tests {
         };
         let validate = ValidateRequest {
             token: secret.into(),
+            ..ValidateRequest::default()
         };
         let rotate = RotateResponse {
             token: secret.into(),

@@ -122,6 +122,17 @@ pub fn of(extensions: &Extensions) -> Option<IpAddr> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forwarded(pub IpAddr);
 
+/// Put in a request's extensions by the serving layer when its peer is one
+/// of the trusted proxies: only then are the headers a proxy sets about the
+/// original request (its method and URI, an audience) believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaTrustedProxy;
+
+/// Whether the request came from a trusted proxy (see [`ViaTrustedProxy`]).
+pub fn via_trusted_proxy(extensions: &Extensions) -> bool {
+    extensions.get::<ViaTrustedProxy>().is_some()
+}
+
 /// What per-source limits count against: an IPv4 address, or an IPv6 /64
 /// (one host is usually given a whole /64, so counting each of its
 /// addresses apart would give it 2^64 budgets).

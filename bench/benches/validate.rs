@@ -7,7 +7,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sts::{
     clock::SystemClock,
     config::ServiceConfig,
-    model::{NewToken, Roles, TokenName},
+    model::{
+        AllowedRoutes, AllowedSources, Audiences, Bindings, CheckContext, NewToken, Roles,
+        RouteRule, TokenName,
+    },
     service::TokenService,
     store::{SledStore, Store},
     token::Secret,
@@ -21,6 +24,7 @@ fn validate_path(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
     let token = Secret::generate();
+    let bound_token = Secret::generate();
     let new = |i: u64| NewToken {
         name: TokenName::parse(&format!("bench-{i}")).unwrap(),
         roles: Roles::parse(&["bench-reader"]).unwrap(),
@@ -28,19 +32,24 @@ fn validate_path(c: &mut Criterion) {
         description: Default::default(),
         labels: Default::default(),
         created_by: String::new(),
+        bindings: Default::default(),
     };
     runtime
-        .block_on(store.insert_many(
-            (0..10_000u64).map(|i| {
-                let t = if i == 5_000 {
-                    token.clone()
-                } else {
-                    Secret::generate()
-                };
-                (t.hash(), new(i))
-            }),
-            SystemTime::now(),
-        ))
+        .block_on(
+            store.insert_many(
+                (0..10_000u64)
+                    .map(|i| {
+                        let t = if i == 5_000 {
+                            token.clone()
+                        } else {
+                            Secret::generate()
+                        };
+                        (t.hash(), new(i))
+                    })
+                    .chain(std::iter::once((bound_token.hash(), bound(&new(10_000))))),
+                SystemTime::now(),
+            ),
+        )
         .unwrap();
     let service = TokenService::new(
         store.clone(),
@@ -50,6 +59,15 @@ fn validate_path(c: &mut Criterion) {
     let secret = token.expose_secret().to_owned();
     let hash = token.hash();
     let unknown = Secret::generate().expose_secret().to_owned();
+    let bound_secret = bound_token.expose_secret().to_owned();
+    let none = CheckContext::default();
+    // The last network, audience and route of each list: a check walks
+    // them all before it matches.
+    let context = CheckContext {
+        source: Some("10.7.0.9".parse().unwrap()),
+        audience: Some("audience-1"),
+        route: Some(("GET", "/api/v15/items/42?page=2")),
+    };
 
     c.bench_function("parse+checksum", |b| {
         b.iter(|| Secret::parse(black_box(&secret)))
@@ -61,16 +79,51 @@ fn validate_path(c: &mut Criterion) {
     });
     c.bench_function("validate valid (10k tokens)", |b| {
         b.to_async(&runtime)
-            .iter(|| service.validate(black_box(&secret)))
+            .iter(|| service.validate(black_box(&secret), &none))
     });
+    c.bench_function(
+        "validate valid, with a context, unbound (10k tokens)",
+        |b| {
+            b.to_async(&runtime)
+                .iter(|| service.validate(black_box(&secret), &context))
+        },
+    );
+    c.bench_function(
+        "validate valid, bound to 8 CIDRs, 2 audiences, 16 routes (10k tokens)",
+        |b| {
+            b.to_async(&runtime)
+                .iter(|| service.validate(black_box(&bound_secret), &context))
+        },
+    );
     c.bench_function("validate unknown", |b| {
         b.to_async(&runtime)
-            .iter(|| service.validate(black_box(&unknown)))
+            .iter(|| service.validate(black_box(&unknown), &none))
     });
     c.bench_function("validate malformed", |b| {
         b.to_async(&runtime)
-            .iter(|| service.validate(black_box("svctok-not-a-token")))
+            .iter(|| service.validate(black_box("svctok-not-a-token"), &none))
     });
+}
+
+/// `new`, bound to 8 networks, 2 audiences and 16 routes (the issue's
+/// budget case: within 10 % of an unbound token).
+fn bound(new: &NewToken) -> NewToken {
+    let sources: Vec<String> = (0..8).map(|i| format!("10.{i}.0.0/16")).collect();
+    let rules = (0..16)
+        .map(|i| {
+            RouteRule::parse(
+                "allowed_routes",
+                &["GET", "HEAD"],
+                &format!("/api/v{i}/items/*"),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    new.clone().bound(Bindings {
+        sources: AllowedSources::parse("allowed_sources", &sources).unwrap(),
+        audiences: Audiences::parse("audiences", &["audience-0", "audience-1"]).unwrap(),
+        routes: AllowedRoutes::new("allowed_routes", rules).unwrap(),
+    })
 }
 
 criterion_group!(benches, validate_path);

@@ -79,6 +79,38 @@ enum Command {
     Context(ContextArgs),
 }
 
+/// What a token may be bound to (`create` and `update`).
+#[derive(Args)]
+struct Bindings {
+    /// An address or CIDR the token may be used from, comma-separated
+    /// and/or repeated (none: anywhere).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    allow_source: Vec<String>,
+    /// An audience the token is for (repeatable; none: any).
+    #[arg(long, value_name = "AUDIENCE")]
+    audience: Vec<String>,
+    /// A route the token may call, 'METHODS /path' (e.g. 'GET,HEAD
+    /// /api/v1/*'; `*` is one segment, a trailing `/**` anything below)
+    /// or '/path' for any method (repeatable; none: any route).
+    #[arg(long, value_name = "ROUTE")]
+    allow_route: Vec<String>,
+}
+
+impl From<Bindings> for commands::BindingOptions {
+    fn from(bindings: Bindings) -> commands::BindingOptions {
+        let Bindings {
+            allow_source,
+            audience,
+            allow_route,
+        } = bindings;
+        commands::BindingOptions {
+            sources: allow_source,
+            audiences: audience,
+            routes: allow_route,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     #[command(about = "Create a service token")]
@@ -92,6 +124,8 @@ enum TokenCommand {
         /// Expiration date, yyyy-MM-dd (midnight UTC at its start).
         #[arg(long)]
         expiration: Option<String>,
+        #[command(flatten)]
+        bindings: Bindings,
     },
     #[command(about = "Delete a service token")]
     Delete {
@@ -157,6 +191,18 @@ enum TokenCommand {
         /// A label to remove (repeatable).
         #[arg(long = "remove-label", value_name = "KEY")]
         remove_labels: Vec<String>,
+        /// The sources, audiences or routes given replace the token's own.
+        #[command(flatten)]
+        bindings: Bindings,
+        /// Remove every allowed source: usable from anywhere.
+        #[arg(long, conflicts_with = "allow_source")]
+        clear_allowed_sources: bool,
+        /// Remove every audience: usable for any.
+        #[arg(long, conflicts_with = "audience")]
+        clear_audiences: bool,
+        /// Remove every allowed route: usable on any route.
+        #[arg(long, conflicts_with = "allow_route")]
+        clear_allowed_routes: bool,
     },
     #[command(about = "Disable a service token: refused until enabled again")]
     Disable {
@@ -315,7 +361,11 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 name,
                 roles,
                 expiration,
-            } => commands::create_token(globals, printer, name, roles, expiration).await,
+                bindings,
+            } => {
+                commands::create_token(globals, printer, name, roles, expiration, bindings.into())
+                    .await
+            }
             TokenCommand::Delete { positional_id, id } => {
                 let id = id
                     .or(positional_id)
@@ -352,6 +402,10 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 description,
                 labels,
                 remove_labels,
+                bindings,
+                clear_allowed_sources,
+                clear_audiences,
+                clear_allowed_routes,
             } => {
                 let changes = commands::TokenChanges {
                     name,
@@ -361,6 +415,10 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                     description,
                     labels,
                     remove_labels,
+                    bindings: bindings.into(),
+                    clear_sources: clear_allowed_sources,
+                    clear_audiences,
+                    clear_routes: clear_allowed_routes,
                 };
                 commands::update_token(globals, printer, id, changes).await
             }

@@ -303,7 +303,11 @@ impl Session {
     /// Checks this session's own token with `Validate`.
     pub async fn validate_own_token(&mut self) -> Result<ServiceToken, CliError> {
         let token = self.token()?.to_owned();
-        let response = match self.client.validate(ValidateRequest { token }).await {
+        let request = ValidateRequest {
+            token,
+            ..ValidateRequest::default()
+        };
+        let response = match self.client.validate(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => return Err(self.failed(status).await),
         };
@@ -318,6 +322,18 @@ impl Session {
                         InvalidReason::NotFound => "unknown or deleted",
                         InvalidReason::Expired => "expired",
                         InvalidReason::Disabled => "disabled",
+                        // Validate from a terminal names no source,
+                        // audience or route, so a bound token is refused
+                        // here whatever it may do where it is bound.
+                        InvalidReason::SourceNotAllowed => {
+                            "it is bound to source addresses, which this check cannot name"
+                        }
+                        InvalidReason::AudienceNotAllowed => {
+                            "it is bound to audiences, which this check cannot name"
+                        }
+                        InvalidReason::RouteNotAllowed => {
+                            "it is bound to routes, which this check cannot name"
+                        }
                         InvalidReason::Unspecified => "no reason given",
                     }
                 ),

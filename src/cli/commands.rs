@@ -21,7 +21,7 @@ use super::{
         wide_token_table,
     },
 };
-use crate::proto::{CreateRequest, ListRequest, RevokeResult};
+use crate::proto::{AllowedRoute, CreateRequest, ListRequest, RevokeResult};
 
 /// The options every command shares.
 #[derive(Debug, Clone, Default)]
@@ -114,6 +114,43 @@ fn same_server(a: &str, b: &str) -> bool {
     )
 }
 
+/// What `--allow-source`, `--audience` and `--allow-route` give.
+#[derive(Debug, Clone, Default)]
+pub struct BindingOptions {
+    pub sources: Vec<String>,
+    pub audiences: Vec<String>,
+    /// `GET,HEAD /api/*`, or a path alone for any method.
+    pub routes: Vec<String>,
+}
+
+/// `--allow-route`'s text as the API's route: methods (comma-separated)
+/// and a path pattern, or the pattern alone.
+pub fn parse_route(text: &str) -> Result<AllowedRoute, CliError> {
+    let text = text.trim();
+    let (methods, path) = match text.split_once(char::is_whitespace) {
+        _ if text.starts_with('/') => (Vec::new(), text),
+        Some((methods, path)) => (
+            methods
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            path.trim(),
+        ),
+        None => (Vec::new(), ""),
+    };
+    if !path.starts_with('/') {
+        return Err(CliError::Usage(format!(
+            "invalid --allow-route '{text}': use 'METHODS /path' (e.g. 'GET,HEAD /api/v1/*') or '/path' for any method"
+        )));
+    }
+    Ok(AllowedRoute {
+        methods,
+        path: path.to_owned(),
+    })
+}
+
 /// `sts service-token create`.
 pub async fn create_token(
     globals: &Globals,
@@ -121,9 +158,15 @@ pub async fn create_token(
     name: String,
     roles: Vec<String>,
     expiration: Option<String>,
+    bindings: BindingOptions,
 ) -> Result<(), CliError> {
     let expiration = expiration.as_deref().map(parse_expiration).transpose()?;
     let asked_for_expiration = expiration.is_some();
+    let allowed_routes = bindings
+        .routes
+        .iter()
+        .map(|route| parse_route(route))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut session = globals.session().await?;
     let (token, created) = session
         .create(CreateRequest {
@@ -132,6 +175,9 @@ pub async fn create_token(
             name,
             roles,
             expiration,
+            allowed_sources: bindings.sources,
+            audiences: bindings.audiences,
+            allowed_routes,
         })
         .await?;
     let mut value = json!({ "id": created.id, "name": created.name, "token": token });
@@ -258,6 +304,11 @@ pub struct TokenChanges {
     /// `key=value`, set or replaced.
     pub labels: Vec<String>,
     pub remove_labels: Vec<String>,
+    /// Each non-empty list replaces the token's whole list.
+    pub bindings: BindingOptions,
+    pub clear_sources: bool,
+    pub clear_audiences: bool,
+    pub clear_routes: bool,
 }
 
 /// `sts service-token update`: the named fields only (one Update with a
@@ -293,6 +344,26 @@ pub async fn update_token(
         token.description = description;
         paths.push("description".into());
     }
+    let BindingOptions {
+        sources,
+        audiences,
+        routes,
+    } = changes.bindings;
+    if !sources.is_empty() || changes.clear_sources {
+        token.allowed_sources = sources;
+        paths.push("allowed_sources".into());
+    }
+    if !audiences.is_empty() || changes.clear_audiences {
+        token.audiences = audiences;
+        paths.push("audiences".into());
+    }
+    if !routes.is_empty() || changes.clear_routes {
+        token.allowed_routes = routes
+            .iter()
+            .map(|route| parse_route(route))
+            .collect::<Result<_, _>>()?;
+        paths.push("allowed_routes".into());
+    }
     let mut session = globals.session().await?;
     for label in &changes.labels {
         let (key, value) = label
@@ -307,7 +378,7 @@ pub async fn update_token(
     }
     if paths.is_empty() {
         return Err(CliError::Usage(
-            "nothing to change: give --name, --roles, --expiration, --no-expiration, --description, --label or --remove-label".into(),
+            "nothing to change: give --name, --roles, --expiration, --no-expiration, --description, --label, --remove-label, --allow-source, --audience, --allow-route or a --clear-... flag".into(),
         ));
     }
     let updated = session.update(token, paths).await?;

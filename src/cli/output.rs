@@ -8,7 +8,10 @@ use comfy_table::{ContentLineStyle, Table, TableStyle};
 use serde_json::{Value, json};
 
 use super::CliError;
-use crate::{proto::ServiceToken, text};
+use crate::{
+    proto::{AllowedRoute, ServiceToken},
+    text,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -191,6 +194,7 @@ pub fn wide_token_table(tokens: &mut [ServiceToken], now: i64) -> Option<String>
                     .map_or_else(|| "never".to_owned(), date_time),
                 shown(&t.created_by),
                 shown(&t.description),
+                bound(t),
             ]);
             row
         })
@@ -205,9 +209,38 @@ pub fn wide_token_table(tokens: &mut [ServiceToken], now: i64) -> Option<String>
             "LAST USED",
             "CREATED BY",
             "DESCRIPTION",
+            "BOUND",
         ],
         rows,
     )
+}
+
+/// The kinds of binding a token has (`source,audience,route`), or `-`.
+pub fn bound(token: &ServiceToken) -> String {
+    let kinds: Vec<&str> = [
+        ("source", token.allowed_sources.is_empty()),
+        ("audience", token.audiences.is_empty()),
+        ("route", token.allowed_routes.is_empty()),
+    ]
+    .into_iter()
+    .filter(|(_, none)| !none)
+    .map(|(kind, _)| kind)
+    .collect();
+    if kinds.is_empty() {
+        "-".to_owned()
+    } else {
+        kinds.join(",")
+    }
+}
+
+/// A route as `--allow-route` takes it: `GET,HEAD /api/*`, or the path
+/// alone for any method.
+pub fn route_text(route: &AllowedRoute) -> String {
+    if route.methods.is_empty() {
+        route.path.clone()
+    } else {
+        format!("{} {}", route.methods.join(","), route.path)
+    }
 }
 
 /// `service-token describe`: one field per row.
@@ -229,7 +262,34 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
         previous_secret_last_used_at,
         // For scripts (`--output json`), not for reading.
         etag: _,
+        allowed_sources,
+        audiences,
+        allowed_routes,
+        recent_sources,
     } = token;
+    let any = |items: Vec<String>| {
+        if items.is_empty() {
+            "any".to_owned()
+        } else {
+            items
+                .iter()
+                .map(|i| shown(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let recent = recent_sources
+        .iter()
+        .map(|source| {
+            let at = source
+                .last_seen_at
+                .as_ref()
+                .map(date_time)
+                .unwrap_or_default();
+            format!("{} ({at})", shown(&source.address))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let time = |t: &Option<prost_types::Timestamp>| t.as_ref().map(date_time).unwrap_or_default();
     let labels = labels
         .iter()
@@ -247,6 +307,13 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
         ("STATUS", status(token, now).to_owned()),
         ("DESCRIPTION", shown(description)),
         ("LABELS", labels),
+        ("ALLOWED SOURCES", any(allowed_sources.clone())),
+        ("AUDIENCES", any(audiences.clone())),
+        (
+            "ALLOWED ROUTES",
+            any(allowed_routes.iter().map(route_text).collect()),
+        ),
+        ("RECENT SOURCES", recent),
         ("CREATED", time(created_at)),
         ("CREATED BY", shown(created_by)),
         ("UPDATED", time(updated_at)),
@@ -289,6 +356,10 @@ pub fn token_json(token: &ServiceToken) -> Value {
         previous_secret_expiration,
         previous_secret_last_used_at,
         etag,
+        allowed_sources,
+        audiences,
+        allowed_routes,
+        recent_sources,
     } = token;
     let mut value = json!({ "id": id, "name": name, "roles": roles });
     let millis = |t: &Option<prost_types::Timestamp>| t.as_ref().map(epoch_millis);
@@ -319,6 +390,36 @@ pub fn token_json(token: &ServiceToken) -> Value {
     // As REST's: for `If-Match`, or gRPC's `etag`.
     if !etag.is_empty() {
         value["etag"] = json!(etag);
+    }
+    // As REST's, each left out while empty.
+    if !allowed_sources.is_empty() {
+        value["allowedSources"] = json!(allowed_sources);
+    }
+    if !audiences.is_empty() {
+        value["audiences"] = json!(audiences);
+    }
+    if !allowed_routes.is_empty() {
+        value["allowedRoutes"] = allowed_routes
+            .iter()
+            .map(|route| {
+                let mut rule = json!({ "path": route.path });
+                if !route.methods.is_empty() {
+                    rule["methods"] = json!(route.methods);
+                }
+                rule
+            })
+            .collect();
+    }
+    if !recent_sources.is_empty() {
+        value["recentSources"] = recent_sources
+            .iter()
+            .map(|source| {
+                json!({
+                    "address": source.address,
+                    "lastSeenAt": source.last_seen_at.as_ref().map(epoch_millis),
+                })
+            })
+            .collect();
     }
     value
 }

@@ -27,8 +27,9 @@ use crate::{
     credential,
     error::Error,
     model::{
+        AllowedRoutes, AllowedSources, Audiences, BindingRefusal, Bindings, CheckContext,
         Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, MatchedSecret,
-        NewToken, Roles, ServiceToken, TokenId, TokenName, parse_time,
+        NewToken, Roles, RouteRule, ServiceToken, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
@@ -135,7 +136,15 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::ValidateRequest>,
     ) -> Result<Response<proto::ValidateResponse>, Status> {
-        let validation = self.service.validate(&request.get_ref().token).await?;
+        let message = request.get_ref();
+        let context = CheckContext::stated(
+            &message.source_address,
+            &message.audience,
+            &message.http_method,
+            &message.path,
+        )
+        .map_err(Error::from)?;
+        let validation = self.service.validate(&message.token, &context).await?;
         Ok(Response::new(validation.into()))
     }
 
@@ -235,7 +244,7 @@ fn grace_period(grace: Option<prost_types::Duration>) -> Result<Duration, FieldE
 }
 
 /// The mask paths of an update, as AIP-134 names them.
-const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled";
+const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled, allowed_sources, audiences, allowed_routes";
 
 /// An UpdateRequest as the token it names and the fields its mask sets.
 fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
@@ -279,6 +288,14 @@ fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
             "description" => edit.description = Some(Description::parse(&token.description)?),
             "labels" => edit.labels = Some(LabelEdit::Replace(Labels::parse(&token.labels)?)),
             "disabled" => edit.disabled = Some(token.disabled),
+            "allowed_sources" => {
+                edit.sources = Some(AllowedSources::parse(
+                    "allowed_sources",
+                    &token.allowed_sources,
+                )?);
+            }
+            "audiences" => edit.audiences = Some(Audiences::parse("audiences", &token.audiences)?),
+            "allowed_routes" => edit.routes = Some(routes(&token.allowed_routes)?),
             other => {
                 return Err(FieldError::new(
                     "update_mask",
@@ -323,10 +340,29 @@ fn etag(text: &str) -> Result<Option<Etag>, Error> {
 fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
     let expiration = time("expiration", request.expiration)?;
     let new = NewToken::parse(&request.name, &request.roles, expiration)?;
-    Ok(new.described(
-        Description::parse(&request.description)?,
-        Labels::parse(&request.labels)?,
-    ))
+    Ok(new
+        .described(
+            Description::parse(&request.description)?,
+            Labels::parse(&request.labels)?,
+        )
+        .bound(Bindings {
+            sources: AllowedSources::parse("allowed_sources", &request.allowed_sources)?,
+            audiences: Audiences::parse("audiences", &request.audiences)?,
+            routes: routes(&request.allowed_routes)?,
+        }))
+}
+
+/// The routes of a request, each parsed; an error names the route by its
+/// place (`allowed_routes[2]`).
+fn routes(routes: &[proto::AllowedRoute]) -> Result<AllowedRoutes, FieldError> {
+    let rules = routes
+        .iter()
+        .enumerate()
+        .map(|(at, route)| {
+            RouteRule::parse(format!("allowed_routes[{at}]"), &route.methods, &route.path)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    AllowedRoutes::new("allowed_routes", rules)
 }
 
 impl From<Revoked> for proto::RevokeResult {
@@ -340,19 +376,30 @@ impl From<Revoked> for proto::RevokeResult {
 }
 
 impl From<ServiceToken> for proto::ServiceToken {
-    /// A token as management answers it, with its etag.
+    /// A token as management answers it: every field, its etag too.
     fn from(token: ServiceToken) -> proto::ServiceToken {
-        let etag = Etag::of(&token).to_string();
-        proto::ServiceToken {
-            etag,
-            ..checked(token)
-        }
+        shown(token, Audience::Manager)
     }
 }
 
-/// A token as a check answers it: without its etag (a checksum only a
-/// manager sends back, not worth a hash on every check).
-fn checked(token: ServiceToken) -> proto::ServiceToken {
+/// Who a token is shown to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// Its managers: everything.
+    Manager,
+    /// Whoever checks it: who it is, never where else it may be or was
+    /// used (its bindings, its recent sources), nor its etag (a checksum
+    /// only a manager sends back, not worth a hash on every check).
+    Checker,
+}
+
+fn shown(token: ServiceToken, audience: Audience) -> proto::ServiceToken {
+    let manager = audience == Audience::Manager;
+    let etag = if manager {
+        Etag::of(&token).to_string()
+    } else {
+        String::new()
+    };
     // Every field named: a new one must decide how gRPC shows it.
     let ServiceToken {
         id,
@@ -367,7 +414,17 @@ fn checked(token: ServiceToken) -> proto::ServiceToken {
         created_by,
         updated_at,
         previous_secret,
+        bindings:
+            Bindings {
+                sources,
+                audiences,
+                routes,
+            },
+        recent_sources,
     } = token;
+    fn only<T>(shown: bool, items: Vec<T>) -> Vec<T> {
+        if shown { items } else { Vec::new() }
+    }
     proto::ServiceToken {
         id: id.get(),
         name: name.as_str().to_owned(),
@@ -382,7 +439,30 @@ fn checked(token: ServiceToken) -> proto::ServiceToken {
         updated_at: Some(updated_at.into()),
         previous_secret_expiration: previous_secret.map(|p| p.expiration.into()),
         previous_secret_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
-        etag: String::new(),
+        etag,
+        allowed_sources: only(manager, sources.texts()),
+        audiences: only(manager, audiences.as_slice().to_vec()),
+        allowed_routes: only(
+            manager,
+            routes
+                .rules()
+                .iter()
+                .map(|rule| proto::AllowedRoute {
+                    methods: rule.methods().to_vec(),
+                    path: rule.pattern().to_owned(),
+                })
+                .collect(),
+        ),
+        recent_sources: only(
+            manager,
+            recent_sources
+                .iter()
+                .map(|(address, at)| proto::RecentSource {
+                    address: address.to_string(),
+                    last_seen_at: Some(at.into()),
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -392,7 +472,7 @@ impl From<Validation> for proto::ValidateResponse {
             Validation::Valid(token, secret) => proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
-                service_token: Some(checked(token)),
+                service_token: Some(shown(token, Audience::Checker)),
                 previous_secret: secret == MatchedSecret::Previous,
             },
             Validation::Invalid(reason) => proto::ValidateResponse {
@@ -412,6 +492,15 @@ impl From<InvalidReason> for proto::InvalidReason {
             InvalidReason::NotFound => proto::InvalidReason::NotFound,
             InvalidReason::Expired => proto::InvalidReason::Expired,
             InvalidReason::Disabled => proto::InvalidReason::Disabled,
+            InvalidReason::NotAllowed(BindingRefusal::SourceNotAllowed) => {
+                proto::InvalidReason::SourceNotAllowed
+            }
+            InvalidReason::NotAllowed(BindingRefusal::AudienceNotAllowed) => {
+                proto::InvalidReason::AudienceNotAllowed
+            }
+            InvalidReason::NotAllowed(BindingRefusal::RouteNotAllowed) => {
+                proto::InvalidReason::RouteNotAllowed
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{Caller, HttpState, caller, json};
 use crate::{
     authz::{EXPIRATION_HEADER, PREVIOUS_SECRET_HEADER, expiration_text},
-    model::{Etag, MatchedSecret, Role, ServiceToken},
+    model::{Bindings, Etag, MatchedSecret, Role, RouteParts, ServiceToken},
     service::Authenticated,
 };
 
@@ -55,9 +55,42 @@ pub struct TokenJson<'a> {
     pub previous_secret_last_used_at: Option<i64>,
     /// For `If-Match` on PATCH and DELETE (the `ETag` header of GET too).
     pub etag: String,
+    /// The bindings and where it was used from: to managers only, each
+    /// left out while empty (so an unbound token's shape is as before).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_sources: Vec<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub audiences: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_routes: Vec<RouteParts>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recent_sources: Vec<RecentSourceJson>,
+}
+
+/// A recent source as REST shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentSourceJson {
+    pub address: String,
+    pub last_seen_at: i64,
+}
+
+impl<'a> TokenJson<'a> {
+    /// A token as a check answers it (`/api/server/status`): who it is,
+    /// never where else it may be or was used.
+    pub fn checked(token: &'a ServiceToken) -> TokenJson<'a> {
+        TokenJson {
+            allowed_sources: Vec::new(),
+            audiences: &[],
+            allowed_routes: Vec::new(),
+            recent_sources: Vec::new(),
+            ..TokenJson::from(token)
+        }
+    }
 }
 
 impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
+    /// A token as its managers see it.
     fn from(token: &'a ServiceToken) -> TokenJson<'a> {
         // Every field named: a new one must decide how REST shows it.
         let ServiceToken {
@@ -73,6 +106,13 @@ impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
             created_by,
             updated_at,
             previous_secret,
+            bindings:
+                Bindings {
+                    sources,
+                    audiences,
+                    routes,
+                },
+            recent_sources,
         } = token;
         TokenJson {
             id: id.get(),
@@ -91,6 +131,16 @@ impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
                 .and_then(|p| p.last_used_at)
                 .map(epoch_millis),
             etag: Etag::of(token).to_string(),
+            allowed_sources: sources.texts(),
+            audiences: audiences.as_slice(),
+            allowed_routes: RouteParts::of(routes),
+            recent_sources: recent_sources
+                .iter()
+                .map(|(address, at)| RecentSourceJson {
+                    address: address.to_string(),
+                    last_seen_at: epoch_millis(at),
+                })
+                .collect(),
         }
     }
 }
@@ -109,7 +159,7 @@ pub struct StatusJson<'a> {
 /// without a valid credential. What the router's route and [`super::Front`]'s
 /// fast lane both run.
 pub async fn status(state: HttpState, parts: Parts) -> Response {
-    match caller::authenticate(&state, &parts.headers).await {
+    match caller::authenticate(&state, &parts).await {
         Ok(caller) => status_of(&state, &caller),
         Err(refused) => refused.into_response(),
     }
@@ -119,7 +169,7 @@ fn status_of(state: &HttpState, caller: &Authenticated) -> Response {
     let body = StatusJson {
         version: VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
-        service_token: TokenJson::from(&caller.token),
+        service_token: TokenJson::checked(&caller.token),
     };
     (caller_headers(caller), json(&body)).into_response()
 }

@@ -3,7 +3,7 @@
 
 use std::{convert::Infallible, net::IpAddr};
 
-use super::HttpState;
+use super::{HttpState, context};
 use crate::{
     credential,
     error::Error,
@@ -25,16 +25,19 @@ impl FromRequestParts<HttpState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Caller, Error> {
-        authenticate(state, &parts.headers).await.map(Caller)
+        authenticate(state, parts).await.map(Caller)
     }
 }
 
-/// The caller behind a request with `headers`: what [`Caller`] extracts,
-/// for the handlers that read the request themselves.
-pub async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Authenticated, Error> {
+/// The caller behind a request: what [`Caller`] extracts, for the
+/// handlers that read the request themselves. The token is used on this
+/// server, so its bindings meet the request itself (see
+/// [`context::of_request`]).
+pub async fn authenticate(state: &HttpState, parts: &Parts) -> Result<Authenticated, Error> {
+    let seen = context::of_request(parts);
     state
         .service
-        .authenticate_secret(credential::presented(headers))
+        .authenticate_secret(credential::presented(&parts.headers), &seen.context())
         .await
 }
 

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::HttpState;
+use super::{HttpState, context, routes};
 use crate::{
     authz::{Allow, ID_HEADER, NAME_HEADER, ROLES_HEADER},
     credential,
@@ -34,6 +34,22 @@ pub async fn forward_auth(state: HttpState, parts: Parts) -> Response {
 
 async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
     let request = &parts.headers;
+    // Below `/api/auth` (Envoy's HTTP ext_authz), the path is the original
+    // request's and so is the query: the audience comes from a header the
+    // proxy sets instead. On `/api/auth` itself the proxy writes the whole
+    // URL, query included.
+    let suffix = parts
+        .uri
+        .path()
+        .strip_prefix(routes::AUTH)
+        .filter(|rest| rest.starts_with('/'))
+        .map(|_| {
+            parts
+                .uri
+                .path_and_query()
+                .map_or(parts.uri.path(), |p| &p.as_str()[routes::AUTH.len()..])
+        });
+    let mut audience = None;
     let required = match parts.uri.query() {
         None => Vec::new(),
         Some(query) => {
@@ -42,6 +58,13 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
             for (name, value) in pairs {
                 if name == ROLE {
                     lists.push(value);
+                } else if name == AUDIENCE {
+                    if suffix.is_none() {
+                        if audience.is_some() {
+                            return Err(FieldError::new(AUDIENCE, "is given more than once").into());
+                        }
+                        audience = Some(value);
+                    }
                 } else if looks_like_a_setting(&name) {
                     // Ignored, it would open the route to any valid token.
                     return Err(FieldError::new(
@@ -54,9 +77,13 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
             required_roles(ROLE, lists.iter().map(|v| v.as_ref()))?
         }
     };
+    if suffix.is_some() {
+        audience = context::audience_header(parts);
+    }
+    let seen = context::forwarded(parts, suffix, audience);
     let caller = state
         .service
-        .authorize(credential::presented(request), &required)
+        .authorize(credential::presented(request), &required, &seen.context())
         .await?;
     let allow = Allow::of(
         &caller,
@@ -71,11 +98,13 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
     Ok(response)
 }
 
-/// Forward-auth's one setting: the roles a token must hold.
+/// Forward-auth's settings: the roles a token must hold, and the audience
+/// the protected service is (on `/api/auth` only).
 const ROLE: &str = "role";
+const AUDIENCE: &str = "audience";
 /// Every setting forward-auth reads from its query (add new ones here, so
 /// their misspellings are refused too).
-const SETTINGS: [&str; 1] = [ROLE];
+const SETTINGS: [&str; 2] = [ROLE, AUDIENCE];
 
 /// Whether a query parameter that is not a setting looks like a misspelt
 /// one: any case, a plural, a `[]` suffix (`Role`, `roles`, `role[]`).

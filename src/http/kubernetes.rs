@@ -16,13 +16,13 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 
-use super::{HttpState, api::insert_previous_secret, body, caller::Peer};
+use super::{HttpState, api::insert_previous_secret, body, caller::Peer, routes};
 use crate::{
     config::{IntegrationConfig, KubernetesUsername},
-    credential::{self, AuthError},
+    credential,
     error::Error,
-    model::{FieldError, ServiceToken},
-    service::Validation,
+    model::{BindingRefusal, CheckContext, FieldError, ServiceToken},
+    service::{InvalidReason, ReviewFor, Validation},
 };
 
 const V1: &str = "authentication.k8s.io/v1";
@@ -42,25 +42,41 @@ pub async fn token_review(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
+    let context = CheckContext {
+        source,
+        audience: None,
+        route: Some(("POST", routes::TOKEN_REVIEW)),
+    };
     let reviewer = state
         .service
-        .authorize_reviewer(credential::presented(&headers), "TokenReview", source)
+        .authorize_reviewer(credential::presented(&headers), "TokenReview", &context)
         .await?;
     let body = body::read(body, state.bodies.max_bytes).await?;
     let (version, review) = parse(&body)?;
     let spec = review.spec;
-    let status = match state.service.review(&reviewer, &spec.token).await? {
+    let asked = spec.audiences.unwrap_or_default();
+    let review = ReviewFor::Audiences(&asked);
+    let status = match state.service.review(&reviewer, &spec.token, review).await? {
         Validation::Valid(token, _) => TokenReviewStatus {
             authenticated: Some(true),
             user: Some(user_of(&token, &state.integrations)),
-            // A token is valid for every audience until tokens carry
-            // audiences: the intersection is what was asked.
-            audiences: spec.audiences.filter(|a| !a.is_empty()),
+            // Kubernetes' rule: the audiences both sides accept. A token
+            // bound to none accepts every audience asked.
+            audiences: Some(
+                asked
+                    .iter()
+                    .filter(|a| {
+                        token.bindings.audiences.is_empty() || token.bindings.audiences.allows(a)
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+            .filter(|a| !a.is_empty()),
             error: None,
         },
         Validation::Invalid(reason) => TokenReviewStatus {
             authenticated: Some(false),
-            error: Some(AuthError::from(reason).to_string()),
+            error: Some(refusal_text(reason)),
             ..TokenReviewStatus::default()
         },
     };
@@ -75,6 +91,22 @@ pub async fn token_review(
     let mut response = Json(answer).into_response();
     insert_previous_secret(reviewer.caller(), response.headers_mut());
     Ok(response)
+}
+
+/// Why a token does not authenticate, as the API server logs it.
+fn refusal_text(reason: InvalidReason) -> String {
+    match reason {
+        InvalidReason::NotAllowed(BindingRefusal::SourceNotAllowed) => {
+            "the service token is bound to source addresses, which a TokenReview cannot tell: it cannot authenticate to Kubernetes".to_owned()
+        }
+        InvalidReason::NotAllowed(BindingRefusal::RouteNotAllowed) => {
+            "the service token is bound to routes, which a TokenReview cannot tell: it cannot authenticate to Kubernetes".to_owned()
+        }
+        InvalidReason::NotAllowed(BindingRefusal::AudienceNotAllowed) => {
+            "the service token is bound to audiences, and none of them is one the API server accepts (spec.audiences)".to_owned()
+        }
+        other => Error::from(other).to_string(),
+    }
 }
 
 /// The Kubernetes user a valid token is: its name (or id) and roles, each

@@ -6,6 +6,7 @@
 mod api;
 mod body;
 mod caller;
+mod context;
 mod decode;
 mod forward_auth;
 mod front;

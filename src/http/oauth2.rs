@@ -11,13 +11,13 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{HttpState, api::insert_previous_secret, body, caller::Peer};
+use super::{HttpState, api::insert_previous_secret, body, caller::Peer, routes};
 use crate::clock::epoch_seconds;
 use crate::{
     credential,
     error::Error,
-    model::{FieldError, Role},
-    service::Validation,
+    model::{CheckContext, FieldError, Role},
+    service::{ReviewFor, Validation},
 };
 
 /// RFC 7662 section 2.2's answer. Inactive is `{"active": false}` and
@@ -37,6 +37,10 @@ enum Introspection {
         iat: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         exp: Option<i64>,
+        /// The token's audiences, when it is bound to some: the resource
+        /// server must find itself among them (RFC 7662 section 2.2).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        aud: Vec<String>,
     },
     Inactive {
         active: bool,
@@ -57,13 +61,24 @@ pub async fn introspect(
     body: Body,
 ) -> Result<Response, Error> {
     let presented = credential::presented_or_basic(&headers);
+    let context = CheckContext {
+        source,
+        audience: None,
+        route: Some(("POST", routes::INTROSPECT)),
+    };
     let reviewer = state
         .service
-        .authorize_reviewer(presented.as_deref().map_err(|e| *e), "Introspect", source)
+        .authorize_reviewer(presented.as_deref().map_err(|e| *e), "Introspect", &context)
         .await?;
     let body = body::read(body, state.bodies.max_bytes).await?;
     let token = form_token(&body)?;
-    let answer = match state.service.review(&reviewer, &token).await? {
+    // A source- or route-bound token is inactive here: introspection
+    // cannot tell where it is used.
+    let answer = match state
+        .service
+        .review(&reviewer, &token, ReviewFor::AnyAudience)
+        .await?
+    {
         Validation::Valid(token, _) => Introspection::Active {
             active: true,
             token_type: TOKEN_TYPE,
@@ -78,6 +93,7 @@ pub async fn introspect(
                 .join(" "),
             iat: epoch_seconds(token.created_at),
             exp: token.expiration.map(epoch_seconds),
+            aud: token.bindings.audiences.as_slice().to_vec(),
         },
         Validation::Invalid(_) => Introspection::Inactive { active: false },
     };

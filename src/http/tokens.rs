@@ -26,8 +26,9 @@ use crate::clock::epoch_millis;
 use crate::{
     error::Error,
     model::{
-        Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken, Roles,
-        ServiceToken, TokenId, TokenName, parse_epoch_millis,
+        AllowedSources, Audiences, Bindings, Description, Edit, Etag, FieldError, LabelEdit,
+        Labels, ListFilter, NewToken, Roles, RouteParts, ServiceToken, TokenId, TokenName,
+        parse_epoch_millis,
     },
     page::PageRequest,
     service::{Admin, Revoked, Rpc, TokenService},
@@ -212,6 +213,12 @@ struct CreateJson {
     description: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    allowed_routes: Vec<RouteParts>,
 }
 
 #[derive(Serialize)]
@@ -237,7 +244,13 @@ const SET_BY_THE_SERVER: &[&str] = &[
     "lastUsedAt",
     "previousSecretExpiration",
     "previousSecretLastUsedAt",
+    "recentSources",
 ];
+
+/// REST's names of the bindings.
+const ALLOWED_SOURCES: &str = "allowedSources";
+const AUDIENCES: &str = "audiences";
+const ALLOWED_ROUTES: &str = "allowedRoutes";
 
 /// A JSON body, or the error that says why it is not one.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
@@ -260,10 +273,16 @@ pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
             .expiry_date
             .map(|ms| parse_epoch_millis(EXPIRY_DATE, ms))
             .transpose()?;
-        let new = NewToken::parse(&request.name, &request.roles, expiration)?.described(
-            Description::parse(&request.description)?,
-            Labels::parse(&request.labels)?,
-        );
+        let new = NewToken::parse(&request.name, &request.roles, expiration)?
+            .described(
+                Description::parse(&request.description)?,
+                Labels::parse(&request.labels)?,
+            )
+            .bound(Bindings {
+                sources: AllowedSources::parse(ALLOWED_SOURCES, &request.allowed_sources)?,
+                audiences: Audiences::parse(AUDIENCES, &request.audiences)?,
+                routes: RouteParts::parse(ALLOWED_ROUTES, &request.allowed_routes)?,
+            });
         let created = service.create(&admin, new).await;
         created.map_err(|e| e.naming_field("expiration", EXPIRY_DATE))
     };
@@ -320,9 +339,11 @@ pub(super) fn parse_bodies(bytes: &[u8]) -> Vec<String> {
 }
 
 /// A JSON merge patch (RFC 7396) of `name`, `roles`, `expiryDate`,
-/// `description`, `labels` and `disabled`: a member present is changed,
-/// `null` removes what can be removed (`expiryDate`: never expires;
-/// `description`; `labels`, or one label within it).
+/// `description`, `labels`, `disabled` and the bindings: a member present
+/// is changed, `null` removes what can be removed (`expiryDate`: never
+/// expires; `description`; `labels`, or one label within it; a binding,
+/// which `[]` removes as well). A binding is replaced whole (RFC 7396
+/// replaces arrays).
 fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
     let Some(members) = patch.as_object() else {
         return Err(FieldError::new(
@@ -391,6 +412,18 @@ fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
             ("labels", _) => {
                 return Err(FieldError::new("labels", "must be an object, or null"));
             }
+            (ALLOWED_SOURCES, value) => {
+                let items: Vec<String> = binding_list(ALLOWED_SOURCES, value)?;
+                edit.sources = Some(AllowedSources::parse(ALLOWED_SOURCES, &items)?);
+            }
+            (AUDIENCES, value) => {
+                let items: Vec<String> = binding_list(AUDIENCES, value)?;
+                edit.audiences = Some(Audiences::parse(AUDIENCES, &items)?);
+            }
+            (ALLOWED_ROUTES, value) => {
+                let items: Vec<RouteParts> = binding_list(ALLOWED_ROUTES, value)?;
+                edit.routes = Some(RouteParts::parse(ALLOWED_ROUTES, &items)?);
+            }
             ("disabled", value) => {
                 edit.disabled = Some(
                     value
@@ -408,12 +441,33 @@ fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
                 };
                 return Err(FieldError::new(
                     field,
-                    "cannot be changed (name, roles, expiryDate, description, labels, disabled can)",
+                    "cannot be changed (name, roles, expiryDate, description, labels, disabled, allowedSources, audiences, allowedRoutes can)",
                 ));
             }
         }
     }
     Ok(edit)
+}
+
+/// A binding's array in a patch (`null`: none), in fixed words when it is
+/// not one: serde's would quote the value.
+fn binding_list<T: serde::de::DeserializeOwned>(
+    field: &str,
+    value: &Value,
+) -> Result<Vec<T>, FieldError> {
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_value(value.clone()).map_err(|_| {
+        FieldError::new(
+            field,
+            if field == ALLOWED_ROUTES {
+                "must be an array of {\"methods\": [...], \"path\": \"...\"} objects, or null"
+            } else {
+                "must be an array of strings, or null"
+            },
+        )
+    })
 }
 
 pub async fn patch(

@@ -15,7 +15,7 @@
 //! `/**` the prefix itself and anything below it; methods compare without
 //! regard to case.
 
-use std::{net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
 
@@ -76,6 +76,10 @@ impl AllowedSources {
         self.0.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Whether `source` (read as IPv4 when it is IPv4-mapped) lies in one
     /// of the networks.
     pub fn allows(&self, source: IpAddr) -> bool {
@@ -83,11 +87,45 @@ impl AllowedSources {
         self.0.iter().any(|network| network.contains(&source))
     }
 
-    /// The networks as text (`10.0.0.0/8`, a single address as `/32` or
-    /// `/128`), in the order given.
+    /// The networks as text (`10.0.0.0/8`; a single address bare, as it
+    /// is usually given), in the order given.
     pub fn texts(&self) -> Vec<String> {
-        self.0.iter().map(ToString::to_string).collect()
+        self.0
+            .iter()
+            .map(|network| {
+                if network.prefix_len() == network.max_prefix_len() {
+                    network.addr().to_string()
+                } else {
+                    network.to_string()
+                }
+            })
+            .collect()
     }
+}
+
+/// Comma-separated, `any` when empty: the audit log's view.
+impl fmt::Display for AllowedSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        list(f, self.texts())
+    }
+}
+
+fn list(
+    f: &mut fmt::Formatter<'_>,
+    items: impl IntoIterator<Item = impl fmt::Display>,
+) -> fmt::Result {
+    let mut any = true;
+    for (at, item) in items.into_iter().enumerate() {
+        any = false;
+        if at > 0 {
+            f.write_str(",")?;
+        }
+        write!(f, "{item}")?;
+    }
+    if any {
+        f.write_str("any")?;
+    }
+    Ok(())
 }
 
 /// `item` as a network: a CIDR with its host bits dropped, or an address
@@ -164,6 +202,13 @@ impl Audiences {
     }
 }
 
+/// Comma-separated, `any` when empty.
+impl fmt::Display for Audiences {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        list(f, &self.0)
+    }
+}
+
 /// One route a token may call: the methods (none: any) and a path pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRule {
@@ -187,11 +232,12 @@ impl RouteRule {
     /// `pattern`: `/` and segments, where a segment is `*` or literal text
     /// (neither `.` nor `..`, no `*` inside it), and the last may be `**`.
     pub fn parse<S: AsRef<str>>(
-        field: &str,
+        field: impl Into<String>,
         methods: &[S],
         pattern: &str,
     ) -> Result<RouteRule, FieldError> {
-        let invalid = |problem: &str| Err(FieldError::new(field, problem.to_owned()));
+        let field = field.into();
+        let invalid = |problem: &str| Err(FieldError::new(field.clone(), problem.to_owned()));
         if methods.len() > MAX_ROUTE_METHODS {
             return invalid("names too many methods");
         }
@@ -253,6 +299,16 @@ impl RouteRule {
         &self.pattern
     }
 
+    /// The rule as the CLI takes it: `GET,HEAD /api/*`, or the pattern
+    /// alone when any method will do.
+    pub fn text(&self) -> String {
+        if self.methods.is_empty() {
+            self.pattern.clone()
+        } else {
+            format!("{} {}", self.methods.join(","), self.pattern)
+        }
+    }
+
     /// Whether a request with `method` and the path `path` (decoded
     /// segments, see [`RequestPath`]) falls under this rule.
     pub fn admits(&self, method: &str, path: &RequestPath) -> bool {
@@ -304,6 +360,11 @@ impl AllowedRoutes {
 
     pub fn rules(&self) -> &[RouteRule] {
         &self.0
+    }
+
+    /// The rules as [`RouteRule::text`] writes them.
+    pub fn texts(&self) -> Vec<String> {
+        self.0.iter().map(RouteRule::text).collect()
     }
 
     /// Whether some rule admits `method` on `path`; never for a path that
@@ -371,6 +432,44 @@ pub struct CheckContext<'r> {
     pub route: Option<(&'r str, &'r str)>,
 }
 
+impl<'r> CheckContext<'r> {
+    /// The context a caller states for the request it validates (gRPC's
+    /// `ValidateRequest`): an empty text is unknown. The source must be a
+    /// bare address, and method and path come together or not at all, so a
+    /// caller's mistake is an error rather than a refusal later.
+    pub fn stated(
+        source: &str,
+        audience: &'r str,
+        method: &'r str,
+        path: &'r str,
+    ) -> Result<CheckContext<'r>, FieldError> {
+        let source = match source {
+            "" => None,
+            text => Some(IpAddr::from_str(text).map_err(|_| {
+                FieldError::new(
+                    "source_address",
+                    "must be a bare IP address (no port, no CIDR), such as 192.0.2.1 or 2001:db8::1",
+                )
+            })?),
+        };
+        let route = match (method, path) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                return Err(FieldError::new(
+                    "http_method",
+                    "and path must be given together",
+                ));
+            }
+            (method, path) => Some((method, path)),
+        };
+        Ok(CheckContext {
+            source,
+            audience: (!audience.is_empty()).then_some(audience),
+            route,
+        })
+    }
+}
+
 /// Why a bound token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindingRefusal {
@@ -380,6 +479,45 @@ pub enum BindingRefusal {
     AudienceNotAllowed,
     /// Not on one of its routes, or the check cannot tell the route.
     RouteNotAllowed,
+}
+
+/// Semicolon-separated route rules, `any` when empty.
+impl fmt::Display for AllowedRoutes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("any");
+        }
+        f.write_str(&self.texts().join("; "))
+    }
+}
+
+impl BindingRefusal {
+    /// A short, fixed label for metrics and aggregated audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingRefusal::SourceNotAllowed => "source_not_allowed",
+            BindingRefusal::AudienceNotAllowed => "audience_not_allowed",
+            BindingRefusal::RouteNotAllowed => "route_not_allowed",
+        }
+    }
+}
+
+/// What the holder is told: which kind of binding refused it, never what
+/// would have been allowed.
+impl fmt::Display for BindingRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BindingRefusal::SourceNotAllowed => {
+                "the service token may not be used from this source (or the check cannot tell the source)"
+            }
+            BindingRefusal::AudienceNotAllowed => {
+                "the service token is not for this audience (or the check names none)"
+            }
+            BindingRefusal::RouteNotAllowed => {
+                "the service token may not call this route (or the check cannot tell the method and path)"
+            }
+        })
+    }
 }
 
 impl Bindings {
@@ -441,7 +579,7 @@ mod tests {
         let allowed = sources(&["10.1.2.3/8", "2001:db8::/32", "192.0.2.7"]);
         assert_eq!(
             allowed.texts(),
-            ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]
+            ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
         );
         for yes in [
             "10.200.0.1",

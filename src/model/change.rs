@@ -3,6 +3,9 @@
 
 use std::time::SystemTime;
 
+use super::binding::AllowedRoutes;
+use super::binding::AllowedSources;
+use super::binding::Audiences;
 use super::fields::Description;
 use super::fields::FieldError;
 use super::fields::LabelEdit;
@@ -49,6 +52,9 @@ pub fn takes_admin_away(
     if !after.roles.contains(admin_role) {
         return Some("removing the admin role from");
     }
+    if !after.can_manage() {
+        return Some("binding to audiences or routes");
+    }
     Some("letting expire")
 }
 
@@ -80,6 +86,9 @@ pub struct Edit {
     pub description: Option<Description>,
     pub labels: Option<LabelEdit>,
     pub disabled: Option<bool>,
+    pub sources: Option<AllowedSources>,
+    pub audiences: Option<Audiences>,
+    pub routes: Option<AllowedRoutes>,
 }
 
 /// One field an edit changed, with its old and new values as shown in the
@@ -117,6 +126,15 @@ impl Edit {
         if let Some(disabled) = self.disabled {
             edited.disabled = disabled;
         }
+        if let Some(sources) = &self.sources {
+            edited.bindings.sources = sources.clone();
+        }
+        if let Some(audiences) = &self.audiences {
+            edited.bindings.audiences = audiences.clone();
+        }
+        if let Some(routes) = &self.routes {
+            edited.bindings.routes = routes.clone();
+        }
         edited.updated_at = at;
         edited
     }
@@ -148,6 +166,21 @@ impl Edit {
                 "disabled",
                 before.disabled.to_string(),
                 after.disabled.to_string(),
+            ),
+            (
+                "allowed_sources",
+                before.bindings.sources.to_string(),
+                after.bindings.sources.to_string(),
+            ),
+            (
+                "audiences",
+                before.bindings.audiences.to_string(),
+                after.bindings.audiences.to_string(),
+            ),
+            (
+                "allowed_routes",
+                before.bindings.routes.to_string(),
+                after.bindings.routes.to_string(),
             ),
         ];
         candidates
@@ -199,6 +232,9 @@ impl Change {
                 description: None,
                 labels: None,
                 disabled: Some(true),
+                sources: None,
+                audiences: None,
+                routes: None,
             }) => true,
             Change::Edit(_) | Change::Rotate { .. } => false,
         }

@@ -11,9 +11,14 @@ use std::{net::IpAddr, time::SystemTime};
 pub const MAX_RECENT_SOURCES: usize = 5;
 
 /// Distinct source addresses, most recent first, each with when it was
-/// last seen; addresses IPv4-mapped are kept as IPv4.
+/// last seen; addresses IPv4-mapped are kept as IPv4. With them, when a
+/// new source was last announced, so replicas announce at most one per
+/// window between them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecentSources(Vec<(IpAddr, SystemTime)>);
+pub struct RecentSources {
+    seen: Vec<(IpAddr, SystemTime)>,
+    announced_at: Option<SystemTime>,
+}
 
 impl RecentSources {
     /// The sources `seen` names, merged as any other record of them.
@@ -29,33 +34,58 @@ impl RecentSources {
     /// among the recent sources before (a new source, to be announced).
     pub fn see(&mut self, address: IpAddr, at: SystemTime) -> bool {
         let address = address.to_canonical();
-        let new = !self.0.iter().any(|(known, _)| *known == address);
-        self.merge(&RecentSources(vec![(address, at)]));
+        let new = !self.seen.iter().any(|(known, _)| *known == address);
+        self.merge(&RecentSources {
+            seen: vec![(address, at)],
+            announced_at: None,
+        });
         new
     }
 
     /// Folds `other` in: per address the latest time, then the
     /// [`MAX_RECENT_SOURCES`] most recent (ties broken by address, so every
     /// replica keeps the same ones).
+    /// The latest announcement wins.
     pub fn merge(&mut self, other: &RecentSources) {
-        for (address, at) in &other.0 {
-            match self.0.iter_mut().find(|(known, _)| known == address) {
+        for (address, at) in &other.seen {
+            match self.seen.iter_mut().find(|(known, _)| known == address) {
                 Some((_, seen)) => *seen = (*seen).max(*at),
-                None => self.0.push((*address, *at)),
+                None => self.seen.push((*address, *at)),
             }
         }
-        self.0
+        self.seen
             .sort_by(|(a, a_at), (b, b_at)| b_at.cmp(a_at).then_with(|| a.cmp(b)));
-        self.0.truncate(MAX_RECENT_SOURCES);
+        self.seen.truncate(MAX_RECENT_SOURCES);
+        self.announced_at = self.announced_at.max(other.announced_at);
     }
 
     /// Most recent first.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, SystemTime)> + '_ {
-        self.0.iter().copied()
+        self.seen.iter().copied()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.seen.is_empty()
+    }
+
+    /// When a new source of this token was last announced, if ever.
+    pub fn announced_at(&self) -> Option<SystemTime> {
+        self.announced_at
+    }
+
+    /// As read back from a store: `seen` in any order, merged as ever.
+    pub fn read_back(
+        seen: impl IntoIterator<Item = (IpAddr, SystemTime)>,
+        announced_at: Option<SystemTime>,
+    ) -> RecentSources {
+        let mut recent = RecentSources::of(seen);
+        recent.announced_at = announced_at;
+        recent
+    }
+
+    /// Notes that a new source was announced at `at`.
+    pub fn announce(&mut self, at: SystemTime) {
+        self.announced_at = self.announced_at.max(Some(at));
     }
 }
 

@@ -1,7 +1,14 @@
 //! A token as a store holds it (`StoredToken`: the token and the hashes of
 //! its secrets), read back from any store or export by one `from_parts`.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
+
+use super::binding::AllowedRoutes;
+use super::binding::AllowedSources;
+use super::binding::Audiences;
+use super::binding::Bindings;
+use super::binding::RouteRule;
+use super::recent::RecentSources;
 
 use super::fields::Description;
 use super::fields::FieldError;
@@ -49,6 +56,83 @@ pub struct StoredParts<'a> {
     pub previous_hash: Option<&'a [u8]>,
     pub previous_expiration: Option<SystemTime>,
     pub previous_last_used_at: Option<SystemTime>,
+    /// Empty in records written before bindings existed, as for every
+    /// unbound token.
+    pub allowed_sources: &'a [String],
+    pub audiences: &'a [String],
+    pub allowed_routes: &'a [RouteParts],
+    pub recent_sources: &'a [SeenSource],
+    pub sources_announced_at: Option<SystemTime>,
+}
+
+/// A route rule as stores and exports keep it: what it was made of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteParts {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    pub path: String,
+}
+
+impl RouteParts {
+    /// Every rule of `routes`, to be kept.
+    pub fn of(routes: &AllowedRoutes) -> Vec<RouteParts> {
+        routes
+            .rules()
+            .iter()
+            .map(|rule| RouteParts {
+                methods: rule.methods().to_vec(),
+                path: rule.pattern().to_owned(),
+            })
+            .collect()
+    }
+
+    /// The rules `parts` keep, each re-parsed.
+    pub fn parse(field: &str, parts: &[RouteParts]) -> Result<AllowedRoutes, FieldError> {
+        let rules = parts
+            .iter()
+            .map(|part| RouteRule::parse(field, &part.methods, &part.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowedRoutes::new(field, rules)
+    }
+}
+
+/// A recent source as stores keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenSource {
+    pub address: String,
+    pub at: SystemTime,
+}
+
+impl SeenSource {
+    /// Every source `recent` holds, to be kept.
+    pub fn of(recent: &RecentSources) -> Vec<SeenSource> {
+        recent
+            .iter()
+            .map(|(address, at)| SeenSource {
+                address: address.to_string(),
+                at,
+            })
+            .collect()
+    }
+
+    /// The sources `seen` keep, with when one was last announced.
+    pub fn parse(
+        seen: &[SeenSource],
+        announced_at: Option<SystemTime>,
+    ) -> Result<RecentSources, FieldError> {
+        let seen = seen
+            .iter()
+            .map(|source| {
+                let address: IpAddr = source
+                    .address
+                    .parse()
+                    .map_err(|_| FieldError::new("recent_sources", "holds a non-address"))?;
+                Ok((address, source.at))
+            })
+            .collect::<Result<Vec<_>, FieldError>>()?;
+        Ok(RecentSources::read_back(seen, announced_at))
+    }
 }
 
 impl<'a> StoredParts<'a> {
@@ -82,6 +166,11 @@ impl<'a> StoredParts<'a> {
             previous_hash: None,
             previous_expiration: None,
             previous_last_used_at: None,
+            allowed_sources: &[],
+            audiences: &[],
+            allowed_routes: &[],
+            recent_sources: &[],
+            sources_announced_at: None,
         }
     }
 }
@@ -129,6 +218,15 @@ impl StoredToken {
                 created_by: parts.created_by.to_owned(),
                 updated_at: parts.updated_at.unwrap_or(parts.created_at),
                 previous_secret,
+                bindings: Bindings {
+                    sources: AllowedSources::parse("allowed_sources", parts.allowed_sources)?,
+                    audiences: Audiences::parse("audiences", parts.audiences)?,
+                    routes: RouteParts::parse("allowed_routes", parts.allowed_routes)?,
+                },
+                recent_sources: SeenSource::parse(
+                    parts.recent_sources,
+                    parts.sources_announced_at,
+                )?,
             },
             hash,
             previous_hash,

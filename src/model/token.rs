@@ -4,6 +4,7 @@
 
 use std::{fmt, time::SystemTime};
 
+use super::binding::Bindings;
 use super::fields::Description;
 use super::fields::FieldError;
 use super::fields::Labels;
@@ -11,6 +12,7 @@ use super::fields::Role;
 use super::fields::Roles;
 use super::fields::TokenId;
 use super::fields::TokenName;
+use super::recent::RecentSources;
 
 /// What a token is, minus its secret: what `List` shows and `Validate` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,10 @@ pub struct ServiceToken {
     pub updated_at: SystemTime,
     /// A secret rotated out and still (or lately) in its grace period.
     pub previous_secret: Option<PreviousSecret>,
+    /// Where it may be used from, for what and on which routes.
+    pub bindings: Bindings,
+    /// Where it was last used from; recorded with the last use.
+    pub recent_sources: RecentSources,
 }
 
 /// A checksum of what a token's managers set (AIP-154, an HTTP entity
@@ -65,6 +71,13 @@ impl Etag {
             created_by,
             updated_at,
             previous_secret: _,
+            bindings:
+                Bindings {
+                    sources,
+                    audiences,
+                    routes,
+                },
+            recent_sources: _,
         } = token;
         let mut hash = Sha256::new();
         // Every text length-prefixed, every option tagged: no two tokens
@@ -84,6 +97,19 @@ impl Etag {
             text(key);
             text(value);
         }
+        // Each list ends in an empty text, which no item is.
+        for source in sources.texts() {
+            text(&source);
+        }
+        text("");
+        for audience in audiences.as_slice() {
+            text(audience);
+        }
+        text("");
+        for route in routes.texts() {
+            text(&route);
+        }
+        text("");
         let micros = |t: &SystemTime| crate::clock::epoch_micros(*t);
         hash.update(id.get().to_be_bytes());
         hash.update([u8::from(*disabled), u8::from(expiration.is_some())]);
@@ -160,6 +186,8 @@ impl ServiceToken {
             created_by: new.created_by.clone(),
             updated_at: created_at,
             previous_secret: None,
+            bindings: new.bindings.clone(),
+            recent_sources: RecentSources::default(),
         }
     }
 
@@ -168,9 +196,19 @@ impl ServiceToken {
         self.expiration.is_some_and(|expiration| now >= expiration)
     }
 
-    /// Whether this token lets its holder manage tokens at `now`.
+    /// Whether this token lets its holder manage tokens at `now`. A token
+    /// bound to audiences or routes cannot: management names neither (a
+    /// source-bound one can, from its sources).
     pub fn is_admin_at(&self, admin_role: &Role, now: SystemTime) -> bool {
-        !self.disabled && self.roles.contains(admin_role) && !self.is_expired_at(now)
+        !self.disabled
+            && self.roles.contains(admin_role)
+            && !self.is_expired_at(now)
+            && self.can_manage()
+    }
+
+    /// Whether its bindings leave management open to it.
+    pub fn can_manage(&self) -> bool {
+        self.bindings.audiences.is_empty() && self.bindings.routes.is_empty()
     }
 
     /// As shown at `now`: a previous secret whose grace period is over is
@@ -194,6 +232,7 @@ pub struct NewToken {
     pub labels: Labels,
     /// Set by the service, which knows the caller.
     pub created_by: String,
+    pub bindings: Bindings,
 }
 
 impl NewToken {
@@ -211,6 +250,7 @@ impl NewToken {
             description: Description::default(),
             labels: Labels::default(),
             created_by: String::new(),
+            bindings: Bindings::default(),
         })
     }
 
@@ -218,6 +258,12 @@ impl NewToken {
     pub fn described(mut self, description: Description, labels: Labels) -> NewToken {
         self.description = description;
         self.labels = labels;
+        self
+    }
+
+    /// Bound as `bindings` says.
+    pub fn bound(mut self, bindings: Bindings) -> NewToken {
+        self.bindings = bindings;
         self
     }
 }

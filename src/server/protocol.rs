@@ -41,7 +41,7 @@ use crate::{
     connections::{Connections, InFlight, Slot},
     error::Error,
     server::listener::{Connection, Incoming},
-    source::{Forwarded, TrustedProxies},
+    source::{Forwarded, TrustedProxies, ViaTrustedProxy},
 };
 
 /// What [`serve`] hands every request to: the whole application as one
@@ -309,12 +309,11 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
         }
         // Where tonic's `Request::remote_addr` and `source::of` look.
         request.extensions_mut().insert(self.peer.clone());
-        if let Some(client) = self
-            .proxy
-            .as_ref()
-            .and_then(|p| p.client(request.headers()))
-        {
-            request.extensions_mut().insert(Forwarded(client));
+        if let Some(proxy) = &self.proxy {
+            request.extensions_mut().insert(ViaTrustedProxy);
+            if let Some(client) = proxy.client(request.headers()) {
+                request.extensions_mut().insert(Forwarded(client));
+            }
         }
         let deadline = grpc_timeout(request.headers()).map(tokio::time::sleep);
         // Disabled (and free) unless debug logging is on.

@@ -16,7 +16,9 @@ use crate::{
     credential::AuthError,
     error::Error,
     events::{Actor, Draft},
-    model::{Change, Edit, Etag, FieldError, ListFilter, NewToken, ServiceToken, TokenId},
+    model::{
+        Change, CheckContext, Edit, Etag, FieldError, ListFilter, NewToken, ServiceToken, TokenId,
+    },
     page::{PageRequest, encode_cursor},
     store::{KeepAdmin, Outcome, Store, StoreError},
     token::Secret,
@@ -133,7 +135,7 @@ impl TokenService {
     where
         Fut: Future<Output = Result<T, Error>>,
     {
-        let (caller, result) = match self.authorize_admin(presented).await {
+        let (caller, result) = match self.authorize_admin(presented, source).await {
             Ok(admin) => {
                 let caller = admin.token().clone();
                 (Some(caller), call(admin).await)
@@ -147,6 +149,7 @@ impl TokenService {
                 reason: match error {
                     Error::Unauthenticated(why) => why.as_str(),
                     Error::PermissionDenied(_) => "missing_role",
+                    Error::NotAllowed(refusal) => refusal.as_str(),
                     Error::Store(_) => "store_error",
                     _ => "other",
                 },
@@ -181,7 +184,11 @@ impl TokenService {
             return;
         }
         const REASON: &str = "the request is not a valid protobuf message";
-        let caller = self.authenticate(presented).await.ok();
+        let context = CheckContext {
+            source,
+            ..CheckContext::default()
+        };
+        let caller = self.authenticate(presented, &context).await.ok();
         let refusal = Refusal {
             rpc,
             source,

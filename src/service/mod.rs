@@ -33,7 +33,7 @@ use manage::to_completion;
 pub use manage::{Admin, Page, bootstrap};
 use outbox::{Outbox, draft_of};
 pub use revoke::{MAX_REVOKED_PER_CALL, REVOKE_CALLS_PER_MINUTE, Revoked};
-pub use validate::{Authenticated, InvalidReason, Reviewer, Validation};
+pub use validate::{Authenticated, InvalidReason, ReviewFor, Reviewer, Validation};
 
 /// The management RPCs, as every transport names them in metrics and audit
 /// events.

@@ -8,7 +8,9 @@ use crate::{
     audit::{self, Refusal},
     credential::AuthError,
     error::Error,
-    model::{MatchedSecret, Role, ServiceToken, StoredToken},
+    model::{
+        BindingRefusal, Bindings, CheckContext, MatchedSecret, Role, ServiceToken, StoredToken,
+    },
     token::{MalformedToken, TokenHash},
 };
 
@@ -36,6 +38,7 @@ impl Validation {
             Validation::Invalid(InvalidReason::NotFound) => "not_found",
             Validation::Invalid(InvalidReason::Expired) => "expired",
             Validation::Invalid(InvalidReason::Disabled) => "disabled",
+            Validation::Invalid(InvalidReason::NotAllowed(refusal)) => refusal.as_str(),
         }
     }
 }
@@ -67,15 +70,55 @@ pub enum InvalidReason {
     NotFound,
     Expired,
     Disabled,
+    /// Valid, but not where it is bound to be used.
+    NotAllowed(BindingRefusal),
 }
 
-impl From<InvalidReason> for AuthError {
-    fn from(reason: InvalidReason) -> AuthError {
+impl From<InvalidReason> for Error {
+    /// A credential that is not a token's is unauthenticated; a token used
+    /// outside its bindings is a known caller refused (permission denied).
+    fn from(reason: InvalidReason) -> Error {
         match reason {
-            InvalidReason::Malformed(why) => AuthError::Malformed(why),
-            InvalidReason::NotFound => AuthError::NotFound,
-            InvalidReason::Expired => AuthError::Expired,
-            InvalidReason::Disabled => AuthError::Disabled,
+            InvalidReason::Malformed(why) => AuthError::Malformed(why).into(),
+            InvalidReason::NotFound => AuthError::NotFound.into(),
+            InvalidReason::Expired => AuthError::Expired.into(),
+            InvalidReason::Disabled => AuthError::Disabled.into(),
+            InvalidReason::NotAllowed(refusal) => Error::NotAllowed(refusal),
+        }
+    }
+}
+
+/// What a review (Kubernetes TokenReview, OAuth 2.0 introspection) knows
+/// of where the token under review is used: never its source or route, so
+/// a token bound to either is refused; the audiences a TokenReview names.
+#[derive(Debug, Clone, Copy)]
+pub enum ReviewFor<'r> {
+    /// Kubernetes: the audiences the API server accepts (`spec.audiences`);
+    /// an audience-bound token must share one, and names none to refuse.
+    Audiences(&'r [String]),
+    /// OAuth 2.0 introspection: the resource server checks `aud` itself.
+    AnyAudience,
+}
+
+impl ReviewFor<'_> {
+    fn admits(self, bindings: &Bindings) -> Result<(), BindingRefusal> {
+        if !bindings.sources.is_empty() {
+            return Err(BindingRefusal::SourceNotAllowed);
+        }
+        if !bindings.routes.is_empty() {
+            return Err(BindingRefusal::RouteNotAllowed);
+        }
+        match self {
+            ReviewFor::Audiences(asked) => {
+                let shared = bindings.audiences.is_empty()
+                    || asked.iter().any(|a| bindings.audiences.allows(a));
+                if shared {
+                    Ok(())
+                } else {
+                    Err(BindingRefusal::AudienceNotAllowed)
+                }
+            }
+            ReviewFor::AnyAudience => Ok(()),
         }
     }
 }
@@ -85,14 +128,31 @@ impl TokenService {
     /// lookup, which secret, expiry, disabled. An invalid token is an
     /// answer; only a store failure is an error, so a token that cannot be
     /// checked is never called valid. A valid one has its use noted.
-    pub async fn validate(&self, presented: &str) -> Result<Validation, Error> {
-        let validation = self.check(presented).await;
+    pub async fn validate(
+        &self,
+        presented: &str,
+        context: &CheckContext<'_>,
+    ) -> Result<Validation, Error> {
+        self.counted(
+            self.check(presented, |bindings| bindings.admits(context))
+                .await,
+        )
+    }
+
+    fn counted(&self, validation: Result<Validation, Error>) -> Result<Validation, Error> {
         let outcome = validation.as_ref().map_or("error", Validation::outcome);
         self.metrics.validation(outcome);
         validation
     }
 
-    pub(super) async fn check(&self, presented: &str) -> Result<Validation, Error> {
+    /// `admit` decides a bound token's bindings: each surface knows its
+    /// own context. A token without bindings never calls it, so the
+    /// unbound check pays one test.
+    pub(super) async fn check(
+        &self,
+        presented: &str,
+        admit: impl FnOnce(&Bindings) -> Result<(), BindingRefusal>,
+    ) -> Result<Validation, Error> {
         let hash = match TokenHash::of_presented(presented) {
             Ok(hash) => hash,
             Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),
@@ -112,6 +172,12 @@ impl TokenService {
         }
         if stored.token.disabled {
             return Ok(Validation::Invalid(InvalidReason::Disabled));
+        }
+        let bindings = &stored.token.bindings;
+        if !bindings.is_empty()
+            && let Err(refusal) = admit(bindings)
+        {
+            return Ok(Validation::Invalid(InvalidReason::NotAllowed(refusal)));
         }
         if let Some(last_used) = &self.last_used {
             last_used.note(stored.token.id, secret, now);
@@ -144,8 +210,9 @@ impl TokenService {
     pub async fn authenticate(
         &self,
         presented: Result<&str, AuthError>,
+        context: &CheckContext<'_>,
     ) -> Result<ServiceToken, Error> {
-        Ok(self.authenticate_secret(presented).await?.token)
+        Ok(self.authenticate_secret(presented, context).await?.token)
     }
 
     /// As [`TokenService::authenticate`], saying which secret was used
@@ -153,10 +220,11 @@ impl TokenService {
     pub async fn authenticate_secret(
         &self,
         presented: Result<&str, AuthError>,
+        context: &CheckContext<'_>,
     ) -> Result<Authenticated, Error> {
-        match self.validate(presented?).await? {
+        match self.validate(presented?, context).await? {
             Validation::Valid(token, secret) => Ok(Authenticated { token, secret }),
-            Validation::Invalid(reason) => Err(AuthError::from(reason).into()),
+            Validation::Invalid(reason) => Err(reason.into()),
         }
     }
 
@@ -192,8 +260,9 @@ impl TokenService {
         &self,
         presented: Result<&str, AuthError>,
         required: &[Role],
+        context: &CheckContext<'_>,
     ) -> Result<Authenticated, Error> {
-        let caller = self.authenticate_secret(presented).await?;
+        let caller = self.authenticate_secret(presented, context).await?;
         for role in required {
             self.require_role(&caller.token, role)?;
         }
@@ -208,9 +277,10 @@ impl TokenService {
         &self,
         presented: Result<&str, AuthError>,
         rpc: &'static str,
-        source: Option<IpAddr>,
+        context: &CheckContext<'_>,
     ) -> Result<Reviewer, Error> {
-        let caller = match self.authenticate_secret(presented).await {
+        let source = context.source;
+        let caller = match self.authenticate_secret(presented, context).await {
             Ok(caller) => caller,
             Err(refused) => {
                 self.refusals.record(Refusal {
@@ -218,6 +288,7 @@ impl TokenService {
                     source,
                     reason: match &refused {
                         Error::Unauthenticated(why) => why.as_str(),
+                        Error::NotAllowed(refusal) => refusal.as_str(),
                         _ => "store_error",
                     },
                     outcome: refused.kind().as_str(),
@@ -237,8 +308,13 @@ impl TokenService {
     /// proof that the caller may ask. The one place every rule a review
     /// applies to the token under review (and never to the reviewer's own
     /// credential) is added.
-    pub async fn review(&self, _reviewer: &Reviewer, secret: &str) -> Result<Validation, Error> {
-        self.validate(secret).await
+    pub async fn review(
+        &self,
+        _reviewer: &Reviewer,
+        secret: &str,
+        review: ReviewFor<'_>,
+    ) -> Result<Validation, Error> {
+        self.counted(self.check(secret, |bindings| review.admits(bindings)).await)
     }
 
     /// The caller as an [`Admin`], if its credential is valid and holds the
@@ -247,15 +323,25 @@ impl TokenService {
     /// credential of any management call: it keeps passing checks, but
     /// whoever holds only the old secret must not be able to rotate the
     /// new one away, re-enable, or create.
+    ///
+    /// Management is checked from the caller's source alone: it names no
+    /// audience and no route of another service, so a token bound to
+    /// audiences or routes (made for the services behind a proxy) cannot
+    /// manage, and a source-bound one only from its sources.
     pub(super) async fn authorize_admin(
         &self,
         presented: Result<&str, AuthError>,
+        source: Option<IpAddr>,
     ) -> Result<Admin, (Option<ServiceToken>, Error)> {
+        let context = CheckContext {
+            source,
+            ..CheckContext::default()
+        };
         let Authenticated {
             token: caller,
             secret,
         } = self
-            .authenticate_secret(presented)
+            .authenticate_secret(presented, &context)
             .await
             .map_err(|e| (None, e))?;
         if secret == MatchedSecret::Previous {

@@ -112,7 +112,9 @@ pub(crate) fn planned(
     Planned::Write(after)
 }
 
-/// What [`planned`] found.
+/// What [`planned`] found: a value that lives for one change, on the
+/// stack, so its size is not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Planned {
     /// The token to write, once the lockout rule allows it.
     Write(StoredToken),

@@ -30,6 +30,7 @@ async fn answers_validate(addr: std::net::SocketAddr) {
     let answer = sts::proto::token_service_client::TokenServiceClient::new(channel(addr).await)
         .validate(sts::proto::ValidateRequest {
             token: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -244,7 +244,8 @@ async fn the_list_keeps_stackstate_s_columns_and_widens_on_request() {
             "STATUS",
             "LAST USED",
             "CREATED BY",
-            "DESCRIPTION"
+            "DESCRIPTION",
+            "BOUND"
         ]
     );
     assert!(

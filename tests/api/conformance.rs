@@ -12,8 +12,9 @@ use sts::{
     config::DEFAULT_ADMIN_KEEP_MARGIN,
     events::{Actor, Draft, Settle},
     model::{
-        Change, Description, Edit, Etag, LabelEdit, Labels, ListFilter, MatchedSecret, NewToken,
-        Role, Roles, ServiceToken, TokenId, TokenName, TokenSummary,
+        AllowedRoutes, AllowedSources, Audiences, Change, Description, Edit, Etag, LabelEdit,
+        Labels, ListFilter, MatchedSecret, NewToken, Role, Roles, RouteRule, ServiceToken, TokenId,
+        TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Secret,
@@ -502,8 +503,20 @@ async fn a_change_reads_back_everywhere_and_survives_a_restart(backend: &mut Bac
             Labels::parse([("team", "ci"), ("example.com/tier", "1")]).unwrap(),
         )),
         disabled: Some(true),
+        sources: Some(AllowedSources::parse("allowed_sources", &["10.0.0.0/8", "::1"]).unwrap()),
+        audiences: Some(Audiences::parse("audiences", &["ci"]).unwrap()),
+        routes: Some(
+            AllowedRoutes::new(
+                "allowed_routes",
+                vec![RouteRule::parse("allowed_routes", &["POST"], "/deploy/**").unwrap()],
+            )
+            .unwrap(),
+        ),
     };
     let (before, after) = done(change(&*store, inserted.id, Change::Edit(edit), now).await);
+    assert_eq!(after.bindings.sources.texts(), ["10.0.0.0/8", "::1"]);
+    assert_eq!(after.bindings.audiences.as_slice(), ["ci"]);
+    assert_eq!(after.bindings.routes.texts(), ["POST /deploy/**"]);
     assert_eq!(before, inserted);
     assert_eq!(after.name.as_str(), "after");
     assert_eq!(after.expiration, Some(expiration));

@@ -306,6 +306,7 @@ async fn past_the_bound_on_requests_in_flight_calls_are_refused_at_once_and_prob
         .clone()
         .validate(ValidateRequest {
             token: app.admin_token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -340,6 +341,7 @@ async fn past_the_bound_on_requests_in_flight_calls_are_refused_at_once_and_prob
             .clone()
             .validate(ValidateRequest {
                 token: app.admin_token.clone(),
+                ..Default::default()
             })
             .await
             .is_ok_and(|r| r.into_inner().valid)

@@ -110,7 +110,7 @@ fn check(headers: &[(&str, &str)], required_roles: Option<&str>) -> CheckRequest
 }
 
 impl TestApp {
-    async fn check(&self, request: CheckRequest) -> CheckResponse {
+    pub(crate) async fn check(&self, request: CheckRequest) -> CheckResponse {
         // An RPC error would let the request through behind an Envoy with
         // `failure_mode_allow`: every answer must be a CheckResponse.
         AuthorizationClient::new(channel(self.addr).await)

@@ -2,6 +2,7 @@
 //! the same admin check and the same errors as gRPC, in JSON.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use sts::model::CheckContext;
 
 use sts::clock::Clock;
 
@@ -11,7 +12,10 @@ const TOKENS: &str = "/api/security/tokens";
 
 async fn validate(app: &TestRouter, token: &str) -> bool {
     matches!(
-        app.service.validate(token).await.unwrap(),
+        app.service
+            .validate(token, &CheckContext::default())
+            .await
+            .unwrap(),
         sts::service::Validation::Valid(..)
     )
 }

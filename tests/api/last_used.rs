@@ -4,6 +4,7 @@
 
 use crate::support::{within, within_some};
 use std::time::Duration;
+use sts::model::CheckContext;
 
 use sts::{config::ServiceConfig, proto::GetRequest};
 
@@ -75,11 +76,17 @@ async fn every_path_that_checks_a_token_records_its_use() {
         assert_eq!(answer.status, 200, "{path}");
     }
     assert!(matches!(
-        app.service.validate(&grpc).await.unwrap(),
+        app.service
+            .validate(&grpc, &CheckContext::default())
+            .await
+            .unwrap(),
         sts::service::Validation::Valid(..)
     ));
     // A refused check records nothing.
-    app.service.validate(&idle.replace('s', "t")).await.unwrap();
+    app.service
+        .validate(&idle.replace('s', "t"), &CheckContext::default())
+        .await
+        .unwrap();
     app.service.write_last_used().await;
     let now = app.clock.now_millis();
     for id in [status_id, auth_id, rest_id, grpc_id] {
@@ -94,7 +101,10 @@ async fn ten_thousand_validations_in_one_window_cost_one_write() {
     let (secret, id) = app.create("hot", &["r"]).await;
     let writes = app.metric(WRITES).await;
     for _ in 0..10_000 {
-        app.service.validate(&secret).await.unwrap();
+        app.service
+            .validate(&secret, &CheckContext::default())
+            .await
+            .unwrap();
     }
     app.service.write_last_used().await;
     assert_eq!(
@@ -106,7 +116,10 @@ async fn ten_thousand_validations_in_one_window_cost_one_write() {
     // Still inside the window: nothing more to write.
     app.clock.advance(Duration::from_secs(30));
     for _ in 0..1_000 {
-        app.service.validate(&secret).await.unwrap();
+        app.service
+            .validate(&secret, &CheckContext::default())
+            .await
+            .unwrap();
     }
     app.service.write_last_used().await;
     // (The admin token's own use, by the REST reads above, is one more.)
@@ -115,7 +128,10 @@ async fn ten_thousand_validations_in_one_window_cost_one_write() {
     assert_eq!(app.last_used(id).await, Some(first));
     // A new window: one more write, and a later time.
     app.clock.advance(Duration::from_secs(31));
-    app.service.validate(&secret).await.unwrap();
+    app.service
+        .validate(&secret, &CheckContext::default())
+        .await
+        .unwrap();
     app.service.write_last_used().await;
     assert!(app.last_used(id).await.unwrap() > first);
 }
@@ -124,7 +140,10 @@ async fn ten_thousand_validations_in_one_window_cost_one_write() {
 async fn a_zero_resolution_turns_tracking_off() {
     let app = spawn_router_with(resolution(Duration::ZERO)).await;
     let (secret, id) = app.create("untracked", &["r"]).await;
-    app.service.validate(&secret).await.unwrap();
+    app.service
+        .validate(&secret, &CheckContext::default())
+        .await
+        .unwrap();
     app.service.write_last_used().await;
     assert_eq!(app.last_used(id).await, None);
     assert_eq!(app.metric(WRITES).await, 0.0);

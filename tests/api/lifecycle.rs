@@ -521,6 +521,7 @@ async fn updates_rotations_disables_and_enables_are_audited_with_what_changed() 
     let me = grpc
         .validate(ValidateRequest {
             token: admin.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

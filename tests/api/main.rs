@@ -13,6 +13,7 @@ mod architecture;
 mod audit;
 mod auth;
 mod binary;
+mod bindings;
 mod bodies;
 mod cli;
 mod cli_lifecycle;

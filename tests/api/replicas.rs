@@ -16,7 +16,7 @@ use std::{sync::Arc, time::Duration};
 
 use sts::proto::{
     CreateRequest, CreateResponse, DeleteRequest, InvalidReason, RotateRequest, ServiceToken,
-    UpdateRequest, token_service_client::TokenServiceClient,
+    UpdateRequest, ValidateRequest, token_service_client::TokenServiceClient,
 };
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
@@ -283,6 +283,43 @@ async fn a_change_that_takes_access_away_reaches_the_other_replica_within_100_ms
         .await
         .unwrap();
     assert_eq!(gated.status(), 403);
+
+    // Bound on A to sources the check does not come from: B refuses it
+    // within the bound, and lets it through from one of them.
+    let created = a.create(&admin, "narrowed").await;
+    cached_on(&b, &created.token).await;
+    let narrowed = ServiceToken {
+        allowed_sources: vec!["192.0.2.0/24".into(), "2001:db8::/32".into()],
+        ..created.service_token.clone().unwrap()
+    };
+    a.client
+        .clone()
+        .update(update(narrowed, &["allowed_sources"]))
+        .await
+        .unwrap();
+    let acknowledged = Instant::now();
+    tokio::time::sleep_until(acknowledged + Duration::from_millis(100)).await;
+    let answer = validate_on(&b.client, &created.token).await.unwrap();
+    assert_eq!(answer.reason(), InvalidReason::SourceNotAllowed);
+    let from = |source: &str| ValidateRequest {
+        token: created.token.clone(),
+        source_address: source.into(),
+        ..Default::default()
+    };
+    for (source, valid) in [
+        ("192.0.2.9", true),
+        ("2001:db8::9", true),
+        ("198.51.100.1", false),
+    ] {
+        let answer = b
+            .client
+            .clone()
+            .validate(from(source))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.valid, valid, "{source}: {answer:?}");
+    }
 
     // An expiration brought forward on A: B refuses from then on.
     let created = a.create(&admin, "shortened").await;

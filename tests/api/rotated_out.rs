@@ -107,6 +107,7 @@ async fn over_grpc_every_management_call_refuses_a_rotated_out_secret() {
     // operator's new secret was not touched.
     let check = |token: &str| ValidateRequest {
         token: token.to_owned(),
+        ..Default::default()
     };
     let by_old = client().validate(check(&old)).await.unwrap().into_inner();
     assert!(by_old.valid && by_old.previous_secret);

@@ -10,7 +10,8 @@ use serde_json::Value;
 use sts::{
     events::{Actor, Draft},
     model::{
-        Description, Labels, PreviousSecret, Roles, ServiceToken, StoredToken, TokenId, TokenName,
+        AllowedRoutes, AllowedSources, Audiences, Bindings, Description, Labels, PreviousSecret,
+        RecentSources, Roles, RouteRule, ServiceToken, StoredToken, TokenId, TokenName,
     },
     store::{Imported, PostgresStore, SledStore, Store},
     token::Secret,
@@ -57,6 +58,37 @@ fn every_field() -> StoredToken {
                 expiration: at(86_400),
                 last_used_at: Some(at(-60)),
             }),
+            bindings: Bindings {
+                sources: AllowedSources::parse(
+                    "allowed_sources",
+                    &[
+                        "10.0.0.0/8",
+                        "2001:db8::/32",
+                        "::ffff:192.0.2.0/120",
+                        "198.51.100.7",
+                    ],
+                )
+                .unwrap(),
+                audiences: Audiences::parse("audiences", &["https://ci.example", "deployer"])
+                    .unwrap(),
+                routes: AllowedRoutes::new(
+                    "allowed_routes",
+                    vec![
+                        RouteRule::parse("allowed_routes", &["get", "HEAD"], "/api/v1/*/items")
+                            .unwrap(),
+                        RouteRule::parse("allowed_routes", &[] as &[&str], "/hooks/**").unwrap(),
+                    ],
+                )
+                .unwrap(),
+            },
+            recent_sources: {
+                let mut recent = RecentSources::of([
+                    ("10.1.2.3".parse().unwrap(), at(-120)),
+                    ("2001:db8::5".parse().unwrap(), at(-3_600)),
+                ]);
+                recent.announce(at(-120));
+                recent
+            },
         },
         hash: Secret::generate().hash(),
         previous_hash: Some(Secret::generate().hash()),
@@ -92,8 +124,42 @@ fn shows_every_field(json: &Value, token: &ServiceToken) {
         created_by,
         updated_at,
         previous_secret,
+        bindings,
+        recent_sources,
     } = token;
     let previous = previous_secret.unwrap();
+    assert_eq!(
+        json["allowedSources"],
+        serde_json::json!(bindings.sources.texts())
+    );
+    assert_eq!(
+        json["allowedSources"],
+        serde_json::json!([
+            "10.0.0.0/8",
+            "2001:db8::/32",
+            "192.0.2.0/24",
+            "198.51.100.7"
+        ])
+    );
+    assert_eq!(
+        json["audiences"],
+        serde_json::json!(bindings.audiences.as_slice())
+    );
+    assert_eq!(
+        json["allowedRoutes"],
+        serde_json::json!([
+            {"methods": ["GET", "HEAD"], "path": "/api/v1/*/items"},
+            {"path": "/hooks/**"},
+        ])
+    );
+    let recent: Vec<Value> = recent_sources
+        .iter()
+        .map(|(address, seen)| {
+            serde_json::json!({"address": address.to_string(), "lastSeenAt": millis(seen)})
+        })
+        .collect();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(json["recentSources"], serde_json::json!(recent));
     assert_eq!(json["id"], id.get(), "{json}");
     assert_eq!(json["name"], name.as_str());
     assert_eq!(json["roles"], serde_json::json!(["deployer", "reader"]));
@@ -164,7 +230,26 @@ async fn a_token_with_every_field_set_survives_every_round_trip() {
         created_by,
         updated_at,
         previous_secret,
+        bindings,
+        // Usage: `token.new_source` events carry them, not every event.
+        recent_sources: _,
     } = &fixture.token;
+    assert_eq!(
+        token["allowed_sources"],
+        serde_json::json!(bindings.sources.texts())
+    );
+    assert_eq!(
+        token["audiences"],
+        serde_json::json!(bindings.audiences.as_slice())
+    );
+    assert_eq!(
+        token["allowed_routes"],
+        serde_json::json!([
+            {"methods": ["GET", "HEAD"], "path": "/api/v1/*/items"},
+            {"path": "/hooks/**"},
+        ])
+    );
+    assert!(token.get("recent_sources").is_none(), "{token}");
     assert_eq!(token["id"], id.get(), "{token}");
     assert_eq!(token["name"], name.as_str());
     assert_eq!(token["roles"], serde_json::json!(["deployer", "reader"]));

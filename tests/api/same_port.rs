@@ -224,7 +224,10 @@ async fn still_serving(app: &TestApp) {
     let response = app
         .client
         .clone()
-        .validate(ValidateRequest { token: "x".into() })
+        .validate(ValidateRequest {
+            token: "x".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(response.into_inner().reason(), InvalidReason::Malformed);

@@ -88,6 +88,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     for token in [&admin, &reader, &unknown, &mistyped] {
         grpc.validate(ValidateRequest {
             token: token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -151,6 +152,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     let reader_id = grpc
         .validate(ValidateRequest {
             token: reader.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -178,6 +180,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     for token in [&reader, &rotated] {
         grpc.validate(ValidateRequest {
             token: token.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -207,6 +210,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     grpc.update(with_key(&admin, disable)).await.unwrap();
     grpc.validate(ValidateRequest {
         token: rest_rotated.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -284,6 +288,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     .unwrap();
     grpc.validate(ValidateRequest {
         token: reader.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -26,6 +26,7 @@ async fn a_failing_store_is_unavailable_not_a_wrong_answer() {
     let mut client = app.client.clone();
     let validate = |token: &str| ValidateRequest {
         token: token.into(),
+        ..Default::default()
     };
     assert_code(client.validate(validate(&secret)).await, Code::Unavailable);
     assert_code(
@@ -133,7 +134,14 @@ async fn a_corrupt_record_is_logged_skipped_in_lists_and_internal_on_lookup() {
     assert!(!names.contains(&"damaged".to_owned()), "{names:?}");
     let validate = |token: String| {
         let mut client = client.clone();
-        async move { client.validate(ValidateRequest { token }).await }
+        async move {
+            client
+                .validate(ValidateRequest {
+                    token,
+                    ..Default::default()
+                })
+                .await
+        }
     };
     assert!(validate(intact).await.unwrap().into_inner().valid);
     let status = assert_code(validate(damaged).await, Code::Internal);

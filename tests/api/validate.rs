@@ -19,7 +19,10 @@ async fn a_valid_token_answers_with_its_identity() {
     let response = app
         .client
         .clone()
-        .validate(ValidateRequest { token: secret })
+        .validate(ValidateRequest {
+            token: secret,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -271,13 +271,17 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             plan,
         } => {
             let frames: Vec<bytes::Bytes> = match token_file {
-                None => vec![grpc_frame(&ValidateRequest { token })],
+                None => vec![grpc_frame(&ValidateRequest {
+                    token,
+                    ..Default::default()
+                })],
                 Some(file) => std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?
                     .lines()
                     .map(|token| {
                         grpc_frame(&ValidateRequest {
                             token: token.to_owned(),
+                            ..Default::default()
                         })
                     })
                     .collect(),
@@ -373,6 +377,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     .into_inner();
                 let validate = || ValidateRequest {
                     token: created.token.clone(),
+                    ..Default::default()
                 };
                 for _ in 0..3 {
                     anyhow::ensure!(on_b.validate(validate()).await?.into_inner().valid);
@@ -516,7 +521,10 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Frame { call, token, out } => {
             let frame = match call {
-                FrameCall::Validate => grpc_frame(&ValidateRequest { token }),
+                FrameCall::Validate => grpc_frame(&ValidateRequest {
+                    token,
+                    ..Default::default()
+                }),
                 FrameCall::Check => grpc_frame(&check_request(&token)),
             };
             std::fs::write(&out, &frame)
@@ -561,6 +569,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         description: Default::default(),
                         labels: Default::default(),
                         created_by: String::new(),
+                        bindings: Default::default(),
                     },
                 )
             });
@@ -847,6 +856,7 @@ fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
         description: Default::default(),
         labels: Default::default(),
         created_by: String::new(),
+        bindings: Default::default(),
     };
     let hashes: Arc<Vec<_>> = Arc::new(
         (0..tokens)

@@ -1,11 +1,11 @@
 //! The fuzz target's property: the request view and envoy-types' full
-//! decoder agree on the credential and the required roles of any bytes
-//! both accept.
+//! decoder agree on the credential, the required roles, the audience, the
+//! source and the route of any bytes both accept.
 
 use crate::credential;
 
 use super::{
-    REQUIRED_ROLES,
+    AUDIENCE, REQUIRED_ROLES,
     view::{CheckRequestView, ForwardedHeaders},
 };
 
@@ -21,6 +21,32 @@ pub(crate) fn differential(bytes: &[u8]) {
     };
     let forwarded = ForwardedHeaders::of(&view);
     let attributes = full.attributes.unwrap_or_default();
+    let source = attributes
+        .source
+        .as_ref()
+        .and_then(|peer| peer.address.as_ref())
+        .and_then(|address| match &address.address {
+            Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                socket,
+            )) => Some(socket.address.as_bytes().to_vec()),
+            _ => None,
+        });
+    assert_eq!(view.source_address().map(<[u8]>::to_vec), source, "source");
+    let full_http = attributes
+        .request
+        .as_ref()
+        .and_then(|request| request.http.as_ref());
+    assert_eq!(
+        view.route().map(|(m, p)| (m.to_vec(), p.to_vec())),
+        full_http.map(|h| (h.method.as_bytes().to_vec(), h.path.as_bytes().to_vec())),
+        "route"
+    );
+    let audience = view.audience().map(<[u8]>::to_vec);
+    let expected = attributes
+        .context_extensions
+        .get(AUDIENCE)
+        .map(|v| v.as_bytes().to_vec());
+    assert_eq!(audience, expected, "{AUDIENCE}");
     let http = attributes
         .request
         .unwrap_or_default()

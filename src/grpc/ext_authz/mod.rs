@@ -17,6 +17,7 @@
 
 use std::{
     convert::Infallible,
+    net::IpAddr,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -36,7 +37,7 @@ use crate::{
     config::IntegrationConfig,
     credential,
     error::{Answer, Error},
-    model::{FieldError, required_roles},
+    model::{CheckContext, FieldError, required_roles},
     proto::codec::ProstCodec,
     service::{Authenticated, TokenService},
 };
@@ -50,6 +51,10 @@ use view::{CheckRequestView, ForwardedHeaders};
 /// The context extension (set per route in Envoy's configuration) naming
 /// the roles a token needs: comma-separated, every one required.
 pub const REQUIRED_ROLES: &str = "sts.required_roles";
+
+/// The context extension naming the audience the route's service is: an
+/// audience-bound token must be bound to it.
+pub const AUDIENCE: &str = "sts.audience";
 
 /// `Check` over the domain service.
 pub struct ExtAuthz {
@@ -76,9 +81,26 @@ impl ExtAuthz {
             .transpose()?;
         let required = required_roles(REQUIRED_ROLES, lists)?;
         let forwarded = ForwardedHeaders::of(request);
+        // What Envoy itself saw of the request (the client's address, its
+        // method and path) and what the route's configuration says; text
+        // that is not UTF-8 or not an address is unknown, which refuses a
+        // token bound to it.
+        fn text(bytes: &[u8]) -> Option<&str> {
+            std::str::from_utf8(bytes).ok()
+        }
+        let context = CheckContext {
+            source: request
+                .source_address()
+                .and_then(text)
+                .and_then(|a| a.parse::<IpAddr>().ok()),
+            audience: request.audience().and_then(text),
+            route: request.route().and_then(|(method, path)| {
+                Some((text(method)?, text(path)?)).filter(|(m, p)| !m.is_empty() && !p.is_empty())
+            }),
+        };
         let caller = self
             .service
-            .authorize(credential::presented(&forwarded), &required)
+            .authorize(credential::presented(&forwarded), &required, &context)
             .await?;
         Ok(self.allow(&caller, &forwarded))
     }

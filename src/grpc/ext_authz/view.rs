@@ -12,7 +12,7 @@ use prost::{
 
 use crate::credential;
 
-use super::REQUIRED_ROLES;
+use super::{AUDIENCE, REQUIRED_ROLES};
 
 /// The headers of the client's request as Envoy forwards them: `headers`
 /// (its default; keys lower-cased, repeats joined with commas) or
@@ -80,26 +80,120 @@ impl CheckRequestView {
     /// The route's [`REQUIRED_ROLES`] extension, as sent: a map's last
     /// entry for a key wins, as in protobuf's own decoding.
     pub(super) fn required_roles(&self) -> Option<&[u8]> {
+        self.extension(REQUIRED_ROLES)
+    }
+
+    /// The route's [`AUDIENCE`] extension, as sent.
+    pub(super) fn audience(&self) -> Option<&[u8]> {
+        self.extension(AUDIENCE)
+    }
+
+    fn extension(&self, key: &str) -> Option<&[u8]> {
         self.attributes
             .as_ref()?
             .context_extensions
             .iter()
-            .rfind(|e| e.key == REQUIRED_ROLES.as_bytes())
+            .rfind(|e| e.key == key.as_bytes())
             .map(|e| &e.value[..])
+    }
+
+    /// The client's address as Envoy saw it (`source.address.socket_address.address`).
+    pub(super) fn source_address(&self) -> Option<&[u8]> {
+        let address = self
+            .attributes
+            .as_ref()?
+            .source
+            .as_ref()?
+            .address
+            .as_ref()?
+            .socket_address
+            .as_ref()?;
+        Some(&address.address[..])
+    }
+
+    /// The request's method and target (path and query), as Envoy sent them.
+    pub(super) fn route(&self) -> Option<(&[u8], &[u8])> {
+        let http = self.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+        Some((&http.method[..], &http.path[..]))
     }
 }
 
-/// `envoy.service.auth.v3.AttributeContext`: `request`, and of
+/// `envoy.service.auth.v3.AttributeContext`: `source`, `request`, and of
 /// `context_extensions` (a map, on the wire a repeated key/value entry)
-/// only [`REQUIRED_ROLES`].
+/// only [`REQUIRED_ROLES`] and [`AUDIENCE`].
 #[derive(Clone, PartialEq, Default, Debug)]
 struct AttributesView {
+    source: Option<PeerView>,
     request: Option<RequestView>,
     context_extensions: Vec<Entry>,
 }
 
+/// `AttributeContext.Peer`: `address`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PeerView {
+    #[prost(message, optional, tag = "1")]
+    address: Option<AddressView>,
+}
+
+/// `envoy.config.core.v3.Address`: `socket_address`, one case of a
+/// oneof, so a later `pipe` or internal address replaces it.
+#[derive(Clone, PartialEq, Default, Debug)]
+struct AddressView {
+    socket_address: Option<SocketAddressView>,
+}
+
+impl prost::Message for AddressView {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        if let Some(socket_address) = &self.socket_address {
+            message::encode(1, socket_address, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        match tag {
+            1 => message::merge(
+                wire_type,
+                self.socket_address.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            2 | 3 => {
+                self.socket_address = None;
+                prost::encoding::skip_field(wire_type, tag, buf, ctx)
+            }
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.socket_address
+            .as_ref()
+            .map_or(0, |a| message::encoded_len(1, a))
+    }
+
+    fn clear(&mut self) {
+        *self = AddressView::default();
+    }
+}
+
+/// `envoy.config.core.v3.SocketAddress`: `address`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SocketAddressView {
+    #[prost(bytes = "bytes", tag = "2")]
+    address: Bytes,
+}
+
 impl prost::Message for AttributesView {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        if let Some(source) = &self.source {
+            message::encode(1, source, buf);
+        }
         if let Some(request) = &self.request {
             message::encode(4, request, buf);
         }
@@ -114,6 +208,12 @@ impl prost::Message for AttributesView {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
+            1 => message::merge(
+                wire_type,
+                self.source.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
             4 => message::merge(
                 wire_type,
                 self.request.get_or_insert_with(Default::default),
@@ -125,16 +225,20 @@ impl prost::Message for AttributesView {
                 buf,
                 ctx,
                 &mut self.context_extensions,
-                |e: &Entry| e.key == REQUIRED_ROLES.as_bytes(),
+                |e: &Entry| e.key == REQUIRED_ROLES.as_bytes() || e.key == AUDIENCE.as_bytes(),
             ),
             _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        self.request
+        self.source
             .as_ref()
-            .map_or(0, |r| message::encoded_len(4, r))
+            .map_or(0, |s| message::encoded_len(1, s))
+            + self
+                .request
+                .as_ref()
+                .map_or(0, |r| message::encoded_len(4, r))
             + message::encoded_len_repeated(10, &self.context_extensions)
     }
 
@@ -150,12 +254,15 @@ struct RequestView {
     http: Option<HttpRequestView>,
 }
 
-/// `AttributeContext.HttpRequest`: of `headers` (a map) and `header_map`,
-/// only the credential headers. Envoy sends every request header; the
-/// others are skipped as they arrive, so nothing is kept for them.
+/// `AttributeContext.HttpRequest`: `method`, `path`, and of `headers` (a
+/// map) and `header_map`, only the credential headers. Envoy sends every
+/// request header; the others are skipped as they arrive, so nothing is
+/// kept for them.
 #[derive(Clone, PartialEq, Default, Debug)]
 struct HttpRequestView {
+    method: Bytes,
     headers: Vec<Entry>,
+    path: Bytes,
     header_map: Option<HeaderMapView>,
 }
 
@@ -168,7 +275,13 @@ fn is_credential(key: &[u8]) -> bool {
 
 impl prost::Message for HttpRequestView {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        if !self.method.is_empty() {
+            prost::encoding::bytes::encode(2, &self.method, buf);
+        }
         message::encode_repeated(3, &self.headers, buf);
+        if !self.path.is_empty() {
+            prost::encoding::bytes::encode(4, &self.path, buf);
+        }
         if let Some(map) = &self.header_map {
             message::encode(13, map, buf);
         }
@@ -182,6 +295,8 @@ impl prost::Message for HttpRequestView {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         match tag {
+            2 => prost::encoding::bytes::merge(wire_type, &mut self.method, buf, ctx),
+            4 => prost::encoding::bytes::merge(wire_type, &mut self.path, buf, ctx),
             3 => merge_header(wire_type, buf, ctx, &mut self.headers, |[key, value, _]| {
                 Entry {
                     key: Bytes::copy_from_slice(key),
@@ -199,7 +314,16 @@ impl prost::Message for HttpRequestView {
     }
 
     fn encoded_len(&self) -> usize {
-        message::encoded_len_repeated(3, &self.headers)
+        let bytes = |tag: u32, value: &Bytes| {
+            if value.is_empty() {
+                0
+            } else {
+                prost::encoding::bytes::encoded_len(tag, value)
+            }
+        };
+        bytes(2, &self.method)
+            + message::encoded_len_repeated(3, &self.headers)
+            + bytes(4, &self.path)
             + self
                 .header_map
                 .as_ref()

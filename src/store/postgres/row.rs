@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use sqlx::{FromRow, PgConnection, PgExecutor, postgres::PgRow, types::Json};
 use time::OffsetDateTime;
 
-use crate::model::{ServiceToken, StoredParts, StoredToken, TokenId};
+use crate::model::{
+    RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken, TokenId,
+};
 use crate::store::{Cause, KeepAdmin, StoreError};
 
 use super::{ADMIN_LOCK, CHANNEL, unavailable};
@@ -23,26 +25,30 @@ pub(super) fn to_db_time(time: SystemTime) -> OffsetDateTime {
 
 pub(super) const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
      disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
-     previous_last_used_at";
+     previous_last_used_at, allowed_sources, audiences, allowed_routes, recent_sources, \
+     sources_announced_at";
 
 /// The one INSERT: a new token and an imported one are the same row.
 pub(super) const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
      description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
-     previous_expires_at, previous_last_used_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING";
+     previous_expires_at, previous_last_used_at, allowed_sources, audiences, allowed_routes, \
+     recent_sources, sources_announced_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+     $19, $20) ON CONFLICT DO NOTHING";
 
 /// Everything a change may set (never the last uses: those only move
 /// forward, through `record_uses`), and the NOTIFY that tells every replica.
 const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
      description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
-     previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12 \
+     previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12, \
+     allowed_sources = $13, audiences = $14, allowed_routes = $15 \
      WHERE id = $1 RETURNING id) \
-     SELECT pg_notify($13, 'd:' || id::text) FROM changed";
+     SELECT pg_notify($16, 'd:' || id::text) FROM changed";
 
 /// The admin condition of `ServiceToken::is_admin_at`, in SQL: role `$2`,
-/// at time `$3`.
-pub(super) const IS_ADMIN: &str =
-    "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3))";
+/// at time `$3`, bound to no audience and no route.
+pub(super) const IS_ADMIN: &str = "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3) \
+     AND cardinality(audiences) = 0 AND allowed_routes = '[]'::jsonb)";
 
 fn roles_of(token: &ServiceToken) -> Vec<&str> {
     token.roles.iter().map(|r| r.as_str()).collect()
@@ -69,6 +75,8 @@ pub(super) async fn insert_row<'e>(
                 created_by,
                 updated_at,
                 previous_secret,
+                bindings,
+                recent_sources,
             },
         hash,
         previous_hash,
@@ -89,6 +97,11 @@ pub(super) async fn insert_row<'e>(
         .bind(previous_hash.map(|h| h.as_bytes().to_vec()))
         .bind(previous_secret.map(|p| to_db_time(p.expiration)))
         .bind(previous_secret.and_then(|p| p.last_used_at).map(to_db_time))
+        .bind(bindings.sources.texts())
+        .bind(bindings.audiences.as_slice())
+        .bind(Json(RouteParts::of(&bindings.routes)))
+        .bind(Json(SourceJson::of(recent_sources)))
+        .bind(recent_sources.announced_at().map(to_db_time))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -119,6 +132,9 @@ pub(super) async fn update_row<'e>(
                 created_by: _,
                 updated_at,
                 previous_secret,
+                bindings,
+                // Merged by `record_uses`, as the last uses are.
+                recent_sources: _,
             },
         hash,
         previous_hash,
@@ -136,6 +152,9 @@ pub(super) async fn update_row<'e>(
         .bind(previous_hash.map(|h| h.as_bytes().to_vec()))
         .bind(previous_secret.map(|p| to_db_time(p.expiration)))
         .bind(previous_secret.and_then(|p| p.last_used_at).map(to_db_time))
+        .bind(bindings.sources.texts())
+        .bind(bindings.audiences.as_slice())
+        .bind(Json(RouteParts::of(&bindings.routes)))
         .bind(CHANNEL)
         .execute(executor)
         .await
@@ -162,6 +181,31 @@ struct TokenRow {
     previous_hash: Option<Vec<u8>>,
     previous_expires_at: Option<OffsetDateTime>,
     previous_last_used_at: Option<OffsetDateTime>,
+    allowed_sources: Vec<String>,
+    audiences: Vec<String>,
+    allowed_routes: serde_json::Value,
+    recent_sources: serde_json::Value,
+    sources_announced_at: Option<OffsetDateTime>,
+}
+
+/// A recent source as the `recent_sources` column holds it: the address
+/// as text, the time in microseconds since the epoch.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct SourceJson {
+    pub(super) address: String,
+    pub(super) at: i64,
+}
+
+impl SourceJson {
+    pub(super) fn of(recent: &RecentSources) -> Vec<SourceJson> {
+        SeenSource::of(recent)
+            .into_iter()
+            .map(|SeenSource { address, at }| SourceJson {
+                address,
+                at: crate::clock::epoch_micros(at),
+            })
+            .collect()
+    }
 }
 
 /// Re-parses every column, so a damaged row is reported, never served.
@@ -189,10 +233,27 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         previous_hash,
         previous_expires_at,
         previous_last_used_at,
+        allowed_sources,
+        audiences,
+        allowed_routes,
+        recent_sources,
+        sources_announced_at,
     } = TokenRow::from_row(row).map_err(unavailable)?;
     let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
     let labels: BTreeMap<String, String> =
         serde_json::from_value(labels).map_err(|e| corrupt(Box::new(e)))?;
+    let allowed_routes: Vec<RouteParts> =
+        serde_json::from_value(allowed_routes).map_err(|e| corrupt(Box::new(e)))?;
+    let recent_sources: Vec<SourceJson> =
+        serde_json::from_value(recent_sources).map_err(|e| corrupt(Box::new(e)))?;
+    let recent_sources = recent_sources
+        .into_iter()
+        .map(|SourceJson { address, at }| {
+            let at = crate::clock::from_epoch_micros(at)
+                .ok_or_else(|| corrupt("a recent source's time is out of range".into()))?;
+            Ok(SeenSource { address, at })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let time = |at: Option<OffsetDateTime>| at.map(SystemTime::from);
     StoredToken::from_parts(StoredParts {
         id: u64::try_from(id).map_err(|e| corrupt(e.into()))?,
@@ -210,6 +271,11 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         previous_hash: previous_hash.as_deref(),
         previous_expiration: time(previous_expires_at),
         previous_last_used_at: time(previous_last_used_at),
+        allowed_sources: &allowed_sources,
+        audiences: &audiences,
+        allowed_routes: &allowed_routes,
+        recent_sources: &recent_sources,
+        sources_announced_at: time(sources_announced_at),
     })
     .map_err(|e| corrupt(e.into()))
 }

@@ -5,13 +5,24 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use prost::Message;
 
-use crate::model::{ServiceToken, StoredParts, StoredToken};
+use crate::model::{Bindings, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken};
 use crate::store::{Cause, StoreError};
 
-/// The record format this release writes. Records of the first release
-/// carry no format (read as 0) and none of the fields from tag 7 on; a
-/// record from a later release than this one is refused, not misread.
-pub(super) const RECORD_FORMAT: u32 = 2;
+/// The newest record format this release writes and reads. Records of
+/// the first release carry no format (read as 0) and none of the fields
+/// from tag 7 on; a record from a later release than this one is refused,
+/// not misread.
+pub(super) const RECORD_FORMAT: u32 = BOUND_FORMAT;
+
+/// The format of a record of a token without bindings: the previous
+/// release reads it (and drops only its recent sources, which it does not
+/// know), so a rollback keeps every such token.
+const UNBOUND_FORMAT: u32 = 2;
+
+/// The format of a bound token's record. The previous release refuses it
+/// rather than serve the token without its bindings: a rollback never
+/// widens what a token may do.
+const BOUND_FORMAT: u32 = 3;
 
 /// The on-disk form of one token. Tags are a storage format: never reuse one.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -48,6 +59,34 @@ pub(super) struct Record {
     pub(super) previous_last_used_at: Option<prost_types::Timestamp>,
     #[prost(uint32, tag = "16")]
     pub(super) format: u32,
+    #[prost(string, repeated, tag = "17")]
+    pub(super) allowed_sources: Vec<String>,
+    #[prost(string, repeated, tag = "18")]
+    pub(super) audiences: Vec<String>,
+    #[prost(message, repeated, tag = "19")]
+    pub(super) allowed_routes: Vec<RouteRecord>,
+    #[prost(message, repeated, tag = "20")]
+    pub(super) recent_sources: Vec<SourceRecord>,
+    #[prost(message, optional, tag = "21")]
+    pub(super) sources_announced_at: Option<prost_types::Timestamp>,
+}
+
+/// One allowed route of a record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct RouteRecord {
+    #[prost(string, repeated, tag = "1")]
+    pub(super) methods: Vec<String>,
+    #[prost(string, tag = "2")]
+    pub(super) path: String,
+}
+
+/// One recent source of a record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct SourceRecord {
+    #[prost(string, tag = "1")]
+    pub(super) address: String,
+    #[prost(message, optional, tag = "2")]
+    pub(super) seen_at: Option<prost_types::Timestamp>,
 }
 
 /// The token id a `tokens` key holds, for a log line about its record.
@@ -76,10 +115,17 @@ impl Record {
                     created_by,
                     updated_at,
                     previous_secret,
+                    bindings,
+                    recent_sources,
                 },
             hash,
             previous_hash,
         } = stored;
+        let Bindings {
+            sources,
+            audiences,
+            routes,
+        } = bindings;
         Record {
             id: id.get(),
             name: name.as_str().to_owned(),
@@ -96,7 +142,25 @@ impl Record {
             previous_hash: previous_hash.map(|h| h.as_bytes().to_vec()),
             previous_expiration: previous_secret.map(|p| p.expiration.into()),
             previous_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
-            format: RECORD_FORMAT,
+            format: if bindings.is_empty() {
+                UNBOUND_FORMAT
+            } else {
+                BOUND_FORMAT
+            },
+            allowed_sources: sources.texts(),
+            audiences: audiences.as_slice().to_vec(),
+            allowed_routes: RouteParts::of(routes)
+                .into_iter()
+                .map(|RouteParts { methods, path }| RouteRecord { methods, path })
+                .collect(),
+            recent_sources: SeenSource::of(recent_sources)
+                .into_iter()
+                .map(|SeenSource { address, at }| SourceRecord {
+                    address,
+                    seen_at: Some(at.into()),
+                })
+                .collect(),
+            sources_announced_at: recent_sources.announced_at().map(Into::into),
         }
     }
 
@@ -124,6 +188,27 @@ impl Record {
         let created_at = record
             .created_at
             .ok_or_else(|| corrupt("the record has no created_at".into()))?;
+        let allowed_routes: Vec<RouteParts> = record
+            .allowed_routes
+            .iter()
+            .map(|route| RouteParts {
+                methods: route.methods.clone(),
+                path: route.path.clone(),
+            })
+            .collect();
+        let recent_sources = record
+            .recent_sources
+            .iter()
+            .map(|source| {
+                let at = source
+                    .seen_at
+                    .ok_or_else(|| corrupt("a recent source has no time".into()))?;
+                Ok(SeenSource {
+                    address: source.address.clone(),
+                    at: time(at)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         StoredToken::from_parts(StoredParts {
             id: record.id,
             hash: &record.token_hash,
@@ -140,6 +225,11 @@ impl Record {
             previous_hash: record.previous_hash.as_deref(),
             previous_expiration: record.previous_expiration.map(time).transpose()?,
             previous_last_used_at: record.previous_last_used_at.map(time).transpose()?,
+            allowed_sources: &record.allowed_sources,
+            audiences: &record.audiences,
+            allowed_routes: &allowed_routes,
+            recent_sources: &recent_sources,
+            sources_announced_at: record.sources_announced_at.map(time).transpose()?,
         })
         .map_err(|e| corrupt(e.into()))
     }

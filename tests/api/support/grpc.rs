@@ -25,6 +25,7 @@ pub async fn validate_on(
 ) -> Result<ValidateResponse, Status> {
     let request = ValidateRequest {
         token: token.to_owned(),
+        ..Default::default()
     };
     Ok(client.clone().validate(request).await?.into_inner())
 }
@@ -61,6 +62,10 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
 pub fn checked(token: ServiceToken) -> ServiceToken {
     ServiceToken {
         etag: String::new(),
+        allowed_sources: Vec::new(),
+        audiences: Vec::new(),
+        allowed_routes: Vec::new(),
+        recent_sources: Vec::new(),
         ..token
     }
 }

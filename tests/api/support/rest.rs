@@ -34,6 +34,10 @@ impl Rest {
         self.client.post(self.url(path))
     }
 
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.patch(self.url(path))
+    }
+
     /// The whole `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         self.get("/metrics").text_body().await
