@@ -37,7 +37,7 @@ use crate::{
     source,
 };
 
-pub use ext_authz::{AuthorizationService, ExtAuthz, REQUIRED_ROLES};
+pub use ext_authz::{AUDIENCE, AuthorizationService, ExtAuthz, REQUIRED_ROLES};
 pub use undecodable::UndecodableLayer;
 
 /// `proto::token_service_server::TokenService` over the domain service.

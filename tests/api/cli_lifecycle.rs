@@ -363,3 +363,128 @@ async fn rotating_the_token_the_context_uses_moves_the_context_to_the_new_secret
         .ok();
     assert!(again.stderr.is_empty(), "{}", again.stderr);
 }
+
+#[tokio::test]
+async fn bindings_are_given_shown_listed_and_cleared_from_the_terminal() {
+    let app = spawn_app().await;
+    let terminal = Terminal::logged_in(&app).await;
+    let created = terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "ci",
+            "--roles",
+            "deployer",
+            "--allow-source",
+            "10.0.0.0/8,2001:db8::/32",
+            "--allow-source",
+            "192.0.2.7",
+            "--audience",
+            "https://ci.example",
+            "--allow-route",
+            "GET,head /api/v1/*",
+            "--allow-route",
+            "/hooks/**",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let id = created["service-token"]["id"].to_string();
+    let described = terminal.sts(&["service-token", "describe", &id]).await.ok();
+    for row in [
+        "ALLOWED SOURCES           | 10.0.0.0/8, 2001:db8::/32, 192.0.2.7",
+        "AUDIENCES                 | https://ci.example",
+        "ALLOWED ROUTES            | GET,HEAD /api/v1/*, /hooks/**",
+        "RECENT SOURCES            | ",
+    ] {
+        assert!(
+            described
+                .stdout
+                .lines()
+                .any(|l| l.trim_end() == row.trim_end()),
+            "{row:?} not in\n{}",
+            described.stdout
+        );
+    }
+    let json = terminal
+        .sts(&["service-token", "describe", &id, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        json["service-token"]["allowedRoutes"],
+        serde_json::json!([
+            {"methods": ["GET", "HEAD"], "path": "/api/v1/*"},
+            {"path": "/hooks/**"},
+        ])
+    );
+    app.create("plain", &["deployer"]).await;
+    let wide = terminal
+        .sts(&["service-token", "list", "--wide"])
+        .await
+        .ok();
+    let bound_of = |name: &str| {
+        let line = wide
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("| {name} ")))
+            .unwrap_or_else(|| panic!("{name} not in\n{}", wide.stdout));
+        line.rsplit('|').next().unwrap().trim().to_owned()
+    };
+    assert_eq!(bound_of("ci"), "source,audience,route");
+    assert_eq!(bound_of("plain"), "-");
+
+    // A new list replaces the old; --clear-... removes one.
+    terminal
+        .sts(&[
+            "service-token",
+            "update",
+            &id,
+            "--allow-source",
+            "::1",
+            "--clear-audiences",
+            "--clear-allowed-routes",
+        ])
+        .await
+        .ok();
+    let json = terminal
+        .sts(&["service-token", "describe", &id, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        json["service-token"]["allowedSources"],
+        serde_json::json!(["::1"])
+    );
+    assert!(json["service-token"].get("audiences").is_none(), "{json}");
+    assert!(
+        json["service-token"].get("allowedRoutes").is_none(),
+        "{json}"
+    );
+
+    // What the server refuses is refused before anything changes.
+    for (flag, value, named) in [
+        ("--allow-source", "10.0.0.0/33", "allowed_sources"),
+        ("--allow-route", "GET api/v1", "--allow-route"),
+        ("--allow-route", "GET", "--allow-route"),
+    ] {
+        let refused = terminal
+            .sts(&["service-token", "update", &id, flag, value])
+            .await;
+        assert_ne!(refused.code, 0, "{flag} {value}");
+        assert!(
+            refused.stderr.contains(named),
+            "{flag} {value}: {}",
+            refused.stderr
+        );
+    }
+    let after = terminal
+        .sts(&["service-token", "describe", &id, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(after, json);
+}

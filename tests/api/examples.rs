@@ -54,7 +54,7 @@ async fn served(method: &str, path: &str) {
 }
 
 #[tokio::test]
-async fn envoy_calls_check_over_http2_fails_closed_and_names_roles_as_we_read_them() {
+async fn envoy_calls_check_over_http2_fails_closed_and_names_roles_and_audience_as_we_read_them() {
     let envoy = one("envoy.yaml");
     let resources = &envoy["static_resources"];
     let manager = &resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
@@ -80,6 +80,8 @@ async fn envoy_calls_check_over_http2_fails_closed_and_names_roles_as_we_read_th
         ["context_extensions"];
     let roles = extensions[sts::grpc::REQUIRED_ROLES].as_str().unwrap();
     sts::model::required_roles("roles", [roles]).unwrap();
+    let audience = extensions[sts::grpc::AUDIENCE].as_str().unwrap();
+    sts::model::Audiences::parse("audience", &[audience]).unwrap();
 }
 
 #[test]

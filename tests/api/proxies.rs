@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::support::Rest;
-use crate::support::{TestApp, spawn_app};
+use crate::support::TestApp;
 
 /// Set (by `.ci/run`) to make a missing proxy program a failure, not a skip.
 const REQUIRE_VAR: &str = "STS_TEST_REQUIRE_PROXIES";
@@ -223,6 +223,16 @@ http {{
     }
 }
 
+/// A server that trusts what the proxy (on 127.0.0.1) says of its
+/// clients, as the examples ask.
+async fn behind_the_proxy() -> TestApp {
+    let server = sts::config::ServerConfig {
+        trusted_proxies: sts::source::TrustedProxies::parse("127.0.0.1").unwrap(),
+        ..crate::support::server_config()
+    };
+    crate::support::spawn_app_with(Default::default(), server).await
+}
+
 /// What every proxy in front of us must do, driven through `proxy`.
 /// `tells_expiration`: the proxy passes `X-Service-Token-Expiration` on to
 /// the client (nginx's example does; Caddy's `forward_auth` cannot).
@@ -350,6 +360,8 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(
     assert_eq!(answer.status(), 200);
     assert!(answer.text().await.unwrap().starts_with("GET /reports/q3 "));
 
+    a_bound_token_is_allowed_only_where_it_is_bound(app, proxy).await;
+
     // Deleting the token shuts the door on the next request.
     app.client
         .clone()
@@ -363,12 +375,83 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(
     assert_eq!(answer.status(), 401);
 }
 
+/// A token bound to one client address (127.0.0.2: the client connects
+/// to the proxy from there), the `reports` audience and `GET /reports/**`:
+/// through the proxy only as bound, whatever the client adds itself.
+async fn a_bound_token_is_allowed_only_where_it_is_bound(app: &TestApp, proxy: &Proxy) {
+    let from = |address: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(address))
+            .build()
+            .unwrap()
+    };
+    let (bound_client, elsewhere) = (from([127, 0, 0, 2]), from([127, 0, 0, 3]));
+    let (secret, _) = app
+        .create_with(sts::proto::CreateRequest {
+            allowed_sources: vec!["127.0.0.2".into()],
+            audiences: vec!["reports".into()],
+            allowed_routes: vec![sts::proto::AllowedRoute {
+                methods: vec!["GET".into()],
+                path: "/reports/**".into(),
+            }],
+            ..crate::support::create_request("bound-reader", &["reports-reader"])
+        })
+        .await;
+    let status = |client: &reqwest::Client, method: &str, path: &str, extra: &[(&str, &str)]| {
+        let mut request = client
+            .request(
+                method.parse().unwrap(),
+                format!("http://{}{path}", proxy.addr),
+            )
+            .header("x-api-key", &secret);
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        status(&bound_client, "GET", "/reports/q3?x=1", &[]).await,
+        200
+    );
+    // Another route: the method, the path, or a location whose check
+    // names no audience.
+    assert_eq!(status(&bound_client, "POST", "/reports/q3", &[]).await, 403);
+    assert_eq!(status(&bound_client, "GET", "/builds/42", &[]).await, 403);
+    // Another client, even one claiming the bound address.
+    assert_eq!(status(&elsewhere, "GET", "/reports/q3", &[]).await, 403);
+    let spoofing = [
+        ("x-forwarded-for", "127.0.0.2"),
+        ("x-real-ip", "127.0.0.2"),
+        ("forwarded", "for=127.0.0.2"),
+    ];
+    assert_eq!(
+        status(&elsewhere, "GET", "/reports/q3", &spoofing).await,
+        403
+    );
+    // What the client writes about the request changes nothing.
+    let claims = [
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/reports/q3"),
+        ("x-original-method", "GET"),
+        ("x-original-uri", "/reports/q3"),
+        ("x-sts-audience", "reports"),
+    ];
+    assert_eq!(
+        status(&bound_client, "GET", "/builds/42?audience=reports", &claims).await,
+        403
+    );
+    assert_eq!(
+        status(&bound_client, "GET", "/reports/q3?audience=other", &[]).await,
+        200
+    );
+}
+
 #[tokio::test]
 async fn nginx_with_the_shipped_example_checks_every_request_and_never_forwards_the_secret() {
     let Some(nginx) = program("nginx") else {
         return;
     };
-    let app = spawn_app().await;
+    let app = behind_the_proxy().await;
     let proxy = Proxy::nginx(&nginx, app.addr, echo_backend().await).await;
     a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy, true).await;
 }
@@ -378,7 +461,7 @@ async fn caddy_with_the_shipped_example_checks_every_request_and_never_forwards_
     let Some(caddy) = program("caddy") else {
         return;
     };
-    let app = spawn_app().await;
+    let app = behind_the_proxy().await;
     let proxy = Proxy::caddy(&caddy, app.addr, echo_backend().await).await;
     a_proxy_checks_every_request_and_never_forwards_the_secret(&app, &proxy, false).await;
 }

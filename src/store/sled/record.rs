@@ -253,3 +253,42 @@ pub(super) fn latest(
 pub fn decode_record(bytes: &[u8]) -> Result<StoredToken, StoreError> {
     Record::decode_stored(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AllowedSources, Audiences};
+
+    #[test]
+    fn only_a_bound_tokens_record_is_of_the_format_the_previous_release_refuses() {
+        let (_, mut stored) = StoredToken::sample();
+        let record = Record::of(&stored);
+        assert_eq!(record.format, UNBOUND_FORMAT);
+        assert_eq!(
+            Record::decode_stored(&record.encode_to_vec()).unwrap(),
+            stored
+        );
+        for bindings in [
+            Bindings {
+                sources: AllowedSources::parse("s", &["10.0.0.0/8"]).unwrap(),
+                ..Bindings::default()
+            },
+            Bindings {
+                audiences: Audiences::parse("a", &["ci"]).unwrap(),
+                ..Bindings::default()
+            },
+        ] {
+            stored.token.bindings = bindings;
+            let record = Record::of(&stored);
+            assert_eq!(record.format, BOUND_FORMAT);
+            assert_eq!(
+                Record::decode_stored(&record.encode_to_vec()).unwrap(),
+                stored
+            );
+        }
+        // A later release's record is refused, not read without what it adds.
+        let mut later = Record::of(&stored);
+        later.format = RECORD_FORMAT + 1;
+        assert!(Record::decode_stored(&later.encode_to_vec()).is_err());
+    }
+}
