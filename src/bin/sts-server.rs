@@ -16,9 +16,10 @@ use sts::{
         DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE, DEFAULT_BODY_TIMEOUT, DEFAULT_DATA_DIR,
         DEFAULT_KUBERNETES_PREFIX, DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN,
         DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-        DEFAULT_OUTBOX_CAPACITY, DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY, IntegrationConfig,
-        KubernetesPrefix, KubernetesUsername, LifetimePolicy, ServerConfig, ServiceConfig,
-        StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
+        DEFAULT_OUTBOX_CAPACITY, DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE,
+        DEFAULT_SHUTDOWN_DELAY, IntegrationConfig, KubernetesPrefix, KubernetesUsername,
+        LifetimePolicy, ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig,
+        WebhookSecret, WebhookUrl, admin_keep_margin,
         setting::{self, Span, span},
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
@@ -197,6 +198,17 @@ struct ServeArgs {
     /// 0s turns last-used tracking off.
     #[arg(long, env = "STS_LAST_USED_RESOLUTION", default_value_t = span(DEFAULT_LAST_USED_RESOLUTION), value_parser = setting::duration)]
     last_used_resolution: Span,
+    /// Record the last five addresses each token was used from, with the
+    /// last uses (shown to its managers only), and announce a new one
+    /// (`token.new_source`). `false` where addresses are personal data.
+    #[arg(long, env = "STS_RECORD_SOURCES", default_value_t = DEFAULT_RECORD_SOURCES, action = clap::ArgAction::Set, value_name = "true|false")]
+    record_sources: bool,
+    /// Refuse to create a token without allowed sources, or to remove a
+    /// token's last one; `list --over-policy` shows the tokens without.
+    /// The bootstrap token is exempt (it is the way in for whoever holds
+    /// the store itself).
+    #[arg(long, env = "STS_REQUIRE_SOURCE_BINDING")]
+    require_source_binding: bool,
     /// The role a token needs to review other tokens: Kubernetes
     /// TokenReview and OAuth 2.0 introspection callers.
     #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = setting::role)]
@@ -457,6 +469,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_keep_margin: admin_keep_margin(*args.admin_keep_margin, &lifetime)
             .map_err(|e| anyhow::anyhow!("invalid --admin-keep-margin: {e}"))?,
         purge_expired_after: args.purge_expired_after.map(Into::into),
+        record_sources: args.record_sources,
+        require_source_binding: args.require_source_binding,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;

@@ -154,7 +154,17 @@ pub struct ServiceConfig {
     /// `sts_tokens` and its kin (a scan of every token), the expiry
     /// announcements and the purge of long-expired tokens.
     pub token_summary_interval: Duration,
+    /// Refuse a new token, or a change, that leaves a token without
+    /// allowed sources (`--require-source-binding`).
+    pub require_source_binding: bool,
+    /// Record the sources each token is used from (`--record-sources`).
+    pub record_sources: bool,
 }
+
+/// Whether the sources a token is used from are recorded: on, since they
+/// are what tells a token's managers that someone else uses it; off where
+/// addresses are personal data.
+pub const DEFAULT_RECORD_SOURCES: bool = true;
 
 /// A lifetime in the largest whole unit the flags take (`90d`, `12h`,
 /// `30m`, `45s`): humantime's own text turns 90 days into months and hours.
@@ -237,6 +247,8 @@ impl ServiceConfig {
             purge_expired_after: None,
             webhooks: None,
             token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
+            require_source_binding: false,
+            record_sources: DEFAULT_RECORD_SOURCES,
         }
     }
 }

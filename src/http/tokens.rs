@@ -284,7 +284,10 @@ pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
                 routes: RouteParts::parse(ALLOWED_ROUTES, &request.allowed_routes)?,
             });
         let created = service.create(&admin, new).await;
-        created.map_err(|e| e.naming_field("expiration", EXPIRY_DATE))
+        created.map_err(|e| {
+            e.naming_field("expiration", EXPIRY_DATE)
+                .naming_field("allowed_sources", ALLOWED_SOURCES)
+        })
     };
     let (token, created) = manage.run(Rpc::Create, call).await?;
     Ok(with_secret(&token, &created))
@@ -487,6 +490,7 @@ pub async fn patch(
         updated.map_err(|e| {
             e.naming_field("expiration", EXPIRY_DATE)
                 .naming_field("update_mask", "body")
+                .naming_field("allowed_sources", ALLOWED_SOURCES)
         })
     };
     let token = manage.run(Rpc::Update, call).await?;

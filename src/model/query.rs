@@ -82,7 +82,10 @@ pub struct ListFilter {
     /// Over the maximum lifetime: never expiring, or expiring after then.
     /// The service sets it from `over_policy`; stores only read it.
     pub expiring_after: Option<SystemTime>,
-    /// Asked for: tokens the lifetime policy would not allow today.
+    /// Over the source-binding policy: bound to no source. The service
+    /// sets it from `over_policy`; a token over either policy matches.
+    pub without_sources: bool,
+    /// Asked for: tokens a policy would not allow today.
     pub over_policy: bool,
 }
 
@@ -112,6 +115,7 @@ impl ListFilter {
             expiring_before,
             disabled,
             expiring_after: None,
+            without_sources: false,
             over_policy: false,
         })
     }
@@ -143,8 +147,15 @@ impl ListFilter {
             && self
                 .disabled
                 .is_none_or(|disabled| token.disabled == disabled)
-            && self
-                .expiring_after
-                .is_none_or(|after| token.expiration.is_none_or(|expiration| expiration > after))
+            && self.over_a_policy(token)
+    }
+
+    /// No policy asked about, or `token` is over one of those asked about.
+    fn over_a_policy(&self, token: &ServiceToken) -> bool {
+        let over_lifetime = self
+            .expiring_after
+            .is_some_and(|after| token.expiration.is_none_or(|expiration| expiration > after));
+        let unbound = self.without_sources && token.bindings.sources.is_empty();
+        (self.expiring_after.is_none() && !self.without_sources) || over_lifetime || unbound
     }
 }

@@ -225,6 +225,9 @@ impl TokenService {
             new.expiration = now.checked_add(lifetime);
         }
         self.within_policy(new.expiration, now)?;
+        if new.bindings.sources.is_empty() {
+            self.source_binding_required()?;
+        }
         let event = self.draft(|| Draft::created(Actor::of(caller), now)).await;
         let (token, created) = issue(&*self.store, &*self.clock, new, draft_of(&event)).await?;
         self.event_committed(event);
@@ -248,15 +251,19 @@ impl TokenService {
         let now = self.now();
         let resolved;
         let filter = if filter.over_policy {
-            let max = self.config.lifetime.max().ok_or_else(|| {
-                FieldError::new(
+            let max = self.config.lifetime.max();
+            let bound = self.config.require_source_binding;
+            if max.is_none() && !bound {
+                return Err(FieldError::new(
                     "over_policy",
-                    "this server has no maximum token lifetime (--max-token-lifetime) to be over",
+                    "this server has no maximum token lifetime (--max-token-lifetime) nor source-binding policy (--require-source-binding) to be over",
                 )
-            })?;
+                .into());
+            }
             resolved = ListFilter {
                 // Beyond any time a clock can show: nothing is "after" it.
-                expiring_after: Some(now.checked_add(max).unwrap_or(now)),
+                expiring_after: max.map(|max| now.checked_add(max).unwrap_or(now)),
+                without_sources: bound,
                 ..filter.clone()
             };
             &resolved
@@ -322,6 +329,11 @@ impl TokenService {
         // renaming a token made before the policy must stay possible.
         if let Some(expiration) = edit.expiration {
             self.within_policy(expiration, now)?;
+        }
+        // Likewise only a change that unbinds a token's sources is held
+        // to the source-binding policy.
+        if edit.sources.as_ref().is_some_and(|s| s.is_empty()) {
+            self.source_binding_required()?;
         }
         let event = Draft::edited(Actor::of(admin.token()), now);
         let (before, after) = self
@@ -421,6 +433,19 @@ impl TokenService {
             "service token rotated"
         );
         Ok((token, rotated))
+    }
+
+    /// Refused when the server requires every token to be bound to
+    /// sources (`--require-source-binding`); for a token left without any.
+    fn source_binding_required(&self) -> Result<(), Error> {
+        if self.config.require_source_binding {
+            return Err(FieldError::new(
+                "allowed_sources",
+                "is required: this server requires every token to be bound to the sources it is used from (--require-source-binding)",
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// Whether a token expiring at `expiration` (`None`: never) from `now`

@@ -982,3 +982,67 @@ async fn introspection_names_the_audiences_and_a_source_or_route_bound_token_is_
         assert_eq!(introspect(&secret).await, json!({"active": false}));
     }
 }
+
+#[tokio::test]
+async fn the_source_binding_policy_refuses_unbound_tokens_and_lists_those_from_before() {
+    let app = spawn_app_with(
+        sts::config::ServiceConfig {
+            require_source_binding: true,
+            ..Default::default()
+        },
+        server_config(),
+    )
+    .await;
+    // The bootstrap admin is unbound: the way in, listed as over policy.
+    let refused = assert_code(
+        app.client
+            .clone()
+            .create(app.admin(create_request("unbound", &["r"])))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        refused.message().contains("--require-source-binding"),
+        "{}",
+        refused.message()
+    );
+    let (_, bound_token) = app
+        .create_with(bound("bound", &["10.0.0.0/8"], &[], Vec::new()))
+        .await;
+    let unbound = ServiceToken {
+        allowed_sources: Vec::new(),
+        ..bound_token.clone()
+    };
+    assert_code(
+        app.update_token(unbound, &["allowed_sources"]).await,
+        Code::InvalidArgument,
+    );
+    // REST names its own field.
+    let answer = app
+        .rest()
+        .post("/api/security/tokens")
+        .header("x-api-key", &app.admin_token)
+        .json(&json!({"name": "x", "roles": ["r"]}))
+        .json_body()
+        .await;
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("allowedSources"),
+        "{answer}"
+    );
+    let over = app
+        .client
+        .clone()
+        .list(app.admin(ListRequest {
+            over_policy: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .service_tokens;
+    let names: Vec<&str> = over.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["test-admin"]);
+}

@@ -1028,13 +1028,13 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
         // Odd ones made two hours ago: never used, they count as unused
         // from then.
         let created = now - hour * 2 * (i % 2);
+        let mut new = new_token(&name, roles, expiration);
+        if i % 3 == 1 {
+            new.bindings.sources =
+                AllowedSources::parse("allowed_sources", &["10.0.0.0/8"]).unwrap();
+        }
         let token = store
-            .insert(
-                Secret::generate().hash(),
-                &new_token(&name, roles, expiration),
-                created,
-                None,
-            )
+            .insert(Secret::generate().hash(), &new, created, None)
             .await
             .unwrap();
         if i % 4 == 0 {
@@ -1086,6 +1086,17 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
         },
         ListFilter {
             expiring_after: Some(now + hour * 5),
+            ..ListFilter::default()
+        },
+        // Over either policy: unbound, or expiring late (or never).
+        ListFilter {
+            without_sources: true,
+            ..ListFilter::default()
+        },
+        ListFilter {
+            expiring_after: Some(now + hour * 8),
+            without_sources: true,
+            name_prefix: Some("ops".into()),
             ..ListFilter::default()
         },
         ListFilter {

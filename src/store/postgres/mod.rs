@@ -255,7 +255,9 @@ impl Store for PostgresStore {
              AND ($5::timestamptz IS NULL OR COALESCE(last_used_at, created_at) < $5) \
              AND ($6::timestamptz IS NULL OR expires_at < $6) \
              AND ($7::boolean IS NULL OR disabled = $7) \
-             AND ($8::timestamptz IS NULL OR expires_at IS NULL OR expires_at > $8) \
+             AND (($8::timestamptz IS NULL AND NOT $9) \
+                  OR ($8 IS NOT NULL AND (expires_at IS NULL OR expires_at > $8)) \
+                  OR ($9 AND cardinality(allowed_sources) = 0)) \
              ORDER BY id LIMIT $2"
         ))
         .bind(after)
@@ -266,6 +268,7 @@ impl Store for PostgresStore {
         .bind(filter.expiring_before.map(to_db_time))
         .bind(filter.disabled)
         .bind(filter.expiring_after.map(to_db_time))
+        .bind(filter.without_sources)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
