@@ -10,6 +10,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, Mutex, OnceLock, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
@@ -20,7 +21,7 @@ use std::{
 use crate::{
     clock::{Clock, epoch_micros, to_micros},
     metrics::Metrics,
-    model::{MatchedSecret, TokenId},
+    model::{MAX_RECENT_SOURCES, MatchedSecret, RecentSources, TokenId},
     store::{Store, Use},
 };
 
@@ -36,18 +37,67 @@ pub struct LastUsed {
     writer: OnceLock<()>,
 }
 
-/// Microseconds since the epoch of the last queued use (0: none).
+/// Microseconds since the epoch of the last queued use (0: none), per
+/// secret and per source address.
 #[derive(Default)]
 struct Noted {
     current: AtomicU64,
     previous: AtomicU64,
+    /// The sources queued lately, with when: a few per token (those it is
+    /// used from), so a scan beats a map.
+    sources: RwLock<Vec<(IpAddr, u64)>>,
 }
+
+/// Most sources remembered per token between batches: beyond it the
+/// oldest is forgotten (and queued again at its next use).
+const NOTED_SOURCES: usize = 2 * MAX_RECENT_SOURCES;
 
 impl Noted {
     fn slot(&self, secret: MatchedSecret) -> &AtomicU64 {
         match secret {
             MatchedSecret::Current => &self.current,
             MatchedSecret::Previous => &self.previous,
+        }
+    }
+
+    /// Whether a use through `secret` at `now` is the first of its window
+    /// (then it is this caller's to queue).
+    fn claim(&self, secret: MatchedSecret, now: u64, due: impl Fn(u64) -> bool) -> bool {
+        let slot = self.slot(secret);
+        let last = slot.load(Ordering::Relaxed);
+        // Whoever moves the slot queues the use; the others are inside the
+        // new window already.
+        due(last)
+            && slot
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Whether a use from `source` at `now` is the first from there in its
+    /// window.
+    fn claim_source(&self, source: IpAddr, now: u64, due: impl Fn(u64) -> bool) -> bool {
+        {
+            let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
+            if sources.iter().any(|(a, at)| *a == source && !due(*at)) {
+                return false;
+            }
+        }
+        let mut sources = self.sources.write().unwrap_or_else(|e| e.into_inner());
+        match sources.iter_mut().find(|(a, _)| *a == source) {
+            Some((_, at)) if !due(*at) => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                if sources.len() >= NOTED_SOURCES
+                    && let Some(oldest) = (0..sources.len()).min_by_key(|i| sources[*i].1)
+                {
+                    sources.swap_remove(oldest);
+                }
+                sources.push((source, now));
+                true
+            }
         }
     }
 }
@@ -81,43 +131,48 @@ impl LastUsed {
         u64::try_from(self.resolution.as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// `id` was checked successfully through `secret` at `at`.
-    pub fn note(self: &Arc<Self>, id: TokenId, secret: MatchedSecret, at: SystemTime) {
+    /// `id` was checked successfully through `secret` at `at`, from
+    /// `source` when the check knew it.
+    pub fn note(
+        self: &Arc<Self>,
+        id: TokenId,
+        secret: MatchedSecret,
+        at: SystemTime,
+        source: Option<IpAddr>,
+    ) {
         let now = micros(at);
         let window = self.window();
         // Within the window of the last queued use (or before it: a clock
         // that stepped back): nothing to do.
         let due = |last: u64| last == 0 || now.saturating_sub(last) >= window;
-        {
+        let source = source.map(|s| s.to_canonical());
+        let claim = |entry: &Noted| {
+            let used = entry.claim(secret, now, due);
+            let seen = source.filter(|s| entry.claim_source(*s, now, due));
+            (used, seen)
+        };
+        let claimed = {
             let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(entry) = noted.get(&id.get()) {
-                let slot = entry.slot(secret);
-                let last = slot.load(Ordering::Relaxed);
-                // Whoever moves the slot queues the use; the others are
-                // inside the new window already.
-                if !due(last)
-                    || slot
-                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_err()
-                {
-                    return;
-                }
-                drop(noted);
-                return self.queue(id, secret, at);
-            }
-        }
-        {
+            noted.get(&id.get()).map(claim)
+        };
+        let (used, seen) = claimed.unwrap_or_else(|| {
             let mut noted = self.noted.write().unwrap_or_else(|e| e.into_inner());
-            let slot = noted.entry(id.get()).or_default().slot(secret);
-            if !due(slot.load(Ordering::Relaxed)) {
-                return;
-            }
-            slot.store(now, Ordering::Relaxed);
+            claim(noted.entry(id.get()).or_default())
+        });
+        if used || seen.is_some() {
+            self.queue(id, secret, at, seen);
         }
-        self.queue(id, secret, at);
     }
 
-    fn queue(self: &Arc<Self>, id: TokenId, secret: MatchedSecret, at: SystemTime) {
+    /// Queues a use (any use is one of "either secret", so a use queued
+    /// for its source alone moves `at` rightly too).
+    fn queue(
+        self: &Arc<Self>,
+        id: TokenId,
+        secret: MatchedSecret,
+        at: SystemTime,
+        source: Option<IpAddr>,
+    ) {
         let at = to_micros(at);
         self.writer.get_or_init(|| {
             tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
@@ -127,10 +182,14 @@ impl LastUsed {
             id,
             at,
             previous_at: None,
+            sources: RecentSources::default(),
         });
         entry.at = entry.at.max(at);
         if secret == MatchedSecret::Previous {
             entry.previous_at = Some(entry.previous_at.map_or(at, |p| p.max(at)));
+        }
+        if let Some(source) = source {
+            entry.sources.see(source, at);
         }
     }
 
@@ -153,7 +212,14 @@ impl LastUsed {
                 tracing::warn!(error = %e, tokens = batch.len(), "could not record last-used times; will retry");
                 let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 for used in batch {
-                    pending.entry(used.id.get()).or_insert(used);
+                    match pending.entry(used.id.get()) {
+                        std::collections::hash_map::Entry::Occupied(mut newer) => {
+                            newer.get_mut().sources.merge(&used.sources);
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(used);
+                        }
+                    }
                 }
             }
         }

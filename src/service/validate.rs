@@ -133,10 +133,10 @@ impl TokenService {
         presented: &str,
         context: &CheckContext<'_>,
     ) -> Result<Validation, Error> {
-        self.counted(
-            self.check(presented, |bindings| bindings.admits(context))
-                .await,
-        )
+        let check = self.check(presented, context.source, |bindings| {
+            bindings.admits(context)
+        });
+        self.counted(check.await)
     }
 
     fn counted(&self, validation: Result<Validation, Error>) -> Result<Validation, Error> {
@@ -151,6 +151,7 @@ impl TokenService {
     pub(super) async fn check(
         &self,
         presented: &str,
+        source: Option<IpAddr>,
         admit: impl FnOnce(&Bindings) -> Result<(), BindingRefusal>,
     ) -> Result<Validation, Error> {
         let hash = match TokenHash::of_presented(presented) {
@@ -180,7 +181,8 @@ impl TokenService {
             return Ok(Validation::Invalid(InvalidReason::NotAllowed(refusal)));
         }
         if let Some(last_used) = &self.last_used {
-            last_used.note(stored.token.id, secret, now);
+            let source = source.filter(|_| self.config.record_sources);
+            last_used.note(stored.token.id, secret, now, source);
         }
         Ok(Validation::Valid(stored.token.seen_at(now), secret))
     }
@@ -314,7 +316,9 @@ impl TokenService {
         secret: &str,
         review: ReviewFor<'_>,
     ) -> Result<Validation, Error> {
-        self.counted(self.check(secret, |bindings| review.admits(bindings)).await)
+        // The source of a review is the reviewer's, not the token's.
+        let check = self.check(secret, None, |bindings| review.admits(bindings));
+        self.counted(check.await)
     }
 
     /// The caller as an [`Admin`], if its credential is valid and holds the

@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use crate::{
     cache::ValidationCache,
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
+    model::{
+        Change, Etag, ListFilter, NewToken, RecentSources, ServiceToken, StoredToken, TokenId,
+        TokenSummary,
+    },
     token::TokenHash,
 };
 
@@ -68,13 +71,15 @@ pub enum Outcome<T> {
     Stale(Etag),
 }
 
-/// A token was used (checked successfully): last at `at`, and through its
-/// previous secret (in its grace period) last at `previous_at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A token was used (checked successfully): last at `at`, through its
+/// previous secret (in its grace period) last at `previous_at`, and from
+/// `sources` (merged into the token's recent sources, as replicas merge).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Use {
     pub id: TokenId,
     pub at: SystemTime,
     pub previous_at: Option<SystemTime>,
+    pub sources: RecentSources,
 }
 
 /// The error a backend's failure came with: a driver's, the operating

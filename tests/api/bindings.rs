@@ -1046,3 +1046,106 @@ async fn the_source_binding_policy_refuses_unbound_tokens_and_lists_those_from_b
     let names: Vec<&str> = over.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["test-admin"]);
 }
+
+#[tokio::test]
+async fn the_sources_a_token_is_used_from_are_recorded_for_its_managers_only() {
+    let app = behind_a_trusted_proxy().await;
+    let (secret, created) = app.create("ci", &["deployer"]).await;
+    fn from(source: &str) -> Seen<'_> {
+        Seen {
+            source,
+            ..Seen::default()
+        }
+    }
+    // Through Validate (the caller states the source) and forward-auth
+    // (the client a trusted proxy names), IPv4-mapped read as IPv4.
+    for source in ["10.0.0.1", "2001:db8::1", "::ffff:10.0.0.1"] {
+        assert!(
+            app.validate_seen(&secret, from(source))
+                .await
+                .unwrap()
+                .valid
+        );
+    }
+    let through_proxy = app
+        .rest()
+        .get("/api/auth")
+        .header("x-api-key", &secret)
+        .header("x-forwarded-for", "192.0.2.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through_proxy.status(), 200);
+    // A check without a source records none; a refused check nothing.
+    assert!(app.validate(&secret).await.valid);
+    app.service.write_last_used().await;
+    let token = app.get_token(created.id).await;
+    let mut addresses: Vec<&str> = token
+        .recent_sources
+        .iter()
+        .map(|s| s.address.as_str())
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, ["10.0.0.1", "192.0.2.9", "2001:db8::1"]);
+    assert!(
+        token
+            .recent_sources
+            .iter()
+            .all(|s| s.last_seen_at.is_some())
+    );
+    // REST and the CLI show them; a check's answer never does.
+    let rest: Value = app
+        .rest()
+        .get(&format!("/api/security/tokens/{}", created.id))
+        .header("x-api-key", &app.admin_token)
+        .json_body()
+        .await;
+    assert_eq!(rest["recentSources"].as_array().unwrap().len(), 3, "{rest}");
+    let answer = app.validate_seen(&secret, from("10.0.0.1")).await.unwrap();
+    assert!(answer.service_token.unwrap().recent_sources.is_empty());
+    let status: Value = app
+        .rest()
+        .get("/api/server/status")
+        .header("x-api-key", &secret)
+        .json_body()
+        .await;
+    assert!(
+        status["serviceToken"].get("recentSources").is_none(),
+        "{status}"
+    );
+    let terminal = crate::cli::Terminal::logged_in(&app).await;
+    let described = terminal
+        .sts(&["service-token", "describe", &created.id.to_string()])
+        .await
+        .ok();
+    let row = described
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("RECENT SOURCES"))
+        .unwrap();
+    for address in ["10.0.0.1", "192.0.2.9", "2001:db8::1"] {
+        assert!(row.contains(address), "{row}");
+    }
+}
+
+#[tokio::test]
+async fn with_recording_off_no_source_is_kept() {
+    let app = spawn_app_with(
+        sts::config::ServiceConfig {
+            record_sources: false,
+            ..Default::default()
+        },
+        server_config(),
+    )
+    .await;
+    let (secret, created) = app.create("ci", &["deployer"]).await;
+    let seen = Seen {
+        source: "10.0.0.1",
+        ..Seen::default()
+    };
+    assert!(app.validate_seen(&secret, seen).await.unwrap().valid);
+    app.service.write_last_used().await;
+    let token = app.get_token(created.id).await;
+    assert!(token.last_used_at.is_some(), "the use is recorded");
+    assert!(token.recent_sources.is_empty(), "{token:?}");
+}

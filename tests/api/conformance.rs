@@ -13,8 +13,8 @@ use sts::{
     events::{Actor, Draft, Settle},
     model::{
         AllowedRoutes, AllowedSources, Audiences, Change, Description, Edit, Etag, LabelEdit,
-        Labels, ListFilter, MatchedSecret, NewToken, Role, Roles, RouteRule, ServiceToken, TokenId,
-        TokenName, TokenSummary,
+        Labels, ListFilter, MatchedSecret, NewToken, RecentSources, Role, Roles, RouteRule,
+        ServiceToken, TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Secret,
@@ -809,6 +809,7 @@ async fn the_summary_counts_as_the_model_does(backend: &mut Backend) {
                         id: token.id,
                         at: now - day,
                         previous_at: None,
+                        sources: Default::default(),
                     }])
                     .await
                     .unwrap();
@@ -888,6 +889,7 @@ async fn a_change_holds_to_its_etag(backend: &mut Backend) {
             id: token.id,
             at: now,
             previous_at: None,
+            sources: Default::default(),
         }])
         .await
         .unwrap();
@@ -969,6 +971,7 @@ async fn uses_only_move_forward(backend: &mut Backend) {
         id: token.id,
         at,
         previous_at,
+        sources: Default::default(),
     };
     store.record_uses(&[used(t2, None)]).await.unwrap();
     store.record_uses(&[used(t1, None)]).await.unwrap();
@@ -998,6 +1001,7 @@ async fn uses_only_move_forward(backend: &mut Backend) {
         id: TokenId::parse(1).unwrap(),
         at: t3,
         previous_at: None,
+        sources: Default::default(),
     };
     store
         .record_uses(&[gone, used(t3, Some(t3))])
@@ -1051,6 +1055,7 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
                     id: token.id,
                     at,
                     previous_at: None,
+                    sources: Default::default(),
                 }])
                 .await
                 .unwrap();
@@ -1164,8 +1169,12 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
         id: inserted.id,
         at: now + Duration::from_secs(2),
         previous_at: Some(now + Duration::from_secs(2)),
+        sources: RecentSources::of([
+            ("10.0.0.1".parse().unwrap(), now + Duration::from_secs(1)),
+            ("2001:db8::1".parse().unwrap(), now + Duration::from_secs(2)),
+        ]),
     };
-    from.record_uses(&[used]).await.unwrap();
+    from.record_uses(std::slice::from_ref(&used)).await.unwrap();
     let mut lines = Vec::new();
     sts::export::export(&*from, &mut lines).await.unwrap();
     let original = from.get(inserted.id).await.unwrap().unwrap();
@@ -1186,6 +1195,7 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
         token.previous_secret.unwrap().last_used_at,
         used.previous_at
     );
+    assert_eq!(token.recent_sources, used.sources);
     for secret in [&first, &second] {
         let found = store.find_by_hash(&secret.hash()).await.unwrap().unwrap();
         assert_eq!(found.token.id, inserted.id);
@@ -1196,26 +1206,49 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
     }
 }
 
-/// Two replicas record uses of one token in either order: the latest wins.
+/// Two replicas record uses of one token in either order: the latest wins,
+/// and the sources each saw merge.
 async fn uses_recorded_by_two_replicas_keep_the_latest(backend: &mut Backend) {
     let store = backend.store();
     let other = backend.replica().await.unwrap();
     let (_, token) = insert(&*store, "shared").await;
     let t1 = now_micros();
     let t2 = t1 + Duration::from_secs(30);
-    let used = |at| Use {
+    let used = |at, source: &str| Use {
         id: token.id,
         at,
         previous_at: None,
+        sources: RecentSources::of([(source.parse().unwrap(), at)]),
     };
-    let (later, earlier) = ([used(t2)], [used(t1)]);
+    let (later, earlier) = ([used(t2, "10.0.0.2")], [used(t1, "10.0.0.1")]);
     let (a, b) = tokio::join!(store.record_uses(&later), other.record_uses(&earlier));
     a.unwrap();
     b.unwrap();
+    // Sources merge as the model merges them: both land, the latest first.
+    let expected = RecentSources::of([
+        ("10.0.0.1".parse().unwrap(), t1),
+        ("10.0.0.2".parse().unwrap(), t2),
+    ]);
     for reader in [&store, &other] {
         let read = reader.get(token.id).await.unwrap().unwrap().token;
         assert_eq!(read.last_used_at, Some(t2));
+        assert_eq!(read.recent_sources, expected);
     }
+    // Six more sources on one replica: the five most recent stay.
+    let more: Vec<Use> = (3..9)
+        .map(|i| used(t2 + Duration::from_secs(i), &format!("10.0.0.{i}")))
+        .collect();
+    other.record_uses(&more).await.unwrap();
+    let read = store.get(token.id).await.unwrap().unwrap().token;
+    let kept: Vec<String> = read
+        .recent_sources
+        .iter()
+        .map(|(a, _)| a.to_string())
+        .collect();
+    assert_eq!(
+        kept,
+        ["10.0.0.8", "10.0.0.7", "10.0.0.6", "10.0.0.5", "10.0.0.4"]
+    );
 }
 
 fn actor() -> Actor {

@@ -137,6 +137,42 @@ async fn ten_thousand_validations_in_one_window_cost_one_write() {
 }
 
 #[tokio::test]
+async fn sources_cost_one_write_per_window_too_and_a_new_one_is_queued_at_once() {
+    let app = spawn_router_with(resolution(Duration::from_secs(60))).await;
+    let (secret, _) = app.create("hot", &["r"]).await;
+    let from = |address: &str| CheckContext {
+        source: Some(address.parse().unwrap()),
+        ..CheckContext::default()
+    };
+    let (a, b) = (from("10.0.0.1"), from("10.0.0.2"));
+    let writes = app.metric(WRITES).await;
+    for i in 0..10_000 {
+        let context = if i % 2 == 0 { &a } else { &b };
+        app.service.validate(&secret, context).await.unwrap();
+    }
+    app.service.write_last_used().await;
+    assert_eq!(app.metric(WRITES).await, writes + 1.0, "one batch");
+    // Inside the window, a source already noted costs nothing; a new one
+    // is a use to write.
+    app.clock.advance(Duration::from_secs(10));
+    for _ in 0..1_000 {
+        app.service.validate(&secret, &a).await.unwrap();
+    }
+    app.service.write_last_used().await;
+    assert_eq!(
+        app.metric(WRITES).await,
+        writes + 1.0,
+        "nothing new to write"
+    );
+    app.service
+        .validate(&secret, &from("10.0.0.3"))
+        .await
+        .unwrap();
+    app.service.write_last_used().await;
+    assert_eq!(app.metric(WRITES).await, writes + 2.0);
+}
+
+#[tokio::test]
 async fn a_zero_resolution_turns_tracking_off() {
     let app = spawn_router_with(resolution(Duration::ZERO)).await;
     let (secret, id) = app.create("untracked", &["r"]).await;

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use prost::Message;
 
-use crate::model::{Bindings, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken};
+use crate::model::{
+    Bindings, RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken,
+};
 use crate::store::{Cause, StoreError};
 
 /// The newest record format this release writes and reads. Records of
@@ -232,6 +234,32 @@ impl Record {
             sources_announced_at: record.sources_announced_at.map(time).transpose()?,
         })
         .map_err(|e| corrupt(e.into()))
+    }
+}
+
+impl Record {
+    /// The record's recent sources with `seen` merged in, as every replica
+    /// merges them. An entry this release cannot read is dropped: it is
+    /// usage, and the merge keeps only the newest anyway.
+    pub(super) fn merge_sources(&mut self, seen: &RecentSources) {
+        let kept = self.recent_sources.iter().filter_map(|source| {
+            let address = source.address.parse().ok()?;
+            let at = SystemTime::try_from(source.seen_at?).ok()?;
+            Some((address, at))
+        });
+        let announced_at = self
+            .sources_announced_at
+            .and_then(|ts| SystemTime::try_from(ts).ok());
+        let mut recent = RecentSources::read_back(kept, announced_at);
+        recent.merge(seen);
+        self.recent_sources = SeenSource::of(&recent)
+            .into_iter()
+            .map(|SeenSource { address, at }| SourceRecord {
+                address,
+                seen_at: Some(at.into()),
+            })
+            .collect();
+        self.sources_announced_at = recent.announced_at().map(Into::into);
     }
 }
 

@@ -298,6 +298,9 @@ impl Trees {
             {
                 record.previous_last_used_at = latest(record.previous_last_used_at, at);
             }
+            if !used.sources.is_empty() {
+                record.merge_sources(&used.sources);
+            }
             tokens.insert(&key, record.encode_to_vec())?;
             Ok(())
         });

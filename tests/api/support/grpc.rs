@@ -70,13 +70,14 @@ pub fn checked(token: ServiceToken) -> ServiceToken {
     }
 }
 
-/// `tokens` with their last-used times cleared: what stays the same while
-/// tokens are used.
+/// `tokens` with their last-used times and sources cleared: what stays
+/// the same while tokens are used.
 pub fn without_last_use(tokens: Vec<ServiceToken>) -> Vec<ServiceToken> {
     tokens
         .into_iter()
         .map(|token| ServiceToken {
             last_used_at: None,
+            recent_sources: Vec::new(),
             ..token
         })
         .collect()
