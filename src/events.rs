@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     clock::rfc3339,
-    model::{Bindings, RouteParts, ServiceToken, TokenId},
+    model::{Bindings, RecentSources, RouteParts, ServiceToken, TokenId},
 };
 
 /// What happened to a token, as `type` and `X-Sts-Event` name it.
@@ -34,6 +34,7 @@ pub enum EventType {
     Leaked,
     Expiring,
     Expired,
+    NewSource,
 }
 
 impl EventType {
@@ -49,6 +50,7 @@ impl EventType {
             EventType::Leaked => "token.leaked",
             EventType::Expiring => "token.expiring",
             EventType::Expired => "token.expired",
+            EventType::NewSource => "token.new_source",
         }
     }
 }
@@ -264,9 +266,41 @@ struct EventJson<'a> {
     token: EventToken<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<ActorJson>,
-    /// The address a leaked token's revocation came from.
+    /// The address a leaked token's revocation came from, or the new
+    /// address a token was used from.
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
+    /// The sources a token was used from before a new one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent_sources: Option<Vec<SourceJson>>,
+}
+
+#[derive(Serialize)]
+struct SourceJson {
+    address: String,
+    last_seen_at: String,
+}
+
+/// `token.new_source`: `token` (as it is now) was used from `source`, an
+/// address outside `recent` (its recent sources until then), at `at`.
+pub fn new_source(
+    token: &ServiceToken,
+    source: IpAddr,
+    recent: &RecentSources,
+    at: SystemTime,
+) -> Event {
+    Event::build(EventType::NewSource, at, token, |body| {
+        body.source = Some(source.to_string());
+        body.recent_sources = Some(
+            recent
+                .iter()
+                .map(|(address, seen)| SourceJson {
+                    address: address.to_string(),
+                    last_seen_at: rfc3339(seen),
+                })
+                .collect(),
+        );
+    })
 }
 
 #[derive(Serialize)]
@@ -356,6 +390,7 @@ impl Event {
             },
             actor: None,
             source: None,
+            recent_sources: None,
         };
         fill(&mut body);
         let bytes = serde_json::to_vec(&body).expect("an event always serializes");

@@ -22,12 +22,30 @@ use crate::{
     clock::{Clock, epoch_micros, to_micros},
     metrics::Metrics,
     model::{MAX_RECENT_SOURCES, MatchedSecret, RecentSources, TokenId},
-    store::{Store, Use},
+    store::{Store, StoreError, Use},
 };
+
+/// How a batch of uses reaches the store: plainly, or (the service's, with
+/// webhooks on) announcing new sources when the outbox has room.
+#[async_trait::async_trait]
+pub trait UseWriter: Send + Sync {
+    async fn write(&self, store: &dyn Store, batch: &[Use]) -> Result<(), StoreError>;
+}
+
+/// Writes uses and announces nothing.
+pub struct Plainly;
+
+#[async_trait::async_trait]
+impl UseWriter for Plainly {
+    async fn write(&self, store: &dyn Store, batch: &[Use]) -> Result<(), StoreError> {
+        store.record_uses(batch, None).await.map(|_| ())
+    }
+}
 
 pub struct LastUsed {
     resolution: Duration,
     store: Arc<dyn Store>,
+    writer_of_uses: Arc<dyn UseWriter>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     /// When each recently used token's use was last queued, per secret.
@@ -111,6 +129,7 @@ impl LastUsed {
     pub fn new(
         resolution: Duration,
         store: Arc<dyn Store>,
+        writer_of_uses: Arc<dyn UseWriter>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Option<Arc<LastUsed>> {
@@ -118,6 +137,7 @@ impl LastUsed {
             Arc::new(LastUsed {
                 resolution,
                 store,
+                writer_of_uses,
                 clock,
                 metrics,
                 noted: RwLock::default(),
@@ -205,7 +225,7 @@ impl LastUsed {
         if batch.is_empty() {
             return;
         }
-        match self.store.record_uses(&batch).await {
+        match self.writer_of_uses.write(&*self.store, &batch).await {
             Ok(()) => self.metrics.last_used_batch(batch.len() as u64, true),
             Err(e) => {
                 self.metrics.last_used_batch(batch.len() as u64, false);

@@ -21,7 +21,7 @@ use crate::{
     cache::ValidationCache,
     clock::{Clock, to_micros},
     config::ServiceConfig,
-    last_used::LastUsed,
+    last_used::{LastUsed, Plainly, UseWriter},
     metrics::Metrics,
     source_limit::SourceLimit,
     store::Store,
@@ -31,7 +31,7 @@ pub use crate::audit::AUDIT;
 
 use manage::to_completion;
 pub use manage::{Admin, Page, bootstrap};
-use outbox::{Outbox, draft_of};
+use outbox::{AnnouncingUses, Outbox, draft_of};
 pub use revoke::{MAX_REVOKED_PER_CALL, REVOKE_CALLS_PER_MINUTE, Revoked};
 pub use validate::{Authenticated, InvalidReason, ReviewFor, Reviewer, Validation};
 
@@ -71,7 +71,7 @@ pub struct TokenService {
     last_used: Option<Arc<LastUsed>>,
     /// Of leaked-token revocations, which need no credential.
     revocations: SourceLimit,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
     /// The last store check failed (`server::watch_store` keeps it): calls
     /// that need the store are answered UNAVAILABLE at once meanwhile,
     /// rather than each waiting out the database pool's acquire timeout.
@@ -89,10 +89,23 @@ impl TokenService {
         config: ServiceConfig,
     ) -> TokenService {
         let metrics = Arc::new(Metrics::with(|registry| store.register_metrics(registry)));
+        let outbox = Arc::new(Outbox::default());
+        // New sources are announced only where events are recorded and
+        // sources are.
+        let writer_of_uses: Arc<dyn UseWriter> = match &config.webhooks {
+            Some(webhooks) if config.record_sources => Arc::new(AnnouncingUses {
+                outbox: outbox.clone(),
+                capacity: webhooks.outbox_capacity,
+                every: config.last_used_resolution,
+                clock: clock.clone(),
+            }),
+            _ => Arc::new(Plainly),
+        };
         TokenService {
             last_used: LastUsed::new(
                 config.last_used_resolution,
                 store.clone(),
+                writer_of_uses,
                 clock.clone(),
                 metrics.clone(),
             ),
@@ -100,7 +113,7 @@ impl TokenService {
             cache: store.validation_cache(),
             refusals: Refusals::new(config.refusal_summary_interval),
             revocations: SourceLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
-            outbox: Outbox::default(),
+            outbox,
             store_away: AtomicBool::new(false),
             last_store_failure: Mutex::new(None),
             store,

@@ -3,15 +3,21 @@
 //! keep the count true.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::sync::Notify;
 
 use crate::{
+    clock::{Clock, to_micros},
     error::Error,
     events::{Draft, OutboxStats, Pending, Settle},
+    last_used::UseWriter,
+    store::{Announce, Store, StoreError, Use},
 };
 
 use super::TokenService;
@@ -70,6 +76,58 @@ pub(super) struct Outbox {
     written: Notify,
 }
 
+impl Outbox {
+    /// Whether `pending` events leave room below `capacity`; says so once
+    /// when they do not.
+    fn has_room(&self, pending: u64, capacity: u64) -> bool {
+        if pending < capacity {
+            return true;
+        }
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                pending,
+                capacity,
+                "the event outbox is full: new events are dropped until webhooks take some (see sts_events_pending)"
+            );
+        }
+        false
+    }
+}
+
+/// Writes a batch of uses announcing new sources (`token.new_source`),
+/// held to the outbox as every event is: under the gate, only while the
+/// outbox has room, and counted once written.
+pub(super) struct AnnouncingUses {
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) capacity: u64,
+    /// At most one announcement per token per this long: the last-used
+    /// resolution, the window a batch covers.
+    pub(super) every: Duration,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+#[async_trait::async_trait]
+impl UseWriter for AnnouncingUses {
+    async fn write(&self, store: &dyn Store, batch: &[Use]) -> Result<(), StoreError> {
+        let _gate = self.outbox.gate.read().await;
+        let pending = self.outbox.pending.load(Ordering::Relaxed)
+            + self.outbox.drafting.load(Ordering::Relaxed);
+        let announce = self
+            .outbox
+            .has_room(pending, self.capacity)
+            .then(|| Announce {
+                at: to_micros(self.clock.now()),
+                every: self.every,
+            });
+        let announced = store.record_uses(batch, announce).await?;
+        if announced > 0 {
+            self.outbox.pending.fetch_add(announced, Ordering::Relaxed);
+            self.outbox.written.notify_one();
+        }
+        Ok(())
+    }
+}
+
 impl TokenService {
     /// The event to record with a change, when webhooks are on and the
     /// outbox has room. A full outbox drops the event (counted, logged
@@ -97,20 +155,9 @@ impl TokenService {
         Some(drafted)
     }
 
-    /// Whether `pending` events leave room below `capacity`; says so once
-    /// when they do not.
+    /// Whether `pending` events leave room below `capacity`.
     fn outbox_has_room(&self, pending: u64, capacity: u64) -> bool {
-        if pending < capacity {
-            return true;
-        }
-        if !self.outbox.full.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                pending,
-                capacity,
-                "the event outbox is full: new events are dropped until webhooks take some (see sts_events_pending)"
-            );
-        }
-        false
+        self.outbox.has_room(pending, capacity)
     }
 
     /// Records the expiry events due now (`token.expiring` at 30, 7 and 1

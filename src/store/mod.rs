@@ -30,7 +30,11 @@ mod rules;
 pub mod sled;
 
 pub(crate) use self::rules::{Planned, expiry_due, found_by, fresh_ids, planned, readable, stale};
-pub use self::{postgres::PostgresStore, rules::KeepAdmin, sled::SledStore};
+pub use self::{
+    postgres::PostgresStore,
+    rules::{KeepAdmin, new_source},
+    sled::SledStore,
+};
 
 /// What [`Store::import`] did with one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,5 +316,23 @@ pub trait UseRecords: Send + Sync {
     /// (the latest wins, whichever replica wrote it), and a token gone in
     /// the meantime is skipped. One flush for the batch; never a cache
     /// invalidation (a use changes nothing a validation depends on).
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError>;
+    ///
+    /// With `announce`, a token used from a source outside its recent
+    /// ones gets a `token.new_source` event in the same transaction (see
+    /// [`new_source`]); returns how many such events it wrote.
+    async fn record_uses(
+        &self,
+        uses: &[Use],
+        announce: Option<Announce>,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Whether and when a batch of uses announces new sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// The batch's time: an announcement is dated by it.
+    pub at: SystemTime,
+    /// At most one announcement per token per this long, whichever
+    /// replica makes it (the time of the last is kept with the sources).
+    pub every: std::time::Duration,
 }

@@ -1,17 +1,17 @@
 //! The rules every store keeps alike, written once beside the traits: how a
 //! new token's id is drawn, when a lookup by hash is a match, the lockout
-//! rule, the etag check, when an expiry step is due, and what a scan does
-//! with a record it cannot read.
+//! rule, the etag check, when an expiry step is due, what a scan does
+//! with a record it cannot read, and when a use announces a new source.
 
-use std::time::SystemTime;
+use std::{net::IpAddr, time::SystemTime};
 
 use crate::{
     events::Expiry,
-    model::{Change, Etag, Role, ServiceToken, StoredToken, TokenId},
+    model::{Change, Etag, RecentSources, Role, ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
 
-use super::{Outcome, StoreError, with_causes};
+use super::{Announce, Outcome, StoreError, with_causes};
 
 /// Attempts at drawing an id that is not taken, in every store. With 2^53
 /// ids a second attempt is already vanishingly rare.
@@ -162,4 +162,29 @@ pub(crate) fn readable(
             None
         }
     }
+}
+
+/// The source a batch's use of a token announces, if any: the most recent
+/// of `seen` outside `before` (the token's recent sources as the store
+/// holds them), when the token had recent sources at all (its first ones
+/// are its baseline, not news) and its last announcement, by any replica,
+/// is at least `announce.every` old. At most one per token per window, so
+/// a token roaming a fleet cannot flood the receivers.
+pub fn new_source(
+    before: &RecentSources,
+    seen: &RecentSources,
+    announce: &Announce,
+) -> Option<IpAddr> {
+    if before.is_empty() {
+        return None;
+    }
+    let quiet = before
+        .announced_at()
+        .is_none_or(|last| last + announce.every <= announce.at);
+    if !quiet {
+        return None;
+    }
+    seen.iter()
+        .map(|(address, _)| address)
+        .find(|address| !before.iter().any(|(known, _)| known == *address))
 }

@@ -805,12 +805,15 @@ async fn the_summary_counts_as_the_model_does(backend: &mut Backend) {
             if j == 2 && i % 2 == 0 {
                 // Used recently after all.
                 store
-                    .record_uses(&[Use {
-                        id: token.id,
-                        at: now - day,
-                        previous_at: None,
-                        sources: Default::default(),
-                    }])
+                    .record_uses(
+                        &[Use {
+                            id: token.id,
+                            at: now - day,
+                            previous_at: None,
+                            sources: Default::default(),
+                        }],
+                        None,
+                    )
                     .await
                     .unwrap();
             }
@@ -885,12 +888,15 @@ async fn a_change_holds_to_its_etag(backend: &mut Backend) {
     let read = Etag::of(&token);
     // A use changes nothing the etag covers.
     store
-        .record_uses(&[Use {
-            id: token.id,
-            at: now,
-            previous_at: None,
-            sources: Default::default(),
-        }])
+        .record_uses(
+            &[Use {
+                id: token.id,
+                at: now,
+                previous_at: None,
+                sources: Default::default(),
+            }],
+            None,
+        )
         .await
         .unwrap();
     let used = store.get(token.id).await.unwrap().unwrap().token;
@@ -973,13 +979,16 @@ async fn uses_only_move_forward(backend: &mut Backend) {
         previous_at,
         sources: Default::default(),
     };
-    store.record_uses(&[used(t2, None)]).await.unwrap();
-    store.record_uses(&[used(t1, None)]).await.unwrap();
+    store.record_uses(&[used(t2, None)], None).await.unwrap();
+    store.record_uses(&[used(t1, None)], None).await.unwrap();
     let read = store.get(token.id).await.unwrap().unwrap().token;
     assert_eq!(read.last_used_at, Some(t2), "the latest use wins");
     assert_eq!(read.updated_at, token.updated_at, "a use is not an update");
     // A previous secret's use is kept only while there is one.
-    store.record_uses(&[used(t2, Some(t2))]).await.unwrap();
+    store
+        .record_uses(&[used(t2, Some(t2))], None)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .get(token.id)
@@ -1004,7 +1013,7 @@ async fn uses_only_move_forward(backend: &mut Backend) {
         sources: Default::default(),
     };
     store
-        .record_uses(&[gone, used(t3, Some(t3))])
+        .record_uses(&[gone, used(t3, Some(t3))], None)
         .await
         .unwrap();
     let read = store.get(token.id).await.unwrap().unwrap().token;
@@ -1051,12 +1060,15 @@ async fn filters_select_the_same_tokens_on_every_backend(backend: &mut Backend) 
         if i % 5 == 0 {
             let at = now + Duration::from_secs(i as u64);
             store
-                .record_uses(&[Use {
-                    id: token.id,
-                    at,
-                    previous_at: None,
-                    sources: Default::default(),
-                }])
+                .record_uses(
+                    &[Use {
+                        id: token.id,
+                        at,
+                        previous_at: None,
+                        sources: Default::default(),
+                    }],
+                    None,
+                )
                 .await
                 .unwrap();
         }
@@ -1174,7 +1186,9 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
             ("2001:db8::1".parse().unwrap(), now + Duration::from_secs(2)),
         ]),
     };
-    from.record_uses(std::slice::from_ref(&used)).await.unwrap();
+    from.record_uses(std::slice::from_ref(&used), None)
+        .await
+        .unwrap();
     let mut lines = Vec::new();
     sts::export::export(&*from, &mut lines).await.unwrap();
     let original = from.get(inserted.id).await.unwrap().unwrap();
@@ -1221,7 +1235,10 @@ async fn uses_recorded_by_two_replicas_keep_the_latest(backend: &mut Backend) {
         sources: RecentSources::of([(source.parse().unwrap(), at)]),
     };
     let (later, earlier) = ([used(t2, "10.0.0.2")], [used(t1, "10.0.0.1")]);
-    let (a, b) = tokio::join!(store.record_uses(&later), other.record_uses(&earlier));
+    let (a, b) = tokio::join!(
+        store.record_uses(&later, None),
+        other.record_uses(&earlier, None)
+    );
     a.unwrap();
     b.unwrap();
     // Sources merge as the model merges them: both land, the latest first.
@@ -1238,7 +1255,7 @@ async fn uses_recorded_by_two_replicas_keep_the_latest(backend: &mut Backend) {
     let more: Vec<Use> = (3..9)
         .map(|i| used(t2 + Duration::from_secs(i), &format!("10.0.0.{i}")))
         .collect();
-    other.record_uses(&more).await.unwrap();
+    other.record_uses(&more, None).await.unwrap();
     let read = store.get(token.id).await.unwrap().unwrap().token;
     let kept: Vec<String> = read
         .recent_sources
@@ -1249,6 +1266,93 @@ async fn uses_recorded_by_two_replicas_keep_the_latest(backend: &mut Backend) {
         kept,
         ["10.0.0.8", "10.0.0.7", "10.0.0.6", "10.0.0.5", "10.0.0.4"]
     );
+}
+
+/// A use of `token` from `source` at `at`.
+fn used_from(token: &ServiceToken, source: &str, at: SystemTime) -> Use {
+    Use {
+        id: token.id,
+        at,
+        previous_at: None,
+        sources: RecentSources::of([(source.parse().unwrap(), at)]),
+    }
+}
+
+/// A new source is announced once, in the batch's transaction: never a
+/// token's first sources (its baseline), at most once per window, with
+/// the new address and the sources known before.
+async fn a_new_source_is_announced_once_per_window(backend: &mut Backend) {
+    let store = backend.store();
+    let (_, token) = insert(&*store, "roaming").await;
+    let t0 = now_micros();
+    let minute = Duration::from_secs(60);
+    let announce = |at| Some(sts::store::Announce { at, every: minute });
+    let record = |source: &'static str, at: SystemTime| {
+        let store = store.clone();
+        let used = used_from(&token, source, at);
+        async move { store.record_uses(&[used], announce(at)).await.unwrap() }
+    };
+    assert_eq!(record("10.0.0.1", t0).await, 0, "the baseline");
+    assert_eq!(record("10.0.0.1", t0 + minute).await, 0, "known");
+    assert_eq!(record("192.0.2.7", t0 + minute * 2).await, 1, "new");
+    assert_eq!(
+        record("192.0.2.8", t0 + minute * 2 + Duration::from_secs(30)).await,
+        0,
+        "within the window"
+    );
+    assert_eq!(
+        record("192.0.2.9", t0 + minute * 4).await,
+        1,
+        "a window later"
+    );
+    // Without `announce`, sources are recorded and nothing announced.
+    let quiet = used_from(&token, "198.51.100.1", t0 + minute * 10);
+    assert_eq!(store.record_uses(&[quiet], None).await.unwrap(), 0);
+    let pending = store
+        .claim_events(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        event_types(&pending),
+        ["token.new_source", "token.new_source"]
+    );
+    let body: serde_json::Value = serde_json::from_slice(&pending[0].event.body).unwrap();
+    assert_eq!(body["source"], "192.0.2.7", "{body}");
+    assert_eq!(body["token"]["id"], token.id.get());
+    let known: Vec<&str> = body["recent_sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(known, ["10.0.0.1"]);
+    let read = store.get(token.id).await.unwrap().unwrap().token;
+    assert_eq!(read.recent_sources.iter().count(), 5);
+    assert_eq!(read.recent_sources.announced_at(), Some(t0 + minute * 4));
+}
+
+/// Two replicas flushing the same new source at once announce it once.
+async fn replicas_announce_a_new_source_once(backend: &mut Backend) {
+    let store = backend.store();
+    let other = backend.replica().await.unwrap();
+    let (_, token) = insert(&*store, "shared").await;
+    let t0 = now_micros();
+    let every = Duration::from_secs(60);
+    store
+        .record_uses(&[used_from(&token, "10.0.0.1", t0)], None)
+        .await
+        .unwrap();
+    let at = t0 + every * 2;
+    let announce = Some(sts::store::Announce { at, every });
+    let (a, b) = (
+        [used_from(&token, "192.0.2.7", at)],
+        [used_from(&token, "192.0.2.7", at)],
+    );
+    let (a, b) = tokio::join!(
+        store.record_uses(&a, announce),
+        other.record_uses(&b, announce)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1);
 }
 
 fn actor() -> Actor {
@@ -1550,10 +1654,12 @@ conformance!(
         an_export_carries_every_lifecycle_field,
         events_commit_with_their_change_and_leave_when_delivered,
         expiry_is_announced_once_per_step,
+        a_new_source_is_announced_once_per_window,
     ],
     replicated: [
         replicas_see_each_others_writes_at_once,
         uses_recorded_by_two_replicas_keep_the_latest,
         replicas_claim_different_events_and_announce_once,
+        replicas_announce_a_new_source_once,
     ],
 );

@@ -790,3 +790,49 @@ async fn the_pending_gauge_is_current_while_a_url_hangs() {
     // not when the round ends.
     assert_eq!(app.metric("sts_events_pending").await, 3.0);
 }
+
+#[tokio::test]
+async fn a_token_used_from_a_new_source_is_announced_signed_once_per_window() {
+    let receiver = Receiver::start().await;
+    let app = app_with_webhooks(webhooks(&[&receiver.url])).await;
+    let (secret, created) = app.create("ci", &["deploy"]).await;
+    let from = |source: &str| sts::proto::ValidateRequest {
+        token: secret.clone(),
+        source_address: source.into(),
+        ..Default::default()
+    };
+    let validate = |source: &str| {
+        let (client, request) = (app.client.clone(), from(source));
+        async move {
+            let answer = client.clone().validate(request).await.unwrap();
+            assert!(answer.into_inner().valid);
+        }
+    };
+    // Its first source is its baseline; a second one is news.
+    validate("10.0.0.1").await;
+    app.service.write_last_used().await;
+    app.clock.advance(Duration::from_secs(61));
+    validate("2001:db8::7").await;
+    // Within that window another new one is recorded, not announced.
+    validate("192.0.2.1").await;
+    app.service.write_last_used().await;
+    let news = || {
+        receiver
+            .accepted()
+            .into_iter()
+            .filter(|d| d.json()["type"] == "token.new_source")
+            .collect::<Vec<_>>()
+    };
+    eventually("the new source's event", || async { !news().is_empty() }).await;
+    let delivered = news();
+    assert_eq!(delivered.len(), 1);
+    delivered[0].assert_signed(SECRET);
+    let body = delivered[0].json();
+    assert_eq!(body["token"]["id"], created.id);
+    assert!(
+        body["source"] == "2001:db8::7" || body["source"] == "192.0.2.1",
+        "{body}"
+    );
+    assert_eq!(body["recent_sources"][0]["address"], "10.0.0.1", "{body}");
+    assert!(!body.to_string().contains(&secret[7..]), "never the secret");
+}

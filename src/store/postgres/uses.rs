@@ -2,7 +2,7 @@
 //! batch, each only moving forward, and recent sources merged under the
 //! rows' locks, in the same transaction.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use sqlx::{PgConnection, types::Json};
@@ -10,26 +10,32 @@ use time::OffsetDateTime;
 
 use super::{
     PostgresStore,
-    row::{SourceJson, db_id, to_db_time},
+    outbox::push_event,
+    row::{COLUMNS, SourceJson, db_id, decode, row_id, to_db_time},
     unavailable,
 };
 use crate::{
-    model::RecentSources,
-    store::{StoreError, Use, UseRecords},
+    events,
+    model::{RecentSources, ServiceToken},
+    store::{Announce, StoreError, Use, UseRecords, new_source, readable},
 };
 
 #[async_trait]
 impl UseRecords for PostgresStore {
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+    async fn record_uses(
+        &self,
+        uses: &[Use],
+        announce: Option<Announce>,
+    ) -> Result<u64, StoreError> {
         if uses.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let ids: Vec<i64> = uses.iter().map(|u| db_id(u.id)).collect();
         let at: Vec<OffsetDateTime> = uses.iter().map(|u| to_db_time(u.at)).collect();
         let previous_at: Vec<Option<OffsetDateTime>> =
             uses.iter().map(|u| u.previous_at.map(to_db_time)).collect();
         let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-        merge_sources(&mut transaction, uses).await?;
+        let announced = merge_sources(&mut transaction, uses, announce.as_ref()).await?;
         // GREATEST ignores NULLs: the latest use wins, whoever wrote it.
         sqlx::query(
             "UPDATE sts_tokens AS t SET last_used_at = GREATEST(t.last_used_at, u.at), \
@@ -45,55 +51,81 @@ impl UseRecords for PostgresStore {
         .await
         .map_err(unavailable)?;
         transaction.commit().await.map_err(unavailable)?;
-        Ok(())
+        Ok(announced)
     }
 }
 
 /// Merges the sources of `uses` into their tokens' rows: read under a
 /// lock, merged as every replica merges them, written back, so replicas
-/// flushing at once both land.
-async fn merge_sources(connection: &mut PgConnection, uses: &[Use]) -> Result<(), StoreError> {
+/// flushing at once both land; and, with `announce`, writes a token's new
+/// source's event (see [`new_source`]) in the same transaction, so of two
+/// replicas the second finds the source known. How many it announced.
+async fn merge_sources(
+    connection: &mut PgConnection,
+    uses: &[Use],
+    announce: Option<&Announce>,
+) -> Result<u64, StoreError> {
     // One entry per token, however many uses of it the batch holds.
     let mut seen: BTreeMap<i64, RecentSources> = BTreeMap::new();
     for used in uses.iter().filter(|u| !u.sources.is_empty()) {
         seen.entry(db_id(used.id)).or_default().merge(&used.sources);
     }
     if seen.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let ids: Vec<i64> = seen.keys().copied().collect();
     // In id order, as every batch locks them: two batches cannot deadlock.
-    let rows: Vec<(i64, Json<Vec<SourceJson>>, Option<OffsetDateTime>)> = sqlx::query_as(
-        "SELECT id, recent_sources, sources_announced_at FROM sts_tokens \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sts_tokens WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
     .bind(&ids)
     .fetch_all(&mut *connection)
     .await
     .map_err(unavailable)?;
     let mut merged_ids = Vec::with_capacity(rows.len());
     let mut merged = Vec::with_capacity(rows.len());
-    for (id, Json(kept), announced_at) in rows {
+    let mut announced_at = Vec::with_capacity(rows.len());
+    let mut events = Vec::new();
+    for row in &rows {
+        // A row this release cannot read is left as it is.
+        let Some(stored) = readable(decode(row), row_id(row)) else {
+            continue;
+        };
+        let id = db_id(stored.token.id);
         let Some(used) = seen.get(&id) else {
             continue;
         };
-        let kept = kept.into_iter().filter_map(|source| {
-            let address = source.address.parse().ok()?;
-            Some((address, crate::clock::from_epoch_micros(source.at)?))
-        });
-        let mut recent = RecentSources::read_back(kept, announced_at.map(SystemTime::from));
+        let before = &stored.token.recent_sources;
+        let mut recent = before.clone();
         recent.merge(used);
+        if let Some(announce) = announce
+            && let Some(address) = new_source(before, used, announce)
+        {
+            recent.announce(announce.at);
+            let token = ServiceToken {
+                recent_sources: recent.clone(),
+                ..stored.token.clone()
+            };
+            events.push(events::new_source(&token, address, before, announce.at));
+        }
         merged_ids.push(id);
         merged.push(Json(SourceJson::of(&recent)));
+        announced_at.push(recent.announced_at().map(to_db_time));
     }
     sqlx::query(
-        "UPDATE sts_tokens AS t SET recent_sources = u.recent_sources \
-         FROM unnest($1::bigint[], $2::jsonb[]) AS u(id, recent_sources) WHERE t.id = u.id",
+        "UPDATE sts_tokens AS t SET recent_sources = u.recent_sources, \
+         sources_announced_at = u.announced_at \
+         FROM unnest($1::bigint[], $2::jsonb[], $3::timestamptz[]) AS u(id, recent_sources, announced_at) \
+         WHERE t.id = u.id",
     )
     .bind(merged_ids)
     .bind(merged)
+    .bind(announced_at)
     .execute(&mut *connection)
     .await
     .map_err(unavailable)?;
-    Ok(())
+    for event in &events {
+        push_event(connection, event).await?;
+    }
+    Ok(events.len() as u64)
 }

@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry;
 use sled::transaction::TransactionError;
 
 use super::{
-    EventOutbox, Imported, KeepAdmin, Outcome, Store, StoreError, Use, UseRecords,
+    Announce, EventOutbox, Imported, KeepAdmin, Outcome, Store, StoreError, Use, UseRecords,
     group_commit::{FlushError, GroupCommit},
     offload::{DropWithin, Lane, Offload},
     reserve::Reserve,
@@ -401,18 +401,28 @@ impl EventOutbox for SledStore {
 
 #[async_trait]
 impl UseRecords for SledStore {
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+    async fn record_uses(
+        &self,
+        uses: &[Use],
+        announce: Option<Announce>,
+    ) -> Result<u64, StoreError> {
         if uses.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let uses = uses.to_vec();
-        self.write(move |trees| {
-            // Last-used times wait for space like any write that grows the store.
-            trees.check_space()?;
-            uses.iter().try_for_each(|used| trees.record_use(used))
-        })
-        .await?;
-        self.sync().await
+        let announced = self
+            .write(move |trees| {
+                // Last-used times wait for space like any write that grows the store.
+                trees.check_space()?;
+                let mut announced = 0;
+                for used in &uses {
+                    announced += u64::from(trees.record_use(used, announce.as_ref())?);
+                }
+                Ok(announced)
+            })
+            .await?;
+        self.sync().await?;
+        Ok(announced)
     }
 }
 

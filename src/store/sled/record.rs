@@ -238,10 +238,9 @@ impl Record {
 }
 
 impl Record {
-    /// The record's recent sources with `seen` merged in, as every replica
-    /// merges them. An entry this release cannot read is dropped: it is
-    /// usage, and the merge keeps only the newest anyway.
-    pub(super) fn merge_sources(&mut self, seen: &RecentSources) {
+    /// The record's recent sources. An entry this release cannot read is
+    /// dropped: it is usage, and a merge keeps only the newest anyway.
+    pub(super) fn recent_sources(&self) -> RecentSources {
         let kept = self.recent_sources.iter().filter_map(|source| {
             let address = source.address.parse().ok()?;
             let at = SystemTime::try_from(source.seen_at?).ok()?;
@@ -250,9 +249,11 @@ impl Record {
         let announced_at = self
             .sources_announced_at
             .and_then(|ts| SystemTime::try_from(ts).ok());
-        let mut recent = RecentSources::read_back(kept, announced_at);
-        recent.merge(seen);
-        self.recent_sources = SeenSource::of(&recent)
+        RecentSources::read_back(kept, announced_at)
+    }
+
+    pub(super) fn set_recent_sources(&mut self, recent: &RecentSources) {
+        self.recent_sources = SeenSource::of(recent)
             .into_iter()
             .map(|SeenSource { address, at }| SourceRecord {
                 address,

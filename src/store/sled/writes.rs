@@ -1,5 +1,6 @@
 //! sled's writes: insert, import, change and delete under the lockout
-//! rule, last-used times, and the disk reserve they are held to. Each runs
+//! rule, last-used times and recent sources (with a new source's event),
+//! and the disk reserve they are held to. Each runs
 //! on the write lane; the caller syncs.
 
 use std::time::SystemTime;
@@ -11,10 +12,11 @@ use sled::{
 };
 
 use crate::store::{
-    Imported, KeepAdmin, Outcome, Planned, StoreError, Use, fresh_ids, planned, readable, stale,
+    Announce, Imported, KeepAdmin, Outcome, Planned, StoreError, Use, fresh_ids, new_source,
+    planned, readable, stale,
 };
 use crate::{
-    events::Draft,
+    events::{self, Draft},
     model::{Change, Etag, NewToken, ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
@@ -282,15 +284,28 @@ impl Trees {
         })
     }
 
-    pub(super) fn record_use(&self, used: &Use) -> Result<(), StoreError> {
+    /// Records one use; whether it announced a new source (see
+    /// [`new_source`]), in the same transaction.
+    pub(super) fn record_use(
+        &self,
+        used: &Use,
+        announce: Option<&Announce>,
+    ) -> Result<bool, StoreError> {
         let key = used.id.get().to_be_bytes();
-        let outcome = self.tokens.transaction(|tokens| {
+        let seq = match announce {
+            Some(_) if !used.sources.is_empty() => {
+                Some(self.db.generate_id().map_err(unavailable)?)
+            }
+            _ => None,
+        };
+        let trees = (&self.tokens, &self.meta, &self.outbox);
+        let outcome = trees.transaction(|(tokens, meta, outbox)| {
             let Some(bytes) = tokens.get(key)? else {
-                return Ok(());
+                return Ok(false);
             };
             // A record this release cannot read is left as it is.
             let Ok(mut record) = Record::decode_checked(&bytes) else {
-                return Ok(());
+                return Ok(false);
             };
             record.last_used_at = latest(record.last_used_at, used.at);
             if let Some(at) = used.previous_at
@@ -298,11 +313,28 @@ impl Trees {
             {
                 record.previous_last_used_at = latest(record.previous_last_used_at, at);
             }
+            let mut announced = false;
             if !used.sources.is_empty() {
-                record.merge_sources(&used.sources);
+                let before = record.recent_sources();
+                let mut recent = before.clone();
+                recent.merge(&used.sources);
+                let news = announce
+                    .zip(seq)
+                    .and_then(|(a, seq)| Some((a, seq, new_source(&before, &used.sources, a)?)));
+                if let Some((announce, _, _)) = news {
+                    recent.announce(announce.at);
+                }
+                record.set_recent_sources(&recent);
+                if let Some((announce, seq, address)) = news
+                    && let Ok(stored) = Record::decode_stored(&record.encode_to_vec())
+                {
+                    let event = events::new_source(&stored.token, address, &before, announce.at);
+                    push_event(outbox, meta, seq, &event)?;
+                    announced = true;
+                }
             }
             tokens.insert(&key, record.encode_to_vec())?;
-            Ok(())
+            Ok(announced)
         });
         outcome.map_err(|e: TransactionError<()>| transaction_failed("last-used", e))
     }

@@ -13,7 +13,8 @@ use sts::{
     events::{Draft, OutboxStats, Pending, Settle},
     model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
     store::{
-        EventOutbox, Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use, UseRecords,
+        Announce, EventOutbox, Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use,
+        UseRecords,
     },
     token::TokenHash,
 };
@@ -190,8 +191,12 @@ impl EventOutbox for FaultyStore {
 
 #[async_trait]
 impl UseRecords for FaultyStore {
-    async fn record_uses(&self, uses: &[Use]) -> Result<(), StoreError> {
+    async fn record_uses(
+        &self,
+        uses: &[Use],
+        announce: Option<Announce>,
+    ) -> Result<u64, StoreError> {
         self.write_fault()?;
-        self.inner.record_uses(uses).await
+        self.inner.record_uses(uses, announce).await
     }
 }
