@@ -68,6 +68,8 @@ ratio("Validate malformed / valid", "ours validate malformed", "ours grpc valida
 ratio("Validate unknown / valid", "ours validate unknown", "ours grpc validate", ">= 1.00")
 ratio("ext_authz Check / Validate (gRPC)", "ours grpc ext_authz check", "ours grpc validate, beside check", ">= 0.90")
 ratio("Envoy HTTP path / forward-auth", "ours http ext_authz path", "ours http forward-auth", ">= 0.90")
+ratio("Validate bound (8 networks, 2 audiences, 16 routes) / unbound", "ours grpc validate, bound", "ours grpc validate, unbound, with a context", ">= 0.90")
+ratio("forward-auth bound / unbound, via a trusted proxy", "ours http forward-auth, bound, via a proxy", "ours http forward-auth, unbound, via a proxy", ">= 0.90")
 ratio("HTTP status ours / nginx return 200 (wrk)", "ours http status (wrk)", "nginx return 200 (wrk)", ">= 0.90")
 ratio("forward-auth ours / nginx return 200 (wrk)", "ours http forward-auth (wrk)", "nginx return 200 (wrk)", ">= 0.90")
 ratio("HTTP status ours / bare (wrk)", "ours http status (wrk)", "bare http status (wrk)", "our code")

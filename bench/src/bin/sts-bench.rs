@@ -103,6 +103,17 @@ enum Command {
         /// How --token-file's tokens are drawn.
         #[arg(long, value_enum, default_value = "uniform")]
         draw: Draw,
+        /// The context stated with each Validate (what a bound token is
+        /// checked against): `source_address`, `audience`, `http_method`,
+        /// `path`.
+        #[arg(long, default_value = "")]
+        source_address: String,
+        #[arg(long, default_value = "")]
+        audience: String,
+        #[arg(long, default_value = "")]
+        http_method: String,
+        #[arg(long, default_value = "")]
+        request_path: String,
         #[arg(long, default_value = "grpc-validate")]
         scenario: String,
         #[command(flatten)]
@@ -151,6 +162,10 @@ enum Command {
         token: String,
         #[arg(long, default_value = "/api/server/status")]
         path: String,
+        /// More request headers, `name: value` (repeatable): what a proxy
+        /// sends forward-auth about the original request.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         #[arg(long, default_value = "http-status")]
         scenario: String,
         #[command(flatten)]
@@ -170,6 +185,11 @@ enum Command {
         /// `grpc-validate --token-file`).
         #[arg(long)]
         secrets_file: Option<PathBuf>,
+        /// Where to write one more token's secret: bound to 8 networks, 2
+        /// audiences and 16 routes, each list matched by its last entry
+        /// (127.0.0.0/8, `bench-audience-1`, `GET /api/v15/items/*`).
+        #[arg(long)]
+        bound_token_file: Option<PathBuf>,
     },
     /// Delete-to-rejected time between two replicas: create a token on A,
     /// validate it on B until B has it cached, delete it on A, then validate
@@ -267,23 +287,26 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 },
             token_file,
             draw,
+            source_address,
+            audience,
+            http_method,
+            request_path,
             scenario,
             plan,
         } => {
+            let request = |token: String| ValidateRequest {
+                token,
+                source_address: source_address.clone(),
+                audience: audience.clone(),
+                http_method: http_method.clone(),
+                path: request_path.clone(),
+            };
             let frames: Vec<bytes::Bytes> = match token_file {
-                None => vec![grpc_frame(&ValidateRequest {
-                    token,
-                    ..Default::default()
-                })],
+                None => vec![grpc_frame(&request(token))],
                 Some(file) => std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?
                     .lines()
-                    .map(|token| {
-                        grpc_frame(&ValidateRequest {
-                            token: token.to_owned(),
-                            ..Default::default()
-                        })
-                    })
+                    .map(|token| grpc_frame(&request(token.to_owned())))
                     .collect(),
             };
             anyhow::ensure!(!frames.is_empty(), "no token to validate");
@@ -450,15 +473,24 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             target,
             token,
             path,
+            headers,
             scenario,
             plan,
         } => {
             let plan: Plan = plan.into();
+            let mut extra: Vec<(String, String)> = Vec::with_capacity(headers.len());
+            for header in &headers {
+                let (name, value) = header
+                    .split_once(':')
+                    .with_context(|| format!("--header {header:?}: use `name: value`"))?;
+                extra.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
             if plan.rate.is_some() {
                 // A client of its own: hyper's costs more per request than
                 // the paced load at half of nginx's rate leaves it.
-                let request: std::sync::Arc<[u8]> =
-                    http1::get_request(target, &path, &[("x-api-key", &token)]).into();
+                let mut all: Vec<(&str, &str)> = vec![("x-api-key", &token)];
+                all.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let request: std::sync::Arc<[u8]> = http1::get_request(target, &path, &all).into();
                 let mut connections = Vec::with_capacity(plan.concurrency);
                 for _ in 0..plan.concurrency.max(1) {
                     let connection = http1::Connection::open(target, request.clone()).await?;
@@ -493,12 +525,16 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     .pop()
                     .expect("one connection per worker");
                 let sender = std::sync::Arc::new(tokio::sync::Mutex::new(sender));
-                let (token, path) = (token.clone(), path.clone());
+                let (token, path, extra) = (token.clone(), path.clone(), extra.clone());
                 move || {
                     let sender = sender.clone();
-                    let request = http::Request::get(path.as_str())
+                    let mut request = http::Request::get(path.as_str())
                         .header("host", target.to_string())
-                        .header("x-api-key", &token)
+                        .header("x-api-key", &token);
+                    for (name, value) in &extra {
+                        request = request.header(name.as_str(), value.as_str());
+                    }
+                    let request = request
                         .body(Empty::<bytes::Bytes>::new())
                         .expect("a valid request");
                     async move {
@@ -541,6 +577,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             count,
             token_file,
             secrets_file,
+            bound_token_file,
         } => {
             let mut secrets = secrets_file
                 .map(|path| std::fs::File::create(path).map(std::io::BufWriter::new))
@@ -574,8 +611,17 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 )
             });
             let started = Instant::now();
-            let inserted = store.insert_many(tokens, now).await?;
+            let mut inserted = store.insert_many(tokens, now).await?;
             std::fs::write(&token_file, kept.expose_secret())?;
+            if let Some(file) = bound_token_file {
+                let bound = Secret::generate();
+                let new = NewToken::parse("bench-bound", &["bench-reader"], None)?
+                    .bound(bench_bindings()?);
+                inserted += store
+                    .insert_many(std::iter::once((bound.hash(), new)), now)
+                    .await?;
+                std::fs::write(&file, bound.expose_secret())?;
+            }
             eprintln!(
                 "prefilled {inserted} tokens in {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -839,6 +885,28 @@ async fn http1_connection(
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
+}
+
+/// The bindings of `prefill --bound-token-file`'s token: 8 networks, 2
+/// audiences, 16 routes, each list matched by its last entry.
+fn bench_bindings() -> anyhow::Result<sts::model::Bindings> {
+    use sts::model::{AllowedRoutes, AllowedSources, Audiences, Bindings, RouteRule};
+    let mut sources: Vec<String> = (0..7).map(|i| format!("10.{i}.0.0/16")).collect();
+    sources.push("127.0.0.0/8".into());
+    let rules = (0..16)
+        .map(|i| {
+            RouteRule::parse(
+                "allowed_routes",
+                &["GET", "HEAD"],
+                &format!("/api/v{i}/items/*"),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Bindings {
+        sources: AllowedSources::parse("allowed_sources", &sources)?,
+        audiences: Audiences::parse("audiences", &["bench-audience-0", "bench-audience-1"])?,
+        routes: AllowedRoutes::new("allowed_routes", rules)?,
+    })
 }
 
 /// See [`Command::CacheScaling`].
