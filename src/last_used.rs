@@ -61,14 +61,30 @@ pub struct LastUsed {
 struct Noted {
     current: AtomicU64,
     previous: AtomicU64,
-    /// The sources queued lately, with when: a few per token (those it is
-    /// used from), so a scan beats a map.
-    sources: RwLock<Vec<(IpAddr, u64)>>,
+    /// The sources queued lately, as (key, micros) pairs (key 0: free):
+    /// a few per token (those it is used from). Read with plain loads, so
+    /// a hot token checked from many threads shares the cache line rather
+    /// than bouncing a lock's count between cores.
+    sources: [(AtomicU64, AtomicU64); NOTED_SOURCES],
 }
 
 /// Most sources remembered per token between batches: beyond it the
-/// oldest is forgotten (and queued again at its next use).
+/// least recently queued is forgotten (and queued again at its next use).
 const NOTED_SOURCES: usize = 2 * MAX_RECENT_SOURCES;
+
+/// A source's key in [`Noted::sources`], never 0: an IPv4 address
+/// exactly, an IPv6 one by a hash keyed per process (a client cannot pick
+/// an address whose key is another's, to hide its uses behind it).
+fn source_key(source: IpAddr) -> u64 {
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    match source {
+        IpAddr::V4(v4) => (1 << 32) | u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => {
+            use std::hash::BuildHasher;
+            KEYS.get_or_init(Default::default).hash_one(v6.to_bits()) | (1 << 63)
+        }
+    }
+}
 
 impl Noted {
     fn slot(&self, secret: MatchedSecret) -> &AtomicU64 {
@@ -92,31 +108,29 @@ impl Noted {
     }
 
     /// Whether a use from `source` at `now` is the first from there in its
-    /// window.
+    /// window. Two checks racing may both queue it (the merge makes that
+    /// one source), or miss it (its next use queues it): never a wrong
+    /// time, never a lock.
     fn claim_source(&self, source: IpAddr, now: u64, due: impl Fn(u64) -> bool) -> bool {
-        {
-            let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
-            if sources.iter().any(|(a, at)| *a == source && !due(*at)) {
-                return false;
+        let key = source_key(source);
+        for (slot_key, at) in &self.sources {
+            if slot_key.load(Ordering::Relaxed) == key {
+                let last = at.load(Ordering::Relaxed);
+                return due(last)
+                    && at
+                        .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok();
             }
         }
-        let mut sources = self.sources.write().unwrap_or_else(|e| e.into_inner());
-        match sources.iter_mut().find(|(a, _)| *a == source) {
-            Some((_, at)) if !due(*at) => false,
-            Some((_, at)) => {
-                *at = now;
-                true
-            }
-            None => {
-                if sources.len() >= NOTED_SOURCES
-                    && let Some(oldest) = (0..sources.len()).min_by_key(|i| sources[*i].1)
-                {
-                    sources.swap_remove(oldest);
-                }
-                sources.push((source, now));
-                true
-            }
-        }
+        // New here: it takes the slot queued longest ago.
+        let (slot_key, at) = self
+            .sources
+            .iter()
+            .min_by_key(|(_, at)| at.load(Ordering::Relaxed))
+            .expect("there are slots");
+        at.store(now, Ordering::Relaxed);
+        slot_key.store(key, Ordering::Relaxed);
+        true
     }
 }
 

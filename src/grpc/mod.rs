@@ -378,13 +378,13 @@ impl From<Revoked> for proto::RevokeResult {
 impl From<ServiceToken> for proto::ServiceToken {
     /// A token as management answers it: every field, its etag too.
     fn from(token: ServiceToken) -> proto::ServiceToken {
-        shown(token, Audience::Manager)
+        shown(token, ShownTo::Manager)
     }
 }
 
 /// Who a token is shown to.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Audience {
+enum ShownTo {
     /// Its managers: everything.
     Manager,
     /// Whoever checks it: who it is, never where else it may be or was
@@ -393,8 +393,8 @@ enum Audience {
     Checker,
 }
 
-fn shown(token: ServiceToken, audience: Audience) -> proto::ServiceToken {
-    let manager = audience == Audience::Manager;
+fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
+    let manager = to == ShownTo::Manager;
     let etag = if manager {
         Etag::of(&token).to_string()
     } else {
@@ -472,7 +472,7 @@ impl From<Validation> for proto::ValidateResponse {
             Validation::Valid(token, secret) => proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
-                service_token: Some(shown(token, Audience::Checker)),
+                service_token: Some(shown(token, ShownTo::Checker)),
                 previous_secret: secret == MatchedSecret::Previous,
             },
             Validation::Invalid(reason) => proto::ValidateResponse {

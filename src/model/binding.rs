@@ -411,6 +411,11 @@ impl RequestPath {
         }
         Some(RequestPath(segments))
     }
+
+    /// The decoded segments.
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
 }
 
 /// Everything a token is bound to. The default binds nothing: the token
