@@ -15,7 +15,7 @@
 //! `/**` the prefix itself and anything below it; methods compare without
 //! regard to case.
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{borrow::Cow, fmt, net::IpAddr, str::FromStr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -34,9 +34,45 @@ pub const MAX_ROUTE_METHODS: usize = 16;
 /// The longest route pattern, in bytes.
 pub const MAX_ROUTE_PATTERN_BYTES: usize = 1024;
 
+/// A list of a token's bindings: a cached token is cloned for every
+/// check, so a clone shares the list (one count) and an empty list, the
+/// common case, is nothing at all (no count to touch).
+#[derive(Clone)]
+struct Shared<T>(Option<Arc<[T]>>);
+
+impl<T> Shared<T> {
+    fn of(items: Vec<T>) -> Shared<T> {
+        Shared((!items.is_empty()).then(|| items.into()))
+    }
+
+    fn as_slice(&self) -> &[T] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Shared<T> {
+        Shared(None)
+    }
+}
+
+impl<T: PartialEq> PartialEq for Shared<T> {
+    fn eq(&self, other: &Shared<T>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Eq> Eq for Shared<T> {}
+
+impl<T: fmt::Debug> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
 /// The networks a token may be used from; empty: any source.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedSources(Vec<IpNet>);
+pub struct AllowedSources(Shared<IpNet>);
 
 impl AllowedSources {
     /// Addresses or CIDRs (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`),
@@ -69,28 +105,32 @@ impl AllowedSources {
             }
             networks.push(network);
         }
-        Ok(AllowedSources(networks))
+        Ok(AllowedSources(Shared::of(networks)))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_slice().is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.as_slice().len()
     }
 
     /// Whether `source` (read as IPv4 when it is IPv4-mapped) lies in one
     /// of the networks.
     pub fn allows(&self, source: IpAddr) -> bool {
         let source = source.to_canonical();
-        self.0.iter().any(|network| network.contains(&source))
+        self.0
+            .as_slice()
+            .iter()
+            .any(|network| network.contains(&source))
     }
 
     /// The networks as text (`10.0.0.0/8`; a single address bare, as it
     /// is usually given), in the order given.
     pub fn texts(&self) -> Vec<String> {
         self.0
+            .as_slice()
             .iter()
             .map(|network| {
                 if network.prefix_len() == network.max_prefix_len() {
@@ -150,7 +190,7 @@ fn network(item: &str) -> Option<IpNet> {
 /// The audiences a token is for (Kubernetes' bound audiences, an OAuth
 /// resource); empty: any audience.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Audiences(Vec<String>);
+pub struct Audiences(Shared<String>);
 
 impl Audiences {
     /// Each 1 to [`MAX_AUDIENCE_CHARS`] characters with no control or
@@ -185,27 +225,27 @@ impl Audiences {
             }
             audiences.push(item.to_owned());
         }
-        Ok(Audiences(audiences))
+        Ok(Audiences(Shared::of(audiences)))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_slice().is_empty()
     }
 
     /// Whether `audience` is one of them, exactly.
     pub fn allows(&self, audience: &str) -> bool {
-        self.0.iter().any(|a| a == audience)
+        self.0.as_slice().iter().any(|a| a == audience)
     }
 
     pub fn as_slice(&self) -> &[String] {
-        &self.0
+        self.0.as_slice()
     }
 }
 
 /// Comma-separated, `any` when empty.
 impl fmt::Display for Audiences {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        list(f, &self.0)
+        list(f, self.0.as_slice().iter())
     }
 }
 
@@ -340,7 +380,7 @@ fn is_token_byte(b: u8) -> bool {
 
 /// The routes a token may call; empty: any route.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedRoutes(Vec<RouteRule>);
+pub struct AllowedRoutes(Shared<RouteRule>);
 
 impl AllowedRoutes {
     /// At most [`MAX_ALLOWED_ROUTES`] rules.
@@ -351,20 +391,20 @@ impl AllowedRoutes {
                 format!("at most {MAX_ALLOWED_ROUTES} routes"),
             ));
         }
-        Ok(AllowedRoutes(rules))
+        Ok(AllowedRoutes(Shared::of(rules)))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.as_slice().is_empty()
     }
 
     pub fn rules(&self) -> &[RouteRule] {
-        &self.0
+        self.0.as_slice()
     }
 
     /// The rules as [`RouteRule::text`] writes them.
     pub fn texts(&self) -> Vec<String> {
-        self.0.iter().map(RouteRule::text).collect()
+        self.0.as_slice().iter().map(RouteRule::text).collect()
     }
 
     /// Whether some rule admits `method` on `path`; never for a path that
@@ -373,23 +413,26 @@ impl AllowedRoutes {
         let Some(path) = RequestPath::parse(path) else {
             return false;
         };
-        self.0.iter().any(|rule| rule.admits(method, &path))
+        self.0
+            .as_slice()
+            .iter()
+            .any(|rule| rule.admits(method, &path))
     }
 }
 
 /// A request's path as routes are matched against it: its segments,
 /// each percent-decoded once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestPath(Vec<String>);
+pub struct RequestPath<'t>(Vec<Cow<'t, str>>);
 
-impl RequestPath {
+impl<'t> RequestPath<'t> {
     /// The path of a request target (a query or fragment is dropped), or
     /// `None` when it could be read two ways: not starting with `/`, an
     /// empty segment before the last (`//`), a `.` or `..` segment
     /// (encoded or not), an encoded `/`, or a segment that is not UTF-8
     /// once decoded. A trailing `/` is an empty last segment, which only a
     /// `/**` pattern admits.
-    pub fn parse(target: &str) -> Option<RequestPath> {
+    pub fn parse(target: &'t str) -> Option<RequestPath<'t>> {
         let path = target.split(['?', '#']).next().unwrap_or_default();
         let rest = path.strip_prefix('/')?;
         if rest.is_empty() {
@@ -407,13 +450,13 @@ impl RequestPath {
             if decoded.contains('/') || decoded == "." || decoded == ".." {
                 return None;
             }
-            segments.push(decoded.into_owned());
+            segments.push(decoded);
         }
         Some(RequestPath(segments))
     }
 
     /// The decoded segments.
-    pub fn segments(&self) -> &[String] {
+    pub fn segments(&self) -> &[Cow<'t, str>] {
         &self.0
     }
 }
@@ -489,7 +532,7 @@ pub enum BindingRefusal {
 /// Semicolon-separated route rules, `any` when empty.
 impl fmt::Display for AllowedRoutes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        if self.0.as_slice().is_empty() {
             return f.write_str("any");
         }
         f.write_str(&self.texts().join("; "))

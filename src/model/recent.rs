@@ -5,7 +5,7 @@
 //! latest time wins, then the most recent few are kept (commutative,
 //! associative and idempotent; a property test holds it to that).
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 /// How many distinct sources a token keeps.
 pub const MAX_RECENT_SOURCES: usize = 5;
@@ -16,7 +16,9 @@ pub const MAX_RECENT_SOURCES: usize = 5;
 /// window between them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecentSources {
-    seen: Vec<(IpAddr, SystemTime)>,
+    /// Shared: a cached token is cloned for every check (and `None`, no
+    /// count to touch, while there are none).
+    seen: Option<Arc<Vec<(IpAddr, SystemTime)>>>,
     announced_at: Option<SystemTime>,
 }
 
@@ -34,9 +36,9 @@ impl RecentSources {
     /// among the recent sources before (a new source, to be announced).
     pub fn see(&mut self, address: IpAddr, at: SystemTime) -> bool {
         let address = address.to_canonical();
-        let new = !self.seen.iter().any(|(known, _)| *known == address);
+        let new = !self.iter().any(|(known, _)| known == address);
         self.merge(&RecentSources {
-            seen: vec![(address, at)],
+            seen: Some(Arc::new(vec![(address, at)])),
             announced_at: None,
         });
         new
@@ -47,25 +49,28 @@ impl RecentSources {
     /// replica keeps the same ones).
     /// The latest announcement wins.
     pub fn merge(&mut self, other: &RecentSources) {
-        for (address, at) in &other.seen {
-            match self.seen.iter_mut().find(|(known, _)| known == address) {
-                Some((_, seen)) => *seen = (*seen).max(*at),
-                None => self.seen.push((*address, *at)),
+        let seen = Arc::make_mut(self.seen.get_or_insert_with(Default::default));
+        for (address, at) in other.iter() {
+            match seen.iter_mut().find(|(known, _)| *known == address) {
+                Some((_, seen)) => *seen = (*seen).max(at),
+                None => seen.push((address, at)),
             }
         }
-        self.seen
-            .sort_by(|(a, a_at), (b, b_at)| b_at.cmp(a_at).then_with(|| a.cmp(b)));
-        self.seen.truncate(MAX_RECENT_SOURCES);
+        seen.sort_by(|(a, a_at), (b, b_at)| b_at.cmp(a_at).then_with(|| a.cmp(b)));
+        seen.truncate(MAX_RECENT_SOURCES);
+        if seen.is_empty() {
+            self.seen = None;
+        }
         self.announced_at = self.announced_at.max(other.announced_at);
     }
 
     /// Most recent first.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, SystemTime)> + '_ {
-        self.seen.iter().copied()
+        self.seen.iter().flat_map(|seen| seen.iter().copied())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.seen.is_none()
     }
 
     /// When a new source of this token was last announced, if ever.
