@@ -422,8 +422,9 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
             },
         recent_sources,
     } = token;
-    fn only<T>(shown: bool, items: Vec<T>) -> Vec<T> {
-        if shown { items } else { Vec::new() }
+    // Built only when shown: a check's answer must not pay for them.
+    fn only<T>(shown: bool, items: impl FnOnce() -> Vec<T>) -> Vec<T> {
+        if shown { items() } else { Vec::new() }
     }
     proto::ServiceToken {
         id: id.get(),
@@ -440,10 +441,9 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
         previous_secret_expiration: previous_secret.map(|p| p.expiration.into()),
         previous_secret_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
         etag,
-        allowed_sources: only(manager, sources.texts()),
-        audiences: only(manager, audiences.as_slice().to_vec()),
-        allowed_routes: only(
-            manager,
+        allowed_sources: only(manager, || sources.texts()),
+        audiences: only(manager, || audiences.as_slice().to_vec()),
+        allowed_routes: only(manager, || {
             routes
                 .rules()
                 .iter()
@@ -451,18 +451,17 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
                     methods: rule.methods().to_vec(),
                     path: rule.pattern().to_owned(),
                 })
-                .collect(),
-        ),
-        recent_sources: only(
-            manager,
+                .collect()
+        }),
+        recent_sources: only(manager, || {
             recent_sources
                 .iter()
                 .map(|(address, at)| proto::RecentSource {
                     address: address.to_string(),
                     last_seen_at: Some(at.into()),
                 })
-                .collect(),
-        ),
+                .collect()
+        }),
     }
 }
 

@@ -77,21 +77,13 @@ pub struct RecentSourceJson {
 
 impl<'a> TokenJson<'a> {
     /// A token as a check answers it (`/api/server/status`): who it is,
-    /// never where else it may be or was used.
+    /// never where else it may be or was used (and those lists are not
+    /// even built: a check must not pay for them).
     pub fn checked(token: &'a ServiceToken) -> TokenJson<'a> {
-        TokenJson {
-            allowed_sources: Vec::new(),
-            audiences: &[],
-            allowed_routes: Vec::new(),
-            recent_sources: Vec::new(),
-            ..TokenJson::from(token)
-        }
+        TokenJson::shown(token, false)
     }
-}
 
-impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
-    /// A token as its managers see it.
-    fn from(token: &'a ServiceToken) -> TokenJson<'a> {
+    fn shown(token: &'a ServiceToken, to_manager: bool) -> TokenJson<'a> {
         // Every field named: a new one must decide how REST shows it.
         let ServiceToken {
             id,
@@ -131,17 +123,40 @@ impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
                 .and_then(|p| p.last_used_at)
                 .map(epoch_millis),
             etag: Etag::of(token).to_string(),
-            allowed_sources: sources.texts(),
-            audiences: audiences.as_slice(),
-            allowed_routes: RouteParts::of(routes),
-            recent_sources: recent_sources
-                .iter()
-                .map(|(address, at)| RecentSourceJson {
-                    address: address.to_string(),
-                    last_seen_at: epoch_millis(at),
-                })
-                .collect(),
+            allowed_sources: if to_manager {
+                sources.texts()
+            } else {
+                Vec::new()
+            },
+            audiences: if to_manager {
+                audiences.as_slice()
+            } else {
+                &[]
+            },
+            allowed_routes: if to_manager {
+                RouteParts::of(routes)
+            } else {
+                Vec::new()
+            },
+            recent_sources: if to_manager {
+                recent_sources
+                    .iter()
+                    .map(|(address, at)| RecentSourceJson {
+                        address: address.to_string(),
+                        last_seen_at: epoch_millis(at),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+}
+
+impl<'a> From<&'a ServiceToken> for TokenJson<'a> {
+    /// A token as its managers see it.
+    fn from(token: &'a ServiceToken) -> TokenJson<'a> {
+        TokenJson::shown(token, true)
     }
 }
 

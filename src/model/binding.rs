@@ -112,6 +112,11 @@ impl AllowedSources {
         self.0.as_slice().is_empty()
     }
 
+    /// The networks, in the order given.
+    pub fn networks(&self) -> &[IpNet] {
+        self.0.as_slice()
+    }
+
     pub fn len(&self) -> usize {
         self.0.as_slice().len()
     }

@@ -82,34 +82,56 @@ impl Etag {
         let mut hash = Sha256::new();
         // Every text length-prefixed, every option tagged: no two tokens
         // frame to the same bytes.
-        let mut text = |t: &str| {
+        let mut bytes = |t: &[u8]| {
             hash.update((t.len() as u64).to_be_bytes());
-            hash.update(t.as_bytes());
+            hash.update(t);
         };
-        text(name.as_str());
-        text(description.as_str());
-        text(created_by);
+        bytes(name.as_str().as_bytes());
+        bytes(description.as_str().as_bytes());
+        bytes(created_by.as_bytes());
         for role in roles.iter() {
-            text(role.as_str());
+            bytes(role.as_str().as_bytes());
         }
-        text("");
+        bytes(b"");
         for (key, value) in labels.iter() {
-            text(key);
-            text(value);
+            bytes(key.as_bytes());
+            bytes(value.as_bytes());
         }
-        // Each list ends in an empty text, which no item is.
-        for source in sources.texts() {
-            text(&source);
+        // Only a bound token's etag covers its bindings, so an unbound
+        // token's etag is the one the previous release gave it (a client
+        // holding one, or a replica not yet upgraded, still agrees). Each
+        // list ends in an empty text, which no item is.
+        let bound = !(sources.is_empty() && audiences.is_empty() && routes.is_empty());
+        if bound {
+            bytes(b"bindings");
+            for network in sources.networks() {
+                // The family, the address and the prefix.
+                let (family, octets, prefix) = match network {
+                    ipnet::IpNet::V4(v4) => {
+                        (4, v4.addr().to_ipv6_mapped().octets(), v4.prefix_len())
+                    }
+                    ipnet::IpNet::V6(v6) => (6, v6.addr().octets(), v6.prefix_len()),
+                };
+                let mut key = [0u8; 18];
+                key[0] = family;
+                key[1..17].copy_from_slice(&octets);
+                key[17] = prefix;
+                bytes(&key);
+            }
+            bytes(b"");
+            for audience in audiences.as_slice() {
+                bytes(audience.as_bytes());
+            }
+            bytes(b"");
+            for rule in routes.rules() {
+                for method in rule.methods() {
+                    bytes(method.as_bytes());
+                }
+                bytes(b"");
+                bytes(rule.pattern().as_bytes());
+            }
+            bytes(b"");
         }
-        text("");
-        for audience in audiences.as_slice() {
-            text(audience);
-        }
-        text("");
-        for route in routes.texts() {
-            text(&route);
-        }
-        text("");
         let micros = |t: &SystemTime| crate::clock::epoch_micros(*t);
         hash.update(id.get().to_be_bytes());
         hash.update([u8::from(*disabled), u8::from(expiration.is_some())]);
