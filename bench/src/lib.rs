@@ -3,6 +3,29 @@
 
 pub mod http1;
 
+/// The bindings of the benchmarks' bound token: 8 networks, 2 audiences,
+/// 16 routes, each list matched by its last entry (127.0.0.0/8,
+/// `bench-audience-1`, `GET /api/v15/items/*`): the most a check walks.
+pub fn bench_bindings() -> Result<sts::model::Bindings, sts::model::FieldError> {
+    use sts::model::{AllowedRoutes, AllowedSources, Audiences, Bindings, RouteRule};
+    let mut sources: Vec<String> = (0..7).map(|i| format!("10.{i}.0.0/16")).collect();
+    sources.push("127.0.0.0/8".into());
+    let rules = (0..16)
+        .map(|i| {
+            RouteRule::parse(
+                "allowed_routes",
+                &["GET", "HEAD"],
+                &format!("/api/v{i}/items/*"),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Bindings {
+        sources: AllowedSources::parse("allowed_sources", &sources)?,
+        audiences: Audiences::parse("audiences", &["bench-audience-0", "bench-audience-1"])?,
+        routes: AllowedRoutes::new("allowed_routes", rules)?,
+    })
+}
+
 use std::{
     future::Future,
     time::{Duration, Instant},

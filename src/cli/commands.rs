@@ -21,7 +21,9 @@ use super::{
         wide_token_table,
     },
 };
-use crate::proto::{AllowedRoute, CreateRequest, ListRequest, RevokeResult};
+use crate::proto::{CreateRequest, ListRequest, RevokeResult};
+
+pub use super::bindings::{BindingOptions, parse_route};
 
 /// The options every command shares.
 #[derive(Debug, Clone, Default)]
@@ -112,43 +114,6 @@ fn same_server(a: &str, b: &str) -> bool {
         (super::client::origin(a), super::client::origin(b)),
         (Ok(a), Ok(b)) if a == b
     )
-}
-
-/// What `--allow-source`, `--audience` and `--allow-route` give.
-#[derive(Debug, Clone, Default)]
-pub struct BindingOptions {
-    pub sources: Vec<String>,
-    pub audiences: Vec<String>,
-    /// `GET,HEAD /api/*`, or a path alone for any method.
-    pub routes: Vec<String>,
-}
-
-/// `--allow-route`'s text as the API's route: methods (comma-separated)
-/// and a path pattern, or the pattern alone.
-pub fn parse_route(text: &str) -> Result<AllowedRoute, CliError> {
-    let text = text.trim();
-    let (methods, path) = match text.split_once(char::is_whitespace) {
-        _ if text.starts_with('/') => (Vec::new(), text),
-        Some((methods, path)) => (
-            methods
-                .split(',')
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            path.trim(),
-        ),
-        None => (Vec::new(), ""),
-    };
-    if !path.starts_with('/') {
-        return Err(CliError::Usage(format!(
-            "invalid --allow-route '{text}': use 'METHODS /path' (e.g. 'GET,HEAD /api/v1/*') or '/path' for any method"
-        )));
-    }
-    Ok(AllowedRoute {
-        methods,
-        path: path.to_owned(),
-    })
 }
 
 /// `sts service-token create`.

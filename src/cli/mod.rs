@@ -2,6 +2,7 @@
 //! `sts context` commands over the gRPC API. Argument parsing lives in
 //! `src/bin/sts.rs`; this module holds what the commands do.
 
+mod bindings;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use super::binding::AllowedRoutes;
 use super::binding::AllowedSources;
 use super::binding::Audiences;
 use super::fields::Description;
@@ -13,6 +12,7 @@ use super::fields::Labels;
 use super::fields::Role;
 use super::fields::Roles;
 use super::fields::TokenName;
+use super::route::AllowedRoutes;
 use super::stored::StoredToken;
 use super::token::PreviousSecret;
 use super::token::ServiceToken;

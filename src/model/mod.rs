@@ -2,7 +2,9 @@
 //! says which field is wrong and why, so handlers only ever see valid values.
 //!
 //! `fields` holds the parsed values, `binding` what a token may be bound to
-//! (sources, audiences, routes) and how a check meets it, `token` the token
+//! (sources, audiences, routes) and how a check meets it, `route` the
+//! route rules and the request path they match, `shared` how a token
+//! holds a list of its bindings, `token` the token
 //! as the service sees it, `change` what a change does, `query` what a question over many
 //! tokens selects, `recent` the sources a token was last seen from, `stored` the token on its way into and out of a store.
 
@@ -11,6 +13,8 @@ mod change;
 mod fields;
 mod query;
 mod recent;
+mod route;
+mod shared;
 mod stored;
 mod token;
 
@@ -19,6 +23,7 @@ pub use change::*;
 pub use fields::*;
 pub use query::*;
 pub use recent::*;
+pub use route::*;
 pub use stored::*;
 pub use token::*;
 

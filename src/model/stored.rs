@@ -3,12 +3,12 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
-use super::binding::AllowedRoutes;
 use super::binding::AllowedSources;
 use super::binding::Audiences;
 use super::binding::Bindings;
-use super::binding::RouteRule;
 use super::recent::RecentSources;
+use super::route::AllowedRoutes;
+use super::route::RouteRule;
 
 use super::fields::Description;
 use super::fields::FieldError;

@@ -616,7 +616,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             if let Some(file) = bound_token_file {
                 let bound = Secret::generate();
                 let new = NewToken::parse("bench-bound", &["bench-reader"], None)?
-                    .bound(bench_bindings()?);
+                    .bound(sts_bench::bench_bindings()?);
                 inserted += store
                     .insert_many(std::iter::once((bound.hash(), new)), now)
                     .await?;
@@ -885,28 +885,6 @@ async fn http1_connection(
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
-}
-
-/// The bindings of `prefill --bound-token-file`'s token: 8 networks, 2
-/// audiences, 16 routes, each list matched by its last entry.
-fn bench_bindings() -> anyhow::Result<sts::model::Bindings> {
-    use sts::model::{AllowedRoutes, AllowedSources, Audiences, Bindings, RouteRule};
-    let mut sources: Vec<String> = (0..7).map(|i| format!("10.{i}.0.0/16")).collect();
-    sources.push("127.0.0.0/8".into());
-    let rules = (0..16)
-        .map(|i| {
-            RouteRule::parse(
-                "allowed_routes",
-                &["GET", "HEAD"],
-                &format!("/api/v{i}/items/*"),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Bindings {
-        sources: AllowedSources::parse("allowed_sources", &sources)?,
-        audiences: Audiences::parse("audiences", &["bench-audience-0", "bench-audience-1"])?,
-        routes: AllowedRoutes::new("allowed_routes", rules)?,
-    })
 }
 
 /// See [`Command::CacheScaling`].
