@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::{
     credential,
-    error::{Answer, ErrorKind},
+    error::{Answer, Error, ErrorKind, retry_seconds},
     model::{MatchedSecret, ServiceToken},
+    rate_limit::Quota,
     service::Authenticated,
 };
 
@@ -25,6 +26,45 @@ pub const EXPIRATION_HEADER: &str = "x-service-token-expiration";
 /// Sent (`true`) when the caller used a secret rotated out by Rotate, in its
 /// grace period, so whoever reads it can warn the client to switch.
 pub const PREVIOUS_SECRET_HEADER: &str = "x-service-token-previous-secret";
+
+/// The IETF's rate-limit fields (draft-ietf-httpapi-ratelimit-headers-09):
+/// each of a token's limits as a policy (`"burst";q=20;w=1`) and where it
+/// stands (`"burst";r=19;t=1`: remaining, seconds until whole), on every
+/// allowed check of a limited token and on its refusal.
+pub const RATELIMIT_POLICY_HEADER: &str = "ratelimit-policy";
+pub const RATELIMIT_HEADER: &str = "ratelimit";
+
+/// [`RATELIMIT_POLICY_HEADER`] and [`RATELIMIT_HEADER`] with their values
+/// for `quota`; `None` for a token without limits.
+pub fn rate_limit_fields(quota: &Quota) -> Option<[(&'static str, String); 2]> {
+    if quota.is_empty() {
+        return None;
+    }
+    let mut policy = String::with_capacity(32);
+    let mut state = String::with_capacity(32);
+    for (at, (limit, standing)) in quota.states().enumerate() {
+        if at > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        // Names are A-Z a-z 0-9 . _ -: a structured-field string as is.
+        let mut ints = itoa::Buffer::new();
+        policy.push('"');
+        policy.push_str(limit.name());
+        policy.push_str("\";q=");
+        policy.push_str(ints.format(limit.limit()));
+        policy.push_str(";w=");
+        policy.push_str(ints.format(limit.period_secs()));
+        state.push('"');
+        state.push_str(limit.name());
+        state.push_str("\";r=");
+        state.push_str(ints.format(standing.remaining));
+        state.push_str(";t=");
+        let reset = standing.reset;
+        state.push_str(ints.format(reset.as_secs() + u64::from(reset.subsec_nanos() > 0)));
+    }
+    Some([(RATELIMIT_POLICY_HEADER, policy), (RATELIMIT_HEADER, state)])
+}
 
 /// Room for a typical token's roles, comma-separated.
 const ROLES_CAPACITY: usize = 64;
@@ -41,6 +81,9 @@ pub struct Allow {
     /// The credential headers the request carries that must not reach the
     /// upstream (none when the credential is forwarded on purpose).
     pub strip: Strip,
+    /// Where the token's rate limits stand ([`rate_limit_fields`]), for
+    /// the client; `None` without limits.
+    pub rate_limits: Option<[(&'static str, String); 2]>,
 }
 
 /// Which of [`credential::HEADERS`] to strip, in its order; no allocation
@@ -92,6 +135,7 @@ impl Allow {
             previous_secret: caller.secret == MatchedSecret::Previous,
             expiration: expiration_text(token),
             strip,
+            rate_limits: rate_limit_fields(&caller.quota),
         }
     }
 }
@@ -130,13 +174,41 @@ pub(crate) struct ErrorBody<'a> {
 }
 
 /// An error as the HTTP side answers it: status, whether it challenges
-/// for a credential, and the JSON body. The one mapping of [`ErrorKind`] to
+/// for a credential, the JSON body, and the headers that say when to come
+/// back (`Retry-After`, the rate-limit fields). The one mapping of [`ErrorKind`] to
 /// HTTP: HTTP answers with it, and Envoy's ext_authz denials carry it, so
 /// a client behind Envoy reads what a direct caller reads.
 pub struct HttpError {
     pub status: StatusCode,
     pub challenge: bool,
     pub body: String,
+    pub headers: Vec<(&'static str, String)>,
+    /// What the body says, for an answer that carries it apart (Envoy's
+    /// gRPC status).
+    pub message: String,
+}
+
+impl HttpError {
+    /// `error` as HTTP answers it (its [`Error::answer`] and headers).
+    pub fn of(error: &Error) -> HttpError {
+        let mut http = HttpError::from(&error.answer());
+        match error {
+            Error::RateLimited { retry_after } => {
+                http.headers
+                    .push(("retry-after", retry_seconds(*retry_after).to_string()));
+            }
+            Error::Overloaded => http.headers.push(("retry-after", "1".to_owned())),
+            Error::OverLimit(quota) => {
+                let wait = quota.retry_after().unwrap_or_default();
+                http.headers
+                    .push(("retry-after", retry_seconds(wait).to_string()));
+                http.headers
+                    .extend(rate_limit_fields(quota).into_iter().flatten());
+            }
+            _ => {}
+        }
+        http
+    }
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
@@ -166,6 +238,8 @@ impl From<&Answer> for HttpError {
             status,
             challenge: *kind == ErrorKind::Unauthenticated,
             body: serde_json::to_string(&body).expect("an error body serializes"),
+            headers: Vec::new(),
+            message: message.clone(),
         }
     }
 }

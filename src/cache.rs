@@ -68,6 +68,7 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
                     previous_secret: _,
                     bindings,
                     recent_sources: _,
+                    rate_limits,
                 },
             hash: _,
             previous_hash: _,
@@ -99,7 +100,13 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
             + roles
             + labels
             + bound
-            + 48 * crate::model::MAX_RECENT_SOURCES;
+            + 48 * crate::model::MAX_RECENT_SOURCES
+            // A limit: its terms and its name.
+            + rate_limits
+                .as_slice()
+                .iter()
+                .map(|limit| limit.name().len() + 48)
+                .sum::<usize>();
         (std::mem::size_of::<StoredToken>() + 96 + variable) as u64
     }
 }

@@ -164,6 +164,35 @@ fn writable(at: SystemTime) -> SystemTime {
     at.clamp(UNIX_EPOCH, latest())
 }
 
+/// A span in the largest whole unit that divides it (`90d`, `12h`, `30m`,
+/// `45s`): what the flags and rate limits take back (humantime's own text
+/// turns 90 days into months and hours).
+pub fn span_text(span: Duration) -> String {
+    let seconds = span.as_secs();
+    match seconds {
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `20`, `1s`, `90s`, `5m`, `1h`, `1d`: a whole number of seconds,
+/// minutes, hours or days (a bare number is seconds), as [`span_text`]
+/// writes it.
+pub fn parse_span(text: &str) -> Option<Duration> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let count: u64 = text[..digits].parse().ok()?;
+    let unit = match &text[digits..] {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => return None,
+    };
+    Some(Duration::from_secs(count.checked_mul(unit)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,9 @@ pub enum Error {
     /// Too many calls from one source address (revoking leaked tokens).
     #[error("too many requests from this address: try again in {} s", retry_seconds(*retry_after))]
     RateLimited { retry_after: std::time::Duration },
+    /// A token's rate limit had no room for a check (nothing was spent).
+    #[error("too many checks of this token: {0}")]
+    OverLimit(Box<crate::rate_limit::Quota>),
     /// More requests in flight than `--max-requests-in-flight`: refused at
     /// once, before any work, so the server stays responsive.
     #[error("the server is busy: too many requests in flight; try again in a moment")]
@@ -58,7 +61,7 @@ pub enum Error {
 /// A wait as whole seconds, rounded up and at least 1: a client that waits
 /// this long (HTTP's `Retry-After`) is let in.
 pub fn retry_seconds(wait: std::time::Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+    crate::rate_limit::whole_seconds(wait)
 }
 
 /// What kind of failure an [`Error`] is, independent of transport: gRPC and
@@ -135,7 +138,7 @@ impl Error {
             Error::BodyTimeout(_) => ErrorKind::DeadlineExceeded,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,
             Error::Stale { .. } => ErrorKind::Aborted,
-            Error::RateLimited { .. } => ErrorKind::RateLimited,
+            Error::RateLimited { .. } | Error::OverLimit(_) => ErrorKind::RateLimited,
             Error::Overloaded => ErrorKind::Overloaded,
             Error::Store(
                 StoreError::Locked { .. }

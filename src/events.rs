@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::{
     clock::rfc3339,
-    model::{Bindings, RecentSources, RouteParts, ServiceToken, TokenId},
+    model::{Bindings, LimitParts, RecentSources, RouteParts, ServiceToken, TokenId},
 };
 
 /// What happened to a token, as `type` and `X-Sts-Event` name it.
@@ -333,6 +333,9 @@ struct EventToken<'a> {
     audiences: &'a [String],
     #[serde(skip_serializing_if = "Vec::is_empty")]
     allowed_routes: Vec<RouteParts>,
+    /// Left out while there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rate_limits: Vec<LimitParts>,
 }
 
 impl Event {
@@ -365,6 +368,7 @@ impl Event {
                 },
             // Usage, not a manager's setting: `token.new_source` carries them.
             recent_sources: _,
+            rate_limits,
         } = token;
         let mut body = EventJson {
             id: &id,
@@ -387,6 +391,7 @@ impl Event {
                 allowed_sources: sources.texts(),
                 audiences: audiences.as_slice(),
                 allowed_routes: RouteParts::of(routes),
+                rate_limits: LimitParts::of(rate_limits),
             },
             actor: None,
             source: None,

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{
-        Bindings, FieldError, ListFilter, RouteParts, SeenSource, ServiceToken, StoredParts,
-        StoredToken, parse_time,
+        Bindings, FieldError, LimitParts, ListFilter, RouteParts, SeenSource, ServiceToken,
+        StoredParts, StoredToken, parse_time,
     },
     store::{Imported, Store, StoreError},
 };
@@ -82,6 +82,8 @@ struct Line {
     recent_sources: Vec<SourceLine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sources_announced_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rate_limits: Vec<LimitParts>,
 }
 
 /// A recent source in an export.
@@ -138,6 +140,7 @@ impl Line {
                             routes,
                         },
                     recent_sources,
+                    rate_limits,
                 },
             hash,
             previous_hash,
@@ -172,6 +175,7 @@ impl Line {
                 })
                 .collect::<Result<_, StoreError>>()?,
             sources_announced_at: time(recent_sources.announced_at())?,
+            rate_limits: LimitParts::of(rate_limits),
         })
     }
 
@@ -225,6 +229,7 @@ impl Line {
             allowed_routes: &self.allowed_routes,
             recent_sources: &recent_sources,
             sources_announced_at: time("sources_announced_at", &self.sources_announced_at)?,
+            rate_limits: &self.rate_limits,
         })
     }
 }

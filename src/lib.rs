@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod page;
 pub mod proto;
+pub mod rate_limit;
 pub mod server;
 pub mod service;
 pub mod source;

@@ -28,6 +28,11 @@ struct CallLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SurfaceLabels {
+    surface: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,
 }
@@ -89,6 +94,7 @@ pub struct Metrics {
     validation_handles: [OnceLock<(&'static str, Counter)>; OUTCOME_HANDLES],
     management_calls: Family<CallLabels, Counter>,
     role_checks: Family<OutcomeLabels, Counter>,
+    rate_limited: Family<SurfaceLabels, Counter>,
     undecodable: Family<RpcLabels, Counter>,
     request_duration: HistogramFamily,
     tokens_stored: Gauge,
@@ -138,6 +144,12 @@ impl Metrics {
             "role_checks",
             "Checks that an authenticated token holds a required role (forward-auth's role, ext_authz's sts.required_roles), by outcome",
             role_checks.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited_checks",
+            "Checks refused because a token's rate limit had no room, by surface",
+            rate_limited.clone(),
         );
         let undecodable = Family::default();
         registry.register(
@@ -282,6 +294,7 @@ impl Metrics {
             validation_handles: Default::default(),
             management_calls,
             role_checks,
+            rate_limited,
             undecodable,
             request_duration,
             tokens_stored,
@@ -392,6 +405,15 @@ impl Metrics {
     pub fn role_check(&self, outcome: &'static str) {
         self.role_checks
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// One check a token's rate limit refused, on `surface` (`validate`,
+    /// `status`, `forward_auth`, `ext_authz`, `token_review`,
+    /// `introspection`). No token and no limit name: both are unbounded.
+    pub fn rate_limited(&self, surface: &'static str) {
+        self.rate_limited
+            .get_or_create(&SurfaceLabels { surface })
             .inc();
     }
 

@@ -130,6 +130,7 @@ impl std::fmt::Debug for ValidateRequest {
             audience,
             http_method,
             path,
+            cost,
         } = self;
         f.debug_struct("ValidateRequest")
             .field("token", &REDACTED)
@@ -137,6 +138,7 @@ impl std::fmt::Debug for ValidateRequest {
             .field("audience", audience)
             .field("http_method", http_method)
             .field("path", path)
+            .field("cost", cost)
             .finish()
     }
 }

@@ -30,6 +30,7 @@ fn validate_path(c: &mut Criterion) {
         labels: Default::default(),
         created_by: String::new(),
         bindings: Default::default(),
+        rate_limits: None,
     };
     runtime
         .block_on(

@@ -209,6 +209,12 @@ struct ServeArgs {
     /// the store itself).
     #[arg(long, env = "STS_REQUIRE_SOURCE_BINDING")]
     require_source_binding: bool,
+    /// A rate limit every token created without any gets, NAME=LIMIT/PERIOD
+    /// (e.g. burst=20/1s; repeatable or comma-separated; none by default).
+    /// Copied into the token, so each token's limits are its own and
+    /// visible; a create with --no-rate-limit gets none.
+    #[arg(long, env = "STS_DEFAULT_RATE_LIMIT", value_delimiter = ',', value_parser = setting::rate_limit, value_name = "NAME=LIMIT/PERIOD")]
+    default_rate_limit: Vec<sts::model::RateLimit>,
     /// The role a token needs to review other tokens: Kubernetes
     /// TokenReview and OAuth 2.0 introspection callers.
     #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = setting::role)]
@@ -471,6 +477,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         purge_expired_after: args.purge_expired_after.map(Into::into),
         record_sources: args.record_sources,
         require_source_binding: args.require_source_binding,
+        default_rate_limits: setting::rate_limits(args.default_rate_limit.clone())
+            .map_err(|e| anyhow::anyhow!("invalid --default-rate-limit: {e}"))?,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;

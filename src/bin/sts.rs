@@ -126,6 +126,13 @@ enum TokenCommand {
         expiration: Option<String>,
         #[command(flatten)]
         bindings: Bindings,
+        /// A rate limit, NAME=LIMIT/PERIOD (e.g. burst=20/1s,
+        /// hourly=5000/1h; repeatable; none: the server's default).
+        #[arg(long, value_name = "NAME=LIMIT/PERIOD")]
+        rate_limit: Vec<String>,
+        /// No rate limit at all, not the server's default.
+        #[arg(long, conflicts_with = "rate_limit")]
+        no_rate_limit: bool,
     },
     #[command(about = "Delete a service token")]
     Delete {
@@ -203,6 +210,13 @@ enum TokenCommand {
         /// Remove every allowed route: usable on any route.
         #[arg(long, conflicts_with = "allow_route")]
         clear_allowed_routes: bool,
+        /// A rate limit, NAME=LIMIT/PERIOD (repeatable); those given
+        /// replace the token's own.
+        #[arg(long, value_name = "NAME=LIMIT/PERIOD")]
+        rate_limit: Vec<String>,
+        /// Remove every rate limit.
+        #[arg(long, conflicts_with = "rate_limit")]
+        clear_rate_limits: bool,
     },
     #[command(about = "Disable a service token: refused until enabled again")]
     Disable {
@@ -362,9 +376,23 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 roles,
                 expiration,
                 bindings,
+                rate_limit,
+                no_rate_limit,
             } => {
-                commands::create_token(globals, printer, name, roles, expiration, bindings.into())
-                    .await
+                let limits = commands::LimitOptions {
+                    limits: rate_limit,
+                    none: no_rate_limit,
+                };
+                commands::create_token(
+                    globals,
+                    printer,
+                    name,
+                    roles,
+                    expiration,
+                    bindings.into(),
+                    limits,
+                )
+                .await
             }
             TokenCommand::Delete { positional_id, id } => {
                 let id = id
@@ -406,6 +434,8 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 clear_allowed_sources,
                 clear_audiences,
                 clear_allowed_routes,
+                rate_limit,
+                clear_rate_limits,
             } => {
                 let changes = commands::TokenChanges {
                     name,
@@ -419,6 +449,10 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                     clear_sources: clear_allowed_sources,
                     clear_audiences,
                     clear_routes: clear_allowed_routes,
+                    limits: commands::LimitOptions {
+                        limits: rate_limit,
+                        none: clear_rate_limits,
+                    },
                 };
                 commands::update_token(globals, printer, id, changes).await
             }

@@ -303,8 +303,10 @@ impl Session {
     /// Checks this session's own token with `Validate`.
     pub async fn validate_own_token(&mut self) -> Result<ServiceToken, CliError> {
         let token = self.token()?.to_owned();
+        // A look, not a use: it spends nothing from the token's limits.
         let request = ValidateRequest {
             token,
+            cost: Some(0),
             ..ValidateRequest::default()
         };
         let response = match self.client.validate(request).await {
@@ -334,6 +336,7 @@ impl Session {
                         InvalidReason::RouteNotAllowed => {
                             "it is bound to routes, which this check cannot name"
                         }
+                        InvalidReason::RateLimited => "it is over a rate limit",
                         InvalidReason::Unspecified => "no reason given",
                     }
                 ),

@@ -24,6 +24,18 @@ use super::{
 use crate::proto::{CreateRequest, ListRequest, RevokeResult};
 
 pub use super::bindings::{BindingOptions, parse_route};
+use super::limits::parse_rate_limits;
+
+/// What `--rate-limit` and `--no-rate-limit` (create) or
+/// `--clear-rate-limits` (update) give.
+#[derive(Debug, Clone, Default)]
+pub struct LimitOptions {
+    /// `NAME=LIMIT/PERIOD` each.
+    pub limits: Vec<String>,
+    /// None at all: not the server's default (create), every one removed
+    /// (update).
+    pub none: bool,
+}
 
 /// The options every command shares.
 #[derive(Debug, Clone, Default)]
@@ -124,8 +136,10 @@ pub async fn create_token(
     roles: Vec<String>,
     expiration: Option<String>,
     bindings: BindingOptions,
+    limits: LimitOptions,
 ) -> Result<(), CliError> {
     let expiration = expiration.as_deref().map(parse_expiration).transpose()?;
+    let rate_limits = parse_rate_limits(&limits.limits)?;
     let asked_for_expiration = expiration.is_some();
     let allowed_routes = bindings
         .routes
@@ -143,6 +157,8 @@ pub async fn create_token(
             allowed_sources: bindings.sources,
             audiences: bindings.audiences,
             allowed_routes,
+            rate_limits,
+            no_rate_limits: limits.none,
         })
         .await?;
     let mut value = json!({ "id": created.id, "name": created.name, "token": token });
@@ -274,6 +290,8 @@ pub struct TokenChanges {
     pub clear_sources: bool,
     pub clear_audiences: bool,
     pub clear_routes: bool,
+    /// Non-empty replaces the token's limits; `none` removes them.
+    pub limits: LimitOptions,
 }
 
 /// `sts service-token update`: the named fields only (one Update with a
@@ -329,6 +347,10 @@ pub async fn update_token(
             .collect::<Result<_, _>>()?;
         paths.push("allowed_routes".into());
     }
+    if !changes.limits.limits.is_empty() || changes.limits.none {
+        token.rate_limits = parse_rate_limits(&changes.limits.limits)?;
+        paths.push("rate_limits".into());
+    }
     let mut session = globals.session().await?;
     for label in &changes.labels {
         let (key, value) = label
@@ -343,7 +365,7 @@ pub async fn update_token(
     }
     if paths.is_empty() {
         return Err(CliError::Usage(
-            "nothing to change: give --name, --roles, --expiration, --no-expiration, --description, --label, --remove-label, --allow-source, --audience, --allow-route or a --clear-... flag".into(),
+            "nothing to change: give --name, --roles, --expiration, --no-expiration, --description, --label, --remove-label, --allow-source, --audience, --allow-route, --rate-limit or a --clear-... flag".into(),
         ));
     }
     let updated = session.update(token, paths).await?;

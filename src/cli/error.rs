@@ -82,6 +82,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("name", "--name"),
     ("description", "--description"),
     ("labels", "--label"),
+    ("rate_limits", "--rate-limit"),
+    ("no_rate_limits", "--no-rate-limit"),
     ("page_token", "the listing's page"),
     ("update_mask", "the change"),
 ];

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 mod insecure;
+mod limits;
 pub mod output;
 
 pub use error::CliError;

@@ -266,6 +266,7 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
         audiences,
         allowed_routes,
         recent_sources,
+        rate_limits,
     } = token;
     let any = |items: Vec<String>| {
         if items.is_empty() {
@@ -314,6 +315,18 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
             any(allowed_routes.iter().map(route_text).collect()),
         ),
         ("RECENT SOURCES", recent),
+        (
+            "RATE LIMITS",
+            if rate_limits.is_empty() {
+                "none".to_owned()
+            } else {
+                rate_limits
+                    .iter()
+                    .map(|limit| shown(&super::limits::rate_limit_text(limit)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
         ("CREATED", time(created_at)),
         ("CREATED BY", shown(created_by)),
         ("UPDATED", time(updated_at)),
@@ -360,6 +373,7 @@ pub fn token_json(token: &ServiceToken) -> Value {
         audiences,
         allowed_routes,
         recent_sources,
+        rate_limits,
     } = token;
     let mut value = json!({ "id": id, "name": name, "roles": roles });
     let millis = |t: &Option<prost_types::Timestamp>| t.as_ref().map(epoch_millis);
@@ -417,6 +431,18 @@ pub fn token_json(token: &ServiceToken) -> Value {
                 json!({
                     "address": source.address,
                     "lastSeenAt": source.last_seen_at.as_ref().map(epoch_millis),
+                })
+            })
+            .collect();
+    }
+    if !rate_limits.is_empty() {
+        value["rateLimits"] = rate_limits
+            .iter()
+            .map(|limit| {
+                json!({
+                    "name": limit.name,
+                    "limit": limit.limit,
+                    "periodSeconds": limit.period.map_or(0, |p| p.seconds),
                 })
             })
             .collect();

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::model::Role;
+use crate::model::{RateLimits, Role};
 
 mod server;
 pub mod setting;
@@ -159,6 +159,9 @@ pub struct ServiceConfig {
     pub require_source_binding: bool,
     /// Record the sources each token is used from (`--record-sources`).
     pub record_sources: bool,
+    /// The limits a token created without any gets
+    /// (`--default-rate-limit`); empty: none.
+    pub default_rate_limits: RateLimits,
 }
 
 /// Whether the sources a token is used from are recorded: on, since they
@@ -169,13 +172,7 @@ pub const DEFAULT_RECORD_SOURCES: bool = true;
 /// A lifetime in the largest whole unit the flags take (`90d`, `12h`,
 /// `30m`, `45s`): humantime's own text turns 90 days into months and hours.
 pub fn lifetime_text(lifetime: Duration) -> String {
-    let seconds = lifetime.as_secs();
-    match seconds {
-        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
+    crate::clock::span_text(lifetime)
 }
 
 /// The operator's limits on how long a token may live. Tokens made before
@@ -249,6 +246,7 @@ impl ServiceConfig {
             token_summary_interval: DEFAULT_TOKEN_SUMMARY_INTERVAL,
             require_source_binding: false,
             record_sources: DEFAULT_RECORD_SOURCES,
+            default_rate_limits: RateLimits::default(),
         }
     }
 }

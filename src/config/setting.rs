@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use crate::{model::Role, source::TrustedProxies};
+use crate::{
+    model::{RateLimit, RateLimits, Role},
+    source::TrustedProxies,
+};
 
 use super::{MIN_HEADER_BYTES, bounded_setting};
 
@@ -50,6 +53,16 @@ pub fn lifetime(text: &str) -> Result<Span, SettingError> {
     let span = duration(text)?;
     bounded_setting(*span)?;
     Ok(span)
+}
+
+/// One `--default-rate-limit`: `NAME=LIMIT/PERIOD`.
+pub fn rate_limit(text: &str) -> Result<RateLimit, SettingError> {
+    RateLimit::parse_text("rate limit", text).map_err(|e| SettingError::new(e.problem))
+}
+
+/// Every `--default-rate-limit` together: at most 8, no name twice.
+pub fn rate_limits(limits: Vec<RateLimit>) -> Result<RateLimits, SettingError> {
+    RateLimits::new("rate limits", limits).map_err(|e| SettingError::new(e.problem))
 }
 
 /// A header byte count hyper can work with.

@@ -29,10 +29,12 @@ use crate::{
     model::{
         AllowedRoutes, AllowedSources, Audiences, BindingRefusal, Bindings, CheckContext,
         Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, MatchedSecret,
-        NewToken, Roles, RouteRule, ServiceToken, TokenId, TokenName, parse_time,
+        NewToken, RateLimit, RateLimits, Roles, RouteRule, ServiceToken, TokenId, TokenName,
+        parse_time,
     },
     page::PageRequest,
     proto,
+    rate_limit::{Charge, Quota, Surface},
     service::{Admin, InvalidReason, Revoked, Rpc, TokenService, Validation},
     source,
 };
@@ -144,7 +146,14 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
             &message.path,
         )
         .map_err(Error::from)?;
-        let validation = self.service.validate(&message.token, &context).await?;
+        let charge = Charge::Spend {
+            cost: message.cost.unwrap_or(1),
+            surface: Surface::Validate,
+        };
+        let validation = self
+            .service
+            .validate_charged(&message.token, &context, charge)
+            .await?;
         Ok(Response::new(validation.into()))
     }
 
@@ -244,7 +253,7 @@ fn grace_period(grace: Option<prost_types::Duration>) -> Result<Duration, FieldE
 }
 
 /// The mask paths of an update, as AIP-134 names them.
-const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled, allowed_sources, audiences, allowed_routes";
+const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled, allowed_sources, audiences, allowed_routes, rate_limits";
 
 /// An UpdateRequest as the token it names and the fields its mask sets.
 fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
@@ -296,6 +305,7 @@ fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
             }
             "audiences" => edit.audiences = Some(Audiences::parse("audiences", &token.audiences)?),
             "allowed_routes" => edit.routes = Some(routes(&token.allowed_routes)?),
+            "rate_limits" => edit.rate_limits = Some(rate_limits(&token.rate_limits)?),
             other => {
                 return Err(FieldError::new(
                     "update_mask",
@@ -340,7 +350,20 @@ fn etag(text: &str) -> Result<Option<Etag>, Error> {
 fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
     let expiration = time("expiration", request.expiration)?;
     let new = NewToken::parse(&request.name, &request.roles, expiration)?;
+    let limits = match (request.no_rate_limits, request.rate_limits.is_empty()) {
+        (false, true) => None,
+        (false, false) => Some(rate_limits(&request.rate_limits)?),
+        (true, true) => Some(RateLimits::default()),
+        (true, false) => {
+            return Err(FieldError::new(
+                "no_rate_limits",
+                "cannot be set together with rate_limits",
+            )
+            .into());
+        }
+    };
     Ok(new
+        .limited(limits)
         .described(
             Description::parse(&request.description)?,
             Labels::parse(&request.labels)?,
@@ -350,6 +373,34 @@ fn new_token(request: proto::CreateRequest) -> Result<NewToken, Error> {
             audiences: Audiences::parse("audiences", &request.audiences)?,
             routes: routes(&request.allowed_routes)?,
         }))
+}
+
+/// The rate limits of a request, each checked; an error names the limit
+/// by its place (`rate_limits[1]`).
+fn rate_limits(limits: &[proto::RateLimit]) -> Result<RateLimits, FieldError> {
+    let limits = limits
+        .iter()
+        .enumerate()
+        .map(|(at, limit)| {
+            let field = format!("rate_limits[{at}]");
+            let period = limit
+                .period
+                .and_then(|period| {
+                    Some(Duration::new(
+                        u64::try_from(period.seconds).ok()?,
+                        u32::try_from(period.nanos).ok()?,
+                    ))
+                })
+                .ok_or_else(|| {
+                    FieldError::new(
+                        &field,
+                        "the period must be set, whole seconds from 1s to 24h",
+                    )
+                })?;
+            RateLimit::new(&field, &limit.name, limit.limit, period)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RateLimits::new("rate_limits", limits)
 }
 
 /// The routes of a request, each parsed; an error names the route by its
@@ -421,6 +472,7 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
                 routes,
             },
         recent_sources,
+        rate_limits,
     } = token;
     // Built only when shown: a check's answer must not pay for them.
     fn only<T>(shown: bool, items: impl FnOnce() -> Vec<T>) -> Vec<T> {
@@ -462,23 +514,66 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
                 })
                 .collect()
         }),
+        rate_limits: only(manager, || {
+            rate_limits
+                .as_slice()
+                .iter()
+                .map(|limit| proto::RateLimit {
+                    name: limit.name().to_owned(),
+                    limit: limit.limit(),
+                    period: Some(duration(limit.period())),
+                })
+                .collect()
+        }),
     }
+}
+
+fn duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Where each of a check's limits stands, as Validate answers it.
+fn states(quota: &Quota) -> Vec<proto::RateLimitState> {
+    quota
+        .states()
+        .map(|(limit, standing)| proto::RateLimitState {
+            name: limit.name().to_owned(),
+            limit: limit.limit(),
+            remaining: standing.remaining,
+            reset: Some(duration(standing.reset)),
+        })
+        .collect()
 }
 
 impl From<Validation> for proto::ValidateResponse {
     fn from(validation: Validation) -> proto::ValidateResponse {
         match validation {
-            Validation::Valid(token, secret) => proto::ValidateResponse {
+            Validation::Valid(token, secret, quota) => proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
                 service_token: Some(shown(token, ShownTo::Checker)),
                 previous_secret: secret == MatchedSecret::Previous,
+                rate_limits: states(&quota),
+                retry_after: None,
+            },
+            Validation::Limited(quota) => proto::ValidateResponse {
+                valid: false,
+                reason: proto::InvalidReason::RateLimited.into(),
+                service_token: None,
+                previous_secret: false,
+                rate_limits: states(&quota),
+                retry_after: quota.retry_after().map(duration),
             },
             Validation::Invalid(reason) => proto::ValidateResponse {
                 valid: false,
                 reason: proto::InvalidReason::from(reason).into(),
                 service_token: None,
                 previous_secret: false,
+                rate_limits: Vec::new(),
+                retry_after: None,
             },
         }
     }

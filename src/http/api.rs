@@ -11,8 +11,11 @@ use serde::Serialize;
 
 use super::{Caller, HttpState, caller, json};
 use crate::{
-    authz::{EXPIRATION_HEADER, PREVIOUS_SECRET_HEADER, expiration_text},
-    model::{Bindings, Etag, MatchedSecret, Role, RouteParts, ServiceToken},
+    authz::{EXPIRATION_HEADER, PREVIOUS_SECRET_HEADER, expiration_text, rate_limit_fields},
+    model::{
+        Bindings, Etag, FieldError, MatchedSecret, RateLimit, RateLimits, Role, RouteParts,
+        ServiceToken,
+    },
     service::Authenticated,
 };
 
@@ -65,6 +68,49 @@ pub struct TokenJson<'a> {
     pub allowed_routes: Vec<RouteParts>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recent_sources: Vec<RecentSourceJson>,
+    /// To managers only, left out while there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitJson>,
+}
+
+/// A rate limit as REST shows and takes it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitJson {
+    pub name: String,
+    pub limit: u64,
+    pub period_seconds: u64,
+}
+
+impl RateLimitJson {
+    pub fn of(limits: &RateLimits) -> Vec<RateLimitJson> {
+        limits
+            .as_slice()
+            .iter()
+            .map(|limit| RateLimitJson {
+                name: limit.name().to_owned(),
+                limit: limit.limit(),
+                period_seconds: limit.period_secs(),
+            })
+            .collect()
+    }
+
+    /// The limits `items` give, each checked (`field[1]` names a bad one).
+    pub fn parse(field: &str, items: &[RateLimitJson]) -> Result<RateLimits, FieldError> {
+        let limits = items
+            .iter()
+            .enumerate()
+            .map(|(at, item)| {
+                RateLimit::new(
+                    &format!("{field}[{at}]"),
+                    &item.name,
+                    item.limit,
+                    std::time::Duration::from_secs(item.period_seconds),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        RateLimits::new(field, limits)
+    }
 }
 
 /// A recent source as REST shows it.
@@ -105,6 +151,7 @@ impl<'a> TokenJson<'a> {
                     routes,
                 },
             recent_sources,
+            rate_limits,
         } = token;
         TokenJson {
             id: id.get(),
@@ -146,6 +193,11 @@ impl<'a> TokenJson<'a> {
                         last_seen_at: epoch_millis(at),
                     })
                     .collect()
+            } else {
+                Vec::new()
+            },
+            rate_limits: if to_manager {
+                RateLimitJson::of(rate_limits)
             } else {
                 Vec::new()
             },
@@ -197,6 +249,10 @@ fn caller_headers(caller: &Authenticated) -> HeaderMap {
     let mut headers = HeaderMap::new();
     insert_expiration(&caller.token, &mut headers);
     insert_previous_secret(caller, &mut headers);
+    for (name, value) in rate_limit_fields(&caller.quota).into_iter().flatten() {
+        let value = HeaderValue::try_from(value).expect("the rate-limit fields are ASCII");
+        headers.insert(HeaderName::from_static(name), value);
+    }
     headers
 }
 

@@ -7,6 +7,7 @@ use super::{HttpState, context};
 use crate::{
     credential,
     error::Error,
+    rate_limit::{Charge, Surface},
     service::{Admin, Authenticated, Rpc},
     source,
 };
@@ -37,7 +38,11 @@ pub async fn authenticate(state: &HttpState, parts: &Parts) -> Result<Authentica
     let seen = context::of_request(parts);
     state
         .service
-        .authenticate_secret(credential::presented(&parts.headers), &seen.context())
+        .authenticate_secret(
+            credential::presented(&parts.headers),
+            &seen.context(),
+            Charge::one(Surface::Status),
+        )
         .await
 }
 

@@ -13,6 +13,7 @@ use crate::{
     credential,
     error::Error,
     model::{FieldError, required_roles},
+    rate_limit::Surface,
 };
 
 use super::api::{insert_expiration_text, insert_previous_flag};
@@ -83,7 +84,12 @@ async fn decide(state: &HttpState, parts: &Parts) -> Result<Response, Error> {
     let seen = context::forwarded(parts, suffix, audience);
     let caller = state
         .service
-        .authorize(credential::presented(request), &required, &seen.context())
+        .authorize(
+            credential::presented(request),
+            &required,
+            &seen.context(),
+            Surface::ForwardAuth,
+        )
         .await?;
     let allow = Allow::of(
         &caller,
@@ -135,8 +141,13 @@ fn allow_headers(allow: Allow, headers: &mut HeaderMap) -> Result<(), Error> {
         previous_secret,
         expiration,
         strip,
+        rate_limits,
     } = allow;
     insert_expiration_text(expiration, headers);
+    for (name, value) in rate_limits.into_iter().flatten() {
+        let value = HeaderValue::try_from(value).expect("the rate-limit fields are ASCII");
+        headers.insert(HeaderName::from_static(name), value);
+    }
     insert_previous_flag(previous_secret, headers);
     const NAMES: [HeaderName; 3] = [
         HeaderName::from_static(ID_HEADER),

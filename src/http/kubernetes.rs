@@ -57,7 +57,7 @@ pub async fn token_review(
     let asked = spec.audiences.unwrap_or_default();
     let review = ReviewFor::Audiences(&asked);
     let status = match state.service.review(&reviewer, &spec.token, review).await? {
-        Validation::Valid(token, _) => TokenReviewStatus {
+        Validation::Valid(token, _, _) => TokenReviewStatus {
             authenticated: Some(true),
             user: Some(user_of(&token, &state.integrations)),
             // Kubernetes' rule: the audiences both sides accept. A token
@@ -73,6 +73,11 @@ pub async fn token_review(
             )
             .filter(|a| !a.is_empty()),
             error: None,
+        },
+        Validation::Limited(quota) => TokenReviewStatus {
+            authenticated: Some(false),
+            error: Some(Error::OverLimit(Box::new(quota)).to_string()),
+            ..TokenReviewStatus::default()
         },
         Validation::Invalid(reason) => TokenReviewStatus {
             authenticated: Some(false),

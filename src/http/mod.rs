@@ -37,11 +37,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{
-    config::IntegrationConfig,
-    error::{Error, retry_seconds},
-    service::TokenService,
-};
+use crate::{config::IntegrationConfig, error::Error, service::TokenService};
 
 use crate::authz::ErrorBody;
 use crate::authz::{CHALLENGE, HttpError};
@@ -189,16 +185,13 @@ fn error_response(status: StatusCode, error: &str, message: String) -> Response 
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let retry_after = match &self {
-            Error::RateLimited { retry_after } => Some(retry_seconds(*retry_after)),
-            Error::Overloaded => Some(1),
-            _ => None,
-        };
         let HttpError {
             status,
             challenge,
             body,
-        } = HttpError::from(&self.answer());
+            headers,
+            message: _,
+        } = HttpError::of(&self);
         let mut response = (
             status,
             [(
@@ -214,10 +207,12 @@ impl IntoResponse for Error {
                 HeaderValue::from_static(CHALLENGE),
             );
         }
-        if let Some(seconds) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        for (name, value) in headers {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                response
+                    .headers_mut()
+                    .insert(header::HeaderName::from_static(name), value);
+            }
         }
         response
     }

@@ -79,7 +79,7 @@ pub async fn introspect(
         .review(&reviewer, &token, ReviewFor::AnyAudience)
         .await?
     {
-        Validation::Valid(token, _) => Introspection::Active {
+        Validation::Valid(token, _, _) => Introspection::Active {
             active: true,
             token_type: TOKEN_TYPE,
             sub: token.id.to_string(),
@@ -95,7 +95,11 @@ pub async fn introspect(
             exp: token.expiration.map(epoch_seconds),
             aud: token.bindings.audiences.as_slice().to_vec(),
         },
-        Validation::Invalid(_) => Introspection::Inactive { active: false },
+        // RFC 7662 sec. 2.2: an inactive token's answer says nothing more,
+        // a rate-limited one's neither.
+        Validation::Limited(_) | Validation::Invalid(_) => {
+            Introspection::Inactive { active: false }
+        }
     };
     let mut response = Json(answer).into_response();
     // The answer is about a secret: no cache may keep it (RFC 7662 sec. 4).

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{
     HttpState,
-    api::TokenJson,
+    api::{RateLimitJson, TokenJson},
     body,
     caller::{Management, Peer},
     decode, json,
@@ -219,6 +219,9 @@ struct CreateJson {
     audiences: Vec<String>,
     #[serde(default)]
     allowed_routes: Vec<RouteParts>,
+    /// Absent or null: the server's default limits; `[]`: none.
+    #[serde(default)]
+    rate_limits: Option<Vec<RateLimitJson>>,
 }
 
 #[derive(Serialize)]
@@ -251,6 +254,8 @@ const SET_BY_THE_SERVER: &[&str] = &[
 const ALLOWED_SOURCES: &str = "allowedSources";
 const AUDIENCES: &str = "audiences";
 const ALLOWED_ROUTES: &str = "allowedRoutes";
+/// REST's name of the rate limits.
+const RATE_LIMITS: &str = "rateLimits";
 
 /// A JSON body, or the error that says why it is not one.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
@@ -282,7 +287,14 @@ pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
                 sources: AllowedSources::parse(ALLOWED_SOURCES, &request.allowed_sources)?,
                 audiences: Audiences::parse(AUDIENCES, &request.audiences)?,
                 routes: RouteParts::parse(ALLOWED_ROUTES, &request.allowed_routes)?,
-            });
+            })
+            .limited(
+                request
+                    .rate_limits
+                    .as_deref()
+                    .map(|items| RateLimitJson::parse(RATE_LIMITS, items))
+                    .transpose()?,
+            );
         let created = service.create(&admin, new).await;
         created.map_err(|e| {
             e.naming_field("expiration", EXPIRY_DATE)
@@ -427,6 +439,10 @@ fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
                 let items: Vec<RouteParts> = binding_list(ALLOWED_ROUTES, value)?;
                 edit.routes = Some(RouteParts::parse(ALLOWED_ROUTES, &items)?);
             }
+            (RATE_LIMITS, value) => {
+                let items: Vec<RateLimitJson> = binding_list(RATE_LIMITS, value)?;
+                edit.rate_limits = Some(RateLimitJson::parse(RATE_LIMITS, &items)?);
+            }
             ("disabled", value) => {
                 edit.disabled = Some(
                     value
@@ -444,7 +460,7 @@ fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
                 };
                 return Err(FieldError::new(
                     field,
-                    "cannot be changed (name, roles, expiryDate, description, labels, disabled, allowedSources, audiences, allowedRoutes can)",
+                    "cannot be changed (name, roles, expiryDate, description, labels, disabled, allowedSources, audiences, allowedRoutes, rateLimits can)",
                 ));
             }
         }

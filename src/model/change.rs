@@ -12,6 +12,7 @@ use super::fields::Labels;
 use super::fields::Role;
 use super::fields::Roles;
 use super::fields::TokenName;
+use super::rate_limit::RateLimits;
 use super::route::AllowedRoutes;
 use super::stored::StoredToken;
 use super::token::PreviousSecret;
@@ -89,6 +90,7 @@ pub struct Edit {
     pub sources: Option<AllowedSources>,
     pub audiences: Option<Audiences>,
     pub routes: Option<AllowedRoutes>,
+    pub rate_limits: Option<RateLimits>,
 }
 
 /// One field an edit changed, with its old and new values as shown in the
@@ -134,6 +136,9 @@ impl Edit {
         }
         if let Some(routes) = &self.routes {
             edited.bindings.routes = routes.clone();
+        }
+        if let Some(rate_limits) = &self.rate_limits {
+            edited.rate_limits = rate_limits.clone();
         }
         edited.updated_at = at;
         edited
@@ -181,6 +186,11 @@ impl Edit {
                 "allowed_routes",
                 before.bindings.routes.to_string(),
                 after.bindings.routes.to_string(),
+            ),
+            (
+                "rate_limits",
+                before.rate_limits.to_string(),
+                after.rate_limits.to_string(),
             ),
         ];
         candidates
@@ -235,6 +245,7 @@ impl Change {
                 sources: None,
                 audiences: None,
                 routes: None,
+                rate_limits: None,
             }) => true,
             Change::Edit(_) | Change::Rotate { .. } => false,
         }

@@ -6,12 +6,13 @@
 //! route rules and the request path they match, `shared` how a token
 //! holds a list of its bindings, `token` the token
 //! as the service sees it, `change` what a change does, `query` what a question over many
-//! tokens selects, `recent` the sources a token was last seen from, `stored` the token on its way into and out of a store.
+//! tokens selects, `recent` the sources a token was last seen from, `rate_limit` how often it may be checked, `stored` the token on its way into and out of a store.
 
 mod binding;
 mod change;
 mod fields;
 mod query;
+mod rate_limit;
 mod recent;
 mod route;
 mod shared;
@@ -22,6 +23,7 @@ pub use binding::*;
 pub use change::*;
 pub use fields::*;
 pub use query::*;
+pub use rate_limit::*;
 pub use recent::*;
 pub use route::*;
 pub use stored::*;

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 use super::binding::AllowedSources;
 use super::binding::Audiences;
 use super::binding::Bindings;
+use super::rate_limit::{RateLimit, RateLimits};
 use super::recent::RecentSources;
 use super::route::AllowedRoutes;
 use super::route::RouteRule;
@@ -63,6 +64,48 @@ pub struct StoredParts<'a> {
     pub allowed_routes: &'a [RouteParts],
     pub recent_sources: &'a [SeenSource],
     pub sources_announced_at: Option<SystemTime>,
+    /// Empty in records written before rate limits existed.
+    pub rate_limits: &'a [LimitParts],
+}
+
+/// A rate limit as stores and exports keep it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitParts {
+    pub name: String,
+    pub limit: u64,
+    pub period_secs: u64,
+}
+
+impl LimitParts {
+    /// Every limit of `limits`, to be kept.
+    pub fn of(limits: &RateLimits) -> Vec<LimitParts> {
+        limits
+            .as_slice()
+            .iter()
+            .map(|limit| LimitParts {
+                name: limit.name().to_owned(),
+                limit: limit.limit(),
+                period_secs: limit.period_secs(),
+            })
+            .collect()
+    }
+
+    /// The limits `parts` keep, each re-checked.
+    pub fn parse(field: &str, parts: &[LimitParts]) -> Result<RateLimits, FieldError> {
+        let limits = parts
+            .iter()
+            .map(|part| {
+                RateLimit::new(
+                    field,
+                    &part.name,
+                    part.limit,
+                    std::time::Duration::from_secs(part.period_secs),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        RateLimits::new(field, limits)
+    }
 }
 
 /// A route rule as stores and exports keep it: what it was made of.
@@ -171,6 +214,7 @@ impl<'a> StoredParts<'a> {
             allowed_routes: &[],
             recent_sources: &[],
             sources_announced_at: None,
+            rate_limits: &[],
         }
     }
 }
@@ -227,6 +271,7 @@ impl StoredToken {
                     parts.recent_sources,
                     parts.sources_announced_at,
                 )?,
+                rate_limits: LimitParts::parse("rate_limits", parts.rate_limits)?,
             },
             hash,
             previous_hash,

@@ -12,6 +12,7 @@ use super::fields::Role;
 use super::fields::Roles;
 use super::fields::TokenId;
 use super::fields::TokenName;
+use super::rate_limit::RateLimits;
 use super::recent::RecentSources;
 
 /// What a token is, minus its secret: what `List` shows and `Validate` answers.
@@ -39,6 +40,8 @@ pub struct ServiceToken {
     pub bindings: Bindings,
     /// Where it was last used from; recorded with the last use.
     pub recent_sources: RecentSources,
+    /// How often it may be checked.
+    pub rate_limits: RateLimits,
 }
 
 /// A checksum of what a token's managers set (AIP-154, an HTTP entity
@@ -78,6 +81,7 @@ impl Etag {
                     routes,
                 },
             recent_sources: _,
+            rate_limits,
         } = token;
         let mut hash = Sha256::new();
         // Every text length-prefixed, every option tagged: no two tokens
@@ -129,6 +133,16 @@ impl Etag {
                 }
                 bytes(b"");
                 bytes(rule.pattern().as_bytes());
+            }
+            bytes(b"");
+        }
+        // Likewise only a limited token's covers its limits.
+        if !rate_limits.is_empty() {
+            bytes(b"rate_limits");
+            for limit in rate_limits.as_slice() {
+                bytes(limit.name().as_bytes());
+                bytes(&limit.limit().to_be_bytes());
+                bytes(&limit.period_secs().to_be_bytes());
             }
             bytes(b"");
         }
@@ -210,6 +224,7 @@ impl ServiceToken {
             previous_secret: None,
             bindings: new.bindings.clone(),
             recent_sources: RecentSources::default(),
+            rate_limits: new.rate_limits.clone().unwrap_or_default(),
         }
     }
 
@@ -255,6 +270,9 @@ pub struct NewToken {
     /// Set by the service, which knows the caller.
     pub created_by: String,
     pub bindings: Bindings,
+    /// `None`: the server's default limits (`ServiceConfig`), which the
+    /// service puts here before the token is made.
+    pub rate_limits: Option<RateLimits>,
 }
 
 impl NewToken {
@@ -273,6 +291,7 @@ impl NewToken {
             labels: Labels::default(),
             created_by: String::new(),
             bindings: Bindings::default(),
+            rate_limits: None,
         })
     }
 
@@ -286,6 +305,12 @@ impl NewToken {
     /// Bound as `bindings` says.
     pub fn bound(mut self, bindings: Bindings) -> NewToken {
         self.bindings = bindings;
+        self
+    }
+
+    /// Limited as `limits` says (`None`: the server's default).
+    pub fn limited(mut self, limits: Option<RateLimits>) -> NewToken {
+        self.rate_limits = limits;
         self
     }
 }

@@ -20,6 +20,7 @@ use crate::{
         Change, CheckContext, Edit, Etag, FieldError, ListFilter, NewToken, ServiceToken, TokenId,
     },
     page::{PageRequest, encode_cursor},
+    rate_limit::Charge,
     store::{KeepAdmin, Outcome, Store, StoreError},
     token::Secret,
 };
@@ -188,7 +189,10 @@ impl TokenService {
             source,
             ..CheckContext::default()
         };
-        let caller = self.authenticate(presented, &context).await.ok();
+        let caller = self
+            .authenticate(presented, &context, Charge::Exempt)
+            .await
+            .ok();
         let refusal = Refusal {
             rpc,
             source,
@@ -228,6 +232,10 @@ impl TokenService {
         if new.bindings.sources.is_empty() {
             self.source_binding_required()?;
         }
+        // The server's default limits, copied in: every token's limits are
+        // its own, visible, and unchanged by a later change of the default.
+        new.rate_limits
+            .get_or_insert_with(|| self.config.default_rate_limits.clone());
         let event = self.draft(|| Draft::created(Actor::of(caller), now)).await;
         let (token, created) = issue(&*self.store, &*self.clock, new, draft_of(&event)).await?;
         self.event_committed(event);

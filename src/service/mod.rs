@@ -23,6 +23,7 @@ use crate::{
     config::ServiceConfig,
     last_used::{LastUsed, Plainly, UseWriter},
     metrics::Metrics,
+    rate_limit::Limiter,
     source_limit::SourceLimit,
     store::Store,
 };
@@ -72,6 +73,8 @@ pub struct TokenService {
     /// Of leaked-token revocations, which need no credential.
     revocations: SourceLimit,
     outbox: Arc<Outbox>,
+    /// Where the tokens' rate limits are spent.
+    limiter: Arc<Limiter>,
     /// The last store check failed (`server::watch_store` keeps it): calls
     /// that need the store are answered UNAVAILABLE at once meanwhile,
     /// rather than each waiting out the database pool's acquire timeout.
@@ -114,6 +117,7 @@ impl TokenService {
             refusals: Refusals::new(config.refusal_summary_interval),
             revocations: SourceLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
             outbox,
+            limiter: Arc::new(Limiter::default()),
             store_away: AtomicBool::new(false),
             last_store_failure: Mutex::new(None),
             store,

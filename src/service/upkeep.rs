@@ -27,6 +27,7 @@ impl TokenService {
     /// store's count (a scan, or one query on PostgreSQL): the server runs
     /// it now and then, never on a request's path.
     pub async fn summarize(&self) -> Result<(), Error> {
+        self.sweep_rate_limits().await;
         let summary = self.store.summary(self.now()).await?;
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let seconds = |t: SystemTime| crate::clock::epoch_seconds(t).max(0);
@@ -48,6 +49,14 @@ impl TokenService {
             next_expiry_seconds: summary.next_expiry.map_or(0, seconds),
         });
         Ok(())
+    }
+
+    /// Forgets the rate-limit state of limits whole again: a walk of the
+    /// whole table, one shard lock at a time, off the runtime's threads.
+    pub async fn sweep_rate_limits(&self) {
+        let limiter = self.limiter.clone();
+        let now_ms = u64::try_from(crate::clock::epoch_millis(self.clock.now())).unwrap_or(0);
+        let _ = tokio::task::spawn_blocking(move || limiter.sweep(now_ms)).await;
     }
 
     /// Deletes the tokens that expired `purge_expired_after` ago or longer,

@@ -1,8 +1,9 @@
 //! Checking a presented secret: `validate` (which secret, expiry,
-//! disabled; the use noted), and the authorization every surface asks for
-//! (a required role, the reviewer role, the admin role).
+//! disabled, bindings, then the rate limits; the use noted), and the
+//! authorization every surface asks for (a required role, the reviewer
+//! role, the admin role).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::SystemTime};
 
 use crate::{
     audit::{self, Refusal},
@@ -11,6 +12,7 @@ use crate::{
     model::{
         BindingRefusal, Bindings, CheckContext, MatchedSecret, Role, ServiceToken, StoredToken,
     },
+    rate_limit::{Charge, Quota, Surface},
     token::{MalformedToken, TokenHash},
 };
 
@@ -23,8 +25,12 @@ use super::{Admin, TokenService};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Validation {
     /// Valid, through its current secret or (during a rotation's grace
-    /// period) its previous one.
-    Valid(ServiceToken, MatchedSecret),
+    /// period) its previous one; where its rate limits stand after this
+    /// check (empty for a token without limits).
+    Valid(ServiceToken, MatchedSecret, Quota),
+    /// Valid in every other way, but a rate limit had no room for the
+    /// check: nothing was spent.
+    Limited(Quota),
     Invalid(InvalidReason),
 }
 
@@ -32,8 +38,9 @@ impl Validation {
     /// The metrics label of this answer.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Validation::Valid(_, MatchedSecret::Current) => "valid",
-            Validation::Valid(_, MatchedSecret::Previous) => "previous_secret",
+            Validation::Valid(_, MatchedSecret::Current, _) => "valid",
+            Validation::Valid(_, MatchedSecret::Previous, _) => "previous_secret",
+            Validation::Limited(_) => "rate_limited",
             Validation::Invalid(InvalidReason::Malformed(_)) => "malformed",
             Validation::Invalid(InvalidReason::NotFound) => "not_found",
             Validation::Invalid(InvalidReason::Expired) => "expired",
@@ -43,11 +50,21 @@ impl Validation {
     }
 }
 
-/// A valid caller: its token, and which secret it presented.
+/// A valid caller: its token, which secret it presented, and where its
+/// rate limits stand after this check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     pub token: ServiceToken,
     pub secret: MatchedSecret,
+    pub quota: Quota,
+}
+
+/// A token that passed every check but the rate limits, not yet charged.
+struct Passed {
+    stored: StoredToken,
+    secret: MatchedSecret,
+    now: SystemTime,
+    source: Option<IpAddr>,
 }
 
 /// Proof that a caller may review other tokens (it holds the reviewer
@@ -88,6 +105,19 @@ impl From<InvalidReason> for Error {
     }
 }
 
+/// A validation as the caller it authenticates, or why it does not.
+fn authenticated(validation: Validation) -> Result<Authenticated, Error> {
+    match validation {
+        Validation::Valid(token, secret, quota) => Ok(Authenticated {
+            token,
+            secret,
+            quota,
+        }),
+        Validation::Limited(quota) => Err(Error::OverLimit(Box::new(quota))),
+        Validation::Invalid(reason) => Err(reason.into()),
+    }
+}
+
 /// What a review (Kubernetes TokenReview, OAuth 2.0 introspection) knows
 /// of where the token under review is used: never its source or route, so
 /// a token bound to either is refused; the audiences a TokenReview names.
@@ -101,6 +131,13 @@ pub enum ReviewFor<'r> {
 }
 
 impl ReviewFor<'_> {
+    fn surface(self) -> Surface {
+        match self {
+            ReviewFor::Audiences(_) => Surface::TokenReview,
+            ReviewFor::AnyAudience => Surface::Introspection,
+        }
+    }
+
     fn admits(self, bindings: &Bindings) -> Result<(), BindingRefusal> {
         if !bindings.sources.is_empty() {
             return Err(BindingRefusal::SourceNotAllowed);
@@ -133,10 +170,27 @@ impl TokenService {
         presented: &str,
         context: &CheckContext<'_>,
     ) -> Result<Validation, Error> {
+        self.validate_charged(presented, context, Charge::one(Surface::Validate))
+            .await
+    }
+
+    /// As [`TokenService::validate`], spending `charge` from the token's
+    /// rate limits (gRPC's `cost`).
+    pub async fn validate_charged(
+        &self,
+        presented: &str,
+        context: &CheckContext<'_>,
+        charge: Charge,
+    ) -> Result<Validation, Error> {
         let check = self.check(presented, context.source, |bindings| {
             bindings.admits(context)
         });
-        self.counted(check.await)
+        let validation = match check.await {
+            Ok(Ok(passed)) => Ok(self.settle(passed, charge).await),
+            Ok(Err(reason)) => Ok(Validation::Invalid(reason)),
+            Err(e) => Err(e),
+        };
+        self.counted(validation)
     }
 
     fn counted(&self, validation: Result<Validation, Error>) -> Result<Validation, Error> {
@@ -145,46 +199,83 @@ impl TokenService {
         validation
     }
 
-    /// `admit` decides a bound token's bindings: each surface knows its
-    /// own context. A token without bindings never calls it, so the
-    /// unbound check pays one test.
-    pub(super) async fn check(
+    /// Every check but the rate limits, which come last (`settle`), after
+    /// whatever a surface adds (a required role): a check refused for any
+    /// other reason spends nothing. `admit` decides a bound token's
+    /// bindings: each surface knows its own context. A token without
+    /// bindings never calls it, so the unbound check pays one test.
+    async fn check(
         &self,
         presented: &str,
         source: Option<IpAddr>,
         admit: impl FnOnce(&Bindings) -> Result<(), BindingRefusal>,
-    ) -> Result<Validation, Error> {
+    ) -> Result<Result<Passed, InvalidReason>, Error> {
         let hash = match TokenHash::of_presented(presented) {
             Ok(hash) => hash,
-            Err(why) => return Ok(Validation::Invalid(InvalidReason::Malformed(why))),
+            Err(why) => return Ok(Err(InvalidReason::Malformed(why))),
         };
         let Some(stored) = self.lookup(&hash).await? else {
-            return Ok(Validation::Invalid(InvalidReason::NotFound));
+            return Ok(Err(InvalidReason::NotFound));
         };
         // The clock as it is: a check writes no time (a use is cut to the
         // store's precision where it is recorded, in `last_used`), so the
         // hot path pays no truncation.
         let now = self.clock.now();
         let Some(secret) = stored.live_secret_at(&hash, now) else {
-            return Ok(Validation::Invalid(InvalidReason::NotFound));
+            return Ok(Err(InvalidReason::NotFound));
         };
         if stored.token.is_expired_at(now) {
-            return Ok(Validation::Invalid(InvalidReason::Expired));
+            return Ok(Err(InvalidReason::Expired));
         }
         if stored.token.disabled {
-            return Ok(Validation::Invalid(InvalidReason::Disabled));
+            return Ok(Err(InvalidReason::Disabled));
         }
         let bindings = &stored.token.bindings;
         if !bindings.is_empty()
             && let Err(refusal) = admit(bindings)
         {
-            return Ok(Validation::Invalid(InvalidReason::NotAllowed(refusal)));
+            return Ok(Err(InvalidReason::NotAllowed(refusal)));
         }
+        Ok(Ok(Passed {
+            stored,
+            secret,
+            now,
+            source,
+        }))
+    }
+
+    /// The last step of a check that passed the rest: `charge` spent from
+    /// the token's rate limits, all or nothing, and, when that passed, the
+    /// use noted. A token without limits, or an exempt charge, never
+    /// reaches the limiter.
+    async fn settle(&self, passed: Passed, charge: Charge) -> Validation {
+        let Passed {
+            stored,
+            secret,
+            now,
+            source,
+        } = passed;
+        let token = stored.token;
+        let quota = match charge {
+            Charge::Spend { cost, surface } if !token.rate_limits.is_empty() => {
+                let now_ms = u64::try_from(crate::clock::epoch_millis(now)).unwrap_or(0);
+                let quota = self
+                    .limiter
+                    .spend(token.id, &token.rate_limits, cost, now_ms)
+                    .await;
+                if !quota.allowed() {
+                    self.metrics.rate_limited(surface.as_str());
+                    return Validation::Limited(quota);
+                }
+                quota
+            }
+            Charge::Spend { .. } | Charge::Exempt => Quota::default(),
+        };
         if let Some(last_used) = &self.last_used {
             let source = source.filter(|_| self.config.record_sources);
-            last_used.note(stored.token.id, secret, now, source);
+            last_used.note(token.id, secret, now, source);
         }
-        Ok(Validation::Valid(stored.token.seen_at(now), secret))
+        Validation::Valid(token.seen_at(now), secret, quota)
     }
 
     /// The token stored under `hash`: from the cache, else from the store
@@ -213,21 +304,25 @@ impl TokenService {
         &self,
         presented: Result<&str, AuthError>,
         context: &CheckContext<'_>,
+        charge: Charge,
     ) -> Result<ServiceToken, Error> {
-        Ok(self.authenticate_secret(presented, context).await?.token)
+        Ok(self
+            .authenticate_secret(presented, context, charge)
+            .await?
+            .token)
     }
 
     /// As [`TokenService::authenticate`], saying which secret was used
-    /// (forward-auth tells the proxy when it was a rotated-out one).
+    /// (forward-auth tells the proxy when it was a rotated-out one) and
+    /// where its limits stand. A check the limits refuse is
+    /// [`Error::OverLimit`].
     pub async fn authenticate_secret(
         &self,
         presented: Result<&str, AuthError>,
         context: &CheckContext<'_>,
+        charge: Charge,
     ) -> Result<Authenticated, Error> {
-        match self.validate(presented?, context).await? {
-            Validation::Valid(token, secret) => Ok(Authenticated { token, secret }),
-            Validation::Invalid(reason) => Err(reason.into()),
-        }
+        authenticated(self.validate_charged(presented?, context, charge).await?)
     }
 
     /// Whether `caller` (already authenticated) holds `required`: how
@@ -258,17 +353,35 @@ impl TokenService {
     /// The caller, if its credential is valid and its token holds every one
     /// of `required`: the decision of every authorizer in front of a
     /// service (forward-auth, Envoy's ext_authz).
+    /// The roles come before the rate limits: a check refused for a role
+    /// spends nothing (its use is still noted: the token was valid).
     pub async fn authorize(
         &self,
         presented: Result<&str, AuthError>,
         required: &[Role],
         context: &CheckContext<'_>,
+        surface: Surface,
     ) -> Result<Authenticated, Error> {
-        let caller = self.authenticate_secret(presented, context).await?;
+        let check = self.check(presented?, context.source, |bindings| {
+            bindings.admits(context)
+        });
+        let passed = match check.await {
+            Ok(Ok(passed)) => passed,
+            Ok(Err(reason)) => {
+                return self
+                    .counted(Ok(Validation::Invalid(reason)))
+                    .and_then(authenticated);
+            }
+            Err(e) => return self.counted(Err(e)).and_then(authenticated),
+        };
         for role in required {
-            self.require_role(&caller.token, role)?;
+            if let Err(refused) = self.require_role(&passed.stored.token, role) {
+                let _ = self.counted(Ok(self.settle(passed, Charge::Exempt).await));
+                return Err(refused);
+            }
         }
-        Ok(caller)
+        let validation = self.settle(passed, Charge::one(surface)).await;
+        authenticated(self.counted(Ok(validation))?)
     }
 
     /// The caller, if its credential is valid and holds the reviewer role:
@@ -282,7 +395,10 @@ impl TokenService {
         context: &CheckContext<'_>,
     ) -> Result<Reviewer, Error> {
         let source = context.source;
-        let caller = match self.authenticate_secret(presented, context).await {
+        let caller = match self
+            .authenticate_secret(presented, context, Charge::Exempt)
+            .await
+        {
             Ok(caller) => caller,
             Err(refused) => {
                 self.refusals.record(Refusal {
@@ -318,7 +434,12 @@ impl TokenService {
     ) -> Result<Validation, Error> {
         // The source of a review is the reviewer's, not the token's.
         let check = self.check(secret, None, |bindings| review.admits(bindings));
-        self.counted(check.await)
+        let validation = match check.await {
+            Ok(Ok(passed)) => Ok(self.settle(passed, Charge::one(review.surface())).await),
+            Ok(Err(reason)) => Ok(Validation::Invalid(reason)),
+            Err(e) => Err(e),
+        };
+        self.counted(validation)
     }
 
     /// The caller as an [`Admin`], if its credential is valid and holds the
@@ -344,8 +465,9 @@ impl TokenService {
         let Authenticated {
             token: caller,
             secret,
+            quota: _,
         } = self
-            .authenticate_secret(presented, &context)
+            .authenticate_secret(presented, &context, Charge::Exempt)
             .await
             .map_err(|e| (None, e))?;
         if secret == MatchedSecret::Previous {

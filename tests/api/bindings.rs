@@ -71,6 +71,7 @@ impl TestApp {
                 audience: seen.audience.into(),
                 http_method: seen.method.into(),
                 path: seen.path.into(),
+                cost: None,
             })
             .await
             .map(tonic::Response::into_inner)
@@ -98,7 +99,7 @@ impl TestApp {
             .map(|r| r.into_inner().service_token.unwrap())
     }
 
-    async fn get_token(&self, id: u64) -> ServiceToken {
+    pub(crate) async fn get_token(&self, id: u64) -> ServiceToken {
         let answer = self.client.clone().get(self.admin(GetRequest { id })).await;
         answer.unwrap().into_inner().service_token.unwrap()
     }

@@ -488,3 +488,118 @@ async fn bindings_are_given_shown_listed_and_cleared_from_the_terminal() {
         .json();
     assert_eq!(after, json);
 }
+
+#[tokio::test]
+async fn rate_limits_are_given_shown_replaced_and_cleared_from_the_terminal() {
+    let app = spawn_app().await;
+    let terminal = Terminal::logged_in(&app).await;
+    let created = terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "ci",
+            "--roles",
+            "deployer",
+            "--rate-limit",
+            "burst=20/1s",
+            "--rate-limit",
+            "daily=100000/1d",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let id = created["service-token"]["id"].to_string();
+    let described = terminal.sts(&["service-token", "describe", &id]).await.ok();
+    let row = "RATE LIMITS               | burst=20/1s, daily=100000/1d";
+    assert!(
+        described.stdout.lines().any(|l| l.trim_end() == row),
+        "{row:?} not in\n{}",
+        described.stdout
+    );
+    let json = |id: String| {
+        let terminal = &terminal;
+        async move {
+            terminal
+                .sts(&["service-token", "describe", &id, "-o", "json"])
+                .await
+                .ok()
+                .json()
+        }
+    };
+    assert_eq!(
+        json(id.clone()).await["service-token"]["rateLimits"],
+        serde_json::json!([
+            {"name": "burst", "limit": 20, "periodSeconds": 1},
+            {"name": "daily", "limit": 100000, "periodSeconds": 86400},
+        ])
+    );
+    terminal
+        .sts(&["service-token", "update", &id, "--rate-limit", "m=5/90s"])
+        .await
+        .ok();
+    assert_eq!(
+        json(id.clone()).await["service-token"]["rateLimits"],
+        serde_json::json!([{"name": "m", "limit": 5, "periodSeconds": 90}])
+    );
+    let before = json(id.clone()).await;
+    for (value, named) in [
+        ("m=5", "--rate-limit"),
+        ("m=5/1w", "--rate-limit"),
+        ("m=0/1s", "--rate-limit: limit m: the number must be from 1"),
+        ("m=5/25h", "--rate-limit: limit m: the period must be"),
+    ] {
+        let refused = terminal
+            .sts(&["service-token", "update", &id, "--rate-limit", value])
+            .await;
+        assert_ne!(refused.code, 0, "{value}");
+        assert!(
+            refused.stderr.contains(named),
+            "{value}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(json(id.clone()).await, before);
+    terminal
+        .sts(&["service-token", "update", &id, "--clear-rate-limits"])
+        .await
+        .ok();
+    let cleared = json(id.clone()).await;
+    assert!(
+        cleared["service-token"].get("rateLimits").is_none(),
+        "{cleared}"
+    );
+    let none = terminal
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "batch",
+            "--roles",
+            "r",
+            "--no-rate-limit",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let described = terminal
+        .sts(&[
+            "service-token",
+            "describe",
+            &none["service-token"]["id"].to_string(),
+        ])
+        .await
+        .ok();
+    assert!(
+        described
+            .stdout
+            .lines()
+            .any(|l| l.trim_end() == "RATE LIMITS               | none"),
+        "{}",
+        described.stdout
+    );
+}

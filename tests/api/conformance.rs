@@ -13,8 +13,8 @@ use sts::{
     events::{Actor, Draft, Settle},
     model::{
         AllowedRoutes, AllowedSources, Audiences, Change, Description, Edit, Etag, LabelEdit,
-        Labels, ListFilter, MatchedSecret, NewToken, RecentSources, Role, Roles, RouteRule,
-        ServiceToken, TokenId, TokenName, TokenSummary,
+        Labels, ListFilter, MatchedSecret, NewToken, RateLimits, RecentSources, Role, Roles,
+        RouteRule, ServiceToken, TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Secret,
@@ -512,8 +512,12 @@ async fn a_change_reads_back_everywhere_and_survives_a_restart(backend: &mut Bac
             )
             .unwrap(),
         ),
+        rate_limits: Some(
+            RateLimits::parse_texts("rate_limits", &["burst=20/1s", "daily=1000/1d"]).unwrap(),
+        ),
     };
     let (before, after) = done(change(&*store, inserted.id, Change::Edit(edit), now).await);
+    assert_eq!(after.rate_limits.to_string(), "burst=20/1s,daily=1000/1d");
     assert_eq!(after.bindings.sources.texts(), ["10.0.0.0/8", "::1"]);
     assert_eq!(after.bindings.audiences.as_slice(), ["ci"]);
     assert_eq!(after.bindings.routes.texts(), ["POST /deploy/**"]);

@@ -83,7 +83,7 @@ fn reflection_serves_the_descriptors_of_the_envoy_types_in_use() {
 
 /// A `CheckRequest` as Envoy sends it: `headers` (names lower-cased) and,
 /// when the route names them, the roles it requires.
-fn check(headers: &[(&str, &str)], required_roles: Option<&str>) -> CheckRequest {
+pub(crate) fn check(headers: &[(&str, &str)], required_roles: Option<&str>) -> CheckRequest {
     let http = attribute_context::HttpRequest {
         method: "GET".into(),
         path: "/builds/42".into(),
@@ -145,7 +145,9 @@ fn allowed(answer: &CheckResponse) -> (Vec<(String, String)>, Vec<String>) {
 }
 
 /// The gRPC code, HTTP status, headers and JSON body of a denial.
-fn denied(answer: &CheckResponse) -> (i32, i32, Vec<(String, String)>, serde_json::Value) {
+pub(crate) fn denied(
+    answer: &CheckResponse,
+) -> (i32, i32, Vec<(String, String)>, serde_json::Value) {
     let Some(HttpResponse::DeniedResponse(denied)) = &answer.http_response else {
         panic!("a denial carries a denied_response: {answer:?}");
     };

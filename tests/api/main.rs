@@ -45,6 +45,7 @@ mod oauth2;
 mod policy;
 mod properties;
 mod proxies;
+mod rate_limits;
 mod reflection;
 mod replicas;
 mod rotated_out;

@@ -11,7 +11,7 @@ use sts::{
     events::{Actor, Draft},
     model::{
         AllowedRoutes, AllowedSources, Audiences, Bindings, Description, Labels, PreviousSecret,
-        RecentSources, Roles, RouteRule, ServiceToken, StoredToken, TokenId, TokenName,
+        RateLimits, RecentSources, Roles, RouteRule, ServiceToken, StoredToken, TokenId, TokenName,
     },
     store::{Imported, PostgresStore, SledStore, Store},
     token::Secret,
@@ -89,6 +89,8 @@ fn every_field() -> StoredToken {
                 recent.announce(at(-120));
                 recent
             },
+            rate_limits: RateLimits::parse_texts("rate_limits", &["burst=20/1s", "hourly=5000/1h"])
+                .unwrap(),
         },
         hash: Secret::generate().hash(),
         previous_hash: Some(Secret::generate().hash()),
@@ -126,8 +128,17 @@ fn shows_every_field(json: &Value, token: &ServiceToken) {
         previous_secret,
         bindings,
         recent_sources,
+        rate_limits,
     } = token;
     let previous = previous_secret.unwrap();
+    assert_eq!(rate_limits.as_slice().len(), 2);
+    assert_eq!(
+        json["rateLimits"],
+        serde_json::json!([
+            {"name": "burst", "limit": 20, "periodSeconds": 1},
+            {"name": "hourly", "limit": 5000, "periodSeconds": 3600},
+        ])
+    );
     assert_eq!(
         json["allowedSources"],
         serde_json::json!(bindings.sources.texts())
@@ -233,7 +244,16 @@ async fn a_token_with_every_field_set_survives_every_round_trip() {
         bindings,
         // Usage: `token.new_source` events carry them, not every event.
         recent_sources: _,
+        rate_limits,
     } = &fixture.token;
+    assert_eq!(rate_limits.as_slice().len(), 2);
+    assert_eq!(
+        token["rate_limits"],
+        serde_json::json!([
+            {"name": "burst", "limit": 20, "period_secs": 1},
+            {"name": "hourly", "limit": 5000, "period_secs": 3600},
+        ])
+    );
     assert_eq!(
         token["allowed_sources"],
         serde_json::json!(bindings.sources.texts())

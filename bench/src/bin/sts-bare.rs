@@ -83,6 +83,7 @@ impl TokenService for Bare {
                 ..ServiceToken::default()
             }),
             previous_secret: false,
+            ..ValidateResponse::default()
         }))
     }
 }

@@ -300,6 +300,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 audience: audience.clone(),
                 http_method: http_method.clone(),
                 path: request_path.clone(),
+                cost: None,
             };
             let frames: Vec<bytes::Bytes> = match token_file {
                 None => vec![grpc_frame(&request(token))],
@@ -607,6 +608,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         labels: Default::default(),
                         created_by: String::new(),
                         bindings: Default::default(),
+                        rate_limits: None,
                     },
                 )
             });
@@ -903,6 +905,7 @@ fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
         labels: Default::default(),
         created_by: String::new(),
         bindings: Default::default(),
+        rate_limits: None,
     };
     let hashes: Arc<Vec<_>> = Arc::new(
         (0..tokens)

@@ -36,9 +36,10 @@ use crate::{
     authz::{Allow, CHALLENGE, EXPIRATION_HEADER, HttpError, PREVIOUS_SECRET_HEADER},
     config::IntegrationConfig,
     credential,
-    error::{Answer, Error},
+    error::Error,
     model::{CheckContext, FieldError, required_roles},
     proto::codec::ProstCodec,
+    rate_limit::Surface,
     service::{Authenticated, TokenService},
 };
 
@@ -100,7 +101,12 @@ impl ExtAuthz {
         };
         let caller = self
             .service
-            .authorize(credential::presented(&forwarded), &required, &context)
+            .authorize(
+                credential::presented(&forwarded),
+                &required,
+                &context,
+                Surface::ExtAuthz,
+            )
             .await?;
         Ok(self.allow(&caller, &forwarded))
     }
@@ -114,6 +120,7 @@ impl ExtAuthz {
             previous_secret,
             expiration,
             strip,
+            rate_limits,
         } = Allow::of(
             caller,
             |name| forwarded.contains(name),
@@ -130,8 +137,15 @@ impl ExtAuthz {
         headers_to_remove.extend(strip.names().map(str::to_owned));
         // To the client, on the way back: when its token expires.
         let response_headers_to_add = expiration
-            .map(|text| vec![header(EXPIRATION_HEADER, text)])
-            .unwrap_or_default();
+            .map(|text| header(EXPIRATION_HEADER, text))
+            .into_iter()
+            .chain(
+                rate_limits
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, value)| header(name, value)),
+            )
+            .collect();
         CheckResponse {
             status: Some(rpc::Status {
                 code: tonic::Code::Ok.into(),
@@ -151,16 +165,21 @@ impl ExtAuthz {
 /// The denial of `error`: its gRPC code, and the HTTP answer the client
 /// gets, as the HTTP side would have given it.
 fn deny(error: &Error) -> CheckResponse {
-    let answer: Answer = error.answer();
-    let http = HttpError::from(&answer);
+    let http = HttpError::of(error);
     let mut headers = vec![header("content-type", "application/json".into())];
     if http.challenge {
         headers.push(header("www-authenticate", CHALLENGE.into()));
     }
+    headers.extend(
+        http.headers
+            .into_iter()
+            .map(|(name, value)| header(name, value)),
+    );
+    let kind = error.kind();
     CheckResponse {
         status: Some(rpc::Status {
-            code: answer.kind.grpc_code().into(),
-            message: answer.message,
+            code: kind.grpc_code().into(),
+            message: http.message,
             details: Vec::new(),
         }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {

@@ -10,7 +10,8 @@ use sqlx::{FromRow, PgConnection, PgExecutor, postgres::PgRow, types::Json};
 use time::OffsetDateTime;
 
 use crate::model::{
-    RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken, TokenId,
+    LimitParts, RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken,
+    TokenId,
 };
 use crate::store::{Cause, KeepAdmin, StoreError};
 
@@ -26,22 +27,22 @@ pub(super) fn to_db_time(time: SystemTime) -> OffsetDateTime {
 pub(super) const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
      disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
      previous_last_used_at, allowed_sources, audiences, allowed_routes, recent_sources, \
-     sources_announced_at";
+     sources_announced_at, rate_limits";
 
 /// The one INSERT: a new token and an imported one are the same row.
 pub(super) const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
      description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
      previous_expires_at, previous_last_used_at, allowed_sources, audiences, allowed_routes, \
-     recent_sources, sources_announced_at) \
+     recent_sources, sources_announced_at, rate_limits) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20) ON CONFLICT DO NOTHING";
+     $19, $20, $21) ON CONFLICT DO NOTHING";
 
 /// Everything a change may set (never the last uses: those only move
 /// forward, through `record_uses`), and the NOTIFY that tells every replica.
 const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
      description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
      previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12, \
-     allowed_sources = $13, audiences = $14, allowed_routes = $15 \
+     allowed_sources = $13, audiences = $14, allowed_routes = $15, rate_limits = $17 \
      WHERE id = $1 RETURNING id) \
      SELECT pg_notify($16, 'd:' || id::text) FROM changed";
 
@@ -77,6 +78,7 @@ pub(super) async fn insert_row<'e>(
                 previous_secret,
                 bindings,
                 recent_sources,
+                rate_limits,
             },
         hash,
         previous_hash,
@@ -102,6 +104,7 @@ pub(super) async fn insert_row<'e>(
         .bind(Json(RouteParts::of(&bindings.routes)))
         .bind(Json(SourceJson::of(recent_sources)))
         .bind(recent_sources.announced_at().map(to_db_time))
+        .bind(Json(LimitParts::of(rate_limits)))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -135,6 +138,7 @@ pub(super) async fn update_row<'e>(
                 bindings,
                 // Merged by `record_uses`, as the last uses are.
                 recent_sources: _,
+                rate_limits,
             },
         hash,
         previous_hash,
@@ -156,6 +160,7 @@ pub(super) async fn update_row<'e>(
         .bind(bindings.audiences.as_slice())
         .bind(Json(RouteParts::of(&bindings.routes)))
         .bind(CHANNEL)
+        .bind(Json(LimitParts::of(rate_limits)))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -186,6 +191,7 @@ struct TokenRow {
     allowed_routes: serde_json::Value,
     recent_sources: serde_json::Value,
     sources_announced_at: Option<OffsetDateTime>,
+    rate_limits: serde_json::Value,
 }
 
 /// A recent source as the `recent_sources` column holds it: the address
@@ -238,6 +244,7 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         allowed_routes,
         recent_sources,
         sources_announced_at,
+        rate_limits,
     } = TokenRow::from_row(row).map_err(unavailable)?;
     let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
     let labels: BTreeMap<String, String> =
@@ -246,6 +253,8 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         serde_json::from_value(allowed_routes).map_err(|e| corrupt(Box::new(e)))?;
     let recent_sources: Vec<SourceJson> =
         serde_json::from_value(recent_sources).map_err(|e| corrupt(Box::new(e)))?;
+    let rate_limits: Vec<LimitParts> =
+        serde_json::from_value(rate_limits).map_err(|e| corrupt(Box::new(e)))?;
     let recent_sources = recent_sources
         .into_iter()
         .map(|SourceJson { address, at }| {
@@ -276,6 +285,7 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         allowed_routes: &allowed_routes,
         recent_sources: &recent_sources,
         sources_announced_at: time(sources_announced_at),
+        rate_limits: &rate_limits,
     })
     .map_err(|e| corrupt(e.into()))
 }

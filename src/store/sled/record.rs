@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, time::SystemTime};
 use prost::Message;
 
 use crate::model::{
-    Bindings, RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken,
+    Bindings, LimitParts, RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts,
+    StoredToken,
 };
 use crate::store::{Cause, StoreError};
 
@@ -14,7 +15,7 @@ use crate::store::{Cause, StoreError};
 /// the first release carry no format (read as 0) and none of the fields
 /// from tag 7 on; a record from a later release than this one is refused,
 /// not misread.
-pub(super) const RECORD_FORMAT: u32 = BOUND_FORMAT;
+pub(super) const RECORD_FORMAT: u32 = LIMITED_FORMAT;
 
 /// The format of a record of a token without bindings: the previous
 /// release reads it (and drops only its recent sources, which it does not
@@ -25,6 +26,11 @@ const UNBOUND_FORMAT: u32 = 2;
 /// rather than serve the token without its bindings: a rollback never
 /// widens what a token may do.
 const BOUND_FORMAT: u32 = 3;
+
+/// The format of a record of a token with rate limits (bound or not):
+/// releases before limits refuse it rather than serve the token
+/// unlimited, as they refuse a bound one.
+const LIMITED_FORMAT: u32 = 4;
 
 /// The on-disk form of one token. Tags are a storage format: never reuse one.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -71,6 +77,19 @@ pub(super) struct Record {
     pub(super) recent_sources: Vec<SourceRecord>,
     #[prost(message, optional, tag = "21")]
     pub(super) sources_announced_at: Option<prost_types::Timestamp>,
+    #[prost(message, repeated, tag = "22")]
+    pub(super) rate_limits: Vec<LimitRecord>,
+}
+
+/// One rate limit of a record.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct LimitRecord {
+    #[prost(string, tag = "1")]
+    pub(super) name: String,
+    #[prost(uint64, tag = "2")]
+    pub(super) limit: u64,
+    #[prost(uint64, tag = "3")]
+    pub(super) period_secs: u64,
 }
 
 /// One allowed route of a record.
@@ -119,6 +138,7 @@ impl Record {
                     previous_secret,
                     bindings,
                     recent_sources,
+                    rate_limits,
                 },
             hash,
             previous_hash,
@@ -144,10 +164,12 @@ impl Record {
             previous_hash: previous_hash.map(|h| h.as_bytes().to_vec()),
             previous_expiration: previous_secret.map(|p| p.expiration.into()),
             previous_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
-            format: if bindings.is_empty() {
-                UNBOUND_FORMAT
-            } else {
+            format: if !rate_limits.is_empty() {
+                LIMITED_FORMAT
+            } else if !bindings.is_empty() {
                 BOUND_FORMAT
+            } else {
+                UNBOUND_FORMAT
             },
             allowed_sources: sources.texts(),
             audiences: audiences.as_slice().to_vec(),
@@ -163,6 +185,20 @@ impl Record {
                 })
                 .collect(),
             sources_announced_at: recent_sources.announced_at().map(Into::into),
+            rate_limits: LimitParts::of(rate_limits)
+                .into_iter()
+                .map(
+                    |LimitParts {
+                         name,
+                         limit,
+                         period_secs,
+                     }| LimitRecord {
+                        name,
+                        limit,
+                        period_secs,
+                    },
+                )
+                .collect(),
         }
     }
 
@@ -211,6 +247,15 @@ impl Record {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let rate_limits: Vec<LimitParts> = record
+            .rate_limits
+            .iter()
+            .map(|limit| LimitParts {
+                name: limit.name.clone(),
+                limit: limit.limit,
+                period_secs: limit.period_secs,
+            })
+            .collect();
         StoredToken::from_parts(StoredParts {
             id: record.id,
             hash: &record.token_hash,
@@ -232,6 +277,7 @@ impl Record {
             allowed_routes: &allowed_routes,
             recent_sources: &recent_sources,
             sources_announced_at: record.sources_announced_at.map(time).transpose()?,
+            rate_limits: &rate_limits,
         })
         .map_err(|e| corrupt(e.into()))
     }
@@ -289,7 +335,7 @@ mod tests {
     use crate::model::{AllowedSources, Audiences};
 
     #[test]
-    fn only_a_bound_tokens_record_is_of_the_format_the_previous_release_refuses() {
+    fn only_a_bound_or_limited_tokens_record_is_of_a_format_earlier_releases_refuse() {
         let (_, mut stored) = StoredToken::sample();
         let record = Record::of(&stored);
         assert_eq!(record.format, UNBOUND_FORMAT);
@@ -310,6 +356,17 @@ mod tests {
             stored.token.bindings = bindings;
             let record = Record::of(&stored);
             assert_eq!(record.format, BOUND_FORMAT);
+            assert_eq!(
+                Record::decode_stored(&record.encode_to_vec()).unwrap(),
+                stored
+            );
+        }
+        stored.token.rate_limits =
+            crate::model::RateLimits::parse_texts("r", &["burst=20/1s"]).unwrap();
+        for bindings in [stored.token.bindings.clone(), Bindings::default()] {
+            stored.token.bindings = bindings;
+            let record = Record::of(&stored);
+            assert_eq!(record.format, LIMITED_FORMAT);
             assert_eq!(
                 Record::decode_stored(&record.encode_to_vec()).unwrap(),
                 stored
