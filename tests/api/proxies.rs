@@ -361,6 +361,7 @@ async fn a_proxy_checks_every_request_and_never_forwards_the_secret(
     assert!(answer.text().await.unwrap().starts_with("GET /reports/q3 "));
 
     a_bound_token_is_allowed_only_where_it_is_bound(app, proxy).await;
+    a_rate_limited_token_gets_429_through_the_proxy(app, proxy, tells_expiration).await;
 
     // Deleting the token shuts the door on the next request.
     app.client
@@ -444,6 +445,68 @@ async fn a_bound_token_is_allowed_only_where_it_is_bound(app: &TestApp, proxy: &
         status(&bound_client, "GET", "/reports/q3?audience=other", &[]).await,
         200
     );
+}
+
+/// A token with a limit of two a minute: two requests through, the third
+/// answered 429 with `Retry-After` and the rate-limit fields, and the
+/// backend never sees it. `passes_fields_on_200`: the proxy also passes
+/// the fields on an allowed request (nginx's example does; Caddy's
+/// `forward_auth` copies the check's headers to the request only).
+async fn a_rate_limited_token_gets_429_through_the_proxy(
+    app: &TestApp,
+    proxy: &Proxy,
+    passes_fields_on_200: bool,
+) {
+    let (secret, _) = app
+        .create_with(sts::proto::CreateRequest {
+            rate_limits: vec![sts::proto::RateLimit {
+                name: "minute".into(),
+                limit: 2,
+                period: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+            }],
+            ..crate::support::create_request("limited", &["builder"])
+        })
+        .await;
+    let http = reqwest::Client::new();
+    let get = || {
+        http.get(format!("http://{}/builds/7", proxy.addr))
+            .header("x-api-key", &secret)
+            .send()
+    };
+    let field = |answer: &reqwest::Response, name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let first = get().await.unwrap();
+    assert_eq!(first.status(), 200);
+    if passes_fields_on_200 {
+        assert_eq!(
+            field(&first, "ratelimit").as_deref(),
+            Some("\"minute\";r=1;t=30")
+        );
+        assert_eq!(
+            field(&first, "ratelimit-policy").as_deref(),
+            Some("\"minute\";q=2;w=60")
+        );
+    }
+    assert_eq!(get().await.unwrap().status(), 200);
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(field(&refused, "retry-after").as_deref(), Some("30"));
+    assert_eq!(
+        field(&refused, "ratelimit").as_deref(),
+        Some("\"minute\";r=0;t=60")
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "RESOURCE_EXHAUSTED", "{body}");
+    // Half a minute on (the server's clock), one request fits again.
+    app.clock.advance(std::time::Duration::from_secs(30));
+    assert_eq!(get().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
