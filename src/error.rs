@@ -50,6 +50,11 @@ pub enum Error {
     /// A token's rate limit had no room for a check (nothing was spent).
     #[error("too many checks of this token: {0}")]
     OverLimit(Box<crate::rate_limit::Quota>),
+    /// The shared rate-limit store is away and the policy is closed.
+    #[error(
+        "the rate-limit store is unavailable, and this server refuses checks of rate-limited tokens meanwhile; try again later"
+    )]
+    LimiterUnavailable,
     /// More requests in flight than `--max-requests-in-flight`: refused at
     /// once, before any work, so the server stays responsive.
     #[error("the server is busy: too many requests in flight; try again in a moment")]
@@ -140,6 +145,7 @@ impl Error {
             Error::Stale { .. } => ErrorKind::Aborted,
             Error::RateLimited { .. } | Error::OverLimit(_) => ErrorKind::RateLimited,
             Error::Overloaded => ErrorKind::Overloaded,
+            Error::LimiterUnavailable => ErrorKind::Unavailable,
             Error::Store(
                 StoreError::Locked { .. }
                 | StoreError::Exposed { .. }
@@ -257,6 +263,8 @@ pub enum ServeError {
     Probe(#[source] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    RateLimitStore(#[from] crate::rate_limit::SharedError),
     /// Only our own embedded descriptors go in, so this is a build defect.
     #[error("embedded protobuf descriptors are invalid")]
     Reflection(#[from] tonic_reflection::server::Error),

@@ -33,6 +33,11 @@ struct SurfaceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,
 }
@@ -95,6 +100,7 @@ pub struct Metrics {
     management_calls: Family<CallLabels, Counter>,
     role_checks: Family<OutcomeLabels, Counter>,
     rate_limited: Family<SurfaceLabels, Counter>,
+    rate_limit_store_errors: Family<PolicyLabels, Counter>,
     undecodable: Family<RpcLabels, Counter>,
     request_duration: HistogramFamily,
     tokens_stored: Gauge,
@@ -150,6 +156,12 @@ impl Metrics {
             "rate_limited_checks",
             "Checks refused because a token's rate limit had no room, by surface",
             rate_limited.clone(),
+        );
+        let rate_limit_store_errors = Family::default();
+        registry.register(
+            "rate_limit_store_errors",
+            "Checks of rate-limited tokens answered without the shared rate-limit store (it was away), by the policy that answered them (open: this replica's own counters; closed: refused)",
+            rate_limit_store_errors.clone(),
         );
         let undecodable = Family::default();
         registry.register(
@@ -295,6 +307,7 @@ impl Metrics {
             management_calls,
             role_checks,
             rate_limited,
+            rate_limit_store_errors,
             undecodable,
             request_duration,
             tokens_stored,
@@ -414,6 +427,14 @@ impl Metrics {
     pub fn rate_limited(&self, surface: &'static str) {
         self.rate_limited
             .get_or_create(&SurfaceLabels { surface })
+            .inc();
+    }
+
+    /// One check answered without the shared rate-limit store, by
+    /// `policy` (`open` or `closed`).
+    pub fn rate_limit_store_error(&self, policy: &'static str) {
+        self.rate_limit_store_errors
+            .get_or_create(&PolicyLabels { policy })
             .inc();
     }
 

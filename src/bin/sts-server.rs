@@ -16,10 +16,10 @@ use sts::{
         DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE, DEFAULT_BODY_TIMEOUT, DEFAULT_DATA_DIR,
         DEFAULT_KUBERNETES_PREFIX, DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN,
         DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-        DEFAULT_OUTBOX_CAPACITY, DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE,
-        DEFAULT_SHUTDOWN_DELAY, IntegrationConfig, KubernetesPrefix, KubernetesUsername,
-        LifetimePolicy, ServerConfig, ServiceConfig, StoreConfig, StoreUrl, WebhookConfig,
-        WebhookSecret, WebhookUrl, admin_keep_margin,
+        DEFAULT_OUTBOX_CAPACITY, DEFAULT_RATE_LIMIT_ON_ERROR, DEFAULT_RECORD_SOURCES,
+        DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY, IntegrationConfig, KubernetesPrefix,
+        KubernetesUsername, LifetimePolicy, RateLimitConfig, ServerConfig, ServiceConfig,
+        StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
         setting::{self, Span, span},
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
@@ -215,6 +215,22 @@ struct ServeArgs {
     /// visible; a create with --no-rate-limit gets none.
     #[arg(long, env = "STS_DEFAULT_RATE_LIMIT", value_delimiter = ',', value_parser = setting::rate_limit, value_name = "NAME=LIMIT/PERIOD")]
     default_rate_limit: Vec<sts::model::RateLimit>,
+    /// Count rate limits in this Redis, shared by every replica given the
+    /// same one (redis://[user:password@]host:port[/db]; never echoed with
+    /// its password). Unset: each server counts alone.
+    #[arg(
+        long,
+        env = "STS_RATE_LIMIT_STORE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    rate_limit_store: Option<String>,
+    /// While the rate-limit store is away: `open`, each replica counts
+    /// alone (limits hold per replica); `closed`, checks of limited tokens
+    /// are refused (UNAVAILABLE, 503). Counted in
+    /// sts_rate_limit_store_errors_total, logged once per outage.
+    #[arg(long, env = "STS_RATE_LIMIT_ON_ERROR", default_value = DEFAULT_RATE_LIMIT_ON_ERROR.as_str(), value_parser = setting::on_store_error, value_name = "open|closed")]
+    rate_limit_on_error: sts::rate_limit::OnStoreError,
     /// The role a token needs to review other tokens: Kubernetes
     /// TokenReview and OAuth 2.0 introspection callers.
     #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = setting::role)]
@@ -482,10 +498,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;
+    let rate_limits = RateLimitConfig {
+        store: args
+            .rate_limit_store
+            .as_deref()
+            .map(StoreUrl::parse_redis)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("invalid --rate-limit-store: {e}"))?,
+        on_error: args.rate_limit_on_error,
+    };
     daemon::serve(
         &args.listen,
         args.probe_listen.as_deref(),
         &store,
+        &rate_limits,
         service,
         server,
         daemon::shutdown_signal(),

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::model::{RateLimits, Role};
+use crate::rate_limit::OnStoreError;
 
 mod server;
 pub mod setting;
@@ -163,6 +164,19 @@ pub struct ServiceConfig {
     /// (`--default-rate-limit`); empty: none.
     pub default_rate_limits: RateLimits,
 }
+
+/// Where tokens' rate limits are counted: in each server alone, or in a
+/// Redis every replica shares (`--rate-limit-store`), and what a check of
+/// a limited token gets while that Redis is away (`--rate-limit-on-error`).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitConfig {
+    pub store: Option<StoreUrl>,
+    pub on_error: OnStoreError,
+}
+
+/// While the shared rate-limit store is away, each replica counts alone
+/// (as Kong's `fault_tolerant`): limits still hold, per replica.
+pub const DEFAULT_RATE_LIMIT_ON_ERROR: OnStoreError = OnStoreError::Open;
 
 /// Whether the sources a token is used from are recorded: on, since they
 /// are what tells a token's managers that someone else uses it; off where

@@ -65,6 +65,12 @@ pub fn rate_limits(limits: Vec<RateLimit>) -> Result<RateLimits, SettingError> {
     RateLimits::new("rate limits", limits).map_err(|e| SettingError::new(e.problem))
 }
 
+/// `--rate-limit-on-error`: `open` or `closed`.
+pub fn on_store_error(text: &str) -> Result<crate::rate_limit::OnStoreError, SettingError> {
+    crate::rate_limit::OnStoreError::parse(text)
+        .ok_or_else(|| SettingError::new("must be open or closed"))
+}
+
 /// A header byte count hyper can work with.
 pub fn header_bytes(text: &str) -> Result<usize, SettingError> {
     let bytes: usize = text

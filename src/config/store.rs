@@ -34,6 +34,8 @@ pub struct StoreUrl {
 pub enum StoreUrlError {
     #[error("expected a postgres:// URL, got {shown} (the sled store is chosen with --data-dir)")]
     Scheme { shown: String },
+    #[error("expected a redis:// URL, got {shown}")]
+    RedisScheme { shown: String },
     #[error("not a valid URL ({reason}); it is not shown because it may hold a password")]
     Unparsable { reason: String },
 }
@@ -43,13 +45,28 @@ const HIDDEN: &str = "***";
 
 impl StoreUrl {
     pub fn parse(text: &str) -> Result<StoreUrl, StoreUrlError> {
+        StoreUrl::parse_as(text, &["postgres", "postgresql"], |shown| {
+            StoreUrlError::Scheme { shown }
+        })
+    }
+
+    /// A `redis://` URL (`--rate-limit-store`), kept and shown alike.
+    pub fn parse_redis(text: &str) -> Result<StoreUrl, StoreUrlError> {
+        StoreUrl::parse_as(text, &["redis"], |shown| StoreUrlError::RedisScheme {
+            shown,
+        })
+    }
+
+    fn parse_as(
+        text: &str,
+        schemes: &[&str],
+        wrong: impl FnOnce(String) -> StoreUrlError,
+    ) -> Result<StoreUrl, StoreUrlError> {
         let parsed = url::Url::parse(text).map_err(|e| StoreUrlError::Unparsable {
             reason: e.to_string(),
         })?;
-        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-            return Err(StoreUrlError::Scheme {
-                shown: redacted(parsed),
-            });
+        if !schemes.contains(&parsed.scheme()) {
+            return Err(wrong(redacted(parsed)));
         }
         // The password may sit in the user info or (sqlx reads it there
         // too) in a `password` query parameter; each is kept as written

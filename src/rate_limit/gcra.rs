@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use crate::model::RateLimit;
 
+/// A cost no limit has room for: what larger costs are cut to, so every
+/// product of a cost and a period stays below 2^53 (exact in a double, as
+/// Redis' script computes).
+pub const NEVER_FITS: u64 = crate::model::MAX_LIMIT + 1;
+
 /// One limit's state: its debt as of `at_ms` (milliseconds since the Unix
 /// epoch, by the server's clock). The default is a whole limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

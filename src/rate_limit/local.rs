@@ -81,8 +81,13 @@ impl Local {
         }
         let debts = &mut debts[..limits_slice.len()];
         let refused = decide(terms, debts, cost, now_ms, &mut standings);
-        for (slot, debt) in slots.iter_mut().zip(debts.iter()) {
-            slot.debt = *debt;
+        // Only a spend is kept, as Redis' script keeps it: a look (cost 0)
+        // or a refusal leaves the state as it was, so both engines answer
+        // alike even when the clock steps back.
+        if refused.is_none() && cost > 0 {
+            for (slot, debt) in slots.iter_mut().zip(debts.iter()) {
+                slot.debt = *debt;
+            }
         }
         drop(table);
         Quota::new(limits.clone(), standings, refused)

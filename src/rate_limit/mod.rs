@@ -5,13 +5,15 @@
 
 mod gcra;
 mod local;
+mod redis;
 
 use std::{fmt, time::Duration};
 
 use crate::model::{MAX_RATE_LIMITS, RateLimit, RateLimits, TokenId};
 
-pub use gcra::{Debt, Standing, Terms, decide};
+pub use gcra::{Debt, NEVER_FITS, Standing, Terms, decide};
 pub use local::Local;
+pub use redis::{OnStoreError, REDIS_TIMEOUT, Shared, SharedError, Spent};
 
 /// What a check spends from its token's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,18 +139,21 @@ pub fn whole_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
-/// Where the limits' state lives. One engine per server; `Local` keeps it
-/// in this process (exact for one replica).
+/// Where the limits' state lives. One engine per server: `Local` keeps it
+/// in this process (exact for one replica), `Shared` in Redis (shared by
+/// every replica that uses the same one).
 pub enum Limiter {
     Local(Local),
+    Shared(Box<Shared>),
 }
 
 impl Limiter {
-    /// `charge` spent from `limits` of token `id` at `now_ms` (milliseconds
+    /// `cost` spent from `limits` of token `id` at `now_ms` (milliseconds
     /// since the Unix epoch, by the server's clock), all or nothing.
-    pub async fn spend(&self, id: TokenId, limits: &RateLimits, cost: u64, now_ms: u64) -> Quota {
+    pub async fn spend(&self, id: TokenId, limits: &RateLimits, cost: u64, now_ms: u64) -> Spent {
         match self {
-            Limiter::Local(local) => local.spend(id, limits, cost, now_ms),
+            Limiter::Local(local) => Spent::Counted(local.spend(id, limits, cost, now_ms)),
+            Limiter::Shared(shared) => shared.spend(id, limits, cost, now_ms).await,
         }
     }
 
@@ -158,7 +163,13 @@ impl Limiter {
     pub fn sweep(&self, now_ms: u64) {
         match self {
             Limiter::Local(local) => local.sweep(now_ms),
+            Limiter::Shared(shared) => shared.sweep(now_ms),
         }
+    }
+
+    /// Whether replicas share the limits (a shared store is configured).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Limiter::Shared(_))
     }
 }
 

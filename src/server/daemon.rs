@@ -15,10 +15,11 @@ use tokio::net::TcpListener;
 
 use crate::{
     clock::SystemClock,
-    config::{ServerConfig, ServiceConfig, StoreConfig, TlsIdentity},
+    config::{RateLimitConfig, ServerConfig, ServiceConfig, StoreConfig, TlsIdentity},
     error::{Error, ServeError},
     export::{self, ExportError, ImportSummary},
     model::{NewToken, ServiceToken},
+    rate_limit::{Limiter, Shared},
     server,
     service::{self, TokenService},
     store::{PostgresStore, SledStore, Store, StoreError},
@@ -67,6 +68,7 @@ pub async fn serve(
     address: &str,
     probe_address: Option<&str>,
     store: &StoreConfig,
+    rate_limits: &RateLimitConfig,
     service: ServiceConfig,
     server: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -83,8 +85,35 @@ pub async fn serve(
         }
     }
     let store = open_store(store).await?;
-    let service = Arc::new(TokenService::new(store, Arc::new(SystemClock), service));
-    server::run_on(listeners, probes, service, server, shutdown).await
+    let limiter = limiter(&*store, rate_limits, &service).await?;
+    let service = TokenService::new(store, Arc::new(SystemClock), service).with_limiter(limiter);
+    server::run_on(listeners, probes, Arc::new(service), server, shutdown).await
+}
+
+/// Where rate limits are counted: the shared store when one is given;
+/// otherwise this process, and a warning where replicas share the token
+/// store and some token (or the default) has limits, since each replica
+/// then allows them in full.
+async fn limiter(
+    store: &dyn Store,
+    config: &RateLimitConfig,
+    service: &ServiceConfig,
+) -> Result<Limiter, ServeError> {
+    if let Some(url) = &config.store {
+        let shared = Shared::new(url.with_password(), &url.to_string(), config.on_error)?;
+        tracing::info!(store = %url, on_error = config.on_error.as_str(), "rate limits are counted in Redis, shared by every replica that uses it");
+        return Ok(Limiter::Shared(Box::new(shared)));
+    }
+    if store.is_shared() {
+        let limited = !service.default_rate_limits.is_empty()
+            || store.any_rate_limited().await.unwrap_or(false);
+        if limited {
+            tracing::warn!(
+                "tokens have rate limits, and with PostgreSQL several replicas may serve them, each counting alone: a token may get its limits in full from every replica; give them one Redis with --rate-limit-store to share them"
+            );
+        }
+    }
+    Ok(Limiter::default())
 }
 
 /// A listener on every address `address` resolves to, as servers do with

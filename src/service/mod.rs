@@ -126,6 +126,13 @@ impl TokenService {
         }
     }
 
+    /// Counts rate limits with `limiter` (a shared store) instead of in
+    /// this process alone.
+    pub fn with_limiter(mut self, limiter: Limiter) -> TokenService {
+        self.limiter = Arc::new(limiter);
+        self
+    }
+
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }

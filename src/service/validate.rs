@@ -12,7 +12,7 @@ use crate::{
     model::{
         BindingRefusal, Bindings, CheckContext, MatchedSecret, Role, ServiceToken, StoredToken,
     },
-    rate_limit::{Charge, Quota, Surface},
+    rate_limit::{Charge, Quota, Spent, Surface},
     token::{MalformedToken, TokenHash},
 };
 
@@ -186,7 +186,7 @@ impl TokenService {
             bindings.admits(context)
         });
         let validation = match check.await {
-            Ok(Ok(passed)) => Ok(self.settle(passed, charge).await),
+            Ok(Ok(passed)) => self.settle(passed, charge).await,
             Ok(Err(reason)) => Ok(Validation::Invalid(reason)),
             Err(e) => Err(e),
         };
@@ -248,7 +248,7 @@ impl TokenService {
     /// the token's rate limits, all or nothing, and, when that passed, the
     /// use noted. A token without limits, or an exempt charge, never
     /// reaches the limiter.
-    async fn settle(&self, passed: Passed, charge: Charge) -> Validation {
+    async fn settle(&self, passed: Passed, charge: Charge) -> Result<Validation, Error> {
         let Passed {
             stored,
             secret,
@@ -259,13 +259,24 @@ impl TokenService {
         let quota = match charge {
             Charge::Spend { cost, surface } if !token.rate_limits.is_empty() => {
                 let now_ms = u64::try_from(crate::clock::epoch_millis(now)).unwrap_or(0);
-                let quota = self
+                let spent = self
                     .limiter
                     .spend(token.id, &token.rate_limits, cost, now_ms)
                     .await;
+                let quota = match spent {
+                    Spent::Counted(quota) => quota,
+                    Spent::Alone(quota) => {
+                        self.metrics.rate_limit_store_error("open");
+                        quota
+                    }
+                    Spent::Unavailable => {
+                        self.metrics.rate_limit_store_error("closed");
+                        return Err(Error::LimiterUnavailable);
+                    }
+                };
                 if !quota.allowed() {
                     self.metrics.rate_limited(surface.as_str());
-                    return Validation::Limited(quota);
+                    return Ok(Validation::Limited(quota));
                 }
                 quota
             }
@@ -275,7 +286,7 @@ impl TokenService {
             let source = source.filter(|_| self.config.record_sources);
             last_used.note(token.id, secret, now, source);
         }
-        Validation::Valid(token.seen_at(now), secret, quota)
+        Ok(Validation::Valid(token.seen_at(now), secret, quota))
     }
 
     /// The token stored under `hash`: from the cache, else from the store
@@ -376,12 +387,12 @@ impl TokenService {
         };
         for role in required {
             if let Err(refused) = self.require_role(&passed.stored.token, role) {
-                let _ = self.counted(Ok(self.settle(passed, Charge::Exempt).await));
+                let _ = self.counted(self.settle(passed, Charge::Exempt).await);
                 return Err(refused);
             }
         }
         let validation = self.settle(passed, Charge::one(surface)).await;
-        authenticated(self.counted(Ok(validation))?)
+        authenticated(self.counted(validation)?)
     }
 
     /// The caller, if its credential is valid and holds the reviewer role:
@@ -435,7 +446,7 @@ impl TokenService {
         // The source of a review is the reviewer's, not the token's.
         let check = self.check(secret, None, |bindings| review.admits(bindings));
         let validation = match check.await {
-            Ok(Ok(passed)) => Ok(self.settle(passed, Charge::one(review.surface())).await),
+            Ok(Ok(passed)) => self.settle(passed, Charge::one(review.surface())).await,
             Ok(Err(reason)) => Ok(Validation::Invalid(reason)),
             Err(e) => Err(e),
         };

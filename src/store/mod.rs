@@ -258,6 +258,18 @@ pub trait Store: EventOutbox + UseRecords + Send + Sync + 'static {
     /// How many tokens are stored; cheap enough for every metrics scrape.
     async fn count(&self) -> Result<u64, StoreError>;
 
+    /// Whether replicas may share this store, so that counting rate limits
+    /// apart lets each replica allow a token's limits in full.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Whether any token has rate limits (asked once, at start-up, of a
+    /// shared store).
+    async fn any_rate_limited(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// Writes anything still buffered to stable storage (used at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 

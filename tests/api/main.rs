@@ -52,6 +52,7 @@ mod rotated_out;
 mod round_trip;
 mod same_port;
 mod secrets;
+mod shared_limits;
 mod signals;
 mod soak;
 mod store_faults;

@@ -466,6 +466,19 @@ impl Store for PostgresStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn any_rate_limited(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sts_tokens WHERE rate_limits <> '[]'::jsonb)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         // Every acknowledged write was a commit already.
         Ok(())

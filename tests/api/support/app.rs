@@ -102,6 +102,24 @@ pub async fn build_service(
     (service, clock, admin_token.expose_secret().to_owned())
 }
 
+/// A server whose rate limits are counted by `limiter` (a shared Redis).
+pub async fn spawn_app_limited_by(limiter: sts::rate_limit::Limiter) -> TestApp {
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(data_dir.path()).unwrap());
+    let (service, clock, admin_token) = build_service(store, ServiceConfig::default()).await;
+    let service = Arc::into_inner(service)
+        .expect("nothing else holds the service yet")
+        .with_limiter(limiter);
+    serve_app(
+        data_dir,
+        Arc::new(service),
+        clock,
+        admin_token,
+        server_config(),
+    )
+    .await
+}
+
 /// Starts a server over `store` (which lives in `data_dir`), after
 /// bootstrapping an admin token into it.
 pub async fn spawn_app_on(data_dir: TempDir, store: Arc<dyn Store>) -> TestApp {
@@ -123,8 +141,18 @@ async fn start_app(
     service: ServiceConfig,
     server: ServerConfig,
 ) -> TestApp {
-    let tls = server.tls.is_some();
     let (service, clock, admin_token) = build_service(store, service).await;
+    serve_app(data_dir, service, clock, admin_token, server).await
+}
+
+async fn serve_app(
+    data_dir: TempDir,
+    service: Arc<TokenService>,
+    clock: Arc<ManualClock>,
+    admin_token: String,
+    server: ServerConfig,
+) -> TestApp {
+    let tls = server.tls.is_some();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();

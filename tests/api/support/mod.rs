@@ -13,6 +13,7 @@ mod metrics;
 pub mod pg;
 mod poll;
 pub mod process;
+pub mod redis;
 mod rest;
 mod router;
 mod store;
