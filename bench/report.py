@@ -50,6 +50,11 @@ for scenario, rs in runs.items():
           f"{us(median(scenario, 'p99_us'))} | {us(median(scenario, 'p999_us'))} | "
           f"{sum(r['errors'] for r in rs)} | {median(scenario, 'server_cpu'):.2f} | {client:.2f} |")
 
+for scenario, rs in runs.items():
+    beside = [r[key] for r in rs for key in ("redis_cpu",) if key in r]
+    if beside:
+        print(f"\nRedis's CPU beside *{scenario}*: {statistics.median(beside):.2f} cores (median).")
+
 print("\n| ratio (per repetition, same run) | median | min – max | target |")
 print("|---|---:|---:|---|")
 
@@ -70,6 +75,9 @@ ratio("ext_authz Check / Validate (gRPC)", "ours grpc ext_authz check", "ours gr
 ratio("Envoy HTTP path / forward-auth", "ours http ext_authz path", "ours http forward-auth", ">= 0.90")
 ratio("Validate bound (8 networks, 2 audiences, 16 routes) / unbound", "ours grpc validate, bound", "ours grpc validate, unbound, with a context", ">= 0.90")
 ratio("forward-auth bound / unbound, via a trusted proxy", "ours http forward-auth, bound, via a proxy", "ours http forward-auth, unbound, via a proxy", ">= 0.90")
+ratio("Validate with two rate limits / none, counted in process", "ours grpc validate, two limits", "ours grpc validate, no limits", ">= 0.95")
+ratio("status with two rate limits / none, counted in process", "ours http status, two limits", "ours http status, no limits", ">= 0.95")
+ratio("Validate with two rate limits counted in Redis / none (one script per check)", "ours grpc validate, two limits in Redis", "ours grpc validate, no limits, Redis configured", "stated")
 ratio("HTTP status ours / nginx return 200 (wrk)", "ours http status (wrk)", "nginx return 200 (wrk)", ">= 0.90")
 ratio("forward-auth ours / nginx return 200 (wrk)", "ours http forward-auth (wrk)", "nginx return 200 (wrk)", ">= 0.90")
 ratio("HTTP status ours / bare (wrk)", "ours http status (wrk)", "bare http status (wrk)", "our code")

@@ -40,21 +40,13 @@ pub fn rate_limit_fields(quota: &Quota) -> Option<[(&'static str, String); 2]> {
     if quota.is_empty() {
         return None;
     }
-    let mut policy = String::with_capacity(32);
-    let mut state = String::with_capacity(32);
+    let mut state = String::with_capacity(48);
+    let mut ints = itoa::Buffer::new();
     for (at, (limit, standing)) in quota.states().enumerate() {
         if at > 0 {
-            policy.push_str(", ");
             state.push_str(", ");
         }
         // Names are A-Z a-z 0-9 . _ -: a structured-field string as is.
-        let mut ints = itoa::Buffer::new();
-        policy.push('"');
-        policy.push_str(limit.name());
-        policy.push_str("\";q=");
-        policy.push_str(ints.format(limit.limit()));
-        policy.push_str(";w=");
-        policy.push_str(ints.format(limit.period_secs()));
         state.push('"');
         state.push_str(limit.name());
         state.push_str("\";r=");
@@ -63,7 +55,13 @@ pub fn rate_limit_fields(quota: &Quota) -> Option<[(&'static str, String); 2]> {
         let reset = standing.reset;
         state.push_str(ints.format(reset.as_secs() + u64::from(reset.subsec_nanos() > 0)));
     }
-    Some([(RATELIMIT_POLICY_HEADER, policy), (RATELIMIT_HEADER, state)])
+    Some([
+        (
+            RATELIMIT_POLICY_HEADER,
+            quota.limits().policy_list().to_owned(),
+        ),
+        (RATELIMIT_HEADER, state),
+    ])
 }
 
 /// Room for a typical token's roles, comma-separated.

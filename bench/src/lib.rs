@@ -26,6 +26,13 @@ pub fn bench_bindings() -> Result<sts::model::Bindings, sts::model::FieldError> 
     })
 }
 
+/// The rate limits of the benchmarks' limited token: two limits a run
+/// never exhausts (100 million a second, 100 million a day), so every check
+/// spends and none is refused: what spending costs, not what refusing does.
+pub fn bench_rate_limits() -> Result<sts::model::RateLimits, sts::model::FieldError> {
+    sts::model::RateLimits::parse_texts("rate_limits", &["second=100000000/1s", "day=100000000/1d"])
+}
+
 use std::{
     future::Future,
     time::{Duration, Instant},

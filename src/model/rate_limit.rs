@@ -127,9 +127,14 @@ impl fmt::Debug for RateLimit {
     }
 }
 
-/// A token's rate limits; empty: none.
+/// A token's rate limits; empty: none. With them, their policy list as
+/// HTTP's `RateLimit-Policy` field states it, made once when the limits
+/// are parsed rather than on every check that answers with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RateLimits(Shared<RateLimit>);
+pub struct RateLimits {
+    limits: Shared<RateLimit>,
+    policy: Option<Arc<str>>,
+}
 
 impl RateLimits {
     /// At most [`MAX_RATE_LIMITS`], no name twice.
@@ -151,7 +156,11 @@ impl RateLimits {
                 ));
             }
         }
-        Ok(RateLimits(Shared::of(limits)))
+        let policy = (!limits.is_empty()).then(|| policy_list(&limits).into());
+        Ok(RateLimits {
+            limits: Shared::of(limits),
+            policy,
+        })
     }
 
     /// Each of `texts` read by [`RateLimit::parse_text`].
@@ -164,12 +173,35 @@ impl RateLimits {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.as_slice().is_empty()
+        self.limits.as_slice().is_empty()
     }
 
     pub fn as_slice(&self) -> &[RateLimit] {
-        self.0.as_slice()
+        self.limits.as_slice()
     }
+
+    /// Each limit as a policy of draft-ietf-httpapi-ratelimit-headers-09
+    /// (`"burst";q=20;w=1, "hourly";q=5000;w=3600`); empty without limits.
+    pub fn policy_list(&self) -> &str {
+        self.policy.as_deref().unwrap_or("")
+    }
+}
+
+/// The `RateLimit-Policy` list of `limits`: a name (of characters a
+/// structured-field string takes as they are), `q` the limit, `w` the
+/// period in seconds.
+fn policy_list(limits: &[RateLimit]) -> String {
+    let mut text = String::new();
+    for (at, limit) in limits.iter().enumerate() {
+        if at > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(&format!(
+            "\"{}\";q={};w={}",
+            limit.name, limit.limit, limit.period_secs
+        ));
+    }
+    text
 }
 
 /// Comma-separated, `none` when empty: the audit log's view.

@@ -2,7 +2,9 @@
 //! limits in use, in shards so checks of different tokens rarely meet on a
 //! lock. Exact for a single replica.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::sync::Mutex;
+
+use rustc_hash::FxHashMap;
 
 use super::{Debt, Quota, Standing, Terms, decide};
 use crate::model::{MAX_RATE_LIMITS, RateLimit, RateLimits, TokenId};
@@ -16,7 +18,9 @@ pub struct Local {
 }
 
 /// The tokens of one shard, each with its limits' state.
-type Shard = HashMap<TokenId, Vec<Slot>>;
+// FxHash: one multiply per lookup. Ids are drawn at random; only an
+// admin's import picks them, so no caller can aim at one bucket.
+type Shard = FxHashMap<TokenId, Vec<Slot>>;
 
 /// One limit's state, with the terms it was spent under: a limit whose
 /// terms an update changed starts whole under its new terms.

@@ -89,6 +89,11 @@ impl Quota {
         }
     }
 
+    /// The limits it stands for.
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
     /// The token has no limits (or the check was exempt).
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()

@@ -190,6 +190,10 @@ enum Command {
         /// (127.0.0.0/8, `bench-audience-1`, `GET /api/v15/items/*`).
         #[arg(long)]
         bound_token_file: Option<PathBuf>,
+        /// Where to write one more token's secret: with two rate limits no
+        /// run exhausts (`sts_bench::bench_rate_limits`).
+        #[arg(long)]
+        limited_token_file: Option<PathBuf>,
     },
     /// Delete-to-rejected time between two replicas: create a token on A,
     /// validate it on B until B has it cached, delete it on A, then validate
@@ -579,6 +583,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             token_file,
             secrets_file,
             bound_token_file,
+            limited_token_file,
         } => {
             let mut secrets = secrets_file
                 .map(|path| std::fs::File::create(path).map(std::io::BufWriter::new))
@@ -623,6 +628,15 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                     .insert_many(std::iter::once((bound.hash(), new)), now)
                     .await?;
                 std::fs::write(&file, bound.expose_secret())?;
+            }
+            if let Some(file) = limited_token_file {
+                let limited = Secret::generate();
+                let new = NewToken::parse("bench-limited", &["bench-reader"], None)?
+                    .limited(Some(sts_bench::bench_rate_limits()?));
+                inserted += store
+                    .insert_many(std::iter::once((limited.hash(), new)), now)
+                    .await?;
+                std::fs::write(&file, limited.expose_secret())?;
             }
             eprintln!(
                 "prefilled {inserted} tokens in {:.1} s",
