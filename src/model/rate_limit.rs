@@ -5,7 +5,6 @@
 use std::{fmt, str::FromStr, sync::Arc, time::Duration};
 
 use super::fields::FieldError;
-use super::shared::Shared;
 
 /// The most limits one token may carry: a check spends from them all.
 pub const MAX_RATE_LIMITS: usize = 8;
@@ -130,10 +129,21 @@ impl fmt::Debug for RateLimit {
 /// A token's rate limits; empty: none. With them, their policy list as
 /// HTTP's `RateLimit-Policy` field states it, made once when the limits
 /// are parsed rather than on every check that answers with it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RateLimits {
-    limits: Shared<RateLimit>,
-    policy: Option<Arc<str>>,
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RateLimits(Option<Arc<Limits>>);
+
+/// The limits, shared by every clone of a token (one count to clone,
+/// nothing at all without limits), and their policy list.
+#[derive(PartialEq, Eq)]
+struct Limits {
+    list: Box<[RateLimit]>,
+    policy: Box<str>,
+}
+
+impl fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
 }
 
 impl RateLimits {
@@ -156,11 +166,13 @@ impl RateLimits {
                 ));
             }
         }
-        let policy = (!limits.is_empty()).then(|| policy_list(&limits).into());
-        Ok(RateLimits {
-            limits: Shared::of(limits),
-            policy,
-        })
+        if limits.is_empty() {
+            return Ok(RateLimits(None));
+        }
+        Ok(RateLimits(Some(Arc::new(Limits {
+            policy: policy_list(&limits).into(),
+            list: limits.into(),
+        }))))
     }
 
     /// Each of `texts` read by [`RateLimit::parse_text`].
@@ -173,17 +185,17 @@ impl RateLimits {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.limits.as_slice().is_empty()
+        self.0.is_none()
     }
 
     pub fn as_slice(&self) -> &[RateLimit] {
-        self.limits.as_slice()
+        self.0.as_deref().map_or(&[], |limits| &limits.list)
     }
 
     /// Each limit as a policy of draft-ietf-httpapi-ratelimit-headers-09
     /// (`"burst";q=20;w=1, "hourly";q=5000;w=3600`); empty without limits.
     pub fn policy_list(&self) -> &str {
-        self.policy.as_deref().unwrap_or("")
+        self.0.as_deref().map_or("", |limits| &limits.policy)
     }
 }
 
