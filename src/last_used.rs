@@ -21,7 +21,9 @@ use std::{
 use crate::{
     clock::{Clock, epoch_micros, to_micros},
     metrics::Metrics,
-    model::{MAX_RECENT_SOURCES, MatchedSecret, RecentSources, TokenId},
+    model::{
+        Counts, Day, MAX_RECENT_SOURCES, MatchedSecret, OUTCOMES, Outcome, RecentSources, TokenId,
+    },
     store::{Store, StoreError, Use},
 };
 
@@ -66,6 +68,9 @@ struct Noted {
     /// a hot token checked from many threads shares the cache line rather
     /// than bouncing a lock's count between cores.
     sources: [(AtomicU64, AtomicU64); NOTED_SOURCES],
+    /// Checks since the last batch, by outcome (`Outcome::index`): the
+    /// token's usage, added to its day's record by the next batch.
+    counts: [AtomicU64; OUTCOMES],
 }
 
 /// Most sources remembered per token between batches: beyond it the
@@ -181,6 +186,7 @@ impl LastUsed {
         let due = |last: u64| last == 0 || now.saturating_sub(last) >= window;
         let source = source.map(|s| s.to_canonical());
         let claim = |entry: &Noted| {
+            entry.counts[Outcome::Valid.index()].fetch_add(1, Ordering::Relaxed);
             let used = entry.claim(secret, now, due);
             let seen = source.filter(|s| entry.claim_source(*s, now, due));
             (used, seen)
@@ -198,6 +204,30 @@ impl LastUsed {
         }
     }
 
+    /// A check of `id` that came to `outcome` (a refusal: a valid use is
+    /// counted by [`LastUsed::note`]), for its usage; written with the next
+    /// batch.
+    pub fn count(self: &Arc<Self>, id: TokenId, outcome: Outcome) {
+        let counted = {
+            let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
+            noted
+                .get(&id.get())
+                .map(|entry| entry.counts[outcome.index()].fetch_add(1, Ordering::Relaxed))
+        };
+        if counted.is_none() {
+            let mut noted = self.noted.write().unwrap_or_else(|e| e.into_inner());
+            noted.entry(id.get()).or_default().counts[outcome.index()]
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.start_writer();
+    }
+
+    fn start_writer(self: &Arc<Self>) {
+        self.writer.get_or_init(|| {
+            tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
+        });
+    }
+
     /// Queues a use (any use is one of "either secret", so a use queued
     /// for its source alone moves `at` rightly too).
     fn queue(
@@ -208,9 +238,7 @@ impl LastUsed {
         source: Option<IpAddr>,
     ) {
         let at = to_micros(at);
-        self.writer.get_or_init(|| {
-            tokio::spawn(write_every(Arc::downgrade(self), self.resolution));
-        });
+        self.start_writer();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let entry = pending.entry(id.get()).or_insert(Use {
             id,
@@ -235,7 +263,9 @@ impl LastUsed {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.drain().map(|(_, used)| used).collect()
         };
+        let counts = self.harvest();
         self.forget_old();
+        self.write_usage(counts).await;
         if batch.is_empty() {
             return;
         }
@@ -259,8 +289,46 @@ impl LastUsed {
         }
     }
 
+    /// Every token's checks since the last batch, taken (the counters left
+    /// at zero).
+    fn harvest(&self) -> Vec<(TokenId, Counts)> {
+        let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
+        noted
+            .iter()
+            .filter_map(|(id, entry)| {
+                let mut counts = Counts::default();
+                for (kept, count) in counts.0.iter_mut().zip(&entry.counts) {
+                    *kept = count.swap(0, Ordering::Relaxed);
+                }
+                let id = TokenId::parse(*id).ok()?;
+                (!counts.is_empty()).then_some((id, counts))
+            })
+            .collect()
+    }
+
+    /// Adds `counts` to today's usage (UTC, by the server's clock: a
+    /// batch's checks land on the day it is written). Counts the store
+    /// refuses go back to be written with the next batch.
+    async fn write_usage(&self, counts: Vec<(TokenId, Counts)>) {
+        if counts.is_empty() {
+            return;
+        }
+        let day = Day::of(self.clock.now());
+        if let Err(e) = self.store.record_usage(day, &counts).await {
+            tracing::warn!(error = %e, tokens = counts.len(), "could not record token usage; will retry");
+            let mut noted = self.noted.write().unwrap_or_else(|e| e.into_inner());
+            for (id, counts) in counts {
+                let entry = noted.entry(id.get()).or_default();
+                for (count, kept) in entry.counts.iter().zip(counts.0) {
+                    count.fetch_add(kept, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// Drops the notes of tokens not used for a whole window: their next
-    /// use is due anyway. Keeps memory to the tokens in use.
+    /// use is due anyway. Keeps memory to the tokens in use (and those
+    /// with checks still to write).
     fn forget_old(&self) {
         let now = micros(self.clock.now());
         let window = self.window();
@@ -271,6 +339,7 @@ impl LastUsed {
                 .load(Ordering::Relaxed)
                 .max(entry.previous.load(Ordering::Relaxed));
             now.saturating_sub(last) < window
+                || entry.counts.iter().any(|c| c.load(Ordering::Relaxed) != 0)
         });
     }
 }

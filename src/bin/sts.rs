@@ -218,6 +218,14 @@ enum TokenCommand {
         #[arg(long, conflicts_with = "rate_limit")]
         clear_rate_limits: bool,
     },
+    #[command(about = "Show a service token's checks per day")]
+    Usage {
+        /// The token's id.
+        id: u64,
+        /// How many days, today (UTC) the last (1 to 90).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     #[command(about = "Disable a service token: refused until enabled again")]
     Disable {
         /// The token's id.
@@ -455,6 +463,9 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                     },
                 };
                 commands::update_token(globals, printer, id, changes).await
+            }
+            TokenCommand::Usage { id, days } => {
+                commands::usage_token(globals, printer, id, days).await
             }
             TokenCommand::Disable { id } => {
                 commands::set_disabled(globals, printer, id, true).await

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::error::with_causes;
 use crate::proto::{
-    CreateRequest, DeleteRequest, GetRequest, InvalidReason, ListRequest, RevokeLeakedRequest,
-    RotateRequest, ServiceToken, UpdateRequest, ValidateRequest,
+    CreateRequest, DailyUsage, DeleteRequest, GetRequest, GetUsageRequest, InvalidReason,
+    ListRequest, RevokeLeakedRequest, RotateRequest, ServiceToken, UpdateRequest, ValidateRequest,
     token_service_client::TokenServiceClient,
 };
 
@@ -205,6 +205,15 @@ impl Session {
         response
             .service_token
             .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))
+    }
+
+    /// Token `id`'s checks per day, the last `days` days.
+    pub async fn usage(&mut self, id: u64, days: u32) -> Result<Vec<DailyUsage>, CliError> {
+        let request = self.authorized(GetUsageRequest { id, days })?;
+        match self.client.get_usage(request).await {
+            Ok(response) => Ok(response.into_inner().days),
+            Err(status) => Err(self.failed(status).await),
+        }
     }
 
     /// Sets the fields of `token` that `paths` name; returns the result.

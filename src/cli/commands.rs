@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{
     CliError,
@@ -270,6 +270,27 @@ pub async fn describe_token(globals: &Globals, printer: &Printer, id: u64) -> Re
     let token = session.get(id).await?;
     let table = describe_table(&token, now_seconds());
     printer.table(table, "", json!({ "service-token": token_json(&token) }));
+    Ok(())
+}
+
+/// `sts service-token usage ID [--days N]`: a row per day (checks that
+/// passed, that a rate limit refused, and every other refusal), with a
+/// bar of the day's checks on a terminal; `-o json` has each outcome.
+pub async fn usage_token(
+    globals: &Globals,
+    printer: &Printer,
+    id: u64,
+    days: u32,
+) -> Result<(), CliError> {
+    let mut session = globals.session().await?;
+    let usage = session.usage(id, days).await?;
+    let table = super::output::usage_table(&usage, printer.decorate);
+    let days: Vec<Value> = usage.iter().map(super::output::usage_json).collect();
+    printer.table(
+        table,
+        "No usage recorded.",
+        json!({ "service-token-usage": { "id": id, "days": days } }),
+    );
     Ok(())
 }
 

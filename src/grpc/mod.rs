@@ -28,9 +28,9 @@ use crate::{
     error::Error,
     model::{
         AllowedRoutes, AllowedSources, Audiences, BindingRefusal, Bindings, CheckContext,
-        Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, MatchedSecret,
-        NewToken, RateLimit, RateLimits, Roles, RouteRule, ServiceToken, TokenId, TokenName,
-        parse_time,
+        DEFAULT_USAGE_DAYS, DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels,
+        ListFilter, MatchedSecret, NewToken, Outcome, RateLimit, RateLimits, Roles, RouteRule,
+        ServiceToken, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
@@ -207,6 +207,40 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         Ok(Response::new(proto::UpdateResponse {
             service_token: Some(token.into()),
         }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<proto::GetUsageRequest>,
+    ) -> Result<Response<proto::GetUsageResponse>, Status> {
+        let usage = self
+            .manage(Rpc::GetUsage, request, |admin, message| async move {
+                let id = TokenId::parse(message.id)?;
+                let days = match message.days {
+                    0 => DEFAULT_USAGE_DAYS,
+                    days => days,
+                };
+                self.service.usage(&admin, id, days).await
+            })
+            .await?;
+        let days = usage
+            .iter()
+            .map(|DayUsage { day, counts }| {
+                let count = |outcome| counts.get(outcome);
+                proto::DailyUsage {
+                    date: day.date(),
+                    valid: count(Outcome::Valid),
+                    rate_limited: count(Outcome::RateLimited),
+                    expired: count(Outcome::Expired),
+                    disabled: count(Outcome::Disabled),
+                    source_not_allowed: count(Outcome::SourceNotAllowed),
+                    audience_not_allowed: count(Outcome::AudienceNotAllowed),
+                    route_not_allowed: count(Outcome::RouteNotAllowed),
+                    missing_role: count(Outcome::MissingRole),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::GetUsageResponse { days }))
     }
 
     async fn rotate(

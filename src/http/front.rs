@@ -32,7 +32,7 @@ use super::{
     HttpState, api,
     body::{BodyTimeout, Deadline},
     forward_auth,
-    routes::{self, AUTH, AUTH_BELOW, AUTH_SLASH, ROTATE, STATUS, TOKEN},
+    routes::{self, AUTH, AUTH_BELOW, AUTH_SLASH, ROTATE, STATUS, TOKEN, USAGE},
 };
 use crate::{
     error::Error,
@@ -58,6 +58,7 @@ const EXACT: &[&str] = &[
     routes::GRPC_METHODS[6],
     routes::GRPC_METHODS[7],
     routes::GRPC_METHODS[8],
+    routes::GRPC_METHODS[9],
     routes::INFO,
     routes::TOKEN_REVIEW,
     routes::INTROSPECT,
@@ -86,12 +87,13 @@ const INEXACT: &[&str] = &[
     PREFIXED[3].1,
     TOKEN,
     ROTATE,
+    USAGE,
     OTHER,
 ];
 const ROUTES: usize = EXACT.len() + INEXACT.len();
 
 // Each gRPC method and service of `routes` has its place in the lists above.
-const _: () = assert!(routes::GRPC_METHODS.len() == 9 && routes::GRPC_SERVICES.len() == 3);
+const _: () = assert!(routes::GRPC_METHODS.len() == 10 && routes::GRPC_SERVICES.len() == 3);
 
 /// The route `path` is served by: an index into [`EXACT`] and then
 /// [`INEXACT`] (see [`label`]).
@@ -124,6 +126,7 @@ fn inexact_label(path: &str) -> &'static str {
         return match rest.split_once('/') {
             None if !rest.is_empty() => TOKEN,
             Some((id, "rotate")) if !id.is_empty() => ROTATE,
+            Some((id, "usage")) if !id.is_empty() => USAGE,
             _ => OTHER,
         };
     }
@@ -463,6 +466,7 @@ mod tests {
             ("/api/security/tokens/revoke", "/api/security/tokens/revoke"),
             ("/api/security/tokens/123", TOKEN),
             ("/api/security/tokens/123/rotate", ROTATE),
+            ("/api/security/tokens/123/usage", USAGE),
             ("/api/security/tokens/", "other"),
             ("/api/security/tokens//rotate", "other"),
             ("/api/security/tokens/1/2", "other"),

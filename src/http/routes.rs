@@ -14,6 +14,7 @@ pub const AUTH_BELOW: &str = "/api/auth/{*path}";
 pub const TOKENS: &str = "/api/security/tokens";
 pub const TOKEN: &str = "/api/security/tokens/{id}";
 pub const ROTATE: &str = "/api/security/tokens/{id}/rotate";
+pub const USAGE: &str = "/api/security/tokens/{id}/usage";
 pub const REVOKE: &str = "/api/security/tokens/revoke";
 pub const TOKEN_REVIEW: &str = "/api/kubernetes/tokenreview";
 pub const INTROSPECT: &str = "/oauth2/introspect";
@@ -32,6 +33,7 @@ pub const GRPC_METHODS: &[&str] = &[
     "/stackstate.servicetoken.v1.TokenService/Update",
     "/stackstate.servicetoken.v1.TokenService/Rotate",
     "/stackstate.servicetoken.v1.TokenService/RevokeLeaked",
+    "/stackstate.servicetoken.v1.TokenService/GetUsage",
 ];
 
 /// gRPC's health check (answered even past the in-flight bound).

@@ -26,9 +26,9 @@ use crate::clock::epoch_millis;
 use crate::{
     error::Error,
     model::{
-        AllowedSources, Audiences, Bindings, Description, Edit, Etag, FieldError, LabelEdit,
-        Labels, ListFilter, NewToken, Roles, RouteParts, ServiceToken, TokenId, TokenName,
-        parse_epoch_millis,
+        AllowedSources, Audiences, Bindings, DEFAULT_USAGE_DAYS, DayUsage, Description, Edit, Etag,
+        FieldError, LabelEdit, Labels, ListFilter, NewToken, Outcome, Roles, RouteParts,
+        ServiceToken, TokenId, TokenName, parse_epoch_millis,
     },
     page::PageRequest,
     service::{Admin, Revoked, Rpc, TokenService},
@@ -323,6 +323,67 @@ pub async fn get(manage: Management, Path(id): Path<String>) -> Result<Response,
     let call = |admin| async move { service.get(&admin, path_id(&id)?).await };
     let token = manage.run(Rpc::Get, call).await?;
     Ok(with_etag(&token, json(&TokenJson::from(&token))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    days: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct UsageJson {
+    id: u64,
+    /// Each day: its `date`, then every outcome's count under its name
+    /// in camelCase (`rateLimited`).
+    days: Vec<serde_json::Map<String, Value>>,
+}
+
+/// An outcome's name as REST writes it: `rate_limited` → `rateLimited`.
+fn camel(snake: &str) -> String {
+    let mut words = snake.split('_');
+    let mut name = words.next().unwrap_or_default().to_owned();
+    for word in words {
+        let mut letters = word.chars();
+        name.extend(letters.next().map(|c| c.to_ascii_uppercase()));
+        name.push_str(letters.as_str());
+    }
+    name
+}
+
+/// `GET /api/security/tokens/{id}/usage?days=30`: the token's checks per
+/// UTC day, oldest first.
+pub async fn usage(
+    manage: Management,
+    Path(id): Path<String>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let service = &manage.state.service;
+    let days = match query {
+        Ok(Query(UsageQuery { days })) => days.unwrap_or(DEFAULT_USAGE_DAYS),
+        Err(_) => {
+            return Err(
+                FieldError::new("days", "must be a whole number of days from 1 to 90").into(),
+            );
+        }
+    };
+    let call = |admin| async move {
+        let id = path_id(&id)?;
+        Ok((id, service.usage(&admin, id, days).await?))
+    };
+    let (id, usage) = manage.run(Rpc::GetUsage, call).await?;
+    let days = usage
+        .iter()
+        .map(|DayUsage { day, counts }| {
+            let mut json = serde_json::Map::new();
+            json.insert("date".into(), Value::from(day.date()));
+            for outcome in Outcome::ALL {
+                json.insert(camel(outcome.as_str()), Value::from(counts.get(outcome)));
+            }
+            json
+        })
+        .collect();
+    Ok(json(&UsageJson { id: id.get(), days }))
 }
 
 /// The errors of every token body parser for `bytes` (create, rotate,

@@ -6,7 +6,7 @@
 //! route rules and the request path they match, `shared` how a token
 //! holds a list of its bindings, `token` the token
 //! as the service sees it, `change` what a change does, `query` what a question over many
-//! tokens selects, `recent` the sources a token was last seen from, `rate_limit` how often it may be checked, `stored` the token on its way into and out of a store.
+//! tokens selects, `recent` the sources a token was last seen from, `rate_limit` how often it may be checked, `stored` the token on its way into and out of a store, `usage` its checks per day.
 
 mod binding;
 mod change;
@@ -18,6 +18,7 @@ mod route;
 mod shared;
 mod stored;
 mod token;
+mod usage;
 
 pub use binding::*;
 pub use change::*;
@@ -28,6 +29,7 @@ pub use recent::*;
 pub use route::*;
 pub use stored::*;
 pub use token::*;
+pub use usage::*;
 
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,8 @@ use crate::{
     error::Error,
     events::{Actor, Draft},
     model::{
-        Change, CheckContext, Edit, Etag, FieldError, ListFilter, NewToken, ServiceToken, TokenId,
+        Change, CheckContext, Counts, Day, DayUsage, Edit, Etag, FieldError, ListFilter, NewToken,
+        ServiceToken, TokenId, USAGE_DAYS,
     },
     page::{PageRequest, encode_cursor},
     rate_limit::Charge,
@@ -241,6 +242,45 @@ impl TokenService {
         self.event_committed(event);
         audit_created(Rpc::Create.as_str(), Some(caller), &created);
         Ok((token, created))
+    }
+
+    /// Token `id`'s checks per UTC day, the last `days` of them (today
+    /// included; 1 to [`USAGE_DAYS`]), oldest first, a day without checks
+    /// as zeros. What this replica has not written yet (its last window) is
+    /// not in it.
+    pub async fn usage(
+        &self,
+        _admin: &Admin,
+        id: TokenId,
+        days: u32,
+    ) -> Result<Vec<DayUsage>, Error> {
+        if !(1..=USAGE_DAYS).contains(&days) {
+            return Err(FieldError::new("days", format!("must be from 1 to {USAGE_DAYS}")).into());
+        }
+        if self.store.get(id).await?.is_none() {
+            return Err(Error::NotFound(id));
+        }
+        let today = Day::of(self.now());
+        let from = today.before(days - 1);
+        let mut kept = self
+            .store
+            .usage(id, from, today)
+            .await?
+            .into_iter()
+            .peekable();
+        let mut all = Vec::with_capacity(days as usize);
+        let mut day = from;
+        loop {
+            let counts = match kept.next_if(|usage| usage.day == day) {
+                Some(usage) => usage.counts,
+                None => Counts::default(),
+            };
+            all.push(DayUsage { day, counts });
+            if day >= today {
+                return Ok(all);
+            }
+            day = day.next();
+        }
     }
 
     pub async fn get(&self, _admin: &Admin, id: TokenId) -> Result<ServiceToken, Error> {

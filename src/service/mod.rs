@@ -46,11 +46,13 @@ pub enum Rpc {
     Get,
     Update,
     Rotate,
+    GetUsage,
 }
 
 impl Rpc {
     pub fn as_str(self) -> &'static str {
         match self {
+            Rpc::GetUsage => "GetUsage",
             Rpc::Create => "Create",
             Rpc::List => "List",
             Rpc::Delete => "Delete",

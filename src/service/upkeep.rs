@@ -11,7 +11,7 @@ use crate::{
     error::Error,
     events::Draft,
     metrics::TokenCounts,
-    model::{ListFilter, TokenSummary},
+    model::{Day, ListFilter, TokenSummary, USAGE_DAYS},
     store::{Outcome, StoreError},
 };
 
@@ -28,6 +28,7 @@ impl TokenService {
     /// it now and then, never on a request's path.
     pub async fn summarize(&self) -> Result<(), Error> {
         self.sweep_rate_limits().await;
+        self.purge_usage().await;
         let summary = self.store.summary(self.now()).await?;
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let seconds = |t: SystemTime| crate::clock::epoch_seconds(t).max(0);
@@ -49,6 +50,15 @@ impl TokenService {
             next_expiry_seconds: summary.next_expiry.map_or(0, seconds),
         });
         Ok(())
+    }
+
+    /// Forgets usage older than [`USAGE_DAYS`] days (today included). A
+    /// failure is logged and left for the next round.
+    pub async fn purge_usage(&self) {
+        let before = Day::of(self.now()).before(USAGE_DAYS - 1);
+        if let Err(e) = self.store.purge_usage(before).await {
+            tracing::warn!(error = %e, "could not purge old token usage; will retry");
+        }
     }
 
     /// Forgets the rate-limit state of limits whole again: a walk of the

@@ -10,7 +10,8 @@ use crate::{
     credential::AuthError,
     error::Error,
     model::{
-        BindingRefusal, Bindings, CheckContext, MatchedSecret, Role, ServiceToken, StoredToken,
+        BindingRefusal, Bindings, CheckContext, MatchedSecret, Outcome, Role, ServiceToken,
+        StoredToken, TokenId,
     },
     rate_limit::{Charge, Quota, Spent, Surface},
     token::{MalformedToken, TokenHash},
@@ -225,15 +226,25 @@ impl TokenService {
             return Ok(Err(InvalidReason::NotFound));
         };
         if stored.token.is_expired_at(now) {
+            self.count(stored.token.id, Outcome::Expired);
             return Ok(Err(InvalidReason::Expired));
         }
         if stored.token.disabled {
+            self.count(stored.token.id, Outcome::Disabled);
             return Ok(Err(InvalidReason::Disabled));
         }
         let bindings = &stored.token.bindings;
         if !bindings.is_empty()
             && let Err(refusal) = admit(bindings)
         {
+            self.count(
+                stored.token.id,
+                match refusal {
+                    BindingRefusal::SourceNotAllowed => Outcome::SourceNotAllowed,
+                    BindingRefusal::AudienceNotAllowed => Outcome::AudienceNotAllowed,
+                    BindingRefusal::RouteNotAllowed => Outcome::RouteNotAllowed,
+                },
+            );
             return Ok(Err(InvalidReason::NotAllowed(refusal)));
         }
         Ok(Ok(Passed {
@@ -276,6 +287,7 @@ impl TokenService {
                 };
                 if !quota.allowed() {
                     self.metrics.rate_limited(surface.as_str());
+                    self.count(token.id, Outcome::RateLimited);
                     return Ok(Validation::Limited(quota));
                 }
                 quota
@@ -287,6 +299,14 @@ impl TokenService {
             last_used.note(token.id, secret, now, source);
         }
         Ok(Validation::Valid(token.seen_at(now), secret, quota))
+    }
+
+    /// A refused check of token `id`, for its usage (off with last-used
+    /// tracking).
+    fn count(&self, id: TokenId, outcome: Outcome) {
+        if let Some(last_used) = &self.last_used {
+            last_used.count(id, outcome);
+        }
     }
 
     /// The token stored under `hash`: from the cache, else from the store
@@ -387,7 +407,12 @@ impl TokenService {
         };
         for role in required {
             if let Err(refused) = self.require_role(&passed.stored.token, role) {
-                let _ = self.counted(self.settle(passed, Charge::Exempt).await);
+                // A valid token, refused: no use to note, nothing spent.
+                self.metrics.validation(match passed.secret {
+                    MatchedSecret::Current => "valid",
+                    MatchedSecret::Previous => "previous_secret",
+                });
+                self.count(passed.stored.token.id, Outcome::MissingRole);
                 return Err(refused);
             }
         }

@@ -15,8 +15,8 @@ use crate::{
     cache::ValidationCache,
     events::{Draft, OutboxStats, Pending, Settle},
     model::{
-        Change, Etag, ListFilter, NewToken, RecentSources, ServiceToken, StoredToken, TokenId,
-        TokenSummary,
+        Change, Counts, Day, DayUsage, Etag, ListFilter, NewToken, RecentSources, ServiceToken,
+        StoredToken, TokenId, TokenSummary,
     },
     token::TokenHash,
 };
@@ -337,6 +337,18 @@ pub trait UseRecords: Send + Sync {
         uses: &[Use],
         announce: Option<Announce>,
     ) -> Result<u64, StoreError>;
+
+    /// Adds a batch's checks of each token on `day` (UTC) to what is
+    /// kept: every replica's batches add up, a token gone meanwhile is
+    /// skipped. One flush for the batch.
+    async fn record_usage(&self, day: Day, counts: &[(TokenId, Counts)]) -> Result<(), StoreError>;
+
+    /// The days from `from` to `to` (inclusive) with checks of token `id`,
+    /// oldest first.
+    async fn usage(&self, id: TokenId, from: Day, to: Day) -> Result<Vec<DayUsage>, StoreError>;
+
+    /// Forgets every day before `before`; how many records went.
+    async fn purge_usage(&self, before: Day) -> Result<u64, StoreError>;
 }
 
 /// Whether and when a batch of uses announces new sources.

@@ -972,6 +972,54 @@ async fn a_change_holds_to_its_etag(backend: &mut Backend) {
     assert!(store.get(token.id).await.unwrap().is_none());
 }
 
+/// Usage: batches of the same day add up (replicas' batches too, on a
+/// shared store), a batch skips a token deleted before it, a range reads
+/// the days kept, and a purge forgets the days before its own.
+async fn usage_adds_up_skips_deleted_tokens_and_is_purged(backend: &mut Backend) {
+    use sts::model::{Counts, Day};
+    let store = backend.store();
+    let (_, kept) = insert(&*store, "kept").await;
+    let (_, gone) = insert(&*store, "gone").await;
+    let today = Day::of(SystemTime::now());
+    let old = today.before(90);
+    let counts = |valid, limited| {
+        let mut counts = Counts::default();
+        counts.0[0] = valid;
+        counts.0[1] = limited;
+        counts
+    };
+    store
+        .record_usage(old, &[(kept.id, counts(7, 0))])
+        .await
+        .unwrap();
+    store
+        .record_usage(today, &[(kept.id, counts(2, 1)), (gone.id, counts(5, 5))])
+        .await
+        .unwrap();
+    let writer = backend.replica().await.unwrap_or_else(|| store.clone());
+    assert!(crate::support::deleted(&*store, gone.id).await);
+    writer
+        .record_usage(today, &[(kept.id, counts(3, 0)), (gone.id, counts(1, 0))])
+        .await
+        .unwrap();
+    let days = store.usage(kept.id, old, today).await.unwrap();
+    assert_eq!(days.len(), 2, "{days:?}");
+    assert_eq!((days[0].day, days[0].counts), (old, counts(7, 0)));
+    assert_eq!((days[1].day, days[1].counts), (today, counts(5, 1)));
+    // The batch after the delete added nothing for it. (PostgreSQL drops a
+    // deleted token's rows with it; sled leaves them to the purge: the
+    // service never shows a deleted token's usage.)
+    let gone_days = store.usage(gone.id, old, today).await.unwrap();
+    assert!(
+        gone_days.iter().all(|d| d.counts == counts(5, 5)),
+        "{gone_days:?}"
+    );
+    assert_eq!(store.purge_usage(old.next()).await.unwrap(), 1);
+    let days = store.usage(kept.id, old, today).await.unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].day, today);
+}
+
 async fn uses_only_move_forward(backend: &mut Backend) {
     let store = backend.store();
     let (_, token) = insert(&*store, "used").await;
@@ -1654,6 +1702,7 @@ conformance!(
         two_admins_removing_each_other_at_once_leave_one,
         a_change_holds_to_its_etag,
         uses_only_move_forward,
+        usage_adds_up_skips_deleted_tokens_and_is_purged,
         filters_select_the_same_tokens_on_every_backend,
         an_export_carries_every_lifecycle_field,
         events_commit_with_their_change_and_leave_when_delivered,

@@ -58,5 +58,6 @@ mod soak;
 mod store_faults;
 mod tls;
 mod upgrade;
+mod usage;
 mod validate;
 mod webhooks;

@@ -459,14 +459,7 @@ async fn a_rate_limited_token_gets_429_through_the_proxy(
 ) {
     let (secret, _) = app
         .create_with(sts::proto::CreateRequest {
-            rate_limits: vec![sts::proto::RateLimit {
-                name: "minute".into(),
-                limit: 2,
-                period: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-            }],
+            rate_limits: vec![crate::support::rate_limit("minute", 2, 60)],
             ..crate::support::create_request("limited", &["builder"])
         })
         .await;

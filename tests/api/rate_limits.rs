@@ -17,20 +17,10 @@ use tonic::Code;
 use crate::{
     ext_authz::{check, denied},
     support::{
-        ReadAnswer, TestApp, assert_code, create_request, server_config, spawn_app, spawn_app_with,
+        ReadAnswer, TestApp, assert_code, create_request, rate_limit as limit, server_config,
+        spawn_app, spawn_app_with,
     },
 };
-
-fn limit(name: &str, limit: u64, period_secs: i64) -> RateLimit {
-    RateLimit {
-        name: name.into(),
-        limit,
-        period: Some(prost_types::Duration {
-            seconds: period_secs,
-            nanos: 0,
-        }),
-    }
-}
 
 fn duration_ms(ms: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration {

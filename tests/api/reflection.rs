@@ -70,7 +70,8 @@ async fn v1_lists_and_describes_the_service() {
             "Get",
             "Update",
             "Rotate",
-            "RevokeLeaked"
+            "RevokeLeaked",
+            "GetUsage"
         ]
     );
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sts::{
     proto::{
-        CreateRequest, InvalidReason, RateLimit, ServiceToken, UpdateRequest, ValidateRequest,
+        CreateRequest, InvalidReason, ServiceToken, UpdateRequest, ValidateRequest,
         ValidateResponse, token_service_client::TokenServiceClient,
     },
     rate_limit::{Limiter, OnStoreError, Shared},
@@ -22,20 +22,10 @@ use crate::support::{
     logs::capture_logs,
     pg::TestDatabase,
     process::{ServerProcess, bootstrap_store},
+    rate_limit as limit,
     redis::{PrivateRedis, redis_url},
     spawn_app_limited_by, with_key,
 };
-
-fn limit(name: &str, limit: u64, period_secs: i64) -> RateLimit {
-    RateLimit {
-        name: name.into(),
-        limit,
-        period: Some(prost_types::Duration {
-            seconds: period_secs,
-            nanos: 0,
-        }),
-    }
-}
 
 async fn validate(client: &TokenServiceClient<Channel>, token: &str) -> ValidateResponse {
     client

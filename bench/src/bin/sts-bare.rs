@@ -13,8 +13,9 @@ use axum::{Router, routing::get};
 use clap::Parser;
 use sts::proto::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    ListRequest, ListResponse, RevokeLeakedRequest, RevokeLeakedResponse, RotateRequest,
-    RotateResponse, ServiceToken, UpdateRequest, UpdateResponse, ValidateRequest, ValidateResponse,
+    GetUsageRequest, GetUsageResponse, ListRequest, ListResponse, RevokeLeakedRequest,
+    RevokeLeakedResponse, RotateRequest, RotateResponse, ServiceToken, UpdateRequest,
+    UpdateResponse, ValidateRequest, ValidateResponse,
     token_service_server::{TokenService, TokenServiceServer},
 };
 use sts::{
@@ -58,6 +59,12 @@ impl TokenService for Bare {
         &self,
         _: Request<RevokeLeakedRequest>,
     ) -> Result<Response<RevokeLeakedResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn get_usage(
+        &self,
+        _: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
     async fn validate(

@@ -42,6 +42,7 @@ use time::OffsetDateTime;
 mod feed;
 mod outbox;
 mod row;
+mod usage;
 mod uses;
 
 use feed::{FeedHealth, feed};

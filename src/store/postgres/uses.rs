@@ -16,12 +16,24 @@ use super::{
 };
 use crate::{
     events,
-    model::{RecentSources, ServiceToken},
+    model::{Counts, Day, DayUsage, RecentSources, ServiceToken, TokenId},
     store::{Announce, StoreError, Use, UseRecords, new_source, readable},
 };
 
 #[async_trait]
 impl UseRecords for PostgresStore {
+    async fn record_usage(&self, day: Day, counts: &[(TokenId, Counts)]) -> Result<(), StoreError> {
+        self.record_usage_rows(day, counts).await
+    }
+
+    async fn usage(&self, id: TokenId, from: Day, to: Day) -> Result<Vec<DayUsage>, StoreError> {
+        self.usage_rows(id, from, to).await
+    }
+
+    async fn purge_usage(&self, before: Day) -> Result<u64, StoreError> {
+        self.purge_usage_rows(before).await
+    }
+
     async fn record_uses(
         &self,
         uses: &[Use],

@@ -16,6 +16,7 @@
 mod outbox;
 mod reads;
 mod record;
+mod usage;
 mod writes;
 
 use std::{
@@ -37,7 +38,10 @@ use super::{
 };
 use crate::{
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
+    model::{
+        Change, Counts, Day, DayUsage, Etag, ListFilter, NewToken, ServiceToken, StoredToken,
+        TokenId, TokenSummary,
+    },
     token::TokenHash,
 };
 
@@ -82,6 +86,8 @@ struct Trees {
     meta: sled::Tree,
     outbox: sled::Tree,
     signals: sled::Tree,
+    /// Each token's checks per UTC day (`usage.rs`).
+    usage: sled::Tree,
     /// Outbox events not to be offered before a time (claimed, or waiting
     /// out a retry's backoff). In memory: only this process delivers from
     /// this data directory, and after a restart everything is due.
@@ -133,6 +139,7 @@ impl SledStore {
         let meta = db.open_tree("meta").map_err(unavailable)?;
         let outbox = db.open_tree("outbox").map_err(unavailable)?;
         let signals = db.open_tree("signals").map_err(unavailable)?;
+        let usage = db.open_tree("usage").map_err(unavailable)?;
         if meta.get(COUNT_KEY).map_err(unavailable)?.is_none() {
             // A store written before the count was kept: count once.
             let count = tokens.len() as u64;
@@ -150,6 +157,7 @@ impl SledStore {
             meta,
             outbox,
             signals,
+            usage,
             reserve,
         };
         Ok(SledStore {
@@ -423,6 +431,31 @@ impl UseRecords for SledStore {
             .await?;
         self.sync().await?;
         Ok(announced)
+    }
+
+    async fn record_usage(&self, day: Day, counts: &[(TokenId, Counts)]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let counts = counts.to_vec();
+        self.write(move |trees| {
+            trees.check_space()?;
+            trees.record_usage(day, &counts)
+        })
+        .await?;
+        self.sync().await
+    }
+
+    async fn usage(&self, id: TokenId, from: Day, to: Day) -> Result<Vec<DayUsage>, StoreError> {
+        self.read(move |trees| trees.usage(id, from, to)).await
+    }
+
+    async fn purge_usage(&self, before: Day) -> Result<u64, StoreError> {
+        let removed = self.write(move |trees| trees.purge_usage(before)).await?;
+        if removed > 0 {
+            self.sync().await?;
+        }
+        Ok(removed)
     }
 }
 

@@ -199,4 +199,28 @@ impl UseRecords for FaultyStore {
         self.write_fault()?;
         self.inner.record_uses(uses, announce).await
     }
+
+    async fn record_usage(
+        &self,
+        day: sts::model::Day,
+        counts: &[(sts::model::TokenId, sts::model::Counts)],
+    ) -> Result<(), StoreError> {
+        self.write_fault()?;
+        self.inner.record_usage(day, counts).await
+    }
+
+    async fn usage(
+        &self,
+        id: sts::model::TokenId,
+        from: sts::model::Day,
+        to: sts::model::Day,
+    ) -> Result<Vec<sts::model::DayUsage>, StoreError> {
+        self.fault()?;
+        self.inner.usage(id, from, to).await
+    }
+
+    async fn purge_usage(&self, before: sts::model::Day) -> Result<u64, StoreError> {
+        self.write_fault()?;
+        self.inner.purge_usage(before).await
+    }
 }

@@ -82,3 +82,15 @@ pub fn without_last_use(tokens: Vec<ServiceToken>) -> Vec<ServiceToken> {
         })
         .collect()
 }
+
+/// A rate limit as the API takes it: `limit` checks per `period_secs`.
+pub fn rate_limit(name: &str, limit: u64, period_secs: i64) -> sts::proto::RateLimit {
+    sts::proto::RateLimit {
+        name: name.into(),
+        limit,
+        period: Some(prost_types::Duration {
+            seconds: period_secs,
+            nanos: 0,
+        }),
+    }
+}
