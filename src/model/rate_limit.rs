@@ -147,6 +147,9 @@ impl fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
+    /// No limits.
+    pub const NONE: RateLimits = RateLimits(None);
+
     /// At most [`MAX_RATE_LIMITS`], no name twice.
     pub fn new(field: &str, limits: Vec<RateLimit>) -> Result<RateLimits, FieldError> {
         if limits.len() > MAX_RATE_LIMITS {

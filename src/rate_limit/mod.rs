@@ -59,9 +59,13 @@ impl Surface {
 }
 
 /// Where a token's limits stand after a check, and whether it passed.
-/// Empty for a token without limits (and a check that spent nothing).
+/// Empty for a token without limits (and a check that spent nothing): a
+/// null pointer, so a check without limits moves no more than that.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Quota {
+pub struct Quota(Option<Box<Standings>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Standings {
     limits: RateLimits,
     standings: [Standing; MAX_RATE_LIMITS],
     refused: Option<Refused>,
@@ -82,45 +86,56 @@ impl Quota {
         standings: [Standing; MAX_RATE_LIMITS],
         refused: Option<(usize, Duration)>,
     ) -> Quota {
-        Quota {
+        if limits.is_empty() {
+            return Quota(None);
+        }
+        Quota(Some(Box::new(Standings {
             limits,
             standings,
             refused: refused.map(|(index, retry_after)| Refused { index, retry_after }),
-        }
+        })))
     }
 
     /// The limits it stands for.
     pub fn limits(&self) -> &RateLimits {
-        &self.limits
+        static NONE: RateLimits = RateLimits::NONE;
+        self.0.as_ref().map_or(&NONE, |standings| &standings.limits)
     }
 
     /// The token has no limits (or the check was exempt).
     pub fn is_empty(&self) -> bool {
-        self.limits.is_empty()
+        self.0.is_none()
     }
 
     /// Whether the check passed every limit.
     pub fn allowed(&self) -> bool {
-        self.refused.is_none()
+        self.refused().is_none()
+    }
+
+    fn refused(&self) -> Option<Refused> {
+        self.0.as_ref().and_then(|standings| standings.refused)
     }
 
     /// Each limit and where it stands, in the token's order.
     pub fn states(&self) -> impl Iterator<Item = (&RateLimit, Standing)> {
-        self.limits
-            .as_slice()
-            .iter()
-            .zip(self.standings.iter().copied())
+        self.0.iter().flat_map(|standings| {
+            standings
+                .limits
+                .as_slice()
+                .iter()
+                .zip(standings.standings.iter().copied())
+        })
     }
 
     /// The first limit that had no room, when the check was refused.
     pub fn refused_by(&self) -> Option<&RateLimit> {
-        self.refused
-            .and_then(|refused| self.limits.as_slice().get(refused.index))
+        let refused = self.refused()?;
+        self.limits().as_slice().get(refused.index)
     }
 
     /// When the refused check would fit every limit.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.refused.map(|refused| refused.retry_after)
+        self.refused().map(|refused| refused.retry_after)
     }
 }
 
