@@ -224,6 +224,25 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+    /// The rate limiters alone, in this process (no server): checks per
+    /// second of a token with two limits no run exhausts, `--concurrency`
+    /// tasks for `--seconds`, through each design: `local` (this process's
+    /// table: what any lease scheme approaches), `script` (one Redis script
+    /// per check, the shipped `--rate-limit-store`), `lease` (budget taken
+    /// from Redis `--lease` checks at a time, by the same script, and
+    /// spent from memory). One JSON line per design and repetition.
+    Limiters {
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100)]
+        lease: u64,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
     /// Writes the gRPC frame (length prefix and message) of a Validate or
     /// ext_authz Check of `--token`, for load generators that send a body
     /// from a file (h2load -d).
@@ -577,6 +596,22 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             reps,
             seconds,
         } => cache_scaling(tokens, reps, Duration::from_secs_f64(seconds)),
+        Command::Limiters {
+            redis,
+            concurrency,
+            lease,
+            reps,
+            seconds,
+        } => {
+            limiters(
+                &redis,
+                concurrency,
+                lease,
+                reps,
+                Duration::from_secs_f64(seconds),
+            )
+            .await?
+        }
         Command::Prefill {
             data_dir,
             count,
@@ -901,6 +936,101 @@ async fn http1_connection(
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
+}
+
+/// See [`Command::Limiters`].
+async fn limiters(
+    redis: &str,
+    concurrency: usize,
+    lease: u64,
+    reps: usize,
+    seconds: Duration,
+) -> anyhow::Result<()> {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    };
+    use sts::model::TokenId;
+    use sts::rate_limit::{Local, OnStoreError, Shared, Spent};
+    let limits = sts_bench::bench_rate_limits()?;
+    let shared = Arc::new(Shared::new(redis, redis, OnStoreError::Closed)?);
+    let local = Arc::new(Local::default());
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(0)
+    };
+    // The lease design's pool: what this replica took from Redis and has
+    // not spent yet.
+    let pool = Arc::new(Mutex::new(0u64));
+    for rep in 1..=reps {
+        for design in ["local", "script", "lease"] {
+            let id = TokenId::random();
+            let done = Arc::new(AtomicU64::new(0));
+            let redis_calls = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + seconds;
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (shared, local, pool, limits) =
+                    (shared.clone(), local.clone(), pool.clone(), limits.clone());
+                let (done, redis_calls) = (done.clone(), redis_calls.clone());
+                tasks.spawn(async move {
+                    while Instant::now() < deadline {
+                        let allowed = match design {
+                            "local" => local.spend(id, &limits, 1, now_ms()).allowed(),
+                            "script" => {
+                                redis_calls.fetch_add(1, Ordering::Relaxed);
+                                matches!(shared.spend(id, &limits, 1, now_ms()).await,
+                                    Spent::Counted(q) if q.allowed())
+                            }
+                            _ => {
+                                let from_pool = {
+                                    let mut left = pool.lock().expect("the pool's lock");
+                                    if *left > 0 {
+                                        *left -= 1;
+                                        true
+                                    } else {
+                                        false
+                                    }
+                                };
+                                from_pool || {
+                                    redis_calls.fetch_add(1, Ordering::Relaxed);
+                                    let taken = matches!(
+                                        shared.spend(id, &limits, lease, now_ms()).await,
+                                        Spent::Counted(q) if q.allowed()
+                                    );
+                                    if taken {
+                                        *pool.lock().expect("the pool's lock") += lease - 1;
+                                    }
+                                    taken
+                                }
+                            }
+                        };
+                        if allowed {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            *pool.lock().expect("the pool's lock") = 0;
+            let checks = done.load(Ordering::Relaxed);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "design": design,
+                    "rep": rep,
+                    "checks_per_second": (checks as f64 / seconds.as_secs_f64()).round(),
+                    "redis_calls": redis_calls.load(Ordering::Relaxed),
+                    "lease": if design == "lease" { lease } else { 1 },
+                })
+            );
+        }
+    }
+    Ok(())
 }
 
 /// See [`Command::CacheScaling`].
