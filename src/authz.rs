@@ -34,19 +34,47 @@ pub const PREVIOUS_SECRET_HEADER: &str = "x-service-token-previous-secret";
 pub const RATELIMIT_POLICY_HEADER: &str = "ratelimit-policy";
 pub const RATELIMIT_HEADER: &str = "ratelimit";
 
-/// [`RATELIMIT_POLICY_HEADER`] and [`RATELIMIT_HEADER`] with their values
-/// for `quota`; `None` for a token without limits.
-pub fn rate_limit_fields(quota: &Quota) -> Option<[(&'static str, String); 2]> {
-    if quota.is_empty() {
-        return None;
+/// The values of [`RATELIMIT_POLICY_HEADER`] (the token's, made once with
+/// its limits and shared) and [`RATELIMIT_HEADER`] (this check's).
+pub struct RateLimitFields {
+    pub policy: bytes::Bytes,
+    pub state: String,
+}
+
+impl RateLimitFields {
+    /// Both fields for `quota`; `None` for a token without limits.
+    pub fn of(quota: &Quota) -> Option<RateLimitFields> {
+        if quota.is_empty() {
+            return None;
+        }
+        Some(RateLimitFields {
+            policy: quota.limits().policy_bytes(),
+            state: state_field(quota),
+        })
     }
+
+    /// As (name, value) pairs, for an answer that carries headers as text
+    /// (Envoy's, an error's).
+    pub fn pairs(self) -> [(&'static str, String); 2] {
+        [
+            (
+                RATELIMIT_POLICY_HEADER,
+                String::from_utf8_lossy(&self.policy).into_owned(),
+            ),
+            (RATELIMIT_HEADER, self.state),
+        ]
+    }
+}
+
+/// Where each limit stands: `"burst";r=19;t=1, …` (names are A-Z a-z 0-9
+/// . _ -: a structured-field string as they are).
+fn state_field(quota: &Quota) -> String {
     let mut state = String::with_capacity(48);
     let mut ints = itoa::Buffer::new();
     for (at, (limit, standing)) in quota.states().enumerate() {
         if at > 0 {
             state.push_str(", ");
         }
-        // Names are A-Z a-z 0-9 . _ -: a structured-field string as is.
         state.push('"');
         state.push_str(limit.name());
         state.push_str("\";r=");
@@ -55,13 +83,7 @@ pub fn rate_limit_fields(quota: &Quota) -> Option<[(&'static str, String); 2]> {
         let reset = standing.reset;
         state.push_str(ints.format(reset.as_secs() + u64::from(reset.subsec_nanos() > 0)));
     }
-    Some([
-        (
-            RATELIMIT_POLICY_HEADER,
-            quota.limits().policy_list().to_owned(),
-        ),
-        (RATELIMIT_HEADER, state),
-    ])
+    state
 }
 
 /// Room for a typical token's roles, comma-separated.
@@ -79,9 +101,9 @@ pub struct Allow {
     /// The credential headers the request carries that must not reach the
     /// upstream (none when the credential is forwarded on purpose).
     pub strip: Strip,
-    /// Where the token's rate limits stand ([`rate_limit_fields`]), for
-    /// the client; `None` without limits.
-    pub rate_limits: Option<[(&'static str, String); 2]>,
+    /// Where the token's rate limits stand, for the client; `None`
+    /// without limits.
+    pub rate_limits: Option<RateLimitFields>,
 }
 
 /// Which of [`credential::HEADERS`] to strip, in its order; no allocation
@@ -133,7 +155,7 @@ impl Allow {
             previous_secret: caller.secret == MatchedSecret::Previous,
             expiration: expiration_text(token),
             strip,
-            rate_limits: rate_limit_fields(&caller.quota),
+            rate_limits: RateLimitFields::of(&caller.quota),
         }
     }
 }
@@ -200,8 +222,12 @@ impl HttpError {
                 let wait = quota.retry_after().unwrap_or_default();
                 http.headers
                     .push(("retry-after", retry_seconds(wait).to_string()));
-                http.headers
-                    .extend(rate_limit_fields(quota).into_iter().flatten());
+                http.headers.extend(
+                    RateLimitFields::of(quota)
+                        .map(RateLimitFields::pairs)
+                        .into_iter()
+                        .flatten(),
+                );
             }
             _ => {}
         }

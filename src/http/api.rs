@@ -11,7 +11,10 @@ use serde::Serialize;
 
 use super::{Caller, HttpState, caller, json};
 use crate::{
-    authz::{EXPIRATION_HEADER, PREVIOUS_SECRET_HEADER, expiration_text, rate_limit_fields},
+    authz::{
+        EXPIRATION_HEADER, PREVIOUS_SECRET_HEADER, RATELIMIT_HEADER, RATELIMIT_POLICY_HEADER,
+        RateLimitFields, expiration_text,
+    },
     model::{
         Bindings, Etag, FieldError, MatchedSecret, RateLimit, RateLimits, Role, RouteParts,
         ServiceToken,
@@ -249,11 +252,28 @@ fn caller_headers(caller: &Authenticated) -> HeaderMap {
     let mut headers = HeaderMap::new();
     insert_expiration(&caller.token, &mut headers);
     insert_previous_secret(caller, &mut headers);
-    for (name, value) in rate_limit_fields(&caller.quota).into_iter().flatten() {
-        let value = HeaderValue::try_from(value).expect("the rate-limit fields are ASCII");
-        headers.insert(HeaderName::from_static(name), value);
-    }
+    insert_rate_limits(RateLimitFields::of(&caller.quota), &mut headers);
     headers
+}
+
+/// Adds the rate-limit fields, when the token has limits: the policy's
+/// shared bytes as they are, this check's state.
+pub(super) fn insert_rate_limits(fields: Option<RateLimitFields>, headers: &mut HeaderMap) {
+    let Some(RateLimitFields { policy, state }) = fields else {
+        return;
+    };
+    // Both are ASCII of the structured-field syntax; a value that is not
+    // a header value would be a bug of ours, and is left out.
+    if let (Ok(policy), Ok(state)) = (
+        HeaderValue::from_maybe_shared(policy),
+        HeaderValue::try_from(state),
+    ) {
+        headers.insert(
+            const { HeaderName::from_static(RATELIMIT_POLICY_HEADER) },
+            policy,
+        );
+        headers.insert(const { HeaderName::from_static(RATELIMIT_HEADER) }, state);
+    }
 }
 
 pub(super) fn insert_previous_secret(caller: &Authenticated, headers: &mut HeaderMap) {

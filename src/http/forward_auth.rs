@@ -16,7 +16,7 @@ use crate::{
     rate_limit::Surface,
 };
 
-use super::api::{insert_expiration_text, insert_previous_flag};
+use super::api::{insert_expiration_text, insert_previous_flag, insert_rate_limits};
 
 /// 200 with the identity in headers, 401 without a valid credential, 403
 /// when `?role=` names a role the token lacks (repeated, `?role=a&role=b`,
@@ -144,10 +144,7 @@ fn allow_headers(allow: Allow, headers: &mut HeaderMap) -> Result<(), Error> {
         rate_limits,
     } = allow;
     insert_expiration_text(expiration, headers);
-    for (name, value) in rate_limits.into_iter().flatten() {
-        let value = HeaderValue::try_from(value).expect("the rate-limit fields are ASCII");
-        headers.insert(HeaderName::from_static(name), value);
-    }
+    insert_rate_limits(rate_limits, headers);
     insert_previous_flag(previous_secret, headers);
     const NAMES: [HeaderName; 3] = [
         HeaderName::from_static(ID_HEADER),

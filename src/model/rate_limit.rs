@@ -137,7 +137,9 @@ pub struct RateLimits(Option<Arc<Limits>>);
 #[derive(PartialEq, Eq)]
 struct Limits {
     list: Box<[RateLimit]>,
-    policy: Box<str>,
+    /// ASCII, made from a `String`: shared, so an answer's header takes it
+    /// without a copy.
+    policy: bytes::Bytes,
 }
 
 impl fmt::Debug for RateLimits {
@@ -173,7 +175,7 @@ impl RateLimits {
             return Ok(RateLimits(None));
         }
         Ok(RateLimits(Some(Arc::new(Limits {
-            policy: policy_list(&limits).into(),
+            policy: bytes::Bytes::from(policy_list(&limits)),
             list: limits.into(),
         }))))
     }
@@ -198,7 +200,16 @@ impl RateLimits {
     /// Each limit as a policy of draft-ietf-httpapi-ratelimit-headers-09
     /// (`"burst";q=20;w=1, "hourly";q=5000;w=3600`); empty without limits.
     pub fn policy_list(&self) -> &str {
-        self.0.as_deref().map_or("", |limits| &limits.policy)
+        self.0.as_deref().map_or("", |limits| {
+            std::str::from_utf8(&limits.policy).unwrap_or_default()
+        })
+    }
+
+    /// [`RateLimits::policy_list`] as shared bytes (one count, no copy).
+    pub fn policy_bytes(&self) -> bytes::Bytes {
+        self.0
+            .as_deref()
+            .map_or_else(bytes::Bytes::new, |limits| limits.policy.clone())
     }
 }
 

@@ -33,7 +33,9 @@ use envoy_types::{
 use tonic::{Request, Response, Status, body::Body, server::NamedService};
 
 use crate::{
-    authz::{Allow, CHALLENGE, EXPIRATION_HEADER, HttpError, PREVIOUS_SECRET_HEADER},
+    authz::{
+        Allow, CHALLENGE, EXPIRATION_HEADER, HttpError, PREVIOUS_SECRET_HEADER, RateLimitFields,
+    },
     config::IntegrationConfig,
     credential,
     error::Error,
@@ -141,6 +143,7 @@ impl ExtAuthz {
             .into_iter()
             .chain(
                 rate_limits
+                    .map(RateLimitFields::pairs)
                     .into_iter()
                     .flatten()
                     .map(|(name, value)| header(name, value)),
