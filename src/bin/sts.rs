@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use sts::cli::{
     CliError, DEFAULT_ROTATION_GRACE,
     commands::{self, Globals},
+    contexts,
     error::exit,
     output::{Format, Printer},
+    usage,
 };
 
 /// Where `--help` lists the flags every command takes, apart from the
@@ -465,7 +467,7 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 commands::update_token(globals, printer, id, changes).await
             }
             TokenCommand::Usage { id, days } => {
-                commands::usage_token(globals, printer, id, days).await
+                usage::usage_token(globals, printer, id, days).await
             }
             TokenCommand::Disable { id } => {
                 commands::set_disabled(globals, printer, id, true).await
@@ -491,15 +493,15 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                         "--name is required: sts context save --name NAME --url URL --service-token TOKEN".into(),
                     )
                 })?;
-                commands::save_context(globals, printer, name, save.skip_validate).await
+                contexts::save_context(globals, printer, name, save.skip_validate).await
             }
-            Some(ContextCommand::List) => commands::list_contexts(globals, printer),
-            Some(ContextCommand::Set { name }) => commands::set_context(globals, printer, &name),
-            Some(ContextCommand::Show) => commands::show_context(globals, printer),
+            Some(ContextCommand::List) => contexts::list_contexts(globals, printer),
+            Some(ContextCommand::Set { name }) => contexts::set_context(globals, printer, &name),
+            Some(ContextCommand::Show) => contexts::show_context(globals, printer),
             Some(ContextCommand::Delete { name }) => {
-                commands::delete_context(globals, printer, &name)
+                contexts::delete_context(globals, printer, &name)
             }
-            Some(ContextCommand::Validate) => commands::validate_context(globals, printer).await,
+            Some(ContextCommand::Validate) => contexts::validate_context(globals, printer).await,
         },
     }
 }

@@ -10,16 +10,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     CliError,
     client::{Session, TlsOptions},
     config::{Config, Context, default_path},
-    output::{
-        Printer, date, describe_table, epoch_millis, render_table, token_json, token_table,
-        wide_token_table,
-    },
+    output::{Printer, describe_table, epoch_millis, token_json, token_table, wide_token_table},
 };
 use crate::proto::{CreateRequest, ListRequest, RevokeResult};
 
@@ -49,7 +46,7 @@ pub struct Globals {
 }
 
 impl Globals {
-    fn config_path(&self) -> Result<PathBuf, CliError> {
+    pub(super) fn config_path(&self) -> Result<PathBuf, CliError> {
         if let Some(path) = &self.config {
             return Ok(path.clone());
         }
@@ -62,13 +59,13 @@ impl Globals {
         })
     }
 
-    fn load_config(&self) -> Result<(Config, PathBuf), CliError> {
+    pub(super) fn load_config(&self) -> Result<(Config, PathBuf), CliError> {
         let path = self.config_path()?;
         Ok((Config::load(&path)?, path))
     }
 
     /// The context named by `--context`, else the current one.
-    fn selected_context(&self) -> Result<(String, Context), CliError> {
+    pub(super) fn selected_context(&self) -> Result<(String, Context), CliError> {
         let (config, path) = self.load_config()?;
         let name = self
             .context
@@ -88,7 +85,7 @@ impl Globals {
 
     /// The server, credential and TLS settings to use. A context supplies
     /// whatever the flags leave out, but only for its own server.
-    async fn session(&self) -> Result<Session, CliError> {
+    pub(super) async fn session(&self) -> Result<Session, CliError> {
         let (url, context) = match &self.url {
             Some(url) => {
                 let context = self
@@ -110,7 +107,7 @@ impl Globals {
         Session::connect(&url, token, &self.tls(context.as_ref())).await
     }
 
-    fn tls(&self, context: Option<&Context>) -> TlsOptions {
+    pub(super) fn tls(&self, context: Option<&Context>) -> TlsOptions {
         TlsOptions {
             ca_cert_path: self
                 .ca_cert_path
@@ -270,27 +267,6 @@ pub async fn describe_token(globals: &Globals, printer: &Printer, id: u64) -> Re
     let token = session.get(id).await?;
     let table = describe_table(&token, now_seconds());
     printer.table(table, "", json!({ "service-token": token_json(&token) }));
-    Ok(())
-}
-
-/// `sts service-token usage ID [--days N]`: a row per day (checks that
-/// passed, that a rate limit refused, and every other refusal), with a
-/// bar of the day's checks on a terminal; `-o json` has each outcome.
-pub async fn usage_token(
-    globals: &Globals,
-    printer: &Printer,
-    id: u64,
-    days: u32,
-) -> Result<(), CliError> {
-    let mut session = globals.session().await?;
-    let usage = session.usage(id, days).await?;
-    let table = super::output::usage_table(&usage, printer.decorate);
-    let days: Vec<Value> = usage.iter().map(super::output::usage_json).collect();
-    printer.table(
-        table,
-        "No usage recorded.",
-        json!({ "service-token-usage": { "id": id, "days": days } }),
-    );
     Ok(())
 }
 
@@ -560,146 +536,6 @@ pub async fn delete_token(globals: &Globals, printer: &Printer, id: u64) -> Resu
     printer.success(
         &format!("Service token deleted: {id}"),
         json!({ "deleted-service-token": id }),
-    );
-    Ok(())
-}
-
-/// `sts context save` (and the short form `sts context --name …`).
-pub async fn save_context(
-    globals: &Globals,
-    printer: &Printer,
-    name: String,
-    skip_validate: bool,
-) -> Result<(), CliError> {
-    let name = name.trim().to_owned();
-    if name.is_empty() {
-        return Err(CliError::Usage("--name must not be empty".into()));
-    }
-    let url = globals
-        .url
-        .clone()
-        .ok_or_else(|| CliError::Usage("--url is required to save a context".into()))?;
-    let token = globals
-        .service_token
-        .clone()
-        .ok_or_else(|| CliError::Usage("--service-token is required to save a context".into()))?;
-    super::client::origin(&url)?;
-    // Saved absolute, so the context works from any directory.
-    let ca_cert_path = globals
-        .ca_cert_path
-        .as_deref()
-        .map(std::path::absolute)
-        .transpose()
-        .map_err(|e| CliError::Usage(format!("invalid --ca-cert-path: {e}")))?;
-    let tls = TlsOptions {
-        ca_cert_path,
-        skip_ssl: globals.skip_ssl,
-    };
-    if !skip_validate {
-        Session::connect(&url, Some(token.clone()), &tls)
-            .await?
-            .validate_own_token()
-            .await?;
-    }
-    let (mut config, path) = globals.load_config()?;
-    config.upsert(
-        &name,
-        Context {
-            url: url.clone(),
-            service_token: token,
-            ca_cert_path: tls.ca_cert_path,
-            skip_ssl: tls.skip_ssl,
-        },
-    );
-    config.save(&path)?;
-    printer.success(
-        &format!("Saved context: '{name}'"),
-        json!({ "saved-context": { "name": name, "url": url } }),
-    );
-    Ok(())
-}
-
-/// `sts context list`.
-pub fn list_contexts(globals: &Globals, printer: &Printer) -> Result<(), CliError> {
-    let (config, _) = globals.load_config()?;
-    let current = |name: &str| config.current_context.as_deref() == Some(name);
-    let rows = config
-        .contexts
-        .iter()
-        .map(|c| {
-            let marker = if current(&c.name) { "*" } else { "" };
-            vec![marker.to_owned(), c.name.clone(), c.context.url.clone()]
-        })
-        .collect();
-    let value = json!({
-        "contexts": config.contexts.iter().map(|c| json!({
-            "name": c.name,
-            "url": c.context.url,
-            "current": current(&c.name),
-        })).collect::<Vec<_>>(),
-    });
-    printer.table(
-        render_table(&["CURRENT", "NAME", "URL"], rows),
-        "No contexts found.",
-        value,
-    );
-    Ok(())
-}
-
-/// `sts context set`.
-pub fn set_context(globals: &Globals, printer: &Printer, name: &str) -> Result<(), CliError> {
-    let (mut config, path) = globals.load_config()?;
-    config.set_current(name)?;
-    config.save(&path)?;
-    printer.success(
-        &format!("Current context set to: '{name}'"),
-        json!({ "current-context": name }),
-    );
-    Ok(())
-}
-
-/// `sts context show`: the selected context, never its token.
-pub fn show_context(globals: &Globals, printer: &Printer) -> Result<(), CliError> {
-    let (name, context) = globals.selected_context()?;
-    let table = render_table(
-        &["NAME", "URL"],
-        vec![vec![name.clone(), context.url.clone()]],
-    );
-    printer.table(
-        table,
-        "",
-        json!({ "context": { "name": name, "url": context.url } }),
-    );
-    Ok(())
-}
-
-/// `sts context delete`.
-pub fn delete_context(globals: &Globals, printer: &Printer, name: &str) -> Result<(), CliError> {
-    let (mut config, path) = globals.load_config()?;
-    config.remove(name)?;
-    config.save(&path)?;
-    printer.success(
-        &format!("Deleted context: '{name}'"),
-        json!({ "deleted-context": name }),
-    );
-    Ok(())
-}
-
-/// `sts context validate`: the server answers and the token is valid.
-pub async fn validate_context(globals: &Globals, printer: &Printer) -> Result<(), CliError> {
-    let mut session = globals.session().await?;
-    let identity = session.validate_own_token().await?;
-    let expires = identity.expiration.as_ref().map(date);
-    printer.success(
-        &format!(
-            "Connection verified to {} as '{}'{}",
-            session.url(),
-            identity.name,
-            expires
-                .map(|d| format!(" (expires {d})"))
-                .unwrap_or_default()
-        ),
-        json!({ "valid": true, "url": session.url(), "service-token": token_json(&identity) }),
     );
     Ok(())
 }

@@ -6,10 +6,12 @@ mod bindings;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod contexts;
 pub mod error;
 mod insecure;
 mod limits;
 pub mod output;
+pub mod usage;
 
 pub use error::CliError;
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::CliError;
 use crate::{
-    proto::{AllowedRoute, DailyUsage, ServiceToken},
+    proto::{AllowedRoute, ServiceToken},
     text,
 };
 
@@ -241,59 +241,6 @@ pub fn route_text(route: &AllowedRoute) -> String {
     } else {
         format!("{} {}", route.methods.join(","), route.path)
     }
-}
-
-/// `service-token usage`: a row per day; with `bars`, the day's checks as
-/// a bar scaled to the busiest day.
-pub fn usage_table(days: &[DailyUsage], bars: bool) -> Option<String> {
-    const WIDTH: u64 = 30;
-    let refused = |d: &DailyUsage| {
-        d.expired
-            + d.disabled
-            + d.source_not_allowed
-            + d.audience_not_allowed
-            + d.route_not_allowed
-            + d.missing_role
-    };
-    let total = |d: &DailyUsage| d.valid + d.rate_limited + refused(d);
-    let busiest = days.iter().map(total).max().unwrap_or(0);
-    let rows = days
-        .iter()
-        .map(|day| {
-            let mut row = vec![
-                day.date.clone(),
-                day.valid.to_string(),
-                day.rate_limited.to_string(),
-                refused(day).to_string(),
-            ];
-            if bars {
-                let length = (total(day) * WIDTH).div_ceil(busiest.max(1));
-                row.push("█".repeat(usize::try_from(length).unwrap_or(0)));
-            }
-            row
-        })
-        .collect();
-    let mut header = vec!["DATE", "VALID", "RATE LIMITED", "REFUSED"];
-    if bars {
-        header.push("CHECKS");
-    }
-    render_table(&header, rows)
-}
-
-/// A day of usage in the CLI's JSON output, every outcome named as REST
-/// names it.
-pub fn usage_json(day: &DailyUsage) -> Value {
-    json!({
-        "date": day.date,
-        "valid": day.valid,
-        "rateLimited": day.rate_limited,
-        "expired": day.expired,
-        "disabled": day.disabled,
-        "sourceNotAllowed": day.source_not_allowed,
-        "audienceNotAllowed": day.audience_not_allowed,
-        "routeNotAllowed": day.route_not_allowed,
-        "missingRole": day.missing_role,
-    })
 }
 
 /// `service-token describe`: one field per row.
