@@ -69,6 +69,10 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
                     bindings,
                     recent_sources: _,
                     rate_limits,
+                    // At most MAX_OWNER_DEPTH ids, within the fixed part's
+                    // allowance.
+                    owners: _,
+                    lifetime: _,
                 },
             hash: _,
             previous_hash: _,

@@ -22,6 +22,14 @@ pub enum Error {
     Unauthenticated(#[from] AuthError),
     #[error("permission denied: the caller's service token lacks the `{0}` role")]
     PermissionDenied(Role),
+    /// A manager's call that would give a token more than the manager
+    /// may: what, named (a role, the expiration, a binding, a limit).
+    #[error("permission denied: {0}")]
+    Delegation(String),
+    /// A self-rotation that would end a live secret (the previous one
+    /// still in its grace period), or of a token past the maximum age.
+    #[error("{0}")]
+    CannotRotate(String),
     /// A valid token used outside what it is bound to.
     #[error("permission denied: {0}")]
     NotAllowed(BindingRefusal),
@@ -138,7 +146,10 @@ impl Error {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Unauthenticated(_) => ErrorKind::Unauthenticated,
-            Error::PermissionDenied(_) | Error::NotAllowed(_) => ErrorKind::PermissionDenied,
+            Error::PermissionDenied(_) | Error::NotAllowed(_) | Error::Delegation(_) => {
+                ErrorKind::PermissionDenied
+            }
+            Error::CannotRotate(_) => ErrorKind::FailedPrecondition,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::BodyTimeout(_) => ErrorKind::DeadlineExceeded,
             Error::Lockout { .. } => ErrorKind::FailedPrecondition,

@@ -336,6 +336,9 @@ struct EventToken<'a> {
     /// Left out while there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rate_limits: Vec<LimitParts>,
+    /// The direct owner's id; left out for an admin's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_id: Option<u64>,
 }
 
 impl Event {
@@ -369,6 +372,9 @@ impl Event {
             // Usage, not a manager's setting: `token.new_source` carries them.
             recent_sources: _,
             rate_limits,
+            owners,
+            // How the token renews itself, not something a change sets.
+            lifetime: _,
         } = token;
         let mut body = EventJson {
             id: &id,
@@ -392,6 +398,7 @@ impl Event {
                 audiences: audiences.as_slice(),
                 allowed_routes: RouteParts::of(routes),
                 rate_limits: LimitParts::of(rate_limits),
+                owner_id: owners.direct().map(|id| id.get()),
             },
             actor: None,
             source: None,

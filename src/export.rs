@@ -84,6 +84,12 @@ struct Line {
     sources_announced_at: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rate_limits: Vec<LimitParts>,
+    /// The chain of managers above the token, its direct owner first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    owners: Vec<u64>,
+    /// What a self-rotation renews it for, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lifetime_micros: Option<u64>,
 }
 
 /// A recent source in an export.
@@ -141,6 +147,8 @@ impl Line {
                         },
                     recent_sources,
                     rate_limits,
+                    owners,
+                    lifetime,
                 },
             hash,
             previous_hash,
@@ -176,6 +184,8 @@ impl Line {
                 .collect::<Result<_, StoreError>>()?,
             sources_announced_at: time(recent_sources.announced_at())?,
             rate_limits: LimitParts::of(rate_limits),
+            owners: owners.numbers(),
+            lifetime_micros: lifetime.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX)),
         })
     }
 
@@ -230,6 +240,8 @@ impl Line {
             recent_sources: &recent_sources,
             sources_announced_at: time("sources_announced_at", &self.sources_announced_at)?,
             rate_limits: &self.rate_limits,
+            owners: &self.owners,
+            lifetime: self.lifetime_micros.map(std::time::Duration::from_micros),
         })
     }
 }

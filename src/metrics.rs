@@ -25,6 +25,10 @@ struct OutcomeLabels {
 struct CallLabels {
     rpc: &'static str,
     status: &'static str,
+    /// `admin`, `manager`, `self` (a token rotating itself), `none` (a
+    /// call refused before its caller was known to manage), `system`
+    /// (the upkeep's purge), `anyone` (a leaked token's revocation).
+    caller: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,7 +146,7 @@ impl Metrics {
         let management_calls = Family::default();
         registry.register(
             "management_calls",
-            "Management calls (gRPC and REST) by RPC and status",
+            "Management calls (gRPC and REST) by RPC, status and caller kind",
             management_calls.clone(),
         );
         let role_checks = Family::default();
@@ -408,9 +412,13 @@ impl Metrics {
     }
 
     /// One management call: the RPC's name and its gRPC status name.
-    pub fn management_call(&self, rpc: &'static str, status: &'static str) {
+    pub fn management_call(&self, rpc: &'static str, status: &'static str, caller: &'static str) {
         self.management_calls
-            .get_or_create(&CallLabels { rpc, status })
+            .get_or_create(&CallLabels {
+                rpc,
+                status,
+                caller,
+            })
             .inc();
     }
 

@@ -31,6 +31,7 @@ fn validate_path(c: &mut Criterion) {
         created_by: String::new(),
         bindings: Default::default(),
         rate_limits: None,
+        owners: Default::default(),
     };
     runtime
         .block_on(

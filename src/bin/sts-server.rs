@@ -15,11 +15,12 @@ use sts::{
     config::{
         DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE, DEFAULT_BODY_TIMEOUT, DEFAULT_DATA_DIR,
         DEFAULT_KUBERNETES_PREFIX, DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN,
-        DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-        DEFAULT_OUTBOX_CAPACITY, DEFAULT_RATE_LIMIT_ON_ERROR, DEFAULT_RECORD_SOURCES,
-        DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY, IntegrationConfig, KubernetesPrefix,
-        KubernetesUsername, LifetimePolicy, RateLimitConfig, ServerConfig, ServiceConfig,
-        StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
+        DEFAULT_MANAGER_ROLE, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE,
+        DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_OUTBOX_CAPACITY, DEFAULT_RATE_LIMIT_ON_ERROR,
+        DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY, IntegrationConfig,
+        KubernetesPrefix, KubernetesUsername, LifetimePolicy, RateLimitConfig, ServerConfig,
+        ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
+        admin_keep_margin,
         setting::{self, Span, span},
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
@@ -235,6 +236,16 @@ struct ServeArgs {
     /// TokenReview and OAuth 2.0 introspection callers.
     #[arg(long, env = "STS_REVIEWER_ROLE", default_value = DEFAULT_REVIEWER_ROLE, value_parser = setting::role)]
     reviewer_role: Role,
+    /// The role that lets a token manage the tokens it makes: create them
+    /// with a subset of its own roles (never the admin role), expiring no
+    /// later than itself, bound and limited within itself; and see,
+    /// change, rotate, disable and delete only those (docs/delegation.md).
+    #[arg(long, env = "STS_MANAGER_ROLE", default_value = DEFAULT_MANAGER_ROLE, value_parser = setting::role)]
+    manager_role: Role,
+    /// Let managers grant the manager role, so a team's manager may make
+    /// managers below it (at most 8 deep). Off: only admins make managers.
+    #[arg(long, env = "STS_MANAGERS_MAY_DELEGATE")]
+    managers_may_delegate: bool,
     /// What the Kubernetes user and group names of a token start with
     /// (`<prefix><name>`, `<prefix><role>`). Required, ending with `:` and
     /// not `system:`: otherwise a role could make a token a cluster admin
@@ -255,6 +266,12 @@ struct ServeArgs {
     /// now + this, or never, is refused. Tokens made earlier keep working.
     #[arg(long, env = "STS_MAX_TOKEN_LIFETIME", value_parser = setting::duration)]
     max_token_lifetime: Option<Span>,
+    /// The longest a token may live from its creation, however often it
+    /// is rotated (e.g. 365d): a create, an expiration change or a
+    /// rotation (a self-rotation above all) that would leave a token
+    /// expiring later than its creation + this, or never, is refused.
+    #[arg(long, env = "STS_MAX_TOKEN_AGE", value_parser = setting::duration)]
+    max_token_age: Option<Span>,
     /// No change may leave no enabled admin token valid for at least this
     /// long from now (e.g. 24h): an admin token about to expire does not
     /// count as the one that lets the last long-lived admin go. Must be
@@ -481,11 +498,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.max_token_lifetime.map(Into::into),
         args.default_token_lifetime.map(Into::into),
     )
+    .and_then(|policy| policy.with_max_age(args.max_token_age.map(Into::into)))
     .map_err(|e| anyhow::anyhow!("invalid token lifetime policy: {e}"))?;
     let service = ServiceConfig {
         webhooks,
         last_used_resolution: *args.last_used_resolution,
         reviewer_role: args.reviewer_role,
+        manager_role: args.manager_role,
+        managers_may_delegate: args.managers_may_delegate,
         lifetime,
         max_rotation_grace: *args.max_rotation_grace,
         admin_keep_margin: admin_keep_margin(*args.admin_keep_margin, &lifetime)

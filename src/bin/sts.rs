@@ -71,8 +71,9 @@ enum OutputFormat {
 enum Command {
     #[command(about = "Manage service tokens.")]
     ServiceToken {
+        /// Boxed: parsed once, and far larger than a context command.
         #[command(subcommand)]
-        command: TokenCommand,
+        command: Box<TokenCommand>,
     },
     #[command(
         about = "Manage connection contexts.",
@@ -166,6 +167,10 @@ enum TokenCommand {
         /// expiring, or expiring later than it allows today).
         #[arg(long)]
         over_policy: bool,
+        /// Only tokens this manager token owns, directly or through the
+        /// tokens it made (a deleted manager's id finds its tokens too).
+        #[arg(long, value_name = "ID")]
+        owner: Option<u64>,
         /// Also show status, last use, creator and description.
         #[arg(long)]
         wide: bool,
@@ -219,6 +224,10 @@ enum TokenCommand {
         /// Remove every rate limit.
         #[arg(long, conflicts_with = "rate_limit")]
         clear_rate_limits: bool,
+        /// Give the token to this manager token (an admin's change); 0
+        /// gives it back to the admins.
+        #[arg(long, value_name = "ID")]
+        owner: Option<u64>,
     },
     #[command(about = "Show a service token's checks per day")]
     Usage {
@@ -249,7 +258,17 @@ enum TokenCommand {
     #[command(about = "Give a service token a new secret; the old one works for the grace period")]
     Rotate {
         /// The token's id.
-        id: u64,
+        #[arg(required_unless_present = "own", conflicts_with = "own")]
+        id: Option<u64>,
+        /// Rotate the token this command runs with, with its own secret
+        /// (no admin needed): renewed for its lifetime, within the
+        /// server's policy. The current context then holds the new secret.
+        #[arg(long = "self")]
+        own: bool,
+        /// With --self: the new secret's expiration, yyyy-MM-dd, instead of
+        /// the token's lifetime from now.
+        #[arg(long, requires = "own")]
+        expiration: Option<String>,
         /// How long the old secret keeps working, e.g. 24h. The default,
         /// an hour, lets running clients switch without an outage; 0s ends
         /// it now (for a leaked token, `sts service-token revoke` is
@@ -380,7 +399,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(), CliError> {
     match command {
-        Command::ServiceToken { command } => match command {
+        Command::ServiceToken { command } => match *command {
             TokenCommand::Create {
                 name,
                 roles,
@@ -417,6 +436,7 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 expiring_within,
                 disabled,
                 over_policy,
+                owner,
                 wide,
             } => {
                 let options = commands::ListOptions {
@@ -426,6 +446,7 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                     expiring_within: expiring_within.map(Into::into),
                     disabled,
                     over_policy,
+                    owner,
                     wide,
                 };
                 commands::list_tokens(globals, printer, options).await
@@ -446,8 +467,10 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
                 clear_allowed_routes,
                 rate_limit,
                 clear_rate_limits,
+                owner,
             } => {
                 let changes = commands::TokenChanges {
+                    owner,
                     name,
                     roles,
                     expiration,
@@ -478,9 +501,15 @@ async fn run(command: Command, globals: &Globals, printer: &Printer) -> Result<(
             TokenCommand::Revoke { token_file } => {
                 commands::revoke_leaked(globals, printer, &token_file).await
             }
-            TokenCommand::Rotate { id, grace } => {
-                commands::rotate_token(globals, printer, id, *grace).await
-            }
+            TokenCommand::Rotate {
+                id,
+                own,
+                expiration,
+                grace,
+            } => match id {
+                Some(id) if !own => commands::rotate_token(globals, printer, id, *grace).await,
+                _ => commands::rotate_self(globals, printer, *grace, expiration.as_deref()).await,
+            },
         },
         Command::Context(ContextArgs { command, save }) => match command {
             None | Some(ContextCommand::Save(_)) => {

@@ -16,8 +16,8 @@ use super::{
 use crate::error::with_causes;
 use crate::proto::{
     CreateRequest, DailyUsage, DeleteRequest, GetRequest, GetUsageRequest, InvalidReason,
-    ListRequest, RevokeLeakedRequest, RotateRequest, ServiceToken, UpdateRequest, ValidateRequest,
-    token_service_client::TokenServiceClient,
+    ListRequest, RevokeLeakedRequest, RotateRequest, RotateSelfRequest, ServiceToken,
+    UpdateRequest, ValidateRequest, token_service_client::TokenServiceClient,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -241,16 +241,31 @@ impl Session {
         id: u64,
         grace: Duration,
     ) -> Result<(String, ServiceToken), CliError> {
-        let grace_period = prost_types::Duration {
-            seconds: i64::try_from(grace.as_secs())
-                .map_err(|_| CliError::Usage("--grace is too long".into()))?,
-            nanos: grace.subsec_nanos() as i32,
-        };
         let request = self.authorized(RotateRequest {
             id,
-            grace_period: Some(grace_period),
+            grace_period: Some(grace_period(grace)?),
         })?;
         let response = match self.client.rotate(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.failed(status).await),
+        };
+        let token = response
+            .service_token
+            .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))?;
+        Ok((response.token, token))
+    }
+
+    /// The session's own token rotating itself.
+    pub async fn rotate_self(
+        &mut self,
+        grace: Duration,
+        expiration: Option<prost_types::Timestamp>,
+    ) -> Result<(String, ServiceToken), CliError> {
+        let request = self.authorized(RotateSelfRequest {
+            grace_period: Some(grace_period(grace)?),
+            expiration,
+        })?;
+        let response = match self.client.rotate_self(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => return Err(self.failed(status).await),
         };
@@ -352,6 +367,15 @@ impl Session {
             }),
         }
     }
+}
+
+/// A grace period as the API takes it.
+fn grace_period(grace: Duration) -> Result<prost_types::Duration, CliError> {
+    Ok(prost_types::Duration {
+        seconds: i64::try_from(grace.as_secs())
+            .map_err(|_| CliError::Usage("--grace is too long".into()))?,
+        nanos: grace.subsec_nanos() as i32,
+    })
 }
 
 #[cfg(test)]

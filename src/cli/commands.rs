@@ -209,6 +209,8 @@ pub struct ListOptions {
     pub disabled: bool,
     /// Only tokens over the server's maximum token lifetime.
     pub over_policy: bool,
+    /// Only tokens this manager owns.
+    pub owner: Option<u64>,
     /// Status, last use, creator and description too.
     pub wide: bool,
 }
@@ -247,6 +249,7 @@ pub async fn list_tokens(
         expiring_before: expiring_before.map(timestamp),
         disabled: options.disabled.then_some(true),
         over_policy: options.over_policy,
+        owner_id: options.owner.unwrap_or_default(),
         ..ListRequest::default()
     };
     let mut session = globals.session().await?;
@@ -289,6 +292,8 @@ pub struct TokenChanges {
     pub clear_routes: bool,
     /// Non-empty replaces the token's limits; `none` removes them.
     pub limits: LimitOptions,
+    /// A new owner (0: none).
+    pub owner: Option<u64>,
 }
 
 /// `sts service-token update`: the named fields only (one Update with a
@@ -323,6 +328,10 @@ pub async fn update_token(
     if let Some(description) = changes.description {
         token.description = description;
         paths.push("description".into());
+    }
+    if let Some(owner) = changes.owner {
+        token.owner_id = owner;
+        paths.push("owner_id".into());
     }
     let BindingOptions {
         sources,
@@ -446,6 +455,31 @@ pub async fn rotate_token(
         )),
         other => other,
     })?;
+    print_rotated(printer, &token, &rotated);
+    if own {
+        follow_rotation(globals, printer, &token)?;
+    }
+    Ok(())
+}
+
+/// `sts service-token rotate --self`: the token this command runs with
+/// rotates itself; the current context (when it supplied the token) gets
+/// the new secret, as after any rotation of the command's own token.
+pub async fn rotate_self(
+    globals: &Globals,
+    printer: &Printer,
+    grace: Duration,
+    expiration: Option<&str>,
+) -> Result<(), CliError> {
+    let expiration = expiration.map(parse_expiration).transpose()?;
+    let mut session = globals.session().await?;
+    let (token, rotated) = session.rotate_self(grace, expiration).await?;
+    print_rotated(printer, &token, &rotated);
+    follow_rotation(globals, printer, &token)
+}
+
+/// The new secret of a rotation, printed as `create` prints a new token's.
+fn print_rotated(printer: &Printer, token: &str, rotated: &crate::proto::ServiceToken) {
     let mut value = json!({ "id": rotated.id, "name": rotated.name, "token": token });
     if let Some(expiration) = &rotated.expiration {
         value["expiration"] = json!(epoch_millis(expiration));
@@ -464,10 +498,6 @@ pub async fn rotate_token(
         &format!("Service token rotated: {token}{until}"),
         json!({ "service-token": value }),
     );
-    if own {
-        follow_rotation(globals, printer, &token)?;
-    }
-    Ok(())
 }
 
 /// The most tokens the server takes in one revocation call.

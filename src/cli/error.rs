@@ -84,6 +84,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("labels", "--label"),
     ("rate_limits", "--rate-limit"),
     ("no_rate_limits", "--no-rate-limit"),
+    ("owner_id", "--owner"),
     ("page_token", "the listing's page"),
     ("update_mask", "the change"),
 ];

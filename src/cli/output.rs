@@ -267,6 +267,8 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
         allowed_routes,
         recent_sources,
         rate_limits,
+        owner_id,
+        lifetime,
     } = token;
     let any = |items: Vec<String>| {
         if items.is_empty() {
@@ -329,6 +331,25 @@ pub fn describe_table(token: &ServiceToken, now: i64) -> Option<String> {
         ),
         ("CREATED", time(created_at)),
         ("CREATED BY", shown(created_by)),
+        (
+            "OWNER",
+            match owner_id {
+                0 => "none (admins manage it)".to_owned(),
+                owner => owner.to_string(),
+            },
+        ),
+        (
+            "LIFETIME",
+            lifetime.as_ref().map_or_else(
+                || "none".to_owned(),
+                |l| {
+                    crate::clock::span_text(std::time::Duration::new(
+                        u64::try_from(l.seconds).unwrap_or(0),
+                        u32::try_from(l.nanos).unwrap_or(0),
+                    ))
+                },
+            ),
+        ),
         ("UPDATED", time(updated_at)),
         (
             "LAST USED",
@@ -374,6 +395,9 @@ pub fn token_json(token: &ServiceToken) -> Value {
         allowed_routes,
         recent_sources,
         rate_limits,
+        owner_id,
+        // As REST's: `describe` shows it.
+        lifetime: _,
     } = token;
     let mut value = json!({ "id": id, "name": name, "roles": roles });
     let millis = |t: &Option<prost_types::Timestamp>| t.as_ref().map(epoch_millis);
@@ -446,6 +470,9 @@ pub fn token_json(token: &ServiceToken) -> Value {
                 })
             })
             .collect();
+    }
+    if *owner_id != 0 {
+        value["ownerId"] = json!(owner_id);
     }
     value
 }

@@ -28,6 +28,9 @@ pub const DEFAULT_ADMIN_ROLE: &str = "stackstate-admin";
 /// The role a caller's token needs to ask about other tokens (Kubernetes
 /// TokenReview, OAuth 2.0 introspection).
 pub const DEFAULT_REVIEWER_ROLE: &str = "token-reviewer";
+/// The role that lets a token manage the tokens it makes, within its own
+/// roles (delegated administration).
+pub const DEFAULT_MANAGER_ROLE: &str = "token-manager";
 /// What Kubernetes user and group names made from a token start with.
 pub const DEFAULT_KUBERNETES_PREFIX: &str = "sts:";
 /// List page size when the request leaves it at 0.
@@ -130,6 +133,11 @@ pub struct ServiceConfig {
     pub admin_role: Role,
     /// Who may review other tokens (TokenReview, introspection).
     pub reviewer_role: Role,
+    /// Who may manage the tokens it makes, within its own rights
+    /// (`--manager-role`).
+    pub manager_role: Role,
+    /// A manager may make managers (`--managers-may-delegate`).
+    pub managers_may_delegate: bool,
     pub default_page_size: usize,
     pub max_page_size: usize,
     /// How often refusals of unauthenticated management calls are written
@@ -198,6 +206,10 @@ pub struct LifetimePolicy {
     max: Option<Duration>,
     /// The expiration, from now, of a token created without one.
     default: Option<Duration>,
+    /// No create, expiration change or rotation (a self-rotation above
+    /// all) may leave a token expiring later than its creation + this,
+    /// or never (`--max-token-age`).
+    max_age: Option<Duration>,
 }
 
 impl LifetimePolicy {
@@ -224,7 +236,36 @@ impl LifetimePolicy {
                 lifetime_text(max)
             )));
         }
-        Ok(LifetimePolicy { max, default })
+        Ok(LifetimePolicy {
+            max,
+            default,
+            max_age: None,
+        })
+    }
+
+    /// The same policy, with a maximum age: at least the default lifetime,
+    /// or every create without an expiration would be refused.
+    pub fn with_max_age(self, max_age: Option<Duration>) -> Result<LifetimePolicy, SettingError> {
+        if let Some(age) = max_age {
+            if age.is_zero() {
+                return Err(SettingError::new("a token age must be longer than zero"));
+            }
+            bounded_setting(age)?;
+            if let Some(default) = self.default
+                && default > age
+            {
+                return Err(SettingError::new(format!(
+                    "the default token lifetime ({}) is longer than the maximum token age ({})",
+                    lifetime_text(default),
+                    lifetime_text(age)
+                )));
+            }
+        }
+        Ok(LifetimePolicy { max_age, ..self })
+    }
+
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age
     }
 
     pub fn max(&self) -> Option<Duration> {
@@ -248,6 +289,9 @@ impl ServiceConfig {
             admin_role,
             reviewer_role: Role::parse(DEFAULT_REVIEWER_ROLE)
                 .expect("the default reviewer role is valid"),
+            manager_role: Role::parse(DEFAULT_MANAGER_ROLE)
+                .expect("the default manager role is valid"),
+            managers_may_delegate: false,
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,

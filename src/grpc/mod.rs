@@ -29,13 +29,13 @@ use crate::{
     model::{
         AllowedRoutes, AllowedSources, Audiences, BindingRefusal, Bindings, CheckContext,
         DEFAULT_USAGE_DAYS, DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels,
-        ListFilter, MatchedSecret, NewToken, Outcome, RateLimit, RateLimits, Roles, RouteRule,
-        ServiceToken, TokenId, TokenName, parse_time,
+        ListFilter, MatchedSecret, NewToken, Outcome, Owners, RateLimit, RateLimits, Roles,
+        RouteRule, ServiceToken, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
     rate_limit::{Charge, Quota, Surface},
-    service::{Admin, InvalidReason, Revoked, Rpc, TokenService, Validation},
+    service::{Authority, InvalidReason, Revoked, Rpc, TokenService, Validation},
     source,
 };
 
@@ -60,7 +60,7 @@ impl GrpcTokenService {
         &self,
         rpc: Rpc,
         request: Request<M>,
-        call: impl FnOnce(Admin, M) -> Fut,
+        call: impl FnOnce(Authority, M) -> Fut,
     ) -> Result<T, Status>
     where
         Fut: Future<Output = Result<T, Error>>,
@@ -111,7 +111,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                     time("expiring_before", request.expiring_before)?,
                     request.disabled,
                 )?
-                .over_policy(request.over_policy);
+                .over_policy(request.over_policy)
+                .owned_by(request.owner_id)?;
                 self.service.list(&admin, page, &filter).await
             })
             .await?;
@@ -259,6 +260,23 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
             service_token: Some(rotated.into()),
         }))
     }
+
+    async fn rotate_self(
+        &self,
+        request: Request<proto::RotateSelfRequest>,
+    ) -> Result<Response<proto::RotateSelfResponse>, Status> {
+        let (metadata, source, message) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        let request = async move {
+            let grace = grace_period(message.grace_period)?;
+            Ok((grace, time("expiration", message.expiration)?))
+        };
+        let (token, rotated) = self.service.rotate_self(presented, source, request).await?;
+        Ok(Response::new(proto::RotateSelfResponse {
+            token: token.expose_secret().to_owned(),
+            service_token: Some(rotated.into()),
+        }))
+    }
 }
 
 fn time(
@@ -287,7 +305,7 @@ fn grace_period(grace: Option<prost_types::Duration>) -> Result<Duration, FieldE
 }
 
 /// The mask paths of an update, as AIP-134 names them.
-const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled, allowed_sources, audiences, allowed_routes, rate_limits";
+const UPDATE_PATHS: &str = "name, roles, expiration, description, labels, labels.<key>, disabled, allowed_sources, audiences, allowed_routes, rate_limits, owner_id";
 
 /// An UpdateRequest as the token it names and the fields its mask sets.
 fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
@@ -340,6 +358,7 @@ fn edit(request: proto::UpdateRequest) -> Result<(TokenId, Edit), Error> {
             "audiences" => edit.audiences = Some(Audiences::parse("audiences", &token.audiences)?),
             "allowed_routes" => edit.routes = Some(routes(&token.allowed_routes)?),
             "rate_limits" => edit.rate_limits = Some(rate_limits(&token.rate_limits)?),
+            "owner_id" => edit.owners = Some(Owners::requested("owner_id", token.owner_id)?),
             other => {
                 return Err(FieldError::new(
                     "update_mask",
@@ -507,6 +526,8 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
             },
         recent_sources,
         rate_limits,
+        owners,
+        lifetime,
     } = token;
     // Built only when shown: a check's answer must not pay for them.
     fn only<T>(shown: bool, items: impl FnOnce() -> Vec<T>) -> Vec<T> {
@@ -559,6 +580,12 @@ fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
                 })
                 .collect()
         }),
+        owner_id: if manager {
+            owners.direct().map_or(0, |owner| owner.get())
+        } else {
+            0
+        },
+        lifetime: lifetime.filter(|_| manager).map(duration),
     }
 }
 

@@ -78,6 +78,7 @@ fn method<B>(request: &Request<B>) -> (&'static str, bool) {
         Some("List") => (Rpc::List.as_str(), true),
         Some("Delete") => (Rpc::Delete.as_str(), true),
         Some("GetUsage") => (Rpc::GetUsage.as_str(), true),
+        Some("RotateSelf") => (Rpc::RotateSelf.as_str(), true),
         Some("Validate") => ("Validate", false),
         _ => ("other", false),
     }

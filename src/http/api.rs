@@ -74,6 +74,10 @@ pub struct TokenJson<'a> {
     /// To managers only, left out while there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitJson>,
+    /// To managers only: the manager token that owns it, left out for an
+    /// admin's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<u64>,
 }
 
 /// A rate limit as REST shows and takes it.
@@ -155,6 +159,10 @@ impl<'a> TokenJson<'a> {
                 },
             recent_sources,
             rate_limits,
+            owners,
+            // gRPC's `lifetime` and `describe` show it; REST keeps the
+            // shape every token had (StackState's, plus what is set).
+            lifetime: _,
         } = token;
         TokenJson {
             id: id.get(),
@@ -204,6 +212,10 @@ impl<'a> TokenJson<'a> {
             } else {
                 Vec::new()
             },
+            owner_id: owners
+                .direct()
+                .filter(|_| to_manager)
+                .map(|owner| owner.get()),
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::{
     credential,
     error::Error,
     rate_limit::{Charge, Surface},
-    service::{Admin, Authenticated, Rpc},
+    service::{Authenticated, Authority, Rpc},
     source,
 };
 use axum::{
@@ -87,7 +87,11 @@ impl FromRequestParts<HttpState> for Management {
 impl Management {
     /// Runs management call `rpc`: `call` with the admin proof, counted and
     /// audited by the service.
-    pub async fn run<T, Fut>(&self, rpc: Rpc, call: impl FnOnce(Admin) -> Fut) -> Result<T, Error>
+    pub async fn run<T, Fut>(
+        &self,
+        rpc: Rpc,
+        call: impl FnOnce(Authority) -> Fut,
+    ) -> Result<T, Error>
     where
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
@@ -95,6 +99,21 @@ impl Management {
         self.state
             .service
             .manage(rpc, presented, self.source, call)
+            .await
+    }
+
+    /// The calling token rotating itself, with what `request` reads once
+    /// its credential passed.
+    pub async fn rotate_self(
+        &self,
+        request: impl std::future::Future<
+            Output = Result<(std::time::Duration, Option<std::time::SystemTime>), Error>,
+        >,
+    ) -> Result<(crate::token::Secret, crate::model::ServiceToken), Error> {
+        let presented = credential::presented(&self.headers);
+        self.state
+            .service
+            .rotate_self(presented, self.source, request)
             .await
     }
 }

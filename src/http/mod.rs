@@ -115,6 +115,7 @@ pub(super) fn route_table() -> Vec<(&'static str, MethodRouter<HttpState>)> {
             get(tokens::get).patch(tokens::patch).delete(tokens::delete),
         ),
         (routes::ROTATE, post(tokens::rotate)),
+        (routes::ROTATE_SELF, post(tokens::rotate_self)),
         (routes::USAGE, get(tokens::usage)),
         (routes::REVOKE, post(tokens::revoke_leaked)),
         (routes::TOKEN_REVIEW, post(kubernetes::token_review)),

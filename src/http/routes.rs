@@ -14,6 +14,8 @@ pub const AUTH_BELOW: &str = "/api/auth/{*path}";
 pub const TOKENS: &str = "/api/security/tokens";
 pub const TOKEN: &str = "/api/security/tokens/{id}";
 pub const ROTATE: &str = "/api/security/tokens/{id}/rotate";
+/// The calling token rotating itself (a static path: it wins over `{id}`).
+pub const ROTATE_SELF: &str = "/api/security/tokens/self/rotate";
 pub const USAGE: &str = "/api/security/tokens/{id}/usage";
 pub const REVOKE: &str = "/api/security/tokens/revoke";
 pub const TOKEN_REVIEW: &str = "/api/kubernetes/tokenreview";
@@ -34,6 +36,7 @@ pub const GRPC_METHODS: &[&str] = &[
     "/stackstate.servicetoken.v1.TokenService/Rotate",
     "/stackstate.servicetoken.v1.TokenService/RevokeLeaked",
     "/stackstate.servicetoken.v1.TokenService/GetUsage",
+    "/stackstate.servicetoken.v1.TokenService/RotateSelf",
 ];
 
 /// gRPC's health check (answered even past the in-flight bound).

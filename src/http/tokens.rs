@@ -27,11 +27,11 @@ use crate::{
     error::Error,
     model::{
         AllowedSources, Audiences, Bindings, DEFAULT_USAGE_DAYS, DayUsage, Description, Edit, Etag,
-        FieldError, LabelEdit, Labels, ListFilter, NewToken, Outcome, Roles, RouteParts,
+        FieldError, LabelEdit, Labels, ListFilter, NewToken, Outcome, Owners, Roles, RouteParts,
         ServiceToken, TokenId, TokenName, parse_epoch_millis,
     },
     page::PageRequest,
-    service::{Admin, Revoked, Rpc, TokenService},
+    service::{Authority, Revoked, Rpc, TokenService},
     token::Secret,
 };
 
@@ -48,6 +48,7 @@ pub struct ListQuery {
     expiring_before: Option<i64>,
     disabled: Option<bool>,
     over_policy: Option<bool>,
+    owner_id: Option<u64>,
 }
 
 impl ListQuery {
@@ -60,7 +61,9 @@ impl ListQuery {
             time("expiringBefore", self.expiring_before)?,
             self.disabled,
         )
-        .map(|filter| filter.over_policy(self.over_policy.unwrap_or_default()))
+        .map(|filter| filter.over_policy(self.over_policy.unwrap_or_default()))?
+        .owned_by(self.owner_id.unwrap_or_default())
+        .map_err(|e| FieldError::new(OWNER_ID, e.problem))
     }
 }
 
@@ -83,7 +86,7 @@ pub async fn list(
     uri: axum::http::Uri,
 ) -> Result<Response, Error> {
     let service = manage.state.service.clone();
-    let call = |admin: Admin| async move {
+    let call = |admin: Authority| async move {
         let Query(query) =
             query.map_err(|rejection| FieldError::new("query", rejection.body_text()))?;
         let filter = query.filter()?;
@@ -155,7 +158,7 @@ fn next_link(uri: &axum::http::Uri, cursor: &str) -> Option<HeaderValue> {
 /// sees a broken response, never a short list that looks whole.
 fn stream_all(
     service: Arc<TokenService>,
-    admin: Admin,
+    admin: Authority,
     filter: ListFilter,
     first: crate::service::Page,
 ) -> Body {
@@ -248,6 +251,7 @@ const SET_BY_THE_SERVER: &[&str] = &[
     "previousSecretExpiration",
     "previousSecretLastUsedAt",
     "recentSources",
+    "ownerId",
 ];
 
 /// REST's names of the bindings.
@@ -256,6 +260,8 @@ const AUDIENCES: &str = "audiences";
 const ALLOWED_ROUTES: &str = "allowedRoutes";
 /// REST's name of the rate limits.
 const RATE_LIMITS: &str = "rateLimits";
+/// REST's name of a token's owner.
+const OWNER_ID: &str = "ownerId";
 
 /// A JSON body, or the error that says why it is not one.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
@@ -504,6 +510,13 @@ fn patch_edit(patch: &Value) -> Result<Edit, FieldError> {
                 let items: Vec<RateLimitJson> = binding_list(RATE_LIMITS, value)?;
                 edit.rate_limits = Some(RateLimitJson::parse(RATE_LIMITS, &items)?);
             }
+            (OWNER_ID, Value::Null) => edit.owners = Some(Owners::NONE),
+            (OWNER_ID, value) => {
+                let id = value.as_u64().ok_or_else(|| {
+                    FieldError::new(OWNER_ID, "must be a token id, or null for none")
+                })?;
+                edit.owners = Some(Owners::requested(OWNER_ID, id)?);
+            }
             ("disabled", value) => {
                 edit.disabled = Some(
                     value
@@ -603,6 +616,44 @@ pub async fn rotate(
         })
     };
     let (token, rotated) = manage.run(Rpc::Rotate, call).await?;
+    Ok(with_secret(&token, &rotated))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RotateSelfJson {
+    #[serde(default)]
+    grace_period_seconds: u64,
+    /// Epoch milliseconds; absent: the token's lifetime from now.
+    #[serde(alias = "expiration")]
+    expiry_date: Option<i64>,
+}
+
+/// `POST /api/security/tokens/self/rotate`: the calling token's own new
+/// secret, authenticated by its current one; the body (optional) is read
+/// only once that passed.
+pub async fn rotate_self(manage: Management, body: Body) -> Result<Response, Error> {
+    let max_body = manage.state.bodies.max_bytes;
+    let request = async move {
+        let body = body::read(body, max_body).await?;
+        let request: RotateSelfJson = if body.iter().all(u8::is_ascii_whitespace) {
+            RotateSelfJson::default()
+        } else {
+            json_body(&body, "a rotation request")?
+        };
+        let expiration = request
+            .expiry_date
+            .map(|ms| parse_epoch_millis(EXPIRY_DATE, ms))
+            .transpose()?;
+        Ok((
+            Duration::from_secs(request.grace_period_seconds),
+            expiration,
+        ))
+    };
+    let (token, rotated) = manage.rotate_self(request).await.map_err(|e| {
+        e.naming_field("grace_period", "gracePeriodSeconds")
+            .naming_field("expiration", EXPIRY_DATE)
+    })?;
     Ok(with_secret(&token, &rotated))
 }
 

@@ -305,6 +305,47 @@ impl fmt::Display for BindingRefusal {
 }
 
 impl Bindings {
+    /// The first binding of `wider` these bindings widen, as its field
+    /// name, if any. Each kind is kept when `wider` binds nothing of it,
+    /// or when these bind it to a part of what `wider` allows: every
+    /// network within one of `wider`'s, every audience one of `wider`'s,
+    /// every route within one of `wider`'s.
+    pub fn widening(&self, wider: &Bindings) -> Option<&'static str> {
+        let sources = wider.sources.is_empty()
+            || (!self.sources.is_empty()
+                && self.sources.networks().iter().all(|narrow| {
+                    wider
+                        .sources
+                        .networks()
+                        .iter()
+                        .any(|wide| wide.contains(narrow))
+                }));
+        if !sources {
+            return Some("allowed_sources");
+        }
+        let audiences = wider.audiences.is_empty()
+            || (!self.audiences.is_empty()
+                && self
+                    .audiences
+                    .as_slice()
+                    .iter()
+                    .all(|audience| wider.audiences.as_slice().contains(audience)));
+        if !audiences {
+            return Some("audiences");
+        }
+        let routes = wider.routes.is_empty()
+            || (!self.routes.is_empty()
+                && self
+                    .routes
+                    .rules()
+                    .iter()
+                    .all(|narrow| wider.routes.rules().iter().any(|wide| narrow.within(wide))));
+        if !routes {
+            return Some("allowed_routes");
+        }
+        None
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty() && self.audiences.is_empty() && self.routes.is_empty()
     }

@@ -12,6 +12,7 @@ use super::fields::Labels;
 use super::fields::Role;
 use super::fields::Roles;
 use super::fields::TokenName;
+use super::owners::Owners;
 use super::rate_limit::RateLimits;
 use super::route::AllowedRoutes;
 use super::stored::StoredToken;
@@ -91,6 +92,10 @@ pub struct Edit {
     pub audiences: Option<Audiences>,
     pub routes: Option<AllowedRoutes>,
     pub rate_limits: Option<RateLimits>,
+    /// A new owner (an admin's change only): what a transport gives names
+    /// the direct owner alone, and the service completes the chain before
+    /// the change is made.
+    pub owners: Option<Owners>,
 }
 
 /// One field an edit changed, with its old and new values as shown in the
@@ -139,6 +144,9 @@ impl Edit {
         }
         if let Some(rate_limits) = &self.rate_limits {
             edited.rate_limits = rate_limits.clone();
+        }
+        if let Some(owners) = &self.owners {
+            edited.owners = owners.clone();
         }
         edited.updated_at = at;
         edited
@@ -192,6 +200,11 @@ impl Edit {
                 before.rate_limits.to_string(),
                 after.rate_limits.to_string(),
             ),
+            (
+                "owners",
+                before.owners.to_string(),
+                after.owners.to_string(),
+            ),
         ];
         candidates
             .into_iter()
@@ -211,6 +224,12 @@ pub enum Change {
     Rotate {
         hash: TokenHash,
         previous_until: SystemTime,
+        /// A new expiration with the new secret (a self-rotation's);
+        /// `None` leaves it.
+        renew: Option<Option<SystemTime>>,
+        /// Made only while the token's current secret is this one (a
+        /// self-rotation's: of two at once, one wins); `None`: any.
+        replacing: Option<TokenHash>,
     },
 }
 
@@ -246,6 +265,7 @@ impl Change {
                 audiences: None,
                 routes: None,
                 rate_limits: None,
+                owners: None,
             }) => true,
             Change::Edit(_) | Change::Rotate { .. } => false,
         }
@@ -270,9 +290,14 @@ impl Change {
             Change::Rotate {
                 hash,
                 previous_until,
+                renew,
+                replacing: _,
             } => {
                 let mut token = stored.token.clone();
                 token.updated_at = at;
+                if let Some(expiration) = renew {
+                    token.expiration = *expiration;
+                }
                 let until = match token.expiration {
                     Some(expiration) => (*previous_until).min(expiration),
                     None => *previous_until,

@@ -4,13 +4,14 @@
 //! `fields` holds the parsed values, `binding` what a token may be bound to
 //! (sources, audiences, routes) and how a check meets it, `route` the
 //! route rules and the request path they match, `shared` how a token
-//! holds a list of its bindings, `token` the token
+//! holds a list of its bindings, `owners` the chain of managers above a token, `token` the token
 //! as the service sees it, `change` what a change does, `query` what a question over many
 //! tokens selects, `recent` the sources a token was last seen from, `rate_limit` how often it may be checked, `stored` the token on its way into and out of a store, `usage` its checks per day.
 
 mod binding;
 mod change;
 mod fields;
+mod owners;
 mod query;
 mod rate_limit;
 mod recent;
@@ -23,6 +24,7 @@ mod usage;
 pub use binding::*;
 pub use change::*;
 pub use fields::*;
+pub use owners::*;
 pub use query::*;
 pub use rate_limit::*;
 pub use recent::*;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use super::fields::FieldError;
 use super::fields::MAX_NAME_CHARS;
 use super::fields::Role;
+use super::fields::TokenId;
 use super::token::ServiceToken;
 
 /// first, then disabled, else active), and of the active ones, those
@@ -87,6 +88,12 @@ pub struct ListFilter {
     pub without_sources: bool,
     /// Asked for: tokens a policy would not allow today.
     pub over_policy: bool,
+    /// Owned by every one of these, directly or through the tokens they
+    /// made: `--owner`, and, for a manager's list, the manager itself.
+    pub owners: Vec<TokenId>,
+    /// Holding only these roles (`None`: any): a manager's list shows the
+    /// tokens whose roles it could grant. Set by the service.
+    pub roles_within: Option<Vec<Role>>,
 }
 
 impl ListFilter {
@@ -117,7 +124,19 @@ impl ListFilter {
             expiring_after: None,
             without_sources: false,
             over_policy: false,
+            owners: Vec::new(),
+            roles_within: None,
         })
+    }
+
+    /// The same filter, also asking for the tokens `owner` owns (0: none).
+    pub fn owned_by(mut self, owner: u64) -> Result<ListFilter, FieldError> {
+        if owner != 0 {
+            let owner =
+                TokenId::parse(owner).map_err(|e| FieldError::new("owner_id", e.problem))?;
+            self.owners.push(owner);
+        }
+        Ok(self)
     }
 
     /// The same filter, also asking for tokens over the lifetime policy.
@@ -148,6 +167,11 @@ impl ListFilter {
                 .disabled
                 .is_none_or(|disabled| token.disabled == disabled)
             && self.over_a_policy(token)
+            && self.owners.iter().all(|owner| token.owners.include(*owner))
+            && self
+                .roles_within
+                .as_ref()
+                .is_none_or(|within| token.roles.iter().all(|role| within.contains(role)))
     }
 
     /// No policy asked about, or `token` is over one of those asked about.

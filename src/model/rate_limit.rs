@@ -213,6 +213,22 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// The first of `wider`'s limits these limits do not keep, if any:
+    /// kept when one of these allows no larger burst and no faster rate.
+    /// No limits at all keep none of `wider`'s; anything keeps no limits.
+    pub fn widening<'w>(&self, wider: &'w RateLimits) -> Option<&'w RateLimit> {
+        wider.as_slice().iter().find(|kept| {
+            !self.as_slice().iter().any(|limit| {
+                // limit/period <= kept.limit/kept.period, in whole numbers.
+                limit.limit <= kept.limit
+                    && u128::from(limit.limit) * u128::from(kept.period_secs)
+                        <= u128::from(kept.limit) * u128::from(limit.period_secs)
+            })
+        })
+    }
+}
+
 /// The `RateLimit-Policy` list of `limits`: a name (of characters a
 /// structured-field string takes as they are), `q` the limit, `w` the
 /// period in seconds.

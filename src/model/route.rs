@@ -147,6 +147,29 @@ impl RouteRule {
     }
 }
 
+impl RouteRule {
+    /// Whether every request this rule admits, `wider` admits too.
+    pub fn within(&self, wider: &RouteRule) -> bool {
+        let methods = wider.methods.is_empty()
+            || (!self.methods.is_empty() && self.methods.iter().all(|m| wider.methods.contains(m)));
+        let length = if wider.below {
+            self.segments.len() >= wider.segments.len()
+        } else {
+            !self.below && self.segments.len() == wider.segments.len()
+        };
+        methods
+            && length
+            && wider
+                .segments
+                .iter()
+                .zip(&self.segments)
+                .all(|(wide, narrow)| match wide {
+                    PatternSegment::Any => true,
+                    PatternSegment::Literal(_) => wide == narrow,
+                })
+    }
+}
+
 /// RFC 9110's token characters, what a method name is made of.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

@@ -9,6 +9,8 @@ use std::{fmt, sync::Arc};
 pub(super) struct Shared<T>(Option<Arc<[T]>>);
 
 impl<T> Shared<T> {
+    pub(super) const NONE: Shared<T> = Shared(None);
+
     pub(super) fn of(items: Vec<T>) -> Shared<T> {
         Shared((!items.is_empty()).then(|| items.into()))
     }

@@ -1,11 +1,16 @@
 //! A token as a store holds it (`StoredToken`: the token and the hashes of
 //! its secrets), read back from any store or export by one `from_parts`.
 
-use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use super::binding::AllowedSources;
 use super::binding::Audiences;
 use super::binding::Bindings;
+use super::owners::Owners;
 use super::rate_limit::{RateLimit, RateLimits};
 use super::recent::RecentSources;
 use super::route::AllowedRoutes;
@@ -66,6 +71,13 @@ pub struct StoredParts<'a> {
     pub sources_announced_at: Option<SystemTime>,
     /// Empty in records written before rate limits existed.
     pub rate_limits: &'a [LimitParts],
+    /// Ids, the direct owner first; empty in records written before
+    /// delegation existed, as for every admin's token.
+    pub owners: &'a [u64],
+    /// `None` in records written before delegation existed, as for a
+    /// token made without an expiration (a renewal then reads the token's
+    /// expiration minus its creation).
+    pub lifetime: Option<Duration>,
 }
 
 /// A rate limit as stores and exports keep it.
@@ -215,6 +227,8 @@ impl<'a> StoredParts<'a> {
             recent_sources: &[],
             sources_announced_at: None,
             rate_limits: &[],
+            owners: &[],
+            lifetime: None,
         }
     }
 }
@@ -272,6 +286,8 @@ impl StoredToken {
                     parts.sources_announced_at,
                 )?,
                 rate_limits: LimitParts::parse("rate_limits", parts.rate_limits)?,
+                owners: Owners::parse("owners", parts.owners)?,
+                lifetime: parts.lifetime.filter(|l| !l.is_zero()),
             },
             hash,
             previous_hash,

@@ -432,6 +432,8 @@ fn a_rotation_keeps_the_old_secret_only_inside_the_token_s_life() {
     let rotate = |until| Change::Rotate {
         hash: new,
         previous_until: until,
+        renew: None,
+        replacing: None,
     };
     let rotated = rotate(now + minute).apply(&stored, now);
     assert_eq!(rotated.hash, new);
@@ -450,9 +452,24 @@ fn a_rotation_keeps_the_old_secret_only_inside_the_token_s_life() {
     let again = Change::Rotate {
         hash: crate::token::Secret::generate().hash(),
         previous_until: now + minute,
+        renew: None,
+        replacing: None,
     }
     .apply(&rotated, now);
     assert_eq!(again.previous_hash, Some(new));
+    // A renewal sets the expiration first, and the grace never outlives it.
+    let renewed = Change::Rotate {
+        hash: crate::token::Secret::generate().hash(),
+        previous_until: now + 10 * minute,
+        renew: Some(Some(now + 5 * minute)),
+        replacing: Some(rotated.hash),
+    }
+    .apply(&rotated, now);
+    assert_eq!(renewed.token.expiration, Some(now + 5 * minute));
+    assert_eq!(
+        renewed.token.previous_secret.unwrap().expiration,
+        now + 5 * minute
+    );
     // Shown without it once its grace period is over.
     let seen = rotated.token.clone().seen_at(now + minute);
     assert_eq!(seen.previous_secret, None);

@@ -2,7 +2,10 @@
 //! the request for a new one (`NewToken`), its etag, and which of its
 //! secrets matched.
 
-use std::{fmt, time::SystemTime};
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
 
 use super::binding::Bindings;
 use super::fields::Description;
@@ -12,6 +15,7 @@ use super::fields::Role;
 use super::fields::Roles;
 use super::fields::TokenId;
 use super::fields::TokenName;
+use super::owners::Owners;
 use super::rate_limit::RateLimits;
 use super::recent::RecentSources;
 
@@ -42,6 +46,12 @@ pub struct ServiceToken {
     pub recent_sources: RecentSources,
     /// How often it may be checked.
     pub rate_limits: RateLimits,
+    /// The managers above it, its direct owner first; none for an admin's.
+    pub owners: Owners,
+    /// How long a self-rotation renews it for: its expiration minus its
+    /// creation when it was made (`None`: made without an expiration, or
+    /// before lifetimes were kept).
+    pub lifetime: Option<Duration>,
 }
 
 /// A checksum of what a token's managers set (AIP-154, an HTTP entity
@@ -82,6 +92,8 @@ impl Etag {
                 },
             recent_sources: _,
             rate_limits,
+            owners,
+            lifetime: _,
         } = token;
         let mut hash = Sha256::new();
         // Every text length-prefixed, every option tagged: no two tokens
@@ -143,6 +155,15 @@ impl Etag {
                 bytes(limit.name().as_bytes());
                 bytes(&limit.limit().to_be_bytes());
                 bytes(&limit.period_secs().to_be_bytes());
+            }
+            bytes(b"");
+        }
+        // Likewise only an owned token's covers its owners (an admin's
+        // reassignment is a change a manager's etag must see).
+        if !owners.is_empty() {
+            bytes(b"owners");
+            for owner in owners.ids() {
+                bytes(&owner.get().to_be_bytes());
             }
             bytes(b"");
         }
@@ -225,6 +246,11 @@ impl ServiceToken {
             bindings: new.bindings.clone(),
             recent_sources: RecentSources::default(),
             rate_limits: new.rate_limits.clone().unwrap_or_default(),
+            owners: new.owners.clone(),
+            lifetime: new
+                .expiration
+                .and_then(|expiration| expiration.duration_since(created_at).ok())
+                .filter(|lifetime| !lifetime.is_zero()),
         }
     }
 
@@ -273,6 +299,9 @@ pub struct NewToken {
     /// `None`: the server's default limits (`ServiceConfig`), which the
     /// service puts here before the token is made.
     pub rate_limits: Option<RateLimits>,
+    /// Set by the service: the chain of the manager making it, with the
+    /// manager first; none when an admin makes it.
+    pub owners: Owners,
 }
 
 impl NewToken {
@@ -292,6 +321,7 @@ impl NewToken {
             created_by: String::new(),
             bindings: Bindings::default(),
             rate_limits: None,
+            owners: Owners::NONE,
         })
     }
 

@@ -18,7 +18,7 @@ use crate::{
     events::{Actor, Draft},
     model::{
         Change, CheckContext, Counts, Day, DayUsage, Edit, Etag, FieldError, ListFilter, NewToken,
-        ServiceToken, TokenId, USAGE_DAYS,
+        Owners, ServiceToken, TokenId, USAGE_DAYS,
     },
     page::{PageRequest, encode_cursor},
     rate_limit::Charge,
@@ -26,19 +26,12 @@ use crate::{
     token::Secret,
 };
 
-use super::{Rpc, TokenService, draft_of};
+use super::delegation::Act;
+use super::{Authority, Rpc, TokenService, draft_of};
 
-/// Proof that the caller holds the admin role: only
-/// [`TokenService::authorize_admin`] makes one, and every management call
-/// takes one, so no front end can forget the check.
-#[derive(Debug, Clone)]
-pub struct Admin(pub(super) ServiceToken);
-
-impl Admin {
-    pub fn token(&self) -> &ServiceToken {
-        &self.0
-    }
-}
+/// The caller kind of a call refused before its caller was known to
+/// hold a managing role.
+pub(super) const NO_CALLER: &str = "none";
 
 /// One page of `list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,22 +51,22 @@ pub async fn bootstrap(
 ) -> Result<(Secret, ServiceToken), Error> {
     new.created_by = "bootstrap".to_owned();
     // No event: bootstrap runs before the server, which delivers them.
-    let (token, created) = issue(store, clock, new, None).await?;
+    let (token, created) = issue(store, to_micros(clock.now()), new, None).await?;
     audit_created("bootstrap", None, &created);
     Ok((token, created))
 }
 
 /// Mints a secret for `new` and stores its hash: what `create` and
 /// `bootstrap` share.
+/// `now` (to the microsecond, the precision every backend keeps: a token
+/// reads the same from any store and survives a move between them
+/// exactly) is its creation, the moment its lifetime counts from.
 async fn issue(
     store: &dyn Store,
-    clock: &dyn Clock,
+    now: SystemTime,
     mut new: NewToken,
     event: Option<&Draft>,
 ) -> Result<(Secret, ServiceToken), Error> {
-    // Microseconds, the precision every backend keeps: a token reads the
-    // same from any store and survives a move between them exactly.
-    let now = to_micros(clock.now());
     new.expiration = new.expiration.map(to_micros);
     if new.expiration.is_some_and(|expiration| expiration <= now) {
         return Err(FieldError::new("expiration", "must be in the future").into());
@@ -119,7 +112,7 @@ fn audit_created(rpc: &str, caller: Option<&ServiceToken>, created: &ServiceToke
 
 impl TokenService {
     /// Runs one whole management call: checks that the caller holds the
-    /// admin role, runs `call` with the proof, counts the outcome, and writes
+    /// admin or the manager role, runs `call` with the proof, counts the outcome, and writes
     /// the audit event of a refused or failed call: individually for an
     /// caller, summarized per caller, call and outcome (see `refusals`), so
     /// nobody can flood the log. `source` is the request's source, where the
@@ -132,25 +125,42 @@ impl TokenService {
         rpc: Rpc,
         presented: Result<&str, AuthError>,
         source: Option<IpAddr>,
-        call: impl FnOnce(Admin) -> Fut,
+        call: impl FnOnce(Authority) -> Fut,
     ) -> Result<T, Error>
     where
         Fut: Future<Output = Result<T, Error>>,
     {
-        let (caller, result) = match self.authorize_admin(presented, source).await {
-            Ok(admin) => {
-                let caller = admin.token().clone();
-                (Some(caller), call(admin).await)
+        let (caller, kind, result) = match self.authorize_manager(presented, source).await {
+            Ok(authority) => {
+                let caller = authority.token().clone();
+                let kind = authority.kind();
+                (Some(caller), kind, call(authority).await)
             }
-            Err((caller, refused)) => (caller, Err(refused)),
+            Err((caller, refused)) => (caller, NO_CALLER, Err(refused)),
         };
-        if let Err(error) = &result {
+        self.account(rpc, source, caller.as_ref(), kind, &result);
+        result
+    }
+
+    /// Counts one management call's outcome under `kind`, the caller's
+    /// kind, and writes the audit event of a refused or failed one (see
+    /// [`TokenService::manage`]).
+    pub(super) fn account<T>(
+        &self,
+        rpc: Rpc,
+        source: Option<IpAddr>,
+        caller: Option<&ServiceToken>,
+        kind: &'static str,
+        result: &Result<T, Error>,
+    ) {
+        if let Err(error) = result {
             let refusal = Refusal {
                 rpc: rpc.as_str(),
                 source,
                 reason: match error {
                     Error::Unauthenticated(why) => why.as_str(),
                     Error::PermissionDenied(_) => "missing_role",
+                    Error::Delegation(_) => "beyond_delegation",
                     Error::NotAllowed(refusal) => refusal.as_str(),
                     Error::Store(_) => "store_error",
                     _ => "other",
@@ -163,11 +173,10 @@ impl TokenService {
                     _ => None,
                 },
             };
-            self.audit_refusal(refusal, caller.as_ref());
+            self.audit_refusal(refusal, caller);
         }
         let status = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "OK");
-        self.metrics.management_call(rpc.as_str(), status);
-        result
+        self.metrics.management_call(rpc.as_str(), status, kind);
     }
 
     /// A TokenService call refused before it began because its bytes are
@@ -209,27 +218,38 @@ impl TokenService {
     /// Creates a token from `new`; see [`TokenService::to_completion`].
     pub async fn create(
         self: &Arc<Self>,
-        admin: &Admin,
+        authority: &Authority,
         new: NewToken,
     ) -> Result<(Secret, ServiceToken), Error> {
-        let (this, admin) = (self.clone(), admin.clone());
-        to_completion(async move { this.create_now(&admin, new).await }).await
+        let (this, authority) = (self.clone(), authority.clone());
+        to_completion(async move { this.create_now(&authority, new).await }).await
     }
 
     async fn create_now(
         &self,
-        admin: &Admin,
+        authority: &Authority,
         mut new: NewToken,
     ) -> Result<(Secret, ServiceToken), Error> {
-        let caller = admin.token();
+        let caller = authority.token();
         new.created_by = format!("{} ({})", caller.id, caller.name);
         let now = self.now();
-        if new.expiration.is_none()
-            && let Some(lifetime) = self.config.lifetime.default_lifetime()
-        {
+        let asked = new.expiration.is_some();
+        if !asked && let Some(lifetime) = self.config.lifetime.default_lifetime() {
             new.expiration = now.checked_add(lifetime);
         }
-        self.within_policy(new.expiration, now)?;
+        if !authority.is_admin() {
+            new.owners = Owners::under("owner_id", caller.id, &caller.owners)?;
+            // What the manager did not ask for fits under it: no later
+            // than it and those above it.
+            if !asked && let Some(ceiling) = authority.ceiling() {
+                new.expiration = Some(new.expiration.map_or(ceiling, |e| e.min(ceiling)));
+            }
+            // Likewise limited as the manager is, unless it says otherwise.
+            if new.rate_limits.is_none() && !caller.rate_limits.is_empty() {
+                new.rate_limits = Some(caller.rate_limits.clone());
+            }
+        }
+        self.within_policy(new.expiration, now, now)?;
         if new.bindings.sources.is_empty() {
             self.source_binding_required()?;
         }
@@ -237,8 +257,13 @@ impl TokenService {
         // its own, visible, and unchanged by a later change of the default.
         new.rate_limits
             .get_or_insert_with(|| self.config.default_rate_limits.clone());
+        if !authority.is_admin() {
+            // The token as it would be stored (the store draws its id).
+            let made = ServiceToken::new(caller.id, &new, now);
+            self.judge(authority, caller.id, Act::Create(&made))?;
+        }
         let event = self.draft(|| Draft::created(Actor::of(caller), now)).await;
-        let (token, created) = issue(&*self.store, &*self.clock, new, draft_of(&event)).await?;
+        let (token, created) = issue(&*self.store, now, new, draft_of(&event)).await?;
         self.event_committed(event);
         audit_created(Rpc::Create.as_str(), Some(caller), &created);
         Ok((token, created))
@@ -250,16 +275,14 @@ impl TokenService {
     /// not in it.
     pub async fn usage(
         &self,
-        _admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         days: u32,
     ) -> Result<Vec<DayUsage>, Error> {
         if !(1..=USAGE_DAYS).contains(&days) {
             return Err(FieldError::new("days", format!("must be from 1 to {USAGE_DAYS}")).into());
         }
-        if self.store.get(id).await?.is_none() {
-            return Err(Error::NotFound(id));
-        }
+        self.reachable(authority, id).await?;
         let today = Day::of(self.now());
         let from = today.before(days - 1);
         let mut kept = self
@@ -283,20 +306,20 @@ impl TokenService {
         }
     }
 
-    pub async fn get(&self, _admin: &Admin, id: TokenId) -> Result<ServiceToken, Error> {
-        match self.store.get(id).await? {
-            Some(stored) => Ok(stored.token.seen_at(self.now())),
-            None => Err(Error::NotFound(id)),
-        }
+    pub async fn get(&self, authority: &Authority, id: TokenId) -> Result<ServiceToken, Error> {
+        let stored = self.reachable(authority, id).await?;
+        Ok(stored.token.seen_at(self.now()))
     }
 
     pub async fn list(
         &self,
-        _admin: &Admin,
+        authority: &Authority,
         page: PageRequest,
         filter: &ListFilter,
     ) -> Result<Page, Error> {
         let now = self.now();
+        let scoped = self.scoped(authority, filter);
+        let filter = &scoped;
         let resolved;
         let filter = if filter.over_policy {
             let max = self.config.lifetime.max();
@@ -345,18 +368,18 @@ impl TokenService {
     /// and on every replica within the cache's bound.
     pub async fn update(
         self: &Arc<Self>,
-        admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         edit: Edit,
         expected: Option<Etag>,
     ) -> Result<ServiceToken, Error> {
-        let (this, admin) = (self.clone(), admin.clone());
-        to_completion(async move { this.update_now(&admin, id, edit, expected).await }).await
+        let (this, authority) = (self.clone(), authority.clone());
+        to_completion(async move { this.update_now(&authority, id, edit, expected).await }).await
     }
 
     async fn update_now(
         &self,
-        admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         edit: Edit,
         expected: Option<Etag>,
@@ -376,22 +399,48 @@ impl TokenService {
         // Only a new expiration is held to the policy: disabling or
         // renaming a token made before the policy must stay possible.
         if let Some(expiration) = edit.expiration {
-            self.within_policy(expiration, now)?;
+            let created_at = match self.config.lifetime.max_age() {
+                // Set once, at creation: read apart from the change.
+                Some(_) => self.store.get(id).await?.map(|s| s.token.created_at),
+                None => None,
+            };
+            self.within_policy(expiration, now, created_at.unwrap_or(now))?;
         }
         // Likewise only a change that unbinds a token's sources is held
         // to the source-binding policy.
         if edit.sources.as_ref().is_some_and(|s| s.is_empty()) {
             self.source_binding_required()?;
         }
-        let event = Draft::edited(Actor::of(admin.token()), now);
+        if let Some(requested) = &edit.owners {
+            if !authority.is_admin() {
+                return Err(Error::Delegation(
+                    "owner_id: only an admin changes a token's owner".to_owned(),
+                ));
+            }
+            edit.owners = Some(self.owners_for(id, requested).await?);
+        }
+        let change = Change::Edit(edit);
         let (before, after) = self
-            .change(
-                admin,
+            .judged(
+                authority,
                 id,
-                &Change::Edit(edit),
-                now,
                 expected.as_ref(),
-                event,
+                |before| {
+                    let after = change.apply(before, now);
+                    self.judge(
+                        authority,
+                        id,
+                        Act::Change {
+                            before: &before.token,
+                            after: &after.token,
+                        },
+                    )
+                },
+                |expected| {
+                    let event = Draft::edited(Actor::of(authority.token()), now);
+                    let change = &change;
+                    async move { self.change(id, change, now, expected.as_ref(), event).await }
+                },
             )
             .await?;
         let changes = Edit::changes(&before, &after);
@@ -407,9 +456,10 @@ impl TokenService {
         crate::audit::done!(
             info,
             rpc,
-            Some(admin.token()),
+            Some(authority.token()),
             id.get(),
             after.name.as_str(),
+            caller_kind = authority.kind(),
             changed = %changes
                 .iter()
                 .map(|c| format!("{}: {:?} -> {:?}", c.field, c.old, c.new))
@@ -425,21 +475,71 @@ impl TokenService {
     /// previous one still in its grace period ends now.
     pub async fn rotate(
         self: &Arc<Self>,
-        admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         grace: Duration,
     ) -> Result<(Secret, ServiceToken), Error> {
-        let (this, admin) = (self.clone(), admin.clone());
-        to_completion(async move { this.rotate_now(&admin, id, grace).await }).await
+        let (this, authority) = (self.clone(), authority.clone());
+        to_completion(async move { this.rotate_now(&authority, id, grace).await }).await
     }
 
     async fn rotate_now(
         &self,
-        admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         grace: Duration,
     ) -> Result<(Secret, ServiceToken), Error> {
         let now = self.now();
+        let previous_until = self.grace_until(grace, now)?;
+        // A new secret lives until the token expires: a token the policy
+        // would not allow today gets an expiration before a new secret.
+        if self.config.lifetime.max().is_some() || self.config.lifetime.max_age().is_some() {
+            let current = self.store.get(id).await?.ok_or(Error::NotFound(id))?;
+            self.within_policy(current.token.expiration, now, current.token.created_at)?;
+        }
+        let token = Secret::generate();
+        let change = Change::Rotate {
+            hash: token.hash(),
+            previous_until,
+            renew: None,
+            replacing: None,
+        };
+        let (_, rotated) = self
+            .judged(
+                authority,
+                id,
+                None,
+                |_| Ok(()),
+                |expected| {
+                    let event = Draft::rotated(Actor::of(authority.token()), now);
+                    let change = &change;
+                    async move { self.change(id, change, now, expected.as_ref(), event).await }
+                },
+            )
+            .await?;
+        crate::audit::done!(
+            info,
+            Rpc::Rotate.as_str(),
+            Some(authority.token()),
+            id.get(),
+            rotated.name.as_str(),
+            caller_kind = authority.kind(),
+            grace_period = ?grace,
+            previous_secret_expiration = rotated
+                .previous_secret
+                .map(|p| crate::clock::rfc3339_micros(p.expiration)),
+            "service token rotated"
+        );
+        Ok((token, rotated))
+    }
+
+    /// Until when a rotation's previous secret works: `grace` from `now`,
+    /// which may be no longer than `--max-rotation-grace`.
+    pub(super) fn grace_until(
+        &self,
+        grace: Duration,
+        now: SystemTime,
+    ) -> Result<SystemTime, Error> {
         let max = self.config.max_rotation_grace;
         if grace > max {
             return Err(FieldError::new(
@@ -451,36 +551,10 @@ impl TokenService {
             )
             .into());
         }
-        let previous_until = now
+        Ok(now
             .checked_add(grace)
             .map(to_micros)
-            .ok_or_else(|| FieldError::new("grace_period", "is too long"))?;
-        // A new secret lives until the token expires: a token the policy
-        // would not allow today gets an expiration before a new secret.
-        if self.config.lifetime.max().is_some() {
-            let current = self.store.get(id).await?.ok_or(Error::NotFound(id))?;
-            self.within_policy(current.token.expiration, now)?;
-        }
-        let token = Secret::generate();
-        let change = Change::Rotate {
-            hash: token.hash(),
-            previous_until,
-        };
-        let event = Draft::rotated(Actor::of(admin.token()), now);
-        let (_, rotated) = self.change(admin, id, &change, now, None, event).await?;
-        crate::audit::done!(
-            info,
-            Rpc::Rotate.as_str(),
-            Some(admin.token()),
-            id.get(),
-            rotated.name.as_str(),
-            grace_period = ?grace,
-            previous_secret_expiration = rotated
-                .previous_secret
-                .map(|p| crate::clock::rfc3339_micros(p.expiration)),
-            "service token rotated"
-        );
-        Ok((token, rotated))
+            .ok_or_else(|| FieldError::new("grace_period", "is too long"))?)
     }
 
     /// Refused when the server requires every token to be bound to
@@ -496,33 +570,52 @@ impl TokenService {
         Ok(())
     }
 
-    /// Whether a token expiring at `expiration` (`None`: never) from `now`
-    /// obeys the maximum lifetime.
-    fn within_policy(&self, expiration: Option<SystemTime>, now: SystemTime) -> Result<(), Error> {
-        let Some(max) = self.config.lifetime.max() else {
-            return Ok(());
-        };
-        let allowed = now.checked_add(max);
-        if expiration.is_some_and(|e| allowed.is_none_or(|a| e <= a)) {
-            return Ok(());
+    /// Whether a token made at `created_at` and expiring at `expiration`
+    /// (`None`: never) obeys, from `now`, the maximum lifetime and age.
+    pub(super) fn within_policy(
+        &self,
+        expiration: Option<SystemTime>,
+        now: SystemTime,
+        created_at: SystemTime,
+    ) -> Result<(), Error> {
+        if let Some(max) = self.config.lifetime.max() {
+            let allowed = now.checked_add(max);
+            if expiration.is_none_or(|e| allowed.is_some_and(|a| e > a)) {
+                let limit = self.config.lifetime.max_text().unwrap_or_default();
+                let problem = match expiration {
+                    None => format!(
+                        "is required: this server's maximum token lifetime is {limit}; give an expiration at most {limit} from now"
+                    ),
+                    Some(_) => format!(
+                        "is beyond this server's maximum token lifetime of {limit}: give one at most {limit} from now"
+                    ),
+                };
+                return Err(FieldError::new("expiration", problem).into());
+            }
         }
-        let limit = self.config.lifetime.max_text().unwrap_or_default();
-        let problem = match expiration {
-            None => format!(
-                "is required: this server's maximum token lifetime is {limit}; give an expiration at most {limit} from now"
-            ),
-            Some(_) => format!(
-                "is beyond this server's maximum token lifetime of {limit}: give one at most {limit} from now"
-            ),
-        };
-        Err(FieldError::new("expiration", problem).into())
+        if let Some(age) = self.config.lifetime.max_age() {
+            let allowed = created_at.checked_add(age);
+            if expiration.is_none_or(|e| allowed.is_some_and(|a| e > a)) {
+                let limit = crate::config::lifetime_text(age);
+                let until = allowed.map_or_else(String::new, |a| {
+                    format!(" (for this token, {})", crate::clock::rfc3339_micros(a))
+                });
+                return Err(FieldError::new(
+                    "expiration",
+                    format!(
+                        "must be at most {limit} after the token was made{until}: this server's maximum token age (--max-token-age)"
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Runs one change through the store under the lockout rule, and makes
     /// sure no cached validation outlives it.
     pub(super) async fn change(
         &self,
-        _admin: &Admin,
         id: TokenId,
         change: &Change,
         now: SystemTime,
@@ -593,6 +686,7 @@ impl TokenService {
             }),
             Outcome::Invalid(invalid) => Err(invalid.into()),
             Outcome::Stale(current) => Err(Error::Stale { id, current }),
+            Outcome::Replaced => Err(AuthError::RotatedOut.into()),
         }
     }
 
@@ -600,32 +694,45 @@ impl TokenService {
     /// given.
     pub async fn delete(
         self: &Arc<Self>,
-        admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         expected: Option<Etag>,
     ) -> Result<(), Error> {
-        let (this, admin) = (self.clone(), admin.clone());
-        to_completion(async move { this.delete_now(&admin, id, expected).await }).await
+        let (this, authority) = (self.clone(), authority.clone());
+        to_completion(async move { this.delete_now(&authority, id, expected).await }).await
     }
 
     async fn delete_now(
         &self,
-        admin: &Admin,
+        authority: &Authority,
         id: TokenId,
         expected: Option<Etag>,
     ) -> Result<(), Error> {
         let now = self.now();
-        let event = || Draft::deleted(Actor::of(admin.token()), now);
         let keep = self.keep_admin(now);
-        let deleted = self.remove(id, &keep, expected.as_ref(), event).await?;
-        self.outcome(id, deleted)?;
+        self.judged(
+            authority,
+            id,
+            expected.as_ref(),
+            |_| Ok(()),
+            |expected| {
+                let event = || Draft::deleted(Actor::of(authority.token()), now);
+                let keep = &keep;
+                async move {
+                    let deleted = self.remove(id, keep, expected.as_ref(), event).await?;
+                    self.outcome(id, deleted)
+                }
+            },
+        )
+        .await?;
         // The name is not read back to be logged: the event carries it.
         crate::audit::done!(
             info,
             Rpc::Delete.as_str(),
-            Some(admin.token()),
+            Some(authority.token()),
             id.get(),
             None::<&str>,
+            caller_kind = authority.kind(),
             "service token deleted"
         );
         Ok(())

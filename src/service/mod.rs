@@ -2,12 +2,15 @@
 //! authorization (the admin role, a required role), and the management
 //! operations. gRPC and HTTP translate into these calls; none re-implements
 //! them. Tokens are minted in two places only: [`TokenService::create`],
-//! which takes an [`Admin`] proof, and [`bootstrap`], which takes the store
+//! which takes an [`Authority`] proof, and [`bootstrap`], which takes the store
 //! itself, which no transport holds.
 
+mod authority;
+mod delegation;
 mod manage;
 mod outbox;
 mod revoke;
+mod rotate_self;
 mod upkeep;
 mod validate;
 
@@ -30,8 +33,10 @@ use crate::{
 
 pub use crate::audit::AUDIT;
 
+pub use authority::Authority;
+use delegation::CallerKind;
 use manage::to_completion;
-pub use manage::{Admin, Page, bootstrap};
+pub use manage::{Page, bootstrap};
 use outbox::{AnnouncingUses, Outbox, draft_of};
 pub use revoke::{MAX_REVOKED_PER_CALL, REVOKE_CALLS_PER_MINUTE, Revoked};
 pub use validate::{Authenticated, InvalidReason, ReviewFor, Reviewer, Validation};
@@ -47,6 +52,8 @@ pub enum Rpc {
     Update,
     Rotate,
     GetUsage,
+    /// A token rotating itself.
+    RotateSelf,
 }
 
 impl Rpc {
@@ -59,6 +66,7 @@ impl Rpc {
             Rpc::Get => "Get",
             Rpc::Update => "Update",
             Rpc::Rotate => "Rotate",
+            Rpc::RotateSelf => "RotateSelf",
         }
     }
 }

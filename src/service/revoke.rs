@@ -53,7 +53,7 @@ impl TokenService {
         const RPC: &str = "RevokeLeaked";
         if let Err(retry_after) = self.revocations.check(source, std::time::Instant::now()) {
             self.metrics
-                .management_call(RPC, ErrorKind::RateLimited.as_str());
+                .management_call(RPC, ErrorKind::RateLimited.as_str(), "anyone");
             let limited = Error::RateLimited { retry_after };
             self.refusals.record(Refusal {
                 rpc: RPC,
@@ -102,7 +102,7 @@ impl TokenService {
             }
             results.push(revoked);
         }
-        self.metrics.management_call(RPC, "OK");
+        self.metrics.management_call(RPC, "OK", "anyone");
         Ok(results)
     }
 

@@ -99,7 +99,7 @@ impl TokenService {
                     continue;
                 }
                 purged += 1;
-                self.metrics.management_call("Purge", "OK");
+                self.metrics.management_call("Purge", "OK", "system");
                 crate::audit::done!(
                     info,
                     "Purge",

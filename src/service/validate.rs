@@ -17,7 +17,7 @@ use crate::{
     token::{MalformedToken, TokenHash},
 };
 
-use super::{Admin, TokenService};
+use super::{Authority, CallerKind, TokenService};
 
 /// The answer to "is this token valid?".
 // Valid is the common answer on the hot path: boxing it to shrink the rare
@@ -478,8 +478,10 @@ impl TokenService {
         self.counted(validation)
     }
 
-    /// The caller as an [`Admin`], if its credential is valid and holds the
-    /// admin role; otherwise the refusal, with the caller when it is known.
+    /// The caller as an [`Authority`], if its credential is valid and holds
+    /// the admin role or the manager role (a manager with its owners that
+    /// still exist, whose expirations bound what it makes); otherwise the
+    /// refusal, with the caller when it is known.
     /// A previous secret still in its grace period is refused here, as the
     /// credential of any management call: it keeps passing checks, but
     /// whoever holds only the old secret must not be able to rotate the
@@ -489,11 +491,47 @@ impl TokenService {
     /// audience and no route of another service, so a token bound to
     /// audiences or routes (made for the services behind a proxy) cannot
     /// manage, and a source-bound one only from its sources.
-    pub(super) async fn authorize_admin(
+    pub(super) async fn authorize_manager(
         &self,
         presented: Result<&str, AuthError>,
         source: Option<IpAddr>,
-    ) -> Result<Admin, (Option<ServiceToken>, Error)> {
+    ) -> Result<Authority, (Option<ServiceToken>, Error)> {
+        let caller = self.current_secret(presented, source).await?;
+        if caller.roles.contains(&self.config.admin_role) {
+            return Ok(Authority {
+                caller,
+                kind: CallerKind::Admin,
+                above: Vec::new(),
+            });
+        }
+        if !caller.roles.contains(&self.config.manager_role) {
+            let refused = Error::PermissionDenied(self.config.admin_role.clone());
+            return Err((Some(caller), refused));
+        }
+        let mut above = Vec::with_capacity(caller.owners.ids().len());
+        for owner in caller.owners.ids() {
+            match self.store.get(*owner).await {
+                Ok(Some(stored)) => above.push(stored.token),
+                // Deleted: the managers above it still bound the caller.
+                Ok(None) => {}
+                Err(e) => return Err((Some(caller), e.into())),
+            }
+        }
+        Ok(Authority {
+            caller,
+            kind: CallerKind::Manager,
+            above,
+        })
+    }
+
+    /// The caller's token, if `presented` is its current secret, valid
+    /// from `source`: what every management call and a self-rotation are
+    /// made with. A previous secret in its grace is refused (UNAUTHENTICATED).
+    pub(super) async fn current_secret(
+        &self,
+        presented: Result<&str, AuthError>,
+        source: Option<IpAddr>,
+    ) -> Result<ServiceToken, (Option<ServiceToken>, Error)> {
         let context = CheckContext {
             source,
             ..CheckContext::default()
@@ -509,11 +547,7 @@ impl TokenService {
         if secret == MatchedSecret::Previous {
             return Err((Some(caller), AuthError::RotatedOut.into()));
         }
-        if !caller.roles.contains(&self.config.admin_role) {
-            let refused = Error::PermissionDenied(self.config.admin_role.clone());
-            return Err((Some(caller), refused));
-        }
-        Ok(Admin(caller))
+        Ok(caller)
     }
 
     /// The audit event of a refused management call, through the

@@ -73,6 +73,9 @@ pub enum Outcome<T> {
     /// Refused: the caller's etag is not the token's any more (someone
     /// changed it since the caller read it). Carries the token's etag now.
     Stale(Etag),
+    /// Refused: a rotation made only while the token's secret is a given
+    /// one, and another rotation replaced that secret first.
+    Replaced,
 }
 
 /// A token was used (checked successfully): last at `at`, through its

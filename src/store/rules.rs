@@ -102,6 +102,14 @@ pub(crate) fn planned(
     if let Some(stale) = stale(expected, &before.token) {
         return Planned::Answer(stale);
     }
+    if let Change::Rotate {
+        replacing: Some(current),
+        ..
+    } = change
+        && !before.hash.ct_eq(current)
+    {
+        return Planned::Answer(Outcome::Replaced);
+    }
     let after = change.apply(before, keep.now);
     if let Err(invalid) = change.check(&after.token) {
         return Planned::Answer(Outcome::Invalid(invalid));

@@ -515,9 +515,11 @@ async fn a_change_reads_back_everywhere_and_survives_a_restart(backend: &mut Bac
         rate_limits: Some(
             RateLimits::parse_texts("rate_limits", &["burst=20/1s", "daily=1000/1d"]).unwrap(),
         ),
+        owners: Some(sts::model::Owners::parse("owners", &[5, 3]).unwrap()),
     };
     let (before, after) = done(change(&*store, inserted.id, Change::Edit(edit), now).await);
     assert_eq!(after.rate_limits.to_string(), "burst=20/1s,daily=1000/1d");
+    assert_eq!(after.owners.to_string(), "5 < 3");
     assert_eq!(after.bindings.sources.texts(), ["10.0.0.0/8", "::1"]);
     assert_eq!(after.bindings.audiences.as_slice(), ["ci"]);
     assert_eq!(after.bindings.routes.texts(), ["POST /deploy/**"]);
@@ -566,6 +568,8 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     let rotate = |hash: &Secret, until| Change::Rotate {
         hash: hash.hash(),
         previous_until: until,
+        renew: None,
+        replacing: None,
     };
     let (_, rotated) = done(change(&*store, inserted.id, rotate(&second, until), now).await);
     assert_eq!(rotated.id, inserted.id);
@@ -1054,6 +1058,8 @@ async fn uses_only_move_forward(backend: &mut Backend) {
     let rotate = Change::Rotate {
         hash: Secret::generate().hash(),
         previous_until: t2 + Duration::from_secs(60),
+        renew: None,
+        replacing: None,
     };
     done(change(&*store, token.id, rotate, t1).await);
     let t3 = t2 + Duration::from_secs(1);
@@ -1222,6 +1228,8 @@ async fn an_export_carries_every_lifecycle_field(backend: &mut Backend) {
     let rotate = Change::Rotate {
         hash: second.hash(),
         previous_until: now + Duration::from_secs(3600),
+        renew: None,
+        replacing: None,
     };
     done(change(&*from, inserted.id, rotate, now).await);
     let disable = Change::Edit(Edit {

@@ -188,8 +188,14 @@ async fn a_rejected_body_is_answered_and_counted_like_any_error() {
 
     let metrics = app.call("GET", "/metrics", &[], "").await;
     let metrics = String::from_utf8(metrics.body).unwrap();
-    for status in ["RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "UNAUTHENTICATED"] {
-        let line = format!(r#"sts_management_calls_total{{rpc="Create",status="{status}"}} 1"#);
+    for (status, caller) in [
+        ("RESOURCE_EXHAUSTED", "admin"),
+        ("INVALID_ARGUMENT", "admin"),
+        ("UNAUTHENTICATED", "none"),
+    ] {
+        let line = format!(
+            r#"sts_management_calls_total{{rpc="Create",status="{status}",caller="{caller}"}} 1"#
+        );
         assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
     }
 }

@@ -71,7 +71,8 @@ async fn v1_lists_and_describes_the_service() {
             "Update",
             "Rotate",
             "RevokeLeaked",
-            "GetUsage"
+            "GetUsage",
+            "RotateSelf"
         ]
     );
 

@@ -10,8 +10,9 @@ use serde_json::Value;
 use sts::{
     events::{Actor, Draft},
     model::{
-        AllowedRoutes, AllowedSources, Audiences, Bindings, Description, Labels, PreviousSecret,
-        RateLimits, RecentSources, Roles, RouteRule, ServiceToken, StoredToken, TokenId, TokenName,
+        AllowedRoutes, AllowedSources, Audiences, Bindings, Description, Labels, Owners,
+        PreviousSecret, RateLimits, RecentSources, Roles, RouteRule, ServiceToken, StoredToken,
+        TokenId, TokenName,
     },
     store::{Imported, PostgresStore, SledStore, Store},
     token::Secret,
@@ -91,6 +92,8 @@ fn every_field() -> StoredToken {
             },
             rate_limits: RateLimits::parse_texts("rate_limits", &["burst=20/1s", "hourly=5000/1h"])
                 .unwrap(),
+            owners: Owners::parse("owners", &[4_503_599_627_370_402, 77]).unwrap(),
+            lifetime: Some(Duration::from_micros(86_400 * 31 * 1_000_000 + 7)),
         },
         hash: Secret::generate().hash(),
         previous_hash: Some(Secret::generate().hash()),
@@ -129,7 +132,11 @@ fn shows_every_field(json: &Value, token: &ServiceToken) {
         bindings,
         recent_sources,
         rate_limits,
+        owners,
+        // gRPC's and `describe`'s table only.
+        lifetime: _,
     } = token;
+    assert_eq!(json["ownerId"], owners.direct().unwrap().get());
     let previous = previous_secret.unwrap();
     assert_eq!(rate_limits.as_slice().len(), 2);
     assert_eq!(
@@ -245,7 +252,11 @@ async fn a_token_with_every_field_set_survives_every_round_trip() {
         // Usage: `token.new_source` events carry them, not every event.
         recent_sources: _,
         rate_limits,
+        owners,
+        // How the token renews itself: not in events.
+        lifetime: _,
     } = &fixture.token;
+    assert_eq!(token["owner_id"], owners.direct().unwrap().get());
     assert_eq!(rate_limits.as_slice().len(), 2);
     assert_eq!(
         token["rate_limits"],

@@ -201,11 +201,13 @@ async fn metrics_count_validations_calls_and_tokens() {
     assert_eq!(value(r#"sts_validations_total{outcome="not_found"}"#), 1.0);
     assert_eq!(value(r#"sts_validations_total{outcome="expired"}"#), 1.0);
     assert_eq!(
-        value(r#"sts_management_calls_total{rpc="Create",status="OK"}"#),
+        value(r#"sts_management_calls_total{rpc="Create",status="OK",caller="admin"}"#),
         2.0
     );
     assert_eq!(
-        value(r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED"}"#),
+        value(
+            r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="none"}"#
+        ),
         1.0
     );
     assert_eq!(value("sts_tokens_stored"), 3.0);

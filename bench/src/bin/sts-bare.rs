@@ -14,8 +14,8 @@ use clap::Parser;
 use sts::proto::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
     GetUsageRequest, GetUsageResponse, ListRequest, ListResponse, RevokeLeakedRequest,
-    RevokeLeakedResponse, RotateRequest, RotateResponse, ServiceToken, UpdateRequest,
-    UpdateResponse, ValidateRequest, ValidateResponse,
+    RevokeLeakedResponse, RotateRequest, RotateResponse, RotateSelfRequest, RotateSelfResponse,
+    ServiceToken, UpdateRequest, UpdateResponse, ValidateRequest, ValidateResponse,
     token_service_server::{TokenService, TokenServiceServer},
 };
 use sts::{
@@ -65,6 +65,12 @@ impl TokenService for Bare {
         &self,
         _: Request<GetUsageRequest>,
     ) -> Result<Response<GetUsageResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn rotate_self(
+        &self,
+        _: Request<RotateSelfRequest>,
+    ) -> Result<Response<RotateSelfResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
     async fn validate(

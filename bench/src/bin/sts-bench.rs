@@ -649,6 +649,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                         created_by: String::new(),
                         bindings: Default::default(),
                         rate_limits: None,
+                        owners: Default::default(),
                     },
                 )
             });
@@ -1050,6 +1051,7 @@ fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
         created_by: String::new(),
         bindings: Default::default(),
         rate_limits: None,
+        owners: Default::default(),
     };
     let hashes: Arc<Vec<_>> = Arc::new(
         (0..tokens)

@@ -259,6 +259,8 @@ impl Store for PostgresStore {
              AND (($8::timestamptz IS NULL AND NOT $9) \
                   OR ($8 IS NOT NULL AND (expires_at IS NULL OR expires_at > $8)) \
                   OR ($9 AND cardinality(allowed_sources) = 0)) \
+             AND owners @> $10::bigint[] \
+             AND ($11::text[] IS NULL OR roles <@ $11) \
              ORDER BY id LIMIT $2"
         ))
         .bind(after)
@@ -270,6 +272,19 @@ impl Store for PostgresStore {
         .bind(filter.disabled)
         .bind(filter.expiring_after.map(to_db_time))
         .bind(filter.without_sources)
+        .bind(
+            filter
+                .owners
+                .iter()
+                .map(|owner| db_id(*owner))
+                .collect::<Vec<i64>>(),
+        )
+        .bind(
+            filter
+                .roles_within
+                .as_ref()
+                .map(|roles| roles.iter().map(|r| r.as_str()).collect::<Vec<&str>>()),
+        )
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -10,8 +10,8 @@ use sqlx::{FromRow, PgConnection, PgExecutor, postgres::PgRow, types::Json};
 use time::OffsetDateTime;
 
 use crate::model::{
-    LimitParts, RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts, StoredToken,
-    TokenId,
+    LimitParts, Owners, RecentSources, RouteParts, SeenSource, ServiceToken, StoredParts,
+    StoredToken, TokenId,
 };
 use crate::store::{Cause, KeepAdmin, StoreError};
 
@@ -27,22 +27,22 @@ pub(super) fn to_db_time(time: SystemTime) -> OffsetDateTime {
 pub(super) const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
      disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
      previous_last_used_at, allowed_sources, audiences, allowed_routes, recent_sources, \
-     sources_announced_at, rate_limits";
+     sources_announced_at, rate_limits, owners, lifetime_micros";
 
 /// The one INSERT: a new token and an imported one are the same row.
 pub(super) const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
      description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
      previous_expires_at, previous_last_used_at, allowed_sources, audiences, allowed_routes, \
-     recent_sources, sources_announced_at, rate_limits) \
+     recent_sources, sources_announced_at, rate_limits, owners, lifetime_micros) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21) ON CONFLICT DO NOTHING";
+     $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING";
 
 /// Everything a change may set (never the last uses: those only move
 /// forward, through `record_uses`), and the NOTIFY that tells every replica.
 const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
      description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
      previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12, \
-     allowed_sources = $13, audiences = $14, allowed_routes = $15, rate_limits = $17 \
+     allowed_sources = $13, audiences = $14, allowed_routes = $15, rate_limits = $17, owners = $18 \
      WHERE id = $1 RETURNING id) \
      SELECT pg_notify($16, 'd:' || id::text) FROM changed";
 
@@ -50,6 +50,11 @@ const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = 
 /// at time `$3`, bound to no audience and no route.
 pub(super) const IS_ADMIN: &str = "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3) \
      AND cardinality(audiences) = 0 AND allowed_routes = '[]'::jsonb)";
+
+/// A chain of owners as the `owners` column holds it.
+fn db_ids(owners: &Owners) -> Vec<i64> {
+    owners.ids().iter().map(|id| db_id(*id)).collect()
+}
 
 fn roles_of(token: &ServiceToken) -> Vec<&str> {
     token.roles.iter().map(|r| r.as_str()).collect()
@@ -79,6 +84,8 @@ pub(super) async fn insert_row<'e>(
                 bindings,
                 recent_sources,
                 rate_limits,
+                owners,
+                lifetime,
             },
         hash,
         previous_hash,
@@ -105,6 +112,8 @@ pub(super) async fn insert_row<'e>(
         .bind(Json(SourceJson::of(recent_sources)))
         .bind(recent_sources.announced_at().map(to_db_time))
         .bind(Json(LimitParts::of(rate_limits)))
+        .bind(db_ids(owners))
+        .bind(lifetime.map(|l| i64::try_from(l.as_micros()).unwrap_or(i64::MAX)))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -139,6 +148,9 @@ pub(super) async fn update_row<'e>(
                 // Merged by `record_uses`, as the last uses are.
                 recent_sources: _,
                 rate_limits,
+                owners,
+                // Set once, at creation.
+                lifetime: _,
             },
         hash,
         previous_hash,
@@ -161,6 +173,7 @@ pub(super) async fn update_row<'e>(
         .bind(Json(RouteParts::of(&bindings.routes)))
         .bind(CHANNEL)
         .bind(Json(LimitParts::of(rate_limits)))
+        .bind(db_ids(owners))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -192,6 +205,8 @@ struct TokenRow {
     recent_sources: serde_json::Value,
     sources_announced_at: Option<OffsetDateTime>,
     rate_limits: serde_json::Value,
+    owners: Vec<i64>,
+    lifetime_micros: Option<i64>,
 }
 
 /// A recent source as the `recent_sources` column holds it: the address
@@ -245,6 +260,8 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         recent_sources,
         sources_announced_at,
         rate_limits,
+        owners,
+        lifetime_micros,
     } = TokenRow::from_row(row).map_err(unavailable)?;
     let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
     let labels: BTreeMap<String, String> =
@@ -264,6 +281,14 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let time = |at: Option<OffsetDateTime>| at.map(SystemTime::from);
+    let owners = owners
+        .into_iter()
+        .map(|id| u64::try_from(id).map_err(|e| corrupt(e.into())))
+        .collect::<Result<Vec<u64>, StoreError>>()?;
+    let lifetime = lifetime_micros
+        .map(|micros| u64::try_from(micros).map_err(|e| corrupt(e.into())))
+        .transpose()?
+        .map(std::time::Duration::from_micros);
     StoredToken::from_parts(StoredParts {
         id: u64::try_from(id).map_err(|e| corrupt(e.into()))?,
         hash: &token_hash,
@@ -286,6 +311,8 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         recent_sources: &recent_sources,
         sources_announced_at: time(sources_announced_at),
         rate_limits: &rate_limits,
+        owners: &owners,
+        lifetime,
     })
     .map_err(|e| corrupt(e.into()))
 }

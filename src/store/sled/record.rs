@@ -79,6 +79,12 @@ pub(super) struct Record {
     pub(super) sources_announced_at: Option<prost_types::Timestamp>,
     #[prost(message, repeated, tag = "22")]
     pub(super) rate_limits: Vec<LimitRecord>,
+    /// Read by releases before delegation as nothing at all: ownership
+    /// only ever narrows who manages a token, so no format step guards it.
+    #[prost(uint64, repeated, tag = "23")]
+    pub(super) owners: Vec<u64>,
+    #[prost(uint64, optional, tag = "24")]
+    pub(super) lifetime_micros: Option<u64>,
 }
 
 /// One rate limit of a record.
@@ -139,6 +145,8 @@ impl Record {
                     bindings,
                     recent_sources,
                     rate_limits,
+                    owners,
+                    lifetime,
                 },
             hash,
             previous_hash,
@@ -199,6 +207,8 @@ impl Record {
                     },
                 )
                 .collect(),
+            owners: owners.numbers(),
+            lifetime_micros: lifetime.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -278,6 +288,8 @@ impl Record {
             recent_sources: &recent_sources,
             sources_announced_at: record.sources_announced_at.map(time).transpose()?,
             rate_limits: &rate_limits,
+            owners: &record.owners,
+            lifetime: record.lifetime_micros.map(std::time::Duration::from_micros),
         })
         .map_err(|e| corrupt(e.into()))
     }

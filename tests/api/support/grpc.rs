@@ -66,6 +66,9 @@ pub fn checked(token: ServiceToken) -> ServiceToken {
         audiences: Vec::new(),
         allowed_routes: Vec::new(),
         recent_sources: Vec::new(),
+        rate_limits: Vec::new(),
+        owner_id: 0,
+        lifetime: None,
         ..token
     }
 }

@@ -38,6 +38,7 @@ pub async fn deleted(store: &dyn Store, id: sts::model::TokenId) -> bool {
         sts::store::Outcome::Lockout(what) => panic!("lockout: {what}"),
         sts::store::Outcome::Invalid(invalid) => panic!("invalid: {invalid:?}"),
         sts::store::Outcome::Stale(etag) => panic!("stale: {etag}"),
+        sts::store::Outcome::Replaced => panic!("replaced"),
     }
 }
 
