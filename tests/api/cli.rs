@@ -96,11 +96,19 @@ impl Terminal {
 
     /// Saves and selects a context for `app` with its admin token.
     pub async fn log_in(&self, app: &TestApp) {
+        self.log_in_with(app, &app.admin_token).await;
+    }
+
+    /// Saves and selects a context for `app` with `token`.
+    pub async fn log_in_with(&self, app: &TestApp, token: &str) {
         let url = app.rest().url("");
-        let run = self
-            .save_context("local", &url, &app.admin_token, &[])
-            .await;
+        let run = self.save_context("local", &url, token, &[]).await;
         assert_eq!(run.code, 0, "{}", run.stderr);
+    }
+
+    /// The config file `sts` keeps its contexts in.
+    pub fn contexts(&self) -> PathBuf {
+        self.config_file()
     }
 }
 
