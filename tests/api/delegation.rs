@@ -534,3 +534,103 @@ async fn answer(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
         serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// docs/delegation.md's walk-through, with the CLI alone: the admin makes
+/// the team's manager, the team makes and lists its tokens (a role it
+/// lacks refused by name), the admin finds them by owner and takes one
+/// back.
+#[tokio::test]
+async fn delegating_to_a_team_with_the_cli_alone() {
+    let app = app(false).await;
+    let admin = crate::cli::Terminal::logged_in(&app).await;
+    let secret_of = |run: &crate::cli::Run| {
+        run.stdout
+            .trim()
+            .strip_prefix("Service token created: ")
+            .unwrap_or_else(|| panic!("{}", run.stdout))
+            .to_owned()
+    };
+    let id_of = |run: &crate::cli::Run| {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("Its id is "))
+            .unwrap();
+        line.trim_start_matches("Its id is ")
+            .trim_end_matches('.')
+            .to_owned()
+    };
+    let made = admin
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "team-ci",
+            "--roles",
+            "token-manager,deploy,read",
+        ])
+        .await
+        .ok();
+    let (manager_secret, manager_id) = (secret_of(&made), id_of(&made));
+
+    let team = crate::cli::Terminal::new();
+    team.log_in_with(&app, &manager_secret).await;
+    let built = team
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "nightly-build",
+            "--roles",
+            "deploy",
+        ])
+        .await
+        .ok();
+    let build_id = id_of(&built);
+    assert!(app.validate(&secret_of(&built)).await.valid);
+    let refused = team
+        .sts(&[
+            "service-token",
+            "create",
+            "--name",
+            "oops",
+            "--roles",
+            "deploy,prod",
+        ])
+        .await;
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("role `prod`: a manager grants only roles it holds"),
+        "{}",
+        refused.stderr
+    );
+    let listed = team.sts(&["service-token", "list"]).await.ok();
+    assert!(listed.stdout.contains("nightly-build"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains("team-ci"), "{}", listed.stdout);
+
+    let owned = admin
+        .sts(&["service-token", "list", "--owner", &manager_id])
+        .await
+        .ok();
+    assert!(owned.stdout.contains(&build_id), "{}", owned.stdout);
+    let described = admin
+        .sts(&["service-token", "describe", &build_id])
+        .await
+        .ok();
+    assert!(
+        described
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("OWNER") && l.contains(&manager_id)),
+        "{}",
+        described.stdout
+    );
+    admin
+        .sts(&["service-token", "update", &build_id, "--owner", "0"])
+        .await
+        .ok();
+    let gone = team.sts(&["service-token", "describe", &build_id]).await;
+    assert_ne!(gone.code, 0, "{}", gone.stdout);
+}
