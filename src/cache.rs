@@ -76,6 +76,7 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
                 },
             hash: _,
             previous_hash: _,
+            retired,
         } = stored;
         let roles: usize = roles.iter().map(|r| r.as_str().len() + 24).sum();
         let labels: usize = labels
@@ -111,6 +112,7 @@ impl Weighter<[u8; 32], StoredToken> for TokenWeight {
                 .iter()
                 .map(|limit| limit.name().len() + 48)
                 .sum::<usize>();
+        let variable = variable + 32 * retired.len();
         (std::mem::size_of::<StoredToken>() + 96 + variable) as u64
     }
 }

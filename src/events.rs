@@ -35,6 +35,7 @@ pub enum EventType {
     Expiring,
     Expired,
     NewSource,
+    ReuseDetected,
 }
 
 impl EventType {
@@ -51,6 +52,7 @@ impl EventType {
             EventType::Expiring => "token.expiring",
             EventType::Expired => "token.expired",
             EventType::NewSource => "token.new_source",
+            EventType::ReuseDetected => "token.reuse_detected",
         }
     }
 }
@@ -81,6 +83,7 @@ enum Kind {
     Deleted,
     Purged,
     Leaked,
+    ReuseDetected,
 }
 
 /// An event as the service knows it before the store makes the change.
@@ -134,6 +137,16 @@ impl Draft {
         }
     }
 
+    /// A retired secret of the token presented again (from `source`,
+    /// where the check knew it); the token disabled with it under
+    /// `--revoke-on-reuse`.
+    pub fn reuse_detected(source: Option<IpAddr>, at: SystemTime) -> Draft {
+        Draft {
+            source,
+            ..Draft::new(Kind::ReuseDetected, None, at)
+        }
+    }
+
     /// The event of this change to `before` (the token as it was),
     /// leaving `after` (for a delete, the token as it was too).
     pub fn event(&self, before: &ServiceToken, after: &ServiceToken) -> Event {
@@ -148,6 +161,7 @@ impl Draft {
             Kind::Deleted => EventType::Deleted,
             Kind::Purged => EventType::Purged,
             Kind::Leaked => EventType::Leaked,
+            Kind::ReuseDetected => EventType::ReuseDetected,
         };
         Event::build(kind, self.at, after, |body| {
             body.actor = self.actor.as_ref().map(|actor| ActorJson {

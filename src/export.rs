@@ -90,6 +90,9 @@ struct Line {
     /// What a self-rotation renews it for, in microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     lifetime_micros: Option<u64>,
+    /// Retired secrets' hashes, hex, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired_hashes: Vec<String>,
 }
 
 /// A recent source in an export.
@@ -152,6 +155,7 @@ impl Line {
                 },
             hash,
             previous_hash,
+            retired,
         } = stored;
         let time = |t: Option<SystemTime>| t.map(rfc3339).transpose();
         Ok(Line {
@@ -186,6 +190,7 @@ impl Line {
             rate_limits: LimitParts::of(rate_limits),
             owners: owners.numbers(),
             lifetime_micros: lifetime.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX)),
+            retired_hashes: retired.iter().map(|h| hex::encode(h.as_bytes())).collect(),
         })
     }
 
@@ -208,6 +213,11 @@ impl Line {
             .as_deref()
             .map(|text| hash("previous_hash", text))
             .transpose()?;
+        let retired = self
+            .retired_hashes
+            .iter()
+            .map(|text| hash("retired_hashes", text))
+            .collect::<Result<Vec<_>, _>>()?;
         let recent_sources = self
             .recent_sources
             .iter()
@@ -242,6 +252,7 @@ impl Line {
             rate_limits: &self.rate_limits,
             owners: &self.owners,
             lifetime: self.lifetime_micros.map(std::time::Duration::from_micros),
+            retired: &retired,
         })
     }
 }

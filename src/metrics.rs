@@ -109,6 +109,7 @@ pub struct Metrics {
     request_duration: HistogramFamily,
     tokens_stored: Gauge,
     cache_hits: Counter,
+    secret_reuses: Counter,
     cache_misses: Counter,
     last_used_written: Counter,
     last_used_failed: Counter,
@@ -166,6 +167,12 @@ impl Metrics {
             "rate_limit_store_errors",
             "Checks of rate-limited tokens answered without the shared rate-limit store (it was away), by the policy that answered them (open: this replica's own counters; closed: refused)",
             rate_limit_store_errors.clone(),
+        );
+        let secret_reuses = Counter::default();
+        registry.register(
+            "secret_reuses",
+            "Checks that presented a secret a rotation retired (reuse detection; token.reuse_detected names the token)",
+            secret_reuses.clone(),
         );
         let undecodable = Family::default();
         registry.register(
@@ -316,6 +323,7 @@ impl Metrics {
             request_duration,
             tokens_stored,
             cache_hits,
+            secret_reuses,
             cache_misses,
         }
     }
@@ -432,6 +440,11 @@ impl Metrics {
     /// One check a token's rate limit refused, on `surface` (`validate`,
     /// `status`, `forward_auth`, `ext_authz`, `token_review`,
     /// `introspection`). No token and no limit name: both are unbounded.
+    /// A retired secret presented to a check.
+    pub fn secret_reused(&self) {
+        self.secret_reuses.inc();
+    }
+
     pub fn rate_limited(&self, surface: &'static str) {
         self.rate_limited
             .get_or_create(&SurfaceLabels { surface })

@@ -246,6 +246,13 @@ struct ServeArgs {
     /// managers below it (at most 8 deep). Off: only admins make managers.
     #[arg(long, env = "STS_MANAGERS_MAY_DELEGATE")]
     managers_may_delegate: bool,
+    /// Disable a token at once when one of its last five retired secrets
+    /// (or a previous secret past its grace) is presented again, as
+    /// GitLab does. Off: the reuse is announced (token.reuse_detected, the
+    /// audit log, a metric) and refused, nothing more. On, whoever holds an
+    /// old leaked secret can disable the token (docs/delegation.md).
+    #[arg(long, env = "STS_REVOKE_ON_REUSE")]
+    revoke_on_reuse: bool,
     /// What the Kubernetes user and group names of a token start with
     /// (`<prefix><name>`, `<prefix><role>`). Required, ending with `:` and
     /// not `system:`: otherwise a role could make a token a cluster admin
@@ -506,6 +513,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reviewer_role: args.reviewer_role,
         manager_role: args.manager_role,
         managers_may_delegate: args.managers_may_delegate,
+        revoke_on_reuse: args.revoke_on_reuse,
         lifetime,
         max_rotation_grace: *args.max_rotation_grace,
         admin_keep_margin: admin_keep_margin(*args.admin_keep_margin, &lifetime)

@@ -138,6 +138,9 @@ pub struct ServiceConfig {
     pub manager_role: Role,
     /// A manager may make managers (`--managers-may-delegate`).
     pub managers_may_delegate: bool,
+    /// Disable a token at once when one of its retired secrets is
+    /// presented again (`--revoke-on-reuse`).
+    pub revoke_on_reuse: bool,
     pub default_page_size: usize,
     pub max_page_size: usize,
     /// How often refusals of unauthenticated management calls are written
@@ -292,6 +295,7 @@ impl ServiceConfig {
             manager_role: Role::parse(DEFAULT_MANAGER_ROLE)
                 .expect("the default manager role is valid"),
             managers_may_delegate: false,
+            revoke_on_reuse: false,
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
             refusal_summary_interval: DEFAULT_REFUSAL_SUMMARY_INTERVAL,

@@ -15,7 +15,7 @@ use super::fields::TokenName;
 use super::owners::Owners;
 use super::rate_limit::RateLimits;
 use super::route::AllowedRoutes;
-use super::stored::StoredToken;
+use super::stored::{MAX_RETIRED, StoredToken};
 use super::token::PreviousSecret;
 use super::token::ServiceToken;
 use crate::token::TokenHash;
@@ -231,6 +231,9 @@ pub enum Change {
         /// self-rotation's: of two at once, one wins); `None`: any.
         replacing: Option<TokenHash>,
     },
+    /// Nothing changes but the record of an event about the token (a
+    /// retired secret presented again): written with the token as it is.
+    Mark,
 }
 
 impl Change {
@@ -244,7 +247,7 @@ impl Change {
                 labels: Some(LabelEdit::Merge { .. }),
                 ..
             }) => Labels::parse(after.labels.iter()).map(|_| ()),
-            Change::Edit(_) | Change::Rotate { .. } => Ok(()),
+            Change::Edit(_) | Change::Rotate { .. } | Change::Mark => Ok(()),
         }
     }
 
@@ -267,7 +270,7 @@ impl Change {
                 rate_limits: None,
                 owners: None,
             }) => true,
-            Change::Edit(_) | Change::Rotate { .. } => false,
+            Change::Edit(_) | Change::Rotate { .. } | Change::Mark => false,
         }
     }
 
@@ -286,7 +289,9 @@ impl Change {
                 token: edit.apply(&stored.token, at),
                 hash: stored.hash,
                 previous_hash: stored.previous_hash,
+                retired: stored.retired.clone(),
             },
+            Change::Mark => stored.clone(),
             Change::Rotate {
                 hash,
                 previous_until,
@@ -312,10 +317,25 @@ impl Change {
                     (None, None)
                 };
                 token.previous_secret = previous_secret;
+                // What this rotation ends for good: the previous secret it
+                // drops, and the current one when it gets no grace.
+                let ended = stored
+                    .previous_hash
+                    .into_iter()
+                    .chain(previous_hash.is_none().then_some(stored.hash));
+                let mut retired: Vec<TokenHash> = ended.collect();
+                retired.reverse();
+                for kept in &stored.retired {
+                    if !retired.contains(kept) {
+                        retired.push(*kept);
+                    }
+                }
+                retired.truncate(MAX_RETIRED);
                 StoredToken {
                     token,
                     hash: *hash,
                     previous_hash,
+                    retired,
                 }
             }
         }

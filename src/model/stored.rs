@@ -32,6 +32,10 @@ use crate::token::TokenHash;
 /// Longest `created_by` read back (an id, a name, punctuation).
 const MAX_CREATED_BY_CHARS: usize = MAX_NAME_CHARS + 24;
 
+/// How many retired secrets a token keeps the hashes of: what reuse
+/// detection recognizes.
+pub const MAX_RETIRED: usize = 5;
+
 /// A token as a store holds it: its description and the hash of its secret
 /// (and of the secret a rotation replaced, while that one is kept).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +44,9 @@ pub struct StoredToken {
     pub hash: TokenHash,
     /// Set exactly when `token.previous_secret` is.
     pub previous_hash: Option<TokenHash>,
+    /// The hashes of the last [`MAX_RETIRED`] secrets rotations ended
+    /// (newest first): presented again, they are a reuse, detected.
+    pub retired: Vec<TokenHash>,
 }
 
 /// A stored token's fields as a backend or an export reads them back, not
@@ -78,6 +85,8 @@ pub struct StoredParts<'a> {
     /// token made without an expiration (a renewal then reads the token's
     /// expiration minus its creation).
     pub lifetime: Option<Duration>,
+    /// Retired secrets' hashes; none in records written before.
+    pub retired: &'a [Vec<u8>],
 }
 
 /// A rate limit as stores and exports keep it.
@@ -229,6 +238,7 @@ impl<'a> StoredParts<'a> {
             rate_limits: &[],
             owners: &[],
             lifetime: None,
+            retired: &[],
         }
     }
 }
@@ -260,6 +270,17 @@ impl StoredToken {
                     ));
                 }
             };
+        if parts.retired.len() > MAX_RETIRED {
+            return Err(FieldError::new(
+                "retired",
+                format!("holds more than {MAX_RETIRED} hashes"),
+            ));
+        }
+        let retired = parts
+            .retired
+            .iter()
+            .map(|bytes| parse_hash("retired", bytes))
+            .collect::<Result<Vec<_>, _>>()?;
         check_text(parts.created_by, MAX_CREATED_BY_CHARS)
             .map_err(|problem| FieldError::new("created_by", problem))?;
         Ok(StoredToken {
@@ -291,7 +312,16 @@ impl StoredToken {
             },
             hash,
             previous_hash,
+            retired,
         })
+    }
+
+    /// Whether `hash` is one of this token's retired secrets (compared in
+    /// constant time, each).
+    pub fn is_retired(&self, hash: &TokenHash) -> bool {
+        self.retired
+            .iter()
+            .fold(false, |found, retired| found | retired.ct_eq(hash))
     }
 
     /// Which of this token's secrets hashes to `hash` (compared in constant
@@ -326,7 +356,7 @@ impl StoredToken {
     /// lands on another token's record is corruption, never a match: the
     /// store reports `None` as such.
     pub fn verified(self, hash: &TokenHash) -> Option<StoredToken> {
-        self.secret_for(hash).is_some().then_some(self)
+        (self.secret_for(hash).is_some() || self.is_retired(hash)).then_some(self)
     }
 
     /// Every hash that finds this token: the current one and the previous.
@@ -345,6 +375,7 @@ impl StoredToken {
             token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
             hash: token.hash(),
             previous_hash: None,
+            retired: Vec::new(),
         };
         (token, stored)
     }

@@ -9,6 +9,7 @@ mod authority;
 mod delegation;
 mod manage;
 mod outbox;
+mod reuse;
 mod revoke;
 mod rotate_self;
 mod upkeep;
@@ -82,6 +83,8 @@ pub struct TokenService {
     last_used: Option<Arc<LastUsed>>,
     /// Of leaked-token revocations, which need no credential.
     revocations: SourceLimit,
+    /// When each token's retired secret was last announced as reused.
+    reuses: reuse::Reuses,
     outbox: Arc<Outbox>,
     /// Where the tokens' rate limits are spent.
     limiter: Arc<Limiter>,
@@ -126,6 +129,7 @@ impl TokenService {
             cache: store.validation_cache(),
             refusals: Refusals::new(config.refusal_summary_interval),
             revocations: SourceLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
+            reuses: reuse::Reuses::default(),
             outbox,
             limiter: Arc::new(Limiter::default()),
             store_away: AtomicBool::new(false),

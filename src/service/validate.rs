@@ -223,6 +223,8 @@ impl TokenService {
         // hot path pays no truncation.
         let now = self.clock.now();
         let Some(secret) = stored.live_secret_at(&hash, now) else {
+            // A secret this token had: retired, or past its grace.
+            self.reuse_detected(&stored, source, now).await;
             return Ok(Err(InvalidReason::NotFound));
         };
         if stored.token.is_expired_at(now) {

@@ -587,10 +587,21 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     );
     assert_eq!(by_second.token, rotated);
 
-    // Again: the first secret is gone at once, the second is the previous.
+    // Again: the first secret ends at once (retired: found, to be told
+    // apart as a reuse, but no secret of the token), the second is the
+    // previous.
     let third = Secret::generate();
     done(change(&*store, inserted.id, rotate(&third, until), now).await);
-    assert!(store.find_by_hash(&first.hash()).await.unwrap().is_none());
+    let retired = |stored: Option<sts::model::StoredToken>, secret: &Secret| {
+        let stored = stored.unwrap();
+        assert_eq!(stored.secret_for(&secret.hash()), None);
+        assert!(stored.is_retired(&secret.hash()));
+        stored.live_secret_at(&secret.hash(), now).is_none()
+    };
+    assert!(retired(
+        store.find_by_hash(&first.hash()).await.unwrap(),
+        &first
+    ));
     let by_second = store.find_by_hash(&second.hash()).await.unwrap().unwrap();
     assert_eq!(
         by_second.secret_for(&second.hash()),
@@ -602,9 +613,14 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     let (_, last) = done(change(&*store, inserted.id, rotate(&fourth, now), now).await);
     assert_eq!(last.previous_secret, None);
     for gone in [&first, &second, &third] {
-        assert!(store.find_by_hash(&gone.hash()).await.unwrap().is_none());
+        assert!(retired(
+            store.find_by_hash(&gone.hash()).await.unwrap(),
+            gone
+        ));
     }
-    assert!(store.find_by_hash(&fourth.hash()).await.unwrap().is_some());
+    let by_fourth = store.find_by_hash(&fourth.hash()).await.unwrap().unwrap();
+    let newest_first: Vec<_> = [&third, &second, &first].iter().map(|s| s.hash()).collect();
+    assert_eq!(by_fourth.retired, newest_first);
 
     // The grace period never outlives the token.
     let expiration = now + Duration::from_secs(10);
@@ -617,9 +633,9 @@ async fn a_rotation_keeps_one_previous_secret_for_its_grace_period(backend: &mut
     let (_, capped) = done(change(&*store, inserted.id, rotate(&fifth, until), now).await);
     assert_eq!(capped.previous_secret.unwrap().expiration, expiration);
 
-    // A delete takes every secret with it.
+    // A delete takes every secret with it, retired ones too.
     assert!(crate::support::deleted(&*store, inserted.id).await);
-    for gone in [&fourth, &fifth] {
+    for gone in [&first, &second, &third, &fourth, &fifth] {
         assert!(store.find_by_hash(&gone.hash()).await.unwrap().is_none());
     }
 }

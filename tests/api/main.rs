@@ -49,6 +49,7 @@ mod proxies;
 mod rate_limits;
 mod reflection;
 mod replicas;
+mod reuse;
 mod rotated_out;
 mod round_trip;
 mod same_port;

@@ -97,6 +97,7 @@ fn every_field() -> StoredToken {
         },
         hash: Secret::generate().hash(),
         previous_hash: Some(Secret::generate().hash()),
+        retired: vec![Secret::generate().hash(), Secret::generate().hash()],
     }
 }
 
@@ -111,6 +112,13 @@ async fn kept_and_read_back(store: &dyn Store, fixture: &StoredToken) {
         .unwrap()
         .unwrap();
     assert_eq!(&by_previous, fixture);
+    // A retired secret finds its token too (what reuse detection needs).
+    let by_retired = store
+        .find_by_hash(&fixture.retired[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&by_retired, fixture);
 }
 
 /// `json` shows every field of `token` as the REST API names them (the CLI

@@ -30,7 +30,7 @@ use crate::{
     },
 };
 
-const SECRET: &str = "a webhook secret for the tests";
+pub const SECRET: &str = "a webhook secret for the tests";
 
 /// HMAC-SHA256 as RFC 2104 defines it, written here so the test does not
 /// check the server's signature with the server's own code.
@@ -164,7 +164,7 @@ impl TestApp {
     }
 }
 
-fn webhooks(urls: &[&str]) -> WebhookConfig {
+pub fn webhooks(urls: &[&str]) -> WebhookConfig {
     WebhookConfig {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),

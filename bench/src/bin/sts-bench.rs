@@ -1060,6 +1060,7 @@ fn cache_scaling(tokens: usize, reps: usize, seconds: Duration) {
                     token: ServiceToken::new(TokenId::random(), &new, SystemTime::now()),
                     hash: Secret::generate().hash(),
                     previous_hash: None,
+                    retired: Vec::new(),
                 };
                 cache.fill(cache.ticket(), &stored.hash, &stored);
                 stored.hash

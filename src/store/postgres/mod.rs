@@ -186,6 +186,7 @@ impl Store for PostgresStore {
                 token: ServiceToken::new(id, new, created_at),
                 hash,
                 previous_hash: None,
+                retired: Vec::new(),
             };
             match event {
                 None => {
@@ -218,7 +219,8 @@ impl Store for PostgresStore {
 
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM sts_tokens WHERE token_hash = $1 OR previous_hash = $1"
+            "SELECT {COLUMNS} FROM sts_tokens WHERE token_hash = $1 OR previous_hash = $1 \
+             OR retired_hashes @> ARRAY[$1::bytea]"
         ))
         .bind(&hash.as_bytes()[..])
         .fetch_optional(&self.pool)

@@ -27,22 +27,23 @@ pub(super) fn to_db_time(time: SystemTime) -> OffsetDateTime {
 pub(super) const COLUMNS: &str = "id, token_hash, name, roles, created_at, expires_at, description, labels, \
      disabled, last_used_at, created_by, updated_at, previous_hash, previous_expires_at, \
      previous_last_used_at, allowed_sources, audiences, allowed_routes, recent_sources, \
-     sources_announced_at, rate_limits, owners, lifetime_micros";
+     sources_announced_at, rate_limits, owners, lifetime_micros, retired_hashes";
 
 /// The one INSERT: a new token and an imported one are the same row.
 pub(super) const INSERT: &str = "INSERT INTO sts_tokens (id, token_hash, name, roles, created_at, expires_at, \
      description, labels, disabled, last_used_at, created_by, updated_at, previous_hash, \
      previous_expires_at, previous_last_used_at, allowed_sources, audiences, allowed_routes, \
-     recent_sources, sources_announced_at, rate_limits, owners, lifetime_micros) \
+     recent_sources, sources_announced_at, rate_limits, owners, lifetime_micros, retired_hashes) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-     $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING";
+     $19, $20, $21, $22, $23, $24) ON CONFLICT DO NOTHING";
 
 /// Everything a change may set (never the last uses: those only move
 /// forward, through `record_uses`), and the NOTIFY that tells every replica.
 const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = $3, expires_at = $4, \
      description = $5, labels = $6, disabled = $7, updated_at = $8, token_hash = $9, \
      previous_hash = $10, previous_expires_at = $11, previous_last_used_at = $12, \
-     allowed_sources = $13, audiences = $14, allowed_routes = $15, rate_limits = $17, owners = $18 \
+     allowed_sources = $13, audiences = $14, allowed_routes = $15, rate_limits = $17, owners = $18, \
+     retired_hashes = $19 \
      WHERE id = $1 RETURNING id) \
      SELECT pg_notify($16, 'd:' || id::text) FROM changed";
 
@@ -50,6 +51,11 @@ const UPDATE: &str = "WITH changed AS (UPDATE sts_tokens SET name = $2, roles = 
 /// at time `$3`, bound to no audience and no route.
 pub(super) const IS_ADMIN: &str = "($2 = ANY(roles) AND NOT disabled AND (expires_at IS NULL OR expires_at > $3) \
      AND cardinality(audiences) = 0 AND allowed_routes = '[]'::jsonb)";
+
+/// Hashes as a `BYTEA[]` column holds them.
+fn hash_bytes(hashes: &[crate::token::TokenHash]) -> Vec<Vec<u8>> {
+    hashes.iter().map(|h| h.as_bytes().to_vec()).collect()
+}
 
 /// A chain of owners as the `owners` column holds it.
 fn db_ids(owners: &Owners) -> Vec<i64> {
@@ -89,6 +95,7 @@ pub(super) async fn insert_row<'e>(
             },
         hash,
         previous_hash,
+        retired,
     } = stored;
     let inserted = sqlx::query(INSERT)
         .bind(db_id(*id))
@@ -114,6 +121,7 @@ pub(super) async fn insert_row<'e>(
         .bind(Json(LimitParts::of(rate_limits)))
         .bind(db_ids(owners))
         .bind(lifetime.map(|l| i64::try_from(l.as_micros()).unwrap_or(i64::MAX)))
+        .bind(hash_bytes(retired))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -154,6 +162,7 @@ pub(super) async fn update_row<'e>(
             },
         hash,
         previous_hash,
+        retired,
     } = stored;
     sqlx::query(UPDATE)
         .bind(db_id(*id))
@@ -174,6 +183,7 @@ pub(super) async fn update_row<'e>(
         .bind(CHANNEL)
         .bind(Json(LimitParts::of(rate_limits)))
         .bind(db_ids(owners))
+        .bind(hash_bytes(retired))
         .execute(executor)
         .await
         .map_err(unavailable)?;
@@ -207,6 +217,7 @@ struct TokenRow {
     rate_limits: serde_json::Value,
     owners: Vec<i64>,
     lifetime_micros: Option<i64>,
+    retired_hashes: Vec<Vec<u8>>,
 }
 
 /// A recent source as the `recent_sources` column holds it: the address
@@ -262,6 +273,7 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         rate_limits,
         owners,
         lifetime_micros,
+        retired_hashes,
     } = TokenRow::from_row(row).map_err(unavailable)?;
     let corrupt = |e: Cause| StoreError::corrupt(format!("token {id}"), e);
     let labels: BTreeMap<String, String> =
@@ -313,6 +325,7 @@ pub(super) fn decode(row: &PgRow) -> Result<StoredToken, StoreError> {
         rate_limits: &rate_limits,
         owners: &owners,
         lifetime,
+        retired: &retired_hashes,
     })
     .map_err(|e| corrupt(e.into()))
 }

@@ -83,6 +83,9 @@ struct Trees {
     changes: Mutex<()>,
     tokens: sled::Tree,
     by_hash: sled::Tree,
+    /// Each retired secret's hash, to its token's key: looked in only when
+    /// `by_hash` knows a hash not.
+    retired: sled::Tree,
     meta: sled::Tree,
     outbox: sled::Tree,
     signals: sled::Tree,
@@ -136,6 +139,7 @@ impl SledStore {
         make_files_private(dir)?;
         let tokens = db.open_tree("tokens").map_err(unavailable)?;
         let by_hash = db.open_tree("by_hash").map_err(unavailable)?;
+        let retired = db.open_tree("retired").map_err(unavailable)?;
         let meta = db.open_tree("meta").map_err(unavailable)?;
         let outbox = db.open_tree("outbox").map_err(unavailable)?;
         let signals = db.open_tree("signals").map_err(unavailable)?;
@@ -154,6 +158,7 @@ impl SledStore {
             db,
             tokens,
             by_hash,
+            retired,
             meta,
             outbox,
             signals,

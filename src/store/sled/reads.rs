@@ -17,8 +17,12 @@ use super::{
 
 impl Trees {
     pub(super) fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
-        let Some(key) = self.by_hash.get(hash.as_bytes()).map_err(unavailable)? else {
-            return Ok(None);
+        let key = match self.by_hash.get(hash.as_bytes()).map_err(unavailable)? {
+            Some(key) => key,
+            None => match self.retired.get(hash.as_bytes()).map_err(unavailable)? {
+                Some(key) => key,
+                None => return Ok(None),
+            },
         };
         let Some(bytes) = self.tokens.get(&key).map_err(unavailable)? else {
             // A delete removes both entries in one transaction, so this is an

@@ -85,6 +85,11 @@ pub(super) struct Record {
     pub(super) owners: Vec<u64>,
     #[prost(uint64, optional, tag = "24")]
     pub(super) lifetime_micros: Option<u64>,
+    /// Retired secrets' hashes, newest first; indexed in the `retired`
+    /// tree, apart from `by_hash`, so a release before them, reading
+    /// `by_hash` alone, never meets an entry it cannot explain.
+    #[prost(bytes = "vec", repeated, tag = "25")]
+    pub(super) retired_hashes: Vec<Vec<u8>>,
 }
 
 /// One rate limit of a record.
@@ -150,6 +155,7 @@ impl Record {
                 },
             hash,
             previous_hash,
+            retired,
         } = stored;
         let Bindings {
             sources,
@@ -209,6 +215,7 @@ impl Record {
                 .collect(),
             owners: owners.numbers(),
             lifetime_micros: lifetime.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX)),
+            retired_hashes: retired.iter().map(|h| h.as_bytes().to_vec()).collect(),
         }
     }
 
@@ -290,6 +297,7 @@ impl Record {
             rate_limits: &rate_limits,
             owners: &record.owners,
             lifetime: record.lifetime_micros.map(std::time::Duration::from_micros),
+            retired: &record.retired_hashes,
         })
         .map_err(|e| corrupt(e.into()))
     }

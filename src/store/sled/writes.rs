@@ -59,6 +59,7 @@ impl Trees {
         let seq = self.event_seq(draft)?;
         for id in fresh_ids() {
             let stored = StoredToken {
+                retired: Vec::new(),
                 token: ServiceToken::new(id, new, created_at),
                 hash,
                 previous_hash: None,
@@ -100,8 +101,8 @@ impl Trees {
         let key = token.id.get().to_be_bytes();
         let record = Record::of(stored).encode_to_vec();
         let hash = stored.hash.as_bytes();
-        let trees = (&self.tokens, &self.by_hash, &self.meta);
-        let outcome = trees.transaction(|(tokens, by_hash, meta)| {
+        let trees = (&self.tokens, &self.by_hash, &self.meta, &self.retired);
+        let outcome = trees.transaction(|(tokens, by_hash, meta, retired)| {
             if let Some(existing) = tokens.get(key)? {
                 let same = Record::decode(&*existing).is_ok_and(|r| r.token_hash == hash);
                 return Ok(if same {
@@ -118,6 +119,9 @@ impl Trees {
             tokens.insert(&key, record.clone())?;
             for hash in stored.hashes() {
                 by_hash.insert(hash.as_bytes(), &key)?;
+            }
+            for hash in &stored.retired {
+                retired.insert(hash.as_bytes(), &key)?;
             }
             let count = decode_count(meta.get(COUNT_KEY)?) + 1;
             meta.insert(COUNT_KEY, &count.to_be_bytes())?;
@@ -183,8 +187,14 @@ impl Trees {
         // use recorded since is kept (only uses change a record outside
         // `changes`, and they touch nothing the check above looked at).
         let seq = self.event_seq(draft)?;
-        let trees = (&self.tokens, &self.by_hash, &self.meta, &self.outbox);
-        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox)| {
+        let trees = (
+            &self.tokens,
+            &self.by_hash,
+            &self.meta,
+            &self.outbox,
+            &self.retired,
+        );
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, retired)| {
             let Some(bytes) = tokens.get(key)? else {
                 return Ok(None);
             };
@@ -199,6 +209,16 @@ impl Trees {
             }
             for added in after.hashes() {
                 by_hash.insert(added.as_bytes(), &key)?;
+            }
+            for gone in current
+                .retired
+                .iter()
+                .filter(|h| !after.retired.contains(h))
+            {
+                retired.remove(gone.as_bytes())?;
+            }
+            for added in &after.retired {
+                retired.insert(added.as_bytes(), &key)?;
             }
             tokens.insert(&key, Record::of(&after).encode_to_vec())?;
             if let (Some(seq), Some(draft)) = (seq, draft) {
@@ -252,8 +272,9 @@ impl Trees {
             &self.meta,
             &self.outbox,
             &self.signals,
+            &self.retired,
         );
-        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, signals)| {
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, signals, retired)| {
             let Some(bytes) = tokens.remove(&key)? else {
                 return Ok(false);
             };
@@ -272,6 +293,9 @@ impl Trees {
                 by_hash.remove(record.token_hash)?;
                 if let Some(previous) = record.previous_hash {
                     by_hash.remove(previous)?;
+                }
+                for hash in record.retired_hashes {
+                    retired.remove(hash)?;
                 }
             }
             Ok(true)
