@@ -634,3 +634,78 @@ async fn delegating_to_a_team_with_the_cli_alone() {
     let gone = team.sts(&["service-token", "describe", &build_id]).await;
     assert_ne!(gone.code, 0, "{}", gone.stdout);
 }
+
+/// Two real replicas on one PostgreSQL: what a manager makes through one
+/// it manages through the other, and a role taken from it on one replica
+/// takes its tokens from it on the other within the revocation bound.
+#[tokio::test]
+async fn a_manager_works_across_two_replicas_and_loses_its_tokens_on_both_with_a_role() {
+    use crate::support::process::{ServerProcess, bootstrap_store};
+    use sts::proto::token_service_client::TokenServiceClient;
+    let Some(database) = crate::support::pg::TestDatabase::create("delegation_replicas").await
+    else {
+        return;
+    };
+    let env = [("STS_STORE", database.url.as_str())];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = ServerProcess::start_with(dir_a.path(), &env).await;
+    let b = ServerProcess::start_with(dir_b.path(), &env).await;
+    let admin = bootstrap_store(&database.url).await;
+    let client_a = TokenServiceClient::new(crate::support::channel(a.addr).await);
+    let client_b = TokenServiceClient::new(crate::support::channel(b.addr).await);
+    let create = |client: &TokenServiceClient<tonic::transport::Channel>, key: &str, request| {
+        let (mut client, request) = (client.clone(), with_key(key, request));
+        async move { client.create(request).await.map(|r| r.into_inner()) }
+    };
+    let team = create(
+        &client_a,
+        &admin,
+        create_request("team", &[MANAGER, "deploy"]),
+    )
+    .await
+    .unwrap();
+    let job = create(&client_b, &team.token, create_request("job", &["deploy"]))
+        .await
+        .unwrap();
+    let job_id = id(&job);
+    let get = |client: &TokenServiceClient<tonic::transport::Channel>, key: &str| {
+        let (mut client, request) = (client.clone(), with_key(key, GetRequest { id: job_id }));
+        async move { client.get(request).await.map(|r| r.into_inner()) }
+    };
+    assert_eq!(
+        get(&client_a, &team.token)
+            .await
+            .unwrap()
+            .service_token
+            .unwrap()
+            .owner_id,
+        id(&team)
+    );
+    let mut narrowed = team.service_token.clone().unwrap();
+    narrowed.roles = vec![MANAGER.into()];
+    let update = UpdateRequest {
+        service_token: Some(narrowed),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["roles".into()],
+        }),
+    };
+    client_a
+        .clone()
+        .update(with_key(&admin, update))
+        .await
+        .unwrap();
+    crate::support::eventually("B to take the job from the manager", || async {
+        get(&client_b, &team.token)
+            .await
+            .is_err_and(|status| status.code() == Code::NotFound)
+    })
+    .await;
+    assert!(
+        crate::support::validate_on(&client_b, &job.token)
+            .await
+            .unwrap()
+            .valid
+    );
+    drop((a, b));
+    database.drop().await;
+}
