@@ -57,7 +57,8 @@ impl EventType {
     }
 }
 
-/// Who made a change: the admin token that called.
+/// Who made a change: the token that called (an admin, a manager, or the
+/// token itself rotating itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub id: TokenId,

@@ -54,7 +54,7 @@ impl GrpcTokenService {
     }
 
     /// Runs a management call: the credential from `request`'s metadata,
-    /// its source for the audit, and `call` with the admin proof and the
+    /// its source for the audit, and `call` with the caller's authority and the
     /// message, through [`TokenService::manage`].
     async fn manage<M, T, Fut>(
         &self,
@@ -69,7 +69,7 @@ impl GrpcTokenService {
         let presented = credential::presented(metadata.as_ref());
         Ok(self
             .service
-            .manage(rpc, presented, source, |admin| call(admin, message))
+            .manage(rpc, presented, source, |authority| call(authority, message))
             .await?)
     }
 }
@@ -81,8 +81,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         request: Request<proto::CreateRequest>,
     ) -> Result<Response<proto::CreateResponse>, Status> {
         let (token, created) = self
-            .manage(Rpc::Create, request, |admin, message| async move {
-                self.service.create(&admin, new_token(message)?).await
+            .manage(Rpc::Create, request, |authority, message| async move {
+                self.service.create(&authority, new_token(message)?).await
             })
             .await?;
         Ok(Response::new(proto::CreateResponse {
@@ -96,7 +96,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
         let page = self
-            .manage(Rpc::List, request, |admin, request| async move {
+            .manage(Rpc::List, request, |authority, request| async move {
                 let config = self.service.config();
                 let page = PageRequest::parse(
                     request.page_size,
@@ -113,7 +113,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                 )?
                 .over_policy(request.over_policy)
                 .owned_by(request.owner_id)?;
-                self.service.list(&admin, page, &filter).await
+                self.service.list(&authority, page, &filter).await
             })
             .await?;
         Ok(Response::new(proto::ListResponse {
@@ -126,10 +126,10 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        self.manage(Rpc::Delete, request, |admin, message| async move {
+        self.manage(Rpc::Delete, request, |authority, message| async move {
             let id = TokenId::parse(message.id)?;
             let expected = etag(&message.etag)?;
-            self.service.delete(&admin, id, expected).await
+            self.service.delete(&authority, id, expected).await
         })
         .await?;
         Ok(Response::new(proto::DeleteResponse {}))
@@ -180,8 +180,10 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
         let token = self
-            .manage(Rpc::Get, request, |admin, message| async move {
-                self.service.get(&admin, TokenId::parse(message.id)?).await
+            .manage(Rpc::Get, request, |authority, message| async move {
+                self.service
+                    .get(&authority, TokenId::parse(message.id)?)
+                    .await
             })
             .await?;
         Ok(Response::new(proto::GetResponse {
@@ -194,7 +196,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         request: Request<proto::UpdateRequest>,
     ) -> Result<Response<proto::UpdateResponse>, Status> {
         let token = self
-            .manage(Rpc::Update, request, |admin, message| async move {
+            .manage(Rpc::Update, request, |authority, message| async move {
                 let expected = etag(
                     message
                         .service_token
@@ -202,7 +204,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                         .map_or("", |token| token.etag.as_str()),
                 )?;
                 let (id, edit) = edit(message)?;
-                self.service.update(&admin, id, edit, expected).await
+                self.service.update(&authority, id, edit, expected).await
             })
             .await?;
         Ok(Response::new(proto::UpdateResponse {
@@ -215,13 +217,13 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         request: Request<proto::GetUsageRequest>,
     ) -> Result<Response<proto::GetUsageResponse>, Status> {
         let usage = self
-            .manage(Rpc::GetUsage, request, |admin, message| async move {
+            .manage(Rpc::GetUsage, request, |authority, message| async move {
                 let id = TokenId::parse(message.id)?;
                 let days = match message.days {
                     0 => DEFAULT_USAGE_DAYS,
                     days => days,
                 };
-                self.service.usage(&admin, id, days).await
+                self.service.usage(&authority, id, days).await
             })
             .await?;
         let days = usage
@@ -249,10 +251,10 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         request: Request<proto::RotateRequest>,
     ) -> Result<Response<proto::RotateResponse>, Status> {
         let (token, rotated) = self
-            .manage(Rpc::Rotate, request, |admin, message| async move {
+            .manage(Rpc::Rotate, request, |authority, message| async move {
                 let id = TokenId::parse(message.id)?;
                 let grace = grace_period(message.grace_period)?;
-                self.service.rotate(&admin, id, grace).await
+                self.service.rotate(&authority, id, grace).await
             })
             .await?;
         Ok(Response::new(proto::RotateResponse {

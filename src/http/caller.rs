@@ -85,7 +85,7 @@ impl FromRequestParts<HttpState> for Management {
 }
 
 impl Management {
-    /// Runs management call `rpc`: `call` with the admin proof, counted and
+    /// Runs management call `rpc`: `call` with the caller's authority, counted and
     /// audited by the service.
     pub async fn run<T, Fut>(
         &self,

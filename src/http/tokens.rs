@@ -1,7 +1,7 @@
 //! StackState-compatible REST for tokens: `GET`/`POST /api/security/tokens`,
 //! `GET`/`PATCH`/`DELETE /api/security/tokens/{id}` and
-//! `POST /api/security/tokens/{id}/rotate`, over the same service calls (and
-//! the same admin rule) as gRPC.
+//! `POST /api/security/tokens/{id}/rotate` and `…/self/rotate`, over the
+//! same service calls (and the same admin and manager rules) as gRPC.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -86,7 +86,7 @@ pub async fn list(
     uri: axum::http::Uri,
 ) -> Result<Response, Error> {
     let service = manage.state.service.clone();
-    let call = |admin: Authority| async move {
+    let call = |authority: Authority| async move {
         let Query(query) =
             query.map_err(|rejection| FieldError::new("query", rejection.body_text()))?;
         let filter = query.filter()?;
@@ -97,10 +97,10 @@ pub async fn list(
                 after: None,
                 size: config.max_page_size,
             };
-            let first = service.list(&admin, request, &filter).await?;
+            let first = service.list(&authority, request, &filter).await?;
             return Ok(Listed::All(stream_all(
                 service.clone(),
-                admin,
+                authority,
                 filter,
                 first,
             )));
@@ -116,7 +116,7 @@ pub async fn list(
             "page_token" => FieldError::new("pageToken", e.problem),
             _ => e,
         })?;
-        let page = service.list(&admin, page, &filter).await?;
+        let page = service.list(&authority, page, &filter).await?;
         Ok(Listed::Page {
             tokens: page.tokens,
             next: page.next_cursor,
@@ -158,7 +158,7 @@ fn next_link(uri: &axum::http::Uri, cursor: &str) -> Option<HeaderValue> {
 /// sees a broken response, never a short list that looks whole.
 fn stream_all(
     service: Arc<TokenService>,
-    admin: Authority,
+    authority: Authority,
     filter: ListFilter,
     first: crate::service::Page,
 ) -> Body {
@@ -191,7 +191,7 @@ fn stream_all(
                 after: Some(after),
                 size: service.config().max_page_size,
             };
-            match service.list(&admin, request, &filter).await {
+            match service.list(&authority, request, &filter).await {
                 Ok(next) => page = next,
                 Err(e) => {
                     let _ = sender.send(Err(e)).await;
@@ -277,7 +277,7 @@ fn path_id(id: &str) -> Result<TokenId, Error> {
 
 pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
     let (service, max_body) = (&manage.state.service, manage.state.bodies.max_bytes);
-    let call = |admin| async move {
+    let call = |authority| async move {
         let body = body::read(body, max_body).await?;
         let request: CreateJson = json_body(&body, "a token request")?;
         let expiration = request
@@ -301,7 +301,7 @@ pub async fn create(manage: Management, body: Body) -> Result<Response, Error> {
                     .map(|items| RateLimitJson::parse(RATE_LIMITS, items))
                     .transpose()?,
             );
-        let created = service.create(&admin, new).await;
+        let created = service.create(&authority, new).await;
         created.map_err(|e| {
             e.naming_field("expiration", EXPIRY_DATE)
                 .naming_field("allowed_sources", ALLOWED_SOURCES)
@@ -326,7 +326,7 @@ fn with_secret(token: &Secret, created: &ServiceToken) -> Response {
 
 pub async fn get(manage: Management, Path(id): Path<String>) -> Result<Response, Error> {
     let service = &manage.state.service;
-    let call = |admin| async move { service.get(&admin, path_id(&id)?).await };
+    let call = |authority| async move { service.get(&authority, path_id(&id)?).await };
     let token = manage.run(Rpc::Get, call).await?;
     Ok(with_etag(&token, json(&TokenJson::from(&token))))
 }
@@ -373,9 +373,9 @@ pub async fn usage(
             );
         }
     };
-    let call = |admin| async move {
+    let call = |authority| async move {
         let id = path_id(&id)?;
-        Ok((id, service.usage(&admin, id, days).await?))
+        Ok((id, service.usage(&authority, id, days).await?))
     };
     let (id, usage) = manage.run(Rpc::GetUsage, call).await?;
     let days = usage
@@ -570,13 +570,13 @@ pub async fn patch(
 ) -> Result<Response, Error> {
     let (service, max_body) = (&manage.state.service, manage.state.bodies.max_bytes);
     let headers = &manage.headers;
-    let call = |admin| async move {
+    let call = |authority| async move {
         let id = path_id(&id)?;
         let expected = if_match(headers)?;
         let body = body::read(body, max_body).await?;
         let patch: Value = json_body(&body, "a JSON merge patch")?;
         let edit = patch_edit(&patch)?;
-        let updated = service.update(&admin, id, edit, expected).await;
+        let updated = service.update(&authority, id, edit, expected).await;
         updated.map_err(|e| {
             e.naming_field("expiration", EXPIRY_DATE)
                 .naming_field("update_mask", "body")
@@ -600,7 +600,7 @@ pub async fn rotate(
     body: Body,
 ) -> Result<Response, Error> {
     let (service, max_body) = (&manage.state.service, manage.state.bodies.max_bytes);
-    let call = |admin| async move {
+    let call = |authority| async move {
         let id = path_id(&id)?;
         let body = body::read(body, max_body).await?;
         let request: RotateJson = if body.iter().all(u8::is_ascii_whitespace) {
@@ -609,7 +609,7 @@ pub async fn rotate(
             json_body(&body, "a rotation request")?
         };
         let grace = Duration::from_secs(request.grace_period_seconds);
-        let rotated = service.rotate(&admin, id, grace).await;
+        let rotated = service.rotate(&authority, id, grace).await;
         rotated.map_err(|e| {
             e.naming_field("grace_period", "gracePeriodSeconds")
                 .naming_field("expiration", EXPIRY_DATE)
@@ -660,9 +660,9 @@ pub async fn rotate_self(manage: Management, body: Body) -> Result<Response, Err
 pub async fn delete(manage: Management, Path(id): Path<String>) -> Result<StatusCode, Error> {
     let service = &manage.state.service;
     let headers = &manage.headers;
-    let call = |admin| async move {
+    let call = |authority| async move {
         let id = path_id(&id)?;
-        service.delete(&admin, id, if_match(headers)?).await
+        service.delete(&authority, id, if_match(headers)?).await
     };
     manage.run(Rpc::Delete, call).await?;
     Ok(StatusCode::NO_CONTENT)

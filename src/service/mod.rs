@@ -1,5 +1,5 @@
 //! The token service itself, independent of any transport: validation,
-//! authorization (the admin role, a required role), and the management
+//! authorization (the admin and manager roles, a required role), and the management
 //! operations. gRPC and HTTP translate into these calls; none re-implements
 //! them. Tokens are minted in two places only: [`TokenService::create`],
 //! which takes an [`Authority`] proof, and [`bootstrap`], which takes the store
