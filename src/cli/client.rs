@@ -249,10 +249,7 @@ impl Session {
             Ok(response) => response.into_inner(),
             Err(status) => return Err(self.failed(status).await),
         };
-        let token = response
-            .service_token
-            .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))?;
-        Ok((response.token, token))
+        with_secret(response.token, response.service_token)
     }
 
     /// The session's own token rotating itself.
@@ -269,10 +266,7 @@ impl Session {
             Ok(response) => response.into_inner(),
             Err(status) => return Err(self.failed(status).await),
         };
-        let token = response
-            .service_token
-            .ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))?;
-        Ok((response.token, token))
+        with_secret(response.token, response.service_token)
     }
 
     /// Revokes leaked tokens by their secrets: no credential is sent (the
@@ -367,6 +361,16 @@ impl Session {
             }),
         }
     }
+}
+
+/// A new secret and its token, from an answer that must carry both.
+fn with_secret(
+    secret: String,
+    token: Option<ServiceToken>,
+) -> Result<(String, ServiceToken), CliError> {
+    let token =
+        token.ok_or_else(|| CliError::Usage("the server's answer lacks the token".into()))?;
+    Ok((secret, token))
 }
 
 /// A grace period as the API takes it.

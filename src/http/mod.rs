@@ -12,6 +12,7 @@ mod forward_auth;
 mod front;
 mod kubernetes;
 mod oauth2;
+mod patch;
 mod probes;
 pub(crate) mod routes;
 mod tokens;

@@ -9,6 +9,7 @@ mod authority;
 mod delegation;
 mod manage;
 mod outbox;
+mod policy;
 mod reuse;
 mod revoke;
 mod rotate_self;

@@ -112,6 +112,7 @@ fn denied_naming(result: Result<impl std::fmt::Debug, Status>, named: &str) {
 
 #[tokio::test]
 async fn a_manager_makes_tokens_with_its_own_roles_only_and_never_the_admin_or_manager_role() {
+    let (_guard, logs) = crate::support::logs::capture_logs();
     let app = app(false).await;
     let team = manager(&app, "team-ci", &["deploy", "read"]).await;
     let made = create_as(&app, &team.token, create_request("ci-job", &["deploy"]))
@@ -121,6 +122,14 @@ async fn a_manager_makes_tokens_with_its_own_roles_only_and_never_the_admin_or_m
     assert_eq!(job.owner_id, id(&team));
     assert_eq!(job.created_by, format!("{} (team-ci)", id(&team)));
     assert!(app.validate(&made.token).await.valid);
+    // The audit names the acting manager.
+    let created: Vec<_> = logs
+        .target(sts::service::AUDIT)
+        .into_iter()
+        .filter(|e| e["fields"]["rpc"] == "Create" && e["fields"]["token.id"] == job.id)
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["fields"]["caller.id"], id(&team));
 
     denied_naming(
         create_as(&app, &team.token, create_request("x", &["deploy", "prod"])).await,
