@@ -383,7 +383,7 @@ async fn on_postgres_managers_reach_through_the_chain_and_lose_what_their_roles_
     .await;
     a_manager_deleted_in_the_middle(&app).await;
     a_manager_losing_a_role_and_tokens_moved(&app).await;
-    drop(app);
+    app.stop().await;
     database.drop().await;
 }
 

@@ -243,7 +243,7 @@ async fn of_concurrent_self_rotations_exactly_one_wins_on_sled_and_postgres() {
     let store = sts::store::PostgresStore::connect(&url).await.unwrap();
     let app = crate::support::spawn_app_on(tempfile::tempdir().unwrap(), Arc::new(store)).await;
     one_winner_of_eight(&app).await;
-    drop(app);
+    app.stop().await;
     database.drop().await;
 }
 

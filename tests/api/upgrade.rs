@@ -157,7 +157,7 @@ async fn a_postgres_schema_of_the_previous_release_is_migrated_and_serves() {
         .collect();
     let every: Vec<i64> = (1..=migration_count()).collect();
     assert_eq!(versions, every);
-    drop(app);
+    app.stop().await;
     database.drop().await;
 }
 

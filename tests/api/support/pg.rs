@@ -80,10 +80,7 @@ impl TestDatabase {
     /// Drops the schema (what `Drop` also does, blocking, if a test ends
     /// without calling this: a panic on the way).
     pub async fn drop(mut self) {
-        self.admin
-            .execute(drop_schema(&self.schema).as_str())
-            .await
-            .unwrap();
+        drop_schema(&self.admin, &self.schema).await;
         self.dropped = true;
     }
 
@@ -111,8 +108,22 @@ impl TestDatabase {
     }
 }
 
-fn drop_schema(schema: &str) -> String {
-    format!("DROP SCHEMA IF EXISTS {schema} CASCADE")
+/// Drops `schema`. A server the test dropped without stopping may still be
+/// inside a transaction on it (a last-used flush, a retired-secret mark), and
+/// PostgreSQL may then pick the drop as a deadlock's victim: that is
+/// transient by definition, so it is retried, a bounded number of times.
+async fn drop_schema(pool: &PgPool, schema: &str) {
+    const ATTEMPTS: usize = 5;
+    const DEADLOCK: &str = "40P01";
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    for attempt in 1..=ATTEMPTS {
+        match pool.execute(sql.as_str()).await {
+            Ok(_) => return,
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(DEADLOCK) && attempt < ATTEMPTS => {}
+            Err(e) => panic!("dropping test schema {schema}: {e}"),
+        }
+    }
 }
 
 impl Drop for TestDatabase {
@@ -122,7 +133,7 @@ impl Drop for TestDatabase {
         }
         // This may run on the test's runtime, which cannot be blocked on:
         // a thread of its own with a runtime of its own.
-        let (base, sql) = (self.base.clone(), drop_schema(&self.schema));
+        let (base, schema) = (self.base.clone(), self.schema.clone());
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -130,7 +141,7 @@ impl Drop for TestDatabase {
                 .unwrap();
             runtime.block_on(async {
                 let pool = PgPool::connect(&base).await.unwrap();
-                pool.execute(sql.as_str()).await.unwrap();
+                drop_schema(&pool, &schema).await;
             });
         })
         .join();
