@@ -14,7 +14,6 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;
-pub mod credential;
 pub mod error;
 pub mod events;
 pub mod export;
@@ -34,7 +33,9 @@ pub mod source;
 mod source_limit;
 pub mod store;
 pub mod text;
-pub mod token;
 mod webhook;
 
 pub use error::Error;
+/// The credential rules and the token format are the API's, shared with
+/// the client crate.
+pub use sts_api::{credential, token};

@@ -32,14 +32,19 @@ pub struct Secret(String);
 /// Why a string is not a well-formed token. Never carries the string itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum MalformedToken {
+    /// Nothing was presented.
     #[error("the token is empty")]
     Empty,
+    /// It does not start with [`PREFIX`].
     #[error("the token does not start with `{PREFIX}`")]
     Prefix,
+    /// It has the wrong length (this many characters).
     #[error("the token has {0} characters, a service token has {TOKEN_LEN}")]
     Length(usize),
+    /// A character outside A-Z, a-z, 0-9 follows the prefix.
     #[error("the token contains a character outside A-Z, a-z, 0-9")]
     Alphabet,
+    /// The checksum does not match: mistyped or truncated.
     #[error("the token's checksum does not match (mistyped or truncated?)")]
     Checksum,
 }
@@ -150,10 +155,12 @@ impl TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// A hash as stored, if `bytes` are 32 long.
     pub fn from_bytes(bytes: &[u8]) -> Option<TokenHash> {
         bytes.try_into().ok().map(TokenHash)
     }
 
+    /// The 32 bytes of the hash.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

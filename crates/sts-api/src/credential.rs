@@ -22,28 +22,38 @@ const BASIC: &str = "Basic";
 /// Why a request is not authenticated. Messages never include the credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// Neither header carries a credential.
     #[error(
         "no credential: send `authorization: ApiKey <token>`, `authorization: Bearer <token>` or `x-api-key: <token>`"
     )]
     Missing,
+    /// `Authorization` names a scheme that does not carry a service token.
     #[error(
         "the authorization header must use the ApiKey or Bearer scheme: `authorization: ApiKey <token>`"
     )]
     UnsupportedScheme,
+    /// `Authorization` names its scheme and nothing else.
     #[error("the authorization header names its scheme but holds no token")]
     NoToken,
+    /// A credential header is sent more than once (it names which).
     #[error("the {0} header is sent more than once: send it once")]
     Repeated(&'static str),
+    /// `Authorization` and `X-API-Key` carry different tokens.
     #[error("the credential headers disagree: send one token, once")]
     Ambiguous,
+    /// A credential header is longer than [`MAX_CREDENTIAL_BYTES`].
     #[error("the credential header is longer than {MAX_CREDENTIAL_BYTES} bytes")]
     TooLong,
+    /// What the headers carry is not a well-formed token.
     #[error("the credential is not a service token: {0}")]
     Malformed(MalformedToken),
+    /// Well-formed, but no token has this secret.
     #[error("the service token is unknown or has been deleted")]
     NotFound,
+    /// The token's expiration has passed.
     #[error("the service token has expired")]
     Expired,
+    /// The token is disabled.
     #[error("the service token is disabled")]
     Disabled,
     /// A previous secret, still in its rotation's grace period, presented
