@@ -26,6 +26,7 @@ use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync:
 use tokio::time::Instant;
 
 use crate::{
+    changes::Changes,
     model::{ServiceToken, StoredToken, TokenId},
     token::TokenHash,
 };
@@ -143,6 +144,9 @@ pub struct ValidationCache {
     ids: Box<[Mutex<IdShard>]>,
     generation: AtomicU64,
     freshness: Freshness,
+    /// Every invalidation, told to the Watch streams: what makes this
+    /// process's cache stale makes a caller's stale too.
+    changes: Changes,
 }
 
 enum Freshness {
@@ -195,12 +199,25 @@ impl ValidationCache {
             ids: (0..ID_SHARDS).map(|_| Mutex::default()).collect(),
             generation: AtomicU64::new(0),
             freshness,
+            changes: Changes::default(),
         }
     }
 
     fn shard(&self, id: u64) -> &Mutex<IdShard> {
         // Ids are random: their low bits spread evenly.
         &self.ids[(id as usize) % ID_SHARDS]
+    }
+
+    /// Whether the cache may answer now: always for a store only this
+    /// process writes, and while the change feed vouches for it otherwise.
+    /// Watch streams send their heartbeats only while it is.
+    pub fn is_fresh(&self) -> bool {
+        self.usable()
+    }
+
+    /// What the Watch streams hear.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
     }
 
     fn usable(&self) -> bool {
@@ -265,11 +282,14 @@ impl ValidationCache {
     }
 
     pub fn invalidate(&self, id: TokenId) {
-        let mut ids = lock(self.shard(id.get()));
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        for hash in ids.remove(&id.get()).unwrap_or_default() {
-            self.entries.remove(&hash);
+        {
+            let mut ids = lock(self.shard(id.get()));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            for hash in ids.remove(&id.get()).unwrap_or_default() {
+                self.entries.remove(&hash);
+            }
         }
+        self.changes.changed(id);
     }
 
     pub fn clear(&self) {
@@ -280,6 +300,8 @@ impl ValidationCache {
         for shard in &mut shards {
             shard.clear();
         }
+        drop(shards);
+        self.changes.resync();
     }
 
     /// The feed vouches that every delete committed before some heartbeat

@@ -185,6 +185,15 @@ impl Slot {
         }
     }
 
+    /// Keeps the connection from being taken for idle until the guard
+    /// drops, without counting against `--max-requests-in-flight`: what a
+    /// Watch stream holds for as long as it is open (its request is done
+    /// once its answer began).
+    pub fn hold(self: &Arc<Slot>) -> Held {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Held { slot: self.clone() }
+    }
+
     /// Resolves once the table asked this connection to close (at once if
     /// it already has).
     pub async fn evicted(&self) {
@@ -216,6 +225,23 @@ impl Drop for InFlight {
         if self.admitted {
             self.slot.requests.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A long-lived call's hold on its connection (see [`Slot::hold`]).
+pub struct Held {
+    slot: Arc<Slot>,
+}
+
+impl Clone for Held {
+    fn clone(&self) -> Held {
+        self.slot.hold()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.slot.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -67,6 +67,15 @@ pub enum Error {
     /// once, before any work, so the server stays responsive.
     #[error("the server is busy: too many requests in flight; try again in a moment")]
     Overloaded,
+    /// `--max-watch-streams` are open on this replica already.
+    #[error(
+        "this server has {max} watch streams open already (--max-watch-streams): watch through another replica, or try again later"
+    )]
+    TooManyWatches { max: usize },
+    /// The server is shutting down: a long-lived call ends so a client
+    /// goes to another replica.
+    #[error("the server is shutting down: reconnect, to another replica if there is one")]
+    ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -156,7 +165,8 @@ impl Error {
             Error::Stale { .. } => ErrorKind::Aborted,
             Error::RateLimited { .. } | Error::OverLimit(_) => ErrorKind::RateLimited,
             Error::Overloaded => ErrorKind::Overloaded,
-            Error::LimiterUnavailable => ErrorKind::Unavailable,
+            Error::TooManyWatches { .. } => ErrorKind::ResourceExhausted,
+            Error::LimiterUnavailable | Error::ShuttingDown => ErrorKind::Unavailable,
             Error::Store(
                 StoreError::Locked { .. }
                 | StoreError::Exposed { .. }

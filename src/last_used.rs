@@ -208,16 +208,25 @@ impl LastUsed {
     /// counted by [`LastUsed::note`]), for its usage; written with the next
     /// batch.
     pub fn count(self: &Arc<Self>, id: TokenId, outcome: Outcome) {
+        self.count_many(id, outcome, 1);
+    }
+
+    /// `n` checks of `id` that came to `outcome` (uses a caller answered
+    /// from its own cache and reported at once); nothing when `n` is 0.
+    pub fn count_many(self: &Arc<Self>, id: TokenId, outcome: Outcome, n: u64) {
+        if n == 0 {
+            return;
+        }
         let counted = {
             let noted = self.noted.read().unwrap_or_else(|e| e.into_inner());
             noted
                 .get(&id.get())
-                .map(|entry| entry.counts[outcome.index()].fetch_add(1, Ordering::Relaxed))
+                .map(|entry| entry.counts[outcome.index()].fetch_add(n, Ordering::Relaxed))
         };
         if counted.is_none() {
             let mut noted = self.noted.write().unwrap_or_else(|e| e.into_inner());
             noted.entry(id.get()).or_default().counts[outcome.index()]
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(n, Ordering::Relaxed);
         }
         self.start_writer();
     }

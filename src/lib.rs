@@ -10,6 +10,7 @@
 mod audit;
 mod authz;
 pub mod cache;
+pub mod changes;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -63,6 +63,11 @@ struct WithinLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -110,6 +115,10 @@ pub struct Metrics {
     tokens_stored: Gauge,
     cache_hits: Counter,
     secret_reuses: Counter,
+    watch_streams: Gauge,
+    watch_events: Family<EventLabels, Counter>,
+    watch_resyncs: Family<ReasonLabels, Counter>,
+    reported_uses: Family<OutcomeLabels, Counter>,
     cache_misses: Counter,
     last_used_written: Counter,
     last_used_failed: Counter,
@@ -173,6 +182,30 @@ impl Metrics {
             "secret_reuses",
             "Checks that presented a secret a rotation retired (reuse detection; token.reuse_detected names the token)",
             secret_reuses.clone(),
+        );
+        let watch_streams = Gauge::default();
+        registry.register(
+            "watch_streams",
+            "Watch streams open on this replica (bounded by --max-watch-streams)",
+            watch_streams.clone(),
+        );
+        let watch_events = Family::default();
+        registry.register(
+            "watch_events",
+            "Messages sent on Watch streams, by event (synced, heartbeat, changed, resync)",
+            watch_events.clone(),
+        );
+        let watch_resyncs = Family::default();
+        registry.register(
+            "watch_resyncs",
+            "Watch streams told to resync, by reason (lagged: the client fell behind its backlog; feed: this replica's change feed was lost)",
+            watch_resyncs.clone(),
+        );
+        let reported_uses = Family::default();
+        registry.register(
+            "reported_uses",
+            "Uses callers answered from their own cache and reported (ReportUses), by outcome",
+            reported_uses.clone(),
         );
         let undecodable = Family::default();
         registry.register(
@@ -324,6 +357,10 @@ impl Metrics {
             tokens_stored,
             cache_hits,
             secret_reuses,
+            watch_streams,
+            watch_events,
+            watch_resyncs,
+            reported_uses,
             cache_misses,
         }
     }
@@ -443,6 +480,33 @@ impl Metrics {
     /// A retired secret presented to a check.
     pub fn secret_reused(&self) {
         self.secret_reuses.inc();
+    }
+
+    /// A Watch stream opened (`1`) or ended (`-1`).
+    pub fn watch_streams(&self, change: i64) {
+        self.watch_streams.inc_by(change);
+    }
+
+    /// A message sent on a Watch stream: `synced`, `heartbeat`, `changed`
+    /// or `resync`.
+    pub fn watch_event(&self, event: &'static str) {
+        self.watch_events
+            .get_or_create(&EventLabels { event })
+            .inc();
+    }
+
+    /// A Watch stream told to resync: `lagged` or `feed`.
+    pub fn watch_resync(&self, reason: &'static str) {
+        self.watch_resyncs
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Uses a caller reported answering from its cache, by `outcome`.
+    pub fn reported_uses(&self, outcome: &'static str, count: u64) {
+        self.reported_uses
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(count);
     }
 
     pub fn rate_limited(&self, surface: &'static str) {

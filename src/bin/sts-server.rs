@@ -16,11 +16,11 @@ use sts::{
         DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE, DEFAULT_BODY_TIMEOUT, DEFAULT_DATA_DIR,
         DEFAULT_KUBERNETES_PREFIX, DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN,
         DEFAULT_MANAGER_ROLE, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE,
-        DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_OUTBOX_CAPACITY, DEFAULT_RATE_LIMIT_ON_ERROR,
-        DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY, IntegrationConfig,
-        KubernetesPrefix, KubernetesUsername, LifetimePolicy, RateLimitConfig, ServerConfig,
-        ServiceConfig, StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl,
-        admin_keep_margin,
+        DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCH_STREAMS, DEFAULT_OUTBOX_CAPACITY,
+        DEFAULT_RATE_LIMIT_ON_ERROR, DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE,
+        DEFAULT_SHUTDOWN_DELAY, DEFAULT_WATCHER_ROLE, IntegrationConfig, KubernetesPrefix,
+        KubernetesUsername, LifetimePolicy, RateLimitConfig, ServerConfig, ServiceConfig,
+        StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
         setting::{self, Span, span},
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
@@ -194,6 +194,17 @@ struct ServeArgs {
     /// streamed answer's body does not count once its headers are out.
     #[arg(long, env = "STS_MAX_REQUESTS_IN_FLIGHT", default_value_t = DEFAULT_MAX_REQUESTS_IN_FLIGHT as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_in_flight: u32,
+    /// The most Watch streams open at once on this server; past it Watch
+    /// is answered RESOURCE_EXHAUSTED. Streams are long-lived, so they are
+    /// counted here and not in --max-requests-in-flight.
+    #[arg(long, env = "STS_MAX_WATCH_STREAMS", default_value_t = DEFAULT_MAX_WATCH_STREAMS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_watch_streams: u32,
+    /// How many changes a Watch stream may fall behind by (a client
+    /// reading slowly, a burst of changes such as a purge) before it is
+    /// told to RESYNC and ended; its client then starts from an empty
+    /// cache. One buffer of this many small events serves every stream.
+    #[arg(long, env = "STS_WATCH_BACKLOG", default_value_t = sts::changes::DEFAULT_BACKLOG as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    watch_backlog: u32,
     /// How precisely each token's last use is kept (e.g. 60s, 1s): at most
     /// one store write per token per this long, and what a crash may lose.
     /// 0s turns last-used tracking off.
@@ -242,6 +253,11 @@ struct ServeArgs {
     /// change, rotate, disable and delete only those (docs/delegation.md).
     #[arg(long, env = "STS_MANAGER_ROLE", default_value = DEFAULT_MANAGER_ROLE, value_parser = setting::role)]
     manager_role: Role,
+    /// The role a token needs to watch changes (Watch) and report the uses
+    /// it answered from its own cache (ReportUses): what a service
+    /// validating tokens with the client crate holds.
+    #[arg(long, env = "STS_WATCHER_ROLE", default_value = DEFAULT_WATCHER_ROLE, value_parser = setting::role)]
+    watcher_role: Role,
     /// Let managers grant the manager role, so a team's manager may make
     /// managers below it (at most 8 deep). Off: only admins make managers.
     #[arg(long, env = "STS_MANAGERS_MAY_DELEGATE")]
@@ -513,6 +529,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reviewer_role: args.reviewer_role,
         manager_role: args.manager_role,
         managers_may_delegate: args.managers_may_delegate,
+        watcher_role: args.watcher_role,
+        max_watch_streams: args.max_watch_streams as usize,
+        watch_backlog: args.watch_backlog as usize,
         revoke_on_reuse: args.revoke_on_reuse,
         lifetime,
         max_rotation_grace: *args.max_rotation_grace,

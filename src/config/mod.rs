@@ -31,6 +31,11 @@ pub const DEFAULT_REVIEWER_ROLE: &str = "token-reviewer";
 /// The role that lets a token manage the tokens it makes, within its own
 /// roles (delegated administration).
 pub const DEFAULT_MANAGER_ROLE: &str = "token-manager";
+/// The role a token needs to watch changes and report cached uses
+/// (`--watcher-role`).
+pub const DEFAULT_WATCHER_ROLE: &str = "token-watcher";
+/// Watch streams one replica keeps open at most (`--max-watch-streams`).
+pub const DEFAULT_MAX_WATCH_STREAMS: usize = 4096;
 /// What Kubernetes user and group names made from a token start with.
 pub const DEFAULT_KUBERNETES_PREFIX: &str = "sts:";
 /// List page size when the request leaves it at 0.
@@ -138,6 +143,15 @@ pub struct ServiceConfig {
     pub manager_role: Role,
     /// A manager may make managers (`--managers-may-delegate`).
     pub managers_may_delegate: bool,
+    /// Who may watch changes and report the uses it answered from its
+    /// own cache (`--watcher-role`).
+    pub watcher_role: Role,
+    /// Watch streams this replica keeps open at most
+    /// (`--max-watch-streams`); counted apart from requests in flight.
+    pub max_watch_streams: usize,
+    /// Changes a Watch stream may fall behind by before it is told to
+    /// resync (`--watch-backlog`).
+    pub watch_backlog: usize,
     /// Disable a token at once when one of its retired secrets is
     /// presented again (`--revoke-on-reuse`).
     pub revoke_on_reuse: bool,
@@ -295,6 +309,10 @@ impl ServiceConfig {
             manager_role: Role::parse(DEFAULT_MANAGER_ROLE)
                 .expect("the default manager role is valid"),
             managers_may_delegate: false,
+            watcher_role: Role::parse(DEFAULT_WATCHER_ROLE)
+                .expect("the default watcher role is valid"),
+            max_watch_streams: DEFAULT_MAX_WATCH_STREAMS,
+            watch_backlog: crate::changes::DEFAULT_BACKLOG,
             revoke_on_reuse: false,
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,

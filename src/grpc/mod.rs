@@ -24,6 +24,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
+    connections::Held,
     credential,
     error::Error,
     model::{
@@ -35,7 +36,10 @@ use crate::{
     page::PageRequest,
     proto,
     rate_limit::{Charge, Quota, Surface},
-    service::{Authority, InvalidReason, Revoked, Rpc, TokenService, Validation},
+    service::{
+        Authority, InvalidReason, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, Revoked, Rpc,
+        TokenService, Validation, WatchMessage,
+    },
     source,
 };
 
@@ -74,8 +78,51 @@ impl GrpcTokenService {
     }
 }
 
+/// A Watch stream's messages as gRPC sends them.
+pub type WatchStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<proto::WatchResponse, Status>> + Send + 'static>,
+>;
+
 #[tonic::async_trait]
 impl proto::token_service_server::TokenService for GrpcTokenService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        let held = request.extensions().get::<Held>().cloned();
+        let (metadata, source, proto::WatchRequest {}) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        let watcher = self
+            .service
+            .authorize_watcher(presented, source, false)
+            .await?;
+        let messages = self.service.watch(watcher)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(messages).map(move |message| {
+            // The connection stays busy while the stream is open.
+            let _held = &held;
+            message.map(watch_response).map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_uses(
+        &self,
+        request: Request<proto::ReportUsesRequest>,
+    ) -> Result<Response<proto::ReportUsesResponse>, Status> {
+        let (metadata, source, message) = parts(request);
+        let presented = credential::presented(metadata.as_ref());
+        let watcher = self
+            .service
+            .authorize_watcher(presented, source, true)
+            .await?;
+        let uses = reported_uses(message).map_err(Error::from)?;
+        self.service.report_uses(&watcher, &uses);
+        Ok(Response::new(proto::ReportUsesResponse {}))
+    }
+
     async fn create(
         &self,
         request: Request<proto::CreateRequest>,
@@ -279,6 +326,81 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
             service_token: Some(rotated.into()),
         }))
     }
+}
+
+fn watch_response(message: WatchMessage) -> proto::WatchResponse {
+    let (event, token_id, heartbeat_interval) = match message {
+        WatchMessage::Synced { heartbeat } => (
+            proto::WatchEvent::Synced,
+            0,
+            prost_types::Duration::try_from(heartbeat).ok(),
+        ),
+        WatchMessage::Heartbeat => (proto::WatchEvent::Heartbeat, 0, None),
+        WatchMessage::Changed(id) => (proto::WatchEvent::Changed, id.get(), None),
+        WatchMessage::Resync => (proto::WatchEvent::Resync, 0, None),
+    };
+    proto::WatchResponse {
+        event: event as i32,
+        token_id,
+        heartbeat_interval,
+    }
+}
+
+/// A `ReportUsesRequest` as uses, every one well-formed, or the first
+/// field that is not (then none is noted).
+fn reported_uses(request: proto::ReportUsesRequest) -> Result<Vec<ReportedUse>, FieldError> {
+    if request.uses.len() > MAX_REPORTED_USES {
+        return Err(FieldError::new(
+            "uses",
+            format!(
+                "holds {} uses; send at most {MAX_REPORTED_USES} per call",
+                request.uses.len()
+            ),
+        ));
+    }
+    request
+        .uses
+        .into_iter()
+        .enumerate()
+        .map(|(i, reported)| {
+            let proto::ReportedUse {
+                token_id,
+                at,
+                source_address,
+                outcome,
+                count,
+            } = reported;
+            let field = |name: &str| format!("uses[{i}].{name}");
+            let id = TokenId::parse(token_id)
+                .map_err(|e| FieldError::new(field("token_id"), e.problem))?;
+            let at = time(&field("at"), at)?
+                .ok_or_else(|| FieldError::new(field("at"), "is required"))?;
+            let source = match source_address.as_str() {
+                "" => None,
+                text => Some(text.parse::<IpAddr>().map_err(|_| {
+                    FieldError::new(field("source_address"), "must be a bare IP address")
+                })?),
+            };
+            let outcome = match proto::UseOutcome::try_from(outcome) {
+                Ok(proto::UseOutcome::Valid) => ReportedOutcome::Valid,
+                Ok(proto::UseOutcome::PreviousSecret) => ReportedOutcome::PreviousSecret,
+                Ok(proto::UseOutcome::MissingRole) => ReportedOutcome::MissingRole,
+                Ok(proto::UseOutcome::Unspecified) | Err(_) => {
+                    return Err(FieldError::new(
+                        field("outcome"),
+                        "must be VALID, PREVIOUS_SECRET or MISSING_ROLE",
+                    ));
+                }
+            };
+            Ok(ReportedUse {
+                id,
+                at,
+                source,
+                outcome,
+                count: count.max(1),
+            })
+        })
+        .collect()
 }
 
 fn time(

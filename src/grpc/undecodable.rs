@@ -80,6 +80,8 @@ fn method<B>(request: &Request<B>) -> (&'static str, bool) {
         Some("GetUsage") => (Rpc::GetUsage.as_str(), true),
         Some("RotateSelf") => (Rpc::RotateSelf.as_str(), true),
         Some("Validate") => ("Validate", false),
+        Some("Watch") => ("Watch", false),
+        Some("ReportUses") => ("ReportUses", false),
         _ => ("other", false),
     }
 }

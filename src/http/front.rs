@@ -60,6 +60,8 @@ const EXACT: &[&str] = &[
     routes::GRPC_METHODS[8],
     routes::GRPC_METHODS[9],
     routes::GRPC_METHODS[10],
+    routes::GRPC_METHODS[11],
+    routes::GRPC_METHODS[12],
     routes::INFO,
     routes::TOKEN_REVIEW,
     routes::INTROSPECT,
@@ -95,7 +97,7 @@ const INEXACT: &[&str] = &[
 const ROUTES: usize = EXACT.len() + INEXACT.len();
 
 // Each gRPC method and service of `routes` has its place in the lists above.
-const _: () = assert!(routes::GRPC_METHODS.len() == 11 && routes::GRPC_SERVICES.len() == 3);
+const _: () = assert!(routes::GRPC_METHODS.len() == 13 && routes::GRPC_SERVICES.len() == 3);
 
 /// The route `path` is served by: an index into [`EXACT`] and then
 /// [`INEXACT`] (see [`label`]).

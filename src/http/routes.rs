@@ -37,7 +37,12 @@ pub const GRPC_METHODS: &[&str] = &[
     "/stackstate.servicetoken.v1.TokenService/RevokeLeaked",
     "/stackstate.servicetoken.v1.TokenService/GetUsage",
     "/stackstate.servicetoken.v1.TokenService/RotateSelf",
+    "/stackstate.servicetoken.v1.TokenService/Watch",
+    "/stackstate.servicetoken.v1.TokenService/ReportUses",
 ];
+
+/// Watch: long-lived, so its connection is kept busy while it is open.
+pub const GRPC_WATCH: &str = GRPC_METHODS[11];
 
 /// gRPC's health check (answered even past the in-flight bound).
 pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";

@@ -232,6 +232,7 @@ pub async fn run_on(
     let delay = config.shutdown_delay;
     let draining = {
         let mut health = health.clone();
+        let drain_service = service.clone();
         async move {
             shutdown.await;
             // Stopped for good before the statuses go, so it cannot bring one back.
@@ -256,6 +257,9 @@ pub async fn run_on(
                 tokio::time::sleep(delay).await;
             }
             tracing::info!("shutting down: refusing new connections, finishing in-flight calls");
+            // Watch streams last as long as their clients: ended now, so
+            // they reconnect elsewhere instead of holding the drain.
+            drain_service.end_watches();
             for name in ["", SERVICE_NAME, LIVENESS] {
                 // Dropping the status ends open Watch streams (after they saw
                 // NOT_SERVING); a watcher would otherwise hold shutdown forever.

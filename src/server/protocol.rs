@@ -309,6 +309,11 @@ impl<S: App> hyper::service::Service<Request<IncomingBody>> for PerConnection<S>
         }
         // Where tonic's `Request::remote_addr` and `source::of` look.
         request.extensions_mut().insert(self.peer.clone());
+        if request.uri().path() == crate::http::routes::GRPC_WATCH {
+            // Open for as long as its client listens: the connection is
+            // busy meanwhile, never evicted as idle.
+            request.extensions_mut().insert(self.slot.hold());
+        }
         if let Some(proxy) = &self.proxy {
             request.extensions_mut().insert(ViaTrustedProxy);
             if let Some(client) = proxy.client(request.headers()) {

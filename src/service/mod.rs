@@ -15,6 +15,7 @@ mod revoke;
 mod rotate_self;
 mod upkeep;
 mod validate;
+mod watch;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicBool},
@@ -42,6 +43,9 @@ pub use manage::{Page, bootstrap};
 use outbox::{AnnouncingUses, Outbox, draft_of};
 pub use revoke::{MAX_REVOKED_PER_CALL, REVOKE_CALLS_PER_MINUTE, Revoked};
 pub use validate::{Authenticated, InvalidReason, ReviewFor, Reviewer, Validation};
+pub use watch::{
+    HEARTBEAT_INTERVAL, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, WatchMessage, Watcher,
+};
 
 /// The management RPCs, as every transport names them in metrics and audit
 /// events.
@@ -89,6 +93,8 @@ pub struct TokenService {
     outbox: Arc<Outbox>,
     /// Where the tokens' rate limits are spent.
     limiter: Arc<Limiter>,
+    /// The open Watch streams.
+    watches: watch::Watches,
     /// The last store check failed (`server::watch_store` keeps it): calls
     /// that need the store are answered UNAVAILABLE at once meanwhile,
     /// rather than each waiting out the database pool's acquire timeout.
@@ -118,6 +124,10 @@ impl TokenService {
             }),
             _ => Arc::new(Plainly),
         };
+        let cache = store.validation_cache();
+        if config.watch_backlog != crate::changes::DEFAULT_BACKLOG {
+            cache.changes().set_backlog(config.watch_backlog);
+        }
         TokenService {
             last_used: LastUsed::new(
                 config.last_used_resolution,
@@ -127,12 +137,13 @@ impl TokenService {
                 metrics.clone(),
             ),
             metrics,
-            cache: store.validation_cache(),
+            cache,
             refusals: Refusals::new(config.refusal_summary_interval),
             revocations: SourceLimit::new(REVOKE_CALLS_PER_MINUTE, Duration::from_secs(60)),
             reuses: reuse::Reuses::default(),
             outbox,
             limiter: Arc::new(Limiter::default()),
+            watches: watch::Watches::new(config.max_watch_streams),
             store_away: AtomicBool::new(false),
             last_store_failure: Mutex::new(None),
             store,

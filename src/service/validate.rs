@@ -61,8 +61,8 @@ pub struct Authenticated {
 }
 
 /// A token that passed every check but the rate limits, not yet charged.
-struct Passed {
-    stored: StoredToken,
+pub(super) struct Passed {
+    pub(super) stored: StoredToken,
     secret: MatchedSecret,
     now: SystemTime,
     source: Option<IpAddr>,
@@ -215,6 +215,18 @@ impl TokenService {
             Ok(hash) => hash,
             Err(why) => return Ok(Err(InvalidReason::Malformed(why))),
         };
+        self.check_hash(&hash, source, admit).await
+    }
+
+    /// [`TokenService::check`] of a secret known by its hash: how a
+    /// long-lived call checks its caller again without keeping the secret.
+    pub(super) async fn check_hash(
+        &self,
+        hash: &TokenHash,
+        source: Option<IpAddr>,
+        admit: impl FnOnce(&Bindings) -> Result<(), BindingRefusal>,
+    ) -> Result<Result<Passed, InvalidReason>, Error> {
+        let hash = *hash;
         let Some(stored) = self.lookup(&hash).await? else {
             return Ok(Err(InvalidReason::NotFound));
         };
@@ -432,6 +444,23 @@ impl TokenService {
         rpc: &'static str,
         context: &CheckContext<'_>,
     ) -> Result<Reviewer, Error> {
+        let role = &self.config.reviewer_role;
+        Ok(Reviewer(
+            self.authorize_for(presented, rpc, context, role).await?,
+        ))
+    }
+
+    /// The caller, if its credential is valid (spending nothing from its
+    /// limits) and its token holds `role`; a refused credential audited
+    /// through the summarizer. What the check-side calls that need a
+    /// credential of their own ask (reviewing, watching).
+    pub(super) async fn authorize_for(
+        &self,
+        presented: Result<&str, AuthError>,
+        rpc: &'static str,
+        context: &CheckContext<'_>,
+        role: &Role,
+    ) -> Result<Authenticated, Error> {
         let source = context.source;
         let caller = match self
             .authenticate_secret(presented, context, Charge::Exempt)
@@ -455,8 +484,8 @@ impl TokenService {
                 return Err(refused);
             }
         };
-        self.require_role(&caller.token, &self.config.reviewer_role)?;
-        Ok(Reviewer(caller))
+        self.require_role(&caller.token, role)?;
+        Ok(caller)
     }
 
     /// What a reviewer learns of `secret` (Kubernetes TokenReview, OAuth 2.0

@@ -258,7 +258,8 @@ fn the_leaves_and_the_boundaries_hold() {
     // The model takes time's range (protobuf's Timestamp) from the clock.
     // (`token` and `credential` are sts-api's, outside this graph.)
     assert_eq!(uses("model"), set(&["clock", "text"]));
-    assert_eq!(uses("cache"), set(&["model"]));
+    assert_eq!(uses("cache"), set(&["changes", "model"]));
+    assert_eq!(uses("changes"), set(&["model"]));
     // The client shares the API's types, error formatting, the text forms
     // of a time and the rules of what in a name may mislead a reader;
     // nothing of the server.

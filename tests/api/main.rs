@@ -63,4 +63,5 @@ mod tls;
 mod upgrade;
 mod usage;
 mod validate;
+mod watch;
 mod webhooks;

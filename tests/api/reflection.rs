@@ -72,7 +72,9 @@ async fn v1_lists_and_describes_the_service() {
             "Rotate",
             "RevokeLeaked",
             "GetUsage",
-            "RotateSelf"
+            "RotateSelf",
+            "Watch",
+            "ReportUses"
         ]
     );
 

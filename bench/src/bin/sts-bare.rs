@@ -13,9 +13,10 @@ use axum::{Router, routing::get};
 use clap::Parser;
 use sts::proto::{
     CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse,
-    GetUsageRequest, GetUsageResponse, ListRequest, ListResponse, RevokeLeakedRequest,
-    RevokeLeakedResponse, RotateRequest, RotateResponse, RotateSelfRequest, RotateSelfResponse,
-    ServiceToken, UpdateRequest, UpdateResponse, ValidateRequest, ValidateResponse,
+    GetUsageRequest, GetUsageResponse, ListRequest, ListResponse, ReportUsesRequest,
+    ReportUsesResponse, RevokeLeakedRequest, RevokeLeakedResponse, RotateRequest, RotateResponse,
+    RotateSelfRequest, RotateSelfResponse, ServiceToken, UpdateRequest, UpdateResponse,
+    ValidateRequest, ValidateResponse, WatchRequest, WatchResponse,
     token_service_server::{TokenService, TokenServiceServer},
 };
 use sts::{
@@ -65,6 +66,18 @@ impl TokenService for Bare {
         &self,
         _: Request<GetUsageRequest>,
     ) -> Result<Response<GetUsageResponse>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    type WatchStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<WatchResponse, Status>> + Send + 'static>,
+    >;
+    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("bare"))
+    }
+    async fn report_uses(
+        &self,
+        _: Request<ReportUsesRequest>,
+    ) -> Result<Response<ReportUsesResponse>, Status> {
         Err(Status::unimplemented("bare"))
     }
     async fn rotate_self(
