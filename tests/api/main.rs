@@ -17,6 +17,7 @@ mod bindings;
 mod bodies;
 mod cli;
 mod cli_lifecycle;
+mod client;
 mod conformance;
 mod connections;
 mod crash;

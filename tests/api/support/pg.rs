@@ -151,12 +151,14 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A TCP proxy to PostgreSQL that can cut every connection and refuse new
-/// ones, as a database restart looks from the servers behind it.
+/// A TCP proxy to PostgreSQL (or to a server) that can cut every
+/// connection and refuse new ones, as a database restart looks from the
+/// servers behind it, or stall them: open, forwarding nothing.
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<Mutex<ProxyState>>,
     accept: AbortHandle,
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -174,6 +176,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(ProxyState::default()));
+        let (stalled, stall) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn({
             let state = state.clone();
             async move {
@@ -187,9 +190,16 @@ impl Proxy {
                     if state_now.down {
                         continue; // dropped: connection refused, in effect
                     }
+                    let mut stall = stall.clone();
                     let link = tokio::spawn(async move {
                         if let Ok(mut server) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                () = async { let _ = stall.wait_for(|stalled| *stalled).await; } => {
+                                    // Both ends stay open; nothing moves.
+                                    std::future::pending::<()>().await;
+                                }
+                            }
                         }
                     });
                     state_now.links.push(link.abort_handle());
@@ -201,7 +211,14 @@ impl Proxy {
             addr,
             state,
             accept,
+            stalled,
         }
+    }
+
+    /// Every connection stays open and forwards nothing more, new ones
+    /// included: a peer that hangs without closing.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
     }
 
     pub fn down(&self) {
