@@ -15,6 +15,8 @@ everything = [json.loads(line) for line in open(sys.argv[1])]
 rows = [r for r in everything if "rps" in r]
 lists = [r for r in everything if "pages" in r]
 lookups = [r for r in everything if "lookups_per_sec" in r]
+callers = [r for r in everything if r.get("scenario") == "caller revocation"]
+streams = [r for r in everything if r.get("scenario") == "watch streams"]
 runs = defaultdict(list)  # scenario -> rows, in repetition order
 for r in rows:
     runs[r["scenario"]].append(r)
@@ -86,6 +88,7 @@ ratio("gRPC Validate ours / nginx h2c (h2load)", "ours grpc validate (h2load)", 
 ratio("ext_authz Check ours / nginx h2c (h2load)", "ours grpc ext_authz check (h2load)", "nginx h2c grpc-status 0 (h2load)", ">= 0.90")
 ratio("gRPC Validate ours / bare (h2load)", "ours grpc validate (h2load)", "bare grpc validate (h2load)", "our code")
 ratio("gRPC bare / nginx h2c (h2load)", "bare grpc validate (h2load)", "nginx h2c grpc-status 0 (h2load)", "our stack")
+ratio("example service with ValidateLayer / without (cached checks)", "example with ValidateLayer", "example without the layer", "stated")
 ratio("Create, 32 clients / 1 client", "ours create, 32 clients", "ours create, 1 client", "many times")
 for scenario, target in (("bare grpc validate @ half", "< 1000 µs"),
                          ("ours grpc validate @ half", "< 1000 µs"),
@@ -159,3 +162,12 @@ if lookups:
         ratios = [b / a for a, b in zip(one, two)]
         print(f"| hits | {n:,} | {statistics.median(one):,.0f} | {statistics.median(two):,.0f} | "
               f"{statistics.median(ratios):.2f} ({min(ratios):.2f} – {max(ratios):.2f}) | >= 1.80 |")
+
+for r in callers:
+    print(f"\nRevoked to refused at a caller (the client crate's example service, {r['trials']} trials: "
+          f"delete, disable, rotate without grace in turn): p50 {r['p50_ms']:.1f} ms, "
+          f"p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms (target: p99 <= 100 ms).")
+for r in streams:
+    print(f"\n{r['streams']:,} Watch streams open on one server (all SYNCED in {r['open_seconds']:.1f} s): "
+          f"RSS {r['rss_before_mib']:.1f} -> {r['rss_after_mib']:.1f} MiB, "
+          f"{r['kib_per_stream']:.1f} KiB per stream.")

@@ -211,6 +211,39 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         trials: usize,
     },
+    /// Revoked-to-refused time at a caller that validates from its own
+    /// cache (the client crate's example service): create a token on
+    /// `--server`, have the example accept it three times (from its cache
+    /// after the first), revoke it (delete, disable, rotate without grace
+    /// in turn), then ask the example until it refuses.
+    CallerRevocation {
+        /// The server changes are made through.
+        #[arg(long)]
+        server: String,
+        /// The example service (`host:port`).
+        #[arg(long)]
+        example: SocketAddr,
+        /// A token with the admin role.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 500)]
+        trials: usize,
+    },
+    /// Opens `--count` Watch streams (as a token with the watcher role),
+    /// waits for every SYNCED, and reports the server's RSS before and
+    /// after (`--server-pid`, same machine): memory per open stream.
+    WatchStreams {
+        #[arg(long)]
+        target: String,
+        /// A token with the watcher role.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// The server's process id, for its RSS.
+        #[arg(long)]
+        server_pid: u32,
+    },
     /// The Validate cache from 1 and from 2 threads, in this process (no
     /// server): hits on `--tokens` cached tokens, each thread walking them
     /// in its own order, repetitions taking turns. One JSON line per
@@ -455,6 +488,18 @@ async fn execute(command: Command) -> anyhow::Result<()> {
                 })
             );
         }
+        Command::CallerRevocation {
+            server,
+            example,
+            token,
+            trials,
+        } => caller_revocation(&server, example, &token, trials).await?,
+        Command::WatchStreams {
+            target,
+            token,
+            count,
+            server_pid,
+        } => watch_streams(&target, &token, count, server_pid).await?,
         Command::ListAll {
             target,
             token,
@@ -905,6 +950,140 @@ async fn flush_counters(target: &str) -> anyhow::Result<Option<(f64, f64)>> {
 }
 
 /// `count` (at least one) HTTP/2 connections to `target`.
+/// See `Command::CallerRevocation`.
+async fn caller_revocation(
+    server: &str,
+    example: SocketAddr,
+    token: &str,
+    trials: usize,
+) -> anyhow::Result<()> {
+    let mut client = TokenServiceClient::new(connect(server, 1).await?.remove(0));
+    // A connection per check: plain, and the same for every trial.
+    let accepts = async |secret: &str| -> anyhow::Result<bool> {
+        let request = http1::get_request(example, "/hello", &[("x-api-key", secret)]);
+        let mut connection = http1::Connection::open(example, request.into()).await?;
+        Ok(connection.send().await? == 200)
+    };
+    let mut delays = Vec::with_capacity(trials);
+    for n in 0..trials {
+        let request = CreateRequest {
+            name: format!("bench-caller-{n}"),
+            roles: vec!["bench-reader".into()],
+            ..Default::default()
+        };
+        let created = client
+            .create(admin_request(token, request))
+            .await?
+            .into_inner();
+        for _ in 0..3 {
+            anyhow::ensure!(
+                accepts(&created.token).await?,
+                "the example refused a new token"
+            );
+        }
+        let stored = created.service_token.context("no token in the answer")?;
+        let id = stored.id;
+        match n % 3 {
+            0 => {
+                let request = sts::proto::DeleteRequest {
+                    id,
+                    ..Default::default()
+                };
+                client.delete(admin_request(token, request)).await?;
+            }
+            1 => {
+                let request = sts::proto::UpdateRequest {
+                    service_token: Some(sts::proto::ServiceToken {
+                        disabled: true,
+                        etag: String::new(),
+                        ..stored
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["disabled".into()],
+                    }),
+                };
+                client.update(admin_request(token, request)).await?;
+            }
+            _ => {
+                let request = sts::proto::RotateRequest {
+                    id,
+                    grace_period: None,
+                };
+                client.rotate(admin_request(token, request)).await?;
+            }
+        }
+        let revoked = Instant::now();
+        while accepts(&created.token).await? {
+            anyhow::ensure!(
+                revoked.elapsed() < Duration::from_secs(10),
+                "still accepted 10 s after its revocation"
+            );
+        }
+        delays.push(revoked.elapsed().as_secs_f64() * 1000.0);
+    }
+    delays.sort_by(f64::total_cmp);
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "caller revocation",
+            "trials": trials,
+            "p50_ms": at(0.5),
+            "p99_ms": at(0.99),
+            "max_ms": at(1.0),
+        })
+    );
+    Ok(())
+}
+
+/// See `Command::WatchStreams`.
+async fn watch_streams(target: &str, token: &str, count: usize, pid: u32) -> anyhow::Result<()> {
+    let rss = || -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("no VmRSS")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kib)
+    };
+    let before = rss()?;
+    // Streams spread over connections as a fleet of services would be.
+    let channels = connect(target, count.div_ceil(100)).await?;
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut client = TokenServiceClient::new(channels[n % channels.len()].clone());
+        let mut stream = client
+            .watch(admin_request(token, sts::proto::WatchRequest {}))
+            .await?
+            .into_inner();
+        let first = stream.message().await?.context("the stream ended")?;
+        anyhow::ensure!(first.event() == sts::proto::WatchEvent::Synced);
+        streams.push(stream);
+    }
+    let opened = started.elapsed();
+    // Settled: every stream's task has sent its first heartbeat too.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = rss()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "watch streams",
+            "streams": count,
+            "open_seconds": opened.as_secs_f64(),
+            "rss_before_mib": before / 1024.0,
+            "rss_after_mib": after / 1024.0,
+            "kib_per_stream": (after - before) / count as f64,
+        })
+    );
+    drop(streams);
+    Ok(())
+}
+
 async fn connect(target: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count.max(1));
     for _ in 0..count.max(1) {
