@@ -739,6 +739,7 @@ impl From<Validation> for proto::ValidateResponse {
             Validation::Valid(token, secret, quota) => proto::ValidateResponse {
                 valid: true,
                 reason: proto::InvalidReason::Unspecified.into(),
+                bound: !token.bindings.is_empty(),
                 service_token: Some(shown(token, ShownTo::Checker)),
                 previous_secret: secret == MatchedSecret::Previous,
                 rate_limits: states(&quota),
@@ -751,6 +752,7 @@ impl From<Validation> for proto::ValidateResponse {
                 previous_secret: false,
                 rate_limits: states(&quota),
                 retry_after: quota.retry_after().map(duration),
+                bound: false,
             },
             Validation::Invalid(reason) => proto::ValidateResponse {
                 valid: false,
@@ -759,6 +761,7 @@ impl From<Validation> for proto::ValidateResponse {
                 previous_secret: false,
                 rate_limits: Vec::new(),
                 retry_after: None,
+                bound: false,
             },
         }
     }

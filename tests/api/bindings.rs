@@ -212,6 +212,9 @@ async fn validate_fails_closed_and_names_the_binding_that_refused() {
             .await
             .unwrap();
         assert_eq!(answer.valid, valid, "{method} {path}");
+        // A valid answer says it holds for this context only (never where
+        // else the token may be used), so a caching caller keeps it not.
+        assert_eq!(answer.bound, valid, "{method} {path}");
         if !valid {
             assert_eq!(
                 answer.reason(),
@@ -272,7 +275,8 @@ async fn validate_fails_closed_and_names_the_binding_that_refused() {
             .unwrap()
             .valid
     );
-    assert!(app.validate_seen(&plain, full).await.unwrap().valid);
+    let answer = app.validate_seen(&plain, full).await.unwrap();
+    assert!(answer.valid && !answer.bound);
 }
 
 #[tokio::test]

@@ -197,14 +197,11 @@ impl Validator {
             }
             return Err(refusal);
         }
+        // Bound or limited: the server must see every check.
+        let checked_there = answer.bound || !answer.rate_limits.is_empty();
         let Some(token) = answer.service_token else {
             return Err(Refusal::Unavailable);
         };
-        // Bound or limited: the server must see every check.
-        let checked_there = !token.allowed_sources.is_empty()
-            || !token.audiences.is_empty()
-            || !token.allowed_routes.is_empty()
-            || !token.rate_limits.is_empty();
         let mut until = token.expiration.and_then(time);
         if answer.previous_secret {
             let grace_ends = token.previous_secret_expiration.and_then(time);
