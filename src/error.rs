@@ -110,6 +110,15 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// A refusal of the caller (its credential or its rights), as opposed
+    /// to the server failing to decide.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Unauthenticated | ErrorKind::PermissionDenied | ErrorKind::NotFound
+        )
+    }
+
     /// The gRPC status-code name, also used as the metrics label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -264,9 +264,23 @@ impl TokenService {
                     Err(RecvError::Closed) => return,
                 },
                 _ = ticks.tick() => {
-                    if let Err(refused) = self.still_watching(&watcher).await {
-                        let _ = out.send(Err(refused)).await;
-                        return;
+                    // Not live: no heartbeat, and no look at a store that
+                    // may be what is away (the events keep flowing).
+                    if !self.cache.is_fresh() {
+                        continue;
+                    }
+                    let checked =
+                        tokio::time::timeout(HEARTBEAT_INTERVAL, self.still_watching(&watcher));
+                    match checked.await {
+                        Ok(Ok(())) => {}
+                        // The caller is refused now: its stream ends.
+                        Ok(Err(refused)) if refused.kind().is_refusal() => {
+                            let _ = out.send(Err(refused)).await;
+                            return;
+                        }
+                        // Not known this second (the store is slow or
+                        // failing): no heartbeat vouches for it.
+                        Ok(Err(_)) | Err(_) => continue,
                     }
                     if !self.cache.is_fresh() {
                         continue;

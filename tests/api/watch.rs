@@ -497,3 +497,40 @@ async fn on_postgres_a_stream_hears_changes_made_through_another_replica() {
     b.stop().await;
     database.drop().await;
 }
+
+/// On PostgreSQL, a replica whose change feed goes silent (its database
+/// connection stalls) stops the heartbeats and tells its streams to
+/// RESYNC: changes made meanwhile may never reach it.
+#[tokio::test]
+async fn a_replica_whose_change_feed_goes_silent_stops_beating_and_says_resync() {
+    let Some(database) = crate::support::pg::TestDatabase::create("watch_feed_lost").await else {
+        return;
+    };
+    let proxy = crate::support::pg::Proxy::to(database.server_addr()).await;
+    let url = sts::config::StoreUrl::parse(&database.url_through(&proxy)).unwrap();
+    let store = sts::store::PostgresStore::connect(&url).await.unwrap();
+    let app =
+        crate::support::spawn_app_on(tempfile::tempdir().unwrap(), std::sync::Arc::new(store))
+            .await;
+    let (watcher, _) = app.create("watcher", &[WATCHER_ROLE]).await;
+    let mut stream = open(&app.client, &watcher).await.unwrap();
+    synced(&mut stream).await;
+    let beat = next(&mut stream).await.unwrap().unwrap();
+    assert_eq!(beat.event(), WatchEvent::Heartbeat);
+    proxy.stall();
+    let mut heard = Vec::new();
+    while let Some(message) = next(&mut stream).await.unwrap() {
+        heard.push(message.event());
+    }
+    // At most a beat already vouched for before the silence, then RESYNC.
+    assert_eq!(heard.last(), Some(&WatchEvent::Resync), "{heard:?}");
+    assert!(heard.len() <= 2, "{heard:?}");
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(r#"sts_watch_resyncs_total{reason="feed"} 1"#),
+        "{metrics}"
+    );
+    drop(proxy);
+    drop(app);
+    database.drop().await;
+}
