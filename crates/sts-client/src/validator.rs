@@ -183,9 +183,14 @@ impl Validator {
             path: context.route.map(|(_, p)| p).unwrap_or_default().to_owned(),
             cost: None,
         };
-        let answer = match shared.client.clone().validate(request).await {
-            Ok(answer) => answer.into_inner(),
-            Err(status) => return self.unreachable(&hash, status, now),
+        // Bounded here too: a channel of the caller's making may have no
+        // timeout of its own.
+        let mut client = shared.client.clone();
+        let asked = client.validate(request);
+        let answer = match tokio::time::timeout(shared.config.request_timeout, asked).await {
+            Ok(Ok(answer)) => answer.into_inner(),
+            Ok(Err(status)) => return self.unreachable(&hash, Some(status), now),
+            Err(_) => return self.unreachable(&hash, None, now),
         };
         if !answer.valid {
             let refusal = refusal(&answer);
@@ -226,11 +231,15 @@ impl Validator {
     fn unreachable(
         &self,
         hash: &[u8; 32],
-        status: tonic::Status,
+        status: Option<tonic::Status>,
         now: SystemTime,
     ) -> Result<Arc<Identity>, Refusal> {
         let shared = &*self.shared;
-        tracing::debug!(code = ?status.code(), "token server unreachable for a check");
+        let code = status.map(|s| s.code());
+        tracing::debug!(
+            ?code,
+            "token server unreachable for a check (None: timed out)"
+        );
         let Some(longest) = shared.config.serve_stale_for else {
             return Err(Refusal::Unavailable);
         };
