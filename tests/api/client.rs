@@ -331,7 +331,8 @@ async fn a_server_killed_and_restarted_under_load_fails_closed_then_resyncs() {
 }
 
 /// With `serve_stale_for`, cached tokens keep passing while the server is
-/// away (past `max_staleness`), and tokens never seen fail closed.
+/// away (past `max_staleness`, up to that long after the last heartbeat,
+/// then no more), and tokens never seen fail closed.
 #[tokio::test]
 async fn with_serve_stale_for_cached_tokens_outlive_the_server_for_that_long() {
     let data_dir = tempfile::tempdir().unwrap();
@@ -341,7 +342,7 @@ async fn with_serve_stale_for_cached_tokens_outlive_the_server_for_that_long() {
     let (watcher, _) = create(&client, &admin, create_request("example", &[WATCHER_ROLE])).await;
     let (cached, _) = create(&client, &admin, create_request("cached", &["ci"])).await;
     let (unseen, _) = create(&client, &admin, create_request("unseen", &["ci"])).await;
-    let args = ["--max-staleness", "1", "--serve-stale-for", "60"];
+    let args = ["--max-staleness", "1", "--serve-stale-for", "3"];
     let example = ExampleService::start(server.addr, &watcher, &args).await;
     example.synced().await;
     assert!(example.accepts(&cached).await);
@@ -355,6 +356,10 @@ async fn with_serve_stale_for_cached_tokens_outlive_the_server_for_that_long() {
         example.hello(Some(&unseen)).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    eventually("the stale answer runs out", || async {
+        example.hello(Some(&cached)).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
 }
 
 /// A stream stalled by a proxy that stops forwarding (open, silent): the

@@ -243,7 +243,9 @@ impl Validator {
         let Some(longest) = shared.config.serve_stale_for else {
             return Err(Refusal::Unavailable);
         };
-        let bound = shared.config.max_staleness + longest;
+        // Past the last heartbeat, as documented (never less than the
+        // staleness the cache is trusted with anyway).
+        let bound = longest.max(shared.config.max_staleness);
         match shared.cache.get(hash) {
             Some(entry) if shared.stream.within(bound) && entry.stands_at(now) => {
                 Ok(entry.identity)
