@@ -407,8 +407,11 @@ proptest! {
     /// Whatever managers and tokens do for themselves, as the service runs
     /// it (judge, then the act; renewal for a self-rotation), every token
     /// holds only roles an admin granted to the top of its chain (never
-    /// the admin role), and no expiration a manager sets or a self-rotation
-    /// gives passes an owner's.
+    /// the admin role); no expiration a manager sets passes its own or
+    /// that of a manager above it (a manager higher in a token's chain may
+    /// give it longer than a sub-manager between them has: it could have
+    /// made that token itself); and none a self-rotation gives passes any
+    /// owner's.
     #[test]
     fn no_sequence_of_manager_and_self_operations_escalates(
         granted in proptest::collection::vec((1u8..16, proptest::option::of(1u8..200)), 1..4),
@@ -430,16 +433,18 @@ proptest! {
         let bounds = Renewal { max_lifetime: Some(Duration::from_secs(90 * 86_400)), max_age: None };
         for step in steps {
             let n = tokens.len();
-            // The token changed, and whether its expiration was set.
-            let changed = with_rules(may_delegate, |rules| -> Option<(usize, bool)> {
+            // The token changed, whether its expiration was set, and the
+            // tokens whose expirations bound the one set.
+            let changed = with_rules(may_delegate, |rules| -> Option<(usize, bool, Vec<TokenId>)> {
                 match step {
                     Step::Create { caller, roles, days } => {
                         let caller = tokens[caller % n].clone();
                         let owners = Owners::under("owner", caller.id, &caller.owners).ok()?;
                         let made = token(n as u64 + 1, &roles_of(roles), days.map(|d| now + Duration::from_secs(u64::from(d) * 86_400)), &owners);
                         judge(rules, &caller, &above(&tokens, &caller), Act::Create(&made)).ok()?;
+                        let bounds = made.owners.ids().to_vec();
                         tokens.push(made);
-                        Some((n, true))
+                        Some((n, true, bounds))
                     }
                     Step::Update { caller, target, roles, days } => {
                         let (caller, target) = (caller % n, target % n);
@@ -449,7 +454,9 @@ proptest! {
                         judge(rules, &tokens[caller], &above(&tokens, &tokens[caller]), Act::Change { before: &tokens[target], after: &after }).ok()?;
                         let moved = after.expiration != tokens[target].expiration;
                         tokens[target] = after;
-                        Some((target, moved))
+                        let acting = &tokens[caller];
+                        let bounds = std::iter::once(acting.id).chain(acting.owners.ids().iter().copied()).collect();
+                        Some((target, moved, bounds))
                     }
                     Step::RotateSelf { target, days, after } => {
                         now += Duration::from_secs(u64::from(after) * 86_400);
@@ -458,11 +465,12 @@ proptest! {
                         let requested = days.map(|d| now + Duration::from_secs(u64::from(d) * 86_400));
                         let expiration = renewal(&tokens[target], &owners, requested, now, bounds).ok()?;
                         tokens[target].expiration = expiration;
-                        Some((target, true))
+                        let bounds = tokens[target].owners.ids().to_vec();
+                        Some((target, true, bounds))
                     }
                 }
             });
-            let Some((changed, expiration_set)) = changed else { continue };
+            let Some((changed, expiration_set, bounds)) = changed else { continue };
             let t = &tokens[changed];
             // Roles: only what an admin granted the top of the chain.
             let top = t.owners.ids().last().copied().unwrap_or(t.id);
@@ -471,17 +479,22 @@ proptest! {
                 prop_assert!(granted.contains(role), "token {} holds {role}, not granted to {top}", t.id);
                 prop_assert!(role.as_str() != ADMIN);
             }
-            // Expiration: none set past an owner's, as the owners stand
+            // Expiration: none set past a bounding token's, as they stand
             // then. (A manager that gets an expiration later, as a
             // self-rotation under a maximum lifetime gives one, leaves
             // the tokens it made as they are, as deleting it does.)
             if !expiration_set {
                 continue;
             }
-            for owner in t.owners.ids() {
-                let owner = tokens.iter().find(|o| o.id == *owner).unwrap();
+            for bound in &bounds {
+                // The acting manager may be the token itself (a manager
+                // changing its own expiration within those above it).
+                if *bound == t.id {
+                    continue;
+                }
+                let owner = tokens.iter().find(|o| o.id == *bound).unwrap();
                 if let Some(cap) = owner.expiration {
-                    prop_assert!(t.expiration.is_some_and(|e| e <= cap), "token {} outlives owner {}", t.id, owner.id);
+                    prop_assert!(t.expiration.is_some_and(|e| e <= cap), "token {} outlives {}", t.id, owner.id);
                 }
             }
         }
