@@ -17,6 +17,7 @@ pub fn parse_update(bytes: &[u8]) -> Option<Result<(TokenId, Edit), Error>> {
     let request = <proto::UpdateRequest as prost::Message>::decode(bytes).ok()?;
     Some(edit(request))
 }
+mod answers;
 mod undecodable;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -28,18 +29,14 @@ use crate::{
     credential,
     error::Error,
     model::{
-        AllowedRoutes, AllowedSources, Audiences, BindingRefusal, Bindings, CheckContext,
-        DEFAULT_USAGE_DAYS, DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels,
-        ListFilter, MatchedSecret, NewToken, Outcome, Owners, RateLimit, RateLimits, Roles,
-        RouteRule, ServiceToken, TokenId, TokenName, parse_time,
+        AllowedRoutes, AllowedSources, Audiences, Bindings, CheckContext, DEFAULT_USAGE_DAYS,
+        DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken,
+        Outcome, Owners, RateLimit, RateLimits, Roles, RouteRule, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
     proto,
-    rate_limit::{Charge, Quota, Surface},
-    service::{
-        Authority, InvalidReason, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, Revoked, Rpc,
-        TokenService, Validation, WatchMessage,
-    },
+    rate_limit::{Charge, Surface},
+    service::{Authority, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, Rpc, TokenService},
     source,
 };
 
@@ -103,7 +100,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         let stream = tokio_stream::wrappers::ReceiverStream::new(messages).map(move |message| {
             // The connection stays busy while the stream is open.
             let _held = &held;
-            message.map(watch_response).map_err(Status::from)
+            message.map(answers::watch_response).map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -325,24 +322,6 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
             token: token.expose_secret().to_owned(),
             service_token: Some(rotated.into()),
         }))
-    }
-}
-
-fn watch_response(message: WatchMessage) -> proto::WatchResponse {
-    let (event, token_id, heartbeat_interval) = match message {
-        WatchMessage::Synced { heartbeat } => (
-            proto::WatchEvent::Synced,
-            0,
-            prost_types::Duration::try_from(heartbeat).ok(),
-        ),
-        WatchMessage::Heartbeat => (proto::WatchEvent::Heartbeat, 0, None),
-        WatchMessage::Changed(id) => (proto::WatchEvent::Changed, id.get(), None),
-        WatchMessage::Resync => (proto::WatchEvent::Resync, 0, None),
-    };
-    proto::WatchResponse {
-        event: event as i32,
-        token_id,
-        heartbeat_interval,
     }
 }
 
@@ -591,198 +570,4 @@ fn routes(routes: &[proto::AllowedRoute]) -> Result<AllowedRoutes, FieldError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     AllowedRoutes::new("allowed_routes", rules)
-}
-
-impl From<Revoked> for proto::RevokeResult {
-    fn from(result: Revoked) -> proto::RevokeResult {
-        match result {
-            Revoked::Revoked => proto::RevokeResult::Revoked,
-            Revoked::NotFound => proto::RevokeResult::NotFound,
-            Revoked::Malformed => proto::RevokeResult::Malformed,
-        }
-    }
-}
-
-impl From<ServiceToken> for proto::ServiceToken {
-    /// A token as management answers it: every field, its etag too.
-    fn from(token: ServiceToken) -> proto::ServiceToken {
-        shown(token, ShownTo::Manager)
-    }
-}
-
-/// Who a token is shown to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ShownTo {
-    /// Its managers: everything.
-    Manager,
-    /// Whoever checks it: who it is, never where else it may be or was
-    /// used (its bindings, its recent sources), nor its etag (a checksum
-    /// only a manager sends back, not worth a hash on every check).
-    Checker,
-}
-
-fn shown(token: ServiceToken, to: ShownTo) -> proto::ServiceToken {
-    let manager = to == ShownTo::Manager;
-    let etag = if manager {
-        Etag::of(&token).to_string()
-    } else {
-        String::new()
-    };
-    // Every field named: a new one must decide how gRPC shows it.
-    let ServiceToken {
-        id,
-        name,
-        roles,
-        expiration,
-        created_at,
-        description,
-        labels,
-        disabled,
-        last_used_at,
-        created_by,
-        updated_at,
-        previous_secret,
-        bindings:
-            Bindings {
-                sources,
-                audiences,
-                routes,
-            },
-        recent_sources,
-        rate_limits,
-        owners,
-        lifetime,
-    } = token;
-    // Built only when shown: a check's answer must not pay for them.
-    fn only<T>(shown: bool, items: impl FnOnce() -> Vec<T>) -> Vec<T> {
-        if shown { items() } else { Vec::new() }
-    }
-    proto::ServiceToken {
-        id: id.get(),
-        name: name.as_str().to_owned(),
-        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
-        expiration: expiration.map(Into::into),
-        created_at: Some(created_at.into()),
-        description: description.as_str().to_owned(),
-        labels: labels.as_map().clone(),
-        disabled,
-        last_used_at: last_used_at.map(Into::into),
-        created_by,
-        updated_at: Some(updated_at.into()),
-        previous_secret_expiration: previous_secret.map(|p| p.expiration.into()),
-        previous_secret_last_used_at: previous_secret.and_then(|p| p.last_used_at).map(Into::into),
-        etag,
-        allowed_sources: only(manager, || sources.texts()),
-        audiences: only(manager, || audiences.as_slice().to_vec()),
-        allowed_routes: only(manager, || {
-            routes
-                .rules()
-                .iter()
-                .map(|rule| proto::AllowedRoute {
-                    methods: rule.methods().to_vec(),
-                    path: rule.pattern().to_owned(),
-                })
-                .collect()
-        }),
-        recent_sources: only(manager, || {
-            recent_sources
-                .iter()
-                .map(|(address, at)| proto::RecentSource {
-                    address: address.to_string(),
-                    last_seen_at: Some(at.into()),
-                })
-                .collect()
-        }),
-        rate_limits: only(manager, || {
-            rate_limits
-                .as_slice()
-                .iter()
-                .map(|limit| proto::RateLimit {
-                    name: limit.name().to_owned(),
-                    limit: limit.limit(),
-                    period: Some(duration(limit.period())),
-                })
-                .collect()
-        }),
-        owner_id: if manager {
-            owners.direct().map_or(0, |owner| owner.get())
-        } else {
-            0
-        },
-        lifetime: lifetime.filter(|_| manager).map(duration),
-    }
-}
-
-fn duration(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// Where each of a check's limits stands, as Validate answers it.
-fn states(quota: &Quota) -> Vec<proto::RateLimitState> {
-    quota
-        .states()
-        .map(|(limit, standing)| proto::RateLimitState {
-            name: limit.name().to_owned(),
-            limit: limit.limit(),
-            remaining: standing.remaining,
-            reset: Some(duration(standing.reset)),
-        })
-        .collect()
-}
-
-impl From<Validation> for proto::ValidateResponse {
-    fn from(validation: Validation) -> proto::ValidateResponse {
-        match validation {
-            Validation::Valid(token, secret, quota) => proto::ValidateResponse {
-                valid: true,
-                reason: proto::InvalidReason::Unspecified.into(),
-                bound: !token.bindings.is_empty(),
-                service_token: Some(shown(token, ShownTo::Checker)),
-                previous_secret: secret == MatchedSecret::Previous,
-                rate_limits: states(&quota),
-                retry_after: None,
-            },
-            Validation::Limited(quota) => proto::ValidateResponse {
-                valid: false,
-                reason: proto::InvalidReason::RateLimited.into(),
-                service_token: None,
-                previous_secret: false,
-                rate_limits: states(&quota),
-                retry_after: quota.retry_after().map(duration),
-                bound: false,
-            },
-            Validation::Invalid(reason) => proto::ValidateResponse {
-                valid: false,
-                reason: proto::InvalidReason::from(reason).into(),
-                service_token: None,
-                previous_secret: false,
-                rate_limits: Vec::new(),
-                retry_after: None,
-                bound: false,
-            },
-        }
-    }
-}
-
-impl From<InvalidReason> for proto::InvalidReason {
-    fn from(reason: InvalidReason) -> proto::InvalidReason {
-        match reason {
-            InvalidReason::Malformed(_) => proto::InvalidReason::Malformed,
-            InvalidReason::NotFound => proto::InvalidReason::NotFound,
-            InvalidReason::Expired => proto::InvalidReason::Expired,
-            InvalidReason::Disabled => proto::InvalidReason::Disabled,
-            InvalidReason::NotAllowed(BindingRefusal::SourceNotAllowed) => {
-                proto::InvalidReason::SourceNotAllowed
-            }
-            InvalidReason::NotAllowed(BindingRefusal::AudienceNotAllowed) => {
-                proto::InvalidReason::AudienceNotAllowed
-            }
-            InvalidReason::NotAllowed(BindingRefusal::RouteNotAllowed) => {
-                proto::InvalidReason::RouteNotAllowed
-            }
-        }
-    }
 }
