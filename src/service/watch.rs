@@ -27,7 +27,7 @@ use crate::{
     token::TokenHash,
 };
 
-use super::{Authenticated, TokenService};
+use super::TokenService;
 
 /// How often a live stream says so.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,15 +74,8 @@ impl WatchMessage {
 /// Proof that a caller holds the watcher role, and how to check it again
 /// (the hash of the secret it presented; never the secret).
 pub struct Watcher {
-    caller: Authenticated,
     hash: TokenHash,
     source: Option<IpAddr>,
-}
-
-impl Watcher {
-    pub fn caller(&self) -> &Authenticated {
-        &self.caller
-    }
 }
 
 /// The open streams' bound, and the signal that ends them at shutdown.
@@ -164,14 +157,10 @@ impl TokenService {
             ..CheckContext::default()
         };
         let role = &self.config.watcher_role;
-        let caller = self.authorize_for(presented, rpc, &context, role).await?;
+        self.authorize_for(presented, rpc, &context, role).await?;
         // It authenticated, so it is well-formed: this cannot fail.
         let hash = TokenHash::of_presented(presented?).map_err(AuthError::Malformed)?;
-        Ok(Watcher {
-            caller,
-            hash,
-            source,
-        })
+        Ok(Watcher { hash, source })
     }
 
     /// Opens a stream for `watcher`: its messages, and the error that
