@@ -30,7 +30,7 @@ use crate::{
     error::Error,
     model::{
         AllowedRoutes, AllowedSources, Audiences, Bindings, CheckContext, DEFAULT_USAGE_DAYS,
-        DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, NewToken,
+        DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, ListOrder, NewToken,
         Outcome, Owners, RateLimit, RateLimits, Roles, RouteRule, TokenId, TokenName, parse_time,
     },
     page::PageRequest,
@@ -145,6 +145,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                 let page = PageRequest::parse(
                     request.page_size,
                     &request.page_token,
+                    ListOrder::parse(&request.order_by)?,
                     config.default_page_size,
                     config.max_page_size,
                 )?;
@@ -156,7 +157,8 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
                     request.disabled,
                 )?
                 .over_policy(request.over_policy)
-                .owned_by(request.owner_id)?;
+                .owned_by(request.owner_id)?
+                .labelled(&request.label)?;
                 self.service.list(&authority, page, &filter).await
             })
             .await?;

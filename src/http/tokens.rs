@@ -30,7 +30,7 @@ use crate::{
     error::Error,
     model::{
         AllowedSources, Audiences, Bindings, DEFAULT_USAGE_DAYS, DayUsage, Description, Etag,
-        FieldError, Labels, ListFilter, NewToken, Outcome, RouteParts, ServiceToken, TokenId,
+        FieldError, Labels, ListFilter, ListOrder, NewToken, Outcome, RouteParts, ServiceToken, TokenId,
         parse_epoch_millis,
     },
     page::PageRequest,
@@ -52,6 +52,8 @@ pub struct ListQuery {
     disabled: Option<bool>,
     over_policy: Option<bool>,
     owner_id: Option<u64>,
+    order_by: Option<String>,
+    label: Option<String>,
 }
 
 impl ListQuery {
@@ -66,7 +68,13 @@ impl ListQuery {
         )
         .map(|filter| filter.over_policy(self.over_policy.unwrap_or_default()))?
         .owned_by(self.owner_id.unwrap_or_default())
-        .map_err(|e| FieldError::new(OWNER_ID, e.problem))
+        .map_err(|e| FieldError::new(OWNER_ID, e.problem))?
+        .labelled(self.label.as_deref().unwrap_or_default())
+    }
+
+    fn order(&self) -> Result<ListOrder, FieldError> {
+        ListOrder::parse(self.order_by.as_deref().unwrap_or_default())
+            .map_err(|e| FieldError::new("orderBy", e.problem))
     }
 }
 
@@ -93,10 +101,12 @@ pub async fn list(
         let Query(query) =
             query.map_err(|rejection| FieldError::new("query", rejection.body_text()))?;
         let filter = query.filter()?;
+        let order = query.order()?;
         let config = service.config();
         if query.limit.is_none() && query.page_token.is_none() {
             // The first page now, so a store failure is still an error answer.
             let request = PageRequest {
+                order,
                 after: None,
                 size: config.max_page_size,
             };
@@ -105,12 +115,14 @@ pub async fn list(
                 service.clone(),
                 authority,
                 filter,
+                order,
                 first,
             )));
         }
         let page = PageRequest::parse(
             query.limit.unwrap_or(0),
             query.page_token.as_deref().unwrap_or_default(),
+            order,
             config.default_page_size,
             config.max_page_size,
         )
@@ -163,6 +175,7 @@ fn stream_all(
     service: Arc<TokenService>,
     authority: Authority,
     filter: ListFilter,
+    order: ListOrder,
     first: crate::service::Page,
 ) -> Body {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(2);
@@ -178,7 +191,7 @@ fn stream_all(
                     .expect("a token serializes");
             }
             let after = match (&page.next_cursor, page.tokens.last()) {
-                (Some(_), Some(last)) => Some(last.id),
+                (Some(_), Some(last)) => Some(order.position_of(last)),
                 _ => None,
             };
             if after.is_none() {
@@ -191,6 +204,7 @@ fn stream_all(
                 return;
             };
             let request = PageRequest {
+                order,
                 after: Some(after),
                 size: service.config().max_page_size,
             };

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::fields::FieldError;
+use super::fields::Labels;
 use super::fields::MAX_NAME_CHARS;
 use super::fields::Role;
 use super::fields::TokenId;
@@ -94,6 +95,47 @@ pub struct ListFilter {
     /// Holding only these roles (`None`: any): a manager's list shows the
     /// tokens whose roles it could grant. Set by the service.
     pub roles_within: Option<Vec<Role>>,
+    /// Carrying this label (`key`), or this label with this value
+    /// (`key=value`).
+    pub label: Option<LabelSelector>,
+}
+
+/// A label a listed token must carry: its key, and the value it must have
+/// (`None`: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSelector {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+impl LabelSelector {
+    /// `key` or `key=value`, each as a label's key and value must be.
+    pub fn parse(selector: &str) -> Result<LabelSelector, FieldError> {
+        let (key, value) = match selector.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (selector, None),
+        };
+        Labels::parse([(key, value.unwrap_or(""))]).map_err(|e| {
+            FieldError::new(
+                "label",
+                format!(
+                    "must be key or key=value, with a label's key and value ({})",
+                    e.problem
+                ),
+            )
+        })?;
+        Ok(LabelSelector {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+        })
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        labels
+            .as_map()
+            .get(&self.key)
+            .is_some_and(|value| self.value.as_ref().is_none_or(|wanted| wanted == value))
+    }
 }
 
 impl ListFilter {
@@ -126,7 +168,16 @@ impl ListFilter {
             over_policy: false,
             owners: Vec::new(),
             roles_within: None,
+            label: None,
         })
+    }
+
+    /// The same filter, also asking for a label (`""`: none).
+    pub fn labelled(mut self, selector: &str) -> Result<ListFilter, FieldError> {
+        if !selector.is_empty() {
+            self.label = Some(LabelSelector::parse(selector)?);
+        }
+        Ok(self)
     }
 
     /// The same filter, also asking for the tokens `owner` owns (0: none).
@@ -172,6 +223,10 @@ impl ListFilter {
                 .roles_within
                 .as_ref()
                 .is_none_or(|within| token.roles.iter().all(|role| within.contains(role)))
+            && self
+                .label
+                .as_ref()
+                .is_none_or(|label| label.matches(&token.labels))
     }
 
     /// No policy asked about, or `token` is over one of those asked about.

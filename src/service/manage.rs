@@ -18,7 +18,7 @@ use crate::{
     events::{Actor, Draft},
     model::{
         Change, CheckContext, Counts, Day, DayUsage, Edit, Etag, FieldError, ListFilter, NewToken,
-        Owners, ServiceToken, TokenId, USAGE_DAYS,
+        OrderKey, Owners, ServiceToken, TokenId, USAGE_DAYS,
     },
     page::{PageRequest, encode_cursor},
     rate_limit::Charge,
@@ -342,17 +342,28 @@ impl TokenService {
             filter
         };
         // One extra row tells whether another page follows without a second query.
-        let stored = self
-            .store
-            .list_matching(page.after, page.size + 1, filter)
-            .await?;
+        let stored = match page.order.key {
+            OrderKey::Id => {
+                let after = page.after.as_ref().map(|at| at.id);
+                self.store.list_matching(after, page.size + 1, filter).await?
+            }
+            _ => {
+                let after = page.after.as_ref();
+                let store = &self.store;
+                store
+                    .list_ordered(page.order, after, page.size + 1, filter)
+                    .await?
+            }
+        };
         let mut tokens: Vec<ServiceToken> = stored
             .into_iter()
             .map(|stored| stored.token.seen_at(now))
             .collect();
         let next_cursor = if tokens.len() > page.size {
             tokens.truncate(page.size);
-            tokens.last().map(|last| encode_cursor(last.id))
+            tokens
+                .last()
+                .map(|last| encode_cursor(page.order, &page.order.position_of(last)))
         } else {
             None
         };

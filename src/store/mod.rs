@@ -15,7 +15,7 @@ use crate::{
     cache::ValidationCache,
     events::{Draft, OutboxStats, Pending, Settle},
     model::{
-        Change, Counts, Day, DayUsage, Etag, ListFilter, NewToken, RecentSources, ServiceToken,
+        Change, Counts, Day, DayUsage, Etag, ListFilter, ListOrder, NewToken, Position, Session, SessionKey, RecentSources, ServiceToken,
         StoredToken, TokenId, TokenSummary,
     },
     token::TokenHash,
@@ -189,7 +189,7 @@ impl StoreError {
 /// store keeps all three in the same place, so that an event is written in
 /// the same transaction as its change.
 #[async_trait]
-pub trait Store: EventOutbox + UseRecords + Send + Sync + 'static {
+pub trait Store: EventOutbox + UseRecords + Sessions + Send + Sync + 'static {
     /// Stores a new token under a fresh unique id and returns it once
     /// durable, with `event`'s event in the outbox in the same transaction.
     async fn insert(
@@ -211,6 +211,17 @@ pub trait Store: EventOutbox + UseRecords + Send + Sync + 'static {
     async fn list_matching(
         &self,
         after: Option<TokenId>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError>;
+
+    /// Up to `limit` tokens `filter` matches, in `order` (its key, then
+    /// the id), after `after`, a position in that order: from an index on
+    /// every store, so each page costs the same wherever it starts.
+    async fn list_ordered(
+        &self,
+        order: ListOrder,
+        after: Option<&Position>,
         limit: usize,
         filter: &ListFilter,
     ) -> Result<Vec<StoredToken>, StoreError>;
@@ -352,6 +363,34 @@ pub trait UseRecords: Send + Sync {
 
     /// Forgets every day before `before`; how many records went.
     async fn purge_usage(&self, before: Day) -> Result<u64, StoreError>;
+}
+
+/// Console sessions: kept in the store so that any replica serves them and
+/// a restart signs nobody out; never exported (a session is a sign-in, not
+/// a token).
+#[async_trait]
+pub trait Sessions: Send + Sync {
+    /// Keeps a new session; durable once it returns.
+    async fn open_session(&self, session: &Session) -> Result<(), StoreError>;
+
+    /// The session kept under `key`, if any.
+    async fn session(&self, key: &SessionKey) -> Result<Option<Session>, StoreError>;
+
+    /// Moves sessions' last-seen times forward (never back), in one batch;
+    /// a session gone meanwhile is skipped. Not synced on its own: a crash
+    /// loses at most one batch of idle time.
+    async fn touch_sessions(&self, seen: &[(SessionKey, SystemTime)]) -> Result<(), StoreError>;
+
+    /// Ends a session (sign-out, or found ended); durable once it returns.
+    async fn end_session(&self, key: &SessionKey) -> Result<(), StoreError>;
+
+    /// Ends every session last seen before `seen_before` or begun before
+    /// `begun_before`; how many.
+    async fn end_stale_sessions(
+        &self,
+        seen_before: SystemTime,
+        begun_before: SystemTime,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Whether and when a batch of uses announces new sources.

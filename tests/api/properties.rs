@@ -10,7 +10,7 @@ use sts::{
     model::{
         AllowedRoutes, AllowedSources, Description, Labels, MAX_DESCRIPTION_CHARS,
         MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES,
-        RecentSources, RequestPath, Role, Roles, RouteRule, TokenId, TokenName, parse_time,
+        ListOrder, OrderKey, Position, RecentSources, RequestPath, SortValue, Role, Roles, RouteRule, TokenId, TokenName, parse_time,
     },
     page::{PageRequest, encode_cursor},
     token::{MalformedToken, PREFIX, Secret, TOKEN_LEN, TokenHash},
@@ -178,14 +178,23 @@ proptest! {
         size in any::<i32>(),
         token in prop_oneof![any::<String>(), "[A-Za-z0-9_-]{0,20}"],
         id in 1..=sts::model::MAX_ID,
+        name in "\\PC{0,40}",
+        order in prop_oneof![Just(""), Just("name"), Just("expiration desc"), Just("last_used"), Just("created desc")],
     ) {
-        if let Ok(page) = PageRequest::parse(size, &token, 100, 1000) {
+        let order = ListOrder::parse(order).unwrap();
+        if let Ok(page) = PageRequest::parse(size, &token, order, 100, 1000) {
             prop_assert!((1..=1000).contains(&page.size));
             prop_assert!(size >= 0);
         }
         let id = TokenId::parse(id).unwrap();
-        let page = PageRequest::parse(size.max(0), &encode_cursor(id), 100, 1000).unwrap();
-        prop_assert_eq!(page.after, Some(id));
+        let value = match order.key {
+            OrderKey::Id => SortValue::Micros(0),
+            OrderKey::Name => SortValue::Text(name),
+            _ => SortValue::Micros(size.into()),
+        };
+        let at = Position { value, id };
+        let page = PageRequest::parse(size.max(0), &encode_cursor(order, &at), order, 100, 1000).unwrap();
+        prop_assert_eq!(page.after, Some(at));
     }
 
     #[test]

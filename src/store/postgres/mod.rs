@@ -42,6 +42,7 @@ use time::OffsetDateTime;
 mod feed;
 mod outbox;
 mod row;
+mod sessions;
 mod usage;
 mod uses;
 
@@ -61,9 +62,71 @@ use crate::{
     cache::ValidationCache,
     config::StoreUrl,
     events::{Draft, Expiry},
-    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
+    model::{
+        Change, Etag, ListFilter, ListOrder, NewToken, OrderKey, Position, ServiceToken,
+        SortValue, StoredToken, TokenId, TokenSummary, from_micros,
+    },
     token::TokenHash,
 };
+
+/// Each filter of [`ListFilter`], off when its parameters ($3 to $13) are
+/// NULL: what `ListFilter::matches` says, in SQL. [`bind_filter`] binds them.
+const FILTER: &str = "($3::text IS NULL OR left(name, length($3)) = $3) \
+     AND ($4::text IS NULL OR $4 = ANY(roles)) \
+     AND ($5::timestamptz IS NULL OR COALESCE(last_used_at, created_at) < $5) \
+     AND ($6::timestamptz IS NULL OR expires_at < $6) \
+     AND ($7::boolean IS NULL OR disabled = $7) \
+     AND (($8::timestamptz IS NULL AND NOT $9) \
+          OR ($8 IS NOT NULL AND (expires_at IS NULL OR expires_at > $8)) \
+          OR ($9 AND cardinality(allowed_sources) = 0)) \
+     AND owners @> $10::bigint[] \
+     AND ($11::text[] IS NULL OR roles <@ $11) \
+     AND ($12::text IS NULL OR (CASE WHEN $13::text IS NULL THEN labels ? $12 \
+          ELSE labels @> jsonb_build_object($12, $13) END))";
+
+/// Binds [`FILTER`]'s parameters, after the query's own $1 and $2.
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    filter: &'q ListFilter,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(filter.name_prefix.as_deref())
+        .bind(filter.role.as_ref().map(|r| r.as_str()))
+        .bind(filter.unused_since.map(to_db_time))
+        .bind(filter.expiring_before.map(to_db_time))
+        .bind(filter.disabled)
+        .bind(filter.expiring_after.map(to_db_time))
+        .bind(filter.without_sources)
+        .bind(
+            filter
+                .owners
+                .iter()
+                .map(|owner| db_id(*owner))
+                .collect::<Vec<i64>>(),
+        )
+        .bind(
+            filter
+                .roles_within
+                .as_ref()
+                .map(|roles| roles.iter().map(|r| r.as_str()).collect::<Vec<&str>>()),
+        )
+        .bind(filter.label.as_ref().map(|label| label.key.as_str()))
+        .bind(filter.label.as_ref().and_then(|label| label.value.as_deref()))
+}
+
+/// An order's key as the indexes of migration 0009 are written (`None`:
+/// the id, the primary key's own order).
+fn order_expression(key: OrderKey) -> Option<&'static str> {
+    match key {
+        OrderKey::Id => None,
+        OrderKey::Name => Some("name COLLATE \"C\""),
+        OrderKey::Expiration => {
+            Some("COALESCE(expires_at, '9999-12-31 23:59:59.999999+00'::timestamptz)")
+        }
+        OrderKey::LastUsed => Some("COALESCE(last_used_at, '0001-01-01 00:00:00+00'::timestamptz)"),
+        OrderKey::Created => Some("created_at"),
+    }
+}
 
 /// The channel deletes (`d:<id>`) and heartbeats (`h:<replica>:<n>`) travel.
 pub const CHANNEL: &str = "sts_tokens";
@@ -249,44 +312,64 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StoredToken>, StoreError> {
         let after = after.map_or(0, db_id);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // Each filter is off when its parameter is NULL: what
-        // `ListFilter::matches` says, in SQL.
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 \
-             AND ($3::text IS NULL OR left(name, length($3)) = $3) \
-             AND ($4::text IS NULL OR $4 = ANY(roles)) \
-             AND ($5::timestamptz IS NULL OR COALESCE(last_used_at, created_at) < $5) \
-             AND ($6::timestamptz IS NULL OR expires_at < $6) \
-             AND ($7::boolean IS NULL OR disabled = $7) \
-             AND (($8::timestamptz IS NULL AND NOT $9) \
-                  OR ($8 IS NOT NULL AND (expires_at IS NULL OR expires_at > $8)) \
-                  OR ($9 AND cardinality(allowed_sources) = 0)) \
-             AND owners @> $10::bigint[] \
-             AND ($11::text[] IS NULL OR roles <@ $11) \
-             ORDER BY id LIMIT $2"
-        ))
-        .bind(after)
-        .bind(limit)
-        .bind(filter.name_prefix.as_deref())
-        .bind(filter.role.as_ref().map(|r| r.as_str()))
-        .bind(filter.unused_since.map(to_db_time))
-        .bind(filter.expiring_before.map(to_db_time))
-        .bind(filter.disabled)
-        .bind(filter.expiring_after.map(to_db_time))
-        .bind(filter.without_sources)
-        .bind(
-            filter
-                .owners
-                .iter()
-                .map(|owner| db_id(*owner))
-                .collect::<Vec<i64>>(),
+        let query = format!("SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 AND {FILTER} ORDER BY id LIMIT $2");
+        let rows = bind_filter(sqlx::query(&query).bind(after).bind(limit), filter)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| readable(decode(row), row_id(row)))
+            .collect())
+    }
+
+    async fn list_ordered(
+        &self,
+        order: ListOrder,
+        after: Option<&Position>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        let Some(key) = order_expression(order.key) else {
+            return self
+                .list_matching(after.map(|at| at.id), limit, filter)
+                .await;
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (direction, past) = if order.descending {
+            ("DESC", "<")
+        } else {
+            ("ASC", ">")
+        };
+        // $14 (a name) or $15 (a time) is the last page's value, $1 its id.
+        let value = if order.key == OrderKey::Name {
+            "$14"
+        } else {
+            "$15"
+        };
+        // Written only when there is a page before, so the first page's
+        // plan is not one that must also serve a cursor.
+        let from = match after {
+            Some(_) => format!("({key}, id) {past} ({value}, $1) AND"),
+            None => String::new(),
+        };
+        let query = format!(
+            "SELECT {COLUMNS} FROM sts_tokens WHERE {from} {FILTER} \
+             ORDER BY {key} {direction}, id {direction} LIMIT $2"
+        );
+        let (text, time) = match after.map(|at| &at.value) {
+            Some(SortValue::Text(text)) => (Some(text.as_str()), None),
+            Some(SortValue::Micros(micros)) => (None, Some(to_db_time(from_micros(*micros)))),
+            None => (None, None),
+        };
+        let rows = bind_filter(
+            sqlx::query(&query)
+                .bind(after.map(|at| db_id(at.id)))
+                .bind(limit),
+            filter,
         )
-        .bind(
-            filter
-                .roles_within
-                .as_ref()
-                .map(|roles| roles.iter().map(|r| r.as_str()).collect::<Vec<&str>>()),
-        )
+        .bind(text)
+        .bind(time)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -7,15 +7,19 @@
 //! tree `meta` keeps the token and event counts; tree `outbox` maps a
 //! sequence number (8 bytes, big-endian: key order is the order events
 //! happened) to an [`OutboxRecord`]; tree `signals` maps a token's id to the
-//! expiry step last announced for its expiration. A change and its event
+//! expiry step last announced for its expiration; tree `order` indexes
+//! the list orders (`order.rs`), tree `sessions` the console's sessions
+//! (`sessions.rs`). A change and its event
 //! are one transaction, and every write is followed by a flush (fsync)
 //! before it is acknowledged. The background flush timer is off: nothing is ever
 //! written without a caller waiting on it.
 //! Concurrent writers share flushes ([`GroupCommit`]).
 
+mod order;
 mod outbox;
 mod reads;
 mod record;
+mod sessions;
 mod usage;
 mod writes;
 
@@ -39,7 +43,7 @@ use super::{
 use crate::{
     events::{Draft, OutboxStats, Pending, Settle},
     model::{
-        Change, Counts, Day, DayUsage, Etag, ListFilter, NewToken, ServiceToken, StoredToken,
+        Change, Counts, Day, DayUsage, Etag, ListFilter, ListOrder, NewToken, Position, ServiceToken, StoredToken,
         TokenId, TokenSummary,
     },
     token::TokenHash,
@@ -91,6 +95,10 @@ struct Trees {
     signals: sled::Tree,
     /// Each token's checks per UTC day (`usage.rs`).
     usage: sled::Tree,
+    /// The list orders' index (`order.rs`).
+    order: sled::Tree,
+    /// Console sessions (`sessions.rs`).
+    sessions: sled::Tree,
     /// Outbox events not to be offered before a time (claimed, or waiting
     /// out a retry's backoff). In memory: only this process delivers from
     /// this data directory, and after a restart everything is due.
@@ -144,6 +152,8 @@ impl SledStore {
         let outbox = db.open_tree("outbox").map_err(unavailable)?;
         let signals = db.open_tree("signals").map_err(unavailable)?;
         let usage = db.open_tree("usage").map_err(unavailable)?;
+        let order = db.open_tree("order").map_err(unavailable)?;
+        let sessions = db.open_tree("sessions").map_err(unavailable)?;
         if meta.get(COUNT_KEY).map_err(unavailable)?.is_none() {
             // A store written before the count was kept: count once.
             let count = tokens.len() as u64;
@@ -151,6 +161,7 @@ impl SledStore {
                 .map_err(unavailable)?;
             db.flush().map_err(unavailable)?;
         }
+        order::build_if_missing(&db, &tokens, &order, &meta)?;
         let trees = Trees {
             changes: Mutex::new(()),
             flusher: start_flusher(db.clone(), dir)?,
@@ -163,6 +174,8 @@ impl SledStore {
             outbox,
             signals,
             usage,
+            order,
+            sessions,
             reserve,
         };
         Ok(SledStore {
@@ -261,6 +274,19 @@ impl Store for SledStore {
     ) -> Result<Vec<StoredToken>, StoreError> {
         let filter = filter.clone();
         self.read(move |trees| trees.list_matching(after, limit, &filter))
+            .await
+    }
+
+    async fn list_ordered(
+        &self,
+        order: ListOrder,
+        after: Option<&Position>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        let filter = filter.clone();
+        let after = after.cloned();
+        self.read(move |trees| trees.list_ordered(order, after.as_ref(), limit, &filter))
             .await
     }
 

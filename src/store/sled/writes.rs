@@ -23,6 +23,7 @@ use crate::{
 
 use super::{
     COUNT_KEY, Trees, decode_count,
+    order::{reindex, reindex_last_used},
     outbox::push_event,
     record::{Record, key_id, latest},
     transaction_failed, unavailable,
@@ -67,8 +68,14 @@ impl Trees {
             let record = Record::of(&stored);
             let event = draft.map(|d| d.event(&stored.token, &stored.token));
             let key = stored.token.id.get().to_be_bytes();
-            let trees = (&self.tokens, &self.by_hash, &self.meta, &self.outbox);
-            let outcome = trees.transaction(|(tokens, by_hash, meta, outbox)| {
+            let trees = (
+                &self.tokens,
+                &self.by_hash,
+                &self.meta,
+                &self.outbox,
+                &self.order,
+            );
+            let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, order)| {
                 if tokens.get(key)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(InsertAbort::IdTaken));
                 }
@@ -77,6 +84,7 @@ impl Trees {
                 }
                 tokens.insert(&key, record.encode_to_vec())?;
                 by_hash.insert(hash.as_bytes(), &key)?;
+                reindex(order, None, Some(&stored.token))?;
                 let count = decode_count(meta.get(COUNT_KEY)?) + 1;
                 meta.insert(COUNT_KEY, &count.to_be_bytes())?;
                 if let (Some(seq), Some(event)) = (seq, &event) {
@@ -101,8 +109,14 @@ impl Trees {
         let key = token.id.get().to_be_bytes();
         let record = Record::of(stored).encode_to_vec();
         let hash = stored.hash.as_bytes();
-        let trees = (&self.tokens, &self.by_hash, &self.meta, &self.retired);
-        let outcome = trees.transaction(|(tokens, by_hash, meta, retired)| {
+        let trees = (
+            &self.tokens,
+            &self.by_hash,
+            &self.meta,
+            &self.retired,
+            &self.order,
+        );
+        let outcome = trees.transaction(|(tokens, by_hash, meta, retired, order)| {
             if let Some(existing) = tokens.get(key)? {
                 let same = Record::decode(&*existing).is_ok_and(|r| r.token_hash == hash);
                 return Ok(if same {
@@ -123,6 +137,7 @@ impl Trees {
             for hash in &stored.retired {
                 retired.insert(hash.as_bytes(), &key)?;
             }
+            reindex(order, None, Some(token))?;
             let count = decode_count(meta.get(COUNT_KEY)?) + 1;
             meta.insert(COUNT_KEY, &count.to_be_bytes())?;
             Ok(Imported::Added)
@@ -193,8 +208,9 @@ impl Trees {
             &self.meta,
             &self.outbox,
             &self.retired,
+            &self.order,
         );
-        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, retired)| {
+        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, retired, order)| {
             let Some(bytes) = tokens.get(key)? else {
                 return Ok(None);
             };
@@ -221,6 +237,7 @@ impl Trees {
                 retired.insert(added.as_bytes(), &key)?;
             }
             tokens.insert(&key, Record::of(&after).encode_to_vec())?;
+            reindex(order, Some(&current.token), Some(&after.token))?;
             if let (Some(seq), Some(draft)) = (seq, draft) {
                 push_event(
                     outbox,
@@ -273,12 +290,18 @@ impl Trees {
             &self.outbox,
             &self.signals,
             &self.retired,
+            &self.order,
         );
-        let outcome = trees.transaction(|(tokens, by_hash, meta, outbox, signals, retired)| {
+        let outcome = trees.transaction(
+            |(tokens, by_hash, meta, outbox, signals, retired, order)| {
             let Some(bytes) = tokens.remove(&key)? else {
                 return Ok(false);
             };
             signals.remove(&key)?;
+            // An undecodable record has no entries (the index skips it).
+            if let Ok(gone) = Record::decode_stored(&bytes) {
+                reindex(order, Some(&gone.token), None)?;
+            }
             // An undecodable record has no description to announce.
             if let (Some(seq), Some(draft), Ok(gone)) = (seq, draft, Record::decode_stored(&bytes))
             {
@@ -299,7 +322,8 @@ impl Trees {
                 }
             }
             Ok(true)
-        });
+        },
+        );
         let deleted = outcome.map_err(|e: TransactionError<()>| transaction_failed("delete", e))?;
         Ok(if deleted {
             Outcome::Done(())
@@ -322,8 +346,8 @@ impl Trees {
             }
             _ => None,
         };
-        let trees = (&self.tokens, &self.meta, &self.outbox);
-        let outcome = trees.transaction(|(tokens, meta, outbox)| {
+        let trees = (&self.tokens, &self.meta, &self.outbox, &self.order);
+        let outcome = trees.transaction(|(tokens, meta, outbox, order)| {
             let Some(bytes) = tokens.get(key)? else {
                 return Ok(false);
             };
@@ -331,7 +355,19 @@ impl Trees {
             let Ok(mut record) = Record::decode_checked(&bytes) else {
                 return Ok(false);
             };
+            let last_used = record.last_used_at;
             record.last_used_at = latest(record.last_used_at, used.at);
+            if record.last_used_at != last_used {
+                let time = |at: Option<prost_types::Timestamp>| {
+                    at.and_then(|at| SystemTime::try_from(at).ok())
+                };
+                reindex_last_used(
+                    order,
+                    used.id,
+                    time(last_used),
+                    time(record.last_used_at),
+                )?;
+            }
             if let Some(at) = used.previous_at
                 && record.previous_hash.is_some()
             {

@@ -11,10 +11,13 @@ use std::{
 use async_trait::async_trait;
 use sts::{
     events::{Draft, OutboxStats, Pending, Settle},
-    model::{Change, Etag, ListFilter, NewToken, ServiceToken, StoredToken, TokenId, TokenSummary},
+    model::{
+        Change, Etag, ListFilter, ListOrder, NewToken, Position, ServiceToken, Session, SessionKey, StoredToken,
+        TokenId, TokenSummary,
+    },
     store::{
-        Announce, EventOutbox, Imported, KeepAdmin, Outcome, SledStore, Store, StoreError, Use,
-        UseRecords,
+        Announce, EventOutbox, Imported, KeepAdmin, Outcome, Sessions, SledStore, Store, StoreError,
+        Use, UseRecords,
     },
     token::TokenHash,
 };
@@ -118,6 +121,17 @@ impl Store for FaultyStore {
         self.inner.list_matching(after, limit, filter).await
     }
 
+    async fn list_ordered(
+        &self,
+        order: ListOrder,
+        after: Option<&Position>,
+        limit: usize,
+        filter: &ListFilter,
+    ) -> Result<Vec<StoredToken>, StoreError> {
+        self.fault()?;
+        self.inner.list_ordered(order, after, limit, filter).await
+    }
+
     async fn change(
         &self,
         id: TokenId,
@@ -186,6 +200,41 @@ impl EventOutbox for FaultyStore {
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         self.fault()?;
         self.inner.outbox_stats().await
+    }
+}
+
+#[async_trait]
+impl Sessions for FaultyStore {
+    async fn open_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.open_session(session).await
+    }
+
+    async fn session(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+        self.fault()?;
+        self.inner.session(key).await
+    }
+
+    async fn touch_sessions(
+        &self,
+        seen: &[(SessionKey, std::time::SystemTime)],
+    ) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.touch_sessions(seen).await
+    }
+
+    async fn end_session(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.fault()?;
+        self.inner.end_session(key).await
+    }
+
+    async fn end_stale_sessions(
+        &self,
+        seen_before: std::time::SystemTime,
+        begun_before: std::time::SystemTime,
+    ) -> Result<u64, StoreError> {
+        self.fault()?;
+        self.inner.end_stale_sessions(seen_before, begun_before).await
     }
 }
 
