@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod export;

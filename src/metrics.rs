@@ -29,6 +29,8 @@ struct CallLabels {
     /// call refused before its caller was known to manage), `system`
     /// (the upkeep's purge), `anyone` (a leaked token's revocation).
     caller: &'static str,
+    /// `grpc`, `rest`, `console`, `internal`.
+    transport: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,7 +158,7 @@ impl Metrics {
         let management_calls = Family::default();
         registry.register(
             "management_calls",
-            "Management calls (gRPC and REST) by RPC, status and caller kind",
+            "Management calls (gRPC, REST, console) by RPC, status, caller kind and transport",
             management_calls.clone(),
         );
         let role_checks = Family::default();
@@ -457,12 +459,19 @@ impl Metrics {
     }
 
     /// One management call: the RPC's name and its gRPC status name.
-    pub fn management_call(&self, rpc: &'static str, status: &'static str, caller: &'static str) {
+    pub fn management_call(
+        &self,
+        rpc: &'static str,
+        status: &'static str,
+        caller: &'static str,
+        transport: &'static str,
+    ) {
         self.management_calls
             .get_or_create(&CallLabels {
                 rpc,
                 status,
                 caller,
+                transport,
             })
             .inc();
     }

@@ -10,8 +10,7 @@
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use crate::model::{
-    FieldError, ListOrder, OrderKey, Position, SortValue, TokenId, decode_position,
-    encode_position,
+    FieldError, ListOrder, OrderKey, Position, SortValue, TokenId, decode_position, encode_position,
 };
 
 /// Bumped if the cursor's meaning ever changes, so old cursors fail clearly.
@@ -138,10 +137,22 @@ mod tests {
 
     #[test]
     fn sizes_default_and_clamp() {
-        assert_eq!(PageRequest::parse(0, "", ListOrder::default(), 100, 1000).unwrap().size, 100);
-        assert_eq!(PageRequest::parse(5000, "", ListOrder::default(), 100, 1000).unwrap().size, 1000);
         assert_eq!(
-            PageRequest::parse(-1, "", ListOrder::default(), 100, 1000).unwrap_err().field,
+            PageRequest::parse(0, "", ListOrder::default(), 100, 1000)
+                .unwrap()
+                .size,
+            100
+        );
+        assert_eq!(
+            PageRequest::parse(5000, "", ListOrder::default(), 100, 1000)
+                .unwrap()
+                .size,
+            1000
+        );
+        assert_eq!(
+            PageRequest::parse(-1, "", ListOrder::default(), 100, 1000)
+                .unwrap_err()
+                .field,
             "page_size"
         );
     }
@@ -156,7 +167,9 @@ mod tests {
             &URL_SAFE_NO_PAD.encode([1u8, 0, 0, 0, 0, 0, 0, 0, 0]),
         ] {
             assert_eq!(
-                PageRequest::parse(0, bad, ListOrder::default(), 100, 1000).unwrap_err().field,
+                PageRequest::parse(0, bad, ListOrder::default(), 100, 1000)
+                    .unwrap_err()
+                    .field,
                 "page_token",
                 "{bad}"
             );

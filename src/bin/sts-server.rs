@@ -13,14 +13,16 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sts::{
     config::{
-        DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE, DEFAULT_BODY_TIMEOUT, DEFAULT_DATA_DIR,
-        DEFAULT_KUBERNETES_PREFIX, DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN,
-        DEFAULT_MANAGER_ROLE, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE,
-        DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_MAX_WATCH_STREAMS, DEFAULT_OUTBOX_CAPACITY,
-        DEFAULT_RATE_LIMIT_ON_ERROR, DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE,
-        DEFAULT_SHUTDOWN_DELAY, DEFAULT_WATCHER_ROLE, IntegrationConfig, KubernetesPrefix,
-        KubernetesUsername, LifetimePolicy, RateLimitConfig, ServerConfig, ServiceConfig,
-        StoreConfig, StoreUrl, WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
+        ConsoleConfig, ConsolePrefix, DEFAULT_ADMIN_KEEP_MARGIN, DEFAULT_ADMIN_ROLE,
+        DEFAULT_BODY_TIMEOUT, DEFAULT_CONSOLE_PATH_PREFIX, DEFAULT_CONSOLE_SESSION_IDLE,
+        DEFAULT_CONSOLE_SESSION_LIFETIME, DEFAULT_DATA_DIR, DEFAULT_KUBERNETES_PREFIX,
+        DEFAULT_LAST_USED_RESOLUTION, DEFAULT_LISTEN, DEFAULT_MANAGER_ROLE,
+        DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_ROTATION_GRACE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        DEFAULT_MAX_WATCH_STREAMS, DEFAULT_OUTBOX_CAPACITY, DEFAULT_RATE_LIMIT_ON_ERROR,
+        DEFAULT_RECORD_SOURCES, DEFAULT_REVIEWER_ROLE, DEFAULT_SHUTDOWN_DELAY,
+        DEFAULT_WATCHER_ROLE, IntegrationConfig, KubernetesPrefix, KubernetesUsername,
+        LifetimePolicy, RateLimitConfig, ServerConfig, ServiceConfig, StoreConfig, StoreUrl,
+        WebhookConfig, WebhookSecret, WebhookUrl, admin_keep_margin,
         setting::{self, Span, span},
     },
     connections::{self, ConnectionLimits, DEFAULT_MAX_REQUESTS_IN_FLIGHT},
@@ -253,6 +255,20 @@ struct ServeArgs {
     /// change, rotate, disable and delete only those (docs/delegation.md).
     #[arg(long, env = "STS_MANAGER_ROLE", default_value = DEFAULT_MANAGER_ROLE, value_parser = setting::role)]
     manager_role: Role,
+    /// Serve the web console (docs/console.md) on this port; `false`: its
+    /// paths answer 404.
+    #[arg(long, env = "STS_CONSOLE", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    console: bool,
+    /// Where the console is served: its links, redirects and cookie follow
+    /// it (e.g. /tokens/console behind a proxy that forwards that path).
+    #[arg(long, env = "STS_CONSOLE_PATH_PREFIX", default_value = DEFAULT_CONSOLE_PATH_PREFIX, value_parser = console_prefix)]
+    console_path_prefix: ConsolePrefix,
+    /// A console session unused this long ends (on every replica).
+    #[arg(long, env = "STS_CONSOLE_SESSION_IDLE", default_value_t = span(DEFAULT_CONSOLE_SESSION_IDLE), value_parser = setting::positive_duration)]
+    console_session_idle: Span,
+    /// A console session ends this long after its sign-in, used or not.
+    #[arg(long, env = "STS_CONSOLE_SESSION_LIFETIME", default_value_t = span(DEFAULT_CONSOLE_SESSION_LIFETIME), value_parser = setting::positive_duration)]
+    console_session_lifetime: Span,
     /// The role a token needs to watch changes (Watch) and report the uses
     /// it answered from its own cache (ReportUses): what a service
     /// validating tokens with the client crate holds.
@@ -496,6 +512,11 @@ fn connection_limits(args: &ServeArgs) -> ConnectionLimits {
     limits
 }
 
+/// `--console-path-prefix`, for clap.
+fn console_prefix(text: &str) -> Result<ConsolePrefix, setting::SettingError> {
+    ConsolePrefix::parse(text)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let webhooks = args.webhooks()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -515,6 +536,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             kubernetes_prefix: args.kubernetes_prefix,
             kubernetes_username: args.kubernetes_username,
         },
+        console: args.console.then(|| ConsoleConfig {
+            prefix: args.console_path_prefix.clone(),
+        }),
         ..ServerConfig::default()
     };
     let lifetime = LifetimePolicy::new(
@@ -542,6 +566,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         require_source_binding: args.require_source_binding,
         default_rate_limits: setting::rate_limits(args.default_rate_limit.clone())
             .map_err(|e| anyhow::anyhow!("invalid --default-rate-limit: {e}"))?,
+        console_session_idle: *args.console_session_idle,
+        console_session_lifetime: *args.console_session_lifetime,
         ..ServiceConfig::with_admin_role(args.admin.admin_role.clone())
     };
     let store = args.store.config(Some(&args.reserve))?;

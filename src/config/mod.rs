@@ -9,11 +9,13 @@ use std::time::Duration;
 use crate::model::{RateLimits, Role};
 use crate::rate_limit::OnStoreError;
 
+mod console;
 mod server;
 pub mod setting;
 mod store;
 mod webhook;
 
+pub use console::*;
 pub use server::*;
 pub use setting::SettingError;
 pub use store::*;
@@ -188,7 +190,18 @@ pub struct ServiceConfig {
     /// The limits a token created without any gets
     /// (`--default-rate-limit`); empty: none.
     pub default_rate_limits: RateLimits,
+    /// A console session unused this long ends (`--console-session-idle`).
+    pub console_session_idle: Duration,
+    /// A console session ends this long after its sign-in, used or not
+    /// (`--console-session-lifetime`).
+    pub console_session_lifetime: Duration,
 }
+
+/// How long a console session may go unused (15 minutes, as OWASP's
+/// session guidance suggests for sensitive applications).
+pub const DEFAULT_CONSOLE_SESSION_IDLE: Duration = Duration::from_secs(15 * 60);
+/// How long a console session may last at most, used or not: a working day.
+pub const DEFAULT_CONSOLE_SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
 /// Where tokens' rate limits are counted: in each server alone, or in a
 /// Redis every replica shares (`--rate-limit-store`), and what a check of
@@ -327,6 +340,8 @@ impl ServiceConfig {
             require_source_binding: false,
             record_sources: DEFAULT_RECORD_SOURCES,
             default_rate_limits: RateLimits::default(),
+            console_session_idle: DEFAULT_CONSOLE_SESSION_IDLE,
+            console_session_lifetime: DEFAULT_CONSOLE_SESSION_LIFETIME,
         }
     }
 }

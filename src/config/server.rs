@@ -152,6 +152,8 @@ pub struct ServerConfig {
     pub connection_limits: ConnectionLimits,
     /// Largest Envoy ext_authz `Check` accepted.
     pub max_check_request_bytes: usize,
+    /// The web console (`None`: off, its paths answer 404).
+    pub console: Option<super::ConsoleConfig>,
 }
 
 impl Default for ServerConfig {
@@ -172,6 +174,7 @@ impl Default for ServerConfig {
             trusted_proxies: TrustedProxies::none(),
             connection_limits: ConnectionLimits::UNBOUNDED,
             max_check_request_bytes: MAX_CHECK_REQUEST_BYTES,
+            console: Some(super::ConsoleConfig::default()),
         }
     }
 }

@@ -30,13 +30,17 @@ use crate::{
     error::Error,
     model::{
         AllowedRoutes, AllowedSources, Audiences, Bindings, CheckContext, DEFAULT_USAGE_DAYS,
-        DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, ListOrder, NewToken,
-        Outcome, Owners, RateLimit, RateLimits, Roles, RouteRule, TokenId, TokenName, parse_time,
+        DayUsage, Description, Edit, Etag, FieldError, LabelEdit, Labels, ListFilter, ListOrder,
+        NewToken, Outcome, Owners, RateLimit, RateLimits, Roles, RouteRule, TokenId, TokenName,
+        parse_time,
     },
     page::PageRequest,
     proto,
     rate_limit::{Charge, Surface},
-    service::{Authority, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, Rpc, TokenService},
+    service::{
+        Authority, Credential, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, Rpc, TokenService,
+        Transport,
+    },
     source,
 };
 
@@ -70,7 +74,13 @@ impl GrpcTokenService {
         let presented = credential::presented(metadata.as_ref());
         Ok(self
             .service
-            .manage(rpc, presented, source, |authority| call(authority, message))
+            .manage(
+                rpc,
+                Transport::Grpc,
+                Credential::Presented(presented),
+                source,
+                |authority| call(authority, message),
+            )
             .await?)
     }
 }
@@ -211,7 +221,7 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
         let source = source::of(request.extensions());
         let results = self
             .service
-            .revoke_leaked(&request.get_ref().tokens, source)
+            .revoke_leaked(Transport::Grpc, &request.get_ref().tokens, source)
             .await?;
         Ok(Response::new(proto::RevokeLeakedResponse {
             results: results
@@ -319,7 +329,10 @@ impl proto::token_service_server::TokenService for GrpcTokenService {
             let grace = grace_period(message.grace_period)?;
             Ok((grace, time("expiration", message.expiration)?))
         };
-        let (token, rotated) = self.service.rotate_self(presented, source, request).await?;
+        let (token, rotated) = self
+            .service
+            .rotate_self(Transport::Grpc, presented, source, request)
+            .await?;
         Ok(Response::new(proto::RotateSelfResponse {
             token: token.expose_secret().to_owned(),
             service_token: Some(rotated.into()),

@@ -8,7 +8,7 @@ use crate::{
     credential,
     error::Error,
     rate_limit::{Charge, Surface},
-    service::{Authenticated, Authority, Rpc},
+    service::{Authenticated, Authority, Credential, Rpc, Transport},
     source,
 };
 use axum::{
@@ -98,7 +98,13 @@ impl Management {
         let presented = credential::presented(&self.headers);
         self.state
             .service
-            .manage(rpc, presented, self.source, call)
+            .manage(
+                rpc,
+                Transport::Rest,
+                Credential::Presented(presented),
+                self.source,
+                call,
+            )
             .await
     }
 
@@ -113,7 +119,7 @@ impl Management {
         let presented = credential::presented(&self.headers);
         self.state
             .service
-            .rotate_self(presented, self.source, request)
+            .rotate_self(Transport::Rest, presented, self.source, request)
             .await
     }
 }

@@ -30,11 +30,11 @@ use crate::{
     error::Error,
     model::{
         AllowedSources, Audiences, Bindings, DEFAULT_USAGE_DAYS, DayUsage, Description, Etag,
-        FieldError, Labels, ListFilter, ListOrder, NewToken, Outcome, RouteParts, ServiceToken, TokenId,
-        parse_epoch_millis,
+        FieldError, Labels, ListFilter, ListOrder, NewToken, Outcome, RouteParts, ServiceToken,
+        TokenId, parse_epoch_millis,
     },
     page::PageRequest,
-    service::{Authority, Revoked, Rpc, TokenService},
+    service::{Authority, Revoked, Rpc, TokenService, Transport},
     token::Secret,
 };
 
@@ -590,7 +590,10 @@ pub async fn revoke_leaked(
             r#"is not a revocation request: send {"tokens": ["svctok-…", …]}"#,
         )
     })?;
-    let results = state.service.revoke_leaked(&request.tokens, source).await?;
+    let results = state
+        .service
+        .revoke_leaked(Transport::Rest, &request.tokens, source)
+        .await?;
     Ok(Json(RevokedJson {
         results: results
             .into_iter()

@@ -243,7 +243,11 @@ mod tests {
         assert_eq!(parsed.to_order_by(), "last_used desc");
         assert!(!ListOrder::parse("name asc").unwrap().descending);
         for bad in ["id", "name up", "name desc x", "Name", "created,name"] {
-            assert_eq!(ListOrder::parse(bad).unwrap_err().field, "order_by", "{bad}");
+            assert_eq!(
+                ListOrder::parse(bad).unwrap_err().field,
+                "order_by",
+                "{bad}"
+            );
         }
     }
 

@@ -98,6 +98,9 @@ pub struct ListFilter {
     /// Carrying this label (`key`), or this label with this value
     /// (`key=value`).
     pub label: Option<LabelSelector>,
+    /// Only tokens bound to something (sources, audiences or routes:
+    /// `true`) or to nothing (`false`).
+    pub bound: Option<bool>,
 }
 
 /// A label a listed token must carry: its key, and the value it must have
@@ -169,6 +172,7 @@ impl ListFilter {
             owners: Vec::new(),
             roles_within: None,
             label: None,
+            bound: None,
         })
     }
 
@@ -227,6 +231,9 @@ impl ListFilter {
                 .label
                 .as_ref()
                 .is_none_or(|label| label.matches(&token.labels))
+            && self
+                .bound
+                .is_none_or(|bound| bound != token.bindings.is_empty())
     }
 
     /// No policy asked about, or `token` is over one of those asked about.

@@ -50,8 +50,14 @@ pub struct Session {
 impl Session {
     /// Whether it is still open at `now`: seen within `idle`, begun within
     /// `lifetime`.
-    pub fn is_open_at(&self, now: SystemTime, idle: std::time::Duration, lifetime: std::time::Duration) -> bool {
-        let within = |since: SystemTime, bound| now.duration_since(since).ok().is_none_or(|d| d < bound);
+    pub fn is_open_at(
+        &self,
+        now: SystemTime,
+        idle: std::time::Duration,
+        lifetime: std::time::Duration,
+    ) -> bool {
+        let within =
+            |since: SystemTime, bound| now.duration_since(since).ok().is_none_or(|d| d < bound);
         within(self.seen_at, idle) && within(self.created_at, lifetime)
     }
 }

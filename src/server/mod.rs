@@ -125,6 +125,29 @@ async fn summarize_tokens(service: Arc<TokenService>, interval: Duration) {
     }
 }
 
+/// How often console sessions' last-seen times are written, and those
+/// past their timeouts ended.
+const SESSION_KEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Writes console sessions' last-seen times in batches and ends the stale
+/// ones, until shutdown stops it. A failure is said once until it clears.
+async fn keep_sessions(service: Arc<TokenService>) {
+    let mut ticks = tokio::time::interval(SESSION_KEEPING_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticks.tick().await;
+        match service.keep_sessions().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "could not keep console sessions; trying again");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves; see [`run_on`].
 pub async fn run(
     listener: TcpListener,
@@ -171,6 +194,10 @@ pub async fn run_on(
         service.clone(),
         service.config().token_summary_interval,
     ));
+    let sessions = config
+        .console
+        .is_some()
+        .then(|| tokio::spawn(keep_sessions(service.clone())));
     let delivery = service
         .config()
         .webhooks
@@ -199,7 +226,17 @@ pub async fn run_on(
         },
         config.integrations.clone(),
     );
-    let routes = Routes::from(http::router(state.clone()))
+    let mut router = http::router(state.clone());
+    if let Some(console) = &config.console {
+        let console = crate::console::ConsoleState::new(
+            service.clone(),
+            console,
+            config.tls.is_some(),
+            readiness.clone(),
+        );
+        router = router.merge(crate::console::router(console));
+    }
+    let routes = Routes::from(router)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -239,6 +276,9 @@ pub async fn run_on(
             watcher.abort();
             let _ = watcher.await;
             summarizer.abort();
+            if let Some(sessions) = &sessions {
+                sessions.abort();
+            }
             // An event in flight is sent again after the restart.
             if let Some(delivery) = &delivery {
                 delivery.abort();

@@ -27,7 +27,7 @@ use crate::{
 };
 
 use super::delegation::Act;
-use super::{Authority, Rpc, TokenService, draft_of};
+use super::{Authority, Credential, Rpc, TokenService, Transport, draft_of};
 
 /// The caller kind of a call refused before its caller was known to
 /// hold a managing role.
@@ -123,14 +123,15 @@ impl TokenService {
     pub async fn manage<T, Fut>(
         &self,
         rpc: Rpc,
-        presented: Result<&str, AuthError>,
+        transport: Transport,
+        credential: Credential<'_>,
         source: Option<IpAddr>,
         call: impl FnOnce(Authority) -> Fut,
     ) -> Result<T, Error>
     where
         Fut: Future<Output = Result<T, Error>>,
     {
-        let (caller, kind, result) = match self.authorize_manager(presented, source).await {
+        let (caller, kind, result) = match self.authorize_manager(credential, source).await {
             Ok(authority) => {
                 let caller = authority.token().clone();
                 let kind = authority.kind();
@@ -138,7 +139,7 @@ impl TokenService {
             }
             Err((caller, refused)) => (caller, NO_CALLER, Err(refused)),
         };
-        self.account(rpc, source, caller.as_ref(), kind, &result);
+        self.account(rpc, transport, source, caller.as_ref(), kind, &result);
         result
     }
 
@@ -148,6 +149,7 @@ impl TokenService {
     pub(super) fn account<T>(
         &self,
         rpc: Rpc,
+        transport: Transport,
         source: Option<IpAddr>,
         caller: Option<&ServiceToken>,
         kind: &'static str,
@@ -176,7 +178,8 @@ impl TokenService {
             self.audit_refusal(refusal, caller);
         }
         let status = result.as_ref().map_or_else(|e| e.kind().as_str(), |_| "OK");
-        self.metrics.management_call(rpc.as_str(), status, kind);
+        self.metrics
+            .management_call(rpc.as_str(), status, kind, transport.as_str());
     }
 
     /// A TokenService call refused before it began because its bytes are
@@ -345,7 +348,9 @@ impl TokenService {
         let stored = match page.order.key {
             OrderKey::Id => {
                 let after = page.after.as_ref().map(|at| at.id);
-                self.store.list_matching(after, page.size + 1, filter).await?
+                self.store
+                    .list_matching(after, page.size + 1, filter)
+                    .await?
             }
             _ => {
                 let after = page.after.as_ref();

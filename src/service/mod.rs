@@ -9,10 +9,12 @@ mod authority;
 mod delegation;
 mod manage;
 mod outbox;
+mod overview;
 mod policy;
 mod reuse;
 mod revoke;
 mod rotate_self;
+mod sessions;
 mod upkeep;
 mod validate;
 mod watch;
@@ -41,11 +43,45 @@ use delegation::CallerKind;
 use manage::to_completion;
 pub use manage::{Page, bootstrap};
 use outbox::{AnnouncingUses, Outbox, draft_of};
+pub use overview::Overview;
 pub use revoke::{MAX_REVOKED_PER_CALL, REVOKE_CALLS_PER_MINUTE, Revoked};
+pub use sessions::{SIGN_INS_PER_MINUTE, SessionId};
 pub use validate::{Authenticated, InvalidReason, ReviewFor, Reviewer, Validation};
 pub use watch::{
     HEARTBEAT_INTERVAL, MAX_REPORTED_USES, ReportedOutcome, ReportedUse, WatchMessage, Watcher,
 };
+
+/// Which surface a management call came through: a label of
+/// `sts_management_calls_total`, so the console's share is its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Rest,
+    Console,
+    /// The server's own upkeep (the purge of long-expired tokens).
+    Internal,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Rest => "rest",
+            Transport::Console => "console",
+            Transport::Internal => "internal",
+        }
+    }
+}
+
+/// What a management call's caller proves itself with.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// A secret a request presented, or why none could be read.
+    Presented(Result<&'a str, crate::credential::AuthError>),
+    /// A console session's: the hash of the secret it signed in with,
+    /// checked as the token's current secret on every request.
+    Session(&'a crate::token::TokenHash),
+}
 
 /// The management RPCs, as every transport names them in metrics and audit
 /// events.
@@ -60,6 +96,12 @@ pub enum Rpc {
     GetUsage,
     /// A token rotating itself.
     RotateSelf,
+    /// A console sign-in: the credential checked as for any management
+    /// call, a session opened.
+    SignIn,
+    /// A console page that reads no one token (the overview, the create
+    /// form): the session checked, counted as any call.
+    ConsolePage,
 }
 
 impl Rpc {
@@ -73,6 +115,8 @@ impl Rpc {
             Rpc::Update => "Update",
             Rpc::Rotate => "Rotate",
             Rpc::RotateSelf => "RotateSelf",
+            Rpc::SignIn => "SignIn",
+            Rpc::ConsolePage => "ConsolePage",
         }
     }
 }
@@ -95,6 +139,10 @@ pub struct TokenService {
     limiter: Arc<Limiter>,
     /// The open Watch streams.
     watches: watch::Watches,
+    /// Console sessions' last-seen times and sign-in limit.
+    sessions: sessions::SessionBook,
+    /// The last token counts the upkeep made (the console's overview).
+    summary: Mutex<Option<(SystemTime, crate::model::TokenSummary)>>,
     /// The last store check failed (`server::watch_store` keeps it): calls
     /// that need the store are answered UNAVAILABLE at once meanwhile,
     /// rather than each waiting out the database pool's acquire timeout.
@@ -144,6 +192,8 @@ impl TokenService {
             outbox,
             limiter: Arc::new(Limiter::default()),
             watches: watch::Watches::new(config.max_watch_streams),
+            sessions: sessions::SessionBook::default(),
+            summary: Mutex::new(None),
             store_away: AtomicBool::new(false),
             last_store_failure: Mutex::new(None),
             store,
@@ -168,6 +218,11 @@ impl TokenService {
     /// back the same from any of them and survives a move between them.
     pub(crate) fn now(&self) -> SystemTime {
         to_micros(self.clock.now())
+    }
+
+    /// The store's kind (`sled`, `postgresql`).
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
     }
 
     /// The registry every layer records into (the HTTP latency layer too).

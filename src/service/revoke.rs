@@ -12,7 +12,7 @@ use crate::{
     token::TokenHash,
 };
 
-use super::{TokenService, to_completion};
+use super::{TokenService, Transport, to_completion};
 use crate::audit::AUDIT;
 
 /// What became of one leaked secret handed to
@@ -38,22 +38,29 @@ impl TokenService {
     /// caller's address; calls are rate-limited per address.
     pub async fn revoke_leaked(
         self: &Arc<Self>,
+        transport: Transport,
         secrets: &[String],
         source: Option<IpAddr>,
     ) -> Result<Vec<Revoked>, Error> {
         let (this, secrets) = (self.clone(), secrets.to_vec());
-        to_completion(async move { this.revoke_leaked_now(&secrets, source).await }).await
+        to_completion(async move { this.revoke_leaked_now(transport, &secrets, source).await })
+            .await
     }
 
     async fn revoke_leaked_now(
         &self,
+        transport: Transport,
         secrets: &[String],
         source: Option<IpAddr>,
     ) -> Result<Vec<Revoked>, Error> {
         const RPC: &str = "RevokeLeaked";
         if let Err(retry_after) = self.revocations.check(source, std::time::Instant::now()) {
-            self.metrics
-                .management_call(RPC, ErrorKind::RateLimited.as_str(), "anyone");
+            self.metrics.management_call(
+                RPC,
+                ErrorKind::RateLimited.as_str(),
+                "anyone",
+                transport.as_str(),
+            );
             let limited = Error::RateLimited { retry_after };
             self.refusals.record(Refusal {
                 rpc: RPC,
@@ -102,7 +109,8 @@ impl TokenService {
             }
             results.push(revoked);
         }
-        self.metrics.management_call(RPC, "OK", "anyone");
+        self.metrics
+            .management_call(RPC, "OK", "anyone", transport.as_str());
         Ok(results)
     }
 

@@ -20,7 +20,7 @@ use crate::{
 
 use super::delegation::{CallerKind, Renewal, RenewalRefusal, renewal};
 use super::manage::{NO_CALLER, to_completion};
-use super::{Rpc, TokenService};
+use super::{Credential, Rpc, TokenService, Transport};
 
 impl TokenService {
     /// A new secret for the token whose current secret is `presented`:
@@ -33,11 +33,13 @@ impl TokenService {
     /// under the caller kind `self`.
     pub async fn rotate_self(
         self: &Arc<Self>,
+        transport: Transport,
         presented: Result<&str, AuthError>,
         source: Option<IpAddr>,
         request: impl Future<Output = Result<(Duration, Option<SystemTime>), Error>>,
     ) -> Result<(Secret, ServiceToken), Error> {
-        let (caller, result) = match self.current_secret(presented, source).await {
+        let credential = Credential::Presented(presented);
+        let (caller, result) = match self.current_secret(credential, source).await {
             Err((caller, refused)) => (caller, Err(refused)),
             Ok(caller) => {
                 // Presented is the caller's current secret: it parsed.
@@ -62,7 +64,14 @@ impl TokenService {
         } else {
             NO_CALLER
         };
-        self.account(Rpc::RotateSelf, source, caller.as_ref(), kind, &result);
+        self.account(
+            Rpc::RotateSelf,
+            transport,
+            source,
+            caller.as_ref(),
+            kind,
+            &result,
+        );
         result
     }
 

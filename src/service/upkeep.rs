@@ -29,7 +29,9 @@ impl TokenService {
     pub async fn summarize(&self) -> Result<(), Error> {
         self.sweep_rate_limits().await;
         self.purge_usage().await;
-        let summary = self.store.summary(self.now()).await?;
+        let now = self.now();
+        let summary = self.store.summary(now).await?;
+        *self.summary.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, summary));
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let seconds = |t: SystemTime| crate::clock::epoch_seconds(t).max(0);
         let labelled = |windows: &[(&'static str, Duration)], counts: &[u64]| {
@@ -50,6 +52,12 @@ impl TokenService {
             next_expiry_seconds: summary.next_expiry.map_or(0, seconds),
         });
         Ok(())
+    }
+
+    /// The token counts the upkeep made last, and when (the console's
+    /// overview): `None` before the first.
+    pub fn last_summary(&self) -> Option<(SystemTime, TokenSummary)> {
+        *self.summary.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets usage older than [`USAGE_DAYS`] days (today included). A
@@ -99,7 +107,12 @@ impl TokenService {
                     continue;
                 }
                 purged += 1;
-                self.metrics.management_call("Purge", "OK", "system");
+                self.metrics.management_call(
+                    "Purge",
+                    "OK",
+                    "system",
+                    super::Transport::Internal.as_str(),
+                );
                 crate::audit::done!(
                     info,
                     "Purge",
@@ -184,6 +197,9 @@ impl TokenService {
         self.refusals.flush();
         if let Some(last_used) = &self.last_used {
             last_used.write().await;
+        }
+        if let Err(e) = self.keep_sessions().await {
+            tracing::warn!(error = %e, "could not write the console sessions' last-seen times");
         }
         self.store.flush().await
     }

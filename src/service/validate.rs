@@ -17,7 +17,7 @@ use crate::{
     token::{MalformedToken, TokenHash},
 };
 
-use super::{Authority, CallerKind, TokenService};
+use super::{Authority, CallerKind, Credential, TokenService};
 
 /// The answer to "is this token valid?".
 // Valid is the common answer on the hot path: boxing it to shrink the rare
@@ -524,10 +524,10 @@ impl TokenService {
     /// manage, and a source-bound one only from its sources.
     pub(super) async fn authorize_manager(
         &self,
-        presented: Result<&str, AuthError>,
+        credential: Credential<'_>,
         source: Option<IpAddr>,
     ) -> Result<Authority, (Option<ServiceToken>, Error)> {
-        let caller = self.current_secret(presented, source).await?;
+        let caller = self.current_secret(credential, source).await?;
         if caller.roles.contains(&self.config.admin_role) {
             return Ok(Authority {
                 caller,
@@ -555,26 +555,38 @@ impl TokenService {
         })
     }
 
-    /// The caller's token, if `presented` is its current secret, valid
+    /// The caller's token, if `credential` is its current secret, valid
     /// from `source`: what every management call and a self-rotation are
     /// made with. A previous secret in its grace is refused (UNAUTHENTICATED).
     pub(super) async fn current_secret(
         &self,
-        presented: Result<&str, AuthError>,
+        credential: Credential<'_>,
         source: Option<IpAddr>,
     ) -> Result<ServiceToken, (Option<ServiceToken>, Error)> {
         let context = CheckContext {
             source,
             ..CheckContext::default()
         };
+        let authenticated = match credential {
+            Credential::Presented(presented) => {
+                self.authenticate_secret(presented, &context, Charge::Exempt)
+                    .await
+            }
+            Credential::Session(hash) => {
+                let check = self.check_hash(hash, source, |bindings| bindings.admits(&context));
+                let validation = match check.await {
+                    Ok(Ok(passed)) => self.settle(passed, Charge::Exempt).await,
+                    Ok(Err(reason)) => Ok(Validation::Invalid(reason)),
+                    Err(e) => Err(e),
+                };
+                self.counted(validation).and_then(authenticated)
+            }
+        };
         let Authenticated {
             token: caller,
             secret,
             quota: _,
-        } = self
-            .authenticate_secret(presented, &context, Charge::Exempt)
-            .await
-            .map_err(|e| (None, e))?;
+        } = authenticated.map_err(|e| (None, e))?;
         if secret == MatchedSecret::Previous {
             return Err((Some(caller), AuthError::RotatedOut.into()));
         }

@@ -15,8 +15,8 @@ use crate::{
     cache::ValidationCache,
     events::{Draft, OutboxStats, Pending, Settle},
     model::{
-        Change, Counts, Day, DayUsage, Etag, ListFilter, ListOrder, NewToken, Position, Session, SessionKey, RecentSources, ServiceToken,
-        StoredToken, TokenId, TokenSummary,
+        Change, Counts, Day, DayUsage, Etag, ListFilter, ListOrder, NewToken, Position,
+        RecentSources, ServiceToken, Session, SessionKey, StoredToken, TokenId, TokenSummary,
     },
     token::TokenHash,
 };
@@ -271,6 +271,10 @@ pub trait Store: EventOutbox + UseRecords + Sessions + Send + Sync + 'static {
 
     /// How many tokens are stored; cheap enough for every metrics scrape.
     async fn count(&self) -> Result<u64, StoreError>;
+
+    /// What kind of store this is (`sled`, `postgresql`), as the console
+    /// shows it.
+    fn kind(&self) -> &'static str;
 
     /// Whether replicas may share this store, so that counting rate limits
     /// apart lets each replica allow a token's limits in full.

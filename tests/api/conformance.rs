@@ -13,8 +13,8 @@ use sts::{
     events::{Actor, Draft, Settle},
     model::{
         AllowedRoutes, AllowedSources, Audiences, Change, Description, Edit, Etag, LabelEdit,
-        Labels, ListFilter, ListOrder, MatchedSecret, NewToken, OrderKey, RateLimits, RecentSources, Role, Roles,
-        RouteRule, ServiceToken, TokenId, TokenName, TokenSummary,
+        Labels, ListFilter, ListOrder, MatchedSecret, NewToken, OrderKey, RateLimits,
+        RecentSources, Role, Roles, RouteRule, ServiceToken, TokenId, TokenName, TokenSummary,
     },
     store::{Imported, KeepAdmin, Outcome, PostgresStore, SledStore, Store, StoreError, Use},
     token::Secret,
@@ -1233,7 +1233,17 @@ async fn every_order_pages_like_a_sort_of_the_whole_list(backend: &mut Backend) 
     let now = now_micros();
     let hour = Duration::from_secs(3600);
     let names = [
-        "beta", "alpha", "alpha", "alphabet", "Zeta", "ünïcode", "a", "b-2", "b-10", "m", "ci",
+        "beta",
+        "alpha",
+        "alpha",
+        "alphabet",
+        "Zeta",
+        "ünïcode",
+        "a",
+        "b-2",
+        "b-10",
+        "m",
+        "ci",
         "ops",
     ];
     let mut ids = Vec::new();
@@ -1245,6 +1255,13 @@ async fn every_order_pages_like_a_sort_of_the_whole_list(backend: &mut Backend) 
                 Description::parse("").unwrap(),
                 Labels::parse([("team", if i % 4 == 0 { "ci" } else { "ops" })]).unwrap(),
             );
+        }
+        if i == 3 {
+            new = new.bound(sts::model::Bindings {
+                sources: AllowedSources::parse("allowed_sources", &["10.0.0.0/8"]).unwrap(),
+                audiences: Audiences::default(),
+                routes: AllowedRoutes::default(),
+            });
         }
         let created = now - hour * ((i * 5 % 7) as u32);
         let token = store
@@ -1286,7 +1303,12 @@ async fn every_order_pages_like_a_sort_of_the_whole_list(backend: &mut Backend) 
         )
         .await
         .unwrap();
-    done(store.delete(ids[6], &keep_at(now), None, None).await.unwrap());
+    done(
+        store
+            .delete(ids[6], &keep_at(now), None, None)
+            .await
+            .unwrap(),
+    );
     check_orders(&*store, names.len() - 1).await;
     drop(store);
     backend.restart().await;
@@ -1302,6 +1324,15 @@ async fn check_orders(store: &dyn Store, count: usize) {
         ListFilter::default(),
         ListFilter::default().labelled("team=ci").unwrap(),
         ListFilter::default().labelled("team").unwrap(),
+        ListFilter {
+            bound: Some(true),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            bound: Some(false),
+            label: Some(sts::model::LabelSelector::parse("team=ops").unwrap()),
+            ..ListFilter::default()
+        },
     ];
     for (key, name) in OrderKey::INDEXED {
         for descending in [false, true] {
@@ -1324,7 +1355,9 @@ async fn check_orders(store: &dyn Store, count: usize) {
                         .unwrap();
                     listed.extend(page.iter().map(|s| s.token.id));
                     match page.last() {
-                        Some(last) if page.len() == 3 => after = Some(order.position_of(&last.token)),
+                        Some(last) if page.len() == 3 => {
+                            after = Some(order.position_of(&last.token))
+                        }
                         _ => break,
                     }
                 }

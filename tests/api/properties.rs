@@ -8,9 +8,10 @@ use proptest::prelude::*;
 use sts::{
     credential::{self, AuthError, MAX_CREDENTIAL_BYTES},
     model::{
-        AllowedRoutes, AllowedSources, Description, Labels, MAX_DESCRIPTION_CHARS,
-        MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES,
-        ListOrder, OrderKey, Position, RecentSources, RequestPath, SortValue, Role, Roles, RouteRule, TokenId, TokenName, parse_time,
+        AllowedRoutes, AllowedSources, Description, Labels, ListOrder, MAX_DESCRIPTION_CHARS,
+        MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, MAX_ROLE_CHARS, MAX_ROLES, OrderKey,
+        Position, RecentSources, RequestPath, Role, Roles, RouteRule, SortValue, TokenId,
+        TokenName, parse_time,
     },
     page::{PageRequest, encode_cursor},
     token::{MalformedToken, PREFIX, Secret, TOKEN_LEN, TokenHash},

@@ -63,13 +63,13 @@ use crate::{
     config::StoreUrl,
     events::{Draft, Expiry},
     model::{
-        Change, Etag, ListFilter, ListOrder, NewToken, OrderKey, Position, ServiceToken,
-        SortValue, StoredToken, TokenId, TokenSummary, from_micros,
+        Change, Etag, ListFilter, ListOrder, NewToken, OrderKey, Position, ServiceToken, SortValue,
+        StoredToken, TokenId, TokenSummary, from_micros,
     },
     token::TokenHash,
 };
 
-/// Each filter of [`ListFilter`], off when its parameters ($3 to $13) are
+/// Each filter of [`ListFilter`], off when its parameters ($3 to $14) are
 /// NULL: what `ListFilter::matches` says, in SQL. [`bind_filter`] binds them.
 const FILTER: &str = "($3::text IS NULL OR left(name, length($3)) = $3) \
      AND ($4::text IS NULL OR $4 = ANY(roles)) \
@@ -82,7 +82,9 @@ const FILTER: &str = "($3::text IS NULL OR left(name, length($3)) = $3) \
      AND owners @> $10::bigint[] \
      AND ($11::text[] IS NULL OR roles <@ $11) \
      AND ($12::text IS NULL OR (CASE WHEN $13::text IS NULL THEN labels ? $12 \
-          ELSE labels @> jsonb_build_object($12, $13) END))";
+          ELSE labels @> jsonb_build_object($12, $13) END)) \
+     AND ($14::boolean IS NULL OR (cardinality(allowed_sources) > 0 OR cardinality(audiences) > 0 \
+          OR allowed_routes <> '[]'::jsonb) = $14)";
 
 /// Binds [`FILTER`]'s parameters, after the query's own $1 and $2.
 fn bind_filter<'q>(
@@ -111,7 +113,13 @@ fn bind_filter<'q>(
                 .map(|roles| roles.iter().map(|r| r.as_str()).collect::<Vec<&str>>()),
         )
         .bind(filter.label.as_ref().map(|label| label.key.as_str()))
-        .bind(filter.label.as_ref().and_then(|label| label.value.as_deref()))
+        .bind(
+            filter
+                .label
+                .as_ref()
+                .and_then(|label| label.value.as_deref()),
+        )
+        .bind(filter.bound)
 }
 
 /// An order's key as the indexes of migration 0009 are written (`None`:
@@ -295,6 +303,10 @@ impl Store for PostgresStore {
         found_by(decode(&row)?, hash)
     }
 
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
     async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM sts_tokens WHERE id = $1"))
             .bind(db_id(id))
@@ -312,11 +324,13 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StoredToken>, StoreError> {
         let after = after.map_or(0, db_id);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let query = format!("SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 AND {FILTER} ORDER BY id LIMIT $2");
+        let query = format!(
+            "SELECT {COLUMNS} FROM sts_tokens WHERE id > $1 AND {FILTER} ORDER BY id LIMIT $2"
+        );
         let rows = bind_filter(sqlx::query(&query).bind(after).bind(limit), filter)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(rows
             .iter()
             .filter_map(|row| readable(decode(row), row_id(row)))
@@ -341,11 +355,11 @@ impl Store for PostgresStore {
         } else {
             ("ASC", ">")
         };
-        // $14 (a name) or $15 (a time) is the last page's value, $1 its id.
+        // $15 (a name) or $16 (a time) is the last page's value, $1 its id.
         let value = if order.key == OrderKey::Name {
-            "$14"
-        } else {
             "$15"
+        } else {
+            "$16"
         };
         // Written only when there is a page before, so the first page's
         // plan is not one that must also serve a cursor.

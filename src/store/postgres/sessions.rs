@@ -48,20 +48,25 @@ impl Sessions for PostgresStore {
         // A row this release cannot read signs nobody in.
         let token_id = TokenId::parse(row.get::<i64, _>("token_id") as u64).ok();
         let token_hash = TokenHash::from_bytes(&row.get::<Vec<u8>, _>("token_hash"));
-        Ok(token_id.zip(token_hash).map(|(token_id, token_hash)| Session {
-            key: *key,
-            token_id,
-            token_hash,
-            created_at: SystemTime::from(row.get::<OffsetDateTime, _>("created_at")),
-            seen_at: SystemTime::from(row.get::<OffsetDateTime, _>("seen_at")),
-        }))
+        Ok(token_id
+            .zip(token_hash)
+            .map(|(token_id, token_hash)| Session {
+                key: *key,
+                token_id,
+                token_hash,
+                created_at: SystemTime::from(row.get::<OffsetDateTime, _>("created_at")),
+                seen_at: SystemTime::from(row.get::<OffsetDateTime, _>("seen_at")),
+            }))
     }
 
     async fn touch_sessions(&self, seen: &[(SessionKey, SystemTime)]) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());
         }
-        let keys: Vec<&[u8]> = seen.iter().map(|(key, _)| key.as_bytes().as_slice()).collect();
+        let keys: Vec<&[u8]> = seen
+            .iter()
+            .map(|(key, _)| key.as_bytes().as_slice())
+            .collect();
         let times: Vec<OffsetDateTime> = seen.iter().map(|(_, at)| to_db_time(*at)).collect();
         sqlx::query(
             "UPDATE sts_console_sessions s SET seen_at = GREATEST(s.seen_at, t.at) \
@@ -90,14 +95,13 @@ impl Sessions for PostgresStore {
         seen_before: SystemTime,
         begun_before: SystemTime,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM sts_console_sessions WHERE seen_at < $1 OR created_at < $2",
-        )
-        .bind(to_db_time(seen_before))
-        .bind(to_db_time(begun_before))
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        let done =
+            sqlx::query("DELETE FROM sts_console_sessions WHERE seen_at < $1 OR created_at < $2")
+                .bind(to_db_time(seen_before))
+                .bind(to_db_time(begun_before))
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
         Ok(done.rows_affected())
     }
 }

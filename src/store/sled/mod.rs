@@ -43,8 +43,8 @@ use super::{
 use crate::{
     events::{Draft, OutboxStats, Pending, Settle},
     model::{
-        Change, Counts, Day, DayUsage, Etag, ListFilter, ListOrder, NewToken, Position, ServiceToken, StoredToken,
-        TokenId, TokenSummary,
+        Change, Counts, Day, DayUsage, Etag, ListFilter, ListOrder, NewToken, Position,
+        ServiceToken, StoredToken, TokenId, TokenSummary,
     },
     token::TokenHash,
 };
@@ -260,6 +260,10 @@ impl Store for SledStore {
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<StoredToken>, StoreError> {
         let hash = *hash;
         self.read(move |trees| trees.find_by_hash(&hash)).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "sled"
     }
 
     async fn get(&self, id: TokenId) -> Result<Option<StoredToken>, StoreError> {

@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use crate::model::{
-    ListFilter, ListOrder, OrderKey, Position, ServiceToken, SortValue, StoredToken, TokenId,
-    NEVER_USED, micros,
+    ListFilter, ListOrder, NEVER_USED, OrderKey, Position, ServiceToken, SortValue, StoredToken,
+    TokenId, micros,
 };
 use crate::store::{StoreError, readable};
 
@@ -101,7 +101,10 @@ pub(super) fn build_if_missing(
     meta.insert(ORDER_INDEX_KEY, &[1]).map_err(unavailable)?;
     db.flush().map_err(unavailable)?;
     if built > 0 {
-        tracing::info!(tokens = built, "indexed the list orders of an earlier release's data directory");
+        tracing::info!(
+            tokens = built,
+            "indexed the list orders of an earlier release's data directory"
+        );
     }
     Ok(())
 }
@@ -121,16 +124,16 @@ impl Trees {
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             match (&from, order.descending) {
                 (None, false) => Box::new(self.order.range(tag.as_slice()..next_tag.as_slice())),
-                (None, true) => Box::new(self.order.range(tag.as_slice()..next_tag.as_slice()).rev()),
+                (None, true) => {
+                    Box::new(self.order.range(tag.as_slice()..next_tag.as_slice()).rev())
+                }
                 (Some(from), false) => {
                     let mut start = from.clone();
                     // Just past `from` itself.
                     start.push(0);
                     Box::new(self.order.range(start..next_tag.to_vec()))
                 }
-                (Some(from), true) => {
-                    Box::new(self.order.range(tag.to_vec()..from.clone()).rev())
-                }
+                (Some(from), true) => Box::new(self.order.range(tag.to_vec()..from.clone()).rev()),
             };
         let mut page = Vec::with_capacity(limit.min(1024));
         for entry in entries {

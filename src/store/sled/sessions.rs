@@ -55,7 +55,11 @@ impl Trees {
         Ok(())
     }
 
-    fn end_stale_sessions(&self, seen_before: SystemTime, begun_before: SystemTime) -> Result<u64, StoreError> {
+    fn end_stale_sessions(
+        &self,
+        seen_before: SystemTime,
+        begun_before: SystemTime,
+    ) -> Result<u64, StoreError> {
         let mut ended = 0;
         for entry in self.sessions.iter() {
             let (key, bytes) = entry.map_err(unavailable)?;

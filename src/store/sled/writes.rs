@@ -292,38 +292,38 @@ impl Trees {
             &self.retired,
             &self.order,
         );
-        let outcome = trees.transaction(
-            |(tokens, by_hash, meta, outbox, signals, retired, order)| {
-            let Some(bytes) = tokens.remove(&key)? else {
-                return Ok(false);
-            };
-            signals.remove(&key)?;
-            // An undecodable record has no entries (the index skips it).
-            if let Ok(gone) = Record::decode_stored(&bytes) {
-                reindex(order, Some(&gone.token), None)?;
-            }
-            // An undecodable record has no description to announce.
-            if let (Some(seq), Some(draft), Ok(gone)) = (seq, draft, Record::decode_stored(&bytes))
-            {
-                push_event(outbox, meta, seq, &draft.event(&gone.token, &gone.token))?;
-            }
-            let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
-            meta.insert(COUNT_KEY, &count.to_be_bytes())?;
-            // The hashes are needed to drop the index entries; an
-            // undecodable record is still removed, its entries then point
-            // nowhere (harmless).
-            if let Ok(record) = Record::decode(&*bytes) {
-                by_hash.remove(record.token_hash)?;
-                if let Some(previous) = record.previous_hash {
-                    by_hash.remove(previous)?;
+        let outcome =
+            trees.transaction(|(tokens, by_hash, meta, outbox, signals, retired, order)| {
+                let Some(bytes) = tokens.remove(&key)? else {
+                    return Ok(false);
+                };
+                signals.remove(&key)?;
+                // An undecodable record has no entries (the index skips it).
+                if let Ok(gone) = Record::decode_stored(&bytes) {
+                    reindex(order, Some(&gone.token), None)?;
                 }
-                for hash in record.retired_hashes {
-                    retired.remove(hash)?;
+                // An undecodable record has no description to announce.
+                if let (Some(seq), Some(draft), Ok(gone)) =
+                    (seq, draft, Record::decode_stored(&bytes))
+                {
+                    push_event(outbox, meta, seq, &draft.event(&gone.token, &gone.token))?;
                 }
-            }
-            Ok(true)
-        },
-        );
+                let count = decode_count(meta.get(COUNT_KEY)?).saturating_sub(1);
+                meta.insert(COUNT_KEY, &count.to_be_bytes())?;
+                // The hashes are needed to drop the index entries; an
+                // undecodable record is still removed, its entries then point
+                // nowhere (harmless).
+                if let Ok(record) = Record::decode(&*bytes) {
+                    by_hash.remove(record.token_hash)?;
+                    if let Some(previous) = record.previous_hash {
+                        by_hash.remove(previous)?;
+                    }
+                    for hash in record.retired_hashes {
+                        retired.remove(hash)?;
+                    }
+                }
+                Ok(true)
+            });
         let deleted = outcome.map_err(|e: TransactionError<()>| transaction_failed("delete", e))?;
         Ok(if deleted {
             Outcome::Done(())
@@ -361,12 +361,7 @@ impl Trees {
                 let time = |at: Option<prost_types::Timestamp>| {
                     at.and_then(|at| SystemTime::try_from(at).ok())
                 };
-                reindex_last_used(
-                    order,
-                    used.id,
-                    time(last_used),
-                    time(record.last_used_at),
-                )?;
+                reindex_last_used(order, used.id, time(last_used), time(record.last_used_at))?;
             }
             if let Some(at) = used.previous_at
                 && record.previous_hash.is_some()

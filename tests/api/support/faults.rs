@@ -12,12 +12,12 @@ use async_trait::async_trait;
 use sts::{
     events::{Draft, OutboxStats, Pending, Settle},
     model::{
-        Change, Etag, ListFilter, ListOrder, NewToken, Position, ServiceToken, Session, SessionKey, StoredToken,
-        TokenId, TokenSummary,
+        Change, Etag, ListFilter, ListOrder, NewToken, Position, ServiceToken, Session, SessionKey,
+        StoredToken, TokenId, TokenSummary,
     },
     store::{
-        Announce, EventOutbox, Imported, KeepAdmin, Outcome, Sessions, SledStore, Store, StoreError,
-        Use, UseRecords,
+        Announce, EventOutbox, Imported, KeepAdmin, Outcome, Sessions, SledStore, Store,
+        StoreError, Use, UseRecords,
     },
     token::TokenHash,
 };
@@ -119,6 +119,10 @@ impl Store for FaultyStore {
     ) -> Result<Vec<StoredToken>, StoreError> {
         self.fault()?;
         self.inner.list_matching(after, limit, filter).await
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
     }
 
     async fn list_ordered(
@@ -234,7 +238,9 @@ impl Sessions for FaultyStore {
         begun_before: std::time::SystemTime,
     ) -> Result<u64, StoreError> {
         self.fault()?;
-        self.inner.end_stale_sessions(seen_before, begun_before).await
+        self.inner
+            .end_stale_sessions(seen_before, begun_before)
+            .await
     }
 }
 
