@@ -1,6 +1,6 @@
 //! Characters that mislead a reader where a name is shown (a terminal, a
 //! table, a log viewer): what new names may not hold, and what the CLI
-//! escapes in names an earlier release stored.
+//! and the console escape in names an earlier release stored.
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
@@ -47,4 +47,22 @@ pub fn longest_mark_run(text: &str) -> usize {
         longest = longest.max(run);
     }
     longest
+}
+
+/// `text` with every character that could mislead its reader (see
+/// [`is_format`], [`is_misleading`]) written as `\u{...}`: how the console
+/// shows a name an earlier release stored, so none reads as another.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| is_format(c) || is_misleading(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_format(c) || is_misleading(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
 }

@@ -17,6 +17,7 @@ use crate::{
 };
 
 use super::views::{TokenForm, route_text};
+use crate::text::visible;
 
 /// What the create and edit forms post.
 #[derive(Deserialize, Default)]
@@ -159,17 +160,21 @@ impl TokenForm {
             owners: _,
             lifetime: _,
         } = token;
+        // Shown as the pages show them (see `text::visible`): a name an
+        // earlier release stored with a bidi control cannot mislead here,
+        // and left as shown it is left as it is (`edit_of` compares with
+        // this).
         TokenForm {
-            name: name.as_str().to_owned(),
+            name: visible(name.as_str()).into_owned(),
             roles: roles
                 .iter()
                 .map(|r| r.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            description: description.as_str().to_owned(),
+            description: visible(description.as_str()).into_owned(),
             labels: labels
                 .iter()
-                .map(|(k, v)| format!("{k}={v}"))
+                .map(|(k, v)| visible(&format!("{k}={v}")).into_owned())
                 .collect::<Vec<_>>()
                 .join("\n"),
             expiration: expiration.map(datetime_local).unwrap_or_default(),

@@ -366,7 +366,7 @@ async fn token_page(
             let view = TokenPage {
                 base: Base::signed(state, signed, &caller, "tokens"),
                 id: token.id.get(),
-                name: token.name.as_str().to_owned(),
+                name: crate::text::visible(token.name.as_str()).into_owned(),
                 badges: views::badges(&token, now),
                 fields,
                 sources,
@@ -515,7 +515,7 @@ pub async fn rotate(
             let view = SecretPage {
                 base: Base::signed(&state, &signed, &caller, "tokens"),
                 id: token.id.get(),
-                name: token.name.as_str().to_owned(),
+                name: crate::text::visible(token.name.as_str()).into_owned(),
                 what: "rotated",
                 secret: secret.expose_secret().to_owned(),
                 grace,
@@ -556,7 +556,10 @@ pub async fn delete(
     let (_, result) = call(&state, &signed, Rpc::Delete, |authority| async move {
         let id = parse_id(token_id)?;
         let token = service.get(&authority, id).await?;
-        if confirm.trim() != token.name.as_str() {
+        let typed = confirm.trim();
+        // A name an earlier release stored may hold characters no one can
+        // type: its shown form confirms it too.
+        if typed != token.name.as_str() && typed != crate::text::visible(token.name.as_str()) {
             return Err(FieldError::new(
                 "confirm",
                 "must be the token's name, typed exactly, to delete it",
@@ -667,7 +670,7 @@ pub async fn create(
             let view = SecretPage {
                 base: Base::signed(&state, &signed, &caller, "new"),
                 id: token.id.get(),
-                name: token.name.as_str().to_owned(),
+                name: crate::text::visible(token.name.as_str()).into_owned(),
                 what: "created",
                 secret: secret.expose_secret().to_owned(),
                 grace: String::new(),

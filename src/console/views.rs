@@ -10,6 +10,7 @@ use askama::Template;
 use crate::{
     clock::span_text,
     model::{Bindings, DayUsage, Etag, RouteParts, ServiceToken},
+    text::visible,
 };
 
 use super::{ConsoleState, chart, session::Signed};
@@ -45,7 +46,7 @@ impl Base {
         nav: &'static str,
     ) -> Base {
         Base {
-            who: Some((caller.name.as_str().to_owned(), caller.id.get())),
+            who: Some((visible(caller.name.as_str()).into_owned(), caller.id.get())),
             csrf: signed.csrf(),
             nav,
             ..Base::anonymous(state)
@@ -198,10 +199,10 @@ impl Row {
         } = token;
         Row {
             id: id.get(),
-            name: name.as_str().to_owned(),
+            name: visible(name.as_str()).into_owned(),
             badges: badges(token, now),
             roles: roles.to_string(),
-            labels: labels.to_string(),
+            labels: visible(&labels.to_string()).into_owned(),
             expires: expiration.map_or_else(|| "never".to_owned(), |at| relative(at, now)),
             expires_title: expiration.map(when).unwrap_or_default(),
             last_used: last_used_at.map_or_else(|| "never".to_owned(), |at| relative(at, now)),
@@ -316,7 +317,7 @@ impl TokenPage {
             },
             Field {
                 label: "Name",
-                value: name.as_str().to_owned(),
+                value: visible(name.as_str()).into_owned(),
             },
             Field {
                 label: "Roles",
@@ -324,12 +325,15 @@ impl TokenPage {
             },
             Field {
                 label: "Description",
-                value: description.as_str().to_owned(),
+                value: visible(description.as_str()).into_owned(),
             },
             Field {
                 label: "Labels",
                 value: list(
-                    labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    labels
+                        .iter()
+                        .map(|(k, v)| visible(&format!("{k}={v}")).into_owned())
+                        .collect(),
                     "none",
                 ),
             },

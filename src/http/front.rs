@@ -82,6 +82,8 @@ const PREFIXED: &[(&str, &str)] = &[
 ];
 
 const OTHER: &str = "other";
+/// Every path of the console, under whatever prefix it is served.
+const CONSOLE: &str = "console";
 
 /// The labels after [`EXACT`]'s: together, every label a route can get.
 const INEXACT: &[&str] = &[
@@ -92,9 +94,12 @@ const INEXACT: &[&str] = &[
     TOKEN,
     ROTATE,
     USAGE,
+    CONSOLE,
     OTHER,
 ];
 const ROUTES: usize = EXACT.len() + INEXACT.len();
+/// The console's route number (its place in [`INEXACT`]).
+const CONSOLE_ROUTE: usize = ROUTES - 2;
 
 // Each gRPC method and service of `routes` has its place in the lists above.
 const _: () = assert!(routes::GRPC_METHODS.len() == 13 && routes::GRPC_SERVICES.len() == 3);
@@ -203,6 +208,8 @@ pub struct Front<S> {
     inner: S,
     latency: Arc<Latency>,
     state: HttpState,
+    /// The console's prefix, when it is served: its paths share a label.
+    console: Option<Arc<crate::config::ConsolePrefix>>,
 }
 
 impl<S> Front<S> {
@@ -218,6 +225,16 @@ impl<S> Front<S> {
                 handles: std::array::from_fn(|_| OnceLock::new()),
             }),
             state,
+            console: None,
+        }
+    }
+
+    /// The same, labelling the console's paths (under `prefix`) as one
+    /// route.
+    pub fn with_console(self, prefix: crate::config::ConsolePrefix) -> Front<S> {
+        Front {
+            console: Some(Arc::new(prefix)),
+            ..self
         }
     }
 }
@@ -239,7 +256,13 @@ where
     fn call(&mut self, request: Request<B>) -> Observed<S::Future> {
         let started = Instant::now();
         let grpc = is_grpc(&request);
-        let route = route(request.uri().path());
+        let mut route = route(request.uri().path());
+        if label(route) == OTHER
+            && let Some(console) = &self.console
+            && console.holds(request.uri().path())
+        {
+            route = CONSOLE_ROUTE;
+        }
         let answer = if lacks_host(&request) {
             let refused = Error::from(FieldError::new(
                 "Host",
@@ -348,6 +371,11 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_has_a_route_label_of_its_own() {
+        assert_eq!(label(CONSOLE_ROUTE), CONSOLE);
+    }
 
     #[test]
     fn each_request_is_timed_under_its_own_protocol_and_route() {

@@ -263,7 +263,10 @@ pub async fn run_on(
         }
         Some(port)
     };
-    let front = Front::new(routes, state);
+    let front = match &config.console {
+        Some(console) => Front::new(routes, state).with_console(console.prefix.clone()),
+        None => Front::new(routes, state),
+    };
 
     let (drain_started, drain_started_rx) = oneshot::channel();
     let delay = config.shutdown_delay;

@@ -143,7 +143,9 @@ async fn an_unauthenticated_flood_is_summarized_in_a_bounded_log_and_counted_in_
             .unwrap_or(0)
     };
     assert_eq!(
-        counted(r#"sts_management_calls_total{rpc="List",status="UNAUTHENTICATED",caller="none"}"#),
+        counted(
+            r#"sts_management_calls_total{rpc="List",status="UNAUTHENTICATED",caller="none",transport="grpc"}"#
+        ),
         BURST,
         "every refusal is counted: {metrics}"
     );

@@ -161,9 +161,9 @@ async fn a_manager_makes_tokens_with_its_own_roles_only_and_never_the_admin_or_m
     // Counted by caller kind.
     let metrics = app.metrics_text().await;
     for line in [
-        r#"sts_management_calls_total{rpc="Create",status="OK",caller="manager"} 1"#,
-        r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="manager"} 3"#,
-        r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="none"} 1"#,
+        r#"sts_management_calls_total{rpc="Create",status="OK",caller="manager",transport="grpc"} 1"#,
+        r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="manager",transport="grpc"} 3"#,
+        r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="none",transport="grpc"} 1"#,
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

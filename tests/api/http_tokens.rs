@@ -194,7 +194,7 @@ async fn a_rejected_body_is_answered_and_counted_like_any_error() {
         ("UNAUTHENTICATED", "none"),
     ] {
         let line = format!(
-            r#"sts_management_calls_total{{rpc="Create",status="{status}",caller="{caller}"}} 1"#
+            r#"sts_management_calls_total{{rpc="Create",status="{status}",caller="{caller}",transport="rest"}} 1"#
         );
         assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
     }

@@ -605,9 +605,9 @@ async fn metrics_count_disabled_and_previous_secret_validations_and_the_new_call
     for line in [
         r#"sts_validations_total{outcome="previous_secret"} 1"#,
         r#"sts_validations_total{outcome="disabled"} 1"#,
-        r#"sts_management_calls_total{rpc="Rotate",status="OK",caller="admin"} 1"#,
-        r#"sts_management_calls_total{rpc="Update",status="OK",caller="admin"} 1"#,
-        r#"sts_management_calls_total{rpc="Get",status="OK",caller="admin"} 1"#,
+        r#"sts_management_calls_total{rpc="Rotate",status="OK",caller="admin",transport="grpc"} 1"#,
+        r#"sts_management_calls_total{rpc="Update",status="OK",caller="admin",transport="grpc"} 1"#,
+        r#"sts_management_calls_total{rpc="Get",status="OK",caller="admin",transport="grpc"} 1"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -20,6 +20,7 @@ mod cli_lifecycle;
 mod client;
 mod conformance;
 mod connections;
+mod console;
 mod crash;
 mod create;
 mod delegation;

@@ -260,7 +260,7 @@ async fn tokens_expired_long_enough_ago_are_purged_and_counted() {
     // Expired more than a day ago: gone.
     app.clock.advance(DAY);
     crate::support::eventually("the expired token is purged", || async {
-        app.metric(r#"sts_management_calls_total{rpc="Purge",status="OK",caller="system"}"#)
+        app.metric(r#"sts_management_calls_total{rpc="Purge",status="OK",caller="system",transport="internal"}"#)
             .await
             == 1.0
     })

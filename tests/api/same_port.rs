@@ -201,12 +201,14 @@ async fn metrics_count_validations_calls_and_tokens() {
     assert_eq!(value(r#"sts_validations_total{outcome="not_found"}"#), 1.0);
     assert_eq!(value(r#"sts_validations_total{outcome="expired"}"#), 1.0);
     assert_eq!(
-        value(r#"sts_management_calls_total{rpc="Create",status="OK",caller="admin"}"#),
+        value(
+            r#"sts_management_calls_total{rpc="Create",status="OK",caller="admin",transport="grpc"}"#
+        ),
         2.0
     );
     assert_eq!(
         value(
-            r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="none"}"#
+            r#"sts_management_calls_total{rpc="Create",status="PERMISSION_DENIED",caller="none",transport="grpc"}"#
         ),
         1.0
     );

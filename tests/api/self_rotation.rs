@@ -88,9 +88,9 @@ async fn a_token_rotates_itself_keeping_one_previous_secret_for_its_grace() {
 
     let metrics = app.metrics_text().await;
     for line in [
-        r#"sts_management_calls_total{rpc="RotateSelf",status="OK",caller="self"} 2"#,
-        r#"sts_management_calls_total{rpc="RotateSelf",status="FAILED_PRECONDITION",caller="self"} 1"#,
-        r#"sts_management_calls_total{rpc="RotateSelf",status="UNAUTHENTICATED",caller="self"} 1"#,
+        r#"sts_management_calls_total{rpc="RotateSelf",status="OK",caller="self",transport="grpc"} 2"#,
+        r#"sts_management_calls_total{rpc="RotateSelf",status="FAILED_PRECONDITION",caller="self",transport="grpc"} 1"#,
+        r#"sts_management_calls_total{rpc="RotateSelf",status="UNAUTHENTICATED",caller="self",transport="grpc"} 1"#,
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -131,11 +131,13 @@ async fn a_ci_job_rotating_its_token_daily_for_a_year_under_a_90_day_maximum_nev
         .collect();
     assert_eq!(
         admin_calls,
-        [r#"sts_management_calls_total{rpc="Create",status="OK",caller="admin"} 1"#]
+        [
+            r#"sts_management_calls_total{rpc="Create",status="OK",caller="admin",transport="grpc"} 1"#
+        ]
     );
     assert!(
         metrics.contains(
-            r#"sts_management_calls_total{rpc="RotateSelf",status="OK",caller="self"} 365"#
+            r#"sts_management_calls_total{rpc="RotateSelf",status="OK",caller="self",transport="grpc"} 365"#
         )
     );
 }

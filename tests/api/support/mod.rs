@@ -5,6 +5,7 @@
 //! import from here (`crate::support::...`).
 
 mod app;
+pub mod console;
 pub mod example;
 pub mod faults;
 mod files;

@@ -73,3 +73,42 @@ impl<S: Store + ?Sized> ListAll for S {
             .await
     }
 }
+
+/// Adds a token named `name` as an earlier release could have stored it
+/// (today's rules for new names not applied: read back, as stores read);
+/// its id.
+pub async fn old_token(store: &dyn Store, name: &str) -> u64 {
+    let secret = sts::token::Secret::generate();
+    let hash = secret.hash();
+    let roles = vec!["reader".to_owned()];
+    let labels = std::collections::BTreeMap::new();
+    let stored = sts::model::StoredToken::from_parts(sts::model::StoredParts {
+        id: 7_777_777,
+        hash: hash.as_bytes(),
+        name,
+        roles: &roles,
+        expiration: None,
+        created_at: SystemTime::now(),
+        description: "",
+        labels: &labels,
+        disabled: false,
+        last_used_at: None,
+        created_by: "",
+        updated_at: None,
+        previous_hash: None,
+        previous_expiration: None,
+        previous_last_used_at: None,
+        allowed_sources: &[],
+        audiences: &[],
+        allowed_routes: &[],
+        recent_sources: &[],
+        sources_announced_at: None,
+        rate_limits: &[],
+        owners: &[],
+        lifetime: None,
+        retired: &[],
+    })
+    .unwrap();
+    store.import(&[stored]).await.unwrap();
+    7_777_777
+}
