@@ -15,6 +15,7 @@ mod auth;
 mod binary;
 mod bindings;
 mod bodies;
+mod browser;
 mod cli;
 mod cli_lifecycle;
 mod client;

@@ -5,6 +5,7 @@
 //! import from here (`crate::support::...`).
 
 mod app;
+pub mod browser;
 pub mod console;
 pub mod example;
 pub mod faults;
