@@ -31,11 +31,14 @@ use axum::{
 use crate::{
     config::{ConsoleConfig, ConsolePrefix},
     error::Error,
-    http::Readiness,
     service::TokenService,
 };
 
 pub use session::SESSION_COOKIE;
+
+/// Whether the replica is ready, as the server knows it (the console sees
+/// no other transport).
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What every console handler shares.
 #[derive(Clone)]
@@ -46,7 +49,9 @@ pub struct Shared {
     prefix: ConsolePrefix,
     /// The port serves TLS: cookies are `Secure` whatever the request says.
     tls: bool,
-    readiness: Arc<Readiness>,
+    /// Whether this replica is ready (what `/readyz` answers): the
+    /// overview shows it.
+    ready: Ready,
     assets: assets::Assets,
 }
 
@@ -63,13 +68,13 @@ impl ConsoleState {
         service: Arc<TokenService>,
         config: &ConsoleConfig,
         tls: bool,
-        readiness: Arc<Readiness>,
+        ready: Ready,
     ) -> ConsoleState {
         ConsoleState(Arc::new(Shared {
             service,
             prefix: config.prefix.clone(),
             tls,
-            readiness,
+            ready,
             assets: assets::Assets::new(),
         }))
     }

@@ -99,9 +99,9 @@ pub async fn overview(State(state): State<ConsoleState>, parts: Parts) -> Respon
             class: "state-expired",
         });
     }
-    let ready = state.readiness.is_ready();
+    let ready = (state.ready)();
     let view = views::Overview {
-        base: Base::signed(&state, &signed, &caller, "overview"),
+        base: Base::signed(&state, signed.csrf(), &caller, "overview"),
         counts,
         as_of: format!(
             "{} ({})",

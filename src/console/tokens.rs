@@ -294,8 +294,12 @@ pub async fn list(
         service.list(&authority, page, &filter).await
     })
     .await;
-    let view =
-        |caller: &ServiceToken| query.view(Base::signed(&state, &signed, caller, "tokens"), policy);
+    let view = |caller: &ServiceToken| {
+        query.view(
+            Base::signed(&state, signed.csrf(), caller, "tokens"),
+            policy,
+        )
+    };
     match result {
         Ok(listed) => {
             let caller = caller.expect("a call that ran had a caller");
@@ -364,7 +368,7 @@ async fn token_page(
             let now = SystemTime::now();
             let (fields, sources) = TokenPage::fields(&token, now);
             let view = TokenPage {
-                base: Base::signed(state, signed, &caller, "tokens"),
+                base: Base::signed(state, signed.csrf(), &caller, "tokens"),
                 id: token.id.get(),
                 name: crate::text::visible(token.name.as_str()).into_owned(),
                 badges: views::badges(&token, now),
@@ -513,7 +517,7 @@ pub async fn rotate(
                 )
             });
             let view = SecretPage {
-                base: Base::signed(&state, &signed, &caller, "tokens"),
+                base: Base::signed(&state, signed.csrf(), &caller, "tokens"),
                 id: token.id.get(),
                 name: crate::text::visible(token.name.as_str()).into_owned(),
                 what: "rotated",
@@ -612,7 +616,7 @@ fn form_page(
     FormPage {
         base: Base::signed(
             state,
-            signed,
+            signed.csrf(),
             caller,
             if editing.is_some() { "tokens" } else { "new" },
         ),
@@ -668,7 +672,7 @@ pub async fn create(
         Ok((secret, token)) => {
             let caller = caller.expect("a call that ran had a caller");
             let view = SecretPage {
-                base: Base::signed(&state, &signed, &caller, "new"),
+                base: Base::signed(&state, signed.csrf(), &caller, "new"),
                 id: token.id.get(),
                 name: crate::text::visible(token.name.as_str()).into_owned(),
                 what: "created",

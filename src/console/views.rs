@@ -13,7 +13,7 @@ use crate::{
     text::visible,
 };
 
-use super::{ConsoleState, chart, session::Signed};
+use super::{ConsoleState, chart};
 
 /// What every page's frame needs.
 pub struct Base {
@@ -39,15 +39,16 @@ impl Base {
         }
     }
 
+    /// The frame of a signed-in page; `csrf` is the session's token.
     pub fn signed(
         state: &ConsoleState,
-        signed: &Signed,
+        csrf: String,
         caller: &ServiceToken,
         nav: &'static str,
     ) -> Base {
         Base {
             who: Some((visible(caller.name.as_str()).into_owned(), caller.id.get())),
-            csrf: signed.csrf(),
+            csrf,
             nav,
             ..Base::anonymous(state)
         }

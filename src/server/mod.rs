@@ -228,12 +228,11 @@ pub async fn run_on(
     );
     let mut router = http::router(state.clone());
     if let Some(console) = &config.console {
-        let console = crate::console::ConsoleState::new(
-            service.clone(),
-            console,
-            config.tls.is_some(),
-            readiness.clone(),
-        );
+        let console =
+            crate::console::ConsoleState::new(service.clone(), console, config.tls.is_some(), {
+                let readiness = readiness.clone();
+                Arc::new(move || readiness.is_ready())
+            });
         router = router.merge(crate::console::router(console));
     }
     let routes = Routes::from(router)

@@ -265,15 +265,22 @@ fn the_leaves_and_the_boundaries_hold() {
     // nothing of the server.
     assert_eq!(uses("cli"), set(&["clock", "error", "proto", "text"]));
     // Transports reach tokens only through the service: no store, so no bootstrap.
-    for transport in ["grpc", "http"] {
+    for transport in ["console", "grpc", "http"] {
         assert!(!uses(transport).contains("store"), "{transport}: {top:#?}");
     }
+    // The console is a transport of its own: it reaches tokens through
+    // the service, never through another transport.
+    assert!(
+        !uses("console").contains("http") && !uses("console").contains("grpc"),
+        "{top:#?}"
+    );
+    assert!(!uses("http").contains("console") && !uses("grpc").contains("console"));
     // What check surfaces decide alike lives below both transports
     // (`authz`): gRPC does not reach into the HTTP side for it.
     assert!(!uses("grpc").contains("http"), "{top:#?}");
     assert!(!uses("authz").contains("http") && !uses("authz").contains("grpc"));
     // The service knows nothing of how it is reached.
-    for outer in ["authz", "grpc", "http", "server"] {
+    for outer in ["authz", "console", "grpc", "http", "server"] {
         assert!(!uses("service").contains(outer), "{top:#?}");
     }
 }
@@ -293,6 +300,7 @@ fn secrets_are_shown_only_where_architecture_md_says() {
         showing,
         [
             "src/bin/sts-server.rs",
+            "src/console/tokens.rs",
             "src/grpc/mod.rs",
             "src/http/tokens.rs",
             "src/webhook.rs"
