@@ -1,6 +1,7 @@
 //! The load generator's engine: closed-loop or fixed-rate workers over any
 //! request function, HDR-histogram latencies, and the report they produce.
 
+pub mod console;
 pub mod http1;
 
 /// The bindings of the benchmarks' bound token: 8 networks, 2 audiences,

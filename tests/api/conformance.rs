@@ -1329,6 +1329,14 @@ async fn check_orders(store: &dyn Store, count: usize) {
             ..ListFilter::default()
         },
         ListFilter {
+            name_prefix: Some("alpha".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
+            name_prefix: Some("ü".into()),
+            ..ListFilter::default()
+        },
+        ListFilter {
             bound: Some(false),
             label: Some(sts::model::LabelSelector::parse("team=ops").unwrap()),
             ..ListFilter::default()

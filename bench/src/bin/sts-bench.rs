@@ -139,6 +139,21 @@ enum Command {
         #[command(flatten)]
         plan: PlanArgs,
     },
+    /// A console page (`--path`, under /console) fetched `--reps` times
+    /// on one keep-alive connection after signing in with `--token`.
+    ConsolePage {
+        #[arg(long)]
+        target: SocketAddr,
+        /// A token with the admin role.
+        #[arg(long)]
+        token: String,
+        #[arg(long, default_value = "/tokens")]
+        path: String,
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+        #[arg(long, default_value = "console tokens page")]
+        scenario: String,
+    },
     /// Page through every token with gRPC List; report time and counts.
     ListAll {
         #[arg(long)]
@@ -500,6 +515,17 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             count,
             server_pid,
         } => watch_streams(&target, &token, count, server_pid).await?,
+        Command::ConsolePage {
+            target,
+            token,
+            path,
+            reps,
+            scenario,
+        } => {
+            let row =
+                sts_bench::console::console_page(target, &token, &path, reps, &scenario).await?;
+            println!("{row}");
+        }
         Command::ListAll {
             target,
             token,

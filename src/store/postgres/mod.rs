@@ -122,6 +122,20 @@ fn bind_filter<'q>(
         .bind(filter.bound)
 }
 
+/// The least text greater, by code point, than every text that starts
+/// with `prefix` (`None`: none is).
+fn successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// An order's key as the indexes of migration 0009 are written (`None`:
 /// the id, the primary key's own order).
 fn order_expression(key: OrderKey) -> Option<&'static str> {
@@ -367,8 +381,19 @@ impl Store for PostgresStore {
             Some(_) => format!("({key}, id) {past} ({value}, $1) AND"),
             None => String::new(),
         };
+        // By name, a name prefix is a range of the index (a search costs a
+        // page, not a scan): $17 and, when a name can follow it, $18.
+        let (prefix, beyond) = match (order.key, &filter.name_prefix) {
+            (OrderKey::Name, Some(prefix)) => (Some(prefix.as_str()), successor(prefix)),
+            _ => (None, None),
+        };
+        let within = match (prefix, &beyond) {
+            (Some(_), Some(_)) => "name COLLATE \"C\" >= $17 AND name COLLATE \"C\" < $18 AND",
+            (Some(_), None) => "name COLLATE \"C\" >= $17 AND",
+            (None, _) => "",
+        };
         let query = format!(
-            "SELECT {COLUMNS} FROM sts_tokens WHERE {from} {FILTER} \
+            "SELECT {COLUMNS} FROM sts_tokens WHERE {from} {within} {FILTER} \
              ORDER BY {key} {direction}, id {direction} LIMIT $2"
         );
         let (text, time) = match after.map(|at| &at.value) {
@@ -384,6 +409,8 @@ impl Store for PostgresStore {
         )
         .bind(text)
         .bind(time)
+        .bind(prefix)
+        .bind(beyond)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

@@ -109,6 +109,19 @@ pub(super) fn build_if_missing(
     Ok(())
 }
 
+/// The least key greater than every key that starts with `prefix` (`None`:
+/// there is none, every byte being 0xFF).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
 impl Trees {
     /// Up to `limit` tokens `filter` matches, in `order`, after `after`.
     pub(super) fn list_ordered(
@@ -118,22 +131,42 @@ impl Trees {
         limit: usize,
         filter: &ListFilter,
     ) -> Result<Vec<StoredToken>, StoreError> {
-        let tag = [order.key.tag()];
-        let next_tag = [order.key.tag() + 1];
-        let from = after.map(|at| entry(order.key, &at.value, at.id));
+        // The keys to walk, [low, high): the order's own, narrowed to a
+        // name prefix when the list is by name (a search costs a page, not
+        // a scan), and to what lies past the last page.
+        let mut low = vec![order.key.tag()];
+        let mut high = Some(vec![order.key.tag() + 1]);
+        if let (OrderKey::Name, Some(prefix)) = (order.key, &filter.name_prefix) {
+            let mut start = low.clone();
+            SortValue::Text(prefix.clone()).sortable(&mut start);
+            // Without the name's terminator: every longer name shares it.
+            start.truncate(start.len() - 2);
+            high = successor(&start);
+            low = start;
+        }
+        if let Some(at) = after {
+            let from = entry(order.key, &at.value, at.id);
+            if order.descending {
+                high = Some(high.map_or(from.clone(), |high| high.min(from)));
+            } else {
+                let mut past = from;
+                // Just past the last page's own key.
+                past.push(0);
+                low = low.max(past);
+            }
+        }
+        if high.as_ref().is_some_and(|high| *high <= low) {
+            return Ok(Vec::new());
+        }
+        let range = match high {
+            Some(high) => self.order.range(low..high),
+            None => self.order.range(low..),
+        };
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            match (&from, order.descending) {
-                (None, false) => Box::new(self.order.range(tag.as_slice()..next_tag.as_slice())),
-                (None, true) => {
-                    Box::new(self.order.range(tag.as_slice()..next_tag.as_slice()).rev())
-                }
-                (Some(from), false) => {
-                    let mut start = from.clone();
-                    // Just past `from` itself.
-                    start.push(0);
-                    Box::new(self.order.range(start..next_tag.to_vec()))
-                }
-                (Some(from), true) => Box::new(self.order.range(tag.to_vec()..from.clone()).rev()),
+            if order.descending {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
             };
         let mut page = Vec::with_capacity(limit.min(1024));
         for entry in entries {
