@@ -139,9 +139,10 @@ async fn a_person_manages_tokens_in_a_real_browser() {
     assert!(browser.path().await.ends_with("?done=disabled"));
     assert!(browser.text("h1").await.contains("disabled"));
     browser.fill("#confirm", "deploy-bot").await;
-    browser
+    let asked = browser
         .follow_confirmed("form[action$='/delete'] button")
         .await;
+    assert!(asked.starts_with("Delete deploy-bot for good?"), "{asked}");
     assert_eq!(browser.path().await, "/console/tokens?notice=deleted");
     assert!(!browser.text("table tbody").await.contains("deploy-bot"));
 

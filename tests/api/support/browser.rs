@@ -168,18 +168,21 @@ impl Browser {
     }
 
     /// As [`Browser::follow`], accepting the confirm dialog the form's
-    /// script opens.
-    pub async fn follow_confirmed(&self, css: &str) {
-        self.leave(css, true).await;
+    /// script opens; what the dialog asked.
+    pub async fn follow_confirmed(&self, css: &str) -> String {
+        self.leave(css, true).await
     }
 
-    async fn leave(&self, css: &str, confirm: bool) {
+    async fn leave(&self, css: &str, confirm: bool) -> String {
         self.mark_page().await;
         self.click(css).await;
+        let mut asked = String::new();
         if confirm {
+            asked = self.client.get_alert_text().await.unwrap();
             self.client.accept_alert().await.unwrap();
         }
         self.new_page(css).await;
+        asked
     }
 
     /// Marks the page shown, for [`Browser::new_page`].
