@@ -415,6 +415,22 @@ fn etag(text: &str) -> Result<Option<Etag>, Error> {
     Ok(Some(Etag::parse("etag", text)?))
 }
 
+/// An action's failure: sign-in again for a refused credential, else the
+/// token's page saying why, with the status the API would answer.
+async fn action_refused(
+    state: &ConsoleState,
+    parts: &Parts,
+    signed: &Signed,
+    id: &str,
+    error: Error,
+) -> Response {
+    if let Error::Unauthenticated(_) | Error::PermissionDenied(_) = error {
+        return error_page(state, Some(parts), &error);
+    }
+    let status = super::status_of(&error);
+    token_page(state, parts, signed, id, "", status, &message(&error)).await
+}
+
 /// The refusal of a body that is not a console form.
 fn not_a_form() -> Response {
     (StatusCode::BAD_REQUEST, "the form was not a console form").into_response()
@@ -468,21 +484,7 @@ async fn set_disabled(
             token.id,
             if disabled { "disabled" } else { "enabled" }
         )),
-        Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
-            error_page(&state, Some(&parts), &e)
-        }
-        Err(e) => {
-            token_page(
-                &state,
-                &parts,
-                &signed,
-                &id,
-                "",
-                super::status_of(&e),
-                &message(&e),
-            )
-            .await
-        }
+        Err(e) => action_refused(&state, &parts, &signed, &id, e).await,
     }
 }
 
@@ -526,21 +528,7 @@ pub async fn rotate(
             };
             page(StatusCode::OK, askama::Template::render(&view))
         }
-        Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
-            error_page(&state, Some(&parts), &e)
-        }
-        Err(e) => {
-            token_page(
-                &state,
-                &parts,
-                &signed,
-                &id,
-                "",
-                super::status_of(&e),
-                &message(&e),
-            )
-            .await
-        }
+        Err(e) => action_refused(&state, &parts, &signed, &id, e).await,
     }
 }
 
@@ -575,21 +563,7 @@ pub async fn delete(
     .await;
     match result {
         Ok(()) => state.redirect("/tokens?notice=deleted"),
-        Err(e @ (Error::Unauthenticated(_) | Error::PermissionDenied(_))) => {
-            error_page(&state, Some(&parts), &e)
-        }
-        Err(e) => {
-            token_page(
-                &state,
-                &parts,
-                &signed,
-                &id,
-                "",
-                super::status_of(&e),
-                &message(&e),
-            )
-            .await
-        }
+        Err(e) => action_refused(&state, &parts, &signed, &id, e).await,
     }
 }
 
