@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::{
     error::Error,
     model::{
-        AllowedRoutes, AllowedSources, Audiences, Bindings, Description, Edit, FieldError,
+        AllowedRoutes, AllowedSources, Audiences, Bindings, Description, Edit, Etag, FieldError,
         LabelEdit, Labels, NewToken, RateLimits, Roles, RouteParts, RouteRule, ServiceToken,
         TokenName,
     },
@@ -266,6 +266,15 @@ fn datetime_local(at: SystemTime) -> String {
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]")
     };
     at.format(&format).unwrap_or_default()
+}
+
+/// An etag a form posted back (`""`: none; the change is then made
+/// whatever the token's etag is).
+pub(super) fn etag(text: &str) -> Result<Option<Etag>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Etag::parse("etag", text)?))
 }
 
 /// A rotation's grace as typed (`0s`, `1h`, `7days`).

@@ -6,11 +6,32 @@
 //! and the model, never the store.
 //!
 //! `session.rs` signs in and out and finds a request's session (cookie,
-//! CSRF token); `tokens.rs` and `overview.rs` are the pages; `forms.rs`
+//! CSRF token); `tokens.rs` and `overview.rs` are the pages, `actions.rs`
+//! what a token's page does (disable, enable, rotate, delete); `forms.rs`
 //! reads their forms into model values; `views.rs` is what the templates
 //! show; `chart.rs` draws usage as SVG; `assets.rs` serves the stylesheet
 //! and script under content-hashed names.
 
+/// The session of a request, or the answer instead.
+macro_rules! signed_or_answer {
+    ($state:expr, $parts:expr) => {
+        match $crate::console::session::signed(&$state, &$parts).await {
+            Ok(signed) => signed,
+            Err(answer) => return answer,
+        }
+    };
+}
+
+/// A form's CSRF token checked, or the refusal answered.
+macro_rules! csrf_or_answer {
+    ($signed:expr, $posted:expr) => {
+        if !$crate::console::session::csrf_matches(&$signed, $posted) {
+            return $crate::console::session::csrf_refused();
+        }
+    };
+}
+
+mod actions;
 mod assets;
 mod chart;
 mod forms;
@@ -111,10 +132,10 @@ pub fn router(state: ConsoleState) -> Router {
             &at("/tokens/{id}/edit"),
             get(tokens::edit_page).post(tokens::edit),
         )
-        .route(&at("/tokens/{id}/disable"), post(tokens::disable))
-        .route(&at("/tokens/{id}/enable"), post(tokens::enable))
-        .route(&at("/tokens/{id}/rotate"), post(tokens::rotate))
-        .route(&at("/tokens/{id}/delete"), post(tokens::delete))
+        .route(&at("/tokens/{id}/disable"), post(actions::disable))
+        .route(&at("/tokens/{id}/enable"), post(actions::enable))
+        .route(&at("/tokens/{id}/rotate"), post(actions::rotate))
+        .route(&at("/tokens/{id}/delete"), post(actions::delete))
         .route(&at("/assets/{file}"), get(assets::serve))
         .layer(axum::middleware::map_response(guarded))
         .with_state(state)

@@ -22,16 +22,16 @@ use serde::Deserialize;
 use crate::{
     clock::span_text,
     error::Error,
-    model::{Edit, Etag, FieldError, ListFilter, ListOrder, ServiceToken, TokenId},
+    model::{Etag, FieldError, ListFilter, ListOrder, ServiceToken, TokenId},
     page::PageRequest,
     service::{Authority, Rpc},
 };
 
 use super::{
     ConsoleState,
-    forms::{self, TokenFormInput},
+    forms::{TokenFormInput, etag},
     page,
-    session::{Signed, csrf_matches, csrf_refused, error_page, signed},
+    session::{Signed, error_page},
     views::{self, Base, Choice, FormPage, Row, SecretPage, TokenForm, TokenPage, Tokens},
 };
 
@@ -206,28 +206,9 @@ impl ListQuery {
     }
 }
 
-/// The session of a request, or the answer instead.
-macro_rules! signed_or_answer {
-    ($state:expr, $parts:expr) => {
-        match signed(&$state, &$parts).await {
-            Ok(signed) => signed,
-            Err(answer) => return answer,
-        }
-    };
-}
-
-/// A form's CSRF token checked, or the refusal answered.
-macro_rules! csrf_or_answer {
-    ($signed:expr, $posted:expr) => {
-        if !csrf_matches(&$signed, $posted) {
-            return csrf_refused();
-        }
-    };
-}
-
 /// Runs management call `rpc` for the session; with its result, the
 /// caller (once its credential passed) for the page's frame.
-async fn call<T, Fut>(
+pub(super) async fn call<T, Fut>(
     state: &ConsoleState,
     signed: &Signed,
     rpc: Rpc,
@@ -250,7 +231,7 @@ where
 /// What a page shows for a failed call: sign-in again for a refused
 /// credential, else `shown` (a page with the error in it), or the error
 /// page when the caller never got that far.
-fn failed(
+pub(super) fn failed(
     state: &ConsoleState,
     parts: &Parts,
     caller: Option<ServiceToken>,
@@ -270,7 +251,7 @@ fn failed(
 }
 
 /// An error as the API's answer words it.
-fn message(error: &Error) -> String {
+pub(super) fn message(error: &Error) -> String {
     crate::authz::HttpError::of(error).message
 }
 
@@ -345,7 +326,7 @@ pub async fn show(
 }
 
 /// A token's page, with `notice` or `error` at the top.
-async fn token_page(
+pub(super) async fn token_page(
     state: &ConsoleState,
     parts: &Parts,
     signed: &Signed,
@@ -387,184 +368,16 @@ async fn token_page(
     }
 }
 
-fn parse_id(text: &str) -> Result<TokenId, Error> {
+pub(super) fn parse_id(text: &str) -> Result<TokenId, Error> {
     let id = text
         .parse::<u64>()
         .map_err(|_| FieldError::new("id", "must be a token id (a number)"))?;
     Ok(TokenId::parse(id)?)
 }
 
-/// The form of every action: its CSRF token, and the etag of the token as
-/// the page showed it.
-#[derive(Deserialize)]
-pub struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    etag: String,
-    #[serde(default)]
-    grace: String,
-    #[serde(default)]
-    confirm: String,
-}
-
-fn etag(text: &str) -> Result<Option<Etag>, Error> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Etag::parse("etag", text)?))
-}
-
-/// An action's failure: sign-in again for a refused credential, else the
-/// token's page saying why, with the status the API would answer.
-async fn action_refused(
-    state: &ConsoleState,
-    parts: &Parts,
-    signed: &Signed,
-    id: &str,
-    error: Error,
-) -> Response {
-    if let Error::Unauthenticated(_) | Error::PermissionDenied(_) = error {
-        return error_page(state, Some(parts), &error);
-    }
-    let status = super::status_of(&error);
-    token_page(state, parts, signed, id, "", status, &message(&error)).await
-}
-
 /// The refusal of a body that is not a console form.
-fn not_a_form() -> Response {
+pub(super) fn not_a_form() -> Response {
     (StatusCode::BAD_REQUEST, "the form was not a console form").into_response()
-}
-
-pub async fn disable(
-    state: State<ConsoleState>,
-    parts: Parts,
-    id: Path<String>,
-    form: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    set_disabled(state, parts, id, form, true).await
-}
-
-pub async fn enable(
-    state: State<ConsoleState>,
-    parts: Parts,
-    id: Path<String>,
-    form: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    set_disabled(state, parts, id, form, false).await
-}
-
-async fn set_disabled(
-    State(state): State<ConsoleState>,
-    parts: Parts,
-    Path(id): Path<String>,
-    form: Result<Form<ActionForm>, FormRejection>,
-    disabled: bool,
-) -> Response {
-    let signed = signed_or_answer!(state, parts);
-    let Ok(Form(form)) = form else {
-        return not_a_form();
-    };
-    csrf_or_answer!(signed, &form.csrf);
-    let service = state.service.clone();
-    let (token_id, tag) = (&id, &form.etag);
-    let (_, result) = call(&state, &signed, Rpc::Update, |authority| async move {
-        let edit = Edit {
-            disabled: Some(disabled),
-            ..Edit::default()
-        };
-        service
-            .update(&authority, parse_id(token_id)?, edit, etag(tag)?)
-            .await
-    })
-    .await;
-    match result {
-        Ok(token) => state.redirect(&format!(
-            "/tokens/{}?done={}",
-            token.id,
-            if disabled { "disabled" } else { "enabled" }
-        )),
-        Err(e) => action_refused(&state, &parts, &signed, &id, e).await,
-    }
-}
-
-pub async fn rotate(
-    State(state): State<ConsoleState>,
-    parts: Parts,
-    Path(id): Path<String>,
-    form: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let signed = signed_or_answer!(state, parts);
-    let Ok(Form(form)) = form else {
-        return not_a_form();
-    };
-    csrf_or_answer!(signed, &form.csrf);
-    let service = state.service.clone();
-    let (token_id, grace_text) = (&id, &form.grace);
-    let (caller, result) = call(&state, &signed, Rpc::Rotate, |authority| async move {
-        let grace = forms::grace(grace_text)?;
-        service.rotate(&authority, parse_id(token_id)?, grace).await
-    })
-    .await;
-    match result {
-        Ok((secret, token)) => {
-            let caller = caller.expect("a call that ran had a caller");
-            // The signed-in token rotated itself: its session ended with
-            // the rotation (a session stands for one secret); the page
-            // still shows the new secret once.
-            let grace = token.previous_secret.map_or_else(String::new, |p| {
-                format!(
-                    "The previous secret keeps working until {}.",
-                    views::when(p.expiration)
-                )
-            });
-            let view = SecretPage {
-                base: Base::signed(&state, signed.csrf(), &caller, "tokens"),
-                id: token.id.get(),
-                name: crate::text::visible(token.name.as_str()).into_owned(),
-                what: "rotated",
-                secret: secret.expose_secret().to_owned(),
-                grace,
-            };
-            page(StatusCode::OK, askama::Template::render(&view))
-        }
-        Err(e) => action_refused(&state, &parts, &signed, &id, e).await,
-    }
-}
-
-pub async fn delete(
-    State(state): State<ConsoleState>,
-    parts: Parts,
-    Path(id): Path<String>,
-    form: Result<Form<ActionForm>, FormRejection>,
-) -> Response {
-    let signed = signed_or_answer!(state, parts);
-    let Ok(Form(form)) = form else {
-        return not_a_form();
-    };
-    csrf_or_answer!(signed, &form.csrf);
-    let service = state.service.clone();
-    let (token_id, tag, confirm) = (&id, &form.etag, &form.confirm);
-    let (_, result) = call(&state, &signed, Rpc::Delete, |authority| async move {
-        let id = parse_id(token_id)?;
-        let token = service.get(&authority, id).await?;
-        let typed = confirm.trim();
-        // A name an earlier release stored may hold characters no one can
-        // type: its shown form confirms it too.
-        if typed != token.name.as_str() && typed != crate::text::visible(token.name.as_str()) {
-            return Err(FieldError::new(
-                "confirm",
-                "must be the token's name, typed exactly, to delete it",
-            )
-            .into());
-        }
-        service.delete(&authority, id, etag(tag)?).await
-    })
-    .await;
-    match result {
-        Ok(()) => state.redirect("/tokens?notice=deleted"),
-        Err(e) => action_refused(&state, &parts, &signed, &id, e).await,
-    }
 }
 
 /// The lifetime policy as the form shows it beside the expiration.

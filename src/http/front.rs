@@ -100,6 +100,8 @@ const INEXACT: &[&str] = &[
 const ROUTES: usize = EXACT.len() + INEXACT.len();
 /// The console's route number (its place in [`INEXACT`]).
 const CONSOLE_ROUTE: usize = ROUTES - 2;
+/// The number of a path no route serves.
+const OTHER_ROUTE: usize = ROUTES - 1;
 
 // Each gRPC method and service of `routes` has its place in the lists above.
 const _: () = assert!(routes::GRPC_METHODS.len() == 13 && routes::GRPC_SERVICES.len() == 3);
@@ -257,7 +259,8 @@ where
         let started = Instant::now();
         let grpc = is_grpc(&request);
         let mut route = route(request.uri().path());
-        if label(route) == OTHER
+        // A number's comparison: every request passes here.
+        if route == OTHER_ROUTE
             && let Some(console) = &self.console
             && console.holds(request.uri().path())
         {
@@ -375,6 +378,7 @@ mod tests {
     #[test]
     fn the_console_has_a_route_label_of_its_own() {
         assert_eq!(label(CONSOLE_ROUTE), CONSOLE);
+        assert_eq!(label(OTHER_ROUTE), OTHER);
     }
 
     #[test]

@@ -300,6 +300,7 @@ fn secrets_are_shown_only_where_architecture_md_says() {
         showing,
         [
             "src/bin/sts-server.rs",
+            "src/console/actions.rs",
             "src/console/tokens.rs",
             "src/grpc/mod.rs",
             "src/http/tokens.rs",

@@ -98,6 +98,20 @@ async fn a_session_stands_for_a_sign_in_until_sign_out() {
     assert_eq!(replay.get("/").await.location(), "/console/sign-in");
 }
 
+/// Sessions live in the store: a restart signs nobody out.
+#[tokio::test]
+async fn a_restart_signs_nobody_out() {
+    let app = spawn_app().await;
+    let console = ConsoleClient::signed_in(app.addr, &app.admin_token).await;
+    let cookies = console.cookies.clone();
+    let dir = app.stop().await;
+    let app = crate::support::restart(dir).await;
+    let mut again = ConsoleClient::new(app.addr);
+    again.cookies = cookies;
+    let page = again.get("/").await;
+    assert_eq!(page.status, 200, "{} {}", page.location(), page.body);
+}
+
 #[tokio::test]
 async fn only_a_current_managing_secret_signs_in_and_attempts_are_limited() {
     let app = spawn_app().await;
